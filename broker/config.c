@@ -1,0 +1,248 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* config.c: parse keybroker.conf. */
+#include "config.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+
+#define CONFIG_MAX_BYTES (1 << 20)
+
+enum value_kind { V_STRING, V_PATH, V_UINT, V_SIZE, V_LEVEL };
+
+struct option {
+	const char *name;
+	enum value_kind kind;
+	size_t offset;
+	unsigned long min, max;
+};
+
+#define OPT(n, k, lo, hi) { #n, k, offsetof(struct config, n), lo, hi }
+
+static const struct option options[] = {
+	OPT(listen, V_STRING, 0, 0),
+	OPT(tls_cert, V_PATH, 0, 0),
+	OPT(tls_key, V_PATH, 0, 0),
+	OPT(client_ca, V_PATH, 0, 0),
+	OPT(pkcs11_module, V_PATH, 0, 0),
+	OPT(token_uri, V_STRING, 0, 0),
+	OPT(pin_file, V_PATH, 0, 0),
+	OPT(softhsm2_conf, V_PATH, 0, 0),
+	OPT(database, V_PATH, 0, 0),
+	OPT(workers, V_UINT, 1, 256),
+	OPT(hsm_sessions, V_UINT, 1, 1024),
+	OPT(max_message_bytes, V_SIZE, 1024, 64 << 20),
+	OPT(log_level, V_LEVEL, 0, 0),
+};
+
+static char *
+resolve(const char *dir, const char *v)
+{
+	char *p;
+	size_t n;
+
+	if (v[0] == '/' || dir == NULL || dir[0] == '\0')
+		return strdup(v);
+	n = strlen(dir) + strlen(v) + 2;
+	if ((p = malloc(n)) != NULL)
+		snprintf(p, n, "%s/%s", dir, v);
+	return p;
+}
+
+static char *
+trim(char *s)
+{
+	char *e;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	e = s + strlen(s);
+	while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r'))
+		*--e = '\0';
+	return s;
+}
+
+static enum kb_err
+set_option(struct config *c, const struct option *o, const char *v,
+    const char *dir, int lineno)
+{
+	char *end, **sp = (char **)((char *)c + o->offset);
+	unsigned long n;
+	int lvl;
+
+	switch (o->kind) {
+	case V_STRING:
+	case V_PATH:
+		if (v[0] == '\0')
+			return kb_errf(KB_ERR_CONFIG, "line %d: %s needs a value",
+			    lineno, o->name);
+		free(*sp);
+		*sp = o->kind == V_PATH ? resolve(dir, v) : strdup(v);
+		if (*sp == NULL)
+			return kb_errf(KB_ERR_NOMEM, "out of memory");
+		return KB_OK;
+	case V_UINT:
+	case V_SIZE:
+		errno = 0;
+		n = strtoul(v, &end, 10);
+		if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0 ||
+		    n < o->min || n > o->max)
+			return kb_errf(KB_ERR_CONFIG, "line %d: %s must be a number "
+			    "from %lu to %lu, not \"%s\"", lineno, o->name, o->min,
+			    o->max, v);
+		if (o->kind == V_UINT)
+			*(unsigned *)((char *)c + o->offset) = (unsigned)n;
+		else
+			*(size_t *)((char *)c + o->offset) = (size_t)n;
+		return KB_OK;
+	case V_LEVEL:
+		if ((lvl = log_level_parse(v)) < 0)
+			return kb_errf(KB_ERR_CONFIG, "line %d: log_level must be "
+			    "error, warn, info or debug, not \"%s\"", lineno, v);
+		*(int *)((char *)c + o->offset) = lvl;
+		return KB_OK;
+	}
+	return kb_errf(KB_ERR_INTERNAL, "unhandled option kind");
+}
+
+enum kb_err
+config_parse(const char *text, size_t len, const char *dir,
+    struct config **out)
+{
+	struct config *c = NULL;
+	char *buf = NULL, *line, *next, *eq, *key, *val;
+	enum kb_err e = KB_ERR_INTERNAL;
+	int lineno = 0;
+	size_t i;
+
+	*out = NULL;
+	if ((c = calloc(1, sizeof(*c))) == NULL || (buf = malloc(len + 1)) == NULL) {
+		e = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	memcpy(buf, text, len);
+	buf[len] = '\0';
+	if (strlen(buf) != len) {
+		e = kb_errf(KB_ERR_CONFIG, "the file contains a NUL byte");
+		goto out;
+	}
+	c->workers = 4;
+	c->hsm_sessions = 8;
+	c->max_message_bytes = 65536;
+	c->log_level = LOG_INFO;
+	for (line = buf; line != NULL; line = next) {
+		lineno++;
+		if ((next = strchr(line, '\n')) != NULL)
+			*next++ = '\0';
+		if ((eq = strchr(line, '#')) != NULL)
+			*eq = '\0';
+		key = trim(line);
+		if (*key == '\0')
+			continue;
+		if ((eq = strchr(key, '=')) == NULL) {
+			e = kb_errf(KB_ERR_CONFIG, "line %d: expected \"key = "
+			    "value\", got \"%.60s\"", lineno, key);
+			goto out;
+		}
+		*eq = '\0';
+		val = trim(eq + 1);
+		key = trim(key);
+		for (i = 0; i < sizeof(options) / sizeof(options[0]); i++)
+			if (strcmp(options[i].name, key) == 0)
+				break;
+		if (i == sizeof(options) / sizeof(options[0])) {
+			e = kb_errf(KB_ERR_CONFIG, "line %d: unknown key \"%.60s\"",
+			    lineno, key);
+			goto out;
+		}
+		if ((e = set_option(c, &options[i], val, dir, lineno)) != KB_OK)
+			goto out;
+	}
+	if (c->listen == NULL && (c->listen = strdup("127.0.0.1:7443")) == NULL)
+		goto nomem;
+	if (c->token_uri == NULL &&
+	    (c->token_uri = strdup("pkcs11:token=keybroker")) == NULL)
+		goto nomem;
+	if (c->pkcs11_module == NULL && (c->pkcs11_module =
+	    strdup("/usr/lib/softhsm/libsofthsm2.so")) == NULL)
+		goto nomem;
+	{
+		static const char *const required[] = { "tls_cert", "tls_key",
+		    "client_ca", "pin_file", "database" };
+		char *const vals[] = { c->tls_cert, c->tls_key, c->client_ca,
+		    c->pin_file, c->database };
+		for (i = 0; i < 5; i++) {
+			if (vals[i] == NULL) {
+				e = kb_errf(KB_ERR_CONFIG, "missing required key "
+				    "\"%s\"", required[i]);
+				goto out;
+			}
+		}
+	}
+	*out = c;
+	c = NULL;
+	e = KB_OK;
+	goto out;
+nomem:
+	e = kb_errf(KB_ERR_NOMEM, "out of memory");
+out:
+	free(buf);
+	config_free(c);
+	return e;
+}
+
+enum kb_err
+config_load(const char *path, struct config **out)
+{
+	char dir[PATH_MAX], *slash, *text = NULL;
+	enum kb_err e = KB_ERR_INTERNAL;
+	size_t n = 0;
+	FILE *f = NULL;
+
+	*out = NULL;
+	if ((f = fopen(path, "r")) == NULL) {
+		e = kb_errf(KB_ERR_CONFIG, "cannot open config file %s: %s", path,
+		    strerror(errno));
+		goto out;
+	}
+	if ((text = malloc(CONFIG_MAX_BYTES + 1)) == NULL) {
+		e = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	n = fread(text, 1, CONFIG_MAX_BYTES + 1, f);
+	if (ferror(f) || n > CONFIG_MAX_BYTES) {
+		e = kb_errf(KB_ERR_CONFIG, "cannot read config file %s (error or "
+		    "larger than 1 MiB)", path);
+		goto out;
+	}
+	if (realpath(path, dir) == NULL)
+		snprintf(dir, sizeof(dir), "%s", path);
+	if ((slash = strrchr(dir, '/')) != NULL)
+		*slash = '\0';
+	else
+		snprintf(dir, sizeof(dir), ".");
+	if ((e = config_parse(text, n, dir, out)) != KB_OK)
+		kb_err_wrap(e, "%s", path);
+out:
+	free(text);
+	if (f != NULL)
+		fclose(f);
+	return e;
+}
+
+void
+config_free(struct config *c)
+{
+	size_t i;
+
+	if (c == NULL)
+		return;
+	for (i = 0; i < sizeof(options) / sizeof(options[0]); i++)
+		if (options[i].kind == V_STRING || options[i].kind == V_PATH)
+			free(*(char **)((char *)c + options[i].offset));
+	free(c);
+}

@@ -1,0 +1,38 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* config.h: keybrokerd's configuration file ("key = value" lines). */
+#ifndef KB_CONFIG_H
+#define KB_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kb_err.h"
+
+struct config {
+	char *listen;
+	char *tls_cert;
+	char *tls_key;
+	char *client_ca;
+	char *pkcs11_module;
+	char *token_uri;
+	char *pin_file;
+	char *softhsm2_conf;     /* optional; sets SOFTHSM2_CONF */
+	char *database;
+	unsigned workers;
+	unsigned hsm_sessions;
+	size_t max_message_bytes;
+	int log_level;           /* LOG_ERROR .. LOG_DEBUG (log.h) */
+};
+
+/* Parse configuration text. Relative paths are resolved against `dir`.
+ * Errors name the line ("line 12: unknown key \"foo\""). Free with
+ * config_free(). */
+enum kb_err config_parse(const char *text, size_t len, const char *dir,
+    struct config **out);
+
+/* Read and parse the file at `path`; errors are prefixed with the path. */
+enum kb_err config_load(const char *path, struct config **out);
+
+void config_free(struct config *c);
+
+#endif /* KB_CONFIG_H */

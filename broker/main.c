@@ -1,0 +1,147 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* main.c: keybrokerd, the key broker daemon. */
+#include <getopt.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/grpc.h>
+
+#include "broker.h"
+#include "config.h"
+#include "kb_secmem.h"
+#include "log.h"
+#include "server.h"
+
+static void
+usage(FILE *f)
+{
+	fprintf(f,
+	    "usage: keybrokerd --config FILE [--check-config]\n"
+	    "       keybrokerd --version\n"
+	    "\n"
+	    "Serve the keybroker gRPC API with mutual TLS. Keys stay in the\n"
+	    "PKCS#11 token named by the configuration; data keys are stored\n"
+	    "only wrapped, in the SQLite database.\n"
+	    "\n"
+	    "  -c, --config FILE    configuration file (see deploy/keybroker.conf.example)\n"
+	    "      --check-config   parse the configuration, print it and exit\n"
+	    "  -V, --version        print the version and exit\n"
+	    "  -h, --help           this help\n"
+	    "\n"
+	    "SIGTERM or SIGINT: stop accepting calls, finish those in flight, exit 0.\n");
+}
+
+struct sigctx {
+	sigset_t set;
+	struct server *srv;
+};
+
+static void *
+signal_thread(void *p)
+{
+	struct sigctx *sc = p;
+	int sig = 0;
+
+	if (sigwait(&sc->set, &sig) == 0) {
+		log_info("received %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		server_shutdown(sc->srv);
+	}
+	return NULL;
+}
+
+static void
+print_config(const struct config *c)
+{
+	printf("listen = %s\ntls_cert = %s\ntls_key = %s\nclient_ca = %s\n"
+	    "pkcs11_module = %s\ntoken_uri = %s\npin_file = %s\n"
+	    "softhsm2_conf = %s\ndatabase = %s\nworkers = %u\n"
+	    "hsm_sessions = %u\nmax_message_bytes = %zu\n",
+	    c->listen, c->tls_cert, c->tls_key, c->client_ca, c->pkcs11_module,
+	    c->token_uri, c->pin_file, c->softhsm2_conf ? c->softhsm2_conf : "",
+	    c->database, c->workers, c->hsm_sessions, c->max_message_bytes);
+}
+
+int
+main(int argc, char **argv)
+{
+	static const struct option longopts[] = {
+		{ "config", required_argument, NULL, 'c' },
+		{ "check-config", no_argument, NULL, 'C' },
+		{ "version", no_argument, NULL, 'V' },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 }
+	};
+	const char *config_path = NULL;
+	struct config *cfg = NULL;
+	struct broker *b = NULL;
+	struct server *srv = NULL;
+	struct sigctx sc;
+	pthread_t sigthr;
+	int opt, check = 0;
+	enum kb_err e;
+
+	while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
+		switch (opt) {
+		case 'c': config_path = optarg; break;
+		case 'C': check = 1; break;
+		case 'V': printf("keybrokerd %s\n", KB_VERSION); return 0;
+		case 'h': usage(stdout); return 0;
+		default: usage(stderr); return 2;
+		}
+	}
+	if (config_path == NULL || optind != argc) {
+		fprintf(stderr, "keybrokerd: %s\n", config_path == NULL ?
+		    "--config FILE is required" : "unexpected argument");
+		usage(stderr);
+		return 2;
+	}
+	kb_process_harden();
+	if ((e = config_load(config_path, &cfg)) != KB_OK) {
+		fprintf(stderr, "keybrokerd: %s\n", kb_err_msg(e));
+		return 1;
+	}
+	if (check) {
+		print_config(cfg);
+		config_free(cfg);
+		return 0;
+	}
+	log_set_level((enum log_level)cfg->log_level);
+
+	/* Signals go to one thread that asks the server to drain. Block them
+	 * before any other thread (gRPC's included) starts. */
+	sigemptyset(&sc.set);
+	sigaddset(&sc.set, SIGTERM);
+	sigaddset(&sc.set, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
+	signal(SIGPIPE, SIG_IGN);
+
+	grpc_init();
+	log_info("keybrokerd %s starting", KB_VERSION);
+	if ((e = broker_open(cfg, &b)) != KB_OK) {
+		log_error("cannot start: %s", kb_err_msg(e));
+		grpc_shutdown();
+		return 1;
+	}
+	if ((e = server_start(b, &srv)) != KB_OK) {
+		log_error("cannot start: %s", kb_err_msg(e));
+		broker_close(b);
+		grpc_shutdown();
+		return 1;
+	}
+	sc.srv = srv;
+	if (pthread_create(&sigthr, NULL, signal_thread, &sc) != 0) {
+		log_error("cannot start the signal thread");
+		return 1;
+	}
+	log_info("listening on %s (mutual TLS; token '%s'; %u workers)",
+	    b->cfg->listen, b->token.label, b->cfg->workers);
+	server_run(srv);
+	server_free(srv);
+	broker_close(b);
+	grpc_shutdown();
+	log_info("stopped");
+	return 0;
+}

@@ -1,0 +1,397 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* server.c: gRPC core glue: accept calls, hand them to workers, send
+ * answers, drain on shutdown. */
+#include "server.h"
+
+#include <errno.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include "dispatch.h"
+#include "kb_secmem.h"
+#include "kb_wire.h"
+#include "log.h"
+#include "workq.h"
+
+#define PENDING_REQUESTS 128      /* calls we are ready to accept at once */
+#define MAX_QUEUED 4096           /* requests waiting for a worker */
+#define DRAIN_GRACE_S 15          /* then calls still running are cancelled */
+#define PEM_MAX (1 << 20)
+
+enum phase {
+	PHASE_NEW,        /* waiting for grpc_server_request_call */
+	PHASE_RECV,       /* waiting for the request message */
+	PHASE_SENT,       /* answer sent, waiting for the batch to finish */
+	PHASE_SHUTDOWN,   /* the server's shutdown notification */
+};
+
+struct call {
+	enum phase phase;
+	struct server *srv;
+	grpc_call *call;
+	grpc_call_details details;
+	grpc_metadata_array md;
+	grpc_byte_buffer *req;
+	grpc_byte_buffer *resp;
+	grpc_slice status_details;
+	int cancelled;
+};
+
+struct server {
+	struct broker *b;
+	grpc_server *server;
+	grpc_completion_queue *cq;
+	struct workq *wq;
+	struct call shutdown_tag;
+	atomic_int shutting_down;
+	int64_t shutdown_started;
+	int cancelled_all;
+	int pending;                /* outstanding request_call count */
+};
+
+static char *
+read_pem(const char *path)
+{
+	FILE *f = fopen(path, "r");
+	char *buf;
+	size_t n;
+
+	if (f == NULL) {
+		kb_errf(KB_ERR_CONFIG, "cannot open %s: %s", path, strerror(errno));
+		return NULL;
+	}
+	if ((buf = malloc(PEM_MAX + 1)) == NULL) {
+		fclose(f);
+		kb_errf(KB_ERR_NOMEM, "out of memory");
+		return NULL;
+	}
+	n = fread(buf, 1, PEM_MAX, f);
+	fclose(f);
+	buf[n] = '\0';
+	if (n == 0 || strstr(buf, "-----BEGIN") == NULL) {
+		kb_freezero(buf, PEM_MAX + 1);
+		kb_errf(KB_ERR_CONFIG, "%s is not a PEM file", path);
+		return NULL;
+	}
+	return buf;
+}
+
+static void
+call_free(struct call *c)
+{
+	if (c == NULL)
+		return;
+	if (c->call != NULL)
+		grpc_call_unref(c->call);
+	grpc_call_details_destroy(&c->details);
+	grpc_metadata_array_destroy(&c->md);
+	if (c->req != NULL)
+		kb_wire_destroy(c->req);
+	if (c->resp != NULL)
+		kb_wire_destroy(c->resp);
+	grpc_slice_unref(c->status_details);
+	free(c);
+}
+
+/* Offer gRPC one more slot for an incoming call. */
+static void
+request_call(struct server *s)
+{
+	struct call *c = calloc(1, sizeof(*c));
+	grpc_call_error err;
+
+	if (c == NULL) {
+		log_error("out of memory accepting calls");
+		return;
+	}
+	c->phase = PHASE_NEW;
+	c->srv = s;
+	c->status_details = grpc_empty_slice();
+	grpc_call_details_init(&c->details);
+	grpc_metadata_array_init(&c->md);
+	err = grpc_server_request_call(s->server, &c->call, &c->details, &c->md,
+	    s->cq, s->cq, c);
+	if (err != GRPC_CALL_OK) {
+		log_error("grpc_server_request_call: error %d", (int)err);
+		call_free(c);
+		return;
+	}
+	s->pending++;
+}
+
+/* Send the status (and message) and let the completion queue free the
+ * call when gRPC is done with it. */
+static void
+send_answer(struct call *c, grpc_status_code code, const char *msg)
+{
+	grpc_op ops[4];
+	grpc_op *op = ops;
+	grpc_call_error err;
+
+	memset(ops, 0, sizeof(ops));
+	op->op = GRPC_OP_SEND_INITIAL_METADATA;
+	op++;
+	if (code == GRPC_STATUS_OK && c->resp != NULL) {
+		op->op = GRPC_OP_SEND_MESSAGE;
+		op->data.send_message.send_message = c->resp;
+		op++;
+	}
+	grpc_slice_unref(c->status_details);
+	c->status_details = grpc_slice_from_copied_string(msg);
+	op->op = GRPC_OP_SEND_STATUS_FROM_SERVER;
+	op->data.send_status_from_server.status = code;
+	op->data.send_status_from_server.status_details =
+	    code == GRPC_STATUS_OK ? NULL : &c->status_details;
+	op++;
+	op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+	op->data.recv_close_on_server.cancelled = &c->cancelled;
+	op++;
+	c->phase = PHASE_SENT;
+	err = grpc_call_start_batch(c->call, ops, (size_t)(op - ops), c, NULL);
+	if (err != GRPC_CALL_OK) {
+		/* The batch will never complete: free the call here. */
+		log_error("grpc_call_start_batch (answer): error %d", (int)err);
+		call_free(c);
+	}
+}
+
+/* Worker: run the request and answer it. */
+static void
+handle_call(void *arg)
+{
+	struct call *c = arg;
+	struct server *s = c->srv;
+	struct dispatch_result res;
+	grpc_auth_context *ac = NULL;
+	grpc_auth_property_iterator it;
+	const grpc_auth_property *prop = NULL;
+	char *peer;
+
+	if (gpr_time_cmp(c->details.deadline,
+	    gpr_now(c->details.deadline.clock_type)) < 0) {
+		send_answer(c, GRPC_STATUS_DEADLINE_EXCEEDED, "the call's deadline "
+		    "passed before the broker could start it");
+		return;
+	}
+	peer = grpc_call_get_peer(c->call);
+	if ((ac = grpc_call_auth_context(c->call)) != NULL) {
+		it = grpc_auth_context_find_properties_by_name(ac,
+		    GRPC_X509_PEM_CERT_PROPERTY_NAME);
+		prop = grpc_auth_property_iterator_next(&it);
+	}
+	dispatch_unary(s->b,
+	    (const char *)GRPC_SLICE_START_PTR(c->details.method),
+	    GRPC_SLICE_LENGTH(c->details.method), peer != NULL ? peer : "?",
+	    prop != NULL ? prop->value : NULL,
+	    prop != NULL ? prop->value_length : 0, c->req, &res);
+	grpc_auth_context_release(ac);
+	gpr_free(peer);
+	/* The request may hold secrets (passwords, key files): wipe it. */
+	if (c->req != NULL) {
+		kb_wire_destroy(c->req);
+		c->req = NULL;
+	}
+	c->resp = res.resp;
+	send_answer(c, res.code, res.message);
+}
+
+static void
+on_event(struct server *s, struct call *c, int ok)
+{
+	grpc_op op;
+	grpc_call_error err;
+	enum kb_err e;
+
+	switch (c->phase) {
+	case PHASE_NEW:
+		s->pending--;
+		if (!ok) {            /* server shutting down */
+			call_free(c);
+			return;
+		}
+		if (!atomic_load(&s->shutting_down))
+			request_call(s);
+		memset(&op, 0, sizeof(op));
+		op.op = GRPC_OP_RECV_MESSAGE;
+		op.data.recv_message.recv_message = &c->req;
+		c->phase = PHASE_RECV;
+		err = grpc_call_start_batch(c->call, &op, 1, c, NULL);
+		if (err != GRPC_CALL_OK) {
+			log_error("grpc_call_start_batch (receive): error %d",
+			    (int)err);
+			call_free(c);
+		}
+		return;
+	case PHASE_RECV:
+		if (!ok) {
+			send_answer(c, GRPC_STATUS_CANCELLED, "request not received");
+			return;
+		}
+		if ((e = workq_push(s->wq, handle_call, c)) != KB_OK) {
+			/* Shed load: answer at once rather than queue forever. */
+			send_answer(c, kb_err_to_grpc(e), kb_err_msg(e));
+		}
+		return;
+	case PHASE_SENT:
+		call_free(c);
+		return;
+	case PHASE_SHUTDOWN:
+		return;
+	}
+}
+
+enum kb_err
+server_start(struct broker *b, struct server **out)
+{
+	struct server *s = NULL;
+	grpc_server_credentials *creds = NULL;
+	grpc_ssl_pem_key_cert_pair pair = { NULL, NULL };
+	char *ca = NULL, *cert = NULL, *key = NULL;
+	grpc_arg args[3];
+	grpc_channel_args chargs;
+	enum kb_err e = KB_ERR_INTERNAL;
+	int i;
+
+	*out = NULL;
+	if ((ca = read_pem(b->cfg->client_ca)) == NULL ||
+	    (cert = read_pem(b->cfg->tls_cert)) == NULL ||
+	    (key = read_pem(b->cfg->tls_key)) == NULL) {
+		e = KB_ERR_CONFIG;
+		goto out;
+	}
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		e = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	s->b = b;
+	s->shutdown_tag.phase = PHASE_SHUTDOWN;
+	atomic_init(&s->shutting_down, 0);
+	if ((e = workq_new(b->cfg->workers, MAX_QUEUED, &s->wq)) != KB_OK)
+		goto out;
+
+	pair.private_key = key;
+	pair.cert_chain = cert;
+	/* Require a client certificate; its chain, validity and role are
+	 * checked per call by identity.c, so a refused caller gets a precise
+	 * UNAUTHENTICATED status instead of a failed handshake. */
+	creds = grpc_ssl_server_credentials_create_ex(ca, &pair, 1,
+	    GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_BUT_DONT_VERIFY, NULL);
+	if (creds == NULL) {
+		e = kb_errf(KB_ERR_CONFIG, "cannot use the TLS certificate %s "
+		    "and key %s", b->cfg->tls_cert, b->cfg->tls_key);
+		goto out;
+	}
+	args[0].type = GRPC_ARG_INTEGER;
+	args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
+	args[0].value.integer = (int)b->cfg->max_message_bytes;
+	args[1].type = GRPC_ARG_INTEGER;
+	args[1].key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS;
+	args[1].value.integer = 256;
+	args[2].type = GRPC_ARG_INTEGER;
+	args[2].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
+	args[2].value.integer = 16 << 20;
+	chargs.num_args = 3;
+	chargs.args = args;
+	s->server = grpc_server_create(&chargs, NULL);
+	s->cq = grpc_completion_queue_create_for_next(NULL);
+	grpc_server_register_completion_queue(s->server, s->cq, NULL);
+	if (grpc_server_add_http2_port(s->server, b->cfg->listen, creds) == 0) {
+		e = kb_errf(KB_ERR_CONFIG, "cannot listen on %s (address in use, "
+		    "or not a HOST:PORT this machine has?)", b->cfg->listen);
+		goto out;
+	}
+	grpc_server_start(s->server);
+	for (i = 0; i < PENDING_REQUESTS; i++)
+		request_call(s);
+	*out = s;
+	s = NULL;
+	e = KB_OK;
+out:
+	if (creds != NULL)
+		grpc_server_credentials_release(creds);
+	if (s != NULL) {
+		if (s->server != NULL) {
+			grpc_server_shutdown_and_notify(s->server, s->cq,
+			    &s->shutdown_tag);
+			atomic_store(&s->shutting_down, 1);
+			server_run(s);
+		}
+		server_free(s);
+	}
+	free(ca);
+	free(cert);
+	kb_freezero(key, key != NULL ? strlen(key) : 0);
+	return e;
+}
+
+void
+server_shutdown(struct server *s)
+{
+	int expected = 0;
+
+	if (!atomic_compare_exchange_strong(&s->shutting_down, &expected, 1))
+		return;
+	log_info("shutting down: refusing new calls, draining calls in flight");
+	grpc_server_shutdown_and_notify(s->server, s->cq, &s->shutdown_tag);
+}
+
+void
+server_run(struct server *s)
+{
+	grpc_event ev;
+	int drained = 0;
+
+	for (;;) {
+		ev = grpc_completion_queue_next(s->cq,
+		    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+		    gpr_time_from_millis(500, GPR_TIMESPAN)), NULL);
+		if (ev.type == GRPC_QUEUE_SHUTDOWN)
+			break;
+		if (ev.type == GRPC_QUEUE_TIMEOUT) {
+			if (atomic_load(&s->shutting_down) && !s->cancelled_all) {
+				if (s->shutdown_started == 0)
+					s->shutdown_started = gpr_now(
+					    GPR_CLOCK_MONOTONIC).tv_sec;
+				else if (gpr_now(GPR_CLOCK_MONOTONIC).tv_sec -
+				    s->shutdown_started >= DRAIN_GRACE_S) {
+					log_warn("calls still running after %d s: "
+					    "cancelling them", DRAIN_GRACE_S);
+					grpc_server_cancel_all_calls(s->server);
+					s->cancelled_all = 1;
+				}
+			}
+			continue;
+		}
+		if (ev.tag == &s->shutdown_tag) {
+			/* Every call has finished; gRPC may still hand back the
+			 * pending request slots and final batches. */
+			drained = 1;
+			grpc_completion_queue_shutdown(s->cq);
+			continue;
+		}
+		on_event(s, ev.tag, ev.success);
+	}
+	if (drained)
+		log_info("all calls drained");
+}
+
+void
+server_free(struct server *s)
+{
+	if (s == NULL)
+		return;
+	/* Workers first: none may touch a call after this. */
+	workq_free(s->wq);
+	if (s->server != NULL)
+		grpc_server_destroy(s->server);
+	if (s->cq != NULL)
+		grpc_completion_queue_destroy(s->cq);
+	free(s);
+}

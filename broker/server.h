@@ -1,0 +1,26 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* server.h: the gRPC server (gRPC core C API, mutual TLS). One thread polls
+ * the completion queue; requests run on a worker pool. */
+#ifndef KB_SERVER_H
+#define KB_SERVER_H
+
+#include "broker.h"
+
+struct server;
+
+/* Listen on b->cfg->listen with the configured certificates and start the
+ * workers. KB_ERR_CONFIG when the address cannot be bound or a PEM file
+ * cannot be read. */
+enum kb_err server_start(struct broker *b, struct server **out);
+
+/* Serve until server_shutdown() has been called and every call in flight
+ * has finished (or the drain grace period ran out). */
+void server_run(struct server *s);
+
+/* Ask the server to stop: no new calls; calls in flight finish. Safe from
+ * any thread (not from a signal handler). */
+void server_shutdown(struct server *s);
+
+void server_free(struct server *s);
+
+#endif /* KB_SERVER_H */

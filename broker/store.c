@@ -1,0 +1,879 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* store.c: SQLite persistence for tenants, environments, DEKs and keys. */
+#include "store.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <sqlite3.h>
+
+#include "kb_secmem.h"
+
+#define STMT_CACHE 48
+
+struct conn {
+	sqlite3 *db;
+	struct {
+		const char *sql;    /* static string: compared by address */
+		sqlite3_stmt *st;
+	} cache[STMT_CACHE];
+	int ncache;
+};
+
+struct store {
+	char *path;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	struct conn *conns;
+	struct conn **free_list;
+	unsigned nconns, nfree;
+};
+
+/* Migrations: index i brings the schema from version i to i + 1. Never edit
+ * a released migration; append a new one. */
+static const char *const migrations[] = {
+	/* 1: tenants, keys, environments, DEKs. */
+	"CREATE TABLE meta ("
+	"  key TEXT PRIMARY KEY,"
+	"  value TEXT NOT NULL);"
+	"CREATE TABLE tenants ("
+	"  id TEXT PRIMARY KEY,"
+	"  display_name TEXT NOT NULL,"
+	"  create_time_us INTEGER NOT NULL);"
+	"CREATE TABLE keys ("
+	"  id TEXT PRIMARY KEY,"
+	"  tenant_id TEXT REFERENCES tenants(id),"
+	"  purpose TEXT NOT NULL,"
+	"  origin TEXT NOT NULL,"
+	"  state TEXT NOT NULL,"
+	"  fingerprint TEXT NOT NULL,"
+	"  wrap_alg TEXT NOT NULL DEFAULT '',"
+	"  create_time_us INTEGER NOT NULL,"
+	"  update_time_us INTEGER NOT NULL);"
+	"CREATE INDEX keys_tenant ON keys(tenant_id, state);"
+	"CREATE TABLE environments ("
+	"  id INTEGER PRIMARY KEY,"
+	"  tenant_id TEXT NOT NULL REFERENCES tenants(id),"
+	"  name TEXT NOT NULL,"
+	"  mode TEXT NOT NULL CHECK (mode IN ('platform', 'customer')),"
+	"  state TEXT NOT NULL CHECK (state IN ('enabled', 'locked', 'deleted')),"
+	"  dek_version INTEGER NOT NULL,"
+	"  create_time_us INTEGER NOT NULL,"
+	"  update_time_us INTEGER NOT NULL,"
+	"  UNIQUE (tenant_id, name));"
+	"CREATE TABLE deks ("
+	"  env_id INTEGER NOT NULL REFERENCES environments(id),"
+	"  version INTEGER NOT NULL,"
+	"  key_id TEXT NOT NULL REFERENCES keys(id),"
+	"  wrap_alg TEXT NOT NULL,"
+	"  wrapped BLOB NOT NULL,"
+	"  create_time_us INTEGER NOT NULL,"
+	"  PRIMARY KEY (env_id, version));"
+	"CREATE INDEX deks_key ON deks(key_id);",
+};
+
+#define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
+
+static enum kb_err
+sql_err(sqlite3 *db, int rc, const char *what)
+{
+	const char *msg = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+
+	switch (rc & 0xff) {
+	case SQLITE_FULL:
+		return kb_errf(KB_ERR_STORAGE_FULL, "%s: the database disk is "
+		    "full (%s); free space and retry", what, msg);
+	case SQLITE_READONLY:
+	case SQLITE_CANTOPEN:
+	case SQLITE_PERM:
+		return kb_errf(KB_ERR_READ_ONLY, "%s: the database cannot be "
+		    "written (%s)", what, msg);
+	case SQLITE_BUSY:
+	case SQLITE_LOCKED:
+		return kb_errf(KB_ERR_UNAVAILABLE, "%s: the database is busy "
+		    "(%s); retry", what, msg);
+	case SQLITE_CORRUPT:
+	case SQLITE_NOTADB:
+		return kb_errf(KB_ERR_CORRUPT, "%s: the database is corrupt (%s)",
+		    what, msg);
+	case SQLITE_IOERR:
+		if (rc == SQLITE_IOERR_WRITE || rc == SQLITE_IOERR_FSYNC)
+			return kb_errf(KB_ERR_STORAGE_FULL, "%s: cannot write the "
+			    "database (%s)", what, msg);
+		return kb_errf(KB_ERR_STORE, "%s: database I/O error (%s)", what,
+		    msg);
+	default:
+		return kb_errf(KB_ERR_STORE, "%s: %s", what, msg);
+	}
+}
+
+static enum kb_err
+exec_sql(sqlite3 *db, const char *sql, const char *what)
+{
+	int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
+
+	return rc == SQLITE_OK ? KB_OK : sql_err(db, rc, what);
+}
+
+static enum kb_err
+conn_open(const char *path, struct conn *c)
+{
+	int rc;
+
+	memset(c, 0, sizeof(*c));
+	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE |
+	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK) {
+		enum kb_err e = sql_err(c->db, rc, "opening the database");
+		kb_err_wrap(e, "%s", path);
+		sqlite3_close(c->db);
+		c->db = NULL;
+		return e;
+	}
+	sqlite3_busy_timeout(c->db, 10000);
+	sqlite3_extended_result_codes(c->db, 1);
+	/* WAL for concurrent readers; FULL sync so an acknowledged change
+	 * survives power loss. */
+	return exec_sql(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+	    " PRAGMA foreign_keys=ON;", "configuring the database");
+}
+
+static void
+conn_close(struct conn *c)
+{
+	int i;
+
+	for (i = 0; i < c->ncache; i++)
+		sqlite3_finalize(c->cache[i].st);
+	c->ncache = 0;
+	sqlite3_close(c->db);
+	c->db = NULL;
+}
+
+/* A cached prepared statement for `sql` (a static string), reset and with
+ * bindings cleared. */
+static enum kb_err
+conn_stmt(struct conn *c, const char *sql, sqlite3_stmt **out)
+{
+	sqlite3_stmt *st;
+	int i, rc;
+
+	for (i = 0; i < c->ncache; i++) {
+		if (c->cache[i].sql == sql) {
+			sqlite3_reset(c->cache[i].st);
+			sqlite3_clear_bindings(c->cache[i].st);
+			*out = c->cache[i].st;
+			return KB_OK;
+		}
+	}
+	rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st,
+	    NULL);
+	if (rc != SQLITE_OK)
+		return sql_err(c->db, rc, "preparing a query");
+	if (c->ncache < STMT_CACHE) {
+		c->cache[c->ncache].sql = sql;
+		c->cache[c->ncache].st = st;
+		c->ncache++;
+	} else {
+		/* Should not happen: STMT_CACHE exceeds our distinct queries. */
+		sqlite3_finalize(c->cache[0].st);
+		c->cache[0].sql = sql;
+		c->cache[0].st = st;
+	}
+	*out = st;
+	return KB_OK;
+}
+
+static struct conn *
+conn_get(struct store *s)
+{
+	struct conn *c;
+
+	pthread_mutex_lock(&s->mu);
+	while (s->nfree == 0)
+		pthread_cond_wait(&s->cv, &s->mu);
+	c = s->free_list[--s->nfree];
+	pthread_mutex_unlock(&s->mu);
+	return c;
+}
+
+static void
+conn_put(struct store *s, struct conn *c)
+{
+	pthread_mutex_lock(&s->mu);
+	s->free_list[s->nfree++] = c;
+	pthread_cond_signal(&s->cv);
+	pthread_mutex_unlock(&s->mu);
+}
+
+static enum kb_err
+migrate(struct conn *c, const char *path)
+{
+	sqlite3_stmt *st = NULL;
+	enum kb_err e = KB_ERR_INTERNAL;
+	int version, v;
+
+	if (sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL)
+	    != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
+		e = sql_err(c->db, sqlite3_errcode(c->db), "reading the schema version");
+		goto out;
+	}
+	version = sqlite3_column_int(st, 0);
+	if (version > N_MIGRATIONS) {
+		e = kb_errf(KB_ERR_CONFIG, "database %s has schema version %d, "
+		    "newer than this keybroker knows (%d): use a newer keybrokerd",
+		    path, version, N_MIGRATIONS);
+		goto out;
+	}
+	for (v = version; v < N_MIGRATIONS; v++) {
+		char bump[64];
+
+		snprintf(bump, sizeof(bump), "PRAGMA user_version=%d;", v + 1);
+		if ((e = exec_sql(c->db, "BEGIN IMMEDIATE", "migrating")) != KB_OK)
+			goto out;
+		if ((e = exec_sql(c->db, migrations[v], "migrating")) != KB_OK ||
+		    (e = exec_sql(c->db, bump, "migrating")) != KB_OK ||
+		    (e = exec_sql(c->db, "COMMIT", "migrating")) != KB_OK) {
+			exec_sql(c->db, "ROLLBACK", "rollback");
+			kb_err_wrap(e, "schema migration %d of %s", v + 1, path);
+			goto out;
+		}
+	}
+	e = KB_OK;
+out:
+	sqlite3_finalize(st);
+	return e;
+}
+
+enum kb_err
+store_open(const char *path, unsigned conns, struct store **out)
+{
+	struct store *s = NULL;
+	enum kb_err e = KB_ERR_INTERNAL;
+	unsigned i;
+
+	*out = NULL;
+	if (conns == 0)
+		conns = 4;
+	if ((s = calloc(1, sizeof(*s))) == NULL ||
+	    (s->path = strdup(path)) == NULL ||
+	    (s->conns = calloc(conns, sizeof(*s->conns))) == NULL ||
+	    (s->free_list = calloc(conns, sizeof(*s->free_list))) == NULL) {
+		e = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	pthread_mutex_init(&s->mu, NULL);
+	pthread_cond_init(&s->cv, NULL);
+	for (i = 0; i < conns; i++) {
+		if ((e = conn_open(path, &s->conns[i])) != KB_OK)
+			goto out;
+		s->nconns++;
+		if (i == 0 && (e = migrate(&s->conns[0], path)) != KB_OK)
+			goto out;
+		s->free_list[s->nfree++] = &s->conns[i];
+	}
+	*out = s;
+	s = NULL;
+	e = KB_OK;
+out:
+	store_close(s);
+	return e;
+}
+
+void
+store_close(struct store *s)
+{
+	unsigned i;
+
+	if (s == NULL)
+		return;
+	for (i = 0; i < s->nconns; i++)
+		conn_close(&s->conns[i]);
+	if (s->conns != NULL)
+		pthread_mutex_destroy(&s->mu);
+	if (s->conns != NULL)
+		pthread_cond_destroy(&s->cv);
+	free(s->conns);
+	free(s->free_list);
+	free(s->path);
+	free(s);
+}
+
+int
+store_schema_version(struct store *s)
+{
+	(void)s;
+	return N_MIGRATIONS;
+}
+
+static void
+copy_text(char *dst, size_t len, sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	snprintf(dst, len, "%s", t != NULL ? (const char *)t : "");
+}
+
+/* Step a statement that changes rows; map constraint failures. */
+static enum kb_err
+step_done(struct conn *c, sqlite3_stmt *st, const char *what)
+{
+	int rc = sqlite3_step(st);
+
+	sqlite3_reset(st);
+	if (rc == SQLITE_DONE)
+		return KB_OK;
+	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
+		return kb_errf(KB_ERR_ALREADY_EXISTS, "%s: already exists", what);
+	return sql_err(c->db, rc, what);
+}
+
+enum kb_err
+store_meta_get(struct store *s, const char *key, char *buf, size_t len)
+{
+	static const char sql[] = "SELECT value FROM meta WHERE key = ?";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		copy_text(buf, len, st, 0);
+		e = KB_OK;
+	} else if (rc == SQLITE_DONE) {
+		e = kb_errf(KB_ERR_NOT_FOUND, "setting %s not found", key);
+	} else {
+		e = sql_err(c->db, rc, "reading a setting");
+	}
+	sqlite3_reset(st);
+out:
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_meta_set(struct store *s, const char *key, const char *value)
+{
+	static const char sql[] =
+	    "INSERT INTO meta(key, value) VALUES (?, ?) "
+	    "ON CONFLICT(key) DO UPDATE SET value = excluded.value";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	if ((e = conn_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
+		e = step_done(c, st, "writing a setting");
+	}
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_token_bind(struct store *s, const char *label, const char *serial)
+{
+	char have_label[64], have_serial[64];
+	enum kb_err e;
+
+	e = store_meta_get(s, "token_label", have_label, sizeof(have_label));
+	if (e == KB_ERR_NOT_FOUND) {
+		kb_err_clear();
+		if ((e = store_meta_set(s, "token_label", label)) != KB_OK ||
+		    (e = store_meta_set(s, "token_serial", serial)) != KB_OK)
+			return e;
+		return KB_OK;
+	}
+	if (e != KB_OK)
+		return e;
+	if ((e = store_meta_get(s, "token_serial", have_serial,
+	    sizeof(have_serial))) != KB_OK)
+		return e;
+	if (strcmp(have_label, label) != 0 || strcmp(have_serial, serial) != 0)
+		return kb_errf(KB_ERR_TOKEN_MISMATCH,
+		    "database %s belongs to token '%s' (serial %s), but the "
+		    "configured token is '%s' (serial %s): its keys cannot unwrap "
+		    "this database; point token_uri at the right token or use "
+		    "another database", s->path, have_label, have_serial, label,
+		    serial);
+	return KB_OK;
+}
+
+/* ---- tenants ---- */
+
+#define TENANT_COLS "t.id, t.display_name, t.create_time_us, " \
+	"(SELECT count(*) FROM environments e WHERE e.tenant_id = t.id " \
+	"AND e.state != 'deleted')"
+
+static void
+tenant_row(sqlite3_stmt *st, struct store_tenant *t)
+{
+	copy_text(t->id, sizeof(t->id), st, 0);
+	copy_text(t->display_name, sizeof(t->display_name), st, 1);
+	t->create_time_us = sqlite3_column_int64(st, 2);
+	t->env_count = (uint32_t)sqlite3_column_int64(st, 3);
+}
+
+enum kb_err
+store_tenant_create(struct store *s, const struct store_tenant *t)
+{
+	static const char sql[] = "INSERT INTO tenants(id, display_name, "
+	    "create_time_us) VALUES (?, ?, ?)";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	if ((e = conn_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_text(st, 1, t->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, t->display_name, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 3, t->create_time_us);
+		e = step_done(c, st, "creating the tenant");
+		if (e == KB_ERR_ALREADY_EXISTS)
+			e = kb_errf(e, "tenant \"%s\" already exists", t->id);
+	}
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_tenant_get(struct store *s, const char *id, struct store_tenant *out)
+{
+	static const char sql[] = "SELECT " TENANT_COLS
+	    " FROM tenants t WHERE t.id = ?";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		tenant_row(st, out);
+		e = KB_OK;
+	} else if (rc == SQLITE_DONE) {
+		e = kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" does not exist", id);
+	} else {
+		e = sql_err(c->db, rc, "reading the tenant");
+	}
+	sqlite3_reset(st);
+out:
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_tenant_list(struct store *s, const char *after, unsigned limit,
+    struct store_tenant **out, size_t *n, int *more)
+{
+	static const char sql[] = "SELECT " TENANT_COLS
+	    " FROM tenants t WHERE t.id > ? ORDER BY t.id LIMIT ?";
+	struct conn *c = conn_get(s);
+	struct store_tenant *v = NULL;
+	sqlite3_stmt *st;
+	enum kb_err e;
+	size_t cnt = 0;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	*more = 0;
+	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	if ((v = calloc(limit + 1, sizeof(*v))) == NULL) {
+		e = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	sqlite3_bind_text(st, 1, after != NULL ? after : "", -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)limit + 1);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		tenant_row(st, &v[cnt++]);
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
+		e = sql_err(c->db, rc, "listing tenants");
+		goto out;
+	}
+	if (cnt > limit) {
+		cnt = limit;
+		*more = 1;
+	}
+	*out = v;
+	*n = cnt;
+	v = NULL;
+	e = KB_OK;
+out:
+	free(v);
+	conn_put(s, c);
+	return e;
+}
+
+/* ---- environments ---- */
+
+const char *
+store_env_mode_name(enum store_env_mode m)
+{
+	switch (m) {
+	case STORE_MODE_PLATFORM: return "platform";
+	case STORE_MODE_CUSTOMER: return "customer";
+	}
+	return "unknown";
+}
+
+const char *
+store_env_state_name(enum store_env_state st)
+{
+	switch (st) {
+	case STORE_ENV_ENABLED: return "enabled";
+	case STORE_ENV_LOCKED: return "locked";
+	case STORE_ENV_DELETED: return "deleted";
+	}
+	return "unknown";
+}
+
+static enum store_env_mode
+mode_parse(const char *s)
+{
+	return strcmp(s, "customer") == 0 ? STORE_MODE_CUSTOMER :
+	    STORE_MODE_PLATFORM;
+}
+
+static enum store_env_state
+state_parse(const char *s)
+{
+	if (strcmp(s, "locked") == 0)
+		return STORE_ENV_LOCKED;
+	if (strcmp(s, "deleted") == 0)
+		return STORE_ENV_DELETED;
+	return STORE_ENV_ENABLED;
+}
+
+#define ENV_COLS "e.tenant_id, e.name, e.mode, e.state, e.dek_version, " \
+	"d.key_id, d.wrap_alg, e.create_time_us, e.update_time_us"
+#define ENV_JOIN "FROM environments e LEFT JOIN deks d ON d.env_id = e.id " \
+	"AND d.version = e.dek_version"
+
+static void
+env_row(sqlite3_stmt *st, struct store_env *env)
+{
+	char buf[16];
+
+	copy_text(env->tenant_id, sizeof(env->tenant_id), st, 0);
+	copy_text(env->name, sizeof(env->name), st, 1);
+	copy_text(buf, sizeof(buf), st, 2);
+	env->mode = mode_parse(buf);
+	copy_text(buf, sizeof(buf), st, 3);
+	env->state = state_parse(buf);
+	env->dek_version = (uint32_t)sqlite3_column_int64(st, 4);
+	copy_text(env->key_id, sizeof(env->key_id), st, 5);
+	copy_text(env->wrap_alg, sizeof(env->wrap_alg), st, 6);
+	env->create_time_us = sqlite3_column_int64(st, 7);
+	env->update_time_us = sqlite3_column_int64(st, 8);
+}
+
+static enum kb_err
+tenant_exists(struct conn *c, const char *tenant)
+{
+	static const char sql[] = "SELECT 1 FROM tenants WHERE id = ?";
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+		return e;
+	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	sqlite3_reset(st);
+	if (rc == SQLITE_ROW)
+		return KB_OK;
+	if (rc == SQLITE_DONE)
+		return kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" does not exist",
+		    tenant);
+	return sql_err(c->db, rc, "reading the tenant");
+}
+
+enum kb_err
+store_env_create(struct store *s, struct store_env *env,
+    const struct store_dek *dek)
+{
+	static const char ins_env[] = "INSERT INTO environments(tenant_id, "
+	    "name, mode, state, dek_version, create_time_us, update_time_us) "
+	    "VALUES (?, ?, ?, ?, ?, ?, ?)";
+	static const char ins_dek[] = "INSERT INTO deks(env_id, version, "
+	    "key_id, wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, ?)";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	sqlite3_int64 env_id;
+	enum kb_err e;
+
+	if ((e = exec_sql(c->db, "BEGIN IMMEDIATE", "creating the environment"))
+	    != KB_OK)
+		goto out;
+	if ((e = tenant_exists(c, env->tenant_id)) != KB_OK)
+		goto rollback;
+	if ((e = conn_stmt(c, ins_env, &st)) != KB_OK)
+		goto rollback;
+	sqlite3_bind_text(st, 1, env->tenant_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, env->name, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, store_env_mode_name(env->mode), -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, store_env_state_name(env->state), -1,
+	    SQLITE_STATIC);
+	sqlite3_bind_int64(st, 5, dek->version);
+	sqlite3_bind_int64(st, 6, env->create_time_us);
+	sqlite3_bind_int64(st, 7, env->update_time_us);
+	if ((e = step_done(c, st, "creating the environment")) != KB_OK) {
+		if (e == KB_ERR_ALREADY_EXISTS)
+			e = kb_errf(e, "environment \"%s\" already exists in "
+			    "tenant \"%s\"", env->name, env->tenant_id);
+		goto rollback;
+	}
+	env_id = sqlite3_last_insert_rowid(c->db);
+	if ((e = conn_stmt(c, ins_dek, &st)) != KB_OK)
+		goto rollback;
+	sqlite3_bind_int64(st, 1, env_id);
+	sqlite3_bind_int64(st, 2, dek->version);
+	sqlite3_bind_text(st, 3, dek->key_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, dek->wrap_alg, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 5, dek->wrapped, (int)dek->wrapped_len,
+	    SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, env->create_time_us);
+	if ((e = step_done(c, st, "storing the wrapped data key")) != KB_OK)
+		goto rollback;
+	if ((e = exec_sql(c->db, "COMMIT", "creating the environment")) != KB_OK)
+		goto rollback;
+	env->dek_version = dek->version;
+	snprintf(env->key_id, sizeof(env->key_id), "%s", dek->key_id);
+	snprintf(env->wrap_alg, sizeof(env->wrap_alg), "%s", dek->wrap_alg);
+	goto out;
+rollback:
+	(void)sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+out:
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_env_get(struct store *s, const char *tenant, const char *name,
+    struct store_env *out)
+{
+	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN
+	    " WHERE e.tenant_id = ? AND e.name = ?";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		env_row(st, out);
+		e = KB_OK;
+	} else if (rc == SQLITE_DONE) {
+		sqlite3_reset(st);
+		if ((e = tenant_exists(c, tenant)) == KB_OK)
+			e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does "
+			    "not exist in tenant \"%s\"", name, tenant);
+	} else {
+		e = sql_err(c->db, rc, "reading the environment");
+	}
+	sqlite3_reset(st);
+out:
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_env_list(struct store *s, const char *tenant, const char *after,
+    unsigned limit, struct store_env **out, size_t *n, int *more)
+{
+	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN
+	    " WHERE e.tenant_id = ? AND e.name > ? ORDER BY e.name LIMIT ?";
+	struct conn *c = conn_get(s);
+	struct store_env *v = NULL;
+	sqlite3_stmt *st;
+	enum kb_err e;
+	size_t cnt = 0;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	*more = 0;
+	if ((e = tenant_exists(c, tenant)) != KB_OK ||
+	    (e = conn_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	if ((v = calloc(limit + 1, sizeof(*v))) == NULL) {
+		e = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, after != NULL ? after : "", -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		env_row(st, &v[cnt++]);
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
+		e = sql_err(c->db, rc, "listing environments");
+		goto out;
+	}
+	if (cnt > limit) {
+		cnt = limit;
+		*more = 1;
+	}
+	*out = v;
+	*n = cnt;
+	v = NULL;
+	e = KB_OK;
+out:
+	free(v);
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_env_dek(struct store *s, const char *tenant, const char *name,
+    struct store_env *env, struct store_dek *dek)
+{
+	static const char sql[] = "SELECT " ENV_COLS ", d.wrapped " ENV_JOIN
+	    " WHERE e.tenant_id = ? AND e.name = ?";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	const void *blob;
+	int rc, len;
+
+	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		env_row(st, env);
+		blob = sqlite3_column_blob(st, 9);
+		len = sqlite3_column_bytes(st, 9);
+		if (blob == NULL || len <= 0 || (size_t)len > sizeof(dek->wrapped)) {
+			e = kb_errf(KB_ERR_CORRUPT, "environment \"%s/%s\" has no "
+			    "valid wrapped data key (version %u)", tenant, name,
+			    env->dek_version);
+		} else {
+			dek->version = env->dek_version;
+			snprintf(dek->key_id, sizeof(dek->key_id), "%s", env->key_id);
+			snprintf(dek->wrap_alg, sizeof(dek->wrap_alg), "%s",
+			    env->wrap_alg);
+			memcpy(dek->wrapped, blob, (size_t)len);
+			dek->wrapped_len = (size_t)len;
+			e = KB_OK;
+		}
+	} else if (rc == SQLITE_DONE) {
+		sqlite3_reset(st);
+		if ((e = tenant_exists(c, tenant)) == KB_OK)
+			e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does "
+			    "not exist in tenant \"%s\"", name, tenant);
+	} else {
+		e = sql_err(c->db, rc, "reading the data key");
+	}
+	sqlite3_reset(st);
+out:
+	conn_put(s, c);
+	return e;
+}
+
+/* ---- keys ---- */
+
+#define KEY_COLS "id, coalesce(tenant_id, ''), purpose, origin, state, " \
+	"fingerprint, wrap_alg, create_time_us, update_time_us"
+
+static void
+key_row(sqlite3_stmt *st, struct store_key *k)
+{
+	copy_text(k->id, sizeof(k->id), st, 0);
+	copy_text(k->tenant_id, sizeof(k->tenant_id), st, 1);
+	copy_text(k->purpose, sizeof(k->purpose), st, 2);
+	copy_text(k->origin, sizeof(k->origin), st, 3);
+	copy_text(k->state, sizeof(k->state), st, 4);
+	copy_text(k->fingerprint, sizeof(k->fingerprint), st, 5);
+	copy_text(k->wrap_alg, sizeof(k->wrap_alg), st, 6);
+	k->create_time_us = sqlite3_column_int64(st, 7);
+	k->update_time_us = sqlite3_column_int64(st, 8);
+}
+
+enum kb_err
+store_key_create(struct store *s, const struct store_key *k)
+{
+	static const char sql[] = "INSERT INTO keys(id, tenant_id, purpose, "
+	    "origin, state, fingerprint, wrap_alg, create_time_us, "
+	    "update_time_us) VALUES (?, nullif(?, ''), ?, ?, ?, ?, ?, ?, ?)";
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	if ((e = conn_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_text(st, 1, k->id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, k->tenant_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 3, k->purpose, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 4, k->origin, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 5, k->state, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 6, k->fingerprint, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 7, k->wrap_alg, -1, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 8, k->create_time_us);
+		sqlite3_bind_int64(st, 9, k->update_time_us);
+		e = step_done(c, st, "recording the key");
+		if (e == KB_ERR_ALREADY_EXISTS)
+			e = kb_errf(e, "key \"%s\" already exists", k->id);
+	}
+	conn_put(s, c);
+	return e;
+}
+
+static enum kb_err
+key_query(struct store *s, const char *sql, const char *arg,
+    struct store_key *out, const char *what)
+{
+	struct conn *c = conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		key_row(st, out);
+		e = KB_OK;
+	} else if (rc == SQLITE_DONE) {
+		e = kb_errf(KB_ERR_NOT_FOUND, "%s \"%s\" not found", what, arg);
+	} else {
+		e = sql_err(c->db, rc, "reading a key");
+	}
+	sqlite3_reset(st);
+out:
+	conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_key_get(struct store *s, const char *id, struct store_key *out)
+{
+	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE id = ?";
+
+	return key_query(s, sql, id, out, "key");
+}
+
+enum kb_err
+store_key_broker(struct store *s, const char *purpose, struct store_key *out)
+{
+	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	    "tenant_id IS NULL AND purpose = ? AND state = 'active' "
+	    "ORDER BY create_time_us DESC LIMIT 1";
+
+	return key_query(s, sql, purpose, out, "broker key for");
+}

@@ -1,0 +1,626 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kbclient.c: connect to the broker with mutual TLS and make unary calls. */
+#include "kbclient.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include <grpc/byte_buffer.h>
+#include <grpc/grpc.h>
+#include <grpc/grpc_security.h>
+#include <grpc/slice.h>
+#include <grpc/support/alloc.h>
+#include <grpc/support/time.h>
+
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "grpc/health/v1/health.pb-c.h"
+#include "kb_secmem.h"
+#include "keybroker.pb-c.h"
+
+#ifndef KB_VERSION
+#define KB_VERSION "unknown"
+#endif
+
+/* PEM files larger than this are not certificates or keys we want. */
+#define PEM_MAX (1024 * 1024)
+
+struct kb_client {
+	grpc_channel *ch;
+	char *addr;
+	int timeout_ms;
+};
+
+static pthread_once_t grpc_once = PTHREAD_ONCE_INIT;
+static int grpc_started;
+
+static void
+grpc_start(void)
+{
+	grpc_init();
+	grpc_started = 1;
+}
+
+void
+kb_client_global_cleanup(void)
+{
+	if (grpc_started) {
+		grpc_started = 0;
+		grpc_shutdown_blocking();
+	}
+}
+
+enum kb_err
+kb_client_err_from_grpc(grpc_status_code s)
+{
+	switch (s) {
+	case GRPC_STATUS_OK: return KB_OK;
+	case GRPC_STATUS_CANCELLED: return KB_ERR_CANCELLED;
+	case GRPC_STATUS_INVALID_ARGUMENT: return KB_ERR_INVALID_ARGUMENT;
+	case GRPC_STATUS_OUT_OF_RANGE: return KB_ERR_INVALID_ARGUMENT;
+	case GRPC_STATUS_DEADLINE_EXCEEDED: return KB_ERR_DEADLINE;
+	case GRPC_STATUS_NOT_FOUND: return KB_ERR_NOT_FOUND;
+	case GRPC_STATUS_ALREADY_EXISTS: return KB_ERR_ALREADY_EXISTS;
+	case GRPC_STATUS_PERMISSION_DENIED: return KB_ERR_PERMISSION_DENIED;
+	case GRPC_STATUS_UNAUTHENTICATED: return KB_ERR_UNAUTHENTICATED;
+	case GRPC_STATUS_RESOURCE_EXHAUSTED: return KB_ERR_RESOURCE_EXHAUSTED;
+	case GRPC_STATUS_FAILED_PRECONDITION: return KB_ERR_FAILED_PRECONDITION;
+	/* ABORTED: a concurrent change won; the state forbids it now. */
+	case GRPC_STATUS_ABORTED: return KB_ERR_FAILED_PRECONDITION;
+	case GRPC_STATUS_UNIMPLEMENTED: return KB_ERR_UNIMPLEMENTED;
+	case GRPC_STATUS_UNAVAILABLE: return KB_ERR_UNAVAILABLE;
+	case GRPC_STATUS_DATA_LOSS: return KB_ERR_CORRUPT;
+	case GRPC_STATUS_UNKNOWN:
+	case GRPC_STATUS_INTERNAL: return KB_ERR_INTERNAL;
+	case GRPC_STATUS__DO_NOT_USE: break;
+	}
+	return KB_ERR_INTERNAL;
+}
+
+/* Read a whole PEM file into a NUL-terminated buffer. `what` names it in
+ * errors ("client certificate"). Free with kb_freezero(*out, *len + 1). */
+static enum kb_err
+pem_read(const char *path, const char *what, char **out, size_t *len)
+{
+	FILE *f = NULL;
+	struct stat sb;
+	char *buf = NULL;
+	size_t n = 0;
+	enum kb_err r = KB_ERR_INTERNAL;
+
+	*out = NULL;
+	*len = 0;
+	if (path == NULL || *path == '\0')
+		return kb_errf(KB_ERR_CONFIG, "no %s file given", what);
+	if ((f = fopen(path, "re")) == NULL) {
+		r = kb_errf(KB_ERR_IO, "cannot read %s \"%s\": %s", what, path,
+		    strerror(errno));
+		goto out;
+	}
+	if (fstat(fileno(f), &sb) != 0 || !S_ISREG(sb.st_mode)) {
+		r = kb_errf(KB_ERR_IO,
+		    "cannot read %s \"%s\": not a regular file", what, path);
+		goto out;
+	}
+	if (sb.st_size > PEM_MAX) {
+		r = kb_errf(KB_ERR_CONFIG,
+		    "%s \"%s\" is too large to be PEM "
+		    "(%lld bytes)",
+		    what, path, (long long)sb.st_size);
+		goto out;
+	}
+	if ((buf = calloc(1, (size_t)sb.st_size + 1)) == NULL) {
+		r = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	n = fread(buf, 1, (size_t)sb.st_size, f);
+	if (ferror(f)) {
+		r = kb_errf(KB_ERR_IO, "cannot read %s \"%s\": %s", what, path,
+		    strerror(errno));
+		goto out;
+	}
+	buf[n] = '\0';
+	if (strstr(buf, "-----BEGIN ") == NULL) {
+		r = kb_errf(KB_ERR_CONFIG, "%s \"%s\" is not a PEM file%s",
+		    what, path, n == 0 ? " (it is empty)" : "");
+		goto out;
+	}
+	*out = buf;
+	*len = n;
+	buf = NULL;
+	r = KB_OK;
+out:
+	if (buf != NULL)
+		kb_freezero(buf, (size_t)sb.st_size + 1);
+	if (f != NULL)
+		fclose(f);
+	return r;
+}
+
+/* OpenSSL must never prompt on the terminal for a key password. */
+static int
+no_password_cb(char *buf, int size, int rwflag, void *u)
+{
+	(void)buf;
+	(void)size;
+	(void)rwflag;
+	(void)u;
+	return -1;
+}
+
+/* KB_ERR_CONFIG with a formatted message and OpenSSL's reason. */
+static enum kb_err ossl_fail(const char *fmt, ...)
+    __attribute__((format(printf, 1, 2)));
+
+static enum kb_err
+ossl_fail(const char *fmt, ...)
+{
+	char what[768];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(what, sizeof(what), fmt, ap);
+	va_end(ap);
+	return kb_err_openssl(KB_ERR_CONFIG, what);
+}
+
+/* gRPC checks nothing until the TLS handshake, and then only says
+ * "handshake failed": check the files here so errors name them. */
+static enum kb_err
+pem_check(const struct kb_client_opts *o, const char *cert, const char *key,
+    const char *ca)
+{
+	BIO *b = NULL;
+	X509 *x = NULL, *cax = NULL;
+	EVP_PKEY *pk = NULL;
+	enum kb_err r = KB_ERR_INTERNAL;
+
+	if ((b = BIO_new_mem_buf(cert, -1)) == NULL
+	    || (x = PEM_read_bio_X509(b, NULL, no_password_cb, NULL)) == NULL) {
+		r = ossl_fail("client certificate \"%s\" holds no "
+		              "certificate",
+		    o->cert_file);
+		goto out;
+	}
+	BIO_free(b);
+	b = NULL;
+	if (X509_cmp_current_time(X509_get0_notAfter(x)) < 0) {
+		r = kb_errf(KB_ERR_CONFIG,
+		    "client certificate \"%s\" has "
+		    "expired",
+		    o->cert_file);
+		goto out;
+	}
+	if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0) {
+		r = kb_errf(KB_ERR_CONFIG,
+		    "client certificate \"%s\" is not "
+		    "valid yet (check the clock)",
+		    o->cert_file);
+		goto out;
+	}
+	if (strstr(key, "ENCRYPTED") != NULL) {
+		r = kb_errf(KB_ERR_CONFIG,
+		    "client key \"%s\" is encrypted; "
+		    "an unencrypted PEM key is needed",
+		    o->key_file);
+		goto out;
+	}
+	if ((b = BIO_new_mem_buf(key, -1)) == NULL
+	    || (pk = PEM_read_bio_PrivateKey(b, NULL, no_password_cb, NULL))
+	        == NULL) {
+		r = ossl_fail(
+		    "client key \"%s\" holds no private key", o->key_file);
+		goto out;
+	}
+	BIO_free(b);
+	b = NULL;
+	if (X509_check_private_key(x, pk) != 1) {
+		ERR_clear_error();
+		r = kb_errf(KB_ERR_CONFIG,
+		    "client key \"%s\" does not match "
+		    "certificate \"%s\"",
+		    o->key_file, o->cert_file);
+		goto out;
+	}
+	if ((b = BIO_new_mem_buf(ca, -1)) == NULL
+	    || (cax = PEM_read_bio_X509(b, NULL, no_password_cb, NULL))
+	        == NULL) {
+		r = ossl_fail(
+		    "CA file \"%s\" holds no certificate", o->ca_file);
+		goto out;
+	}
+	r = KB_OK;
+out:
+	BIO_free(b);
+	X509_free(x);
+	X509_free(cax);
+	EVP_PKEY_free(pk); /* wipes the key */
+	ERR_clear_error();
+	return r;
+}
+
+enum kb_err
+kb_client_open(const struct kb_client_opts *o, struct kb_client **out)
+{
+	struct kb_client *c = NULL;
+	char *cert = NULL, *key = NULL, *ca = NULL;
+	size_t cert_len = 0, key_len = 0, ca_len = 0;
+	grpc_channel_credentials *creds = NULL;
+	grpc_ssl_pem_key_cert_pair pair;
+	grpc_arg args[2];
+	grpc_channel_args chargs;
+	const char *addr;
+	enum kb_err r = KB_ERR_INTERNAL;
+
+	*out = NULL;
+	addr = (o->addr != NULL && *o->addr != '\0') ? o->addr
+	                                             : KB_CLIENT_DEFAULT_ADDR;
+	if ((r = pem_read(o->cert_file, "client certificate", &cert, &cert_len))
+	        != KB_OK
+	    || (r = pem_read(o->key_file, "client key", &key, &key_len))
+	        != KB_OK
+	    || (r = pem_read(o->ca_file, "CA file", &ca, &ca_len)) != KB_OK
+	    || (r = pem_check(o, cert, key, ca)) != KB_OK)
+		goto out;
+
+	pthread_once(&grpc_once, grpc_start);
+	if ((c = calloc(1, sizeof(*c))) == NULL
+	    || (c->addr = strdup(addr)) == NULL) {
+		r = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	c->timeout_ms =
+	    o->timeout_ms > 0 ? o->timeout_ms : KB_CLIENT_DEFAULT_TIMEOUT_MS;
+
+	pair.private_key = key;
+	pair.cert_chain = cert;
+	/* gRPC copies the PEM strings into the credentials. */
+	creds = grpc_ssl_credentials_create_ex(ca, &pair, NULL, NULL);
+	if (creds == NULL) {
+		r = kb_errf(KB_ERR_CONFIG,
+		    "cannot create TLS credentials from "
+		    "\"%s\", \"%s\" and \"%s\"",
+		    o->cert_file, o->key_file, o->ca_file);
+		goto out;
+	}
+	memset(args, 0, sizeof(args));
+	chargs.num_args = 0;
+	chargs.args = args;
+	args[chargs.num_args].type = GRPC_ARG_STRING;
+	args[chargs.num_args].key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING;
+	args[chargs.num_args].value.string = (char *)"kbclient/" KB_VERSION;
+	chargs.num_args++;
+	if (o->server_name != NULL && *o->server_name != '\0') {
+		args[chargs.num_args].type = GRPC_ARG_STRING;
+		args[chargs.num_args].key =
+		    (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+		args[chargs.num_args].value.string = (char *)o->server_name;
+		chargs.num_args++;
+	}
+	c->ch = grpc_channel_create(c->addr, creds, &chargs);
+	if (c->ch == NULL) {
+		r = kb_errf(KB_ERR_CONFIG, "cannot create a channel to \"%s\"",
+		    c->addr);
+		goto out;
+	}
+	*out = c;
+	c = NULL;
+	r = KB_OK;
+out:
+	if (creds != NULL)
+		grpc_channel_credentials_release(creds);
+	kb_freezero(cert, cert_len + 1);
+	kb_freezero(key, key_len + 1);
+	kb_freezero(ca, ca_len + 1);
+	kb_client_close(c);
+	return r;
+}
+
+void
+kb_client_close(struct kb_client *c)
+{
+	if (c == NULL)
+		return;
+	if (c->ch != NULL)
+		grpc_channel_destroy(c->ch);
+	free(c->addr);
+	free(c);
+}
+
+const char *
+kb_client_addr(const struct kb_client *c)
+{
+	return c->addr;
+}
+
+/* gRPC says "failed to connect to all addresses; last error: UNKNOWN:
+ * ipv4:127.0.0.1:7443: Failed to connect to remote host: Connection
+ * refused": keep the part a person can act on, and say what the usual
+ * TLS failures mean. */
+static void
+connect_reason(
+    const struct kb_client *c, const char *details, char *buf, size_t len)
+{
+	const char *p, *hint = "";
+	size_t n;
+
+	if ((p = strstr(details, "last error: ")) != NULL)
+		details = p + strlen("last error: ");
+	/* Drop a status word "UNKNOWN: " or "UNAVAILABLE: ". */
+	n = strspn(details, "ABCDEFGHIJKLMNOPQRSTUVWXYZ_");
+	if (n > 0 && strncmp(details + n, ": ", 2) == 0)
+		details += n + 2;
+	/* Drop a resolved-address prefix "ipv4:1.2.3.4:7443: ". */
+	if ((strncmp(details, "ipv4:", 5) == 0
+	        || strncmp(details, "ipv6:", 5) == 0
+	        || strncmp(details, "unix:", 5) == 0)
+	    && (p = strstr(details, ": ")) != NULL)
+		details = p + 2;
+	if (strstr(details, "certificate verify failed") != NULL)
+		hint = " (the broker's certificate is not signed by the CA "
+		       "in the CA file)";
+	else if (strstr(details, "is not in peer certificate") != NULL)
+		hint = " (use a host name the broker's certificate carries, "
+		       "or override the TLS server name)";
+	else if (strstr(details, "Socket closed") != NULL
+	    || strstr(details, "Connection reset") != NULL)
+		hint =
+		    " (the broker closed the connection: it may not trust "
+		    "the client certificate, or it is not a TLS gRPC server)";
+	else if (strstr(details, "wrong version number") != NULL)
+		hint = " (is it a TLS gRPC server?)";
+	/* Long details are cut to fit `buf`: their start says the most. */
+	if (snprintf(
+	        buf, len, "cannot connect to %s: %s%s", c->addr, details, hint)
+	    < 0)
+		snprintf(buf, len, "cannot connect to %s", c->addr);
+}
+
+static void status_set(struct kb_status *st, grpc_status_code code,
+    const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+static void
+status_set(struct kb_status *st, grpc_status_code code, const char *fmt, ...)
+{
+	va_list ap;
+
+	st->code = code;
+	va_start(ap, fmt);
+	vsnprintf(st->message, sizeof(st->message), fmt, ap);
+	va_end(ap);
+}
+
+enum kb_err
+kb_client_call(struct kb_client *c, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+    ProtobufCMessage **resp, struct kb_status *st)
+{
+	struct kb_status local;
+	grpc_completion_queue *cq = NULL;
+	grpc_call *call = NULL;
+	grpc_byte_buffer *send = NULL, *recv = NULL;
+	grpc_metadata_array md_init, md_trail;
+	grpc_status_code code = GRPC_STATUS_UNKNOWN;
+	grpc_slice details = grpc_empty_slice();
+	grpc_slice method_slice;
+	const char *error_string = NULL;
+	grpc_call_error ce;
+	grpc_event ev;
+	grpc_op ops[6], *op;
+	char det[sizeof(st->message)];
+	size_t dlen;
+	int tag;
+	enum kb_err r = KB_ERR_INTERNAL;
+
+	*resp = NULL;
+	if (st == NULL)
+		st = &local;
+	status_set(st, GRPC_STATUS_INTERNAL, "%s", "");
+	grpc_metadata_array_init(&md_init);
+	grpc_metadata_array_init(&md_trail);
+	method_slice = grpc_slice_from_copied_string(method);
+
+	if ((send = kb_wire_pack(req)) == NULL) {
+		status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		r = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	/* One pluck queue per call: calls from many threads never wait on
+	 * each other's events. */
+	if ((cq = grpc_completion_queue_create_for_pluck(NULL)) == NULL) {
+		status_set(st, GRPC_STATUS_INTERNAL,
+		    "cannot create a "
+		    "completion queue");
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+	call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
+	    cq, method_slice, NULL,
+	    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+	        gpr_time_from_millis(c->timeout_ms, GPR_TIMESPAN)),
+	    NULL);
+	if (call == NULL) {
+		status_set(st, GRPC_STATUS_INTERNAL, "cannot create a call");
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+
+	memset(ops, 0, sizeof(ops));
+	op = ops;
+	op->op = GRPC_OP_SEND_INITIAL_METADATA;
+	op->data.send_initial_metadata.count = 0;
+	op++;
+	op->op = GRPC_OP_SEND_MESSAGE;
+	op->data.send_message.send_message = send;
+	op++;
+	op->op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	op++;
+	op->op = GRPC_OP_RECV_INITIAL_METADATA;
+	op->data.recv_initial_metadata.recv_initial_metadata = &md_init;
+	op++;
+	op->op = GRPC_OP_RECV_MESSAGE;
+	op->data.recv_message.recv_message = &recv;
+	op++;
+	op->op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	op->data.recv_status_on_client.trailing_metadata = &md_trail;
+	op->data.recv_status_on_client.status = &code;
+	op->data.recv_status_on_client.status_details = &details;
+	op->data.recv_status_on_client.error_string = &error_string;
+	op++;
+	ce = grpc_call_start_batch(call, ops, (size_t)(op - ops), &tag, NULL);
+	if (ce != GRPC_CALL_OK) {
+		status_set(st, GRPC_STATUS_INTERNAL,
+		    "cannot start the call "
+		    "(grpc_call_error %d)",
+		    (int)ce);
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+	ev = grpc_completion_queue_pluck(
+	    cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+	if (ev.type != GRPC_OP_COMPLETE || !ev.success) {
+		status_set(st, GRPC_STATUS_INTERNAL,
+		    "the call did not "
+		    "complete");
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+
+	dlen = GRPC_SLICE_LENGTH(details);
+	if (dlen >= sizeof(det))
+		dlen = sizeof(det) - 1;
+	memcpy(det, GRPC_SLICE_START_PTR(details), dlen);
+	det[dlen] = '\0';
+	if (code != GRPC_STATUS_OK) {
+		grpc_connectivity_state cs =
+		    grpc_channel_check_connectivity_state(c->ch, 0);
+
+		/* Our own status (the broker's refusals) comes over a ready
+		 * connection; gRPC's connection failures do not. */
+		st->code = code;
+		if (code == GRPC_STATUS_UNAVAILABLE
+		    && (cs != GRPC_CHANNEL_READY
+		        || strstr(det, "failed to connect") != NULL))
+			connect_reason(
+			    c, det, st->message, sizeof(st->message));
+		else if (code == GRPC_STATUS_DEADLINE_EXCEEDED
+		    && (det[0] == '\0'
+		        || strcmp(det, "Deadline Exceeded") == 0))
+			/* gRPC's own deadline, not a broker message. */
+			snprintf(st->message, sizeof(st->message),
+			    "%s %s "
+			    "within %g s",
+			    cs != GRPC_CHANNEL_READY ? "cannot connect to"
+			                             : "no answer from",
+			    c->addr, c->timeout_ms / 1000.0);
+		else
+			snprintf(st->message, sizeof(st->message), "%s",
+			    det[0] != '\0'
+			        ? det
+			        : kb_strerror(kb_client_err_from_grpc(code)));
+		r = kb_errf(kb_client_err_from_grpc(code), "%s", st->message);
+		goto out;
+	}
+	if (recv == NULL) {
+		status_set(st, GRPC_STATUS_INTERNAL,
+		    "the broker answered %s "
+		    "with no message",
+		    method);
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+	if ((r = kb_wire_unpack(resp_desc, recv, KB_CLIENT_MAX_MESSAGE, resp))
+	    != KB_OK) {
+		r = kb_err_wrap(r, "bad response to %s", method);
+		status_set(st, GRPC_STATUS_INTERNAL, "%s", kb_err_msg(r));
+		goto out;
+	}
+	status_set(st, GRPC_STATUS_OK, "%s", "");
+	kb_err_clear();
+	r = KB_OK;
+out:
+	kb_wipe(det, sizeof(det));
+	if (call != NULL)
+		grpc_call_unref(call);
+	if (cq != NULL) {
+		grpc_completion_queue_shutdown(cq);
+		grpc_completion_queue_destroy(cq);
+	}
+	kb_wire_destroy(send);
+	kb_wire_destroy(recv);
+	grpc_slice_unref(details);
+	grpc_slice_unref(method_slice);
+	gpr_free((void *)error_string);
+	grpc_metadata_array_destroy(&md_init);
+	grpc_metadata_array_destroy(&md_trail);
+	return r;
+}
+
+enum kb_err
+kb_client_get_data_key(struct kb_client *c, const char *tenant, const char *env,
+    uint8_t *dek, size_t dek_cap, size_t *dek_len, uint32_t *version,
+    struct kb_status *st)
+{
+	Keybroker__V1__GetDataKeyRequest req =
+	    KEYBROKER__V1__GET_DATA_KEY_REQUEST__INIT;
+	Keybroker__V1__GetDataKeyResponse *resp = NULL;
+	ProtobufCMessage *m = NULL;
+	enum kb_err r;
+
+	*dek_len = 0;
+	req.tenant_id = (char *)tenant;
+	req.environment = (char *)env;
+	if ((r = kb_client_call(c, KB_METHOD_GET_DATA_KEY, &req.base,
+	         &keybroker__v1__get_data_key_response__descriptor, &m, st))
+	    != KB_OK)
+		return r;
+	resp = (Keybroker__V1__GetDataKeyResponse *)m;
+	if (resp->dek.len == 0 || resp->dek.len > dek_cap) {
+		r = kb_errf(resp->dek.len == 0 ? KB_ERR_INTERNAL
+		                               : KB_ERR_INVALID_ARGUMENT,
+		    "the data key of %s/%s is %zu "
+		    "bytes; the buffer holds %zu",
+		    tenant, env, resp->dek.len, dek_cap);
+		if (st != NULL)
+			status_set(
+			    st, GRPC_STATUS_INTERNAL, "%s", kb_err_msg(r));
+		goto out;
+	}
+	memcpy(dek, resp->dek.data, resp->dek.len);
+	*dek_len = resp->dek.len;
+	if (version != NULL)
+		*version = resp->dek_version;
+	r = KB_OK;
+out:
+	kb_wire_free(m); /* wipes the DEK */
+	return r;
+}
+
+enum kb_err
+kb_client_health(struct kb_client *c, int *serving_status, struct kb_status *st)
+{
+	Grpc__Health__V1__HealthCheckRequest req =
+	    GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+	ProtobufCMessage *m = NULL;
+	enum kb_err r;
+
+	*serving_status = 0;
+	req.service = (char *)"";
+	if ((r = kb_client_call(c, KB_METHOD_HEALTH_CHECK, &req.base,
+	         &grpc__health__v1__health_check_response__descriptor, &m, st))
+	    != KB_OK)
+		return r;
+	*serving_status =
+	    (int)((Grpc__Health__V1__HealthCheckResponse *)m)->status;
+	kb_wire_free(m);
+	return KB_OK;
+}

@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kbclient.h: the C client library of keybroker (mutual TLS, unary calls). */
+#ifndef KB_CLIENT_H
+#define KB_CLIENT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <grpc/status.h>
+#include <protobuf-c/protobuf-c.h>
+
+#include "kb_err.h"
+#include "kb_wire.h"
+
+#define KB_CLIENT_DEFAULT_ADDR "127.0.0.1:7443"
+#define KB_CLIENT_DEFAULT_TIMEOUT_MS 10000
+/* Largest response accepted (gRPC's default receive limit). */
+#define KB_CLIENT_MAX_MESSAGE (4 * 1024 * 1024)
+
+/* Full gRPC method names, for kb_client_call(). */
+#define KB_METHOD_WHOAMI "/keybroker.v1.KeyBroker/WhoAmI"
+#define KB_METHOD_CREATE_TENANT "/keybroker.v1.KeyBroker/CreateTenant"
+#define KB_METHOD_LIST_TENANTS "/keybroker.v1.KeyBroker/ListTenants"
+#define KB_METHOD_GET_TENANT "/keybroker.v1.KeyBroker/GetTenant"
+#define KB_METHOD_CREATE_ENVIRONMENT "/keybroker.v1.KeyBroker/CreateEnvironment"
+#define KB_METHOD_LIST_ENVIRONMENTS "/keybroker.v1.KeyBroker/ListEnvironments"
+#define KB_METHOD_GET_ENVIRONMENT "/keybroker.v1.KeyBroker/GetEnvironment"
+#define KB_METHOD_GET_DATA_KEY "/keybroker.v1.KeyBroker/GetDataKey"
+#define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
+
+/* A client: one channel (one HTTP/2 connection) to one broker. Safe to use
+ * from many threads at once; every call blocks its own thread only. */
+struct kb_client;
+
+struct kb_client_opts {
+	const char *addr; /* "host:port"; NULL = KB_CLIENT_DEFAULT_ADDR */
+	const char *cert_file; /* client certificate (chain), PEM */
+	const char *key_file; /* its private key, PEM, unencrypted (secret) */
+	const char *ca_file; /* CA certificate(s) that sign the broker's */
+	const char
+	    *server_name; /* optional: TLS name to verify instead of host */
+	int timeout_ms; /* per-call deadline; <= 0 = the default (10 s) */
+};
+
+/* The outcome of a call as the broker (or gRPC) reported it. */
+struct kb_status {
+	grpc_status_code code;
+	char message[512]; /* the status details; NUL-terminated */
+};
+
+/* Read the three PEM files and create the channel; nothing is sent until
+ * the first call. Errors (KB_ERR_IO naming the file, KB_ERR_CONFIG, ...)
+ * carry a kb_err_msg(). The copy of the private key we read is wiped; gRPC
+ * keeps its own for the channel's lifetime. Free *out with kb_client_close. */
+enum kb_err kb_client_open(
+    const struct kb_client_opts *o, struct kb_client **out);
+
+/* Close the channel and free the client. Calls still running on other
+ * threads must have returned. Accepts NULL. */
+void kb_client_close(struct kb_client *c);
+
+/* The "host:port" this client talks to (owned by the client). */
+const char *kb_client_addr(const struct kb_client *c);
+
+/* One unary call of `method` (a KB_METHOD_* name) with `req`. On KB_OK,
+ * *resp is a `resp_desc` message: free it with kb_wire_free (which wipes
+ * it, so responses holding DEKs leave no copy). On failure *resp is NULL
+ * and the error is the mapping of st->code (see kb_client_err_from_grpc);
+ * kb_err_msg() and st->message hold the broker's words. When the broker
+ * cannot be reached st->message starts "cannot connect to HOST:PORT: ".
+ * `st` may be NULL. The request may carry secrets: our encoded copy is
+ * wiped after the call. */
+enum kb_err kb_client_call(struct kb_client *c, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+    ProtobufCMessage **resp, struct kb_status *st);
+
+/* Fetch the data key of `tenant`/`env` into dek[0..dek_cap) (secret: the
+ * caller wipes it after use); *dek_len gets its length (32) and *version
+ * its version. A DEK longer than dek_cap gives KB_ERR_INVALID_ARGUMENT and
+ * leaves dek untouched. All intermediate copies are wiped. `version` and
+ * `st` may be NULL. */
+enum kb_err kb_client_get_data_key(struct kb_client *c, const char *tenant,
+    const char *env, uint8_t *dek, size_t dek_cap, size_t *dek_len,
+    uint32_t *version, struct kb_status *st);
+
+/* grpc.health.v1.Health/Check for the whole server (service ""). On KB_OK
+ * *serving_status is the ServingStatus number: 1 = SERVING, 2 =
+ * NOT_SERVING (0 = UNKNOWN, 3 = SERVICE_UNKNOWN). */
+enum kb_err kb_client_health(
+    struct kb_client *c, int *serving_status, struct kb_status *st);
+
+/* The client's one mapping from a gRPC status to our error space (the
+ * inverse of kb_err_to_grpc, up to the codes that share a status). */
+enum kb_err kb_client_err_from_grpc(grpc_status_code s);
+
+/* For the end of main() only: shut gRPC down (the library initializes it
+ * once, on the first kb_client_open). No kb_client may be open or opened
+ * afterwards. Programs may also simply exit. */
+void kb_client_global_cleanup(void);
+
+#endif /* KB_CLIENT_H */

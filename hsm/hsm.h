@@ -1,0 +1,121 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* hsm.h: the only door into the PKCS#11 token.
+ *
+ * Keys are named by a printable string id (at most 64 bytes of [A-Za-z0-9._-]),
+ * stored as both CKA_ID and CKA_LABEL on the private and public objects of a
+ * pair. Every function is safe to call from many threads at once: a pool of
+ * sessions serves them. Errors come back as kb_err with a message (via
+ * kb_errf) that names the PKCS#11 function and the CK_RV ("C_Decrypt:
+ * CKR_ENCRYPTED_DATA_INVALID"). Private keys are created with
+ * CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE and not CKA_EXTRACTABLE. */
+#ifndef KB_HSM_H
+#define KB_HSM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "kb_err.h"
+
+struct hsm;
+
+struct hsm_config {
+	const char *module_path;  /* PKCS#11 module; NULL = SoftHSMv2's */
+	const char *token_uri;    /* "pkcs11:token=keybroker" (RFC 7512) */
+	const char *pin_file;     /* user PIN, one line; must be mode 0600 */
+	int check_pin_mode;       /* refuse a PIN file readable by others */
+	unsigned sessions;        /* size of the session pool; 0 = 8 */
+};
+
+#define HSM_ALG_OAEP_SHA1   "RSA-OAEP-SHA1"
+#define HSM_ALG_OAEP_SHA256 "RSA-OAEP-SHA256"
+
+/* Key uses, chosen at creation. */
+enum hsm_key_use {
+	HSM_USE_ENCRYPT = 1, /* CKA_ENCRYPT/CKA_DECRYPT: wraps DEKs (OAEP) */
+	HSM_USE_UNWRAP = 2,  /* CKA_UNWRAP only: BYOK key-exchange key */
+	HSM_USE_SIGN = 4,    /* CKA_SIGN/CKA_VERIFY: audit checkpoints */
+};
+
+struct hsm_token_info {
+	char label[33];        /* trailing blanks trimmed */
+	char serial[17];
+	char manufacturer[33];
+	char model[17];
+};
+
+/* Load the module through p11-kit, find the one token matching the URI
+ * (KB_ERR_CONFIG if none or several match, naming the tokens seen), log in
+ * with the PIN (KB_ERR_HSM with CKR_PIN_INCORRECT etc.) and open the session
+ * pool. The PIN is kept in locked memory for re-login after a token
+ * failure, and wiped at hsm_close(). */
+enum kb_err hsm_open(const struct hsm_config *cfg, struct hsm **out);
+void hsm_close(struct hsm *h);
+
+void hsm_token_info(const struct hsm *h, struct hsm_token_info *out);
+
+/* Returns KB_OK when the token answers (C_GetSessionInfo on a pooled
+ * session, logged in); KB_ERR_UNAVAILABLE otherwise, after trying once to
+ * recover (reopen sessions and log in again). */
+enum kb_err hsm_check(struct hsm *h);
+
+/* Which OAEP variant the token accepts with key `id` (which must allow
+ * HSM_USE_ENCRYPT): tries SHA-256 first, falls back to SHA-1 (SoftHSMv2 2.6.1).
+ * Sets *alg to HSM_ALG_OAEP_SHA256 or HSM_ALG_OAEP_SHA1 (static strings). */
+enum kb_err hsm_oaep_probe(struct hsm *h, const char *id, const char **alg);
+
+/* Generate an RSA key pair of `bits` bits in the token with uses `use`.
+ * KB_ERR_ALREADY_EXISTS if a key with this id exists. */
+enum kb_err hsm_rsa_generate(struct hsm *h, const char *id, unsigned bits,
+    unsigned use);
+
+/* Import an RSA private key (secret) as a token key pair with uses `use`.
+ * The caller wipes its copy; the components copied here are wiped before
+ * returning. */
+enum kb_err hsm_rsa_import(struct hsm *h, const char *id, EVP_PKEY *pkey,
+    unsigned use);
+
+/* Import a key pair from an Azure-style BYOK blob: `blob` is
+ * RSA-OAEP(kek, AES-256 key) || AES-KWP(PKCS#8 private key). Both unwraps run
+ * in the token (CKM_RSA_PKCS_OAEP with `oaep_alg`, then CKM_AES_KEY_WRAP_PAD)
+ * so the private key never exists outside it. The new private key gets id
+ * `id` and uses `use`; the public object is built from its modulus and
+ * exponent. A key that is not RSA of `want_bits` is destroyed and refused
+ * (KB_ERR_INVALID_ARGUMENT). */
+enum kb_err hsm_byok_unwrap(struct hsm *h, const char *kek_id,
+    const char *oaep_alg, const uint8_t *blob, size_t blob_len,
+    const char *id, unsigned want_bits, unsigned use);
+
+/* The public key of `id` as DER SubjectPublicKeyInfo (*der malloc'd). */
+enum kb_err hsm_public_key_der(struct hsm *h, const char *id, uint8_t **der,
+    size_t *der_len);
+
+/* KB_OK if a private key with this id exists, KB_ERR_NOT_FOUND if not. */
+enum kb_err hsm_key_exists(struct hsm *h, const char *id);
+
+/* Destroy both objects of the pair (C_DestroyObject). KB_ERR_NOT_FOUND if
+ * neither exists. */
+enum kb_err hsm_key_destroy(struct hsm *h, const char *id);
+
+/* RSA-OAEP encrypt `in` (secret) under the public key `id`; *out malloc'd. */
+enum kb_err hsm_encrypt(struct hsm *h, const char *id, const char *alg,
+    const uint8_t *in, size_t in_len, uint8_t **out, size_t *out_len);
+
+/* RSA-OAEP decrypt in the token. *out (secret) is malloc'd: the caller
+ * wipes and frees it (kb_freezero). A blob that does not decrypt is
+ * KB_ERR_CORRUPT ("CKR_ENCRYPTED_DATA_INVALID"). */
+enum kb_err hsm_decrypt(struct hsm *h, const char *id, const char *alg,
+    const uint8_t *in, size_t in_len, uint8_t **out, size_t *out_len);
+
+/* RSASSA-PKCS1-v1_5 with SHA-256 (CKM_SHA256_RSA_PKCS) over `data`. */
+enum kb_err hsm_sign(struct hsm *h, const char *id, const uint8_t *data,
+    size_t len, uint8_t **sig, size_t *sig_len);
+
+/* Fill buf with n bytes from the token's C_GenerateRandom. */
+enum kb_err hsm_random(struct hsm *h, uint8_t *buf, size_t n);
+
+/* Name of a CK_RV ("CKR_PIN_INCORRECT"), for messages. */
+const char *hsm_rv_name(unsigned long rv);
+
+#endif /* KB_HSM_H */

@@ -1,0 +1,107 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* harness.c: runner and fixtures for unit tests. */
+#include "harness.h"
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <stdarg.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+int kbt_failed_current;
+
+int
+kbt_run(const struct kbt_case *cases, int argc, char **argv)
+{
+	int passed = 0, failed = 0;
+	const struct kbt_case *c;
+
+	for (c = cases; c->name != NULL; c++) {
+		if (argc > 1 && strstr(c->name, argv[1]) == NULL)
+			continue;
+		kbt_failed_current = 0;
+		c->fn();
+		if (kbt_failed_current) {
+			printf("FAIL %s\n", c->name);
+			failed++;
+		} else {
+			printf("ok   %s\n", c->name);
+			passed++;
+		}
+		fflush(stdout);
+	}
+	printf("%d passed, %d failed\n", passed, failed);
+	return failed == 0 ? 0 : 1;
+}
+
+const char *
+kbt_tmpdir(void)
+{
+	static char dir[256];
+	const char *base = getenv("TMPDIR");
+
+	snprintf(dir, sizeof(dir), "%s/kbtest.XXXXXX", base ? base : "/tmp");
+	if (mkdtemp(dir) == NULL) {
+		perror("mkdtemp");
+		exit(2);
+	}
+	return dir;
+}
+
+static int
+rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
+{
+	(void)sb; (void)flag; (void)ftw;
+	return remove(path);
+}
+
+void
+kbt_rmtree(const char *dir)
+{
+	if (getenv("KBT_KEEP") == NULL)
+		nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+static void
+write_file(const char *path, int mode, const char *fmt, ...)
+{
+	va_list ap;
+	FILE *f;
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, mode);
+
+	if (fd < 0 || (f = fdopen(fd, "w")) == NULL) {
+		perror(path);
+		exit(2);
+	}
+	va_start(ap, fmt);
+	vfprintf(f, fmt, ap);
+	va_end(ap);
+	fclose(f);
+}
+
+const char *
+kbt_softhsm_setup(const char *label)
+{
+	static char dir[256];
+	char path[512], cmd[1024];
+
+	snprintf(dir, sizeof(dir), "%s", kbt_tmpdir());
+	snprintf(path, sizeof(path), "%s/tokens", dir);
+	mkdir(path, 0700);
+	snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
+	write_file(path, 0600,
+	    "directories.tokendir = %s/tokens\nobjectstore.backend = file\n"
+	    "log.level = ERROR\nslots.removable = false\n", dir);
+	setenv("SOFTHSM2_CONF", path, 1);
+	snprintf(path, sizeof(path), "%s/pin", dir);
+	write_file(path, 0600, "%s\n", KBT_USER_PIN);
+	snprintf(cmd, sizeof(cmd),
+	    "softhsm2-util --init-token --free --label '%s' --so-pin 5678 "
+	    "--pin %s >/dev/null", label, KBT_USER_PIN);
+	if (system(cmd) != 0) {
+		fprintf(stderr, "softhsm2-util --init-token failed\n");
+		exit(2);
+	}
+	return dir;
+}

@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* test-config.c: configuration parsing. */
+#include "harness.h"
+
+#include "config.h"
+#include "log.h"
+
+#define MINIMAL "tls_cert = s.crt\ntls_key = s.key\nclient_ca = /etc/ca.crt\n" \
+	"pin_file = pin\ndatabase = kb.db\n"
+
+static enum kb_err
+parse(const char *text, struct config **c)
+{
+	return config_parse(text, strlen(text), "/srv/kb", c);
+}
+
+static void
+test_defaults_and_paths(void)
+{
+	struct config *c = NULL;
+
+	KBT_ASSERT_OK(parse("# comment\n\n" MINIMAL, &c));
+	KBT_ASSERT_STR(c->listen, "127.0.0.1:7443");
+	KBT_ASSERT_STR(c->token_uri, "pkcs11:token=keybroker");
+	KBT_ASSERT_STR(c->tls_cert, "/srv/kb/s.crt");
+	KBT_ASSERT_STR(c->client_ca, "/etc/ca.crt");
+	KBT_ASSERT_STR(c->database, "/srv/kb/kb.db");
+	KBT_ASSERT_INT(c->workers, ==, 4);
+	KBT_ASSERT_INT(c->max_message_bytes, ==, 65536);
+	KBT_ASSERT_INT(c->log_level, ==, LOG_INFO);
+	config_free(c);
+}
+
+static void
+test_values(void)
+{
+	struct config *c = NULL;
+
+	KBT_ASSERT_OK(parse(MINIMAL "listen = 0.0.0.0:9000  # all\r\n"
+	    "workers=16\nlog_level = debug\nmax_message_bytes = 1048576\n", &c));
+	KBT_ASSERT_STR(c->listen, "0.0.0.0:9000");
+	KBT_ASSERT_INT(c->workers, ==, 16);
+	KBT_ASSERT_INT(c->log_level, ==, LOG_DEBUG);
+	KBT_ASSERT_INT(c->max_message_bytes, ==, 1048576);
+	config_free(c);
+}
+
+static void
+test_errors(void)
+{
+	struct config *c = NULL;
+
+	KBT_ASSERT_ERR(parse(MINIMAL "bogus = 1\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "line 6: unknown key \"bogus\"");
+	KBT_ASSERT_ERR(parse(MINIMAL "workers = 0\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "workers must be a number from 1 to 256");
+	KBT_ASSERT_ERR(parse(MINIMAL "workers = 4x\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(parse(MINIMAL "workers = -1\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(parse(MINIMAL "workers = 99999999999999999999999\n", &c),
+	    KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(parse(MINIMAL "just words\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "expected \"key = value\"");
+	KBT_ASSERT_ERR(parse(MINIMAL "listen =\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(parse(MINIMAL "log_level = loud\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(parse("tls_cert = a\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "missing required key \"tls_key\"");
+	KBT_ASSERT_ERR(config_parse("a\0b", 3, "/", &c), KB_ERR_CONFIG);
+	KBT_ASSERT(c == NULL);
+}
+
+static void
+test_load_missing(void)
+{
+	struct config *c = NULL;
+
+	KBT_ASSERT_ERR(config_load("/nonexistent/kb.conf", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "/nonexistent/kb.conf");
+}
+
+static const struct kbt_case cases[] = {
+	{ "/config/defaults-and-paths", test_defaults_and_paths },
+	{ "/config/values", test_values },
+	{ "/config/errors", test_errors },
+	{ "/config/load-missing", test_load_missing },
+	{ NULL, NULL }
+};
+
+int
+main(int argc, char **argv)
+{
+	return kbt_run(cases, argc, argv);
+}
