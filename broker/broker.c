@@ -8,84 +8,188 @@
 
 #include <openssl/evp.h>
 
+#include "audit.h"
 #include "clock.h"
+#include "fingerprint.h"
+#include "jobs.h"
 #include "log.h"
 
-/* Hex SHA-256 of DER SubjectPublicKeyInfo. */
+/* Hex SHA-256 of the DER SubjectPublicKeyInfo of token key `id`. */
 static enum kb_err
 key_fingerprint(struct hsm *h, const char *id, char out[65])
 {
-	uint8_t *der = NULL, md[32];
+	uint8_t *der = NULL;
 	size_t len = 0;
 	enum kb_err e;
-	int i;
 
 	if ((e = hsm_public_key_der(h, id, &der, &len)) != KB_OK)
 		return e;
-	if (EVP_Digest(der, len, md, NULL, EVP_sha256(), NULL) != 1) {
-		free(der);
-		return kb_err_openssl(KB_ERR_CRYPTO, "hashing a public key");
-	}
+	e = fingerprint_spki(der, len, out);
 	free(der);
-	for (i = 0; i < 32; i++)
-		snprintf(out + 2 * i, 3, "%02x", md[i]);
-	return KB_OK;
+	return e;
 }
 
-/* The platform key wraps every platform-mode DEK. It is made once, at first
- * start; afterwards it must be in the token. */
+/* One of the broker's own keys (purpose "platform" or "audit"): made once,
+ * at first start, with id `id` and uses `use`; afterwards it must be in the
+ * token. Fills *out with its record. */
 static enum kb_err
-ensure_platform_key(struct broker *b)
+ensure_broker_key(struct broker *b, const char *purpose, const char *id,
+    unsigned use, const char *why, struct store_key *out)
 {
 	struct store_key k;
-	const char *alg = NULL;
+	const char *alg = "";
 	enum kb_err e;
 
-	e = store_key_broker(b->store, "platform", &k);
+	e = store_key_broker(b->store, purpose, &k);
 	if (e == KB_OK) {
 		if ((e = hsm_key_exists(b->hsm, k.id)) != KB_OK)
-			return kb_errf(KB_ERR_TOKEN_MISMATCH, "the platform key "
-			    "\"%s\" recorded in the database is not in token "
-			    "'%s': every platform-encrypted data key depends on "
-			    "it; restore the token from backup", k.id,
-			    b->token.label);
-		snprintf(b->platform_key_id, sizeof(b->platform_key_id), "%s",
-		    k.id);
-		snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", k.wrap_alg);
+			return kb_errf(KB_ERR_TOKEN_MISMATCH, "the %s key \"%s\" "
+			    "recorded in the database is not in token '%s': %s; "
+			    "restore the token from backup", purpose, k.id,
+			    b->token.label, why);
+		*out = k;
 		return KB_OK;
 	}
 	if (e != KB_ERR_NOT_FOUND)
 		return e;
 	kb_err_clear();
 	memset(&k, 0, sizeof(k));
-	snprintf(k.id, sizeof(k.id), "%s", BROKER_PLATFORM_KEY_ID);
+	snprintf(k.id, sizeof(k.id), "%s", id);
 	/* A crash between generating and recording leaves the key in the
 	 * token: reuse it rather than failing. */
 	if ((e = hsm_key_exists(b->hsm, k.id)) == KB_ERR_NOT_FOUND) {
 		kb_err_clear();
-		log_info("creating the platform key %s (RSA-2048) in token '%s'",
-		    k.id, b->token.label);
-		if ((e = hsm_rsa_generate(b->hsm, k.id, 2048, HSM_USE_ENCRYPT))
-		    != KB_OK)
-			return kb_err_wrap(e, "creating the platform key");
+		log_info("creating the %s key %s (RSA-2048) in token '%s'",
+		    purpose, k.id, b->token.label);
+		if ((e = hsm_rsa_generate(b->hsm, k.id, 2048, use)) != KB_OK)
+			return kb_err_wrap(e, "creating the %s key", purpose);
 	} else if (e != KB_OK) {
 		return e;
 	}
-	if ((e = hsm_oaep_probe(b->hsm, k.id, &alg)) != KB_OK)
+	if ((use & HSM_USE_ENCRYPT) &&
+	    (e = hsm_oaep_probe(b->hsm, k.id, &alg)) != KB_OK)
 		return kb_err_wrap(e, "probing the token's RSA-OAEP support");
 	if ((e = key_fingerprint(b->hsm, k.id, k.fingerprint)) != KB_OK)
 		return e;
-	snprintf(k.purpose, sizeof(k.purpose), "platform");
+	snprintf(k.purpose, sizeof(k.purpose), "%s", purpose);
 	snprintf(k.origin, sizeof(k.origin), "generated");
 	snprintf(k.state, sizeof(k.state), "active");
 	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", alg);
+	k.bits = 2048;
 	k.create_time_us = k.update_time_us = clock_now_us();
 	if ((e = store_key_create(b->store, &k)) != KB_OK)
 		return e;
-	snprintf(b->platform_key_id, sizeof(b->platform_key_id), "%s", k.id);
-	snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", alg);
-	log_info("platform key %s ready (%s, fingerprint %.16s...)", k.id, alg,
+	log_info("%s key %s ready (fingerprint %.16s...)", purpose, k.id,
 	    k.fingerprint);
+	*out = k;
+	return KB_OK;
+}
+
+static enum kb_err
+open_audit(struct broker *b)
+{
+	struct audit_config ac;
+	struct store_key k;
+	enum kb_err e;
+
+	if ((e = ensure_broker_key(b, "audit", BROKER_AUDIT_KEY_ID,
+	    HSM_USE_SIGN, "it signs the audit log's checkpoints", &k)) != KB_OK)
+		return e;
+	b->audit_key = k;
+	memset(&ac, 0, sizeof(ac));
+	ac.path = b->cfg->audit_database;
+	ac.hsm = b->hsm;
+	ac.sign_key_id = b->audit_key.id;
+	ac.checkpoint_events = b->cfg->audit_checkpoint_events;
+	ac.checkpoint_interval_s = b->cfg->audit_checkpoint_interval_s;
+	ac.now_us = clock_now_us;
+	return audit_open(&ac, &b->audit);
+}
+
+/* A crash between a lock's commit and the token work leaves keys the
+ * database calls locked or deleted in the token: destroy them now. */
+static enum kb_err
+reconcile_destroyed_keys(struct broker *b)
+{
+	struct store_key *v = NULL;
+	size_t n = 0, i;
+	enum kb_err e;
+
+	if ((e = store_keys_destroyed(b->store, &v, &n)) != KB_OK)
+		return e;
+	for (i = 0; i < n; i++) {
+		if (hsm_key_exists(b->hsm, v[i].id) != KB_OK) {
+			kb_err_clear();
+			continue;
+		}
+		log_warn("key %s of tenant %s is %s but still in the token: "
+		    "destroying it now", v[i].id, v[i].tenant_id, v[i].state);
+		if ((e = hsm_key_destroy(b->hsm, v[i].id)) != KB_OK)
+			break;
+	}
+	free(v);
+	return e;
+}
+
+static pthread_mutex_t *
+tenant_mutex(struct broker *b, const char *tenant)
+{
+	uint32_t h = 2166136261u;   /* FNV-1a */
+	const char *p;
+
+	for (p = tenant; *p != '\0'; p++)
+		h = (h ^ (uint8_t)*p) * 16777619u;
+	return &b->tenant_locks[h % BROKER_TENANT_LOCKS];
+}
+
+void
+broker_tenant_lock(struct broker *b, const char *tenant)
+{
+	pthread_mutex_lock(tenant_mutex(b, tenant));
+}
+
+void
+broker_tenant_unlock(struct broker *b, const char *tenant)
+{
+	pthread_mutex_unlock(tenant_mutex(b, tenant));
+}
+
+enum kb_err
+broker_audit_system(struct broker *b, const char *what, const char *tenant,
+    const char *env, const char *key_id, const char *result,
+    const char *reason)
+{
+	struct audit_record r;
+	char rid[24];
+	enum kb_err e;
+
+	memset(&r, 0, sizeof(r));
+	snprintf(rid, sizeof(rid), "sys-%llx",
+	    (unsigned long long)clock_now_us());
+	r.actor = "keybroker";
+	r.role = "system";
+	r.method = what;
+	r.tenant = tenant;
+	r.env = env;
+	r.key_id = key_id;
+	r.result = result;
+	r.reason = reason;
+	r.request_id = rid;
+	if ((e = audit_append(b->audit, &r, NULL)) != KB_OK)
+		log_error("audit log: cannot record %s: %s", what, kb_err_msg(e));
+	return e;
+}
+
+enum kb_err
+broker_new_id(struct broker *b, const char *prefix, char *out, size_t len)
+{
+	uint8_t r[8];
+	enum kb_err e;
+
+	if ((e = hsm_random(b->hsm, r, sizeof(r))) != KB_OK)
+		return e;
+	snprintf(out, len, "%s%02x%02x%02x%02x%02x%02x%02x%02x", prefix, r[0],
+	    r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
 	return KB_OK;
 }
 
@@ -94,7 +198,9 @@ broker_open(struct config *cfg, struct broker **out)
 {
 	struct broker *b;
 	struct hsm_config hc;
+	struct store_key pk;
 	enum kb_err e;
+	int i;
 
 	*out = NULL;
 	if ((b = calloc(1, sizeof(*b))) == NULL) {
@@ -102,6 +208,14 @@ broker_open(struct config *cfg, struct broker **out)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	}
 	b->cfg = cfg;
+	for (i = 0; i < BROKER_TENANT_LOCKS; i++)
+		pthread_mutex_init(&b->tenant_locks[i], NULL);
+	if ((e = clock_init(cfg->test_clock_file)) != KB_OK)
+		goto fail;
+	if (clock_is_test())
+		log_warn("this is a TEST build: its clock can be moved (%s)",
+		    cfg->test_clock_file != NULL ? cfg->test_clock_file :
+		    "no test_clock_file set");
 	b->start_time_us = clock_now_us();
 	if (cfg->softhsm2_conf != NULL)
 		setenv("SOFTHSM2_CONF", cfg->softhsm2_conf, 1);
@@ -125,7 +239,26 @@ broker_open(struct config *cfg, struct broker **out)
 	if ((e = store_token_bind(b->store, b->token.label, b->token.serial))
 	    != KB_OK)
 		goto fail;
-	if ((e = ensure_platform_key(b)) != KB_OK)
+	if ((e = ensure_broker_key(b, "platform", BROKER_PLATFORM_KEY_ID,
+	    HSM_USE_ENCRYPT, "every platform-encrypted data key depends on it",
+	    &pk)) != KB_OK)
+		goto fail;
+	snprintf(b->platform_key_id, sizeof(b->platform_key_id), "%s", pk.id);
+	snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", pk.wrap_alg);
+	if ((e = open_audit(b)) != KB_OK)
+		goto fail;
+	if ((e = reconcile_destroyed_keys(b)) != KB_OK)
+		goto fail;
+	{
+		char why[160];
+
+		snprintf(why, sizeof(why), "keybrokerd %s; token '%s' serial %s",
+		    KB_VERSION, b->token.label, b->token.serial);
+		if ((e = broker_audit_system(b, "broker.start", NULL, NULL, NULL,
+		    "ok", why)) != KB_OK)
+			goto fail;
+	}
+	if ((e = jobs_start(b, &b->jobs)) != KB_OK)
 		goto fail;
 	*out = b;
 	return KB_OK;
@@ -139,6 +272,11 @@ broker_close(struct broker *b)
 {
 	if (b == NULL)
 		return;
+	jobs_stop(b->jobs);
+	if (b->audit != NULL && b->jobs != NULL)
+		(void)broker_audit_system(b, "broker.stop", NULL, NULL, NULL, "ok",
+		    "");
+	audit_close(b->audit);
 	store_close(b->store);
 	hsm_close(b->hsm);
 	identity_verifier_free(b->verifier);

@@ -3,6 +3,7 @@
 #ifndef KB_BROKER_H
 #define KB_BROKER_H
 
+#include <pthread.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -13,6 +14,11 @@
 
 #define KB_VERSION "0.1.0"
 #define BROKER_PLATFORM_KEY_ID "kb-platform-1"
+#define BROKER_AUDIT_KEY_ID "kb-audit-1"
+#define BROKER_TENANT_LOCKS 64
+
+struct jobs;
+struct audit;
 
 struct broker {
 	struct config *cfg;
@@ -23,7 +29,28 @@ struct broker {
 	char platform_key_id[STORE_KEY_ID_MAX];
 	char wrap_alg[STORE_ALG_MAX];    /* OAEP variant the token takes */
 	int64_t start_time_us;
+	/* State changes of one tenant are serialized: a policy check and the
+	 * writes it allows happen under the tenant's lock (striped by id). */
+	pthread_mutex_t tenant_locks[BROKER_TENANT_LOCKS];
+	struct jobs *jobs;               /* background work (jobs.c) */
+	struct audit *audit;             /* the event log (audit.c) */
+	struct store_key audit_key;      /* signs audit checkpoints */
 };
+
+/* Take and release the lock that serializes state changes of `tenant`. */
+void broker_tenant_lock(struct broker *b, const char *tenant);
+void broker_tenant_unlock(struct broker *b, const char *tenant);
+
+/* Record an event of the broker itself (actor "keybroker", role
+ * "system"): start, stop, jobs, the sweeper. Logs and returns the error if
+ * the audit log cannot take it. */
+enum kb_err broker_audit_system(struct broker *b, const char *what,
+    const char *tenant, const char *env, const char *key_id,
+    const char *result, const char *reason);
+
+/* A new random identifier "<prefix><16 hex digits>" from the token. */
+enum kb_err broker_new_id(struct broker *b, const char *prefix, char *out,
+    size_t len);
 
 /* Open the token and the database, check that the database belongs to this
  * token, and create the platform key at first start. Takes ownership of

@@ -37,6 +37,12 @@ static const struct option options[] = {
 	OPT(hsm_sessions, V_UINT, 1, 1024),
 	OPT(max_message_bytes, V_SIZE, 1024, 64 << 20),
 	OPT(log_level, V_LEVEL, 0, 0),
+	OPT(sweep_interval_s, V_UINT, 1, 86400),
+	OPT(rewrap_threads, V_UINT, 1, 64),
+	OPT(test_clock_file, V_PATH, 0, 0),
+	OPT(audit_database, V_PATH, 0, 0),
+	OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
+	OPT(audit_checkpoint_interval_s, V_UINT, 1, 86400),
 };
 
 static char *
@@ -134,6 +140,10 @@ config_parse(const char *text, size_t len, const char *dir,
 	c->hsm_sessions = 8;
 	c->max_message_bytes = 65536;
 	c->log_level = LOG_INFO;
+	c->sweep_interval_s = 60;
+	c->rewrap_threads = 2;
+	c->audit_checkpoint_events = 1000;
+	c->audit_checkpoint_interval_s = 60;
 	for (line = buf; line != NULL; line = next) {
 		lineno++;
 		if ((next = strchr(line, '\n')) != NULL)
@@ -182,6 +192,17 @@ config_parse(const char *text, size_t len, const char *dir,
 				goto out;
 			}
 		}
+	}
+	if (c->audit_database == NULL) {
+		/* keybroker.db -> keybroker-audit.db, beside it. */
+		size_t n = strlen(c->database);
+		if ((c->audit_database = malloc(n + 16)) == NULL)
+			goto nomem;
+		if (n > 3 && strcmp(c->database + n - 3, ".db") == 0)
+			snprintf(c->audit_database, n + 16, "%.*s-audit.db",
+			    (int)(n - 3), c->database);
+		else
+			snprintf(c->audit_database, n + 16, "%s-audit", c->database);
 	}
 	*out = c;
 	c = NULL;

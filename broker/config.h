@@ -22,6 +22,12 @@ struct config {
 	unsigned hsm_sessions;
 	size_t max_message_bytes;
 	int log_level;           /* LOG_ERROR .. LOG_DEBUG (log.h) */
+	unsigned sweep_interval_s;   /* how often the 28-day sweeper runs */
+	unsigned rewrap_threads;     /* parallel token work in activation jobs */
+	char *test_clock_file;       /* test builds only (clock.h) */
+	char *audit_database;        /* default: next to database */
+	unsigned audit_checkpoint_events;
+	unsigned audit_checkpoint_interval_s;
 };
 
 /* Parse configuration text. Relative paths are resolved against `dir`.

@@ -58,3 +58,33 @@ dek_unwrap(struct broker *b, const struct store_dek *dek, uint8_t out[DEK_LEN])
 	kb_freezero(plain, plen);
 	return KB_OK;
 }
+
+enum kb_err
+dek_rewrap(struct broker *b, const struct store_dek *in, const char *key_id,
+    const char *alg, struct store_dek *out)
+{
+	uint8_t plain[DEK_LEN], *wrapped = NULL;
+	uint32_t version = in->version;
+	size_t wlen = 0;
+	enum kb_err e;
+
+	if ((e = dek_unwrap(b, in, plain)) != KB_OK)
+		return e;
+	e = hsm_encrypt(b->hsm, key_id, alg, plain, sizeof(plain), &wrapped,
+	    &wlen);
+	kb_wipe(plain, sizeof(plain));
+	if (e != KB_OK)
+		return e;
+	if (wlen > sizeof(out->wrapped)) {
+		free(wrapped);
+		return kb_errf(KB_ERR_INTERNAL, "wrapped key of %zu bytes is too "
+		    "large", wlen);
+	}
+	out->version = version;
+	snprintf(out->key_id, sizeof(out->key_id), "%s", key_id);
+	snprintf(out->wrap_alg, sizeof(out->wrap_alg), "%s", alg);
+	memcpy(out->wrapped, wrapped, wlen);
+	out->wrapped_len = wlen;
+	free(wrapped);
+	return KB_OK;
+}

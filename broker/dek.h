@@ -21,4 +21,10 @@ enum kb_err dek_new(struct broker *b, const char *key_id, const char *alg,
 enum kb_err dek_unwrap(struct broker *b, const struct store_dek *dek,
     uint8_t out[DEK_LEN]);
 
+/* Re-wrap one stored DEK under `key_id` with `alg`: unwrap in the token,
+ * wrap again. `out` gets the same version with the new key, algorithm and
+ * blob (it may be `in`). The plaintext is wiped. */
+enum kb_err dek_rewrap(struct broker *b, const struct store_dek *in,
+    const char *key_id, const char *alg, struct store_dek *out);
+
 #endif /* KB_DEK_H */

@@ -1,8 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* dispatch.h: the table of methods, the roles each accepts, and the one
- * dispatcher that authenticates, authorizes, decodes and runs a call. It
- * knows nothing of gRPC calls or completion queues, so it can be driven
- * in-process by tests and fuzzers. */
+ * dispatcher that decodes, authenticates, authorizes, runs and audits a
+ * call. It knows nothing of gRPC calls or completion queues (a stream is
+ * an opaque sink), so tests and fuzzers can drive it in-process. */
 #ifndef KB_DISPATCH_H
 #define KB_DISPATCH_H
 
@@ -23,6 +23,13 @@ struct rpc_ctx {
 	const char *method;        /* short name, "CreateTenant" */
 	const char *peer;          /* "ipv4:127.0.0.1:5555" */
 	int64_t now_us;
+	char request_id[40];
+	/* A handler may name the key its call concerned (generated, locked,
+	 * wrapping the DEK) for the audit record. */
+	char audit_key_id[72];
+	/* Run after the call's audit record is committed (e.g. start a job,
+	 * so its events follow the call's). */
+	void (*after_audit)(struct broker *b);
 };
 
 /* A handler returns KB_OK with *resp set (heap-allocated message, every
@@ -31,12 +38,40 @@ struct rpc_ctx {
 typedef enum kb_err (*rpc_handler)(struct rpc_ctx *ctx,
     const ProtobufCMessage *req, ProtobufCMessage **resp);
 
+/* A server-streaming call's sink, provided by the transport. */
+struct rpc_stream;
+
+/* Send one message on a stream; blocks until gRPC took it. KB_ERR_CANCELLED
+ * when the client went away or the server is stopping. */
+typedef enum kb_err (*rpc_stream_send_fn)(struct rpc_stream *st,
+    const ProtobufCMessage *msg);
+/* Whether the stream should end now (client gone, server stopping). */
+typedef int (*rpc_stream_done_fn)(struct rpc_stream *st);
+
+struct rpc_stream_ops {
+	rpc_stream_send_fn send;
+	rpc_stream_done_fn done;
+};
+
+/* A streaming handler sends with ops->send and returns the final status. */
+typedef enum kb_err (*rpc_stream_handler)(struct rpc_ctx *ctx,
+    const ProtobufCMessage *req, const struct rpc_stream_ops *ops,
+    struct rpc_stream *st);
+
+/* Which calls the audit log records. Every refused call is recorded. */
+enum rpc_audit {
+	AUDIT_REFUSALS = 0,   /* reads: only when refused */
+	AUDIT_ALWAYS = 1,     /* state changes and data keys: every call */
+};
+
 struct rpc_method {
 	const char *path;                         /* "/pkg.Service/Method" */
 	const char *name;
 	unsigned roles;                           /* ROLE_BIT() mask */
 	const ProtobufCMessageDescriptor *req;
-	rpc_handler fn;
+	rpc_handler fn;                           /* unary, or */
+	rpc_stream_handler stream;                /* server streaming */
+	enum rpc_audit audit;
 };
 
 /* The method table, ending with a zeroed entry. */
@@ -45,19 +80,30 @@ extern const struct rpc_method dispatch_methods[];
 /* The entry for a method path, or NULL. */
 const struct rpc_method *dispatch_find(const char *path, size_t len);
 
-/* The result of one unary call. */
+/* The result of one call. */
 struct dispatch_result {
 	grpc_status_code code;
 	char message[1024];
-	grpc_byte_buffer *resp;    /* set when code is OK; caller destroys */
+	grpc_byte_buffer *resp;    /* unary, code OK: the answer; caller destroys */
 };
 
-/* Run one unary call: method lookup (UNIMPLEMENTED), authentication from
- * the client certificate PEM (UNAUTHENTICATED), role check
- * (PERMISSION_DENIED), decoding (INVALID_ARGUMENT / RESOURCE_EXHAUSTED),
- * then the handler. Never fails to produce a status. */
-void dispatch_unary(struct broker *b, const char *path, size_t path_len,
-    const char *peer, const char *cert_pem, size_t pem_len,
-    grpc_byte_buffer *req, struct dispatch_result *res);
+/* The caller as the transport saw it. */
+struct dispatch_peer {
+	const char *peer;          /* "ipv4:127.0.0.1:5555" */
+	const char *cert_pem;      /* client certificate, PEM; NULL if none */
+	size_t pem_len;
+};
+
+/* Run one call: method lookup (UNIMPLEMENTED), decoding (INVALID_ARGUMENT,
+ * RESOURCE_EXHAUSTED), authentication (UNAUTHENTICATED), role check
+ * (PERMISSION_DENIED), the handler, and the audit record. A call the audit
+ * log must record is answered only after its event is committed; if it
+ * cannot be, the answer is UNAVAILABLE. For a streaming method, `ops` and
+ * `st` carry the messages; otherwise they may be NULL. Always produces a
+ * status. */
+void dispatch_call(struct broker *b, const char *path, size_t path_len,
+    const struct dispatch_peer *peer, grpc_byte_buffer *req,
+    const struct rpc_stream_ops *ops, struct rpc_stream *st,
+    struct dispatch_result *res);
 
 #endif /* KB_DISPATCH_H */

@@ -58,10 +58,15 @@ print_config(const struct config *c)
 	printf("listen = %s\ntls_cert = %s\ntls_key = %s\nclient_ca = %s\n"
 	    "pkcs11_module = %s\ntoken_uri = %s\npin_file = %s\n"
 	    "softhsm2_conf = %s\ndatabase = %s\nworkers = %u\n"
-	    "hsm_sessions = %u\nmax_message_bytes = %zu\n",
+	    "hsm_sessions = %u\nmax_message_bytes = %zu\n"
+	    "sweep_interval_s = %u\nrewrap_threads = %u\n"
+	    "audit_database = %s\naudit_checkpoint_events = %u\n"
+	    "audit_checkpoint_interval_s = %u\n",
 	    c->listen, c->tls_cert, c->tls_key, c->client_ca, c->pkcs11_module,
 	    c->token_uri, c->pin_file, c->softhsm2_conf ? c->softhsm2_conf : "",
-	    c->database, c->workers, c->hsm_sessions, c->max_message_bytes);
+	    c->database, c->workers, c->hsm_sessions, c->max_message_bytes,
+	    c->sweep_interval_s, c->rewrap_threads, c->audit_database,
+	    c->audit_checkpoint_events, c->audit_checkpoint_interval_s);
 }
 
 int

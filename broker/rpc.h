@@ -29,8 +29,75 @@ enum kb_err rpc_env_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 enum kb_err rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 
+/* rpc_keys.c */
+enum kb_err rpc_key_generate(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_key_upload(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_key_list(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_key_get(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+
+/* rpc_lock.c */
+enum kb_err rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_env_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+
+/* rpc_envkeys.c */
+enum kb_err rpc_env_apply_key(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_env_revert_key(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_env_backup(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_env_backups(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+
+/* rpc_audit.c */
+enum kb_err rpc_audit_list(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_audit_tail(struct rpc_ctx *c, const ProtobufCMessage *req,
+    const struct rpc_stream_ops *ops, struct rpc_stream *st);
+enum kb_err rpc_audit_checkpoints(struct rpc_ctx *c,
+    const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_audit_key(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+
 /* Helpers for handlers (rpc_util.c). */
+struct policy_tenant;
+struct Keybroker__V1__Tenant;
+struct Keybroker__V1__Environment;
+struct Keybroker__V1__Key;
+struct Keybroker__V1__Job;
+struct Keybroker__V1__Backup;
+
 char *rpc_strdup(const char *s);        /* never returns NULL: "" on OOM */
 enum kb_err rpc_check_tenant_access(struct rpc_ctx *c, const char *tenant);
+/* Response messages from store records (NULL on allocation failure). */
+struct Keybroker__V1__Tenant *rpc_tenant_msg(const struct store_tenant *t);
+struct Keybroker__V1__Environment *rpc_env_msg(const struct store_env *env);
+struct Keybroker__V1__Key *rpc_key_msg(const struct store_key *k);
+struct Keybroker__V1__Job *rpc_job_msg(const struct store_job *j);
+struct Keybroker__V1__Backup *rpc_backup_msg(const struct store_backup *bk);
+/* The policy's view of a tenant record. */
+void rpc_policy_tenant(const struct store_tenant *t, struct policy_tenant *p);
+/* Reply with a message or KB_ERR_NOMEM when building it failed. */
+enum kb_err rpc_reply(ProtobufCMessage **resp, void *msg);
 
 #endif /* KB_RPC_H */

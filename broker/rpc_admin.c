@@ -14,53 +14,6 @@
 #define PAGE_DEFAULT 100
 #define PAGE_MAX 1000
 
-static Keybroker__V1__Tenant *
-tenant_msg(const struct store_tenant *t)
-{
-	Keybroker__V1__Tenant *m = malloc(sizeof(*m));
-
-	if (m == NULL)
-		return NULL;
-	keybroker__v1__tenant__init(m);
-	m->id = rpc_strdup(t->id);
-	m->display_name = rpc_strdup(t->display_name);
-	m->create_time_us = t->create_time_us;
-	m->environment_count = t->env_count;
-	return m;
-}
-
-static Keybroker__V1__Environment *
-env_msg(const struct store_env *env)
-{
-	Keybroker__V1__Environment *m = malloc(sizeof(*m));
-
-	if (m == NULL)
-		return NULL;
-	keybroker__v1__environment__init(m);
-	m->tenant_id = rpc_strdup(env->tenant_id);
-	m->name = rpc_strdup(env->name);
-	m->mode = env->mode == STORE_MODE_CUSTOMER ?
-	    KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_CUSTOMER :
-	    KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_PLATFORM;
-	switch (env->state) {
-	case STORE_ENV_ENABLED:
-		m->state = KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ENABLED;
-		break;
-	case STORE_ENV_LOCKED:
-		m->state = KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED;
-		break;
-	case STORE_ENV_DELETED:
-		m->state = KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED;
-		break;
-	}
-	m->key_id = rpc_strdup(env->key_id);
-	m->dek_version = env->dek_version;
-	m->wrap_algorithm = rpc_strdup(env->wrap_alg);
-	m->create_time_us = env->create_time_us;
-	m->update_time_us = env->update_time_us;
-	return m;
-}
-
 /* Page size and the "after" cursor from a request's paging fields. */
 static enum kb_err
 page_args(uint32_t page_size, const char *token, unsigned *limit,
@@ -98,7 +51,7 @@ rpc_tenant_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = store_tenant_create(c->b->store, &t)) != KB_OK)
 		return e;
 	log_info("tenant %s created by %s", t.id, c->id->name);
-	if ((*resp = (ProtobufCMessage *)tenant_msg(&t)) == NULL)
+	if ((*resp = (ProtobufCMessage *)rpc_tenant_msg(&t)) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	return KB_OK;
 }
@@ -115,7 +68,7 @@ rpc_tenant_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	    (e = rpc_check_tenant_access(c, in->id)) != KB_OK ||
 	    (e = store_tenant_get(c->b->store, in->id, &t)) != KB_OK)
 		return e;
-	if ((*resp = (ProtobufCMessage *)tenant_msg(&t)) == NULL)
+	if ((*resp = (ProtobufCMessage *)rpc_tenant_msg(&t)) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	return KB_OK;
 }
@@ -198,7 +151,7 @@ rpc_tenant_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	}
 	for (i = 0; i < n; i++) {
-		if ((out->tenants[i] = tenant_msg(&v[i])) == NULL) {
+		if ((out->tenants[i] = rpc_tenant_msg(&v[i])) == NULL) {
 			free(v);
 			return kb_errf(KB_ERR_NOMEM, "out of memory");
 		}
@@ -240,7 +193,7 @@ rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 		return e;
 	log_info("environment %s/%s created by %s", env.tenant_id, env.name,
 	    c->id->name);
-	if ((*resp = (ProtobufCMessage *)env_msg(&env)) == NULL)
+	if ((*resp = (ProtobufCMessage *)rpc_env_msg(&env)) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	return KB_OK;
 }
@@ -259,7 +212,7 @@ rpc_env_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	    (e = store_env_get(c->b->store, in->tenant_id, in->name, &env))
 	    != KB_OK)
 		return e;
-	if ((*resp = (ProtobufCMessage *)env_msg(&env)) == NULL)
+	if ((*resp = (ProtobufCMessage *)rpc_env_msg(&env)) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	return KB_OK;
 }
@@ -296,7 +249,7 @@ rpc_env_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	}
 	for (i = 0; i < n; i++) {
-		if ((out->environments[i] = env_msg(&v[i])) == NULL) {
+		if ((out->environments[i] = rpc_env_msg(&v[i])) == NULL) {
 			free(v);
 			return kb_errf(KB_ERR_NOMEM, "out of memory");
 		}

@@ -34,9 +34,10 @@ rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    "bound to environment %s/%s (its certificate needs the SAN "
 		    "URI kb://env/%s/%s)", c->id->name, in->tenant_id,
 		    in->environment, in->tenant_id, in->environment);
-	if ((e = store_env_dek(c->b->store, in->tenant_id, in->environment, &env,
-	    &dek)) != KB_OK)
+	if ((e = store_env_dek(c->b->store, in->tenant_id, in->environment,
+	    in->version, &env, &dek)) != KB_OK)
 		return e;
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", dek.key_id);
 	if (env.state == STORE_ENV_LOCKED)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION, "environment locked: "
 		    "%s/%s is locked; an admin must unlock the tenant with its "

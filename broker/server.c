@@ -4,6 +4,7 @@
 #include "server.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,15 +26,27 @@
 #define DRAIN_GRACE_S 15          /* then calls still running are cancelled */
 #define PEM_MAX (1 << 20)
 
+#define MAX_STREAMS 64           /* server-streaming calls at once */
+
 enum phase {
 	PHASE_NEW,        /* waiting for grpc_server_request_call */
 	PHASE_RECV,       /* waiting for the request message */
-	PHASE_SENT,       /* answer sent, waiting for the batch to finish */
+	PHASE_SENT,       /* final status sent, waiting for the batch */
+	PHASE_STREAM_SEND,   /* one streamed message sent */
+	PHASE_STREAM_CLOSE,  /* the client closed or cancelled a stream */
 	PHASE_SHUTDOWN,   /* the server's shutdown notification */
 };
 
-struct call {
+struct call;
+
+/* A completion-queue tag: which step of which call completed. */
+struct tag {
 	enum phase phase;
+	struct call *call;
+};
+
+struct call {
+	struct tag main, send, close;
 	struct server *srv;
 	grpc_call *call;
 	grpc_call_details details;
@@ -42,6 +55,11 @@ struct call {
 	grpc_byte_buffer *resp;
 	grpc_slice status_details;
 	int cancelled;
+	int refs;                 /* completions still due before freeing */
+	/* Streams: the stream thread waits for each send's completion. */
+	pthread_mutex_t smu;
+	pthread_cond_t scv;
+	int streaming, send_pending, send_ok, closed, initial_md_sent;
 };
 
 struct server {
@@ -49,8 +67,9 @@ struct server {
 	grpc_server *server;
 	grpc_completion_queue *cq;
 	struct workq *wq;
-	struct call shutdown_tag;
+	struct tag shutdown_tag;
 	atomic_int shutting_down;
+	atomic_int streams;
 	int64_t shutdown_started;
 	int cancelled_all;
 	int pending;                /* outstanding request_call count */
@@ -97,6 +116,10 @@ call_free(struct call *c)
 	if (c->resp != NULL)
 		kb_wire_destroy(c->resp);
 	grpc_slice_unref(c->status_details);
+	if (c->streaming) {
+		pthread_mutex_destroy(&c->smu);
+		pthread_cond_destroy(&c->scv);
+	}
 	free(c);
 }
 
@@ -111,13 +134,16 @@ request_call(struct server *s)
 		log_error("out of memory accepting calls");
 		return;
 	}
-	c->phase = PHASE_NEW;
+	c->main = (struct tag){ PHASE_NEW, c };
+	c->send = (struct tag){ PHASE_STREAM_SEND, c };
+	c->close = (struct tag){ PHASE_STREAM_CLOSE, c };
+	c->refs = 1;
 	c->srv = s;
 	c->status_details = grpc_empty_slice();
 	grpc_call_details_init(&c->details);
 	grpc_metadata_array_init(&c->md);
 	err = grpc_server_request_call(s->server, &c->call, &c->details, &c->md,
-	    s->cq, s->cq, c);
+	    s->cq, s->cq, &c->main);
 	if (err != GRPC_CALL_OK) {
 		log_error("grpc_server_request_call: error %d", (int)err);
 		call_free(c);
@@ -136,8 +162,10 @@ send_answer(struct call *c, grpc_status_code code, const char *msg)
 	grpc_call_error err;
 
 	memset(ops, 0, sizeof(ops));
-	op->op = GRPC_OP_SEND_INITIAL_METADATA;
-	op++;
+	if (!c->initial_md_sent) {
+		op->op = GRPC_OP_SEND_INITIAL_METADATA;
+		op++;
+	}
 	if (code == GRPC_STATUS_OK && c->resp != NULL) {
 		op->op = GRPC_OP_SEND_MESSAGE;
 		op->data.send_message.send_message = c->resp;
@@ -150,16 +178,164 @@ send_answer(struct call *c, grpc_status_code code, const char *msg)
 	op->data.send_status_from_server.status_details =
 	    code == GRPC_STATUS_OK ? NULL : &c->status_details;
 	op++;
-	op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-	op->data.recv_close_on_server.cancelled = &c->cancelled;
-	op++;
-	c->phase = PHASE_SENT;
-	err = grpc_call_start_batch(c->call, ops, (size_t)(op - ops), c, NULL);
-	if (err != GRPC_CALL_OK) {
-		/* The batch will never complete: free the call here. */
-		log_error("grpc_call_start_batch (answer): error %d", (int)err);
-		call_free(c);
+	/* A stream already waits for the close in its own batch. */
+	if (!c->streaming) {
+		op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+		op->data.recv_close_on_server.cancelled = &c->cancelled;
+		op++;
 	}
+	c->main.phase = PHASE_SENT;
+	err = grpc_call_start_batch(c->call, ops, (size_t)(op - ops), &c->main,
+	    NULL);
+	if (err != GRPC_CALL_OK) {
+		/* The batch will never complete: drop its reference here. */
+		log_error("grpc_call_start_batch (answer): error %d", (int)err);
+		if (--c->refs == 0)
+			call_free(c);
+	}
+}
+
+/* rpc_stream_ops for gRPC streams: one message per batch, waiting for its
+ * completion (delivered by the completion-queue thread). */
+static enum kb_err
+stream_send(struct rpc_stream *st, const ProtobufCMessage *msg)
+{
+	struct call *c = (struct call *)st;
+	grpc_byte_buffer *bb;
+	grpc_op ops[2];
+	grpc_op *op = ops;
+	int ok;
+
+	if ((bb = kb_wire_pack(msg)) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	memset(ops, 0, sizeof(ops));
+	if (!c->initial_md_sent) {
+		op->op = GRPC_OP_SEND_INITIAL_METADATA;
+		op++;
+		c->initial_md_sent = 1;
+	}
+	op->op = GRPC_OP_SEND_MESSAGE;
+	op->data.send_message.send_message = bb;
+	op++;
+	pthread_mutex_lock(&c->smu);
+	if (c->closed || atomic_load(&c->srv->shutting_down)) {
+		pthread_mutex_unlock(&c->smu);
+		kb_wire_destroy(bb);
+		return KB_ERR_CANCELLED;
+	}
+	c->send_pending = 1;
+	if (grpc_call_start_batch(c->call, ops, (size_t)(op - ops), &c->send,
+	    NULL) != GRPC_CALL_OK) {
+		c->send_pending = 0;
+		pthread_mutex_unlock(&c->smu);
+		kb_wire_destroy(bb);
+		return KB_ERR_CANCELLED;
+	}
+	while (c->send_pending)
+		pthread_cond_wait(&c->scv, &c->smu);
+	ok = c->send_ok;
+	pthread_mutex_unlock(&c->smu);
+	kb_wire_destroy(bb);
+	return ok ? KB_OK : KB_ERR_CANCELLED;
+}
+
+static int
+stream_done(struct rpc_stream *st)
+{
+	struct call *c = (struct call *)st;
+	int done;
+
+	pthread_mutex_lock(&c->smu);
+	done = c->closed || atomic_load(&c->srv->shutting_down);
+	pthread_mutex_unlock(&c->smu);
+	return done;
+}
+
+static const struct rpc_stream_ops stream_ops = { stream_send, stream_done };
+
+/* The caller's address and certificate, from the call. The strings are
+ * valid until the returned context and peer are released. */
+static void
+call_peer(struct call *c, struct dispatch_peer *p, grpc_auth_context **ac,
+    char **peer)
+{
+	grpc_auth_property_iterator it;
+	const grpc_auth_property *prop = NULL;
+
+	*peer = grpc_call_get_peer(c->call);
+	if ((*ac = grpc_call_auth_context(c->call)) != NULL) {
+		it = grpc_auth_context_find_properties_by_name(*ac,
+		    GRPC_X509_PEM_CERT_PROPERTY_NAME);
+		prop = grpc_auth_property_iterator_next(&it);
+	}
+	p->peer = *peer != NULL ? *peer : "?";
+	p->cert_pem = prop != NULL ? prop->value : NULL;
+	p->pem_len = prop != NULL ? prop->value_length : 0;
+}
+
+/* A stream runs on its own thread: it may last as long as the client
+ * follows it, and must not hold a worker. */
+static void *
+stream_main(void *arg)
+{
+	struct call *c = arg;
+	struct server *s = c->srv;
+	struct dispatch_result res;
+	struct dispatch_peer p;
+	grpc_auth_context *ac = NULL;
+	char *peer = NULL;
+
+	call_peer(c, &p, &ac, &peer);
+	dispatch_call(s->b, (const char *)GRPC_SLICE_START_PTR(c->details.method),
+	    GRPC_SLICE_LENGTH(c->details.method), &p, c->req, &stream_ops,
+	    (struct rpc_stream *)c, &res);
+	grpc_auth_context_release(ac);
+	gpr_free(peer);
+	kb_wire_destroy(c->req);
+	c->req = NULL;
+	/* Last touch of the server before the answer: once the final batch
+	 * completes, shutdown may free it. */
+	atomic_fetch_sub(&s->streams, 1);
+	send_answer(c, res.code, res.message);
+	return NULL;
+}
+
+/* Hand a streaming call to its own thread, after asking gRPC to tell us
+ * when the client closes or cancels it. */
+static void
+start_stream(struct call *c)
+{
+	struct server *s = c->srv;
+	pthread_attr_t attr;
+	pthread_t th;
+	grpc_op op;
+
+	if (atomic_fetch_add(&s->streams, 1) >= MAX_STREAMS) {
+		atomic_fetch_sub(&s->streams, 1);
+		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many streams "
+		    "open at once; retry later");
+		return;
+	}
+	c->streaming = 1;
+	pthread_mutex_init(&c->smu, NULL);
+	pthread_cond_init(&c->scv, NULL);
+	memset(&op, 0, sizeof(op));
+	op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+	op.data.recv_close_on_server.cancelled = &c->cancelled;
+	c->refs = 2;
+	if (grpc_call_start_batch(c->call, &op, 1, &c->close, NULL) !=
+	    GRPC_CALL_OK) {
+		c->refs = 1;
+		c->closed = 1;
+	}
+	pthread_attr_init(&attr);
+	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+	if (pthread_create(&th, &attr, stream_main, c) != 0) {
+		atomic_fetch_sub(&s->streams, 1);
+		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "cannot start a "
+		    "stream thread");
+	}
+	pthread_attr_destroy(&attr);
 }
 
 /* Worker: run the request and answer it. */
@@ -169,10 +345,10 @@ handle_call(void *arg)
 	struct call *c = arg;
 	struct server *s = c->srv;
 	struct dispatch_result res;
+	struct dispatch_peer p;
 	grpc_auth_context *ac = NULL;
-	grpc_auth_property_iterator it;
-	const grpc_auth_property *prop = NULL;
-	char *peer;
+	const struct rpc_method *m;
+	char *peer = NULL;
 
 	if (gpr_time_cmp(c->details.deadline,
 	    gpr_now(c->details.deadline.clock_type)) < 0) {
@@ -180,36 +356,33 @@ handle_call(void *arg)
 		    "passed before the broker could start it");
 		return;
 	}
-	peer = grpc_call_get_peer(c->call);
-	if ((ac = grpc_call_auth_context(c->call)) != NULL) {
-		it = grpc_auth_context_find_properties_by_name(ac,
-		    GRPC_X509_PEM_CERT_PROPERTY_NAME);
-		prop = grpc_auth_property_iterator_next(&it);
+	m = dispatch_find((const char *)GRPC_SLICE_START_PTR(c->details.method),
+	    GRPC_SLICE_LENGTH(c->details.method));
+	if (m != NULL && m->stream != NULL) {
+		start_stream(c);
+		return;
 	}
-	dispatch_unary(s->b,
-	    (const char *)GRPC_SLICE_START_PTR(c->details.method),
-	    GRPC_SLICE_LENGTH(c->details.method), peer != NULL ? peer : "?",
-	    prop != NULL ? prop->value : NULL,
-	    prop != NULL ? prop->value_length : 0, c->req, &res);
+	call_peer(c, &p, &ac, &peer);
+	dispatch_call(s->b, (const char *)GRPC_SLICE_START_PTR(c->details.method),
+	    GRPC_SLICE_LENGTH(c->details.method), &p, c->req, NULL, NULL, &res);
 	grpc_auth_context_release(ac);
 	gpr_free(peer);
 	/* The request may hold secrets (passwords, key files): wipe it. */
-	if (c->req != NULL) {
-		kb_wire_destroy(c->req);
-		c->req = NULL;
-	}
+	kb_wire_destroy(c->req);
+	c->req = NULL;
 	c->resp = res.resp;
 	send_answer(c, res.code, res.message);
 }
 
 static void
-on_event(struct server *s, struct call *c, int ok)
+on_event(struct server *s, struct tag *t, int ok)
 {
+	struct call *c = t->call;
 	grpc_op op;
 	grpc_call_error err;
 	enum kb_err e;
 
-	switch (c->phase) {
+	switch (t->phase) {
 	case PHASE_NEW:
 		s->pending--;
 		if (!ok) {            /* server shutting down */
@@ -221,8 +394,8 @@ on_event(struct server *s, struct call *c, int ok)
 		memset(&op, 0, sizeof(op));
 		op.op = GRPC_OP_RECV_MESSAGE;
 		op.data.recv_message.recv_message = &c->req;
-		c->phase = PHASE_RECV;
-		err = grpc_call_start_batch(c->call, &op, 1, c, NULL);
+		c->main.phase = PHASE_RECV;
+		err = grpc_call_start_batch(c->call, &op, 1, &c->main, NULL);
 		if (err != GRPC_CALL_OK) {
 			log_error("grpc_call_start_batch (receive): error %d",
 			    (int)err);
@@ -239,8 +412,24 @@ on_event(struct server *s, struct call *c, int ok)
 			send_answer(c, kb_err_to_grpc(e), kb_err_msg(e));
 		}
 		return;
+	case PHASE_STREAM_SEND:
+		pthread_mutex_lock(&c->smu);
+		c->send_pending = 0;
+		c->send_ok = ok;
+		pthread_cond_broadcast(&c->scv);
+		pthread_mutex_unlock(&c->smu);
+		return;
+	case PHASE_STREAM_CLOSE:
+		pthread_mutex_lock(&c->smu);
+		c->closed = 1;
+		pthread_cond_broadcast(&c->scv);
+		pthread_mutex_unlock(&c->smu);
+		if (--c->refs == 0)
+			call_free(c);
+		return;
 	case PHASE_SENT:
-		call_free(c);
+		if (--c->refs == 0)
+			call_free(c);
 		return;
 	case PHASE_SHUTDOWN:
 		return;
@@ -273,6 +462,7 @@ server_start(struct broker *b, struct server **out)
 	s->b = b;
 	s->shutdown_tag.phase = PHASE_SHUTDOWN;
 	atomic_init(&s->shutting_down, 0);
+	atomic_init(&s->streams, 0);
 	if ((e = workq_new(b->cfg->workers, MAX_QUEUED, &s->wq)) != KB_OK)
 		goto out;
 

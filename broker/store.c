@@ -7,29 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <sqlite3.h>
-
 #include "kb_secmem.h"
-
-#define STMT_CACHE 48
-
-struct conn {
-	sqlite3 *db;
-	struct {
-		const char *sql;    /* static string: compared by address */
-		sqlite3_stmt *st;
-	} cache[STMT_CACHE];
-	int ncache;
-};
-
-struct store {
-	char *path;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	struct conn *conns;
-	struct conn **free_list;
-	unsigned nconns, nfree;
-};
+#include "store_int.h"
 
 /* Migrations: index i brings the schema from version i to i + 1. Never edit
  * a released migration; append a new one. */
@@ -72,12 +51,49 @@ static const char *const migrations[] = {
 	"  create_time_us INTEGER NOT NULL,"
 	"  PRIMARY KEY (env_id, version));"
 	"CREATE INDEX deks_key ON deks(key_id);",
+
+	/* 2: tenant keys, lock state, activation jobs, backups. */
+	"ALTER TABLE tenants ADD COLUMN state TEXT NOT NULL DEFAULT 'active'"
+	"  CHECK (state IN ('active', 'locked'));"
+	"ALTER TABLE tenants ADD COLUMN last_activation_us INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE tenants ADD COLUMN last_key_change_us INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE tenants ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE tenants ADD COLUMN lock_key_id TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE keys ADD COLUMN bits INTEGER NOT NULL DEFAULT 2048;"
+	"ALTER TABLE keys ADD COLUMN activate_time_us INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE keys ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
+	"ALTER TABLE keys ADD COLUMN delete_time_us INTEGER NOT NULL DEFAULT 0;"
+	"CREATE INDEX keys_fingerprint ON keys(tenant_id, fingerprint);"
+	"ALTER TABLE environments ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
+	"CREATE INDEX environments_state ON environments(state, lock_time_us);"
+	"CREATE INDEX environments_tenant_mode ON environments(tenant_id, mode);"
+	"CREATE TABLE jobs ("
+	"  id TEXT PRIMARY KEY,"
+	"  tenant_id TEXT NOT NULL REFERENCES tenants(id),"
+	"  kind TEXT NOT NULL,"
+	"  key_id TEXT NOT NULL,"
+	"  previous_key_id TEXT NOT NULL DEFAULT '',"
+	"  state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),"
+	"  total INTEGER NOT NULL DEFAULT 0,"
+	"  done INTEGER NOT NULL DEFAULT 0,"
+	"  error TEXT NOT NULL DEFAULT '',"
+	"  create_time_us INTEGER NOT NULL,"
+	"  update_time_us INTEGER NOT NULL);"
+	"CREATE INDEX jobs_state ON jobs(state);"
+	"CREATE TABLE backups ("
+	"  id TEXT PRIMARY KEY,"
+	"  env_id INTEGER NOT NULL REFERENCES environments(id),"
+	"  dek_version INTEGER NOT NULL,"
+	"  mode TEXT NOT NULL,"
+	"  key_id TEXT NOT NULL,"
+	"  create_time_us INTEGER NOT NULL);"
+	"CREATE INDEX backups_env ON backups(env_id);",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
 
-static enum kb_err
-sql_err(sqlite3 *db, int rc, const char *what)
+enum kb_err
+store_sql_err(sqlite3 *db, int rc, const char *what)
 {
 	const char *msg = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
 
@@ -109,12 +125,12 @@ sql_err(sqlite3 *db, int rc, const char *what)
 	}
 }
 
-static enum kb_err
-exec_sql(sqlite3 *db, const char *sql, const char *what)
+enum kb_err
+store_exec(sqlite3 *db, const char *sql, const char *what)
 {
 	int rc = sqlite3_exec(db, sql, NULL, NULL, NULL);
 
-	return rc == SQLITE_OK ? KB_OK : sql_err(db, rc, what);
+	return rc == SQLITE_OK ? KB_OK : store_sql_err(db, rc, what);
 }
 
 static enum kb_err
@@ -126,7 +142,7 @@ conn_open(const char *path, struct conn *c)
 	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE |
 	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
-		enum kb_err e = sql_err(c->db, rc, "opening the database");
+		enum kb_err e = store_sql_err(c->db, rc, "opening the database");
 		kb_err_wrap(e, "%s", path);
 		sqlite3_close(c->db);
 		c->db = NULL;
@@ -136,7 +152,7 @@ conn_open(const char *path, struct conn *c)
 	sqlite3_extended_result_codes(c->db, 1);
 	/* WAL for concurrent readers; FULL sync so an acknowledged change
 	 * survives power loss. */
-	return exec_sql(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
+	return store_exec(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
 	    " PRAGMA foreign_keys=ON;", "configuring the database");
 }
 
@@ -154,8 +170,8 @@ conn_close(struct conn *c)
 
 /* A cached prepared statement for `sql` (a static string), reset and with
  * bindings cleared. */
-static enum kb_err
-conn_stmt(struct conn *c, const char *sql, sqlite3_stmt **out)
+enum kb_err
+store_stmt(struct conn *c, const char *sql, sqlite3_stmt **out)
 {
 	sqlite3_stmt *st;
 	int i, rc;
@@ -171,7 +187,7 @@ conn_stmt(struct conn *c, const char *sql, sqlite3_stmt **out)
 	rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st,
 	    NULL);
 	if (rc != SQLITE_OK)
-		return sql_err(c->db, rc, "preparing a query");
+		return store_sql_err(c->db, rc, "preparing a query");
 	if (c->ncache < STMT_CACHE) {
 		c->cache[c->ncache].sql = sql;
 		c->cache[c->ncache].st = st;
@@ -186,8 +202,8 @@ conn_stmt(struct conn *c, const char *sql, sqlite3_stmt **out)
 	return KB_OK;
 }
 
-static struct conn *
-conn_get(struct store *s)
+struct conn *
+store_conn_get(struct store *s)
 {
 	struct conn *c;
 
@@ -199,8 +215,8 @@ conn_get(struct store *s)
 	return c;
 }
 
-static void
-conn_put(struct store *s, struct conn *c)
+void
+store_conn_put(struct store *s, struct conn *c)
 {
 	pthread_mutex_lock(&s->mu);
 	s->free_list[s->nfree++] = c;
@@ -217,7 +233,7 @@ migrate(struct conn *c, const char *path)
 
 	if (sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL)
 	    != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
-		e = sql_err(c->db, sqlite3_errcode(c->db), "reading the schema version");
+		e = store_sql_err(c->db, sqlite3_errcode(c->db), "reading the schema version");
 		goto out;
 	}
 	version = sqlite3_column_int(st, 0);
@@ -231,12 +247,12 @@ migrate(struct conn *c, const char *path)
 		char bump[64];
 
 		snprintf(bump, sizeof(bump), "PRAGMA user_version=%d;", v + 1);
-		if ((e = exec_sql(c->db, "BEGIN IMMEDIATE", "migrating")) != KB_OK)
+		if ((e = store_exec(c->db, "BEGIN IMMEDIATE", "migrating")) != KB_OK)
 			goto out;
-		if ((e = exec_sql(c->db, migrations[v], "migrating")) != KB_OK ||
-		    (e = exec_sql(c->db, bump, "migrating")) != KB_OK ||
-		    (e = exec_sql(c->db, "COMMIT", "migrating")) != KB_OK) {
-			exec_sql(c->db, "ROLLBACK", "rollback");
+		if ((e = store_exec(c->db, migrations[v], "migrating")) != KB_OK ||
+		    (e = store_exec(c->db, bump, "migrating")) != KB_OK ||
+		    (e = store_exec(c->db, "COMMIT", "migrating")) != KB_OK) {
+			store_exec(c->db, "ROLLBACK", "rollback");
 			kb_err_wrap(e, "schema migration %d of %s", v + 1, path);
 			goto out;
 		}
@@ -308,8 +324,8 @@ store_schema_version(struct store *s)
 	return N_MIGRATIONS;
 }
 
-static void
-copy_text(char *dst, size_t len, sqlite3_stmt *st, int col)
+void
+store_copy_text(char *dst, size_t len, sqlite3_stmt *st, int col)
 {
 	const unsigned char *t = sqlite3_column_text(st, col);
 
@@ -317,8 +333,8 @@ copy_text(char *dst, size_t len, sqlite3_stmt *st, int col)
 }
 
 /* Step a statement that changes rows; map constraint failures. */
-static enum kb_err
-step_done(struct conn *c, sqlite3_stmt *st, const char *what)
+enum kb_err
+store_step_done(struct conn *c, sqlite3_stmt *st, const char *what)
 {
 	int rc = sqlite3_step(st);
 
@@ -327,33 +343,33 @@ step_done(struct conn *c, sqlite3_stmt *st, const char *what)
 		return KB_OK;
 	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
 		return kb_errf(KB_ERR_ALREADY_EXISTS, "%s: already exists", what);
-	return sql_err(c->db, rc, what);
+	return store_sql_err(c->db, rc, what);
 }
 
 enum kb_err
 store_meta_get(struct store *s, const char *key, char *buf, size_t len)
 {
 	static const char sql[] = "SELECT value FROM meta WHERE key = ?";
-	struct conn *c = conn_get(s);
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
 	int rc;
 
-	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		copy_text(buf, len, st, 0);
+		store_copy_text(buf, len, st, 0);
 		e = KB_OK;
 	} else if (rc == SQLITE_DONE) {
 		e = kb_errf(KB_ERR_NOT_FOUND, "setting %s not found", key);
 	} else {
-		e = sql_err(c->db, rc, "reading a setting");
+		e = store_sql_err(c->db, rc, "reading a setting");
 	}
 	sqlite3_reset(st);
 out:
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
@@ -363,16 +379,16 @@ store_meta_set(struct store *s, const char *key, const char *value)
 	static const char sql[] =
 	    "INSERT INTO meta(key, value) VALUES (?, ?) "
 	    "ON CONFLICT(key) DO UPDATE SET value = excluded.value";
-	struct conn *c = conn_get(s);
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
 
-	if ((e = conn_stmt(c, sql, &st)) == KB_OK) {
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
-		e = step_done(c, st, "writing a setting");
+		e = store_step_done(c, st, "writing a setting");
 	}
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
@@ -409,15 +425,38 @@ store_token_bind(struct store *s, const char *label, const char *serial)
 
 #define TENANT_COLS "t.id, t.display_name, t.create_time_us, " \
 	"(SELECT count(*) FROM environments e WHERE e.tenant_id = t.id " \
-	"AND e.state != 'deleted')"
+	"AND e.state != 'deleted'), t.state, t.last_activation_us, " \
+	"t.last_key_change_us, t.lock_time_us, t.lock_key_id, " \
+	"(SELECT count(*) FROM environments e WHERE e.tenant_id = t.id " \
+	"AND e.state = 'locked'), " \
+	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND " \
+	"k.purpose = 'tenant' AND k.state = 'active'), ''), " \
+	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND " \
+	"k.purpose = 'tenant' AND k.state = 'installing'), ''), " \
+	"coalesce((SELECT max(e.lock_time_us) FROM environments e WHERE " \
+	"e.tenant_id = t.id AND e.state = 'locked'), 0)"
 
 static void
-tenant_row(sqlite3_stmt *st, struct store_tenant *t)
+tenant_row(sqlite3_stmt *st, void *elem)
 {
-	copy_text(t->id, sizeof(t->id), st, 0);
-	copy_text(t->display_name, sizeof(t->display_name), st, 1);
+	struct store_tenant *t = elem;
+	char state[16];
+
+	store_copy_text(t->id, sizeof(t->id), st, 0);
+	store_copy_text(t->display_name, sizeof(t->display_name), st, 1);
 	t->create_time_us = sqlite3_column_int64(st, 2);
 	t->env_count = (uint32_t)sqlite3_column_int64(st, 3);
+	store_copy_text(state, sizeof(state), st, 4);
+	t->locked = strcmp(state, "locked") == 0;
+	t->last_activation_us = sqlite3_column_int64(st, 5);
+	t->last_key_change_us = sqlite3_column_int64(st, 6);
+	t->lock_time_us = sqlite3_column_int64(st, 7);
+	store_copy_text(t->lock_key_id, sizeof(t->lock_key_id), st, 8);
+	t->locked_env_count = (uint32_t)sqlite3_column_int64(st, 9);
+	store_copy_text(t->active_key_id, sizeof(t->active_key_id), st, 10);
+	store_copy_text(t->installing_key_id, sizeof(t->installing_key_id), st,
+	    11);
+	t->last_env_lock_us = sqlite3_column_int64(st, 12);
 }
 
 enum kb_err
@@ -425,19 +464,19 @@ store_tenant_create(struct store *s, const struct store_tenant *t)
 {
 	static const char sql[] = "INSERT INTO tenants(id, display_name, "
 	    "create_time_us) VALUES (?, ?, ?)";
-	struct conn *c = conn_get(s);
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
 
-	if ((e = conn_stmt(c, sql, &st)) == KB_OK) {
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_text(st, 1, t->id, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, t->display_name, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 3, t->create_time_us);
-		e = step_done(c, st, "creating the tenant");
+		e = store_step_done(c, st, "creating the tenant");
 		if (e == KB_ERR_ALREADY_EXISTS)
 			e = kb_errf(e, "tenant \"%s\" already exists", t->id);
 	}
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
@@ -446,27 +485,8 @@ store_tenant_get(struct store *s, const char *id, struct store_tenant *out)
 {
 	static const char sql[] = "SELECT " TENANT_COLS
 	    " FROM tenants t WHERE t.id = ?";
-	struct conn *c = conn_get(s);
-	sqlite3_stmt *st;
-	enum kb_err e;
-	int rc;
 
-	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
-		goto out;
-	sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		tenant_row(st, out);
-		e = KB_OK;
-	} else if (rc == SQLITE_DONE) {
-		e = kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" does not exist", id);
-	} else {
-		e = sql_err(c->db, rc, "reading the tenant");
-	}
-	sqlite3_reset(st);
-out:
-	conn_put(s, c);
-	return e;
+	return store_get_one(s, sql, id, NULL, tenant_row, out, "tenant");
 }
 
 enum kb_err
@@ -475,42 +495,26 @@ store_tenant_list(struct store *s, const char *after, unsigned limit,
 {
 	static const char sql[] = "SELECT " TENANT_COLS
 	    " FROM tenants t WHERE t.id > ? ORDER BY t.id LIMIT ?";
-	struct conn *c = conn_get(s);
-	struct store_tenant *v = NULL;
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
-	size_t cnt = 0;
-	int rc;
 
 	*out = NULL;
 	*n = 0;
 	*more = 0;
-	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
 		goto out;
-	if ((v = calloc(limit + 1, sizeof(*v))) == NULL) {
-		e = kb_errf(KB_ERR_NOMEM, "out of memory");
-		goto out;
-	}
 	sqlite3_bind_text(st, 1, after != NULL ? after : "", -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 2, (sqlite3_int64)limit + 1);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-		tenant_row(st, &v[cnt++]);
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
-		e = sql_err(c->db, rc, "listing tenants");
-		goto out;
-	}
-	if (cnt > limit) {
-		cnt = limit;
+	e = store_collect(c, st, sizeof(**out), tenant_row, (void **)out, n,
+	    "listing tenants");
+	/* One row past the page says there is another page. */
+	if (e == KB_OK && *n > limit) {
+		*n = limit;
 		*more = 1;
 	}
-	*out = v;
-	*n = cnt;
-	v = NULL;
-	e = KB_OK;
 out:
-	free(v);
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
@@ -554,38 +558,35 @@ state_parse(const char *s)
 	return STORE_ENV_ENABLED;
 }
 
-#define ENV_COLS "e.tenant_id, e.name, e.mode, e.state, e.dek_version, " \
-	"d.key_id, d.wrap_alg, e.create_time_us, e.update_time_us"
-#define ENV_JOIN "FROM environments e LEFT JOIN deks d ON d.env_id = e.id " \
-	"AND d.version = e.dek_version"
-
-static void
-env_row(sqlite3_stmt *st, struct store_env *env)
+void
+store_env_row(sqlite3_stmt *st, void *elem)
 {
+	struct store_env *env = elem;
 	char buf[16];
 
-	copy_text(env->tenant_id, sizeof(env->tenant_id), st, 0);
-	copy_text(env->name, sizeof(env->name), st, 1);
-	copy_text(buf, sizeof(buf), st, 2);
+	store_copy_text(env->tenant_id, sizeof(env->tenant_id), st, 0);
+	store_copy_text(env->name, sizeof(env->name), st, 1);
+	store_copy_text(buf, sizeof(buf), st, 2);
 	env->mode = mode_parse(buf);
-	copy_text(buf, sizeof(buf), st, 3);
+	store_copy_text(buf, sizeof(buf), st, 3);
 	env->state = state_parse(buf);
 	env->dek_version = (uint32_t)sqlite3_column_int64(st, 4);
-	copy_text(env->key_id, sizeof(env->key_id), st, 5);
-	copy_text(env->wrap_alg, sizeof(env->wrap_alg), st, 6);
+	store_copy_text(env->key_id, sizeof(env->key_id), st, 5);
+	store_copy_text(env->wrap_alg, sizeof(env->wrap_alg), st, 6);
 	env->create_time_us = sqlite3_column_int64(st, 7);
 	env->update_time_us = sqlite3_column_int64(st, 8);
+	env->lock_time_us = sqlite3_column_int64(st, 9);
 }
 
-static enum kb_err
-tenant_exists(struct conn *c, const char *tenant)
+enum kb_err
+store_tenant_exists(struct conn *c, const char *tenant)
 {
 	static const char sql[] = "SELECT 1 FROM tenants WHERE id = ?";
 	sqlite3_stmt *st;
 	enum kb_err e;
 	int rc;
 
-	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
 		return e;
 	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
@@ -595,7 +596,7 @@ tenant_exists(struct conn *c, const char *tenant)
 	if (rc == SQLITE_DONE)
 		return kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" does not exist",
 		    tenant);
-	return sql_err(c->db, rc, "reading the tenant");
+	return store_sql_err(c->db, rc, "reading the tenant");
 }
 
 enum kb_err
@@ -607,17 +608,17 @@ store_env_create(struct store *s, struct store_env *env,
 	    "VALUES (?, ?, ?, ?, ?, ?, ?)";
 	static const char ins_dek[] = "INSERT INTO deks(env_id, version, "
 	    "key_id, wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, ?)";
-	struct conn *c = conn_get(s);
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	sqlite3_int64 env_id;
 	enum kb_err e;
 
-	if ((e = exec_sql(c->db, "BEGIN IMMEDIATE", "creating the environment"))
+	if ((e = store_exec(c->db, "BEGIN IMMEDIATE", "creating the environment"))
 	    != KB_OK)
 		goto out;
-	if ((e = tenant_exists(c, env->tenant_id)) != KB_OK)
+	if ((e = store_tenant_exists(c, env->tenant_id)) != KB_OK)
 		goto rollback;
-	if ((e = conn_stmt(c, ins_env, &st)) != KB_OK)
+	if ((e = store_stmt(c, ins_env, &st)) != KB_OK)
 		goto rollback;
 	sqlite3_bind_text(st, 1, env->tenant_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, env->name, -1, SQLITE_STATIC);
@@ -627,14 +628,14 @@ store_env_create(struct store *s, struct store_env *env,
 	sqlite3_bind_int64(st, 5, dek->version);
 	sqlite3_bind_int64(st, 6, env->create_time_us);
 	sqlite3_bind_int64(st, 7, env->update_time_us);
-	if ((e = step_done(c, st, "creating the environment")) != KB_OK) {
+	if ((e = store_step_done(c, st, "creating the environment")) != KB_OK) {
 		if (e == KB_ERR_ALREADY_EXISTS)
 			e = kb_errf(e, "environment \"%s\" already exists in "
 			    "tenant \"%s\"", env->name, env->tenant_id);
 		goto rollback;
 	}
 	env_id = sqlite3_last_insert_rowid(c->db);
-	if ((e = conn_stmt(c, ins_dek, &st)) != KB_OK)
+	if ((e = store_stmt(c, ins_dek, &st)) != KB_OK)
 		goto rollback;
 	sqlite3_bind_int64(st, 1, env_id);
 	sqlite3_bind_int64(st, 2, dek->version);
@@ -643,9 +644,9 @@ store_env_create(struct store *s, struct store_env *env,
 	sqlite3_bind_blob(st, 5, dek->wrapped, (int)dek->wrapped_len,
 	    SQLITE_STATIC);
 	sqlite3_bind_int64(st, 6, env->create_time_us);
-	if ((e = step_done(c, st, "storing the wrapped data key")) != KB_OK)
+	if ((e = store_step_done(c, st, "storing the wrapped data key")) != KB_OK)
 		goto rollback;
-	if ((e = exec_sql(c->db, "COMMIT", "creating the environment")) != KB_OK)
+	if ((e = store_exec(c->db, "COMMIT", "creating the environment")) != KB_OK)
 		goto rollback;
 	env->dek_version = dek->version;
 	snprintf(env->key_id, sizeof(env->key_id), "%s", dek->key_id);
@@ -654,7 +655,7 @@ store_env_create(struct store *s, struct store_env *env,
 rollback:
 	(void)sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
 out:
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
@@ -664,30 +665,30 @@ store_env_get(struct store *s, const char *tenant, const char *name,
 {
 	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN
 	    " WHERE e.tenant_id = ? AND e.name = ?";
-	struct conn *c = conn_get(s);
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
 	int rc;
 
-	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		env_row(st, out);
+		store_env_row(st, out);
 		e = KB_OK;
 	} else if (rc == SQLITE_DONE) {
 		sqlite3_reset(st);
-		if ((e = tenant_exists(c, tenant)) == KB_OK)
+		if ((e = store_tenant_exists(c, tenant)) == KB_OK)
 			e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does "
 			    "not exist in tenant \"%s\"", name, tenant);
 	} else {
-		e = sql_err(c->db, rc, "reading the environment");
+		e = store_sql_err(c->db, rc, "reading the environment");
 	}
 	sqlite3_reset(st);
 out:
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
@@ -697,125 +698,135 @@ store_env_list(struct store *s, const char *tenant, const char *after,
 {
 	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN
 	    " WHERE e.tenant_id = ? AND e.name > ? ORDER BY e.name LIMIT ?";
-	struct conn *c = conn_get(s);
-	struct store_env *v = NULL;
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
-	size_t cnt = 0;
-	int rc;
 
 	*out = NULL;
 	*n = 0;
 	*more = 0;
-	if ((e = tenant_exists(c, tenant)) != KB_OK ||
-	    (e = conn_stmt(c, sql, &st)) != KB_OK)
+	if ((e = store_tenant_exists(c, tenant)) != KB_OK ||
+	    (e = store_stmt(c, sql, &st)) != KB_OK)
 		goto out;
-	if ((v = calloc(limit + 1, sizeof(*v))) == NULL) {
-		e = kb_errf(KB_ERR_NOMEM, "out of memory");
-		goto out;
-	}
 	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, after != NULL ? after : "", -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
-		env_row(st, &v[cnt++]);
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
-		e = sql_err(c->db, rc, "listing environments");
-		goto out;
-	}
-	if (cnt > limit) {
-		cnt = limit;
+	e = store_collect(c, st, sizeof(**out), store_env_row, (void **)out, n,
+	    "listing environments");
+	if (e == KB_OK && *n > limit) {
+		*n = limit;
 		*more = 1;
 	}
-	*out = v;
-	*n = cnt;
-	v = NULL;
-	e = KB_OK;
 out:
-	free(v);
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
 enum kb_err
 store_env_dek(struct store *s, const char *tenant, const char *name,
-    struct store_env *env, struct store_dek *dek)
+    uint32_t version, struct store_env *env, struct store_dek *dek)
 {
-	static const char sql[] = "SELECT " ENV_COLS ", d.wrapped " ENV_JOIN
-	    " WHERE e.tenant_id = ? AND e.name = ?";
-	struct conn *c = conn_get(s);
+	/* The environment row, and the DEK row of the asked version (current
+	 * when 0) in the same read. */
+	static const char sql[] = "SELECT " ENV_COLS ", v.version, v.key_id, "
+	    "v.wrap_alg, v.wrapped " ENV_JOIN " LEFT JOIN deks v ON "
+	    "v.env_id = e.id AND v.version = (CASE WHEN ?3 = 0 THEN "
+	    "e.dek_version ELSE ?3 END) WHERE e.tenant_id = ?1 AND e.name = ?2";
+	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
 	const void *blob;
 	int rc, len;
 
-	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, version);
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
-		env_row(st, env);
-		blob = sqlite3_column_blob(st, 9);
-		len = sqlite3_column_bytes(st, 9);
-		if (blob == NULL || len <= 0 || (size_t)len > sizeof(dek->wrapped)) {
+		store_env_row(st, env);
+		blob = sqlite3_column_blob(st, 13);
+		len = sqlite3_column_bytes(st, 13);
+		if (sqlite3_column_type(st, 10) == SQLITE_NULL) {
+			if (version != 0)
+				e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s/%s\" "
+				    "has no data key version %u (current is %u)",
+				    tenant, name, version, env->dek_version);
+			else
+				e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s/%s\" "
+				    "has no data key (it was deleted)", tenant,
+				    name);
+		} else if (blob == NULL || len <= 0 ||
+		    (size_t)len > sizeof(dek->wrapped)) {
 			e = kb_errf(KB_ERR_CORRUPT, "environment \"%s/%s\" has no "
-			    "valid wrapped data key (version %u)", tenant, name,
-			    env->dek_version);
+			    "valid wrapped data key", tenant, name);
 		} else {
-			dek->version = env->dek_version;
-			snprintf(dek->key_id, sizeof(dek->key_id), "%s", env->key_id);
-			snprintf(dek->wrap_alg, sizeof(dek->wrap_alg), "%s",
-			    env->wrap_alg);
+			dek->version = (uint32_t)sqlite3_column_int64(st, 10);
+			store_copy_text(dek->key_id, sizeof(dek->key_id), st, 11);
+			store_copy_text(dek->wrap_alg, sizeof(dek->wrap_alg), st, 12);
 			memcpy(dek->wrapped, blob, (size_t)len);
 			dek->wrapped_len = (size_t)len;
 			e = KB_OK;
 		}
 	} else if (rc == SQLITE_DONE) {
 		sqlite3_reset(st);
-		if ((e = tenant_exists(c, tenant)) == KB_OK)
+		if ((e = store_tenant_exists(c, tenant)) == KB_OK)
 			e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does "
 			    "not exist in tenant \"%s\"", name, tenant);
 	} else {
-		e = sql_err(c->db, rc, "reading the data key");
+		e = store_sql_err(c->db, rc, "reading the data key");
 	}
 	sqlite3_reset(st);
 out:
-	conn_put(s, c);
+	store_conn_put(s, c);
 	return e;
 }
 
 /* ---- keys ---- */
 
-#define KEY_COLS "id, coalesce(tenant_id, ''), purpose, origin, state, " \
-	"fingerprint, wrap_alg, create_time_us, update_time_us"
-
-static void
-key_row(sqlite3_stmt *st, struct store_key *k)
+void
+store_key_row(sqlite3_stmt *st, void *elem)
 {
-	copy_text(k->id, sizeof(k->id), st, 0);
-	copy_text(k->tenant_id, sizeof(k->tenant_id), st, 1);
-	copy_text(k->purpose, sizeof(k->purpose), st, 2);
-	copy_text(k->origin, sizeof(k->origin), st, 3);
-	copy_text(k->state, sizeof(k->state), st, 4);
-	copy_text(k->fingerprint, sizeof(k->fingerprint), st, 5);
-	copy_text(k->wrap_alg, sizeof(k->wrap_alg), st, 6);
+	struct store_key *k = elem;
+
+	store_copy_text(k->id, sizeof(k->id), st, 0);
+	store_copy_text(k->tenant_id, sizeof(k->tenant_id), st, 1);
+	store_copy_text(k->purpose, sizeof(k->purpose), st, 2);
+	store_copy_text(k->origin, sizeof(k->origin), st, 3);
+	store_copy_text(k->state, sizeof(k->state), st, 4);
+	store_copy_text(k->fingerprint, sizeof(k->fingerprint), st, 5);
+	store_copy_text(k->wrap_alg, sizeof(k->wrap_alg), st, 6);
 	k->create_time_us = sqlite3_column_int64(st, 7);
 	k->update_time_us = sqlite3_column_int64(st, 8);
+	k->bits = (unsigned)sqlite3_column_int(st, 9);
+	k->activate_time_us = sqlite3_column_int64(st, 10);
+	k->lock_time_us = sqlite3_column_int64(st, 11);
+	k->delete_time_us = sqlite3_column_int64(st, 12);
 }
 
 enum kb_err
 store_key_create(struct store *s, const struct store_key *k)
 {
+	struct conn *c = store_conn_get(s);
+	enum kb_err e;
+
+	e = store_key_insert(c, k);
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_key_insert(struct conn *c, const struct store_key *k)
+{
 	static const char sql[] = "INSERT INTO keys(id, tenant_id, purpose, "
 	    "origin, state, fingerprint, wrap_alg, create_time_us, "
-	    "update_time_us) VALUES (?, nullif(?, ''), ?, ?, ?, ?, ?, ?, ?)";
-	struct conn *c = conn_get(s);
+	    "update_time_us, bits) VALUES (?, nullif(?, ''), ?, ?, ?, ?, ?, ?, "
+	    "?, ?)";
 	sqlite3_stmt *st;
 	enum kb_err e;
 
-	if ((e = conn_stmt(c, sql, &st)) == KB_OK) {
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_text(st, 1, k->id, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, k->tenant_id, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 3, k->purpose, -1, SQLITE_STATIC);
@@ -825,38 +836,11 @@ store_key_create(struct store *s, const struct store_key *k)
 		sqlite3_bind_text(st, 7, k->wrap_alg, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 8, k->create_time_us);
 		sqlite3_bind_int64(st, 9, k->update_time_us);
-		e = step_done(c, st, "recording the key");
+		sqlite3_bind_int(st, 10, (int)(k->bits ? k->bits : 2048));
+		e = store_step_done(c, st, "recording the key");
 		if (e == KB_ERR_ALREADY_EXISTS)
 			e = kb_errf(e, "key \"%s\" already exists", k->id);
 	}
-	conn_put(s, c);
-	return e;
-}
-
-static enum kb_err
-key_query(struct store *s, const char *sql, const char *arg,
-    struct store_key *out, const char *what)
-{
-	struct conn *c = conn_get(s);
-	sqlite3_stmt *st;
-	enum kb_err e;
-	int rc;
-
-	if ((e = conn_stmt(c, sql, &st)) != KB_OK)
-		goto out;
-	sqlite3_bind_text(st, 1, arg, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		key_row(st, out);
-		e = KB_OK;
-	} else if (rc == SQLITE_DONE) {
-		e = kb_errf(KB_ERR_NOT_FOUND, "%s \"%s\" not found", what, arg);
-	} else {
-		e = sql_err(c->db, rc, "reading a key");
-	}
-	sqlite3_reset(st);
-out:
-	conn_put(s, c);
 	return e;
 }
 
@@ -865,7 +849,7 @@ store_key_get(struct store *s, const char *id, struct store_key *out)
 {
 	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE id = ?";
 
-	return key_query(s, sql, id, out, "key");
+	return store_get_one(s, sql, id, NULL, store_key_row, out, "key");
 }
 
 enum kb_err
@@ -875,5 +859,89 @@ store_key_broker(struct store *s, const char *purpose, struct store_key *out)
 	    "tenant_id IS NULL AND purpose = ? AND state = 'active' "
 	    "ORDER BY create_time_us DESC LIMIT 1";
 
-	return key_query(s, sql, purpose, out, "broker key for");
+	return store_get_one(s, sql, purpose, NULL, store_key_row, out,
+	    "broker key for");
+}
+
+enum kb_err
+store_txn(struct store *s, enum kb_err (*fn)(struct conn *c, void *arg),
+    void *arg, const char *what)
+{
+	struct conn *c = store_conn_get(s);
+	enum kb_err e;
+
+	if ((e = store_exec(c->db, "BEGIN IMMEDIATE", what)) != KB_OK)
+		goto out;
+	if ((e = fn(c, arg)) != KB_OK ||
+	    (e = store_exec(c->db, "COMMIT", what)) != KB_OK) {
+		/* Keep fn's message: the rollback's outcome does not matter
+		 * to the caller. */
+		(void)sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+	}
+out:
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_collect(struct conn *c, sqlite3_stmt *st, size_t size, store_row_fn fn,
+    void **out, size_t *n, const char *what)
+{
+	char *v = NULL, *nv;
+	size_t cnt = 0, cap = 0;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (cnt == cap) {
+			cap = cap ? cap * 2 : 8;
+			if ((nv = realloc(v, cap * size)) == NULL) {
+				sqlite3_reset(st);
+				free(v);
+				return kb_errf(KB_ERR_NOMEM, "out of memory");
+			}
+			v = nv;
+		}
+		memset(v + cnt * size, 0, size);
+		fn(st, v + cnt * size);
+		cnt++;
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE) {
+		free(v);
+		return store_sql_err(c->db, rc, what);
+	}
+	*out = v;
+	*n = cnt;
+	return KB_OK;
+}
+
+enum kb_err
+store_get_one(struct store *s, const char *sql, const char *a1, const char *a2,
+    store_row_fn fn, void *out, const char *noun)
+{
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	sqlite3_bind_text(st, 1, a1, -1, SQLITE_STATIC);
+	if (a2 != NULL)
+		sqlite3_bind_text(st, 2, a2, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		fn(st, out);
+		e = KB_OK;
+	} else if (rc == SQLITE_DONE) {
+		e = kb_errf(KB_ERR_NOT_FOUND, "%s \"%s\" does not exist", noun, a1);
+	} else {
+		e = store_sql_err(c->db, rc, "reading the database");
+	}
+	sqlite3_reset(st);
+out:
+	store_conn_put(s, c);
+	return e;
 }

@@ -34,7 +34,17 @@ struct store_tenant {
 	char id[STORE_ID_MAX];
 	char display_name[STORE_DISPLAY_MAX];
 	int64_t create_time_us;
-	uint32_t env_count;       /* filled by get/list */
+	int locked;                        /* tenant state */
+	int64_t last_activation_us;        /* 0 = never */
+	int64_t last_key_change_us;
+	int64_t lock_time_us;
+	char lock_key_id[STORE_KEY_ID_MAX];
+	/* Derived, filled by get/list: */
+	uint32_t env_count;                /* not deleted */
+	uint32_t locked_env_count;
+	int64_t last_env_lock_us;          /* newest lock of a locked env */
+	char active_key_id[STORE_KEY_ID_MAX];
+	char installing_key_id[STORE_KEY_ID_MAX];
 };
 
 struct store_env {
@@ -47,6 +57,7 @@ struct store_env {
 	char wrap_alg[STORE_ALG_MAX];
 	int64_t create_time_us;
 	int64_t update_time_us;
+	int64_t lock_time_us;            /* when locked; 0 otherwise */
 };
 
 /* One wrapped DEK version. */
@@ -67,8 +78,44 @@ struct store_key {
 	char state[16];                /* available, installing, active, locked, deleted */
 	char fingerprint[65];          /* hex SHA-256 of the SubjectPublicKeyInfo */
 	char wrap_alg[STORE_ALG_MAX];  /* OAEP variant for encrypt keys */
+	unsigned bits;
 	int64_t create_time_us;
 	int64_t update_time_us;
+	int64_t activate_time_us;
+	int64_t lock_time_us;
+	int64_t delete_time_us;
+};
+
+/* A background job (key activation: re-wrap a tenant's environments). */
+struct store_job {
+	char id[STORE_KEY_ID_MAX];
+	char tenant_id[STORE_ID_MAX];
+	char kind[16];                 /* "activate" */
+	char key_id[STORE_KEY_ID_MAX];
+	char previous_key_id[STORE_KEY_ID_MAX];
+	char state[16];                /* running, done, failed */
+	uint64_t total, done;
+	char error[256];
+	int64_t create_time_us;
+	int64_t update_time_us;
+};
+
+/* A backup: an environment's DEK version and encryption state then. */
+struct store_backup {
+	char id[STORE_KEY_ID_MAX];
+	char tenant_id[STORE_ID_MAX];
+	char env[STORE_ID_MAX];
+	uint32_t dek_version;
+	enum store_env_mode mode;
+	char key_id[STORE_KEY_ID_MAX];
+	int64_t create_time_us;
+};
+
+/* One DEK row to re-wrap: identifies the row and carries its blob. */
+struct store_rewrap {
+	int64_t env_id;
+	uint32_t version;
+	struct store_dek dek;          /* key_id/wrap_alg/wrapped: before, then after */
 };
 
 /* Open (creating if absent) and migrate the database at `path`, with a pool
@@ -110,9 +157,11 @@ enum kb_err store_env_get(struct store *s, const char *tenant,
 enum kb_err store_env_list(struct store *s, const char *tenant,
     const char *after, unsigned limit, struct store_env **out, size_t *n,
     int *more);
-/* The environment and its current wrapped DEK, in one read. */
+/* The environment and its wrapped DEK `version` (0 = current), in one
+ * read. */
 enum kb_err store_env_dek(struct store *s, const char *tenant,
-    const char *name, struct store_env *env, struct store_dek *dek);
+    const char *name, uint32_t version, struct store_env *env,
+    struct store_dek *dek);
 
 /* Keys. create: KB_ERR_ALREADY_EXISTS if the id is taken. */
 enum kb_err store_key_create(struct store *s, const struct store_key *k);
@@ -121,6 +170,97 @@ enum kb_err store_key_get(struct store *s, const char *id,
 /* The broker key of `purpose` in state "active" (platform, kek, audit). */
 enum kb_err store_key_broker(struct store *s, const char *purpose,
     struct store_key *out);
+
+/* ---- tenant keys (store_keys.c) ---- */
+
+/* Every key of a tenant (tenant keys and its KEK), oldest first; *out
+ * malloc'd. */
+enum kb_err store_key_list(struct store *s, const char *tenant,
+    const char *purpose, struct store_key **out, size_t *n);
+/* The tenant's newest key (purpose tenant) with this fingerprint, in any
+ * state; KB_ERR_NOT_FOUND if none. */
+enum kb_err store_key_by_fingerprint(struct store *s, const char *tenant,
+    const char *fingerprint, struct store_key *out);
+/* Record a new tenant key (state available) and the tenant's key change. */
+enum kb_err store_key_add(struct store *s, const struct store_key *k,
+    int64_t now);
+
+/* Start activating `key_id`: the key becomes installing, a job is recorded
+ * with the number of DEK rows to re-wrap, and the tenant's last activation
+ * and key change become `now`. */
+enum kb_err store_activation_begin(struct store *s, const char *tenant,
+    const char *key_id, const char *previous_key_id, const char *job_id,
+    int64_t now, struct store_job *job);
+/* Up to `max` DEK rows of the tenant's customer-managed environments not
+ * yet wrapped by `key_id`. */
+enum kb_err store_rewrap_fetch(struct store *s, const char *tenant,
+    const char *key_id, struct store_rewrap *rows, size_t max, size_t *n);
+/* Store re-wrapped rows (each row's dek now holds the new key_id, alg and
+ * blob; `old_key_ids` the keys they had, so a row changed meanwhile is left
+ * alone) and add their count to the job's progress, in one transaction. */
+enum kb_err store_rewrap_commit(struct store *s, const char *job_id,
+    const struct store_rewrap *rows, char (*old_key_ids)[STORE_KEY_ID_MAX],
+    size_t n, int64_t now);
+/* Finish: the new key active, the previous active key available, the job
+ * done. */
+enum kb_err store_activation_finish(struct store *s, const struct store_job *j,
+    int64_t now);
+enum kb_err store_job_fail(struct store *s, const char *job_id,
+    const char *error, int64_t now);
+enum kb_err store_job_get(struct store *s, const char *id,
+    struct store_job *out);
+/* Jobs in state running (to resume at start-up); *out malloc'd. */
+enum kb_err store_jobs_running(struct store *s, struct store_job **out,
+    size_t *n);
+
+/* ---- environment encryption, backups, lock (store_envops.c) ---- */
+
+/* Every DEK version of an environment, newest first; *out malloc'd. */
+enum kb_err store_env_deks(struct store *s, const char *tenant,
+    const char *name, struct store_dek **out, size_t *n);
+/* Replace every DEK version's wrapping (same versions, same order as from
+ * store_env_deks) and set the mode, in one transaction. */
+enum kb_err store_env_rewrap(struct store *s, const char *tenant,
+    const char *name, enum store_env_mode mode, const struct store_dek *deks,
+    size_t n, int64_t now);
+/* Add a new current DEK version (version = highest + 1, set in dek). */
+enum kb_err store_env_add_version(struct store *s, const char *tenant,
+    const char *name, struct store_dek *dek, int64_t now);
+/* Reset: every DEK version and backup destroyed; back to platform mode with
+ * `dek` as the new current version (its version is set here). */
+enum kb_err store_env_reset(struct store *s, const char *tenant,
+    const char *name, struct store_dek *dek, int64_t now);
+enum kb_err store_env_set_state(struct store *s, const char *tenant,
+    const char *name, enum store_env_state from, enum store_env_state to,
+    int64_t now);
+
+enum kb_err store_backup_create(struct store *s, const char *tenant,
+    const char *name, const char *id, int64_t now, struct store_backup *out);
+enum kb_err store_backup_get(struct store *s, const char *tenant,
+    const char *id, struct store_backup *out);
+enum kb_err store_backup_list(struct store *s, const char *tenant,
+    const char *name, struct store_backup **out, size_t *n);
+
+/* Lock: customer-managed enabled environments become locked, the active key
+ * locked, available keys deleted; the tenant locked with `lock_key_id`.
+ * *destroy gets the ids whose token objects must now be destroyed
+ * (malloc'd). */
+enum kb_err store_tenant_lock(struct store *s, const char *tenant,
+    const char *lock_key_id, int64_t now,
+    char (**destroy)[STORE_KEY_ID_MAX], size_t *ndestroy);
+/* Unlock: the lock key active again, the tenant active, a key change now. */
+enum kb_err store_tenant_unlock(struct store *s, const char *tenant,
+    int64_t now);
+/* Locked environments whose lock time is at or before `cutoff`. */
+enum kb_err store_envs_locked_before(struct store *s, int64_t cutoff,
+    struct store_env **out, size_t *n, size_t max);
+/* Delete an environment's data for good: DEK versions and backups destroyed,
+ * state deleted (only if still locked). */
+enum kb_err store_env_purge(struct store *s, const char *tenant,
+    const char *name, int64_t now);
+/* Keys in state locked or deleted (their token objects must be gone). */
+enum kb_err store_keys_destroyed(struct store *s, struct store_key **out,
+    size_t *n);
 
 const char *store_env_mode_name(enum store_env_mode m);
 const char *store_env_state_name(enum store_env_state st);

@@ -570,6 +570,15 @@ kb_client_get_data_key(struct kb_client *c, const char *tenant, const char *env,
     uint8_t *dek, size_t dek_cap, size_t *dek_len, uint32_t *version,
     struct kb_status *st)
 {
+	return kb_client_get_data_key_version(
+	    c, tenant, env, 0, dek, dek_cap, dek_len, version, st);
+}
+
+enum kb_err
+kb_client_get_data_key_version(struct kb_client *c, const char *tenant,
+    const char *env, uint32_t want, uint8_t *dek, size_t dek_cap,
+    size_t *dek_len, uint32_t *version, struct kb_status *st)
+{
 	Keybroker__V1__GetDataKeyRequest req =
 	    KEYBROKER__V1__GET_DATA_KEY_REQUEST__INIT;
 	Keybroker__V1__GetDataKeyResponse *resp = NULL;
@@ -579,6 +588,7 @@ kb_client_get_data_key(struct kb_client *c, const char *tenant, const char *env,
 	*dek_len = 0;
 	req.tenant_id = (char *)tenant;
 	req.environment = (char *)env;
+	req.version = want;
 	if ((r = kb_client_call(c, KB_METHOD_GET_DATA_KEY, &req.base,
 	         &keybroker__v1__get_data_key_response__descriptor, &m, st))
 	    != KB_OK)

@@ -26,6 +26,24 @@
 #define KB_METHOD_LIST_ENVIRONMENTS "/keybroker.v1.KeyBroker/ListEnvironments"
 #define KB_METHOD_GET_ENVIRONMENT "/keybroker.v1.KeyBroker/GetEnvironment"
 #define KB_METHOD_GET_DATA_KEY "/keybroker.v1.KeyBroker/GetDataKey"
+#define KB_METHOD_GENERATE_KEY "/keybroker.v1.KeyBroker/GenerateKey"
+#define KB_METHOD_UPLOAD_KEY "/keybroker.v1.KeyBroker/UploadKey"
+#define KB_METHOD_LIST_KEYS "/keybroker.v1.KeyBroker/ListKeys"
+#define KB_METHOD_GET_KEY "/keybroker.v1.KeyBroker/GetKey"
+#define KB_METHOD_ACTIVATE_KEY "/keybroker.v1.KeyBroker/ActivateKey"
+#define KB_METHOD_GET_JOB "/keybroker.v1.KeyBroker/GetJob"
+#define KB_METHOD_GET_KEY_EXCHANGE_KEY                                         \
+	"/keybroker.v1.KeyBroker/GetKeyExchangeKey"
+#define KB_METHOD_LOCK_TENANT "/keybroker.v1.KeyBroker/LockTenant"
+#define KB_METHOD_UNLOCK_TENANT "/keybroker.v1.KeyBroker/UnlockTenant"
+#define KB_METHOD_APPLY_KEY "/keybroker.v1.KeyBroker/ApplyKey"
+#define KB_METHOD_REVERT_KEY "/keybroker.v1.KeyBroker/RevertKey"
+#define KB_METHOD_UNLOCK_ENVIRONMENT "/keybroker.v1.KeyBroker/UnlockEnvironment"
+#define KB_METHOD_RESET_ENVIRONMENT "/keybroker.v1.KeyBroker/ResetEnvironment"
+#define KB_METHOD_BACKUP_ENVIRONMENT "/keybroker.v1.KeyBroker/BackupEnvironment"
+#define KB_METHOD_LIST_BACKUPS "/keybroker.v1.KeyBroker/ListBackups"
+#define KB_METHOD_RESTORE_BACKUP "/keybroker.v1.KeyBroker/RestoreBackup"
+#define KB_METHOD_COPY_ENVIRONMENT "/keybroker.v1.KeyBroker/CopyEnvironment"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 
 /* A client: one channel (one HTTP/2 connection) to one broker. Safe to use
@@ -82,6 +100,14 @@ enum kb_err kb_client_call(struct kb_client *c, const char *method,
 enum kb_err kb_client_get_data_key(struct kb_client *c, const char *tenant,
     const char *env, uint8_t *dek, size_t dek_cap, size_t *dek_len,
     uint32_t *version, struct kb_status *st);
+
+/* kb_client_get_data_key for DEK version `version` (0 = the current one):
+ * older versions stay readable after a rotation. Same contract otherwise;
+ * *version_out gets the version returned (may be NULL). */
+enum kb_err kb_client_get_data_key_version(struct kb_client *c,
+    const char *tenant, const char *env, uint32_t version, uint8_t *dek,
+    size_t dek_cap, size_t *dek_len, uint32_t *version_out,
+    struct kb_status *st);
 
 /* grpc.health.v1.Health/Check for the whole server (service ""). On KB_OK
  * *serving_status is the ServingStatus number: 1 = SERVING, 2 =

@@ -14,72 +14,13 @@
 
 #include "kb_secmem.h"
 #include "kbctl_fmt.h"
+#include "kbctl_secret.h"
 
 #ifndef KB_VERSION
 #define KB_VERSION "unknown"
 #endif
 
 /* clang-format off */
-#define PAGE_FLAGS \
-	{ "--page-size", "N", "items per call (1..1000; default: the broker's, 100)" }, \
-	{ "--page-token", "TOKEN", "start at this page (from a previous listing)" }, \
-	{ "--all", NULL, "follow the pages to the end" }
-
-/* The command table: one row per subcommand (STYLE.md: the request path as
- * a table). Groups are listed in the order they first appear. */
-static const struct kbctl_cmd cmds[] = {
-	{ NULL, "health", "", 0, 0,
-	  "Check that the broker is serving",
-	  "Calls grpc.health.v1.Health/Check. Prints SERVING and exits 0, or\n"
-	  "prints the status and exits 1.",
-	  { { NULL } }, kbctl_cmd_health },
-	{ NULL, "whoami", "", 0, 0,
-	  "Show who the broker thinks you are",
-	  "Role and name from your certificate, the tenants or environments it\n"
-	  "may use, its expiry, and the broker's version, token and wrapping.",
-	  { { NULL } }, kbctl_cmd_whoami },
-
-	{ "tenants", "create", "ID", 1, 1,
-	  "Create a tenant",
-	  "ID is a slug: a-z, 0-9 and '-', 1 to 63 characters.",
-	  { { "--name", "DISPLAY_NAME", "display name, free text up to 200 bytes" } },
-	  kbctl_cmd_tenants_create },
-	{ "tenants", "list", "", 0, 0,
-	  "List tenants",
-	  "Prints the first page and says when more follow, unless --all.",
-	  { PAGE_FLAGS }, kbctl_cmd_tenants_list },
-	{ "tenants", "show", "ID", 1, 1,
-	  "Show one tenant", NULL,
-	  { { NULL } }, kbctl_cmd_tenants_show },
-
-	{ "envs", "create", "TENANT NAME", 2, 2,
-	  "Create an environment (platform-encrypted, with a new data key)",
-	  "NAME is a slug: a-z, 0-9 and '-', 1 to 63 characters.",
-	  { { NULL } }, kbctl_cmd_envs_create },
-	{ "envs", "list", "TENANT", 1, 1,
-	  "List a tenant's environments",
-	  "Prints the first page and says when more follow, unless --all.",
-	  { PAGE_FLAGS }, kbctl_cmd_envs_list },
-	{ "envs", "show", "TENANT NAME", 2, 2,
-	  "Show one environment", NULL,
-	  { { NULL } }, kbctl_cmd_envs_show },
-
-	{ "datakey", "get", "TENANT ENV", 2, 2,
-	  "Fetch an environment's data key (needs a service certificate)",
-	  "Prints the data key (DEK) in base64 with its version and the key\n"
-	  "that wraps it. The DEK is secret: keep it out of logs and history.",
-	  { { NULL } }, kbctl_cmd_datakey_get },
-};
-
-static const struct {
-	const char *name;
-	const char *help;
-} groups[] = {
-	{ "tenants", "Create, list and show tenants" },
-	{ "envs", "Create, list and show a tenant's environments" },
-	{ "datakey", "Fetch an environment's data key" },
-};
-
 /* Flags every command accepts, before or after the command words. */
 enum gflag {
 	G_ADDR, G_CERT, G_KEY, G_CA, G_SERVER_NAME, G_TIMEOUT, G_JSON,
@@ -102,9 +43,6 @@ static const struct kbctl_flag gflags[G_COUNT_] = {
 };
 /* clang-format on */
 
-#define NCMDS (sizeof(cmds) / sizeof(cmds[0]))
-#define NGROUPS (sizeof(groups) / sizeof(groups[0]))
-
 /* What the command line resolved to. */
 struct parsed {
 	const char *group; /* a group word, if any */
@@ -118,9 +56,9 @@ group_help(const char *name)
 {
 	size_t i;
 
-	for (i = 0; i < NGROUPS; i++)
-		if (strcmp(groups[i].name, name) == 0)
-			return groups[i].help;
+	for (i = 0; i < kbctl_ngroups; i++)
+		if (strcmp(kbctl_groups[i].name, name) == 0)
+			return kbctl_groups[i].help;
 	return "";
 }
 
@@ -145,7 +83,8 @@ cmd_usage_short(const struct kbctl_cmd *c, char *buf, size_t len)
 	for (i = 0; i < n && o < len; i++) {
 		const struct kbctl_flag *f = &c->flags[i];
 
-		o += (size_t)snprintf(buf + o, len - o, " [%s%s%s]", f->name,
+		o += (size_t)snprintf(buf + o, len - o,
+		    f->required ? " %s%s%s" : " [%s%s%s]", f->name,
 		    f->metavar ? " " : "", f->metavar ? f->metavar : "");
 	}
 }
@@ -191,16 +130,18 @@ help_top(FILE *f)
 
 	fprintf(f,
 	    "Usage: kbctl [FLAGS] COMMAND [ARGS]\n\n"
-	    "kbctl manages a keybroker over mutual TLS: tenants, environments "
+	    "kbctl manages a keybroker over mutual TLS: tenants, their keys "
+	    "(generate,\nupload, BYOK, activate, lock, unlock), environments "
 	    "and data keys.\n\nCommands:\n");
-	for (i = 0; i < NCMDS; i++) {
-		const char *n = cmds[i].group ? cmds[i].group : cmds[i].name;
+	for (i = 0; i < kbctl_ncmds; i++) {
+		const char *n = kbctl_cmds[i].group ? kbctl_cmds[i].group
+		                                    : kbctl_cmds[i].name;
 
 		if (strlen(n) > w)
 			w = strlen(n);
 	}
-	for (i = 0; i < NCMDS; i++) {
-		const struct kbctl_cmd *c = &cmds[i];
+	for (i = 0; i < kbctl_ncmds; i++) {
+		const struct kbctl_cmd *c = &kbctl_cmds[i];
 		int seen = 0;
 
 		if (c->group == NULL) {
@@ -208,18 +149,23 @@ help_top(FILE *f)
 			continue;
 		}
 		for (j = 0; j < i && !seen; j++)
-			seen = cmds[j].group != NULL
-			    && strcmp(cmds[j].group, c->group) == 0;
+			seen = kbctl_cmds[j].group != NULL
+			    && strcmp(kbctl_cmds[j].group, c->group) == 0;
 		if (!seen)
 			fprintf(f, "  %-*s  %s\n", (int)w, c->group,
 			    group_help(c->group));
 	}
-	fprintf(f, "\nFlags (before or after the command):\n");
+	fprintf(f,
+	    "\nFlags (before or after the command; after it, the command's "
+	    "own flag of the\nsame name wins: 'tenants lock --key FILE' is "
+	    "the tenant key, 'datakey get\n--version N' a DEK version):\n");
 	print_flags(f, gflags, G_COUNT_);
 	fprintf(f,
-	    "\nRun 'kbctl COMMAND --help' for its subcommands and "
-	    "flags.\nExit status: 0 done, 1 the broker refused or the call "
-	    "failed, 2 usage error.\n");
+	    "\nRun 'kbctl COMMAND --help' for its subcommands and flags.\n"
+	    "Exit status: 0 done; 1 the broker refused, the call or a file "
+	    "failed, or\na confirmation was not given; 2 usage error "
+	    "(including a password or\n--yes needed without a terminal); 130 "
+	    "stopped waiting with Ctrl-C.\n");
 }
 
 static void
@@ -232,18 +178,25 @@ help_group(FILE *f, const char *group)
 	    "Usage: kbctl %s SUBCOMMAND [ARGS] [FLAGS]\n\n%s.\n\n"
 	    "Subcommands:\n",
 	    group, group_help(group));
-	for (i = 0; i < NCMDS; i++) {
-		if (cmds[i].group == NULL || strcmp(cmds[i].group, group) != 0)
+	for (i = 0; i < kbctl_ncmds; i++) {
+		if (kbctl_cmds[i].group == NULL
+		    || strcmp(kbctl_cmds[i].group, group) != 0)
 			continue;
-		cmd_usage_short(&cmds[i], u, sizeof(u));
+		cmd_usage_short(&kbctl_cmds[i], u, sizeof(u));
 		if (strlen(u) > w)
 			w = strlen(u);
 	}
-	for (i = 0; i < NCMDS; i++) {
-		if (cmds[i].group == NULL || strcmp(cmds[i].group, group) != 0)
+	for (i = 0; i < kbctl_ncmds; i++) {
+		if (kbctl_cmds[i].group == NULL
+		    || strcmp(kbctl_cmds[i].group, group) != 0)
 			continue;
-		cmd_usage_short(&cmds[i], u, sizeof(u));
-		fprintf(f, "  %-*s  %s\n", (int)w, u, cmds[i].help);
+		cmd_usage_short(&kbctl_cmds[i], u, sizeof(u));
+		/* Long usage lines: the help goes under them. */
+		if (w > 36)
+			fprintf(f, "  %s\n      %s\n", u, kbctl_cmds[i].help);
+		else
+			fprintf(
+			    f, "  %-*s  %s\n", (int)w, u, kbctl_cmds[i].help);
 	}
 	fprintf(f,
 	    "\nRun 'kbctl %s SUBCOMMAND --help' for details, "
@@ -264,9 +217,14 @@ help_cmd(FILE *f, const struct kbctl_cmd *c)
 		fprintf(f, "\nFlags:\n");
 		print_flags(f, c->flags, cmd_nflags(c));
 	}
-	fprintf(f,
-	    "\nGlobal flags (--addr, --cert, --key, --ca, --server-name, "
-	    "--timeout, --json): see 'kbctl --help'.\n");
+	if (c->local)
+		fprintf(f,
+		    "\nGlobal flags: --json (see 'kbctl --help'); this "
+		    "command does not\ntalk to the broker.\n");
+	else
+		fprintf(f,
+		    "\nGlobal flags (--addr, --cert, --key, --ca, "
+		    "--server-name, --timeout, --json): see 'kbctl --help'.\n");
 }
 
 /* The usage line of whatever level the parse reached. */
@@ -323,6 +281,47 @@ kbctl_usage_error(const struct kbctl_args *a, const char *fmt, ...)
 	return KBCTL_EXIT_USAGE;
 }
 
+int
+kbctl_err(enum kb_err e, int code)
+{
+	char msg[1024];
+
+	kbctl_sanitize(kb_err_msg(e), msg, sizeof(msg));
+	fprintf(stderr, "kbctl: %s\n", msg);
+	return code;
+}
+
+int
+kbctl_confirm_or_yes(const struct kbctl_args *a, const char *explain,
+    const char *what, const char *word)
+{
+	int r;
+
+	if (kbctl_flag(a, "--yes") != NULL)
+		return -1;
+	if (!kbctl_stdin_is_tty())
+		return kbctl_usage_error(a,
+		    "'%s %s' is destructive and there is no terminal to "
+		    "confirm it on: add --yes to go ahead",
+		    a->cmd->group, a->cmd->name);
+	r = kbctl_confirm(explain, what, word);
+	if (r == -2) {
+		fprintf(stderr, "kbctl: interrupted; nothing was done\n");
+		return KBCTL_EXIT_INTERRUPTED;
+	}
+	if (r < 0) {
+		fprintf(stderr,
+		    "kbctl: cannot open the terminal to confirm; add --yes "
+		    "to go ahead\n");
+		return KBCTL_EXIT_USAGE;
+	}
+	if (r == 0) {
+		fprintf(stderr, "kbctl: not confirmed; nothing was done\n");
+		return KBCTL_EXIT_FAIL;
+	}
+	return -1;
+}
+
 const char *
 kbctl_flag(const struct kbctl_args *a, const char *name)
 {
@@ -339,8 +338,9 @@ is_group(const char *w)
 {
 	size_t i;
 
-	for (i = 0; i < NCMDS; i++)
-		if (cmds[i].group != NULL && strcmp(cmds[i].group, w) == 0)
+	for (i = 0; i < kbctl_ncmds; i++)
+		if (kbctl_cmds[i].group != NULL
+		    && strcmp(kbctl_cmds[i].group, w) == 0)
 			return 1;
 	return 0;
 }
@@ -350,8 +350,8 @@ find_cmd(const char *group, const char *name)
 {
 	size_t i;
 
-	for (i = 0; i < NCMDS; i++) {
-		const struct kbctl_cmd *c = &cmds[i];
+	for (i = 0; i < kbctl_ncmds; i++) {
+		const struct kbctl_cmd *c = &kbctl_cmds[i];
 
 		if ((group == NULL) != (c->group == NULL))
 			continue;
@@ -370,10 +370,11 @@ subcommand_names(const char *group, char *buf, size_t len)
 	size_t i, o = 0;
 
 	buf[0] = '\0';
-	for (i = 0; i < NCMDS && o < len; i++)
-		if (cmds[i].group != NULL && strcmp(cmds[i].group, group) == 0)
+	for (i = 0; i < kbctl_ncmds && o < len; i++)
+		if (kbctl_cmds[i].group != NULL
+		    && strcmp(kbctl_cmds[i].group, group) == 0)
 			o += (size_t)snprintf(buf + o, len - o, "%s%s",
-			    o ? ", " : "", cmds[i].name);
+			    o ? ", " : "", kbctl_cmds[i].name);
 }
 
 /* Match "--name" or "--name=value" against a flag list. Returns the index
@@ -417,13 +418,17 @@ parse(int argc, char **argv, struct parsed *p)
 
 			if (strcmp(s, "-h") == 0)
 				s = "--help";
-			if ((fi = flag_match(gflags, G_COUNT_, s, &val)) >= 0)
-				fl = &gflags[fi];
-			else if (p->cmd != NULL
+			/* After the command words, the command's own flags
+			 * win: "tenants lock --key FILE" is the tenant key,
+			 * "datakey get --version N" a DEK version. */
+			if (p->cmd != NULL
 			    && (fi = flag_match(
 			            p->cmd->flags, cmd_nflags(p->cmd), s, &val))
 			        >= 0)
 				fl = &p->cmd->flags[fi];
+			else if ((fi = flag_match(gflags, G_COUNT_, s, &val))
+			    >= 0)
+				fl = &gflags[fi];
 			else
 				return usage_fail(p, "unknown flag \"%s\"", s);
 			if (fl->metavar != NULL && val == NULL) {
@@ -499,6 +504,21 @@ missing_arg(const struct kbctl_cmd *c, int have, char *buf, size_t len)
 		s += strspn(s, " ");
 	}
 	snprintf(buf, len, "an argument");
+}
+
+/* A usage error for the first required flag not given, else -1. */
+static int
+missing_flag(const struct parsed *p)
+{
+	size_t i, n = cmd_nflags(p->cmd);
+
+	for (i = 0; i < n; i++)
+		if (p->cmd->flags[i].required && p->a.flag[i] == NULL)
+			return usage_fail(p, "missing %s %s",
+			    p->cmd->flags[i].name,
+			    p->cmd->flags[i].metavar ? p->cmd->flags[i].metavar
+			                             : "");
+	return -1;
 }
 
 static const char *
@@ -635,16 +655,21 @@ main(int argc, char **argv)
 		missing_arg(p.cmd, p.a.argc, what, sizeof(what));
 		return usage_fail(&p, "missing %s", what);
 	}
-	if ((rc = resolve_opts(&p, &k)) >= 0)
+	if ((rc = missing_flag(&p)) >= 0)
 		return rc;
 	k.json = p.gval[G_JSON] != NULL;
-
-	if ((e = kb_client_open(&k.opts, &k.client)) != KB_OK) {
-		fprintf(stderr, "kbctl: %s\n", kb_err_msg(e));
-		return KBCTL_EXIT_FAIL;
+	if (p.cmd->local) {
+		rc = p.cmd->run(&k, &p.a);
+	} else {
+		if ((rc = resolve_opts(&p, &k)) >= 0)
+			return rc;
+		if ((e = kb_client_open(&k.opts, &k.client)) != KB_OK) {
+			fprintf(stderr, "kbctl: %s\n", kb_err_msg(e));
+			return KBCTL_EXIT_FAIL;
+		}
+		rc = p.cmd->run(&k, &p.a);
+		kb_client_close(k.client);
 	}
-	rc = p.cmd->run(&k, &p.a);
-	kb_client_close(k.client);
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		perror("kbctl: writing the output");
 		rc = KBCTL_EXIT_FAIL;

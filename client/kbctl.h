@@ -3,6 +3,7 @@
 #ifndef KB_KBCTL_H
 #define KB_KBCTL_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -11,7 +12,8 @@
 enum {
 	KBCTL_EXIT_OK = 0,
 	KBCTL_EXIT_FAIL = 1, /* the broker refused, or the call failed */
-	KBCTL_EXIT_USAGE = 2 /* unknown command or flag, missing argument */
+	KBCTL_EXIT_USAGE = 2, /* unknown command or flag, missing argument */
+	KBCTL_EXIT_INTERRUPTED = 130 /* Ctrl-C at a prompt or while waiting */
 };
 
 #define KBCTL_MAX_FLAGS 6
@@ -22,7 +24,10 @@ struct kbctl_flag {
 	const char *name; /* "--name" */
 	const char *metavar; /* "DISPLAY_NAME", or NULL for a boolean flag */
 	const char *help; /* one line */
+	int required; /* KBCTL_REQUIRED: the command needs it */
 };
+
+#define KBCTL_REQUIRED 1
 
 struct kbctl;
 struct kbctl_args;
@@ -38,7 +43,23 @@ struct kbctl_cmd {
 	const char *desc; /* optional paragraph for --help */
 	struct kbctl_flag flags[KBCTL_MAX_FLAGS];
 	int (*run)(struct kbctl *k, const struct kbctl_args *a);
+	int local; /* KBCTL_LOCAL: runs without a broker (no TLS flags) */
 };
+
+#define KBCTL_LOCAL 1
+
+/* A group of subcommands ("tenants") and its one-line help. */
+struct kbctl_group {
+	const char *name;
+	const char *help;
+};
+
+/* kbctl_table.c: the command table (STYLE.md: the request path as a
+ * table) and the groups, listed in --help in the order they appear. */
+extern const struct kbctl_cmd kbctl_cmds[];
+extern const size_t kbctl_ncmds;
+extern const struct kbctl_group kbctl_groups[];
+extern const size_t kbctl_ngroups;
 
 /* What the parser hands a handler. */
 struct kbctl_args {
@@ -52,7 +73,8 @@ struct kbctl_args {
 /* The state of one kbctl run. */
 struct kbctl {
 	struct kb_client_opts opts;
-	struct kb_client *client; /* open before a handler runs */
+	struct kb_client *client; /* open before a handler runs (NULL for a
+	                             KBCTL_LOCAL command) */
 	int json; /* --json */
 };
 
@@ -63,6 +85,15 @@ const char *kbctl_flag(const struct kbctl_args *a, const char *name);
  * KBCTL_EXIT_USAGE. */
 int kbctl_usage_error(const struct kbctl_args *a, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Confirm a destructive command: with --yes, go on; on a terminal, print
+ * `explain` and ask for `word` (named `what`: "the tenant id") to be
+ * typed; without a terminal, a usage error asking for --yes. Returns -1 to
+ * go on, else the exit code (said on stderr). */
+int kbctl_confirm_or_yes(const struct kbctl_args *a, const char *explain,
+    const char *what, const char *word);
+/* Print "kbctl: MESSAGE" for a kb_err (its kb_err_msg) on stderr;
+ * returns `code`. */
+int kbctl_err(enum kb_err e, int code);
 
 /* kbctl_cmds.c: the handlers. */
 int kbctl_cmd_health(struct kbctl *k, const struct kbctl_args *a);
@@ -74,5 +105,36 @@ int kbctl_cmd_envs_create(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_envs_list(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_envs_show(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a);
+
+/* kbctl_keys.c: tenant keys, jobs, lock and unlock. */
+int kbctl_cmd_keys_list(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_keys_show(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_keys_upload(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_keys_activate(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_jobs_show(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_tenants_lock(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_tenants_unlock(struct kbctl *k, const struct kbctl_args *a);
+/* A password (secret): from --password-file, else asked on the terminal
+ * with `prompt` (and again with `again` unless NULL), else a usage error
+ * "WHAT: pass --password-file FILE" (`what`: "key.pfx is a .pfx and needs
+ * its password"). Returns -1 with *pw set (free with kbctl_password_free),
+ * or an exit code, said on stderr (130 for Ctrl-C at the prompt). */
+int kbctl_password_get(const struct kbctl_args *a, const char *prompt,
+    const char *again, const char *what, char **pw, size_t *len);
+
+/* kbctl_byok.c: the key-exchange key and offline .byok wrapping. */
+int kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_byok_wrap(struct kbctl *k, const struct kbctl_args *a);
+
+/* kbctl_envs.c: environment encryption, backups, copy, reset. */
+int kbctl_cmd_envs_apply_key(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_revert_key(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_unlock(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_reset(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_backup(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_backups(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_restore(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_copy(struct kbctl *k, const struct kbctl_args *a);
 
 #endif /* KB_KBCTL_H */

@@ -321,3 +321,40 @@ kbctl_base64(const uint8_t *in, size_t n, char *out, size_t cap)
 	out[o] = '\0';
 	return o;
 }
+
+char *
+kbctl_fingerprint_short(const char *fp, char *buf, size_t len)
+{
+	if (fp == NULL || *fp == '\0')
+		snprintf(buf, len, "-");
+	else if (strlen(fp) <= 16)
+		snprintf(buf, len, "%s", fp);
+	else
+		snprintf(buf, len, "%.16s\xe2\x80\xa6", fp);
+	return buf;
+}
+
+char *
+kbctl_progress_bar(uint64_t done, uint64_t total, char *buf, size_t len)
+{
+	char bar[KBCTL_PROGRESS_WIDTH + 1];
+	size_t fill, i;
+
+	if (done > total)
+		done = total;
+	if (total == 0)
+		fill = KBCTL_PROGRESS_WIDTH;
+	else if (total <= UINT64_MAX / KBCTL_PROGRESS_WIDTH)
+		fill = (size_t)(done * KBCTL_PROGRESS_WIDTH / total);
+	else /* no overflow for absurd totals */
+		fill = (size_t)(done / (total / KBCTL_PROGRESS_WIDTH));
+	/* Rounding down leaves one '-' until the last environment is done. */
+	if (fill >= KBCTL_PROGRESS_WIDTH && done < total)
+		fill = KBCTL_PROGRESS_WIDTH - 1;
+	for (i = 0; i < KBCTL_PROGRESS_WIDTH; i++)
+		bar[i] = i < fill ? '#' : '-';
+	bar[KBCTL_PROGRESS_WIDTH] = '\0';
+	snprintf(buf, len, "[%s]  %llu/%llu environments re-wrapped", bar,
+	    (unsigned long long)done, (unsigned long long)total);
+	return buf;
+}

@@ -56,4 +56,19 @@ const char *kbctl_enum_word(
  * out is too small. Used for DEKs: the caller wipes `out`. */
 size_t kbctl_base64(const uint8_t *in, size_t n, char *out, size_t cap);
 
+/* A key fingerprint for tables: its first 16 characters and "\u2026"
+ * ("3f9a0c...": the rest is in `keys show`); shorter ones unchanged, ""
+ * gives "-". `len` >= 24. Returns buf. */
+char *kbctl_fingerprint_short(const char *fp, char *buf, size_t len);
+
+/* Width of the progress bar between the brackets. */
+#define KBCTL_PROGRESS_WIDTH 20
+
+/* A re-wrap progress line:
+ * "[########------------]  412/1000 environments re-wrapped".
+ * The bar fills in proportion (rounding down, full only when done ==
+ * total); done > total counts as total; total 0 is a full bar. `len` >= 80.
+ * Returns buf. */
+char *kbctl_progress_bar(uint64_t done, uint64_t total, char *buf, size_t len);
+
 #endif /* KB_KBCTL_FMT_H */

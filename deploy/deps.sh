@@ -14,7 +14,9 @@ KB_PACKAGES=(
 	libsqlite3-dev sqlite3
 	libssl-dev openssl
 	libjansson-dev
-	python3 python3-grpcio python3-grpc-tools
+	python3 python3-grpcio python3-grpc-tools python3-cryptography
+	# Tests: p11tool/certtool (token object checks, GnuTLS .pfx files).
+	gnutls-bin
 	clang
 )
 

@@ -3,8 +3,28 @@
 #
 # Source it from a test script (bash), then:
 #   kbt_setup [KEY=VALUE...]   temp dir, token, PKI, config (extra config settings)
+#   kbt_setup_testclock [KEY=VALUE...]
+#                              the same for keybrokerd-testclock: a clock offset
+#                              file $KBT_CLOCK (test_clock_file) and
+#                              sweep_interval_s=1; move time with kbt_clock_set
+#   kbt_write_conf [KEY=VALUE...]  rewrite $KBT_CONF with more settings
 #   kbt_start / kbt_stop       start the broker (wait for health) / SIGTERM it,
 #                              which is itself a check: it must exit 0
+#   kbt_kill                   SIGKILL the broker (a crash), reaped
+#   kbt_clock_set SECONDS      the test clock's offset (atomic write)
+#   kbt_now_us                 the broker's now: real time + offset, in us
+#   kbt_clock_to US            move the test clock so that the broker's now is
+#                              US (us since the epoch; to the second, and real
+#                              time goes on from there)
+#   kb_svc TENANT ENV ARGS...  kbctl as service-TENANT-ENV (made on first use)
+#   kb_rpc METHOD JSON [--file F=PATH]...  one call through Python grpcio
+#                              (kbt_grpc.py), as the admin; output like kbctl
+#   kbt_secret_file PATH TEXT  write TEXT to PATH, mode 0600 (passwords)
+#   expect_refused_until RULE WANT_US TOL_S CMD...
+#                              CMD is FAILED_PRECONDITION naming RULE (ERE) and
+#                              "allowed from <RFC 3339 time>" within TOL_S
+#                              seconds of WANT_US (microseconds)
+#   kbt_expect_no_start DESC CONF ERE...  the broker refuses CONF, saying ERE
 #   kb_admin ARGS...           kbctl as the admin certificate
 #   kb_as CERT ARGS...         kbctl as $KBT_PKI/CERT.crt/.key (e.g. service-acme-prod)
 #   expect_ok CMD...           CMD exits 0
@@ -19,12 +39,15 @@
 # After each kb_* run, $KBT_RC, $KBT_OUT (stdout file) and $KBT_ERR (stderr file).
 #
 # Environment: KB_BUILD (default build/ at the repo root) holds keybrokerd and
-# kbctl; KB_SRC is the repository; KBT_KEEP=1 keeps the temp dir.
+# kbctl (and tests/keybrokerd-testclock); KB_SRC is the repository;
+# KBT_BROKER the broker binary kbt_start runs (default $KB_BUILD/keybrokerd);
+# KBT_KEEP=1 keeps the temp dir.
 # shellcheck shell=bash
 
 set -u -o pipefail
 
 KB_SRC=${KB_SRC:-$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)}
+KBT_LIBDIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KB_BUILD=${KB_BUILD:-$KB_SRC/build}
 KBT_PY=/usr/bin/python3
 KBT_PASS=0
@@ -40,6 +63,9 @@ KBT_START_TIMEOUT=${KBT_START_TIMEOUT:-20}
 # its EXIT trap still stops the broker and reports.
 KBT_DEADLINE=${KBT_DEADLINE:-240}
 KBT_WATCHDOG=
+KBT_BROKER=${KBT_BROKER:-$KB_BUILD/keybrokerd}
+KBT_CLOCK=
+KBT_CONF_SETTINGS=()
 
 # ---- reporting ----
 
@@ -97,6 +123,11 @@ check_ne() {
 
 kbt_section() { printf '\n# %s\n' "$*"; }
 
+# kbt_skip DESC REASON: a check that could not run here (not a failure).
+kbt_skip() {
+	printf 'skip %s: %s\n' "$1" "$2"
+}
+
 # ---- setup ----
 
 # A free TCP port on 127.0.0.1 (the kernel's pick; closed again at once).
@@ -144,9 +175,9 @@ kbt_done() {
 # kbt_need_binaries: stop here (failing) if the build lacks keybrokerd or kbctl.
 kbt_need_binaries() {
 	local b
-	for b in keybrokerd kbctl; do
-		if [[ ! -x $KB_BUILD/$b ]]; then
-			kbt_fail "binary $KB_BUILD/$b exists" "build it first: deploy/build.sh"
+	for b in "$KB_BUILD/keybrokerd" "$KB_BUILD/kbctl" "$KBT_BROKER"; do
+		if [[ ! -x $b ]]; then
+			kbt_fail "binary $b exists" "build it first: deploy/build.sh"
 			kbt_done
 		fi
 	done
@@ -176,12 +207,72 @@ kbt_setup() {
 	"$KB_SRC/deploy/pki.sh" init >/dev/null || { kbt_fail "pki.sh init"; kbt_done; }
 	KBT_PORT=$(kbt_free_port)
 	KBT_CONF=$KBT_DIR/keybroker.conf
-	KB_LISTEN=127.0.0.1:$KBT_PORT "$KB_SRC/deploy/conf.sh" "$KBT_DIR" \
-		workers=2 hsm_sessions=4 log_level=debug "$@" >"$KBT_CONF"
+	KBT_CONF_SETTINGS=(workers=2 hsm_sessions=4 log_level=debug)
+	kbt_write_conf "$@"
 	export KB_ADDR=127.0.0.1:$KBT_PORT
 	export KB_CA=$KBT_PKI/ca.crt
 	export KB_CERT=$KBT_PKI/admin.crt
 	export KB_KEY=$KBT_PKI/admin.key
+}
+
+# kbt_write_conf [KEY=VALUE...]: (re)write $KBT_CONF from the settings so
+# far plus these (later ones win); a running broker reads it at its next start.
+kbt_write_conf() {
+	KBT_CONF_SETTINGS+=("$@")
+	KB_LISTEN=127.0.0.1:$KBT_PORT "$KB_SRC/deploy/conf.sh" "$KBT_DIR" \
+		"${KBT_CONF_SETTINGS[@]}" >"$KBT_CONF" || { kbt_fail "deploy/conf.sh"; kbt_done; }
+}
+
+# kbt_setup_testclock [KEY=VALUE...]: kbt_setup for the broker built with a
+# movable clock, keybrokerd-testclock: test_clock_file=$KBT_CLOCK (offset 0
+# to begin with) and the 28-day sweeper every second.
+kbt_setup_testclock() {
+	KBT_BROKER=$KB_BUILD/tests/keybrokerd-testclock
+	kbt_setup sweep_interval_s=1 "$@"
+	KBT_CLOCK=$KBT_DIR/clock-offset
+	kbt_clock_set 0
+	kbt_write_conf "test_clock_file=$KBT_CLOCK"
+}
+
+# kbt_clock_set SECONDS: the broker's clock runs SECONDS ahead of real time
+# from its next clock read on (write + rename: never half a number).
+kbt_clock_set() {
+	printf '%s\n' "$1" >"$KBT_CLOCK.tmp" && mv -f "$KBT_CLOCK.tmp" "$KBT_CLOCK"
+}
+
+# kbt_clock_offset: the offset now in force (seconds).
+kbt_clock_offset() {
+	local o=0
+	[[ -n $KBT_CLOCK && -s $KBT_CLOCK ]] && o=$(<"$KBT_CLOCK")
+	printf '%s' "${o:-0}"
+}
+
+# kbt_now_us: the broker's clock now (real time plus the offset), in us.
+kbt_now_us() {
+	local real
+	real=$(date +%s%6N)
+	printf '%s' $((real + $(kbt_clock_offset) * 1000000))
+}
+
+# kbt_clock_to US: set the offset so that the broker's clock reads US now
+# (truncated to the second; real time keeps running after this). Time only
+# moves forward in these tests: a target behind the current offset is
+# refused as a test bug.
+kbt_clock_to() {
+	local real off
+	real=$(date +%s%6N)
+	off=$((($1 - real) / 1000000))
+	if ((off < $(kbt_clock_offset))); then
+		kbt_fail "kbt_clock_to $(kbt_fmt_us "$1"): the clock would go back" \
+			"offset now $(kbt_clock_offset) s, wanted $off s"
+		return 1
+	fi
+	kbt_clock_set "$off"
+}
+
+# kbt_fmt_us US: an RFC 3339 UTC time, for messages.
+kbt_fmt_us() {
+	date -u -d "@$(($1 / 1000000))" +%Y-%m-%dT%H:%M:%SZ
 }
 
 kbt_print_log() {
@@ -195,8 +286,8 @@ kbt_print_log() {
 # recorded failure and the log) if it does not come up.
 kbt_start() {
 	local conf=${1:-$KBT_CONF} i
-	echo "=== start keybrokerd --config $conf" >>"$KBT_LOG"
-	"$KB_BUILD/keybrokerd" --config "$conf" </dev/null >>"$KBT_LOG" 2>&1 &
+	echo "=== start $(basename "$KBT_BROKER") --config $conf" >>"$KBT_LOG"
+	"$KBT_BROKER" --config "$conf" </dev/null >>"$KBT_LOG" 2>&1 &
 	KBT_PID=$!
 	for ((i = 0; i < KBT_START_TIMEOUT * 5; i++)); do
 		if ! kill -0 "$KBT_PID" 2>/dev/null; then
@@ -248,6 +339,53 @@ kbt_stop() {
 	fi
 }
 
+# kbt_kill: SIGKILL the broker (a crash: nothing is flushed or cleaned up)
+# and reap it.
+kbt_kill() {
+	local pid=$KBT_PID
+	[[ -n $pid ]] || return 0
+	KBT_PID=
+	kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	echo "=== SIGKILL $pid" >>"$KBT_LOG"
+	return 0
+}
+
+# kbt_expect_no_start DESC CONF ERE...: $KBT_BROKER --config CONF must exit
+# non-zero (not by a signal) within 20 s, its output matching every ERE
+# (case-insensitive). If it comes up instead, it is stopped: a failure.
+kbt_expect_no_start() {
+	local desc=$1 conf=$2 err=$KBT_DIR/no-start.err pid rc i re
+	shift 2
+	"$KBT_BROKER" --config "$conf" </dev/null >"$err" 2>&1 &
+	pid=$!
+	for ((i = 0; i < 100; i++)); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		kill -TERM "$pid"
+		wait "$pid"
+		kbt_fail "$desc" "still running after 20 s; stopped it" "log: $(tail -n 20 "$err")"
+		return
+	fi
+	wait "$pid"
+	rc=$?
+	if ((rc == 0 || rc > 128)); then
+		kbt_fail "$desc" "exit status $rc" "log: $(tail -n 20 "$err")"
+		return
+	fi
+	for re in "$@"; do
+		if ! grep -Eqi -- "$re" "$err"; then
+			kbt_fail "$desc" "exit $rc, but the output does not match /$re/" \
+				"log: $(tail -n 20 "$err")"
+			return
+		fi
+	done
+	kbt_pass "$desc (exit $rc): $(grep -Ei -- "${1:-.}" "$err" | tail -n 1 |
+		sed -E 's/^[0-9]{4}-[0-9T:.-]+Z //' | cut -c1-300)"
+}
+
 # ---- kbctl ----
 
 # kbt_kbctl ARGS...: run kbctl with the current KB_* environment, capturing.
@@ -265,6 +403,36 @@ kb_as() {
 	shift
 	[[ $base == */* ]] || base=$KBT_PKI/$base
 	KB_CERT=$base.crt KB_KEY=$base.key kbt_kbctl "$@"
+}
+
+# kb_svc TENANT ENV ARGS...: kbctl as the service bound to TENANT/ENV (its
+# certificate is made on first use).
+kb_svc() {
+	local t=$1 e=$2
+	shift 2
+	if [[ ! -f $KBT_PKI/service-$t-$e.crt ]]; then
+		"$KB_SRC/deploy/pki.sh" service "$t" "$e" >/dev/null ||
+			kbt_fail "deploy/pki.sh service $t $e"
+	fi
+	kb_as "service-$t-$e" "$@"
+}
+
+# kb_rpc METHOD JSON [--file FIELD=PATH]...: one KeyBroker call through
+# Python grpcio as the admin (for what kbctl cannot send); like kbctl, the
+# response is JSON on stdout, a refusal "kbt_grpc: STATUS: details" on
+# stderr with exit 1.
+kb_rpc() {
+	KBT_PYSTUBS=${KBT_PYSTUBS:-$KBT_DIR/pystubs} KBT_PROTO_DIR=$KB_SRC/proto \
+		KB_CERT=$KBT_PKI/admin.crt KB_KEY=$KBT_PKI/admin.key \
+		timeout -k 5 "$KBT_CALL_TIMEOUT" "$KBT_PY" "$KBT_LIBDIR/kbt_grpc.py" \
+		call "$@" </dev/null >"$KBT_OUT" 2>"$KBT_ERR"
+	KBT_RC=$?
+	return "$KBT_RC"
+}
+
+# kbt_secret_file PATH TEXT: TEXT and a newline in PATH, mode 0600.
+kbt_secret_file() {
+	(umask 077 && printf '%s\n' "$2" >"$1")
 }
 
 # The command as one line, for test names: shell-quoted, long arguments cut.
@@ -371,4 +539,50 @@ check_out() {
 	else
 		kbt_fail "$1" "stdout does not match /$2/" "$(kbt_last)"
 	fi
+}
+
+# expect_refused_until RULE WANT_US TOL_S CMD...: CMD must be refused with
+# FAILED_PRECONDITION, a message naming RULE (an ERE) and saying "allowed
+# from <RFC 3339 time>", that time within TOL_S seconds of WANT_US (us since
+# the epoch). $KBT_ALLOWED_US is the time it printed (for the caller).
+expect_refused_until() {
+	local rule=$1 want=$2 tol=$3 desc got
+	shift 3
+	desc="$(kbt_desc "$@") -> FAILED_PRECONDITION /$rule/, allowed from ~$(kbt_fmt_us "$want")"
+	KBT_ALLOWED_US=
+	"$@"
+	if [[ $KBT_RC != 1 ]] || ! grep -q FAILED_PRECONDITION "$KBT_ERR"; then
+		kbt_fail "$desc" "expected exit 1 and FAILED_PRECONDITION" "$(kbt_last)"
+		return
+	fi
+	if ! grep -Eqi -- "$rule" "$KBT_ERR"; then
+		kbt_fail "$desc" "the message does not name the rule /$rule/" "$(kbt_last)"
+		return
+	fi
+	if ! got=$("$KBT_PY" - "$KBT_ERR" <<'PY'
+import datetime, re, sys
+m = re.search(r"allowed from (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:\d\d))",
+              open(sys.argv[1], errors="replace").read())
+if not m:
+    sys.exit(1)
+s = m.group(1).replace("Z", "+00:00")
+frac = re.search(r"\.(\d+)", s)
+if frac:  # fromisoformat wants at most 6 digits
+    s = s.replace(frac.group(0), "." + (frac.group(1) + "000000")[:6])
+t = datetime.datetime.fromisoformat(s)
+print(round(t.timestamp() * 1000000))
+PY
+	); then
+		kbt_fail "$desc" 'no "allowed from <RFC 3339 time>" in the message' "$(kbt_last)"
+		return
+	fi
+	# shellcheck disable=SC2034 # for the calling script
+	KBT_ALLOWED_US=$got
+	local diff=$((got - want))
+	((diff < 0)) && diff=$((-diff))
+	if ((diff > tol * 1000000)); then
+		kbt_fail "$desc" "allowed from $(kbt_fmt_us "$got") is $((diff / 1000000)) s away from $(kbt_fmt_us "$want") (tolerance ${tol} s)" "$(kbt_last)"
+		return
+	fi
+	kbt_pass "$desc: $(grep -Eo 'allowed from [^ ;)]+' "$KBT_ERR" | head -n 1)"
 }

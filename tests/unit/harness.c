@@ -63,6 +63,9 @@ kbt_rmtree(const char *dir)
 		nftw(dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
 }
 
+static void write_file(const char *path, int mode, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
 static void
 write_file(const char *path, int mode, const char *fmt, ...)
 {

@@ -1,22 +1,30 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test-kbclient.c: the client library's status mapping and file checks,
- * and kbctl's text formatting (tables, enum words, base64, sanitizing). */
+ * kbctl's text formatting (tables, enum words, base64, sanitizing, progress
+ * bar), its secret input (password files and prompts, key file formats,
+ * once-written output files, confirmations) and offline .byok wrapping. */
 #include "harness.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 
 /* The test links what tests/CMakeLists.txt gives every unit test
  * (kb_common, kb_proto); the client sources are compiled in here so the
  * static helpers can be tested too. */
+#include "../../client/byok_wrap.c"
 #include "../../client/kbclient.c"
 #include "../../client/kbctl_fmt.c"
+#include "../../client/kbctl_secret.c"
 
 #include "keybroker.pb-c.h"
 
@@ -363,6 +371,616 @@ test_time_sec(void)
 	    "2026-11-22T04:39:11Z");
 }
 
+static void
+test_progress_bar(void)
+{
+	char b[128];
+
+	KBT_ASSERT_STR(kbctl_progress_bar(412, 1000, b, sizeof(b)),
+	    "[########------------]  412/1000 environments re-wrapped");
+	KBT_ASSERT_STR(kbctl_progress_bar(0, 1000, b, sizeof(b)),
+	    "[--------------------]  0/1000 environments re-wrapped");
+	/* Full only when everything is done. */
+	KBT_ASSERT_STR(kbctl_progress_bar(999, 1000, b, sizeof(b)),
+	    "[###################-]  999/1000 environments re-wrapped");
+	KBT_ASSERT_STR(kbctl_progress_bar(1000, 1000, b, sizeof(b)),
+	    "[####################]  1000/1000 environments re-wrapped");
+	KBT_ASSERT_STR(kbctl_progress_bar(0, 0, b, sizeof(b)),
+	    "[####################]  0/0 environments re-wrapped");
+	KBT_ASSERT_STR(kbctl_progress_bar(7, 3, b, sizeof(b)),
+	    "[####################]  3/3 environments re-wrapped");
+	KBT_ASSERT_STR(kbctl_progress_bar(1, 3, b, sizeof(b)),
+	    "[######--------------]  1/3 environments re-wrapped");
+	KBT_ASSERT_STR(
+	    kbctl_progress_bar(UINT64_MAX - 1, UINT64_MAX, b, sizeof(b)),
+	    "[###################-]  18446744073709551614/"
+	    "18446744073709551615 environments re-wrapped");
+}
+
+static void
+test_fingerprint_short(void)
+{
+	char b[32];
+
+	KBT_ASSERT_STR(
+	    kbctl_fingerprint_short("0123456789abcdef0123456789abcdef"
+	                            "0123456789abcdef0123456789abcdef",
+	        b, sizeof(b)),
+	    "0123456789abcdef\xe2\x80\xa6");
+	KBT_ASSERT_INT(kbctl_text_width(b), ==, 17);
+	KBT_ASSERT_STR(kbctl_fingerprint_short("abc", b, sizeof(b)), "abc");
+	KBT_ASSERT_STR(kbctl_fingerprint_short("", b, sizeof(b)), "-");
+}
+
+/* ---- kbctl secret input ---- */
+
+static void
+write_mode(const char *path, const char *text, size_t n, mode_t mode)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+
+	if (fd >= 0) {
+		if (write(fd, text, n) != (ssize_t)n)
+			perror(path);
+		fchmod(fd, mode);
+		close(fd);
+	}
+}
+
+static void
+test_password_file(void)
+{
+	char dir[256], path[300];
+	char *pw = NULL;
+	size_t n = 0;
+	int p[2];
+
+	snprintf(dir, sizeof(dir), "%s", kbt_tmpdir());
+	snprintf(path, sizeof(path), "%s/pw", dir);
+
+	/* The first line, without its newline; the rest is ignored. */
+	write_mode(path, "s3cret pw\nsecond\n", 17, 0600);
+	KBT_ASSERT_OK(kbctl_password_file_read(path, &pw, &n));
+	KBT_ASSERT_STR(pw, "s3cret pw");
+	KBT_ASSERT_INT(n, ==, 9);
+	kbctl_password_free(pw);
+	write_mode(path, "crlf\r\n", 6, 0400);
+	KBT_ASSERT_OK(kbctl_password_file_read(path, &pw, &n));
+	KBT_ASSERT_STR(pw, "crlf");
+	kbctl_password_free(pw);
+	write_mode(path, "no newline", 10, 0600);
+	KBT_ASSERT_OK(kbctl_password_file_read(path, &pw, &n));
+	KBT_ASSERT_STR(pw, "no newline");
+	kbctl_password_free(pw);
+
+	/* Refused: readable or writable by others, empty, no such file. */
+	write_mode(path, "pw\n", 3, 0644);
+	KBT_ASSERT_ERR(kbctl_password_file_read(path, &pw, &n), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "chmod 600");
+	KBT_ASSERT(pw == NULL);
+	write_mode(path, "pw\n", 3, 0620);
+	KBT_ASSERT_ERR(kbctl_password_file_read(path, &pw, &n), KB_ERR_CONFIG);
+	write_mode(path, "\nsecond line\n", 13, 0600);
+	KBT_ASSERT_ERR(kbctl_password_file_read(path, &pw, &n), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "first line");
+	write_mode(path, "", 0, 0600);
+	KBT_ASSERT_ERR(kbctl_password_file_read(path, &pw, &n), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "empty");
+	snprintf(path, sizeof(path), "%s/none", dir);
+	KBT_ASSERT_ERR(kbctl_password_file_read(path, &pw, &n), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), path);
+	KBT_ASSERT_ERR(kbctl_password_file_read(dir, &pw, &n), KB_ERR_CONFIG);
+
+	/* A pipe ("--password-file <(...)", /dev/stdin): mode 0600. */
+	KBT_ASSERT(pipe(p) == 0);
+	KBT_ASSERT(write(p[1], "piped\nrest", 10) == 10);
+	close(p[1]);
+	snprintf(path, sizeof(path), "/dev/fd/%d", p[0]);
+	KBT_ASSERT_OK(kbctl_password_file_read(path, &pw, &n));
+	KBT_ASSERT_STR(pw, "piped");
+	kbctl_password_free(pw);
+	close(p[0]);
+	kbt_rmtree(dir);
+}
+
+/* Feed `input` to password_ask through a pipe (no terminal: no echo to
+ * turn off); the prompts go to /dev/null. */
+static enum kb_err
+ask_with(const char *input, int twice, char **pw, size_t *n)
+{
+	int p[2], out = open("/dev/null", O_WRONLY);
+	enum kb_err e;
+
+	if (out < 0 || pipe(p) != 0)
+		return KB_ERR_IO;
+	if (write(p[1], input, strlen(input)) != (ssize_t)strlen(input))
+		return KB_ERR_IO;
+	close(p[1]);
+	e = password_ask(
+	    p[0], out, "Password:", twice ? "Repeat:" : NULL, pw, n);
+	close(p[0]);
+	close(out);
+	return e;
+}
+
+static void
+test_password_prompt(void)
+{
+	char *pw = NULL, *big;
+	size_t n = 0;
+
+	KBT_ASSERT_OK(ask_with("correct horse\ncorrect horse\n", 1, &pw, &n));
+	KBT_ASSERT_STR(pw, "correct horse");
+	KBT_ASSERT_INT(n, ==, 13);
+	kbctl_password_free(pw);
+	KBT_ASSERT_OK(ask_with("once\r\n", 0, &pw, &n));
+	KBT_ASSERT_STR(pw, "once");
+	kbctl_password_free(pw);
+	KBT_ASSERT_ERR(
+	    ask_with("aaa\nbbb\n", 1, &pw, &n), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_INVALID_ARGUMENT), "do not match");
+	KBT_ASSERT(pw == NULL);
+	KBT_ASSERT_ERR(
+	    ask_with("aaa\naaaa\n", 1, &pw, &n), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_ERR(ask_with("\n", 0, &pw, &n), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "empty");
+	KBT_ASSERT_ERR(ask_with("", 0, &pw, &n), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "no answer");
+	/* Longer than KBCTL_PASSWORD_MAX. */
+	big = malloc(KBCTL_PASSWORD_MAX + 3);
+	KBT_ASSERT(big != NULL);
+	memset(big, 'x', KBCTL_PASSWORD_MAX + 1);
+	big[KBCTL_PASSWORD_MAX + 1] = '\n';
+	big[KBCTL_PASSWORD_MAX + 2] = '\0';
+	KBT_ASSERT_ERR(ask_with(big, 0, &pw, &n), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "longer");
+	big[KBCTL_PASSWORD_MAX] = '\n';
+	big[KBCTL_PASSWORD_MAX + 1] = '\0';
+	KBT_ASSERT_OK(ask_with(big, 0, &pw, &n));
+	KBT_ASSERT_INT(n, ==, KBCTL_PASSWORD_MAX);
+	kbctl_password_free(pw);
+	free(big);
+}
+
+static int
+confirm_with(const char *input, const char *word)
+{
+	int p[2], out = open("/dev/null", O_WRONLY), r;
+
+	if (out < 0 || pipe(p) != 0)
+		return -9;
+	if (write(p[1], input, strlen(input)) != (ssize_t)strlen(input))
+		return -9;
+	close(p[1]);
+	r = confirm_ask(
+	    p[0], out, "Locking tenant acme:\n", "the tenant id", word);
+	close(p[0]);
+	close(out);
+	return r;
+}
+
+static void
+test_confirm(void)
+{
+	KBT_ASSERT_INT(confirm_with("acme\n", "acme"), ==, 1);
+	KBT_ASSERT_INT(confirm_with("acme", "acme"), ==, 1);
+	KBT_ASSERT_INT(confirm_with("acm\n", "acme"), ==, 0);
+	KBT_ASSERT_INT(confirm_with("acme \n", "acme"), ==, 0);
+	KBT_ASSERT_INT(confirm_with("yes\n", "acme"), ==, 0);
+	KBT_ASSERT_INT(confirm_with("", "acme"), ==, 0);
+}
+
+static void
+test_key_file_detect(void)
+{
+	static const uint8_t der[] = {0x30, 0x82, 0x09, 0x8f, 0x02, 0x01};
+	static const char bom[] =
+	    "\xef\xbb\xbf \n\t{\"schema_version\":\"1.0.0\"}";
+	static const char pem[] = "-----BEGIN PRIVATE KEY-----\nMIIE\n";
+	int f = -1;
+
+	KBT_ASSERT_OK(kbctl_key_file_detect(der, sizeof(der), "k.pfx", &f));
+	KBT_ASSERT_INT(
+	    f, ==, KEYBROKER__V1__KEY_FILE_FORMAT__KEY_FILE_FORMAT_PFX);
+	KBT_ASSERT_OK(kbctl_key_file_detect(
+	    (const uint8_t *)"{\"a\":1}", 7, "k.byok", &f));
+	KBT_ASSERT_INT(
+	    f, ==, KEYBROKER__V1__KEY_FILE_FORMAT__KEY_FILE_FORMAT_BYOK);
+	KBT_ASSERT_OK(kbctl_key_file_detect(
+	    (const uint8_t *)bom, strlen(bom), "k.byok", &f));
+	KBT_ASSERT_INT(
+	    f, ==, KEYBROKER__V1__KEY_FILE_FORMAT__KEY_FILE_FORMAT_BYOK);
+	KBT_ASSERT_ERR(kbctl_key_file_detect(
+	                   (const uint8_t *)pem, strlen(pem), "k.pem", &f),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "PEM");
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "byok wrap");
+	KBT_ASSERT_INT(
+	    f, ==, KEYBROKER__V1__KEY_FILE_FORMAT__KEY_FILE_FORMAT_UNSPECIFIED);
+	KBT_ASSERT_ERR(
+	    kbctl_key_file_detect((const uint8_t *)"hello", 5, "junk.bin", &f),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "junk.bin");
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "--format");
+	KBT_ASSERT_ERR(
+	    kbctl_key_file_detect(der, 0, "e", &f), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_INT(kbctl_key_file_format_parse("pfx"), ==,
+	    KEYBROKER__V1__KEY_FILE_FORMAT__KEY_FILE_FORMAT_PFX);
+	KBT_ASSERT_INT(kbctl_key_file_format_parse("byok"), ==,
+	    KEYBROKER__V1__KEY_FILE_FORMAT__KEY_FILE_FORMAT_BYOK);
+	KBT_ASSERT_INT(kbctl_key_file_format_parse("PFX"), ==, -1);
+	KBT_ASSERT_INT(kbctl_key_file_format_parse(""), ==, -1);
+}
+
+static void
+test_key_file_read(void)
+{
+	char dir[256], path[300];
+	uint8_t *buf = NULL, *big;
+	size_t n = 0;
+
+	snprintf(dir, sizeof(dir), "%s", kbt_tmpdir());
+	snprintf(path, sizeof(path), "%s/k.pfx", dir);
+	big = calloc(1, KBCTL_KEY_FILE_MAX + 1);
+	KBT_ASSERT(big != NULL);
+	big[0] = 0x30;
+	write_mode(path, (const char *)big, KBCTL_KEY_FILE_MAX, 0600);
+	KBT_ASSERT_OK(kbctl_key_file_read(path, &buf, &n));
+	KBT_ASSERT_INT(n, ==, KBCTL_KEY_FILE_MAX);
+	KBT_ASSERT_INT(buf[0], ==, 0x30);
+	kbctl_key_file_free(buf, n);
+	write_mode(path, (const char *)big, KBCTL_KEY_FILE_MAX + 1, 0600);
+	KBT_ASSERT_ERR(
+	    kbctl_key_file_read(path, &buf, &n), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "64 KiB");
+	KBT_ASSERT(buf == NULL);
+	write_mode(path, "", 0, 0600);
+	KBT_ASSERT_ERR(
+	    kbctl_key_file_read(path, &buf, &n), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "empty");
+	KBT_ASSERT_ERR(kbctl_key_file_read(dir, &buf, &n), KB_ERR_IO);
+	free(big);
+	kbt_rmtree(dir);
+}
+
+static int
+file_is(const char *path, const char *text, mode_t mode)
+{
+	struct stat sb;
+	char buf[64];
+	FILE *f;
+	size_t n;
+
+	if (stat(path, &sb) != 0 || (sb.st_mode & 07777) != mode
+	    || (f = fopen(path, "r")) == NULL)
+		return 0;
+	n = fread(buf, 1, sizeof(buf) - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	return strcmp(buf, text) == 0;
+}
+
+/* Files named "*.tmp-*" in dir. */
+static int
+count_tmp(const char *dir)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	int n = 0;
+
+	if (d == NULL)
+		return -1;
+	while ((e = readdir(d)) != NULL)
+		if (strstr(e->d_name, ".tmp-") != NULL)
+			n++;
+	closedir(d);
+	return n;
+}
+
+static void
+test_out_file(void)
+{
+	char dir[256], path[300];
+	struct kbctl_out_file *f = NULL;
+	mode_t old = umask(022);
+
+	snprintf(dir, sizeof(dir), "%s", kbt_tmpdir());
+	snprintf(path, sizeof(path), "%s/k.pfx", dir);
+	/* New file: mode 0600 whatever the umask. */
+	KBT_ASSERT_OK(kbctl_out_file_open(path, 0, 0600, &f));
+	KBT_ASSERT_OK(kbctl_out_file_commit(f, "first", 5));
+	KBT_ASSERT(file_is(path, "first", 0600));
+	/* Exists: refused, left alone. */
+	KBT_ASSERT_ERR(
+	    kbctl_out_file_open(path, 0, 0600, &f), KB_ERR_ALREADY_EXISTS);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_ALREADY_EXISTS), "--force");
+	KBT_ASSERT(f == NULL);
+	KBT_ASSERT(file_is(path, "first", 0600));
+	/* --force, then the call fails: the old file is intact. */
+	KBT_ASSERT_OK(kbctl_out_file_open(path, 1, 0600, &f));
+	kbctl_out_file_abort(f);
+	KBT_ASSERT(file_is(path, "first", 0600));
+	/* --force: replaced. */
+	chmod(path, 0644);
+	KBT_ASSERT_OK(kbctl_out_file_open(path, 1, 0600, &f));
+	KBT_ASSERT_OK(kbctl_out_file_commit(f, "second", 6));
+	KBT_ASSERT(file_is(path, "second", 0600));
+	/* Reserved, then abandoned: nothing left. */
+	snprintf(path, sizeof(path), "%s/new.pfx", dir);
+	KBT_ASSERT_OK(kbctl_out_file_open(path, 0, 0600, &f));
+	kbctl_out_file_abort(f);
+	KBT_ASSERT(access(path, F_OK) != 0);
+	/* A public key may be 0644. */
+	KBT_ASSERT_OK(kbctl_out_file_open(path, 0, 0644, &f));
+	KBT_ASSERT_OK(kbctl_out_file_commit(f, "pem", 3));
+	KBT_ASSERT(file_is(path, "pem", 0644));
+	/* No leftover temporary files. */
+	KBT_ASSERT_INT(count_tmp(dir), ==, 0);
+	KBT_ASSERT_ERR(
+	    kbctl_out_file_open(dir, 1, 0600, &f), KB_ERR_INVALID_ARGUMENT);
+	snprintf(path, sizeof(path), "%s/no/such/dir.pfx", dir);
+	KBT_ASSERT_ERR(kbctl_out_file_open(path, 0, 0600, &f), KB_ERR_IO);
+	umask(old);
+	kbt_rmtree(dir);
+}
+
+/* ---- byok wrap ---- */
+
+static char *
+pem_of(EVP_PKEY *pk, int private)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *data, *s = NULL;
+	long n;
+
+	if (b == NULL)
+		return NULL;
+	if ((private
+	            ? PEM_write_bio_PrivateKey(b, pk, NULL, NULL, 0, NULL, NULL)
+	            : PEM_write_bio_PUBKEY(b, pk))
+	        == 1
+	    && (n = BIO_get_mem_data(b, &data)) > 0
+	    && (s = malloc((size_t)n + 1)) != NULL) {
+		memcpy(s, data, (size_t)n);
+		s[n] = '\0';
+	}
+	BIO_free(b);
+	return s;
+}
+
+/* base64url without padding -> bytes; returns the length, or -1. */
+static long
+b64url_decode(const char *in, size_t n, uint8_t *out, size_t cap)
+{
+	static const char tab[] =
+	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+	uint32_t acc = 0;
+	size_t i, o = 0;
+	int bits = 0;
+
+	for (i = 0; i < n; i++) {
+		const char *p = in[i] != '\0' ? strchr(tab, in[i]) : NULL;
+
+		if (p == NULL)
+			return -1;
+		acc = acc << 6 | (uint32_t)(p - tab);
+		bits += 6;
+		if (bits >= 8) {
+			bits -= 8;
+			if (o >= cap)
+				return -1;
+			out[o++] = (uint8_t)(acc >> bits);
+		}
+	}
+	return (long)o;
+}
+
+static void
+test_b64url(void)
+{
+	static const struct {
+		const char *in, *out;
+	} v[] = {{"", ""}, {"f", "Zg"}, {"fo", "Zm8"}, {"foo", "Zm9v"},
+	    {"foob", "Zm9vYg"}, {"\xfb\xff", "-_8"}};
+	char out[32];
+	size_t i;
+
+	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+		KBT_ASSERT_INT(byok_wrap_b64url((const uint8_t *)v[i].in,
+		                   strlen(v[i].in), out, sizeof(out)),
+		    ==, strlen(v[i].out));
+		KBT_ASSERT_STR(out, v[i].out);
+	}
+	KBT_ASSERT_INT(
+	    byok_wrap_b64url((const uint8_t *)"foo", 3, out, 4), ==, 0);
+}
+
+#define BYOK_HEAD                                                              \
+	"{\"schema_version\":\"1.0.0\",\"header\":{\"kid\":\"kek-1\","         \
+	"\"alg\":\"dir\",\"enc\":\"CKM_RSA_AES_KEY_WRAP\"},\"ciphertext\":\""
+#define BYOK_TAIL "\",\"generator\":\"kbctl byok wrap 0.1.0\"}\n"
+
+/* Undo a .byok with the KEK's private key, as the token does: RSA-OAEP
+ * (SHA-1, MGF1-SHA-1) gives the AES key, AES key unwrap with padding the
+ * PKCS#8. Returns the PKCS#8 length in out, or -1. */
+static long
+byok_unwrap(EVP_PKEY *kek, const char *doc, uint8_t *out, size_t cap)
+{
+	uint8_t blob[4096], aes[512];
+	size_t aes_len = sizeof(aes);
+	const char *ct = doc + strlen(BYOK_HEAD), *end = strchr(ct, '"');
+	EVP_PKEY_CTX *pc = NULL;
+	EVP_CIPHER_CTX *cc = NULL;
+	long n, r = -1;
+	int l1 = 0, l2 = 0;
+
+	if (end == NULL
+	    || (n = b64url_decode(ct, (size_t)(end - ct), blob, sizeof(blob)))
+	        < 256 + 16
+	    || (n - 256) % 8 != 0)
+		return -1;
+	if ((pc = EVP_PKEY_CTX_new(kek, NULL)) == NULL
+	    || EVP_PKEY_decrypt_init(pc) <= 0
+	    || EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_OAEP_PADDING) <= 0
+	    || EVP_PKEY_CTX_set_rsa_oaep_md(pc, EVP_sha1()) <= 0
+	    || EVP_PKEY_CTX_set_rsa_mgf1_md(pc, EVP_sha1()) <= 0
+	    || EVP_PKEY_decrypt(pc, aes, &aes_len, blob, 256) <= 0
+	    || aes_len != 32)
+		goto out;
+	if ((cc = EVP_CIPHER_CTX_new()) == NULL)
+		goto out;
+	EVP_CIPHER_CTX_set_flags(cc, EVP_CIPHER_CTX_FLAG_WRAP_ALLOW);
+	if ((size_t)n - 256 > cap
+	    || EVP_DecryptInit_ex(cc, EVP_aes_256_wrap_pad(), NULL, aes, NULL)
+	        != 1
+	    || EVP_DecryptUpdate(cc, out, &l1, blob + 256, (int)(n - 256)) != 1
+	    || EVP_DecryptFinal_ex(cc, out + l1, &l2) != 1)
+		goto out;
+	r = l1 + l2;
+out:
+	EVP_PKEY_CTX_free(pc);
+	EVP_CIPHER_CTX_free(cc);
+	return r;
+}
+
+static void
+test_byok_wrap(void)
+{
+	EVP_PKEY *kek = EVP_RSA_gen(2048), *key = EVP_RSA_gen(2048);
+	EVP_PKEY *kek_pub = NULL, *loaded = NULL;
+	PKCS8_PRIV_KEY_INFO *p8 = NULL;
+	unsigned char *want = NULL;
+	char *kek_pem = NULL, *key_pem = NULL, *doc = NULL, *doc2 = NULL;
+	char fp[65];
+	uint8_t got[4096];
+	size_t len = 0, len2 = 0, i;
+	long n;
+	int want_len = 0;
+
+	KBT_ASSERT(kek != NULL && key != NULL);
+	KBT_ASSERT((kek_pem = pem_of(kek, 0)) != NULL);
+	KBT_ASSERT((key_pem = pem_of(key, 1)) != NULL);
+	KBT_ASSERT_OK(byok_wrap_load_kek(kek_pem, strlen(kek_pem), &kek_pub));
+	KBT_ASSERT_OK(byok_wrap_load_key(
+	    (const uint8_t *)key_pem, strlen(key_pem), NULL, &loaded));
+	KBT_ASSERT_OK(byok_wrap_make(
+	    kek_pub, "kek-1", loaded, "kbctl byok wrap 0.1.0", &doc, &len));
+	KBT_ASSERT_INT(len, ==, strlen(doc));
+
+	/* The exact Azure shape around base64url without padding. */
+	KBT_ASSERT(strncmp(doc, BYOK_HEAD, strlen(BYOK_HEAD)) == 0);
+	KBT_ASSERT(len > strlen(BYOK_TAIL)
+	    && strcmp(doc + len - strlen(BYOK_TAIL), BYOK_TAIL) == 0);
+	for (i = strlen(BYOK_HEAD); i < len - strlen(BYOK_TAIL); i++)
+		if (strchr(
+		        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+		        "0123456789-_",
+		        doc[i])
+		    == NULL)
+			KBT_FAIL("ciphertext has '%c' at %zu", doc[i], i);
+
+	/* Unwrapped with the KEK's private key: the key's PKCS#8. */
+	KBT_ASSERT((p8 = EVP_PKEY2PKCS8(key)) != NULL);
+	KBT_ASSERT((want_len = i2d_PKCS8_PRIV_KEY_INFO(p8, &want)) > 0);
+	n = byok_unwrap(kek, doc, got, sizeof(got));
+	KBT_ASSERT_INT(n, ==, want_len);
+	KBT_ASSERT(memcmp(got, want, (size_t)want_len) == 0);
+
+	/* A fresh transfer key every time. */
+	KBT_ASSERT_OK(byok_wrap_make(
+	    kek_pub, "kek-1", loaded, "kbctl byok wrap 0.1.0", &doc2, &len2));
+	KBT_ASSERT(strcmp(doc, doc2) != 0);
+	KBT_ASSERT_INT(byok_unwrap(kek, doc2, got, sizeof(got)), ==, want_len);
+
+	/* The fingerprint is the broker's: SHA-256 of the SPKI, hex. */
+	KBT_ASSERT_OK(byok_wrap_fingerprint(loaded, fp));
+	KBT_ASSERT_INT(strlen(fp), ==, 64);
+	KBT_ASSERT(strspn(fp, "0123456789abcdef") == 64);
+
+	OPENSSL_clear_free(want, (size_t)want_len);
+	PKCS8_PRIV_KEY_INFO_free(p8);
+	free(kek_pem);
+	OPENSSL_clear_free(key_pem, strlen(key_pem));
+	free(doc);
+	free(doc2);
+	EVP_PKEY_free(kek);
+	EVP_PKEY_free(key);
+	EVP_PKEY_free(kek_pub);
+	EVP_PKEY_free(loaded);
+}
+
+static void
+test_byok_wrap_refusals(void)
+{
+	EVP_PKEY *rsa = EVP_RSA_gen(2048), *ec = EVP_EC_gen("P-256");
+	EVP_PKEY *rsa3k = EVP_RSA_gen(3072), *out = NULL;
+	char *ec_pub = pem_of(ec, 0), *ec_priv = pem_of(ec, 1);
+	char *big_priv = pem_of(rsa3k, 1), *rsa_priv = pem_of(rsa, 1);
+	char *doc = NULL;
+	size_t len = 0;
+	BIO *b = BIO_new(BIO_s_mem());
+	char *enc = NULL, *data;
+	long n;
+
+	KBT_ASSERT(ec_pub && ec_priv && big_priv && rsa_priv && b);
+	/* A KEK that is not RSA, or not PEM. */
+	KBT_ASSERT_ERR(byok_wrap_load_kek(ec_pub, strlen(ec_pub), &out),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "must be RSA");
+	KBT_ASSERT_ERR(
+	    byok_wrap_load_kek("junk", 4, &out), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT(out == NULL);
+	/* A key that is not RSA-2048. */
+	KBT_ASSERT_ERR(byok_wrap_load_key((const uint8_t *)ec_priv,
+	                   strlen(ec_priv), NULL, &out),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "an EC key");
+	KBT_ASSERT_ERR(byok_wrap_load_key((const uint8_t *)big_priv,
+	                   strlen(big_priv), NULL, &out),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "RSA-3072");
+	KBT_ASSERT_ERR(byok_wrap_make(rsa, "k", rsa3k, "g", &doc, &len),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_ERR(byok_wrap_make(ec, "k", rsa, "g", &doc, &len),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_ERR(byok_wrap_make(rsa, "", rsa, "g", &doc, &len),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT(doc == NULL);
+	/* An encrypted PEM: needs its password, refuses a wrong one. */
+	KBT_ASSERT(PEM_write_bio_PKCS8PrivateKey(
+	               b, rsa, EVP_aes_256_cbc(), NULL, 0, NULL, (void *)"pw")
+	    == 1);
+	n = BIO_get_mem_data(b, &data);
+	KBT_ASSERT(n > 0 && (enc = strndup(data, (size_t)n)) != NULL);
+	KBT_ASSERT(byok_wrap_key_is_encrypted((uint8_t *)enc, strlen(enc)));
+	KBT_ASSERT(
+	    !byok_wrap_key_is_encrypted((uint8_t *)rsa_priv, strlen(rsa_priv)));
+	KBT_ASSERT_ERR(
+	    byok_wrap_load_key((uint8_t *)enc, strlen(enc), NULL, &out),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "encrypted");
+	KBT_ASSERT_ERR(
+	    byok_wrap_load_key((uint8_t *)enc, strlen(enc), "wrong", &out),
+	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_OK(
+	    byok_wrap_load_key((uint8_t *)enc, strlen(enc), "pw", &out));
+	/* Quotes and backslashes in the kid stay valid JSON. */
+	KBT_ASSERT_OK(byok_wrap_make(rsa, "a\"b\\c\n", out, "g", &doc, &len));
+	KBT_ASSERT_CONTAINS(doc, "\"kid\":\"a\\\"b\\\\c\\u000a\"");
+	free(doc);
+	EVP_PKEY_free(out);
+	BIO_free(b);
+	free(enc);
+	free(ec_pub);
+	free(ec_priv);
+	free(big_priv);
+	free(rsa_priv);
+	EVP_PKEY_free(rsa);
+	EVP_PKEY_free(rsa3k);
+	EVP_PKEY_free(ec);
+}
+
 static const struct kbt_case cases[] = {
     {"/kbclient/status-mapping", test_status_mapping},
     {"/kbclient/connect-reason", test_connect_reason},
@@ -370,7 +988,17 @@ static const struct kbt_case cases[] = {
     {"/kbclient/connect-refused", test_connect_refused},
     {"/kbctl/table", test_table}, {"/kbctl/sanitize", test_sanitize},
     {"/kbctl/enum-words", test_enum_words}, {"/kbctl/base64", test_base64},
-    {"/kbctl/time-sec", test_time_sec}, {NULL, NULL}};
+    {"/kbctl/time-sec", test_time_sec},
+    {"/kbctl/progress-bar", test_progress_bar},
+    {"/kbctl/fingerprint-short", test_fingerprint_short},
+    {"/kbctl/password-file", test_password_file},
+    {"/kbctl/password-prompt", test_password_prompt},
+    {"/kbctl/confirm", test_confirm},
+    {"/kbctl/key-file-detect", test_key_file_detect},
+    {"/kbctl/key-file-read", test_key_file_read},
+    {"/kbctl/out-file", test_out_file}, {"/byok/b64url", test_b64url},
+    {"/byok/wrap", test_byok_wrap},
+    {"/byok/wrap-refusals", test_byok_wrap_refusals}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)

@@ -89,7 +89,12 @@ test_migrations_and_pragmas(void)
 	KBT_ASSERT_ERR(store_open(dbpath, 2, &s), KB_ERR_CONFIG);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "newer than this keybroker");
 	KBT_ASSERT_OK(sqlite3_open(dbpath, &db) == SQLITE_OK ? KB_OK : KB_ERR_STORE);
-	sqlite3_exec(db, "PRAGMA user_version=1", NULL, NULL, NULL);
+	{
+		char sql[64];
+		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d",
+		    store_schema_version(NULL));
+		sqlite3_exec(db, sql, NULL, NULL, NULL);
+	}
 	sqlite3_close(db);
 	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
 	done(s);
@@ -200,7 +205,7 @@ test_environments(void)
 	KBT_ASSERT_ERR(store_env_get(s, "ghost", "prod", &got), KB_ERR_NOT_FOUND);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_NOT_FOUND), "tenant \"ghost\" does not exist");
 
-	KBT_ASSERT_OK(store_env_dek(s, "acme", "prod", &got, &gotdek));
+	KBT_ASSERT_OK(store_env_dek(s, "acme", "prod", 0, &got, &gotdek));
 	KBT_ASSERT_INT(gotdek.wrapped_len, ==, 256);
 	KBT_ASSERT_INT(gotdek.wrapped[255], ==, 0xab);
 	KBT_ASSERT_STR(gotdek.key_id, "kb-platform-1");
@@ -218,7 +223,7 @@ test_environments(void)
 	/* Survives a reopen. */
 	store_close(s);
 	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
-	KBT_ASSERT_OK(store_env_dek(s, "acme", "prod", &got, &gotdek));
+	KBT_ASSERT_OK(store_env_dek(s, "acme", "prod", 0, &got, &gotdek));
 	KBT_ASSERT_INT(gotdek.wrapped[0], ==, 0xab);
 	done(s);
 }

@@ -1,0 +1,635 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* audit.c: group-committed, hash-chained, checkpoint-signed event log. */
+#include "audit.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <sqlite3.h>
+
+#include "hsm.h"
+#include "log.h"
+
+#define BATCH_MAX 1024
+
+static const char schema[] =
+    "CREATE TABLE IF NOT EXISTS events ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  time_us INTEGER NOT NULL,"
+    "  actor TEXT NOT NULL, role TEXT NOT NULL, peer TEXT NOT NULL,"
+    "  method TEXT NOT NULL, tenant_id TEXT NOT NULL,"
+    "  environment TEXT NOT NULL, key_id TEXT NOT NULL,"
+    "  result TEXT NOT NULL, reason TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL, hash BLOB NOT NULL);"
+    "CREATE INDEX IF NOT EXISTS events_tenant ON events(tenant_id, seq);"
+    "CREATE INDEX IF NOT EXISTS events_time ON events(time_us);"
+    "CREATE TABLE IF NOT EXISTS checkpoints ("
+    "  seq INTEGER PRIMARY KEY,"
+    "  head_hash BLOB NOT NULL, time_us INTEGER NOT NULL,"
+    "  prev_signature BLOB NOT NULL, signature BLOB NOT NULL,"
+    "  key_id TEXT NOT NULL);";
+
+struct pending {
+	const struct audit_record *r;
+	int64_t time_us;
+	uint64_t seq;
+	enum kb_err err;
+	char msg[256];
+	int done;
+	struct pending *next;
+};
+
+struct audit {
+	struct audit_config cfg;
+	char *path;
+	sqlite3 *wdb;                  /* the writer thread's connection */
+	sqlite3 *rdb;                  /* readers', under rmu */
+	pthread_mutex_t rmu;
+	pthread_mutex_t mu;
+	pthread_cond_t work_cv, done_cv;
+	struct pending *head, *tail;
+	int stopping, started;
+	pthread_t writer;
+	/* Chain state, owned by the writer (read under mu). */
+	uint64_t last_seq;
+	uint8_t last_hash[KB_AUDIT_HASH_LEN];
+	uint64_t cp_seq;               /* last checkpointed seq */
+	int64_t cp_time_us;
+	uint8_t cp_sig[512];
+	size_t cp_sig_len;
+};
+
+static enum kb_err
+db_err(sqlite3 *db, int rc, const char *what)
+{
+	int base = rc & 0xff;
+
+	if (base == SQLITE_FULL || rc == SQLITE_IOERR_WRITE ||
+	    rc == SQLITE_IOERR_FSYNC)
+		return kb_errf(KB_ERR_STORAGE_FULL, "audit log: %s: %s", what,
+		    sqlite3_errmsg(db));
+	if (base == SQLITE_READONLY || base == SQLITE_CANTOPEN)
+		return kb_errf(KB_ERR_READ_ONLY, "audit log: %s: %s", what,
+		    sqlite3_errmsg(db));
+	return kb_errf(KB_ERR_UNAVAILABLE, "audit log: %s: %s", what,
+	    sqlite3_errmsg(db));
+}
+
+static enum kb_err
+open_db(const char *path, sqlite3 **out)
+{
+	sqlite3 *db = NULL;
+	int rc;
+
+	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE |
+	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	if (rc != SQLITE_OK) {
+		enum kb_err e = db_err(db, rc, "opening");
+		sqlite3_close(db);
+		return kb_err_wrap(e, "%s", path);
+	}
+	sqlite3_busy_timeout(db, 10000);
+	sqlite3_extended_result_codes(db, 1);
+	rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
+	    NULL, NULL, NULL);
+	if (rc != SQLITE_OK) {
+		enum kb_err e = db_err(db, rc, "configuring");
+		sqlite3_close(db);
+		return e;
+	}
+	*out = db;
+	return KB_OK;
+}
+
+static void
+text(char *dst, size_t len, sqlite3_stmt *st, int col)
+{
+	const unsigned char *t = sqlite3_column_text(st, col);
+
+	snprintf(dst, len, "%s", t != NULL ? (const char *)t : "");
+}
+
+static size_t
+blob(uint8_t *dst, size_t cap, sqlite3_stmt *st, int col)
+{
+	int n = sqlite3_column_bytes(st, col);
+
+	if (n <= 0 || (size_t)n > cap)
+		return 0;
+	memcpy(dst, sqlite3_column_blob(st, col), (size_t)n);
+	return (size_t)n;
+}
+
+/* Load the chain's head and the last checkpoint. */
+static enum kb_err
+load_state(struct audit *a)
+{
+	sqlite3_stmt *st = NULL;
+	enum kb_err e = KB_OK;
+
+	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, hash FROM events ORDER BY "
+	    "seq DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		a->last_seq = (uint64_t)sqlite3_column_int64(st, 0);
+		if (blob(a->last_hash, sizeof(a->last_hash), st, 1) !=
+		    KB_AUDIT_HASH_LEN)
+			e = kb_errf(KB_ERR_CORRUPT, "audit log: event %llu has a "
+			    "malformed hash", (unsigned long long)a->last_seq);
+	}
+	sqlite3_finalize(st);
+	if (e != KB_OK)
+		return e;
+	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, time_us, signature FROM "
+	    "checkpoints ORDER BY seq DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
+	if (sqlite3_step(st) == SQLITE_ROW) {
+		a->cp_seq = (uint64_t)sqlite3_column_int64(st, 0);
+		a->cp_time_us = sqlite3_column_int64(st, 1);
+		a->cp_sig_len = blob(a->cp_sig, sizeof(a->cp_sig), st, 2);
+	}
+	sqlite3_finalize(st);
+	return KB_OK;
+}
+
+/* Write events [list] in one transaction. On failure the chain state is
+ * left as before and every pending entry carries the error. */
+static enum kb_err
+write_batch(struct audit *a, struct pending *list)
+{
+	static const char sql[] = "INSERT INTO events(seq, time_us, actor, role, "
+	    "peer, method, tenant_id, environment, key_id, result, reason, "
+	    "request_id, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)";
+	sqlite3_stmt *st = NULL;
+	uint64_t seq = a->last_seq;
+	uint8_t hash[KB_AUDIT_HASH_LEN];
+	struct pending *p;
+	enum kb_err e = KB_OK;
+	int rc;
+
+	memcpy(hash, a->last_hash, sizeof(hash));
+	if ((rc = sqlite3_exec(a->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL)) !=
+	    SQLITE_OK)
+		return db_err(a->wdb, rc, "beginning a write");
+	if ((rc = sqlite3_prepare_v2(a->wdb, sql, -1, &st, NULL)) != SQLITE_OK) {
+		e = db_err(a->wdb, rc, "preparing");
+		goto rollback;
+	}
+	for (p = list; p != NULL; p = p->next) {
+		const struct audit_record *r = p->r;
+		struct kb_audit_event ev = { ++seq, p->time_us, r->actor, r->role,
+		    r->peer, r->method, r->tenant, r->env, r->key_id, r->result,
+		    r->reason, r->request_id };
+		const char *f[10] = { r->actor, r->role, r->peer, r->method,
+		    r->tenant, r->env, r->key_id, r->result, r->reason,
+		    r->request_id };
+		int i;
+
+		if ((e = kb_audit_event_hash(hash, &ev, hash)) != KB_OK)
+			goto rollback;
+		sqlite3_reset(st);
+		sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
+		sqlite3_bind_int64(st, 2, p->time_us);
+		for (i = 0; i < 10; i++)
+			sqlite3_bind_text(st, 3 + i, f[i] != NULL ? f[i] : "", -1,
+			    SQLITE_STATIC);
+		sqlite3_bind_blob(st, 13, hash, sizeof(hash), SQLITE_STATIC);
+		if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
+			e = db_err(a->wdb, rc, "writing an event");
+			goto rollback;
+		}
+		p->seq = seq;
+	}
+	sqlite3_finalize(st);
+	st = NULL;
+	if ((rc = sqlite3_exec(a->wdb, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
+		e = db_err(a->wdb, rc, "committing");
+		goto rollback;
+	}
+	pthread_mutex_lock(&a->mu);
+	a->last_seq = seq;
+	memcpy(a->last_hash, hash, sizeof(hash));
+	pthread_mutex_unlock(&a->mu);
+	return KB_OK;
+rollback:
+	sqlite3_finalize(st);
+	(void)sqlite3_exec(a->wdb, "ROLLBACK", NULL, NULL, NULL);
+	return e;
+}
+
+static enum kb_err
+write_checkpoint(struct audit *a)
+{
+	struct kb_audit_checkpoint cp;
+	sqlite3_stmt *st = NULL;
+	uint8_t *data = NULL, *sig = NULL;
+	size_t len = 0, sig_len = 0;
+	enum kb_err e;
+	int rc;
+
+	if (a->last_seq == a->cp_seq)
+		return KB_OK;
+	memset(&cp, 0, sizeof(cp));
+	cp.seq = a->last_seq;
+	memcpy(cp.head_hash, a->last_hash, KB_AUDIT_HASH_LEN);
+	cp.time_us = a->cfg.now_us();
+	cp.prev_sig = a->cp_sig;
+	cp.prev_sig_len = a->cp_sig_len;
+	if ((e = kb_audit_checkpoint_data(&cp, &data, &len)) != KB_OK)
+		return e;
+	if ((e = hsm_sign(a->cfg.hsm, a->cfg.sign_key_id, data, len, &sig,
+	    &sig_len)) != KB_OK)
+		goto out;
+	if (sig_len > sizeof(a->cp_sig)) {
+		e = kb_errf(KB_ERR_INTERNAL, "audit signature too long");
+		goto out;
+	}
+	if ((rc = sqlite3_prepare_v2(a->wdb, "INSERT INTO checkpoints(seq, "
+	    "head_hash, time_us, prev_signature, signature, key_id) VALUES "
+	    "(?,?,?,?,?,?)", -1, &st, NULL)) != SQLITE_OK) {
+		e = db_err(a->wdb, rc, "preparing");
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)cp.seq);
+	sqlite3_bind_blob(st, 2, cp.head_hash, KB_AUDIT_HASH_LEN, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 3, cp.time_us);
+	sqlite3_bind_blob(st, 4, a->cp_sig, (int)a->cp_sig_len, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 5, sig, (int)sig_len, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, a->cfg.sign_key_id, -1, SQLITE_STATIC);
+	if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
+		e = db_err(a->wdb, rc, "writing a checkpoint");
+		goto out;
+	}
+	a->cp_seq = cp.seq;
+	a->cp_time_us = cp.time_us;
+	memcpy(a->cp_sig, sig, sig_len);
+	a->cp_sig_len = sig_len;
+	e = KB_OK;
+out:
+	sqlite3_finalize(st);
+	free(data);
+	free(sig);
+	return e;
+}
+
+static int
+checkpoint_due(struct audit *a)
+{
+	if (a->last_seq == a->cp_seq)
+		return 0;
+	if (a->last_seq - a->cp_seq >= a->cfg.checkpoint_events)
+		return 1;
+	return a->cfg.now_us() - a->cp_time_us >=
+	    (int64_t)a->cfg.checkpoint_interval_s * 1000000;
+}
+
+static void *
+writer_main(void *arg)
+{
+	struct audit *a = arg;
+	struct pending *list, *p;
+	struct timespec ts;
+	enum kb_err e;
+	int n;
+
+	pthread_mutex_lock(&a->mu);
+	for (;;) {
+		while (a->head == NULL && !a->stopping) {
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&a->work_cv, &a->mu, &ts);
+			if (a->head == NULL && !a->stopping) {
+				pthread_mutex_unlock(&a->mu);
+				if (checkpoint_due(a) &&
+				    (e = write_checkpoint(a)) != KB_OK)
+					log_error("%s", kb_err_msg(e));
+				pthread_mutex_lock(&a->mu);
+			}
+		}
+		if (a->head == NULL && a->stopping)
+			break;
+		/* Take up to BATCH_MAX waiting events: one commit, one fsync. */
+		list = a->head;
+		for (p = list, n = 1; p->next != NULL && n < BATCH_MAX; p = p->next)
+			n++;
+		a->head = p->next;
+		if (a->head == NULL)
+			a->tail = NULL;
+		p->next = NULL;
+		pthread_mutex_unlock(&a->mu);
+
+		e = write_batch(a, list);
+		pthread_mutex_lock(&a->mu);
+		for (p = list; p != NULL; p = p->next) {
+			p->err = e;
+			if (e != KB_OK)
+				snprintf(p->msg, sizeof(p->msg), "%s", kb_err_msg(e));
+			p->done = 1;
+		}
+		pthread_cond_broadcast(&a->done_cv);
+		pthread_mutex_unlock(&a->mu);
+		if (e != KB_OK)
+			log_error("%s", kb_err_msg(e));
+		if (checkpoint_due(a) && (e = write_checkpoint(a)) != KB_OK)
+			log_error("%s", kb_err_msg(e));
+		pthread_mutex_lock(&a->mu);
+	}
+	pthread_mutex_unlock(&a->mu);
+	if ((e = write_checkpoint(a)) != KB_OK)
+		log_error("final audit checkpoint: %s", kb_err_msg(e));
+	return NULL;
+}
+
+enum kb_err
+audit_open(const struct audit_config *cfg, struct audit **out)
+{
+	struct audit *a;
+	enum kb_err e;
+	int rc;
+
+	*out = NULL;
+	if ((a = calloc(1, sizeof(*a))) == NULL ||
+	    (a->path = strdup(cfg->path)) == NULL) {
+		free(a);
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	}
+	a->cfg = *cfg;
+	if (a->cfg.checkpoint_events == 0)
+		a->cfg.checkpoint_events = 1000;
+	if (a->cfg.checkpoint_interval_s == 0)
+		a->cfg.checkpoint_interval_s = 60;
+	pthread_mutex_init(&a->mu, NULL);
+	pthread_mutex_init(&a->rmu, NULL);
+	pthread_cond_init(&a->work_cv, NULL);
+	pthread_cond_init(&a->done_cv, NULL);
+	if ((e = open_db(a->path, &a->wdb)) != KB_OK)
+		goto fail;
+	if ((rc = sqlite3_exec(a->wdb, schema, NULL, NULL, NULL)) != SQLITE_OK) {
+		e = db_err(a->wdb, rc, "creating tables");
+		goto fail;
+	}
+	if ((e = open_db(a->path, &a->rdb)) != KB_OK ||
+	    (e = load_state(a)) != KB_OK)
+		goto fail;
+	if (a->cp_time_us == 0)
+		a->cp_time_us = a->cfg.now_us();
+	if (pthread_create(&a->writer, NULL, writer_main, a) != 0) {
+		e = kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the audit "
+		    "writer");
+		goto fail;
+	}
+	a->started = 1;
+	*out = a;
+	return KB_OK;
+fail:
+	audit_close(a);
+	return e;
+}
+
+enum kb_err
+audit_append(struct audit *a, const struct audit_record *r, uint64_t *seq)
+{
+	struct pending p;
+
+	memset(&p, 0, sizeof(p));
+	p.r = r;
+	p.time_us = a->cfg.now_us();
+	pthread_mutex_lock(&a->mu);
+	if (a->stopping) {
+		pthread_mutex_unlock(&a->mu);
+		return kb_errf(KB_ERR_UNAVAILABLE, "the audit log is closed");
+	}
+	if (a->tail != NULL)
+		a->tail->next = &p;
+	else
+		a->head = &p;
+	a->tail = &p;
+	pthread_cond_signal(&a->work_cv);
+	while (!p.done)
+		pthread_cond_wait(&a->done_cv, &a->mu);
+	pthread_mutex_unlock(&a->mu);
+	if (p.err != KB_OK)
+		return kb_errf(p.err, "%s", p.msg);
+	if (seq != NULL)
+		*seq = p.seq;
+	return KB_OK;
+}
+
+uint64_t
+audit_last_seq(struct audit *a)
+{
+	uint64_t s;
+
+	pthread_mutex_lock(&a->mu);
+	s = a->last_seq;
+	pthread_mutex_unlock(&a->mu);
+	return s;
+}
+
+uint64_t
+audit_wait(struct audit *a, uint64_t after_seq, int timeout_ms)
+{
+	struct timespec ts;
+	uint64_t s;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (ts.tv_nsec >= 1000000000) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&a->mu);
+	while (a->last_seq <= after_seq && !a->stopping)
+		if (pthread_cond_timedwait(&a->done_cv, &a->mu, &ts) == ETIMEDOUT)
+			break;
+	s = a->last_seq;
+	pthread_mutex_unlock(&a->mu);
+	return s;
+}
+
+int
+audit_closing(struct audit *a)
+{
+	int s;
+
+	pthread_mutex_lock(&a->mu);
+	s = a->stopping;
+	pthread_mutex_unlock(&a->mu);
+	return s;
+}
+
+static void
+event_row(sqlite3_stmt *st, struct audit_event *ev)
+{
+	ev->seq = (uint64_t)sqlite3_column_int64(st, 0);
+	ev->time_us = sqlite3_column_int64(st, 1);
+	text(ev->actor, sizeof(ev->actor), st, 2);
+	text(ev->role, sizeof(ev->role), st, 3);
+	text(ev->peer, sizeof(ev->peer), st, 4);
+	text(ev->method, sizeof(ev->method), st, 5);
+	text(ev->tenant, sizeof(ev->tenant), st, 6);
+	text(ev->env, sizeof(ev->env), st, 7);
+	text(ev->key_id, sizeof(ev->key_id), st, 8);
+	text(ev->result, sizeof(ev->result), st, 9);
+	text(ev->reason, sizeof(ev->reason), st, 10);
+	text(ev->request_id, sizeof(ev->request_id), st, 11);
+	memset(ev->hash, 0, sizeof(ev->hash));
+	(void)blob(ev->hash, sizeof(ev->hash), st, 12);
+}
+
+enum kb_err
+audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
+    unsigned limit, struct audit_event **out, size_t *n, int *more)
+{
+	char sql[2048];
+	sqlite3_stmt *st = NULL;
+	struct audit_event *v = NULL;
+	size_t cnt = 0, i;
+	int rc, idx = 1;
+	enum kb_err e = KB_OK;
+
+	*out = NULL;
+	*n = 0;
+	*more = 0;
+	/* Every value is bound, never spliced into the SQL. */
+	snprintf(sql, sizeof(sql), "SELECT seq, time_us, actor, role, peer, "
+	    "method, tenant_id, environment, key_id, result, reason, request_id, "
+	    "hash FROM events WHERE seq > ?%s%s%s%s%s%s%s",
+	    f->since_us ? " AND time_us >= ?" : "",
+	    f->until_us ? " AND time_us < ?" : "",
+	    f->tenant && *f->tenant ? " AND tenant_id = ?" : "",
+	    f->env && *f->env ? " AND environment = ?" : "",
+	    f->method && *f->method ? " AND method = ?" : "",
+	    f->actor && *f->actor ? " AND actor = ?" : "",
+	    f->result && *f->result ? " AND result = ?" : "");
+	if (f->tenants != NULL) {
+		strncat(sql, " AND tenant_id IN (", sizeof(sql) - strlen(sql) - 1);
+		for (i = 0; i < f->ntenants; i++)
+			strncat(sql, i ? ",?" : "?", sizeof(sql) - strlen(sql) - 1);
+		strncat(sql, ")", sizeof(sql) - strlen(sql) - 1);
+	}
+	strncat(sql, " ORDER BY seq LIMIT ?", sizeof(sql) - strlen(sql) - 1);
+	if ((v = calloc(limit + 1, sizeof(*v))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	pthread_mutex_lock(&a->rmu);
+	if ((rc = sqlite3_prepare_v2(a->rdb, sql, -1, &st, NULL)) != SQLITE_OK) {
+		e = db_err(a->rdb, rc, "querying");
+		goto out;
+	}
+	sqlite3_bind_int64(st, idx++, (sqlite3_int64)after);
+	if (f->since_us)
+		sqlite3_bind_int64(st, idx++, f->since_us);
+	if (f->until_us)
+		sqlite3_bind_int64(st, idx++, f->until_us);
+	if (f->tenant && *f->tenant)
+		sqlite3_bind_text(st, idx++, f->tenant, -1, SQLITE_STATIC);
+	if (f->env && *f->env)
+		sqlite3_bind_text(st, idx++, f->env, -1, SQLITE_STATIC);
+	if (f->method && *f->method)
+		sqlite3_bind_text(st, idx++, f->method, -1, SQLITE_STATIC);
+	if (f->actor && *f->actor)
+		sqlite3_bind_text(st, idx++, f->actor, -1, SQLITE_STATIC);
+	if (f->result && *f->result)
+		sqlite3_bind_text(st, idx++, f->result, -1, SQLITE_STATIC);
+	for (i = 0; f->tenants != NULL && i < f->ntenants; i++)
+		sqlite3_bind_text(st, idx++, f->tenants[i], -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, idx++, (sqlite3_int64)limit + 1);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		event_row(st, &v[cnt++]);
+	if (rc != SQLITE_DONE) {
+		e = db_err(a->rdb, rc, "reading events");
+		goto out;
+	}
+	if (cnt > limit) {
+		cnt = limit;
+		*more = 1;
+	}
+	*out = v;
+	*n = cnt;
+	v = NULL;
+out:
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&a->rmu);
+	free(v);
+	return e;
+}
+
+enum kb_err
+audit_list_checkpoints(struct audit *a, uint64_t after, unsigned limit,
+    struct audit_checkpoint **out, size_t *n, int *more)
+{
+	sqlite3_stmt *st = NULL;
+	struct audit_checkpoint *v = NULL;
+	size_t cnt = 0;
+	enum kb_err e = KB_OK;
+	int rc;
+
+	*out = NULL;
+	*n = 0;
+	*more = 0;
+	if ((v = calloc(limit + 1, sizeof(*v))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	pthread_mutex_lock(&a->rmu);
+	if ((rc = sqlite3_prepare_v2(a->rdb, "SELECT seq, head_hash, time_us, "
+	    "prev_signature, signature, key_id FROM checkpoints WHERE seq > ? "
+	    "ORDER BY seq LIMIT ?", -1, &st, NULL)) != SQLITE_OK) {
+		e = db_err(a->rdb, rc, "querying");
+		goto out;
+	}
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)after);
+	sqlite3_bind_int64(st, 2, (sqlite3_int64)limit + 1);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		struct audit_checkpoint *c = &v[cnt++];
+
+		c->seq = (uint64_t)sqlite3_column_int64(st, 0);
+		(void)blob(c->head_hash, sizeof(c->head_hash), st, 1);
+		c->time_us = sqlite3_column_int64(st, 2);
+		c->prev_sig_len = blob(c->prev_sig, sizeof(c->prev_sig), st, 3);
+		c->sig_len = blob(c->sig, sizeof(c->sig), st, 4);
+		text(c->key_id, sizeof(c->key_id), st, 5);
+	}
+	if (rc != SQLITE_DONE) {
+		e = db_err(a->rdb, rc, "reading checkpoints");
+		goto out;
+	}
+	if (cnt > limit) {
+		cnt = limit;
+		*more = 1;
+	}
+	*out = v;
+	*n = cnt;
+	v = NULL;
+out:
+	sqlite3_finalize(st);
+	pthread_mutex_unlock(&a->rmu);
+	free(v);
+	return e;
+}
+
+void
+audit_close(struct audit *a)
+{
+	if (a == NULL)
+		return;
+	pthread_mutex_lock(&a->mu);
+	a->stopping = 1;
+	pthread_cond_broadcast(&a->work_cv);
+	pthread_cond_broadcast(&a->done_cv);
+	pthread_mutex_unlock(&a->mu);
+	if (a->started)
+		pthread_join(a->writer, NULL);
+	a->started = 0;
+	sqlite3_close(a->rdb);
+	sqlite3_close(a->wdb);
+	pthread_mutex_destroy(&a->mu);
+	pthread_mutex_destroy(&a->rmu);
+	pthread_cond_destroy(&a->work_cv);
+	pthread_cond_destroy(&a->done_cv);
+	free(a->path);
+	free(a);
+}

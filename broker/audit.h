@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* audit.h: the tamper-evident event log. Events are hash-chained
+ * (common/kb_audit.h), committed in groups by one writer thread, and
+ * covered by checkpoints signed with a key that never leaves the token.
+ * Nothing here edits or deletes an event. */
+#ifndef KB_AUDIT_LOG_H
+#define KB_AUDIT_LOG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "kb_audit.h"
+#include "kb_err.h"
+
+struct audit;
+struct hsm;
+
+/* What a caller records; strings are borrowed for the duration of
+ * audit_append (NULL = empty). Never put a secret in any field. */
+struct audit_record {
+	const char *actor, *role, *peer, *method, *tenant, *env, *key_id;
+	const char *result, *reason, *request_id;
+};
+
+/* An event as read back. */
+struct audit_event {
+	uint64_t seq;
+	int64_t time_us;
+	char actor[128], role[16], peer[64], method[64], tenant[64], env[64];
+	char key_id[72], result[16], reason[512], request_id[40];
+	uint8_t hash[KB_AUDIT_HASH_LEN];
+};
+
+struct audit_checkpoint {
+	uint64_t seq;
+	uint8_t head_hash[KB_AUDIT_HASH_LEN];
+	int64_t time_us;
+	uint8_t prev_sig[512];
+	size_t prev_sig_len;
+	uint8_t sig[512];
+	size_t sig_len;
+	char key_id[72];
+};
+
+struct audit_filter {
+	int64_t since_us, until_us;     /* 0 = open */
+	const char *tenant, *env, *method, *actor, *result;   /* NULL/"" = any */
+	const char *const *tenants;     /* if set: tenant must be one of these */
+	size_t ntenants;
+};
+
+struct audit_config {
+	const char *path;               /* the audit database */
+	struct hsm *hsm;
+	const char *sign_key_id;        /* audit signing key in the token */
+	unsigned checkpoint_events;     /* checkpoint after this many events */
+	unsigned checkpoint_interval_s; /* ... or this many seconds */
+	int64_t (*now_us)(void);        /* the broker's clock */
+};
+
+/* Open (creating) the audit database and start the writer. */
+enum kb_err audit_open(const struct audit_config *cfg, struct audit **out);
+
+/* Append one event and wait until it is committed (durably). *seq gets its
+ * sequence number (may be NULL). On failure nothing was recorded and the
+ * caller must not act as if it had been (a data key is not sent). */
+enum kb_err audit_append(struct audit *a, const struct audit_record *r,
+    uint64_t *seq);
+
+/* The highest committed sequence number. */
+uint64_t audit_last_seq(struct audit *a);
+
+/* Wait until an event after `after_seq` is committed, or `timeout_ms`
+ * passes, or the log closes. Returns the highest committed seq. */
+uint64_t audit_wait(struct audit *a, uint64_t after_seq, int timeout_ms);
+
+/* Whether audit_close has begun (streams should end). */
+int audit_closing(struct audit *a);
+
+/* Events matching `f` with seq > after, in order; *out malloc'd. */
+enum kb_err audit_list(struct audit *a, const struct audit_filter *f,
+    uint64_t after, unsigned limit, struct audit_event **out, size_t *n,
+    int *more);
+
+enum kb_err audit_list_checkpoints(struct audit *a, uint64_t after,
+    unsigned limit, struct audit_checkpoint **out, size_t *n, int *more);
+
+/* Drain, write a final checkpoint, stop the writer, close. Accepts NULL. */
+void audit_close(struct audit *a);
+
+#endif /* KB_AUDIT_LOG_H */

@@ -1,0 +1,238 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* keys.c: tenant key files into the token and their fingerprints. */
+#include "keys.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include "clock.h"
+#include "fingerprint.h"
+#include "log.h"
+#include "pfx.h"
+
+/* Values of keybroker.v1.KeyFileFormat. */
+#define FORMAT_PFX 1
+#define FORMAT_BYOK 2
+
+enum kb_err
+keys_file_check(const uint8_t *data, size_t len, int requested,
+    enum keyfile_format *out)
+{
+	enum keyfile_format seen;
+
+	if (len == 0)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the key file is empty");
+	if (len > KEYS_FILE_MAX)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the key file is %zu bytes; "
+		    "a .pfx or .byok of an RSA-2048 key is at most %d bytes", len,
+		    KEYS_FILE_MAX);
+	if (requested != 0 && requested != FORMAT_PFX && requested != FORMAT_BYOK)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "unknown key file format "
+		    "%d (use 1 for .pfx, 2 for .byok, 0 to detect)", requested);
+	seen = keyfile_detect(data, len);
+	if (requested == FORMAT_PFX)
+		*out = KEYFILE_PFX;
+	else if (requested == FORMAT_BYOK)
+		*out = KEYFILE_BYOK;
+	else if (seen == KEYFILE_UNKNOWN)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the key file is neither "
+		    "a .pfx (PKCS#12, DER) nor a .byok (JSON)");
+	else
+		*out = seen;
+	return KB_OK;
+}
+
+enum kb_err
+keys_token_fingerprint(struct broker *b, const char *id, char fp[65])
+{
+	uint8_t *der = NULL;
+	size_t len = 0;
+	enum kb_err e;
+
+	if ((e = hsm_public_key_der(b->hsm, id, &der, &len)) != KB_OK)
+		return e;
+	e = fingerprint_spki(der, len, fp);
+	free(der);
+	return e;
+}
+
+enum kb_err
+keys_public_pem(struct broker *b, const char *id, char **pem)
+{
+	uint8_t *der = NULL;
+	const uint8_t *p;
+	size_t len = 0;
+	EVP_PKEY *pub = NULL;
+	BIO *bio = NULL;
+	char *data;
+	long n;
+	enum kb_err e;
+
+	*pem = NULL;
+	if ((e = hsm_public_key_der(b->hsm, id, &der, &len)) != KB_OK)
+		return e;
+	p = der;
+	if ((pub = d2i_PUBKEY(NULL, &p, (long)len)) == NULL ||
+	    (bio = BIO_new(BIO_s_mem())) == NULL ||
+	    PEM_write_bio_PUBKEY(bio, pub) != 1) {
+		e = kb_err_openssl(KB_ERR_CRYPTO, "encoding a public key");
+		goto out;
+	}
+	n = BIO_get_mem_data(bio, &data);
+	if ((*pem = strndup(data, (size_t)n)) == NULL) {
+		e = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	e = KB_OK;
+out:
+	BIO_free(bio);
+	EVP_PKEY_free(pub);
+	free(der);
+	return e;
+}
+
+enum kb_err
+keys_kek_find(struct broker *b, const char *tenant, struct store_key *out)
+{
+	struct store_key *v = NULL;
+	size_t n = 0, i;
+	enum kb_err e;
+
+	if ((e = store_key_list(b->store, tenant, "kek", &v, &n)) != KB_OK)
+		return e;
+	e = kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" has no key-exchange key "
+	    "yet: get one with kbctl byok kek %s", tenant, tenant);
+	for (i = n; i > 0; i--) {
+		if (strcmp(v[i - 1].state, "active") == 0) {
+			*out = v[i - 1];
+			e = KB_OK;
+			break;
+		}
+	}
+	free(v);
+	return e;
+}
+
+enum kb_err
+keys_kek(struct broker *b, const char *tenant, struct store_key *out)
+{
+	struct store_key k;
+	enum kb_err e;
+
+	e = keys_kek_find(b, tenant, out);
+	if (e != KB_ERR_NOT_FOUND)
+		return e;
+	kb_err_clear();
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "x-", k.id, sizeof(k.id))) != KB_OK)
+		return e;
+	/* Usable only to unwrap imports: no decrypt, no sign. */
+	if ((e = hsm_rsa_generate(b->hsm, k.id, 2048, HSM_USE_UNWRAP)) != KB_OK)
+		return kb_err_wrap(e, "creating the key-exchange key");
+	if ((e = keys_token_fingerprint(b, k.id, k.fingerprint)) != KB_OK)
+		goto fail;
+	snprintf(k.tenant_id, sizeof(k.tenant_id), "%s", tenant);
+	snprintf(k.purpose, sizeof(k.purpose), "kek");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "active");
+	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", b->wrap_alg);
+	k.bits = 2048;
+	k.create_time_us = k.update_time_us = clock_now_us();
+	if ((e = store_key_create(b->store, &k)) != KB_OK)
+		goto fail;
+	log_info("key-exchange key %s created for tenant %s", k.id, tenant);
+	*out = k;
+	return KB_OK;
+fail:
+	(void)hsm_key_destroy(b->hsm, k.id);
+	return e;
+}
+
+/* Unwrap a .byok into the token as `id`. */
+static enum kb_err
+byok_import(struct broker *b, const char *tenant, const struct key_file *f,
+    const char *id)
+{
+	struct byok_file bf;
+	struct store_key kek;
+	enum kb_err e;
+
+	memset(&bf, 0, sizeof(bf));
+	if ((e = byok_parse(f->data, f->len, &bf)) != KB_OK)
+		return e;
+	if ((e = keys_kek_find(b, tenant, &kek)) != KB_OK)
+		goto out;
+	if (strcmp(bf.kid, kek.id) != 0) {
+		e = kb_errf(KB_ERR_INVALID_ARGUMENT, "the .byok was made for "
+		    "key-exchange key \"%.64s\", but tenant \"%s\"'s is \"%s\": "
+		    "wrap the key again with the KEK from kbctl byok kek %s",
+		    bf.kid, tenant, kek.id, tenant);
+		goto out;
+	}
+	e = hsm_byok_unwrap(b->hsm, kek.id, kek.wrap_alg[0] ? kek.wrap_alg :
+	    b->wrap_alg, bf.blob, bf.blob_len, id, 2048, HSM_USE_ENCRYPT);
+out:
+	byok_file_clear(&bf);
+	return e;
+}
+
+enum kb_err
+keys_import(struct broker *b, const char *tenant, const struct key_file *f,
+    const char *id, char fp[65])
+{
+	EVP_PKEY *pkey = NULL;
+	enum kb_err e;
+
+	if (f->format == KEYFILE_BYOK) {
+		if ((e = byok_import(b, tenant, f, id)) != KB_OK)
+			return e;
+		if ((e = keys_token_fingerprint(b, id, fp)) != KB_OK) {
+			(void)hsm_key_destroy(b->hsm, id);
+			return e;
+		}
+		return KB_OK;
+	}
+	if (f->password == NULL || f->password[0] == '\0')
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "a .pfx needs its "
+		    "password: tenant key files must be password protected");
+	if ((e = pfx_parse(f->data, f->len, f->password, &pkey)) != KB_OK)
+		return e;
+	if ((e = fingerprint_pkey(pkey, fp)) == KB_OK)
+		e = hsm_rsa_import(b->hsm, id, pkey, HSM_USE_ENCRYPT);
+	EVP_PKEY_free(pkey);
+	return e;
+}
+
+enum kb_err
+keys_file_fingerprint(struct broker *b, const char *tenant,
+    const struct key_file *f, char fp[65])
+{
+	EVP_PKEY *pkey = NULL;
+	char tmp[STORE_KEY_ID_MAX];
+	enum kb_err e, e2;
+
+	if (f->format == KEYFILE_PFX) {
+		if (f->password == NULL || f->password[0] == '\0')
+			return kb_errf(KB_ERR_INVALID_ARGUMENT, "a .pfx needs its "
+			    "password");
+		if ((e = pfx_parse(f->data, f->len, f->password, &pkey)) != KB_OK)
+			return e;
+		e = fingerprint_pkey(pkey, fp);
+		EVP_PKEY_free(pkey);
+		return e;
+	}
+	/* A .byok can only be opened inside the token: unwrap it under a
+	 * temporary id, read the public key, destroy it. */
+	if ((e = broker_new_id(b, "tmp-", tmp, sizeof(tmp))) != KB_OK)
+		return e;
+	if ((e = keys_import(b, tenant, f, tmp, fp)) != KB_OK)
+		return e;
+	if ((e2 = hsm_key_destroy(b->hsm, tmp)) != KB_OK)
+		log_error("cannot destroy temporary key %s: %s", tmp,
+		    kb_err_msg(e2));
+	return KB_OK;
+}

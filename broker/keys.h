@@ -1,0 +1,58 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* keys.h: tenant key files (.pfx, .byok) into the token, fingerprints, and
+ * the per-tenant key-exchange key for BYOK. */
+#ifndef KB_KEYS_H
+#define KB_KEYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "broker.h"
+#include "byok.h"
+
+/* An uploaded key file. `data` and `password` are secret. */
+struct key_file {
+	enum keyfile_format format;
+	const uint8_t *data;
+	size_t len;
+	const char *password;
+};
+
+#define KEYS_FILE_MAX (64 * 1024)
+
+/* Check size and format of an uploaded file. `requested` is the
+ * KeyFileFormat from the request (0 = detect). KB_ERR_INVALID_ARGUMENT with
+ * a reason when it is empty, too large, or neither a .pfx nor a .byok. */
+enum kb_err keys_file_check(const uint8_t *data, size_t len, int requested,
+    enum keyfile_format *out);
+
+/* Put the key of `f` into the token as key pair `id` (RSA-2048, for
+ * wrapping DEKs) and give its fingerprint. A .pfx is parsed here and its
+ * material wiped; a .byok is unwrapped inside the token with the tenant's
+ * KEK (its kid must name that KEK). On failure nothing is left in the
+ * token. */
+enum kb_err keys_import(struct broker *b, const char *tenant,
+    const struct key_file *f, const char *id, char fp[65]);
+
+/* The fingerprint of the key in `f`, leaving nothing in the token. */
+enum kb_err keys_file_fingerprint(struct broker *b, const char *tenant,
+    const struct key_file *f, char fp[65]);
+
+/* The fingerprint of token key `id`. */
+enum kb_err keys_token_fingerprint(struct broker *b, const char *id,
+    char fp[65]);
+
+/* The public key of token key `id` as PEM SubjectPublicKeyInfo (*pem
+ * malloc'd, NUL-terminated). */
+enum kb_err keys_public_pem(struct broker *b, const char *id, char **pem);
+
+/* The tenant's key-exchange key, made in the token at first use (the caller
+ * holds the tenant lock). */
+enum kb_err keys_kek(struct broker *b, const char *tenant,
+    struct store_key *out);
+
+/* The tenant's KEK if it has one (KB_ERR_NOT_FOUND otherwise). */
+enum kb_err keys_kek_find(struct broker *b, const char *tenant,
+    struct store_key *out);
+
+#endif /* KB_KEYS_H */

@@ -1,0 +1,333 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* rpc_envkeys.c: an environment's encryption: apply the tenant key, return
+ * to the platform key, reset, backups, restore and copy. */
+#include "rpc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "dek.h"
+#include "keybroker.pb-c.h"
+#include "log.h"
+#include "names.h"
+#include "policy.h"
+
+/* Validate names and access, take the tenant lock, load tenant and
+ * environment, and check the rules every encryption change shares: the
+ * tenant neither locked nor installing a key, the environment enabled. On
+ * success the caller holds the tenant lock. */
+static enum kb_err
+begin(struct rpc_ctx *c, const char *tenant, const char *name,
+    const char *what, struct store_tenant *t, struct store_env *env)
+{
+	struct policy_tenant p;
+	enum kb_err e;
+
+	if ((e = names_check_id("tenant id", tenant)) != KB_OK ||
+	    (e = names_check_id("environment name", name)) != KB_OK ||
+	    (e = rpc_check_tenant_access(c, tenant)) != KB_OK)
+		return e;
+	broker_tenant_lock(c->b, tenant);
+	if ((e = store_tenant_get(c->b->store, tenant, t)) != KB_OK ||
+	    (e = store_env_get(c->b->store, tenant, name, env)) != KB_OK)
+		goto fail;
+	rpc_policy_tenant(t, &p);
+	if ((e = policy_may_change_env(&p, what)) != KB_OK)
+		goto fail;
+	if (env->state != STORE_ENV_ENABLED) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused: environment "
+		    "%s/%s is %s", what, tenant, name,
+		    store_env_state_name(env->state));
+		goto fail;
+	}
+	return KB_OK;
+fail:
+	broker_tenant_unlock(c->b, tenant);
+	return e;
+}
+
+/* Reply with the environment as stored now. */
+static enum kb_err
+reply_env(struct rpc_ctx *c, const char *tenant, const char *name,
+    ProtobufCMessage **resp)
+{
+	struct store_env env;
+	enum kb_err e;
+
+	if ((e = store_env_get(c->b->store, tenant, name, &env)) != KB_OK)
+		return e;
+	return rpc_reply(resp, rpc_env_msg(&env));
+}
+
+/* Re-wrap every DEK version of an environment under `key_id` and set its
+ * mode, in one transaction. */
+static enum kb_err
+rewrap_env(struct rpc_ctx *c, const char *tenant, const char *name,
+    const char *key_id, const char *alg, enum store_env_mode mode)
+{
+	struct store_dek *v = NULL;
+	size_t n = 0, i;
+	enum kb_err e;
+
+	if ((e = store_env_deks(c->b->store, tenant, name, &v, &n)) != KB_OK)
+		return e;
+	for (i = 0; i < n; i++)
+		if ((e = dek_rewrap(c->b, &v[i], key_id, alg, &v[i])) != KB_OK)
+			goto out;
+	e = store_env_rewrap(c->b->store, tenant, name, mode, v, n, c->now_us);
+out:
+	free(v);
+	return e;
+}
+
+enum kb_err
+rpc_env_apply_key(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env;
+	enum kb_err e;
+
+	if ((e = begin(c, in->tenant_id, in->name, "applying the tenant key",
+	    &t, &env)) != KB_OK)
+		return e;
+	if (env.mode == STORE_MODE_CUSTOMER) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s already "
+		    "uses the tenant key %s", t.id, env.name, env.key_id);
+		goto out;
+	}
+	if (t.active_key_id[0] == '\0') {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" has no "
+		    "active key: generate or upload one and activate it first",
+		    t.id);
+		goto out;
+	}
+	if ((e = rewrap_env(c, t.id, env.name, t.active_key_id, c->b->wrap_alg,
+	    STORE_MODE_CUSTOMER)) != KB_OK)
+		goto out;
+	log_info("environment %s/%s now uses tenant key %s (by %s)", t.id,
+	    env.name, t.active_key_id, c->id->name);
+	e = reply_env(c, t.id, env.name, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}
+
+enum kb_err
+rpc_env_revert_key(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env;
+	enum kb_err e;
+
+	if ((e = begin(c, in->tenant_id, in->name, "returning to the platform "
+	    "key", &t, &env)) != KB_OK)
+		return e;
+	if (env.mode == STORE_MODE_PLATFORM) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s already "
+		    "uses the platform key", t.id, env.name);
+		goto out;
+	}
+	if ((e = rewrap_env(c, t.id, env.name, c->b->platform_key_id,
+	    c->b->wrap_alg, STORE_MODE_PLATFORM)) != KB_OK)
+		goto out;
+	log_info("environment %s/%s returned to the platform key (by %s)", t.id,
+	    env.name, c->id->name);
+	e = reply_env(c, t.id, env.name, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}
+
+enum kb_err
+rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env;
+	struct store_dek dek;
+	enum kb_err e;
+
+	if ((e = begin(c, in->tenant_id, in->name, "reset", &t, &env)) != KB_OK)
+		return e;
+	if ((e = dek_new(c->b, c->b->platform_key_id, c->b->wrap_alg, 0, &dek))
+	    != KB_OK ||
+	    (e = store_env_reset(c->b->store, t.id, env.name, &dek, c->now_us))
+	    != KB_OK)
+		goto out;
+	log_warn("environment %s/%s RESET by %s: its data keys and backups are "
+	    "destroyed; new data key version %u under the platform key", t.id,
+	    env.name, c->id->name, dek.version);
+	e = reply_env(c, t.id, env.name, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}
+
+enum kb_err
+rpc_env_backup(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env;
+	struct store_backup bk;
+	char id[STORE_KEY_ID_MAX];
+	enum kb_err e;
+
+	if ((e = begin(c, in->tenant_id, in->name, "backup", &t, &env)) != KB_OK)
+		return e;
+	if ((e = broker_new_id(c->b, "b-", id, sizeof(id))) != KB_OK ||
+	    (e = store_backup_create(c->b->store, t.id, env.name, id, c->now_us,
+	    &bk)) != KB_OK)
+		goto out;
+	log_info("backup %s of %s/%s taken by %s (%s, key %s)", id, t.id,
+	    env.name, c->id->name, store_env_mode_name(bk.mode), bk.key_id);
+	e = rpc_reply(resp, rpc_backup_msg(&bk));
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}
+
+enum kb_err
+rpc_env_backups(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__ListBackupsRequest *in = (const void *)req;
+	Keybroker__V1__ListBackupsResponse *out;
+	struct store_backup *v = NULL;
+	size_t n = 0, i;
+	enum kb_err e;
+
+	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
+	    (e = names_check_id("environment name", in->name)) != KB_OK ||
+	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
+	    (e = store_backup_list(c->b->store, in->tenant_id, in->name, &v, &n))
+	    != KB_OK)
+		return e;
+	if ((out = malloc(sizeof(*out))) == NULL) {
+		free(v);
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	}
+	keybroker__v1__list_backups_response__init(out);
+	*resp = &out->base;
+	if (n > 0 && (out->backups = calloc(n, sizeof(void *))) == NULL) {
+		free(v);
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < n; i++) {
+		if ((out->backups[i] = rpc_backup_msg(&v[i])) == NULL) {
+			free(v);
+			return kb_errf(KB_ERR_NOMEM, "out of memory");
+		}
+		out->n_backups++;
+	}
+	free(v);
+	return KB_OK;
+}
+
+/* Make `dek` the new current version of tenant/name (same key, same blob:
+ * the caller checked the wrapping key matches). */
+static enum kb_err
+add_version(struct rpc_ctx *c, const char *tenant, const char *name,
+    struct store_dek *dek)
+{
+	return store_env_add_version(c->b->store, tenant, name, dek, c->now_us);
+}
+
+enum kb_err
+rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__RestoreBackupRequest *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env, src;
+	struct store_backup bk;
+	struct store_dek dek;
+	enum kb_err e;
+
+	if (in->backup_id[0] == '\0' || strlen(in->backup_id) >= STORE_KEY_ID_MAX)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup id is empty or "
+		    "too long");
+	if ((e = begin(c, in->tenant_id, in->name, "restore", &t, &env)) != KB_OK)
+		return e;
+	if ((e = store_backup_get(c->b->store, t.id, in->backup_id, &bk)) != KB_OK)
+		goto out;
+	/* The rule: the backup's encryption state (mode and key) must be the
+	 * environment's current one. */
+	if (bk.mode != env.mode || strcmp(bk.key_id, env.key_id) != 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "restore refused by the "
+		    "matching-encryption rule: backup %s was taken under %s "
+		    "encryption with key %s, but %s/%s now uses %s encryption "
+		    "with key %s", bk.id, store_env_mode_name(bk.mode), bk.key_id,
+		    t.id, env.name, store_env_mode_name(env.mode), env.key_id);
+		goto out;
+	}
+	if ((e = store_env_dek(c->b->store, t.id, bk.env, bk.dek_version, &src,
+	    &dek)) != KB_OK)
+		goto out;
+	if (strcmp(dek.key_id, env.key_id) != 0 &&
+	    (e = dek_rewrap(c->b, &dek, env.key_id, c->b->wrap_alg, &dek))
+	    != KB_OK)
+		goto out;
+	if ((e = add_version(c, t.id, env.name, &dek)) != KB_OK)
+		goto out;
+	log_info("backup %s restored into %s/%s by %s (data key version %u)",
+	    bk.id, t.id, env.name, c->id->name, dek.version);
+	e = reply_env(c, t.id, env.name, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}
+
+enum kb_err
+rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__CopyEnvironmentRequest *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env src, dst;
+	struct store_dek dek;
+	enum kb_err e;
+
+	if ((e = names_check_id("source environment name", in->source)) != KB_OK)
+		return e;
+	if (strcmp(in->source, in->target) == 0)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "source and target are "
+		    "the same environment");
+	if ((e = begin(c, in->tenant_id, in->target, "copy", &t, &dst)) != KB_OK)
+		return e;
+	if ((e = store_env_dek(c->b->store, t.id, in->source, 0, &src, &dek))
+	    != KB_OK)
+		goto out;
+	/* The rule: only onto an environment encrypted with the same customer
+	 * key. */
+	if (src.mode != STORE_MODE_CUSTOMER || dst.mode != STORE_MODE_CUSTOMER ||
+	    strcmp(src.key_id, dst.key_id) != 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "copy refused by the "
+		    "same-customer-key rule: %s/%s uses %s encryption (key %s) "
+		    "and %s/%s uses %s encryption (key %s); both must use the "
+		    "same customer key", t.id, src.name,
+		    store_env_mode_name(src.mode), src.key_id, t.id, dst.name,
+		    store_env_mode_name(dst.mode), dst.key_id);
+		goto out;
+	}
+	if (src.state != STORE_ENV_ENABLED) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "copy refused: source "
+		    "%s/%s is %s", t.id, src.name, store_env_state_name(src.state));
+		goto out;
+	}
+	if ((e = add_version(c, t.id, dst.name, &dek)) != KB_OK)
+		goto out;
+	log_info("environment %s/%s copied onto %s/%s by %s (data key version "
+	    "%u)", t.id, src.name, t.id, dst.name, c->id->name, dek.version);
+	e = reply_env(c, t.id, dst.name, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}

@@ -1,0 +1,220 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* rpc_lock.c: lock and unlock a tenant with its key; unlock environments. */
+#include "rpc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "keybroker.pb-c.h"
+#include "keys.h"
+#include "log.h"
+#include "names.h"
+#include "policy.h"
+
+/* The uploaded key file of a lock or unlock request. */
+static enum kb_err
+request_file(const ProtobufCBinaryData *file, int format, const char *password,
+    struct key_file *f)
+{
+	enum kb_err e;
+
+	memset(f, 0, sizeof(*f));
+	if ((e = keys_file_check(file->data, file->len, format, &f->format))
+	    != KB_OK)
+		return e;
+	f->data = file->data;
+	f->len = file->len;
+	f->password = password;
+	if (f->format == KEYFILE_PFX && password[0] == '\0')
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "no password given for "
+		    "the .pfx");
+	return KB_OK;
+}
+
+static enum kb_err
+reply_tenant(struct rpc_ctx *c, const char *tenant, ProtobufCMessage **resp)
+{
+	struct store_tenant t;
+	enum kb_err e;
+
+	if ((e = store_tenant_get(c->b->store, tenant, &t)) != KB_OK)
+		return e;
+	return rpc_reply(resp, rpc_tenant_msg(&t));
+}
+
+enum kb_err
+rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__LockTenantRequest *in = (const void *)req;
+	char (*destroy)[STORE_KEY_ID_MAX] = NULL;
+	struct policy_tenant p;
+	struct store_tenant t;
+	struct store_key active;
+	struct key_file f;
+	size_t ndestroy = 0, i;
+	char fp[65];
+	enum kb_err e, e2;
+
+	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
+	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
+	    (e = request_file(&in->file, (int)in->format, in->password, &f))
+	    != KB_OK)
+		return e;
+	broker_tenant_lock(c->b, in->tenant_id);
+	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK)
+		goto out;
+	rpc_policy_tenant(&t, &p);
+	if ((e = policy_may_lock(&p, c->now_us)) != KB_OK ||
+	    (e = store_key_get(c->b->store, t.active_key_id, &active)) != KB_OK)
+		goto out;
+	/* Proof: the admin holds the active key itself. */
+	if ((e = keys_file_fingerprint(c->b, in->tenant_id, &f, fp)) != KB_OK)
+		goto out;
+	if (strcmp(fp, active.fingerprint) != 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key mismatch: the uploaded "
+		    "key (fingerprint %.16s...) is not tenant \"%s\"'s active key "
+		    "%s (fingerprint %.16s...); lock needs the active key",
+		    fp, in->tenant_id, active.id, active.fingerprint);
+		goto out;
+	}
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", active.id);
+	/* Record first, then destroy: a crash in between leaves keys the
+	 * database calls gone, which start-up destroys (broker.c). */
+	if ((e = store_tenant_lock(c->b->store, in->tenant_id, active.id,
+	    c->now_us, &destroy, &ndestroy)) != KB_OK)
+		goto out;
+	for (i = 0; i < ndestroy; i++) {
+		e2 = hsm_key_destroy(c->b->hsm, destroy[i]);
+		if (e2 != KB_OK && e2 != KB_ERR_NOT_FOUND)
+			log_error("lock of %s: cannot destroy key %s in the token "
+			    "(will retry at start-up): %s", in->tenant_id,
+			    destroy[i], kb_err_msg(e2));
+	}
+	kb_err_clear();
+	log_warn("tenant %s LOCKED by %s with key %s: %zu key(s) destroyed in "
+	    "the token", in->tenant_id, c->id->name, active.id, ndestroy);
+	e = reply_tenant(c, in->tenant_id, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	free(destroy);
+	return e;
+}
+
+enum kb_err
+rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__UnlockTenantRequest *in = (const void *)req;
+	struct policy_tenant p;
+	struct store_tenant t;
+	struct store_key lk;
+	struct key_file f;
+	char fp[65];
+	int imported = 0;
+	enum kb_err e;
+
+	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
+	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
+	    (e = request_file(&in->file, (int)in->format, in->password, &f))
+	    != KB_OK)
+		return e;
+	broker_tenant_lock(c->b, in->tenant_id);
+	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK)
+		goto out;
+	rpc_policy_tenant(&t, &p);
+	if ((e = policy_may_unlock(&p, c->now_us)) != KB_OK ||
+	    (e = store_key_get(c->b->store, t.lock_key_id, &lk)) != KB_OK)
+		goto out;
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", lk.id);
+	/* Check before importing, so a wrong .pfx never touches the token. A
+	 * .byok can only be read by unwrapping it, under a temporary id. */
+	if ((e = keys_file_fingerprint(c->b, in->tenant_id, &f, fp)) != KB_OK)
+		goto out;
+	if (strcmp(fp, lk.fingerprint) != 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key mismatch: the uploaded "
+		    "key (fingerprint %.16s...) is not the key %s that locked "
+		    "tenant \"%s\" (fingerprint %.16s...)", fp, lk.id,
+		    in->tenant_id, lk.fingerprint);
+		goto out;
+	}
+	/* Back into the token under its old id: every DEK row names it. A
+	 * crash after an earlier import left it there already. */
+	if (hsm_key_exists(c->b->hsm, lk.id) == KB_OK) {
+		if ((e = keys_token_fingerprint(c->b, lk.id, fp)) != KB_OK)
+			goto out;
+		if (strcmp(fp, lk.fingerprint) != 0) {
+			e = kb_errf(KB_ERR_CORRUPT, "the token holds a different "
+			    "key under id %s", lk.id);
+			goto out;
+		}
+	} else {
+		kb_err_clear();
+		if ((e = keys_import(c->b, in->tenant_id, &f, lk.id, fp)) != KB_OK)
+			goto out;
+		imported = 1;
+	}
+	if ((e = store_tenant_unlock(c->b->store, in->tenant_id, c->now_us))
+	    != KB_OK)
+		goto out;
+	imported = 0;
+	log_warn("tenant %s UNLOCKED by %s: key %s is active again; unlock its "
+	    "environments one by one", in->tenant_id, c->id->name, lk.id);
+	e = reply_tenant(c, in->tenant_id, resp);
+out:
+	if (imported)
+		(void)hsm_key_destroy(c->b->hsm, lk.id);
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}
+
+enum kb_err
+rpc_env_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env;
+	enum kb_err e;
+
+	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
+	    (e = names_check_id("environment name", in->name)) != KB_OK ||
+	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK)
+		return e;
+	broker_tenant_lock(c->b, in->tenant_id);
+	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK ||
+	    (e = store_env_get(c->b->store, in->tenant_id, in->name, &env))
+	    != KB_OK)
+		goto out;
+	if (env.state != STORE_ENV_LOCKED) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is %s, "
+		    "not locked", env.tenant_id, env.name,
+		    store_env_state_name(env.state));
+		goto out;
+	}
+	if (t.locked) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" is still "
+		    "locked: unlock it with its key first (kbctl tenants unlock)",
+		    t.id);
+		goto out;
+	}
+	if (strcmp(env.key_id, t.active_key_id) != 0 ||
+	    hsm_key_exists(c->b->hsm, env.key_id) != KB_OK) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is "
+		    "wrapped by key %s, which is not the tenant's active key in "
+		    "the token", env.tenant_id, env.name, env.key_id);
+		goto out;
+	}
+	if ((e = store_env_set_state(c->b->store, in->tenant_id, in->name,
+	    STORE_ENV_LOCKED, STORE_ENV_ENABLED, c->now_us)) != KB_OK ||
+	    (e = store_env_get(c->b->store, in->tenant_id, in->name, &env))
+	    != KB_OK)
+		goto out;
+	log_info("environment %s/%s unlocked by %s", env.tenant_id, env.name,
+	    c->id->name);
+	e = rpc_reply(resp, rpc_env_msg(&env));
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}

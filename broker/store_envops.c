@@ -1,0 +1,487 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* store_envops.c: environment encryption changes, backups, tenant lock and
+ * unlock, and the retention sweep, each one transaction. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "store_int.h"
+
+/* The row id and current DEK version of an environment. */
+static enum kb_err
+env_lookup(struct conn *c, const char *tenant, const char *name,
+    int64_t *env_id, uint32_t *max_version)
+{
+	static const char sql[] = "SELECT e.id, coalesce((SELECT max(version) "
+	    "FROM deks d WHERE d.env_id = e.id), e.dek_version) FROM "
+	    "environments e WHERE e.tenant_id = ? AND e.name = ?";
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+		return e;
+	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		*env_id = sqlite3_column_int64(st, 0);
+		if (max_version != NULL)
+			*max_version = (uint32_t)sqlite3_column_int64(st, 1);
+	}
+	sqlite3_reset(st);
+	if (rc == SQLITE_ROW)
+		return KB_OK;
+	if (rc == SQLITE_DONE) {
+		if ((e = store_tenant_exists(c, tenant)) != KB_OK)
+			return e;
+		return kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does not "
+		    "exist in tenant \"%s\"", name, tenant);
+	}
+	return store_sql_err(c->db, rc, "reading the environment");
+}
+
+static enum kb_err
+insert_dek(struct conn *c, int64_t env_id, const struct store_dek *d,
+    int64_t now)
+{
+	static const char sql[] = "INSERT INTO deks(env_id, version, key_id, "
+	    "wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, ?)";
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+		return e;
+	sqlite3_bind_int64(st, 1, env_id);
+	sqlite3_bind_int64(st, 2, d->version);
+	sqlite3_bind_text(st, 3, d->key_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 4, d->wrap_alg, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 5, d->wrapped, (int)d->wrapped_len, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 6, now);
+	return store_step_done(c, st, "storing the data key");
+}
+
+static void
+dek_row(sqlite3_stmt *st, void *elem)
+{
+	struct store_dek *d = elem;
+	int len;
+
+	d->version = (uint32_t)sqlite3_column_int64(st, 0);
+	store_copy_text(d->key_id, sizeof(d->key_id), st, 1);
+	store_copy_text(d->wrap_alg, sizeof(d->wrap_alg), st, 2);
+	len = sqlite3_column_bytes(st, 3);
+	if (len > 0 && (size_t)len <= sizeof(d->wrapped)) {
+		memcpy(d->wrapped, sqlite3_column_blob(st, 3), (size_t)len);
+		d->wrapped_len = (size_t)len;
+	}
+}
+
+enum kb_err
+store_env_deks(struct store *s, const char *tenant, const char *name,
+    struct store_dek **out, size_t *n)
+{
+	static const char sql[] = "SELECT version, key_id, wrap_alg, wrapped "
+	    "FROM deks WHERE env_id = ? ORDER BY version DESC";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	int64_t env_id;
+	enum kb_err e;
+
+	*out = NULL;
+	*n = 0;
+	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK &&
+	    (e = store_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_int64(st, 1, env_id);
+		e = store_collect(c, st, sizeof(**out), dek_row, (void **)out, n,
+		    "reading data keys");
+	}
+	store_conn_put(s, c);
+	return e;
+}
+
+struct env_rewrap {
+	const char *tenant, *name;
+	enum store_env_mode mode;
+	const struct store_dek *deks;
+	size_t n;
+	int64_t now;
+};
+
+static enum kb_err
+env_rewrap_txn(struct conn *c, void *arg)
+{
+	static const char sql[] = "UPDATE deks SET key_id = ?, wrap_alg = ?, "
+	    "wrapped = ? WHERE env_id = ? AND version = ?";
+	struct env_rewrap *a = arg;
+	sqlite3_stmt *st;
+	int64_t env_id;
+	enum kb_err e;
+	size_t i;
+
+	if ((e = env_lookup(c, a->tenant, a->name, &env_id, NULL)) != KB_OK)
+		return e;
+	for (i = 0; i < a->n; i++) {
+		if ((e = store_stmt(c, sql, &st)) != KB_OK)
+			return e;
+		sqlite3_bind_text(st, 1, a->deks[i].key_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, a->deks[i].wrap_alg, -1, SQLITE_STATIC);
+		sqlite3_bind_blob(st, 3, a->deks[i].wrapped,
+		    (int)a->deks[i].wrapped_len, SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, env_id);
+		sqlite3_bind_int64(st, 5, a->deks[i].version);
+		if ((e = store_step_done(c, st, "re-wrapping the data key")) != KB_OK)
+			return e;
+	}
+	return store_run(c, "UPDATE environments SET mode = ?, update_time_us = ? "
+	    "WHERE id = ?", "changing the encryption mode", "tii",
+	    store_env_mode_name(a->mode), a->now, env_id);
+}
+
+enum kb_err
+store_env_rewrap(struct store *s, const char *tenant, const char *name,
+    enum store_env_mode mode, const struct store_dek *deks, size_t n,
+    int64_t now)
+{
+	struct env_rewrap a = { tenant, name, mode, deks, n, now };
+
+	return store_txn(s, env_rewrap_txn, &a, "re-wrapping the environment");
+}
+
+struct env_version {
+	const char *tenant, *name;
+	struct store_dek *dek;
+	int64_t now;
+	int reset;
+};
+
+static enum kb_err
+env_version_txn(struct conn *c, void *arg)
+{
+	struct env_version *a = arg;
+	uint32_t max = 0;
+	int64_t env_id;
+	enum kb_err e;
+
+	if ((e = env_lookup(c, a->tenant, a->name, &env_id, &max)) != KB_OK)
+		return e;
+	a->dek->version = max + 1;
+	if (a->reset) {
+		/* Reset destroys the data key and its backups for good. */
+		if ((e = store_run(c, "DELETE FROM backups WHERE env_id = ?",
+		    "destroying backups", "i", env_id)) != KB_OK ||
+		    (e = store_run(c, "DELETE FROM deks WHERE env_id = ?",
+		    "destroying data keys", "i", env_id)) != KB_OK)
+			return e;
+	}
+	if ((e = insert_dek(c, env_id, a->dek, a->now)) != KB_OK)
+		return e;
+	if (a->reset)
+		return store_run(c, "UPDATE environments SET dek_version = ?, "
+		    "mode = 'platform', update_time_us = ? WHERE id = ?",
+		    "resetting the environment", "iii", (int64_t)a->dek->version,
+		    a->now, env_id);
+	return store_run(c, "UPDATE environments SET dek_version = ?, "
+	    "update_time_us = ? WHERE id = ?", "setting the data key version",
+	    "iii", (int64_t)a->dek->version, a->now, env_id);
+}
+
+enum kb_err
+store_env_add_version(struct store *s, const char *tenant, const char *name,
+    struct store_dek *dek, int64_t now)
+{
+	struct env_version a = { tenant, name, dek, now, 0 };
+
+	return store_txn(s, env_version_txn, &a, "adding a data key version");
+}
+
+enum kb_err
+store_env_reset(struct store *s, const char *tenant, const char *name,
+    struct store_dek *dek, int64_t now)
+{
+	struct env_version a = { tenant, name, dek, now, 1 };
+
+	return store_txn(s, env_version_txn, &a, "resetting the environment");
+}
+
+enum kb_err
+store_env_set_state(struct store *s, const char *tenant, const char *name,
+    enum store_env_state from, enum store_env_state to, int64_t now)
+{
+	struct conn *c = store_conn_get(s);
+	int64_t env_id;
+	enum kb_err e;
+
+	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) != KB_OK)
+		goto out;
+	e = store_run(c, "UPDATE environments SET state = ?, lock_time_us = ?, "
+	    "update_time_us = ? WHERE id = ? AND state = ?",
+	    "changing the environment state", "tiiit",
+	    store_env_state_name(to), to == STORE_ENV_LOCKED ? now : (int64_t)0,
+	    now, env_id, store_env_state_name(from));
+	if (e == KB_OK && sqlite3_changes(c->db) != 1)
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is not "
+		    "%s", tenant, name, store_env_state_name(from));
+out:
+	store_conn_put(s, c);
+	return e;
+}
+
+/* ---- backups ---- */
+
+#define BACKUP_COLS "b.id, e.tenant_id, e.name, b.dek_version, b.mode, " \
+	"b.key_id, b.create_time_us"
+
+static void
+backup_row(sqlite3_stmt *st, void *elem)
+{
+	struct store_backup *b = elem;
+	char mode[16];
+
+	store_copy_text(b->id, sizeof(b->id), st, 0);
+	store_copy_text(b->tenant_id, sizeof(b->tenant_id), st, 1);
+	store_copy_text(b->env, sizeof(b->env), st, 2);
+	b->dek_version = (uint32_t)sqlite3_column_int64(st, 3);
+	store_copy_text(mode, sizeof(mode), st, 4);
+	b->mode = strcmp(mode, "customer") == 0 ? STORE_MODE_CUSTOMER :
+	    STORE_MODE_PLATFORM;
+	store_copy_text(b->key_id, sizeof(b->key_id), st, 5);
+	b->create_time_us = sqlite3_column_int64(st, 6);
+}
+
+enum kb_err
+store_backup_create(struct store *s, const char *tenant, const char *name,
+    const char *id, int64_t now, struct store_backup *out)
+{
+	/* The backup records the environment's encryption state now: its
+	 * mode and the key wrapping its current DEK. */
+	static const char sql[] = "INSERT INTO backups(id, env_id, dek_version, "
+	    "mode, key_id, create_time_us) SELECT ?, e.id, e.dek_version, "
+	    "e.mode, d.key_id, ? " ENV_JOIN " WHERE e.tenant_id = ? AND "
+	    "e.name = ? AND d.key_id IS NOT NULL";
+	struct conn *c = store_conn_get(s);
+	int64_t env_id;
+	enum kb_err e;
+
+	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) != KB_OK)
+		goto out;
+	if ((e = store_run(c, sql, "recording the backup", "titt", id, now,
+	    tenant, name)) != KB_OK)
+		goto out;
+	if (sqlite3_changes(c->db) != 1) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s has no "
+		    "data key to back up", tenant, name);
+		goto out;
+	}
+	store_conn_put(s, c);
+	return store_backup_get(s, tenant, id, out);
+out:
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_backup_get(struct store *s, const char *tenant, const char *id,
+    struct store_backup *out)
+{
+	static const char sql[] = "SELECT " BACKUP_COLS " FROM backups b JOIN "
+	    "environments e ON e.id = b.env_id WHERE b.id = ?1 AND "
+	    "e.tenant_id = ?2";
+	enum kb_err e;
+
+	e = store_get_one(s, sql, id, tenant, backup_row, out, "backup");
+	if (e == KB_ERR_NOT_FOUND)
+		kb_errf(e, "backup \"%s\" does not exist in tenant \"%s\"", id,
+		    tenant);
+	return e;
+}
+
+enum kb_err
+store_backup_list(struct store *s, const char *tenant, const char *name,
+    struct store_backup **out, size_t *n)
+{
+	static const char sql[] = "SELECT " BACKUP_COLS " FROM backups b JOIN "
+	    "environments e ON e.id = b.env_id WHERE e.id = ? "
+	    "ORDER BY b.create_time_us, b.id";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	int64_t env_id;
+	enum kb_err e;
+
+	*out = NULL;
+	*n = 0;
+	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK &&
+	    (e = store_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_int64(st, 1, env_id);
+		e = store_collect(c, st, sizeof(**out), backup_row, (void **)out,
+		    n, "listing backups");
+	}
+	store_conn_put(s, c);
+	return e;
+}
+
+/* ---- lock, unlock, retention ---- */
+
+struct tenant_lock {
+	const char *tenant, *key_id;
+	int64_t now;
+	char (*destroy)[STORE_KEY_ID_MAX];
+	size_t ndestroy;
+};
+
+static enum kb_err
+tenant_lock_txn(struct conn *c, void *arg)
+{
+	static const char sel[] = "SELECT id FROM keys WHERE tenant_id = ? AND "
+	    "purpose = 'tenant' AND state IN ('active', 'available')";
+	struct tenant_lock *a = arg;
+	sqlite3_stmt *st;
+	enum kb_err e;
+	void *nv;
+	int rc;
+
+	if ((e = store_stmt(c, sel, &st)) != KB_OK)
+		return e;
+	sqlite3_bind_text(st, 1, a->tenant, -1, SQLITE_STATIC);
+	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if ((nv = realloc(a->destroy, (a->ndestroy + 1) *
+		    sizeof(*a->destroy))) == NULL) {
+			sqlite3_reset(st);
+			return kb_errf(KB_ERR_NOMEM, "out of memory");
+		}
+		a->destroy = nv;
+		store_copy_text(a->destroy[a->ndestroy++], STORE_KEY_ID_MAX, st, 0);
+	}
+	sqlite3_reset(st);
+	if (rc != SQLITE_DONE)
+		return store_sql_err(c->db, rc, "listing the tenant's keys");
+	if ((e = store_run(c, "UPDATE keys SET state = 'locked', lock_time_us = ?, "
+	    "update_time_us = ? WHERE id = ? AND state = 'active'",
+	    "locking the key", "iit", a->now, a->now, a->key_id)) != KB_OK)
+		return e;
+	if (sqlite3_changes(c->db) != 1)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is no "
+		    "longer the active key", a->key_id);
+	if ((e = store_run(c, "UPDATE keys SET state = 'deleted', "
+	    "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
+	    "purpose = 'tenant' AND state = 'available'", "deleting keys", "iit",
+	    a->now, a->now, a->tenant)) != KB_OK)
+		return e;
+	if ((e = store_run(c, "UPDATE environments SET state = 'locked', "
+	    "lock_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
+	    "mode = 'customer' AND state = 'enabled'", "locking environments",
+	    "iit", a->now, a->now, a->tenant)) != KB_OK)
+		return e;
+	return store_run(c, "UPDATE tenants SET state = 'locked', lock_time_us = ?, "
+	    "lock_key_id = ? WHERE id = ?", "locking the tenant", "itt", a->now,
+	    a->key_id, a->tenant);
+}
+
+enum kb_err
+store_tenant_lock(struct store *s, const char *tenant, const char *lock_key_id,
+    int64_t now, char (**destroy)[STORE_KEY_ID_MAX], size_t *ndestroy)
+{
+	struct tenant_lock a = { tenant, lock_key_id, now, NULL, 0 };
+	enum kb_err e;
+
+	e = store_txn(s, tenant_lock_txn, &a, "locking the tenant");
+	if (e != KB_OK) {
+		free(a.destroy);
+		return e;
+	}
+	*destroy = a.destroy;
+	*ndestroy = a.ndestroy;
+	return KB_OK;
+}
+
+struct tenant_unlock {
+	const char *tenant;
+	int64_t now;
+};
+
+static enum kb_err
+tenant_unlock_txn(struct conn *c, void *arg)
+{
+	struct tenant_unlock *a = arg;
+	enum kb_err e;
+
+	if ((e = store_run(c, "UPDATE keys SET state = 'active', lock_time_us = 0, "
+	    "activate_time_us = ?, update_time_us = ? WHERE id = (SELECT "
+	    "lock_key_id FROM tenants WHERE id = ?) AND state = 'locked'",
+	    "reactivating the key", "iit", a->now, a->now, a->tenant)) != KB_OK)
+		return e;
+	if (sqlite3_changes(c->db) != 1)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" has no "
+		    "locked key to reactivate", a->tenant);
+	return store_run(c, "UPDATE tenants SET state = 'active', lock_time_us = 0, "
+	    "lock_key_id = '', last_key_change_us = ? WHERE id = ? AND "
+	    "state = 'locked'", "unlocking the tenant", "it", a->now, a->tenant);
+}
+
+enum kb_err
+store_tenant_unlock(struct store *s, const char *tenant, int64_t now)
+{
+	struct tenant_unlock a = { tenant, now };
+
+	return store_txn(s, tenant_unlock_txn, &a, "unlocking the tenant");
+}
+
+enum kb_err
+store_envs_locked_before(struct store *s, int64_t cutoff,
+    struct store_env **out, size_t *n, size_t max)
+{
+	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN " WHERE "
+	    "e.state = 'locked' AND e.lock_time_us <= ? ORDER BY e.lock_time_us "
+	    "LIMIT ?";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	*out = NULL;
+	*n = 0;
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_int64(st, 1, cutoff);
+		sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+		e = store_collect(c, st, sizeof(**out), store_env_row, (void **)out,
+		    n, "listing locked environments");
+	}
+	store_conn_put(s, c);
+	return e;
+}
+
+struct env_purge {
+	const char *tenant, *name;
+	int64_t now;
+};
+
+static enum kb_err
+env_purge_txn(struct conn *c, void *arg)
+{
+	struct env_purge *a = arg;
+	int64_t env_id;
+	enum kb_err e;
+
+	if ((e = env_lookup(c, a->tenant, a->name, &env_id, NULL)) != KB_OK)
+		return e;
+	if ((e = store_run(c, "UPDATE environments SET state = 'deleted', "
+	    "update_time_us = ? WHERE id = ? AND state = 'locked'",
+	    "deleting the environment", "ii", a->now, env_id)) != KB_OK)
+		return e;
+	if (sqlite3_changes(c->db) != 1)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is "
+		    "no longer locked", a->tenant, a->name);
+	if ((e = store_run(c, "DELETE FROM backups WHERE env_id = ?",
+	    "destroying backups", "i", env_id)) != KB_OK)
+		return e;
+	return store_run(c, "DELETE FROM deks WHERE env_id = ?",
+	    "destroying data keys", "i", env_id);
+}
+
+enum kb_err
+store_env_purge(struct store *s, const char *tenant, const char *name,
+    int64_t now)
+{
+	struct env_purge a = { tenant, name, now };
+
+	return store_txn(s, env_purge_txn, &a, "deleting the environment");
+}

@@ -1,0 +1,283 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kbctl_table.c: kbctl's command table: every group and subcommand, its
+ * arguments, flags and --help text (the documentation admins read). */
+#include "kbctl.h"
+
+/* clang-format off */
+#define PAGE_FLAGS \
+	{ "--page-size", "N", "items per call (1..1000; default: the broker's, 100)" }, \
+	{ "--page-token", "TOKEN", "start at this page (from a previous listing)" }, \
+	{ "--all", NULL, "follow the pages to the end" }
+
+#define PASSWORD_FLAG(what) \
+	{ "--password-file", "FILE", "the " what " password: first line of FILE (mode 0600)" }
+
+#define FORMAT_FLAG \
+	{ "--format", "pfx|byok", "the key file's format (default: from its content)" }
+
+#define YES_FLAG \
+	{ "--yes", NULL, "go ahead without asking (required without a terminal)" }
+
+#define CONFIRM_TEXT(word) \
+	"Confirmation: on a terminal kbctl explains what will happen and asks\n" \
+	"you to type " word " (anything else stops it: exit 1).\n" \
+	"Without a terminal it refuses (exit 2) unless --yes is given."
+
+#define PASSWORD_TEXT \
+	"Password: from --password-file (the first line of the file; a file\n" \
+	"that group or others may read or write is refused), or asked on the\n" \
+	"terminal without echo; never on the command line. Without a terminal\n" \
+	"and without --password-file, kbctl stops (exit 2)."
+
+#define KEYFILE_TEXT \
+	"Key file: its format comes from its content (a binary PKCS#12 .pfx\n" \
+	"starts with byte 0x30, a .byok is JSON) unless --format says it. A\n" \
+	".pfx needs its password, a .byok none. At most 64 KiB; the bytes read\n" \
+	"are wiped from memory after sending."
+
+#define KEY_FLAG_TEXT \
+	"Here --key names the tenant key file; the client key comes from\n" \
+	"KB_KEY, or from --key given before the command words."
+
+/* The command table: one row per subcommand (STYLE.md: the request path as
+ * a table). Groups are listed in the order they first appear. */
+const struct kbctl_cmd kbctl_cmds[] = {
+	{ NULL, "health", "", 0, 0,
+	  "Check that the broker is serving",
+	  "Calls grpc.health.v1.Health/Check. Prints SERVING and exits 0, or\n"
+	  "prints the status and exits 1.",
+	  { { NULL } }, kbctl_cmd_health },
+	{ NULL, "whoami", "", 0, 0,
+	  "Show who the broker thinks you are",
+	  "Role and name from your certificate, the tenants or environments it\n"
+	  "may use, its expiry, and the broker's version, token and wrapping.",
+	  { { NULL } }, kbctl_cmd_whoami },
+
+	{ "tenants", "create", "ID", 1, 1,
+	  "Create a tenant",
+	  "ID is a slug: a-z, 0-9 and '-', 1 to 63 characters.",
+	  { { "--name", "DISPLAY_NAME", "display name, free text up to 200 bytes" } },
+	  kbctl_cmd_tenants_create },
+	{ "tenants", "list", "", 0, 0,
+	  "List tenants",
+	  "Prints the first page and says when more follow, unless --all.",
+	  { PAGE_FLAGS }, kbctl_cmd_tenants_list },
+	{ "tenants", "show", "ID", 1, 1,
+	  "Show one tenant",
+	  "Its state (active or locked), environments (and how many are locked),\n"
+	  "active key, last activation, last key change, and the time of and key\n"
+	  "for a lock.",
+	  { { NULL } }, kbctl_cmd_tenants_show },
+	{ "tenants", "lock", "TENANT", 1, 1,
+	  "Lock a tenant with its active key (destructive)",
+	  "The key file proves the tenant's active key (fingerprints must match):\n"
+	  "the .pfx 'keys generate' wrote (or the .pfx or .byok that was uploaded).\n"
+	  "Then the broker:\n"
+	  "  - locks every customer-managed environment of the tenant: its data\n"
+	  "    key is refused (FAILED_PRECONDITION) until the environment is\n"
+	  "    unlocked;\n"
+	  "  - marks the active key 'locked' and destroys every active and\n"
+	  "    available key of the tenant in the token (fingerprints are kept);\n"
+	  "  - deletes, for good, locked environments not unlocked within 28 days.\n"
+	  "Refused within 72 hours of the last key change or activation.\n\n"
+	  "To come back: 'kbctl tenants unlock' with the same key file (from 1\n"
+	  "hour after the lock), then 'kbctl envs unlock' for each environment.\n"
+	  "\n" CONFIRM_TEXT("the tenant id") "\n\n"
+	  KEYFILE_TEXT "\n\n" PASSWORD_TEXT "\n\n" KEY_FLAG_TEXT "\n\n"
+	  "Prints the tenant.",
+	  { { "--key", "FILE", "the tenant's active key: its .pfx or .byok", KBCTL_REQUIRED },
+	    PASSWORD_FLAG(".pfx"), FORMAT_FLAG, YES_FLAG },
+	  kbctl_cmd_tenants_lock },
+	{ "tenants", "unlock", "TENANT", 1, 1,
+	  "Unlock a tenant with the key that locked it",
+	  "The key file must be the key that locked the tenant (fingerprints must\n"
+	  "match); refused within 1 hour of the lock. The key goes back into the\n"
+	  "token and becomes the active key again. The environments stay locked:\n"
+	  "unlock each with 'kbctl envs unlock TENANT ENV' (same data key as\n"
+	  "before the lock).\n\n"
+	  KEYFILE_TEXT "\n\n" PASSWORD_TEXT "\n\n" KEY_FLAG_TEXT "\n\n"
+	  "Prints the tenant.",
+	  { { "--key", "FILE", "the key that locked the tenant: .pfx or .byok", KBCTL_REQUIRED },
+	    PASSWORD_FLAG(".pfx"), FORMAT_FLAG },
+	  kbctl_cmd_tenants_unlock },
+
+	{ "keys", "list", "TENANT", 1, 1,
+	  "List a tenant's keys",
+	  "One row per key: id, origin (generated, pfx, byok), state (available,\n"
+	  "installing, active, locked, deleted), the start of its fingerprint (the\n"
+	  "hex SHA-256 of its public key, whole in 'keys show' and --json), and when\n"
+	  "it was created and activated. --json prints {\"keys\": [...]}.",
+	  { { NULL } }, kbctl_cmd_keys_list },
+	{ "keys", "show", "TENANT KEY", 2, 2,
+	  "Show one key",
+	  "Its origin, state, fingerprint (hex SHA-256 of the DER public key), size,\n"
+	  "and the times it was created, changed, activated, locked and deleted\n"
+	  "(\"-\" or null: never).",
+	  { { NULL } }, kbctl_cmd_keys_show },
+	{ "keys", "generate", "TENANT", 1, 1,
+	  "Generate a new RSA-2048 key and save it as a .pfx",
+	  "The broker makes the key in its token and returns it once, as a PKCS#12\n"
+	  "file (AES-256, PBKDF2, SHA-256 MAC) protected by the password you give.\n"
+	  "kbctl writes it to --out with mode 0600 (an existing file is refused\n"
+	  "unless --force), then prints the key. That file and its password are\n"
+	  "what locking and unlocking the tenant need: the broker cannot show the\n"
+	  ".pfx again. The new key is 'available': activate it with 'keys activate'.\n"
+	  "Refused while the tenant has locked environments.\n\n"
+	  "Password: from --password-file (the first line of the file; a file\n"
+	  "that group or others may read or write is refused), or asked twice on\n"
+	  "the terminal without echo; never on the command line. Without a\n"
+	  "terminal and without --password-file, kbctl stops (exit 2).\n\n"
+	  "--json prints {\"key\": {...}, \"pfx_file\": PATH}; the warning goes to\n"
+	  "stderr then.",
+	  { { "--out", "FILE.pfx", "where to write the .pfx (mode 0600)", KBCTL_REQUIRED },
+	    PASSWORD_FLAG("new .pfx"),
+	    { "--force", NULL, "replace FILE.pfx if it exists" } },
+	  kbctl_cmd_keys_generate },
+	{ "keys", "upload", "TENANT FILE", 2, 2,
+	  "Upload a key: a .pfx (with its password) or a .byok",
+	  "FILE is a PKCS#12 .pfx holding one RSA-2048 private key (and optionally\n"
+	  "its certificate), or a .byok made for this tenant's key-exchange key\n"
+	  "('kbctl byok kek', 'kbctl byok wrap'). The key goes into the token and\n"
+	  "is 'available'. Refused while the tenant has locked environments.\n\n"
+	  KEYFILE_TEXT "\n\n" PASSWORD_TEXT "\n\n"
+	  "Prints the key.",
+	  { PASSWORD_FLAG(".pfx"), FORMAT_FLAG },
+	  kbctl_cmd_keys_upload },
+	{ "keys", "activate", "TENANT KEY", 2, 2,
+	  "Make a key the tenant's active key",
+	  "available -> installing -> active; the previous active key becomes\n"
+	  "available. A background job re-wraps every customer-managed environment\n"
+	  "of the tenant under the new key while data keys keep being served.\n"
+	  "Refused within 24 hours of the previous activation and while the tenant\n"
+	  "has locked environments.\n\n"
+	  "Prints the job. With --wait, follows it until it is done (exit 0) or has\n"
+	  "failed (exit 1, with its error): a progress bar on a terminal, a line\n"
+	  "every 5 seconds otherwise. Ctrl-C stops waiting (exit 130), not the job:\n"
+	  "follow it with 'kbctl jobs show JOB_ID'.",
+	  { { "--wait", NULL, "wait for the re-wrap job to finish" } },
+	  kbctl_cmd_keys_activate },
+
+	{ "jobs", "show", "JOB_ID", 1, 1,
+	  "Show a background job",
+	  "Its kind (activate), tenant, keys, state (running, done, failed),\n"
+	  "progress (done of total environments) and error.",
+	  { { NULL } }, kbctl_cmd_jobs_show },
+
+	{ "byok", "kek", "TENANT", 1, 1,
+	  "Show the broker's key-exchange key (KEK) for .byok uploads",
+	  "Prints the KEK's id (kid, for the .byok header), the wrapping the\n"
+	  "broker expects (RSA-OAEP-SHA1) and the public key in PEM, or writes the\n"
+	  "PEM to --out. Give both to an HSM vendor's BYOK tool, or to\n"
+	  "'kbctl byok wrap'. --json prints {\"kid\", \"public_key_pem\",\n"
+	  "\"wrap_algorithm\"} (and \"public_key_file\" with --out); 'byok wrap --kek'\n"
+	  "takes that JSON too.",
+	  { { "--out", "FILE.pem", "write the public key here (an existing file is refused)" },
+	    { "--force", NULL, "replace FILE.pem if it exists" } },
+	  kbctl_cmd_byok_kek },
+	{ "byok", "wrap", "", 0, 0,
+	  "Wrap a PEM private key into a .byok file, offline",
+	  "Does what an HSM vendor's BYOK tool does, with OpenSSL and without the\n"
+	  "broker (no TLS flags needed): a random AES-256 transfer key is encrypted\n"
+	  "with RSA-OAEP (SHA-1, MGF1-SHA-1) under the KEK, and the key's PKCS#8 DER\n"
+	  "is wrapped with AES key wrap with padding (RFC 5649) under it. The .byok\n"
+	  "(Azure Key Vault format, enc CKM_RSA_AES_KEY_WRAP) is written with mode\n"
+	  "0600; the transfer key and the plaintext key are wiped from memory.\n\n"
+	  "--key must be an RSA-2048 private key (PEM or DER; an encrypted PEM\n"
+	  "needs its password, from --password-file or the terminal). --kek takes\n"
+	  "the PEM from 'kbctl byok kek --out' (then --kid is needed) or the JSON\n"
+	  "of 'kbctl byok kek --json' (which carries the kid).\n\n"
+	  "Prints the file, the kid and the key's fingerprint (as 'keys show' will\n"
+	  "show it). Then: 'kbctl keys upload TENANT FILE.byok'.",
+	  { { "--kek", "KEK", "the key-exchange key: PEM, or 'byok kek --json' output", KBCTL_REQUIRED },
+	    { "--kid", "KID", "the KEK's id (default: from a JSON --kek)" },
+	    { "--key", "PRIVATE.pem", "the RSA-2048 private key to wrap", KBCTL_REQUIRED },
+	    { "--out", "FILE.byok", "where to write the .byok (mode 0600)", KBCTL_REQUIRED },
+	    PASSWORD_FLAG("encrypted PEM's"),
+	    { "--force", NULL, "replace FILE.byok if it exists" } },
+	  kbctl_cmd_byok_wrap, KBCTL_LOCAL },
+
+	{ "envs", "create", "TENANT NAME", 2, 2,
+	  "Create an environment (platform-encrypted, with a new data key)",
+	  "NAME is a slug: a-z, 0-9 and '-', 1 to 63 characters.",
+	  { { NULL } }, kbctl_cmd_envs_create },
+	{ "envs", "list", "TENANT", 1, 1,
+	  "List a tenant's environments",
+	  "Prints the first page and says when more follow, unless --all.",
+	  { PAGE_FLAGS }, kbctl_cmd_envs_list },
+	{ "envs", "show", "TENANT NAME", 2, 2,
+	  "Show one environment",
+	  "Its encryption mode (platform or customer), state (enabled, locked,\n"
+	  "deleted), the key that wraps its data key now, the DEK version, and when\n"
+	  "it was created, changed and locked.",
+	  { { NULL } }, kbctl_cmd_envs_show },
+	{ "envs", "apply-key", "TENANT ENV", 2, 2,
+	  "Encrypt an environment with the tenant's active key",
+	  "platform -> customer: the data key (unchanged) is re-wrapped under the\n"
+	  "tenant's active key. Needs an active key. Prints the environment.",
+	  { { NULL } }, kbctl_cmd_envs_apply_key },
+	{ "envs", "revert-key", "TENANT ENV", 2, 2,
+	  "Return an environment to the platform key",
+	  "customer -> platform: the data key (unchanged) is re-wrapped under the\n"
+	  "broker's platform key. Prints the environment.",
+	  { { NULL } }, kbctl_cmd_envs_revert_key },
+	{ "envs", "unlock", "TENANT ENV", 2, 2,
+	  "Unlock an environment after its tenant was unlocked",
+	  "After 'kbctl tenants unlock', brings one locked environment back with\n"
+	  "the same data key as before the lock. Prints the environment.",
+	  { { NULL } }, kbctl_cmd_envs_unlock },
+	{ "envs", "reset", "TENANT ENV", 2, 2,
+	  "Destroy an environment's data key and start again (destructive)",
+	  "The data key of the environment and those of all its backups are\n"
+	  "destroyed; the environment goes back to the platform key with a new data\n"
+	  "key. Data encrypted under the old keys cannot be read again.\n\n"
+	  CONFIRM_TEXT("the environment name") "\n\n"
+	  "Prints the environment.",
+	  { YES_FLAG }, kbctl_cmd_envs_reset },
+	{ "envs", "backup", "TENANT ENV", 2, 2,
+	  "Back up an environment's data key",
+	  "Records the data key with the environment's encryption state (mode and\n"
+	  "key). Prints the backup, its id first.",
+	  { { NULL } }, kbctl_cmd_envs_backup },
+	{ "envs", "backups", "TENANT ENV", 2, 2,
+	  "List an environment's backups",
+	  "One row per backup: id, DEK version, encryption mode and key then, and\n"
+	  "when it was made. --json prints {\"backups\": [...]}.",
+	  { { NULL } }, kbctl_cmd_envs_backups },
+	{ "envs", "restore", "TENANT ENV BACKUP_ID", 3, 3,
+	  "Restore a backup into an environment (overwrites its data key)",
+	  "The environment gets the backup's data key. Only where the backup's\n"
+	  "encryption state (mode and key) matches the environment's current one.\n\n"
+	  CONFIRM_TEXT("the environment name") "\n\n"
+	  "Prints the environment.",
+	  { YES_FLAG }, kbctl_cmd_envs_restore },
+	{ "envs", "copy", "TENANT SOURCE TARGET", 3, 3,
+	  "Copy an environment onto another (overwrites the target)",
+	  "TARGET gets SOURCE's data key; what TARGET's own data key protected\n"
+	  "cannot be read again. Only when both are encrypted with the same\n"
+	  "customer key.\n\n"
+	  CONFIRM_TEXT("the target environment name") "\n\n"
+	  "Prints the target environment.",
+	  { YES_FLAG }, kbctl_cmd_envs_copy },
+
+	{ "datakey", "get", "TENANT ENV", 2, 2,
+	  "Fetch an environment's data key (needs a service certificate)",
+	  "Prints the data key (DEK) in base64 with its version and the key\n"
+	  "that wraps it. The DEK is secret: keep it out of logs and history.\n"
+	  "--version N fetches an older version (after a rotation); the default\n"
+	  "(or 0) is the current one.",
+	  { { "--version", "N", "the DEK version (default or 0: the current one)" } },
+	  kbctl_cmd_datakey_get },
+};
+
+const struct kbctl_group kbctl_groups[] = {
+	{ "tenants", "Create, list, show, lock and unlock tenants" },
+	{ "keys", "A tenant's keys: generate, upload, list, show, activate" },
+	{ "jobs", "Background jobs (key activation re-wraps)" },
+	{ "byok", "Bring your own key: the key-exchange key, offline wrapping" },
+	{ "envs", "Environments: create, encrypt, back up, restore, copy, reset" },
+	{ "datakey", "Fetch an environment's data key" },
+};
+/* clang-format on */
+
+const size_t kbctl_ncmds = sizeof(kbctl_cmds) / sizeof(kbctl_cmds[0]);
+const size_t kbctl_ngroups = sizeof(kbctl_groups) / sizeof(kbctl_groups[0]);

@@ -1,0 +1,332 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kb_audit.c: canonical event encoding, hash chain, checkpoint signatures
+ * and the verifier. */
+#include "kb_audit.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/rsa.h>
+
+struct kb_audit_verifier {
+	EVP_PKEY *pub;
+	int failed;
+	struct kb_audit_result res;
+	uint8_t last_hash[KB_AUDIT_HASH_LEN];
+	uint8_t *last_sig;
+	size_t last_sig_len;
+	uint64_t last_cp_seq;
+	int have_event;
+	/* Hashes of events since the last checkpoint, to check a checkpoint
+	 * whose seq is behind the newest event. Kept for the last few. */
+	uint64_t ring_seq[1024];
+	uint8_t ring_hash[1024][KB_AUDIT_HASH_LEN];
+};
+
+static void
+put_field(EVP_MD_CTX *md, const char *s)
+{
+	uint8_t len[4];
+	size_t n = s != NULL ? strlen(s) : 0;
+
+	len[0] = (uint8_t)(n >> 24);
+	len[1] = (uint8_t)(n >> 16);
+	len[2] = (uint8_t)(n >> 8);
+	len[3] = (uint8_t)n;
+	EVP_DigestUpdate(md, len, 4);
+	if (n > 0)
+		EVP_DigestUpdate(md, s, n);
+}
+
+enum kb_err
+kb_audit_event_hash(const uint8_t prev[KB_AUDIT_HASH_LEN],
+    const struct kb_audit_event *ev, uint8_t out[KB_AUDIT_HASH_LEN])
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	char seq[32], t[32];
+	unsigned int olen = 0;
+
+	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1) {
+		EVP_MD_CTX_free(md);
+		return kb_err_openssl(KB_ERR_CRYPTO, "hashing an audit event");
+	}
+	snprintf(seq, sizeof(seq), "%" PRIu64, ev->seq);
+	snprintf(t, sizeof(t), "%" PRId64, ev->time_us);
+	EVP_DigestUpdate(md, prev, KB_AUDIT_HASH_LEN);
+	EVP_DigestUpdate(md, "kbev1", 5);
+	put_field(md, seq);
+	put_field(md, t);
+	put_field(md, ev->actor);
+	put_field(md, ev->role);
+	put_field(md, ev->peer);
+	put_field(md, ev->method);
+	put_field(md, ev->tenant);
+	put_field(md, ev->env);
+	put_field(md, ev->key_id);
+	put_field(md, ev->result);
+	put_field(md, ev->reason);
+	put_field(md, ev->request_id);
+	EVP_DigestFinal_ex(md, out, &olen);
+	EVP_MD_CTX_free(md);
+	return KB_OK;
+}
+
+static void
+be64(uint8_t *p, uint64_t v)
+{
+	int i;
+
+	for (i = 7; i >= 0; i--) {
+		p[i] = (uint8_t)v;
+		v >>= 8;
+	}
+}
+
+enum kb_err
+kb_audit_checkpoint_data(const struct kb_audit_checkpoint *cp, uint8_t **out,
+    size_t *len)
+{
+	size_t n = 5 + 8 + KB_AUDIT_HASH_LEN + 8 + 4 + cp->prev_sig_len;
+	uint8_t *p;
+
+	if ((p = malloc(n)) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	memcpy(p, "kbcp1", 5);
+	be64(p + 5, cp->seq);
+	memcpy(p + 13, cp->head_hash, KB_AUDIT_HASH_LEN);
+	be64(p + 13 + KB_AUDIT_HASH_LEN, (uint64_t)cp->time_us);
+	p[53] = (uint8_t)(cp->prev_sig_len >> 24);
+	p[54] = (uint8_t)(cp->prev_sig_len >> 16);
+	p[55] = (uint8_t)(cp->prev_sig_len >> 8);
+	p[56] = (uint8_t)cp->prev_sig_len;
+	if (cp->prev_sig_len > 0)
+		memcpy(p + 57, cp->prev_sig, cp->prev_sig_len);
+	*out = p;
+	*len = n;
+	return KB_OK;
+}
+
+enum kb_err
+kb_audit_checkpoint_verify(EVP_PKEY *pub, const struct kb_audit_checkpoint *cp)
+{
+	EVP_MD_CTX *md = NULL;
+	EVP_PKEY_CTX *pctx = NULL;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	enum kb_err e;
+	int rc;
+
+	if ((e = kb_audit_checkpoint_data(cp, &data, &len)) != KB_OK)
+		return e;
+	if ((md = EVP_MD_CTX_new()) == NULL ||
+	    EVP_DigestVerifyInit(md, &pctx, EVP_sha256(), NULL, pub) != 1 ||
+	    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1) {
+		e = kb_err_openssl(KB_ERR_CRYPTO, "setting up signature checks");
+		goto out;
+	}
+	rc = EVP_DigestVerify(md, cp->sig, cp->sig_len, data, len);
+	ERR_clear_error();
+	e = rc == 1 ? KB_OK : kb_errf(KB_ERR_CORRUPT, "the signature does not "
+	    "verify with the audit key");
+out:
+	EVP_MD_CTX_free(md);
+	free(data);
+	return e;
+}
+
+enum kb_err
+kb_audit_verifier_new(EVP_PKEY *pub, struct kb_audit_verifier **out)
+{
+	struct kb_audit_verifier *v = calloc(1, sizeof(*v));
+
+	*out = NULL;
+	if (v == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	v->pub = pub;
+	v->res.ok = 1;
+	*out = v;
+	return KB_OK;
+}
+
+void
+kb_audit_verifier_free(struct kb_audit_verifier *v)
+{
+	if (v == NULL)
+		return;
+	free(v->last_sig);
+	free(v);
+}
+
+static void
+fail(struct kb_audit_verifier *v, uint64_t seq, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void
+fail(struct kb_audit_verifier *v, uint64_t seq, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (v->failed)
+		return;
+	v->failed = 1;
+	v->res.ok = 0;
+	v->res.first_bad_seq = seq;
+	va_start(ap, fmt);
+	vsnprintf(v->res.reason, sizeof(v->res.reason), fmt, ap);
+	va_end(ap);
+}
+
+void
+kb_audit_verifier_event(struct kb_audit_verifier *v,
+    const struct kb_audit_event *ev, const uint8_t *stored_hash,
+    size_t stored_len)
+{
+	uint8_t h[KB_AUDIT_HASH_LEN];
+	uint64_t want;
+
+	if (v->failed)
+		return;
+	want = v->have_event ? v->res.last_seq + 1 : 1;
+	if (ev->seq != want) {
+		if (ev->seq > want)
+			fail(v, want, "event %" PRIu64 " is missing (the next event "
+			    "present is %" PRIu64 ")", want, ev->seq);
+		else
+			fail(v, ev->seq, "event %" PRIu64 " is out of order or "
+			    "duplicated (expected %" PRIu64 ")", ev->seq, want);
+		return;
+	}
+	if (kb_audit_event_hash(v->last_hash, ev, h) != KB_OK) {
+		fail(v, ev->seq, "cannot hash event %" PRIu64, ev->seq);
+		return;
+	}
+	if (stored_len != KB_AUDIT_HASH_LEN ||
+	    CRYPTO_memcmp(h, stored_hash, KB_AUDIT_HASH_LEN) != 0) {
+		fail(v, ev->seq, "event %" PRIu64 " does not match its hash: it "
+		    "was altered, or an earlier event was", ev->seq);
+		return;
+	}
+	memcpy(v->last_hash, h, sizeof(h));
+	v->ring_seq[ev->seq % 1024] = ev->seq;
+	memcpy(v->ring_hash[ev->seq % 1024], h, sizeof(h));
+	if (!v->have_event)
+		v->res.first_seq = ev->seq;
+	v->have_event = 1;
+	v->res.last_seq = ev->seq;
+	v->res.events++;
+}
+
+void
+kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
+    const struct kb_audit_checkpoint *cp)
+{
+	struct kb_audit_checkpoint c = *cp;
+	const uint8_t *have;
+
+	if (v->failed)
+		return;
+	if (cp->seq <= v->last_cp_seq && v->res.checkpoints > 0) {
+		fail(v, cp->seq, "checkpoint at %" PRIu64 " is out of order",
+		    cp->seq);
+		return;
+	}
+	/* Checkpoints chain: each signs the previous one's signature. */
+	if (cp->prev_sig_len != v->last_sig_len ||
+	    (cp->prev_sig_len > 0 && memcmp(cp->prev_sig, v->last_sig,
+	    cp->prev_sig_len) != 0)) {
+		fail(v, cp->seq, "checkpoint at %" PRIu64 " does not chain to "
+		    "the previous checkpoint (one was removed or altered)",
+		    cp->seq);
+		return;
+	}
+	if (kb_audit_checkpoint_verify(v->pub, &c) != KB_OK) {
+		fail(v, cp->seq, "checkpoint at %" PRIu64 " has a bad signature "
+		    "(altered, or signed by another key)", cp->seq);
+		return;
+	}
+	/* The signed head must be the hash of the event it covers. When that
+	 * event is absent, the events up to it were removed. */
+	if (!v->have_event || cp->seq > v->res.last_seq) {
+		/* Checked at finish, when no more events can come. */
+	} else {
+		if (v->ring_seq[cp->seq % 1024] != cp->seq) {
+			fail(v, cp->seq, "checkpoint at %" PRIu64 " comes too long "
+			    "after its event", cp->seq);
+			return;
+		}
+		have = v->ring_hash[cp->seq % 1024];
+		if (memcmp(have, cp->head_hash, KB_AUDIT_HASH_LEN) != 0) {
+			fail(v, cp->seq, "events up to %" PRIu64 " do not match the "
+			    "signed checkpoint: the log was rewritten", cp->seq);
+			return;
+		}
+		v->res.covered_seq = cp->seq;
+	}
+	free(v->last_sig);
+	v->last_sig = malloc(cp->sig_len);
+	if (v->last_sig != NULL)
+		memcpy(v->last_sig, cp->sig, cp->sig_len);
+	v->last_sig_len = v->last_sig != NULL ? cp->sig_len : 0;
+	v->last_cp_seq = cp->seq;
+	v->res.checkpoints++;
+}
+
+void
+kb_audit_verifier_finish(struct kb_audit_verifier *v,
+    struct kb_audit_result *res)
+{
+	if (!v->failed && v->res.checkpoints > 0 &&
+	    v->last_cp_seq > v->res.last_seq)
+		fail(v, v->have_event ? v->res.last_seq + 1 : 1, "events %" PRIu64
+		    " to %" PRIu64 " are missing: the signed checkpoint at %" PRIu64
+		    " covers them", v->have_event ? v->res.last_seq + 1 : 1,
+		    v->last_cp_seq, v->last_cp_seq);
+	*res = v->res;
+}
+
+void
+kb_hex_encode(const uint8_t *in, size_t len, char *out)
+{
+	static const char hexd[] = "0123456789abcdef";
+	size_t i;
+
+	for (i = 0; i < len; i++) {
+		out[2 * i] = hexd[in[i] >> 4];
+		out[2 * i + 1] = hexd[in[i] & 15];
+	}
+	out[2 * len] = '\0';
+}
+
+static int
+hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+int
+kb_hex_decode(const char *in, uint8_t *out, size_t cap, size_t *len)
+{
+	size_t n = strlen(in), i;
+
+	if (n % 2 != 0 || n / 2 > cap)
+		return -1;
+	for (i = 0; i < n / 2; i++) {
+		int hi = hexval(in[2 * i]), lo = hexval(in[2 * i + 1]);
+		if (hi < 0 || lo < 0)
+			return -1;
+		out[i] = (uint8_t)(hi << 4 | lo);
+	}
+	*len = n / 2;
+	return 0;
+}

@@ -1,0 +1,88 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* kb_audit.h: the audit log's canonical encoding, hash chain, checkpoint
+ * signing data, and a verifier, shared by the broker (which writes) and
+ * kbctl (which verifies, online or offline from an export).
+ *
+ * Event encoding: "kbev1" then, in this order, each field as a 4-byte
+ * big-endian length and its bytes: seq and time_us in decimal, actor, role,
+ * peer, method, tenant_id, environment, key_id, result, reason, request_id.
+ * hash(n) = SHA-256(hash(n-1) || encoding(n)); hash(0) = 32 zero bytes.
+ * Checkpoint signing data: "kbcp1" || seq (8 bytes BE) || head_hash (32) ||
+ * time_us (8 bytes BE) || prev_signature length (4 bytes BE) || it.
+ * Signatures: RSASSA-PKCS1-v1_5 with SHA-256. */
+#ifndef KB_AUDIT_H
+#define KB_AUDIT_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <openssl/evp.h>
+
+#include "kb_err.h"
+
+#define KB_AUDIT_HASH_LEN 32
+#define KB_AUDIT_SIG_ALG "RSASSA-PKCS1-v1_5-SHA256"
+
+struct kb_audit_event {
+	uint64_t seq;
+	int64_t time_us;
+	const char *actor, *role, *peer, *method, *tenant, *env, *key_id;
+	const char *result, *reason, *request_id;
+};
+
+struct kb_audit_checkpoint {
+	uint64_t seq;
+	uint8_t head_hash[KB_AUDIT_HASH_LEN];
+	int64_t time_us;
+	const uint8_t *prev_sig;
+	size_t prev_sig_len;
+	const uint8_t *sig;
+	size_t sig_len;
+};
+
+/* out = SHA-256(prev || encoding(ev)). NULL strings encode as empty. */
+enum kb_err kb_audit_event_hash(const uint8_t prev[KB_AUDIT_HASH_LEN],
+    const struct kb_audit_event *ev, uint8_t out[KB_AUDIT_HASH_LEN]);
+
+/* The bytes a checkpoint's signature covers; *out malloc'd. */
+enum kb_err kb_audit_checkpoint_data(const struct kb_audit_checkpoint *cp,
+    uint8_t **out, size_t *len);
+
+/* Verify a checkpoint's signature with the audit public key. */
+enum kb_err kb_audit_checkpoint_verify(EVP_PKEY *pub,
+    const struct kb_audit_checkpoint *cp);
+
+/* A streaming verifier: feed events and checkpoints in log order (a
+ * checkpoint after the event it covers). The first failure is kept and
+ * reported; later input is ignored. */
+struct kb_audit_verifier;
+
+enum kb_err kb_audit_verifier_new(EVP_PKEY *pub, struct kb_audit_verifier **out);
+void kb_audit_verifier_free(struct kb_audit_verifier *v);
+
+/* `stored_hash` is the hash the log claims for this event. */
+void kb_audit_verifier_event(struct kb_audit_verifier *v,
+    const struct kb_audit_event *ev, const uint8_t *stored_hash,
+    size_t stored_len);
+void kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
+    const struct kb_audit_checkpoint *cp);
+
+struct kb_audit_result {
+	int ok;                  /* no failure found */
+	uint64_t first_bad_seq;  /* when !ok: the first sequence number that fails */
+	char reason[512];        /* when !ok: why */
+	uint64_t events;         /* events seen */
+	uint64_t first_seq, last_seq;
+	uint64_t checkpoints;
+	uint64_t covered_seq;    /* last event covered by a good checkpoint */
+};
+
+/* Finish: checks that the last checkpoint's events are all present. */
+void kb_audit_verifier_finish(struct kb_audit_verifier *v,
+    struct kb_audit_result *res);
+
+/* Hex helpers for exports. */
+void kb_hex_encode(const uint8_t *in, size_t len, char *out);
+int kb_hex_decode(const char *in, uint8_t *out, size_t cap, size_t *len);
+
+#endif /* KB_AUDIT_H */

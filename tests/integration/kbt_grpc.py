@@ -1,0 +1,245 @@
+#!/usr/bin/python3
+# SPDX-License-Identifier: Apache-2.0
+"""kbt_grpc.py: Python grpcio helpers for the integration tests.
+
+Stubs are generated from proto/ by grpc_tools.protoc once per test run into
+$KBT_PYSTUBS (or a temporary directory). Used as a module by the Python
+drivers (test-resume.py) and as a command line by the shell tests:
+
+  kbt_grpc.py call METHOD JSON [--file FIELD=PATH]...
+      One KeyBroker call; the request is JSON (proto field names; bytes in
+      base64), --file puts a file's bytes into a bytes field. Prints the
+      response as JSON and exits 0, or prints "kbt_grpc: STATUS: details" on
+      stderr and exits 1, like kbctl, so expect_fail works on it.
+  kbt_grpc.py service-certs --ca-dir DIR --out DIR --tenant T --envs-file F
+      Service certificates for many environments (16 per certificate, the
+      broker's limit): DIR/svc-N.crt/.key, and DIR/index.json mapping each
+      environment to its certificate's base name.
+
+Connection: --addr/--ca/--cert/--key or KB_ADDR/KB_CA/KB_CERT/KB_KEY.
+"""
+import argparse
+import datetime
+import json
+import os
+import sys
+import tempfile
+
+import grpc
+
+_pb = None
+_pb_grpc = None
+
+
+def stubs():
+    """(keybroker_pb2, keybroker_pb2_grpc), generated on first use."""
+    global _pb, _pb_grpc
+    if _pb is not None:
+        return _pb, _pb_grpc
+    here = os.path.dirname(os.path.abspath(__file__))
+    proto_dir = os.environ.get("KBT_PROTO_DIR",
+                               os.path.join(here, "..", "..", "proto"))
+    out = os.environ.get("KBT_PYSTUBS")
+    if not out:
+        out = tempfile.mkdtemp(prefix="kbt-stubs.")
+    os.makedirs(out, exist_ok=True)
+    if not os.path.exists(os.path.join(out, "keybroker_pb2_grpc.py")):
+        from grpc_tools import protoc
+        # Generate into a private directory, then rename: parallel callers
+        # never import a half-written module.
+        tmp = tempfile.mkdtemp(prefix=".gen.", dir=out)
+        args = ["grpc_tools.protoc", "-I" + os.path.abspath(proto_dir),
+                "--python_out=" + tmp, "--grpc_python_out=" + tmp,
+                os.path.join(os.path.abspath(proto_dir), "keybroker.proto")]
+        if protoc.main(args) != 0:
+            raise SystemExit("grpc_tools.protoc failed on " + proto_dir)
+        for f in ("keybroker_pb2.py", "keybroker_pb2_grpc.py"):
+            os.replace(os.path.join(tmp, f), os.path.join(out, f))
+        os.rmdir(tmp)
+    sys.path.insert(0, out)
+    import keybroker_pb2 as pb
+    import keybroker_pb2_grpc as pb_grpc
+    _pb, _pb_grpc = pb, pb_grpc
+    return pb, pb_grpc
+
+
+def read(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def channel(addr=None, ca=None, cert=None, key=None):
+    """A secure channel with a client certificate (defaults from KB_*)."""
+    addr = addr or os.environ.get("KB_ADDR", "127.0.0.1:7443")
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=read(ca or os.environ["KB_CA"]),
+        private_key=read(key or os.environ["KB_KEY"]),
+        certificate_chain=read(cert or os.environ["KB_CERT"]))
+    return grpc.secure_channel(addr, creds)
+
+
+def status_of(fn):
+    """Run fn(); return (grpc.StatusCode, details) of its RpcError, or (OK, result)."""
+    try:
+        return grpc.StatusCode.OK, fn()
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+
+
+def service_certs(ca_dir, out_dir, tenant, envs, per_cert=16, days=60):
+    """Issue service certificates covering `envs` (per_cert names each) from
+    the development CA in ca_dir. Returns {env: base path without .crt}.
+    Uses python3-cryptography, or the openssl command line without it."""
+    import importlib.util
+    if importlib.util.find_spec("cryptography") is None:
+        return service_certs_openssl(ca_dir, out_dir, tenant, envs, per_cert, days)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_cert = x509.load_pem_x509_certificate(read(os.path.join(ca_dir, "ca.crt")))
+    ca_key = serialization.load_pem_private_key(
+        read(os.path.join(ca_dir, "ca.key")), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    key_pem = key.private_bytes(serialization.Encoding.PEM,
+                                serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    os.makedirs(out_dir, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    index = {}
+    for n, i in enumerate(range(0, len(envs), per_cert)):
+        chunk = envs[i:i + per_cert]
+        name = x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "service"),
+            x509.NameAttribute(NameOID.COMMON_NAME, "kbt-svc-%d" % n)])
+        b = (x509.CertificateBuilder()
+             .subject_name(name).issuer_name(ca_cert.subject)
+             .public_key(key.public_key())
+             .serial_number(x509.random_serial_number())
+             .not_valid_before(now - datetime.timedelta(days=1))
+             .not_valid_after(now + datetime.timedelta(days=days))
+             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+             .add_extension(x509.KeyUsage(True, False, False, False, False, False,
+                                          False, False, False), True)
+             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
+             .add_extension(x509.SubjectAlternativeName(
+                 [x509.UniformResourceIdentifier("kb://env/%s/%s" % (tenant, e))
+                  for e in chunk]), False))
+        cert = b.sign(ca_key, hashes.SHA256())
+        base = os.path.join(out_dir, "svc-%d" % n)
+        with open(base + ".crt", "wb") as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        fd = os.open(base + ".key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key_pem)
+        for e in chunk:
+            index[e] = base
+    with open(os.path.join(out_dir, "index.json"), "w") as f:
+        json.dump(index, f)
+    return index
+
+
+def service_certs_openssl(ca_dir, out_dir, tenant, envs, per_cert, days):
+    """service_certs() with the openssl command line (slower)."""
+    import subprocess
+    os.makedirs(out_dir, exist_ok=True)
+    key = os.path.join(out_dir, "svc.key")
+    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                    "ec_paramgen_curve:P-256", "-out", key], check=True,
+                   stderr=subprocess.DEVNULL)
+    os.chmod(key, 0o600)
+    index = {}
+    for n, i in enumerate(range(0, len(envs), per_cert)):
+        chunk = envs[i:i + per_cert]
+        base = os.path.join(out_dir, "svc-%d" % n)
+        ext = base + ".ext"
+        with open(ext, "w") as f:
+            f.write("basicConstraints = critical, CA:FALSE\n"
+                    "keyUsage = critical, digitalSignature\n"
+                    "extendedKeyUsage = clientAuth\n"
+                    "subjectAltName = %s\n" % ", ".join(
+                        "URI:kb://env/%s/%s" % (tenant, e) for e in chunk))
+        csr = subprocess.run(["openssl", "req", "-new", "-key", key, "-subj",
+                              "/OU=service/CN=kbt-svc-%d" % n], check=True,
+                             capture_output=True).stdout
+        subprocess.run(["openssl", "x509", "-req", "-CA", os.path.join(ca_dir, "ca.crt"),
+                        "-CAkey", os.path.join(ca_dir, "ca.key"), "-set_serial",
+                        str(1000 + n), "-days", str(days), "-sha256", "-extfile", ext,
+                        "-out", base + ".crt"], input=csr, check=True,
+                       stderr=subprocess.DEVNULL)
+        with open(key, "rb") as src, open(base + ".key", "wb") as dst:
+            dst.write(src.read())
+        os.chmod(base + ".key", 0o600)
+        for e in chunk:
+            index[e] = base
+    with open(os.path.join(out_dir, "index.json"), "w") as f:
+        json.dump(index, f)
+    return index
+
+
+def cmd_call(a):
+    from google.protobuf import json_format
+    pb, pb_grpc = stubs()
+    svc = pb.DESCRIPTOR.services_by_name["KeyBroker"]
+    m = svc.methods_by_name.get(a.method)
+    if m is None:
+        print("kbt_grpc: no method %s" % a.method, file=sys.stderr)
+        return 2
+    req_cls = getattr(pb, m.input_type.name)
+    resp_cls = getattr(pb, m.output_type.name)
+    req = json_format.Parse(a.json, req_cls())
+    for spec in a.file or []:
+        field, path = spec.split("=", 1)
+        setattr(req, field, read(path))
+    with channel(a.addr, a.ca, a.cert, a.key) as ch:
+        fn = ch.unary_unary("/keybroker.v1.KeyBroker/" + a.method,
+                            request_serializer=req_cls.SerializeToString,
+                            response_deserializer=resp_cls.FromString)
+        code, r = status_of(lambda: fn(req, timeout=a.timeout))
+    if code != grpc.StatusCode.OK:
+        print("kbt_grpc: %s: %s" % (code.name, r), file=sys.stderr)
+        return 1
+    # protobuf 4.21 (Debian 12): including_default_value_fields.
+    print(json_format.MessageToJson(r, preserving_proto_field_name=True,
+                                    including_default_value_fields=True))
+    return 0
+
+
+def cmd_service_certs(a):
+    with open(a.envs_file) as f:
+        envs = [l.strip() for l in f if l.strip()]
+    index = service_certs(a.ca_dir, a.out, a.tenant, envs)
+    print("%d certificates for %d environments" % (len(set(index.values())), len(index)))
+    return 0
+
+
+def add_conn_args(p):
+    p.add_argument("--addr")
+    p.add_argument("--ca")
+    p.add_argument("--cert")
+    p.add_argument("--key")
+    p.add_argument("--timeout", type=float, default=30)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("call")
+    add_conn_args(p)
+    p.add_argument("method")
+    p.add_argument("json")
+    p.add_argument("--file", action="append", help="FIELD=PATH: a bytes field from a file")
+    p.set_defaults(fn=cmd_call)
+    p = sub.add_parser("service-certs")
+    p.add_argument("--ca-dir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--envs-file", required=True)
+    p.set_defaults(fn=cmd_service_certs)
+    a = ap.parse_args()
+    return a.fn(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
