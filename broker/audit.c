@@ -153,6 +153,16 @@ load_state(struct audit *a)
 		a->cp_sig_len = blob(a->cp_sig, sizeof(a->cp_sig), st, 2);
 	}
 	sqlite3_finalize(st);
+	if (a->cp_seq > a->last_seq) {
+		/* Events a signed checkpoint covers are gone. Never reuse their
+		 * numbers: the gap stays visible to every verifier. */
+		log_error("audit log %s: events %llu to %llu, covered by the signed "
+		    "checkpoint at %llu, are MISSING; numbering continues after "
+		    "it so the gap stays visible (kbctl audit verify)", a->path,
+		    (unsigned long long)a->last_seq + 1,
+		    (unsigned long long)a->cp_seq, (unsigned long long)a->cp_seq);
+		a->last_seq = a->cp_seq;
+	}
 	return KB_OK;
 }
 

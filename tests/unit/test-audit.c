@@ -264,6 +264,15 @@ test_truncated_tail(void)
 	KBT_ASSERT(!res.ok);
 	KBT_ASSERT_INT(res.first_bad_seq, ==, 27);
 	KBT_ASSERT_CONTAINS(res.reason, "signed checkpoint at 30");
+	/* A restarted log never reuses the covered numbers: the gap stays. */
+	a = open_log("tail.db", 1000);
+	append(a, 31);
+	KBT_ASSERT_INT(audit_last_seq(a), ==, 31);
+	audit_close(a);
+	verify_file(dbpath, &res);
+	KBT_ASSERT(!res.ok);
+	KBT_ASSERT_INT(res.first_bad_seq, ==, 27);
+	KBT_ASSERT_CONTAINS(res.reason, "missing");
 }
 
 static void
