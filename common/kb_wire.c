@@ -26,6 +26,117 @@ kb_wire_pack(const ProtobufCMessage *msg)
 	return bb;
 }
 
+/* Length of a valid UTF-8 sequence at p (1..4) or 0. */
+static size_t
+utf8_seq(const uint8_t *p, size_t left)
+{
+	uint32_t cp;
+	size_t n, i;
+
+	if (p[0] < 0x80)
+		return 1;
+	if ((p[0] & 0xe0) == 0xc0) {
+		n = 2;
+		cp = p[0] & 0x1f;
+	} else if ((p[0] & 0xf0) == 0xe0) {
+		n = 3;
+		cp = p[0] & 0x0f;
+	} else if ((p[0] & 0xf8) == 0xf0) {
+		n = 4;
+		cp = p[0] & 0x07;
+	} else {
+		return 0;
+	}
+	if (n > left)
+		return 0;
+	for (i = 1; i < n; i++) {
+		if ((p[i] & 0xc0) != 0x80)
+			return 0;
+		cp = (cp << 6) | (p[i] & 0x3f);
+	}
+	if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
+	    (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
+	    (cp >= 0xd800 && cp <= 0xdfff))
+		return 0;
+	return n;
+}
+
+static int
+read_varint(const uint8_t **p, const uint8_t *end, uint64_t *v)
+{
+	int shift = 0;
+
+	*v = 0;
+	while (*p < end && shift < 64) {
+		uint8_t b = *(*p)++;
+		*v |= (uint64_t)(b & 0x7f) << shift;
+		if (!(b & 0x80))
+			return 0;
+		shift += 7;
+	}
+	return -1;
+}
+
+/* proto3 strings must be UTF-8, and ours may not hold NUL (protobuf-c would
+ * silently cut the C string there). protobuf-c checks neither, so walk the
+ * wire form: every length-delimited field the descriptor calls a string is
+ * checked, and nested messages are walked too. Malformed framing is left to
+ * protobuf-c's own parser. */
+static enum kb_err
+check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
+    const uint8_t *end, int depth)
+{
+	const ProtobufCFieldDescriptor *f;
+	uint64_t key, len;
+	size_t i, k;
+
+	if (depth > 16)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the message nests too "
+		    "deeply");
+	while (p < end) {
+		if (read_varint(&p, end, &key) != 0)
+			return KB_OK;
+		switch (key & 7) {
+		case 0:
+			if (read_varint(&p, end, &len) != 0)
+				return KB_OK;
+			continue;
+		case 1:
+			p += 8;
+			continue;
+		case 5:
+			p += 4;
+			continue;
+		case 2:
+			break;
+		default:
+			return KB_OK;
+		}
+		if (read_varint(&p, end, &len) != 0 || len > (uint64_t)(end - p))
+			return KB_OK;
+		f = protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+		if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING) {
+			for (i = 0; i < len; i += k) {
+				if (p[i] == 0)
+					return kb_errf(KB_ERR_INVALID_ARGUMENT, "field "
+					    "\"%s\" contains a NUL byte at byte %zu",
+					    f->name, i + 1);
+				if ((k = utf8_seq(p + i, len - i)) == 0)
+					return kb_errf(KB_ERR_INVALID_ARGUMENT, "field "
+					    "\"%s\" is not valid UTF-8 (byte %zu)",
+					    f->name, i + 1);
+			}
+		} else if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
+			enum kb_err e = check_strings(f->descriptor, p, p + len,
+			    depth + 1);
+			if (e != KB_OK)
+				return e;
+		}
+		p += len;
+	}
+	return KB_OK;
+}
+
 enum kb_err
 kb_wire_unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
     size_t max_len, ProtobufCMessage **out)
@@ -53,6 +164,15 @@ kb_wire_unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
 		    "cannot read the message (unsupported compression?)");
 	all = grpc_byte_buffer_reader_readall(&r);
 	grpc_byte_buffer_reader_destroy(&r);
+	{
+		enum kb_err e = check_strings(desc, GRPC_SLICE_START_PTR(all),
+		    GRPC_SLICE_START_PTR(all) + GRPC_SLICE_LENGTH(all), 0);
+		if (e != KB_OK) {
+			kb_wipe(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
+			grpc_slice_unref(all);
+			return e;
+		}
+	}
 	m = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all),
 	    GRPC_SLICE_START_PTR(all));
 	kb_wipe(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
