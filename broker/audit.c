@@ -61,22 +61,27 @@ struct audit {
 	int64_t cp_time_us;
 	uint8_t cp_sig[512];
 	size_t cp_sig_len;
+	/* The last write failed; cleared by the next that succeeds. While
+	 * set, the writer probes every second with an audit.recovered event. */
+	int degraded;
+	char degraded_msg[256];
 };
 
 static enum kb_err
 db_err(sqlite3 *db, int rc, const char *what)
 {
-	int base = rc & 0xff;
+	int sys = sqlite3_system_errno(db);
 
-	if (base == SQLITE_FULL || rc == SQLITE_IOERR_WRITE ||
-	    rc == SQLITE_IOERR_FSYNC)
-		return kb_errf(KB_ERR_STORAGE_FULL, "audit log: %s: %s", what,
-		    sqlite3_errmsg(db));
-	if (base == SQLITE_READONLY || base == SQLITE_CANTOPEN)
-		return kb_errf(KB_ERR_READ_ONLY, "audit log: %s: %s", what,
-		    sqlite3_errmsg(db));
-	return kb_errf(KB_ERR_UNAVAILABLE, "audit log: %s: %s", what,
-	    sqlite3_errmsg(db));
+	if (sys == ENOSPC || sys == EDQUOT || (rc & 0xff) == SQLITE_FULL)
+		return kb_errf(KB_ERR_STORAGE_FULL, "audit log: %s: its disk is "
+		    "full (%s)", what, sqlite3_errmsg(db));
+	if (sys == EROFS || (rc & 0xff) == SQLITE_READONLY ||
+	    (rc & 0xff) == SQLITE_CANTOPEN)
+		return kb_errf(KB_ERR_READ_ONLY, "audit log: %s: it cannot be "
+		    "written (%s%s%s)", what, sqlite3_errmsg(db), sys ? ": " : "",
+		    sys ? strerror(sys) : "");
+	return kb_errf(KB_ERR_UNAVAILABLE, "audit log: %s: %s%s%s", what,
+	    sqlite3_errmsg(db), sys ? ": " : "", sys ? strerror(sys) : "");
 }
 
 static enum kb_err
@@ -297,6 +302,48 @@ checkpoint_due(struct audit *a)
 	    (int64_t)a->cfg.checkpoint_interval_s * 1000000;
 }
 
+static void
+set_degraded(struct audit *a, enum kb_err e)
+{
+	pthread_mutex_lock(&a->mu);
+	a->degraded = e != KB_OK;
+	if (e != KB_OK)
+		snprintf(a->degraded_msg, sizeof(a->degraded_msg), "%s",
+		    kb_err_msg(e));
+	pthread_mutex_unlock(&a->mu);
+}
+
+/* After a failed write, try one event a second: when the disk is back the
+ * log says so, and the health check turns SERVING again even if no call
+ * arrives to prove it. */
+static void
+probe_recovery(struct audit *a)
+{
+	struct audit_record r;
+	struct pending p;
+	int degraded;
+
+	pthread_mutex_lock(&a->mu);
+	degraded = a->degraded;
+	pthread_mutex_unlock(&a->mu);
+	if (!degraded)
+		return;
+	memset(&r, 0, sizeof(r));
+	r.actor = "keybroker";
+	r.role = "system";
+	r.method = "audit.recovered";
+	r.result = "ok";
+	r.reason = "the audit log can record events again";
+	memset(&p, 0, sizeof(p));
+	p.r = &r;
+	p.time_us = a->cfg.now_us();
+	if (write_batch(a, &p) == KB_OK) {
+		set_degraded(a, KB_OK);
+		log_info("audit log: writable again (event %llu)",
+		    (unsigned long long)p.seq);
+	}
+}
+
 static void *
 writer_main(void *arg)
 {
@@ -314,6 +361,7 @@ writer_main(void *arg)
 			pthread_cond_timedwait(&a->work_cv, &a->mu, &ts);
 			if (a->head == NULL && !a->stopping) {
 				pthread_mutex_unlock(&a->mu);
+				probe_recovery(a);
 				if (checkpoint_due(a) &&
 				    (e = write_checkpoint(a)) != KB_OK)
 					log_error("%s", kb_err_msg(e));
@@ -333,6 +381,7 @@ writer_main(void *arg)
 		pthread_mutex_unlock(&a->mu);
 
 		e = write_batch(a, list);
+		set_degraded(a, e);
 		pthread_mutex_lock(&a->mu);
 		for (p = list; p != NULL; p = p->next) {
 			p->err = e;
@@ -460,6 +509,18 @@ audit_wait(struct audit *a, uint64_t after_seq, int timeout_ms)
 	s = a->last_seq;
 	pthread_mutex_unlock(&a->mu);
 	return s;
+}
+
+enum kb_err
+audit_check(struct audit *a)
+{
+	enum kb_err e = KB_OK;
+
+	pthread_mutex_lock(&a->mu);
+	if (a->degraded)
+		e = kb_errf(KB_ERR_UNAVAILABLE, "%s", a->degraded_msg);
+	pthread_mutex_unlock(&a->mu);
+	return e;
 }
 
 int

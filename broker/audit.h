@@ -74,6 +74,10 @@ uint64_t audit_last_seq(struct audit *a);
  * passes, or the log closes. Returns the highest committed seq. */
 uint64_t audit_wait(struct audit *a, uint64_t after_seq, int timeout_ms);
 
+/* KB_OK while the log can record; KB_ERR_UNAVAILABLE with the reason after
+ * a failed write, until a write succeeds again. */
+enum kb_err audit_check(struct audit *a);
+
 /* Whether audit_close has begun (streams should end). */
 int audit_closing(struct audit *a);
 

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/evp.h>
 
@@ -234,6 +235,20 @@ broker_open(struct config *cfg, struct broker **out)
 	hsm_token_info(b->hsm, &b->token);
 	log_info("token '%s' (serial %s, %s %s) opened", b->token.label,
 	    b->token.serial, b->token.manufacturer, b->token.model);
+	/* A missing database beside a token that already holds this broker's
+	 * keys is almost always an unmounted volume or a wrong path: starting
+	 * would hide every environment. Refuse before creating anything. */
+	if (access(cfg->database, F_OK) != 0 && !cfg->allow_new_database &&
+	    hsm_key_exists(b->hsm, BROKER_PLATFORM_KEY_ID) == KB_OK) {
+		e = kb_errf(KB_ERR_CONFIG, "database %s does not exist, but token "
+		    "'%s' already holds a keybroker platform key: the data keys "
+		    "it wraps are in a database this broker cannot see (is the "
+		    "database's volume mounted? is the path right?). To start "
+		    "over with an empty database on this token anyway, run with "
+		    "--allow-new-database", cfg->database, b->token.label);
+		goto fail;
+	}
+	kb_err_clear();
 	if ((e = store_open(cfg->database, cfg->workers + 2, &b->store)) != KB_OK)
 		goto fail;
 	if ((e = store_token_bind(b->store, b->token.label, b->token.serial))

@@ -28,6 +28,7 @@ struct config {
 	char *audit_database;        /* default: next to database */
 	unsigned audit_checkpoint_events;
 	unsigned audit_checkpoint_interval_s;
+	int allow_new_database;      /* --allow-new-database (not a file key) */
 };
 
 /* Parse configuration text. Relative paths are resolved against `dir`.

@@ -47,8 +47,16 @@ dek_unwrap(struct broker *b, const struct store_dek *dek, uint8_t out[DEK_LEN])
 	enum kb_err e;
 
 	if ((e = hsm_decrypt(b->hsm, dek->key_id, dek->wrap_alg, dek->wrapped,
-	    dek->wrapped_len, &plain, &plen)) != KB_OK)
+	    dek->wrapped_len, &plain, &plen)) != KB_OK) {
+		/* The database names this key, so it must be in the token: its
+		 * absence is the token's problem (not logged in, out of file
+		 * descriptors, restored from an old backup), not the caller's. */
+		if (e == KB_ERR_NOT_FOUND)
+			return kb_errf(KB_ERR_UNAVAILABLE, "the key %s wrapping this "
+			    "data key is not available in the token (%s)",
+			    dek->key_id, kb_err_msg(e));
 		return e;
+	}
 	if (plen != DEK_LEN) {
 		kb_freezero(plain, plen);
 		return kb_errf(KB_ERR_CORRUPT, "wrapped data key version %u "

@@ -168,7 +168,9 @@ audit_call(struct broker *b, const char *method, const struct rpc_ctx *ctx,
 	    (env = field_str(in, "name")) == NULL)
 		env = field_str(in, "target");
 	memset(&r, 0, sizeof(r));
-	r.actor = have_id ? id->name : "unauthenticated";
+	/* A CA-signed certificate refused for its role still names its
+	 * holder; a certificate that did not verify names nobody. */
+	r.actor = id->name[0] != '\0' ? id->name : "unauthenticated";
 	r.role = have_id ? identity_role_name(id->role) : "none";
 	r.peer = ctx->peer;
 	r.method = method;
@@ -262,7 +264,7 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 	}
 	if (res->code != GRPC_STATUS_OK)
 		log_info("%s by %s from %s: %s: %s", m->name,
-		    have_id ? id.name : "(unauthenticated)", peer->peer,
+		    id.name[0] != '\0' ? id.name : "(unauthenticated)", peer->peer,
 		    kb_grpc_status_name(res->code), res->message);
 	/* The answer goes out only once its event is durable. */
 	if (audit_all || res->code != GRPC_STATUS_OK) {

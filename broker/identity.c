@@ -282,6 +282,8 @@ identity_from_pem(struct identity_verifier *v, const char *pem, size_t len,
 		goto out;
 	}
 	e = verify_and_parse(v, cert, now_us, out);
+	if (e == KB_ERR_UNAUTHENTICATED)
+		out->name[0] = '\0';    /* not verified: names nobody */
 	pthread_mutex_lock(&v->mu);
 	memcpy(slot->hash, hash, 32);
 	slot->used = 1;

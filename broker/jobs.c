@@ -140,6 +140,8 @@ run_activation(struct jobs *j, struct store_job *job)
 	struct broker *b = j->b;
 	struct store_rewrap *rows;
 	char (*old)[STORE_KEY_ID_MAX];
+	int64_t after_env = 0;
+	uint32_t after_version = 0;
 	size_t n;
 	enum kb_err e;
 
@@ -162,8 +164,18 @@ run_activation(struct jobs *j, struct store_job *job)
 		    NULL, job->key_id, "ok", why);
 	}
 	while (!stopping(j)) {
-		e = store_rewrap_fetch(b->store, job->tenant_id, job->key_id, rows,
-		    REWRAP_BATCH, &n);
+		/* From where the last batch ended: a fetch reads the rows it
+		 * returns, not the ones done before (O(N) in all, not N^2). */
+		e = store_rewrap_fetch_after(b->store, job->tenant_id, job->key_id,
+		    after_env, after_version, rows, REWRAP_BATCH, &n);
+		if (e == KB_OK && n == 0 && (after_env != 0 || after_version != 0)) {
+			/* One more pass from the start catches rows changed
+			 * behind the position: the job ends only when a whole
+			 * pass finds nothing left, as it always did. */
+			after_env = 0;
+			after_version = 0;
+			continue;
+		}
 		if (e == KB_OK && n == 0) {
 			broker_tenant_lock(b, job->tenant_id);
 			e = store_activation_finish(b->store, job, clock_now_us());
@@ -182,8 +194,11 @@ run_activation(struct jobs *j, struct store_job *job)
 		if (e == KB_OK)
 			e = store_rewrap_commit(b->store, job->id, rows, old, n,
 			    clock_now_us());
-		if (e == KB_OK)
+		if (e == KB_OK) {
+			after_env = rows[n - 1].env_id;
+			after_version = rows[n - 1].version;
 			continue;
+		}
 		/* The token or the disk may come back: retry those. A data
 		 * key that does not unwrap will not: the job fails, and the
 		 * environments already re-wrapped stay readable. */

@@ -19,7 +19,7 @@ static void
 usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: keybrokerd --config FILE [--check-config]\n"
+	    "usage: keybrokerd --config FILE [--check-config] [--allow-new-database]\n"
 	    "       keybrokerd --version\n"
 	    "\n"
 	    "Serve the keybroker gRPC API with mutual TLS. Keys stay in the\n"
@@ -28,6 +28,11 @@ usage(FILE *f)
 	    "\n"
 	    "  -c, --config FILE    configuration file (see deploy/keybroker.conf.example)\n"
 	    "      --check-config   parse the configuration, print it and exit\n"
+	    "      --allow-new-database\n"
+	    "                       start with a new, empty database even though the\n"
+	    "                       token already holds this broker's keys (normally\n"
+	    "                       refused: a missing database is usually an\n"
+	    "                       unmounted volume)\n"
 	    "  -V, --version        print the version and exit\n"
 	    "  -h, --help           this help\n"
 	    "\n"
@@ -75,6 +80,7 @@ main(int argc, char **argv)
 	static const struct option longopts[] = {
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, 'C' },
+		{ "allow-new-database", no_argument, NULL, 'N' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
@@ -85,13 +91,14 @@ main(int argc, char **argv)
 	struct server *srv = NULL;
 	struct sigctx sc;
 	pthread_t sigthr;
-	int opt, check = 0;
+	int opt, check = 0, allow_new = 0;
 	enum kb_err e;
 
 	while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
 		switch (opt) {
 		case 'c': config_path = optarg; break;
 		case 'C': check = 1; break;
+		case 'N': allow_new = 1; break;
 		case 'V': printf("keybrokerd %s\n", KB_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -108,6 +115,7 @@ main(int argc, char **argv)
 		fprintf(stderr, "keybrokerd: %s\n", kb_err_msg(e));
 		return 1;
 	}
+	cfg->allow_new_database = allow_new;
 	if (check) {
 		print_config(cfg);
 		config_free(cfg);

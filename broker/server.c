@@ -55,8 +55,10 @@ struct call {
 	grpc_byte_buffer *resp;
 	grpc_slice status_details;
 	int cancelled;
-	int refs;                 /* completions still due before freeing */
-	/* Streams: the stream thread waits for each send's completion. */
+	atomic_int refs;          /* completions still due before freeing */
+	/* Every call waits for gRPC's close (RECV_CLOSE_ON_SERVER) from the
+	 * start, so a call the client cancelled while it queued is skipped,
+	 * and a stream ends when its client goes. */
 	pthread_mutex_t smu;
 	pthread_cond_t scv;
 	int streaming, send_pending, send_ok, closed, initial_md_sent;
@@ -70,6 +72,7 @@ struct server {
 	struct tag shutdown_tag;
 	atomic_int shutting_down;
 	atomic_int streams;
+	atomic_int busy;          /* calls owned by workers or stream threads */
 	int64_t shutdown_started;
 	int cancelled_all;
 	int pending;                /* outstanding request_call count */
@@ -116,11 +119,17 @@ call_free(struct call *c)
 	if (c->resp != NULL)
 		kb_wire_destroy(c->resp);
 	grpc_slice_unref(c->status_details);
-	if (c->streaming) {
-		pthread_mutex_destroy(&c->smu);
-		pthread_cond_destroy(&c->scv);
-	}
+	pthread_mutex_destroy(&c->smu);
+	pthread_cond_destroy(&c->scv);
 	free(c);
+}
+
+/* One of the call's outstanding completions is done. */
+static void
+call_unref(struct call *c)
+{
+	if (atomic_fetch_sub(&c->refs, 1) == 1)
+		call_free(c);
 }
 
 /* Offer gRPC one more slot for an incoming call. */
@@ -137,7 +146,9 @@ request_call(struct server *s)
 	c->main = (struct tag){ PHASE_NEW, c };
 	c->send = (struct tag){ PHASE_STREAM_SEND, c };
 	c->close = (struct tag){ PHASE_STREAM_CLOSE, c };
-	c->refs = 1;
+	atomic_init(&c->refs, 1);
+	pthread_mutex_init(&c->smu, NULL);
+	pthread_cond_init(&c->scv, NULL);
 	c->srv = s;
 	c->status_details = grpc_empty_slice();
 	grpc_call_details_init(&c->details);
@@ -178,20 +189,13 @@ send_answer(struct call *c, grpc_status_code code, const char *msg)
 	op->data.send_status_from_server.status_details =
 	    code == GRPC_STATUS_OK ? NULL : &c->status_details;
 	op++;
-	/* A stream already waits for the close in its own batch. */
-	if (!c->streaming) {
-		op->op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-		op->data.recv_close_on_server.cancelled = &c->cancelled;
-		op++;
-	}
 	c->main.phase = PHASE_SENT;
 	err = grpc_call_start_batch(c->call, ops, (size_t)(op - ops), &c->main,
 	    NULL);
 	if (err != GRPC_CALL_OK) {
 		/* The batch will never complete: drop its reference here. */
 		log_error("grpc_call_start_batch (answer): error %d", (int)err);
-		if (--c->refs == 0)
-			call_free(c);
+		call_unref(c);
 	}
 }
 
@@ -293,49 +297,52 @@ stream_main(void *arg)
 	gpr_free(peer);
 	kb_wire_destroy(c->req);
 	c->req = NULL;
-	/* Last touch of the server before the answer: once the final batch
-	 * completes, shutdown may free it. */
 	atomic_fetch_sub(&s->streams, 1);
 	send_answer(c, res.code, res.message);
+	/* Last touch of the server: server_run waits for busy to reach 0
+	 * before it shuts the completion queue. */
+	atomic_fetch_sub(&s->busy, 1);
 	return NULL;
 }
 
-/* Hand a streaming call to its own thread, after asking gRPC to tell us
- * when the client closes or cancels it. */
-static void
+/* Hand a streaming call to its own thread. Returns 1 if the thread took
+ * the call (and the busy count with it), 0 if it was answered here. */
+static int
 start_stream(struct call *c)
 {
 	struct server *s = c->srv;
 	pthread_attr_t attr;
 	pthread_t th;
-	grpc_op op;
+	int started;
 
 	if (atomic_fetch_add(&s->streams, 1) >= MAX_STREAMS) {
 		atomic_fetch_sub(&s->streams, 1);
 		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many streams "
 		    "open at once; retry later");
-		return;
+		return 0;
 	}
 	c->streaming = 1;
-	pthread_mutex_init(&c->smu, NULL);
-	pthread_cond_init(&c->scv, NULL);
-	memset(&op, 0, sizeof(op));
-	op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
-	op.data.recv_close_on_server.cancelled = &c->cancelled;
-	c->refs = 2;
-	if (grpc_call_start_batch(c->call, &op, 1, &c->close, NULL) !=
-	    GRPC_CALL_OK) {
-		c->refs = 1;
-		c->closed = 1;
-	}
 	pthread_attr_init(&attr);
 	pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-	if (pthread_create(&th, &attr, stream_main, c) != 0) {
+	started = pthread_create(&th, &attr, stream_main, c) == 0;
+	pthread_attr_destroy(&attr);
+	if (!started) {
 		atomic_fetch_sub(&s->streams, 1);
 		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "cannot start a "
 		    "stream thread");
 	}
-	pthread_attr_destroy(&attr);
+	return started;
+}
+
+static int
+call_closed(struct call *c)
+{
+	int closed;
+
+	pthread_mutex_lock(&c->smu);
+	closed = c->closed;
+	pthread_mutex_unlock(&c->smu);
+	return closed;
 }
 
 /* Worker: run the request and answer it. */
@@ -350,17 +357,24 @@ handle_call(void *arg)
 	const struct rpc_method *m;
 	char *peer = NULL;
 
+	if (call_closed(c)) {
+		/* The client gave up while the call queued: do no work. */
+		send_answer(c, GRPC_STATUS_CANCELLED, "cancelled by the client "
+		    "before the broker started it");
+		goto done;
+	}
 	if (gpr_time_cmp(c->details.deadline,
 	    gpr_now(c->details.deadline.clock_type)) < 0) {
 		send_answer(c, GRPC_STATUS_DEADLINE_EXCEEDED, "the call's deadline "
 		    "passed before the broker could start it");
-		return;
+		goto done;
 	}
 	m = dispatch_find((const char *)GRPC_SLICE_START_PTR(c->details.method),
 	    GRPC_SLICE_LENGTH(c->details.method));
 	if (m != NULL && m->stream != NULL) {
-		start_stream(c);
-		return;
+		if (start_stream(c))
+			return;      /* the stream thread owns the call now */
+		goto done;
 	}
 	call_peer(c, &p, &ac, &peer);
 	dispatch_call(s->b, (const char *)GRPC_SLICE_START_PTR(c->details.method),
@@ -372,6 +386,8 @@ handle_call(void *arg)
 	c->req = NULL;
 	c->resp = res.resp;
 	send_answer(c, res.code, res.message);
+done:
+	atomic_fetch_sub(&s->busy, 1);
 }
 
 static void
@@ -392,6 +408,14 @@ on_event(struct server *s, struct tag *t, int ok)
 		if (!atomic_load(&s->shutting_down))
 			request_call(s);
 		memset(&op, 0, sizeof(op));
+		op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
+		op.data.recv_close_on_server.cancelled = &c->cancelled;
+		if (grpc_call_start_batch(c->call, &op, 1, &c->close, NULL) ==
+		    GRPC_CALL_OK)
+			atomic_fetch_add(&c->refs, 1);
+		else
+			c->closed = 1;
+		memset(&op, 0, sizeof(op));
 		op.op = GRPC_OP_RECV_MESSAGE;
 		op.data.recv_message.recv_message = &c->req;
 		c->main.phase = PHASE_RECV;
@@ -399,7 +423,8 @@ on_event(struct server *s, struct tag *t, int ok)
 		if (err != GRPC_CALL_OK) {
 			log_error("grpc_call_start_batch (receive): error %d",
 			    (int)err);
-			call_free(c);
+			grpc_call_cancel(c->call, NULL);
+			call_unref(c);
 		}
 		return;
 	case PHASE_RECV:
@@ -407,8 +432,10 @@ on_event(struct server *s, struct tag *t, int ok)
 			send_answer(c, GRPC_STATUS_CANCELLED, "request not received");
 			return;
 		}
+		atomic_fetch_add(&s->busy, 1);
 		if ((e = workq_push(s->wq, handle_call, c)) != KB_OK) {
 			/* Shed load: answer at once rather than queue forever. */
+			atomic_fetch_sub(&s->busy, 1);
 			send_answer(c, kb_err_to_grpc(e), kb_err_msg(e));
 		}
 		return;
@@ -424,12 +451,10 @@ on_event(struct server *s, struct tag *t, int ok)
 		c->closed = 1;
 		pthread_cond_broadcast(&c->scv);
 		pthread_mutex_unlock(&c->smu);
-		if (--c->refs == 0)
-			call_free(c);
+		call_unref(c);
 		return;
 	case PHASE_SENT:
-		if (--c->refs == 0)
-			call_free(c);
+		call_unref(c);
 		return;
 	case PHASE_SHUTDOWN:
 		return;
@@ -443,7 +468,7 @@ server_start(struct broker *b, struct server **out)
 	grpc_server_credentials *creds = NULL;
 	grpc_ssl_pem_key_cert_pair pair = { NULL, NULL };
 	char *ca = NULL, *cert = NULL, *key = NULL;
-	grpc_arg args[3];
+	grpc_arg args[5];
 	grpc_channel_args chargs;
 	enum kb_err e = KB_ERR_INTERNAL;
 	int i;
@@ -463,6 +488,7 @@ server_start(struct broker *b, struct server **out)
 	s->shutdown_tag.phase = PHASE_SHUTDOWN;
 	atomic_init(&s->shutting_down, 0);
 	atomic_init(&s->streams, 0);
+	atomic_init(&s->busy, 0);
 	if ((e = workq_new(b->cfg->workers, MAX_QUEUED, &s->wq)) != KB_OK)
 		goto out;
 
@@ -487,7 +513,15 @@ server_start(struct broker *b, struct server **out)
 	args[2].type = GRPC_ARG_INTEGER;
 	args[2].key = (char *)GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
 	args[2].value.integer = 16 << 20;
-	chargs.num_args = 3;
+	/* Connections that never finish the TLS handshake, or sit idle, are
+	 * dropped: each holds a file descriptor. */
+	args[3].type = GRPC_ARG_INTEGER;
+	args[3].key = (char *)GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS;
+	args[3].value.integer = 10000;
+	args[4].type = GRPC_ARG_INTEGER;
+	args[4].key = (char *)GRPC_ARG_MAX_CONNECTION_IDLE_MS;
+	args[4].value.integer = 300000;
+	chargs.num_args = 5;
 	chargs.args = args;
 	s->server = grpc_server_create(&chargs, NULL);
 	s->cq = grpc_completion_queue_create_for_next(NULL);
@@ -536,12 +570,19 @@ void
 server_run(struct server *s)
 {
 	grpc_event ev;
-	int drained = 0;
+	int drained = 0, cq_shut = 0;
 
 	for (;;) {
+		/* gRPC counts a cancelled call as finished, but a worker or a
+		 * stream thread may still answer it: shut the queue only once
+		 * none of our threads holds a call. */
+		if (drained && !cq_shut && atomic_load(&s->busy) == 0) {
+			grpc_completion_queue_shutdown(s->cq);
+			cq_shut = 1;
+		}
 		ev = grpc_completion_queue_next(s->cq,
 		    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-		    gpr_time_from_millis(500, GPR_TIMESPAN)), NULL);
+		    gpr_time_from_millis(drained ? 50 : 500, GPR_TIMESPAN)), NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type == GRPC_QUEUE_TIMEOUT) {
@@ -563,7 +604,6 @@ server_run(struct server *s)
 			/* Every call has finished; gRPC may still hand back the
 			 * pending request slots and final batches. */
 			drained = 1;
-			grpc_completion_queue_shutdown(s->cq);
 			continue;
 		}
 		on_event(s, ev.tag, ev.success);

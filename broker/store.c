@@ -2,6 +2,7 @@
 /* store.c: SQLite persistence for tenants, environments, DEKs and keys. */
 #include "store.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -96,16 +97,25 @@ enum kb_err
 store_sql_err(sqlite3 *db, int rc, const char *what)
 {
 	const char *msg = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+	int sys = db != NULL ? sqlite3_system_errno(db) : 0;
 
-	switch (rc & 0xff) {
-	case SQLITE_FULL:
+	/* The operating system's reason, when there is one, decides: a full
+	 * disk and a read-only file system need different actions. */
+	if (sys == ENOSPC || sys == EDQUOT || (rc & 0xff) == SQLITE_FULL)
 		return kb_errf(KB_ERR_STORAGE_FULL, "%s: the database disk is "
 		    "full (%s); free space and retry", what, msg);
+	if (sys == EROFS)
+		return kb_errf(KB_ERR_READ_ONLY, "%s: the database's file system "
+		    "is read-only (%s)", what, msg);
+	switch (rc & 0xff) {
 	case SQLITE_READONLY:
-	case SQLITE_CANTOPEN:
 	case SQLITE_PERM:
 		return kb_errf(KB_ERR_READ_ONLY, "%s: the database cannot be "
 		    "written (%s)", what, msg);
+	case SQLITE_CANTOPEN:
+		return kb_errf(KB_ERR_READ_ONLY, "%s: the database cannot be "
+		    "opened for writing (%s%s%s)", what, msg, sys ? ": " : "",
+		    sys ? strerror(sys) : "");
 	case SQLITE_BUSY:
 	case SQLITE_LOCKED:
 		return kb_errf(KB_ERR_UNAVAILABLE, "%s: the database is busy "
@@ -115,11 +125,8 @@ store_sql_err(sqlite3 *db, int rc, const char *what)
 		return kb_errf(KB_ERR_CORRUPT, "%s: the database is corrupt (%s)",
 		    what, msg);
 	case SQLITE_IOERR:
-		if (rc == SQLITE_IOERR_WRITE || rc == SQLITE_IOERR_FSYNC)
-			return kb_errf(KB_ERR_STORAGE_FULL, "%s: cannot write the "
-			    "database (%s)", what, msg);
-		return kb_errf(KB_ERR_STORE, "%s: database I/O error (%s)", what,
-		    msg);
+		return kb_errf(KB_ERR_UNAVAILABLE, "%s: database I/O error (%s%s%s)",
+		    what, msg, sys ? ": " : "", sys ? strerror(sys) : "");
 	default:
 		return kb_errf(KB_ERR_STORE, "%s: %s", what, msg);
 	}
@@ -136,13 +143,14 @@ store_exec(sqlite3 *db, const char *sql, const char *what)
 static enum kb_err
 conn_open(const char *path, struct conn *c)
 {
+	enum kb_err e;
 	int rc;
 
 	memset(c, 0, sizeof(*c));
 	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE |
 	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
 	if (rc != SQLITE_OK) {
-		enum kb_err e = store_sql_err(c->db, rc, "opening the database");
+		e = store_sql_err(c->db, rc, "opening the database");
 		kb_err_wrap(e, "%s", path);
 		sqlite3_close(c->db);
 		c->db = NULL;
@@ -152,8 +160,11 @@ conn_open(const char *path, struct conn *c)
 	sqlite3_extended_result_codes(c->db, 1);
 	/* WAL for concurrent readers; FULL sync so an acknowledged change
 	 * survives power loss. */
-	return store_exec(c->db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;"
-	    " PRAGMA foreign_keys=ON;", "configuring the database");
+	if ((e = store_exec(c->db, "PRAGMA journal_mode=WAL; "
+	    "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+	    "configuring the database")) != KB_OK)
+		return kb_err_wrap(e, "%s", path);
+	return KB_OK;
 }
 
 static void

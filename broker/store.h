@@ -195,6 +195,12 @@ enum kb_err store_activation_begin(struct store *s, const char *tenant,
  * yet wrapped by `key_id`. */
 enum kb_err store_rewrap_fetch(struct store *s, const char *tenant,
     const char *key_id, struct store_rewrap *rows, size_t max, size_t *n);
+/* The same, in (env_id, version) order after (after_env_id, after_version)
+ * ((0, 0): from the start). Each call costs what it returns, not what lies
+ * before the position. */
+enum kb_err store_rewrap_fetch_after(struct store *s, const char *tenant,
+    const char *key_id, int64_t after_env_id, uint32_t after_version,
+    struct store_rewrap *rows, size_t max, size_t *n);
 /* Store re-wrapped rows (each row's dek now holds the new key_id, alg and
  * blob; `old_key_ids` the keys they had, so a row changed meanwhile is left
  * alone) and add their count to the job's progress, in one transaction. */

@@ -205,9 +205,23 @@ enum kb_err
 store_rewrap_fetch(struct store *s, const char *tenant, const char *key_id,
     struct store_rewrap *rows, size_t max, size_t *n)
 {
+	return store_rewrap_fetch_after(s, tenant, key_id, 0, 0, rows, max, n);
+}
+
+enum kb_err
+store_rewrap_fetch_after(struct store *s, const char *tenant,
+    const char *key_id, int64_t after_env_id, uint32_t after_version,
+    struct store_rewrap *rows, size_t max, size_t *n)
+{
+	/* Driven by environments_tenant_mode, whose entries are in id order
+	 * within (tenant, mode): SQLite starts at the position and stops after
+	 * `max` rows, with no sort (the cost does not grow with the rows done
+	 * before it). */
 	static const char sql[] = "SELECT d.env_id, d.version, d.key_id, "
-	    "d.wrap_alg, d.wrapped " REWRAP_WHERE
-	    " ORDER BY d.env_id, d.version LIMIT ?3";
+	    "d.wrap_alg, d.wrapped FROM environments e JOIN deks d ON "
+	    "d.env_id = e.id WHERE e.tenant_id = ?1 AND e.mode = 'customer' "
+	    "AND d.key_id != ?2 AND e.id >= ?4 AND (d.env_id, d.version) > "
+	    "(?4, ?5) ORDER BY e.id, d.version LIMIT ?3";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -220,6 +234,8 @@ store_rewrap_fetch(struct store *s, const char *tenant, const char *key_id,
 	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, key_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
+	sqlite3_bind_int64(st, 4, after_env_id);
+	sqlite3_bind_int64(st, 5, after_version);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct store_rewrap *r = &rows[cnt];
 

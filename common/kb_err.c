@@ -47,7 +47,11 @@ kb_strerror(enum kb_err e)
 enum kb_err
 kb_verrf(enum kb_err e, const char *fmt, va_list ap)
 {
-	vsnprintf(err_msg, sizeof(err_msg), fmt, ap);
+	char buf[KB_ERR_MSG_MAX];
+
+	/* Format apart first: an argument may be kb_err_msg() itself. */
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	memcpy(err_msg, buf, sizeof(err_msg));
 	err_set = 1;
 	return e;
 }

@@ -28,7 +28,8 @@ void kb_secure_free(void *p);
 enum kb_err kb_secret_file_read(const char *path, int check_mode,
     char **out, size_t *len);
 
-/* Disable core dumps and ptrace attach for this process. */
+/* Disable core dumps and ptrace attach for this process, and raise the
+ * open-file limit to its hard maximum. */
 void kb_process_harden(void);
 
 /* Constant-time comparison; 0 when equal. */
