@@ -184,6 +184,7 @@ write_batch(struct audit *a, struct pending *list)
 	uint8_t hash[KB_AUDIT_HASH_LEN];
 	struct pending *p;
 	enum kb_err e = KB_OK;
+	int64_t now = a->cfg.now_us();
 	int rc;
 
 	memcpy(hash, a->last_hash, sizeof(hash));
@@ -196,13 +197,18 @@ write_batch(struct audit *a, struct pending *list)
 	}
 	for (p = list; p != NULL; p = p->next) {
 		const struct audit_record *r = p->r;
-		struct kb_audit_event ev = { ++seq, p->time_us, r->actor, r->role,
-		    r->peer, r->method, r->tenant, r->env, r->key_id, r->result,
-		    r->reason, r->request_id };
 		const char *f[10] = { r->actor, r->role, r->peer, r->method,
 		    r->tenant, r->env, r->key_id, r->result, r->reason,
 		    r->request_id };
+		struct kb_audit_event ev;
 		int i;
+
+		/* Events take their batch's commit time, so time order follows
+		 * sequence order (unless the wall clock steps back). */
+		p->time_us = now;
+		ev = (struct kb_audit_event){ ++seq, p->time_us, r->actor, r->role,
+		    r->peer, r->method, r->tenant, r->env, r->key_id, r->result,
+		    r->reason, r->request_id };
 
 		if ((e = kb_audit_event_hash(hash, &ev, hash)) != KB_OK)
 			goto rollback;
@@ -336,7 +342,6 @@ probe_recovery(struct audit *a)
 	r.reason = "the audit log can record events again";
 	memset(&p, 0, sizeof(p));
 	p.r = &r;
-	p.time_us = a->cfg.now_us();
 	if (write_batch(a, &p) == KB_OK) {
 		set_degraded(a, KB_OK);
 		log_info("audit log: writable again (event %llu)",
@@ -456,7 +461,6 @@ audit_append(struct audit *a, const struct audit_record *r, uint64_t *seq)
 
 	memset(&p, 0, sizeof(p));
 	p.r = r;
-	p.time_us = a->cfg.now_us();
 	pthread_mutex_lock(&a->mu);
 	if (a->stopping) {
 		pthread_mutex_unlock(&a->mu);

@@ -10,6 +10,7 @@
 #include "audit.h"
 #include "clock.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "kb_utf8.h"
 #include "kb_wire.h"
 #include "keybroker.pb-c.h"
 #include "log.h"
@@ -102,6 +103,8 @@ set_status(struct dispatch_result *res, enum kb_err e)
 {
 	res->code = kb_err_to_grpc(e);
 	snprintf(res->message, sizeof(res->message), "%s", kb_err_msg(e));
+	/* Names echoed with %.Ns may be cut inside a character. */
+	kb_utf8_clean(res->message, sizeof(res->message));
 }
 
 /* The value of a string field named `name` in `m`, or NULL. */
@@ -184,6 +187,8 @@ audit_call(struct broker *b, const char *method, const struct rpc_ctx *ctx,
 		    kb_grpc_status_name(res->code), res->message);
 	else
 		reason[0] = '\0';
+	/* Stored reasons are read back into 512 bytes: cut here, whole. */
+	kb_utf8_clean(reason, 500);
 	r.reason = reason;
 	r.request_id = ctx->request_id;
 	return audit_append(b->audit, &r, NULL);
@@ -266,8 +271,9 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 		log_info("%s by %s from %s: %s: %s", m->name,
 		    id.name[0] != '\0' ? id.name : "(unauthenticated)", peer->peer,
 		    kb_grpc_status_name(res->code), res->message);
-	/* The answer goes out only once its event is durable. */
-	if (audit_all || res->code != GRPC_STATUS_OK) {
+	/* The answer goes out only once its event is durable. A stream that
+	 * ran ends when its client goes or the broker stops: not a refusal. */
+	if (audit_all || (res->code != GRPC_STATUS_OK && !ctx.stream_open)) {
 		e = audit_call(b, m->name, &ctx, &id, have_id, in, res);
 		if (e != KB_OK && res->code == GRPC_STATUS_OK) {
 			kb_wire_free(out);

@@ -30,6 +30,9 @@ struct rpc_ctx {
 	/* Run after the call's audit record is committed (e.g. start a job,
 	 * so its events follow the call's). */
 	void (*after_audit)(struct broker *b);
+	/* Set by a streaming handler once its stream is open: its end (client
+	 * gone, broker stopping) is then not a refusal to audit. */
+	int stream_open;
 };
 
 /* A handler returns KB_OK with *resp set (heap-allocated message, every

@@ -2,6 +2,8 @@
 /* names.c: identifier and display-name rules. */
 #include "names.h"
 
+#include "kb_utf8.h"
+
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -44,41 +46,14 @@ names_check_id(const char *what, const char *s)
 	return KB_OK;
 }
 
-/* Length of the UTF-8 sequence at s (1..4), or 0 if invalid. */
+/* Length of the character at s, or 0 when it is not valid UTF-8 or is a
+ * C1 control character (U+0080..U+009F, encoded C2 80..C2 9F). */
 static size_t
-utf8_len(const unsigned char *s, size_t left)
+display_char(const unsigned char *s, size_t left)
 {
-	uint32_t cp;
-	size_t n, i;
+	size_t n = kb_utf8_seq(s, left);
 
-	if (s[0] < 0x80)
-		return 1;
-	if ((s[0] & 0xe0) == 0xc0) {
-		n = 2;
-		cp = s[0] & 0x1f;
-	} else if ((s[0] & 0xf0) == 0xe0) {
-		n = 3;
-		cp = s[0] & 0x0f;
-	} else if ((s[0] & 0xf8) == 0xf0) {
-		n = 4;
-		cp = s[0] & 0x07;
-	} else {
-		return 0;
-	}
-	if (n > left)
-		return 0;
-	for (i = 1; i < n; i++) {
-		if ((s[i] & 0xc0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (s[i] & 0x3f);
-	}
-	/* Overlong forms, surrogates, beyond U+10FFFF. */
-	if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
-	    (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-	    (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	/* C1 control characters. */
-	if (cp >= 0x80 && cp <= 0x9f)
+	if (n == 2 && s[0] == 0xc2 && s[1] <= 0x9f)
 		return 0;
 	return n;
 }
@@ -100,7 +75,7 @@ names_check_display(const char *what, const char *s)
 			return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s contains the "
 			    "control character 0x%02x at byte %zu", what, p[i],
 			    i + 1);
-		if ((k = utf8_len(p + i, n - i)) == 0)
+		if ((k = display_char(p + i, n - i)) == 0)
 			return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s is not valid "
 			    "UTF-8 (or has a control character) at byte %zu",
 			    what, i + 1);

@@ -154,6 +154,7 @@ rpc_audit_tail(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 	if ((e = make_filter(c, in->filter, &f)) != KB_OK)
 		return e;
+	c->stream_open = 1;
 	if (in->after_seq != 0)
 		cursor = in->after_seq;
 	else if (in->from_start)

@@ -114,7 +114,8 @@ store_sql_err(sqlite3 *db, int rc, const char *what)
 		    "written (%s)", what, msg);
 	case SQLITE_CANTOPEN:
 		return kb_errf(KB_ERR_READ_ONLY, "%s: the database cannot be "
-		    "opened for writing (%s%s%s)", what, msg, sys ? ": " : "",
+		    "opened for writing: is it, its directory or its file system "
+		    "read-only or missing? (%s%s%s)", what, msg, sys ? ": " : "",
 		    sys ? strerror(sys) : "");
 	case SQLITE_BUSY:
 	case SQLITE_LOCKED:

@@ -256,7 +256,7 @@ kb_client_open(const struct kb_client_opts *o, struct kb_client **out)
 	size_t cert_len = 0, key_len = 0, ca_len = 0;
 	grpc_channel_credentials *creds = NULL;
 	grpc_ssl_pem_key_cert_pair pair;
-	grpc_arg args[2];
+	grpc_arg args[4];
 	grpc_channel_args chargs;
 	const char *addr;
 	enum kb_err r = KB_ERR_INTERNAL;
@@ -298,6 +298,18 @@ kb_client_open(const struct kb_client_opts *o, struct kb_client **out)
 	args[chargs.num_args].type = GRPC_ARG_STRING;
 	args[chargs.num_args].key = (char *)GRPC_ARG_PRIMARY_USER_AGENT_STRING;
 	args[chargs.num_args].value.string = (char *)"kbclient/" KB_VERSION;
+	chargs.num_args++;
+	/* A stream that waits for days (TailEvents) must notice a connection
+	 * that died silently: ping when a call has been quiet for 6 minutes
+	 * (servers refuse pings more often than every 5 by default), and give
+	 * up on it 20 s later. Quick calls never reach it. */
+	args[chargs.num_args].type = GRPC_ARG_INTEGER;
+	args[chargs.num_args].key = (char *)GRPC_ARG_KEEPALIVE_TIME_MS;
+	args[chargs.num_args].value.integer = 6 * 60 * 1000;
+	chargs.num_args++;
+	args[chargs.num_args].type = GRPC_ARG_INTEGER;
+	args[chargs.num_args].key = (char *)GRPC_ARG_KEEPALIVE_TIMEOUT_MS;
+	args[chargs.num_args].value.integer = 20 * 1000;
 	chargs.num_args++;
 	if (o->server_name != NULL && *o->server_name != '\0') {
 		args[chargs.num_args].type = GRPC_ARG_STRING;
@@ -399,6 +411,52 @@ status_set(struct kb_status *st, grpc_status_code code, const char *fmt, ...)
 	va_end(ap);
 }
 
+/* Fill st from a call's final status and details: the broker's words, or
+ * what gRPC's connection failures and deadlines mean. Returns the status's
+ * kb_err (KB_OK for GRPC_STATUS_OK). */
+static enum kb_err
+final_status(const struct kb_client *c, grpc_status_code code,
+    grpc_slice details, struct kb_status *st)
+{
+	char det[sizeof(st->message)];
+	size_t dlen;
+	grpc_connectivity_state cs;
+	enum kb_err r;
+
+	if (code == GRPC_STATUS_OK) {
+		status_set(st, GRPC_STATUS_OK, "%s", "");
+		return KB_OK;
+	}
+	dlen = GRPC_SLICE_LENGTH(details);
+	if (dlen >= sizeof(det))
+		dlen = sizeof(det) - 1;
+	memcpy(det, GRPC_SLICE_START_PTR(details), dlen);
+	det[dlen] = '\0';
+	cs = grpc_channel_check_connectivity_state(c->ch, 0);
+	/* Our own status (the broker's refusals) comes over a ready
+	 * connection; gRPC's connection failures do not. */
+	st->code = code;
+	if (code == GRPC_STATUS_UNAVAILABLE
+	    && (cs != GRPC_CHANNEL_READY
+	        || strstr(det, "failed to connect") != NULL))
+		connect_reason(c, det, st->message, sizeof(st->message));
+	else if (code == GRPC_STATUS_DEADLINE_EXCEEDED
+	    && (det[0] == '\0' || strcmp(det, "Deadline Exceeded") == 0))
+		/* gRPC's own deadline, not a broker message. */
+		snprintf(st->message, sizeof(st->message), "%s %s within %g s",
+		    cs != GRPC_CHANNEL_READY ? "cannot connect to"
+		                             : "no answer from",
+		    c->addr, c->timeout_ms / 1000.0);
+	else
+		snprintf(st->message, sizeof(st->message), "%s",
+		    det[0] != '\0'
+		        ? det
+		        : kb_strerror(kb_client_err_from_grpc(code)));
+	r = kb_errf(kb_client_err_from_grpc(code), "%s", st->message);
+	kb_wipe(det, sizeof(det));
+	return r;
+}
+
 enum kb_err
 kb_client_call(struct kb_client *c, const char *method,
     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
@@ -416,8 +474,6 @@ kb_client_call(struct kb_client *c, const char *method,
 	grpc_call_error ce;
 	grpc_event ev;
 	grpc_op ops[6], *op;
-	char det[sizeof(st->message)];
-	size_t dlen;
 	int tag;
 	enum kb_err r = KB_ERR_INTERNAL;
 
@@ -495,39 +551,8 @@ kb_client_call(struct kb_client *c, const char *method,
 		goto out;
 	}
 
-	dlen = GRPC_SLICE_LENGTH(details);
-	if (dlen >= sizeof(det))
-		dlen = sizeof(det) - 1;
-	memcpy(det, GRPC_SLICE_START_PTR(details), dlen);
-	det[dlen] = '\0';
 	if (code != GRPC_STATUS_OK) {
-		grpc_connectivity_state cs =
-		    grpc_channel_check_connectivity_state(c->ch, 0);
-
-		/* Our own status (the broker's refusals) comes over a ready
-		 * connection; gRPC's connection failures do not. */
-		st->code = code;
-		if (code == GRPC_STATUS_UNAVAILABLE
-		    && (cs != GRPC_CHANNEL_READY
-		        || strstr(det, "failed to connect") != NULL))
-			connect_reason(
-			    c, det, st->message, sizeof(st->message));
-		else if (code == GRPC_STATUS_DEADLINE_EXCEEDED
-		    && (det[0] == '\0'
-		        || strcmp(det, "Deadline Exceeded") == 0))
-			/* gRPC's own deadline, not a broker message. */
-			snprintf(st->message, sizeof(st->message),
-			    "%s %s "
-			    "within %g s",
-			    cs != GRPC_CHANNEL_READY ? "cannot connect to"
-			                             : "no answer from",
-			    c->addr, c->timeout_ms / 1000.0);
-		else
-			snprintf(st->message, sizeof(st->message), "%s",
-			    det[0] != '\0'
-			        ? det
-			        : kb_strerror(kb_client_err_from_grpc(code)));
-		r = kb_errf(kb_client_err_from_grpc(code), "%s", st->message);
+		r = final_status(c, code, details, st);
 		goto out;
 	}
 	if (recv == NULL) {
@@ -548,7 +573,6 @@ kb_client_call(struct kb_client *c, const char *method,
 	kb_err_clear();
 	r = KB_OK;
 out:
-	kb_wipe(det, sizeof(det));
 	if (call != NULL)
 		grpc_call_unref(call);
 	if (cq != NULL) {
@@ -563,6 +587,241 @@ out:
 	grpc_metadata_array_destroy(&md_init);
 	grpc_metadata_array_destroy(&md_trail);
 	return r;
+}
+
+/* ---- server-streaming calls ---- */
+
+struct kb_client_stream {
+	struct kb_client *c;
+	const ProtobufCMessageDescriptor *desc;
+	grpc_completion_queue *cq;
+	grpc_call *call;
+	grpc_byte_buffer *send, *recv;
+	grpc_metadata_array md_init, md_trail;
+	grpc_status_code code;
+	grpc_slice details;
+	const char *error_string;
+	/* Three batches may be in flight at once; their addresses are the
+	 * tags. Each must be plucked before the queue is destroyed. */
+	char tag_send, tag_status, tag_recv;
+	int send_pending, status_pending, recv_pending;
+	int got_message; /* then a failure is no connection failure */
+	int ended;
+	struct kb_status final; /* once ended */
+};
+
+/* Wait for batch `tag` to complete (pending is cleared). Returns its
+ * success flag. */
+static int
+stream_pluck(struct kb_client_stream *s, void *tag, int *pending)
+{
+	grpc_event ev;
+
+	ev = grpc_completion_queue_pluck(
+	    s->cq, tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+	*pending = 0;
+	return ev.type == GRPC_OP_COMPLETE && ev.success;
+}
+
+/* The call is over (or must be): collect its status into s->final. A
+ * local reason (st_code != OK) wins over the broker's status. */
+static void
+stream_end(
+    struct kb_client_stream *s, grpc_status_code st_code, const char *why)
+{
+	if (s->ended)
+		return;
+	if (st_code != GRPC_STATUS_OK && s->call != NULL)
+		grpc_call_cancel(s->call, NULL);
+	if (s->status_pending)
+		(void)stream_pluck(s, &s->tag_status, &s->status_pending);
+	if (s->send_pending)
+		(void)stream_pluck(s, &s->tag_send, &s->send_pending);
+	if (st_code != GRPC_STATUS_OK)
+		status_set(&s->final, st_code, "%s", why);
+	else if (s->code != GRPC_STATUS_OK && s->got_message
+	    && GRPC_SLICE_LENGTH(s->details) > 0)
+		/* The stream was up: this is no connection failure. */
+		status_set(&s->final, s->code, "%.*s",
+		    (int)(GRPC_SLICE_LENGTH(s->details) < 400
+		            ? GRPC_SLICE_LENGTH(s->details)
+		            : 400),
+		    (const char *)GRPC_SLICE_START_PTR(s->details));
+	else
+		(void)final_status(s->c, s->code, s->details, &s->final);
+	kb_err_clear();
+	s->ended = 1;
+}
+
+enum kb_err
+kb_client_stream_open(struct kb_client *c, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+    int timeout_ms, struct kb_client_stream **out, struct kb_status *st)
+{
+	struct kb_client_stream *s = NULL;
+	struct kb_status local;
+	grpc_slice method_slice = grpc_slice_from_copied_string(method);
+	gpr_timespec deadline;
+	grpc_op ops[4], *op;
+	enum kb_err r = KB_ERR_INTERNAL;
+
+	*out = NULL;
+	if (st == NULL)
+		st = &local;
+	status_set(st, GRPC_STATUS_OK, "%s", "");
+	if ((s = calloc(1, sizeof(*s))) == NULL) {
+		status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		r = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	s->c = c;
+	s->desc = resp_desc;
+	s->details = grpc_empty_slice();
+	grpc_metadata_array_init(&s->md_init);
+	grpc_metadata_array_init(&s->md_trail);
+	if ((s->send = kb_wire_pack(req)) == NULL) {
+		status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
+		r = kb_errf(KB_ERR_NOMEM, "out of memory");
+		goto out;
+	}
+	if ((s->cq = grpc_completion_queue_create_for_pluck(NULL)) == NULL) {
+		status_set(st, GRPC_STATUS_INTERNAL,
+		    "cannot create a completion queue");
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+	deadline = timeout_ms > 0 ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+	               gpr_time_from_millis(timeout_ms, GPR_TIMESPAN))
+	                          : gpr_inf_future(GPR_CLOCK_MONOTONIC);
+	s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
+	    s->cq, method_slice, NULL, deadline, NULL);
+	if (s->call == NULL) {
+		status_set(st, GRPC_STATUS_INTERNAL, "cannot create a call");
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+	/* Batch 1: the request, all of it. */
+	memset(ops, 0, sizeof(ops));
+	op = ops;
+	op->op = GRPC_OP_SEND_INITIAL_METADATA;
+	op++;
+	op->op = GRPC_OP_SEND_MESSAGE;
+	op->data.send_message.send_message = s->send;
+	op++;
+	op->op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
+	op++;
+	op->op = GRPC_OP_RECV_INITIAL_METADATA;
+	op->data.recv_initial_metadata.recv_initial_metadata = &s->md_init;
+	op++;
+	if (grpc_call_start_batch(
+	        s->call, ops, (size_t)(op - ops), &s->tag_send, NULL)
+	    != GRPC_CALL_OK) {
+		status_set(st, GRPC_STATUS_INTERNAL, "cannot start the call");
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+	s->send_pending = 1;
+	/* Batch 2: the final status, whenever it comes. */
+	memset(ops, 0, sizeof(ops));
+	ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
+	ops[0].data.recv_status_on_client.trailing_metadata = &s->md_trail;
+	ops[0].data.recv_status_on_client.status = &s->code;
+	ops[0].data.recv_status_on_client.status_details = &s->details;
+	ops[0].data.recv_status_on_client.error_string = &s->error_string;
+	if (grpc_call_start_batch(s->call, ops, 1, &s->tag_status, NULL)
+	    != GRPC_CALL_OK) {
+		status_set(st, GRPC_STATUS_INTERNAL, "cannot start the call");
+		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
+		goto out;
+	}
+	s->status_pending = 1;
+	*out = s;
+	s = NULL;
+	r = KB_OK;
+out:
+	grpc_slice_unref(method_slice);
+	kb_client_stream_close(s);
+	return r;
+}
+
+enum kb_stream_next
+kb_client_stream_next(struct kb_client_stream *s, int wait_ms,
+    ProtobufCMessage **msg, struct kb_status *st)
+{
+	grpc_op op;
+	grpc_event ev;
+	gpr_timespec until;
+	enum kb_err r;
+
+	*msg = NULL;
+	if (!s->ended && !s->recv_pending) {
+		memset(&op, 0, sizeof(op));
+		op.op = GRPC_OP_RECV_MESSAGE;
+		op.data.recv_message.recv_message = &s->recv;
+		if (grpc_call_start_batch(s->call, &op, 1, &s->tag_recv, NULL)
+		    != GRPC_CALL_OK)
+			stream_end(s, GRPC_STATUS_INTERNAL,
+			    "cannot ask for the next message");
+		else
+			s->recv_pending = 1;
+	}
+	if (!s->ended) {
+		until = wait_ms < 0
+		    ? gpr_inf_future(GPR_CLOCK_MONOTONIC)
+		    : gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+		        gpr_time_from_millis(wait_ms, GPR_TIMESPAN));
+		ev = grpc_completion_queue_pluck(
+		    s->cq, &s->tag_recv, until, NULL);
+		if (ev.type == GRPC_QUEUE_TIMEOUT)
+			return KB_STREAM_WAITING;
+		s->recv_pending = 0;
+		if (ev.type == GRPC_OP_COMPLETE && ev.success
+		    && s->recv != NULL) {
+			r = kb_wire_unpack(
+			    s->desc, s->recv, KB_CLIENT_MAX_MESSAGE, msg);
+			kb_wire_destroy(s->recv);
+			s->recv = NULL;
+			if (r == KB_OK) {
+				s->got_message = 1;
+				return KB_STREAM_MESSAGE;
+			}
+			stream_end(s, GRPC_STATUS_INTERNAL, kb_err_msg(r));
+		} else {
+			/* No message: the broker has ended the call. */
+			stream_end(s, GRPC_STATUS_OK, NULL);
+		}
+	}
+	if (st != NULL)
+		*st = s->final;
+	return KB_STREAM_ENDED;
+}
+
+void
+kb_client_stream_close(struct kb_client_stream *s)
+{
+	if (s == NULL)
+		return;
+	if (s->call != NULL && !s->ended)
+		grpc_call_cancel(s->call, NULL);
+	if (s->recv_pending)
+		(void)stream_pluck(s, &s->tag_recv, &s->recv_pending);
+	if (s->send_pending)
+		(void)stream_pluck(s, &s->tag_send, &s->send_pending);
+	if (s->status_pending)
+		(void)stream_pluck(s, &s->tag_status, &s->status_pending);
+	if (s->call != NULL)
+		grpc_call_unref(s->call);
+	if (s->cq != NULL) {
+		grpc_completion_queue_shutdown(s->cq);
+		grpc_completion_queue_destroy(s->cq);
+	}
+	kb_wire_destroy(s->send);
+	kb_wire_destroy(s->recv);
+	grpc_slice_unref(s->details);
+	gpr_free((void *)s->error_string);
+	grpc_metadata_array_destroy(&s->md_init);
+	grpc_metadata_array_destroy(&s->md_trail);
+	free(s);
 }
 
 enum kb_err

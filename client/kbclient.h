@@ -44,6 +44,11 @@
 #define KB_METHOD_LIST_BACKUPS "/keybroker.v1.KeyBroker/ListBackups"
 #define KB_METHOD_RESTORE_BACKUP "/keybroker.v1.KeyBroker/RestoreBackup"
 #define KB_METHOD_COPY_ENVIRONMENT "/keybroker.v1.KeyBroker/CopyEnvironment"
+#define KB_METHOD_LIST_EVENTS "/keybroker.v1.KeyBroker/ListEvents"
+/* Server streaming: kb_client_stream_open(), not kb_client_call(). */
+#define KB_METHOD_TAIL_EVENTS "/keybroker.v1.KeyBroker/TailEvents"
+#define KB_METHOD_LIST_CHECKPOINTS "/keybroker.v1.KeyBroker/ListCheckpoints"
+#define KB_METHOD_GET_AUDIT_KEY "/keybroker.v1.KeyBroker/GetAuditKey"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 
 /* A client: one channel (one HTTP/2 connection) to one broker. Safe to use
@@ -91,6 +96,44 @@ const char *kb_client_addr(const struct kb_client *c);
 enum kb_err kb_client_call(struct kb_client *c, const char *method,
     const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
     ProtobufCMessage **resp, struct kb_status *st);
+
+/* A server-streaming call (TailEvents): one request, then messages until
+ * the broker ends the stream or the client closes it. Used by one thread
+ * at a time. */
+struct kb_client_stream;
+
+/* Start a server-streaming call of `method` with `req`; its messages are
+ * `resp_desc` messages, read with kb_client_stream_next. The call has no
+ * deadline when timeout_ms <= 0 (a stream may last for days), else ends
+ * after timeout_ms; a connection that dies silently under it is noticed
+ * within about 6.5 minutes (keepalive pings). Errors here are local (out of
+ * memory, no call could be made); the broker's answer, a refusal included,
+ * comes from kb_client_stream_next. `st` may be NULL. Free *out with
+ * kb_client_stream_close. Our encoded copy of the request is wiped. */
+enum kb_err kb_client_stream_open(struct kb_client *c, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+    int timeout_ms, struct kb_client_stream **out, struct kb_status *st);
+
+/* What kb_client_stream_next found. */
+enum kb_stream_next {
+	KB_STREAM_MESSAGE, /* *msg is the next message */
+	KB_STREAM_WAITING, /* nothing within wait_ms; the stream goes on */
+	KB_STREAM_ENDED /* the stream is over: st holds its final status */
+};
+
+/* Wait at most wait_ms (< 0: without limit) for the stream's next message.
+ * KB_STREAM_MESSAGE: *msg is set; free it with kb_wire_free.
+ * KB_STREAM_WAITING: call again (e.g. after checking for a signal).
+ * KB_STREAM_ENDED: st->code is the final status as kb_client_call would
+ * report it (GRPC_STATUS_OK when the broker closed the stream normally; a
+ * message that cannot be decoded ends the stream locally, INTERNAL); every
+ * later call says the same. */
+enum kb_stream_next kb_client_stream_next(struct kb_client_stream *s,
+    int wait_ms, ProtobufCMessage **msg, struct kb_status *st);
+
+/* Cancel the call if it is still running and free the stream. Accepts
+ * NULL. The client must outlive its streams. */
+void kb_client_stream_close(struct kb_client_stream *s);
 
 /* Fetch the data key of `tenant`/`env` into dek[0..dek_cap) (secret: the
  * caller wipes it after use); *dek_len gets its length (32) and *version

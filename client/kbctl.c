@@ -44,7 +44,7 @@ static const struct kbctl_flag gflags[G_COUNT_] = {
 /* clang-format on */
 
 /* What the command line resolved to. */
-struct parsed {
+struct kbctl_parsed {
 	const char *group; /* a group word, if any */
 	const struct kbctl_cmd *cmd; /* the command, once known */
 	const char *gval[G_COUNT_];
@@ -84,8 +84,9 @@ cmd_usage_short(const struct kbctl_cmd *c, char *buf, size_t len)
 		const struct kbctl_flag *f = &c->flags[i];
 
 		o += (size_t)snprintf(buf + o, len - o,
-		    f->required ? " %s%s%s" : " [%s%s%s]", f->name,
-		    f->metavar ? " " : "", f->metavar ? f->metavar : "");
+		    f->required ? " %s%s%s" : " [%s%s%s]",
+		    f->alias ? f->alias : f->name, f->metavar ? " " : "",
+		    f->metavar ? f->metavar : "");
 	}
 }
 
@@ -102,6 +103,15 @@ cmd_usage(const struct kbctl_cmd *c, char *buf, size_t len)
 		cmd_usage_short(c, buf + o, len - o);
 }
 
+/* "-n, --lines N" or "--name DISPLAY_NAME" */
+static void
+flag_left(const struct kbctl_flag *fl, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s%s%s%s%s", fl->alias ? fl->alias : "",
+	    fl->alias ? ", " : "", fl->name, fl->metavar ? " " : "",
+	    fl->metavar ? fl->metavar : "");
+}
+
 static void
 print_flags(FILE *f, const struct kbctl_flag *fl, size_t n)
 {
@@ -109,16 +119,12 @@ print_flags(FILE *f, const struct kbctl_flag *fl, size_t n)
 	char left[96];
 
 	for (i = 0; i < n; i++) {
-		snprintf(left, sizeof(left), "%s%s%s", fl[i].name,
-		    fl[i].metavar ? " " : "",
-		    fl[i].metavar ? fl[i].metavar : "");
+		flag_left(&fl[i], left, sizeof(left));
 		if (strlen(left) > w)
 			w = strlen(left);
 	}
 	for (i = 0; i < n; i++) {
-		snprintf(left, sizeof(left), "%s%s%s", fl[i].name,
-		    fl[i].metavar ? " " : "",
-		    fl[i].metavar ? fl[i].metavar : "");
+		flag_left(&fl[i], left, sizeof(left));
 		fprintf(f, "  %-*s  %s\n", (int)w, left, fl[i].help);
 	}
 }
@@ -132,7 +138,8 @@ help_top(FILE *f)
 	    "Usage: kbctl [FLAGS] COMMAND [ARGS]\n\n"
 	    "kbctl manages a keybroker over mutual TLS: tenants, their keys "
 	    "(generate,\nupload, BYOK, activate, lock, unlock), environments "
-	    "and data keys.\n\nCommands:\n");
+	    "and data keys,\nand reads, follows, exports and verifies the "
+	    "audit log.\n\nCommands:\n");
 	for (i = 0; i < kbctl_ncmds; i++) {
 		const char *n = kbctl_cmds[i].group ? kbctl_cmds[i].group
 		                                    : kbctl_cmds[i].name;
@@ -217,7 +224,13 @@ help_cmd(FILE *f, const struct kbctl_cmd *c)
 		fprintf(f, "\nFlags:\n");
 		print_flags(f, c->flags, cmd_nflags(c));
 	}
-	if (c->local)
+	if (c->local == KBCTL_LOCAL_ONLINE)
+		fprintf(f,
+		    "\nGlobal flags: --json (see 'kbctl --help'); without "
+		    "--online this command\ndoes not talk to the broker, with "
+		    "it --addr, --cert, --key, --ca,\n--server-name and "
+		    "--timeout apply.\n");
+	else if (c->local)
 		fprintf(f,
 		    "\nGlobal flags: --json (see 'kbctl --help'); this "
 		    "command does not\ntalk to the broker.\n");
@@ -229,7 +242,7 @@ help_cmd(FILE *f, const struct kbctl_cmd *c)
 
 /* The usage line of whatever level the parse reached. */
 static void
-print_usage_line(FILE *f, const struct parsed *p)
+print_usage_line(FILE *f, const struct kbctl_parsed *p)
 {
 	char u[256];
 
@@ -248,11 +261,11 @@ print_usage_line(FILE *f, const struct parsed *p)
 	}
 }
 
-static int usage_fail(const struct parsed *p, const char *fmt, ...)
+static int usage_fail(const struct kbctl_parsed *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
 static int
-usage_fail(const struct parsed *p, const char *fmt, ...)
+usage_fail(const struct kbctl_parsed *p, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -388,8 +401,10 @@ flag_match(const struct kbctl_flag *fl, size_t n, const char *arg,
 
 	len = eq != NULL ? (size_t)(eq - arg) : strlen(arg);
 	for (i = 0; i < n; i++) {
-		if (strlen(fl[i].name) == len
-		    && strncmp(fl[i].name, arg, len) == 0) {
+		if ((strlen(fl[i].name) == len
+		        && strncmp(fl[i].name, arg, len) == 0)
+		    || (fl[i].alias != NULL && strlen(fl[i].alias) == len
+		        && strncmp(fl[i].alias, arg, len) == 0)) {
 			*inline_val = eq != NULL ? eq + 1 : NULL;
 			return (int)i;
 		}
@@ -400,7 +415,7 @@ flag_match(const struct kbctl_flag *fl, size_t n, const char *arg,
 /* Parse argv into p. Returns -1 when fine, else an exit code (errors have
  * been printed). */
 static int
-parse(int argc, char **argv, struct parsed *p)
+parse(int argc, char **argv, struct kbctl_parsed *p)
 {
 	int i, only_words = 0;
 
@@ -508,7 +523,7 @@ missing_arg(const struct kbctl_cmd *c, int have, char *buf, size_t len)
 
 /* A usage error for the first required flag not given, else -1. */
 static int
-missing_flag(const struct parsed *p)
+missing_flag(const struct kbctl_parsed *p)
 {
 	size_t i, n = cmd_nflags(p->cmd);
 
@@ -543,7 +558,7 @@ file_exists(const char *path)
 /* Fill k->opts from flags, environment and defaults. Returns -1 when
  * fine, else an exit code. */
 static int
-resolve_opts(const struct parsed *p, struct kbctl *k)
+resolve_opts(const struct kbctl_parsed *p, struct kbctl *k)
 {
 	const char *t;
 	char missing[160];
@@ -592,6 +607,23 @@ resolve_opts(const struct parsed *p, struct kbctl *k)
 	return KBCTL_EXIT_USAGE;
 }
 
+int
+kbctl_connect(struct kbctl *k)
+{
+	enum kb_err e;
+	int rc;
+
+	if (k->client != NULL)
+		return -1;
+	if ((rc = resolve_opts(k->parsed, k)) >= 0)
+		return rc;
+	if ((e = kb_client_open(&k->opts, &k->client)) != KB_OK) {
+		fprintf(stderr, "kbctl: %s\n", kb_err_msg(e));
+		return KBCTL_EXIT_FAIL;
+	}
+	return -1;
+}
+
 /* jansson frees through here: DEKs pass through its strings. */
 static void
 json_wipe_free(void *ptr)
@@ -613,7 +645,7 @@ grpc_log_quiet(gpr_log_func_args *args)
 int
 main(int argc, char **argv)
 {
-	struct parsed p;
+	struct kbctl_parsed p;
 	struct kbctl k;
 	char what[32];
 	enum kb_err e;
@@ -658,8 +690,10 @@ main(int argc, char **argv)
 	if ((rc = missing_flag(&p)) >= 0)
 		return rc;
 	k.json = p.gval[G_JSON] != NULL;
+	k.parsed = &p;
 	if (p.cmd->local) {
 		rc = p.cmd->run(&k, &p.a);
+		kb_client_close(k.client);
 	} else {
 		if ((rc = resolve_opts(&p, &k)) >= 0)
 			return rc;

@@ -16,7 +16,7 @@ enum {
 	KBCTL_EXIT_INTERRUPTED = 130 /* Ctrl-C at a prompt or while waiting */
 };
 
-#define KBCTL_MAX_FLAGS 6
+#define KBCTL_MAX_FLAGS 16
 #define KBCTL_MAX_ARGS 8
 
 /* A flag of one subcommand. */
@@ -25,6 +25,7 @@ struct kbctl_flag {
 	const char *metavar; /* "DISPLAY_NAME", or NULL for a boolean flag */
 	const char *help; /* one line */
 	int required; /* KBCTL_REQUIRED: the command needs it */
+	const char *alias; /* a short form ("-f"), or NULL */
 };
 
 #define KBCTL_REQUIRED 1
@@ -43,10 +44,13 @@ struct kbctl_cmd {
 	const char *desc; /* optional paragraph for --help */
 	struct kbctl_flag flags[KBCTL_MAX_FLAGS];
 	int (*run)(struct kbctl *k, const struct kbctl_args *a);
-	int local; /* KBCTL_LOCAL: runs without a broker (no TLS flags) */
+	int local; /* KBCTL_LOCAL: runs without a broker (no TLS flags);
+	              KBCTL_LOCAL_ONLINE: the same unless the handler calls
+	              kbctl_connect (for an --online flag) */
 };
 
 #define KBCTL_LOCAL 1
+#define KBCTL_LOCAL_ONLINE 2
 
 /* A group of subcommands ("tenants") and its one-line help. */
 struct kbctl_group {
@@ -70,12 +74,16 @@ struct kbctl_args {
 	                                      absent, "" for a boolean given */
 };
 
+struct kbctl_parsed;
+
 /* The state of one kbctl run. */
 struct kbctl {
 	struct kb_client_opts opts;
 	struct kb_client *client; /* open before a handler runs (NULL for a
 	                             KBCTL_LOCAL command) */
 	int json; /* --json */
+	const struct kbctl_parsed *parsed; /* the command line, for
+	                                      kbctl_connect */
 };
 
 /* kbctl.c */
@@ -91,6 +99,10 @@ int kbctl_usage_error(const struct kbctl_args *a, const char *fmt, ...)
  * go on, else the exit code (said on stderr). */
 int kbctl_confirm_or_yes(const struct kbctl_args *a, const char *explain,
     const char *what, const char *word);
+/* For a KBCTL_LOCAL_ONLINE command that needs the broker after all: take
+ * the TLS flags (or KB_* variables) and open k->client, which main closes.
+ * Returns -1 when connected, else the exit code (said on stderr). */
+int kbctl_connect(struct kbctl *k);
 /* Print "kbctl: MESSAGE" for a kb_err (its kb_err_msg) on stderr;
  * returns `code`. */
 int kbctl_err(enum kb_err e, int code);
@@ -136,5 +148,12 @@ int kbctl_cmd_envs_backup(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_envs_backups(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_envs_restore(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_envs_copy(struct kbctl *k, const struct kbctl_args *a);
+
+/* kbctl_audit.c: the audit log: list, tail, export, verify, key. */
+int kbctl_cmd_audit_list(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_audit_tail(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_audit_key(struct kbctl *k, const struct kbctl_args *a);
 
 #endif /* KB_KBCTL_H */

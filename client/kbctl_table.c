@@ -39,6 +39,30 @@
 	"Here --key names the tenant key file; the client key comes from\n" \
 	"KB_KEY, or from --key given before the command words."
 
+#define AUDIT_FILTER_FLAGS \
+	{ "--since", "TIME", "events at or after TIME: RFC 3339 or -15m, -2h, -7d" }, \
+	{ "--until", "TIME", "events before TIME (the same forms)" }, \
+	{ "--tenant", "TENANT", "only events naming this tenant" }, \
+	{ "--env", "ENV", "only events naming this environment" }, \
+	{ "--method", "METHOD", "only this method: GetDataKey, CreateTenant, broker.start, ..." }, \
+	{ "--actor", "NAME", "only this actor: a certificate CN, or keybroker" }, \
+	{ "--result", "ok|denied|error", "only events with this result" }
+
+#define AUDIT_FILTER_TEXT \
+	"Filters (all must match): --since and --until take a time in RFC 3339\n" \
+	"(2026-01-02T03:04:05Z, 2026-01-02) or relative to now (-30s, -15m, -2h,\n" \
+	"-7d); --tenant, --env, --method, --actor and --result compare exactly.\n" \
+	"An admin limited to some tenants sees only their events; auditors and\n" \
+	"other admins see all; services may not read the log."
+
+#define AUDIT_EVENT_TEXT \
+	"An event: seq (its place in the log), time (UTC, microseconds), actor\n" \
+	"(certificate CN; keybroker for the broker itself) and role (admin,\n" \
+	"service, auditor, system, none), peer (the caller's address), method,\n" \
+	"tenant_id, environment, key_id, result (ok, denied, error), reason (why,\n" \
+	"for denied and error), request_id, and hash (hex SHA-256 chaining it to\n" \
+	"the event before)."
+
 /* The command table: one row per subcommand (STYLE.md: the request path as
  * a table). Groups are listed in the order they first appear. */
 const struct kbctl_cmd kbctl_cmds[] = {
@@ -267,6 +291,119 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "(or 0) is the current one.",
 	  { { "--version", "N", "the DEK version (default or 0: the current one)" } },
 	  kbctl_cmd_datakey_get },
+
+	{ "audit", "list", "", 0, 0,
+	  "List audit events, oldest first",
+	  AUDIT_EVENT_TEXT "\n\n" AUDIT_FILTER_TEXT "\n\n"
+	  "Prints a page (--page-size, default 100) of events with seq after\n"
+	  "--after (default 0: from the first) as a table: SEQ, TIME, ACTOR, ROLE,\n"
+	  "METHOD, TENANT, ENV, KEY, RESULT and REASON (cut to 60 characters), and\n"
+	  "says on stderr when more follow; --all follows the pages to the end.\n"
+	  "--json prints {\"events\": [{\"seq\", \"time\", \"time_us\", \"actor\", \"role\",\n"
+	  "\"peer\", \"method\", \"tenant_id\", \"environment\", \"key_id\", \"result\",\n"
+	  "\"reason\", \"request_id\", \"hash\"}, ...], \"next_after_seq\": N, \"more\":\n"
+	  "BOOL}: pass next_after_seq as --after for the next page.",
+	  { AUDIT_FILTER_FLAGS,
+	    { "--after", "SEQ", "events after this sequence number (default 0)" },
+	    { "--page-size", "N", "events per call (1..1000; default: the broker's, 100)" },
+	    { "--all", NULL, "follow the pages to the end" } },
+	  kbctl_cmd_audit_list },
+	{ "audit", "tail", "", 0, 0,
+	  "Print the last events, or follow new ones live (-f)",
+	  "Without -f: prints the last N events (-n, default 20) that match the\n"
+	  "filters, oldest first, and exits.\n\n"
+	  "With -f: follows the log live (TailEvents, a server stream), one line\n"
+	  "per event, stdout flushed after each. It starts after the newest event\n"
+	  "(with -n N: prints the last N first), after --after SEQ, or at the\n"
+	  "first event with --from-start. Its first call must succeed (an\n"
+	  "unreachable broker, a refusal or a bad filter: exit 1). Then, if the\n"
+	  "stream breaks (broker restart, network), kbctl says so on stderr and\n"
+	  "reconnects, waiting 0.25 s and doubling up to 5 s, and resumes after\n"
+	  "the last event it printed: no gap, no duplicate. A refusal ends it\n"
+	  "(exit 1). Ctrl-C or SIGTERM ends it cleanly (exit 0).\n\n"
+	  "--state-file FILE: the sequence number to resume after is read from\n"
+	  "FILE when it exists (it then wins over --after, --from-start and -n,\n"
+	  "which only set where the first run starts) and written to FILE after\n"
+	  "each event printed (FILE.tmp, then renamed), so a tail -f that is\n"
+	  "killed and started again with the same FILE goes on exactly where it\n"
+	  "stopped.\n"
+	  "(Killed in the instant between printing an event and recording it,\n"
+	  "it prints that one event again: it never skips one.)\n\n"
+	  "A line: SEQ TIME ACTOR ROLE METHOD TENANT ENV KEY RESULT [REASON], \"-\"\n"
+	  "for an empty field. --json prints one JSON object per line instead,\n"
+	  "with the fields of 'audit list --json' (hash included).\n\n"
+	  AUDIT_FILTER_TEXT,
+	  { { "--follow", NULL, "follow new events live, resuming after disconnects", 0, "-f" },
+	    { "--lines", "N", "print the last N events (default 20; with -f: none)", 0, "-n" },
+	    { "--after", "SEQ", "with -f: start after this sequence number" },
+	    { "--from-start", NULL, "with -f: start at the first event" },
+	    { "--state-file", "FILE", "with -f: resume after the seq in FILE; keep it up to date" },
+	    AUDIT_FILTER_FLAGS },
+	  kbctl_cmd_audit_tail },
+	{ "audit", "export", "", 0, 0,
+	  "Export the whole log, with its checkpoints and public key",
+	  "Writes JSON Lines to --out (mode 0600, through a temporary file renamed\n"
+	  "at the end; an existing file is refused unless --force):\n"
+	  "  line 1: {\"type\": \"header\", \"format\": \"keybroker-audit-export\",\n"
+	  "          \"version\": 1, \"exported_at\", \"exported_at_us\", \"head_seq\",\n"
+	  "          \"audit_key\": {\"key_id\", \"algorithm\", \"fingerprint\",\n"
+	  "          \"public_key_pem\"}}\n"
+	  "  then every event {\"type\": \"event\", ...the fields of 'audit list\n"
+	  "  --json'...} and every checkpoint {\"type\": \"checkpoint\", \"seq\",\n"
+	  "  \"time\", \"time_us\", \"head_hash\" (hex), \"prev_signature\" (base64),\n"
+	  "  \"signature\" (base64), \"key_id\"} in log order: a checkpoint right\n"
+	  "  after the event it covers (or where that event would be).\n"
+	  "The export ends at the newest event when it starts (or the newest\n"
+	  "checkpoint, if its events are gone): head_seq. Events and checkpoints\n"
+	  "written meanwhile are left for the next one. kbctl warns when sequence\n"
+	  "numbers are missing (removed events, or events this certificate may\n"
+	  "not read: export as an auditor). Prints how many events and\n"
+	  "checkpoints it wrote; --json prints {\"file\", \"events\", \"first_seq\",\n"
+	  "\"last_seq\", \"checkpoints\", \"head_seq\", \"fingerprint\"}. Then:\n"
+	  "'kbctl audit verify FILE', anywhere, without the broker.",
+	  { { "--out", "FILE", "where to write the export (mode 0600)", KBCTL_REQUIRED },
+	    { "--force", NULL, "replace FILE if it exists" } },
+	  kbctl_cmd_audit_export },
+	{ "audit", "verify", "[FILE]", 0, 1,
+	  "Verify an export offline (or the broker's log with --online)",
+	  "Checks every event's hash chain (each hash = SHA-256 of the previous\n"
+	  "hash and the event), that no sequence number is missing, every\n"
+	  "checkpoint's signature with the audit public key (RSASSA-PKCS1-v1_5,\n"
+	  "SHA-256) and its chaining to the one before, and that each checkpoint\n"
+	  "signs the hash of the event it covers. Prints\n"
+	  "  verified: events 1..N (K checkpoints; signed through C); audit key\n"
+	  "  fingerprint F\n"
+	  "and exits 0 (warning on stderr about events after the last checkpoint,\n"
+	  "which no signature covers yet), or\n"
+	  "  FAILED at seq S: REASON   (the first sequence number that fails)\n"
+	  "  FAILED at line L: REASON  (a malformed line of the file)\n"
+	  "and exits 1. Events removed after a checkpoint signed them, the newest\n"
+	  "included, are caught by that checkpoint (the broker never reuses their\n"
+	  "numbers). Events no checkpoint covers yet, or removed together with the\n"
+	  "checkpoints after them, can only be seen missing by comparing with an\n"
+	  "earlier export (its events must reappear, same hashes): keep them.\n\n"
+	  "FILE ('-' for stdin) is an 'audit export'; this needs no broker and no\n"
+	  "certificates. --online verifies the broker's log through the API\n"
+	  "instead (as an auditor: an admin limited to tenants cannot see it all).\n\n"
+	  "The export carries its own public key, and whoever could rewrite the\n"
+	  "file could replace that key too: pin it. Take the fingerprint from\n"
+	  "'kbctl audit key' (or a trusted earlier export) and pass it as\n"
+	  "--key-fingerprint: a key with another fingerprint is refused (exit 1).\n"
+	  "--json prints {\"verified\", \"events\", \"first_seq\", \"last_seq\",\n"
+	  "\"checkpoints\", \"signed_through\", \"not_covered\", \"fingerprint\",\n"
+	  "\"key_id\", \"failed_seq\", \"failed_line\", \"reason\", \"source\"}.",
+	  { { "--online", NULL, "verify the broker's log through the API, not a file" },
+	    { "--key-fingerprint", "HEX", "the audit key's fingerprint must be this (from 'audit key')" } },
+	  kbctl_cmd_audit_verify, KBCTL_LOCAL_ONLINE },
+	{ "audit", "key", "", 0, 0,
+	  "Show the audit signing key (public half)",
+	  "The key that signs the checkpoints lives in the broker's token and\n"
+	  "never leaves it. Prints its key_id, algorithm, fingerprint (hex SHA-256\n"
+	  "of its SubjectPublicKeyInfo; kbctl checks it against the key) and the\n"
+	  "public key in PEM. Keep the fingerprint somewhere safe and pass it to\n"
+	  "'kbctl audit verify --key-fingerprint'. --json prints {\"key_id\",\n"
+	  "\"algorithm\", \"fingerprint\", \"public_key_pem\"}.",
+	  { { NULL } }, kbctl_cmd_audit_key },
 };
 
 const struct kbctl_group kbctl_groups[] = {
@@ -276,6 +413,7 @@ const struct kbctl_group kbctl_groups[] = {
 	{ "byok", "Bring your own key: the key-exchange key, offline wrapping" },
 	{ "envs", "Environments: create, encrypt, back up, restore, copy, reset" },
 	{ "datakey", "Fetch an environment's data key" },
+	{ "audit", "The audit log: list, tail -f, export, verify, key" },
 };
 /* clang-format on */
 

@@ -9,6 +9,7 @@
 #include <grpc/slice.h>
 
 #include "kb_secmem.h"
+#include "kb_utf8.h"
 
 grpc_byte_buffer *
 kb_wire_pack(const ProtobufCMessage *msg)
@@ -24,41 +25,6 @@ kb_wire_pack(const ProtobufCMessage *msg)
 	bb = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);
 	return bb;
-}
-
-/* Length of a valid UTF-8 sequence at p (1..4) or 0. */
-static size_t
-utf8_seq(const uint8_t *p, size_t left)
-{
-	uint32_t cp;
-	size_t n, i;
-
-	if (p[0] < 0x80)
-		return 1;
-	if ((p[0] & 0xe0) == 0xc0) {
-		n = 2;
-		cp = p[0] & 0x1f;
-	} else if ((p[0] & 0xf0) == 0xe0) {
-		n = 3;
-		cp = p[0] & 0x0f;
-	} else if ((p[0] & 0xf8) == 0xf0) {
-		n = 4;
-		cp = p[0] & 0x07;
-	} else {
-		return 0;
-	}
-	if (n > left)
-		return 0;
-	for (i = 1; i < n; i++) {
-		if ((p[i] & 0xc0) != 0x80)
-			return 0;
-		cp = (cp << 6) | (p[i] & 0x3f);
-	}
-	if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
-	    (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-	    (cp >= 0xd800 && cp <= 0xdfff))
-		return 0;
-	return n;
 }
 
 static int
@@ -121,7 +87,7 @@ check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
 					return kb_errf(KB_ERR_INVALID_ARGUMENT, "field "
 					    "\"%s\" contains a NUL byte at byte %zu",
 					    f->name, i + 1);
-				if ((k = utf8_seq(p + i, len - i)) == 0)
+				if ((k = kb_utf8_seq(p + i, len - i)) == 0)
 					return kb_errf(KB_ERR_INVALID_ARGUMENT, "field "
 					    "\"%s\" is not valid UTF-8 (byte %zu)",
 					    f->name, i + 1);

@@ -45,6 +45,10 @@ test_message_and_wrap(void)
 	kb_err_wrap(KB_ERR_NOT_FOUND, "loading %s", "x");
 	KBT_ASSERT_STR(kb_err_msg(KB_ERR_NOT_FOUND),
 	    "loading x: tenant \"a\" not found");
+	/* The current message may be an argument of the next. */
+	kb_errf(KB_ERR_IO, "x");
+	kb_errf(KB_ERR_UNAVAILABLE, "y (%s)", kb_err_msg(KB_ERR_IO));
+	KBT_ASSERT_STR(kb_err_msg(KB_ERR_UNAVAILABLE), "y (x)");
 	kb_err_clear();
 }
 

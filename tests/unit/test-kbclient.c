@@ -1,8 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test-kbclient.c: the client library's status mapping and file checks,
- * kbctl's text formatting (tables, enum words, base64, sanitizing, progress
- * bar), its secret input (password files and prompts, key file formats,
- * once-written output files, confirmations) and offline .byok wrapping. */
+ * its server-streaming calls (refused, waiting), kbctl's text formatting
+ * (tables, enum words, base64, sanitizing, progress bar), its secret input
+ * (password files and prompts, key file formats, once-written output
+ * files, confirmations), offline .byok wrapping, and the audit export
+ * format: its verification (untouched, altered, removed, truncated,
+ * malformed, another key), fingerprints and tail's state file. */
 #include "harness.h"
 
 #include <arpa/inet.h>
@@ -13,6 +16,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
@@ -21,6 +25,7 @@
 /* The test links what tests/CMakeLists.txt gives every unit test
  * (kb_common, kb_proto); the client sources are compiled in here so the
  * static helpers can be tested too. */
+#include "../../client/audit_export.c"
 #include "../../client/byok_wrap.c"
 #include "../../client/kbclient.c"
 #include "../../client/kbctl_fmt.c"
@@ -250,6 +255,92 @@ test_connect_refused(void)
 	KBT_ASSERT(strncmp(st.message, want, strlen(want)) == 0);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAVAILABLE), want);
 	kb_client_close(c);
+	kbt_rmtree(p.dir);
+}
+
+static void
+test_stream_refused(void)
+{
+	Keybroker__V1__TailEventsRequest req =
+	    KEYBROKER__V1__TAIL_EVENTS_REQUEST__INIT;
+	struct pki p;
+	struct kb_client *c = NULL;
+	struct kb_client_stream *s = NULL;
+	struct kb_client_opts o;
+	struct kb_status st;
+	ProtobufCMessage *m = (ProtobufCMessage *)&req;
+	char addr[64], want[96];
+
+	KBT_ASSERT(pki_make(&p));
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", closed_port());
+	memset(&o, 0, sizeof(o));
+	o.addr = addr;
+	o.cert_file = p.cert;
+	o.key_file = p.key;
+	o.ca_file = p.cert;
+	KBT_ASSERT_OK(kb_client_open(&o, &c));
+	KBT_ASSERT_OK(kb_client_stream_open(c, KB_METHOD_TAIL_EVENTS, &req.base,
+	    &keybroker__v1__event__descriptor, 0, &s, &st));
+	KBT_ASSERT_INT(
+	    kb_client_stream_next(s, 10000, &m, &st), ==, KB_STREAM_ENDED);
+	KBT_ASSERT(m == NULL);
+	KBT_ASSERT_INT(st.code, ==, GRPC_STATUS_UNAVAILABLE);
+	snprintf(want, sizeof(want), "cannot connect to %s: ", addr);
+	KBT_ASSERT(strncmp(st.message, want, strlen(want)) == 0);
+	/* Once ended, it stays ended and says the same. */
+	memset(&st, 0, sizeof(st));
+	KBT_ASSERT_INT(
+	    kb_client_stream_next(s, 0, &m, &st), ==, KB_STREAM_ENDED);
+	KBT_ASSERT_INT(st.code, ==, GRPC_STATUS_UNAVAILABLE);
+	kb_client_stream_close(s);
+	kb_client_stream_close(NULL);
+	kb_client_close(c);
+	kbt_rmtree(p.dir);
+}
+
+/* A listener that never answers (the TLS handshake hangs): the stream
+ * waits, says so, and closes cleanly while a read is pending. */
+static void
+test_stream_waiting(void)
+{
+	Keybroker__V1__TailEventsRequest req =
+	    KEYBROKER__V1__TAIL_EVENTS_REQUEST__INIT;
+	struct pki p;
+	struct kb_client *c = NULL;
+	struct kb_client_stream *s = NULL;
+	struct kb_client_opts o;
+	struct kb_status st;
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+	ProtobufCMessage *m = NULL;
+	char addr[64];
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	KBT_ASSERT(fd >= 0);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	KBT_ASSERT(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+	KBT_ASSERT(listen(fd, 4) == 0);
+	KBT_ASSERT(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+	KBT_ASSERT(pki_make(&p));
+	snprintf(addr, sizeof(addr), "127.0.0.1:%d", ntohs(a.sin_port));
+	memset(&o, 0, sizeof(o));
+	o.addr = addr;
+	o.cert_file = p.cert;
+	o.key_file = p.key;
+	o.ca_file = p.cert;
+	KBT_ASSERT_OK(kb_client_open(&o, &c));
+	KBT_ASSERT_OK(kb_client_stream_open(c, KB_METHOD_TAIL_EVENTS, &req.base,
+	    &keybroker__v1__event__descriptor, 0, &s, &st));
+	KBT_ASSERT_INT(
+	    kb_client_stream_next(s, 100, &m, &st), ==, KB_STREAM_WAITING);
+	KBT_ASSERT(m == NULL);
+	KBT_ASSERT_INT(
+	    kb_client_stream_next(s, 100, &m, &st), ==, KB_STREAM_WAITING);
+	kb_client_stream_close(s);
+	kb_client_close(c);
+	close(fd);
 	kbt_rmtree(p.dir);
 }
 
@@ -981,6 +1072,530 @@ test_byok_wrap_refusals(void)
 	EVP_PKEY_free(ec);
 }
 
+/* ---- the audit export ---- */
+
+/* An export made here: a header, events 1..n (hash-chained as the broker
+ * does) and checkpoints after the events listed, signed with `key`. */
+struct ax_fx {
+	EVP_PKEY *key;
+	char fp[65];
+	char *line[128];
+	size_t n;
+};
+
+static char *
+ax_dump(json_t *j)
+{
+	char *s = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+
+	json_decref(j);
+	return s;
+}
+
+static int
+ax_sign(EVP_PKEY *key, const struct kb_audit_checkpoint *cp, uint8_t *sig,
+    size_t *sig_len)
+{
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	EVP_PKEY_CTX *pc = NULL;
+	uint8_t *data = NULL;
+	size_t len = 0;
+	int ok;
+
+	ok = md != NULL && kb_audit_checkpoint_data(cp, &data, &len) == KB_OK
+	    && EVP_DigestSignInit(md, &pc, EVP_sha256(), NULL, key) == 1
+	    && EVP_PKEY_CTX_set_rsa_padding(pc, RSA_PKCS1_PADDING) == 1
+	    && EVP_DigestSign(md, sig, sig_len, data, len) == 1;
+	EVP_MD_CTX_free(md);
+	free(data);
+	return ok;
+}
+
+static char *
+ax_pem(EVP_PKEY *key)
+{
+	BIO *b = BIO_new(BIO_s_mem());
+	char *p = NULL, *out = NULL;
+	long n;
+
+	if (b != NULL && PEM_write_bio_PUBKEY(b, key) == 1
+	    && (n = BIO_get_mem_data(b, &p)) > 0
+	    && (out = calloc(1, (size_t)n + 1)) != NULL)
+		memcpy(out, p, (size_t)n);
+	BIO_free(b);
+	return out;
+}
+
+static void
+ax_fx_free(struct ax_fx *x)
+{
+	size_t i;
+
+	for (i = 0; i < x->n; i++)
+		free(x->line[i]);
+	x->n = 0;
+}
+
+/* Events 1..nev; a checkpoint after each seq in cps (ascending). */
+static int
+ax_fx_make(struct ax_fx *x, EVP_PKEY *key, uint64_t nev, const uint64_t *cps,
+    size_t ncps)
+{
+	Keybroker__V1__AuditKey ak = KEYBROKER__V1__AUDIT_KEY__INIT;
+	uint8_t hash[KB_AUDIT_HASH_LEN], sig[512], prev[512];
+	size_t sig_len, prev_len = 0, ci = 0;
+	char rid[32], *pem = ax_pem(key);
+	EVP_PKEY *tmp = NULL;
+	uint64_t i;
+
+	memset(x, 0, sizeof(*x));
+	memset(hash, 0, sizeof(hash));
+	x->key = key;
+	if (pem == NULL || audit_export_key_load(pem, &tmp, x->fp) != KB_OK) {
+		free(pem);
+		return 0;
+	}
+	EVP_PKEY_free(tmp);
+	ak.key_id = (char *)"kb-audit-1";
+	ak.algorithm = (char *)KB_AUDIT_SIG_ALG;
+	ak.fingerprint = x->fp;
+	ak.public_key_pem = pem;
+	x->line[x->n++] =
+	    ax_dump(audit_export_header_json(&ak, 1700000000000000LL, nev));
+	free(pem);
+	for (i = 1; i <= nev; i++) {
+		Keybroker__V1__Event ev = KEYBROKER__V1__EVENT__INIT;
+		struct kb_audit_event ae;
+
+		snprintf(rid, sizeof(rid), "r-%04llu", (unsigned long long)i);
+		ev.seq = i;
+		ev.time_us = 1700000000000000LL + (int64_t)i * 1000;
+		ev.actor = (char *)(i == 1 ? "keybroker" : "admin");
+		ev.role = (char *)(i == 1 ? "system" : "admin");
+		ev.peer = (char *)"ipv4:127.0.0.1:5555";
+		ev.method = (char *)(i == 1 ? "broker.start" : "CreateTenant");
+		ev.tenant_id = (char *)(i == 1 ? "" : "acme");
+		ev.result = (char *)(i % 3 == 0 ? "denied" : "ok");
+		ev.reason = (char *)(i % 3 == 0
+		        ? "PERMISSION_DENIED: \"caf\xc3\xa9\" no"
+		        : "");
+		ev.request_id = rid;
+		memset(&ae, 0, sizeof(ae));
+		ae.seq = ev.seq;
+		ae.time_us = ev.time_us;
+		ae.actor = ev.actor;
+		ae.role = ev.role;
+		ae.peer = ev.peer;
+		ae.method = ev.method;
+		ae.tenant = ev.tenant_id;
+		ae.env = ev.environment;
+		ae.key_id = ev.key_id;
+		ae.result = ev.result;
+		ae.reason = ev.reason;
+		ae.request_id = ev.request_id;
+		if (kb_audit_event_hash(hash, &ae, hash) != KB_OK)
+			return 0;
+		ev.hash.data = hash;
+		ev.hash.len = sizeof(hash);
+		x->line[x->n++] = ax_dump(audit_export_event_json(&ev, 1));
+		if (ci < ncps && cps[ci] == i) {
+			Keybroker__V1__Checkpoint c =
+			    KEYBROKER__V1__CHECKPOINT__INIT;
+			struct kb_audit_checkpoint kc;
+
+			memset(&kc, 0, sizeof(kc));
+			kc.seq = i;
+			memcpy(kc.head_hash, hash, sizeof(hash));
+			kc.time_us = ev.time_us + 500;
+			kc.prev_sig = prev;
+			kc.prev_sig_len = prev_len;
+			sig_len = sizeof(sig);
+			if (!ax_sign(key, &kc, sig, &sig_len))
+				return 0;
+			c.seq = i;
+			c.head_hash.data = hash;
+			c.head_hash.len = sizeof(hash);
+			c.time_us = kc.time_us;
+			c.prev_signature.data = prev;
+			c.prev_signature.len = prev_len;
+			c.signature.data = sig;
+			c.signature.len = sig_len;
+			c.key_id = (char *)"kb-audit-1";
+			x->line[x->n++] =
+			    ax_dump(audit_export_checkpoint_json(&c));
+			memcpy(prev, sig, sig_len);
+			prev_len = sig_len;
+			ci++;
+		}
+	}
+	for (i = 0; i < x->n; i++)
+		if (x->line[i] == NULL)
+			return 0;
+	return 1;
+}
+
+/* Verify lines [0, n) of x. */
+static void
+ax_verify(
+    const struct ax_fx *x, const char *pin, struct audit_export_report *rep)
+{
+	struct audit_export_verifier *v = NULL;
+	size_t i;
+
+	memset(rep, 0, sizeof(*rep));
+	if (audit_export_verifier_new(pin, &v) != KB_OK)
+		return;
+	for (i = 0; i < x->n; i++)
+		if (audit_export_verifier_line(
+		        v, x->line[i], strlen(x->line[i]), i + 1)
+		    != 0)
+			break;
+	audit_export_verifier_finish(v, x->n + 1, rep);
+	audit_export_verifier_free(v);
+}
+
+/* The index of the line holding `type` with `seq`, or -1. */
+static long
+ax_find(const struct ax_fx *x, const char *type, uint64_t seq)
+{
+	size_t i;
+	char want[64];
+
+	snprintf(want, sizeof(want), "{\"type\":\"%s\",\"seq\":%llu,", type,
+	    (unsigned long long)seq);
+	for (i = 0; i < x->n; i++)
+		if (strncmp(x->line[i], want, strlen(want)) == 0)
+			return (long)i;
+	return -1;
+}
+
+static void
+ax_remove(struct ax_fx *x, long i)
+{
+	free(x->line[i]);
+	memmove(&x->line[i], &x->line[i + 1],
+	    (x->n - (size_t)i - 1) * sizeof(char *));
+	x->n--;
+}
+
+/* Set a field of line i to a JSON value (from text). */
+static void
+ax_set(struct ax_fx *x, long i, const char *key, const char *value)
+{
+	json_t *o = json_loads(x->line[i], 0, NULL);
+
+	json_object_set_new(o, key, json_loads(value, JSON_DECODE_ANY, NULL));
+	free(x->line[i]);
+	x->line[i] = ax_dump(o);
+}
+
+static const uint64_t ax_cps[] = {10, 20};
+
+static void
+test_export_verified(void)
+{
+	EVP_PKEY *key = EVP_RSA_gen(2048);
+	struct audit_export_report rep;
+	struct ax_fx x;
+	char pin[65];
+	json_t *j;
+
+	KBT_ASSERT(key != NULL);
+	KBT_ASSERT(ax_fx_make(&x, key, 25, ax_cps, 2));
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(rep.ok);
+	KBT_ASSERT_INT(rep.events, ==, 25);
+	KBT_ASSERT_INT(rep.first_seq, ==, 1);
+	KBT_ASSERT_INT(rep.last_seq, ==, 25);
+	KBT_ASSERT_INT(rep.checkpoints, ==, 2);
+	KBT_ASSERT_INT(rep.covered_seq, ==, 20);
+	KBT_ASSERT_STR(rep.fingerprint, x.fp);
+	KBT_ASSERT_STR(rep.key_id, "kb-audit-1");
+	/* Pinned: the right fingerprint, as a person may type it. */
+	KBT_ASSERT_INT(audit_export_fp_normalize(x.fp, pin), ==, 0);
+	ax_verify(&x, pin, &rep);
+	KBT_ASSERT(rep.ok);
+	/* An event line has exactly the documented fields. */
+	j = json_loads(x.line[ax_find(&x, "event", 3)], 0, NULL);
+	KBT_ASSERT(j != NULL);
+	KBT_ASSERT_INT(json_object_size(j), ==, 15);
+	KBT_ASSERT_STR(json_string_value(json_object_get(j, "reason")),
+	    "PERMISSION_DENIED: \"caf\xc3\xa9\" no");
+	KBT_ASSERT_INT(
+	    strlen(json_string_value(json_object_get(j, "hash"))), ==, 64);
+	KBT_ASSERT_STR(json_string_value(json_object_get(j, "time")),
+	    "2023-11-14T22:13:20.003000Z");
+	json_decref(j);
+	ax_fx_free(&x);
+	EVP_PKEY_free(key);
+}
+
+static void
+test_export_tampered(void)
+{
+	EVP_PKEY *key = EVP_RSA_gen(2048);
+	struct audit_export_report rep;
+	struct ax_fx x;
+	long i;
+
+	KBT_ASSERT(key != NULL);
+	/* An event altered: that event fails. */
+	KBT_ASSERT(ax_fx_make(&x, key, 25, ax_cps, 2));
+	ax_set(&x, ax_find(&x, "event", 7), "actor", "\"mallory\"");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.seq, ==, 7);
+	KBT_ASSERT_INT(rep.line, ==, 0);
+	KBT_ASSERT_CONTAINS(rep.reason, "does not match its hash");
+	ax_fx_free(&x);
+	/* One removed from the middle: named as missing. */
+	KBT_ASSERT(ax_fx_make(&x, key, 25, ax_cps, 2));
+	ax_remove(&x, ax_find(&x, "event", 12));
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.seq, ==, 12);
+	KBT_ASSERT_CONTAINS(rep.reason, "event 12 is missing");
+	ax_fx_free(&x);
+	/* The newest events after a checkpoint removed: the signed
+	 * checkpoint says they existed. */
+	KBT_ASSERT(ax_fx_make(&x, key, 20, ax_cps, 2));
+	for (i = 16; i <= 20; i++)
+		ax_remove(&x, ax_find(&x, "event", (uint64_t)i));
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.seq, ==, 16);
+	KBT_ASSERT_CONTAINS(rep.reason, "signed checkpoint at 20");
+	ax_fx_free(&x);
+	/* ... and numbering went on after the checkpoint (as the broker
+	 * does): the gap is named, and the checkpoint that covers it. */
+	KBT_ASSERT(ax_fx_make(&x, key, 22, ax_cps, 2));
+	for (i = 16; i <= 20; i++)
+		ax_remove(&x, ax_find(&x, "event", (uint64_t)i));
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.seq, ==, 16);
+	KBT_ASSERT_CONTAINS(rep.reason, "event 16 is missing");
+	KBT_ASSERT_CONTAINS(
+	    rep.reason, "the signed checkpoint at 20 covers it");
+	ax_fx_free(&x);
+	/* A checkpoint's signature altered. */
+	KBT_ASSERT(ax_fx_make(&x, key, 25, ax_cps, 2));
+	i = ax_find(&x, "checkpoint", 20);
+	ax_set(&x, i, "time_us", "1700000000020501");
+	ax_set(&x, i, "time", "\"2023-11-14T22:13:20.020501Z\"");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.seq, ==, 20);
+	KBT_ASSERT_CONTAINS(rep.reason, "bad signature");
+	ax_fx_free(&x);
+	/* A checkpoint removed: the next one does not chain. */
+	KBT_ASSERT(ax_fx_make(&x, key, 25, ax_cps, 2));
+	ax_remove(&x, ax_find(&x, "checkpoint", 10));
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.seq, ==, 20);
+	KBT_ASSERT_CONTAINS(rep.reason, "does not chain");
+	ax_fx_free(&x);
+	/* Two events swapped. */
+	KBT_ASSERT(ax_fx_make(&x, key, 25, ax_cps, 2));
+	i = ax_find(&x, "event", 4);
+	{
+		char *t = x.line[i];
+
+		x.line[i] = x.line[i + 1];
+		x.line[i + 1] = t;
+	}
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.seq, ==, 4);
+	ax_fx_free(&x);
+	EVP_PKEY_free(key);
+}
+
+static void
+test_export_malformed(void)
+{
+	EVP_PKEY *key = EVP_RSA_gen(2048), *other = EVP_RSA_gen(2048);
+	struct audit_export_report rep;
+	struct ax_fx x, y;
+	char pin[65];
+	long i;
+
+	KBT_ASSERT(key != NULL && other != NULL);
+	/* A line that is not JSON: named by its number. */
+	KBT_ASSERT(ax_fx_make(&x, key, 12, ax_cps, 1));
+	free(x.line[4]);
+	x.line[4] = strdup("{\"type\":\"event\",");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.line, ==, 5);
+	KBT_ASSERT_CONTAINS(rep.reason, "not JSON");
+	/* An empty line, a missing field, a duplicated key, a bad type. */
+	free(x.line[4]);
+	x.line[4] = strdup("");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.line == 5);
+	ax_fx_free(&x);
+	KBT_ASSERT(ax_fx_make(&x, key, 12, ax_cps, 1));
+	i = ax_find(&x, "event", 6);
+	ax_set(&x, i, "peer", "null");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_INT(rep.line, ==, (unsigned long)i + 1);
+	KBT_ASSERT_INT(rep.seq, ==, 6);
+	KBT_ASSERT_CONTAINS(rep.reason, "\"peer\"");
+	ax_fx_free(&x);
+	KBT_ASSERT(ax_fx_make(&x, key, 12, ax_cps, 1));
+	i = ax_find(&x, "event", 6);
+	free(x.line[i]);
+	x.line[i] = strdup("{\"type\":\"event\",\"seq\":6,\"seq\":7}");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.line == (unsigned long)i + 1);
+	KBT_ASSERT_CONTAINS(rep.reason, "duplicate");
+	free(x.line[i]);
+	x.line[i] = strdup("{\"type\":\"note\"}");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.line == (unsigned long)i + 1);
+	ax_fx_free(&x);
+	/* "time" edited (only time_us is hashed): refused all the same. */
+	KBT_ASSERT(ax_fx_make(&x, key, 12, ax_cps, 1));
+	i = ax_find(&x, "event", 2);
+	ax_set(&x, i, "time", "\"2020-01-01T00:00:00Z\"");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.seq == 2 && rep.line == (unsigned long)i + 1);
+	KBT_ASSERT_CONTAINS(rep.reason, "\"time\"");
+	ax_fx_free(&x);
+	/* A malformed line after a failure of the log: the first one wins. */
+	KBT_ASSERT(ax_fx_make(&x, key, 12, ax_cps, 1));
+	ax_set(&x, ax_find(&x, "event", 3), "method", "\"X\"");
+	free(x.line[x.n - 1]);
+	x.line[x.n - 1] = strdup("junk");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.seq == 3 && rep.line == 0);
+	ax_fx_free(&x);
+	/* The header: another key (pinned), a fingerprint that is not its
+	 * key's, no header, no events. */
+	KBT_ASSERT(ax_fx_make(&x, key, 12, ax_cps, 1));
+	KBT_ASSERT(ax_fx_make(&y, other, 1, NULL, 0));
+	KBT_ASSERT_INT(audit_export_fp_normalize(y.fp, pin), ==, 0);
+	ax_verify(&x, pin, &rep);
+	KBT_ASSERT(!rep.ok && rep.line == 1 && rep.seq == 0);
+	KBT_ASSERT_CONTAINS(rep.reason, "not the pinned");
+	/* The other key in the header: its checkpoints do not verify. */
+	free(x.line[0]);
+	x.line[0] = strdup(y.line[0]);
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.seq == 10);
+	KBT_ASSERT_CONTAINS(rep.reason, "bad signature");
+	ax_set(&x, 0, "version", "2");
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.line == 1);
+	KBT_ASSERT_CONTAINS(rep.reason, "version 2");
+	ax_fx_free(&x);
+	KBT_ASSERT(ax_fx_make(&x, key, 12, ax_cps, 1));
+	{
+		json_t *h = json_loads(x.line[0], 0, NULL);
+
+		json_object_set_new(json_object_get(h, "audit_key"),
+		    "fingerprint", json_string(y.fp));
+		free(x.line[0]);
+		x.line[0] = ax_dump(h);
+	}
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.line == 1);
+	KBT_ASSERT_CONTAINS(rep.reason, "but its public key's is");
+	ax_fx_free(&x);
+	ax_fx_free(&y);
+	KBT_ASSERT(ax_fx_make(&x, key, 3, NULL, 0));
+	ax_remove(&x, 0);
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok && rep.line == 1);
+	KBT_ASSERT_CONTAINS(rep.reason, "header");
+	ax_fx_free(&x);
+	KBT_ASSERT(ax_fx_make(&x, key, 0, NULL, 0));
+	ax_verify(&x, NULL, &rep);
+	KBT_ASSERT(!rep.ok);
+	KBT_ASSERT_CONTAINS(rep.reason, "no events");
+	{
+		size_t n = x.n;
+
+		x.n = 0;
+		ax_verify(&x, NULL, &rep);
+		x.n = n;
+	}
+	ax_fx_free(&x);
+	KBT_ASSERT(!rep.ok && rep.line == 1);
+	KBT_ASSERT_CONTAINS(rep.reason, "empty");
+	EVP_PKEY_free(key);
+	EVP_PKEY_free(other);
+}
+
+static void
+test_export_fp_normalize(void)
+{
+	char out[65];
+	const char *hex =
+	    "7ec9a0ee0b5841e1020e0018f8e95f7986cf0ba2b143b5c17d07fb28d825bdac";
+
+	KBT_ASSERT_INT(audit_export_fp_normalize(hex, out), ==, 0);
+	KBT_ASSERT_STR(out, hex);
+	KBT_ASSERT_INT(
+	    audit_export_fp_normalize("7E:C9:A0:EE:0B:58:41:E1:02:0E:00:"
+	                              "18:F8:E9:5F:79:86:CF:0B:A2:B1:43:"
+	                              "B5:C1:7D:07:FB:28:D8:25:BD:AC",
+	        out),
+	    ==, 0);
+	KBT_ASSERT_STR(out, hex);
+	KBT_ASSERT_INT(audit_export_fp_normalize("7ec9", out), ==, -1);
+	KBT_ASSERT_INT(audit_export_fp_normalize("", out), ==, -1);
+	KBT_ASSERT_INT(
+	    audit_export_fp_normalize("7ec9a0ee0b5841e1020e0018f8e95f7986cf0ba2"
+	                              "b143b5c17d07fb28d825bdaz",
+	        out),
+	    ==, -1);
+	KBT_ASSERT_INT(
+	    audit_export_fp_normalize("7ec9a0ee0b5841e1020e0018f8e95f7986cf0ba2"
+	                              "b143b5c17d07fb28d825bdac00",
+	        out),
+	    ==, -1);
+}
+
+static void
+test_state_file(void)
+{
+	const char *dir = kbt_tmpdir();
+	char path[512], tmp[520];
+	uint64_t seq = 7;
+	int found = 1;
+	struct stat sb;
+
+	snprintf(path, sizeof(path), "%s/tail.state", dir);
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	KBT_ASSERT_OK(audit_state_read(path, &seq, &found));
+	KBT_ASSERT(found == 0 && seq == 0);
+	KBT_ASSERT_OK(audit_state_write(path, 42));
+	KBT_ASSERT_OK(audit_state_read(path, &seq, &found));
+	KBT_ASSERT(found == 1 && seq == 42);
+	KBT_ASSERT_OK(audit_state_write(path, 18446744073709551615ULL));
+	KBT_ASSERT_OK(audit_state_read(path, &seq, &found));
+	KBT_ASSERT(seq == 18446744073709551615ULL);
+	KBT_ASSERT(stat(path, &sb) == 0 && (sb.st_mode & 0777) == 0600);
+	KBT_ASSERT(stat(tmp, &sb) != 0);
+	write_text(path, "12x\n");
+	KBT_ASSERT_ERR(
+	    audit_state_read(path, &seq, &found), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), path);
+	write_text(path, "");
+	KBT_ASSERT_ERR(
+	    audit_state_read(path, &seq, &found), KB_ERR_INVALID_ARGUMENT);
+	write_text(path, "-3\n");
+	KBT_ASSERT_ERR(
+	    audit_state_read(path, &seq, &found), KB_ERR_INVALID_ARGUMENT);
+	snprintf(tmp, sizeof(tmp), "%s/none/tail.state", dir);
+	KBT_ASSERT_ERR(audit_state_write(tmp, 1), KB_ERR_IO);
+	kbt_rmtree(dir);
+}
+
 static const struct kbt_case cases[] = {
     {"/kbclient/status-mapping", test_status_mapping},
     {"/kbclient/connect-reason", test_connect_reason},
@@ -998,7 +1613,14 @@ static const struct kbt_case cases[] = {
     {"/kbctl/key-file-read", test_key_file_read},
     {"/kbctl/out-file", test_out_file}, {"/byok/b64url", test_b64url},
     {"/byok/wrap", test_byok_wrap},
-    {"/byok/wrap-refusals", test_byok_wrap_refusals}, {NULL, NULL}};
+    {"/byok/wrap-refusals", test_byok_wrap_refusals},
+    {"/kbclient/stream-refused", test_stream_refused},
+    {"/kbclient/stream-waiting", test_stream_waiting},
+    {"/audit-export/verified", test_export_verified},
+    {"/audit-export/tampered", test_export_tampered},
+    {"/audit-export/malformed", test_export_malformed},
+    {"/audit-export/fp-normalize", test_export_fp_normalize},
+    {"/audit-export/state-file", test_state_file}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)

@@ -6,6 +6,7 @@
 #include <grpc/grpc.h>
 #include <grpc/slice.h>
 
+#include "kb_utf8.h"
 #include "kb_wire.h"
 #include "keybroker.pb-c.h"
 
@@ -115,7 +116,25 @@ test_wipe(void)
 	kb_wire_destroy(bb);
 }
 
+static void
+test_utf8_clean(void)
+{
+	char a[] = "caf\xc3\xa9";
+	char b[] = "x\xffy\xc3";
+	char c[] = "\xe2\x82\xac\xe2\x82\xac";
+
+	kb_utf8_clean(a, 5);      /* room for 4 bytes: the 2-byte char won't fit */
+	KBT_ASSERT_STR(a, "caf");
+	kb_utf8_clean(b, sizeof(b));
+	KBT_ASSERT_STR(b, "x?y?");
+	kb_utf8_clean(c, 6);      /* one euro sign (3 bytes) fits, not two */
+	KBT_ASSERT_STR(c, "\xe2\x82\xac");
+	KBT_ASSERT_INT(kb_utf8_seq((const unsigned char *)"\xf0\x9f\x98\x80", 4), ==, 4);
+	KBT_ASSERT_INT(kb_utf8_seq((const unsigned char *)"\xed\xa0\x80", 3), ==, 0);
+}
+
 static const struct kbt_case cases[] = {
+	{ "/wire/utf8-clean", test_utf8_clean },
 	{ "/wire/round-trip", test_round_trip },
 	{ "/wire/refusals", test_refusals },
 	{ "/wire/wipe", test_wipe },

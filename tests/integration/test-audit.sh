@@ -1,0 +1,543 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# test-audit.sh: the tamper-evident audit log (issue 4), end to end, with a
+# broker that signs a checkpoint every 10 events or 2 seconds.
+#
+# A scripted session (tenants, environments, a service's data key, a key
+# generated with a known password and activated, apply-key, refusals, an
+# auditor's listing). Then:
+#  1. 'audit list --json' has the session's events in order (seq strictly
+#     increasing from broker.start), each with actor and role, peer, method,
+#     tenant, environment, key id, result, reason and request id; every
+#     filter works; pages follow.
+#  2. No DEK (raw, base64, hex), no password, no private key bytes in the
+#     databases (and their -wal), the export, or the broker's log.
+#  3. An untouched export verifies (also pinned with 'audit key's
+#     fingerprint; a wrong one is refused); a hand-edited export fails.
+#     (a) an event UPDATEd in SQLite, (b) one DELETEd from the middle, and
+#     (c) the newest ones DELETEd while the broker is stopped: each fails
+#     'verify' (a fresh export offline, and --online) naming the first bad
+#     seq; in (c) the broker goes on numbering after the signed checkpoint,
+#     and without that checkpoint the shortened log would pass.
+#  4. 'audit tail -f --state-file' sees another client's calls within 2 s,
+#     is SIGKILLed and started again, follows a broker restart: every seq
+#     exactly once, no gap.
+#  5. A service may not read the log (and that refusal is logged itself);
+#     an admin limited to acme sees only acme's events; the auditor all.
+# Run: bash tests/integration/test-audit.sh (KB_BUILD=build dir, KBT_KEEP=1).
+# shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=tests/integration/lib.sh
+. "$here/lib.sh"
+
+T0=$(date +%s)
+kbt_setup audit_checkpoint_events=10 audit_checkpoint_interval_s=2
+kbt_start || kbt_done
+w=$KBT_DIR/work
+mkdir -m 700 "$w"
+ADB=$KBT_DIR/keybroker-audit.db
+PW="kbt-audit-pw-$RANDOM$RANDOM-Zq"
+pw=$w/pw
+kbt_secret_file "$pw" "$PW"
+
+kb_aud() { kb_as auditor "$@"; }
+# kbctl with no certificate and no broker address (offline commands).
+# shellcheck disable=SC2317 # called through verify_ok and friends
+kb_nocert() { KB_CERT='' KB_KEY='' KB_CA='' KB_ADDR=127.0.0.1:1 kbt_kbctl "$@"; }
+# sqlite3 on the audit database, waiting for the broker's writer if busy.
+sq() { sqlite3 -cmd ".timeout 5000" "$ADB" "$@"; }
+# The newest seq in the audit database (the broker may be stopped).
+db_max() { sq "SELECT COALESCE(MAX(seq), 0) FROM $1"; }
+# A background tail -f is killed with the test, whatever happens.
+TAIL_PID=
+trap 'rc=$?; [[ -n $TAIL_PID ]] && kill -KILL "$TAIL_PID" 2>/dev/null; (exit $rc); kbt_cleanup' EXIT
+# jq-like: a Python expression over the last stdout (d), printed.
+jv() { json "$1" 2>/dev/null; }
+
+# verify_fails DESC SEQ ERE CMD...: CMD (an audit verify) exits 1 saying
+# "FAILED at seq SEQ: ..." matching ERE.
+verify_fails() {
+	local desc=$1 seq=$2 re=$3
+	shift 3
+	"$@"
+	if [[ $KBT_RC == 1 ]] && grep -Eq "^FAILED at seq $seq: .*($re)" "$KBT_OUT"; then
+		kbt_pass "$desc: $(head -n 1 "$KBT_OUT" | cut -c1-200)"
+	else
+		kbt_fail "$desc" "want exit 1 and 'FAILED at seq $seq: /$re/'" "$(kbt_last)"
+	fi
+}
+# verify_fails_line DESC LINE ERE CMD...: "FAILED at line LINE: ..." (exit 1).
+verify_fails_line() {
+	local desc=$1 line=$2 re=$3
+	shift 3
+	"$@"
+	if [[ $KBT_RC == 1 ]] && grep -Eq "^FAILED at line ${line}[: ].*($re)" "$KBT_OUT"; then
+		kbt_pass "$desc: $(head -n 1 "$KBT_OUT" | cut -c1-160)"
+	else
+		kbt_fail "$desc" "want exit 1 and 'FAILED at line $line: /$re/'" "$(kbt_last)"
+	fi
+}
+verify_ok() { # verify_ok DESC CMD...
+	local desc=$1
+	shift
+	"$@"
+	if [[ $KBT_RC == 0 ]] && grep -q '^verified: events 1\.\.' "$KBT_OUT"; then
+		kbt_pass "$desc: $(cut -c1-100 "$KBT_OUT")"
+	else
+		kbt_fail "$desc" "want exit 0 and 'verified: events 1..N'" "$(kbt_last)"
+	fi
+}
+# export_fresh NAME: an export by the auditor to $w/NAME.jsonl.
+export_fresh() {
+	rm -f "$w/$1.jsonl"
+	kb_aud audit export --out "$w/$1.jsonl"
+	[[ $KBT_RC == 0 ]] || kbt_fail "audit export --out $1.jsonl" "$(kbt_last)"
+}
+
+kbt_section "a scripted session"
+expect_ok kb_admin tenants create acme --name "Acme Corp"
+expect_ok kb_admin envs create acme prod
+expect_ok kb_admin envs create acme dev
+expect_ok kb_admin tenants create globex
+expect_ok kb_admin envs create globex prod
+expect_ok kb_svc acme prod datakey get acme prod --json
+cp "$KBT_OUT" "$w/dek.json"
+DEK=$(jv 'd["dek"]')
+check "the service got a 32-byte DEK" test "$(printf '%s' "$DEK" | base64 -d | wc -c)" = 32
+expect_ok kb_admin keys generate acme --out "$w/a.pfx" --password-file "$pw" --json
+A=$(jv 'd["key"]["id"]')
+expect_ok kb_admin keys activate acme "$A" --wait
+expect_ok kb_admin envs apply-key acme prod
+expect_ok kb_svc acme prod datakey get acme prod --json
+check_json "the DEK is the same under key $A" "d['dek'] == '$DEK' and d['key_id'] == '$A'"
+expect_fail PERMISSION_DENIED kb_admin datakey get acme prod
+expect_fail INVALID_ARGUMENT kb_admin tenants create Acme
+expect_fail PERMISSION_DENIED kb_svc acme prod datakey get acme dev
+expect_ok kb_aud audit list
+check_out "the auditor's listing is a table" '^SEQ +TIME +ACTOR +ROLE +METHOD +TENANT +ENV +KEY +RESULT +REASON'
+
+kbt_section "1. the session's events, in order, with their fields"
+expect_ok kb_aud audit list --all --json
+cp "$KBT_OUT" "$w/all.json"
+N=$(jv 'len(d["events"])')
+check_json "seq strictly increasing from 1, no gap ($N events)" \
+	"[e['seq'] for e in d['events']] == list(range(1, len(d['events']) + 1))"
+check_json "broker.start comes first, by the broker itself" \
+	"(lambda e: e['method'] == 'broker.start' and e['actor'] == 'keybroker' and e['role'] == 'system' and e['result'] == 'ok')(d['events'][0])"
+check_json "every event has every field; times match time_us; hashes are 32 bytes" \
+	"all(set(e) == {'seq','time','time_us','actor','role','peer','method','tenant_id','environment','key_id','result','reason','request_id','hash'} and len(e['hash']) == 64 and e['time'].startswith(__import__('time').strftime('%Y-%m-%dT%H:%M:%S', __import__('time').gmtime(e['time_us'] // 1000000))) for e in d['events'])"
+# (The session's calls are one after the other; the broker's own events,
+# from other threads, may carry a time a few microseconds off their place.)
+check_json "the session's times never go back" \
+	"(lambda v: all(a <= b for a, b in zip(v, v[1:])))([e['time_us'] for e in d['events'] if e['role'] != 'system'])"
+check_json "calls carry a request id r-<16 hex> and the peer's address" \
+	"all(__import__('re').fullmatch(r'r-[0-9a-f]{16}', e['request_id']) and e['peer'].startswith('ipv4:127.0.0.1:') for e in d['events'] if e['role'] != 'system')"
+check_json "request ids are unique" \
+	"len({e['request_id'] for e in d['events']}) == len(d['events'])"
+# The session's calls, in the order they were made (other events may come
+# between: the broker's own, such as the activation job's).
+check_json "the session's calls appear in order" \
+	"(lambda want, got: (lambda it: all(w in it for w in want))(iter(got)))([
+	  ('admin','admin','CreateTenant','acme','','ok'),
+	  ('admin','admin','CreateEnvironment','acme','prod','ok'),
+	  ('admin','admin','CreateEnvironment','acme','dev','ok'),
+	  ('admin','admin','CreateTenant','globex','','ok'),
+	  ('admin','admin','CreateEnvironment','globex','prod','ok'),
+	  ('acme-prod','service','GetDataKey','acme','prod','ok'),
+	  ('admin','admin','GenerateKey','acme','','ok'),
+	  ('admin','admin','ActivateKey','acme','','ok'),
+	  ('admin','admin','ApplyKey','acme','prod','ok'),
+	  ('acme-prod','service','GetDataKey','acme','prod','ok'),
+	  ('admin','admin','GetDataKey','acme','prod','denied'),
+	  ('admin','admin','CreateTenant','Acme','','error'),
+	  ('acme-prod','service','GetDataKey','acme','dev','denied')],
+	  [(e['actor'], e['role'], e['method'], e['tenant_id'], e['environment'], e['result']) for e in d['events']])"
+check_json "data keys: the platform key, then key $A after apply-key" \
+	"[e['key_id'] for e in d['events'] if e['method'] == 'GetDataKey' and e['result'] == 'ok'] == ['kb-platform-1', '$A']"
+check_json "GenerateKey and ActivateKey name key $A" \
+	"all(e['key_id'] == '$A' for e in d['events'] if e['method'] in ('GenerateKey', 'ActivateKey'))"
+check_json "the activation job's start and end, by the broker, before apply-key" \
+	"(lambda m: m.index('job.activate.start') < m.index('job.activate.done') < m.index('ApplyKey'))([e['method'] for e in d['events']]) and all(e['key_id'] == '$A' and e['tenant_id'] == 'acme' and e['role'] == 'system' for e in d['events'] if e['method'].startswith('job.'))"
+check_json "successes have no reason" "all(e['reason'] == '' for e in d['events'] if e['result'] == 'ok' and e['role'] != 'system')"
+check_json "refusals say why: status and message" \
+	"[e['reason'] for e in d['events'] if e['result'] != 'ok'] and all(e['reason'].split(':')[0] in ('PERMISSION_DENIED', 'INVALID_ARGUMENT') for e in d['events'] if e['result'] != 'ok')"
+check_json "the wrong-environment refusal names acme/dev and says why" \
+	"any(e['method'] == 'GetDataKey' and e['environment'] == 'dev' and e['result'] == 'denied' and 'dev' in e['reason'] for e in d['events'])"
+check_json "the admin's GetDataKey refusal names the role rule" \
+	"any(e['method'] == 'GetDataKey' and e['actor'] == 'admin' and 'may not call GetDataKey' in e['reason'] for e in d['events'])"
+
+# Filters: each result equals the full list filtered the same way.
+filter_check() { # filter_check DESC PYCOND FLAGS...
+	local desc=$1 cond=$2
+	shift 2
+	kb_aud audit list --all --json "$@"
+	if [[ $KBT_RC != 0 ]]; then
+		kbt_fail "audit list $*" "$(kbt_last)"
+		return
+	fi
+	cp "$KBT_OUT" "$w/filtered.json"
+	local r
+	r=$("$KBT_PY" - "$w/all.json" "$w/filtered.json" "$cond" <<'PY'
+import json, sys
+a = json.load(open(sys.argv[1]))["events"]
+b = json.load(open(sys.argv[2]))["events"]
+want = [e["seq"] for e in a if eval(sys.argv[3], {"e": e})]
+got = [e["seq"] for e in b if e["seq"] <= a[-1]["seq"]]
+print("ok %d" % len(want) if want and got == want else "want %s got %s" % (want, got))
+PY
+	)
+	if [[ $r == ok* ]]; then
+		kbt_pass "audit list $*: ${r#ok } events, exactly those matching"
+	else
+		kbt_fail "audit list $* ($desc)" "$r"
+	fi
+}
+filter_check tenant "e['tenant_id'] == 'acme'" --tenant acme
+filter_check env "e['tenant_id'] == 'acme' and e['environment'] == 'prod'" --tenant acme --env prod
+filter_check method "e['method'] == 'GetDataKey'" --method GetDataKey
+filter_check result "e['result'] == 'denied'" --result denied
+filter_check actor "e['actor'] == 'acme-prod'" --actor acme-prod
+filter_check "actor and result" "e['actor'] == 'acme-prod' and e['result'] == 'ok'" --actor acme-prod --result ok
+MID=$("$KBT_PY" -c 'import json,sys; e=json.load(open(sys.argv[1]))["events"]; print(e[len(e)//2]["time"], e[len(e)//2]["time_us"])' "$w/all.json")
+MID_T=${MID% *}
+MID_US=${MID#* }
+filter_check since "e['time_us'] >= $MID_US" --since "$MID_T"
+filter_check until "e['time_us'] < $MID_US" --until "$MID_T"
+filter_check "relative since" "True" --since -1h
+kb_aud audit list --json --since -1s
+check_json "--since -1s: nothing from the session" "all(e['time_us'] > $MID_US for e in d['events'])"
+expect_usage kb_aud audit list --result maybe
+expect_usage kb_aud audit list --since yesterday
+expect_fail INVALID_ARGUMENT kb_aud audit list --tenant ACME
+expect_ok kb_aud audit list --json --page-size 3
+check_json "a page of 3: seq 1..3, more, next_after_seq 3" \
+	"[e['seq'] for e in d['events']] == [1, 2, 3] and d['more'] is True and d['next_after_seq'] == 3"
+expect_ok kb_aud audit list --json --page-size 3 --after 3
+check_json "the next page: seq 4..6" "[e['seq'] for e in d['events']] == [4, 5, 6]"
+expect_ok kb_aud audit list --json --page-size 4 --all
+check_json "--all follows the pages to the end" \
+	"len(d['events']) >= $N and d['more'] is False and d['next_after_seq'] == d['events'][-1]['seq']"
+kb_aud audit list --page-size 2
+check "a partial listing says on stderr how to go on" grep -q -- '--after 2' "$KBT_ERR"
+expect_ok kb_aud audit tail -n 3 --json
+check "tail -n 3 --json: three JSON lines, the newest events, in order" \
+	"$KBT_PY" -c 'import json, sys
+s = [json.loads(l)["seq"] for l in open(sys.argv[1])]
+assert len(s) == 3 and s == sorted(s) and s[0] >= int(sys.argv[2]) - 1, s' "$KBT_OUT" "$N"
+expect_ok kb_aud audit tail -n 2 --result denied
+check "tail -n 2 --result denied: two denied events, as text lines" \
+	bash -c "test \$(grep -c ' denied ' '$KBT_OUT') = 2 && test \$(wc -l <'$KBT_OUT') = 2"
+
+kbt_section "2. no DEK, password or private key bytes anywhere (broker running: WAL files)"
+openssl pkcs12 -in "$w/a.pfx" -nocerts -nodes -passin "file:$pw" 2>/dev/null |
+	openssl pkey -outform DER -out "$w/a.der" 2>/dev/null
+check "the generated key's .pfx opens with the password" test -s "$w/a.der"
+# no_secrets DESC FILE...: none of the secrets' forms occurs in any FILE.
+no_secrets() {
+	local desc=$1 r
+	shift
+	if r=$(DEK=$DEK PW=$PW KEYDER=$w/a.der "$KBT_PY" - "$@" <<'PY'
+import base64, os, sys
+dek = base64.b64decode(os.environ["DEK"])
+key = open(os.environ["KEYDER"], "rb").read()
+chunk = key[400:448]  # inside the private exponent
+needles = {
+    "DEK (raw)": dek, "DEK (base64)": base64.b64encode(dek),
+    "DEK (base64, no padding)": base64.b64encode(dek).rstrip(b"="),
+    "DEK (base64url)": base64.urlsafe_b64encode(dek).rstrip(b"="),
+    "DEK (hex)": dek.hex().encode(), "DEK (HEX)": dek.hex().upper().encode(),
+    "password": os.environ["PW"].encode(),
+    "private key bytes": chunk, "private key bytes (hex)": chunk.hex().encode(),
+}
+assert len(dek) == 32 and len(chunk) == 48
+found, n = [], 0
+for path in sys.argv[1:]:
+    if not os.path.exists(path):
+        continue
+    data = open(path, "rb").read()
+    n += 1
+    found += ["%s in %s" % (k, os.path.basename(path)) for k, v in needles.items() if v in data]
+if found or n == 0:
+    print("; ".join(found) or "no file to search"); sys.exit(1)
+print(n)
+PY
+	); then
+		kbt_pass "$desc: $r files, no DEK (raw, base64, hex), password or key bytes"
+	else
+		kbt_fail "$desc" "$r"
+	fi
+}
+# The search finds what is there (a positive control).
+if DEK=$DEK "$KBT_PY" -c 'import base64,os,sys; sys.exit(base64.b64encode(base64.b64decode(os.environ["DEK"])) not in open(sys.argv[1],"rb").read())' "$w/dek.json"; then
+	kbt_pass "the search finds the DEK where it is (the service's own output)"
+else
+	kbt_fail "the search finds the DEK in the service's own output"
+fi
+check "the audit database's WAL file is there to search" test -s "$ADB-wal"
+no_secrets "keybroker.db, keybroker-audit.db and their -wal files, broker running" \
+	"$KBT_DIR"/keybroker.db "$KBT_DIR"/keybroker.db-wal "$ADB" "$ADB-wal"
+no_secrets "the broker's log so far" "$KBT_LOG"
+
+kbt_section "3. an untouched export verifies, offline"
+expect_ok kb_aud audit key --json
+FP=$(jv 'd["fingerprint"]')
+PEM_FP=$(jv 'd["public_key_pem"]' | openssl pkey -pubin -outform DER | sha256sum | cut -d' ' -f1)
+check_json "audit key: RSASSA-PKCS1-v1_5-SHA256, the fingerprint is the SHA-256 of its key" \
+	"d['algorithm'] == 'RSASSA-PKCS1-v1_5-SHA256' and d['fingerprint'] == '$PEM_FP' and d['key_id']"
+export_fresh good
+check "the export is mode 0600" test "$(stat -c %a "$w/good.jsonl")" = 600
+check "no temporary file is left next to it" test "$(find "$w" -name 'good.jsonl.tmp*' | wc -l)" = 0
+check "the export: a header with the audit key, then events and checkpoints" \
+	"$KBT_PY" -c '
+import json, sys
+lines = [json.loads(l) for l in open(sys.argv[1])]
+h = lines[0]
+assert h["type"] == "header" and h["format"] == "keybroker-audit-export" and h["version"] == 1, h
+assert h["audit_key"]["fingerprint"] == sys.argv[2] and "BEGIN PUBLIC KEY" in h["audit_key"]["public_key_pem"]
+ev = [l for l in lines[1:] if l["type"] == "event"]
+cp = [l for l in lines[1:] if l["type"] == "checkpoint"]
+assert [e["seq"] for e in ev] == list(range(1, len(ev) + 1)) and len(ev) >= int(sys.argv[3])
+assert len(cp) >= 1 and len(cp) + len(ev) == len(lines) - 1, len(cp)
+# log order: a checkpoint right after the event with its seq
+for i, l in enumerate(lines[1:], 1):
+    if l["type"] == "checkpoint":
+        assert lines[i - 1]["type"] == "event" and lines[i - 1]["seq"] == l["seq"], l
+        assert l["head_hash"] == lines[i - 1]["hash"]
+' "$w/good.jsonl" "$FP" "$N"
+# Offline: no broker address, no certificate.
+verify_ok "verify FILE, with no certificates and no broker address" \
+	kb_nocert audit verify "$w/good.jsonl"
+verify_ok "verify --key-fingerprint (from 'audit key')" \
+	kb_aud audit verify "$w/good.jsonl" --key-fingerprint "$FP"
+verify_fails_line "verify with another --key-fingerprint is refused" 1 "not the pinned" \
+	kb_nocert audit verify "$w/good.jsonl" \
+	--key-fingerprint "$(printf '%s' "$FP" | tr '0-9a-f' '1-9a-f0')"
+verify_ok "verify --online" kb_aud audit verify --online
+kb_aud audit verify "$w/good.jsonl" --json
+check_json "verify --json" "d['verified'] is True and d['first_seq'] == 1 and d['fingerprint'] == '$FP' and d['checkpoints'] >= 1"
+# Edited by hand: an actor changed.
+GDK=$("$KBT_PY" -c 'import json,sys; print([e["seq"] for e in json.load(open(sys.argv[1]))["events"] if e["method"] == "GetDataKey" and e["result"] == "ok"][0])' "$w/all.json")
+sed "/\"seq\":$GDK,/s/\"actor\":\"acme-prod\"/\"actor\":\"someone-else\"/" "$w/good.jsonl" >"$w/edited.jsonl"
+check "the edit changed one line" test "$(diff "$w/good.jsonl" "$w/edited.jsonl" | grep -c '^>')" = 1
+verify_fails "an export with an actor edited by hand" "$GDK" "does not match its hash" \
+	kb_aud audit verify "$w/edited.jsonl"
+sed '5s/.*/{"type":"event","seq":/' "$w/good.jsonl" >"$w/broken.jsonl"
+verify_fails_line "a malformed line is named" 5 "not JSON" kb_nocert audit verify "$w/broken.jsonl"
+
+kbt_section "3a. an event UPDATEd in the database"
+check_eq "event $GDK is the service's GetDataKey" "$(sq "SELECT actor FROM events WHERE seq = $GDK")" acme-prod
+# Saved to put back: INSERT OR REPLACE statements of every row from it on.
+sq ".mode insert events" "SELECT * FROM events WHERE seq >= $GDK" |
+	sed 's/^INSERT INTO/INSERT OR REPLACE INTO/' >"$w/rows-a.sql"
+sq "UPDATE events SET actor = 'mallory' WHERE seq = $GDK"
+kb_aud audit list --after $((GDK - 1)) --page-size 1 --json
+check_json "the API now shows the edited actor" "d['events'][0]['actor'] == 'mallory'"
+export_fresh tampered-a
+verify_fails "(a) offline, a fresh export" "$GDK" "does not match its hash" \
+	kb_aud audit verify "$w/tampered-a.jsonl"
+verify_fails "(a) --online" "$GDK" "does not match its hash" kb_aud audit verify --online
+# The hash column rewritten too, from the edited event on (as an attacker
+# who knows the encoding would): the chain holds, the signed checkpoint
+# does not.
+"$KBT_PY" - "$ADB" "$GDK" <<'PY'
+import hashlib, sqlite3, struct, sys
+db = sqlite3.connect(sys.argv[1], timeout=5)
+seq0 = int(sys.argv[2])
+prev = db.execute("SELECT hash FROM events WHERE seq = ?", (seq0 - 1,)).fetchone()[0]
+rows = db.execute("SELECT seq, time_us, actor, role, peer, method, tenant_id, environment, "
+                  "key_id, result, reason, request_id FROM events WHERE seq >= ? ORDER BY seq", (seq0,))
+for r in rows.fetchall():
+    enc = b"kbev1" + b"".join(struct.pack(">I", len(f)) + f
+                              for f in [str(r[0]).encode(), str(r[1]).encode()] + [x.encode() for x in r[2:]])
+    prev = hashlib.sha256(prev + enc).digest()
+    db.execute("UPDATE events SET hash = ? WHERE seq = ?", (prev, r[0]))
+db.commit()
+PY
+CP_A=$(sq "SELECT MIN(seq) FROM checkpoints WHERE seq >= $GDK")
+verify_fails "(a') the hashes recomputed too: the signed checkpoint at $CP_A catches it" "$CP_A" \
+	"do not match the signed checkpoint" kb_aud audit verify --online
+# Put the rows back as they were.
+sq <"$w/rows-a.sql"
+verify_ok "(a) undone: the log verifies again" kb_aud audit verify --online
+
+kbt_section "3b. an event DELETEd from the middle"
+MIDSEQ=$((N / 2))
+sq ".mode insert events" "SELECT * FROM events WHERE seq = $MIDSEQ" >"$w/row-b.sql"
+sq "DELETE FROM events WHERE seq = $MIDSEQ"
+export_fresh tampered-b
+check "export warns that seq $MIDSEQ is not in the log" grep -q "events $MIDSEQ\\.\\.$MIDSEQ are not in the log" "$KBT_ERR"
+verify_fails "(b) offline, a fresh export" "$MIDSEQ" "event $MIDSEQ is missing" \
+	kb_aud audit verify "$w/tampered-b.jsonl"
+verify_fails "(b) --online" "$MIDSEQ" "event $MIDSEQ is missing" kb_aud audit verify --online
+sq <"$w/row-b.sql"
+verify_ok "(b) undone: the log verifies again" kb_aud audit verify --online
+
+kbt_section "5. who may read the log"
+expect_fail PERMISSION_DENIED -m 'may not call ListEvents' kb_svc acme prod audit list
+expect_fail PERMISSION_DENIED kb_svc acme prod audit export --out "$w/svc.jsonl"
+check "the refused export left no file" test ! -e "$w/svc.jsonl"
+expect_fail PERMISSION_DENIED -m 'may not call ListEvents' kb_svc acme prod audit tail -f --from-start
+# The stream itself, refused (kbctl checks with ListEvents first): grpcio.
+check "TailEvents as a service: PERMISSION_DENIED" "$KBT_PY" - "$KBT_PKI" <<'PY'
+import grpc, os, sys
+pki = sys.argv[1]
+rd = lambda n: open(os.path.join(pki, n), "rb").read()
+creds = grpc.ssl_channel_credentials(rd("ca.crt"), rd("service-acme-prod.key"), rd("service-acme-prod.crt"))
+ch = grpc.secure_channel(os.environ["KB_ADDR"], creds)
+call = ch.unary_stream("/keybroker.v1.KeyBroker/TailEvents")(b"\x18\x01", timeout=10)
+try:
+    for _ in call:
+        sys.exit("an event came")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.PERMISSION_DENIED, e
+    assert "may not call TailEvents" in e.details(), e.details()
+PY
+expect_ok kb_aud audit list --all --json --actor acme-prod --result denied
+check_json "the service's refused ListEvents and TailEvents are in the log" \
+	"{e['method'] for e in d['events'] if e['role'] == 'service' and e['reason'].startswith('PERMISSION_DENIED')} >= {'ListEvents', 'TailEvents'}"
+"$KB_SRC/deploy/pki.sh" admin ops acme >/dev/null
+expect_ok kb_as admin-ops audit list --all --json
+check_json "an admin limited to acme sees only acme's events" \
+	"d['events'] and all(e['tenant_id'] == 'acme' for e in d['events'])"
+OPS_N=$(jv 'len(d["events"])')
+kb_aud audit list --all --json --tenant acme
+check_json "... all of acme's events ($OPS_N)" "len(d['events']) == $OPS_N"
+expect_fail PERMISSION_DENIED kb_as admin-ops audit list --tenant globex
+kb_aud audit list --all --json
+check_json "the auditor sees all: the broker's own, acme's and globex's" \
+	"{'', 'acme', 'globex'} <= {e['tenant_id'] for e in d['events']}"
+
+kbt_section "4. audit tail -f: live, killed and resumed, across a broker restart"
+# tail_start N: a background tail -f as the auditor into $w/tail$N.out.
+tail_start() {
+	(KB_CERT=$KBT_PKI/auditor.crt KB_KEY=$KBT_PKI/auditor.key exec \
+		"$KB_BUILD/kbctl" audit tail -f --state-file "$w/tail.state" \
+		>"$w/tail$1.out" 2>"$w/tail$1.err" </dev/null) &
+	TAIL_PID=$!
+}
+# wait_line FILE ERE SECONDS: until FILE has a line matching ERE; prints
+# the time it took (ms), returns 1 after SECONDS.
+wait_line() {
+	local t0 i
+	t0=$(date +%s%3N)
+	for ((i = 0; i < $3 * 50; i++)); do
+		if grep -Eq -- "$2" "$1" 2>/dev/null; then
+			echo $(($(date +%s%3N) - t0))
+			return 0
+		fi
+		sleep 0.02
+	done
+	return 1
+}
+rm -f "$w/tail.state"
+tail_start 1
+for ((i = 0; i < 250; i++)); do [[ -s $w/tail.state ]] && break; sleep 0.02; done
+START=$(cat "$w/tail.state" 2>/dev/null)
+check "tail -f records where it starts in the state file: after seq ${START:-?}" test -n "$START"
+expect_ok kb_admin tenants create live-one
+if ms=$(wait_line "$w/tail1.out" ' CreateTenant live-one ' 2); then
+	kbt_pass "tail -f printed another client's CreateTenant ${ms} ms after the call returned"
+else
+	kbt_fail "tail -f prints another client's call within 2 s" "$(cat "$w/tail1.out" "$w/tail1.err")"
+fi
+expect_ok kb_svc acme prod datakey get acme prod
+if ms=$(wait_line "$w/tail1.out" ' acme-prod service GetDataKey acme prod ' 2); then
+	kbt_pass "... and a service's GetDataKey, ${ms} ms after"
+else
+	kbt_fail "tail -f prints a service's GetDataKey within 2 s" "$(cat "$w/tail1.out")"
+fi
+{
+	kill -KILL "$TAIL_PID"
+	wait "$TAIL_PID"
+} 2>/dev/null # (no "Killed" notice from bash)
+TAIL_PID=
+KILLED_AT=$(cat "$w/tail.state")
+check_eq "the state file holds the last seq printed" "$KILLED_AT" "$(tail -n 1 "$w/tail1.out" | cut -d' ' -f1)"
+for t in dead-one dead-two dead-three; do
+	expect_ok kb_admin tenants create "$t"
+done
+tail_start 2
+if wait_line "$w/tail2.out" ' CreateTenant dead-three ' 5 >/dev/null; then
+	kbt_pass "restarted with the same state file, tail -f prints what happened while it was dead"
+else
+	kbt_fail "tail -f resumes from its state file" "$(cat "$w/tail2.out" "$w/tail2.err")"
+fi
+check_eq "... starting right after the last seq printed" \
+	"$(head -n 1 "$w/tail2.out" | cut -d' ' -f1)" $((KILLED_AT + 1))
+kbt_stop
+kbt_start || kbt_done
+expect_ok kb_admin tenants create after-restart
+if wait_line "$w/tail2.out" ' CreateTenant after-restart ' 10 >/dev/null; then
+	kbt_pass "tail -f reconnected after a broker restart and goes on"
+else
+	kbt_fail "tail -f follows a broker restart" "$(cat "$w/tail2.out" "$w/tail2.err")"
+fi
+check "... saying so on stderr" grep -q 'reconnecting' "$w/tail2.err"
+check "... and it saw broker.stop and broker.start" \
+	bash -c "grep -q ' broker.stop ' '$w/tail2.out' && grep -q ' broker.start ' '$w/tail2.out'"
+kill -TERM "$TAIL_PID"
+wait "$TAIL_PID"
+check_eq "tail -f exits 0 on SIGTERM" "$?" 0
+TAIL_PID=
+# A follower that goes away is not a refusal: its stream's end is not
+# recorded (only refusals before a stream opens are).
+LAST2=$(tail -n 1 "$w/tail2.out" | cut -d' ' -f1)
+sleep 0.7
+kb_aud audit list --json --method TailEvents --actor auditor --after "$LAST2"
+check_json "the end of the follower's stream is not recorded as a refusal" "len(d['events']) == 0"
+expect_ok kb_aud audit list --all --json --after "$START"
+check "the outputs of both runs hold every seq after $START exactly once, in order" \
+	"$KBT_PY" - "$w/tail1.out" "$w/tail2.out" "$KBT_OUT" <<'PY'
+import json, sys
+got = [int(l.split(" ")[0]) for f in sys.argv[1:3] for l in open(f)]
+want = [e["seq"] for e in json.load(open(sys.argv[3]))["events"]]
+want = want[:len(got)]
+assert got == want, "got %s\nwant %s" % (got, want)
+assert got == list(range(got[0], got[0] + len(got))), got
+print(len(got), "events, seq", got[0], "to", got[-1])
+PY
+
+kbt_section "3c. the newest events DELETEd while the broker is stopped"
+export_fresh before-c
+kbt_stop
+H=$(db_max events)
+check_eq "at shutdown a checkpoint covers the last event ($H)" "$(db_max checkpoints)" "$H"
+sq "DELETE FROM events WHERE seq > $((H - 3))"
+kbt_start || kbt_done
+check "the broker says at start that events $((H - 2)) to $H are missing" \
+	grep -q "events $((H - 2)) to $H, covered by the signed checkpoint at $H, are MISSING" "$KBT_LOG"
+kb_aud audit list --json --after $((H - 4))
+check_json "numbering goes on after the checkpoint: broker.start is $((H + 1))" \
+	"[(e['seq'], e['method']) for e in d['events']][:2] == [($((H - 3)), d['events'][0]['method']), ($((H + 1)), 'broker.start')]"
+export_fresh tampered-c
+verify_fails "(c) offline, a fresh export" $((H - 2)) "the signed checkpoint at $H covers it" \
+	kb_aud audit verify "$w/tampered-c.jsonl"
+verify_fails "(c) --online" $((H - 2)) "event $((H - 2)) is missing.*signed checkpoint at $H" \
+	kb_aud audit verify --online
+# What the checkpoint proves: the log as it was right after the deletion
+# (up to the checkpoint) fails because of it, and passes without it.
+"$KBT_PY" - "$w/tampered-c.jsonl" "$H" "$w/cut.jsonl" "$w/cut-nocp.jsonl" <<'PY'
+import json, sys
+h = int(sys.argv[2])
+lines = [l for l in open(sys.argv[1]) if json.loads(l).get("seq", 0) <= h]
+open(sys.argv[3], "w").writelines(lines)
+open(sys.argv[4], "w").writelines(l for l in lines if not (json.loads(l)["type"] == "checkpoint" and json.loads(l)["seq"] > h - 3))
+PY
+verify_fails "(c) the log up to the checkpoint: the signed checkpoint says $((H - 2))..$H existed" \
+	$((H - 2)) "events $((H - 2)) to $H are missing: the signed checkpoint at $H covers them" \
+	kb_aud audit verify "$w/cut.jsonl"
+verify_ok "(c) the same without the checkpoints after $((H - 3)) would pass: the signature is the proof" \
+	kb_aud audit verify "$w/cut-nocp.jsonl"
+verify_ok "an export made before the deletion still verifies, offline" \
+	kb_nocert audit verify "$w/before-c.jsonl" --key-fingerprint "$FP"
+
+kbt_section "2. (again) no DEK, password or private key bytes, after all of it"
+kbt_stop
+check "the databases are there to search" test -s "$KBT_DIR/keybroker.db" -a -s "$ADB"
+no_secrets "keybroker.db, keybroker-audit.db (and any -wal left), broker stopped" \
+	"$KBT_DIR"/keybroker.db "$KBT_DIR"/keybroker.db-wal "$ADB" "$ADB-wal"
+no_secrets "every export written" "$w"/*.jsonl
+no_secrets "the broker's whole log" "$KBT_LOG"
+
+echo "test-audit.sh: $(($(date +%s) - T0)) s"
+kbt_done
