@@ -3,6 +3,7 @@
 #include "jobs.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,12 +29,15 @@ struct jobs {
 	int job_started, sweep_started;
 };
 
-/* One slice of a batch, re-wrapped by one thread. */
+/* One thread's share of a batch: it takes the next row not yet taken, so
+ * a thread that gets less CPU (or slower rows) does not leave the others
+ * idle at the end of the batch. */
 struct slice {
 	struct broker *b;
 	struct store_rewrap *rows;
 	char (*old)[STORE_KEY_ID_MAX];
-	size_t from, to;
+	atomic_size_t *next;
+	size_t n;
 	const char *key_id, *alg;
 	enum kb_err err;
 	char msg[256];
@@ -46,7 +50,7 @@ slice_main(void *p)
 	size_t i;
 
 	s->err = KB_OK;
-	for (i = s->from; i < s->to; i++) {
+	while ((i = atomic_fetch_add(s->next, 1)) < s->n) {
 		snprintf(s->old[i], STORE_KEY_ID_MAX, "%s", s->rows[i].dek.key_id);
 		s->err = dek_rewrap(s->b, &s->rows[i].dek, s->key_id, s->alg,
 		    &s->rows[i].dek);
@@ -70,19 +74,18 @@ rewrap_rows(struct broker *b, struct store_rewrap *rows,
 	struct slice sl[64];
 	pthread_t th[64];
 	int started[64] = { 0 };
+	atomic_size_t next;
 	unsigned t;
-	size_t per;
 	enum kb_err e = KB_OK;
 
 	if (threads > 64)
 		threads = 64;
 	if (threads > n)
 		threads = (unsigned)n;
-	per = (n + threads - 1) / threads;
+	atomic_init(&next, 0);
 	for (t = 0; t < threads; t++) {
-		sl[t] = (struct slice){ b, rows, old, t * per,
-		    (t + 1) * per < n ? (t + 1) * per : n, key_id, b->wrap_alg,
-		    KB_OK, "" };
+		sl[t] = (struct slice){ b, rows, old, &next, n, key_id,
+		    b->wrap_alg, KB_OK, "" };
 		if (t > 0 && pthread_create(&th[t], NULL, slice_main, &sl[t]) == 0)
 			started[t] = 1;
 	}

@@ -1,0 +1,188 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* bench.h: what the files of kb-bench share (tests/bench/ only). */
+#ifndef KB_BENCH_H
+#define KB_BENCH_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include <openssl/evp.h>
+
+#include "kb_err.h"
+#include "kbclient.h"
+
+#define BENCH_SAMPLES 4          /* seeded environments read during the job */
+#define BENCH_LOAD_ENVS 4        /* environments the load phases read */
+#define BENCH_MAX_POINTS 3       /* client counts in one run */
+
+struct bench_opts {
+	int short_mode;
+	int json;
+	int kill_resume;
+	int no_python;
+	int keep;                    /* keep the temporary directory */
+	unsigned envs;               /* N for the activation re-wrap */
+	double point_s;              /* measured seconds per load point */
+	double warm_s;               /* load before each measured window */
+	unsigned clients[BENCH_MAX_POINTS];
+	unsigned npoints;
+	unsigned workers;            /* 0 = the configuration's default */
+	unsigned py_channels;        /* channels of the Python client */
+	const char *src;             /* repository (deploy/ scripts) */
+	const char *build;           /* build tree (keybrokerd) */
+};
+
+/* Everything about the one broker under test and its files. */
+struct bench {
+	const struct bench_opts *o;
+	char dir[256];               /* the temporary directory (KB_VAR) */
+	char conf[512], log[512], db[512], pin[512], softhsm_conf[512];
+	char ca[512], admin_crt[512], admin_key[512];
+	char load_crt[BENCH_LOAD_ENVS][512], load_key[BENCH_LOAD_ENVS][512];
+	char load_env[BENCH_LOAD_ENVS][64];
+	char sample_crt[BENCH_SAMPLES][512], sample_key[BENCH_SAMPLES][512];
+	char sample_env[BENCH_SAMPLES][64];
+	uint8_t sample_dek[BENCH_SAMPLES][32];
+	char addr[64];
+	int port;
+	pid_t pid;                   /* the broker, 0 when not running */
+	unsigned workers, rewrap_threads, hsm_sessions;
+	char tenant[64];
+	char k0[80], k1[80];         /* tenant keys: seeded under K0, activate K1 */
+	char wrap_alg[32];
+	char token_info[160];
+};
+
+/* Latency and rate of one measured window. */
+struct bench_lat {
+	unsigned threads;
+	double secs;
+	uint64_t calls, errors;
+	double rate;                 /* calls per second */
+	double p50_ms, p99_ms, max_ms;
+	double other;                /* CPU share of other processes, 0..1 */
+	double self_cpu, broker_cpu; /* ... of kb-bench, of keybrokerd */
+	char first_error[256];
+};
+
+/* A point in time for bench_cpu_other(). */
+struct bench_cpu_mark {
+	unsigned long long busy;     /* the machine's busy ticks */
+	unsigned long long self;     /* ticks of kb-bench */
+	unsigned long long broker;   /* ticks of keybrokerd */
+	unsigned long long total;    /* all ticks (busy + idle) */
+};
+
+/* Latencies of one thread, in microseconds. */
+struct bench_vec {
+	uint32_t *us;
+	size_t n, cap;
+};
+
+/* ---- bench_proc.c: processes, files, clocks ---- */
+
+double bench_now(void);                 /* monotonic seconds */
+void bench_sleep(double s);
+/* Run argv (argv[0] a path) with stdout to out_path (NULL: our stderr);
+ * returns its exit status, or -1 if it could not run. */
+int bench_run(char *const argv[], const char *out_path);
+/* Start the broker; *ms gets the time from exec to the first SERVING
+ * health answer. KB_OK, or the error with the end of its log printed. */
+enum kb_err bench_broker_start(struct bench *b, double *ms);
+/* SIGTERM and wait: its exit status (0 expected). */
+int bench_broker_stop(struct bench *b);
+void bench_broker_kill(struct bench *b);
+/* A "Name:   123 kB" field of /proc/PID/status in KiB, -1 if unreadable. */
+long bench_proc_kib(pid_t pid, const char *field);
+/* A client for cert/key (paths) against the broker. */
+enum kb_err bench_client(const struct bench *b, const char *crt,
+    const char *key, int timeout_ms, struct kb_client **out);
+int bench_free_port(void);
+/* Sample the machine's CPU ticks and ours (this process and `broker`,
+ * 0 for none). */
+void bench_cpu_mark(struct bench_cpu_mark *m, pid_t broker);
+/* The share of all CPUs that other processes used between a and b; *self
+ * and *broker (may be NULL) get kb-bench's and keybrokerd's shares. */
+double bench_cpu_other(const struct bench_cpu_mark *a,
+    const struct bench_cpu_mark *b, double *self, double *broker);
+
+/* ---- bench_raw.c: in-process ceilings through hsm/ (broker stopped) ---- */
+
+struct bench_raw {
+	struct bench_lat decrypt[3];     /* 1, 2 and `workers` threads */
+	struct bench_lat rewrap;         /* decrypt+encrypt, rewrap threads */
+	unsigned rewrap_threads;
+	/* Audit group commit alone, and the broker's worker loop emulated. */
+	unsigned audit_threads;
+	struct bench_lat audit;          /* audit_threads appending */
+	double audit_per_commit;         /* events per WAL sync */
+	struct bench_lat audit_serial;   /* one appender: commits/s */
+	struct bench_lat worker_audit;   /* decrypt + append, workers threads */
+	unsigned worker_threads;
+	char alg[32];
+};
+
+enum kb_err bench_raw_run(struct bench *b, struct bench_raw *r);
+
+/* ---- bench_vfs.c: an SQLite VFS that counts syncs (commits) ---- */
+
+/* Register as the default VFS (idempotent). */
+int bench_vfs_register(void);
+void bench_vfs_unregister(void);
+/* xSync calls on write-ahead logs and on other files since registration. */
+void bench_vfs_counts(uint64_t *wal_syncs, uint64_t *other_syncs);
+
+/* ---- bench_load.c: GetDataKey load through gRPC and admin calls ---- */
+
+void bench_vec_add(struct bench_vec *v, double secs);
+/* p50, p99 and max of all the vectors into `out` (and frees them). */
+void bench_vec_stats(struct bench_vec *v, unsigned nv, struct bench_lat *out);
+
+enum bench_call {
+	BENCH_GET_DATA_KEY,          /* the load environments, round robin */
+	BENCH_WHO_AM_I,              /* no token, no audit: gRPC+TLS+dispatch */
+};
+
+/* `threads` clients (own channel each) calling for o->warm_s + secs
+ * seconds; the window's figures into *out. */
+enum kb_err bench_load_run(struct bench *b, enum bench_call what,
+    unsigned threads, double secs, struct bench_lat *out);
+
+/* The admin set-up: tenant, load environments, keys K0 and K1; *pub gets
+ * K0's public key (from its .pfx). */
+enum kb_err bench_admin_setup(struct bench *b, EVP_PKEY **pub);
+/* ActivateKey K1; *job_id (80 bytes) and *total set. */
+enum kb_err bench_activate(struct bench *b, char *job_id, uint64_t *total);
+/* GetJob: state (1 running, 2 done, 3 failed), done, total; err (256).
+ * *c is an admin client, opened when NULL and closed (NULL) on failure. */
+enum kb_err bench_job_get(struct bench *b, struct kb_client **c,
+    const char *job_id, int *state, uint64_t *done, uint64_t *total,
+    char *err);
+
+/* A GetDataKey loop on the sampled seeded environments while the job runs:
+ * every answer is compared with the DEK seeded. *max_at: seconds from the
+ * start to the slowest answer. */
+struct bench_reader;
+enum kb_err bench_reader_start(struct bench *b, double pause_s,
+    struct bench_reader **out);
+/* While set, failures are counted apart (the broker is known down). */
+void bench_reader_outage(struct bench_reader *r, int down);
+void bench_reader_stop(struct bench_reader *r, uint64_t *calls,
+    uint64_t *errors, uint64_t *mismatches, uint64_t *outage_errors,
+    double *max_ms, double *max_at, char *first_error, size_t len);
+
+/* ---- bench_seed.c: environments straight into the database ---- */
+
+/* Insert n customer-managed environments of b->tenant with DEK version 1
+ * wrapped by `pub` (K0's public key) with b->wrap_alg, in one
+ * transaction; the broker must be stopped. The sampled environments'
+ * plaintext DEKs go to b->sample_dek. */
+enum kb_err bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n,
+    double *secs);
+/* Seeded environment i's name ("s-0000042"). */
+void bench_seed_name(unsigned i, char *buf, size_t len);
+/* Which seeded environment is sample k of BENCH_SAMPLES (spread over n). */
+unsigned bench_sample_index(unsigned k, unsigned n);
+
+#endif /* KB_BENCH_H */
