@@ -17,7 +17,7 @@ KB_PACKAGES=(
 	python3 python3-grpcio python3-grpc-tools python3-cryptography
 	# Tests: p11tool/certtool (token object checks, GnuTLS .pfx files).
 	gnutls-bin
-	clang
+	clang libclang-rt-14-dev valgrind
 )
 
 usage() {
