@@ -152,6 +152,8 @@ main(int argc, char **argv)
 	log_info("listening on %s (mutual TLS; token '%s'; %u workers)",
 	    b->cfg->listen, b->token.label, b->cfg->workers);
 	server_run(srv);
+	/* Only the signal thread starts a shutdown, so it has returned. */
+	pthread_join(sigthr, NULL);
 	server_free(srv);
 	broker_close(b);
 	grpc_shutdown();
