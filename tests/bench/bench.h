@@ -12,31 +12,34 @@
 #include "kb_err.h"
 #include "kbclient.h"
 
-#define BENCH_SAMPLES 4          /* seeded environments read during the job */
-#define BENCH_LOAD_ENVS 4        /* environments the load phases read */
-#define BENCH_MAX_POINTS 3       /* client counts in one run */
+#define BENCH_SAMPLES 4 /* seeded environments read during the job */
+#define BENCH_LOAD_ENVS 4 /* environments the load phases read */
+#define BENCH_MAX_POINTS 3 /* client counts in one run */
+#define BENCH_MAX_SETS 8 /* --set KEY=VALUE settings */
 
 struct bench_opts {
 	int short_mode;
 	int json;
 	int kill_resume;
 	int no_python;
-	int keep;                    /* keep the temporary directory */
-	unsigned envs;               /* N for the activation re-wrap */
-	double point_s;              /* measured seconds per load point */
-	double warm_s;               /* load before each measured window */
+	int keep; /* keep the temporary directory */
+	unsigned envs; /* N for the activation re-wrap */
+	double point_s; /* measured seconds per load point */
+	double warm_s; /* load before each measured window */
 	unsigned clients[BENCH_MAX_POINTS];
 	unsigned npoints;
-	unsigned workers;            /* 0 = the configuration's default */
-	unsigned py_channels;        /* channels of the Python client */
-	const char *src;             /* repository (deploy/ scripts) */
-	const char *build;           /* build tree (keybrokerd) */
+	unsigned workers; /* 0 = the configuration's default */
+	unsigned py_channels; /* channels of the Python client */
+	const char *sets[BENCH_MAX_SETS]; /* --set KEY=VALUE for conf.sh */
+	unsigned nsets;
+	const char *src; /* repository (deploy/ scripts) */
+	const char *build; /* build tree (keybrokerd) */
 };
 
 /* Everything about the one broker under test and its files. */
 struct bench {
 	const struct bench_opts *o;
-	char dir[256];               /* the temporary directory (KB_VAR) */
+	char dir[256]; /* the temporary directory (KB_VAR) */
 	char conf[512], log[512], db[512], pin[512], softhsm_conf[512];
 	char ca[512], admin_crt[512], admin_key[512];
 	char load_crt[BENCH_LOAD_ENVS][512], load_key[BENCH_LOAD_ENVS][512];
@@ -46,10 +49,10 @@ struct bench {
 	uint8_t sample_dek[BENCH_SAMPLES][32];
 	char addr[64];
 	int port;
-	pid_t pid;                   /* the broker, 0 when not running */
+	pid_t pid; /* the broker, 0 when not running */
 	unsigned workers, rewrap_threads, hsm_sessions;
 	char tenant[64];
-	char k0[80], k1[80];         /* tenant keys: seeded under K0, activate K1 */
+	char k0[80], k1[80]; /* tenant keys: seeded under K0, activate K1 */
 	char wrap_alg[32];
 	char token_info[160];
 };
@@ -59,19 +62,19 @@ struct bench_lat {
 	unsigned threads;
 	double secs;
 	uint64_t calls, errors;
-	double rate;                 /* calls per second */
+	double rate; /* calls per second */
 	double p50_ms, p99_ms, max_ms;
-	double other;                /* CPU share of other processes, 0..1 */
+	double other; /* CPU share of other processes, 0..1 */
 	double self_cpu, broker_cpu; /* ... of kb-bench, of keybrokerd */
 	char first_error[256];
 };
 
 /* A point in time for bench_cpu_other(). */
 struct bench_cpu_mark {
-	unsigned long long busy;     /* the machine's busy ticks */
-	unsigned long long self;     /* ticks of kb-bench */
-	unsigned long long broker;   /* ticks of keybrokerd */
-	unsigned long long total;    /* all ticks (busy + idle) */
+	unsigned long long busy; /* the machine's busy ticks */
+	unsigned long long self; /* ticks of kb-bench */
+	unsigned long long broker; /* ticks of keybrokerd */
+	unsigned long long total; /* all ticks (busy + idle) */
 };
 
 /* Latencies of one thread, in microseconds. */
@@ -82,7 +85,7 @@ struct bench_vec {
 
 /* ---- bench_proc.c: processes, files, clocks ---- */
 
-double bench_now(void);                 /* monotonic seconds */
+double bench_now(void); /* monotonic seconds */
 void bench_sleep(double s);
 /* Run argv (argv[0] a path) with stdout to out_path (NULL: our stderr);
  * returns its exit status, or -1 if it could not run. */
@@ -110,15 +113,15 @@ double bench_cpu_other(const struct bench_cpu_mark *a,
 /* ---- bench_raw.c: in-process ceilings through hsm/ (broker stopped) ---- */
 
 struct bench_raw {
-	struct bench_lat decrypt[3];     /* 1, 2 and `workers` threads */
-	struct bench_lat rewrap;         /* decrypt+encrypt, rewrap threads */
+	struct bench_lat decrypt[3]; /* 1, 2 and `workers` threads */
+	struct bench_lat rewrap; /* decrypt+encrypt, rewrap threads */
 	unsigned rewrap_threads;
 	/* Audit group commit alone, and the broker's worker loop emulated. */
 	unsigned audit_threads;
-	struct bench_lat audit;          /* audit_threads appending */
-	double audit_per_commit;         /* events per WAL sync */
-	struct bench_lat audit_serial;   /* one appender: commits/s */
-	struct bench_lat worker_audit;   /* decrypt + append, workers threads */
+	struct bench_lat audit; /* audit_threads appending */
+	double audit_per_commit; /* events per WAL sync */
+	struct bench_lat audit_serial; /* one appender: commits/s */
+	struct bench_lat worker_audit; /* decrypt + append, workers threads */
 	unsigned worker_threads;
 	char alg[32];
 };
@@ -140,8 +143,8 @@ void bench_vec_add(struct bench_vec *v, double secs);
 void bench_vec_stats(struct bench_vec *v, unsigned nv, struct bench_lat *out);
 
 enum bench_call {
-	BENCH_GET_DATA_KEY,          /* the load environments, round robin */
-	BENCH_WHO_AM_I,              /* no token, no audit: gRPC+TLS+dispatch */
+	BENCH_GET_DATA_KEY, /* the load environments, round robin */
+	BENCH_WHO_AM_I, /* no token, no audit: gRPC+TLS+dispatch */
 };
 
 /* `threads` clients (own channel each) calling for o->warm_s + secs
@@ -157,15 +160,14 @@ enum kb_err bench_activate(struct bench *b, char *job_id, uint64_t *total);
 /* GetJob: state (1 running, 2 done, 3 failed), done, total; err (256).
  * *c is an admin client, opened when NULL and closed (NULL) on failure. */
 enum kb_err bench_job_get(struct bench *b, struct kb_client **c,
-    const char *job_id, int *state, uint64_t *done, uint64_t *total,
-    char *err);
+    const char *job_id, int *state, uint64_t *done, uint64_t *total, char *err);
 
 /* A GetDataKey loop on the sampled seeded environments while the job runs:
  * every answer is compared with the DEK seeded. *max_at: seconds from the
  * start to the slowest answer. */
 struct bench_reader;
-enum kb_err bench_reader_start(struct bench *b, double pause_s,
-    struct bench_reader **out);
+enum kb_err bench_reader_start(
+    struct bench *b, double pause_s, struct bench_reader **out);
 /* While set, failures are counted apart (the broker is known down). */
 void bench_reader_outage(struct bench_reader *r, int down);
 void bench_reader_stop(struct bench_reader *r, uint64_t *calls,
@@ -178,8 +180,8 @@ void bench_reader_stop(struct bench_reader *r, uint64_t *calls,
  * wrapped by `pub` (K0's public key) with b->wrap_alg, in one
  * transaction; the broker must be stopped. The sampled environments'
  * plaintext DEKs go to b->sample_dek. */
-enum kb_err bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n,
-    double *secs);
+enum kb_err bench_seed(
+    struct bench *b, EVP_PKEY *pub, unsigned n, double *secs);
 /* Seeded environment i's name ("s-0000042"). */
 void bench_seed_name(unsigned i, char *buf, size_t len);
 /* Which seeded environment is sample k of BENCH_SAMPLES (spread over n). */

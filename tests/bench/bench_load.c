@@ -31,7 +31,7 @@ bench_vec_add(struct bench_vec *v, double secs)
 		uint32_t *p = realloc(v->us, cap * sizeof(*p));
 
 		if (p == NULL)
-			return;              /* a sample lost, not the run */
+			return; /* a sample lost, not the run */
 		v->us = p;
 		v->cap = cap;
 	}
@@ -99,15 +99,15 @@ load_error(struct load *l, const char *env, const char *msg)
 {
 	pthread_mutex_lock(&l->mu);
 	if (l->first_error[0] == '\0')
-		snprintf(l->first_error, sizeof(l->first_error), "%.60s: %.190s",
-		    env, msg);
+		snprintf(l->first_error, sizeof(l->first_error),
+		    "%.60s: %.190s", env, msg);
 	pthread_mutex_unlock(&l->mu);
 }
 
 /* One call; 0 if it answered as it should. */
 static int
-load_call(struct load *l, struct kb_client *c, const char *env,
-    struct kb_status *st)
+load_call(
+    struct load *l, struct kb_client *c, const char *env, struct kb_status *st)
 {
 	Keybroker__V1__WhoAmIRequest who = KEYBROKER__V1__WHO_AM_IREQUEST__INIT;
 	ProtobufCMessage *m = NULL;
@@ -121,8 +121,8 @@ load_call(struct load *l, struct kb_client *c, const char *env,
 		kb_wire_free(m);
 		return e == KB_OK ? 0 : -1;
 	}
-	e = kb_client_get_data_key(c, l->b->tenant, env, dek, sizeof(dek), &len,
-	    NULL, st);
+	e = kb_client_get_data_key(
+	    c, l->b->tenant, env, dek, sizeof(dek), &len, NULL, st);
 	kb_wipe(dek, sizeof(dek));
 	if (e == KB_OK && len != 32) {
 		snprintf(st->message, sizeof(st->message), "a DEK of %zu bytes",
@@ -185,8 +185,8 @@ bench_load_run(struct bench *b, enum bench_call what, unsigned n, double secs,
 	enum kb_err e = KB_OK;
 
 	if (n == 0 || n > MAX_CLIENTS)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "1 to %d clients",
-		    MAX_CLIENTS);
+		return kb_errf(
+		    KB_ERR_INVALID_ARGUMENT, "1 to %d clients", MAX_CLIENTS);
 	l = calloc(1, sizeof(*l));
 	a = calloc(n, sizeof(*a));
 	th = calloc(n, sizeof(*th));
@@ -200,7 +200,7 @@ bench_load_run(struct bench *b, enum bench_call what, unsigned n, double secs,
 	l->win_start = l->win_end = 1e300;
 	pthread_barrier_init(&l->bar, NULL, n + 1);
 	for (i = 0; i < n; i++) {
-		a[i] = (struct load_arg){ l, i };
+		a[i] = (struct load_arg){l, i};
 		if (pthread_create(&th[i], NULL, load_main, &a[i]) != 0)
 			break;
 		started++;
@@ -232,11 +232,11 @@ bench_load_run(struct bench *b, enum bench_call what, unsigned n, double secs,
 		out->errors += l->err[i];
 	}
 	out->rate = (double)out->calls / secs;
-	out->other = bench_cpu_other(&m0, &m1, &out->self_cpu,
-	    &out->broker_cpu);
+	out->other =
+	    bench_cpu_other(&m0, &m1, &out->self_cpu, &out->broker_cpu);
 	bench_vec_stats(l->lat, n, out);
-	snprintf(out->first_error, sizeof(out->first_error), "%s",
-	    l->first_error);
+	snprintf(
+	    out->first_error, sizeof(out->first_error), "%s", l->first_error);
 	pthread_mutex_destroy(&l->mu);
 out:
 	free(l);
@@ -280,9 +280,9 @@ pfx_public(const ProtobufCBinaryData *pfx, EVP_PKEY **out)
 	enum kb_err e = KB_ERR_CRYPTO;
 
 	*out = NULL;
-	if ((p12 = d2i_PKCS12(NULL, &p, (long)pfx->len)) == NULL ||
-	    !PKCS12_parse(p12, PFX_PASSWORD, &key, &cert, NULL) ||
-	    key == NULL || (len = i2d_PUBKEY(key, &der)) <= 0) {
+	if ((p12 = d2i_PKCS12(NULL, &p, (long)pfx->len)) == NULL
+	    || !PKCS12_parse(p12, PFX_PASSWORD, &key, &cert, NULL)
+	    || key == NULL || (len = i2d_PUBKEY(key, &der)) <= 0) {
 		e = kb_err_openssl(KB_ERR_CRYPTO, "reading the generated .pfx");
 		goto out;
 	}
@@ -294,15 +294,15 @@ pfx_public(const ProtobufCBinaryData *pfx, EVP_PKEY **out)
 	e = KB_OK;
 out:
 	OPENSSL_free(der);
-	EVP_PKEY_free(key);            /* wipes the private key */
+	EVP_PKEY_free(key); /* wipes the private key */
 	X509_free(cert);
 	PKCS12_free(p12);
 	return e;
 }
 
 static enum kb_err
-generate_key(struct kb_client *c, struct bench *b, char *id, size_t len,
-    EVP_PKEY **pub)
+generate_key(
+    struct kb_client *c, struct bench *b, char *id, size_t len, EVP_PKEY **pub)
 {
 	Keybroker__V1__GenerateKeyRequest req =
 	    KEYBROKER__V1__GENERATE_KEY_REQUEST__INIT;
@@ -312,8 +312,9 @@ generate_key(struct kb_client *c, struct bench *b, char *id, size_t len,
 	req.tenant_id = b->tenant;
 	req.password = (char *)PFX_PASSWORD;
 	if ((e = call(c, KB_METHOD_GENERATE_KEY, &req.base,
-	    &keybroker__v1__generate_key_response__descriptor,
-	    (ProtobufCMessage **)&r)) != KB_OK)
+	         &keybroker__v1__generate_key_response__descriptor,
+	         (ProtobufCMessage **)&r))
+	    != KB_OK)
 		return e;
 	if (r->key == NULL) {
 		kb_wire_free(&r->base);
@@ -343,27 +344,30 @@ bench_admin_setup(struct bench *b, EVP_PKEY **pub)
 	if ((e = admin(b, &c)) != KB_OK)
 		return e;
 	if ((e = call(c, KB_METHOD_WHOAMI, &who.base,
-	    &keybroker__v1__who_am_iresponse__descriptor,
-	    (ProtobufCMessage **)&wr)) != KB_OK)
+	         &keybroker__v1__who_am_iresponse__descriptor,
+	         (ProtobufCMessage **)&wr))
+	    != KB_OK)
 		goto out;
 	snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", wr->wrap_algorithm);
 	kb_wire_free(&wr->base);
 	ct.id = b->tenant;
 	ct.display_name = (char *)"kb-bench";
 	if ((e = call(c, KB_METHOD_CREATE_TENANT, &ct.base,
-	    &keybroker__v1__tenant__descriptor, &m)) != KB_OK)
+	         &keybroker__v1__tenant__descriptor, &m))
+	    != KB_OK)
 		goto out;
 	kb_wire_free(m);
 	for (i = 0; i < BENCH_LOAD_ENVS; i++) {
 		ce.tenant_id = b->tenant;
 		ce.name = b->load_env[i];
 		if ((e = call(c, KB_METHOD_CREATE_ENVIRONMENT, &ce.base,
-		    &keybroker__v1__environment__descriptor, &m)) != KB_OK)
+		         &keybroker__v1__environment__descriptor, &m))
+		    != KB_OK)
 			goto out;
 		kb_wire_free(m);
 	}
-	if ((e = generate_key(c, b, b->k0, sizeof(b->k0), pub)) != KB_OK ||
-	    (e = generate_key(c, b, b->k1, sizeof(b->k1), NULL)) != KB_OK)
+	if ((e = generate_key(c, b, b->k0, sizeof(b->k0), pub)) != KB_OK
+	    || (e = generate_key(c, b, b->k1, sizeof(b->k1), NULL)) != KB_OK)
 		goto out;
 	e = KB_OK;
 out:
@@ -401,7 +405,8 @@ bench_activate(struct bench *b, char *job_id, uint64_t *total)
 	req.tenant_id = b->tenant;
 	req.key_id = b->k1;
 	if ((e = call(c, KB_METHOD_ACTIVATE_KEY, &req.base,
-	    &keybroker__v1__job__descriptor, (ProtobufCMessage **)&j)) == KB_OK) {
+	         &keybroker__v1__job__descriptor, (ProtobufCMessage **)&j))
+	    == KB_OK) {
 		job_fields(j, job_id, NULL, NULL, total, NULL);
 		kb_wire_free(&j->base);
 	}
@@ -417,12 +422,14 @@ bench_job_get(struct bench *b, struct kb_client **c, const char *job_id,
 	Keybroker__V1__Job *j = NULL;
 	enum kb_err e;
 
-	if (*c == NULL && (e = bench_client(b, b->admin_crt, b->admin_key,
-	    10000, c)) != KB_OK)
+	if (*c == NULL
+	    && (e = bench_client(b, b->admin_crt, b->admin_key, 10000, c))
+	        != KB_OK)
 		return e;
 	req.id = (char *)job_id;
 	if ((e = call(*c, KB_METHOD_GET_JOB, &req.base,
-	    &keybroker__v1__job__descriptor, (ProtobufCMessage **)&j)) == KB_OK) {
+	         &keybroker__v1__job__descriptor, (ProtobufCMessage **)&j))
+	    == KB_OK) {
 		job_fields(j, NULL, state, done, total, err);
 		kb_wire_free(&j->base);
 	} else {
@@ -450,7 +457,7 @@ reader_main(void *p)
 {
 	struct bench_reader *r = p;
 	struct bench *b = r->b;
-	struct kb_client *c[BENCH_SAMPLES] = { NULL };
+	struct kb_client *c[BENCH_SAMPLES] = {NULL};
 	struct kb_status st;
 	uint8_t dek[64];
 	size_t len;
@@ -460,8 +467,10 @@ reader_main(void *p)
 
 	while (!atomic_load(&r->stop)) {
 		k = i++ % BENCH_SAMPLES;
-		if (c[k] == NULL && (e = bench_client(b, b->sample_crt[k],
-		    b->sample_key[k], 10000, &c[k])) != KB_OK) {
+		if (c[k] == NULL
+		    && (e = bench_client(b, b->sample_crt[k], b->sample_key[k],
+		            10000, &c[k]))
+		        != KB_OK) {
 			r->errors++;
 			snprintf(r->first_error, sizeof(r->first_error), "%s",
 			    kb_err_msg(e));
@@ -469,8 +478,8 @@ reader_main(void *p)
 			continue;
 		}
 		t0 = bench_now();
-		e = kb_client_get_data_key(c[k], b->tenant, b->sample_env[k], dek,
-		    sizeof(dek), &len, NULL, &st);
+		e = kb_client_get_data_key(c[k], b->tenant, b->sample_env[k],
+		    dek, sizeof(dek), &len, NULL, &st);
 		ms = (bench_now() - t0) * 1000.0;
 		if (e != KB_OK) {
 			if (atomic_load(&r->down)) {
@@ -479,8 +488,9 @@ reader_main(void *p)
 				r->errors++;
 				if (r->first_error[0] == '\0')
 					snprintf(r->first_error,
-					    sizeof(r->first_error), "%.60s: %.190s",
-					    b->sample_env[k], st.message);
+					    sizeof(r->first_error),
+					    "%.60s: %.190s", b->sample_env[k],
+					    st.message);
 			}
 			/* A new channel: no reconnect back-off after a
 			 * restart. */
@@ -515,7 +525,8 @@ bench_reader_start(struct bench *b, double pause_s, struct bench_reader **out)
 	r->start = bench_now();
 	if (pthread_create(&r->th, NULL, reader_main, r) != 0) {
 		free(r);
-		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the "
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "cannot start the "
 		    "reader");
 	}
 	*out = r;

@@ -56,14 +56,14 @@ spawn(char *const argv[], const char *out, const char *log)
 	posix_spawn_file_actions_init(&fa);
 	posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
 	if (out != NULL)
-		posix_spawn_file_actions_addopen(&fa, 1, out,
-		    O_WRONLY | O_CREAT | O_TRUNC, 0600);
+		posix_spawn_file_actions_addopen(
+		    &fa, 1, out, O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	else if (log != NULL)
-		posix_spawn_file_actions_addopen(&fa, 1, log,
-		    O_WRONLY | O_CREAT | O_APPEND, 0600);
+		posix_spawn_file_actions_addopen(
+		    &fa, 1, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
 	if (log != NULL)
-		posix_spawn_file_actions_addopen(&fa, 2, log,
-		    O_WRONLY | O_CREAT | O_APPEND, 0600);
+		posix_spawn_file_actions_addopen(
+		    &fa, 2, log, O_WRONLY | O_CREAT | O_APPEND, 0600);
 	rc = posix_spawn(&pid, argv[0], &fa, NULL, argv, environ);
 	posix_spawn_file_actions_destroy(&fa);
 	if (rc != 0) {
@@ -83,8 +83,8 @@ bench_run(char *const argv[], const char *out_path)
 	int st;
 
 	if (run_log[0] == '\0' && getenv("KB_VAR") != NULL)
-		snprintf(run_log, sizeof(run_log), "%s/setup.log",
-		    getenv("KB_VAR"));
+		snprintf(
+		    run_log, sizeof(run_log), "%s/setup.log", getenv("KB_VAR"));
 	if ((pid = spawn(argv, out_path, run_log[0] ? run_log : NULL)) < 0)
 		return -1;
 	while (waitpid(pid, &st, 0) < 0)
@@ -110,8 +110,8 @@ bench_free_port(void)
 	memset(&sa, 0, sizeof(sa));
 	sa.sin_family = AF_INET;
 	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0 &&
-	    getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0
+	    && getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
 		port = ntohs(sa.sin_port);
 	close(fd);
 	return port;
@@ -171,7 +171,7 @@ enum kb_err
 bench_broker_start(struct bench *b, double *ms)
 {
 	char bin[700];
-	char *argv[] = { bin, (char *)"--config", b->conf, NULL };
+	char *argv[] = {bin, (char *)"--config", b->conf, NULL};
 	struct kb_client *c = NULL;
 	double t0;
 	int st, serving;
@@ -189,16 +189,18 @@ bench_broker_start(struct bench *b, double *ms)
 		if ((w = waitpid(b->pid, &st, WNOHANG)) == b->pid) {
 			b->pid = 0;
 			print_log_tail(b->log);
-			return kb_errf(KB_ERR_UNAVAILABLE, "keybrokerd exited "
+			return kb_errf(KB_ERR_UNAVAILABLE,
+			    "keybrokerd exited "
 			    "(status %d) before answering health",
-			    WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+			    WIFEXITED(st) ? WEXITSTATUS(st)
+			                  : 128 + WTERMSIG(st));
 		}
-		if (port_open(b->port) &&
-		    bench_client(b, b->admin_crt, b->admin_key, 2000, &c) ==
-		    KB_OK) {
+		if (port_open(b->port)
+		    && bench_client(b, b->admin_crt, b->admin_key, 2000, &c)
+		        == KB_OK) {
 			serving = 0;
-			if (kb_client_health(c, &serving, NULL) == KB_OK &&
-			    serving == 1) {
+			if (kb_client_health(c, &serving, NULL) == KB_OK
+			    && serving == 1) {
 				*ms = (bench_now() - t0) * 1000.0;
 				kb_client_close(c);
 				return KB_OK;
@@ -210,8 +212,10 @@ bench_broker_start(struct bench *b, double *ms)
 	}
 	print_log_tail(b->log);
 	bench_broker_kill(b);
-	return kb_errf(KB_ERR_UNAVAILABLE, "keybrokerd did not answer health "
-	    "within %d s", START_TIMEOUT_S);
+	return kb_errf(KB_ERR_UNAVAILABLE,
+	    "keybrokerd did not answer health "
+	    "within %d s",
+	    START_TIMEOUT_S);
 }
 
 int
@@ -224,12 +228,14 @@ bench_broker_stop(struct bench *b)
 	if (b->pid <= 0)
 		return 0;
 	kill(b->pid, SIGTERM);
-	while ((w = waitpid(b->pid, &st, WNOHANG)) == 0 &&
-	    bench_now() - t0 < STOP_TIMEOUT_S)
+	while ((w = waitpid(b->pid, &st, WNOHANG)) == 0
+	    && bench_now() - t0 < STOP_TIMEOUT_S)
 		bench_sleep(0.01);
 	if (w == 0) {
-		fprintf(stderr, "kb-bench: keybrokerd still running %d s after "
-		    "SIGTERM: killing it\n", STOP_TIMEOUT_S);
+		fprintf(stderr,
+		    "kb-bench: keybrokerd still running %d s after "
+		    "SIGTERM: killing it\n",
+		    STOP_TIMEOUT_S);
 		kill(b->pid, SIGKILL);
 		(void)waitpid(b->pid, &st, 0);
 		b->pid = 0;
@@ -288,9 +294,12 @@ proc_ticks(const char *path)
 	buf[n] = '\0';
 	/* Fields after the command name "(...)": state is field 3, utime
 	 * 14 and stime 15. */
-	if ((p = strrchr(buf, ')')) == NULL ||
-	    sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu "
-	    "%llu", &ut, &st) != 2)
+	if ((p = strrchr(buf, ')')) == NULL
+	    || sscanf(p + 2,
+	           "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu "
+	           "%llu",
+	           &ut, &st)
+	        != 2)
 		return 0;
 	return ut + st;
 }
@@ -298,14 +307,15 @@ proc_ticks(const char *path)
 void
 bench_cpu_mark(struct bench_cpu_mark *m, pid_t broker)
 {
-	unsigned long long v[10] = { 0 };
+	unsigned long long v[10] = {0};
 	char path[64];
 	FILE *f;
 
 	memset(m, 0, sizeof(*m));
 	if ((f = fopen("/proc/stat", "r")) != NULL) {
 		if (fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu",
-		    &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) == 8) {
+		        &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7])
+		    == 8) {
 			/* user nice system idle iowait irq softirq steal */
 			m->busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
 			m->total = m->busy + v[3] + v[4];

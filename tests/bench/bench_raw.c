@@ -87,8 +87,8 @@ run(struct rawctx *c, int (*op)(struct rawctx *, unsigned), unsigned n,
 
 	memset(out, 0, sizeof(*out));
 	if (n == 0 || n > MAX_THREADS)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "1 to %d threads",
-		    MAX_THREADS);
+		return kb_errf(
+		    KB_ERR_INVALID_ARGUMENT, "1 to %d threads", MAX_THREADS);
 	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	r->op = op;
@@ -96,10 +96,11 @@ run(struct rawctx *c, int (*op)(struct rawctx *, unsigned), unsigned n,
 	r->want_lat = want_lat;
 	pthread_barrier_init(&r->bar, NULL, n + 1);
 	for (i = 0; i < n; i++) {
-		a[i] = (struct targ){ r, i };
+		a[i] = (struct targ){r, i};
 		if (pthread_create(&th[i], NULL, runner_main, &a[i]) != 0) {
 			/* Nothing sane is left to measure. */
-			fprintf(stderr, "kb-bench: cannot start thread %u\n", i);
+			fprintf(
+			    stderr, "kb-bench: cannot start thread %u\n", i);
 			abort();
 		}
 	}
@@ -120,8 +121,8 @@ run(struct rawctx *c, int (*op)(struct rawctx *, unsigned), unsigned n,
 		out->errors += r->err[i];
 	}
 	out->rate = (double)out->calls / secs;
-	out->other = bench_cpu_other(&m0, &m1, &out->self_cpu,
-	    &out->broker_cpu);
+	out->other =
+	    bench_cpu_other(&m0, &m1, &out->self_cpu, &out->broker_cpu);
 	bench_vec_stats(r->lat, n, out);
 	free(r);
 	if (out->errors > 0)
@@ -213,9 +214,12 @@ audit_phases(struct bench *b, struct rawctx *c, struct bench_raw *r)
 	snprintf(path, sizeof(path), "%s/kb-bench-audit.db", b->dir);
 	if ((e = hsm_rsa_generate(c->h, RAW_SIGN, 2048, HSM_USE_SIGN)) != KB_OK)
 		return e;
-	if (bench_vfs_register() != 0)
-		return kb_errf(KB_ERR_INTERNAL, "cannot register the counting "
-		    "SQLite VFS");
+	if (bench_vfs_register() != 0) {
+		e = kb_errf(KB_ERR_INTERNAL,
+		    "cannot register the counting SQLite "
+		    "VFS");
+		goto out;
+	}
 	memset(&ac, 0, sizeof(ac));
 	ac.path = path;
 	ac.hsm = c->h;
@@ -232,23 +236,27 @@ audit_phases(struct bench *b, struct rawctx *c, struct bench_raw *r)
 	 * over every sync of the write-ahead log in the same span. */
 	s0 = audit_last_seq(c->audit);
 	bench_vfs_counts(&w0, &x0);
-	if ((e = run(c, op_audit, r->audit_threads, o->warm_s, secs, 1,
-	    &r->audit)) != KB_OK)
+	if ((e = run(
+	         c, op_audit, r->audit_threads, o->warm_s, secs, 1, &r->audit))
+	    != KB_OK)
 		goto out;
 	bench_vfs_counts(&w1, &x1);
 	s1 = audit_last_seq(c->audit);
-	r->audit_per_commit = w1 > w0 ? (double)(s1 - s0) / (double)(w1 - w0) :
-	    0;
+	r->audit_per_commit =
+	    w1 > w0 ? (double)(s1 - s0) / (double)(w1 - w0) : 0;
 
 	fprintf(stderr, "kb-bench: audit log alone, 1 appender...\n");
 	if ((e = run(c, op_audit, 1, o->warm_s, secs, 1, &r->audit_serial))
 	    != KB_OK)
 		goto out;
 
-	fprintf(stderr, "kb-bench: decrypt + audit append, %u threads "
-	    "(keybrokerd's workers)...\n", r->worker_threads);
-	if ((e = run(c, op_decrypt_audit, r->worker_threads, o->warm_s, secs,
-	    0, &r->worker_audit)) != KB_OK)
+	fprintf(stderr,
+	    "kb-bench: decrypt + audit append, %u threads "
+	    "(keybrokerd's workers)...\n",
+	    r->worker_threads);
+	if ((e = run(c, op_decrypt_audit, r->worker_threads, o->warm_s, secs, 0,
+	         &r->worker_audit))
+	    != KB_OK)
 		goto out;
 	e = KB_OK;
 out:
@@ -272,7 +280,7 @@ bench_raw_run(struct bench *b, struct bench_raw *r)
 
 	memset(&c, 0, sizeof(c));
 	memset(&hc, 0, sizeof(hc));
-	hc.module_path = NULL;              /* SoftHSMv2's, like keybrokerd */
+	hc.module_path = NULL; /* SoftHSMv2's, like keybrokerd */
 	hc.token_uri = "pkcs11:token=keybroker";
 	hc.pin_file = b->pin;
 	hc.check_pin_mode = 1;
@@ -283,15 +291,19 @@ bench_raw_run(struct bench *b, struct bench_raw *r)
 		struct hsm_token_info ti;
 
 		hsm_token_info(c.h, &ti);
-		snprintf(b->token_info, sizeof(b->token_info), "%s %s, token "
-		    "'%s'", ti.manufacturer, ti.model, ti.label);
+		snprintf(b->token_info, sizeof(b->token_info),
+		    "%s %s, token "
+		    "'%s'",
+		    ti.manufacturer, ti.model, ti.label);
 	}
-	if ((e = hsm_rsa_generate(c.h, RAW_KEY, 2048, HSM_USE_ENCRYPT)) != KB_OK ||
-	    (e = hsm_rsa_generate(c.h, RAW_KEY2, 2048, HSM_USE_ENCRYPT)) != KB_OK ||
-	    (e = hsm_oaep_probe(c.h, RAW_KEY, &alg)) != KB_OK ||
-	    (e = hsm_random(c.h, dek, sizeof(dek))) != KB_OK ||
-	    (e = hsm_encrypt(c.h, RAW_KEY, alg, dek, sizeof(dek), &c.blob,
-	    &c.blob_len)) != KB_OK)
+	if ((e = hsm_rsa_generate(c.h, RAW_KEY, 2048, HSM_USE_ENCRYPT)) != KB_OK
+	    || (e = hsm_rsa_generate(c.h, RAW_KEY2, 2048, HSM_USE_ENCRYPT))
+	        != KB_OK
+	    || (e = hsm_oaep_probe(c.h, RAW_KEY, &alg)) != KB_OK
+	    || (e = hsm_random(c.h, dek, sizeof(dek))) != KB_OK
+	    || (e = hsm_encrypt(
+	            c.h, RAW_KEY, alg, dek, sizeof(dek), &c.blob, &c.blob_len))
+	        != KB_OK)
 		goto out;
 	kb_wipe(dek, sizeof(dek));
 	c.alg = alg;
@@ -302,13 +314,15 @@ bench_raw_run(struct bench *b, struct bench_raw *r)
 
 		fprintf(stderr, "kb-bench: raw decrypt, %u thread(s)...\n", n);
 		if ((e = run(&c, op_decrypt, n, o->warm_s, o->point_s, 1,
-		    &r->decrypt[i])) != KB_OK)
+		         &r->decrypt[i]))
+		    != KB_OK)
 			goto out;
 	}
 	fprintf(stderr, "kb-bench: raw re-wrap, %u threads...\n",
 	    r->rewrap_threads);
-	if ((e = run(&c, op_rewrap, r->rewrap_threads, o->warm_s, o->point_s,
-	    0, &r->rewrap)) != KB_OK)
+	if ((e = run(&c, op_rewrap, r->rewrap_threads, o->warm_s, o->point_s, 0,
+	         &r->rewrap))
+	    != KB_OK)
 		goto out;
 	e = audit_phases(b, &c, r);
 out:

@@ -54,17 +54,18 @@ wrap_main(void *p)
 	unsigned i;
 
 	a->err = 1;
-	if ((ctx = EVP_PKEY_CTX_new(c->pub, NULL)) == NULL ||
-	    EVP_PKEY_encrypt_init(ctx) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_oaep_md(ctx, c->md) <= 0 ||
-	    EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, c->md) <= 0)
+	if ((ctx = EVP_PKEY_CTX_new(c->pub, NULL)) == NULL
+	    || EVP_PKEY_encrypt_init(ctx) <= 0
+	    || EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0
+	    || EVP_PKEY_CTX_set_rsa_oaep_md(ctx, c->md) <= 0
+	    || EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, c->md) <= 0)
 		goto out;
 	for (i = a->from; i < a->to; i++) {
 		c->wlen[i] = WRAPPED_MAX;
-		if (RAND_bytes(c->dek[i], 32) != 1 ||
-		    EVP_PKEY_encrypt(ctx, c->wrapped[i], &c->wlen[i], c->dek[i],
-		    32) <= 0)
+		if (RAND_bytes(c->dek[i], 32) != 1
+		    || EVP_PKEY_encrypt(
+		           ctx, c->wrapped[i], &c->wlen[i], c->dek[i], 32)
+		        <= 0)
 			goto out;
 	}
 	a->err = 0;
@@ -78,17 +79,18 @@ wrap_chunk(struct chunk *c)
 {
 	struct wrap_arg a[WRAP_THREADS];
 	pthread_t th[WRAP_THREADS];
-	int started[WRAP_THREADS] = { 0 };
+	int started[WRAP_THREADS] = {0};
 	unsigned t, per = (c->n + WRAP_THREADS - 1) / WRAP_THREADS;
 
 	for (t = 0; t < WRAP_THREADS; t++) {
-		a[t] = (struct wrap_arg){ c, t * per,
-		    (t + 1) * per < c->n ? (t + 1) * per : c->n, 1 };
+		a[t] = (struct wrap_arg){
+		    c, t * per, (t + 1) * per < c->n ? (t + 1) * per : c->n, 1};
 		if (a[t].from >= a[t].to) {
 			a[t].err = 0;
 			continue;
 		}
-		if (t > 0 && pthread_create(&th[t], NULL, wrap_main, &a[t]) == 0)
+		if (t > 0
+		    && pthread_create(&th[t], NULL, wrap_main, &a[t]) == 0)
 			started[t] = 1;
 	}
 	for (t = 0; t < WRAP_THREADS; t++)
@@ -99,7 +101,8 @@ wrap_chunk(struct chunk *c)
 			pthread_join(th[t], NULL);
 	for (t = 0; t < WRAP_THREADS; t++)
 		if (a[t].err)
-			return kb_err_openssl(KB_ERR_CRYPTO, "RSA-OAEP wrapping a "
+			return kb_err_openssl(KB_ERR_CRYPTO,
+			    "RSA-OAEP wrapping a "
 			    "seeded data key");
 	return KB_OK;
 }
@@ -114,17 +117,19 @@ sql_fail(sqlite3 *db, const char *what)
 unsigned
 bench_sample_index(unsigned k, unsigned n)
 {
-	return n <= 1 ? 0 : (unsigned)((uint64_t)k * (n - 1) /
-	    (BENCH_SAMPLES - 1));
+	return n <= 1 ? 0
+	              : (unsigned)((uint64_t)k * (n - 1) / (BENCH_SAMPLES - 1));
 }
 
 enum kb_err
 bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n, double *secs)
 {
-	static const char env_sql[] = "INSERT INTO environments(tenant_id, name, "
+	static const char env_sql[] =
+	    "INSERT INTO environments(tenant_id, name, "
 	    "mode, state, dek_version, create_time_us, update_time_us) VALUES "
 	    "(?1, ?2, 'customer', 'enabled', 1, ?3, ?3)";
-	static const char dek_sql[] = "INSERT INTO deks(env_id, version, key_id, "
+	static const char dek_sql[] =
+	    "INSERT INTO deks(env_id, version, key_id, "
 	    "wrap_alg, wrapped, create_time_us) VALUES (?1, 1, ?2, ?3, ?4, ?5)";
 	sqlite3 *db = NULL;
 	sqlite3_stmt *se = NULL, *sd = NULL, *sv = NULL;
@@ -139,35 +144,42 @@ bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n, double *secs)
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	c->pub = pub;
-	c->md = strcmp(b->wrap_alg, "RSA-OAEP-SHA256") == 0 ? EVP_sha256() :
-	    EVP_sha1();
-	if (strcmp(b->wrap_alg, "RSA-OAEP-SHA1") != 0 &&
-	    strcmp(b->wrap_alg, "RSA-OAEP-SHA256") != 0) {
-		e = kb_errf(KB_ERR_INVALID_ARGUMENT, "seeding: unknown wrap "
-		    "algorithm \"%s\"", b->wrap_alg);
+	c->md = strcmp(b->wrap_alg, "RSA-OAEP-SHA256") == 0 ? EVP_sha256()
+	                                                    : EVP_sha1();
+	if (strcmp(b->wrap_alg, "RSA-OAEP-SHA1") != 0
+	    && strcmp(b->wrap_alg, "RSA-OAEP-SHA256") != 0) {
+		e = kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "seeding: unknown wrap "
+		    "algorithm \"%s\"",
+		    b->wrap_alg);
 		goto out;
 	}
-	if (sqlite3_open_v2(b->db, &db, SQLITE_OPEN_READWRITE, NULL) != SQLITE_OK) {
+	if (sqlite3_open_v2(b->db, &db, SQLITE_OPEN_READWRITE, NULL)
+	    != SQLITE_OK) {
 		e = sql_fail(db, b->db);
 		goto out;
 	}
 	sqlite3_busy_timeout(db, 10000);
 	/* The schema this was written against (broker/store.c migration 2). */
-	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &sv, NULL) !=
-	    SQLITE_OK || sqlite3_step(sv) != SQLITE_ROW ||
-	    sqlite3_column_int(sv, 0) < 2) {
-		e = kb_errf(KB_ERR_STORE, "seeding: %s is not at schema version "
-		    "2 or later", b->db);
+	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &sv, NULL)
+	        != SQLITE_OK
+	    || sqlite3_step(sv) != SQLITE_ROW
+	    || sqlite3_column_int(sv, 0) < 2) {
+		e = kb_errf(KB_ERR_STORE,
+		    "seeding: %s is not at schema version "
+		    "2 or later",
+		    b->db);
 		goto out;
 	}
-	if (sqlite3_exec(db, "PRAGMA foreign_keys=ON; BEGIN IMMEDIATE", NULL,
-	    NULL, NULL) != SQLITE_OK) {
+	if (sqlite3_exec(
+	        db, "PRAGMA foreign_keys=ON; BEGIN IMMEDIATE", NULL, NULL, NULL)
+	    != SQLITE_OK) {
 		e = sql_fail(db, "beginning");
 		goto out;
 	}
 	in_txn = 1;
-	if (sqlite3_prepare_v2(db, env_sql, -1, &se, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, dek_sql, -1, &sd, NULL) != SQLITE_OK) {
+	if (sqlite3_prepare_v2(db, env_sql, -1, &se, NULL) != SQLITE_OK
+	    || sqlite3_prepare_v2(db, dek_sql, -1, &sd, NULL) != SQLITE_OK) {
 		e = sql_fail(db, "preparing");
 		goto out;
 	}
@@ -186,9 +198,11 @@ bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n, double *secs)
 				goto out;
 			}
 			sqlite3_reset(sd);
-			sqlite3_bind_int64(sd, 1, sqlite3_last_insert_rowid(db));
+			sqlite3_bind_int64(
+			    sd, 1, sqlite3_last_insert_rowid(db));
 			sqlite3_bind_text(sd, 2, b->k0, -1, SQLITE_STATIC);
-			sqlite3_bind_text(sd, 3, b->wrap_alg, -1, SQLITE_STATIC);
+			sqlite3_bind_text(
+			    sd, 3, b->wrap_alg, -1, SQLITE_STATIC);
 			sqlite3_bind_blob(sd, 4, c->wrapped[i], (int)c->wlen[i],
 			    SQLITE_STATIC);
 			sqlite3_bind_int64(sd, 5, now);

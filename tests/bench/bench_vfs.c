@@ -14,7 +14,7 @@
 
 struct cfile {
 	sqlite3_file base;
-	sqlite3_file *real;          /* follows this struct in the same block */
+	sqlite3_file *real; /* follows this struct in the same block */
 	int wal;
 };
 
@@ -252,7 +252,8 @@ bench_vfs_register(void)
 
 	if (registered)
 		return 0;
-	if ((real_vfs = sqlite3_vfs_find(NULL)) == NULL || real_vfs->iVersion < 2)
+	if ((real_vfs = sqlite3_vfs_find(NULL)) == NULL
+	    || real_vfs->iVersion < 2)
 		return -1;
 	for (i = 1; i <= 3; i++) {
 		sqlite3_io_methods *m = &methods[i];

@@ -32,7 +32,7 @@
 
 #define PYTHON "/usr/bin/python3"
 #define READER_PAUSE_S 0.01
-#define STALL_S 120              /* a job without progress this long fails */
+#define STALL_S 120 /* a job without progress this long fails */
 
 struct results {
 	struct bench_raw raw;
@@ -63,29 +63,38 @@ usage(FILE *f)
 	fprintf(f,
 	    "usage: kb-bench [--short] [--envs N] [--kill-resume] [--json]\n"
 	    "                [--seconds S] [--clients 1,8,64] [--workers N]\n"
-	    "                [--no-python] [--py-channels N] [--keep]\n"
+	    "                [--set KEY=VALUE]... [--no-python] [--py-channels "
+	    "N]\n"
+	    "                [--keep]\n"
 	    "                [--src DIR] [--build DIR]\n"
 	    "\n"
 	    "Measure keybroker on a fresh SoftHSMv2 token in a temporary\n"
 	    "directory and print one table: raw token ceilings, GetDataKey\n"
 	    "through gRPC+mTLS (C clients, Python grpc.aio), audit cost, an\n"
-	    "activation re-wrapping N environments, start-up time and peak RSS.\n"
+	    "activation re-wrapping N environments, start-up time and peak "
+	    "RSS.\n"
 	    "\n"
-	    "  --short        CI mode: ~1 s per point, N=300, no Python client\n"
-	    "  --envs N       environments re-wrapped by the activation (10000)\n"
-	    "  --kill-resume  SIGKILL the broker mid-job, restart, check it ends\n"
+	    "  --short        CI mode: ~1 s per point, N=300, no Python "
+	    "client\n"
+	    "  --envs N       environments re-wrapped by the activation "
+	    "(10000)\n"
+	    "  --kill-resume  SIGKILL the broker mid-job, restart, check it "
+	    "ends\n"
 	    "  --json         print the figures as one JSON document\n"
 	    "  --seconds S    measured seconds per load point (5; --short 1)\n"
 	    "  --clients L    C client counts, comma-separated (1,8,64)\n"
 	    "  --workers N    override keybrokerd's workers setting\n"
+	    "  --set K=V      any other keybrokerd setting (repeatable)\n"
 	    "  --no-python    skip the Python grpc.aio client\n"
 	    "  --py-channels N  channels the Python client's calls share (1)\n"
 	    "  --keep         keep the temporary directory (token, db, logs)\n"
 	    "  --src DIR      repository (deploy/ scripts; default %s)\n"
 	    "  --build DIR    build tree with keybrokerd (default %s)\n"
 	    "\n"
-	    "Exit status: 0 when the table was produced, 1 when a phase failed,\n"
-	    "2 on a usage error.\n", KB_SRC_DIR, KB_BUILD_DIR);
+	    "Exit status: 0 when the table was produced, 1 when a phase "
+	    "failed,\n"
+	    "2 on a usage error.\n",
+	    KB_SRC_DIR, KB_BUILD_DIR);
 }
 
 static int
@@ -110,11 +119,11 @@ parse_clients(const char *s, struct bench_opts *o)
 /* ---- set-up: token, PKI, configuration (deploy/ scripts) ---- */
 
 static int
-script(const struct bench *b, const char *name, const char *a1,
-    const char *a2, const char *a3, const char *out)
+script(const struct bench *b, const char *name, const char *a1, const char *a2,
+    const char *a3, const char *out)
 {
 	char path[700];
-	char *argv[] = { path, (char *)a1, (char *)a2, (char *)a3, NULL };
+	char *argv[] = {path, (char *)a1, (char *)a2, (char *)a3, NULL};
 
 	snprintf(path, sizeof(path), "%s/deploy/%s", b->o->src, name);
 	return bench_run(argv, out);
@@ -151,14 +160,14 @@ setup(struct bench *b)
 {
 	const struct bench_opts *o = b->o;
 	const char *tmp = getenv("TMPDIR");
-	char listen[80], workers[40], pki[300];
+	char workers[40], pki[300];
 	unsigned k;
 
 	snprintf(b->dir, sizeof(b->dir), "%s/kb-bench.XXXXXX",
 	    tmp != NULL && *tmp ? tmp : "/tmp");
 	if (mkdtemp(b->dir) == NULL)
-		return kb_errf(KB_ERR_IO, "mkdtemp %s: %s", b->dir,
-		    strerror(errno));
+		return kb_errf(
+		    KB_ERR_IO, "mkdtemp %s: %s", b->dir, strerror(errno));
 	setenv("KB_VAR", b->dir, 1);
 	snprintf(pki, sizeof(pki), "%s/pki", b->dir);
 	snprintf(b->conf, sizeof(b->conf), "%s/keybroker.conf", b->dir);
@@ -179,8 +188,8 @@ setup(struct bench *b)
 		    "%s/service-%s-%s.key", pki, b->tenant, b->load_env[k]);
 	}
 	for (k = 0; k < BENCH_SAMPLES; k++) {
-		bench_seed_name(bench_sample_index(k, o->envs), b->sample_env[k],
-		    sizeof(b->sample_env[k]));
+		bench_seed_name(bench_sample_index(k, o->envs),
+		    b->sample_env[k], sizeof(b->sample_env[k]));
 		snprintf(b->sample_crt[k], sizeof(b->sample_crt[k]),
 		    "%s/service-%s-%s.crt", pki, b->tenant, b->sample_env[k]);
 		snprintf(b->sample_key[k], sizeof(b->sample_key[k]),
@@ -191,28 +200,44 @@ setup(struct bench *b)
 
 	fprintf(stderr, "kb-bench: token, PKI and configuration in %s...\n",
 	    b->dir);
-	if (script(b, "token.sh", b->dir, NULL, NULL, NULL) != 0 ||
-	    script(b, "pki.sh", "init", NULL, NULL, NULL) != 0)
+	if (script(b, "token.sh", b->dir, NULL, NULL, NULL) != 0
+	    || script(b, "pki.sh", "init", NULL, NULL, NULL) != 0)
 		return kb_errf(KB_ERR_IO, "deploy/token.sh or pki.sh failed");
 	for (k = 0; k < BENCH_LOAD_ENVS; k++)
-		if (script(b, "pki.sh", "service", b->tenant, b->load_env[k],
-		    NULL) != 0)
-			return kb_errf(KB_ERR_IO, "deploy/pki.sh service failed");
+		if (script(
+		        b, "pki.sh", "service", b->tenant, b->load_env[k], NULL)
+		    != 0)
+			return kb_errf(
+			    KB_ERR_IO, "deploy/pki.sh service failed");
 	for (k = 0; k < BENCH_SAMPLES; k++)
 		if (script(b, "pki.sh", "service", b->tenant, b->sample_env[k],
-		    NULL) != 0)
-			return kb_errf(KB_ERR_IO, "deploy/pki.sh service failed");
+		        NULL)
+		    != 0)
+			return kb_errf(
+			    KB_ERR_IO, "deploy/pki.sh service failed");
 	if ((b->port = bench_free_port()) <= 0)
 		return kb_errf(KB_ERR_IO, "no free TCP port");
 	snprintf(b->addr, sizeof(b->addr), "127.0.0.1:%d", b->port);
-	snprintf(listen, sizeof(listen), "%s", b->addr);
-	setenv("KB_LISTEN", listen, 1);
+	setenv("KB_LISTEN", b->addr, 1);
 	/* The production defaults of deploy/keybroker.conf.example, unless
-	 * --workers says otherwise. */
-	snprintf(workers, sizeof(workers), "workers=%u", o->workers);
-	if (script(b, "conf.sh", b->dir, o->workers ? workers : NULL, NULL,
-	    b->conf) != 0)
-		return kb_errf(KB_ERR_IO, "deploy/conf.sh failed");
+	 * --workers or --set say otherwise. */
+	{
+		char path[700];
+		char *argv[4 + BENCH_MAX_SETS];
+		unsigned n = 0, i;
+
+		snprintf(path, sizeof(path), "%s/deploy/conf.sh", o->src);
+		argv[n++] = path;
+		argv[n++] = b->dir;
+		snprintf(workers, sizeof(workers), "workers=%u", o->workers);
+		if (o->workers)
+			argv[n++] = workers;
+		for (i = 0; i < o->nsets; i++)
+			argv[n++] = (char *)o->sets[i];
+		argv[n] = NULL;
+		if (bench_run(argv, b->conf) != 0)
+			return kb_errf(KB_ERR_IO, "deploy/conf.sh failed");
+	}
 	read_conf(b);
 	return KB_OK;
 }
@@ -220,7 +245,7 @@ setup(struct bench *b)
 static void
 remove_dir(const char *dir)
 {
-	char *argv[] = { (char *)"/bin/rm", (char *)"-rf", (char *)dir, NULL };
+	char *argv[] = {(char *)"/bin/rm", (char *)"-rf", (char *)dir, NULL};
 
 	(void)bench_run(argv, NULL);
 }
@@ -244,13 +269,13 @@ run_python(struct bench *b, struct results *r, unsigned inflight)
 {
 	char script_path[700], out[700], stubs[700], secs[32], warm[32], n[16];
 	char proto[700], buf[4096], chans[16];
-	char *argv[] = { (char *)PYTHON, script_path, (char *)"--json",
-	    (char *)"--addr", b->addr, (char *)"--ca", b->ca,
-	    (char *)"--cert", b->load_crt[0], (char *)"--key", b->load_key[0],
-	    (char *)"--tenant", b->tenant, (char *)"--env", b->load_env[0],
-	    (char *)"--inflight", n, (char *)"--seconds", secs,
-	    (char *)"--warmup", warm, (char *)"--stubs", stubs,
-	    (char *)"--proto", proto, (char *)"--channels", chans, NULL };
+	char *argv[] = {(char *)PYTHON, script_path, (char *)"--json",
+	    (char *)"--addr", b->addr, (char *)"--ca", b->ca, (char *)"--cert",
+	    b->load_crt[0], (char *)"--key", b->load_key[0], (char *)"--tenant",
+	    b->tenant, (char *)"--env", b->load_env[0], (char *)"--inflight", n,
+	    (char *)"--seconds", secs, (char *)"--warmup", warm,
+	    (char *)"--stubs", stubs, (char *)"--proto", proto,
+	    (char *)"--channels", chans, NULL};
 	size_t len;
 	FILE *f;
 
@@ -263,11 +288,15 @@ run_python(struct bench *b, struct results *r, unsigned inflight)
 	snprintf(warm, sizeof(warm), "%g", b->o->warm_s);
 	snprintf(n, sizeof(n), "%u", inflight);
 	snprintf(chans, sizeof(chans), "%u", b->o->py_channels);
-	fprintf(stderr, "kb-bench: GetDataKey, Python grpc.aio, %u in "
-	    "flight...\n", inflight);
+	fprintf(stderr,
+	    "kb-bench: GetDataKey, Python grpc.aio, %u in "
+	    "flight...\n",
+	    inflight);
 	if (access(PYTHON, X_OK) != 0 || bench_run(argv, out) != 0) {
-		fprintf(stderr, "kb-bench: the Python client did not run (see "
-		    "%s/setup.log); its row is left out\n", b->dir);
+		fprintf(stderr,
+		    "kb-bench: the Python client did not run (see "
+		    "%s/setup.log); its row is left out\n",
+		    b->dir);
 		return;
 	}
 	if ((f = fopen(out, "r")) == NULL)
@@ -298,14 +327,17 @@ activation(struct bench *b, struct results *r)
 	struct bench_cpu_mark m0, m1;
 	char job[80];
 	uint64_t done = 0, total = 0, prev;
-	double t0, last_progress, last_print = 0, poll = o->envs <= 1000 ? 0.01 : 0.05;
+	double t0, last_progress, last_print = 0,
+	                          poll = o->envs <= 1000 ? 0.01 : 0.05;
 	int state = 0;
 	enum kb_err e;
 
 	if ((e = bench_reader_start(b, READER_PAUSE_S, &rd)) != KB_OK)
 		return e;
-	fprintf(stderr, "kb-bench: ActivateKey %s: re-wrapping %u "
-	    "environments from %s...\n", b->k1, o->envs, b->k0);
+	fprintf(stderr,
+	    "kb-bench: ActivateKey %s: re-wrapping %u "
+	    "environments from %s...\n",
+	    b->k1, o->envs, b->k0);
 	t0 = bench_now();
 	bench_cpu_mark(&m0, b->pid);
 	if ((e = bench_activate(b, job, &r->job_total)) != KB_OK)
@@ -313,8 +345,8 @@ activation(struct bench *b, struct results *r)
 	last_progress = bench_now();
 	for (;;) {
 		prev = done;
-		e = bench_job_get(b, &ac, job, &state, &done, &total,
-		    r->job_error);
+		e = bench_job_get(
+		    b, &ac, job, &state, &done, &total, r->job_error);
 		if (e == KB_OK && state != 1)
 			break;
 		if (e != KB_OK && !r->killed)
@@ -328,18 +360,22 @@ activation(struct bench *b, struct results *r)
 		if (e == KB_OK && done != prev)
 			last_progress = bench_now();
 		if (bench_now() - last_progress > STALL_S) {
-			e = kb_errf(KB_ERR_DEADLINE, "job %s made no progress for "
-			    "%d s (%llu of %llu)", job, STALL_S,
-			    (unsigned long long)done, (unsigned long long)total);
+			e = kb_errf(KB_ERR_DEADLINE,
+			    "job %s made no progress for "
+			    "%d s (%llu of %llu)",
+			    job, STALL_S, (unsigned long long)done,
+			    (unsigned long long)total);
 			goto out;
 		}
-		if (o->kill_resume && !r->killed && e == KB_OK &&
-		    done * 10 >= total * 3) {
+		if (o->kill_resume && !r->killed && e == KB_OK
+		    && done * 10 >= total * 3) {
 			/* A crash mid-job: no drain, no final checkpoint. */
 			r->killed = 1;
 			r->kill_done = done;
-			fprintf(stderr, "kb-bench: SIGKILL keybrokerd at %llu of "
-			    "%llu; restarting...\n", (unsigned long long)done,
+			fprintf(stderr,
+			    "kb-bench: SIGKILL keybrokerd at %llu of "
+			    "%llu; restarting...\n",
+			    (unsigned long long)done,
 			    (unsigned long long)total);
 			bench_reader_outage(rd, 1);
 			bench_broker_kill(b);
@@ -354,16 +390,16 @@ activation(struct bench *b, struct results *r)
 		if (bench_now() - last_print >= 10) {
 			last_print = bench_now();
 			if (t0 + 1 < last_print)
-				fprintf(stderr, "kb-bench: job %s: %llu of %llu\n",
-				    job, (unsigned long long)done,
+				fprintf(stderr,
+				    "kb-bench: job %s: %llu of %llu\n", job,
+				    (unsigned long long)done,
 				    (unsigned long long)total);
 		}
 		bench_sleep(poll);
 	}
 	r->job_s = bench_now() - t0;
 	bench_cpu_mark(&m1, b->pid);
-	r->job_other = r->killed ? -1 : bench_cpu_other(&m0, &m1, NULL,
-	    NULL);
+	r->job_other = r->killed ? -1 : bench_cpu_other(&m0, &m1, NULL, NULL);
 	r->job_state = state;
 	r->job_done = done;
 	r->job_rate = r->job_s > 0 ? (double)total / r->job_s : 0;
@@ -426,8 +462,9 @@ ratio(double a, double b)
 static double
 cpu_us(const struct bench_lat *l, double share, long ncpu)
 {
-	return l->calls > 0 ? share * (double)ncpu * l->secs * 1e6 /
-	    (double)l->calls : 0;
+	return l->calls > 0
+	    ? share * (double)ncpu * l->secs * 1e6 / (double)l->calls
+	    : 0;
 }
 
 /* One row; negative numbers print as blanks. */
@@ -436,14 +473,15 @@ row(const char *sec, const char *what, unsigned thr, double rate, double p50,
     double p99, double max, long long errors, double other, const char *note)
 {
 	char c[6][24];
-	double v[4] = { rate, p50, p99, max };
+	double v[4] = {rate, p50, p99, max};
 	int i;
 
 	for (i = 0; i < 4; i++) {
 		if (v[i] < 0)
 			c[i][0] = '\0';
 		else
-			snprintf(c[i], sizeof(c[i]), i == 0 ? "%.0f" : "%.2f", v[i]);
+			snprintf(
+			    c[i], sizeof(c[i]), i == 0 ? "%.0f" : "%.2f", v[i]);
 	}
 	if (errors < 0)
 		c[4][0] = '\0';
@@ -473,11 +511,14 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 	printf("kb-bench (keybroker %s%s), %s\n", KB_VERSION,
 	    o->short_mode ? ", --short" : "", date);
 	printf("machine: %ld CPUs (%s), %.1f GiB RAM; token: %s, RSA-2048, "
-	    "%s\n", ncpu, cpu, mem, b->token_info, w->alg);
+	       "%s\n",
+	    ncpu, cpu, mem, b->token_info, w->alg);
 	printf("NOTE: the load generator, keybrokerd and the token share these "
-	    "%ld cores; other%% is the CPU\nother processes took during the "
-	    "point (of all cores).\n", ncpu);
-	printf("keybrokerd: workers=%u hsm_sessions=%u rewrap_threads=%u; "
+	       "%ld cores; other%% is the CPU\nother processes took during the "
+	       "point (of all cores).\n",
+	    ncpu);
+	printf(
+	    "keybrokerd: workers=%u hsm_sessions=%u rewrap_threads=%u; "
 	    "every GetDataKey is audited\n(a durable group commit before the "
 	    "answer). %.1f s per point after %.1f s of warm-up.\n\n",
 	    b->workers, b->hsm_sessions, b->rewrap_threads, o->point_s,
@@ -489,10 +530,12 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 	for (i = 0; i < 3; i++) {
 		const struct bench_lat *l = &w->decrypt[i];
 
-		row("1", i == 0 ? "raw RSA-OAEP decrypt, in-process (hsm/)" :
-		    i == 1 ? "raw RSA-OAEP decrypt (threads = cores)" :
-		    "raw RSA-OAEP decrypt (threads = workers)", l->threads,
-		    l->rate, l->p50_ms, l->p99_ms, l->max_ms, -1, l->other, "");
+		row("1",
+		    i == 0       ? "raw RSA-OAEP decrypt, in-process (hsm/)"
+		        : i == 1 ? "raw RSA-OAEP decrypt (threads = cores)"
+		                 : "raw RSA-OAEP decrypt (threads = workers)",
+		    l->threads, l->rate, l->p50_ms, l->p99_ms, l->max_ms, -1,
+		    l->other, "");
 	}
 	row("1", "raw re-wrap: decrypt + encrypt (rewrap_threads)",
 	    w->rewrap.threads, w->rewrap.rate, -1, -1, -1, -1, w->rewrap.other,
@@ -503,10 +546,11 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 		snprintf(note, sizeof(note), "%.2f of raw@%u",
 		    ratio(l->rate, ceiling(r, l->threads)->rate),
 		    ceiling(r, l->threads)->threads);
-		row("2", i == 0 ? "GetDataKey, C clients, gRPC+mTLS, audit on" :
-		    "GetDataKey, C clients (a channel each)", l->threads,
-		    l->rate, l->p50_ms, l->p99_ms, l->max_ms, (long long)l->errors,
-		    l->other, note);
+		row("2",
+		    i == 0 ? "GetDataKey, C clients, gRPC+mTLS, audit on"
+		           : "GetDataKey, C clients (a channel each)",
+		    l->threads, l->rate, l->p50_ms, l->p99_ms, l->max_ms,
+		    (long long)l->errors, l->other, note);
 	}
 	snprintf(note, sizeof(note), "no token, no audit");
 	row("2", "WhoAmI, C clients (gRPC+mTLS+dispatch only)",
@@ -525,15 +569,17 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 		else
 			snprintf(note, sizeof(note), "%.2f of raw@2",
 			    ratio(r->py_rate, w->decrypt[1].rate));
-		snprintf(what, sizeof(what), "GetDataKey, Python grpc.aio, %u "
-		    "channel(s)", r->py_channels);
+		snprintf(what, sizeof(what),
+		    "GetDataKey, Python grpc.aio, %u "
+		    "channel(s)",
+		    r->py_channels);
 		row("2", what, r->py_inflight, r->py_rate, r->py_p50, r->py_p99,
 		    r->py_max, (long long)r->py_errors, -1, note);
 	}
 	snprintf(note, sizeof(note), "%.1f events/commit", w->audit_per_commit);
-	row("A", "audit append alone (group commit + fsync)",
-	    w->audit.threads, w->audit.rate, w->audit.p50_ms, w->audit.p99_ms,
-	    w->audit.max_ms, -1, w->audit.other, note);
+	row("A", "audit append alone (group commit + fsync)", w->audit.threads,
+	    w->audit.rate, w->audit.p50_ms, w->audit.p99_ms, w->audit.max_ms,
+	    -1, w->audit.other, note);
 	row("A", "audit append, one appender (= commits/s)", 1,
 	    w->audit_serial.rate, w->audit_serial.p50_ms,
 	    w->audit_serial.p99_ms, w->audit_serial.max_ms, -1,
@@ -543,8 +589,8 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 	row("A", "decrypt + audit append (worker loop, no gRPC)",
 	    w->worker_audit.threads, w->worker_audit.rate, -1, -1, -1, -1,
 	    w->worker_audit.other, note);
-	snprintf(what, sizeof(what), "activation re-wrap, N=%u (envs/s)",
-	    o->envs);
+	snprintf(
+	    what, sizeof(what), "activation re-wrap, N=%u (envs/s)", o->envs);
 	snprintf(note, sizeof(note), "%.2f of raw re-wrap",
 	    ratio(r->job_rate, w->rewrap.rate));
 	row("4", what, b->rewrap_threads, r->job_rate, -1, -1, -1, -1,
@@ -558,11 +604,14 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 	for (i = 0; i < o->npoints; i++) {
 		const struct bench_lat *l = &r->load[i];
 
-		printf("2  %2u clients: CPU keybrokerd %3.0f%%, C clients %3.0f%%, "
+		printf(
+		    "2  %2u clients: CPU keybrokerd %3.0f%%, C clients "
+		    "%3.0f%%, "
 		    "others %3.0f%% of %ld cores; per call keybrokerd %.0f us, "
-		    "client %.0f us\n", l->threads, l->broker_cpu * 100,
-		    l->self_cpu * 100, l->other * 100, ncpu,
-		    cpu_us(l, l->broker_cpu, ncpu), cpu_us(l, l->self_cpu, ncpu));
+		    "client %.0f us\n",
+		    l->threads, l->broker_cpu * 100, l->self_cpu * 100,
+		    l->other * 100, ncpu, cpu_us(l, l->broker_cpu, ncpu),
+		    cpu_us(l, l->self_cpu, ncpu));
 	}
 	{
 		/* Where keybrokerd's CPU per GetDataKey goes, from parts
@@ -571,27 +620,36 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 		 * SQLite read, hand-offs between threads and the like. */
 		const struct bench_lat *top = &r->load[o->npoints - 1];
 		double total = cpu_us(top, top->broker_cpu, ncpu);
-		double tok = cpu_us(&w->decrypt[1], w->decrypt[1].self_cpu, ncpu);
+		double tok =
+		    cpu_us(&w->decrypt[1], w->decrypt[1].self_cpu, ncpu);
 		double rpc = cpu_us(&r->whoami, r->whoami.broker_cpu, ncpu);
 		double aud = cpu_us(&w->audit, w->audit.self_cpu, ncpu);
 
-		printf("2  keybrokerd CPU per GetDataKey at %u clients: %.0f us = "
-		    "token %.0f (raw decrypt) + gRPC/TLS/dispatch %.0f\n   (WhoAmI) "
-		    "+ audit %.0f (appends alone) + rest %.0f (SQLite read, thread "
-		    "hand-offs...)\n", top->threads, total, tok, rpc, aud,
+		printf(
+		    "2  keybrokerd CPU per GetDataKey at %u clients: %.0f us = "
+		    "token %.0f (raw decrypt) + gRPC/TLS/dispatch %.0f\n   "
+		    "(WhoAmI) "
+		    "+ audit %.0f (appends alone) + rest %.0f (SQLite read, "
+		    "thread "
+		    "hand-offs...)\n",
+		    top->threads, total, tok, rpc, aud,
 		    total - tok - rpc - aud);
 	}
 	printf("4  activation: %llu environments re-wrapped in %.2f s (job %s, "
-	    "done %llu of %llu);\n   seeding them took %.2f s (SQL, broker "
-	    "stopped); %llu GetDataKey answers checked meanwhile,\n   the "
-	    "slowest (%.0f ms) %.1f s after ActivateKey\n",
+	       "done %llu of %llu);\n   seeding them took %.2f s (SQL, broker "
+	       "stopped); %llu GetDataKey answers checked meanwhile,\n   the "
+	       "slowest (%.0f ms) %.1f s after ActivateKey\n",
 	    (unsigned long long)r->job_total, r->job_s,
-	    r->job_state == 2 ? "DONE" : r->job_state == 3 ? "FAILED" :
-	    "not done", (unsigned long long)r->job_done,
-	    (unsigned long long)r->job_total, r->seed_s,
-	    (unsigned long long)r->rd_calls, r->rd_max_ms, r->rd_max_at);
+	    r->job_state == 2       ? "DONE"
+	        : r->job_state == 3 ? "FAILED"
+	                            : "not done",
+	    (unsigned long long)r->job_done, (unsigned long long)r->job_total,
+	    r->seed_s, (unsigned long long)r->rd_calls, r->rd_max_ms,
+	    r->rd_max_at);
 	if (r->killed)
-		printf("4  kill-resume: SIGKILL at %llu of %llu done, restarted in "
+		printf(
+		    "4  kill-resume: SIGKILL at %llu of %llu done, restarted "
+		    "in "
 		    "%.0f ms, resumed at %llu,\n   job %s (%llu of %llu); %llu "
 		    "reader calls failed while it was down\n",
 		    (unsigned long long)r->kill_done,
@@ -601,11 +659,12 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 		    (unsigned long long)r->job_done,
 		    (unsigned long long)r->job_total,
 		    (unsigned long long)r->rd_outage);
-	printf("5  start-up (exec to first SERVING health): fresh token %.0f ms "
+	printf(
+	    "5  start-up (exec to first SERVING health): fresh token %.0f ms "
 	    "(creates its keys);\n   with N=%u environments stored %.0f ms\n",
 	    r->start_first_ms, o->envs, r->start_n_ms);
 	printf("5  RSS right after start-up: fresh %.1f MiB, with N=%u %.1f "
-	    "MiB; peak RSS (VmHWM) at the end %.1f MiB\n",
+	       "MiB; peak RSS (VmHWM) at the end %.1f MiB\n",
 	    r->rss_first_kib / 1024.0, o->envs, r->rss_n_kib / 1024.0,
 	    r->hwm_kib / 1024.0);
 	if (r->rd_error[0] != '\0')
@@ -622,7 +681,8 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 		if (l->threads != 64)
 			continue;
 		printf("  GetDataKey >= 0.90 of raw@2 at 64 clients, 0 errors: "
-		    "%.2f, %llu errors  %s\n", x, (unsigned long long)l->errors,
+		       "%.2f, %llu errors  %s\n",
+		    x, (unsigned long long)l->errors,
 		    x >= 0.9 && l->errors == 0 ? "met" : "MISSED");
 		printf("  p99 < 25 ms at 64 clients: %.2f ms  %s\n", l->p99_ms,
 		    l->p99_ms < 25 ? "met" : "MISSED");
@@ -634,21 +694,24 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 	printf("  re-wrap >= 0.85 of raw: %.2f  %s\n",
 	    ratio(r->job_rate, w->rewrap.rate),
 	    r->job_rate >= 0.85 * w->rewrap.rate ? "met" : "MISSED");
-	printf("  peak RSS < 150 MiB: %.1f MiB  %s; start-up < 3 s: %.0f ms  %s "
-	    "(targets for N=1,000,000; here N=%u)\n", r->hwm_kib / 1024.0,
-	    r->hwm_kib < 150 * 1024 ? "met" : "MISSED", r->start_n_ms,
-	    r->start_n_ms < 3000 ? "met" : "MISSED", o->envs);
+	printf(
+	    "  peak RSS < 150 MiB: %.1f MiB  %s; start-up < 3 s: %.0f ms  %s "
+	    "(targets for N=1,000,000; here N=%u)\n",
+	    r->hwm_kib / 1024.0, r->hwm_kib < 150 * 1024 ? "met" : "MISSED",
+	    r->start_n_ms, r->start_n_ms < 3000 ? "met" : "MISSED", o->envs);
 	printf("\nwhole run %.0f s\n", run_s);
 }
 
 static void
 json_lat(const char *name, const struct bench_lat *l, const char *tail)
 {
-	printf("    \"%s\": {\"threads\": %u, \"rate\": %.1f, \"p50_ms\": %.3f, "
+	printf(
+	    "    \"%s\": {\"threads\": %u, \"rate\": %.1f, \"p50_ms\": %.3f, "
 	    "\"p99_ms\": %.3f, \"max_ms\": %.3f, \"calls\": %llu, \"errors\": "
-	    "%llu, \"other_cpu\": %.3f}%s\n", name, l->threads, l->rate,
-	    l->p50_ms, l->p99_ms, l->max_ms, (unsigned long long)l->calls,
-	    (unsigned long long)l->errors, l->other, tail);
+	    "%llu, \"other_cpu\": %.3f}%s\n",
+	    name, l->threads, l->rate, l->p50_ms, l->p99_ms, l->max_ms,
+	    (unsigned long long)l->calls, (unsigned long long)l->errors,
+	    l->other, tail);
 }
 
 static void
@@ -659,12 +722,12 @@ print_json(const struct bench *b, const struct results *r, double run_s)
 	unsigned i;
 
 	printf("{\n  \"version\": \"%s\", \"short\": %s, \"time\": %lld, "
-	    "\"cpus\": %ld, \"wrap_alg\": \"%s\",\n", KB_VERSION,
-	    o->short_mode ? "true" : "false", (long long)time(NULL),
+	       "\"cpus\": %ld, \"wrap_alg\": \"%s\",\n",
+	    KB_VERSION, o->short_mode ? "true" : "false", (long long)time(NULL),
 	    sysconf(_SC_NPROCESSORS_ONLN), w->alg);
 	printf("  \"broker\": {\"workers\": %u, \"hsm_sessions\": %u, "
-	    "\"rewrap_threads\": %u},\n", b->workers, b->hsm_sessions,
-	    b->rewrap_threads);
+	       "\"rewrap_threads\": %u},\n",
+	    b->workers, b->hsm_sessions, b->rewrap_threads);
 	printf("  \"raw\": {\n");
 	json_lat("decrypt_1", &w->decrypt[0], ",");
 	json_lat("decrypt_2", &w->decrypt[1], ",");
@@ -674,55 +737,65 @@ print_json(const struct bench *b, const struct results *r, double run_s)
 	for (i = 0; i < o->npoints; i++) {
 		const struct bench_lat *l = &r->load[i];
 
-		printf("%s\n    {\"client\": \"c\", \"threads\": %u, \"rate\": "
-		    "%.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": %.3f, "
+		printf(
+		    "%s\n    {\"client\": \"c\", \"threads\": %u, \"rate\": "
+		    "%.1f, \"p50_ms\": %.3f, \"p99_ms\": %.3f, \"max_ms\": "
+		    "%.3f, "
 		    "\"calls\": %llu, \"errors\": %llu, \"other_cpu\": %.3f, "
-		    "\"broker_cpu\": %.3f, \"client_cpu\": %.3f, \"ratio\": %.3f, "
-		    "\"ratio_to\": \"raw@%u\"}", i ? "," : "",
-		    l->threads, l->rate, l->p50_ms, l->p99_ms, l->max_ms,
-		    (unsigned long long)l->calls, (unsigned long long)l->errors,
-		    l->other, l->broker_cpu, l->self_cpu, ratio(l->rate, ceiling(r, l->threads)->rate),
+		    "\"broker_cpu\": %.3f, \"client_cpu\": %.3f, \"ratio\": "
+		    "%.3f, "
+		    "\"ratio_to\": \"raw@%u\"}",
+		    i ? "," : "", l->threads, l->rate, l->p50_ms, l->p99_ms,
+		    l->max_ms, (unsigned long long)l->calls,
+		    (unsigned long long)l->errors, l->other, l->broker_cpu,
+		    l->self_cpu, ratio(l->rate, ceiling(r, l->threads)->rate),
 		    ceiling(r, l->threads)->threads);
 	}
 	if (r->have_py)
-		printf(",\n    {\"client\": \"python-grpc-aio\", \"in_flight\": "
+		printf(
+		    ",\n    {\"client\": \"python-grpc-aio\", \"in_flight\": "
 		    "%u, \"channels\": %u, \"rate\": %.1f, \"p50_ms\": %.3f, "
 		    "\"p99_ms\": %.3f, \"max_ms\": %.3f, \"calls\": %llu, "
-		    "\"errors\": %llu}", r->py_inflight, r->py_channels,
-		    r->py_rate, r->py_p50, r->py_p99, r->py_max,
-		    (unsigned long long)r->py_calls,
+		    "\"errors\": %llu}",
+		    r->py_inflight, r->py_channels, r->py_rate, r->py_p50,
+		    r->py_p99, r->py_max, (unsigned long long)r->py_calls,
 		    (unsigned long long)r->py_errors);
 	printf("\n  ],\n");
 	printf("  \"who_am_i\": {\"threads\": %u, \"rate\": %.1f, \"p50_ms\": "
-	    "%.3f, \"p99_ms\": %.3f, \"broker_cpu\": %.3f, \"client_cpu\": "
-	    "%.3f},\n", r->whoami.threads, r->whoami.rate, r->whoami.p50_ms,
+	       "%.3f, \"p99_ms\": %.3f, \"broker_cpu\": %.3f, \"client_cpu\": "
+	       "%.3f},\n",
+	    r->whoami.threads, r->whoami.rate, r->whoami.p50_ms,
 	    r->whoami.p99_ms, r->whoami.broker_cpu, r->whoami.self_cpu);
 	printf("  \"audit\": {\n");
 	json_lat("alone", &w->audit, ",");
 	json_lat("one_appender", &w->audit_serial, ",");
 	json_lat("decrypt_and_append", &w->worker_audit, ",");
 	printf("    \"events_per_commit\": %.2f\n  },\n", w->audit_per_commit);
-	printf("  \"activation\": {\"envs\": %u, \"total\": %llu, \"done\": "
+	printf(
+	    "  \"activation\": {\"envs\": %u, \"total\": %llu, \"done\": "
 	    "%llu, \"state\": \"%s\", \"secs\": %.3f, \"rate\": %.1f, "
 	    "\"ratio\": %.3f, \"other_cpu\": %.3f, \"seed_secs\": %.3f,\n"
 	    "    \"reader_calls\": %llu, \"reader_errors\": %llu, "
 	    "\"reader_wrong_dek\": %llu, \"reader_max_ms\": %.3f, \"killed\": "
 	    "%s, \"kill_done\": %llu, \"resume_done\": %llu, \"restart_ms\": "
-	    "%.1f, \"outage_errors\": %llu},\n", o->envs,
-	    (unsigned long long)r->job_total, (unsigned long long)r->job_done,
-	    r->job_state == 2 ? "done" : r->job_state == 3 ? "failed" : "running",
+	    "%.1f, \"outage_errors\": %llu},\n",
+	    o->envs, (unsigned long long)r->job_total,
+	    (unsigned long long)r->job_done,
+	    r->job_state == 2       ? "done"
+	        : r->job_state == 3 ? "failed"
+	                            : "running",
 	    r->job_s, r->job_rate, ratio(r->job_rate, w->rewrap.rate),
 	    r->job_other, r->seed_s, (unsigned long long)r->rd_calls,
-	    (unsigned long long)r->rd_errors, (unsigned long long)r->rd_mismatch,
-	    r->rd_max_ms, r->killed ? "true" : "false",
-	    (unsigned long long)r->kill_done,
+	    (unsigned long long)r->rd_errors,
+	    (unsigned long long)r->rd_mismatch, r->rd_max_ms,
+	    r->killed ? "true" : "false", (unsigned long long)r->kill_done,
 	    (unsigned long long)r->resume_done, r->restart_ms,
 	    (unsigned long long)r->rd_outage);
 	printf("  \"startup_ms\": {\"fresh\": %.1f, \"with_envs\": %.1f},\n",
 	    r->start_first_ms, r->start_n_ms);
 	printf("  \"rss_kib\": {\"after_fresh_start\": %ld, \"after_start_"
-	    "with_envs\": %ld, \"peak\": %ld},\n", r->rss_first_kib,
-	    r->rss_n_kib, r->hwm_kib);
+	       "with_envs\": %ld, \"peak\": %ld},\n",
+	    r->rss_first_kib, r->rss_n_kib, r->hwm_kib);
 	printf("  \"run_secs\": %.1f\n}\n", run_s);
 }
 
@@ -755,29 +828,35 @@ bench_all(struct bench *b, struct results *r)
 		fprintf(stderr, "kb-bench: GetDataKey, %u C client(s)...\n",
 		    o->clients[i]);
 		if ((e = bench_load_run(b, BENCH_GET_DATA_KEY, o->clients[i],
-		    o->point_s, &r->load[i])) != KB_OK)
+		         o->point_s, &r->load[i]))
+		    != KB_OK)
 			goto out;
 	}
 	/* The broker's cost without token or audit, for "where the time
 	 * goes". */
 	fprintf(stderr, "kb-bench: WhoAmI, 64 C clients...\n");
-	if ((e = bench_load_run(b, BENCH_WHO_AM_I, 64, o->point_s,
-	    &r->whoami)) != KB_OK)
+	if ((e = bench_load_run(b, BENCH_WHO_AM_I, 64, o->point_s, &r->whoami))
+	    != KB_OK)
 		goto out;
 	if (!o->no_python)
 		run_python(b, r, 64);
 
 	/* 4 and 5: N environments, stored while the broker is down. */
 	if ((st = bench_broker_stop(b)) != 0) {
-		e = kb_errf(KB_ERR_INTERNAL, "keybrokerd exited %d on SIGTERM", st);
+		e = kb_errf(
+		    KB_ERR_INTERNAL, "keybrokerd exited %d on SIGTERM", st);
 		goto out;
 	}
-	fprintf(stderr, "kb-bench: seeding %u environments (broker "
-	    "stopped)...\n", o->envs);
+	fprintf(stderr,
+	    "kb-bench: seeding %u environments (broker "
+	    "stopped)...\n",
+	    o->envs);
 	if ((e = bench_seed(b, pub, o->envs, &r->seed_s)) != KB_OK)
 		goto out;
-	fprintf(stderr, "kb-bench: starting keybrokerd with %u environments "
-	    "stored...\n", o->envs);
+	fprintf(stderr,
+	    "kb-bench: starting keybrokerd with %u environments "
+	    "stored...\n",
+	    o->envs);
 	if ((e = bench_broker_start(b, &r->start_n_ms)) != KB_OK)
 		goto out;
 	r->rss_n_kib = bench_proc_kib(b->pid, "VmRSS");
@@ -789,15 +868,19 @@ bench_all(struct bench *b, struct results *r)
 		e = kb_errf(KB_ERR_INTERNAL, "keybrokerd exited %d on SIGTERM",
 		    r->stop_status);
 	else if (r->job_state != 2)
-		e = kb_errf(KB_ERR_INTERNAL, "the activation job did not finish: "
-		    "%s", r->job_error);
+		e = kb_errf(KB_ERR_INTERNAL,
+		    "the activation job did not finish: "
+		    "%s",
+		    r->job_error);
 	else if (r->killed && r->resume_done < r->kill_done)
-		e = kb_errf(KB_ERR_INTERNAL, "after the restart the job reported "
+		e = kb_errf(KB_ERR_INTERNAL,
+		    "after the restart the job reported "
 		    "%llu done, fewer than the %llu seen before the kill",
 		    (unsigned long long)r->resume_done,
 		    (unsigned long long)r->kill_done);
 	else if (r->rd_mismatch > 0)
-		e = kb_errf(KB_ERR_CORRUPT, "%llu GetDataKey answers during the "
+		e = kb_errf(KB_ERR_CORRUPT,
+		    "%llu GetDataKey answers during the "
 		    "job returned another DEK than the one seeded",
 		    (unsigned long long)r->rd_mismatch);
 out:
@@ -811,21 +894,20 @@ int
 main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "short", no_argument, NULL, 's' },
-		{ "envs", required_argument, NULL, 'n' },
-		{ "kill-resume", no_argument, NULL, 'k' },
-		{ "json", no_argument, NULL, 'j' },
-		{ "seconds", required_argument, NULL, 'S' },
-		{ "clients", required_argument, NULL, 'c' },
-		{ "workers", required_argument, NULL, 'w' },
-		{ "no-python", no_argument, NULL, 'P' },
-		{ "py-channels", required_argument, NULL, 'C' },
-		{ "keep", no_argument, NULL, 'K' },
-		{ "src", required_argument, NULL, 'r' },
-		{ "build", required_argument, NULL, 'b' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 }
-	};
+	    {"short", no_argument, NULL, 's'},
+	    {"envs", required_argument, NULL, 'n'},
+	    {"kill-resume", no_argument, NULL, 'k'},
+	    {"json", no_argument, NULL, 'j'},
+	    {"seconds", required_argument, NULL, 'S'},
+	    {"clients", required_argument, NULL, 'c'},
+	    {"workers", required_argument, NULL, 'w'},
+	    {"no-python", no_argument, NULL, 'P'},
+	    {"py-channels", required_argument, NULL, 'C'},
+	    {"set", required_argument, NULL, 'E'},
+	    {"keep", no_argument, NULL, 'K'},
+	    {"src", required_argument, NULL, 'r'},
+	    {"build", required_argument, NULL, 'b'},
+	    {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 	struct bench_opts o;
 	struct bench b;
 	struct results *r;
@@ -849,17 +931,31 @@ main(int argc, char **argv)
 		case 'P': o.no_python = 1; break;
 		case 'K': o.keep = 1; break;
 		case 'r': o.src = optarg; break;
+		case 'E':
+			if (o.nsets == BENCH_MAX_SETS
+			    || strchr(optarg, '=') == NULL) {
+				fprintf(stderr,
+				    "kb-bench: --set KEY=VALUE, at most "
+				    "%d times\n",
+				    BENCH_MAX_SETS);
+				return 2;
+			}
+			o.sets[o.nsets++] = optarg;
+			break;
 		case 'b': o.build = optarg; break;
 		case 'n':
 		case 'w':
 		case 'C':
 			errno = 0;
 			v = strtoul(optarg, &end, 10);
-			if (*end != '\0' || errno != 0 || v == 0 ||
-			    v > (opt == 'n' ? 100000000ul : 256ul)) {
-				fprintf(stderr, "kb-bench: --%s: bad number \"%s\"\n",
-				    opt == 'n' ? "envs" : opt == 'w' ? "workers" :
-				    "py-channels", optarg);
+			if (*end != '\0' || errno != 0 || v == 0
+			    || v > (opt == 'n' ? 100000000ul : 256ul)) {
+				fprintf(stderr,
+				    "kb-bench: --%s: bad number \"%s\"\n",
+				    opt == 'n'       ? "envs"
+				        : opt == 'w' ? "workers"
+				                     : "py-channels",
+				    optarg);
 				return 2;
 			}
 			if (opt == 'n') {
@@ -874,15 +970,19 @@ main(int argc, char **argv)
 		case 'S':
 			secs = strtod(optarg, &end);
 			if (*end != '\0' || secs <= 0 || secs > 3600) {
-				fprintf(stderr, "kb-bench: --seconds: bad value "
-				    "\"%s\"\n", optarg);
+				fprintf(stderr,
+				    "kb-bench: --seconds: bad value "
+				    "\"%s\"\n",
+				    optarg);
 				return 2;
 			}
 			break;
 		case 'c':
 			if (parse_clients(optarg, &o) != 0) {
-				fprintf(stderr, "kb-bench: --clients: expected up to "
-				    "%d numbers like 1,8,64\n", BENCH_MAX_POINTS);
+				fprintf(stderr,
+				    "kb-bench: --clients: expected up to "
+				    "%d numbers like 1,8,64\n",
+				    BENCH_MAX_POINTS);
 				return 2;
 			}
 			break;
@@ -912,7 +1012,8 @@ main(int argc, char **argv)
 		return 2;
 	}
 	if (o.kill_resume && o.envs < 1000) {
-		fprintf(stderr, "kb-bench: --kill-resume needs --envs 1000 or "
+		fprintf(stderr,
+		    "kb-bench: --kill-resume needs --envs 1000 or "
 		    "more (a job long enough to be killed mid-way)\n");
 		return 2;
 	}
@@ -926,8 +1027,8 @@ main(int argc, char **argv)
 		e = bench_all(&b, r);
 	if (e != KB_OK) {
 		fprintf(stderr, "kb-bench: %s\n", kb_err_msg(e));
-		fprintf(stderr, "kb-bench: kept %s (keybrokerd.log, setup.log)\n",
-		    b.dir);
+		fprintf(stderr,
+		    "kb-bench: kept %s (keybrokerd.log, setup.log)\n", b.dir);
 		free(r);
 		return 1;
 	}
