@@ -13,6 +13,59 @@
 #include "keybroker.pb-c.h"
 #include "names.h"
 
+/* The environment's state decides before the token does. */
+static enum kb_err
+env_usable(const struct store_env *env)
+{
+	if (env->state == STORE_ENV_LOCKED)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION, "environment locked: "
+		    "%s/%s is locked; an admin must unlock the tenant with its "
+		    "key and then unlock the environment", env->tenant_id,
+		    env->name);
+	if (env->state == STORE_ENV_DELETED)
+		return kb_errf(KB_ERR_NOT_FOUND, "environment %s/%s was deleted "
+		    "and its data key destroyed", env->tenant_id, env->name);
+	return KB_OK;
+}
+
+/*
+ * Unwrap without holding any lock, so a LockTenant, an activation or a
+ * delete can commit between the read and the unwrap and destroy the key
+ * the row named. A failed unwrap therefore reads the row again: if it
+ * changed, the answer is what the row says now (locked, deleted, or a
+ * second unwrap under its new wrapping), never the token's error about a
+ * key that was destroyed on purpose.
+ */
+static enum kb_err
+unwrap_current(struct rpc_ctx *c, const Keybroker__V1__GetDataKeyRequest *in,
+    struct store_env *env, struct store_dek *dek, uint8_t plain[DEK_LEN])
+{
+	char first[KB_ERR_MSG_MAX];
+	struct store_dek now;
+	enum kb_err e, e2;
+
+	if ((e = dek_unwrap(c->b, dek, plain)) == KB_OK)
+		return KB_OK;
+	e = kb_err_wrap(e, "unwrapping the data key of %s/%s", env->tenant_id,
+	    env->name);
+	snprintf(first, sizeof(first), "%s", kb_err_msg(e));
+	if ((e2 = store_env_dek(c->b->store, in->tenant_id, in->environment,
+	    in->version, env, &now)) != KB_OK)
+		return e2;
+	if ((e2 = env_usable(env)) != KB_OK)
+		return e2;
+	if (now.wrapped_len == dek->wrapped_len &&
+	    memcmp(now.wrapped, dek->wrapped, now.wrapped_len) == 0 &&
+	    strcmp(now.key_id, dek->key_id) == 0) {
+		return kb_errf(e, "%s", first);
+	}
+	*dek = now;
+	if ((e = dek_unwrap(c->b, dek, plain)) != KB_OK)
+		return kb_err_wrap(e, "unwrapping the data key of %s/%s",
+		    env->tenant_id, env->name);
+	return KB_OK;
+}
+
 enum kb_err
 rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp)
@@ -38,25 +91,20 @@ rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	    in->version, &env, &dek)) != KB_OK)
 		return e;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", dek.key_id);
-	if (env.state == STORE_ENV_LOCKED)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "environment locked: "
-		    "%s/%s is locked; an admin must unlock the tenant with its "
-		    "key and then unlock the environment", env.tenant_id,
-		    env.name);
-	if (env.state == STORE_ENV_DELETED)
-		return kb_errf(KB_ERR_NOT_FOUND, "environment %s/%s was deleted "
-		    "and its data key destroyed", env.tenant_id, env.name);
+	if ((e = env_usable(&env)) != KB_OK)
+		return e;
 	if ((out = malloc(sizeof(*out))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	keybroker__v1__get_data_key_response__init(out);
 	*resp = &out->base;
 	if ((plain = malloc(DEK_LEN)) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	if ((e = dek_unwrap(c->b, &dek, plain)) != KB_OK) {
+	if ((e = unwrap_current(c, in, &env, &dek, plain)) != KB_OK) {
 		kb_freezero(plain, DEK_LEN);
-		return kb_err_wrap(e, "unwrapping the data key of %s/%s",
-		    env.tenant_id, env.name);
+		return e;
 	}
+	/* A second unwrap may have used a new wrapping key. */
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", dek.key_id);
 	/* The response owns the plaintext; kb_wire_free wipes it. */
 	out->dek.data = plain;
 	out->dek.len = DEK_LEN;

@@ -7,8 +7,6 @@
 
 #include <openssl/err.h>
 
-#define KB_ERR_MSG_MAX 1024
-
 static __thread char err_msg[KB_ERR_MSG_MAX];
 static __thread int err_set;
 

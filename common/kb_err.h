@@ -6,6 +6,9 @@
 #include <stdarg.h>
 #include <grpc/status.h>
 
+/* The longest message kept, with its NUL. */
+#define KB_ERR_MSG_MAX 1024
+
 enum kb_err {
 	KB_OK = 0,
 	KB_ERR_INTERNAL,          /* a bug or an unexpected library failure */

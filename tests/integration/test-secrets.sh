@@ -8,12 +8,14 @@
 #   is not dumpable (PR_SET_DUMPABLE 0). The dumpable flag is not in
 #   /proc/PID/status; the kernel shows it through ptrace access rules: a
 #   process without CAP_SYS_PTRACE and of the same uid may read a dumpable
-#   process's /proc/PID/environ, not a non-dumpable one's. So, as root, a
-#   reader with every capability dropped (setpriv) must be refused the
-#   broker's environ and allowed a control process's (sleep, dumpable);
-#   as another user, the broker's /proc/PID files belong to root. The PIN
-#   sits in memory that is locked and excluded from core dumps: a mapping
-#   of the broker with VmFlags "lo" and "dd" (/proc/PID/smaps).
+#   process's /proc/PID/environ, not a non-dumpable one's. So, as root, the
+#   broker is started once with no capabilities (setpriv) and a reader with
+#   none must be refused its environ; two controls show the check sees the
+#   flag (a capless sleep: readable; a capless process after
+#   prctl(PR_SET_DUMPABLE, 0): refused). As another user, the broker's
+#   /proc/PID files belong to root. The PIN sits in memory that is locked
+#   and excluded from core dumps: a mapping with VmFlags "lo" and "dd"
+#   (/proc/PID/smaps; under ASan, which makes mlock a no-op, only "dd").
 # - A session with known secrets (keybrokerd-testclock, so a lock and an
 #   unlock can happen too): a generated key (known password), a .pfx
 #   uploaded (known password; also once with a wrong one), a .byok upload
@@ -62,8 +64,7 @@ kbt_section "core dumps are off"
 # As root, the broker runs here with no capabilities (setpriv), so that a
 # reader with none either is refused its /proc/PID/environ only because the
 # broker is not dumpable: the kernel would refuse a capless reader a
-# process with more capabilities anyway. A capless dumpable control (sleep)
-# shows the reader is allowed otherwise.
+# process with more capabilities anyway.
 nocaps=()
 # shellcheck disable=SC2317 # called through check
 environ_readable() { "${nocaps[@]}" cat "/proc/$1/environ" >/dev/null; }
