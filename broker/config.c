@@ -136,7 +136,7 @@ config_parse(const char *text, size_t len, const char *dir,
 		e = kb_errf(KB_ERR_CONFIG, "the file contains a NUL byte");
 		goto out;
 	}
-	c->workers = 4;
+	c->workers = 32;
 	c->hsm_sessions = 8;
 	c->max_message_bytes = 65536;
 	c->log_level = LOG_INFO;

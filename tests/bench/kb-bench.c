@@ -137,7 +137,7 @@ read_conf(struct bench *b)
 	unsigned v;
 	FILE *f;
 
-	b->workers = 4;
+	b->workers = 32;	/* keybrokerd's default (config.c) */
 	b->hsm_sessions = 8;
 	b->rewrap_threads = 2;
 	if ((f = fopen(b->conf, "r")) == NULL)

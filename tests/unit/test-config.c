@@ -25,7 +25,7 @@ test_defaults_and_paths(void)
 	KBT_ASSERT_STR(c->tls_cert, "/srv/kb/s.crt");
 	KBT_ASSERT_STR(c->client_ca, "/etc/ca.crt");
 	KBT_ASSERT_STR(c->database, "/srv/kb/kb.db");
-	KBT_ASSERT_INT(c->workers, ==, 4);
+	KBT_ASSERT_INT(c->workers, ==, 32);
 	KBT_ASSERT_INT(c->max_message_bytes, ==, 65536);
 	KBT_ASSERT_INT(c->log_level, ==, LOG_INFO);
 	config_free(c);
