@@ -12,6 +12,7 @@
 #include "audit.h"
 #include "clock.h"
 #include "fingerprint.h"
+#include "health.h"
 #include "jobs.h"
 #include "log.h"
 
@@ -273,7 +274,8 @@ broker_open(struct config *cfg, struct broker **out)
 		    "ok", why)) != KB_OK)
 			goto fail;
 	}
-	if ((e = jobs_start(b, &b->jobs)) != KB_OK)
+	if ((e = jobs_start(b, &b->jobs)) != KB_OK ||
+	    (e = health_start(b, &b->health)) != KB_OK)
 		goto fail;
 	*out = b;
 	return KB_OK;
@@ -287,6 +289,7 @@ broker_close(struct broker *b)
 {
 	if (b == NULL)
 		return;
+	health_stop(b->health);
 	jobs_stop(b->jobs);
 	if (b->audit != NULL && b->jobs != NULL)
 		(void)broker_audit_system(b, "broker.stop", NULL, NULL, NULL, "ok",

@@ -19,6 +19,7 @@
 
 struct jobs;
 struct audit;
+struct health;
 
 struct broker {
 	struct config *cfg;
@@ -35,6 +36,7 @@ struct broker {
 	struct jobs *jobs;               /* background work (jobs.c) */
 	struct audit *audit;             /* the event log (audit.c) */
 	struct store_key audit_key;      /* signs audit checkpoints */
+	struct health *health;           /* the health probe (health.c) */
 };
 
 /* Take and release the lock that serializes state changes of `tenant`. */

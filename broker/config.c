@@ -43,6 +43,7 @@ static const struct option options[] = {
 	OPT(audit_database, V_PATH, 0, 0),
 	OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
 	OPT(audit_checkpoint_interval_s, V_UINT, 1, 86400),
+	OPT(health_timeout_ms, V_UINT, 10, 60000),
 };
 
 static char *
@@ -141,6 +142,7 @@ config_parse(const char *text, size_t len, const char *dir,
 	c->max_message_bytes = 65536;
 	c->log_level = LOG_INFO;
 	c->sweep_interval_s = 60;
+	c->health_timeout_ms = 500;
 	c->rewrap_threads = 2;
 	c->audit_checkpoint_events = 1000;
 	c->audit_checkpoint_interval_s = 60;

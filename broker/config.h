@@ -28,6 +28,7 @@ struct config {
 	char *audit_database;        /* default: next to database */
 	unsigned audit_checkpoint_events;
 	unsigned audit_checkpoint_interval_s;
+	unsigned health_timeout_ms;  /* longest a health check waits */
 	int allow_new_database;      /* --allow-new-database (not a file key) */
 };
 

@@ -66,12 +66,13 @@ print_config(const struct config *c)
 	    "hsm_sessions = %u\nmax_message_bytes = %zu\n"
 	    "sweep_interval_s = %u\nrewrap_threads = %u\n"
 	    "audit_database = %s\naudit_checkpoint_events = %u\n"
-	    "audit_checkpoint_interval_s = %u\n",
+	    "audit_checkpoint_interval_s = %u\nhealth_timeout_ms = %u\n",
 	    c->listen, c->tls_cert, c->tls_key, c->client_ca, c->pkcs11_module,
 	    c->token_uri, c->pin_file, c->softhsm2_conf ? c->softhsm2_conf : "",
 	    c->database, c->workers, c->hsm_sessions, c->max_message_bytes,
 	    c->sweep_interval_s, c->rewrap_threads, c->audit_database,
-	    c->audit_checkpoint_events, c->audit_checkpoint_interval_s);
+	    c->audit_checkpoint_events, c->audit_checkpoint_interval_s,
+	    c->health_timeout_ms);
 }
 
 int

@@ -23,6 +23,8 @@
 
 #define PENDING_REQUESTS 128      /* calls we are ready to accept at once */
 #define MAX_QUEUED 4096           /* requests waiting for a worker */
+#define HEALTH_WORKERS 2          /* threads answering health checks */
+#define HEALTH_QUEUED 256         /* health checks waiting for them */
 #define DRAIN_GRACE_S 15          /* then calls still running are cancelled */
 #define PEM_MAX (1 << 20)
 
@@ -69,6 +71,7 @@ struct server {
 	grpc_server *server;
 	grpc_completion_queue *cq;
 	struct workq *wq;
+	struct workq *health_wq;  /* health checks: never behind a hung token */
 	struct tag shutdown_tag;
 	atomic_int shutting_down;
 	atomic_int streams;
@@ -390,6 +393,18 @@ done:
 	atomic_fetch_sub(&s->busy, 1);
 }
 
+/* Health checks have workers of their own: when every worker waits on a
+ * hung token, a health check still answers (health.c bounds its wait). */
+static int
+is_health(const struct call *c)
+{
+	static const char path[] = "/grpc.health.v1.Health/Check";
+	const grpc_slice *m = &c->details.method;
+
+	return GRPC_SLICE_LENGTH(*m) == sizeof(path) - 1 &&
+	    memcmp(GRPC_SLICE_START_PTR(*m), path, sizeof(path) - 1) == 0;
+}
+
 static void
 on_event(struct server *s, struct tag *t, int ok)
 {
@@ -433,7 +448,8 @@ on_event(struct server *s, struct tag *t, int ok)
 			return;
 		}
 		atomic_fetch_add(&s->busy, 1);
-		if ((e = workq_push(s->wq, handle_call, c)) != KB_OK) {
+		if ((e = workq_push(is_health(c) ? s->health_wq : s->wq,
+		    handle_call, c)) != KB_OK) {
 			/* Shed load: answer at once rather than queue forever. */
 			atomic_fetch_sub(&s->busy, 1);
 			send_answer(c, kb_err_to_grpc(e), kb_err_msg(e));
@@ -489,7 +505,8 @@ server_start(struct broker *b, struct server **out)
 	atomic_init(&s->shutting_down, 0);
 	atomic_init(&s->streams, 0);
 	atomic_init(&s->busy, 0);
-	if ((e = workq_new(b->cfg->workers, MAX_QUEUED, &s->wq)) != KB_OK)
+	if ((e = workq_new(b->cfg->workers, MAX_QUEUED, &s->wq)) != KB_OK ||
+	    (e = workq_new(HEALTH_WORKERS, HEALTH_QUEUED, &s->health_wq)) != KB_OK)
 		goto out;
 
 	pair.private_key = key;
@@ -619,6 +636,7 @@ server_free(struct server *s)
 		return;
 	/* Workers first: none may touch a call after this. */
 	workq_free(s->wq);
+	workq_free(s->health_wq);
 	if (s->server != NULL)
 		grpc_server_destroy(s->server);
 	if (s->cq != NULL)

@@ -1,0 +1,186 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* health.c: the probe thread behind grpc.health.v1.Health/Check.
+ *
+ * A check asks for a probe that starts after it (so a token removed a
+ * moment ago is seen) and waits for it with a bound. Callers that arrive
+ * while a probe runs share the next one. The thread also probes once a
+ * second on its own, so the log says when serving stops and starts again
+ * even if nobody asks, and a broken session pool is rebuilt early. */
+#include "health.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "audit.h"
+#include "log.h"
+
+#define PROBE_INTERVAL_S 1
+
+struct health {
+	struct broker *b;
+	pthread_t thread;
+	pthread_mutex_t mu;
+	pthread_cond_t want_cv;  /* the thread: a probe was asked for */
+	pthread_cond_t done_cv;  /* callers: a probe ended */
+	uint64_t started;        /* probes started; the running one's number */
+	uint64_t finished;       /* probes finished */
+	int64_t probe_since_ms;  /* monotonic start of the running probe, or 0 */
+	int wanted, stopping;
+	enum kb_err result;      /* of probe number `finished` */
+	char msg[512];
+};
+
+static int64_t
+mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Serving needs the token and an audit log that records: no data key goes
+ * out unaudited. */
+static enum kb_err
+probe(struct broker *b)
+{
+	enum kb_err e;
+
+	if ((e = hsm_check(b->hsm)) != KB_OK)
+		return e;
+	return audit_check(b->audit);
+}
+
+static void *
+probe_main(void *arg)
+{
+	struct health *h = arg;
+	struct timespec until;
+	enum kb_err e, was = KB_OK;
+	char msg[sizeof(h->msg)];
+
+	pthread_mutex_lock(&h->mu);
+	while (!h->stopping) {
+		if (!h->wanted) {
+			clock_gettime(CLOCK_MONOTONIC, &until);
+			until.tv_sec += PROBE_INTERVAL_S;
+			while (!h->wanted && !h->stopping &&
+			    pthread_cond_timedwait(&h->want_cv, &h->mu, &until) == 0)
+				;
+			if (h->stopping)
+				break;
+		}
+		h->wanted = 0;
+		h->started++;
+		h->probe_since_ms = mono_ms();
+		pthread_mutex_unlock(&h->mu);
+
+		kb_err_clear();
+		e = probe(h->b);
+		snprintf(msg, sizeof(msg), "%s", e == KB_OK ? "" : kb_err_msg(e));
+		if (e != KB_OK && was == KB_OK)
+			log_warn("health: NOT_SERVING: %s", msg);
+		else if (e == KB_OK && was != KB_OK)
+			log_info("health: SERVING again");
+		was = e;
+
+		pthread_mutex_lock(&h->mu);
+		h->result = e;
+		memcpy(h->msg, msg, sizeof(msg));
+		h->finished = h->started;
+		h->probe_since_ms = 0;
+		pthread_cond_broadcast(&h->done_cv);
+	}
+	pthread_mutex_unlock(&h->mu);
+	return NULL;
+}
+
+enum kb_err
+health_start(struct broker *b, struct health **out)
+{
+	pthread_condattr_t ca;
+	struct health *h;
+
+	*out = NULL;
+	if ((h = calloc(1, sizeof(*h))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	h->b = b;
+	h->result = KB_ERR_UNAVAILABLE;
+	snprintf(h->msg, sizeof(h->msg), "no health probe has run yet");
+	pthread_mutex_init(&h->mu, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&h->want_cv, &ca);
+	pthread_cond_init(&h->done_cv, &ca);
+	pthread_condattr_destroy(&ca);
+	h->wanted = 1;
+	if (pthread_create(&h->thread, NULL, probe_main, h) != 0) {
+		pthread_cond_destroy(&h->want_cv);
+		pthread_cond_destroy(&h->done_cv);
+		pthread_mutex_destroy(&h->mu);
+		free(h);
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the "
+		    "health probe thread");
+	}
+	*out = h;
+	return KB_OK;
+}
+
+enum kb_err
+health_status(struct health *h, int timeout_ms)
+{
+	struct timespec until;
+	uint64_t need;
+	int64_t since;
+	enum kb_err e;
+
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += timeout_ms / 1000;
+	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;
+	if (until.tv_nsec >= 1000000000) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000;
+	}
+	pthread_mutex_lock(&h->mu);
+	/* The next probe to start answers this call. */
+	need = h->started + 1;
+	h->wanted = 1;
+	pthread_cond_signal(&h->want_cv);
+	while (h->finished < need && !h->stopping &&
+	    pthread_cond_timedwait(&h->done_cv, &h->mu, &until) == 0)
+		;
+	if (h->finished >= need) {
+		e = h->result == KB_OK ? KB_OK :
+		    kb_errf(KB_ERR_UNAVAILABLE, "%s", h->msg);
+	} else if (h->stopping) {
+		e = kb_errf(KB_ERR_UNAVAILABLE, "the broker is stopping");
+	} else {
+		since = h->probe_since_ms;
+		e = kb_errf(KB_ERR_UNAVAILABLE, "the token has not answered a "
+		    "session check for %lld ms (a hung or very slow token; "
+		    "calls that need it wait for it)", since != 0 ?
+		    (long long)(mono_ms() - since) : (long long)timeout_ms);
+	}
+	pthread_mutex_unlock(&h->mu);
+	return e;
+}
+
+void
+health_stop(struct health *h)
+{
+	if (h == NULL)
+		return;
+	pthread_mutex_lock(&h->mu);
+	h->stopping = 1;
+	pthread_cond_broadcast(&h->want_cv);
+	pthread_cond_broadcast(&h->done_cv);
+	pthread_mutex_unlock(&h->mu);
+	pthread_join(h->thread, NULL);
+	pthread_cond_destroy(&h->want_cv);
+	pthread_cond_destroy(&h->done_cv);
+	pthread_mutex_destroy(&h->mu);
+	free(h);
+}

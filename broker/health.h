@@ -1,0 +1,24 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* health.h: is the broker serving? A probe thread asks the token and the
+ * audit log, so a health check gets an answer within a bound even when the
+ * token stops answering (a hung token call holds its worker, not health). */
+#ifndef KB_HEALTH_H
+#define KB_HEALTH_H
+
+#include "broker.h"
+
+struct health;
+
+/* Start the probe thread. */
+enum kb_err health_start(struct broker *b, struct health **out);
+
+/* KB_OK when serving: a probe that started after this call found the token
+ * logged in and the audit log recording. Otherwise the reason (always
+ * KB_ERR_UNAVAILABLE): the probe's error, or that the token has not
+ * answered within `timeout_ms`. Probes are shared by concurrent callers. */
+enum kb_err health_status(struct health *h, int timeout_ms);
+
+/* Stop the thread; waits for a probe in progress. Accepts NULL. */
+void health_stop(struct health *h);
+
+#endif /* KB_HEALTH_H */
