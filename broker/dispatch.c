@@ -31,39 +31,44 @@
 #define AUDITORS (ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_ADMIN))
 #define R AUDIT_REFUSALS
 #define A AUDIT_ALWAYS
+#define C AUDIT_CHANGE
 
-/* Every method the broker serves, who may call it, and whether every call
- * is audited. A method not listed does not exist (UNIMPLEMENTED); a role not
- * listed is refused (PERMISSION_DENIED) before any handler runs. */
+/* Every method the broker serves, who may call it, and what is audited:
+ * R only refusals, A every call (recorded before the answer goes out), C a
+ * state change: a "started" event before the handler runs, then the
+ * outcome (same request id), so a crash between the change and its record
+ * still leaves the attempt in the log. A method not listed does not exist
+ * (UNIMPLEMENTED); a role not listed is refused (PERMISSION_DENIED) before
+ * any handler runs. */
 const struct rpc_method dispatch_methods[] = {
 	{ "/grpc.health.v1.Health/Check", "Health.Check", ANY_ROLE,
 	    &grpc__health__v1__health_check_request__descriptor,
 	    rpc_health_check, NULL, R },
 	U(WhoAmI, ANY_ROLE, who_am_irequest, rpc_whoami, R),
-	U(CreateTenant, ADMIN, create_tenant_request, rpc_tenant_create, A),
+	U(CreateTenant, ADMIN, create_tenant_request, rpc_tenant_create, C),
 	U(ListTenants, ADMIN, list_tenants_request, rpc_tenant_list, R),
 	U(GetTenant, ADMIN, get_tenant_request, rpc_tenant_get, R),
-	U(CreateEnvironment, ADMIN, create_environment_request, rpc_env_create, A),
+	U(CreateEnvironment, ADMIN, create_environment_request, rpc_env_create, C),
 	U(ListEnvironments, ADMIN, list_environments_request, rpc_env_list, R),
 	U(GetEnvironment, ADMIN, get_environment_request, rpc_env_get, R),
 	U(GetDataKey, SERVICE, get_data_key_request, rpc_datakey_get, A),
-	U(GenerateKey, ADMIN, generate_key_request, rpc_key_generate, A),
-	U(UploadKey, ADMIN, upload_key_request, rpc_key_upload, A),
+	U(GenerateKey, ADMIN, generate_key_request, rpc_key_generate, C),
+	U(UploadKey, ADMIN, upload_key_request, rpc_key_upload, C),
 	U(ListKeys, ADMIN, list_keys_request, rpc_key_list, R),
 	U(GetKey, ADMIN, get_key_request, rpc_key_get, R),
-	U(ActivateKey, ADMIN, activate_key_request, rpc_key_activate, A),
+	U(ActivateKey, ADMIN, activate_key_request, rpc_key_activate, C),
 	U(GetJob, ADMIN, get_job_request, rpc_job_get, R),
-	U(GetKeyExchangeKey, ADMIN, get_key_exchange_key_request, rpc_kek_get, A),
-	U(LockTenant, ADMIN, lock_tenant_request, rpc_tenant_lock, A),
-	U(UnlockTenant, ADMIN, unlock_tenant_request, rpc_tenant_unlock, A),
-	U(ApplyKey, ADMIN, environment_ref, rpc_env_apply_key, A),
-	U(RevertKey, ADMIN, environment_ref, rpc_env_revert_key, A),
-	U(UnlockEnvironment, ADMIN, environment_ref, rpc_env_unlock, A),
-	U(ResetEnvironment, ADMIN, environment_ref, rpc_env_reset, A),
-	U(BackupEnvironment, ADMIN, environment_ref, rpc_env_backup, A),
+	U(GetKeyExchangeKey, ADMIN, get_key_exchange_key_request, rpc_kek_get, C),
+	U(LockTenant, ADMIN, lock_tenant_request, rpc_tenant_lock, C),
+	U(UnlockTenant, ADMIN, unlock_tenant_request, rpc_tenant_unlock, C),
+	U(ApplyKey, ADMIN, environment_ref, rpc_env_apply_key, C),
+	U(RevertKey, ADMIN, environment_ref, rpc_env_revert_key, C),
+	U(UnlockEnvironment, ADMIN, environment_ref, rpc_env_unlock, C),
+	U(ResetEnvironment, ADMIN, environment_ref, rpc_env_reset, C),
+	U(BackupEnvironment, ADMIN, environment_ref, rpc_env_backup, C),
 	U(ListBackups, ADMIN, list_backups_request, rpc_env_backups, R),
-	U(RestoreBackup, ADMIN, restore_backup_request, rpc_env_restore, A),
-	U(CopyEnvironment, ADMIN, copy_environment_request, rpc_env_copy, A),
+	U(RestoreBackup, ADMIN, restore_backup_request, rpc_env_restore, C),
+	U(CopyEnvironment, ADMIN, copy_environment_request, rpc_env_copy, C),
 	U(ListEvents, AUDITORS, list_events_request, rpc_audit_list, R),
 	S(TailEvents, AUDITORS, tail_events_request, rpc_audit_tail),
 	U(ListCheckpoints, AUDITORS, list_checkpoints_request,
@@ -156,7 +161,7 @@ audit_result(grpc_status_code code)
 static enum kb_err
 audit_call(struct broker *b, const char *method, const struct rpc_ctx *ctx,
     const struct identity *id, int have_id, const ProtobufCMessage *in,
-    const struct dispatch_result *res)
+    const struct dispatch_result *res, const char *result)
 {
 	struct audit_record r;
 	char reason[1100];
@@ -181,7 +186,7 @@ audit_call(struct broker *b, const char *method, const struct rpc_ctx *ctx,
 	r.env = env;
 	r.key_id = ctx->audit_key_id[0] != '\0' ? ctx->audit_key_id :
 	    field_str(in, "key_id");
-	r.result = audit_result(res->code);
+	r.result = result != NULL ? result : audit_result(res->code);
 	if (res->code != GRPC_STATUS_OK)
 		snprintf(reason, sizeof(reason), "%s: %s",
 		    kb_grpc_status_name(res->code), res->message);
@@ -238,11 +243,11 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 		e = identity_from_pem(b->verifier, peer->cert_pem, peer->pem_len,
 		    ctx.now_us, &id);
 		kb_err_clear();
-		(void)audit_call(b, name, &ctx, &id, e == KB_OK, NULL, res);
+		(void)audit_call(b, name, &ctx, &id, e == KB_OK, NULL, res, NULL);
 		return;
 	}
 	ctx.method = m->name;
-	audit_all = m->audit == AUDIT_ALWAYS;
+	audit_all = m->audit != AUDIT_REFUSALS;
 	/* Decode first so a refused call's record names what it asked for. */
 	if ((e = kb_wire_unpack(m->req, req, b->cfg->max_message_bytes, &in))
 	    != KB_OK) {
@@ -259,6 +264,14 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 			    id.name, m->name, roles);
 		} else if (m->stream != NULL) {
 			e = m->stream(&ctx, in, ops, st);
+		} else if (m->audit == AUDIT_CHANGE &&
+		    (e = audit_call(b, m->name, &ctx, &id, have_id, in, res,
+		    "started")) != KB_OK) {
+			/* A full or read-only audit disk keeps its own status. */
+			e = kb_errf(e == KB_ERR_STORAGE_FULL || e == KB_ERR_READ_ONLY ?
+			    e : KB_ERR_UNAVAILABLE, "the audit database cannot "
+			    "record this call (%s); nothing was changed",
+			    kb_err_msg(e));
 		} else {
 			e = m->fn(&ctx, in, &out);
 			if (e == KB_OK && out == NULL)
@@ -274,12 +287,18 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 	/* The answer goes out only once its event is durable. A stream that
 	 * ran ends when its client goes or the broker stops: not a refusal. */
 	if (audit_all || (res->code != GRPC_STATUS_OK && !ctx.stream_open)) {
-		e = audit_call(b, m->name, &ctx, &id, have_id, in, res);
+		e = audit_call(b, m->name, &ctx, &id, have_id, in, res, NULL);
 		if (e != KB_OK && res->code == GRPC_STATUS_OK) {
 			kb_wire_free(out);
 			out = NULL;
-			e = kb_errf(KB_ERR_UNAVAILABLE, "the audit log cannot record "
-			    "this call (%s); nothing was returned", kb_err_msg(e));
+			e = m->audit == AUDIT_CHANGE ?
+			    kb_errf(KB_ERR_UNAVAILABLE, "the audit log cannot "
+			    "record the outcome of this call (%s); the change may "
+			    "have been made (its \"started\" event is recorded): "
+			    "check the state before retrying", kb_err_msg(e)) :
+			    kb_errf(KB_ERR_UNAVAILABLE, "the audit log cannot "
+			    "record this call (%s); nothing was returned",
+			    kb_err_msg(e));
 			set_status(res, e);
 		}
 	}

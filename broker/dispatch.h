@@ -64,7 +64,8 @@ typedef enum kb_err (*rpc_stream_handler)(struct rpc_ctx *ctx,
 /* Which calls the audit log records. Every refused call is recorded. */
 enum rpc_audit {
 	AUDIT_REFUSALS = 0,   /* reads: only when refused */
-	AUDIT_ALWAYS = 1,     /* state changes and data keys: every call */
+	AUDIT_ALWAYS = 1,     /* data keys: every call, once answered */
+	AUDIT_CHANGE = 2,     /* state changes: "started" before, then the outcome */
 };
 
 struct rpc_method {

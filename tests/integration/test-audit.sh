@@ -132,8 +132,14 @@ check_json "the session's times never go back" \
 	"(lambda v: all(a <= b for a, b in zip(v, v[1:])))([e['time_us'] for e in d['events'] if e['role'] != 'system'])"
 check_json "calls carry a request id r-<16 hex> and the peer's address" \
 	"all(__import__('re').fullmatch(r'r-[0-9a-f]{16}', e['request_id']) and e['peer'].startswith('ipv4:127.0.0.1:') for e in d['events'] if e['role'] != 'system')"
-check_json "request ids are unique" \
-	"len({e['request_id'] for e in d['events']}) == len(d['events'])"
+# A state change is recorded twice under one request id: "started" before the
+# handler runs, then its outcome; anything else once.
+check_json "request ids are unique (a state change: 'started', then its outcome)" \
+	"all(r in (['ok'], ['denied'], ['error']) or (len(r) == 2 and r[0] == 'started' and r[1] != 'started') for r in __import__('functools').reduce(lambda g, e: g.setdefault(e['request_id'], []).append(e['result']) or g, [e for e in d['events'] if e['role'] != 'system'], {}).values())"
+check_json "every CreateTenant, GenerateKey, ActivateKey, ApplyKey outcome follows its 'started' event" \
+	"(lambda ev: all(any(s['request_id'] == e['request_id'] and s['result'] == 'started' and s['seq'] < e['seq'] and s['method'] == e['method'] for s in ev) for e in ev if e['method'] in ('CreateTenant', 'GenerateKey', 'ActivateKey', 'ApplyKey') and e['result'] != 'started'))(d['events'])"
+check_json "GetDataKey has no 'started' event (it changes nothing)" \
+	"not any(e['method'] == 'GetDataKey' and e['result'] == 'started' for e in d['events'])"
 # The session's calls, in the order they were made (other events may come
 # between: the broker's own, such as the activation job's).
 check_json "the session's calls appear in order" \
@@ -155,12 +161,12 @@ check_json "the session's calls appear in order" \
 check_json "data keys: the platform key, then key $A after apply-key" \
 	"[e['key_id'] for e in d['events'] if e['method'] == 'GetDataKey' and e['result'] == 'ok'] == ['kb-platform-1', '$A']"
 check_json "GenerateKey and ActivateKey name key $A" \
-	"all(e['key_id'] == '$A' for e in d['events'] if e['method'] in ('GenerateKey', 'ActivateKey'))"
+	"all(e['key_id'] == '$A' for e in d['events'] if e['method'] in ('GenerateKey', 'ActivateKey') and e['result'] != 'started')"
 check_json "the activation job's start and end, by the broker, before apply-key" \
 	"(lambda m: m.index('job.activate.start') < m.index('job.activate.done') < m.index('ApplyKey'))([e['method'] for e in d['events']]) and all(e['key_id'] == '$A' and e['tenant_id'] == 'acme' and e['role'] == 'system' for e in d['events'] if e['method'].startswith('job.'))"
-check_json "successes have no reason" "all(e['reason'] == '' for e in d['events'] if e['result'] == 'ok' and e['role'] != 'system')"
+check_json "successes and 'started' events have no reason" "all(e['reason'] == '' for e in d['events'] if e['result'] in ('ok', 'started') and e['role'] != 'system')"
 check_json "refusals say why: status and message" \
-	"[e['reason'] for e in d['events'] if e['result'] != 'ok'] and all(e['reason'].split(':')[0] in ('PERMISSION_DENIED', 'INVALID_ARGUMENT') for e in d['events'] if e['result'] != 'ok')"
+	"[e['reason'] for e in d['events'] if e['result'] not in ('ok', 'started')] and all(e['reason'].split(':')[0] in ('PERMISSION_DENIED', 'INVALID_ARGUMENT') for e in d['events'] if e['result'] not in ('ok', 'started'))"
 check_json "the wrong-environment refusal names acme/dev and says why" \
 	"any(e['method'] == 'GetDataKey' and e['environment'] == 'dev' and e['result'] == 'denied' and 'dev' in e['reason'] for e in d['events'])"
 check_json "the admin's GetDataKey refusal names the role rule" \
