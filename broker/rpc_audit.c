@@ -52,9 +52,11 @@ make_filter(struct rpc_ctx *c, const Keybroker__V1__EventFilter *in,
 	    (e = names_check_id("environment name", in->environment)) != KB_OK)
 		return e;
 	if (in->result[0] != '\0' && strcmp(in->result, "ok") != 0 &&
-	    strcmp(in->result, "denied") != 0 && strcmp(in->result, "error") != 0)
+	    strcmp(in->result, "denied") != 0 &&
+	    strcmp(in->result, "error") != 0 &&
+	    strcmp(in->result, "started") != 0)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT, "result filter \"%.20s\" "
-		    "must be ok, denied or error", in->result);
+		    "must be ok, denied, error or started", in->result);
 	if (in->until_us != 0 && in->since_us > in->until_us)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT, "since is after until");
 	/* A tenant-limited admin reads only its tenants' events. */

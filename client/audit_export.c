@@ -590,6 +590,12 @@ audit_export_verifier_finish(struct audit_export_verifier *v,
 	rep->last_seq = res.last_seq;
 	rep->checkpoints = res.checkpoints;
 	rep->covered_seq = res.covered_seq;
+	rep->unfinished = res.unfinished;
+	rep->unfinished_interrupted = res.unfinished_interrupted;
+	rep->unfinished_overflow = res.unfinished_overflow;
+	rep->unfinished_shown = res.unfinished_shown;
+	memcpy(rep->unfinished_first, res.unfinished_first,
+	    sizeof(rep->unfinished_first));
 	/* The log's failure came before a malformed item: it is the first. */
 	if (!res.ok) {
 		rep->seq = res.first_bad_seq;

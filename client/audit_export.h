@@ -78,6 +78,11 @@ struct audit_export_report {
 	uint64_t covered_seq; /* last event covered by a good checkpoint */
 	char fingerprint[65]; /* of the header's key, computed from it */
 	char key_id[128];
+	/* Information, not a failure: state changes with a "started" event
+	 * and no outcome after it (kb_audit_result's fields of that name). */
+	uint64_t unfinished, unfinished_interrupted, unfinished_overflow;
+	size_t unfinished_shown;
+	struct kb_audit_unfinished unfinished_first[KB_AUDIT_UNFINISHED_SHOWN];
 };
 
 /* Feed items in file order (header first) with _item or _line, then
@@ -100,8 +105,9 @@ int audit_export_verifier_item(
 int audit_export_verifier_line(struct audit_export_verifier *v,
     const char *text, size_t len, unsigned long line);
 
-/* The report: the first failure in item order, else what was verified.
- * `end_line` is the line after the last one read (for "no header"). */
+/* The report: the first failure in item order, else what was verified
+ * and the state changes with no recorded outcome. `end_line` is the line
+ * after the last one read (for "no header"). */
 void audit_export_verifier_finish(struct audit_export_verifier *v,
     unsigned long end_line, struct audit_export_report *rep);
 

@@ -110,9 +110,9 @@ filter_parse(const struct kbctl_args *a, Keybroker__V1__EventFilter *f)
 	if (since != NULL && until != NULL && f->since_us >= f->until_us)
 		return kbctl_usage_error(a, "--since must be before --until");
 	if (res != NULL && strcmp(res, "ok") != 0 && strcmp(res, "denied") != 0
-	    && strcmp(res, "error") != 0)
+	    && strcmp(res, "error") != 0 && strcmp(res, "started") != 0)
 		return kbctl_usage_error(
-		    a, "bad --result \"%s\": ok, denied or error", res);
+		    a, "bad --result \"%s\": ok, denied, error or started", res);
 	if ((s = kbctl_flag(a, "--tenant")) != NULL)
 		f->tenant_id = (char *)s;
 	if ((s = kbctl_flag(a, "--env")) != NULL)
@@ -1048,6 +1048,103 @@ out:
 
 /* ---- audit verify ---- */
 
+/* "seq N METHOD TENANT[/ENV] by ACTOR (REQUEST_ID)", sanitized. */
+static void
+unfinished_format(const struct kb_audit_unfinished *u, char *out, size_t len)
+{
+	char m[sizeof(u->method)], t[sizeof(u->tenant)], e[sizeof(u->env)];
+	char a[sizeof(u->actor)], r[sizeof(u->request_id)];
+
+	kbctl_sanitize(u->method, m, sizeof(m));
+	kbctl_sanitize(u->tenant, t, sizeof(t));
+	kbctl_sanitize(u->env, e, sizeof(e));
+	kbctl_sanitize(u->actor, a, sizeof(a));
+	kbctl_sanitize(u->request_id, r, sizeof(r));
+	snprintf(out, len, "seq %" PRIu64 " %s%s%s%s%s by %s (%s)", u->seq, m,
+	    t[0] != '\0' ? " " : "", t, e[0] != '\0' ? "/" : "", e,
+	    a[0] != '\0' ? a : "-", r[0] != '\0' ? r : "no request id");
+}
+
+/* The state changes with no recorded outcome, after the verified line:
+ * information, the log itself verified. */
+static void
+unfinished_print(const struct audit_export_report *rep)
+{
+	const struct kb_audit_unfinished *u = rep->unfinished_first;
+	uint64_t intr = rep->unfinished_interrupted;
+	uint64_t running = rep->unfinished - intr;
+	char line[512];
+	size_t i;
+
+	if (rep->unfinished == 0)
+		return;
+	if (rep->unfinished == 1 && rep->unfinished_shown == 1) {
+		unfinished_format(u, line, sizeof(line));
+		printf("note: 1 state change started without a recorded "
+		       "outcome (%s; check the state): %s\n",
+		    u->interrupted ? "the broker stopped mid-call"
+		                   : "it may still be running, or the broker "
+		                     "stopped mid-call",
+		    line);
+		return;
+	}
+	printf("note: %" PRIu64 " state changes started without a recorded "
+	       "outcome (",
+	    rep->unfinished);
+	if (running == 0)
+		printf("the broker stopped mid-call");
+	else if (intr == 0)
+		printf("they may still be running, or the broker stopped "
+		       "mid-call");
+	else
+		printf("%" PRIu64 " where the broker stopped mid-call, %" PRIu64
+		       " that may still be running",
+		    intr, running);
+	printf("; check the state):\n");
+	for (i = 0; i < rep->unfinished_shown; i++) {
+		unfinished_format(&u[i], line, sizeof(line));
+		printf("  %s: %s\n", line,
+		    u[i].interrupted ? "the broker stopped mid-call"
+		                     : "may still be running");
+	}
+	if (rep->unfinished > rep->unfinished_shown)
+		printf("  and %" PRIu64 " more\n",
+		    rep->unfinished - rep->unfinished_shown);
+	if (rep->unfinished_overflow > 0)
+		printf("  (%" PRIu64 " of them counted when %d calls were "
+		       "waiting for an outcome at once)\n",
+		    rep->unfinished_overflow, KB_AUDIT_PENDING_MAX);
+}
+
+/* The same as a JSON array. */
+static json_t *
+unfinished_json(const struct audit_export_report *rep)
+{
+	const struct kb_audit_unfinished *u;
+	json_t *arr = json_array(), *o;
+	size_t i;
+
+	for (i = 0; arr != NULL && i < rep->unfinished_shown; i++) {
+		u = &rep->unfinished_first[i];
+		if ((o = json_object()) == NULL) {
+			json_decref(arr);
+			return NULL;
+		}
+		kbctl_jset(o, "seq", json_integer((json_int_t)u->seq));
+		kbctl_jset(o, "method", kbctl_jstr(u->method));
+		kbctl_jset(o, "tenant_id", kbctl_jstr(u->tenant));
+		kbctl_jset(o, "environment", kbctl_jstr(u->env));
+		kbctl_jset(o, "actor", kbctl_jstr(u->actor));
+		kbctl_jset(o, "request_id", kbctl_jstr(u->request_id));
+		kbctl_jset(o, "interrupted", json_boolean(u->interrupted));
+		if (json_array_append_new(arr, o) != 0) {
+			json_decref(arr);
+			return NULL;
+		}
+	}
+	return arr;
+}
+
 static int
 report_print(const struct kbctl *k, const struct audit_export_report *rep,
     const char *source)
@@ -1091,6 +1188,19 @@ report_print(const struct kbctl *k, const struct audit_export_report *rep,
 		        : json_integer((json_int_t)rep->line));
 		kbctl_jset(
 		    o, "reason", rep->ok ? json_null() : kbctl_jstr(why));
+		/* Counted up to the first failure: shown only when verified. */
+		kbctl_jset(o, "unfinished",
+		    rep->ok ? unfinished_json(rep) : json_null());
+		kbctl_jset(o, "unfinished_count",
+		    rep->ok ? json_integer((json_int_t)rep->unfinished)
+		            : json_null());
+		kbctl_jset(o, "unfinished_interrupted",
+		    rep->ok
+		        ? json_integer((json_int_t)rep->unfinished_interrupted)
+		        : json_null());
+		kbctl_jset(o, "unfinished_overflow",
+		    rep->ok ? json_integer((json_int_t)rep->unfinished_overflow)
+		            : json_null());
 		if (kbctl_json_print(o) != KBCTL_EXIT_OK)
 			return KBCTL_EXIT_FAIL;
 	} else if (rep->ok) {
@@ -1106,6 +1216,7 @@ report_print(const struct kbctl *k, const struct audit_export_report *rep,
 			       " (0 checkpoints; none signed yet); audit key "
 			       "fingerprint %s\n",
 			    rep->first_seq, rep->last_seq, rep->fingerprint);
+		unfinished_print(rep);
 	} else if (rep->line > 0 && rep->seq > 0) {
 		printf("FAILED at line %lu (seq %" PRIu64 "): %s\n", rep->line,
 		    rep->seq, why);

@@ -26,7 +26,16 @@ struct kb_audit_verifier {
 	 * whose seq is behind the newest event. Kept for the last few. */
 	uint64_t ring_seq[1024];
 	uint8_t ring_hash[1024][KB_AUDIT_HASH_LEN];
+	/* "started" events waiting for their outcome, in log order; seq 0
+	 * marks one whose outcome came (dropped from the end at once, from
+	 * elsewhere when the array is full). Grows to KB_AUDIT_PENDING_MAX. */
+	struct kb_audit_unfinished *pend;
+	size_t npend, pend_cap;
+	/* Calls counted unfinished since the last broker.start. */
+	uint64_t unfinished_open;
 };
+
+#define PENDING_FIRST 64
 
 static void
 put_field(EVP_MD_CTX *md, const char *s)
@@ -147,6 +156,11 @@ kb_audit_verifier_new(EVP_PKEY *pub, struct kb_audit_verifier **out)
 	*out = NULL;
 	if (v == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	v->pend_cap = PENDING_FIRST;
+	if ((v->pend = calloc(v->pend_cap, sizeof(*v->pend))) == NULL) {
+		free(v);
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	}
 	v->pub = pub;
 	v->res.ok = 1;
 	*out = v;
@@ -158,6 +172,7 @@ kb_audit_verifier_free(struct kb_audit_verifier *v)
 {
 	if (v == NULL)
 		return;
+	free(v->pend);
 	free(v->last_sig);
 	free(v);
 }
@@ -179,6 +194,137 @@ fail(struct kb_audit_verifier *v, uint64_t seq, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(v->res.reason, sizeof(v->res.reason), fmt, ap);
 	va_end(ap);
+}
+
+/* Copy s (NULL as "") into dst, cut short at a UTF-8 character boundary. */
+static void
+copy_field(char *dst, size_t size, const char *s)
+{
+	size_t n = s != NULL ? strlen(s) : 0;
+
+	if (n >= size) {
+		n = size - 1;
+		while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+			n--;
+	}
+	if (n > 0)
+		memcpy(dst, s, n);
+	dst[n] = '\0';
+}
+
+static int
+field_is(const char *s, const char *want)
+{
+	return s != NULL && strcmp(s, want) == 0;
+}
+
+/* A call that will get no outcome: count it, keep the first few. */
+static void
+unfinished_add(struct kb_audit_verifier *v, const struct kb_audit_unfinished *u,
+    int overflow)
+{
+	struct kb_audit_result *r = &v->res;
+
+	r->unfinished++;
+	if (overflow)
+		r->unfinished_overflow++;
+	v->unfinished_open++;
+	if (r->unfinished_shown < KB_AUDIT_UNFINISHED_SHOWN)
+		r->unfinished_first[r->unfinished_shown++] = *u;
+}
+
+/* Every call still waiting is unfinished; `restart`: a broker.start says
+ * the broker that ran them, and those counted before, stopped. */
+static void
+pending_flush(struct kb_audit_verifier *v, int restart)
+{
+	size_t i;
+
+	for (i = 0; i < v->npend; i++)
+		if (v->pend[i].seq != 0)
+			unfinished_add(v, &v->pend[i], 0);
+	v->npend = 0;
+	if (!restart)
+		return;
+	/* Everything shown so far comes before this broker.start. */
+	for (i = 0; i < v->res.unfinished_shown; i++)
+		v->res.unfinished_first[i].interrupted = 1;
+	v->res.unfinished_interrupted += v->unfinished_open;
+	v->unfinished_open = 0;
+}
+
+/* Room for one more waiting call. When the array is full: drop the calls
+ * whose outcome came; then, if more than three quarters still wait, grow,
+ * or at KB_AUDIT_PENDING_MAX count the oldest as unfinished (so this runs
+ * at most once every quarter of the array). */
+static void
+pending_make_room(struct kb_audit_verifier *v)
+{
+	struct kb_audit_unfinished *p;
+	size_t i, n = 0, keep = v->pend_cap / 4 * 3, cap;
+
+	if (v->npend < v->pend_cap)
+		return;
+	for (i = 0; i < v->npend; i++)
+		if (v->pend[i].seq != 0)
+			v->pend[n++] = v->pend[i];
+	v->npend = n;
+	if (n <= keep)
+		return;
+	if (v->pend_cap < KB_AUDIT_PENDING_MAX) {
+		cap = v->pend_cap * 2;
+		if (cap > KB_AUDIT_PENDING_MAX)
+			cap = KB_AUDIT_PENDING_MAX;
+		if ((p = reallocarray(v->pend, cap, sizeof(*p))) != NULL) {
+			v->pend = p;
+			v->pend_cap = cap;
+			return;
+		}
+		/* Out of memory: as if at the limit. */
+	}
+	for (i = 0; i < n - keep; i++)
+		unfinished_add(v, &v->pend[i], 1);
+	memmove(v->pend, v->pend + (n - keep), keep * sizeof(*v->pend));
+	v->npend = keep;
+}
+
+/* Track a verified event: a "started" waits for its outcome (the same
+ * request_id and method, any other result); a broker.start ends every
+ * wait. */
+static void
+pending_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
+{
+	struct kb_audit_unfinished *p, u;
+	size_t i;
+
+	if (field_is(ev->role, "system") &&
+	    field_is(ev->method, "broker.start")) {
+		pending_flush(v, 1);
+		return;
+	}
+	memset(&u, 0, sizeof(u));
+	u.seq = ev->seq;
+	copy_field(u.method, sizeof(u.method), ev->method);
+	copy_field(u.request_id, sizeof(u.request_id), ev->request_id);
+	if (field_is(ev->result, "started")) {
+		copy_field(u.tenant, sizeof(u.tenant), ev->tenant);
+		copy_field(u.env, sizeof(u.env), ev->env);
+		copy_field(u.actor, sizeof(u.actor), ev->actor);
+		pending_make_room(v);
+		v->pend[v->npend++] = u;
+		return;
+	}
+	/* The newest waiting call first: outcomes follow closely. */
+	for (i = v->npend; i > 0; i--) {
+		p = &v->pend[i - 1];
+		if (p->seq != 0 && strcmp(p->request_id, u.request_id) == 0 &&
+		    strcmp(p->method, u.method) == 0) {
+			p->seq = 0;
+			break;
+		}
+	}
+	while (v->npend > 0 && v->pend[v->npend - 1].seq == 0)
+		v->npend--;
 }
 
 void
@@ -219,6 +365,7 @@ kb_audit_verifier_event(struct kb_audit_verifier *v,
 	v->have_event = 1;
 	v->res.last_seq = ev->seq;
 	v->res.events++;
+	pending_event(v, ev);
 }
 
 void
@@ -286,6 +433,8 @@ kb_audit_verifier_finish(struct kb_audit_verifier *v,
 		    " to %" PRIu64 " are missing: the signed checkpoint at %" PRIu64
 		    " covers them", v->have_event ? v->res.last_seq + 1 : 1,
 		    v->last_cp_seq, v->last_cp_seq);
+	/* Still waiting at the end of the log: maybe still running. */
+	pending_flush(v, 0);
 	*res = v->res;
 }
 

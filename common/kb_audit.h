@@ -54,7 +54,8 @@ enum kb_err kb_audit_checkpoint_verify(EVP_PKEY *pub,
 
 /* A streaming verifier: feed events and checkpoints in log order (a
  * checkpoint after the event it covers). The first failure is kept and
- * reported; later input is ignored. */
+ * reported; later input is ignored. It also notes state changes with no
+ * recorded outcome (see struct kb_audit_result). */
 struct kb_audit_verifier;
 
 enum kb_err kb_audit_verifier_new(EVP_PKEY *pub, struct kb_audit_verifier **out);
@@ -67,6 +68,25 @@ void kb_audit_verifier_event(struct kb_audit_verifier *v,
 void kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
     const struct kb_audit_checkpoint *cp);
 
+/* Unfinished calls: a state change is recorded as a "started" event, then
+ * its outcome (any other result) with the same request_id and method. The
+ * verifier holds the "started" events still waiting for their outcome, at
+ * most KB_AUDIT_PENDING_MAX (outcomes follow within milliseconds and a
+ * broker runs a few dozen calls at once); when that many are waiting, the
+ * oldest quarter is counted unfinished. A "broker.start" (role "system")
+ * ends every wait: the broker that ran those calls stopped. */
+#define KB_AUDIT_PENDING_MAX 4096
+#define KB_AUDIT_UNFINISHED_SHOWN 10
+
+/* A "started" event with no outcome after it. Fields are truncated copies
+ * (at a UTF-8 character boundary). */
+struct kb_audit_unfinished {
+	uint64_t seq;
+	int interrupted;         /* a broker.start comes after it */
+	char method[40], request_id[40];
+	char tenant[64], env[64], actor[80];
+};
+
 struct kb_audit_result {
 	int ok;                  /* no failure found */
 	uint64_t first_bad_seq;  /* when !ok: the first sequence number that fails */
@@ -75,9 +95,21 @@ struct kb_audit_result {
 	uint64_t first_seq, last_seq;
 	uint64_t checkpoints;
 	uint64_t covered_seq;    /* last event covered by a good checkpoint */
+	/* Information, not failures (up to the first failure, if any):
+	 * state changes started without a recorded outcome. Of them,
+	 * `unfinished_interrupted` have a broker.start after them (the broker
+	 * stopped mid-call); the others may still have been running when the
+	 * log was read. `unfinished_overflow` of them were counted when
+	 * KB_AUDIT_PENDING_MAX were waiting at once (an outcome after that was
+	 * not looked for). The first few, in log order, are in
+	 * `unfinished_first`. */
+	uint64_t unfinished, unfinished_interrupted, unfinished_overflow;
+	size_t unfinished_shown;
+	struct kb_audit_unfinished unfinished_first[KB_AUDIT_UNFINISHED_SHOWN];
 };
 
-/* Finish: checks that the last checkpoint's events are all present. */
+/* Finish: checks that the last checkpoint's events are all present, and
+ * counts the calls still waiting for an outcome as unfinished. */
 void kb_audit_verifier_finish(struct kb_audit_verifier *v,
     struct kb_audit_result *res);
 

@@ -19,6 +19,10 @@
 #     'verify' (a fresh export offline, and --online) naming the first bad
 #     seq; in (c) the broker goes on numbering after the signed checkpoint,
 #     and without that checkpoint the shortened log would pass.
+#     (d) A state change's "started" event with no outcome after it is
+#     noted by 'verify' (the log still verifies): none after ordinary
+#     calls; an export cut right after one, and the same with a broker.start
+#     chained after it (a broker killed mid-call, then restarted).
 #  4. 'audit tail -f --state-file' sees another client's calls within 2 s,
 #     is SIGKILLed and started again, follows a broker restart: every seq
 #     exactly once, no gap.
@@ -329,6 +333,48 @@ verify_fails "an export with an actor edited by hand" "$GDK" "does not match its
 	kb_aud audit verify "$w/edited.jsonl"
 sed '5s/.*/{"type":"event","seq":/' "$w/good.jsonl" >"$w/broken.jsonl"
 verify_fails_line "a malformed line is named" 5 "not JSON" kb_nocert audit verify "$w/broken.jsonl"
+
+kbt_section "3d. a state change started without a recorded outcome"
+kb_aud audit verify --online --json
+check_json "after ordinary calls, verify --online notes no unfinished call" \
+	"d['verified'] is True and d['unfinished'] == [] and d['unfinished_count'] == 0 and d['unfinished_interrupted'] == 0"
+kb_aud audit verify --online
+check_eq "... and prints no note" "$(grep -c '^note:' "$KBT_OUT")" 0
+# The export cut right after ApplyKey's "started" event (the broker died
+# there), and the same with the next broker's broker.start after it, chained
+# by hand (common/kb_audit.h's encoding): both verify, the call is noted.
+read -r AS ARID < <("$KBT_PY" - "$w/good.jsonl" "$w/cut-started.jsonl" "$w/cut-restart.jsonl" <<'PY'
+import hashlib, json, struct, sys
+lines = open(sys.argv[1]).read().splitlines()
+items = [json.loads(l) for l in lines]
+i = next(i for i, e in enumerate(items) if e["type"] == "event"
+         and e["method"] == "ApplyKey" and e["result"] == "started")
+s = items[i]
+open(sys.argv[2], "w").write("\n".join(lines[:i + 1]) + "\n")
+ev = {"type": "event", "seq": s["seq"] + 1, "time": s["time"], "time_us": s["time_us"],
+      "actor": "keybroker", "role": "system", "peer": "", "method": "broker.start",
+      "tenant_id": "", "environment": "", "key_id": "", "result": "ok",
+      "reason": "made by test-audit.sh", "request_id": "sys-1"}
+f = [str(ev["seq"]), str(ev["time_us"])] + [ev[k] for k in ("actor", "role", "peer",
+     "method", "tenant_id", "environment", "key_id", "result", "reason", "request_id")]
+enc = b"kbev1" + b"".join(struct.pack(">I", len(x.encode())) + x.encode() for x in f)
+ev["hash"] = hashlib.sha256(bytes.fromhex(s["hash"]) + enc).hexdigest()
+open(sys.argv[3], "w").write("\n".join(lines[:i + 1] + [json.dumps(ev)]) + "\n")
+print(s["seq"], s["request_id"])
+PY
+)
+check "ApplyKey's 'started' event is in the export: seq ${AS:-?} (${ARID:-?})" test -n "$ARID"
+verify_ok "an export ending in a 'started' event verifies" \
+	kb_nocert audit verify "$w/cut-started.jsonl"
+check_out "... and notes the call, which may still be running" \
+	"^note: 1 state change started without a recorded outcome \(it may still be running, or the broker stopped mid-call; check the state\): seq $AS ApplyKey acme/prod by admin \($ARID\)\$"
+verify_ok "the same with a broker.start after it verifies" \
+	kb_nocert audit verify "$w/cut-restart.jsonl"
+check_out "... and notes the call as stopped mid-call" \
+	"^note: 1 state change started without a recorded outcome \(the broker stopped mid-call; check the state\): seq $AS ApplyKey acme/prod by admin \($ARID\)\$"
+kb_nocert audit verify "$w/cut-restart.jsonl" --json
+check_json "verify --json: the call in \"unfinished\", exit 0" \
+	"$KBT_RC == 0 and d['verified'] is True and d['unfinished_count'] == 1 and d['unfinished_interrupted'] == 1 and d['unfinished'] == [{'seq': $AS, 'method': 'ApplyKey', 'tenant_id': 'acme', 'environment': 'prod', 'actor': 'admin', 'request_id': '$ARID', 'interrupted': True}]"
 
 kbt_section "3a. an event UPDATEd in the database"
 check_eq "event $GDK is the service's GetDataKey" "$(sq "SELECT actor FROM events WHERE seq = $GDK")" acme-prod

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test-audit.c: the audit log against a real SoftHSMv2 token and SQLite
  * file: group commit, the hash chain, signed checkpoints, and the verifier
- * catching an altered event, a deleted event and a truncated tail. */
+ * catching an altered event, a deleted event and a truncated tail, and
+ * noting state changes started without a recorded outcome. */
 #include "harness.h"
 
 #include <pthread.h>
@@ -207,6 +208,7 @@ test_chain_and_checkpoints(void)
 	KBT_ASSERT(res.ok);
 	KBT_ASSERT_INT(res.last_seq, ==, 26);
 	KBT_ASSERT_INT(res.covered_seq, ==, 26);
+	KBT_ASSERT_INT(res.unfinished, ==, 0);
 }
 
 static void
@@ -375,6 +377,208 @@ test_concurrent_group_commit(void)
 	KBT_ASSERT_INT(res.covered_seq, ==, 800);
 }
 
+/* A log made up here and fed straight to a verifier, each event chained to
+ * the one before (no checkpoints: no token needed). */
+struct chain {
+	struct kb_audit_verifier *v;
+	uint8_t prev[KB_AUDIT_HASH_LEN];
+	uint64_t seq;
+};
+
+static void
+chain_start(struct chain *c)
+{
+	memset(c, 0, sizeof(*c));
+	if (kb_audit_verifier_new(NULL, &c->v) != KB_OK)
+		exit(2);
+}
+
+/* An event by the broker itself (role "system") or by admin "alice". */
+static void
+chain_add(struct chain *c, const char *role, const char *method,
+    const char *tenant, const char *result, const char *request_id)
+{
+	struct kb_audit_event e;
+	uint8_t h[KB_AUDIT_HASH_LEN];
+	int sys = strcmp(role, "system") == 0;
+
+	memset(&e, 0, sizeof(e));
+	e.seq = ++c->seq;
+	e.time_us = 1700000000000000LL + (int64_t)e.seq;
+	e.actor = sys ? "keybroker" : "alice";
+	e.role = role;
+	e.peer = sys ? "" : "ipv4:127.0.0.1:1";
+	e.method = method;
+	e.tenant = tenant;
+	e.env = strcmp(method, "ApplyKey") == 0 ? "prod" : "";
+	e.result = result;
+	e.reason = "";
+	e.request_id = request_id;
+	if (kb_audit_event_hash(c->prev, &e, h) != KB_OK)
+		exit(2);
+	kb_audit_verifier_event(c->v, &e, h, sizeof(h));
+	memcpy(c->prev, h, sizeof(h));
+}
+
+static void
+chain_finish(struct chain *c, struct kb_audit_result *res)
+{
+	kb_audit_verifier_finish(c->v, res);
+	kb_audit_verifier_free(c->v);
+	c->v = NULL;
+}
+
+static void
+test_unfinished_none(void)
+{
+	struct kb_audit_result res;
+	struct chain c;
+
+	/* Every started call has its outcome; reads and GetDataKey are
+	 * recorded once; the broker's own events carry no "started". */
+	chain_start(&c);
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-1");
+	chain_add(&c, "admin", "LockTenant", "acme", "started", "r-1");
+	chain_add(&c, "admin", "LockTenant", "acme", "ok", "r-1");
+	chain_add(&c, "service", "GetDataKey", "acme", "ok", "r-2");
+	chain_add(&c, "admin", "CreateTenant", "Acme", "started", "r-3");
+	chain_add(&c, "admin", "ApplyKey", "acme", "started", "r-4");
+	chain_add(&c, "admin", "CreateTenant", "Acme", "error", "r-3");
+	chain_add(&c, "system", "job.activate.start", "acme", "ok", "sys-2");
+	chain_add(&c, "admin", "ApplyKey", "acme", "denied", "r-4");
+	chain_add(&c, "admin", "ListTenants", "", "denied", "r-5");
+	chain_add(&c, "system", "broker.stop", "", "ok", "sys-3");
+	chain_finish(&c, &res);
+	KBT_ASSERT(res.ok);
+	KBT_ASSERT_INT(res.events, ==, 11);
+	KBT_ASSERT_INT(res.unfinished, ==, 0);
+	KBT_ASSERT_INT(res.unfinished_interrupted, ==, 0);
+	KBT_ASSERT_INT(res.unfinished_overflow, ==, 0);
+	KBT_ASSERT_INT(res.unfinished_shown, ==, 0);
+}
+
+static void
+test_unfinished_started(void)
+{
+	struct kb_audit_result res;
+	struct chain c;
+
+	chain_start(&c);
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-1");
+	chain_add(&c, "admin", "LockTenant", "acme", "started", "r-1");
+	chain_add(&c, "service", "GetDataKey", "acme", "ok", "r-2");
+	/* An outcome must name the same method and request id. */
+	chain_add(&c, "admin", "UnlockTenant", "acme", "ok", "r-1");
+	chain_add(&c, "admin", "ApplyKey", "acme", "started", "r-3");
+	chain_add(&c, "admin", "ApplyKey", "acme", "ok", "r-3");
+	/* Only the broker's own broker.start is a restart. */
+	chain_add(&c, "admin", "broker.start", "", "error", "r-4");
+	chain_finish(&c, &res);
+	KBT_ASSERT(res.ok);
+	KBT_ASSERT_INT(res.unfinished, ==, 1);
+	KBT_ASSERT_INT(res.unfinished_interrupted, ==, 0);
+	KBT_ASSERT_INT(res.unfinished_shown, ==, 1);
+	KBT_ASSERT_INT(res.unfinished_first[0].seq, ==, 2);
+	KBT_ASSERT_INT(res.unfinished_first[0].interrupted, ==, 0);
+	KBT_ASSERT_STR(res.unfinished_first[0].method, "LockTenant");
+	KBT_ASSERT_STR(res.unfinished_first[0].tenant, "acme");
+	KBT_ASSERT_STR(res.unfinished_first[0].env, "");
+	KBT_ASSERT_STR(res.unfinished_first[0].actor, "alice");
+	KBT_ASSERT_STR(res.unfinished_first[0].request_id, "r-1");
+}
+
+static void
+test_unfinished_restart(void)
+{
+	struct kb_audit_result res;
+	struct chain c;
+
+	/* Killed mid-call: no outcome, no broker.stop, then a new broker. A
+	 * call started after that restart and not finished by the end of the
+	 * log may still be running. */
+	chain_start(&c);
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-1");
+	chain_add(&c, "admin", "ApplyKey", "acme", "started", "r-1");
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-2");
+	chain_add(&c, "admin", "ApplyKey", "acme", "ok", "r-1");
+	chain_add(&c, "admin", "UnlockTenant", "acme", "started", "r-2");
+	chain_finish(&c, &res);
+	KBT_ASSERT(res.ok);
+	KBT_ASSERT_INT(res.unfinished, ==, 2);
+	KBT_ASSERT_INT(res.unfinished_interrupted, ==, 1);
+	KBT_ASSERT_INT(res.unfinished_shown, ==, 2);
+	KBT_ASSERT_INT(res.unfinished_first[0].seq, ==, 2);
+	KBT_ASSERT_STR(res.unfinished_first[0].method, "ApplyKey");
+	KBT_ASSERT_STR(res.unfinished_first[0].env, "prod");
+	KBT_ASSERT_INT(res.unfinished_first[0].interrupted, ==, 1);
+	KBT_ASSERT_INT(res.unfinished_first[1].seq, ==, 5);
+	KBT_ASSERT_STR(res.unfinished_first[1].request_id, "r-2");
+	KBT_ASSERT_INT(res.unfinished_first[1].interrupted, ==, 0);
+}
+
+static void
+test_unfinished_bounded(void)
+{
+	struct kb_audit_result res;
+	struct chain c;
+	char rid[32];
+	int i, n = 3 * KB_AUDIT_PENDING_MAX;
+
+	/* More calls waiting than are kept: the oldest are counted at once,
+	 * none is lost, and later pairs still match. */
+	chain_start(&c);
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-1");
+	for (i = 0; i < n; i++) {
+		snprintf(rid, sizeof(rid), "r-lost-%d", i);
+		chain_add(&c, "admin", "LockTenant", "acme", "started", rid);
+		if (i % 7 == 0) {
+			snprintf(rid, sizeof(rid), "r-pair-%d", i);
+			chain_add(&c, "admin", "CreateTenant", "t", "started",
+			    rid);
+			chain_add(&c, "admin", "CreateTenant", "t", "ok", rid);
+		}
+	}
+	chain_add(&c, "admin", "ApplyKey", "acme", "started", "r-last");
+	for (i = 0; i < 100; i++)
+		chain_add(&c, "service", "GetDataKey", "acme", "ok", "r-read");
+	chain_add(&c, "admin", "ApplyKey", "acme", "ok", "r-last");
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-2");
+	chain_finish(&c, &res);
+	KBT_ASSERT(res.ok);
+	KBT_ASSERT_INT(res.unfinished, ==, n);
+	KBT_ASSERT_INT(res.unfinished_interrupted, ==, n);
+	KBT_ASSERT_INT(res.unfinished_overflow, >=, n - KB_AUDIT_PENDING_MAX);
+	KBT_ASSERT_INT(res.unfinished_overflow, <, n);
+	KBT_ASSERT_INT(res.unfinished_shown, ==, KB_AUDIT_UNFINISHED_SHOWN);
+	KBT_ASSERT_INT(res.unfinished_first[0].seq, ==, 2);
+	KBT_ASSERT_STR(res.unfinished_first[0].request_id, "r-lost-0");
+	KBT_ASSERT_STR(res.unfinished_first[1].request_id, "r-lost-1");
+	KBT_ASSERT_STR(
+	    res.unfinished_first[KB_AUDIT_UNFINISHED_SHOWN - 1].request_id,
+	    "r-lost-9");
+	for (i = 0; i < KB_AUDIT_UNFINISHED_SHOWN; i++)
+		KBT_ASSERT_INT(res.unfinished_first[i].interrupted, ==, 1);
+}
+
+static void
+test_unfinished_long_fields(void)
+{
+	struct kb_audit_result res;
+	struct chain c;
+	char tenant[200];
+
+	/* Fields are cut to fit, not in the middle of a character. */
+	memset(tenant, 'a', sizeof(tenant));
+	memcpy(tenant + 62, "\xc3\xa9", 2);  /* bytes 63 and 64 of it */
+	tenant[sizeof(tenant) - 1] = '\0';
+	chain_start(&c);
+	chain_add(&c, "admin", "LockTenant", tenant, "started", "r-1");
+	chain_finish(&c, &res);
+	KBT_ASSERT_INT(res.unfinished, ==, 1);
+	KBT_ASSERT_INT(strlen(res.unfinished_first[0].tenant), ==, 62);
+	KBT_ASSERT_INT(res.unfinished_first[0].tenant[61], ==, 'a');
+}
+
 static const struct kbt_case cases[] = {
 	{ "/audit/chain-and-checkpoints", test_chain_and_checkpoints },
 	{ "/audit/altered-event", test_altered_event },
@@ -382,6 +586,11 @@ static const struct kbt_case cases[] = {
 	{ "/audit/truncated-tail", test_truncated_tail },
 	{ "/audit/rewritten-chain", test_rewritten_chain },
 	{ "/audit/concurrent-group-commit", test_concurrent_group_commit },
+	{ "/audit/unfinished-none", test_unfinished_none },
+	{ "/audit/unfinished-started", test_unfinished_started },
+	{ "/audit/unfinished-restart", test_unfinished_restart },
+	{ "/audit/unfinished-bounded", test_unfinished_bounded },
+	{ "/audit/unfinished-long-fields", test_unfinished_long_fields },
 	{ NULL, NULL }
 };
 
