@@ -261,6 +261,21 @@ print_usage_line(FILE *f, const struct kbctl_parsed *p)
 	}
 }
 
+/* "kbctl: MESSAGE" and p's usage line on stderr; returns
+ * KBCTL_EXIT_USAGE. */
+static int usage_vfail(const struct kbctl_parsed *p, const char *fmt,
+    va_list ap) __attribute__((format(printf, 2, 0)));
+
+static int
+usage_vfail(const struct kbctl_parsed *p, const char *fmt, va_list ap)
+{
+	fputs("kbctl: ", stderr);
+	vfprintf(stderr, fmt, ap);
+	fputc('\n', stderr);
+	print_usage_line(stderr, p);
+	return KBCTL_EXIT_USAGE;
+}
+
 static int usage_fail(const struct kbctl_parsed *p, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -268,30 +283,25 @@ static int
 usage_fail(const struct kbctl_parsed *p, const char *fmt, ...)
 {
 	va_list ap;
+	int r;
 
-	fputs("kbctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	r = usage_vfail(p, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
-	print_usage_line(stderr, p);
-	return KBCTL_EXIT_USAGE;
+	return r;
 }
 
 int
 kbctl_usage_error(const struct kbctl_args *a, const char *fmt, ...)
 {
-	char u[256];
+	struct kbctl_parsed p = {.cmd = a->cmd};
 	va_list ap;
+	int r;
 
-	fputs("kbctl: ", stderr);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	r = usage_vfail(&p, fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
-	cmd_usage(a->cmd, u, sizeof(u));
-	fprintf(stderr, "Usage: kbctl %s\n", u);
-	return KBCTL_EXIT_USAGE;
+	return r;
 }
 
 int
@@ -333,6 +343,24 @@ kbctl_confirm_or_yes(const struct kbctl_args *a, const char *explain,
 		return KBCTL_EXIT_FAIL;
 	}
 	return -1;
+}
+
+int
+kbctl_out_open(const struct kbctl_args *a, const char *path, unsigned mode,
+    struct kbctl_out_file **f)
+{
+	enum kb_err e;
+
+	*f = NULL;
+	if (path == NULL)
+		return -1;
+	if ((e = kbctl_out_file_open(
+	         path, kbctl_flag(a, "--force") != NULL, mode, f))
+	    == KB_OK)
+		return -1;
+	if (e == KB_ERR_ALREADY_EXISTS)
+		return kbctl_usage_error(a, "--out %s", kb_err_msg(e));
+	return kbctl_err(e, KBCTL_EXIT_FAIL);
 }
 
 const char *

@@ -99,6 +99,12 @@ int kbctl_usage_error(const struct kbctl_args *a, const char *fmt, ...)
  * go on, else the exit code (said on stderr). */
 int kbctl_confirm_or_yes(const struct kbctl_args *a, const char *explain,
     const char *what, const char *word);
+struct kbctl_out_file;
+/* Reserve the output file `path` (--out) with `mode`, replacing an
+ * existing one only with --force (else a usage error). Returns -1 with *f
+ * set (NULL when path is NULL), else the exit code (said on stderr). */
+int kbctl_out_open(const struct kbctl_args *a, const char *path, unsigned mode,
+    struct kbctl_out_file **f);
 /* For a KBCTL_LOCAL_ONLINE command that needs the broker after all: take
  * the TLS flags (or KB_* variables) and open k->client, which main closes.
  * Returns -1 when connected, else the exit code (said on stderr). */

@@ -26,26 +26,6 @@ pem_is_plain(const char *s)
 	return 1;
 }
 
-/* Open --out for a handler: an existing file without --force is a usage
- * error. Returns -1 with *f set (or NULL when there is no --out). */
-static int
-out_open(const struct kbctl_args *a, const char *path, unsigned mode,
-    struct kbctl_out_file **f)
-{
-	enum kb_err e;
-
-	*f = NULL;
-	if (path == NULL)
-		return -1;
-	if ((e = kbctl_out_file_open(
-	         path, kbctl_flag(a, "--force") != NULL, mode, f))
-	    == KB_OK)
-		return -1;
-	if (e == KB_ERR_ALREADY_EXISTS)
-		return kbctl_usage_error(a, "--out %s", kb_err_msg(e));
-	return kbctl_err(e, KBCTL_EXIT_FAIL);
-}
-
 int
 kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a)
 {
@@ -59,7 +39,7 @@ kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a)
 	int rc;
 
 	/* A public key: readable by others is fine. */
-	if ((rc = out_open(a, path, 0644, &f)) >= 0)
+	if ((rc = kbctl_out_open(a, path, 0644, &f)) >= 0)
 		return rc;
 	req.tenant_id = (char *)a->argv[0];
 	if ((rc = kbctl_call(k, KB_METHOD_GET_KEY_EXCHANGE_KEY, &req.base,
@@ -191,7 +171,7 @@ kbctl_cmd_byok_wrap(struct kbctl *k, const struct kbctl_args *a)
 	enum kb_err e;
 	int rc;
 
-	if ((rc = out_open(a, path, 0600, &f)) >= 0)
+	if ((rc = kbctl_out_open(a, path, 0600, &f)) >= 0)
 		return rc;
 	if ((rc = kek_read(a, kek_path, &pem, &json_kid)) >= 0)
 		goto out;

@@ -18,41 +18,23 @@
 /* ---- listing with pages, for any List* call ---- */
 
 /* A List* call described by field names: the request has page_size and
- * page_token, the response a repeated `items` and next_page_token. */
+ * page_token, the response a repeated fmt->items and next_page_token. */
 struct lister {
 	const char *method;
 	ProtobufCMessage *req;
 	const ProtobufCMessageDescriptor *resp_desc;
-	const char *items; /* "tenants": response field and JSON key */
-	const char *const *headers;
-	size_t ncols;
-	int (*row)(struct kbctl_table *t, const ProtobufCMessage *item);
-	json_t *(*json)(const ProtobufCMessage *item);
+	const struct kbctl_list_fmt *fmt;
 };
-
-static void *
-field_ptr(const ProtobufCMessage *m, const char *name, size_t *count)
-{
-	const ProtobufCFieldDescriptor *f =
-	    protobuf_c_message_descriptor_get_field_by_name(
-	        m->descriptor, name);
-
-	if (f == NULL)
-		return NULL;
-	if (count != NULL)
-		*count = *(const size_t *)(const void *)((const char *)m
-		    + f->quantifier_offset);
-	return (char *)m + f->offset;
-}
 
 static int
 list_run(struct kbctl *k, const struct kbctl_args *a, const struct lister *l)
 {
 	const char *ps = kbctl_flag(a, "--page-size");
 	const char *tok = kbctl_flag(a, "--page-token");
+	const struct kbctl_list_fmt *fmt = l->fmt;
 	int all = kbctl_flag(a, "--all") != NULL;
-	uint32_t *req_size = field_ptr(l->req, "page_size", NULL);
-	char **req_token = field_ptr(l->req, "page_token", NULL);
+	uint32_t *req_size = kbctl_field_ptr(l->req, "page_size", NULL);
+	char **req_token = kbctl_field_ptr(l->req, "page_token", NULL);
 	struct kbctl_table *t = NULL;
 	json_t *arr = NULL;
 	ProtobufCMessage *resp = NULL;
@@ -74,7 +56,7 @@ list_run(struct kbctl *k, const struct kbctl_args *a, const struct lister *l)
 	if (tok != NULL && (next = strdup(tok)) == NULL)
 		goto oom;
 	if (k->json ? (arr = json_array()) == NULL
-	            : (t = kbctl_table_new(l->ncols, l->headers)) == NULL)
+	            : (t = kbctl_table_new(fmt->ncols, fmt->headers)) == NULL)
 		goto oom;
 	for (;;) {
 		ProtobufCMessage **items;
@@ -86,15 +68,17 @@ list_run(struct kbctl *k, const struct kbctl_args *a, const struct lister *l)
 		    != KBCTL_EXIT_OK)
 			goto out;
 		rc = KBCTL_EXIT_FAIL;
-		items = *(ProtobufCMessage ***)field_ptr(resp, l->items, &n);
+		items = *(ProtobufCMessage ***)kbctl_field_ptr(
+		    resp, fmt->items, &n);
 		for (i = 0; i < n; i++) {
-			if (arr != NULL
-			        ? json_array_append_new(arr, l->json(items[i]))
-			            != 0
-			        : l->row(t, items[i]) != 0)
+			int r = arr != NULL
+			    ? json_array_append_new(arr, fmt->json(items[i]))
+			    : fmt->row(t, items[i]);
+
+			if (r != 0)
 				goto oom;
 		}
-		nt = *(char **)field_ptr(resp, "next_page_token", NULL);
+		nt = *(char **)kbctl_field_ptr(resp, "next_page_token", NULL);
 		if (all && *nt != '\0' && next != NULL
 		    && strcmp(nt, next) == 0) {
 			fprintf(stderr,
@@ -114,7 +98,7 @@ list_run(struct kbctl *k, const struct kbctl_args *a, const struct lister *l)
 	if (arr != NULL) {
 		json_t *o = json_object();
 
-		kbctl_jset(o, l->items, arr);
+		kbctl_jset(o, fmt->items, arr);
 		arr = NULL;
 		kbctl_jset(o, "next_page_token", kbctl_jstr(next));
 		rc = kbctl_json_print(o);
@@ -126,7 +110,7 @@ list_run(struct kbctl *k, const struct kbctl_args *a, const struct lister *l)
 		fprintf(stderr,
 		    "kbctl: more %s follow: add --all to list them "
 		    "all, or --page-token %s for the next page\n",
-		    l->items, next);
+		    fmt->items, next);
 	goto out;
 oom:
 	fprintf(stderr, "kbctl: out of memory\n");
@@ -243,18 +227,11 @@ kbctl_cmd_tenants_create(struct kbctl *k, const struct kbctl_args *a)
 	Keybroker__V1__CreateTenantRequest req =
 	    KEYBROKER__V1__CREATE_TENANT_REQUEST__INIT;
 	const char *name = kbctl_flag(a, "--name");
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.id = (char *)a->argv[0];
 	req.display_name = (char *)(name != NULL ? name : "");
-	if ((rc = kbctl_call(k, KB_METHOD_CREATE_TENANT, &req.base,
-	         &keybroker__v1__tenant__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_tenant(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_CREATE_TENANT, &req.base,
+	    &keybroker__v1__tenant__descriptor, kbctl_print_tenant);
 }
 
 int
@@ -262,10 +239,11 @@ kbctl_cmd_tenants_list(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__ListTenantsRequest req =
 	    KEYBROKER__V1__LIST_TENANTS_REQUEST__INIT;
-	struct lister l = {KB_METHOD_LIST_TENANTS, &req.base,
-	    &keybroker__v1__list_tenants_response__descriptor, "tenants",
+	static const struct kbctl_list_fmt tenants = {"tenants",
 	    kbctl_tenant_headers, KBCTL_TENANT_NCOLS, kbctl_tenant_row,
 	    kbctl_tenant_json};
+	struct lister l = {KB_METHOD_LIST_TENANTS, &req.base,
+	    &keybroker__v1__list_tenants_response__descriptor, &tenants};
 
 	return list_run(k, a, &l);
 }
@@ -275,17 +253,10 @@ kbctl_cmd_tenants_show(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__GetTenantRequest req =
 	    KEYBROKER__V1__GET_TENANT_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.id = (char *)a->argv[0];
-	if ((rc = kbctl_call(k, KB_METHOD_GET_TENANT, &req.base,
-	         &keybroker__v1__tenant__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_tenant(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_GET_TENANT, &req.base,
+	    &keybroker__v1__tenant__descriptor, kbctl_print_tenant);
 }
 
 int
@@ -293,18 +264,11 @@ kbctl_cmd_envs_create(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__CreateEnvironmentRequest req =
 	    KEYBROKER__V1__CREATE_ENVIRONMENT_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
 	req.name = (char *)a->argv[1];
-	if ((rc = kbctl_call(k, KB_METHOD_CREATE_ENVIRONMENT, &req.base,
-	         &keybroker__v1__environment__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_env(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_CREATE_ENVIRONMENT, &req.base,
+	    &keybroker__v1__environment__descriptor, kbctl_print_env);
 }
 
 int
@@ -312,10 +276,10 @@ kbctl_cmd_envs_list(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__ListEnvironmentsRequest req =
 	    KEYBROKER__V1__LIST_ENVIRONMENTS_REQUEST__INIT;
+	static const struct kbctl_list_fmt envs = {"environments",
+	    kbctl_env_headers, KBCTL_ENV_NCOLS, kbctl_env_row, kbctl_env_json};
 	struct lister l = {KB_METHOD_LIST_ENVIRONMENTS, &req.base,
-	    &keybroker__v1__list_environments_response__descriptor,
-	    "environments", kbctl_env_headers, KBCTL_ENV_NCOLS, kbctl_env_row,
-	    kbctl_env_json};
+	    &keybroker__v1__list_environments_response__descriptor, &envs};
 
 	req.tenant_id = (char *)a->argv[0];
 	return list_run(k, a, &l);
@@ -326,18 +290,11 @@ kbctl_cmd_envs_show(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__GetEnvironmentRequest req =
 	    KEYBROKER__V1__GET_ENVIRONMENT_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
 	req.name = (char *)a->argv[1];
-	if ((rc = kbctl_call(k, KB_METHOD_GET_ENVIRONMENT, &req.base,
-	         &keybroker__v1__environment__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_env(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_GET_ENVIRONMENT, &req.base,
+	    &keybroker__v1__environment__descriptor, kbctl_print_env);
 }
 
 int

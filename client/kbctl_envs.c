@@ -14,18 +14,11 @@ env_ref_call(struct kbctl *k, const struct kbctl_args *a, const char *method)
 {
 	Keybroker__V1__EnvironmentRef req =
 	    KEYBROKER__V1__ENVIRONMENT_REF__INIT;
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
 	req.name = (char *)a->argv[1];
-	if ((rc = kbctl_call(k, method, &req.base,
-	         &keybroker__v1__environment__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_env(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, method, &req.base,
+	    &keybroker__v1__environment__descriptor, kbctl_print_env);
 }
 
 int
@@ -73,60 +66,26 @@ kbctl_cmd_envs_backup(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__EnvironmentRef req =
 	    KEYBROKER__V1__ENVIRONMENT_REF__INIT;
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
 	req.name = (char *)a->argv[1];
-	if ((rc = kbctl_call(k, KB_METHOD_BACKUP_ENVIRONMENT, &req.base,
-	         &keybroker__v1__backup__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_backup(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_BACKUP_ENVIRONMENT, &req.base,
+	    &keybroker__v1__backup__descriptor, kbctl_print_backup);
 }
 
 int
 kbctl_cmd_envs_backups(struct kbctl *k, const struct kbctl_args *a)
 {
+	static const struct kbctl_list_fmt backups = {"backups",
+	    kbctl_backup_headers, KBCTL_BACKUP_NCOLS, kbctl_backup_row,
+	    kbctl_backup_json};
 	Keybroker__V1__ListBackupsRequest req =
 	    KEYBROKER__V1__LIST_BACKUPS_REQUEST__INIT;
-	Keybroker__V1__ListBackupsResponse *x;
-	ProtobufCMessage *m = NULL;
-	struct kbctl_table *t = NULL;
-	json_t *arr, *o;
-	size_t i;
-	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
 	req.name = (char *)a->argv[1];
-	if ((rc = kbctl_call(k, KB_METHOD_LIST_BACKUPS, &req.base,
-	         &keybroker__v1__list_backups_response__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	x = (Keybroker__V1__ListBackupsResponse *)m;
-	if (k->json) {
-		arr = json_array();
-		for (i = 0; i < x->n_backups && arr != NULL; i++)
-			if (json_array_append_new(
-			        arr, kbctl_backup_json(&x->backups[i]->base))
-			    != 0)
-				break;
-		o = json_object();
-		kbctl_jset(o, "backups", arr);
-		rc = kbctl_json_print(o);
-	} else {
-		t = kbctl_table_new(KBCTL_BACKUP_NCOLS, kbctl_backup_headers);
-		for (i = 0; i < x->n_backups && t != NULL; i++)
-			if (kbctl_backup_row(t, &x->backups[i]->base) != 0) {
-				kbctl_table_free(t);
-				t = NULL;
-			}
-		rc = kbctl_table_done(t);
-	}
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_list(k, KB_METHOD_LIST_BACKUPS, &req.base,
+	    &keybroker__v1__list_backups_response__descriptor, &backups);
 }
 
 int
@@ -134,7 +93,6 @@ kbctl_cmd_envs_restore(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__RestoreBackupRequest req =
 	    KEYBROKER__V1__RESTORE_BACKUP_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
 	char explain[1024], t[128], e[128], b[128];
 	int rc;
 
@@ -154,13 +112,8 @@ kbctl_cmd_envs_restore(struct kbctl *k, const struct kbctl_args *a)
 	req.tenant_id = (char *)a->argv[0];
 	req.name = (char *)a->argv[1];
 	req.backup_id = (char *)a->argv[2];
-	if ((rc = kbctl_call(k, KB_METHOD_RESTORE_BACKUP, &req.base,
-	         &keybroker__v1__environment__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_env(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_RESTORE_BACKUP, &req.base,
+	    &keybroker__v1__environment__descriptor, kbctl_print_env);
 }
 
 int
@@ -168,7 +121,6 @@ kbctl_cmd_envs_copy(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__CopyEnvironmentRequest req =
 	    KEYBROKER__V1__COPY_ENVIRONMENT_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
 	char explain[1024], t[128], s[128], d[128];
 	int rc;
 
@@ -187,11 +139,6 @@ kbctl_cmd_envs_copy(struct kbctl *k, const struct kbctl_args *a)
 	req.tenant_id = (char *)a->argv[0];
 	req.source = (char *)a->argv[1];
 	req.target = (char *)a->argv[2];
-	if ((rc = kbctl_call(k, KB_METHOD_COPY_ENVIRONMENT, &req.base,
-	         &keybroker__v1__environment__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_env(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_COPY_ENVIRONMENT, &req.base,
+	    &keybroker__v1__environment__descriptor, kbctl_print_env);
 }

@@ -153,65 +153,58 @@ keyfile_load(const struct kbctl_args *a, const char *path, struct keyfile *kf)
 	return -1;
 }
 
+/* Point a request's key file fields (`format`, `file`, `password`) at kf.
+ * The request is then secret: keyfile_call wipes it. */
+static void
+keyfile_attach(const struct keyfile *kf, Keybroker__V1__KeyFileFormat *format,
+    ProtobufCBinaryData *file, char **password)
+{
+	*format = (Keybroker__V1__KeyFileFormat)kf->format;
+	file->data = kf->buf;
+	file->len = kf->len;
+	*password = kf->pw != NULL ? kf->pw : (char *)"";
+}
+
+/* kbctl_call with `req`, which carries kf (keyfile_attach); then, whatever
+ * the answer, wipe req and free kf. Returns kbctl_call's exit code (and
+ * *resp on KBCTL_EXIT_OK). */
+static int
+keyfile_call(struct kbctl *k, const char *method, ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *d, struct keyfile *kf,
+    ProtobufCMessage **resp)
+{
+	size_t size = req->descriptor->sizeof_message;
+	int rc = kbctl_call(k, method, req, d, resp);
+
+	kb_wipe(req, size);
+	keyfile_free(kf);
+	return rc;
+}
+
 /* ---- keys ---- */
 
 int
 kbctl_cmd_keys_list(struct kbctl *k, const struct kbctl_args *a)
 {
+	static const struct kbctl_list_fmt keys = {"keys", kbctl_key_headers,
+	    KBCTL_KEY_NCOLS, kbctl_key_row, kbctl_key_json};
 	Keybroker__V1__ListKeysRequest req =
 	    KEYBROKER__V1__LIST_KEYS_REQUEST__INIT;
-	Keybroker__V1__ListKeysResponse *x;
-	ProtobufCMessage *m = NULL;
-	struct kbctl_table *t = NULL;
-	json_t *arr = NULL, *o;
-	size_t i;
-	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
-	if ((rc = kbctl_call(k, KB_METHOD_LIST_KEYS, &req.base,
-	         &keybroker__v1__list_keys_response__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	x = (Keybroker__V1__ListKeysResponse *)m;
-	if (k->json) {
-		arr = json_array();
-		for (i = 0; i < x->n_keys && arr != NULL; i++)
-			if (json_array_append_new(
-			        arr, kbctl_key_json(&x->keys[i]->base))
-			    != 0)
-				break;
-		o = json_object();
-		kbctl_jset(o, "keys", arr);
-		rc = kbctl_json_print(o);
-	} else {
-		t = kbctl_table_new(KBCTL_KEY_NCOLS, kbctl_key_headers);
-		for (i = 0; i < x->n_keys && t != NULL; i++)
-			if (kbctl_key_row(t, &x->keys[i]->base) != 0) {
-				kbctl_table_free(t);
-				t = NULL;
-			}
-		rc = kbctl_table_done(t);
-	}
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_list(k, KB_METHOD_LIST_KEYS, &req.base,
+	    &keybroker__v1__list_keys_response__descriptor, &keys);
 }
 
 int
 kbctl_cmd_keys_show(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__GetKeyRequest req = KEYBROKER__V1__GET_KEY_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
 	req.key_id = (char *)a->argv[1];
-	if ((rc = kbctl_call(k, KB_METHOD_GET_KEY, &req.base,
-	         &keybroker__v1__key__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_key(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_GET_KEY, &req.base,
+	    &keybroker__v1__key__descriptor, kbctl_print_key);
 }
 
 int
@@ -235,14 +228,8 @@ kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 	signals_hold(held);
 	/* Reserve the output first: a key whose .pfx cannot be saved is
 	 * of no use for locking. */
-	if ((e = kbctl_out_file_open(
-	         path, kbctl_flag(a, "--force") != NULL, 0600, &f))
-	    != KB_OK) {
-		signals_release(held);
-		if (e == KB_ERR_ALREADY_EXISTS)
-			return kbctl_usage_error(a, "--out %s", kb_err_msg(e));
-		return kbctl_err(e, KBCTL_EXIT_FAIL);
-	}
+	if ((rc = kbctl_out_open(a, path, 0600, &f)) >= 0)
+		goto fail;
 	if ((rc = kbctl_password_get(a, "Password for the new key's .pfx:",
 	         "Repeat:", "the new key's .pfx needs a password", &pw,
 	         &pw_len))
@@ -327,15 +314,10 @@ kbctl_cmd_keys_upload(struct kbctl *k, const struct kbctl_args *a)
 	if ((rc = keyfile_load(a, a->argv[1], &kf)) >= 0)
 		return rc;
 	req.tenant_id = (char *)a->argv[0];
-	req.format = (Keybroker__V1__KeyFileFormat)kf.format;
-	req.file.data = kf.buf;
-	req.file.len = kf.len;
-	req.password = kf.pw != NULL ? kf.pw : (char *)"";
-	rc = kbctl_call(k, KB_METHOD_UPLOAD_KEY, &req.base,
-	    &keybroker__v1__key__descriptor, &m);
-	kb_wipe(&req, sizeof(req));
-	keyfile_free(&kf);
-	if (rc != KBCTL_EXIT_OK)
+	keyfile_attach(&kf, &req.format, &req.file, &req.password);
+	if ((rc = keyfile_call(k, KB_METHOD_UPLOAD_KEY, &req.base,
+	         &keybroker__v1__key__descriptor, &kf, &m))
+	    != KBCTL_EXIT_OK)
 		return rc;
 	rc = kbctl_print_key(k, m);
 	kb_wire_free(m);
@@ -499,17 +481,10 @@ int
 kbctl_cmd_jobs_show(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__GetJobRequest req = KEYBROKER__V1__GET_JOB_REQUEST__INIT;
-	ProtobufCMessage *m = NULL;
-	int rc;
 
 	req.id = (char *)a->argv[0];
-	if ((rc = kbctl_call(k, KB_METHOD_GET_JOB, &req.base,
-	         &keybroker__v1__job__descriptor, &m))
-	    != KBCTL_EXIT_OK)
-		return rc;
-	rc = kbctl_print_job(k, m);
-	kb_wire_free(m);
-	return rc;
+	return kbctl_call_print(k, KB_METHOD_GET_JOB, &req.base,
+	    &keybroker__v1__job__descriptor, kbctl_print_job);
 }
 
 /* ---- lock and unlock ---- */
@@ -548,15 +523,10 @@ kbctl_cmd_tenants_lock(struct kbctl *k, const struct kbctl_args *a)
 		return rc;
 	}
 	req.tenant_id = (char *)tenant;
-	req.format = (Keybroker__V1__KeyFileFormat)kf.format;
-	req.file.data = kf.buf;
-	req.file.len = kf.len;
-	req.password = kf.pw != NULL ? kf.pw : (char *)"";
-	rc = kbctl_call(k, KB_METHOD_LOCK_TENANT, &req.base,
-	    &keybroker__v1__tenant__descriptor, &m);
-	kb_wipe(&req, sizeof(req));
-	keyfile_free(&kf);
-	if (rc != KBCTL_EXIT_OK)
+	keyfile_attach(&kf, &req.format, &req.file, &req.password);
+	if ((rc = keyfile_call(k, KB_METHOD_LOCK_TENANT, &req.base,
+	         &keybroker__v1__tenant__descriptor, &kf, &m))
+	    != KBCTL_EXIT_OK)
 		return rc;
 	rc = kbctl_print_tenant(k, m);
 	if (!k->json)
@@ -582,15 +552,10 @@ kbctl_cmd_tenants_unlock(struct kbctl *k, const struct kbctl_args *a)
 	if ((rc = keyfile_load(a, kbctl_flag(a, "--key"), &kf)) >= 0)
 		return rc;
 	req.tenant_id = (char *)tenant;
-	req.format = (Keybroker__V1__KeyFileFormat)kf.format;
-	req.file.data = kf.buf;
-	req.file.len = kf.len;
-	req.password = kf.pw != NULL ? kf.pw : (char *)"";
-	rc = kbctl_call(k, KB_METHOD_UNLOCK_TENANT, &req.base,
-	    &keybroker__v1__tenant__descriptor, &m);
-	kb_wipe(&req, sizeof(req));
-	keyfile_free(&kf);
-	if (rc != KBCTL_EXIT_OK)
+	keyfile_attach(&kf, &req.format, &req.file, &req.password);
+	if ((rc = keyfile_call(k, KB_METHOD_UNLOCK_TENANT, &req.base,
+	         &keybroker__v1__tenant__descriptor, &kf, &m))
+	    != KBCTL_EXIT_OK)
 		return rc;
 	rc = kbctl_print_tenant(k, m);
 	kbctl_sanitize(tenant, t, sizeof(t));

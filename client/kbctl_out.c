@@ -35,6 +35,81 @@ kbctl_call(struct kbctl *k, const char *method, const ProtobufCMessage *req,
 	return KBCTL_EXIT_OK;
 }
 
+int
+kbctl_call_print(struct kbctl *k, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
+    int (*print)(const struct kbctl *k, const ProtobufCMessage *m))
+{
+	ProtobufCMessage *m = NULL;
+	int rc;
+
+	if ((rc = kbctl_call(k, method, req, d, &m)) != KBCTL_EXIT_OK)
+		return rc;
+	rc = print(k, m);
+	kb_wire_free(m);
+	return rc;
+}
+
+void *
+kbctl_field_ptr(const ProtobufCMessage *m, const char *name, size_t *count)
+{
+	const ProtobufCFieldDescriptor *f =
+	    protobuf_c_message_descriptor_get_field_by_name(
+	        m->descriptor, name);
+
+	if (f == NULL)
+		return NULL;
+	if (count != NULL)
+		*count = *(const size_t *)(const void *)((const char *)m
+		    + f->quantifier_offset);
+	return (char *)m + f->offset;
+}
+
+/* The answer's items as one JSON document or one table. */
+static int
+list_print(const struct kbctl *k, const ProtobufCMessage *resp,
+    const struct kbctl_list_fmt *fmt)
+{
+	ProtobufCMessage **items;
+	struct kbctl_table *t;
+	json_t *arr, *o;
+	size_t n, i;
+
+	items = *(ProtobufCMessage ***)kbctl_field_ptr(resp, fmt->items, &n);
+	if (k->json) {
+		arr = json_array();
+		for (i = 0; i < n && arr != NULL; i++)
+			if (json_array_append_new(arr, fmt->json(items[i]))
+			    != 0)
+				break;
+		o = json_object();
+		kbctl_jset(o, fmt->items, arr);
+		return kbctl_json_print(o);
+	}
+	t = kbctl_table_new(fmt->ncols, fmt->headers);
+	for (i = 0; i < n && t != NULL; i++)
+		if (fmt->row(t, items[i]) != 0) {
+			kbctl_table_free(t);
+			t = NULL;
+		}
+	return kbctl_table_done(t);
+}
+
+int
+kbctl_call_list(struct kbctl *k, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
+    const struct kbctl_list_fmt *fmt)
+{
+	ProtobufCMessage *m = NULL;
+	int rc;
+
+	if ((rc = kbctl_call(k, method, req, d, &m)) != KBCTL_EXIT_OK)
+		return rc;
+	rc = list_print(k, m, fmt);
+	kb_wire_free(m);
+	return rc;
+}
+
 /* ---- JSON ---- */
 
 json_t *

@@ -25,6 +25,35 @@ int kbctl_fail_status(const struct kb_status *st);
 int kbctl_call(struct kbctl *k, const char *method, const ProtobufCMessage *req,
     const ProtobufCMessageDescriptor *d, ProtobufCMessage **resp);
 
+/* kbctl_call, then print the answer with `print` (kbctl_print_tenant,
+ * kbctl_print_env, ...) and free it. Returns an exit code. */
+int kbctl_call_print(struct kbctl *k, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
+    int (*print)(const struct kbctl *k, const ProtobufCMessage *m));
+
+/* How a list of one message type prints: as {items: [...]} (--json) or as
+ * a table of `ncols` columns, one row per item. */
+struct kbctl_list_fmt {
+	const char *items; /* "keys": the answer's repeated field, JSON key */
+	const char *const *headers;
+	size_t ncols;
+	int (*row)(struct kbctl_table *t, const ProtobufCMessage *item);
+	json_t *(*json)(const ProtobufCMessage *item);
+};
+
+/* kbctl_call for a List* call answered in one message (no pages), then
+ * print the answer's field fmt->items as `fmt` says and free it. Returns
+ * an exit code. */
+int kbctl_call_list(struct kbctl *k, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *d,
+    const struct kbctl_list_fmt *fmt);
+
+/* The field `name` of message m (by its proto name): a pointer into m, or
+ * NULL if m has none; for a repeated field, *count (unless NULL) gets its
+ * number of items. */
+void *kbctl_field_ptr(
+    const ProtobufCMessage *m, const char *name, size_t *count);
+
 /* ---- JSON ---- */
 
 /* A JSON string; bytes that are not UTF-8 become '?'. NULL prints "". */

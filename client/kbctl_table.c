@@ -4,10 +4,16 @@
 #include "kbctl.h"
 
 /* clang-format off */
+#define ALL_FLAG \
+	{ "--all", NULL, "follow the pages to the end" }
+
 #define PAGE_FLAGS \
 	{ "--page-size", "N", "items per call (1..1000; default: the broker's, 100)" }, \
 	{ "--page-token", "TOKEN", "start at this page (from a previous listing)" }, \
-	{ "--all", NULL, "follow the pages to the end" }
+	ALL_FLAG
+
+#define PAGE_TEXT \
+	"Prints the first page and says when more follow, unless --all."
 
 #define PASSWORD_FLAG(what) \
 	{ "--password-file", "FILE", "the " what " password: first line of FILE (mode 0600)" }
@@ -46,7 +52,7 @@
 	{ "--env", "ENV", "only events naming this environment" }, \
 	{ "--method", "METHOD", "only this method: GetDataKey, CreateTenant, broker.start, ..." }, \
 	{ "--actor", "NAME", "only this actor: a certificate CN, or keybroker" }, \
-	{ "--result", "ok|denied|error", "only events with this result" }
+	{ "--result", "ok|denied|error|started", "only events with this result" }
 
 #define AUDIT_FILTER_TEXT \
 	"Filters (all must match): --since and --until take a time in RFC 3339\n" \
@@ -84,7 +90,7 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  kbctl_cmd_tenants_create },
 	{ "tenants", "list", "", 0, 0,
 	  "List tenants",
-	  "Prints the first page and says when more follow, unless --all.",
+	  PAGE_TEXT,
 	  { PAGE_FLAGS }, kbctl_cmd_tenants_list },
 	{ "tenants", "show", "ID", 1, 1,
 	  "Show one tenant",
@@ -226,7 +232,7 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  { { NULL } }, kbctl_cmd_envs_create },
 	{ "envs", "list", "TENANT", 1, 1,
 	  "List a tenant's environments",
-	  "Prints the first page and says when more follow, unless --all.",
+	  PAGE_TEXT,
 	  { PAGE_FLAGS }, kbctl_cmd_envs_list },
 	{ "envs", "show", "TENANT NAME", 2, 2,
 	  "Show one environment",
@@ -306,7 +312,7 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  { AUDIT_FILTER_FLAGS,
 	    { "--after", "SEQ", "events after this sequence number (default 0)" },
 	    { "--page-size", "N", "events per call (1..1000; default: the broker's, 100)" },
-	    { "--all", NULL, "follow the pages to the end" } },
+	    ALL_FLAG },
 	  kbctl_cmd_audit_list },
 	{ "audit", "tail", "", 0, 0,
 	  "Print the last events, or follow new ones live (-f)",

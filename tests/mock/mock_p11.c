@@ -200,6 +200,18 @@ gate_session(void)
 	return fault_now().removed ? CKR_DEVICE_REMOVED : CKR_OK;
 }
 
+/* Define mock_<fn>, for a call that has no fault of its own: `gate` (a
+ * gate_* above) answers it while the token is removed, else it is passed
+ * to the real module's C_<fn>. `params` is the parameter list, `args` the
+ * same names as arguments. */
+#define MOCK_FORWARD(gate, fn, params, args)                                   \
+	static CK_RV mock_##fn params                                          \
+	{                                                                      \
+		CK_RV rv = gate();                                             \
+                                                                               \
+		return rv != CKR_OK ? rv : real->C_##fn args;                  \
+	}
+
 /* ---- library and slot calls ---- */
 
 static CK_RV
@@ -259,23 +271,13 @@ mock_GetTokenInfo(CK_SLOT_ID slot, CK_TOKEN_INFO_PTR info)
 	return rv;
 }
 
-static CK_RV
-mock_GetMechanismList(
-    CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count)
-{
-	CK_RV rv = gate_slot();
+MOCK_FORWARD(gate_slot, GetMechanismList,
+    (CK_SLOT_ID slot, CK_MECHANISM_TYPE_PTR list, CK_ULONG_PTR count),
+    (slot, list, count))
 
-	return rv != CKR_OK ? rv : real->C_GetMechanismList(slot, list, count);
-}
-
-static CK_RV
-mock_GetMechanismInfo(
-    CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info)
-{
-	CK_RV rv = gate_slot();
-
-	return rv != CKR_OK ? rv : real->C_GetMechanismInfo(slot, type, info);
-}
+MOCK_FORWARD(gate_slot, GetMechanismInfo,
+    (CK_SLOT_ID slot, CK_MECHANISM_TYPE type, CK_MECHANISM_INFO_PTR info),
+    (slot, type, info))
 
 static CK_RV
 mock_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
@@ -289,31 +291,14 @@ mock_OpenSession(CK_SLOT_ID slot, CK_FLAGS flags, CK_VOID_PTR app,
 	return rv;
 }
 
-static CK_RV
-mock_CloseAllSessions(CK_SLOT_ID slot)
-{
-	CK_RV rv = gate_slot();
-
-	return rv != CKR_OK ? rv : real->C_CloseAllSessions(slot);
-}
+MOCK_FORWARD(gate_slot, CloseAllSessions, (CK_SLOT_ID slot), (slot))
 
 /* ---- session calls ---- */
 
-static CK_RV
-mock_CloseSession(CK_SESSION_HANDLE sh)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, CloseSession, (CK_SESSION_HANDLE sh), (sh))
 
-	return rv != CKR_OK ? rv : real->C_CloseSession(sh);
-}
-
-static CK_RV
-mock_GetSessionInfo(CK_SESSION_HANDLE sh, CK_SESSION_INFO_PTR info)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv : real->C_GetSessionInfo(sh, info);
-}
+MOCK_FORWARD(gate_session, GetSessionInfo,
+    (CK_SESSION_HANDLE sh, CK_SESSION_INFO_PTR info), (sh, info))
 
 static CK_RV
 mock_Login(CK_SESSION_HANDLE sh, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
@@ -332,176 +317,84 @@ mock_Login(CK_SESSION_HANDLE sh, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
 	return rv;
 }
 
-static CK_RV
-mock_Logout(CK_SESSION_HANDLE sh)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, Logout, (CK_SESSION_HANDLE sh), (sh))
 
-	return rv != CKR_OK ? rv : real->C_Logout(sh);
-}
+MOCK_FORWARD(gate_session, CreateObject,
+    (CK_SESSION_HANDLE sh, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+        CK_OBJECT_HANDLE_PTR obj),
+    (sh, t, n, obj))
 
-static CK_RV
-mock_CreateObject(CK_SESSION_HANDLE sh, CK_ATTRIBUTE_PTR t, CK_ULONG n,
-    CK_OBJECT_HANDLE_PTR obj)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, DestroyObject,
+    (CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj), (sh, obj))
 
-	return rv != CKR_OK ? rv : real->C_CreateObject(sh, t, n, obj);
-}
+MOCK_FORWARD(gate_session, GetAttributeValue,
+    (CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t,
+        CK_ULONG n),
+    (sh, obj, t, n))
 
-static CK_RV
-mock_DestroyObject(CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, SetAttributeValue,
+    (CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t,
+        CK_ULONG n),
+    (sh, obj, t, n))
 
-	return rv != CKR_OK ? rv : real->C_DestroyObject(sh, obj);
-}
+MOCK_FORWARD(gate_session, FindObjectsInit,
+    (CK_SESSION_HANDLE sh, CK_ATTRIBUTE_PTR t, CK_ULONG n), (sh, t, n))
 
-static CK_RV
-mock_GetAttributeValue(
-    CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t, CK_ULONG n)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, FindObjects,
+    (CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE_PTR objs, CK_ULONG max,
+        CK_ULONG_PTR n),
+    (sh, objs, max, n))
 
-	return rv != CKR_OK ? rv : real->C_GetAttributeValue(sh, obj, t, n);
-}
+MOCK_FORWARD(gate_session, FindObjectsFinal, (CK_SESSION_HANDLE sh), (sh))
 
-static CK_RV
-mock_SetAttributeValue(
-    CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_PTR t, CK_ULONG n)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, EncryptInit,
+    (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (sh, m, k))
 
-	return rv != CKR_OK ? rv : real->C_SetAttributeValue(sh, obj, t, n);
-}
+MOCK_FORWARD(gate_session, Encrypt,
+    (CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out,
+        CK_ULONG_PTR out_len),
+    (sh, in, in_len, out, out_len))
 
-static CK_RV
-mock_FindObjectsInit(CK_SESSION_HANDLE sh, CK_ATTRIBUTE_PTR t, CK_ULONG n)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, DecryptInit,
+    (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (sh, m, k))
 
-	return rv != CKR_OK ? rv : real->C_FindObjectsInit(sh, t, n);
-}
+MOCK_FORWARD(gate_session, Decrypt,
+    (CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR out,
+        CK_ULONG_PTR out_len),
+    (sh, in, in_len, out, out_len))
 
-static CK_RV
-mock_FindObjects(CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE_PTR objs, CK_ULONG max,
-    CK_ULONG_PTR n)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, SignInit,
+    (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k), (sh, m, k))
 
-	return rv != CKR_OK ? rv : real->C_FindObjects(sh, objs, max, n);
-}
+MOCK_FORWARD(gate_session, Sign,
+    (CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG in_len, CK_BYTE_PTR sig,
+        CK_ULONG_PTR sig_len),
+    (sh, in, in_len, sig, sig_len))
 
-static CK_RV
-mock_FindObjectsFinal(CK_SESSION_HANDLE sh)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, GenerateKey,
+    (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+        CK_OBJECT_HANDLE_PTR key),
+    (sh, m, t, n, key))
 
-	return rv != CKR_OK ? rv : real->C_FindObjectsFinal(sh);
-}
+MOCK_FORWARD(gate_session, GenerateKeyPair,
+    (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub_t,
+        CK_ULONG pub_n, CK_ATTRIBUTE_PTR priv_t, CK_ULONG priv_n,
+        CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv),
+    (sh, m, pub_t, pub_n, priv_t, priv_n, pub, priv))
 
-static CK_RV
-mock_EncryptInit(CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
-{
-	CK_RV rv = gate_session();
+MOCK_FORWARD(gate_session, WrapKey,
+    (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wk,
+        CK_OBJECT_HANDLE k, CK_BYTE_PTR out, CK_ULONG_PTR out_len),
+    (sh, m, wk, k, out, out_len))
 
-	return rv != CKR_OK ? rv : real->C_EncryptInit(sh, m, k);
-}
+MOCK_FORWARD(gate_session, UnwrapKey,
+    (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE uk,
+        CK_BYTE_PTR in, CK_ULONG in_len, CK_ATTRIBUTE_PTR t, CK_ULONG n,
+        CK_OBJECT_HANDLE_PTR key),
+    (sh, m, uk, in, in_len, t, n, key))
 
-static CK_RV
-mock_Encrypt(CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG in_len,
-    CK_BYTE_PTR out, CK_ULONG_PTR out_len)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv
-	                    : real->C_Encrypt(sh, in, in_len, out, out_len);
-}
-
-static CK_RV
-mock_DecryptInit(CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv : real->C_DecryptInit(sh, m, k);
-}
-
-static CK_RV
-mock_Decrypt(CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG in_len,
-    CK_BYTE_PTR out, CK_ULONG_PTR out_len)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv
-	                    : real->C_Decrypt(sh, in, in_len, out, out_len);
-}
-
-static CK_RV
-mock_SignInit(CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE k)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv : real->C_SignInit(sh, m, k);
-}
-
-static CK_RV
-mock_Sign(CK_SESSION_HANDLE sh, CK_BYTE_PTR in, CK_ULONG in_len,
-    CK_BYTE_PTR sig, CK_ULONG_PTR sig_len)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv : real->C_Sign(sh, in, in_len, sig, sig_len);
-}
-
-static CK_RV
-mock_GenerateKey(CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t,
-    CK_ULONG n, CK_OBJECT_HANDLE_PTR key)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv : real->C_GenerateKey(sh, m, t, n, key);
-}
-
-static CK_RV
-mock_GenerateKeyPair(CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m,
-    CK_ATTRIBUTE_PTR pub_t, CK_ULONG pub_n, CK_ATTRIBUTE_PTR priv_t,
-    CK_ULONG priv_n, CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv
-	                    : real->C_GenerateKeyPair(
-	                        sh, m, pub_t, pub_n, priv_t, priv_n, pub, priv);
-}
-
-static CK_RV
-mock_WrapKey(CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE wk,
-    CK_OBJECT_HANDLE k, CK_BYTE_PTR out, CK_ULONG_PTR out_len)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv : real->C_WrapKey(sh, m, wk, k, out, out_len);
-}
-
-static CK_RV
-mock_UnwrapKey(CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE uk,
-    CK_BYTE_PTR in, CK_ULONG in_len, CK_ATTRIBUTE_PTR t, CK_ULONG n,
-    CK_OBJECT_HANDLE_PTR key)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK
-	    ? rv
-	    : real->C_UnwrapKey(sh, m, uk, in, in_len, t, n, key);
-}
-
-static CK_RV
-mock_GenerateRandom(CK_SESSION_HANDLE sh, CK_BYTE_PTR buf, CK_ULONG len)
-{
-	CK_RV rv = gate_session();
-
-	return rv != CKR_OK ? rv : real->C_GenerateRandom(sh, buf, len);
-}
+MOCK_FORWARD(gate_session, GenerateRandom,
+    (CK_SESSION_HANDLE sh, CK_BYTE_PTR buf, CK_ULONG len), (sh, buf, len))
 
 /* ---- the entry point ---- */
 

@@ -49,6 +49,54 @@ kbt_tmpdir(void)
 	return dir;
 }
 
+/* tests/data: $KB_TEST_DATA, else next to this file's folder. */
+static const char *
+data_dir(void)
+{
+	static char dir[1024];
+	const char *env = getenv("KB_TEST_DATA");
+	char *slash;
+
+	if (env != NULL && env[0] != '\0')
+		return env;
+	/* tests/unit/harness.c -> tests/data */
+	snprintf(dir, sizeof(dir), "%s", __FILE__);
+	if ((slash = strrchr(dir, '/')) != NULL)
+		snprintf(
+		    slash, sizeof(dir) - (size_t)(slash - dir), "/../data");
+	else
+		snprintf(dir, sizeof(dir), "../data");
+	return dir;
+}
+
+const char *
+kbt_data_path(const char *name)
+{
+	static char path[1200];
+
+	snprintf(path, sizeof(path), "%s/%s", data_dir(), name);
+	return path;
+}
+
+uint8_t *
+kbt_data_load(const char *name, size_t *len)
+{
+	FILE *f = fopen(kbt_data_path(name), "rb");
+	uint8_t *buf;
+	long n;
+
+	if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) <= 0
+	    || fseek(f, 0, SEEK_SET) != 0 || (buf = malloc((size_t)n)) == NULL
+	    || fread(buf, 1, (size_t)n, f) != (size_t)n) {
+		fprintf(stderr, "cannot read fixture %s (KB_TEST_DATA=%s)\n",
+		    kbt_data_path(name), data_dir());
+		exit(2);
+	}
+	fclose(f);
+	*len = (size_t)n;
+	return buf;
+}
+
 static int
 rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {

@@ -5,6 +5,7 @@
 #ifndef KB_TEST_HARNESS_H
 #define KB_TEST_HARNESS_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,16 @@ void kbt_rmtree(const char *dir);
 
 /* Make a fresh temporary directory (static buffer). */
 const char *kbt_tmpdir(void);
+
+/* The path of fixture `name` in tests/data: under $KB_TEST_DATA, else found
+ * from where this source file is. Returns a static buffer that the next call
+ * overwrites. */
+const char *kbt_data_path(const char *name);
+
+/* Read fixture `name` into a malloc'd buffer of exactly its size (so ASan
+ * sees reads past the end) and set *len; the caller frees it. Exits the test
+ * binary if the fixture is missing, empty or unreadable. */
+uint8_t *kbt_data_load(const char *name, size_t *len);
 
 #define KBT_SOFTHSM_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define KBT_USER_PIN "1234"

@@ -15,54 +15,6 @@
 
 /* ---- fixtures ---- */
 
-static const char *
-data_dir(void)
-{
-	static char dir[1024];
-	const char *env = getenv("KB_TEST_DATA");
-	char *slash;
-
-	if (env != NULL && env[0] != '\0')
-		return env;
-	/* tests/unit/test-byok.c -> tests/data */
-	snprintf(dir, sizeof(dir), "%s", __FILE__);
-	if ((slash = strrchr(dir, '/')) != NULL)
-		snprintf(
-		    slash, sizeof(dir) - (size_t)(slash - dir), "/../data");
-	else
-		snprintf(dir, sizeof(dir), "../data");
-	return dir;
-}
-
-static char *
-data_path(const char *name)
-{
-	static char path[1200];
-
-	snprintf(path, sizeof(path), "%s/%s", data_dir(), name);
-	return path;
-}
-
-/* A fixture in a malloc'd buffer of exactly its size. */
-static uint8_t *
-load(const char *name, size_t *len)
-{
-	FILE *f = fopen(data_path(name), "rb");
-	uint8_t *buf;
-	long n;
-
-	if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) <= 0
-	    || fseek(f, 0, SEEK_SET) != 0 || (buf = malloc((size_t)n)) == NULL
-	    || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		fprintf(stderr, "cannot read fixture %s (KB_TEST_DATA=%s)\n",
-		    data_path(name), data_dir());
-		exit(2);
-	}
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
-
 /* expected-byok.txt: "file kid ciphertext-bytes spki-sha256". */
 static struct {
 	char file[64];
@@ -79,9 +31,9 @@ load_expected(void)
 
 	if (want.file[0] != '\0')
 		return;
-	if ((f = fopen(data_path("expected-byok.txt"), "r")) == NULL) {
-		fprintf(
-		    stderr, "cannot read %s\n", data_path("expected-byok.txt"));
+	if ((f = fopen(kbt_data_path("expected-byok.txt"), "r")) == NULL) {
+		fprintf(stderr, "cannot read %s\n",
+		    kbt_data_path("expected-byok.txt"));
 		exit(2);
 	}
 	while (fgets(line, sizeof(line), f) != NULL) {
@@ -108,7 +60,7 @@ fixture_json(void)
 	json_t *j;
 
 	load_expected();
-	buf = load(want.file, &len);
+	buf = kbt_data_load(want.file, &len);
 	j = json_loadb((const char *)buf, len, 0, NULL);
 	free(buf);
 	if (j == NULL) {
@@ -171,7 +123,7 @@ test_openssl_cli(void)
 	struct byok_file f;
 
 	load_expected();
-	buf = load(want.file, &len);
+	buf = kbt_data_load(want.file, &len);
 	KBT_ASSERT_OK(byok_parse(buf, len, &f));
 	free(buf);
 	KBT_ASSERT_STR(f.kid, want.kid);
@@ -377,12 +329,12 @@ static void
 test_detect(void)
 {
 	size_t len;
-	uint8_t *pfx = load("openssl-modern.pfx", &len), *byok;
+	uint8_t *pfx = kbt_data_load("openssl-modern.pfx", &len), *byok;
 
 	KBT_ASSERT_INT(keyfile_detect(pfx, len), ==, KEYFILE_PFX);
 	free(pfx);
 	load_expected();
-	byok = load(want.file, &len);
+	byok = kbt_data_load(want.file, &len);
 	KBT_ASSERT_INT(keyfile_detect(byok, len), ==, KEYFILE_BYOK);
 	free(byok);
 	KBT_ASSERT_INT(
@@ -423,11 +375,11 @@ test_token_unwrap(void)
 
 	snprintf(pin, sizeof(pin), "%s/pin", dir);
 	load_expected();
-	buf = load(want.file, &len);
+	buf = kbt_data_load(want.file, &len);
 	r = byok_parse(buf, len, &f);
 	free(buf);
 	KBT_ASSERT_OK(r);
-	if ((pem = fopen(data_path("keys/kek.pem"), "r")) != NULL) {
+	if ((pem = fopen(kbt_data_path("keys/kek.pem"), "r")) != NULL) {
 		kek = PEM_read_PrivateKey(pem, NULL, NULL, NULL);
 		fclose(pem);
 	}
@@ -475,7 +427,7 @@ test_mutations(void)
 	int bad = 0;
 
 	load_expected();
-	orig = load(want.file, &len);
+	orig = kbt_data_load(want.file, &len);
 	for (i = 0; i < len * 8 + len && !bad; i++) {
 		if (i < len * 8) {
 			mlen = len;

@@ -23,55 +23,6 @@
 
 /* ---- fixtures ---- */
 
-static const char *
-data_dir(void)
-{
-	static char dir[1024];
-	const char *env = getenv("KB_TEST_DATA");
-	char *slash;
-
-	if (env != NULL && env[0] != '\0')
-		return env;
-	/* tests/unit/test-pfx.c -> tests/data */
-	snprintf(dir, sizeof(dir), "%s", __FILE__);
-	if ((slash = strrchr(dir, '/')) != NULL)
-		snprintf(
-		    slash, sizeof(dir) - (size_t)(slash - dir), "/../data");
-	else
-		snprintf(dir, sizeof(dir), "../data");
-	return dir;
-}
-
-static char *
-data_path(const char *name)
-{
-	static char path[1200];
-
-	snprintf(path, sizeof(path), "%s/%s", data_dir(), name);
-	return path;
-}
-
-/* Read a fixture into a malloc'd buffer of exactly its size (so ASan sees
- * reads past the end). Exits the binary if it is missing. */
-static uint8_t *
-load(const char *name, size_t *len)
-{
-	FILE *f = fopen(data_path(name), "rb");
-	uint8_t *buf;
-	long n;
-
-	if (f == NULL || fseek(f, 0, SEEK_END) != 0 || (n = ftell(f)) <= 0
-	    || fseek(f, 0, SEEK_SET) != 0 || (buf = malloc((size_t)n)) == NULL
-	    || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-		fprintf(stderr, "cannot read fixture %s (KB_TEST_DATA=%s)\n",
-		    data_path(name), data_dir());
-		exit(2);
-	}
-	fclose(f);
-	*len = (size_t)n;
-	return buf;
-}
-
 struct expected {
 	char file[64];
 	char pass[64];
@@ -91,8 +42,9 @@ load_expected(void)
 
 	if (naccepted > 0)
 		return;
-	if ((f = fopen(data_path("expected.txt"), "r")) == NULL) {
-		fprintf(stderr, "cannot read %s\n", data_path("expected.txt"));
+	if ((f = fopen(kbt_data_path("expected.txt"), "r")) == NULL) {
+		fprintf(
+		    stderr, "cannot read %s\n", kbt_data_path("expected.txt"));
 		exit(2);
 	}
 	while (fgets(line, sizeof(line), f) != NULL && naccepted < 16) {
@@ -132,7 +84,7 @@ accept_file(const char *file)
 	enum kb_err r;
 	int ok;
 
-	der = load(file, &len);
+	der = kbt_data_load(file, &len);
 	r = pfx_parse(der, len, e->pass, &key);
 	free(der);
 	if (r != KB_OK) {
@@ -223,7 +175,7 @@ static int
 refused(const char *file, const char *pass, const char *want)
 {
 	size_t len;
-	uint8_t *der = load(file, &len);
+	uint8_t *der = kbt_data_load(file, &len);
 	int ok = refused_buf(der, len, pass, want);
 
 	if (!ok)
@@ -312,7 +264,7 @@ test_refuse_damaged(void)
 {
 	const char *want = "the file is not a valid PKCS#12 (.pfx) file: ";
 	size_t len, plen;
-	uint8_t *der = load("openssl-modern.pfx", &len), *big, *pem;
+	uint8_t *der = kbt_data_load("openssl-modern.pfx", &len), *big, *pem;
 
 	/* Truncated, at the start, in the middle and one byte short. */
 	KBT_ASSERT(refused_buf(der, 1, "modern-pass", want));
@@ -320,7 +272,7 @@ test_refuse_damaged(void)
 	KBT_ASSERT(refused_buf(der, len / 2, "modern-pass", want));
 	KBT_ASSERT(refused_buf(der, len - 1, "modern-pass", want));
 	/* Not DER at all: a PEM public key. */
-	pem = load("kek-pub.pem", &plen);
+	pem = kbt_data_load("kek-pub.pem", &plen);
 	KBT_ASSERT(refused_buf(pem, plen, "x", want));
 	free(pem);
 	/* Trailing bytes after a valid file. */
@@ -362,7 +314,7 @@ static void
 test_refuse_iterations(void)
 {
 	size_t len;
-	uint8_t *der = load("openssl-modern.pfx", &len), *out = NULL;
+	uint8_t *der = kbt_data_load("openssl-modern.pfx", &len), *out = NULL;
 	const unsigned char *p = der;
 	PKCS12 *p12 = d2i_PKCS12(NULL, &p, (long)len);
 	STACK_OF(PKCS7) *safes = NULL;
@@ -638,7 +590,7 @@ test_token_fingerprint(void)
 	enum kb_err r;
 
 	snprintf(pin, sizeof(pin), "%s/pin", dir);
-	der = load(e->file, &len);
+	der = kbt_data_load(e->file, &len);
 	r = pfx_parse(der, len, e->pass, &key);
 	free(der);
 	KBT_ASSERT_OK(r);
@@ -756,7 +708,7 @@ static int
 mutate(const char *file, const char *pass)
 {
 	size_t len, flips, truncs, total, stride, k, idx, ran = 0, oks = 0;
-	uint8_t *orig = load(file, &len), *m;
+	uint8_t *orig = kbt_data_load(file, &len), *m;
 	size_t mlen;
 	EVP_PKEY *key;
 	double t0 = now_s(), cap = fuzz_seconds();
