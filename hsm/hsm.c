@@ -587,11 +587,13 @@ hsm_op_run(
 	for (;;) {
 		if ((r = hsm_pool_get(h, &p)) != KB_OK)
 			break;
+		pthread_rwlock_rdlock(&h->objects_rw);
 		if ((r = hsm_obj_lookup(h, p.sh, id, cls, &key, &rv))
 		    == KB_OK) {
 			rv = op(h, p.sh, key, arg, &fn);
 			r = rv == CKR_OK ? KB_OK : hsm_p11_err(fn, rv, id);
 		}
+		pthread_rwlock_unlock(&h->objects_rw);
 		hsm_pool_put(h, &p, rv);
 		if ((rv == CKR_KEY_HANDLE_INVALID
 		        || rv == CKR_OBJECT_HANDLE_INVALID)
@@ -614,6 +616,7 @@ hsm_open(const struct hsm_config *cfg, struct hsm **out)
 {
 	struct hsm *h = NULL;
 	struct pooled p;
+	pthread_rwlockattr_t rwa;
 	CK_TOKEN_INFO ti;
 	const char *path;
 	unsigned size;
@@ -649,6 +652,11 @@ hsm_open(const struct hsm_config *cfg, struct hsm **out)
 	pthread_cond_init(&h->pool_cv, NULL);
 	pthread_mutex_init(&h->cache_mu, NULL);
 	pthread_mutex_init(&h->create_mu, NULL);
+	pthread_rwlockattr_init(&rwa);
+	pthread_rwlockattr_setkind_np(&rwa,
+	    PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlock_init(&h->objects_rw, &rwa);
+	pthread_rwlockattr_destroy(&rwa);
 	h->size = size;
 
 	ur = p11_kit_uri_parse(cfg->token_uri, P11_KIT_URI_FOR_TOKEN, h->uri);
@@ -725,6 +733,7 @@ hsm_close(struct hsm *h)
 	pthread_cond_destroy(&h->pool_cv);
 	pthread_mutex_destroy(&h->cache_mu);
 	pthread_mutex_destroy(&h->create_mu);
+	pthread_rwlock_destroy(&h->objects_rw);
 	free(h);
 }
 

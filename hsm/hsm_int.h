@@ -45,6 +45,14 @@ struct hsm {
 	/* Serializes key creation and destruction, so "id is free" stays
 	 * true until the key is made. Never taken on the decrypt path. */
 	pthread_mutex_t create_mu;
+
+	/* Operations on objects share it; destroying a key takes it alone.
+	 * SoftHSMv2 2.6.1 crashes (SIGSEGV in C_Decrypt) when a key is
+	 * destroyed while another session decrypts with it, as a LockTenant
+	 * racing GetDataKey did. Prefers writers, so a destroy is not starved
+	 * by a stream of decrypts. Taken after a pooled session, never
+	 * before: a holder never waits for the pool. */
+	pthread_rwlock_t objects_rw;
 };
 
 /* A session taken from the pool, and the pool generation it belongs to. */

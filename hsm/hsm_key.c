@@ -490,8 +490,10 @@ hsm_key_exists(struct hsm *h, const char *id)
 	for (attempt = 0; attempt < 2; attempt++) {
 		if ((r = hsm_pool_get(h, &p)) != KB_OK)
 			return r;
+		pthread_rwlock_rdlock(&h->objects_rw);
 		rv = hsm_obj_find(
 		    h, p.sh, id, CKO_PRIVATE_KEY, &obj, 1, &n, &fn);
+		pthread_rwlock_unlock(&h->objects_rw);
 		hsm_pool_put(h, &p, rv);
 		if (!hsm_rv_session_lost(rv))
 			break;
@@ -526,6 +528,8 @@ hsm_key_destroy(struct hsm *h, const char *id)
 	if ((r = hsm_pool_get(h, &p)) != KB_OK)
 		goto out;
 	have_session = 1;
+	/* Alone: no operation may be using the key as it goes. */
+	pthread_rwlock_wrlock(&h->objects_rw);
 	for (c = 0; c < 2; c++) {
 		/* Forget the handle first: a decrypt racing with us then
 		 * finds nothing instead of a dead handle. */
@@ -534,17 +538,22 @@ hsm_key_destroy(struct hsm *h, const char *id)
 		    h, p.sh, id, classes[c], objs, HSM_FIND_MAX, &n, &fn);
 		if (rv != CKR_OK) {
 			r = hsm_p11_err(fn, rv, id);
-			goto out;
+			goto unlock;
 		}
 		for (i = 0; i < n; i++) {
 			rv = h->m->C_DestroyObject(p.sh, objs[i]);
 			if (rv != CKR_OK) {
 				r = hsm_p11_err("C_DestroyObject", rv, id);
-				goto out;
+				goto unlock;
 			}
 		}
 		total += n;
 	}
+	r = KB_OK;
+unlock:
+	pthread_rwlock_unlock(&h->objects_rw);
+	if (r != KB_OK)
+		goto out;
 	if (total == 0) {
 		r = kb_errf(
 		    KB_ERR_NOT_FOUND, "no key with id %s in the token", id);
