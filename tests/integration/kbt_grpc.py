@@ -27,6 +27,30 @@ import tempfile
 
 import grpc
 
+# ---- the drivers' report lines (lib.sh's kbt_py_report counts them) ----
+
+_failures = 0
+
+
+def report(ok, desc, detail=""):
+    """One check: "ok   DESC", or "FAIL DESC: DETAIL", counted."""
+    global _failures
+    if ok:
+        print("ok   " + desc, flush=True)
+    else:
+        _failures += 1
+        print("FAIL " + desc + (": " + detail if detail else ""), flush=True)
+
+
+def info(msg):
+    print("info " + msg, flush=True)
+
+
+def failures():
+    """How many report() calls failed so far."""
+    return _failures
+
+
 _pb = None
 _pb_grpc = None
 

@@ -405,6 +405,20 @@ kb_as() {
 	KB_CERT=$base.crt KB_KEY=$base.key kbt_kbctl "$@"
 }
 
+# kbt_py_report FILE: a Python driver's output (kbt_grpc.report): "ok   ..."
+# and "FAIL ..." lines counted as checks here, the rest shown indented.
+kbt_py_report() {
+	local line
+	while IFS= read -r line; do
+		case $line in
+		"ok   "*) kbt_pass "${line#ok   }" ;;
+		"FAIL "*) kbt_fail "${line#FAIL }" ;;
+		*" passed, "*" failed") ;; # the driver's own tally: kbt_done counts
+		*) printf '     %s\n' "$line" ;;
+		esac
+	done <"$1"
+}
+
 # kb_svc TENANT ENV ARGS...: kbctl as the service bound to TENANT/ENV (its
 # certificate is made on first use).
 kb_svc() {

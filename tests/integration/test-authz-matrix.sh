@@ -16,19 +16,6 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 pki() { "$KB_SRC/deploy/pki.sh" "$@" >/dev/null || kbt_fail "deploy/pki.sh $*"; }
 
-# py_report FILE: the Python driver's ok/FAIL lines counted here, the rest shown.
-py_report() {
-	local line
-	while IFS= read -r line; do
-		case $line in
-		"ok   "*) kbt_pass "${line#ok   }" ;;
-		"FAIL "*) kbt_fail "${line#FAIL }" ;;
-		*" passed, "*" failed") ;;
-		*) printf '%s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
 KBT_DEADLINE=120
 kbt_setup
 kbt_start || kbt_done
@@ -48,7 +35,7 @@ out=$KBT_DIR/matrix.out
 timeout -k 5 90 "$KBT_PY" "$here/test-authz-matrix.py" --addr "$KB_ADDR" --ca "$KB_CA" \
 	--pki "$KBT_PKI" --src "$KB_SRC" >"$out" 2>&1
 rc=$?
-py_report "$out"
+kbt_py_report "$out"
 check "test-authz-matrix.py exits 0" test "$rc" = 0
 
 kbt_section "after the matrix"

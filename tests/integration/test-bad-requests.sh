@@ -46,19 +46,6 @@ kbt_known() {
 	fi
 }
 
-# py_report FILE: the Python driver's ok/FAIL lines counted here, the rest shown.
-py_report() {
-	local line
-	while IFS= read -r line; do
-		case $line in
-		"ok   "*) kbt_pass "${line#ok   }" ;;
-		"FAIL "*) kbt_fail "${line#FAIL }" ;;
-		*" passed, "*" failed") ;;
-		*) printf '%s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
 # py PHASE [ARGS...]: one phase of test-bad-requests.py, bounded in time.
 py() {
 	local phase=$1 out=$KBT_DIR/py.$1.out rc
@@ -67,7 +54,7 @@ py() {
 		--addr "$KB_ADDR" --ca "$KB_CA" --pki "$KBT_PKI" --state "$KBT_DIR/state.json" \
 		"$@" >"$out" 2>&1
 	rc=$?
-	py_report "$out"
+	kbt_py_report "$out"
 	check "test-bad-requests.py --phase $phase exits 0" test "$rc" = 0
 }
 

@@ -72,18 +72,6 @@ crash_cleanup() {
 }
 trap 'rc=$?; crash_cleanup; (exit $rc); kbt_cleanup' EXIT
 
-# py_report FILE: the driver's ok/FAIL lines counted here, the rest shown.
-py_report() {
-	local line
-	while IFS= read -r line; do
-		case $line in
-		"ok   "*) kbt_pass "${line#ok   }" ;;
-		"FAIL "*) kbt_fail "${line#FAIL }" ;;
-		*) printf '     %s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
 kbt_section "$CYCLES cycles: workload, SIGKILL at a random moment, restart, checks"
 t0=$SECONDS
 args=(--broker "$KBT_BROKER" --conf "$KBT_CONF" --clock "$KBT_CLOCK" --log "$KBT_LOG"
@@ -101,7 +89,7 @@ pypid=$!
 wait "$pypid"
 rc=$?
 pypid=
-py_report "$w/py.out"
+kbt_py_report "$w/py.out"
 check "test-crash.py exits 0" test "$rc" = 0
 echo "     (the cycles took $((SECONDS - t0)) s)"
 cycles=$("$KBT_PY" -c 'import json,sys; print(json.load(open(sys.argv[1]))["cycles"])' \

@@ -59,20 +59,7 @@ import kbt_grpc  # noqa: E402
 pb, pb_grpc = kbt_grpc.stubs()
 SC = grpc.StatusCode
 LOCKED = "environment locked"
-failed = 0
-
-
-def report(ok, desc, detail=""):
-    global failed
-    if ok:
-        print("ok   " + desc, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + desc + (": " + detail if detail else ""), flush=True)
-
-
-def info(msg):
-    print("info " + msg, flush=True)
+report, info = kbt_grpc.report, kbt_grpc.info
 
 
 def own_channel(cert, key):
@@ -243,7 +230,7 @@ def cmd_populate(a):
            "; ".join(errs[:5]))
     report(len(set(deks.values())) == len(deks), "the %d DEKs are all different" % len(deks))
     save(a.out, deks)
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 # ---- the lock rounds ----
@@ -442,7 +429,7 @@ def cmd_rounds(a):
            % (label, "/".join(str(x["during"]) for x in stats)))
     with open(os.path.join(a.out, "rounds-%s-%d.json" % (kind[1:], os.getpid())), "w") as f:
         json.dump(stats, f)
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 # ---- ResetEnvironment racing GetDataKey ----
@@ -509,7 +496,7 @@ def cmd_reset_race(a):
     report(not bad, "the %d reset environments are back under the tenant key, with the new "
            "DEK served after the reset; recorded" % len(targets), "; ".join(bad))
     save(a.out, deks)
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 # ---- the 28-day sweeper racing GetDataKey ----
@@ -566,7 +553,7 @@ def cmd_sweep_race(a):
     nf = sum(1 for c in calls if deleted_answer(c))
     info("sweep race: %d calls, %d refused as locked, %d NOT_FOUND (deleted)"
          % (len(calls), len(calls) - nf - len(other), nf))
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 def main():

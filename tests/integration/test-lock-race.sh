@@ -62,25 +62,13 @@ pw=$w/pw
 kbt_secret_file "$pw" "lock race password"
 export KBT_PYSTUBS=$KBT_DIR/pystubs KBT_PROTO_DIR=$KB_SRC/proto KBT_PKI
 
-# py_report FILE: the driver's ok/FAIL lines counted here, the rest shown.
-py_report() {
-	local line
-	while IFS= read -r line; do
-		case $line in
-		"ok   "*) kbt_pass "${line#ok   }" ;;
-		"FAIL "*) kbt_fail "${line#FAIL }" ;;
-		*) printf '     %s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
 # py SUBCOMMAND ARGS...: run test-lock-race.py and report (its exit status).
 py() {
 	local out=$w/py.$1.out rc
 	timeout -k 5 200 "$KBT_PY" "$here/test-lock-race.py" "$@" --tenant "$T" --out "$w" \
 		--callers "$CALLERS" >"$out" 2>&1
 	rc=$?
-	py_report "$out"
+	kbt_py_report "$out"
 	((rc == 0)) || kbt_fail "test-lock-race.py $1 exits 0" "exit $rc"
 	return "$rc"
 }
@@ -154,7 +142,7 @@ check "the sweep-race callers are running" test -e "$w/readers-ready"
 clock_forward $((28 * DAY + 60))
 wait "$pypid"
 rc=$?
-py_report "$w/py.sweep.out"
+kbt_py_report "$w/py.sweep.out"
 check "test-lock-race.py sweep-race exits 0" test "$rc" = 0
 broker_alive
 

@@ -38,20 +38,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import kbt_grpc  # noqa: E402
 
 pb, pb_grpc = kbt_grpc.stubs()
-failed = 0
-
-
-def report(ok, desc, detail=""):
-    global failed
-    if ok:
-        print("ok   " + desc, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + desc + (": " + detail if detail else ""), flush=True)
-
-
-def info(msg):
-    print("info " + msg, flush=True)
+report, info = kbt_grpc.report, kbt_grpc.info
 
 
 def admin_stub():
@@ -157,7 +144,7 @@ def cmd_populate(a):
     report(len(set(deks.values())) == len(deks), "the DEKs are all different")
     with open(os.path.join(a.out, "deks.json"), "w") as f:
         json.dump(deks, f)
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 def load_deks(out_dir):
@@ -282,7 +269,7 @@ def cmd_kill_mid_job(a):
                "began), every DEK the original" % (during, before),
                "%d wrong, %d failed: %s" % (stats["wrong"], stats["failed"], stats["errors"][:5]))
         info("wrapping keys seen by the readers: %s" % stats["keys"])
-    return 1 if failed else rc
+    return 1 if kbt_grpc.failures() else rc
 
 
 def cmd_after_restart(a):
@@ -354,7 +341,7 @@ def cmd_after_restart(a):
     wrong_key = [e for e, (c, r) in res.items() if c == grpc.StatusCode.OK and r.key_id != a.key]
     report(not wrong_key, "every environment is wrapped by the new key %s" % a.key,
            "%d are not, e.g. %s" % (len(wrong_key), [(e, res[e][1].key_id) for e in wrong_key[:5]]))
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 def main():

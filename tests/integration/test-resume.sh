@@ -33,24 +33,12 @@ pw=$w/pw
 kbt_secret_file "$pw" "resume password"
 export KBT_PYSTUBS=$KBT_DIR/pystubs KBT_PROTO_DIR=$KB_SRC/proto KBT_PKI
 
-# py_report FILE: test-resume.py's ok/FAIL lines counted here, the rest shown.
-py_report() {
-	local line
-	while IFS= read -r line; do
-		case $line in
-		"ok   "*) kbt_pass "${line#ok   }" ;;
-		"FAIL "*) kbt_fail "${line#FAIL }" ;;
-		*) printf '     %s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
 # py SUBCOMMAND ARGS...: run test-resume.py and report (its exit status).
 py() {
 	local out=$w/py.$1.out rc
 	"$KBT_PY" "$here/test-resume.py" "$@" --tenant "$T" --out "$w" >"$out" 2>&1
 	rc=$?
-	py_report "$out"
+	kbt_py_report "$out"
 	return "$rc"
 }
 
@@ -90,7 +78,7 @@ for attempt in 1 2 3; do
 	# (stderr: bash's "Killed" notice of the broker comes during this wait)
 	{ wait "$pypid"; } 2>/dev/null
 	rc=$?
-	py_report "$w/py.kill.out"
+	kbt_py_report "$w/py.kill.out"
 	if ! kill -0 "$bpid" 2>/dev/null; then
 		{ wait "$bpid"; } 2>/dev/null # reaped, without bash's "Killed" notice
 		KBT_PID=
@@ -120,7 +108,7 @@ pypid=$!
 kbt_start || kbt_done
 wait "$pypid"
 rc=$?
-py_report "$w/py.after-restart.out"
+kbt_py_report "$w/py.after-restart.out"
 check "test-resume.py after-restart exits 0" test "$rc" = 0
 check "the restarted broker logs that it resumed the job" \
 	grep -Eq "job $job: .*\(([1-9][0-9]*) of $N done\)" "$KBT_LOG"

@@ -47,20 +47,7 @@ SC = grpc.StatusCode
 OK = SC.OK
 EXPECTED = (SC.RESOURCE_EXHAUSTED, SC.FAILED_PRECONDITION)
 
-failed = 0
-
-
-def report(ok, desc, detail=""):
-    global failed
-    if ok:
-        print("ok   " + desc, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + desc + (": " + detail if detail else ""), flush=True)
-
-
-def info(msg):
-    print("info " + msg, flush=True)
+report, info = kbt_grpc.report, kbt_grpc.info
 
 
 def rss_kib(pid):
@@ -373,7 +360,7 @@ def main():
         json.dump({"calls": st.calls, "expected": st.expected, "unexpected": st.nunexpected,
                    "seconds": elapsed, "rss_kib": [(round(t, 1), k) for t, k, _ in samples],
                    "calls_at": [c for _, _, c in samples]}, f)
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 if __name__ == "__main__":

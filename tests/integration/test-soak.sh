@@ -28,18 +28,6 @@ pw=$w/pw
 kbt_secret_file "$pw" "soak password"
 export KBT_PYSTUBS=$KBT_DIR/pystubs KBT_PROTO_DIR=$KB_SRC/proto KBT_PKI
 
-# py_report FILE: the driver's ok/FAIL lines counted here, the rest shown.
-py_report() {
-	local line
-	while IFS= read -r line; do
-		case $line in
-		"ok   "*) kbt_pass "${line#ok   }" ;;
-		"FAIL "*) kbt_fail "${line#FAIL }" ;;
-		*) printf '     %s\n' "$line" ;;
-		esac
-	done <"$1"
-}
-
 kbt_section "set-up: tenant $T with an active key"
 expect_ok kb_admin tenants create "$T"
 expect_ok kb_admin keys generate "$T" --out "$w/k.pfx" --password-file "$pw" --json
@@ -58,7 +46,7 @@ fi
 pypid=$!
 wait "$pypid"
 rc=$?
-py_report "$w/py.out"
+kbt_py_report "$w/py.out"
 check "test-soak.py exits 0" test "$rc" = 0
 
 kbt_section "after the soak"
