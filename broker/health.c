@@ -14,8 +14,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <signal.h>
+#include <unistd.h>
+
 #include "audit.h"
 #include "log.h"
+#include "server.h"
 
 #define PROBE_INTERVAL_S 1
 
@@ -29,6 +33,7 @@ struct health {
 	uint64_t finished;       /* probes finished */
 	int64_t probe_since_ms;  /* monotonic start of the running probe, or 0 */
 	int wanted, stopping;
+	int restart_asked;       /* the probe thread's own */
 	enum kb_err result;      /* of probe number `finished` */
 	char msg[512];
 };
@@ -49,6 +54,10 @@ probe(struct broker *b)
 {
 	enum kb_err e;
 
+	if (server_listener_failed())
+		return kb_errf(KB_ERR_UNAVAILABLE, "the listener stopped "
+		    "accepting connections (out of file descriptors); the broker "
+		    "is restarting");
 	if ((e = hsm_check(b->hsm)) != KB_OK)
 		return e;
 	return audit_check(b->audit);
@@ -86,6 +95,16 @@ probe_main(void *arg)
 		else if (e == KB_OK && was != KB_OK)
 			log_info("health: SERVING again");
 		was = e;
+		/* A listener that accepts nothing serves nobody new: drain and
+		 * exit with EX_TEMPFAIL so the service manager restarts us
+		 * (keybrokerd.service: Restart=on-failure). The signal thread
+		 * is the one that starts a shutdown. */
+		if (server_listener_failed() && !h->restart_asked) {
+			h->restart_asked = 1;
+			log_error("stopping to be restarted: calls in flight "
+			    "finish first");
+			(void)kill(getpid(), SIGTERM);
+		}
 
 		pthread_mutex_lock(&h->mu);
 		h->result = e;

@@ -132,6 +132,7 @@ main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
+	server_log_init();
 	grpc_init();
 	log_info("keybrokerd %s starting", KB_VERSION);
 	if ((e = broker_open(cfg, &b)) != KB_OK) {
@@ -158,6 +159,11 @@ main(int argc, char **argv)
 	server_free(srv);
 	broker_close(b);
 	grpc_shutdown();
+	if (server_listener_failed()) {
+		/* EX_TEMPFAIL: restart me (see server_listener_failed). */
+		log_error("stopped: the listener had failed; exit status 75");
+		return 75;
+	}
 	log_info("stopped");
 	return 0;
 }

@@ -13,6 +13,7 @@
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
+#include <grpc/support/log.h>
 #include <grpc/support/time.h>
 
 #include "dispatch.h"
@@ -391,6 +392,37 @@ handle_call(void *arg)
 	send_answer(c, res.code, res.message);
 done:
 	atomic_fetch_sub(&s->busy, 1);
+}
+
+static atomic_int listener_failed;
+
+/* gRPC's log lines, in ours. "Failed accept4: Too many open files" is the
+ * one that matters: gRPC 1.51 stops accepting after it for good. */
+static void
+grpc_log_hook(gpr_log_func_args *a)
+{
+	if (a->severity == GPR_LOG_SEVERITY_ERROR &&
+	    strstr(a->message, "accept4") != NULL &&
+	    strstr(a->message, "Too many open files") != NULL &&
+	    atomic_exchange(&listener_failed, 1) == 0)
+		log_error("the listener ran out of file descriptors (accept4: "
+		    "EMFILE); gRPC accepts no connection after this: raise "
+		    "LimitNOFILE, find who holds the connections; the broker "
+		    "will restart");
+	log_msg(a->severity == GPR_LOG_SEVERITY_ERROR ? LOG_ERROR : LOG_DEBUG,
+	    "grpc: %s (%s:%d)", a->message, a->file, a->line);
+}
+
+void
+server_log_init(void)
+{
+	gpr_set_log_function(grpc_log_hook);
+}
+
+int
+server_listener_failed(void)
+{
+	return atomic_load(&listener_failed);
 }
 
 /* Health checks have workers of their own: when every worker waits on a

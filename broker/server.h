@@ -23,4 +23,12 @@ void server_shutdown(struct server *s);
 
 void server_free(struct server *s);
 
+/* Send gRPC's own log lines to ours (call before grpc_init). */
+void server_log_init(void);
+
+/* True once gRPC has failed to accept a connection for want of file
+ * descriptors: gRPC 1.51 then never accepts again (grpc/grpc#20418), so the
+ * broker reports NOT_SERVING and restarts (health.c). */
+int server_listener_failed(void);
+
 #endif /* KB_SERVER_H */
