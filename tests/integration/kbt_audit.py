@@ -78,6 +78,11 @@ class Result:
         self.last_seq = 0
         self.checkpoints = 0
         self.covered_seq = 0
+        # State changes whose "started" event has no outcome after it:
+        # followed by a broker.start (cut short by a stop or a kill), or not
+        # (still running, or the broker was killed after it).
+        self.interrupted = 0
+        self.open = []
 
     def fail(self, why):
         if self.ok:
@@ -87,6 +92,9 @@ class Result:
     def __str__(self):
         s = "%d events (last seq %d), %d checkpoints (signed up to seq %d)" % (
             self.events, self.last_seq, self.checkpoints, self.covered_seq)
+        if self.interrupted or self.open:
+            s += "; state changes started without an outcome: %d cut short by a " \
+                 "restart, %d open" % (self.interrupted, len(self.open))
         return s if self.ok else s + ": " + self.reason
 
 
@@ -99,8 +107,17 @@ def verify_rows(events, checkpoints, pub):
     prev = ZERO
     hashes = {}
     want = 1
+    started = {}  # (request_id, method) -> seq
     for row in events:
         seq, time_us, fields, stored = row[0], row[1], row[2:12], row[12]
+        role, method, result, rid = fields[1], fields[3], fields[7], fields[9]
+        if result in (b"started", "started"):
+            started[(rid, method)] = seq
+        elif (rid, method) in started:
+            del started[(rid, method)]
+        elif method in (b"broker.start", "broker.start") and role in (b"system", "system"):
+            r.interrupted += len(started)
+            started = {}
         r.events += 1
         if seq != want:
             r.fail("event seq %d where %d was expected (%s)" % (
@@ -115,6 +132,7 @@ def verify_rows(events, checkpoints, pub):
         prev = h
         want = seq + 1
         r.last_seq = seq
+    r.open = sorted(started.values())
     prev_sig = b""
     last_cp = 0
     for seq, head, time_us, psig, sig in checkpoints:

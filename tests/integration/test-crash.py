@@ -359,7 +359,7 @@ class Driver:
                       "kills_lock_inflight": 0, "kills_create": 0, "acked": 0,
                       "maybe_exist": 0, "maybe_absent": 0, "reads": 0,
                       "dek_checks": 0, "jobs_resumed": 0, "lk_repairs": 0,
-                      "refusals": 0, "restart_s": [], "job_finish_s": []}
+                      "refusals": 0, "restart_s": [], "job_finish_s": [], "interrupted": 0}
 
     def env_names(self, prefix, n, start=0):
         return ["%s%05d" % (prefix, i) for i in range(start, start + n)]
@@ -754,6 +754,14 @@ def after_restart(d, n, jobs, last=False):
     tm.lap("integrity")
     r = kbt_audit.verify_db(d.audit_db, d.audit_pub)
     report(r.ok, "cycle %d: after the restart the audit chain and checkpoints verify: %s" % (n, r))
+    # A state change records "started" before it acts: one the kill cut
+    # short is followed by the restart's broker.start; none may be open now
+    # (nothing changes state while these checks run).
+    report(r.ok and not r.open,
+           "cycle %d: every state change started before the kill has its outcome or the "
+           "restart after it (%d cut short so far)" % (n, r.interrupted),
+           "started without an outcome or a restart after it: seq %s" % r.open[:10])
+    d.stats["interrupted"] = r.interrupted
     tm.lap("audit chain")
     # kbctl's own verifier on an export: every 4th restart and the last
     # (an export of the whole log grows with every cycle).
@@ -1102,6 +1110,8 @@ def summary(d):
          % (st["kills_lock"], st["kills_lock_inflight"], st["lk_repairs"]))
     info("kills with a creation in flight: %d (afterwards %d existed, %d did not)"
          % (st["kills_create"], st["maybe_exist"], st["maybe_absent"]))
+    info("state changes the kills cut short, each a 'started' event with a restart after it: %d"
+         % st["interrupted"])
     info("environments acknowledged during the workload: %d; DEK checks after restarts: %d; "
          "workload reads: %d; refusals: %d" % (st["acked"], st["dek_checks"], st["reads"],
                                                st["refusals"]))
