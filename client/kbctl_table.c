@@ -65,9 +65,10 @@
 	"An event: seq (its place in the log), time (UTC, microseconds), actor\n" \
 	"(certificate CN; keybroker for the broker itself) and role (admin,\n" \
 	"service, auditor, system, none), peer (the caller's address), method,\n" \
-	"tenant_id, environment, key_id, result (ok, denied, error), reason (why,\n" \
-	"for denied and error), request_id, and hash (hex SHA-256 chaining it to\n" \
-	"the event before)."
+	"tenant_id, environment, key_id, result (ok, denied, error; started\n" \
+	"before a state change, whose outcome follows under the same\n" \
+	"request_id), reason (why, for denied and error), request_id, and hash\n" \
+	"(hex SHA-256 chaining it to the event before)."
 
 /* The command table: one row per subcommand (STYLE.md: the request path as
  * a table). Groups are listed in the order they first appear. */
