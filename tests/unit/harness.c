@@ -53,7 +53,8 @@ kbt_tmpdir(void)
 static const char *
 data_dir(void)
 {
-	static char dir[1024];
+	/* Per thread: test-pfx parses fixtures on four threads at once. */
+	static __thread char dir[1024];
 	const char *env = getenv("KB_TEST_DATA");
 	char *slash;
 
@@ -72,7 +73,7 @@ data_dir(void)
 const char *
 kbt_data_path(const char *name)
 {
-	static char path[1200];
+	static __thread char path[1200];  /* per thread, as data_dir's */
 
 	snprintf(path, sizeof(path), "%s/%s", data_dir(), name);
 	return path;

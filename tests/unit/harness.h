@@ -56,8 +56,8 @@ void kbt_rmtree(const char *dir);
 const char *kbt_tmpdir(void);
 
 /* The path of fixture `name` in tests/data: under $KB_TEST_DATA, else found
- * from where this source file is. Returns a static buffer that the next call
- * overwrites. */
+ * from where this source file is. Returns a per-thread buffer that the
+ * thread's next call overwrites. */
 const char *kbt_data_path(const char *name);
 
 /* Read fixture `name` into a malloc'd buffer of exactly its size (so ASan
