@@ -8,7 +8,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
-#include <libgen.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +18,7 @@
 #include "audit_export.h"
 #include "kb_time.h"
 #include "kbctl_out.h"
+#include "kbctl_secret.h"
 #include "keybroker.pb-c.h"
 
 #define PAGE_MAX 1000 /* the broker's largest page */
@@ -859,23 +859,6 @@ audit_key_get(struct kbctl *k, Keybroker__V1__AuditKey **out)
 
 /* ---- audit export ---- */
 
-/* fsync the directory holding `path`, so a rename survives a crash. */
-static void
-dir_sync(const char *path)
-{
-	char *copy = strdup(path);
-	int fd;
-
-	if (copy == NULL)
-		return;
-	if ((fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC))
-	    >= 0) {
-		(void)fsync(fd);
-		close(fd);
-	}
-	free(copy);
-}
-
 /* One item as a line of f; decrefs j. Returns 0, or -1. */
 static int
 write_item(FILE *f, json_t *j)
@@ -1000,7 +983,7 @@ kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a)
 		(void)unlink(tmp);
 	free(tmp);
 	tmp = NULL;
-	dir_sync(path);
+	kbctl_dir_sync(path);
 	if (seen.gaps > 0 || (seen.events > 0 && seen.first != 1))
 		fprintf(stderr,
 		    "kbctl: warning: events %" PRIu64 "..%" PRIu64

@@ -551,9 +551,8 @@ out:
 	return r;
 }
 
-/* fsync the directory holding `path`, so the new name survives a crash. */
-static void
-dir_sync(const char *path)
+void
+kbctl_dir_sync(const char *path)
 {
 	char *copy = strdup(path);
 	int fd;
@@ -612,7 +611,7 @@ kbctl_out_file_commit(struct kbctl_out_file *f, const void *data, size_t len)
 		    f->path, strerror(errno));
 		goto fail;
 	}
-	dir_sync(f->path);
+	kbctl_dir_sync(f->path);
 	out_file_free(f);
 	return KB_OK;
 fail:

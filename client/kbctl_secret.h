@@ -57,6 +57,10 @@ enum kb_err kbctl_key_file_detect(
 /* "pfx" or "byok" (--format) to a KeyFileFormat; -1 for anything else. */
 int kbctl_key_file_format_parse(const char *word);
 
+/* fsync the directory holding `path`, so a new name there (a rename, a
+ * created file) survives a crash. Best effort: errors are ignored. */
+void kbctl_dir_sync(const char *path);
+
 /* An output file written once, after a broker call that may fail:
  * kbctl_out_file_open reserves it (without `force`: O_CREAT|O_EXCL, so an
  * existing file is KB_ERR_ALREADY_EXISTS and is left alone; with `force`:
