@@ -405,6 +405,29 @@ kb_as() {
 	KB_CERT=$base.crt KB_KEY=$base.key kbt_kbctl "$@"
 }
 
+# timed CMD...: run CMD; $KBT_MS is how long it took, in milliseconds.
+timed() {
+	local t0 rc
+	t0=$(date +%s%N)
+	"$@"
+	rc=$?
+	KBT_MS=$((($(date +%s%N) - t0) / 1000000))
+	return "$rc"
+}
+
+# expect_fail_within SECONDS STATUS ERE CMD...: CMD fails with STATUS, its
+# message matching ERE, and answers within SECONDS.
+expect_fail_within() {
+	local max=$1 status=$2 re=$3
+	shift 3
+	timed expect_fail "$status" -m "$re" "$@"
+	if ((KBT_MS <= max * 1000)); then
+		kbt_pass "  ... answered in ${KBT_MS} ms (bound ${max} s)"
+	else
+		kbt_fail "  ... answered in ${KBT_MS} ms: more than ${max} s" "$(kbt_last)"
+	fi
+}
+
 # kbt_py_report FILE: a Python driver's output (kbt_grpc.report): "ok   ..."
 # and "FAIL ..." lines counted as checks here, the rest shown indented.
 kbt_py_report() {

@@ -51,29 +51,6 @@ DB_FS_SIZE=8m
 
 # ---- helpers ----
 
-# timed CMD...: run CMD; $KBT_MS is how long it took, in milliseconds.
-timed() {
-	local t0 rc
-	t0=$(date +%s%N)
-	"$@"
-	rc=$?
-	KBT_MS=$((($(date +%s%N) - t0) / 1000000))
-	return "$rc"
-}
-
-# expect_fail_within SECONDS STATUS ERE CMD...: CMD fails with STATUS, its
-# message matching ERE, and answers within SECONDS.
-expect_fail_within() {
-	local max=$1 status=$2 re=$3
-	shift 3
-	timed expect_fail "$status" -m "$re" "$@"
-	if ((KBT_MS <= max * 1000)); then
-		kbt_pass "  ... answered in ${KBT_MS} ms (bound ${max} s)"
-	else
-		kbt_fail "  ... answered in ${KBT_MS} ms: more than ${max} s" "$(kbt_last)"
-	fi
-}
-
 # pending DESC CMD...: a check of behaviour the broker lacks today. Passing is
 # reported as ok; failing prints "pending" (a FAIL with KBT_PENDING_STRICT=1).
 pending() {
