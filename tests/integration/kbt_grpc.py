@@ -24,8 +24,34 @@ import json
 import os
 import sys
 import tempfile
+import threading
 
 import grpc
+
+def parallel(fn, items, width):
+    """fn(item) for every item on `width` threads; returns {item: result}."""
+    out = {}
+    it = iter(list(items))
+    lock = threading.Lock()
+
+    def worker():
+        while True:
+            with lock:
+                try:
+                    x = next(it)
+                except StopIteration:
+                    return
+            r = fn(x)
+            with lock:
+                out[x] = r
+
+    th = [threading.Thread(target=worker) for _ in range(width)]
+    for t in th:
+        t.start()
+    for t in th:
+        t.join()
+    return out
+
 
 # ---- the drivers' report lines (lib.sh's kbt_py_report counts them) ----
 

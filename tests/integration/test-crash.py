@@ -199,29 +199,7 @@ def call_retry(fn, req, timeout=20, tries=60):
     return code, r
 
 
-def parallel(fn, items, width):
-    """fn(item) on `width` threads; {item: result}."""
-    out = {}
-    it = iter(list(items))
-    lock = threading.Lock()
-
-    def worker():
-        while True:
-            with lock:
-                try:
-                    x = next(it)
-                except StopIteration:
-                    return
-            r = fn(x)
-            with lock:
-                out[x] = r
-
-    th = [threading.Thread(target=worker) for _ in range(width)]
-    for t in th:
-        t.start()
-    for t in th:
-        t.join()
-    return out
+parallel = kbt_grpc.parallel
 
 
 # ---- the broker process and the clock ----

@@ -56,29 +56,7 @@ def call_retry(fn, req, tries=50):
     return code, r
 
 
-def parallel(fn, items, width):
-    """fn(item) for every item on `width` threads; returns {item: result}."""
-    out = {}
-    it = iter(items)
-    lock = threading.Lock()
-
-    def worker():
-        while True:
-            with lock:
-                try:
-                    x = next(it)
-                except StopIteration:
-                    return
-            r = fn(x)
-            with lock:
-                out[x] = r
-
-    th = [threading.Thread(target=worker) for _ in range(width)]
-    for t in th:
-        t.start()
-    for t in th:
-        t.join()
-    return out
+parallel = kbt_grpc.parallel
 
 
 class Readers:
