@@ -56,8 +56,6 @@ pb, pb_grpc = kbt_grpc.stubs()
 SC = grpc.StatusCode
 KB = "/keybroker.v1.KeyBroker/"
 
-passed = 0
-failed = 0
 A = None  # the parsed arguments
 
 # Broker bugs this test found, reported to the lead engineer. A check tied to
@@ -75,28 +73,11 @@ KNOWN_BUGS = {
 }
 
 
-def report(ok, desc, detail=""):
-    global passed, failed
-    if ok:
-        passed += 1
-        print("ok   " + desc, flush=True)
-    else:
-        failed += 1
-        print("FAIL " + desc + (": " + detail if detail else ""), flush=True)
+report, info = kbt_grpc.report, kbt_grpc.info
 
 
 def report_known(bug, ok, desc, detail=""):
-    """report(), except that the failure of a check tied to a known broker
-    bug is shown as "xfail" and not counted."""
-    if ok or os.environ.get("KBT_STRICT") == "1" or bug not in KNOWN_BUGS:
-        report(ok, desc, detail)
-    else:
-        print("xfail %s: %s [broker bug %s, not counted: %s]"
-              % (desc, detail, bug, KNOWN_BUGS[bug]), flush=True)
-
-
-def info(msg):
-    print("info " + msg, flush=True)
+    kbt_grpc.report_known(KNOWN_BUGS, bug, ok, desc, detail)
 
 
 # ---- connections and calls ----
@@ -1038,8 +1019,8 @@ def main():
     {"main": phase_main, "tail-term": phase_tail_term, "small": phase_small,
      "large": phase_large, "shed": phase_shed, "final": phase_final}[A.phase]()
     info("phase %s: %.1f s" % (A.phase, time.monotonic() - t0))
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
+    print("%d passed, %d failed" % (kbt_grpc.passes(), kbt_grpc.failures()))
+    return 1 if kbt_grpc.failures() else 0
 
 
 if __name__ == "__main__":

@@ -78,25 +78,7 @@ GONE = (SC.UNAVAILABLE, SC.CANCELLED, SC.DEADLINE_EXCEEDED, SC.UNKNOWN, SC.INTER
 # Answers that are refusals or load shedding, never a fault.
 REFUSALS = (SC.FAILED_PRECONDITION, SC.RESOURCE_EXHAUSTED, SC.ALREADY_EXISTS)
 
-failed = 0
-passed = 0
-out_lock = threading.Lock()
-
-
-def report(ok, desc, detail=""):
-    global failed, passed
-    with out_lock:
-        if ok:
-            passed += 1
-            print("ok   " + desc, flush=True)
-        else:
-            failed += 1
-            print("FAIL " + desc + (": " + detail if detail else ""), flush=True)
-
-
-def info(msg):
-    with out_lock:
-        print("info " + msg, flush=True)
+report, info = kbt_grpc.report, kbt_grpc.info
 
 
 # ---- certificates, channels ----
@@ -1058,7 +1040,7 @@ def run(d):
             return
         d.stats["restart_s"].append(secs)
         after_restart(d, n, jobs, last=(n == a.cycles))
-        if failed and a.stop_on_failure:
+        if kbt_grpc.failures() and a.stop_on_failure:
             info("stopping at the first failing cycle (--stop-on-failure)")
             break
     info("%d cycles in %.0f s" % (d.stats["cycles"], time.time() - t_cycles))
@@ -1149,7 +1131,7 @@ def main():
         if d.conns is not None:
             d.conns.close()
         summary(d)
-    return 1 if failed else 0
+    return 1 if kbt_grpc.failures() else 0
 
 
 if __name__ == "__main__":
