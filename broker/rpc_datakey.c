@@ -56,9 +56,8 @@ unwrap_current(struct rpc_ctx *c, const Keybroker__V1__GetDataKeyRequest *in,
 		return e2;
 	if (now.wrapped_len == dek->wrapped_len &&
 	    memcmp(now.wrapped, dek->wrapped, now.wrapped_len) == 0 &&
-	    strcmp(now.key_id, dek->key_id) == 0) {
-		return kb_errf(e, "%s", first);
-	}
+	    strcmp(now.key_id, dek->key_id) == 0)
+		return kb_errf(e, "%s", first);	/* unchanged: the token's error */
 	*dek = now;
 	if ((e = dek_unwrap(c->b, dek, plain)) != KB_OK)
 		return kb_err_wrap(e, "unwrapping the data key of %s/%s",

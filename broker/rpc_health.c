@@ -9,7 +9,6 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "health.h"
 #include "keybroker.pb-c.h"
-#include "log.h"
 
 enum kb_err
 rpc_health_check(struct rpc_ctx *c, const ProtobufCMessage *req,
