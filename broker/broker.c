@@ -5,15 +5,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
 
 #include "audit.h"
 #include "clock.h"
+#include "dek.h"
 #include "fingerprint.h"
 #include "health.h"
 #include "jobs.h"
+#include "keys.h"
 #include "log.h"
 
 /* Hex SHA-256 of the DER SubjectPublicKeyInfo of token key `id`. */
@@ -87,6 +90,194 @@ ensure_broker_key(struct broker *b, const char *purpose, const char *id,
 	return KB_OK;
 }
 
+/* The RSA-OAEP variant the token takes, for wrapping KEKs and BYOK: what
+ * the database recorded, else what a pre-v2 platform key was probed with,
+ * else probed now with a temporary key. */
+static enum kb_err
+wrap_alg_init(struct broker *b)
+{
+	struct store_key k;
+	const char *alg = NULL;
+	enum kb_err e;
+
+	e = store_meta_get(b->store, "wrap_alg", b->wrap_alg,
+	    sizeof(b->wrap_alg));
+	if (e == KB_OK && b->wrap_alg[0] != '\0')
+		return KB_OK;
+	kb_err_clear();
+	if (store_key_broker(b->store, "platform", &k) == KB_OK &&
+	    strncmp(k.wrap_alg, "RSA-OAEP", 8) == 0) {
+		snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", k.wrap_alg);
+	} else {
+		kb_err_clear();
+		if ((e = hsm_oaep_probe_temp(b->hsm, &alg)) != KB_OK)
+			return kb_err_wrap(e, "probing the token's RSA-OAEP "
+			    "support");
+		snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", alg);
+	}
+	log_info("token wraps keys with %s", b->wrap_alg);
+	return store_meta_set(b->store, "wrap_alg", b->wrap_alg);
+}
+
+/* Keys made by keybroker before envelope v2 have public halves any
+ * session can replace (CKA_PRIVATE false), and tenant keys that cannot wrap
+ * a KEK. Once per database: every such pair is brought to today's rules
+ * (hsm_rsa_upgrade); from then on searches never see a non-private
+ * object. */
+static enum kb_err
+upgrade_token_objects(struct broker *b)
+{
+	static const struct {
+		const char *purpose;
+		unsigned use;
+	} kinds[] = {
+		{ "platform", HSM_USE_ENCRYPT },
+		{ "audit", HSM_USE_SIGN },
+		{ "exchange", HSM_USE_UNWRAP },
+		/* Decrypt stays until the upgrade job has moved their rows. */
+		{ "tenant", HSM_USE_KEYWRAP | HSM_USE_ENCRYPT },
+	};
+	struct store_key *v = NULL;
+	char flag[16];
+	size_t n = 0, i, k, done = 0;
+	int changed;
+	enum kb_err e;
+
+	if (store_meta_get(b->store, "token_objects", flag, sizeof(flag))
+	    == KB_OK && strcmp(flag, "v2") == 0)
+		return KB_OK;
+	kb_err_clear();
+	for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
+		if ((e = store_keys_by_purpose(b->store, kinds[k].purpose, &v, &n))
+		    != KB_OK)
+			return e;
+		for (i = 0; i < n; i++) {
+			if (strcmp(v[i].purpose, "platform") == 0 &&
+			    strncmp(v[i].wrap_alg, "RSA-OAEP", 8) != 0)
+				continue;
+			if (strcmp(v[i].state, "locked") == 0 ||
+			    strcmp(v[i].state, "deleted") == 0)
+				continue;
+			e = hsm_rsa_upgrade(b->hsm, v[i].id, kinds[k].use,
+			    &changed);
+			if (e == KB_ERR_NOT_FOUND) {
+				kb_err_clear();
+				continue;
+			}
+			if (e != KB_OK) {
+				e = kb_err_wrap(e, "upgrading key %s", v[i].id);
+				free(v);
+				return e;
+			}
+			done += changed != 0;
+		}
+		free(v);
+		v = NULL;
+	}
+	if (done > 0)
+		log_info("%zu key pair(s) in the token brought to envelope v2 "
+		    "rules (private public halves, key wrap)", done);
+	return store_meta_set(b->store, "token_objects", "v2");
+}
+
+/* The platform key (AES-256, sealing platform-managed DEKs): made at first
+ * start; afterwards it must be in the token. */
+static enum kb_err
+ensure_platform_key(struct broker *b)
+{
+	struct store_key k;
+	enum kb_err e;
+
+	e = store_platform_current(b->store, &k);
+	if (e == KB_OK) {
+		if ((e = hsm_secret_exists(b->hsm, k.id, DEK_LABEL_PLATFORM))
+		    != KB_OK)
+			return kb_errf(KB_ERR_TOKEN_MISMATCH, "the platform key "
+			    "\"%s\" recorded in the database is not in token '%s' "
+			    "(%s): every platform-encrypted data key depends on "
+			    "it; restore the token from backup", k.id,
+			    b->token.label, kb_err_msg(e));
+		return KB_OK;
+	}
+	if (e != KB_ERR_NOT_FOUND)
+		return e;
+	kb_err_clear();
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "kb-pk-", k.id, sizeof(k.id))) != KB_OK)
+		return e;
+	log_info("creating the platform key %s (AES-256) in token '%s'", k.id,
+	    b->token.label);
+	if ((e = hsm_aes_generate(b->hsm, k.id, DEK_LABEL_PLATFORM)) != KB_OK)
+		return kb_err_wrap(e, "creating the platform key");
+	snprintf(k.purpose, sizeof(k.purpose), "platform");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "active");
+	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", HSM_ALG_AES_GCM);
+	snprintf(k.fingerprint, sizeof(k.fingerprint), "-");
+	k.bits = 256;
+	k.create_time_us = k.update_time_us = k.activate_time_us =
+	    clock_now_us();
+	if ((e = store_key_create(b->store, &k)) != KB_OK) {
+		(void)hsm_key_destroy(b->hsm, k.id);
+		return e;
+	}
+	return KB_OK;
+}
+
+/* Every tenant with an active tenant key has a KEK in the token: a
+ * database from before envelope v2 gets one now (under its active key),
+ * and a KEK whose token object is gone (a token restored from an older
+ * backup) is unwrapped again from the database. */
+static enum kb_err
+ensure_keks(struct broker *b)
+{
+	struct store_key *tk = NULL, kek;
+	char label[DEK_LABEL_MAX];
+	size_t n = 0, i;
+	enum kb_err e;
+
+	if ((e = store_keys_by_purpose(b->store, "tenant", &tk, &n)) != KB_OK)
+		return e;
+	for (i = 0; i < n && e == KB_OK; i++) {
+		if (strcmp(tk[i].state, "active") != 0)
+			continue;
+		if (hsm_key_exists(b->hsm, tk[i].id) != KB_OK) {
+			log_warn("tenant %s's active key %s is not in the token",
+			    tk[i].tenant_id, tk[i].id);
+			kb_err_clear();
+			continue;
+		}
+		dek_label(STORE_MODE_CUSTOMER, tk[i].tenant_id, label,
+		    sizeof(label));
+		e = store_kek_current(b->store, tk[i].tenant_id, &kek);
+		if (e == KB_ERR_NOT_FOUND) {
+			kb_err_clear();
+			e = keys_kek_create(b, tk[i].tenant_id, tk[i].id,
+			    "active", &kek);
+			if (e == KB_OK)
+				log_info("tenant %s: KEK %s made under its active "
+				    "key %s", tk[i].tenant_id, kek.id, tk[i].id);
+			continue;
+		}
+		if (e != KB_OK)
+			break;
+		if (hsm_secret_exists(b->hsm, kek.id, label) == KB_OK)
+			continue;
+		kb_err_clear();
+		e = hsm_kek_unwrap(b->hsm, kek.parent_id, kek.wrap_alg,
+		    kek.wrapped, kek.wrapped_len, kek.id, label);
+		if (e == KB_OK)
+			log_info("tenant %s: KEK %s unwrapped again into the token",
+			    tk[i].tenant_id, kek.id);
+		else
+			log_error("tenant %s: KEK %s cannot be unwrapped: %s",
+			    tk[i].tenant_id, kek.id, kb_err_msg(e));
+		e = KB_OK;
+	}
+	free(tk);
+	return e;
+}
+
 static enum kb_err
 open_audit(struct broker *b)
 {
@@ -108,10 +299,10 @@ open_audit(struct broker *b)
 	return audit_open(&ac, &b->audit);
 }
 
-/* A crash between a lock's commit and the token work leaves keys the
- * database calls locked or deleted in the token: destroy them now. */
-static enum kb_err
-reconcile_destroyed_keys(struct broker *b)
+/* A crash between a lock's (or a job's) commit and the token work leaves
+ * keys the database calls locked or deleted in the token: destroy them. */
+enum kb_err
+broker_reconcile_keys(struct broker *b, int running)
 {
 	struct store_key *v = NULL;
 	size_t n = 0, i;
@@ -120,12 +311,35 @@ reconcile_destroyed_keys(struct broker *b)
 	if ((e = store_keys_destroyed(b->store, &v, &n)) != KB_OK)
 		return e;
 	for (i = 0; i < n; i++) {
-		if (hsm_key_exists(b->hsm, v[i].id) != KB_OK) {
+		char label[DEK_LABEL_MAX];
+
+		/* While serving, a locked key may be coming back (unlock runs
+		 * under its tenant's lock, not ours): only deleted keys, which
+		 * never return, and never a tenant's RSA key (its lock destroys
+		 * those itself). */
+		if (running && (strcmp(v[i].state, "deleted") != 0 ||
+		    strcmp(v[i].purpose, "tenant") == 0))
+			continue;
+
+		if (strcmp(v[i].purpose, "tenant") == 0 ||
+		    (strcmp(v[i].purpose, "platform") == 0 &&
+		    strncmp(v[i].wrap_alg, "RSA-OAEP", 8) == 0))
+			e = hsm_key_exists(b->hsm, v[i].id);
+		else {
+			dek_label(strcmp(v[i].purpose, "kek") == 0 ?
+			    STORE_MODE_CUSTOMER : STORE_MODE_PLATFORM,
+			    v[i].tenant_id, label, sizeof(label));
+			e = hsm_secret_exists(b->hsm, v[i].id, label);
+		}
+		if (e != KB_OK) {
+			e = KB_OK;
 			kb_err_clear();
 			continue;
 		}
-		log_warn("key %s of tenant %s is %s but still in the token: "
-		    "destroying it now", v[i].id, v[i].tenant_id, v[i].state);
+		log_warn("key %s (%s%s%s) is %s but still in the token: "
+		    "destroying it now", v[i].id, v[i].purpose,
+		    v[i].tenant_id[0] ? ", tenant " : "", v[i].tenant_id,
+		    v[i].state);
 		if ((e = hsm_key_destroy(b->hsm, v[i].id)) != KB_OK)
 			break;
 	}
@@ -196,11 +410,29 @@ broker_new_id(struct broker *b, const char *prefix, char *out, size_t len)
 }
 
 enum kb_err
+broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1])
+{
+	static const char hex[] = "0123456789abcdef";
+	uint8_t r[STORE_UID_LEN / 2];
+	size_t i;
+	enum kb_err e;
+
+	if ((e = hsm_random(b->hsm, r, sizeof(r))) != KB_OK)
+		return e;
+	for (i = 0; i < sizeof(r); i++) {
+		out[2 * i] = hex[r[i] >> 4];
+		out[2 * i + 1] = hex[r[i] & 15];
+	}
+	out[STORE_UID_LEN] = '\0';
+	return KB_OK;
+}
+
+enum kb_err
 broker_open(struct config *cfg, struct broker **out)
 {
 	struct broker *b;
 	struct hsm_config hc;
-	struct store_key pk;
+	int64_t n_legacy;
 	enum kb_err e;
 	int i;
 
@@ -240,7 +472,8 @@ broker_open(struct config *cfg, struct broker **out)
 	 * keys is almost always an unmounted volume or a wrong path: starting
 	 * would hide every environment. Refuse before creating anything. */
 	if (access(cfg->database, F_OK) != 0 && !cfg->allow_new_database &&
-	    hsm_key_exists(b->hsm, BROKER_PLATFORM_KEY_ID) == KB_OK) {
+	    (hsm_key_exists(b->hsm, BROKER_PLATFORM_KEY_ID) == KB_OK ||
+	    hsm_label_exists(b->hsm, DEK_LABEL_PLATFORM) == KB_OK)) {
 		e = kb_errf(KB_ERR_CONFIG, "database %s does not exist, but token "
 		    "'%s' already holds a keybroker platform key: the data keys "
 		    "it wraps are in a database this broker cannot see (is the "
@@ -255,16 +488,35 @@ broker_open(struct config *cfg, struct broker **out)
 	if ((e = store_token_bind(b->store, b->token.label, b->token.serial))
 	    != KB_OK)
 		goto fail;
-	if ((e = ensure_broker_key(b, "platform", BROKER_PLATFORM_KEY_ID,
-	    HSM_USE_ENCRYPT, "every platform-encrypted data key depends on it",
-	    &pk)) != KB_OK)
+	if ((e = wrap_alg_init(b)) != KB_OK ||
+	    (e = upgrade_token_objects(b)) != KB_OK ||
+	    (e = ensure_platform_key(b)) != KB_OK)
 		goto fail;
-	snprintf(b->platform_key_id, sizeof(b->platform_key_id), "%s", pk.id);
-	snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", pk.wrap_alg);
 	if ((e = open_audit(b)) != KB_OK)
 		goto fail;
-	if ((e = reconcile_destroyed_keys(b)) != KB_OK)
+	if ((e = broker_reconcile_keys(b, 0)) != KB_OK ||
+	    (e = ensure_keks(b)) != KB_OK)
 		goto fail;
+	/* A database from before envelope v2: its rows are upgraded by a job,
+	 * and until it is done (only then) reads accept the old envelope. */
+	if ((n_legacy = store_deks_legacy(b->store)) != 0) {
+		struct store_job job;
+		char id[STORE_KEY_ID_MAX];
+
+		atomic_store(&b->legacy_open, 1);
+		if ((e = broker_new_id(b, "j-", id, sizeof(id))) != KB_OK)
+			goto fail;
+		e = store_job_begin(b->store, id, STORE_JOB_UPGRADE, NULL, "",
+		    clock_now_us(), &job);
+		if (e == KB_ERR_ALREADY_EXISTS)
+			e = KB_OK;
+		if (e != KB_OK)
+			goto fail;
+		kb_err_clear();
+		log_warn("%lld data key rows are in the pre-v2 envelope: job %s "
+		    "upgrades them (reads are served meanwhile)",
+		    (long long)n_legacy, job.id);
+	}
 	{
 		char why[160];
 

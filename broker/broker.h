@@ -4,6 +4,7 @@
 #define KB_BROKER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 
 #include "config.h"
@@ -27,8 +28,10 @@ struct broker {
 	struct store *store;
 	struct identity_verifier *verifier;
 	struct hsm_token_info token;
-	char platform_key_id[STORE_KEY_ID_MAX];
 	char wrap_alg[STORE_ALG_MAX];    /* OAEP variant the token takes */
+	/* Set while the upgrade job moves rows out of the pre-v2 envelope:
+	 * only then does a read accept one. */
+	atomic_int legacy_open;
 	int64_t start_time_us;
 	/* State changes of one tenant are serialized: a policy check and the
 	 * writes it allows happen under the tenant's lock (striped by id). */
@@ -53,6 +56,15 @@ enum kb_err broker_audit_system(struct broker *b, const char *what,
 /* A new random identifier "<prefix><16 hex digits>" from the token. */
 enum kb_err broker_new_id(struct broker *b, const char *prefix, char *out,
     size_t len);
+
+/* Destroy the token objects of every key the database calls locked or
+ * deleted (after a crash between a commit and its token work); `running`
+ * (after a finished job, while serving): only deleted KEKs and platform
+ * keys. */
+enum kb_err broker_reconcile_keys(struct broker *b, int running);
+
+/* A new environment uid: 32 hex digits from the token's RNG. */
+enum kb_err broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1]);
 
 /* Open the token and the database, check that the database belongs to this
  * token, and create the platform key at first start. Takes ownership of

@@ -39,6 +39,7 @@ static const struct option options[] = {
 	OPT(log_level, V_LEVEL, 0, 0),
 	OPT(sweep_interval_s, V_UINT, 1, 86400),
 	OPT(rewrap_threads, V_UINT, 1, 64),
+	OPT(platform_key_rotation_days, V_UINT, 0, 3650),
 	OPT(test_clock_file, V_PATH, 0, 0),
 	OPT(audit_database, V_PATH, 0, 0),
 	OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
@@ -144,6 +145,7 @@ config_parse(const char *text, size_t len, const char *dir,
 	c->sweep_interval_s = 60;
 	c->health_timeout_ms = 500;
 	c->rewrap_threads = 2;
+	c->platform_key_rotation_days = 30;
 	c->audit_checkpoint_events = 1000;
 	c->audit_checkpoint_interval_s = 60;
 	for (line = buf; line != NULL; line = next) {

@@ -24,6 +24,7 @@ struct config {
 	int log_level;           /* LOG_ERROR .. LOG_DEBUG (log.h) */
 	unsigned sweep_interval_s;   /* how often the 28-day sweeper runs */
 	unsigned rewrap_threads;     /* parallel token work in activation jobs */
+	unsigned platform_key_rotation_days; /* 0 = never by schedule */
 	char *test_clock_file;       /* test builds only (clock.h) */
 	char *audit_database;        /* default: next to database */
 	unsigned audit_checkpoint_events;

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* jobs.c: activation jobs and the retention sweeper, on their own threads. */
+/* jobs.c: re-seal jobs (activation, platform-key rotation, the v2 upgrade),
+ * the scheduled rotation and the retention sweeper, on their own threads. */
 #include "jobs.h"
 
 #include <errno.h>
@@ -11,6 +12,7 @@
 
 #include "clock.h"
 #include "dek.h"
+#include "kb_secmem.h"
 #include "kb_time.h"
 #include "log.h"
 #include "policy.h"
@@ -33,12 +35,13 @@ struct jobs {
  * a thread that gets less CPU (or slower rows) does not leave the others
  * idle at the end of the batch. */
 struct slice {
-	struct broker *b;
+	struct hsm *hsm;
 	struct store_rewrap *rows;
 	char (*old)[STORE_KEY_ID_MAX];
+	char (*target)[STORE_KEY_ID_MAX];
 	atomic_size_t *next;
 	size_t n;
-	const char *key_id, *alg;
+	int legacy, upgrade;
 	enum kb_err err;
 	char msg[256];
 };
@@ -47,29 +50,46 @@ static void *
 slice_main(void *p)
 {
 	struct slice *s = p;
+	struct dek_row row;
 	size_t i;
 
 	s->err = KB_OK;
 	while ((i = atomic_fetch_add(s->next, 1)) < s->n) {
-		snprintf(s->old[i], STORE_KEY_ID_MAX, "%s", s->rows[i].dek.key_id);
-		s->err = dek_rewrap(s->b, &s->rows[i].dek, s->key_id, s->alg,
-		    &s->rows[i].dek);
+		struct store_rewrap *r = &s->rows[i];
+
+		snprintf(s->old[i], STORE_KEY_ID_MAX, "%s", r->dek.key_id);
+		if (r->skip)
+			continue;
+		row = (struct dek_row){ r->tenant_id, r->name, r->uid, r->version,
+		    r->mode };
+		/* Same row, same mode: only the sealing key changes. */
+		s->err = dek_reseal(s->hsm, &row, &r->dek, s->legacy, &row,
+		    s->target[i], &r->dek);
+		/* The upgrade leaves rows whose key is not in the token (their
+		 * tenant is locked): they move at its unlock. */
+		if (s->err == KB_ERR_NOT_FOUND && s->upgrade) {
+			kb_err_clear();
+			s->err = KB_OK;
+			r->skip = 1;
+			continue;
+		}
 		if (s->err != KB_OK) {
 			snprintf(s->msg, sizeof(s->msg), "data key %u of "
-			    "environment #%lld: %s", s->rows[i].version,
-			    (long long)s->rows[i].env_id, kb_err_msg(s->err));
+			    "%s/%s: %s", r->version, r->tenant_id, r->name,
+			    kb_err_msg(s->err));
 			break;
 		}
 	}
-	/* The DEKs were wiped inside dek_rewrap; nothing secret remains. */
+	/* The DEKs were wiped inside dek_reseal; nothing secret remains. */
 	return NULL;
 }
 
-/* Re-wrap rows[0..n) with up to `threads` threads in parallel. */
+/* Re-seal rows[0..n) (row i under target[i]) with up to `threads` threads
+ * in parallel. */
 static enum kb_err
-rewrap_rows(struct broker *b, struct store_rewrap *rows,
-    char (*old)[STORE_KEY_ID_MAX], size_t n, const char *key_id,
-    unsigned threads)
+reseal_rows(struct broker *b, struct store_rewrap *rows,
+    char (*old)[STORE_KEY_ID_MAX], char (*target)[STORE_KEY_ID_MAX], size_t n,
+    int legacy, int upgrade, unsigned threads)
 {
 	struct slice sl[64];
 	pthread_t th[64];
@@ -84,8 +104,8 @@ rewrap_rows(struct broker *b, struct store_rewrap *rows,
 		threads = (unsigned)n;
 	atomic_init(&next, 0);
 	for (t = 0; t < threads; t++) {
-		sl[t] = (struct slice){ b, rows, old, &next, n, key_id,
-		    b->wrap_alg, KB_OK, "" };
+		sl[t] = (struct slice){ b->hsm, rows, old, target, &next, n,
+		    legacy, upgrade, KB_OK, "" };
 		if (t > 0 && pthread_create(&th[t], NULL, slice_main, &sl[t]) == 0)
 			started[t] = 1;
 	}
@@ -103,6 +123,53 @@ rewrap_rows(struct broker *b, struct store_rewrap *rows,
 		}
 	}
 	return e;
+}
+
+/* The key each row is re-sealed under: the job's target, or for the
+ * upgrade the current key of the row's kind (the tenant's KEK, the
+ * platform key), looked up once per tenant in a batch. */
+static enum kb_err
+targets_fill(struct broker *b, const struct store_job *job,
+    struct store_rewrap *rows, char (*target)[STORE_KEY_ID_MAX], size_t n)
+{
+	struct store_key k;
+	char tenant[STORE_ID_MAX] = "", kek[STORE_KEY_ID_MAX] = "";
+	char platform[STORE_KEY_ID_MAX] = "";
+	size_t i;
+	enum kb_err e;
+
+	for (i = 0; i < n; i++) {
+		if (strcmp(job->kind, STORE_JOB_UPGRADE) != 0) {
+			snprintf(target[i], STORE_KEY_ID_MAX, "%s", job->target_key_id);
+			continue;
+		}
+		if (rows[i].mode == STORE_MODE_PLATFORM) {
+			if (platform[0] == '\0') {
+				if ((e = store_platform_current(b->store, &k)) != KB_OK)
+					return e;
+				snprintf(platform, sizeof(platform), "%s", k.id);
+			}
+			snprintf(target[i], STORE_KEY_ID_MAX, "%s", platform);
+			continue;
+		}
+		if (strcmp(tenant, rows[i].tenant_id) != 0) {
+			snprintf(tenant, sizeof(tenant), "%s", rows[i].tenant_id);
+			e = store_kek_current(b->store, tenant, &k);
+			if (e == KB_ERR_NOT_FOUND) {
+				kb_err_clear();
+				kek[0] = '\0';
+			} else if (e != KB_OK) {
+				return e;
+			} else {
+				snprintf(kek, sizeof(kek), "%s", k.id);
+			}
+		}
+		/* A tenant with no KEK (locked before v2): at its unlock. */
+		if (kek[0] == '\0')
+			rows[i].skip = 1;
+		snprintf(target[i], STORE_KEY_ID_MAX, "%s", kek);
+	}
+	return KB_OK;
 }
 
 static int
@@ -135,76 +202,166 @@ nap(struct jobs *j, unsigned ms)
 	pthread_mutex_unlock(&j->mu);
 }
 
-/* Run one activation job to its end (or until stop). Progress is stored
- * with every batch, so a restart resumes where it was. */
+/* After an upgrade: a tenant key that seals no pre-v2 row any more loses
+ * its decrypt use, and the pre-v2 platform key goes, so no forged pre-v2
+ * blob can ever be opened; reads stop accepting the old envelope. */
 static void
-run_activation(struct jobs *j, struct store_job *job)
+upgrade_done(struct broker *b)
+{
+	struct store_key *v = NULL;
+	size_t n = 0, i;
+	int changed;
+	int64_t left = store_deks_legacy(b->store);
+
+	if (left == 0)
+		atomic_store(&b->legacy_open, 0);
+	if (store_keys_by_purpose(b->store, "tenant", &v, &n) == KB_OK) {
+		for (i = 0; i < n; i++) {
+			if ((strcmp(v[i].state, "active") != 0 &&
+			    strcmp(v[i].state, "available") != 0) ||
+			    store_deks_sealed_by(b->store, v[i].id) != 0)
+				continue;
+			if (hsm_rsa_upgrade(b->hsm, v[i].id, HSM_USE_KEYWRAP,
+			    &changed) != KB_OK)
+				kb_err_clear();
+		}
+		free(v);
+	}
+	if (store_keys_by_purpose(b->store, "platform", &v, &n) == KB_OK) {
+		for (i = 0; i < n; i++) {
+			if (strncmp(v[i].wrap_alg, "RSA-OAEP", 8) != 0 ||
+			    strcmp(v[i].state, "active") != 0 ||
+			    store_deks_sealed_by(b->store, v[i].id) != 0)
+				continue;
+			if (store_key_set_state(b->store, v[i].id, "active",
+			    "deleted", clock_now_us()) == KB_OK) {
+				log_info("the pre-v2 platform key %s seals nothing "
+				    "now: destroyed", v[i].id);
+				(void)broker_audit_system(b, "key.destroy", NULL,
+				    NULL, v[i].id, "ok", "pre-v2 platform key, "
+				    "after the upgrade");
+			}
+		}
+		free(v);
+	}
+	(void)broker_reconcile_keys(b, 1);
+	kb_err_clear();
+	if (left > 0)
+		log_warn("upgrade: %lld pre-v2 rows left, of locked tenants: "
+		    "they are upgraded when their tenant is unlocked",
+		    (long long)left);
+}
+
+static const char *
+job_event(const struct store_job *job, const char *what, char *buf,
+    size_t len)
+{
+	const char *k = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? "activate" :
+	    strcmp(job->kind, STORE_JOB_ROTATE) == 0 ? "rotate" : "upgrade";
+
+	snprintf(buf, len, "job.%s.%s", k, what);
+	return buf;
+}
+
+/* Run one job to its end (or until stop). Progress is stored with every
+ * batch, so a restart resumes where it was. */
+static void
+run_job(struct jobs *j, struct store_job *job)
 {
 	struct broker *b = j->b;
 	struct store_rewrap *rows;
-	char (*old)[STORE_KEY_ID_MAX];
+	char (*old)[STORE_KEY_ID_MAX], (*target)[STORE_KEY_ID_MAX];
+	char ev[40];
 	int64_t after_env = 0;
 	uint32_t after_version = 0;
-	size_t n;
+	int upgrade = strcmp(job->kind, STORE_JOB_UPGRADE) == 0;
+	int tenant_job = job->tenant_id[0] != '\0';
+	size_t n, i, sealed_this_pass = 0;
 	enum kb_err e;
 
 	rows = calloc(REWRAP_BATCH, sizeof(*rows));
 	old = calloc(REWRAP_BATCH, sizeof(*old));
-	if (rows == NULL || old == NULL) {
+	target = calloc(REWRAP_BATCH, sizeof(*target));
+	if (rows == NULL || old == NULL || target == NULL) {
 		log_error("job %s: out of memory", job->id);
 		goto out;
 	}
-	log_info("job %s: re-wrapping tenant %s's environments under key %s "
-	    "(%llu of %llu done)", job->id, job->tenant_id, job->key_id,
+	log_info("job %s: re-sealing data keys (%s%s%s) under %s (%llu of "
+	    "%llu done)", job->id, job->kind, tenant_job ? ", tenant " : "",
+	    job->tenant_id, upgrade ? "their current keys" : job->target_key_id,
 	    (unsigned long long)job->done, (unsigned long long)job->total);
 	{
 		char why[128];
 
 		snprintf(why, sizeof(why), "job %s: %llu of %llu data keys "
-		    "re-wrapped so far", job->id, (unsigned long long)job->done,
+		    "re-sealed so far", job->id, (unsigned long long)job->done,
 		    (unsigned long long)job->total);
-		(void)broker_audit_system(b, "job.activate.start", job->tenant_id,
-		    NULL, job->key_id, "ok", why);
+		(void)broker_audit_system(b, job_event(job, "start", ev,
+		    sizeof(ev)), tenant_job ? job->tenant_id : NULL, NULL,
+		    job->key_id, "ok", why);
 	}
 	while (!stopping(j)) {
 		/* From where the last batch ended: a fetch reads the rows it
 		 * returns, not the ones done before (O(N) in all, not N^2). */
-		e = store_rewrap_fetch_after(b->store, job->tenant_id, job->key_id,
-		    after_env, after_version, rows, REWRAP_BATCH, &n);
-		if (e == KB_OK && n == 0 && (after_env != 0 || after_version != 0)) {
+		e = store_rewrap_fetch_after(b->store, job, after_env,
+		    after_version, rows, REWRAP_BATCH, &n);
+		if (e == KB_OK && n == 0 && (after_env != 0 || after_version != 0)
+		    && (!upgrade || sealed_this_pass > 0)) {
 			/* One more pass from the start catches rows changed
 			 * behind the position: the job ends only when a whole
-			 * pass finds nothing left, as it always did. */
+			 * pass finds nothing left to do. */
 			after_env = 0;
 			after_version = 0;
+			sealed_this_pass = 0;
 			continue;
 		}
 		if (e == KB_OK && n == 0) {
-			broker_tenant_lock(b, job->tenant_id);
-			e = store_activation_finish(b->store, job, clock_now_us());
-			broker_tenant_unlock(b, job->tenant_id);
+			if (tenant_job)
+				broker_tenant_lock(b, job->tenant_id);
+			e = store_job_finish(b->store, job, clock_now_us());
+			if (tenant_job)
+				broker_tenant_unlock(b, job->tenant_id);
 			if (e == KB_OK) {
-				log_info("job %s: done; key %s is tenant %s's active "
-				    "key", job->id, job->key_id, job->tenant_id);
-				(void)broker_audit_system(b, "job.activate.done",
-				    job->tenant_id, NULL, job->key_id, "ok", job->id);
+				log_info("job %s: done", job->id);
+				if (upgrade)
+					upgrade_done(b);
+				else
+					(void)broker_reconcile_keys(b, 1);
+				kb_err_clear();
+				(void)broker_audit_system(b, job_event(job, "done",
+				    ev, sizeof(ev)), tenant_job ? job->tenant_id :
+				    NULL, NULL, job->key_id, "ok", job->id);
 				break;
+			}
+			if (e == KB_ERR_UNAVAILABLE) {
+				/* Rows added meanwhile: another pass. */
+				log_info("%s", kb_err_msg(e));
+				after_env = 0;
+				after_version = 0;
+				continue;
 			}
 		}
 		if (e == KB_OK)
-			e = rewrap_rows(b, rows, old, n, job->key_id,
+			e = targets_fill(b, job, rows, target, n);
+		if (e == KB_OK)
+			e = reseal_rows(b, rows, old, target, n,
+			    upgrade || atomic_load(&b->legacy_open), upgrade,
 			    b->cfg->rewrap_threads);
 		if (e == KB_OK)
 			e = store_rewrap_commit(b->store, job->id, rows, old, n,
 			    clock_now_us());
 		if (e == KB_OK) {
+			for (i = 0; i < n; i++)
+				sealed_this_pass += !rows[i].skip;
 			after_env = rows[n - 1].env_id;
 			after_version = rows[n - 1].version;
+			kb_wipe(rows, n * sizeof(*rows));
 			continue;
 		}
+		kb_wipe(rows, REWRAP_BATCH * sizeof(*rows));
 		/* The token or the disk may come back: retry those. A data
-		 * key that does not unwrap will not: the job fails, and the
-		 * environments already re-wrapped stay readable. */
+		 * key that does not open will not: the job fails, and the
+		 * environments already re-sealed stay readable. */
 		if (e == KB_ERR_UNAVAILABLE || e == KB_ERR_STORAGE_FULL ||
 		    e == KB_ERR_READ_ONLY || e == KB_ERR_STORE) {
 			log_warn("job %s: %s; retrying", job->id, kb_err_msg(e));
@@ -217,18 +374,88 @@ run_activation(struct jobs *j, struct store_job *job)
 			snprintf(why, sizeof(why), "job %s: %s", job->id,
 			    kb_err_msg(e));
 			log_error("%s", why);
-			broker_tenant_lock(b, job->tenant_id);
+			if (tenant_job)
+				broker_tenant_lock(b, job->tenant_id);
 			(void)store_job_fail(b->store, job->id, kb_err_msg(e),
 			    clock_now_us());
-			broker_tenant_unlock(b, job->tenant_id);
-			(void)broker_audit_system(b, "job.activate.failed",
-			    job->tenant_id, NULL, job->key_id, "error", why);
+			if (tenant_job)
+				broker_tenant_unlock(b, job->tenant_id);
+			(void)broker_audit_system(b, job_event(job, "failed", ev,
+			    sizeof(ev)), tenant_job ? job->tenant_id : NULL, NULL,
+			    job->key_id, "error", why);
 		}
 		break;
 	}
 out:
 	free(rows);
 	free(old);
+	free(target);
+}
+
+enum kb_err
+jobs_rotate_platform(struct broker *b, const char *why, struct store_job *job)
+{
+	struct store_key cur, k;
+	char id[STORE_KEY_ID_MAX];
+	enum kb_err e;
+
+	if ((e = store_platform_current(b->store, &cur)) != KB_OK)
+		return e;
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "kb-pk-", k.id, sizeof(k.id))) != KB_OK ||
+	    (e = broker_new_id(b, "j-", id, sizeof(id))) != KB_OK)
+		return e;
+	if ((e = hsm_aes_generate(b->hsm, k.id, DEK_LABEL_PLATFORM)) != KB_OK)
+		return kb_err_wrap(e, "making the new platform key");
+	snprintf(k.purpose, sizeof(k.purpose), "platform");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "installing");
+	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", HSM_ALG_AES_GCM);
+	snprintf(k.fingerprint, sizeof(k.fingerprint), "-");
+	k.bits = 256;
+	k.create_time_us = k.update_time_us = clock_now_us();
+	if ((e = store_job_begin(b->store, id, STORE_JOB_ROTATE, &k, cur.id,
+	    clock_now_us(), job)) != KB_OK) {
+		(void)hsm_key_destroy(b->hsm, k.id);
+		return e;
+	}
+	log_info("platform key rotation %s: %s -> %s, %llu data keys to "
+	    "re-seal (%s)", job->id, cur.id, k.id,
+	    (unsigned long long)job->total, why);
+	jobs_kick(b->jobs);
+	return KB_OK;
+}
+
+/* The scheduled rotation: due when the current platform key has been in
+ * use for platform_key_rotation_days (policy clock). */
+static void
+rotation_check(struct broker *b)
+{
+	struct store_key cur;
+	struct store_job job;
+	int64_t since, period;
+	enum kb_err e;
+
+	if (b->cfg->platform_key_rotation_days == 0)
+		return;
+	if (store_platform_current(b->store, &cur) != KB_OK ||
+	    strcmp(cur.state, "active") != 0) {
+		kb_err_clear();
+		return;
+	}
+	since = cur.activate_time_us != 0 ? cur.activate_time_us :
+	    cur.create_time_us;
+	period = (int64_t)b->cfg->platform_key_rotation_days * 86400 *
+	    1000000;
+	if (clock_now_us() - since < period)
+		return;
+	e = jobs_rotate_platform(b, "scheduled: platform_key_rotation_days", &job);
+	if (e == KB_OK)
+		(void)broker_audit_system(b, "platform.rotate.scheduled", NULL,
+		    NULL, job.target_key_id, "ok", job.id);
+	else if (e != KB_ERR_ALREADY_EXISTS)
+		log_error("scheduled platform key rotation: %s", kb_err_msg(e));
+	kb_err_clear();
 }
 
 static void *
@@ -244,7 +471,7 @@ job_main(void *p)
 		pthread_mutex_unlock(&j->mu);
 		if (store_jobs_running(j->b->store, &v, &n) == KB_OK) {
 			for (i = 0; i < n && !stopping(j); i++)
-				run_activation(j, &v[i]);
+				run_job(j, &v[i]);
 			free(v);
 		} else {
 			log_error("listing jobs: %s", kb_err_msg(KB_ERR_STORE));
@@ -306,6 +533,8 @@ sweep_main(void *p)
 		/* Several batches when many expired at once. */
 		while (!stopping(j) && jobs_sweep(j->b) == SWEEP_BATCH)
 			;
+		if (!stopping(j))
+			rotation_check(j->b);
 		nap(j, j->b->cfg->sweep_interval_s * 1000);
 	}
 	return NULL;

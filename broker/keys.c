@@ -10,6 +10,7 @@
 #include <openssl/pem.h>
 
 #include "clock.h"
+#include "dek.h"
 #include "fingerprint.h"
 #include "log.h"
 #include "pfx.h"
@@ -96,13 +97,13 @@ out:
 }
 
 enum kb_err
-keys_kek_find(struct broker *b, const char *tenant, struct store_key *out)
+keys_exchange_find(struct broker *b, const char *tenant, struct store_key *out)
 {
 	struct store_key *v = NULL;
 	size_t n = 0, i;
 	enum kb_err e;
 
-	if ((e = store_key_list(b->store, tenant, "kek", &v, &n)) != KB_OK)
+	if ((e = store_key_list(b->store, tenant, "exchange", &v, &n)) != KB_OK)
 		return e;
 	e = kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" has no key-exchange key "
 	    "yet: get one with kbctl byok kek %s", tenant, tenant);
@@ -118,12 +119,12 @@ keys_kek_find(struct broker *b, const char *tenant, struct store_key *out)
 }
 
 enum kb_err
-keys_kek(struct broker *b, const char *tenant, struct store_key *out)
+keys_exchange(struct broker *b, const char *tenant, struct store_key *out)
 {
 	struct store_key k;
 	enum kb_err e;
 
-	e = keys_kek_find(b, tenant, out);
+	e = keys_exchange_find(b, tenant, out);
 	if (e != KB_ERR_NOT_FOUND)
 		return e;
 	kb_err_clear();
@@ -136,7 +137,7 @@ keys_kek(struct broker *b, const char *tenant, struct store_key *out)
 	if ((e = keys_token_fingerprint(b, k.id, k.fingerprint)) != KB_OK)
 		goto fail;
 	snprintf(k.tenant_id, sizeof(k.tenant_id), "%s", tenant);
-	snprintf(k.purpose, sizeof(k.purpose), "kek");
+	snprintf(k.purpose, sizeof(k.purpose), "exchange");
 	snprintf(k.origin, sizeof(k.origin), "generated");
 	snprintf(k.state, sizeof(k.state), "active");
 	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", b->wrap_alg);
@@ -164,7 +165,7 @@ byok_import(struct broker *b, const char *tenant, const struct key_file *f,
 	memset(&bf, 0, sizeof(bf));
 	if ((e = byok_parse(f->data, f->len, &bf)) != KB_OK)
 		return e;
-	if ((e = keys_kek_find(b, tenant, &kek)) != KB_OK)
+	if ((e = keys_exchange_find(b, tenant, &kek)) != KB_OK)
 		goto out;
 	if (strcmp(bf.kid, kek.id) != 0) {
 		e = kb_errf(KB_ERR_INVALID_ARGUMENT, "the .byok was made for "
@@ -174,7 +175,7 @@ byok_import(struct broker *b, const char *tenant, const struct key_file *f,
 		goto out;
 	}
 	e = hsm_byok_unwrap(b->hsm, kek.id, kek.wrap_alg[0] ? kek.wrap_alg :
-	    b->wrap_alg, bf.blob, bf.blob_len, id, 2048, HSM_USE_ENCRYPT);
+	    b->wrap_alg, bf.blob, bf.blob_len, id, 2048, HSM_USE_KEYWRAP);
 out:
 	byok_file_clear(&bf);
 	return e;
@@ -202,7 +203,7 @@ keys_import(struct broker *b, const char *tenant, const struct key_file *f,
 	if ((e = pfx_parse(f->data, f->len, f->password, &pkey)) != KB_OK)
 		return e;
 	if ((e = fingerprint_pkey(pkey, fp)) == KB_OK)
-		e = hsm_rsa_import(b->hsm, id, pkey, HSM_USE_ENCRYPT);
+		e = hsm_rsa_import(b->hsm, id, pkey, HSM_USE_KEYWRAP);
 	EVP_PKEY_free(pkey);
 	return e;
 }
@@ -234,5 +235,51 @@ keys_file_fingerprint(struct broker *b, const char *tenant,
 	if ((e2 = hsm_key_destroy(b->hsm, tmp)) != KB_OK)
 		log_error("cannot destroy temporary key %s: %s", tmp,
 		    kb_err_msg(e2));
+	return KB_OK;
+}
+
+enum kb_err
+keys_kek_create(struct broker *b, const char *tenant, const char *parent_id,
+    const char *state, struct store_key *out)
+{
+	struct store_key k;
+	char label[DEK_LABEL_MAX];
+	uint8_t *wrapped = NULL;
+	size_t wlen = 0;
+	enum kb_err e;
+
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "kek-", k.id, sizeof(k.id))) != KB_OK)
+		return e;
+	dek_label(STORE_MODE_CUSTOMER, tenant, label, sizeof(label));
+	if ((e = hsm_kek_create(b->hsm, parent_id, b->wrap_alg, k.id, label,
+	    &wrapped, &wlen)) != KB_OK)
+		return kb_err_wrap(e, "making tenant %s's KEK under key %s", tenant,
+		    parent_id);
+	if (wlen > sizeof(k.wrapped)) {
+		free(wrapped);
+		(void)hsm_key_destroy(b->hsm, k.id);
+		return kb_errf(KB_ERR_INTERNAL, "wrapped KEK of %zu bytes", wlen);
+	}
+	memcpy(k.wrapped, wrapped, wlen);
+	k.wrapped_len = wlen;
+	free(wrapped);
+	snprintf(k.tenant_id, sizeof(k.tenant_id), "%s", tenant);
+	snprintf(k.purpose, sizeof(k.purpose), "kek");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "%s", state);
+	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", b->wrap_alg);
+	snprintf(k.parent_id, sizeof(k.parent_id), "%s", parent_id);
+	snprintf(k.fingerprint, sizeof(k.fingerprint), "-");
+	k.bits = 256;
+	k.create_time_us = k.update_time_us = clock_now_us();
+	if (strcmp(state, "installing") != 0) {
+		/* An installing KEK is recorded with its activation job. */
+		if ((e = store_key_create(b->store, &k)) != KB_OK) {
+			(void)hsm_key_destroy(b->hsm, k.id);
+			return e;
+		}
+	}
+	*out = k;
 	return KB_OK;
 }

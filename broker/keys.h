@@ -27,7 +27,7 @@ enum kb_err keys_file_check(const uint8_t *data, size_t len, int requested,
     enum keyfile_format *out);
 
 /* Put the key of `f` into the token as key pair `id` (RSA-2048, for
- * wrapping DEKs) and give its fingerprint. A .pfx is parsed here and its
+ * wrapping the tenant's KEK) and give its fingerprint. A .pfx is parsed here and its
  * material wiped; a .byok is unwrapped inside the token with the tenant's
  * KEK (its kid must name that KEK). On failure nothing is left in the
  * token. */
@@ -46,13 +46,23 @@ enum kb_err keys_token_fingerprint(struct broker *b, const char *id,
  * malloc'd, NUL-terminated). */
 enum kb_err keys_public_pem(struct broker *b, const char *id, char **pem);
 
-/* The tenant's key-exchange key, made in the token at first use (the caller
- * holds the tenant lock). */
-enum kb_err keys_kek(struct broker *b, const char *tenant,
+/* The tenant's BYOK key-exchange key (Azure's "KEK"; purpose "exchange"
+ * here), made in the token at first use (the caller holds the tenant
+ * lock). */
+enum kb_err keys_exchange(struct broker *b, const char *tenant,
     struct store_key *out);
 
-/* The tenant's KEK if it has one (KB_ERR_NOT_FOUND otherwise). */
-enum kb_err keys_kek_find(struct broker *b, const char *tenant,
+/* The tenant's key-exchange key if it has one (KB_ERR_NOT_FOUND
+ * otherwise). */
+enum kb_err keys_exchange_find(struct broker *b, const char *tenant,
     struct store_key *out);
+
+/* Make a new AES-256 KEK for `tenant` in the token, wrapped under tenant
+ * key `parent_id` (hsm_kek_create), and record it in state `state`
+ * ("active"), except "installing", which the caller records with its
+ * activation (store_activation_begin). *out is the record. On failure
+ * nothing is left in the token. */
+enum kb_err keys_kek_create(struct broker *b, const char *tenant,
+    const char *parent_id, const char *state, struct store_key *out);
 
 #endif /* KB_KEYS_H */

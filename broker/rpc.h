@@ -40,6 +40,12 @@ enum kb_err rpc_key_get(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 enum kb_err rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
+enum kb_err rpc_platform_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_datakeys_verify(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
 enum kb_err rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 enum kb_err rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
@@ -89,6 +95,9 @@ struct Keybroker__V1__Backup;
 
 char *rpc_strdup(const char *s);        /* never returns NULL: "" on OOM */
 enum kb_err rpc_check_tenant_access(struct rpc_ctx *c, const char *tenant);
+/* PERMISSION_DENIED unless the caller is a platform-wide admin (the
+ * broker's own keys, scans of every tenant); `what` names the action. */
+enum kb_err rpc_check_platform_access(struct rpc_ctx *c, const char *what);
 /* Response messages from store records (NULL on allocation failure). */
 struct Keybroker__V1__Tenant *rpc_tenant_msg(const struct store_tenant *t);
 struct Keybroker__V1__Environment *rpc_env_msg(const struct store_env *env);

@@ -171,6 +171,8 @@ rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_tenant t;
 	struct store_env env;
 	struct store_dek dek;
+	struct store_key pk;
+	struct dek_row row;
 	enum kb_err e;
 
 	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
@@ -186,8 +188,11 @@ rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 	env.mode = STORE_MODE_PLATFORM;
 	env.state = STORE_ENV_ENABLED;
 	env.create_time_us = env.update_time_us = c->now_us;
-	if ((e = dek_new(c->b, c->b->platform_key_id, c->b->wrap_alg, 1, &dek))
-	    != KB_OK)
+	if ((e = broker_new_uid(c->b, env.uid)) != KB_OK ||
+	    (e = store_platform_current(c->b->store, &pk)) != KB_OK)
+		return e;
+	dek_row_env(&row, &env, 1, STORE_MODE_PLATFORM);
+	if ((e = dek_new(c->b->hsm, &row, pk.id, &dek)) != KB_OK)
 		return kb_err_wrap(e, "making the data key");
 	if ((e = store_env_create(c->b->store, &env, &dek)) != KB_OK)
 		return e;

@@ -28,6 +28,27 @@ env_usable(const struct store_env *env)
 	return KB_OK;
 }
 
+/* Open the row's DEK in the token. A key the row names but the token lacks
+ * is the token's problem (not logged in, restored from an old backup, or
+ * the key was destroyed by a lock), not the caller's; a blob that fails its
+ * integrity check is the database's. */
+static enum kb_err
+open_dek(struct rpc_ctx *c, const struct store_env *env,
+    const struct store_dek *dek, uint8_t plain[DEK_LEN])
+{
+	struct dek_row row;
+	enum kb_err e;
+
+	dek_row_env(&row, env, dek->version, env->mode);
+	e = dek_open(c->b->hsm, &row, dek, atomic_load(&c->b->legacy_open),
+	    plain);
+	if (e == KB_ERR_NOT_FOUND)
+		return kb_errf(KB_ERR_UNAVAILABLE, "the key %s sealing data key "
+		    "%u of %s/%s is not available in the token (%s)", dek->key_id,
+		    dek->version, env->tenant_id, env->name, kb_err_msg(e));
+	return e;
+}
+
 /*
  * Unwrap without holding any lock, so a LockTenant, an activation or a
  * delete can commit between the read and the unwrap and destroy the key
@@ -44,7 +65,7 @@ unwrap_current(struct rpc_ctx *c, const Keybroker__V1__GetDataKeyRequest *in,
 	struct store_dek now;
 	enum kb_err e, e2;
 
-	if ((e = dek_unwrap(c->b, dek, plain)) == KB_OK)
+	if ((e = open_dek(c, env, dek, plain)) == KB_OK)
 		return KB_OK;
 	e = kb_err_wrap(e, "unwrapping the data key of %s/%s", env->tenant_id,
 	    env->name);
@@ -59,7 +80,7 @@ unwrap_current(struct rpc_ctx *c, const Keybroker__V1__GetDataKeyRequest *in,
 	    strcmp(now.key_id, dek->key_id) == 0)
 		return kb_errf(e, "%s", first);	/* unchanged: the token's error */
 	*dek = now;
-	if ((e = dek_unwrap(c->b, dek, plain)) != KB_OK)
+	if ((e = open_dek(c, env, dek, plain)) != KB_OK)
 		return kb_err_wrap(e, "unwrapping the data key of %s/%s",
 		    env->tenant_id, env->name);
 	return KB_OK;
@@ -89,9 +110,13 @@ rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = store_env_dek(c->b->store, in->tenant_id, in->environment,
 	    in->version, &env, &dek)) != KB_OK)
 		return e;
-	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", dek.key_id);
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", env.key_id);
 	if ((e = env_usable(&env)) != KB_OK)
 		return e;
+	if (dek.damaged[0] != '\0')
+		return kb_errf(KB_ERR_CORRUPT, "data key %u of %s/%s was marked "
+		    "unrecoverable by kbctl repair: %s", dek.version, env.tenant_id,
+		    env.name, dek.damaged);
 	if ((out = malloc(sizeof(*out))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	keybroker__v1__get_data_key_response__init(out);
@@ -103,12 +128,12 @@ rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 		return e;
 	}
 	/* A second unwrap may have used a new wrapping key. */
-	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", dek.key_id);
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", env.key_id);
 	/* The response owns the plaintext; kb_wire_free wipes it. */
 	out->dek.data = plain;
 	out->dek.len = DEK_LEN;
 	out->dek_version = dek.version;
-	out->key_id = rpc_strdup(dek.key_id);
+	out->key_id = rpc_strdup(env.key_id);
 	out->tenant_id = rpc_strdup(env.tenant_id);
 	out->environment = rpc_strdup(env.name);
 	return KB_OK;

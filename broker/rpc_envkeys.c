@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "dek.h"
+#include "kb_secmem.h"
 #include "keybroker.pb-c.h"
 #include "log.h"
 #include "names.h"
@@ -60,25 +61,76 @@ reply_env(struct rpc_ctx *c, const char *tenant, const char *name,
 	return rpc_reply(resp, rpc_env_msg(&env));
 }
 
-/* Re-wrap every DEK version of an environment under `key_id` and set its
- * mode, in one transaction. */
+/* The key new DEKs of `tenant` under `mode` are sealed with. */
 static enum kb_err
-rewrap_env(struct rpc_ctx *c, const char *tenant, const char *name,
-    const char *key_id, const char *alg, enum store_env_mode mode)
+seal_key(struct rpc_ctx *c, const char *tenant, enum store_env_mode mode,
+    char key_id[STORE_KEY_ID_MAX])
+{
+	struct store_key k;
+	enum kb_err e;
+
+	if (mode == STORE_MODE_CUSTOMER)
+		e = store_kek_current(c->b->store, tenant, &k);
+	else
+		e = store_platform_current(c->b->store, &k);
+	if (e == KB_OK)
+		snprintf(key_id, STORE_KEY_ID_MAX, "%s", k.id);
+	return e;
+}
+
+/* Re-seal every DEK version of an environment for encryption `mode` (under
+ * the tenant's KEK or the platform key) and set the mode, in one
+ * transaction. */
+static enum kb_err
+reseal_env(struct rpc_ctx *c, const struct store_env *env,
+    enum store_env_mode mode)
 {
 	struct store_dek *v = NULL;
+	struct dek_row from, to;
+	char key_id[STORE_KEY_ID_MAX];
 	size_t n = 0, i;
 	enum kb_err e;
 
-	if ((e = store_env_deks(c->b->store, tenant, name, &v, &n)) != KB_OK)
+	if ((e = seal_key(c, env->tenant_id, mode, key_id)) != KB_OK ||
+	    (e = store_env_deks(c->b->store, env->tenant_id, env->name, &v, &n))
+	    != KB_OK)
 		return e;
-	for (i = 0; i < n; i++)
-		if ((e = dek_rewrap(c->b, &v[i], key_id, alg, &v[i])) != KB_OK)
+	for (i = 0; i < n; i++) {
+		dek_row_env(&from, env, v[i].version, env->mode);
+		dek_row_env(&to, env, v[i].version, mode);
+		if ((e = dek_reseal(c->b->hsm, &from, &v[i],
+		    atomic_load(&c->b->legacy_open), &to, key_id, &v[i]))
+		    != KB_OK)
 			goto out;
-	e = store_env_rewrap(c->b->store, tenant, name, mode, v, n, c->now_us);
+	}
+	e = store_env_rewrap(c->b->store, env->tenant_id, env->name, mode, v, n,
+	    c->now_us);
 out:
+	if (v != NULL)
+		kb_wipe(v, n * sizeof(*v));
 	free(v);
 	return e;
+}
+
+/* Seal DEK `dek` of `src` (version dek->version) as the next version of
+ * `dst`, under dst's current encryption. */
+static enum kb_err
+reseal_into(struct rpc_ctx *c, const struct store_env *src,
+    struct store_dek *dek, const struct store_env *dst)
+{
+	struct dek_row from, to;
+	char key_id[STORE_KEY_ID_MAX];
+	uint32_t version;
+	enum kb_err e;
+
+	if ((e = seal_key(c, dst->tenant_id, dst->mode, key_id)) != KB_OK ||
+	    (e = store_env_next_version(c->b->store, dst->tenant_id, dst->name,
+	    &version)) != KB_OK)
+		return e;
+	dek_row_env(&from, src, dek->version, src->mode);
+	dek_row_env(&to, dst, version, dst->mode);
+	return dek_reseal(c->b->hsm, &from, dek,
+	    atomic_load(&c->b->legacy_open), &to, key_id, dek);
 }
 
 enum kb_err
@@ -104,8 +156,7 @@ rpc_env_apply_key(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    t.id);
 		goto out;
 	}
-	if ((e = rewrap_env(c, t.id, env.name, t.active_key_id, c->b->wrap_alg,
-	    STORE_MODE_CUSTOMER)) != KB_OK)
+	if ((e = reseal_env(c, &env, STORE_MODE_CUSTOMER)) != KB_OK)
 		goto out;
 	log_info("environment %s/%s now uses tenant key %s (by %s)", t.id,
 	    env.name, t.active_key_id, c->id->name);
@@ -132,8 +183,7 @@ rpc_env_revert_key(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    "uses the platform key", t.id, env.name);
 		goto out;
 	}
-	if ((e = rewrap_env(c, t.id, env.name, c->b->platform_key_id,
-	    c->b->wrap_alg, STORE_MODE_PLATFORM)) != KB_OK)
+	if ((e = reseal_env(c, &env, STORE_MODE_PLATFORM)) != KB_OK)
 		goto out;
 	log_info("environment %s/%s returned to the platform key (by %s)", t.id,
 	    env.name, c->id->name);
@@ -151,12 +201,19 @@ rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_tenant t;
 	struct store_env env;
 	struct store_dek dek;
+	struct store_key pk;
+	struct dek_row row;
+	uint32_t version;
 	enum kb_err e;
 
 	if ((e = begin(c, in->tenant_id, in->name, "reset", &t, &env)) != KB_OK)
 		return e;
-	if ((e = dek_new(c->b, c->b->platform_key_id, c->b->wrap_alg, 0, &dek))
-	    != KB_OK ||
+	if ((e = store_platform_current(c->b->store, &pk)) != KB_OK ||
+	    (e = store_env_next_version(c->b->store, t.id, env.name, &version))
+	    != KB_OK)
+		goto out;
+	dek_row_env(&row, &env, version, STORE_MODE_PLATFORM);
+	if ((e = dek_new(c->b->hsm, &row, pk.id, &dek)) != KB_OK ||
 	    (e = store_env_reset(c->b->store, t.id, env.name, &dek, c->now_us))
 	    != KB_OK)
 		goto out;
@@ -231,8 +288,8 @@ rpc_env_backups(struct rpc_ctx *c, const ProtobufCMessage *req,
 	return KB_OK;
 }
 
-/* Make `dek` the new current version of tenant/name (same key, same blob:
- * the caller checked the wrapping key matches). */
+/* Make `dek` (sealed for its version of tenant/name) the new current
+ * version. */
 static enum kb_err
 add_version(struct rpc_ctx *c, const char *tenant, const char *name,
     struct store_dek *dek)
@@ -260,7 +317,10 @@ rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
 		goto out;
 	/* The rule: the backup's encryption state (mode and key) must be the
 	 * environment's current one. */
-	if (bk.mode != env.mode || strcmp(bk.key_id, env.key_id) != 0) {
+	/* (Platform keys rotate: for platform encryption the mode is the
+	 * state.) */
+	if (bk.mode != env.mode || (env.mode == STORE_MODE_CUSTOMER &&
+	    strcmp(bk.key_id, env.key_id) != 0)) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "restore refused by the "
 		    "matching-encryption rule: backup %s was taken under %s "
 		    "encryption with key %s, but %s/%s now uses %s encryption "
@@ -271,11 +331,14 @@ rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = store_env_dek(c->b->store, t.id, bk.env, bk.dek_version, &src,
 	    &dek)) != KB_OK)
 		goto out;
-	if (strcmp(dek.key_id, env.key_id) != 0 &&
-	    (e = dek_rewrap(c->b, &dek, env.key_id, c->b->wrap_alg, &dek))
-	    != KB_OK)
+	if (src.state != STORE_ENV_ENABLED) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "restore refused: backup "
+		    "%s is of %s/%s, which is %s", bk.id, t.id, src.name,
+		    store_env_state_name(src.state));
 		goto out;
-	if ((e = add_version(c, t.id, env.name, &dek)) != KB_OK)
+	}
+	if ((e = reseal_into(c, &src, &dek, &env)) != KB_OK ||
+	    (e = add_version(c, t.id, env.name, &dek)) != KB_OK)
 		goto out;
 	log_info("backup %s restored into %s/%s by %s (data key version %u)",
 	    bk.id, t.id, env.name, c->id->name, dek.version);
@@ -322,7 +385,8 @@ rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    "%s/%s is %s", t.id, src.name, store_env_state_name(src.state));
 		goto out;
 	}
-	if ((e = add_version(c, t.id, dst.name, &dek)) != KB_OK)
+	if ((e = reseal_into(c, &src, &dek, &dst)) != KB_OK ||
+	    (e = add_version(c, t.id, dst.name, &dek)) != KB_OK)
 		goto out;
 	log_info("environment %s/%s copied onto %s/%s by %s (data key version "
 	    "%u)", t.id, src.name, t.id, dst.name, c->id->name, dek.version);

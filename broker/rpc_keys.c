@@ -97,7 +97,7 @@ rpc_key_generate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = pfx_create(pkey, in->password, name, &pfx, &pfx_len)) != KB_OK ||
 	    (e = fingerprint_pkey(pkey, fp)) != KB_OK)
 		goto out;
-	if ((e = hsm_rsa_import(c->b->hsm, id, pkey, HSM_USE_ENCRYPT)) != KB_OK)
+	if ((e = hsm_rsa_import(c->b->hsm, id, pkey, HSM_USE_KEYWRAP)) != KB_OK)
 		goto out;
 	imported = 1;
 	key_record(&k, id, in->tenant_id, "generated", fp, c->b->wrap_alg,
@@ -276,7 +276,7 @@ rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	const Keybroker__V1__ActivateKeyRequest *in = (const void *)req;
 	struct policy_tenant p;
 	struct store_tenant t;
-	struct store_key k;
+	struct store_key k, kek;
 	struct store_job job;
 	char job_id[STORE_KEY_ID_MAX];
 	enum kb_err e;
@@ -300,10 +300,17 @@ rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
 		e = kb_err_wrap(e, "key %s is not in the token", k.id);
 		goto out;
 	}
+	/* The new key's KEK, made in the token and wrapped under it; the job
+	 * re-seals every customer-managed DEK of the tenant under it. */
 	if ((e = broker_new_id(c->b, "j-", job_id, sizeof(job_id))) != KB_OK ||
-	    (e = store_activation_begin(c->b->store, in->tenant_id, k.id,
-	    t.active_key_id, job_id, c->now_us, &job)) != KB_OK)
+	    (e = keys_kek_create(c->b, in->tenant_id, k.id, "installing", &kek))
+	    != KB_OK)
 		goto out;
+	if ((e = store_activation_begin(c->b->store, in->tenant_id, k.id,
+	    t.active_key_id, &kek, job_id, c->now_us, &job)) != KB_OK) {
+		(void)hsm_key_destroy(c->b->hsm, kek.id);
+		goto out;
+	}
 	log_info("activation of key %s for tenant %s started by %s: job %s, "
 	    "%llu data keys to re-wrap", k.id, in->tenant_id, c->id->name,
 	    job_id, (unsigned long long)job.total);
@@ -352,7 +359,7 @@ rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	broker_tenant_lock(c->b, in->tenant_id);
 	e = store_tenant_get(c->b->store, in->tenant_id, &t);
 	if (e == KB_OK)
-		e = keys_kek(c->b, in->tenant_id, &kek);
+		e = keys_exchange(c->b, in->tenant_id, &kek);
 	broker_tenant_unlock(c->b, in->tenant_id);
 	if (e != KB_OK || (e = keys_public_pem(c->b, kek.id, &pem)) != KB_OK)
 		return e;

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dek.h"
+#include "jobs.h"
 #include "keybroker.pb-c.h"
 #include "keys.h"
 #include "log.h"
@@ -32,6 +34,12 @@ request_file(const ProtobufCBinaryData *file, int format, const char *password,
 	return KB_OK;
 }
 
+static void
+kick_jobs(struct broker *b)
+{
+	jobs_kick(b->jobs);
+}
+
 static enum kb_err
 reply_tenant(struct rpc_ctx *c, const char *tenant, ProtobufCMessage **resp)
 {
@@ -41,6 +49,77 @@ reply_tenant(struct rpc_ctx *c, const char *tenant, ProtobufCMessage **resp)
 	if ((e = store_tenant_get(c->b->store, tenant, &t)) != KB_OK)
 		return e;
 	return rpc_reply(resp, rpc_tenant_msg(&t));
+}
+
+/* Put the tenant's locked KEK (wrapped under lock key `lk`) back into the
+ * token; *restored names the object made, "" if none was. A tenant locked
+ * before envelope v2 has no KEK yet: after_unlock makes one. */
+static enum kb_err
+kek_restore(struct rpc_ctx *c, const char *tenant, const struct store_key *lk,
+    char restored[STORE_KEY_ID_MAX])
+{
+	struct store_key *v = NULL;
+	char label[DEK_LABEL_MAX];
+	size_t n = 0, i;
+	enum kb_err e;
+
+	restored[0] = '\0';
+	if ((e = store_key_list(c->b->store, tenant, "kek", &v, &n)) != KB_OK)
+		return e;
+	dek_label(STORE_MODE_CUSTOMER, tenant, label, sizeof(label));
+	for (i = 0; i < n; i++) {
+		if (strcmp(v[i].state, "locked") != 0 ||
+		    strcmp(v[i].parent_id, lk->id) != 0)
+			continue;
+		if (hsm_secret_exists(c->b->hsm, v[i].id, label) == KB_OK)
+			break;	/* a crash after an earlier unwrap */
+		kb_err_clear();
+		e = hsm_kek_unwrap(c->b->hsm, lk->id, v[i].wrap_alg, v[i].wrapped,
+		    v[i].wrapped_len, v[i].id, label);
+		if (e == KB_OK)
+			snprintf(restored, STORE_KEY_ID_MAX, "%s", v[i].id);
+		else
+			e = kb_err_wrap(e, "restoring tenant %s's KEK %s", tenant,
+			    v[i].id);
+		break;
+	}
+	free(v);
+	return e;
+}
+
+/* After the unlock's commit: a tenant locked before envelope v2 gets its
+ * first KEK, and its pre-v2 rows the upgrade job. */
+static enum kb_err
+after_unlock(struct rpc_ctx *c, const char *tenant, const char *key_id)
+{
+	struct store_key kek;
+	struct store_job job;
+	char id[STORE_KEY_ID_MAX];
+	int changed;
+	enum kb_err e;
+
+	e = store_kek_current(c->b->store, tenant, &kek);
+	if (e == KB_ERR_NOT_FOUND) {
+		kb_err_clear();
+		e = keys_kek_create(c->b, tenant, key_id, "active", &kek);
+	}
+	if (e != KB_OK || store_deks_legacy(c->b->store) == 0)
+		return e;
+	/* Its rows are RSA-OAEP under this key: the upgrade needs it to
+	 * decrypt once more, then takes that use away. */
+	if ((e = hsm_rsa_upgrade(c->b->hsm, key_id, HSM_USE_KEYWRAP |
+	    HSM_USE_ENCRYPT, &changed)) != KB_OK ||
+	    (e = broker_new_id(c->b, "j-", id, sizeof(id))) != KB_OK)
+		return e;
+	atomic_store(&c->b->legacy_open, 1);
+	e = store_job_begin(c->b->store, id, STORE_JOB_UPGRADE, NULL, "",
+	    c->now_us, &job);
+	if (e == KB_ERR_ALREADY_EXISTS) {
+		kb_err_clear();
+		e = KB_OK;
+	}
+	c->after_audit = kick_jobs;
+	return e;
 }
 
 enum kb_err
@@ -111,7 +190,7 @@ rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_tenant t;
 	struct store_key lk;
 	struct key_file f;
-	char fp[65];
+	char fp[65], kek_restored[STORE_KEY_ID_MAX] = "";
 	int imported = 0;
 	enum kb_err e;
 
@@ -155,14 +234,23 @@ rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
 			goto out;
 		imported = 1;
 	}
+	/* The KEK that was destroyed with the lock comes back from its
+	 * wrapped copy in the database: only the returned key unwraps it. */
+	if ((e = kek_restore(c, in->tenant_id, &lk, kek_restored)) != KB_OK)
+		goto out;
 	if ((e = store_tenant_unlock(c->b->store, in->tenant_id, c->now_us))
 	    != KB_OK)
 		goto out;
 	imported = 0;
+	kek_restored[0] = '\0';
+	if ((e = after_unlock(c, in->tenant_id, lk.id)) != KB_OK)
+		goto out;
 	log_warn("tenant %s UNLOCKED by %s: key %s is active again; unlock its "
 	    "environments one by one", in->tenant_id, c->id->name, lk.id);
 	e = reply_tenant(c, in->tenant_id, resp);
 out:
+	if (kek_restored[0] != '\0')
+		(void)hsm_key_destroy(c->b->hsm, kek_restored);
 	if (imported)
 		(void)hsm_key_destroy(c->b->hsm, lk.id);
 	broker_tenant_unlock(c->b, in->tenant_id);
@@ -199,11 +287,16 @@ rpc_env_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    t.id);
 		goto out;
 	}
-	if (strcmp(env.key_id, t.active_key_id) != 0 ||
-	    hsm_key_exists(c->b->hsm, env.key_id) != KB_OK) {
+	if (strcmp(env.key_id, t.active_key_id) != 0) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is "
-		    "wrapped by key %s, which is not the tenant's active key in "
-		    "the token", env.tenant_id, env.name, env.key_id);
+		    "encrypted with key %s, which is not the tenant's active key "
+		    "%s", env.tenant_id, env.name, env.key_id, t.active_key_id);
+		goto out;
+	}
+	if ((e = hsm_key_exists(c->b->hsm, env.key_id)) != KB_OK) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is "
+		    "encrypted with key %s, which is not in the token (%s)",
+		    env.tenant_id, env.name, env.key_id, kb_err_msg(e));
 		goto out;
 	}
 	if ((e = store_env_set_state(c->b->store, in->tenant_id, in->name,

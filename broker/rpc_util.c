@@ -30,6 +30,16 @@ rpc_check_tenant_access(struct rpc_ctx *c, const char *tenant)
 	    identity_role_name(c->id->role), c->id->name, tenant);
 }
 
+enum kb_err
+rpc_check_platform_access(struct rpc_ctx *c, const char *what)
+{
+	if (c->id->nscopes == 0)
+		return KB_OK;
+	return kb_errf(KB_ERR_PERMISSION_DENIED, "%s \"%s\" is limited to "
+	    "some tenants; %s needs a platform-wide admin",
+	    identity_role_name(c->id->role), c->id->name, what);
+}
+
 Keybroker__V1__Tenant *
 rpc_tenant_msg(const struct store_tenant *t)
 {
@@ -154,6 +164,7 @@ rpc_job_msg(const struct store_job *j)
 	m->kind = rpc_strdup(j->kind);
 	m->key_id = rpc_strdup(j->key_id);
 	m->previous_key_id = rpc_strdup(j->previous_key_id);
+	m->target_key_id = rpc_strdup(j->target_key_id);
 	if (strcmp(j->state, "running") == 0)
 		m->state = KEYBROKER__V1__JOB_STATE__JOB_STATE_RUNNING;
 	else if (strcmp(j->state, "done") == 0)

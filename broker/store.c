@@ -89,6 +89,41 @@ static const char *const migrations[] = {
 	"  key_id TEXT NOT NULL,"
 	"  create_time_us INTEGER NOT NULL);"
 	"CREATE INDEX backups_env ON backups(env_id);",
+
+	/* 3: envelope v2. Environments get an id that is never reused (the
+	 * sealed DEKs' associated data names it); the BYOK key-exchange keys
+	 * become purpose 'exchange' and 'kek' now names a tenant's AES KEK,
+	 * stored wrapped under its parent tenant key; jobs may be
+	 * platform-wide (no tenant) and name the key they re-seal under. */
+	"ALTER TABLE environments ADD COLUMN uid TEXT;"
+	"UPDATE environments SET uid = lower(hex(randomblob(16)));"
+	"CREATE UNIQUE INDEX environments_uid ON environments(uid);"
+	"UPDATE keys SET purpose = 'exchange' WHERE purpose = 'kek';"
+	"ALTER TABLE keys ADD COLUMN parent_id TEXT NOT NULL DEFAULT '';"
+	"ALTER TABLE keys ADD COLUMN wrapped BLOB;"
+	"CREATE INDEX keys_parent ON keys(parent_id);"
+	"CREATE TABLE jobs3 ("
+	"  id TEXT PRIMARY KEY,"
+	"  tenant_id TEXT,"
+	"  kind TEXT NOT NULL,"
+	"  key_id TEXT NOT NULL,"
+	"  previous_key_id TEXT NOT NULL DEFAULT '',"
+	"  target_key_id TEXT NOT NULL DEFAULT '',"
+	"  state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),"
+	"  total INTEGER NOT NULL DEFAULT 0,"
+	"  done INTEGER NOT NULL DEFAULT 0,"
+	"  error TEXT NOT NULL DEFAULT '',"
+	"  create_time_us INTEGER NOT NULL,"
+	"  update_time_us INTEGER NOT NULL);"
+	"INSERT INTO jobs3(id, tenant_id, kind, key_id, previous_key_id, state,"
+	"  total, done, error, create_time_us, update_time_us)"
+	"  SELECT id, tenant_id, kind, key_id, previous_key_id, state, total,"
+	"  done, error, create_time_us, update_time_us FROM jobs;"
+	"DROP TABLE jobs;"
+	"ALTER TABLE jobs3 RENAME TO jobs;"
+	"CREATE INDEX jobs_state ON jobs(state);"
+	"CREATE INDEX deks_alg ON deks(wrap_alg);"
+	"ALTER TABLE deks ADD COLUMN damaged TEXT NOT NULL DEFAULT '';",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -249,6 +284,9 @@ migrate(struct conn *c, const char *path)
 		goto out;
 	}
 	version = sqlite3_column_int(st, 0);
+	/* An open statement would keep DROP TABLE from running. */
+	sqlite3_finalize(st);
+	st = NULL;
 	if (version > N_MIGRATIONS) {
 		e = kb_errf(KB_ERR_CONFIG, "database %s has schema version %d, "
 		    "newer than this keybroker knows (%d): use a newer keybrokerd",
@@ -588,6 +626,13 @@ store_env_row(sqlite3_stmt *st, void *elem)
 	env->create_time_us = sqlite3_column_int64(st, 7);
 	env->update_time_us = sqlite3_column_int64(st, 8);
 	env->lock_time_us = sqlite3_column_int64(st, 9);
+	store_copy_text(env->uid, sizeof(env->uid), st, 10);
+	snprintf(env->seal_key_id, sizeof(env->seal_key_id), "%s",
+	    env->key_id);
+	/* A customer-managed environment's key is its tenant key, the
+	 * parent of the KEK that seals its DEK. */
+	if (sqlite3_column_bytes(st, 11) > 0)
+		store_copy_text(env->key_id, sizeof(env->key_id), st, 11);
 }
 
 enum kb_err
@@ -616,8 +661,8 @@ store_env_create(struct store *s, struct store_env *env,
     const struct store_dek *dek)
 {
 	static const char ins_env[] = "INSERT INTO environments(tenant_id, "
-	    "name, mode, state, dek_version, create_time_us, update_time_us) "
-	    "VALUES (?, ?, ?, ?, ?, ?, ?)";
+	    "name, mode, state, dek_version, create_time_us, update_time_us, "
+	    "uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
 	static const char ins_dek[] = "INSERT INTO deks(env_id, version, "
 	    "key_id, wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, ?)";
 	struct conn *c = store_conn_get(s);
@@ -640,6 +685,7 @@ store_env_create(struct store *s, struct store_env *env,
 	sqlite3_bind_int64(st, 5, dek->version);
 	sqlite3_bind_int64(st, 6, env->create_time_us);
 	sqlite3_bind_int64(st, 7, env->update_time_us);
+	sqlite3_bind_text(st, 8, env->uid, -1, SQLITE_STATIC);
 	if ((e = store_step_done(c, st, "creating the environment")) != KB_OK) {
 		if (e == KB_ERR_ALREADY_EXISTS)
 			e = kb_errf(e, "environment \"%s\" already exists in "
@@ -662,6 +708,7 @@ store_env_create(struct store *s, struct store_env *env,
 		goto rollback;
 	env->dek_version = dek->version;
 	snprintf(env->key_id, sizeof(env->key_id), "%s", dek->key_id);
+	snprintf(env->seal_key_id, sizeof(env->seal_key_id), "%s", dek->key_id);
 	snprintf(env->wrap_alg, sizeof(env->wrap_alg), "%s", dek->wrap_alg);
 	goto out;
 rollback:
@@ -741,7 +788,7 @@ store_env_dek(struct store *s, const char *tenant, const char *name,
 	/* The environment row, and the DEK row of the asked version (current
 	 * when 0) in the same read. */
 	static const char sql[] = "SELECT " ENV_COLS ", v.version, v.key_id, "
-	    "v.wrap_alg, v.wrapped " ENV_JOIN " LEFT JOIN deks v ON "
+	    "v.wrap_alg, v.wrapped, v.damaged " ENV_JOIN " LEFT JOIN deks v ON "
 	    "v.env_id = e.id AND v.version = (CASE WHEN ?3 = 0 THEN "
 	    "e.dek_version ELSE ?3 END) WHERE e.tenant_id = ?1 AND e.name = ?2";
 	struct conn *c = store_conn_get(s);
@@ -758,9 +805,9 @@ store_env_dek(struct store *s, const char *tenant, const char *name,
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		store_env_row(st, env);
-		blob = sqlite3_column_blob(st, 13);
-		len = sqlite3_column_bytes(st, 13);
-		if (sqlite3_column_type(st, 10) == SQLITE_NULL) {
+		blob = sqlite3_column_blob(st, 15);
+		len = sqlite3_column_bytes(st, 15);
+		if (sqlite3_column_type(st, 12) == SQLITE_NULL) {
 			if (version != 0)
 				e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s/%s\" "
 				    "has no data key version %u (current is %u)",
@@ -774,11 +821,12 @@ store_env_dek(struct store *s, const char *tenant, const char *name,
 			e = kb_errf(KB_ERR_CORRUPT, "environment \"%s/%s\" has no "
 			    "valid wrapped data key", tenant, name);
 		} else {
-			dek->version = (uint32_t)sqlite3_column_int64(st, 10);
-			store_copy_text(dek->key_id, sizeof(dek->key_id), st, 11);
-			store_copy_text(dek->wrap_alg, sizeof(dek->wrap_alg), st, 12);
+			dek->version = (uint32_t)sqlite3_column_int64(st, 12);
+			store_copy_text(dek->key_id, sizeof(dek->key_id), st, 13);
+			store_copy_text(dek->wrap_alg, sizeof(dek->wrap_alg), st, 14);
 			memcpy(dek->wrapped, blob, (size_t)len);
 			dek->wrapped_len = (size_t)len;
+			store_copy_text(dek->damaged, sizeof(dek->damaged), st, 16);
 			e = KB_OK;
 		}
 	} else if (rc == SQLITE_DONE) {
@@ -801,6 +849,7 @@ void
 store_key_row(sqlite3_stmt *st, void *elem)
 {
 	struct store_key *k = elem;
+	int len;
 
 	store_copy_text(k->id, sizeof(k->id), st, 0);
 	store_copy_text(k->tenant_id, sizeof(k->tenant_id), st, 1);
@@ -815,6 +864,12 @@ store_key_row(sqlite3_stmt *st, void *elem)
 	k->activate_time_us = sqlite3_column_int64(st, 10);
 	k->lock_time_us = sqlite3_column_int64(st, 11);
 	k->delete_time_us = sqlite3_column_int64(st, 12);
+	store_copy_text(k->parent_id, sizeof(k->parent_id), st, 13);
+	len = sqlite3_column_bytes(st, 14);
+	if (len > 0 && (size_t)len <= sizeof(k->wrapped)) {
+		memcpy(k->wrapped, sqlite3_column_blob(st, 14), (size_t)len);
+		k->wrapped_len = (size_t)len;
+	}
 }
 
 enum kb_err
@@ -833,8 +888,8 @@ store_key_insert(struct conn *c, const struct store_key *k)
 {
 	static const char sql[] = "INSERT INTO keys(id, tenant_id, purpose, "
 	    "origin, state, fingerprint, wrap_alg, create_time_us, "
-	    "update_time_us, bits) VALUES (?, nullif(?, ''), ?, ?, ?, ?, ?, ?, "
-	    "?, ?)";
+	    "update_time_us, bits, parent_id, wrapped) VALUES (?, nullif(?, ''), "
+	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 	sqlite3_stmt *st;
 	enum kb_err e;
 
@@ -849,6 +904,12 @@ store_key_insert(struct conn *c, const struct store_key *k)
 		sqlite3_bind_int64(st, 8, k->create_time_us);
 		sqlite3_bind_int64(st, 9, k->update_time_us);
 		sqlite3_bind_int(st, 10, (int)(k->bits ? k->bits : 2048));
+		sqlite3_bind_text(st, 11, k->parent_id, -1, SQLITE_STATIC);
+		if (k->wrapped_len > 0)
+			sqlite3_bind_blob(st, 12, k->wrapped,
+			    (int)k->wrapped_len, SQLITE_STATIC);
+		else
+			sqlite3_bind_null(st, 12);
 		e = store_step_done(c, st, "recording the key");
 		if (e == KB_ERR_ALREADY_EXISTS)
 			e = kb_errf(e, "key \"%s\" already exists", k->id);

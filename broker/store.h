@@ -47,13 +47,20 @@ struct store_tenant {
 	char installing_key_id[STORE_KEY_ID_MAX];
 };
 
+#define STORE_UID_LEN 32          /* hex digits of an environment's uid */
+
 struct store_env {
 	char tenant_id[STORE_ID_MAX];
 	char name[STORE_ID_MAX];
+	char uid[STORE_UID_LEN + 1];     /* never reused; in the DEKs' AAD */
 	enum store_env_mode mode;
 	enum store_env_state state;
 	uint32_t dek_version;
-	char key_id[STORE_KEY_ID_MAX];   /* wraps the current DEK version */
+	/* The environment's encryption key: the tenant key (customer) or the
+	 * platform key; and the key that seals the current DEK version (the
+	 * tenant's KEK, or the platform key). */
+	char key_id[STORE_KEY_ID_MAX];
+	char seal_key_id[STORE_KEY_ID_MAX];
 	char wrap_alg[STORE_ALG_MAX];
 	int64_t create_time_us;
 	int64_t update_time_us;
@@ -67,13 +74,15 @@ struct store_dek {
 	char wrap_alg[STORE_ALG_MAX];
 	uint8_t wrapped[STORE_WRAPPED_MAX];
 	size_t wrapped_len;
+	char damaged[160];             /* why repair gave up on it; "" = not */
 };
 
-/* A key the broker knows of: its own (platform, kek, audit) or a tenant's. */
+/* A key the broker knows of: its own (platform, audit), a tenant's RSA key
+ * (tenant), its BYOK key-exchange key (exchange) or its AES KEK (kek). */
 struct store_key {
 	char id[STORE_KEY_ID_MAX];
 	char tenant_id[STORE_ID_MAX];  /* "" for the broker's own keys */
-	char purpose[16];              /* platform, kek, audit, tenant */
+	char purpose[16];              /* platform, audit, tenant, exchange, kek */
 	char origin[16];               /* generated, pfx, byok */
 	char state[16];                /* available, installing, active, locked, deleted */
 	char fingerprint[65];          /* hex SHA-256 of the SubjectPublicKeyInfo */
@@ -84,15 +93,28 @@ struct store_key {
 	int64_t activate_time_us;
 	int64_t lock_time_us;
 	int64_t delete_time_us;
+	/* A KEK: the tenant key wrapping it, and the wrapped key. */
+	char parent_id[STORE_KEY_ID_MAX];
+	uint8_t wrapped[512];
+	size_t wrapped_len;
 };
 
-/* A background job (key activation: re-wrap a tenant's environments). */
+/* Background jobs: a tenant's activation (re-seal its customer-managed DEKs
+ * under the new key's KEK), a platform-key rotation, and the one-time
+ * upgrade of pre-v2 (RSA-OAEP) rows. */
+#define STORE_JOB_ACTIVATE "activate"
+#define STORE_JOB_ROTATE "rotate-platform"
+#define STORE_JOB_UPGRADE "upgrade-v2"
+/* Not a job: the verify scan reads every row (of job->tenant_id, or all). */
+#define STORE_SCAN_VERIFY "verify"
+
 struct store_job {
 	char id[STORE_KEY_ID_MAX];
-	char tenant_id[STORE_ID_MAX];
-	char kind[16];                 /* "activate" */
-	char key_id[STORE_KEY_ID_MAX];
+	char tenant_id[STORE_ID_MAX];  /* "" for platform-wide jobs */
+	char kind[24];
+	char key_id[STORE_KEY_ID_MAX];          /* the key being activated */
 	char previous_key_id[STORE_KEY_ID_MAX];
+	char target_key_id[STORE_KEY_ID_MAX];   /* re-seal under this key */
 	char state[16];                /* running, done, failed */
 	uint64_t total, done;
 	char error[256];
@@ -111,10 +133,17 @@ struct store_backup {
 	int64_t create_time_us;
 };
 
-/* One DEK row to re-wrap: identifies the row and carries its blob. */
+/* One DEK row to re-seal: identifies the row (what its AAD names) and
+ * carries its blob. */
 struct store_rewrap {
 	int64_t env_id;
 	uint32_t version;
+	char tenant_id[STORE_ID_MAX];
+	char name[STORE_ID_MAX];
+	char uid[STORE_UID_LEN + 1];
+	enum store_env_mode mode;
+	int locked;                    /* its environment is locked */
+	int skip;                      /* set by the job: leave this row alone */
 	struct store_dek dek;          /* key_id/wrap_alg/wrapped: before, then after */
 };
 
@@ -185,31 +214,39 @@ enum kb_err store_key_by_fingerprint(struct store *s, const char *tenant,
 enum kb_err store_key_add(struct store *s, const struct store_key *k,
     int64_t now);
 
-/* Start activating `key_id`: the key becomes installing, a job is recorded
- * with the number of DEK rows to re-wrap, and the tenant's last activation
- * and key change become `now`. */
+/* Start activating `key_id`: the key becomes installing, its new KEK `kek`
+ * (state installing) is recorded, a job is recorded with the number of DEK
+ * rows to re-seal, and the tenant's last activation and key change become
+ * `now`. */
 enum kb_err store_activation_begin(struct store *s, const char *tenant,
-    const char *key_id, const char *previous_key_id, const char *job_id,
-    int64_t now, struct store_job *job);
-/* Up to `max` DEK rows of the tenant's customer-managed environments not
- * yet wrapped by `key_id`. */
-enum kb_err store_rewrap_fetch(struct store *s, const char *tenant,
-    const char *key_id, struct store_rewrap *rows, size_t max, size_t *n);
-/* The same, in (env_id, version) order after (after_env_id, after_version)
- * ((0, 0): from the start). Each call costs what it returns, not what lies
- * before the position. */
-enum kb_err store_rewrap_fetch_after(struct store *s, const char *tenant,
-    const char *key_id, int64_t after_env_id, uint32_t after_version,
+    const char *key_id, const char *previous_key_id,
+    const struct store_key *kek, const char *job_id, int64_t now,
+    struct store_job *job);
+/* Start a platform-wide job of `kind` (STORE_JOB_ROTATE with `new_key`, the
+ * new platform key, recorded installing; STORE_JOB_UPGRADE with NULL).
+ * KB_ERR_ALREADY_EXISTS (and *job the running one) if one is running. */
+enum kb_err store_job_begin(struct store *s, const char *job_id,
+    const char *kind, const struct store_key *new_key,
+    const char *previous_key_id, int64_t now, struct store_job *job);
+/* Up to `max` rows the job still has to re-seal, in (env_id, version)
+ * order after (after_env_id, after_version) ((0, 0): from the start).
+ * Each call costs what it returns, not what lies before the position. */
+enum kb_err store_rewrap_fetch_after(struct store *s,
+    const struct store_job *job, int64_t after_env_id, uint32_t after_version,
     struct store_rewrap *rows, size_t max, size_t *n);
-/* Store re-wrapped rows (each row's dek now holds the new key_id, alg and
+/* Store re-sealed rows (each row's dek now holds the new key_id, alg and
  * blob; `old_key_ids` the keys they had, so a row changed meanwhile is left
- * alone) and add their count to the job's progress, in one transaction. */
+ * alone; rows with `skip` set are left alone) and add their count to the
+ * job's progress, in one transaction. */
 enum kb_err store_rewrap_commit(struct store *s, const char *job_id,
     const struct store_rewrap *rows, char (*old_key_ids)[STORE_KEY_ID_MAX],
     size_t n, int64_t now);
-/* Finish: the new key active, the previous active key available, the job
- * done. */
-enum kb_err store_activation_finish(struct store *s, const struct store_job *j,
+/* Finish a job once nothing is left to re-seal (KB_ERR_UNAVAILABLE if rows
+ * appeared meanwhile: run another pass). Activation: the new key active,
+ * the previous active key available, the new KEK active and the previous
+ * one deleted (the caller destroys its token object). Rotation: the new
+ * platform key active, the previous one deleted (likewise). */
+enum kb_err store_job_finish(struct store *s, const struct store_job *j,
     int64_t now);
 enum kb_err store_job_fail(struct store *s, const char *job_id,
     const char *error, int64_t now);
@@ -218,6 +255,33 @@ enum kb_err store_job_get(struct store *s, const char *id,
 /* Jobs in state running (to resume at start-up); *out malloc'd. */
 enum kb_err store_jobs_running(struct store *s, struct store_job **out,
     size_t *n);
+
+/* The KEK new data keys of `tenant` are sealed under: the installing one
+ * during an activation, else the active one. KB_ERR_NOT_FOUND if none. */
+enum kb_err store_kek_current(struct store *s, const char *tenant,
+    struct store_key *out);
+/* The platform key new data keys are sealed under (AES-256-GCM; the
+ * installing one during a rotation). KB_ERR_NOT_FOUND if none yet. */
+enum kb_err store_platform_current(struct store *s, struct store_key *out);
+/* Every key of `purpose`, of every tenant; *out malloc'd. */
+enum kb_err store_keys_by_purpose(struct store *s, const char *purpose,
+    struct store_key **out, size_t *n);
+/* Move key `id` from state `from` to `to` (KB_ERR_FAILED_PRECONDITION if
+ * it is not in `from`). */
+enum kb_err store_key_set_state(struct store *s, const char *id,
+    const char *from, const char *to, int64_t now);
+/* How many DEK rows key `id` seals (-1 on a database error); how many rows
+ * are still in the pre-v2 envelope. */
+int64_t store_deks_sealed_by(struct store *s, const char *key_id);
+/* How many DEK rows the verify scan of `tenant` ("" = all) reads. */
+int64_t store_deks_count(struct store *s, const char *tenant);
+/* Repair: replace one DEK row's sealing (key_id, alg, blob), or mark it
+ * unrecoverable with `why`. KB_ERR_NOT_FOUND if there is no such row. */
+enum kb_err store_dek_replace(struct store *s, const char *tenant,
+    const char *name, const struct store_dek *dek);
+enum kb_err store_dek_mark_damaged(struct store *s, const char *tenant,
+    const char *name, uint32_t version, const char *why);
+int64_t store_deks_legacy(struct store *s);
 
 /* ---- environment encryption, backups, lock (store_envops.c) ---- */
 
@@ -229,11 +293,15 @@ enum kb_err store_env_deks(struct store *s, const char *tenant,
 enum kb_err store_env_rewrap(struct store *s, const char *tenant,
     const char *name, enum store_env_mode mode, const struct store_dek *deks,
     size_t n, int64_t now);
-/* Add a new current DEK version (version = highest + 1, set in dek). */
+/* The version a new DEK of the environment gets: highest ever + 1. */
+enum kb_err store_env_next_version(struct store *s, const char *tenant,
+    const char *name, uint32_t *version);
+/* Add a new current DEK version (dek->version must be what
+ * store_env_next_version said, else KB_ERR_UNAVAILABLE). */
 enum kb_err store_env_add_version(struct store *s, const char *tenant,
     const char *name, struct store_dek *dek, int64_t now);
 /* Reset: every DEK version and backup destroyed; back to platform mode with
- * `dek` as the new current version (its version is set here). */
+ * `dek` as the new current version (as for store_env_add_version). */
 enum kb_err store_env_reset(struct store *s, const char *tenant,
     const char *name, struct store_dek *dek, int64_t now);
 enum kb_err store_env_set_state(struct store *s, const char *tenant,

@@ -165,7 +165,12 @@ env_version_txn(struct conn *c, void *arg)
 
 	if ((e = env_lookup(c, a->tenant, a->name, &env_id, &max)) != KB_OK)
 		return e;
-	a->dek->version = max + 1;
+	/* The caller sealed the DEK for version max + 1 (its associated data
+	 * names it) under the tenant lock: anything else is a race. */
+	if (a->dek->version != max + 1)
+		return kb_errf(KB_ERR_UNAVAILABLE, "environment %s/%s changed "
+		    "meanwhile (data key version %u taken); retry", a->tenant,
+		    a->name, a->dek->version);
 	if (a->reset) {
 		/* Reset destroys the data key and its backups for good. */
 		if ((e = store_run(c, "DELETE FROM backups WHERE env_id = ?",
@@ -184,6 +189,21 @@ env_version_txn(struct conn *c, void *arg)
 	return store_run(c, "UPDATE environments SET dek_version = ?, "
 	    "update_time_us = ? WHERE id = ?", "setting the data key version",
 	    "iii", (int64_t)a->dek->version, a->now, env_id);
+}
+
+enum kb_err
+store_env_next_version(struct store *s, const char *tenant, const char *name,
+    uint32_t *version)
+{
+	struct conn *c = store_conn_get(s);
+	int64_t env_id;
+	uint32_t max = 0;
+	enum kb_err e;
+
+	if ((e = env_lookup(c, tenant, name, &env_id, &max)) == KB_OK)
+		*version = max + 1;
+	store_conn_put(s, c);
+	return e;
 }
 
 enum kb_err
@@ -257,8 +277,9 @@ store_backup_create(struct store *s, const char *tenant, const char *name,
 	 * mode and the key wrapping its current DEK. */
 	static const char sql[] = "INSERT INTO backups(id, env_id, dek_version, "
 	    "mode, key_id, create_time_us) SELECT ?, e.id, e.dek_version, "
-	    "e.mode, d.key_id, ? " ENV_JOIN " WHERE e.tenant_id = ? AND "
-	    "e.name = ? AND d.key_id IS NOT NULL";
+	    "e.mode, coalesce((SELECT nullif(k.parent_id, '') FROM keys k WHERE "
+	    "k.id = d.key_id AND k.purpose = 'kek'), d.key_id), ? " ENV_JOIN
+	    " WHERE e.tenant_id = ? AND e.name = ? AND d.key_id IS NOT NULL";
 	struct conn *c = store_conn_get(s);
 	int64_t env_id;
 	enum kb_err e;
@@ -332,8 +353,11 @@ struct tenant_lock {
 static enum kb_err
 tenant_lock_txn(struct conn *c, void *arg)
 {
+	/* The tenant keys and the KEK objects in the token: all go. The KEK
+	 * stays in the database, wrapped under the lock key, for unlock. */
 	static const char sel[] = "SELECT id FROM keys WHERE tenant_id = ? AND "
-	    "purpose = 'tenant' AND state IN ('active', 'available')";
+	    "((purpose = 'tenant' AND state IN ('active', 'available')) OR "
+	    "(purpose = 'kek' AND state IN ('active', 'installing')))";
 	struct tenant_lock *a = arg;
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -366,6 +390,12 @@ tenant_lock_txn(struct conn *c, void *arg)
 	    "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
 	    "purpose = 'tenant' AND state = 'available'", "deleting keys", "iit",
 	    a->now, a->now, a->tenant)) != KB_OK)
+		return e;
+	if ((e = store_run(c, "UPDATE keys SET state = 'locked', "
+	    "lock_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
+	    "purpose = 'kek' AND state = 'active' AND parent_id = ?",
+	    "locking the KEK", "iitt", a->now, a->now, a->tenant, a->key_id))
+	    != KB_OK)
 		return e;
 	if ((e = store_run(c, "UPDATE environments SET state = 'locked', "
 	    "lock_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
@@ -413,6 +443,12 @@ tenant_unlock_txn(struct conn *c, void *arg)
 	if (sqlite3_changes(c->db) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" has no "
 		    "locked key to reactivate", a->tenant);
+	if ((e = store_run(c, "UPDATE keys SET state = 'active', lock_time_us = 0, "
+	    "update_time_us = ? WHERE tenant_id = ? AND purpose = 'kek' AND "
+	    "state = 'locked' AND parent_id = (SELECT lock_key_id FROM tenants "
+	    "WHERE id = ?)", "reactivating the KEK", "itt", a->now, a->tenant,
+	    a->tenant)) != KB_OK)
+		return e;
 	return store_run(c, "UPDATE tenants SET state = 'active', lock_time_us = 0, "
 	    "lock_key_id = '', last_key_change_us = ? WHERE id = ? AND "
 	    "state = 'locked'", "unlocking the tenant", "it", a->now, a->tenant);

@@ -34,7 +34,8 @@ enum kb_err
 store_keys_destroyed(struct store *s, struct store_key **out, size_t *n)
 {
 	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
-	    "purpose = 'tenant' AND state IN ('locked', 'deleted')";
+	    "purpose IN ('tenant', 'kek', 'platform') AND "
+	    "state IN ('locked', 'deleted')";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -107,10 +108,118 @@ store_key_add(struct store *s, const struct store_key *k, int64_t now)
 	return store_txn(s, key_add_txn, &a, "recording the key");
 }
 
-/* ---- activation jobs ---- */
+/* ---- keys of the hierarchy: KEKs and platform keys ---- */
 
-#define JOB_COLS "id, tenant_id, kind, key_id, previous_key_id, state, " \
-	"total, done, error, create_time_us, update_time_us"
+enum kb_err
+store_kek_current(struct store *s, const char *tenant, struct store_key *out)
+{
+	/* The installing KEK while an activation runs (new data keys go
+	 * straight under it), else the active one. */
+	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	    "tenant_id = ? AND purpose = 'kek' AND state IN ('active', "
+	    "'installing') ORDER BY state = 'installing' DESC, "
+	    "create_time_us DESC LIMIT 1";
+	enum kb_err e;
+
+	e = store_get_one(s, sql, tenant, NULL, store_key_row, out, "KEK of");
+	if (e == KB_ERR_NOT_FOUND)
+		e = kb_errf(e, "tenant \"%s\" has no key-encryption key: it "
+		    "has no active tenant key", tenant);
+	return e;
+}
+
+enum kb_err
+store_platform_current(struct store *s, struct store_key *out)
+{
+	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	    "tenant_id IS NULL AND purpose = 'platform' AND wrap_alg = ? AND "
+	    "state IN ('active', 'installing') ORDER BY state = 'installing' "
+	    "DESC, create_time_us DESC LIMIT 1";
+
+	return store_get_one(s, sql, "AES-256-GCM", NULL, store_key_row, out,
+	    "platform key of kind");
+}
+
+enum kb_err
+store_keys_by_purpose(struct store *s, const char *purpose,
+    struct store_key **out, size_t *n)
+{
+	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	    "purpose = ? ORDER BY create_time_us, id";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	*out = NULL;
+	*n = 0;
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_text(st, 1, purpose, -1, SQLITE_STATIC);
+		e = store_collect(c, st, sizeof(**out), store_key_row,
+		    (void **)out, n, "listing keys");
+	}
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_key_set_state(struct store *s, const char *id, const char *from,
+    const char *to, int64_t now)
+{
+	struct conn *c = store_conn_get(s);
+	enum kb_err e;
+
+	e = store_run(c, "UPDATE keys SET state = ?, update_time_us = ?, "
+	    "delete_time_us = CASE WHEN ? = 'deleted' THEN ? ELSE "
+	    "delete_time_us END WHERE id = ? AND state = ?", "changing a key's "
+	    "state", "titiit", to, now, to, now, id, from);
+	if (e == KB_OK && sqlite3_changes(c->db) != 1)
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is not %s",
+		    id, from);
+	store_conn_put(s, c);
+	return e;
+}
+
+int64_t
+store_deks_sealed_by(struct store *s, const char *key_id)
+{
+	static const char sql[] = "SELECT count(*) FROM deks WHERE key_id = ?";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	int64_t n = -1;
+
+	if (store_stmt(c, sql, &st) == KB_OK) {
+		sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			n = sqlite3_column_int64(st, 0);
+		sqlite3_reset(st);
+	}
+	store_conn_put(s, c);
+	return n;
+}
+
+int64_t
+store_deks_legacy(struct store *s)
+{
+	static const char sql[] = "SELECT count(*) FROM deks WHERE "
+	    "wrap_alg != 'AES-256-GCM'";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	int64_t n = -1;
+
+	if (store_stmt(c, sql, &st) == KB_OK) {
+		if (sqlite3_step(st) == SQLITE_ROW)
+			n = sqlite3_column_int64(st, 0);
+		sqlite3_reset(st);
+	}
+	store_conn_put(s, c);
+	return n;
+}
+
+/* ---- jobs ---- */
+
+#define JOB_COLS "id, coalesce(tenant_id, ''), kind, key_id, " \
+	"previous_key_id, state, total, done, error, create_time_us, " \
+	"update_time_us, target_key_id"
 
 static void
 job_row(sqlite3_stmt *st, void *elem)
@@ -128,15 +237,83 @@ job_row(sqlite3_stmt *st, void *elem)
 	store_copy_text(j->error, sizeof(j->error), st, 8);
 	j->create_time_us = sqlite3_column_int64(st, 9);
 	j->update_time_us = sqlite3_column_int64(st, 10);
+	store_copy_text(j->target_key_id, sizeof(j->target_key_id), st, 11);
 }
 
-/* DEK rows of a tenant's customer-managed environments that `key` does not
- * wrap yet. Deleted environments have no DEK rows. */
-#define REWRAP_WHERE "FROM deks d JOIN environments e ON e.id = d.env_id " \
-	"WHERE e.tenant_id = ?1 AND e.mode = 'customer' AND d.key_id != ?2"
+/* The rows a job re-seals, by kind: a tenant's customer-managed DEKs not
+ * under the target KEK; every platform-managed DEK not under the target
+ * platform key; every DEK still in the pre-v2 envelope. Deleted
+ * environments have no DEK rows. */
+static const char count_activate[] = "SELECT count(*) FROM deks d JOIN "
+    "environments e ON e.id = d.env_id WHERE e.tenant_id = ?1 AND "
+    "e.mode = 'customer' AND d.key_id != ?2";
+static const char count_platform[] = "SELECT count(*) FROM deks d JOIN "
+    "environments e ON e.id = d.env_id WHERE ?1 = ?1 AND "
+    "e.mode = 'platform' AND d.key_id != ?2";
+static const char count_upgrade[] = "SELECT count(*) FROM deks d WHERE "
+    "?1 = ?1 AND ?2 = ?2 AND d.wrap_alg != 'AES-256-GCM'";
+
+static const char *
+job_count_sql(const char *kind)
+{
+	if (strcmp(kind, STORE_JOB_ACTIVATE) == 0)
+		return count_activate;
+	if (strcmp(kind, STORE_JOB_ROTATE) == 0)
+		return count_platform;
+	return count_upgrade;
+}
+
+static enum kb_err
+job_count(struct conn *c, const char *kind, const char *tenant,
+    const char *target, int64_t *total)
+{
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	if ((e = store_stmt(c, job_count_sql(kind), &st)) != KB_OK)
+		return e;
+	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, target, -1, SQLITE_STATIC);
+	rc = sqlite3_step(st);
+	*total = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
+	sqlite3_reset(st);
+	if (rc != SQLITE_ROW)
+		return store_sql_err(c->db, rc, "counting data keys");
+	return KB_OK;
+}
+
+static enum kb_err
+job_insert(struct conn *c, const struct store_job *j)
+{
+	return store_run(c, "INSERT INTO jobs(id, tenant_id, kind, key_id, "
+	    "previous_key_id, target_key_id, state, total, done, "
+	    "create_time_us, update_time_us) VALUES (?, nullif(?, ''), ?, ?, ?, "
+	    "?, 'running', ?, 0, ?, ?)", "recording the job", "ttttttiii",
+	    j->id, j->tenant_id, j->kind, j->key_id, j->previous_key_id,
+	    j->target_key_id, (int64_t)j->total, j->create_time_us,
+	    j->update_time_us);
+}
+
+static void
+job_fill(struct store_job *j, const char *id, const char *tenant,
+    const char *kind, const char *key_id, const char *prev,
+    const char *target, int64_t now)
+{
+	memset(j, 0, sizeof(*j));
+	snprintf(j->id, sizeof(j->id), "%s", id);
+	snprintf(j->tenant_id, sizeof(j->tenant_id), "%s", tenant);
+	snprintf(j->kind, sizeof(j->kind), "%s", kind);
+	snprintf(j->key_id, sizeof(j->key_id), "%s", key_id);
+	snprintf(j->previous_key_id, sizeof(j->previous_key_id), "%s", prev);
+	snprintf(j->target_key_id, sizeof(j->target_key_id), "%s", target);
+	snprintf(j->state, sizeof(j->state), "running");
+	j->create_time_us = j->update_time_us = now;
+}
 
 struct act_begin {
 	const char *tenant, *key_id, *prev, *job_id;
+	const struct store_key *kek;
 	int64_t now;
 	struct store_job *job;
 };
@@ -144,99 +321,140 @@ struct act_begin {
 static enum kb_err
 activation_begin_txn(struct conn *c, void *arg)
 {
-	static const char count_sql[] = "SELECT count(*) " REWRAP_WHERE;
 	struct act_begin *a = arg;
-	sqlite3_stmt *st;
 	enum kb_err e;
 	int64_t total;
-	int rc;
 
-	if ((e = store_stmt(c, count_sql, &st)) != KB_OK)
-		return e;
-	sqlite3_bind_text(st, 1, a->tenant, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->key_id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	total = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW)
-		return store_sql_err(c->db, rc, "counting environments");
-	if ((e = store_run(c, "UPDATE keys SET state = 'installing', update_time_us = ? "
-	    "WHERE id = ? AND tenant_id = ? AND state = 'available'",
-	    "marking the key installing", "itt", a->now, a->key_id,
-	    a->tenant)) != KB_OK)
+	if ((e = store_run(c, "UPDATE keys SET state = 'installing', "
+	    "update_time_us = ? WHERE id = ? AND tenant_id = ? AND "
+	    "state = 'available'", "marking the key installing", "itt", a->now,
+	    a->key_id, a->tenant)) != KB_OK)
 		return e;
 	if (sqlite3_changes(c->db) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is not "
 		    "available", a->key_id);
+	if ((e = store_key_insert(c, a->kek)) != KB_OK)
+		return e;
+	if ((e = job_count(c, STORE_JOB_ACTIVATE, a->tenant, a->kek->id,
+	    &total)) != KB_OK)
+		return e;
 	if ((e = store_run(c, "UPDATE tenants SET last_activation_us = ?, "
 	    "last_key_change_us = ? WHERE id = ?", "recording the activation",
 	    "iit", a->now, a->now, a->tenant)) != KB_OK)
 		return e;
-	if ((e = store_run(c, "INSERT INTO jobs(id, tenant_id, kind, key_id, "
-	    "previous_key_id, state, total, done, create_time_us, "
-	    "update_time_us) VALUES (?, ?, 'activate', ?, ?, 'running', ?, 0, "
-	    "?, ?)", "recording the job", "ttttiii", a->job_id, a->tenant,
-	    a->key_id, a->prev, total, a->now, a->now)) != KB_OK)
-		return e;
-	memset(a->job, 0, sizeof(*a->job));
-	snprintf(a->job->id, sizeof(a->job->id), "%s", a->job_id);
-	snprintf(a->job->tenant_id, sizeof(a->job->tenant_id), "%s", a->tenant);
-	snprintf(a->job->kind, sizeof(a->job->kind), "activate");
-	snprintf(a->job->key_id, sizeof(a->job->key_id), "%s", a->key_id);
-	snprintf(a->job->previous_key_id, sizeof(a->job->previous_key_id), "%s",
-	    a->prev);
-	snprintf(a->job->state, sizeof(a->job->state), "running");
+	job_fill(a->job, a->job_id, a->tenant, STORE_JOB_ACTIVATE, a->key_id,
+	    a->prev, a->kek->id, a->now);
 	a->job->total = (uint64_t)total;
-	a->job->create_time_us = a->job->update_time_us = a->now;
-	return KB_OK;
+	return job_insert(c, a->job);
 }
 
 enum kb_err
 store_activation_begin(struct store *s, const char *tenant, const char *key_id,
-    const char *previous_key_id, const char *job_id, int64_t now,
-    struct store_job *job)
+    const char *previous_key_id, const struct store_key *kek,
+    const char *job_id, int64_t now, struct store_job *job)
 {
-	struct act_begin a = { tenant, key_id, previous_key_id, job_id, now, job };
+	struct act_begin a = { tenant, key_id, previous_key_id, job_id, kek,
+	    now, job };
 
 	return store_txn(s, activation_begin_txn, &a, "starting the activation");
 }
 
-enum kb_err
-store_rewrap_fetch(struct store *s, const char *tenant, const char *key_id,
-    struct store_rewrap *rows, size_t max, size_t *n)
+struct job_begin {
+	const struct store_key *key;   /* a new key to record, or NULL */
+	struct store_job *job;
+};
+
+static enum kb_err
+job_begin_txn(struct conn *c, void *arg)
 {
-	return store_rewrap_fetch_after(s, tenant, key_id, 0, 0, rows, max, n);
+	struct job_begin *a = arg;
+	enum kb_err e;
+	int64_t total;
+
+	if (a->key != NULL && (e = store_key_insert(c, a->key)) != KB_OK)
+		return e;
+	if ((e = job_count(c, a->job->kind, a->job->tenant_id,
+	    a->job->target_key_id, &total)) != KB_OK)
+		return e;
+	a->job->total = (uint64_t)total;
+	return job_insert(c, a->job);
 }
 
 enum kb_err
-store_rewrap_fetch_after(struct store *s, const char *tenant,
-    const char *key_id, int64_t after_env_id, uint32_t after_version,
-    struct store_rewrap *rows, size_t max, size_t *n)
+store_job_begin(struct store *s, const char *job_id, const char *kind,
+    const struct store_key *new_key, const char *previous_key_id,
+    int64_t now, struct store_job *job)
 {
-	/* Driven by environments_tenant_mode, whose entries are in id order
-	 * within (tenant, mode): SQLite starts at the position and stops after
-	 * `max` rows, with no sort (the cost does not grow with the rows done
-	 * before it). */
-	static const char sql[] = "SELECT d.env_id, d.version, d.key_id, "
-	    "d.wrap_alg, d.wrapped FROM environments e JOIN deks d ON "
-	    "d.env_id = e.id WHERE e.tenant_id = ?1 AND e.mode = 'customer' "
-	    "AND d.key_id != ?2 AND e.id >= ?4 AND (d.env_id, d.version) > "
-	    "(?4, ?5) ORDER BY e.id, d.version LIMIT ?3";
+	struct job_begin a = { new_key, job };
+	struct store_job *v = NULL;
+	size_t n = 0, i;
+	enum kb_err e;
+
+	if ((e = store_jobs_running(s, &v, &n)) != KB_OK)
+		return e;
+	for (i = 0; i < n; i++) {
+		if (strcmp(v[i].kind, kind) == 0) {
+			*job = v[i];
+			free(v);
+			return kb_errf(KB_ERR_ALREADY_EXISTS, "job %s (%s) is "
+			    "already running: %llu of %llu done", job->id, kind,
+			    (unsigned long long)job->done,
+			    (unsigned long long)job->total);
+		}
+	}
+	free(v);
+	job_fill(job, job_id, "", kind, new_key != NULL ? new_key->id : "",
+	    previous_key_id, new_key != NULL ? new_key->id : "", now);
+	return store_txn(s, job_begin_txn, &a, "starting the job");
+}
+
+enum kb_err
+store_rewrap_fetch_after(struct store *s, const struct store_job *job,
+    int64_t after_env_id, uint32_t after_version, struct store_rewrap *rows,
+    size_t max, size_t *n)
+{
+	/* Driven by environments_tenant_mode (activation) or the primary
+	 * key, in (env id, version) order from the position: each call
+	 * costs what it returns, not the rows done before it. */
+#define RW_COLS "SELECT d.env_id, d.version, d.key_id, d.wrap_alg, " \
+	"d.wrapped, e.tenant_id, e.name, e.uid, e.mode, e.state, d.damaged " \
+	"FROM environments e JOIN deks d ON d.env_id = e.id "
+	static const char act_sql[] = RW_COLS "WHERE e.tenant_id = ?1 AND "
+	    "e.mode = 'customer' AND d.key_id != ?2 AND e.id >= ?4 AND "
+	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
+	    "LIMIT ?3";
+	static const char rot_sql[] = RW_COLS "WHERE ?1 = ?1 AND "
+	    "e.mode = 'platform' AND d.key_id != ?2 AND e.id >= ?4 AND "
+	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
+	    "LIMIT ?3";
+	static const char upg_sql[] = RW_COLS "WHERE ?1 = ?1 AND ?2 = ?2 AND "
+	    "d.wrap_alg != 'AES-256-GCM' AND e.id >= ?4 AND "
+	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
+	    "LIMIT ?3";
+	static const char ver_sql[] = RW_COLS "WHERE (?1 = '' OR "
+	    "e.tenant_id = ?1) AND ?2 = ?2 AND e.id >= ?4 AND "
+	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
+	    "LIMIT ?3";
+#undef RW_COLS
+	const char *sql = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? act_sql :
+	    strcmp(job->kind, STORE_JOB_ROTATE) == 0 ? rot_sql :
+	    strcmp(job->kind, STORE_SCAN_VERIFY) == 0 ? ver_sql : upg_sql;
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
 	size_t cnt = 0;
+	char mode[16];
 	int rc, len;
 
 	*n = 0;
 	if ((e = store_stmt(c, sql, &st)) != KB_OK)
 		goto out;
-	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, key_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 1, job->tenant_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, job->target_key_id, -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
 	sqlite3_bind_int64(st, 4, after_env_id);
 	sqlite3_bind_int64(st, 5, after_version);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	while (cnt < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct store_rewrap *r = &rows[cnt];
 
 		memset(r, 0, sizeof(*r));
@@ -252,11 +470,22 @@ store_rewrap_fetch_after(struct store *s, const char *tenant,
 			memcpy(r->dek.wrapped, sqlite3_column_blob(st, 4),
 			    (size_t)len);
 		r->dek.wrapped_len = (size_t)len;
+		store_copy_text(r->tenant_id, sizeof(r->tenant_id), st, 5);
+		store_copy_text(r->name, sizeof(r->name), st, 6);
+		store_copy_text(r->uid, sizeof(r->uid), st, 7);
+		store_copy_text(mode, sizeof(mode), st, 8);
+		r->mode = strcmp(mode, "customer") == 0 ? STORE_MODE_CUSTOMER :
+		    STORE_MODE_PLATFORM;
+		store_copy_text(mode, sizeof(mode), st, 9);
+		r->locked = strcmp(mode, "locked") == 0;
+		store_copy_text(r->dek.damaged, sizeof(r->dek.damaged), st, 10);
 		cnt++;
 	}
+	if (cnt == max)
+		rc = SQLITE_DONE;
 	sqlite3_reset(st);
 	if (rc != SQLITE_DONE) {
-		e = store_sql_err(c->db, rc, "reading data keys to re-wrap");
+		e = store_sql_err(c->db, rc, "reading data keys to re-seal");
 		goto out;
 	}
 	*n = cnt;
@@ -288,6 +517,8 @@ rewrap_commit_txn(struct conn *c, void *arg)
 	for (i = 0; i < a->n; i++) {
 		const struct store_rewrap *r = &a->rows[i];
 
+		if (r->skip)
+			continue;
 		if ((e = store_stmt(c, sql, &st)) != KB_OK)
 			return e;
 		sqlite3_bind_text(st, 1, r->dek.key_id, -1, SQLITE_STATIC);
@@ -297,7 +528,7 @@ rewrap_commit_txn(struct conn *c, void *arg)
 		sqlite3_bind_int64(st, 4, r->env_id);
 		sqlite3_bind_int64(st, 5, r->version);
 		sqlite3_bind_text(st, 6, a->old[i], -1, SQLITE_STATIC);
-		if ((e = store_step_done(c, st, "storing a re-wrapped data key"))
+		if ((e = store_step_done(c, st, "storing a re-sealed data key"))
 		    != KB_OK)
 			return e;
 		changed += sqlite3_changes(c->db);
@@ -314,20 +545,40 @@ store_rewrap_commit(struct store *s, const char *job_id,
 {
 	struct rewrap_commit a = { job_id, rows, old_key_ids, n, now };
 
-	return store_txn(s, rewrap_commit_txn, &a, "storing re-wrapped data keys");
+	return store_txn(s, rewrap_commit_txn, &a, "storing re-sealed data keys");
 }
 
-struct act_finish {
+struct job_finish {
 	const struct store_job *j;
 	int64_t now;
 };
 
+/* Nothing the job re-seals may be left: a change that committed after the
+ * job's last pass (it runs outside the tenant lock) sends it round again. */
+static enum kb_err
+finish_check(struct conn *c, const struct store_job *j)
+{
+	enum kb_err e;
+	int64_t left;
+
+	if ((e = job_count(c, j->kind, j->tenant_id, j->target_key_id, &left))
+	    != KB_OK)
+		return e;
+	if (left > 0)
+		return kb_errf(KB_ERR_UNAVAILABLE, "job %s: %lld data keys were "
+		    "added meanwhile; going round again", j->id,
+		    (long long)left);
+	return KB_OK;
+}
+
 static enum kb_err
 activation_finish_txn(struct conn *c, void *arg)
 {
-	struct act_finish *a = arg;
+	struct job_finish *a = arg;
 	enum kb_err e;
 
+	if ((e = finish_check(c, a->j)) != KB_OK)
+		return e;
 	if ((e = store_run(c, "UPDATE keys SET state = 'available', update_time_us = ? "
 	    "WHERE tenant_id = ? AND purpose = 'tenant' AND state = 'active'",
 	    "retiring the previous key", "it", a->now, a->j->tenant_id)) != KB_OK)
@@ -336,18 +587,58 @@ activation_finish_txn(struct conn *c, void *arg)
 	    "activate_time_us = ? WHERE id = ? AND state = 'installing'",
 	    "activating the key", "iit", a->now, a->now, a->j->key_id)) != KB_OK)
 		return e;
+	/* The previous KEK seals nothing now: it goes (the caller destroys
+	 * its token object). */
+	if ((e = store_run(c, "UPDATE keys SET state = 'deleted', "
+	    "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
+	    "purpose = 'kek' AND state = 'active' AND id != ?",
+	    "retiring the previous KEK", "iitt", a->now, a->now,
+	    a->j->tenant_id, a->j->target_key_id)) != KB_OK)
+		return e;
+	if ((e = store_run(c, "UPDATE keys SET state = 'active', "
+	    "activate_time_us = ?, update_time_us = ? WHERE id = ? AND "
+	    "state = 'installing'", "activating the KEK", "iit", a->now, a->now,
+	    a->j->target_key_id)) != KB_OK)
+		return e;
+	return store_run(c, "UPDATE jobs SET state = 'done', done = total, "
+	    "update_time_us = ? WHERE id = ?", "finishing the job", "it", a->now,
+	    a->j->id);
+}
+
+static enum kb_err
+platform_finish_txn(struct conn *c, void *arg)
+{
+	struct job_finish *a = arg;
+	enum kb_err e;
+
+	if ((e = finish_check(c, a->j)) != KB_OK)
+		return e;
+	if (strcmp(a->j->kind, STORE_JOB_ROTATE) == 0) {
+		if ((e = store_run(c, "UPDATE keys SET state = 'deleted', "
+		    "delete_time_us = ?, update_time_us = ? WHERE tenant_id IS "
+		    "NULL AND purpose = 'platform' AND state = 'active' AND "
+		    "id != ?", "retiring the previous platform key", "iit",
+		    a->now, a->now, a->j->target_key_id)) != KB_OK ||
+		    (e = store_run(c, "UPDATE keys SET state = 'active', "
+		    "activate_time_us = ?, update_time_us = ? WHERE id = ? AND "
+		    "state = 'installing'", "activating the platform key", "iit",
+		    a->now, a->now, a->j->target_key_id)) != KB_OK)
+			return e;
+	}
 	return store_run(c, "UPDATE jobs SET state = 'done', done = total, "
 	    "update_time_us = ? WHERE id = ?", "finishing the job", "it", a->now,
 	    a->j->id);
 }
 
 enum kb_err
-store_activation_finish(struct store *s, const struct store_job *j,
-    int64_t now)
+store_job_finish(struct store *s, const struct store_job *j, int64_t now)
 {
-	struct act_finish a = { j, now };
+	struct job_finish a = { j, now };
 
-	return store_txn(s, activation_finish_txn, &a, "finishing the activation");
+	if (strcmp(j->kind, STORE_JOB_ACTIVATE) == 0)
+		return store_txn(s, activation_finish_txn, &a,
+		    "finishing the activation");
+	return store_txn(s, platform_finish_txn, &a, "finishing the job");
 }
 
 struct job_fail {
@@ -361,12 +652,13 @@ job_fail_txn(struct conn *c, void *arg)
 	struct job_fail *a = arg;
 	enum kb_err e;
 
-	/* The key goes back to available: the environments already re-wrapped
-	 * stay readable (each DEK row names its key). */
+	/* The tenant key goes back to available. The new KEK stays: the
+	 * environments already re-sealed under it stay readable (each DEK row
+	 * names its key), and the next activation re-seals them again. */
 	if ((e = store_run(c, "UPDATE keys SET state = 'available', update_time_us = ? "
-	    "WHERE id = (SELECT key_id FROM jobs WHERE id = ?) AND "
-	    "state = 'installing'", "releasing the key", "it", a->now,
-	    a->job_id)) != KB_OK)
+	    "WHERE id = (SELECT key_id FROM jobs WHERE id = ? AND kind = "
+	    "'activate') AND state = 'installing'", "releasing the key", "it",
+	    a->now, a->job_id)) != KB_OK)
 		return e;
 	return store_run(c, "UPDATE jobs SET state = 'failed', error = ?, "
 	    "update_time_us = ? WHERE id = ?", "recording the failure", "tit",
@@ -404,6 +696,71 @@ store_jobs_running(struct store *s, struct store_job **out, size_t *n)
 	if ((e = store_stmt(c, sql, &st)) == KB_OK)
 		e = store_collect(c, st, sizeof(**out), job_row, (void **)out, n,
 		    "listing jobs");
+	store_conn_put(s, c);
+	return e;
+}
+
+int64_t
+store_deks_count(struct store *s, const char *tenant)
+{
+	static const char sql[] = "SELECT count(*) FROM deks d JOIN "
+	    "environments e ON e.id = d.env_id WHERE ?1 = '' OR e.tenant_id = ?1";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	int64_t n = -1;
+
+	if (store_stmt(c, sql, &st) == KB_OK) {
+		sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
+		if (sqlite3_step(st) == SQLITE_ROW)
+			n = sqlite3_column_int64(st, 0);
+		sqlite3_reset(st);
+	}
+	store_conn_put(s, c);
+	return n;
+}
+
+enum kb_err
+store_dek_replace(struct store *s, const char *tenant, const char *name,
+    const struct store_dek *d)
+{
+	static const char sql[] = "UPDATE deks SET key_id = ?, wrap_alg = ?, "
+	    "wrapped = ?, damaged = '' WHERE version = ? AND env_id = (SELECT "
+	    "id FROM environments WHERE tenant_id = ? AND name = ?)";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_text(st, 1, d->key_id, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 2, d->wrap_alg, -1, SQLITE_STATIC);
+		sqlite3_bind_blob(st, 3, d->wrapped, (int)d->wrapped_len,
+		    SQLITE_STATIC);
+		sqlite3_bind_int64(st, 4, d->version);
+		sqlite3_bind_text(st, 5, tenant, -1, SQLITE_STATIC);
+		sqlite3_bind_text(st, 6, name, -1, SQLITE_STATIC);
+		e = store_step_done(c, st, "repairing a data key");
+		if (e == KB_OK && sqlite3_changes(c->db) != 1)
+			e = kb_errf(KB_ERR_NOT_FOUND, "%s/%s has no data key "
+			    "version %u", tenant, name, d->version);
+	}
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_dek_mark_damaged(struct store *s, const char *tenant, const char *name,
+    uint32_t version, const char *why)
+{
+	struct conn *c = store_conn_get(s);
+	enum kb_err e;
+
+	e = store_run(c, "UPDATE deks SET damaged = ? WHERE version = ? AND "
+	    "env_id = (SELECT id FROM environments WHERE tenant_id = ? AND "
+	    "name = ?)", "marking a data key unrecoverable", "titt", why,
+	    (int64_t)version, tenant, name);
+	if (e == KB_OK && sqlite3_changes(c->db) != 1)
+		e = kb_errf(KB_ERR_NOT_FOUND, "%s/%s has no data key version %u",
+		    tenant, name, version);
 	store_conn_put(s, c);
 	return e;
 }

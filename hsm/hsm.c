@@ -20,6 +20,7 @@ struct cache_entry {
 	CK_OBJECT_CLASS cls;
 	CK_OBJECT_HANDLE obj;
 	char id[HSM_ID_MAX + 1];
+	char label[HSM_LABEL_MAX + 1]; /* "" when found by id alone */
 };
 
 /* clang-format off */
@@ -134,6 +135,12 @@ hsm_p11_err(const char *fn, CK_RV rv, const char *id)
 
 /* ---- object-handle cache ---- */
 
+static const char *
+label_or_empty(const char *label)
+{
+	return label != NULL ? label : "";
+}
+
 static unsigned
 cache_hash(const char *id, CK_OBJECT_CLASS cls)
 {
@@ -146,15 +153,17 @@ cache_hash(const char *id, CK_OBJECT_CLASS cls)
 }
 
 static int
-cache_get(
-    struct hsm *h, const char *id, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj)
+cache_get(struct hsm *h, const char *id, const char *label,
+    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj)
 {
 	struct cache_entry *e;
 	int found = 0;
 
+	label = label_or_empty(label);
 	pthread_mutex_lock(&h->cache_mu);
 	for (e = h->cache[cache_hash(id, cls)]; e != NULL; e = e->next) {
-		if (e->cls == cls && strcmp(e->id, id) == 0) {
+		if (e->cls == cls && strcmp(e->id, id) == 0
+		    && strcmp(e->label, label) == 0) {
 			*obj = e->obj;
 			found = 1;
 			break;
@@ -167,19 +176,22 @@ cache_get(
 /* Remember a handle. The cache only saves C_FindObjects calls, so a
  * failed allocation just leaves the entry out. */
 void
-hsm_cache_put(
-    struct hsm *h, const char *id, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE obj)
+hsm_cache_put(struct hsm *h, const char *id, const char *label,
+    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE obj)
 {
 	struct cache_entry *e;
 	unsigned b = cache_hash(id, cls);
 
+	label = label_or_empty(label);
 	pthread_mutex_lock(&h->cache_mu);
 	for (e = h->cache[b]; e != NULL; e = e->next) {
-		if (e->cls == cls && strcmp(e->id, id) == 0)
+		if (e->cls == cls && strcmp(e->id, id) == 0
+		    && strcmp(e->label, label) == 0)
 			break;
 	}
 	if (e == NULL && (e = calloc(1, sizeof(*e))) != NULL) {
 		snprintf(e->id, sizeof(e->id), "%s", id);
+		snprintf(e->label, sizeof(e->label), "%s", label);
 		e->cls = cls;
 		e->next = h->cache[b];
 		h->cache[b] = e;
@@ -195,13 +207,14 @@ hsm_cache_drop(struct hsm *h, const char *id, CK_OBJECT_CLASS cls)
 	struct cache_entry **pp, *e;
 
 	pthread_mutex_lock(&h->cache_mu);
-	for (pp = &h->cache[cache_hash(id, cls)]; (e = *pp) != NULL;
-	     pp = &e->next) {
+	/* Every entry of (id, cls), whatever label it was found with. */
+	for (pp = &h->cache[cache_hash(id, cls)]; (e = *pp) != NULL;) {
 		if (e->cls == cls && strcmp(e->id, id) == 0) {
 			*pp = e->next;
 			free(e);
-			break;
+			continue;
 		}
+		pp = &e->next;
 	}
 	pthread_mutex_unlock(&h->cache_mu);
 }
@@ -456,22 +469,36 @@ cls_name(CK_OBJECT_CLASS cls)
 	                              : "secret";
 }
 
-/* Find up to `max` objects of class `cls` with CKA_ID `id`. */
+/* Find up to `max` objects of class `cls` with CKA_ID `id` (and CKA_LABEL
+ * `label` unless NULL) that only a logged-in session can have made:
+ * CKA_TOKEN and CKA_PRIVATE, and for private and secret keys CKA_SENSITIVE
+ * and not CKA_EXTRACTABLE. A session without the PIN can create public
+ * objects (CKA_PRIVATE false) with any id; such objects are never found. */
 CK_RV
 hsm_obj_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
-    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *n,
-    const char **fn)
+    const char *label, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *objs,
+    CK_ULONG max, CK_ULONG *n, const char **fn)
 {
-	CK_ATTRIBUTE t[2] = {
+	CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE t[7] = {
 	    {CKA_CLASS, &cls, sizeof(cls)},
 	    {CKA_ID, (void *)id, strlen(id)},
+	    {CKA_TOKEN, &yes, sizeof(yes)},
+	    {CKA_PRIVATE, &yes, sizeof(yes)},
 	};
+	CK_ULONG nt = 4;
 	CK_SESSION_INFO si;
 	CK_RV rv, rv2;
 
+	if (cls == CKO_PRIVATE_KEY || cls == CKO_SECRET_KEY) {
+		t[nt++] = (CK_ATTRIBUTE){CKA_SENSITIVE, &yes, sizeof(yes)};
+		t[nt++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &no, sizeof(no)};
+	}
+	if (label != NULL)
+		t[nt++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
 	*n = 0;
 	*fn = "C_FindObjectsInit";
-	if ((rv = h->m->C_FindObjectsInit(sh, t, 2)) != CKR_OK)
+	if ((rv = h->m->C_FindObjectsInit(sh, t, nt)) != CKR_OK)
 		return rv;
 	*fn = "C_FindObjects";
 	rv = h->m->C_FindObjects(sh, objs, max, n);
@@ -496,17 +523,22 @@ hsm_obj_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
  * (CKR_OK otherwise) so the caller can tell a lost session. */
 enum kb_err
 hsm_obj_lookup(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
-    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj, CK_RV *rv)
+    const char *label, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj, CK_RV *rv)
 {
 	CK_OBJECT_HANDLE objs[2];
 	CK_ULONG n;
 	const char *fn;
 
 	*rv = CKR_OK;
-	if (cache_get(h, id, cls, obj))
+	if (cache_get(h, id, label, cls, obj))
 		return KB_OK;
-	if ((*rv = hsm_obj_find(h, sh, id, cls, objs, 2, &n, &fn)) != CKR_OK)
+	if ((*rv = hsm_obj_find(h, sh, id, label, cls, objs, 2, &n, &fn))
+	    != CKR_OK)
 		return hsm_p11_err(fn, *rv, id);
+	if (n == 0 && label != NULL)
+		return kb_errf(KB_ERR_NOT_FOUND,
+		    "no %s key with id %s for %s in the token", cls_name(cls),
+		    id, label);
 	if (n == 0)
 		return kb_errf(KB_ERR_NOT_FOUND,
 		    "no %s key with id %s in the token", cls_name(cls), id);
@@ -514,7 +546,7 @@ hsm_obj_lookup(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
 		return kb_errf(KB_ERR_HSM,
 		    "the token holds several %s keys with id %s", cls_name(cls),
 		    id);
-	hsm_cache_put(h, id, cls, objs[0]);
+	hsm_cache_put(h, id, label, cls, objs[0]);
 	*obj = objs[0];
 	return KB_OK;
 }
@@ -524,14 +556,15 @@ enum kb_err
 hsm_id_free(struct hsm *h, CK_SESSION_HANDLE sh, const char *id, CK_RV *rv)
 {
 	static const CK_OBJECT_CLASS classes[] = {
-	    CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+	    CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY};
 	CK_OBJECT_HANDLE obj;
 	CK_ULONG n;
 	const char *fn;
 	size_t i;
 
-	for (i = 0; i < 2; i++) {
-		*rv = hsm_obj_find(h, sh, id, classes[i], &obj, 1, &n, &fn);
+	for (i = 0; i < 3; i++) {
+		*rv = hsm_obj_find(
+		    h, sh, id, NULL, classes[i], &obj, 1, &n, &fn);
 		if (*rv != CKR_OK)
 			return hsm_p11_err(fn, *rv, id);
 		if (n > 0)
@@ -574,8 +607,8 @@ hsm_attr_get(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj,
  * resets the pool and the operation runs once more on a fresh session.
  * No lock is held while the token works. */
 enum kb_err
-hsm_op_run(
-    struct hsm *h, const char *id, CK_OBJECT_CLASS cls, hsm_op_fn op, void *arg)
+hsm_op_run(struct hsm *h, const char *id, const char *label,
+    CK_OBJECT_CLASS cls, hsm_op_fn op, void *arg)
 {
 	struct pooled p;
 	CK_OBJECT_HANDLE key;
@@ -588,7 +621,7 @@ hsm_op_run(
 		if ((r = hsm_pool_get(h, &p)) != KB_OK)
 			break;
 		pthread_rwlock_rdlock(&h->objects_rw);
-		if ((r = hsm_obj_lookup(h, p.sh, id, cls, &key, &rv))
+		if ((r = hsm_obj_lookup(h, p.sh, id, label, cls, &key, &rv))
 		    == KB_OK) {
 			rv = op(h, p.sh, key, arg, &fn);
 			r = rv == CKR_OK ? KB_OK : hsm_p11_err(fn, rv, id);

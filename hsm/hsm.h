@@ -6,8 +6,12 @@
  * pair. Every function is safe to call from many threads at once: a pool of
  * sessions serves them. Errors come back as kb_err with a message (via
  * kb_errf) that names the PKCS#11 function and the CK_RV ("C_Decrypt:
- * CKR_ENCRYPTED_DATA_INVALID"). Private keys are created with
- * CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE and not CKA_EXTRACTABLE. */
+ * CKR_ENCRYPTED_DATA_INVALID"). Every object made here is CKA_TOKEN and
+ * CKA_PRIVATE (public halves too); private and secret keys are also
+ * CKA_SENSITIVE and not CKA_EXTRACTABLE, and every search asks for exactly
+ * that, so an object planted by a session without the PIN is never used.
+ * Secret keys also carry a label naming their purpose ("kb:platform",
+ * "kb:kek:TENANT"), and are found only by id and label together. */
 #ifndef KB_HSM_H
 #define KB_HSM_H
 
@@ -36,7 +40,12 @@ enum hsm_key_use {
 	HSM_USE_ENCRYPT = 1, /* CKA_ENCRYPT/CKA_DECRYPT: wraps DEKs (OAEP) */
 	HSM_USE_UNWRAP = 2,  /* CKA_UNWRAP only: BYOK key-exchange key */
 	HSM_USE_SIGN = 4,    /* CKA_SIGN/CKA_VERIFY: audit checkpoints */
+	HSM_USE_KEYWRAP = 8, /* CKA_WRAP/CKA_UNWRAP: wraps a tenant's KEK */
 };
+
+#define HSM_ALG_AES_GCM "AES-256-GCM"
+#define HSM_GCM_IV_LEN 12
+#define HSM_GCM_TAG_LEN 16
 
 struct hsm_token_info {
 	char label[33];        /* trailing blanks trimmed */
@@ -94,9 +103,68 @@ enum kb_err hsm_public_key_der(struct hsm *h, const char *id, uint8_t **der,
 /* KB_OK if a private key with this id exists, KB_ERR_NOT_FOUND if not. */
 enum kb_err hsm_key_exists(struct hsm *h, const char *id);
 
-/* Destroy both objects of the pair (C_DestroyObject). KB_ERR_NOT_FOUND if
- * neither exists. */
+/* Destroy every key object with this id: both halves of a pair, or a
+ * secret key (C_DestroyObject). KB_ERR_NOT_FOUND if there is none. */
 enum kb_err hsm_key_destroy(struct hsm *h, const char *id);
+
+/* Bring an RSA pair made by an older keybroker to today's rules: the
+ * private half's CKA_UNWRAP is set as `use` says (HSM_USE_UNWRAP or
+ * HSM_USE_KEYWRAP) and its CKA_DECRYPT likewise (HSM_USE_ENCRYPT), both
+ * ways; every public object with this id that is not
+ * CKA_PRIVATE is destroyed, and a CKA_PRIVATE one is made from the private
+ * key's own modulus if none is left. *changed says whether anything was
+ * done. KB_ERR_NOT_FOUND if there is no private key `id`. */
+enum kb_err hsm_rsa_upgrade(struct hsm *h, const char *id, unsigned use,
+    int *changed);
+
+/* ---- AES keys (hsm_aes.c) ---- */
+
+/* Generate an AES-256 secret key `id` with label `label` in the token:
+ * CKA_TOKEN, CKA_PRIVATE, CKA_SENSITIVE, not CKA_EXTRACTABLE, encrypt and
+ * decrypt only. KB_ERR_ALREADY_EXISTS if the id is taken. */
+enum kb_err hsm_aes_generate(struct hsm *h, const char *id, const char *label);
+
+/* Make a tenant KEK: an AES-256 key generated in the token as an
+ * extractable session object, wrapped (C_WrapKey, RSA-OAEP `oaep_alg`)
+ * under the public half of RSA pair `rsa_id`, destroyed, and made again
+ * from the wrapped blob by C_UnwrapKey with the private half as token
+ * object `kek_id` (label `label`, not extractable): so the blob is proven
+ * to unwrap before it is stored. The plaintext never leaves the token.
+ * *wrapped (malloc'd, not secret) is what the database keeps. */
+enum kb_err hsm_kek_create(struct hsm *h, const char *rsa_id,
+    const char *oaep_alg, const char *kek_id, const char *label,
+    uint8_t **wrapped, size_t *wrapped_len);
+
+/* Make token object `kek_id` again from a stored wrapped KEK with the
+ * private half of `rsa_id` (unlock, or a broker whose token lost it).
+ * KB_ERR_ALREADY_EXISTS if it exists; KB_ERR_CORRUPT if the blob does not
+ * unwrap with that key. */
+enum kb_err hsm_kek_unwrap(struct hsm *h, const char *rsa_id,
+    const char *oaep_alg, const uint8_t *wrapped, size_t wrapped_len,
+    const char *kek_id, const char *label);
+
+/* KB_OK if secret key (id, label) exists, KB_ERR_NOT_FOUND if not. Asks
+ * the token, not the handle cache. */
+enum kb_err hsm_secret_exists(struct hsm *h, const char *id, const char *label);
+
+/* AES-256-GCM in the token with secret key (id, label): seal `in` (secret)
+ * with associated data `aad` into *out = IV (12, from the token's RNG) ||
+ * ciphertext || tag (16) (malloc'd). open reverses it: *out (secret) is
+ * malloc'd, the caller wipes it; a blob that was altered, moved (other
+ * aad) or made under another key is KB_ERR_CORRUPT. */
+enum kb_err hsm_gcm_seal(struct hsm *h, const char *id, const char *label,
+    const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+    uint8_t **out, size_t *out_len);
+enum kb_err hsm_gcm_open(struct hsm *h, const char *id, const char *label,
+    const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+    uint8_t **out, size_t *out_len);
+
+/* KB_OK if any secret key of ours carries `label`, else KB_ERR_NOT_FOUND. */
+enum kb_err hsm_label_exists(struct hsm *h, const char *label);
+
+/* Which OAEP variant the token accepts, probed with a temporary RSA pair
+ * (session objects, destroyed): SHA-256, or SHA-1 (SoftHSMv2 2.6.1). */
+enum kb_err hsm_oaep_probe_temp(struct hsm *h, const char **alg);
 
 /* RSA-OAEP encrypt `in` (secret) under the public key `id`; *out malloc'd. */
 enum kb_err hsm_encrypt(struct hsm *h, const char *id, const char *alg,

@@ -15,7 +15,33 @@
 #include <p11-kit/uri.h>
 
 #define HSM_ID_MAX 64
+#define HSM_LABEL_MAX 96
 #define HSM_CACHE_BUCKETS 128
+#define HSM_TMPL_MAX 28
+#define HSM_FIND_MAX 8
+
+/* An attribute template with room for the values it points to. The
+ * templates are fixed, so `overflow` is a bug here, checked before use. */
+struct tmpl {
+	CK_ATTRIBUTE a[HSM_TMPL_MAX];
+	CK_ULONG ul[4];
+	CK_ULONG n, nul;
+	int overflow;
+};
+
+void hsm_tmpl_add(struct tmpl *t, CK_ATTRIBUTE_TYPE type, void *p,
+    CK_ULONG len);
+void hsm_tmpl_bool(struct tmpl *t, CK_ATTRIBUTE_TYPE type, int v);
+void hsm_tmpl_ulong(struct tmpl *t, CK_ATTRIBUTE_TYPE type, CK_ULONG v);
+/* KB_ERR_INTERNAL if a template (b may be NULL) overflowed. */
+enum kb_err hsm_tmpl_check(const struct tmpl *a, const struct tmpl *b);
+
+/* KB_ERR_INVALID_ARGUMENT unless `id` is 1 to HSM_ID_MAX bytes of
+ * [A-Za-z0-9._-]. */
+enum kb_err hsm_id_check(const char *id);
+/* Fill an OAEP mechanism for `alg` (HSM_ALG_OAEP_*); `p` must outlive it. */
+enum kb_err hsm_oaep_mech(
+    const char *alg, CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *mech);
 
 struct cache_entry;
 
@@ -73,23 +99,25 @@ int hsm_rv_session_lost(CK_RV rv);
 enum kb_err hsm_pool_get(struct hsm *h, struct pooled *p);
 void hsm_pool_put(struct hsm *h, struct pooled *p, CK_RV rv);
 
-void hsm_cache_put(
-    struct hsm *h, const char *id, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE obj);
+void hsm_cache_put(struct hsm *h, const char *id, const char *label,
+    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE obj);
 void hsm_cache_drop(struct hsm *h, const char *id, CK_OBJECT_CLASS cls);
 
-/* Up to `max` objects (cls, id) straight from the token; *fn names the
- * call that failed. Finding nothing on a session that is not logged in
- * is CKR_USER_NOT_LOGGED_IN, not an empty answer. */
+/* Up to `max` objects (cls, id[, label]) straight from the token, only
+ * among those a logged-in session made (CKA_PRIVATE; private and secret
+ * keys also CKA_SENSITIVE and not CKA_EXTRACTABLE); `label` NULL matches
+ * any label. *fn names the call that failed. Finding nothing on a session
+ * that is not logged in is CKR_USER_NOT_LOGGED_IN, not an empty answer. */
 CK_RV hsm_obj_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
-    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *n,
-    const char **fn);
+    const char *label, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *objs,
+    CK_ULONG max, CK_ULONG *n, const char **fn);
 
-/* The one object (cls, id), cached. KB_ERR_NOT_FOUND when absent; *rv is
- * the CK_RV of a failed call (CKR_OK otherwise). */
+/* The one object (cls, id[, label]), cached. KB_ERR_NOT_FOUND when absent;
+ * *rv is the CK_RV of a failed call (CKR_OK otherwise). */
 enum kb_err hsm_obj_lookup(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
-    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj, CK_RV *rv);
+    const char *label, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj, CK_RV *rv);
 
-/* KB_OK if no private or public key has CKA_ID `id`, else
+/* KB_OK if no private, public or secret key has CKA_ID `id`, else
  * KB_ERR_ALREADY_EXISTS (or the failure, with *rv). */
 enum kb_err hsm_id_free(
     struct hsm *h, CK_SESSION_HANDLE sh, const char *id, CK_RV *rv);
@@ -102,7 +130,23 @@ CK_RV hsm_attr_get(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj,
  * after a stale handle and once after a lost session. */
 typedef CK_RV (*hsm_op_fn)(struct hsm *h, CK_SESSION_HANDLE sh,
     CK_OBJECT_HANDLE key, void *arg, const char **fn);
-enum kb_err hsm_op_run(struct hsm *h, const char *id, CK_OBJECT_CLASS cls,
-    hsm_op_fn op, void *arg);
+enum kb_err hsm_op_run(struct hsm *h, const char *id, const char *label,
+    CK_OBJECT_CLASS cls, hsm_op_fn op, void *arg);
+
+/* Single-part init + two-call operation (encrypt, decrypt, sign), an
+ * hsm_op_fn: arg is a struct crypt_arg. */
+struct crypt_arg {
+	CK_C_EncryptInit init;
+	CK_C_Encrypt run;
+	const char *init_name, *run_name;
+	CK_MECHANISM *mech;
+	const uint8_t *in;
+	size_t in_len;
+	uint8_t *out; /* malloc'd, exactly out_len bytes */
+	size_t out_len;
+	CK_RV data_rv; /* how the data call (not init) failed */
+};
+CK_RV hsm_op_crypt(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE key,
+    void *argp, const char **fn);
 
 #endif /* KB_HSM_INT_H */

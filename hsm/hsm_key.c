@@ -19,27 +19,17 @@
 #define CKM_AES_KEY_WRAP_PAD 0x210AUL
 #endif
 
-#define HSM_TMPL_MAX 28
-#define HSM_FIND_MAX 8
 #define HSM_BYOK_AES_LEN 32
-#define HSM_USE_ALL (HSM_USE_ENCRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN)
-
-/* An attribute template with room for the values it points to. The
- * templates are fixed, so `overflow` is a bug here, checked before use. */
-struct tmpl {
-	CK_ATTRIBUTE a[HSM_TMPL_MAX];
-	CK_ULONG ul[4];
-	CK_ULONG n, nul;
-	int overflow;
-};
+#define HSM_USE_ALL \
+	(HSM_USE_ENCRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_KEYWRAP)
 
 /* The module only reads templates; these are never written. */
 static CK_BBOOL p11_true = CK_TRUE;
 static CK_BBOOL p11_false = CK_FALSE;
 static CK_BYTE rsa_f4[] = {0x01, 0x00, 0x01};
 
-static enum kb_err
-id_check(const char *id)
+enum kb_err
+hsm_id_check(const char *id)
 {
 	size_t i, n;
 
@@ -73,8 +63,8 @@ use_check(unsigned use)
 }
 
 /* Fill an OAEP mechanism for `alg`; `p` must outlive `mech`. */
-static enum kb_err
-oaep_mech(const char *alg, CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *mech)
+enum kb_err
+hsm_oaep_mech(const char *alg, CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *mech)
 {
 	memset(p, 0, sizeof(*p));
 	if (alg != NULL && strcmp(alg, HSM_ALG_OAEP_SHA1) == 0) {
@@ -99,8 +89,8 @@ oaep_mech(const char *alg, CK_RSA_PKCS_OAEP_PARAMS *p, CK_MECHANISM *mech)
 
 /* ---- attribute templates ---- */
 
-static enum kb_err
-tmpl_check(const struct tmpl *a, const struct tmpl *b)
+enum kb_err
+hsm_tmpl_check(const struct tmpl *a, const struct tmpl *b)
 {
 	if (a->overflow || (b != NULL && b->overflow))
 		return kb_errf(
@@ -108,8 +98,8 @@ tmpl_check(const struct tmpl *a, const struct tmpl *b)
 	return KB_OK;
 }
 
-static void
-tmpl_add(struct tmpl *t, CK_ATTRIBUTE_TYPE type, void *p, CK_ULONG len)
+void
+hsm_tmpl_add(struct tmpl *t, CK_ATTRIBUTE_TYPE type, void *p, CK_ULONG len)
 {
 	if (t->n >= HSM_TMPL_MAX) {
 		t->overflow = 1;
@@ -121,65 +111,57 @@ tmpl_add(struct tmpl *t, CK_ATTRIBUTE_TYPE type, void *p, CK_ULONG len)
 	t->n++;
 }
 
-static void
-tmpl_bool(struct tmpl *t, CK_ATTRIBUTE_TYPE type, int v)
+void
+hsm_tmpl_bool(struct tmpl *t, CK_ATTRIBUTE_TYPE type, int v)
 {
-	tmpl_add(t, type, v ? &p11_true : &p11_false, sizeof(CK_BBOOL));
+	hsm_tmpl_add(t, type, v ? &p11_true : &p11_false, sizeof(CK_BBOOL));
 }
 
-static void
-tmpl_ulong(struct tmpl *t, CK_ATTRIBUTE_TYPE type, CK_ULONG v)
+void
+hsm_tmpl_ulong(struct tmpl *t, CK_ATTRIBUTE_TYPE type, CK_ULONG v)
 {
 	if (t->nul >= sizeof(t->ul) / sizeof(t->ul[0])) {
 		t->overflow = 1;
 		return;
 	}
 	t->ul[t->nul] = v;
-	tmpl_add(t, type, &t->ul[t->nul], sizeof(CK_ULONG));
+	hsm_tmpl_add(t, type, &t->ul[t->nul], sizeof(CK_ULONG));
 	t->nul++;
 }
 
 /* The attributes every key object of ours carries: token object, id and
  * label, and exactly the uses asked for (every other use set to false,
  * since a module's defaults may allow them). */
+/* Both halves are CKA_PRIVATE: only a logged-in session can make or
+ * see them, so an object planted without the PIN is never ours. Unwrap
+ * (BYOK imports) and key wrap (KEKs) both need CKA_UNWRAP on the private
+ * half; only key wrap gives the public half CKA_WRAP. */
 static void
 tmpl_key(struct tmpl *t, const char *id, int priv, unsigned use)
 {
-	tmpl_bool(t, CKA_TOKEN, 1);
-	tmpl_bool(t, CKA_PRIVATE, priv);
-	tmpl_add(t, CKA_ID, (void *)id, strlen(id));
-	tmpl_add(t, CKA_LABEL, (void *)id, strlen(id));
-	tmpl_bool(t, CKA_DERIVE, 0);
+	hsm_tmpl_bool(t, CKA_TOKEN, 1);
+	hsm_tmpl_bool(t, CKA_PRIVATE, 1);
+	hsm_tmpl_add(t, CKA_ID, (void *)id, strlen(id));
+	hsm_tmpl_add(t, CKA_LABEL, (void *)id, strlen(id));
+	hsm_tmpl_bool(t, CKA_DERIVE, 0);
 	if (priv) {
-		tmpl_bool(t, CKA_SENSITIVE, 1);
-		tmpl_bool(t, CKA_EXTRACTABLE, 0);
-		tmpl_bool(t, CKA_DECRYPT, (use & HSM_USE_ENCRYPT) != 0);
-		tmpl_bool(t, CKA_UNWRAP, (use & HSM_USE_UNWRAP) != 0);
-		tmpl_bool(t, CKA_SIGN, (use & HSM_USE_SIGN) != 0);
-		tmpl_bool(t, CKA_SIGN_RECOVER, 0);
+		hsm_tmpl_bool(t, CKA_SENSITIVE, 1);
+		hsm_tmpl_bool(t, CKA_EXTRACTABLE, 0);
+		hsm_tmpl_bool(t, CKA_DECRYPT, (use & HSM_USE_ENCRYPT) != 0);
+		hsm_tmpl_bool(t, CKA_UNWRAP,
+		    (use & (HSM_USE_UNWRAP | HSM_USE_KEYWRAP)) != 0);
+		hsm_tmpl_bool(t, CKA_SIGN, (use & HSM_USE_SIGN) != 0);
+		hsm_tmpl_bool(t, CKA_SIGN_RECOVER, 0);
 	} else {
-		tmpl_bool(t, CKA_ENCRYPT, (use & HSM_USE_ENCRYPT) != 0);
-		tmpl_bool(t, CKA_WRAP, (use & HSM_USE_UNWRAP) != 0);
-		tmpl_bool(t, CKA_VERIFY, (use & HSM_USE_SIGN) != 0);
-		tmpl_bool(t, CKA_VERIFY_RECOVER, 0);
+		hsm_tmpl_bool(t, CKA_ENCRYPT, (use & HSM_USE_ENCRYPT) != 0);
+		hsm_tmpl_bool(t, CKA_WRAP, (use & HSM_USE_KEYWRAP) != 0);
+		hsm_tmpl_bool(t, CKA_VERIFY, (use & HSM_USE_SIGN) != 0);
+		hsm_tmpl_bool(t, CKA_VERIFY_RECOVER, 0);
 	}
 }
 
-/* Single-part init + two-call operation (encrypt, decrypt, sign). */
-struct crypt_arg {
-	CK_C_EncryptInit init;
-	CK_C_Encrypt run;
-	const char *init_name, *run_name;
-	CK_MECHANISM *mech;
-	const uint8_t *in;
-	size_t in_len;
-	uint8_t *out; /* malloc'd, exactly out_len bytes */
-	size_t out_len;
-	CK_RV data_rv; /* how the data call (not init) failed */
-};
-
-static CK_RV
-op_crypt(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE key, void *argp,
+CK_RV
+hsm_op_crypt(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE key, void *argp,
     const char **fn)
 {
 	struct crypt_arg *a = argp;
@@ -317,10 +299,10 @@ hsm_encrypt(struct hsm *h, const char *id, const char *alg, const uint8_t *in,
 
 	*out = NULL;
 	*out_len = 0;
-	if ((r = id_check(id)) != KB_OK
-	    || (r = oaep_mech(alg, &op, &mech)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK
+	    || (r = hsm_oaep_mech(alg, &op, &mech)) != KB_OK)
 		return r;
-	if ((r = hsm_op_run(h, id, CKO_PUBLIC_KEY, op_crypt, &a)) == KB_OK) {
+	if ((r = hsm_op_run(h, id, NULL, CKO_PUBLIC_KEY, hsm_op_crypt, &a)) == KB_OK) {
 		*out = a.out;
 		*out_len = a.out_len;
 	}
@@ -339,10 +321,10 @@ hsm_decrypt(struct hsm *h, const char *id, const char *alg, const uint8_t *in,
 
 	*out = NULL;
 	*out_len = 0;
-	if ((r = id_check(id)) != KB_OK
-	    || (r = oaep_mech(alg, &op, &mech)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK
+	    || (r = hsm_oaep_mech(alg, &op, &mech)) != KB_OK)
 		return r;
-	r = hsm_op_run(h, id, CKO_PRIVATE_KEY, op_crypt, &a);
+	r = hsm_op_run(h, id, NULL, CKO_PRIVATE_KEY, hsm_op_crypt, &a);
 	/* SoftHSMv2 answers bad OAEP padding with CKR_GENERAL_ERROR (where
 	 * the standard says CKR_ENCRYPTED_DATA_INVALID): the key was usable,
 	 * so that failure is about the blob. */
@@ -369,9 +351,9 @@ hsm_sign(struct hsm *h, const char *id, const uint8_t *data, size_t len,
 
 	*sig = NULL;
 	*sig_len = 0;
-	if ((r = id_check(id)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK)
 		return r;
-	if ((r = hsm_op_run(h, id, CKO_PRIVATE_KEY, op_crypt, &a)) == KB_OK) {
+	if ((r = hsm_op_run(h, id, NULL, CKO_PRIVATE_KEY, hsm_op_crypt, &a)) == KB_OK) {
 		*sig = a.out;
 		*sig_len = a.out_len;
 	}
@@ -440,11 +422,13 @@ hsm_public_key_der(
 
 	*der = NULL;
 	*der_len = 0;
-	if ((r = id_check(id)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK)
 		goto out;
-	r = hsm_op_run(h, id, CKO_PUBLIC_KEY, op_pub, &pa);
+	/* From the private key's own modulus: the public object of a pair
+	 * could only disagree with it if someone replaced it. */
+	r = hsm_op_run(h, id, NULL, CKO_PRIVATE_KEY, op_pub, &pa);
 	if (r == KB_ERR_NOT_FOUND)
-		r = hsm_op_run(h, id, CKO_PRIVATE_KEY, op_pub, &pa);
+		r = hsm_op_run(h, id, NULL, CKO_PUBLIC_KEY, op_pub, &pa);
 	if (r == KB_ERR_NOT_FOUND)
 		r = kb_errf(r, "no key with id %s in the token", id);
 	if (r != KB_OK || (r = rsa_pub_build(&pa, &pkey)) != KB_OK)
@@ -484,7 +468,7 @@ hsm_key_exists(struct hsm *h, const char *id)
 	enum kb_err r;
 	int attempt;
 
-	if ((r = id_check(id)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK)
 		return r;
 	/* Ask the token, not the cache: another process may share it. */
 	for (attempt = 0; attempt < 2; attempt++) {
@@ -492,7 +476,7 @@ hsm_key_exists(struct hsm *h, const char *id)
 			return r;
 		pthread_rwlock_rdlock(&h->objects_rw);
 		rv = hsm_obj_find(
-		    h, p.sh, id, CKO_PRIVATE_KEY, &obj, 1, &n, &fn);
+		    h, p.sh, id, NULL, CKO_PRIVATE_KEY, &obj, 1, &n, &fn);
 		pthread_rwlock_unlock(&h->objects_rw);
 		hsm_pool_put(h, &p, rv);
 		if (!hsm_rv_session_lost(rv))
@@ -508,11 +492,39 @@ hsm_key_exists(struct hsm *h, const char *id)
 	return KB_OK;
 }
 
+/* Every object of class `cls` with CKA_ID `id`, whatever its other
+ * attributes: destroying goes wider than finding, so a planted object with
+ * our id goes too. */
+static CK_RV
+obj_find_any(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
+    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *objs, CK_ULONG max, CK_ULONG *n,
+    const char **fn)
+{
+	CK_ATTRIBUTE t[2] = {
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_ID, (void *)id, strlen(id)},
+	};
+	CK_RV rv, rv2;
+
+	*n = 0;
+	*fn = "C_FindObjectsInit";
+	if ((rv = h->m->C_FindObjectsInit(sh, t, 2)) != CKR_OK)
+		return rv;
+	*fn = "C_FindObjects";
+	rv = h->m->C_FindObjects(sh, objs, max, n);
+	rv2 = h->m->C_FindObjectsFinal(sh);
+	if (rv == CKR_OK && rv2 != CKR_OK) {
+		*fn = "C_FindObjectsFinal";
+		rv = rv2;
+	}
+	return rv;
+}
+
 enum kb_err
 hsm_key_destroy(struct hsm *h, const char *id)
 {
 	static const CK_OBJECT_CLASS classes[] = {
-	    CKO_PRIVATE_KEY, CKO_PUBLIC_KEY};
+	    CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY};
 	struct pooled p;
 	CK_OBJECT_HANDLE objs[HSM_FIND_MAX];
 	CK_ULONG n, i, total = 0;
@@ -522,7 +534,7 @@ hsm_key_destroy(struct hsm *h, const char *id)
 	int have_session = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
-	if ((r = id_check(id)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK)
 		return r;
 	pthread_mutex_lock(&h->create_mu);
 	if ((r = hsm_pool_get(h, &p)) != KB_OK)
@@ -530,11 +542,11 @@ hsm_key_destroy(struct hsm *h, const char *id)
 	have_session = 1;
 	/* Alone: no operation may be using the key as it goes. */
 	pthread_rwlock_wrlock(&h->objects_rw);
-	for (c = 0; c < 2; c++) {
+	for (c = 0; c < sizeof(classes) / sizeof(classes[0]); c++) {
 		/* Forget the handle first: a decrypt racing with us then
 		 * finds nothing instead of a dead handle. */
 		hsm_cache_drop(h, id, classes[c]);
-		rv = hsm_obj_find(
+		rv = obj_find_any(
 		    h, p.sh, id, classes[c], objs, HSM_FIND_MAX, &n, &fn);
 		if (rv != CKR_OK) {
 			r = hsm_p11_err(fn, rv, id);
@@ -567,6 +579,120 @@ out:
 	return r;
 }
 
+enum kb_err
+hsm_rsa_upgrade(struct hsm *h, const char *id, unsigned use, int *changed)
+{
+	static CK_OBJECT_CLASS pub_cls = CKO_PUBLIC_KEY;
+	struct pooled p;
+	CK_OBJECT_HANDLE priv, objs[HSM_FIND_MAX], hpub = CK_INVALID_HANDLE;
+	CK_ULONG n = 0, i, nmine = 0;
+	CK_BBOOL is_private = CK_FALSE, can_unwrap = CK_FALSE;
+	CK_BBOOL can_decrypt = CK_FALSE, yes = CK_TRUE, no = CK_FALSE;
+	CK_ATTRIBUTE qa[2];
+	CK_ATTRIBUTE set_unwrap = {CKA_UNWRAP, &yes, sizeof(yes)};
+	CK_ATTRIBUTE set_decrypt = {CKA_DECRYPT, &yes, sizeof(yes)};
+	int want_unwrap, want_decrypt;
+	struct tmpl pub = {.n = 0};
+	struct pub_arg pa = {NULL, NULL, 0, 0};
+	const char *fn = "";
+	CK_RV rv = CKR_OK;
+	int have_session = 0;
+	enum kb_err r = KB_ERR_INTERNAL;
+
+	*changed = 0;
+	if ((r = hsm_id_check(id)) != KB_OK || (r = use_check(use)) != KB_OK)
+		return r;
+	pthread_mutex_lock(&h->create_mu);
+	if ((r = hsm_pool_get(h, &p)) != KB_OK)
+		goto out;
+	have_session = 1;
+	pthread_rwlock_wrlock(&h->objects_rw);
+	if ((r = hsm_obj_lookup(h, p.sh, id, NULL, CKO_PRIVATE_KEY, &priv, &rv))
+	    != KB_OK)
+		goto unlock;
+	/* Key wrap needs CKA_UNWRAP, which keys made before it lack; and
+	 * CKA_DECRYPT follows `use` both ways, so a key whose pre-v2 rows were
+	 * upgraded can never decrypt a (forged) pre-v2 blob again. Both are
+	 * modifiable attributes. */
+	qa[0] = (CK_ATTRIBUTE){CKA_UNWRAP, &can_unwrap, sizeof(can_unwrap)};
+	qa[1] = (CK_ATTRIBUTE){CKA_DECRYPT, &can_decrypt, sizeof(can_decrypt)};
+	fn = "C_GetAttributeValue";
+	if ((rv = h->m->C_GetAttributeValue(p.sh, priv, qa, 2)) != CKR_OK)
+		goto p11fail;
+	want_unwrap = (use & (HSM_USE_UNWRAP | HSM_USE_KEYWRAP)) != 0;
+	want_decrypt = (use & HSM_USE_ENCRYPT) != 0;
+	if ((can_unwrap != 0) != want_unwrap) {
+		set_unwrap.pValue = want_unwrap ? &yes : &no;
+		fn = "C_SetAttributeValue";
+		if ((rv = h->m->C_SetAttributeValue(p.sh, priv, &set_unwrap, 1))
+		    != CKR_OK)
+			goto p11fail;
+		*changed = 1;
+	}
+	if ((can_decrypt != 0) != want_decrypt) {
+		set_decrypt.pValue = want_decrypt ? &yes : &no;
+		fn = "C_SetAttributeValue";
+		if ((rv = h->m->C_SetAttributeValue(p.sh, priv, &set_decrypt, 1))
+		    != CKR_OK)
+			goto p11fail;
+		*changed = 1;
+	}
+	/* Public halves: the only ones kept are CKA_PRIVATE ones made from
+	 * the private key's own modulus and exponent. A public object anyone
+	 * could have made (CKA_PRIVATE false: every key of an older
+	 * keybroker, or one planted without the PIN) is destroyed. */
+	if ((rv = obj_find_any(h, p.sh, id, CKO_PUBLIC_KEY, objs, HSM_FIND_MAX,
+	         &n, &fn))
+	    != CKR_OK)
+		goto p11fail;
+	for (i = 0; i < n; i++) {
+		is_private = CK_FALSE;
+		qa[0] = (CK_ATTRIBUTE){CKA_PRIVATE, &is_private,
+		    sizeof(is_private)};
+		fn = "C_GetAttributeValue";
+		if ((rv = h->m->C_GetAttributeValue(p.sh, objs[i], qa, 1))
+		    != CKR_OK)
+			goto p11fail;
+		if (is_private) {
+			nmine++;
+			continue;
+		}
+		fn = "C_DestroyObject";
+		if ((rv = h->m->C_DestroyObject(p.sh, objs[i])) != CKR_OK)
+			goto p11fail;
+		*changed = 1;
+	}
+	hsm_cache_drop(h, id, CKO_PUBLIC_KEY);
+	if (nmine == 0) {
+		if ((rv = op_pub(h, p.sh, priv, &pa, &fn)) != CKR_OK)
+			goto p11fail;
+		hsm_tmpl_ulong(&pub, CKA_CLASS, pub_cls);
+		hsm_tmpl_ulong(&pub, CKA_KEY_TYPE, CKK_RSA);
+		tmpl_key(&pub, id, 0, use);
+		hsm_tmpl_add(&pub, CKA_MODULUS, pa.n, pa.n_len);
+		hsm_tmpl_add(&pub, CKA_PUBLIC_EXPONENT, pa.e, pa.e_len);
+		if ((r = hsm_tmpl_check(&pub, NULL)) != KB_OK)
+			goto unlock;
+		fn = "C_CreateObject";
+		if ((rv = h->m->C_CreateObject(p.sh, pub.a, pub.n, &hpub))
+		    != CKR_OK)
+			goto p11fail;
+		*changed = 1;
+	}
+	r = KB_OK;
+	goto unlock;
+p11fail:
+	r = hsm_p11_err(fn, rv, id);
+unlock:
+	pthread_rwlock_unlock(&h->objects_rw);
+out:
+	if (have_session)
+		hsm_pool_put(h, &p, rv);
+	pthread_mutex_unlock(&h->create_mu);
+	pub_arg_clear(&pa);
+	return r;
+}
+
 /* ---- public functions: key creation ---- */
 
 enum kb_err
@@ -580,16 +706,16 @@ hsm_rsa_generate(struct hsm *h, const char *id, unsigned bits, unsigned use)
 	int have_session = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
-	if ((r = id_check(id)) != KB_OK || (r = use_check(use)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK || (r = use_check(use)) != KB_OK)
 		return r;
 	if (bits < 1024 || bits > 16384 || bits % 8 != 0)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT,
 		    "RSA key size %u is not supported", bits);
 	tmpl_key(&pub, id, 0, use);
-	tmpl_ulong(&pub, CKA_MODULUS_BITS, bits);
-	tmpl_add(&pub, CKA_PUBLIC_EXPONENT, rsa_f4, sizeof(rsa_f4));
+	hsm_tmpl_ulong(&pub, CKA_MODULUS_BITS, bits);
+	hsm_tmpl_add(&pub, CKA_PUBLIC_EXPONENT, rsa_f4, sizeof(rsa_f4));
 	tmpl_key(&priv, id, 1, use);
-	if ((r = tmpl_check(&pub, &priv)) != KB_OK)
+	if ((r = hsm_tmpl_check(&pub, &priv)) != KB_OK)
 		return r;
 
 	pthread_mutex_lock(&h->create_mu);
@@ -604,8 +730,8 @@ hsm_rsa_generate(struct hsm *h, const char *id, unsigned bits, unsigned use)
 		r = hsm_p11_err("C_GenerateKeyPair", rv, id);
 		goto out;
 	}
-	hsm_cache_put(h, id, CKO_PUBLIC_KEY, hpub);
-	hsm_cache_put(h, id, CKO_PRIVATE_KEY, hpriv);
+	hsm_cache_put(h, id, NULL, CKO_PUBLIC_KEY, hpub);
+	hsm_cache_put(h, id, NULL, CKO_PRIVATE_KEY, hpriv);
 	r = KB_OK;
 out:
 	if (have_session)
@@ -644,7 +770,7 @@ hsm_rsa_import(struct hsm *h, const char *id, EVP_PKEY *pkey, unsigned use)
 	int have_session = 0, locked = 0, len;
 	enum kb_err r = KB_ERR_INTERNAL;
 
-	if ((r = id_check(id)) != KB_OK || (r = use_check(use)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK || (r = use_check(use)) != KB_OK)
 		goto out;
 	if (pkey == NULL || !EVP_PKEY_is_a(pkey, "RSA")) {
 		r = kb_errf(KB_ERR_INVALID_ARGUMENT,
@@ -683,17 +809,17 @@ hsm_rsa_import(struct hsm *h, const char *id, EVP_PKEY *pkey, unsigned use)
 		bn = NULL;
 	}
 
-	tmpl_ulong(&priv, CKA_CLASS, CKO_PRIVATE_KEY);
-	tmpl_ulong(&priv, CKA_KEY_TYPE, CKK_RSA);
+	hsm_tmpl_ulong(&priv, CKA_CLASS, CKO_PRIVATE_KEY);
+	hsm_tmpl_ulong(&priv, CKA_KEY_TYPE, CKK_RSA);
 	tmpl_key(&priv, id, 1, use);
 	for (i = 0; i < RSA_NPARTS; i++)
-		tmpl_add(&priv, rsa_parts[i].type, part[i], part_len[i]);
-	tmpl_ulong(&pub, CKA_CLASS, CKO_PUBLIC_KEY);
-	tmpl_ulong(&pub, CKA_KEY_TYPE, CKK_RSA);
+		hsm_tmpl_add(&priv, rsa_parts[i].type, part[i], part_len[i]);
+	hsm_tmpl_ulong(&pub, CKA_CLASS, CKO_PUBLIC_KEY);
+	hsm_tmpl_ulong(&pub, CKA_KEY_TYPE, CKK_RSA);
 	tmpl_key(&pub, id, 0, use);
-	tmpl_add(&pub, CKA_MODULUS, part[0], part_len[0]);
-	tmpl_add(&pub, CKA_PUBLIC_EXPONENT, part[1], part_len[1]);
-	if ((r = tmpl_check(&pub, &priv)) != KB_OK)
+	hsm_tmpl_add(&pub, CKA_MODULUS, part[0], part_len[0]);
+	hsm_tmpl_add(&pub, CKA_PUBLIC_EXPONENT, part[1], part_len[1]);
+	if ((r = hsm_tmpl_check(&pub, &priv)) != KB_OK)
 		goto out;
 
 	pthread_mutex_lock(&h->create_mu);
@@ -713,8 +839,8 @@ hsm_rsa_import(struct hsm *h, const char *id, EVP_PKEY *pkey, unsigned use)
 		(void)h->m->C_DestroyObject(p.sh, hpriv);
 		goto out;
 	}
-	hsm_cache_put(h, id, CKO_PUBLIC_KEY, hpub);
-	hsm_cache_put(h, id, CKO_PRIVATE_KEY, hpriv);
+	hsm_cache_put(h, id, NULL, CKO_PUBLIC_KEY, hpub);
+	hsm_cache_put(h, id, NULL, CKO_PRIVATE_KEY, hpriv);
 	r = KB_OK;
 out:
 	if (have_session)
@@ -765,28 +891,28 @@ hsm_byok_unwrap(struct hsm *h, const char *kek_id, const char *oaep_alg,
 	int have_session = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
-	if ((r = id_check(kek_id)) != KB_OK || (r = id_check(id)) != KB_OK
+	if ((r = hsm_id_check(kek_id)) != KB_OK || (r = hsm_id_check(id)) != KB_OK
 	    || (r = use_check(use)) != KB_OK
-	    || (r = oaep_mech(oaep_alg, &op, &oaep)) != KB_OK)
+	    || (r = hsm_oaep_mech(oaep_alg, &op, &oaep)) != KB_OK)
 		return r;
 
 	/* The ephemeral AES key: a session object that can only unwrap. */
-	tmpl_ulong(&at, CKA_CLASS, CKO_SECRET_KEY);
-	tmpl_ulong(&at, CKA_KEY_TYPE, CKK_AES);
-	tmpl_bool(&at, CKA_TOKEN, 0);
-	tmpl_bool(&at, CKA_PRIVATE, 1);
-	tmpl_bool(&at, CKA_SENSITIVE, 1);
-	tmpl_bool(&at, CKA_EXTRACTABLE, 0);
-	tmpl_bool(&at, CKA_UNWRAP, 1);
-	tmpl_bool(&at, CKA_WRAP, 0);
-	tmpl_bool(&at, CKA_ENCRYPT, 0);
-	tmpl_bool(&at, CKA_DECRYPT, 0);
-	tmpl_bool(&at, CKA_SIGN, 0);
-	tmpl_bool(&at, CKA_VERIFY, 0);
-	tmpl_ulong(&priv, CKA_CLASS, CKO_PRIVATE_KEY);
-	tmpl_ulong(&priv, CKA_KEY_TYPE, CKK_RSA);
+	hsm_tmpl_ulong(&at, CKA_CLASS, CKO_SECRET_KEY);
+	hsm_tmpl_ulong(&at, CKA_KEY_TYPE, CKK_AES);
+	hsm_tmpl_bool(&at, CKA_TOKEN, 0);
+	hsm_tmpl_bool(&at, CKA_PRIVATE, 1);
+	hsm_tmpl_bool(&at, CKA_SENSITIVE, 1);
+	hsm_tmpl_bool(&at, CKA_EXTRACTABLE, 0);
+	hsm_tmpl_bool(&at, CKA_UNWRAP, 1);
+	hsm_tmpl_bool(&at, CKA_WRAP, 0);
+	hsm_tmpl_bool(&at, CKA_ENCRYPT, 0);
+	hsm_tmpl_bool(&at, CKA_DECRYPT, 0);
+	hsm_tmpl_bool(&at, CKA_SIGN, 0);
+	hsm_tmpl_bool(&at, CKA_VERIFY, 0);
+	hsm_tmpl_ulong(&priv, CKA_CLASS, CKO_PRIVATE_KEY);
+	hsm_tmpl_ulong(&priv, CKA_KEY_TYPE, CKK_RSA);
 	tmpl_key(&priv, id, 1, use);
-	if ((r = tmpl_check(&at, &priv)) != KB_OK)
+	if ((r = hsm_tmpl_check(&at, &priv)) != KB_OK)
 		return r;
 
 	pthread_mutex_lock(&h->create_mu);
@@ -795,7 +921,8 @@ hsm_byok_unwrap(struct hsm *h, const char *kek_id, const char *oaep_alg,
 	have_session = 1;
 	/* Rare and not worth a stale handle: ask the token afresh. */
 	hsm_cache_drop(h, kek_id, CKO_PRIVATE_KEY);
-	if ((r = hsm_obj_lookup(h, p.sh, kek_id, CKO_PRIVATE_KEY, &kek, &rv))
+	if ((r = hsm_obj_lookup(
+	         h, p.sh, kek_id, NULL, CKO_PRIVATE_KEY, &kek, &rv))
 	    != KB_OK) {
 		if (r == KB_ERR_NOT_FOUND)
 			r = kb_errf(r,
@@ -863,19 +990,19 @@ hsm_byok_unwrap(struct hsm *h, const char *kek_id, const char *oaep_alg,
 		    want_bits);
 		goto out;
 	}
-	tmpl_ulong(&pub, CKA_CLASS, CKO_PUBLIC_KEY);
-	tmpl_ulong(&pub, CKA_KEY_TYPE, CKK_RSA);
+	hsm_tmpl_ulong(&pub, CKA_CLASS, CKO_PUBLIC_KEY);
+	hsm_tmpl_ulong(&pub, CKA_KEY_TYPE, CKK_RSA);
 	tmpl_key(&pub, id, 0, use);
-	tmpl_add(&pub, CKA_MODULUS, pa.n, pa.n_len);
-	tmpl_add(&pub, CKA_PUBLIC_EXPONENT, pa.e, pa.e_len);
-	if ((r = tmpl_check(&pub, NULL)) != KB_OK)
+	hsm_tmpl_add(&pub, CKA_MODULUS, pa.n, pa.n_len);
+	hsm_tmpl_add(&pub, CKA_PUBLIC_EXPONENT, pa.e, pa.e_len);
+	if ((r = hsm_tmpl_check(&pub, NULL)) != KB_OK)
 		goto out;
 	if ((rv = h->m->C_CreateObject(p.sh, pub.a, pub.n, &hpub)) != CKR_OK) {
 		r = hsm_p11_err("C_CreateObject", rv, id);
 		goto out;
 	}
-	hsm_cache_put(h, id, CKO_PUBLIC_KEY, hpub);
-	hsm_cache_put(h, id, CKO_PRIVATE_KEY, hpriv);
+	hsm_cache_put(h, id, NULL, CKO_PUBLIC_KEY, hpub);
+	hsm_cache_put(h, id, NULL, CKO_PRIVATE_KEY, hpriv);
 	hpriv = CK_INVALID_HANDLE;
 	r = KB_OK;
 out:

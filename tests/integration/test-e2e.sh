@@ -74,7 +74,7 @@ expect_ok kb_admin envs show acme prod --json
 check_json "envs show --json: acme/prod, platform mode, enabled, DEK version 1" \
 	'f(d, "tenant_id") == "acme" and d["name"] == "prod" and "PLATFORM" in str(d.get("mode")).upper() and "ENABLED" in str(d.get("state")).upper() and int(f(d, "dek_version") or 0) == 1'
 check_json "envs show --json: a wrap algorithm and a key id" \
-	'str(f(d, "wrap_algorithm")).startswith("RSA-OAEP") and f(d, "key_id")'
+	'str(f(d, "wrap_algorithm")) == "AES-256-GCM" and str(f(d, "key_id")).startswith("kb-pk-")'
 expect_ok kb_admin tenants show acme --json
 check_json "tenants show acme --json: environment_count 3" \
 	'int(f(d, "environment_count") or 0) == 3'

@@ -357,7 +357,8 @@ check_eq "C (uploaded, available) is deleted" "$(key_state "$C")" deleted
 check_token_has "B is gone from the token" no "$B"
 check_token_has "A is gone from the token" no "$A"
 check_token_has "C is gone from the token" no "$C"
-check_token_has "the platform key is still in the token" yes kb-platform-1
+check_token_has "the platform key is still in the token" yes kb:platform
+check_token_has "the tenant's KEK is gone from the token" no kb:kek:acme
 if ((have_p11tool)); then
 	SOFTHSM2_CONF=$KBT_DIR/token/softhsm2.conf softhsm2-util --show-slots >"$w/slots" 2>&1
 	check "softhsm2-util --show-slots still shows the token" grep -q 'Label: *keybroker' "$w/slots"

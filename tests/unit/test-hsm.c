@@ -454,8 +454,11 @@ test_attributes(void)
 		    && raw_bool(&r, o, CKA_DERIVE) == 0;
 	}
 	if (ok) {
+		/* Public halves are private objects too; only key wrap
+		 * (HSM_USE_KEYWRAP) gives them CKA_WRAP. */
 		o = raw_find(&r, "kek", CKO_PUBLIC_KEY);
-		ok = o != CK_INVALID_HANDLE && raw_bool(&r, o, CKA_WRAP) == 1
+		ok = o != CK_INVALID_HANDLE && raw_bool(&r, o, CKA_WRAP) == 0
+		    && raw_bool(&r, o, CKA_PRIVATE) == 1
 		    && raw_bool(&r, o, CKA_ENCRYPT) == 0
 		    && raw_bool(&r, o, CKA_VERIFY) == 0
 		    && raw_bool(&r, o, CKA_VERIFY_RECOVER) == 0;
@@ -912,6 +915,159 @@ test_concurrency(void)
 	KBT_ASSERT_OK(hsm_check(h));
 }
 
+/* ---- AES keys: platform key, KEKs, GCM ---- */
+
+static void
+test_aes_gcm(void)
+{
+	struct hsm *h = fixture();
+	static const uint8_t aad[] = "row: tenant a, env 1, version 1";
+	static const uint8_t aad2[] = "row: tenant a, env 2, version 1";
+	uint8_t pt[32], *ct = NULL, *out = NULL;
+	size_t ct_len = 0, out_len = 0;
+	struct raw r;
+	CK_OBJECT_HANDLE o;
+
+	memset(pt, 0x5a, sizeof(pt));
+	KBT_ASSERT_OK(hsm_aes_generate(h, "aes1", "kb:test"));
+	KBT_ASSERT_ERR(hsm_aes_generate(h, "aes1", "kb:test"),
+	    KB_ERR_ALREADY_EXISTS);
+	KBT_ASSERT_OK(hsm_secret_exists(h, "aes1", "kb:test"));
+	/* Found only with its label: another purpose's lookup misses it. */
+	KBT_ASSERT_ERR(hsm_secret_exists(h, "aes1", "kb:other"),
+	    KB_ERR_NOT_FOUND);
+	KBT_ASSERT_OK(hsm_gcm_seal(h, "aes1", "kb:test", aad, sizeof(aad), pt,
+	    sizeof(pt), &ct, &ct_len));
+	KBT_ASSERT(ct_len == HSM_GCM_IV_LEN + sizeof(pt) + HSM_GCM_TAG_LEN);
+	KBT_ASSERT_OK(hsm_gcm_open(h, "aes1", "kb:test", aad, sizeof(aad), ct,
+	    ct_len, &out, &out_len));
+	KBT_ASSERT(out_len == sizeof(pt) && memcmp(out, pt, sizeof(pt)) == 0);
+	kb_freezero(out, out_len);
+	out = NULL;
+	/* Moved to another row (other AAD), edited, or under another key. */
+	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad2, sizeof(aad2), ct,
+	    ct_len, &out, &out_len), KB_ERR_CORRUPT);
+	ct[HSM_GCM_IV_LEN + 3] ^= 1;
+	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad, sizeof(aad), ct,
+	    ct_len, &out, &out_len), KB_ERR_CORRUPT);
+	ct[HSM_GCM_IV_LEN + 3] ^= 1;
+	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad, sizeof(aad), ct,
+	    10, &out, &out_len), KB_ERR_CORRUPT);
+	KBT_ASSERT_OK(hsm_aes_generate(h, "aes2", "kb:test"));
+	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes2", "kb:test", aad, sizeof(aad), ct,
+	    ct_len, &out, &out_len), KB_ERR_CORRUPT);
+	/* The token object: private, sensitive, never extractable. */
+	KBT_ASSERT(raw_open(&r));
+	o = raw_find(&r, "aes1", CKO_SECRET_KEY);
+	KBT_ASSERT(o != CK_INVALID_HANDLE);
+	KBT_ASSERT(raw_bool(&r, o, CKA_PRIVATE) == 1);
+	KBT_ASSERT(raw_bool(&r, o, CKA_SENSITIVE) == 1);
+	KBT_ASSERT(raw_bool(&r, o, CKA_EXTRACTABLE) == 0);
+	raw_close(&r);
+	KBT_ASSERT_OK(hsm_key_destroy(h, "aes1"));
+	KBT_ASSERT_ERR(hsm_secret_exists(h, "aes1", "kb:test"), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad, sizeof(aad), ct,
+	    ct_len, &out, &out_len), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_ERR(hsm_key_destroy(h, "aes1"), KB_ERR_NOT_FOUND);
+	free(ct);
+}
+
+static void
+test_kek(void)
+{
+	struct hsm *h = fixture();
+	static const uint8_t aad[] = "aad";
+	uint8_t *w = NULL, *ct = NULL, *out = NULL, pt[32];
+	size_t wl = 0, ct_len = 0, out_len = 0;
+	struct raw r;
+	CK_OBJECT_HANDLE o;
+
+	memset(pt, 7, sizeof(pt));
+	KBT_ASSERT(ensure_key(h, "tk1", HSM_USE_KEYWRAP));
+	KBT_ASSERT(ensure_key(h, "tk2", HSM_USE_KEYWRAP));
+	KBT_ASSERT_OK(hsm_kek_create(h, "tk1", fx_alg, "kek1", "kb:kek:t", &w,
+	    &wl));
+	KBT_ASSERT(wl == 256);
+	KBT_ASSERT_OK(hsm_gcm_seal(h, "kek1", "kb:kek:t", aad, sizeof(aad), pt,
+	    sizeof(pt), &ct, &ct_len));
+	KBT_ASSERT(raw_open(&r));
+	o = raw_find(&r, "kek1", CKO_SECRET_KEY);
+	KBT_ASSERT(o != CK_INVALID_HANDLE && raw_bool(&r, o, CKA_EXTRACTABLE) == 0
+	    && raw_bool(&r, o, CKA_TOKEN) == 1);
+	raw_close(&r);
+	/* Lock: the object goes; unlock: the same key brings it back. */
+	KBT_ASSERT_OK(hsm_key_destroy(h, "kek1"));
+	KBT_ASSERT_ERR(hsm_secret_exists(h, "kek1", "kb:kek:t"), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_ERR(hsm_kek_unwrap(h, "tk2", fx_alg, w, wl, "kek1",
+	    "kb:kek:t"), KB_ERR_CORRUPT);
+	KBT_ASSERT_OK(hsm_kek_unwrap(h, "tk1", fx_alg, w, wl, "kek1",
+	    "kb:kek:t"));
+	KBT_ASSERT_ERR(hsm_kek_unwrap(h, "tk1", fx_alg, w, wl, "kek1",
+	    "kb:kek:t"), KB_ERR_ALREADY_EXISTS);
+	KBT_ASSERT_OK(hsm_gcm_open(h, "kek1", "kb:kek:t", aad, sizeof(aad), ct,
+	    ct_len, &out, &out_len));
+	KBT_ASSERT(out_len == 32 && memcmp(out, pt, 32) == 0);
+	kb_freezero(out, out_len);
+	/* A key without the key-wrap use cannot wrap one. */
+	KBT_ASSERT(hsm_kek_create(h, "enc", fx_alg, "kek2", "kb:kek:t", &out,
+	    &out_len) != KB_OK);
+	KBT_ASSERT_ERR(hsm_secret_exists(h, "kek2", "kb:kek:t"), KB_ERR_NOT_FOUND);
+	free(w);
+	free(ct);
+}
+
+/* A public object made by a session without the PIN (CKA_PRIVATE false)
+ * with the id of one of ours is never used, and the upgrade destroys it
+ * and makes a private public half from the private key's own numbers. */
+static void
+test_planted_public(void)
+{
+	struct hsm *h = fixture();
+	EVP_PKEY *before, *after;
+	struct raw r;
+	CK_OBJECT_HANDLE o;
+	CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+	CK_KEY_TYPE kt = CKK_RSA;
+	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+	uint8_t n[256], e3[3] = {1, 0, 1};
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_TOKEN, &t, sizeof(t)}, {CKA_PRIVATE, &f, sizeof(f)},
+	    {CKA_ID, (void *)"up1", 3}, {CKA_ENCRYPT, &t, sizeof(t)},
+	    {CKA_WRAP, &t, sizeof(t)}, {CKA_MODULUS, n, sizeof(n)},
+	    {CKA_PUBLIC_EXPONENT, e3, sizeof(e3)},
+	};
+	int changed = 0;
+
+	memset(n, 0xc3, sizeof(n));
+	KBT_ASSERT(ensure_key(h, "up1", HSM_USE_ENCRYPT));
+	KBT_ASSERT((before = pub_from_hsm(h, "up1")) != NULL);
+	KBT_ASSERT(raw_open(&r));
+	/* Replace our public half with the attacker's, as a session without
+	 * the PIN can (the object is not private). */
+	while ((o = raw_find(&r, "up1", CKO_PUBLIC_KEY)) != CK_INVALID_HANDLE)
+		KBT_ASSERT(r.m->C_DestroyObject(r.s, o) == CKR_OK);
+	KBT_ASSERT(r.m->C_CreateObject(r.s, tmpl, 9, &o) == CKR_OK);
+	/* Not found, not used: the public key read comes from the private. */
+	KBT_ASSERT((after = pub_from_hsm(h, "up1")) != NULL);
+	KBT_ASSERT(same_public(before, after));
+	EVP_PKEY_free(after);
+	KBT_ASSERT_OK(hsm_rsa_upgrade(h, "up1", HSM_USE_KEYWRAP, &changed));
+	KBT_ASSERT(changed);
+	o = raw_find(&r, "up1", CKO_PUBLIC_KEY);
+	KBT_ASSERT(o != CK_INVALID_HANDLE && raw_bool(&r, o, CKA_PRIVATE) == 1);
+	o = raw_find(&r, "up1", CKO_PRIVATE_KEY);
+	KBT_ASSERT(raw_bool(&r, o, CKA_UNWRAP) == 1);
+	KBT_ASSERT(raw_bool(&r, o, CKA_DECRYPT) == 0);
+	raw_close(&r);
+	KBT_ASSERT((after = pub_from_hsm(h, "up1")) != NULL);
+	KBT_ASSERT(same_public(before, after));
+	KBT_ASSERT_OK(hsm_rsa_upgrade(h, "up1", HSM_USE_KEYWRAP, &changed));
+	KBT_ASSERT(!changed);
+	EVP_PKEY_free(before);
+	EVP_PKEY_free(after);
+}
+
 static const struct kbt_case cases[] = {
     /* These need no other handle open on the module: keep them first. */
     {"/hsm/open-close", test_open_close},
@@ -934,6 +1090,9 @@ static const struct kbt_case cases[] = {
     {"/hsm/byok-refused", test_byok_refused},
     {"/hsm/recover", test_recover},
     {"/hsm/concurrency", test_concurrency},
+    {"/hsm/aes-gcm", test_aes_gcm},
+    {"/hsm/kek", test_kek},
+    {"/hsm/planted-public", test_planted_public},
     {NULL, NULL},
 };
 
