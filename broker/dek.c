@@ -102,8 +102,16 @@ open_legacy(struct hsm *h, const struct store_dek *dek, uint8_t out[DEK_LEN])
 	enum kb_err e;
 
 	if ((e = hsm_decrypt(h, dek->key_id, dek->wrap_alg, dek->wrapped,
-	    dek->wrapped_len, &plain, &plen)) != KB_OK)
+	    dek->wrapped_len, &plain, &plen)) != KB_OK) {
+		/* A key that may not decrypt never wrapped a data key this
+		 * way: the blob was made outside the broker. */
+		if (e == KB_ERR_HSM && strstr(kb_err_msg(e),
+		    "CKR_KEY_FUNCTION_NOT_PERMITTED") != NULL)
+			return kb_errf(KB_ERR_CORRUPT, "key %s may not decrypt: "
+			    "this pre-v2 blob was not made by the broker",
+			    dek->key_id);
 		return e;
+	}
 	if (plen != DEK_LEN) {
 		kb_freezero(plain, plen);
 		return kb_errf(KB_ERR_CORRUPT, "pre-v2 data key unwrapped to %zu "

@@ -73,6 +73,17 @@ slice_main(void *p)
 			r->skip = 1;
 			continue;
 		}
+		/* A row that fails its integrity check will never open: it is
+		 * marked unrecoverable (after the batch) and left, rather than
+		 * one forged row stopping the job for every other. */
+		if (s->err == KB_ERR_CORRUPT) {
+			snprintf(r->dek.damaged, sizeof(r->dek.damaged), "%s",
+			    kb_err_msg(s->err));
+			kb_err_clear();
+			s->err = KB_OK;
+			r->skip = 2;
+			continue;
+		}
 		if (s->err != KB_OK) {
 			snprintf(s->msg, sizeof(s->msg), "data key %u of "
 			    "%s/%s: %s", r->version, r->tenant_id, r->name,
@@ -350,6 +361,19 @@ run_job(struct jobs *j, struct store_job *job)
 		if (e == KB_OK)
 			e = store_rewrap_commit(b->store, job->id, rows, old, n,
 			    clock_now_us());
+		for (i = 0; e == KB_OK && i < n; i++) {
+			if (rows[i].skip != 2)
+				continue;
+			log_error("job %s: data key %u of %s/%s failed its "
+			    "integrity check: marked unrecoverable (%s)", job->id,
+			    rows[i].version, rows[i].tenant_id, rows[i].name,
+			    rows[i].dek.damaged);
+			(void)store_dek_mark_damaged(b->store, rows[i].tenant_id,
+			    rows[i].name, rows[i].version, rows[i].dek.damaged);
+			(void)broker_audit_system(b, "datakey.integrity", rows[i].tenant_id,
+			    rows[i].name, rows[i].dek.key_id, "error",
+			    rows[i].dek.damaged);
+		}
 		if (e == KB_OK) {
 			for (i = 0; i < n; i++)
 				sealed_this_pass += !rows[i].skip;

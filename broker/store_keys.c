@@ -246,12 +246,13 @@ job_row(sqlite3_stmt *st, void *elem)
  * environments have no DEK rows. */
 static const char count_activate[] = "SELECT count(*) FROM deks d JOIN "
     "environments e ON e.id = d.env_id WHERE e.tenant_id = ?1 AND "
-    "e.mode = 'customer' AND d.key_id != ?2";
+    "e.mode = 'customer' AND d.key_id != ?2 AND d.damaged = ''";
 static const char count_platform[] = "SELECT count(*) FROM deks d JOIN "
     "environments e ON e.id = d.env_id WHERE ?1 = ?1 AND "
-    "e.mode = 'platform' AND d.key_id != ?2";
+    "e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = ''";
 static const char count_upgrade[] = "SELECT count(*) FROM deks d WHERE "
-    "?1 = ?1 AND ?2 = ?2 AND d.wrap_alg != 'AES-256-GCM'";
+    "?1 = ?1 AND ?2 = ?2 AND d.wrap_alg != 'AES-256-GCM' AND "
+    "d.damaged = ''";
 
 static const char *
 job_count_sql(const char *kind)
@@ -420,15 +421,18 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 	"d.wrapped, e.tenant_id, e.name, e.uid, e.mode, e.state, d.damaged " \
 	"FROM environments e JOIN deks d ON d.env_id = e.id "
 	static const char act_sql[] = RW_COLS "WHERE e.tenant_id = ?1 AND "
-	    "e.mode = 'customer' AND d.key_id != ?2 AND e.id >= ?4 AND "
+	    "e.mode = 'customer' AND d.key_id != ?2 AND d.damaged = '' AND"
+	    " e.id >= ?4 AND "
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
 	static const char rot_sql[] = RW_COLS "WHERE ?1 = ?1 AND "
-	    "e.mode = 'platform' AND d.key_id != ?2 AND e.id >= ?4 AND "
+	    "e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = '' AND"
+	    " e.id >= ?4 AND "
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
 	static const char upg_sql[] = RW_COLS "WHERE ?1 = ?1 AND ?2 = ?2 AND "
-	    "d.wrap_alg != 'AES-256-GCM' AND e.id >= ?4 AND "
+	    "d.wrap_alg != 'AES-256-GCM' AND d.damaged = '' AND"
+	    " e.id >= ?4 AND "
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
 	static const char ver_sql[] = RW_COLS "WHERE (?1 = '' OR "

@@ -131,6 +131,14 @@ int kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_keys_upload(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_keys_activate(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_jobs_show(struct kbctl *k, const struct kbctl_args *a);
+/* Follow the job in *mp (replaced by each GetJob answer) until it is no
+ * longer running: a progress bar on a terminal, a line every 5 s
+ * otherwise. -1 when it ended (see its state), else an exit code. */
+int kbctl_job_follow(struct kbctl *k, ProtobufCMessage **mp);
+/* kbctl_custody.c: the broker's own keys, verify and repair. */
+int kbctl_cmd_platform_rotate_key(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_verify(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_repair(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_tenants_lock(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_tenants_unlock(struct kbctl *k, const struct kbctl_args *a);
 /* A password (secret): from --password-file, else asked on the terminal

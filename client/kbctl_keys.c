@@ -338,8 +338,8 @@ sleep_ms(int ms)
 /* Follow the job in *mp (a Job, replaced by each GetJob answer) until it
  * is no longer running. Returns -1 when it ended (see (*mp)->state), else
  * an exit code (said on stderr). */
-static int
-job_follow(struct kbctl *k, ProtobufCMessage **mp)
+int
+kbctl_job_follow(struct kbctl *k, ProtobufCMessage **mp)
 {
 	Keybroker__V1__GetJobRequest req = KEYBROKER__V1__GET_JOB_REQUEST__INIT;
 	Keybroker__V1__Job *j = (Keybroker__V1__Job *)*mp;
@@ -369,8 +369,8 @@ job_follow(struct kbctl *k, ProtobufCMessage **mp)
 		        == KEYBROKER__V1__JOB_STATE__JOB_STATE_RUNNING
 		    && (last_line == 0 || now - last_line >= LINE_EVERY_US)) {
 			fprintf(stderr,
-			    "kbctl: job %s: %llu/%llu environments "
-			    "re-wrapped\n",
+			    "kbctl: job %s: %llu/%llu data keys "
+			    "re-sealed\n",
 			    id, (unsigned long long)j->done,
 			    (unsigned long long)j->total);
 			last_line = now;
@@ -440,7 +440,7 @@ kbctl_cmd_keys_activate(struct kbctl *k, const struct kbctl_args *a)
 	         &keybroker__v1__job__descriptor, &m))
 	    != KBCTL_EXIT_OK)
 		return rc;
-	if (wait && (rc = job_follow(k, &m)) >= 0) {
+	if (wait && (rc = kbctl_job_follow(k, &m)) >= 0) {
 		kb_wire_free(m);
 		return rc;
 	}

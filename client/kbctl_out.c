@@ -494,6 +494,7 @@ kbctl_job_json(const ProtobufCMessage *m)
 	kbctl_jset(o, "kind", kbctl_jstr(x->kind));
 	kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
 	kbctl_jset(o, "previous_key_id", kbctl_jstr(x->previous_key_id));
+	kbctl_jset(o, "target_key_id", kbctl_jstr(x->target_key_id));
 	jset_enum(o, "state", &keybroker__v1__job_state__descriptor, x->state);
 	kbctl_jset(o, "total", json_integer((json_int_t)x->total));
 	kbctl_jset(o, "done", json_integer((json_int_t)x->done));

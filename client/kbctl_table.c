@@ -190,9 +190,46 @@ const struct kbctl_cmd kbctl_cmds[] = {
 
 	{ "jobs", "show", "JOB_ID", 1, 1,
 	  "Show a background job",
-	  "Its kind (activate), tenant, keys, state (running, done, failed),\n"
-	  "progress (done of total environments) and error.",
+	  "Its kind (activate, rotate-platform, upgrade-v2), tenant, keys, state\n"
+	  "(running, done, failed), progress (done of total data keys) and error.",
 	  { { NULL } }, kbctl_cmd_jobs_show },
+
+	{ "platform", "rotate-key", "", 0, 0,
+	  "Rotate the platform key in place (platform-wide admins)",
+	  "Makes a new platform key in the token; a background job re-seals every\n"
+	  "platform-managed data key under it while data keys keep being served;\n"
+	  "when nothing refers to the old key any more it is destroyed, so a reset\n"
+	  "or deleted environment's data key, or a platform-sealed row in an old\n"
+	  "copy of the database, can no longer be opened. The broker also does\n"
+	  "this every platform_key_rotation_days (default 30). Prints the job;\n"
+	  "--wait follows it as 'keys activate --wait' does.",
+	  { { "--wait", NULL, "wait for the re-seal job to finish" } },
+	  kbctl_cmd_platform_rotate_key },
+
+	{ NULL, "verify", "[TENANT]", 0, 1,
+	  "Check every stored data key in the token, revealing none",
+	  "Opens each sealed data key of TENANT (or of every tenant: platform-wide\n"
+	  "admins) inside the token and reports every one that fails, by tenant,\n"
+	  "environment and version, with why: moved_or_edited (its integrity check\n"
+	  "failed: moved from another row, edited, or made outside the token),\n"
+	  "key_missing (its key is not in the token), damaged (not a sealed key),\n"
+	  "legacy (still in the pre-v2 envelope), unrecoverable (marked by\n"
+	  "repair). Locked environments are skipped. A progress bar on a\n"
+	  "terminal. Exit 0 when every key is sound, 1 when any fails. --json\n"
+	  "prints {\"checked\", \"total\", \"failures\": [...]}.",
+	  { { NULL } }, kbctl_cmd_verify },
+
+	{ NULL, "repair", "[TENANT]", 0, 1,
+	  "Repair what verify finds, mark the rest unrecoverable",
+	  "Runs verify, then repairs each failing data key that has a healthy\n"
+	  "source: a KEK whose token object is gone is unwrapped again from its\n"
+	  "stored copy, and a blob that was moved to another row is put back. Every\n"
+	  "other failing key is marked unrecoverable: the service gets DATA_LOSS\n"
+	  "naming it, not a wrong key. Asks for confirmation on a terminal; --yes\n"
+	  "for scripts. Exit 0 when nothing is left unrecoverable. --json prints\n"
+	  "{\"checked\", \"repaired\": [...], \"unrecoverable\": [...]}.",
+	  { { "--yes", NULL, "do not ask for confirmation" } },
+	  kbctl_cmd_repair },
 
 	{ "byok", "kek", "TENANT", 1, 1,
 	  "Show the broker's key-exchange key (KEK) for .byok uploads",
@@ -416,7 +453,8 @@ const struct kbctl_cmd kbctl_cmds[] = {
 const struct kbctl_group kbctl_groups[] = {
 	{ "tenants", "Create, list, show, lock and unlock tenants" },
 	{ "keys", "A tenant's keys: generate, upload, list, show, activate" },
-	{ "jobs", "Background jobs (key activation re-wraps)" },
+	{ "jobs", "Background jobs (activation, rotation and upgrade re-seals)" },
+	{ "platform", "The broker's own keys: rotate the platform key" },
 	{ "byok", "Bring your own key: the key-exchange key, offline wrapping" },
 	{ "envs", "Environments: create, encrypt, back up, restore, copy, reset" },
 	{ "datakey", "Fetch an environment's data key" },

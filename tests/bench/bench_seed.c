@@ -2,10 +2,11 @@
 /* bench_seed.c: N customer-managed environments written straight into the
  * broker's database (the broker stopped), because creating them through
  * the API is one durable commit (and one token operation) each: fine for
- * thousands, hours for a million. Each gets its own random DEK, wrapped
- * with RSA-OAEP under tenant key K0's public key by OpenSSL, with the OAEP
- * variant the broker records for the token ("RSA-OAEP-SHA1" on SoftHSMv2):
- * exactly what the broker would have stored. */
+ * thousands, hours for a million. The seeder holds the token's PIN, as the
+ * broker does: it makes tenant key K0's KEK in the token (wrapped under K0)
+ * and seals each environment's own random DEK under it with dek_seal, for
+ * that row: exactly what the broker would have stored. (A DEK written
+ * without the token, as this file did before envelope v2, is refused.) */
 #include "bench.h"
 
 #include <pthread.h>
@@ -17,12 +18,14 @@
 #include <openssl/rsa.h>
 #include <sqlite3.h>
 
+#include "dek.h"
+#include "hsm.h"
 #include "kb_secmem.h"
+#include "store.h"
 #include "kb_time.h"
 
 #define CHUNK 4096
 #define WRAP_THREADS 2
-#define WRAPPED_MAX 512
 
 void
 bench_seed_name(unsigned i, char *buf, size_t len)
@@ -31,12 +34,12 @@ bench_seed_name(unsigned i, char *buf, size_t len)
 }
 
 struct chunk {
-	EVP_PKEY *pub;
-	const EVP_MD *md;
-	unsigned n;
+	struct hsm *h;
+	const char *tenant, *kek;
+	unsigned base, n;
 	uint8_t dek[CHUNK][32];
-	uint8_t wrapped[CHUNK][WRAPPED_MAX];
-	size_t wlen[CHUNK];
+	char uid[CHUNK][STORE_UID_LEN + 1];
+	struct store_dek sealed[CHUNK];
 };
 
 struct wrap_arg {
@@ -45,32 +48,33 @@ struct wrap_arg {
 	int err;
 };
 
+/* Seal each DEK in the token under the KEK, for its own row, exactly as
+ * the broker does (dek_seal: AES-256-GCM with the row's associated data,
+ * opened once to check). */
 static void *
 wrap_main(void *p)
 {
 	struct wrap_arg *a = p;
 	struct chunk *c = a->c;
-	EVP_PKEY_CTX *ctx = NULL;
-	unsigned i;
+	struct dek_row row;
+	uint8_t r[STORE_UID_LEN / 2];
+	char name[32];
+	unsigned i, j;
 
 	a->err = 1;
-	if ((ctx = EVP_PKEY_CTX_new(c->pub, NULL)) == NULL
-	    || EVP_PKEY_encrypt_init(ctx) <= 0
-	    || EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_OAEP_PADDING) <= 0
-	    || EVP_PKEY_CTX_set_rsa_oaep_md(ctx, c->md) <= 0
-	    || EVP_PKEY_CTX_set_rsa_mgf1_md(ctx, c->md) <= 0)
-		goto out;
 	for (i = a->from; i < a->to; i++) {
-		c->wlen[i] = WRAPPED_MAX;
-		if (RAND_bytes(c->dek[i], 32) != 1
-		    || EVP_PKEY_encrypt(
-		           ctx, c->wrapped[i], &c->wlen[i], c->dek[i], 32)
-		        <= 0)
-			goto out;
+		if (RAND_bytes(c->dek[i], 32) != 1 || RAND_bytes(r, sizeof(r)) != 1)
+			return NULL;
+		for (j = 0; j < sizeof(r); j++)
+			snprintf(c->uid[i] + 2 * j, 3, "%02x", r[j]);
+		bench_seed_name(c->base + i, name, sizeof(name));
+		row = (struct dek_row){ c->tenant, name, c->uid[i], 1,
+		    STORE_MODE_CUSTOMER };
+		if (dek_seal(c->h, &row, c->kek, c->dek[i], &c->sealed[i])
+		    != KB_OK)
+			return NULL;
 	}
 	a->err = 0;
-out:
-	EVP_PKEY_CTX_free(ctx);
 	return NULL;
 }
 
@@ -101,9 +105,8 @@ wrap_chunk(struct chunk *c)
 			pthread_join(th[t], NULL);
 	for (t = 0; t < WRAP_THREADS; t++)
 		if (a[t].err)
-			return kb_err_openssl(KB_ERR_CRYPTO,
-			    "RSA-OAEP wrapping a "
-			    "seeded data key");
+			return kb_errf(KB_ERR_HSM, "sealing a seeded data key: %s",
+			    kb_err_msg(KB_ERR_HSM));
 	return KB_OK;
 }
 
@@ -121,56 +124,92 @@ bench_sample_index(unsigned k, unsigned n)
 	              : (unsigned)((uint64_t)k * (n - 1) / (BENCH_SAMPLES - 1));
 }
 
+/* K0's KEK, made in the token and recorded active for the tenant. */
+static enum kb_err
+seed_kek(struct bench *b, struct hsm *h, sqlite3 *db, char *kek, size_t len,
+    int64_t now)
+{
+	static const char sql[] = "INSERT INTO keys(id, tenant_id, purpose, "
+	    "origin, state, fingerprint, wrap_alg, create_time_us, "
+	    "update_time_us, bits, parent_id, wrapped) VALUES (?1, ?2, 'kek', "
+	    "'generated', 'active', '-', ?3, ?4, ?4, 256, ?5, ?6)";
+	sqlite3_stmt *st = NULL;
+	char label[DEK_LABEL_MAX];
+	uint8_t *w = NULL;
+	size_t wl = 0;
+	enum kb_err e;
+
+	snprintf(kek, len, "kek-bench-%s", b->k0 + 2);
+	dek_label(STORE_MODE_CUSTOMER, b->tenant, label, sizeof(label));
+	if ((e = hsm_kek_create(h, b->k0, b->wrap_alg, kek, label, &w, &wl))
+	    != KB_OK)
+		return e;
+	if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) {
+		free(w);
+		return sql_fail(db, "preparing the KEK");
+	}
+	sqlite3_bind_text(st, 1, kek, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 2, b->tenant, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 3, b->wrap_alg, -1, SQLITE_STATIC);
+	sqlite3_bind_int64(st, 4, now);
+	sqlite3_bind_text(st, 5, b->k0, -1, SQLITE_STATIC);
+	sqlite3_bind_blob(st, 6, w, (int)wl, SQLITE_STATIC);
+	e = sqlite3_step(st) == SQLITE_DONE ? KB_OK :
+	    sql_fail(db, "recording the KEK");
+	sqlite3_finalize(st);
+	free(w);
+	return e;
+}
+
 enum kb_err
 bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n, double *secs)
 {
 	static const char env_sql[] =
 	    "INSERT INTO environments(tenant_id, name, "
-	    "mode, state, dek_version, create_time_us, update_time_us) VALUES "
-	    "(?1, ?2, 'customer', 'enabled', 1, ?3, ?3)";
+	    "mode, state, dek_version, create_time_us, update_time_us, uid) "
+	    "VALUES (?1, ?2, 'customer', 'enabled', 1, ?3, ?3, ?4)";
 	static const char dek_sql[] =
 	    "INSERT INTO deks(env_id, version, key_id, "
 	    "wrap_alg, wrapped, create_time_us) VALUES (?1, 1, ?2, ?3, ?4, ?5)";
+	struct hsm_config hc;
+	struct hsm *h = NULL;
 	sqlite3 *db = NULL;
 	sqlite3_stmt *se = NULL, *sd = NULL, *sv = NULL;
 	struct chunk *c = NULL;
-	char name[32];
+	char name[32], kek[96];
 	unsigned done = 0, i, k;
 	int64_t now = kb_time_now_us();
 	double t0 = bench_now();
 	enum kb_err e = KB_ERR_INTERNAL;
 	int in_txn = 0;
 
+	(void)pub;
 	if ((c = calloc(1, sizeof(*c))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	c->pub = pub;
-	c->md = strcmp(b->wrap_alg, "RSA-OAEP-SHA256") == 0 ? EVP_sha256()
-	                                                    : EVP_sha1();
-	if (strcmp(b->wrap_alg, "RSA-OAEP-SHA1") != 0
-	    && strcmp(b->wrap_alg, "RSA-OAEP-SHA256") != 0) {
-		e = kb_errf(KB_ERR_INVALID_ARGUMENT,
-		    "seeding: unknown wrap "
-		    "algorithm \"%s\"",
-		    b->wrap_alg);
+	memset(&hc, 0, sizeof(hc));
+	hc.token_uri = "pkcs11:token=keybroker";
+	hc.pin_file = b->pin;
+	hc.check_pin_mode = 1;
+	hc.sessions = WRAP_THREADS + 1;
+	if ((e = hsm_open(&hc, &h)) != KB_OK)
 		goto out;
-	}
 	if (sqlite3_open_v2(b->db, &db, SQLITE_OPEN_READWRITE, NULL)
 	    != SQLITE_OK) {
 		e = sql_fail(db, b->db);
 		goto out;
 	}
 	sqlite3_busy_timeout(db, 10000);
-	/* The schema this was written against (broker/store.c migration 2). */
+	/* The schema this was written against (broker/store.c migration 3). */
 	if (sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &sv, NULL)
 	        != SQLITE_OK
 	    || sqlite3_step(sv) != SQLITE_ROW
-	    || sqlite3_column_int(sv, 0) < 2) {
+	    || sqlite3_column_int(sv, 0) < 3) {
 		e = kb_errf(KB_ERR_STORE,
-		    "seeding: %s is not at schema version "
-		    "2 or later",
-		    b->db);
+		    "seeding: %s is not at schema version 3 or later", b->db);
 		goto out;
 	}
+	sqlite3_finalize(sv);
+	sv = NULL;
 	if (sqlite3_exec(
 	        db, "PRAGMA foreign_keys=ON; BEGIN IMMEDIATE", NULL, NULL, NULL)
 	    != SQLITE_OK) {
@@ -178,12 +217,18 @@ bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n, double *secs)
 		goto out;
 	}
 	in_txn = 1;
+	if ((e = seed_kek(b, h, db, kek, sizeof(kek), now)) != KB_OK)
+		goto out;
+	c->h = h;
+	c->tenant = b->tenant;
+	c->kek = kek;
 	if (sqlite3_prepare_v2(db, env_sql, -1, &se, NULL) != SQLITE_OK
 	    || sqlite3_prepare_v2(db, dek_sql, -1, &sd, NULL) != SQLITE_OK) {
 		e = sql_fail(db, "preparing");
 		goto out;
 	}
 	while (done < n) {
+		c->base = done;
 		c->n = n - done < CHUNK ? n - done : CHUNK;
 		if ((e = wrap_chunk(c)) != KB_OK)
 			goto out;
@@ -193,6 +238,7 @@ bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n, double *secs)
 			sqlite3_bind_text(se, 1, b->tenant, -1, SQLITE_STATIC);
 			sqlite3_bind_text(se, 2, name, -1, SQLITE_STATIC);
 			sqlite3_bind_int64(se, 3, now);
+			sqlite3_bind_text(se, 4, c->uid[i], -1, SQLITE_STATIC);
 			if (sqlite3_step(se) != SQLITE_DONE) {
 				e = sql_fail(db, "inserting an environment");
 				goto out;
@@ -200,11 +246,11 @@ bench_seed(struct bench *b, EVP_PKEY *pub, unsigned n, double *secs)
 			sqlite3_reset(sd);
 			sqlite3_bind_int64(
 			    sd, 1, sqlite3_last_insert_rowid(db));
-			sqlite3_bind_text(sd, 2, b->k0, -1, SQLITE_STATIC);
+			sqlite3_bind_text(sd, 2, kek, -1, SQLITE_STATIC);
 			sqlite3_bind_text(
-			    sd, 3, b->wrap_alg, -1, SQLITE_STATIC);
-			sqlite3_bind_blob(sd, 4, c->wrapped[i], (int)c->wlen[i],
-			    SQLITE_STATIC);
+			    sd, 3, c->sealed[i].wrap_alg, -1, SQLITE_STATIC);
+			sqlite3_bind_blob(sd, 4, c->sealed[i].wrapped,
+			    (int)c->sealed[i].wrapped_len, SQLITE_STATIC);
 			sqlite3_bind_int64(sd, 5, now);
 			if (sqlite3_step(sd) != SQLITE_DONE) {
 				e = sql_fail(db, "inserting a data key");
@@ -232,6 +278,7 @@ out:
 	sqlite3_finalize(se);
 	sqlite3_finalize(sd);
 	sqlite3_close(db);
+	hsm_close(h);
 	if (c != NULL)
 		kb_freezero(c, sizeof(*c));
 	return e;

@@ -96,6 +96,9 @@ ROLES = [
     ("GetKey", ADMIN),
     ("ActivateKey", ADMIN),
     ("GetJob", ADMIN),
+    ("RotatePlatformKey", ADMIN),
+    ("VerifyDataKeys", ADMIN),
+    ("RepairDataKeys", ADMIN),
     ("GetKeyExchangeKey", ADMIN),
     ("LockTenant", ADMIN),
     ("UnlockTenant", ADMIN),
@@ -358,6 +361,11 @@ class Fixture:
             "GetKey": pb.GetKeyRequest(tenant_id=T, key_id=self.key),
             "ActivateKey": pb.ActivateKeyRequest(tenant_id="mx-act", key_id=self.act_key),
             "GetJob": pb.GetJobRequest(id=self.job),
+            # Platform-wide: a tenant-limited admin is refused.
+            "RotatePlatformKey": pb.RotatePlatformKeyRequest(),
+            "VerifyDataKeys": pb.VerifyDataKeysRequest(tenant_id=T),
+            "RepairDataKeys": pb.RepairDataKeysRequest(
+                rows=[pb.DataKeyRef(tenant_id=T, environment="prod", version=1)]),
             "GetKeyExchangeKey": pb.GetKeyExchangeKeyRequest(tenant_id=T),
             # Refused by the 72-hour rule (a key was just activated): the
             # handler ran, and the tenant stays unlocked.
