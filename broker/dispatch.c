@@ -65,6 +65,8 @@ const struct rpc_method dispatch_methods[] = {
 	U(RepairDataKeys, ADMIN, repair_data_keys_request, rpc_datakeys_repair,
 	    C),
 	U(GetKeyExchangeKey, ADMIN, get_key_exchange_key_request, rpc_kek_get, C),
+	U(RotateKeyExchangeKey, ADMIN, get_key_exchange_key_request,
+	    rpc_kek_rotate, C),
 	U(LockTenant, ADMIN, lock_tenant_request, rpc_tenant_lock, C),
 	U(UnlockTenant, ADMIN, unlock_tenant_request, rpc_tenant_unlock, C),
 	U(ApplyKey, ADMIN, environment_ref, rpc_env_apply_key, C),

@@ -118,16 +118,13 @@ keys_exchange_find(struct broker *b, const char *tenant, struct store_key *out)
 	return e;
 }
 
-enum kb_err
-keys_exchange(struct broker *b, const char *tenant, struct store_key *out)
+/* A new key-exchange key for `tenant`, made and recorded active. */
+static enum kb_err
+exchange_create(struct broker *b, const char *tenant, struct store_key *out)
 {
 	struct store_key k;
 	enum kb_err e;
 
-	e = keys_exchange_find(b, tenant, out);
-	if (e != KB_ERR_NOT_FOUND)
-		return e;
-	kb_err_clear();
 	memset(&k, 0, sizeof(k));
 	if ((e = broker_new_id(b, "x-", k.id, sizeof(k.id))) != KB_OK)
 		return e;
@@ -151,6 +148,18 @@ keys_exchange(struct broker *b, const char *tenant, struct store_key *out)
 fail:
 	(void)hsm_key_destroy(b->hsm, k.id);
 	return e;
+}
+
+enum kb_err
+keys_exchange(struct broker *b, const char *tenant, struct store_key *out)
+{
+	enum kb_err e;
+
+	e = keys_exchange_find(b, tenant, out);
+	if (e != KB_ERR_NOT_FOUND)
+		return e;
+	kb_err_clear();
+	return exchange_create(b, tenant, out);
 }
 
 /* Unwrap a .byok into the token as `id`. */
@@ -279,6 +288,38 @@ keys_kek_create(struct broker *b, const char *tenant, const char *parent_id,
 			(void)hsm_key_destroy(b->hsm, k.id);
 			return e;
 		}
+	}
+	*out = k;
+	return KB_OK;
+}
+
+enum kb_err
+keys_exchange_rotate(struct broker *b, const char *tenant, struct store_key *out)
+{
+	struct store_key old, k;
+	enum kb_err e;
+	int had;
+
+	e = keys_exchange_find(b, tenant, &old);
+	if (e != KB_OK && e != KB_ERR_NOT_FOUND)
+		return e;
+	had = e == KB_OK;
+	kb_err_clear();
+	/* The new one first, so the tenant is never without one. */
+	memset(&k, 0, sizeof(k));
+	if ((e = exchange_create(b, tenant, &k)) != KB_OK)
+		return e;
+	if (had) {
+		if ((e = store_key_set_state(b->store, old.id, "active", "deleted",
+		    clock_now_us())) != KB_OK)
+			return e;
+		if ((e = hsm_key_destroy(b->hsm, old.id)) != KB_OK &&
+		    e != KB_ERR_NOT_FOUND)
+			log_error("key-exchange key %s: cannot destroy it in the "
+			    "token (at the next start): %s", old.id, kb_err_msg(e));
+		kb_err_clear();
+		log_info("key-exchange key of tenant %s rotated: %s -> %s", tenant,
+		    old.id, k.id);
 	}
 	*out = k;
 	return KB_OK;

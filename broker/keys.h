@@ -52,6 +52,11 @@ enum kb_err keys_public_pem(struct broker *b, const char *id, char **pem);
 enum kb_err keys_exchange(struct broker *b, const char *tenant,
     struct store_key *out);
 
+/* A new key-exchange key for the tenant (active); the previous one is
+ * recorded deleted and destroyed in the token. */
+enum kb_err keys_exchange_rotate(struct broker *b, const char *tenant,
+    struct store_key *out);
+
 /* The tenant's key-exchange key if it has one (KB_ERR_NOT_FOUND
  * otherwise). */
 enum kb_err keys_exchange_find(struct broker *b, const char *tenant,

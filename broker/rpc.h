@@ -48,6 +48,8 @@ enum kb_err rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 enum kb_err rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
+enum kb_err rpc_kek_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
 enum kb_err rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 

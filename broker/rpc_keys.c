@@ -342,9 +342,11 @@ rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	return rpc_reply(resp, rpc_job_msg(&j));
 }
 
-enum kb_err
-rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+/* The tenant's key-exchange key (made at first use), or with `rotate` a
+ * new one replacing it. */
+static enum kb_err
+exchange_answer(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp, int rotate)
 {
 	const Keybroker__V1__GetKeyExchangeKeyRequest *in = (const void *)req;
 	Keybroker__V1__KeyExchangeKey *out;
@@ -358,7 +360,9 @@ rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
 	e = store_tenant_get(c->b->store, in->tenant_id, &t);
-	if (e == KB_OK)
+	if (e == KB_OK && rotate)
+		e = keys_exchange_rotate(c->b, in->tenant_id, &kek);
+	else if (e == KB_OK)
 		e = keys_exchange(c->b, in->tenant_id, &kek);
 	broker_tenant_unlock(c->b, in->tenant_id);
 	if (e != KB_OK || (e = keys_public_pem(c->b, kek.id, &pem)) != KB_OK)
@@ -374,4 +378,18 @@ rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	out->public_key_pem = pem;
 	*resp = &out->base;
 	return KB_OK;
+}
+
+enum kb_err
+rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	return exchange_answer(c, req, resp, 0);
+}
+
+enum kb_err
+rpc_kek_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	return exchange_answer(c, req, resp, 1);
 }

@@ -171,7 +171,7 @@ store_key_set_state(struct store *s, const char *id, const char *from,
 	e = store_run(c, "UPDATE keys SET state = ?, update_time_us = ?, "
 	    "delete_time_us = CASE WHEN ? = 'deleted' THEN ? ELSE "
 	    "delete_time_us END WHERE id = ? AND state = ?", "changing a key's "
-	    "state", "titiit", to, now, to, now, id, from);
+	    "state", "tititt", to, now, to, now, id, from);
 	if (e == KB_OK && sqlite3_changes(c->db) != 1)
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is not %s",
 		    id, from);

@@ -151,6 +151,7 @@ int kbctl_password_get(const struct kbctl_args *a, const char *prompt,
 
 /* kbctl_byok.c: the key-exchange key and offline .byok wrapping. */
 int kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_byok_rotate_kek(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_byok_wrap(struct kbctl *k, const struct kbctl_args *a);
 
 /* kbctl_envs.c: environment encryption, backups, copy, reset. */

@@ -26,8 +26,8 @@ pem_is_plain(const char *s)
 	return 1;
 }
 
-int
-kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a)
+static int
+exchange_key(struct kbctl *k, const struct kbctl_args *a, const char *method)
 {
 	Keybroker__V1__GetKeyExchangeKeyRequest req =
 	    KEYBROKER__V1__GET_KEY_EXCHANGE_KEY_REQUEST__INIT;
@@ -42,7 +42,7 @@ kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a)
 	if ((rc = kbctl_out_open(a, path, 0644, &f)) >= 0)
 		return rc;
 	req.tenant_id = (char *)a->argv[0];
-	if ((rc = kbctl_call(k, KB_METHOD_GET_KEY_EXCHANGE_KEY, &req.base,
+	if ((rc = kbctl_call(k, method, &req.base,
 	         &keybroker__v1__key_exchange_key__descriptor, &m))
 	    != KBCTL_EXIT_OK) {
 		kbctl_out_file_abort(f);
@@ -87,6 +87,18 @@ kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a)
 	}
 	kb_wire_free(m);
 	return rc;
+}
+
+int
+kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a)
+{
+	return exchange_key(k, a, KB_METHOD_GET_KEY_EXCHANGE_KEY);
+}
+
+int
+kbctl_cmd_byok_rotate_kek(struct kbctl *k, const struct kbctl_args *a)
+{
+	return exchange_key(k, a, KB_METHOD_ROTATE_KEY_EXCHANGE_KEY);
 }
 
 /* The KEK file of `byok wrap`: PEM, or the JSON of `byok kek --json`

@@ -242,6 +242,15 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  { { "--out", "FILE.pem", "write the public key here (an existing file is refused)" },
 	    { "--force", NULL, "replace FILE.pem if it exists" } },
 	  kbctl_cmd_byok_kek },
+
+	{ "byok", "rotate-kek", "TENANT", 1, 1,
+	  "Replace the tenant's key-exchange key with a new one",
+	  "Makes a new key-exchange key in the token and destroys the previous one:\n"
+	  "a .byok wrapped for the old kid is refused from then on, naming the new\n"
+	  "one. Prints the new key as 'byok kek' does (same flags and --json).",
+	  { { "--out", "FILE.pem", "write the public key here (an existing file is refused)" },
+	    { "--force", NULL, "replace FILE.pem if it exists" } },
+	  kbctl_cmd_byok_rotate_kek },
 	{ "byok", "wrap", "", 0, 0,
 	  "Wrap a PEM private key into a .byok file, offline",
 	  "Does what an HSM vendor's BYOK tool does, with OpenSSL and without the\n"

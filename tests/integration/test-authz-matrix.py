@@ -100,6 +100,7 @@ ROLES = [
     ("VerifyDataKeys", ADMIN),
     ("RepairDataKeys", ADMIN),
     ("GetKeyExchangeKey", ADMIN),
+    ("RotateKeyExchangeKey", ADMIN),
     ("LockTenant", ADMIN),
     ("UnlockTenant", ADMIN),
     ("ApplyKey", ADMIN),
@@ -367,6 +368,7 @@ class Fixture:
             "RepairDataKeys": pb.RepairDataKeysRequest(
                 rows=[pb.DataKeyRef(tenant_id=T, environment="prod", version=1)]),
             "GetKeyExchangeKey": pb.GetKeyExchangeKeyRequest(tenant_id=T),
+            "RotateKeyExchangeKey": pb.GetKeyExchangeKeyRequest(tenant_id=T),
             # Refused by the 72-hour rule (a key was just activated): the
             # handler ran, and the tenant stays unlocked.
             "LockTenant": pb.LockTenantRequest(tenant_id="mx-lock", format=pb.KEY_FILE_FORMAT_PFX,

@@ -61,15 +61,15 @@ self_cert() { # self_cert KEY CN OUT
 # upload_ok DESC FILE PWFILE WANT_FP [ORIGIN]: kbctl keys upload accepts it
 # and answers origin, state available, RSA-2048 and the fingerprint WANT_FP.
 upload_ok() {
-	local desc=$1 file=$2 pw=$3 fp=$4 origin=${5:-pfx} args=()
+	local desc=$1 file=$2 pw=$3 fp=$4 origin=${5:-pfx} tenant=${6:-$T} args=()
 	[[ -n $pw ]] && args=(--password-file "$pw")
-	kb_admin keys upload "$T" "$file" "${args[@]}" --json
+	kb_admin keys upload "$tenant" "$file" "${args[@]}" --json
 	if [[ $KBT_RC != 0 ]]; then
 		kbt_fail "$desc: upload accepted" "$(kbt_last)"
 		return
 	fi
 	check_json "$desc: accepted; origin $origin, available, 2048 bits, fingerprint = openssl's (${fp:0:16}...)" \
-		"d['origin'] == '$origin' and d['state'] == 'available' and d['bits'] == 2048 and d['fingerprint'] == '$fp' and d['tenant_id'] == '$T'"
+		"d['origin'] == '$origin' and d['state'] == 'available' and d['bits'] == 2048 and d['fingerprint'] == '$fp' and d['tenant_id'] == '$tenant'"
 }
 
 # Token objects as "LABEL|TYPE|FLAGS" lines (p11tool from gnutls-bin).
@@ -374,6 +374,29 @@ byok_openssl() { # byok_openssl KEY.pem KEK.pem KID OUT
 rsa_key "$w/byok3.pem" 2048
 check "the openssl recipe makes a .byok" byok_openssl "$w/byok3.pem" "$w/kek.pem" "$kid" "$w/openssl.byok"
 upload_ok "openssl-CLI .byok -> keys upload" "$w/openssl.byok" "" "$(spki_pem "$w/byok3.pem")" byok
+
+kbt_section "BYOK: rotating the key-exchange key"
+# A tenant of its own, so the refusals below keep the first KEK.
+expect_ok kb_admin tenants create rot
+expect_ok kb_admin byok kek rot --json
+cp "$KBT_OUT" "$w/rot-kek1.json"
+rot_kid1=$(json 'd["kid"]' 2>/dev/null)
+rsa_key "$w/rot1.pem" 2048
+expect_ok kb_admin byok wrap --kek "$w/rot-kek1.json" --key "$w/rot1.pem" --out "$w/rot-old.byok"
+expect_ok kb_admin byok rotate-kek rot --json
+cp "$KBT_OUT" "$w/rot-kek2.json"
+rot_kid2=$(json 'd["kid"]' 2>/dev/null)
+check_ne "rotate-kek gives a new kid" "$rot_kid2" "$rot_kid1"
+expect_ok kb_admin byok kek rot --json
+check_eq "byok kek now gives the new kid" "$(json 'd["kid"]' 2>&1)" "$rot_kid2"
+expect_fail INVALID_ARGUMENT -m "$rot_kid2" kb_admin keys upload rot "$w/rot-old.byok"
+check_token_has_not() { # the old exchange key is gone from the token
+	((have_p11tool)) || { kbt_skip "$1" "p11tool is not installed"; return; }
+	if token_objects | grep -qF -- "$2"; then kbt_fail "$1" "still there: $2"; else kbt_pass "$1"; fi
+}
+check_token_has_not "the previous key-exchange key is destroyed in the token" "$rot_kid1"
+expect_ok kb_admin byok wrap --kek "$w/rot-kek2.json" --key "$w/rot1.pem" --out "$w/rot-new.byok"
+upload_ok "a .byok for the new kid uploads" "$w/rot-new.byok" "" "$(spki_pem "$w/rot1.pem")" byok rot
 
 kbt_section "BYOK refusals"
 expect_ok kb_admin keys list "$T" --json
