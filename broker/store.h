@@ -271,7 +271,7 @@ enum kb_err store_keys_by_purpose(struct store *s, const char *purpose,
 enum kb_err store_key_set_state(struct store *s, const char *id,
     const char *from, const char *to, int64_t now);
 /* How many DEK rows key `id` seals (-1 on a database error); how many rows
- * are still in the pre-v2 envelope. */
+ * of tenants not locked are still in the pre-v2 envelope. */
 int64_t store_deks_sealed_by(struct store *s, const char *key_id);
 /* How many DEK rows the verify scan of `tenant` ("" = all) reads. */
 int64_t store_deks_count(struct store *s, const char *tenant);
