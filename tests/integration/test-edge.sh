@@ -20,6 +20,8 @@
 #   kb://tenant/x%00y, kb://Tenant/x, and with no URI at all: each refused
 #   (PERMISSION_DENIED saying what is wrong), none lists any tenant;
 #   kb://platform lists them all.
+# - A server key (tls_key) readable by group or others: the broker refuses
+#   to start, naming the mode.
 # Run: bash tests/integration/test-edge.sh (KB_BUILD=build dir, KBT_KEEP=1).
 # shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -184,4 +186,9 @@ expect_ok kb_admin health
 check "the broker log shows no crash" bash -c \
 	"! grep -Eqi 'AddressSanitizer|runtime error|segmentation|SIGSEGV|SIGABRT|core dumped' '$KBT_LOG'"
 kbt_stop
+
+kbt_section "the TLS key's mode is checked like the PIN file's"
+chmod 0640 "$KBT_PKI/server.key"
+kbt_expect_no_start "a group-readable tls_key" "$KBT_CONF" 'tls_key.*server.key has mode 0640'
+chmod 0600 "$KBT_PKI/server.key"
 kbt_done
