@@ -12,7 +12,7 @@
 
 #define CONFIG_MAX_BYTES (1 << 20)
 
-enum value_kind { V_STRING, V_PATH, V_UINT, V_SIZE, V_LEVEL };
+enum value_kind { V_STRING, V_PATH, V_UINT, V_SIZE, V_LEVEL, V_BOOL };
 
 struct option {
 	const char *name;
@@ -28,6 +28,8 @@ static const struct option options[] = {
 	OPT(tls_cert, V_PATH, 0, 0),
 	OPT(tls_key, V_PATH, 0, 0),
 	OPT(client_ca, V_PATH, 0, 0),
+	OPT(client_crl, V_PATH, 0, 0),
+	OPT(client_crl_strict, V_BOOL, 0, 0),
 	OPT(pkcs11_module, V_PATH, 0, 0),
 	OPT(token_uri, V_STRING, 0, 0),
 	OPT(pin_file, V_PATH, 0, 0),
@@ -112,6 +114,17 @@ set_option(struct config *c, const struct option *o, const char *v,
 			return kb_errf(KB_ERR_CONFIG, "line %d: log_level must be "
 			    "error, warn, info or debug, not \"%s\"", lineno, v);
 		*(int *)((char *)c + o->offset) = lvl;
+		return KB_OK;
+	case V_BOOL:
+		if (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0 ||
+		    strcmp(v, "1") == 0)
+			*(int *)((char *)c + o->offset) = 1;
+		else if (strcmp(v, "false") == 0 || strcmp(v, "no") == 0 ||
+		    strcmp(v, "0") == 0)
+			*(int *)((char *)c + o->offset) = 0;
+		else
+			return kb_errf(KB_ERR_CONFIG, "line %d: %s must be true or "
+			    "false, not \"%s\"", lineno, o->name, v);
 		return KB_OK;
 	}
 	return kb_errf(KB_ERR_INTERNAL, "unhandled option kind");

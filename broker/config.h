@@ -13,6 +13,8 @@ struct config {
 	char *tls_cert;
 	char *tls_key;
 	char *client_ca;
+	char *client_crl;        /* optional: PEM CRLs of the client CA */
+	int client_crl_strict;   /* refuse every call while the CRL is stale */
 	char *pkcs11_module;
 	char *token_uri;
 	char *pin_file;

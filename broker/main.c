@@ -11,6 +11,7 @@
 
 #include "broker.h"
 #include "config.h"
+#include "identity.h"
 #include "kb_secmem.h"
 #include "log.h"
 #include "server.h"
@@ -36,23 +37,36 @@ usage(FILE *f)
 	    "  -V, --version        print the version and exit\n"
 	    "  -h, --help           this help\n"
 	    "\n"
-	    "SIGTERM or SIGINT: stop accepting calls, finish those in flight, exit 0.\n");
+	    "SIGTERM or SIGINT: stop accepting calls, finish those in flight, exit 0.\n"
+	    "SIGHUP: read the client CRL (client_crl) again.\n");
 }
 
 struct sigctx {
 	sigset_t set;
 	struct server *srv;
+	struct broker *b;
 };
 
 static void *
 signal_thread(void *p)
 {
 	struct sigctx *sc = p;
+	enum kb_err e;
 	int sig = 0;
 
-	if (sigwait(&sc->set, &sig) == 0) {
+	while (sigwait(&sc->set, &sig) == 0) {
+		if (sig == SIGHUP) {
+			/* The CRL is also read again when its file changes;
+			 * SIGHUP makes it happen now. */
+			log_info("received SIGHUP: reading the client CRL again");
+			if ((e = identity_verifier_reload(sc->b->verifier)) != KB_OK)
+				log_error("%s; the CRL read before stays in "
+				    "force", kb_err_msg(e));
+			continue;
+		}
 		log_info("received %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 		server_shutdown(sc->srv);
+		break;
 	}
 	return NULL;
 }
@@ -61,13 +75,16 @@ static void
 print_config(const struct config *c)
 {
 	printf("listen = %s\ntls_cert = %s\ntls_key = %s\nclient_ca = %s\n"
+	    "client_crl = %s\nclient_crl_strict = %s\n"
 	    "pkcs11_module = %s\ntoken_uri = %s\npin_file = %s\n"
 	    "softhsm2_conf = %s\ndatabase = %s\nworkers = %u\n"
 	    "hsm_sessions = %u\nmax_message_bytes = %zu\n"
 	    "sweep_interval_s = %u\nrewrap_threads = %u\n"
 	    "audit_database = %s\naudit_checkpoint_events = %u\n"
 	    "audit_checkpoint_interval_s = %u\nhealth_timeout_ms = %u\n",
-	    c->listen, c->tls_cert, c->tls_key, c->client_ca, c->pkcs11_module,
+	    c->listen, c->tls_cert, c->tls_key, c->client_ca,
+	    c->client_crl != NULL ? c->client_crl : "",
+	    c->client_crl_strict ? "true" : "false", c->pkcs11_module,
 	    c->token_uri, c->pin_file, c->softhsm2_conf ? c->softhsm2_conf : "",
 	    c->database, c->workers, c->hsm_sessions, c->max_message_bytes,
 	    c->sweep_interval_s, c->rewrap_threads, c->audit_database,
@@ -129,6 +146,7 @@ main(int argc, char **argv)
 	sigemptyset(&sc.set);
 	sigaddset(&sc.set, SIGTERM);
 	sigaddset(&sc.set, SIGINT);
+	sigaddset(&sc.set, SIGHUP);
 	pthread_sigmask(SIG_BLOCK, &sc.set, NULL);
 	signal(SIGPIPE, SIG_IGN);
 
@@ -140,6 +158,14 @@ main(int argc, char **argv)
 		grpc_shutdown();
 		return 1;
 	}
+	if (cfg->client_crl != NULL &&
+	    (e = identity_verifier_set_crl(b->verifier, cfg->client_crl,
+	    cfg->client_crl_strict)) != KB_OK) {
+		log_error("cannot start: %s", kb_err_msg(e));
+		broker_close(b);
+		grpc_shutdown();
+		return 1;
+	}
 	if ((e = server_start(b, &srv)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
 		broker_close(b);
@@ -147,6 +173,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	sc.srv = srv;
+	sc.b = b;
 	if (pthread_create(&sigthr, NULL, signal_thread, &sc) != 0) {
 		log_error("cannot start the signal thread");
 		return 1;

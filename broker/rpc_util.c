@@ -33,10 +33,10 @@ rpc_check_tenant_access(struct rpc_ctx *c, const char *tenant)
 enum kb_err
 rpc_check_platform_access(struct rpc_ctx *c, const char *what)
 {
-	if (c->id->nscopes == 0)
+	if (c->id->role == ROLE_ADMIN && c->id->platform)
 		return KB_OK;
 	return kb_errf(KB_ERR_PERMISSION_DENIED, "%s \"%s\" is limited to "
-	    "some tenants; %s needs a platform-wide admin",
+	    "some tenants; %s needs a platform-wide admin (kb://platform)",
 	    identity_role_name(c->id->role), c->id->name, what);
 }
 

@@ -396,8 +396,77 @@ done:
 
 static atomic_int listener_failed;
 
+/* Refused TLS handshakes (a client certificate that does not chain to the
+ * client CA, has expired, or no TLS at all) are counted, not logged one by
+ * one: a flood of them costs one line per interval, and no audit write. */
+#define HANDSHAKE_LOG_INTERVAL_S 10
+
+static struct {
+	pthread_mutex_t mu;
+	uint64_t count;          /* since the last summary */
+	uint64_t total;
+	int64_t first_s, last_s; /* monotonic seconds */
+	int64_t logged_s;
+	char last[200];
+} hs = { PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, "" };
+
+static int64_t
+mono_s(void)
+{
+	return gpr_now(GPR_CLOCK_MONOTONIC).tv_sec;
+}
+
+/* With hs.mu held: the summary line, if there is anything to say and
+ * `force` or an interval has passed since the last one. */
+static void
+handshake_summary_locked(int64_t now, int force)
+{
+	if (hs.count == 0 || (!force && now - hs.logged_s <
+	    HANDSHAKE_LOG_INTERVAL_S))
+		return;
+	log_warn("TLS handshakes refused: %llu in the last %lld s (%llu since "
+	    "start); last: %s (the peer's address is not known at this "
+	    "stage)", (unsigned long long)hs.count,
+	    (long long)(now - hs.first_s > 0 ? now - hs.first_s : 1),
+	    (unsigned long long)hs.total, hs.last);
+	hs.count = 0;
+	hs.logged_s = now;
+}
+
+static void
+handshake_failed(const char *msg)
+{
+	const char *why = strstr(msg, "error:");
+	int64_t now = mono_s();
+
+	pthread_mutex_lock(&hs.mu);
+	if (hs.count == 0)
+		hs.first_s = now;
+	hs.count++;
+	hs.total++;
+	hs.last_s = now;
+	snprintf(hs.last, sizeof(hs.last), "%s", why != NULL ? why : msg);
+	handshake_summary_locked(now, 0);
+	pthread_mutex_unlock(&hs.mu);
+}
+
+/* Called from the completion-queue loop: a flood that stopped still gets
+ * its summary line within an interval. */
+static void
+handshake_log_flush(void)
+{
+	int64_t now = mono_s();
+
+	pthread_mutex_lock(&hs.mu);
+	handshake_summary_locked(now, 0);
+	pthread_mutex_unlock(&hs.mu);
+}
+
 /* gRPC's log lines, in ours. "Failed accept4: Too many open files" is the
- * one that matters: gRPC 1.51 stops accepting after it for good. */
+ * one that matters: gRPC 1.51 stops accepting after it for good. A refused
+ * TLS handshake is one ERROR line from tsi/ssl_transport_security.cc
+ * ("Handshake failed with fatal error SSL_ERROR_SSL: ...certificate verify
+ * failed"): counted, summarized at a bounded rate, not logged each. */
 static void
 grpc_log_hook(gpr_log_func_args *a)
 {
@@ -409,6 +478,11 @@ grpc_log_hook(gpr_log_func_args *a)
 		    "EMFILE); gRPC accepts no connection after this: raise "
 		    "LimitNOFILE, find who holds the connections; the broker "
 		    "will restart");
+	if (strncmp(a->message, "Handshake failed", 16) == 0 &&
+	    a->file != NULL && strstr(a->file, "ssl_transport_security") != NULL) {
+		handshake_failed(a->message);
+		return;
+	}
 	log_msg(a->severity == GPR_LOG_SEVERITY_ERROR ? LOG_ERROR : LOG_DEBUG,
 	    "grpc: %s (%s:%d)", a->message, a->file, a->line);
 }
@@ -516,6 +590,7 @@ server_start(struct broker *b, struct server **out)
 	grpc_server_credentials *creds = NULL;
 	grpc_ssl_pem_key_cert_pair pair = { NULL, NULL };
 	char *ca = NULL, *cert = NULL, *key = NULL;
+	size_t key_len = 0;
 	grpc_arg args[5];
 	grpc_channel_args chargs;
 	enum kb_err e = KB_ERR_INTERNAL;
@@ -523,9 +598,20 @@ server_start(struct broker *b, struct server **out)
 
 	*out = NULL;
 	if ((ca = read_pem(b->cfg->client_ca)) == NULL ||
-	    (cert = read_pem(b->cfg->tls_cert)) == NULL ||
-	    (key = read_pem(b->cfg->tls_key)) == NULL) {
+	    (cert = read_pem(b->cfg->tls_cert)) == NULL) {
 		e = KB_ERR_CONFIG;
+		goto out;
+	}
+	/* The server's private key is a secret like the PIN: refused when
+	 * group or others may read it, kept in locked memory. */
+	if ((e = kb_secret_file_read(b->cfg->tls_key, 1, &key, &key_len)) !=
+	    KB_OK) {
+		kb_err_wrap(e, "tls_key");
+		goto out;
+	}
+	if (strstr(key, "-----BEGIN") == NULL) {
+		e = kb_errf(KB_ERR_CONFIG, "tls_key %s is not a PEM file",
+		    b->cfg->tls_key);
 		goto out;
 	}
 	if ((s = calloc(1, sizeof(*s))) == NULL) {
@@ -547,7 +633,7 @@ server_start(struct broker *b, struct server **out)
 	 * checked per call by identity.c, so a refused caller gets a precise
 	 * UNAUTHENTICATED status instead of a failed handshake. */
 	creds = grpc_ssl_server_credentials_create_ex(ca, &pair, 1,
-	    GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_BUT_DONT_VERIFY, NULL);
+	    GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, NULL);
 	if (creds == NULL) {
 		e = kb_errf(KB_ERR_CONFIG, "cannot use the TLS certificate %s "
 		    "and key %s", b->cfg->tls_cert, b->cfg->tls_key);
@@ -600,7 +686,7 @@ out:
 	}
 	free(ca);
 	free(cert);
-	kb_freezero(key, key != NULL ? strlen(key) : 0);
+	kb_secure_free(key);
 	return e;
 }
 
@@ -635,6 +721,7 @@ server_run(struct server *s)
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type == GRPC_QUEUE_TIMEOUT) {
+			handshake_log_flush();
 			if (atomic_load(&s->shutting_down) && !s->cancelled_all) {
 				if (s->shutdown_started == 0)
 					s->shutdown_started = gpr_now(
@@ -657,6 +744,9 @@ server_run(struct server *s)
 		}
 		on_event(s, ev.tag, ev.success);
 	}
+	pthread_mutex_lock(&hs.mu);
+	handshake_summary_locked(mono_s(), 1);
+	pthread_mutex_unlock(&hs.mu);
 	if (drained)
 		log_info("all calls drained");
 }

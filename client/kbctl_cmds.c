@@ -6,6 +6,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -297,6 +298,24 @@ kbctl_cmd_envs_show(struct kbctl *k, const struct kbctl_args *a)
 	    &keybroker__v1__environment__descriptor, kbctl_print_env);
 }
 
+/* write(2) all of buf, retrying short writes; 0 or -1 (errno). */
+static int
+write_all(int fd, const char *buf, size_t len)
+{
+	ssize_t w;
+
+	while (len > 0) {
+		if ((w = write(fd, buf, len)) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		buf += w;
+		len -= (size_t)w;
+	}
+	return 0;
+}
+
 int
 kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 {
@@ -305,7 +324,9 @@ kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 	Keybroker__V1__GetDataKeyResponse *x;
 	ProtobufCMessage *m = NULL;
 	const char *ver = kbctl_flag(a, "--version");
-	char b64[128]; /* secret */
+	char b64[128];   /* secret */
+	char text[1024]; /* secret: the whole output */
+	size_t len = 0;
 	int rc;
 
 	req.tenant_id = (char *)a->argv[0];
@@ -338,8 +359,12 @@ kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 		rc = KBCTL_EXIT_FAIL;
 		goto out;
 	}
+	/* The DEK never goes through stdio: its buffer would keep a copy
+	 * after the flush. It is formatted in `text` (wiped) and written. */
+	fflush(stdout);
 	if (k->json) {
 		json_t *o = json_object();
+		size_t n;
 
 		/* jansson's copies are wiped by kbctl's allocator. */
 		kbctl_jset(o, "dek", kbctl_jstr(b64));
@@ -347,17 +372,37 @@ kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 		kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
 		kbctl_jset(o, "tenant_id", kbctl_jstr(x->tenant_id));
 		kbctl_jset(o, "environment", kbctl_jstr(x->environment));
-		rc = kbctl_json_print(o);
+		n = o != NULL ? json_dumpb(o, text, sizeof(text) - 1,
+		    JSON_INDENT(2)) : 0;
+		json_decref(o);
+		if (n == 0 || n >= sizeof(text) - 1) {
+			fprintf(stderr, "kbctl: cannot write the JSON output\n");
+			rc = KBCTL_EXIT_FAIL;
+			goto out;
+		}
+		text[n++] = '\n';
+		len = n;
 	} else {
-		printf("dek: %s\n", b64);
-		kbctl_kv_u("version", x->dek_version);
-		kbctl_kv("key_id", kbctl_or_dash(x->key_id));
-		kbctl_kv("tenant_id", x->tenant_id);
-		kbctl_kv("environment", x->environment);
+		int n = snprintf(text, sizeof(text), "dek: %s\nversion: %u\n"
+		    "key_id: %s\ntenant_id: %s\nenvironment: %s\n", b64,
+		    x->dek_version, kbctl_or_dash(x->key_id), x->tenant_id,
+		    x->environment);
+
+		if (n < 0 || (size_t)n >= sizeof(text)) {
+			fprintf(stderr, "kbctl: cannot format the data key\n");
+			rc = KBCTL_EXIT_FAIL;
+			goto out;
+		}
+		len = (size_t)n;
 	}
-	fflush(stdout);
+	if (write_all(STDOUT_FILENO, text, len) != 0) {
+		fprintf(stderr, "kbctl: cannot write the data key: %s\n",
+		    strerror(errno));
+		rc = KBCTL_EXIT_FAIL;
+	}
 out:
 	kb_wipe(b64, sizeof(b64));
+	kb_wipe(text, sizeof(text));
 	kb_wire_free(m); /* wipes the DEK */
 	return rc;
 }

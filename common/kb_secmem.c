@@ -15,7 +15,7 @@
 
 #include <openssl/crypto.h>
 
-#define KB_SECRET_FILE_MAX 4096
+#define KB_SECRET_FILE_MAX 16384   /* PIN files, and TLS keys up to RSA-8192 */
 
 void
 kb_wipe(void *p, size_t n)

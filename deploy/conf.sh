@@ -5,7 +5,7 @@
 #   deploy/conf.sh VAR_DIR [KEY=VALUE...] > VAR_DIR/keybroker.conf
 #
 # Starts from deploy/keybroker.conf.example and sets absolute paths into
-# VAR_DIR: tls_cert/tls_key/client_ca (VAR_DIR/pki, see pki.sh), pin_file and
+# VAR_DIR: tls_cert/tls_key/client_ca/client_crl (VAR_DIR/pki, see pki.sh), pin_file and
 # softhsm2_conf (VAR_DIR/token, see token.sh), database (VAR_DIR/keybroker.db),
 # and listen ($KB_LISTEN, default 127.0.0.1:7443). KEY=VALUE arguments replace
 # (or, for keys the example lacks, append) further settings.
@@ -25,6 +25,7 @@ settings=(
 	"tls_cert=$var/pki/server.crt"
 	"tls_key=$var/pki/server.key"
 	"client_ca=$var/pki/ca.crt"
+	"client_crl=$var/pki/crl.pem"
 	"pin_file=$var/token/pin"
 	"softhsm2_conf=$var/token/softhsm2.conf"
 	"database=$var/keybroker.db"

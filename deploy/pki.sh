@@ -7,14 +7,21 @@
 # Commands (files go to the PKI directory, default ${KB_VAR:-var}/pki):
 #   init                      CA (ca.crt/ca.key, 10 years), server.crt/.key
 #                             (SAN IP:127.0.0.1, IP:::1, DNS:localhost), admin.crt/.key
-#                             (/OU=admin/CN=admin), auditor.crt/.key (/OU=auditor/CN=auditor).
-#                             Idempotent: keeps an existing CA and existing certificates.
+#                             (/OU=admin/CN=admin, SAN URI kb://platform), auditor.crt/.key
+#                             (/OU=auditor/CN=auditor), and the CA's CRL crl.pem (empty).
+#                             Idempotent: keeps an existing CA, certificates and CRL; an
+#                             admin.crt from before kb://platform is reissued.
 #   admin NAME [TENANT...]    admin-NAME.crt/.key, /OU=admin/CN=NAME, one SAN URI
-#                             kb://tenant/TENANT per tenant (none: all tenants)
+#                             kb://tenant/TENANT per tenant (none: kb://platform, every
+#                             tenant)
 #   service TENANT ENV [NAME] service-TENANT-ENV.crt/.key, /OU=service/CN=NAME
 #                             (default TENANT-ENV), SAN URI kb://env/TENANT/ENV
 #   auditor NAME              auditor-NAME.crt/.key, /OU=auditor/CN=NAME
 #   server [NAME]             (re)issue server.crt/.key (or server-NAME.crt/.key)
+#   revoke NAME|FILE.crt      revoke a certificate (NAME: its base name in the PKI
+#                             directory, e.g. service-acme-prod) and rewrite crl.pem;
+#                             a running broker reads it within a second
+#   crl                       rewrite crl.pem (e.g. before its nextUpdate)
 #
 # Options:
 #   --dir DIR         PKI directory (default ${KB_VAR:-var}/pki)
@@ -26,10 +33,14 @@
 #   --not-before DATE --not-after DATE
 #                     explicit validity (anything `date -d` reads, e.g.
 #                     "2020-01-01", "2 days ago"; UTC)
+#   --crl-days N      the CRL's nextUpdate in N days (default 365)
+#   --crl-next-update DATE
+#                     the CRL's nextUpdate at DATE (a past date makes a stale CRL)
 #   -h, --help        this text
 #
 # Keys are mode 0600. Leaf certificates are (re)issued each time they are asked
-# for; init never replaces anything.
+# for; init never replaces anything (but an admin.crt without kb://platform).
+# The CA's revocation database is ca-index.txt and ca-crlnumber beside ca.key.
 set -euo pipefail
 umask 077
 
@@ -42,6 +53,8 @@ ca_dir=
 days=825
 not_before=
 not_after=
+crl_days=365
+crl_next=
 while (($#)); do
 	case $1 in
 	--dir) (($# >= 2)) || die_usage "$1 needs a value"; pki_dir=$2; shift 2 ;;
@@ -50,6 +63,9 @@ while (($#)); do
 		[[ $days =~ ^-?[0-9]+$ ]] || die_usage "--days: not an integer: $days" ;;
 	--not-before) (($# >= 2)) || die_usage "$1 needs a value"; not_before=$2; shift 2 ;;
 	--not-after) (($# >= 2)) || die_usage "$1 needs a value"; not_after=$2; shift 2 ;;
+	--crl-days) (($# >= 2)) || die_usage "$1 needs a value"; crl_days=$2; shift 2
+		[[ $crl_days =~ ^[0-9]+$ ]] && ((crl_days > 0)) || die_usage "--crl-days: not a positive integer: $crl_days" ;;
+	--crl-next-update) (($# >= 2)) || die_usage "$1 needs a value"; crl_next=$2; shift 2 ;;
 	-h|--help) usage; exit 0 ;;
 	--) shift; break ;;
 	-*) die_usage "unknown option: $1" ;;
@@ -184,6 +200,41 @@ client_ext() { # client_ext [SAN...]
 	printf '%s' "$ext"
 }
 
+# The CA's revocation database lives beside its key (kept across runs, made
+# on first use, so older PKI directories work too); crl.pem beside ca.crt.
+crl_config() {
+	[[ -f $ca_dir/ca.crt && -f $ca_dir/ca.key ]] ||
+		die "no CA in $ca_dir (run: deploy/pki.sh init)"
+	[[ -f $ca_dir/ca-index.txt ]] || : >"$ca_dir/ca-index.txt"
+	[[ -f $ca_dir/ca-crlnumber ]] || echo 01 >"$ca_dir/ca-crlnumber"
+	cat >"$work/crl.cnf" <<CNF
+[ ca ]
+default_ca = kb_crl
+[ kb_crl ]
+database = $ca_dir/ca-index.txt
+crlnumber = $ca_dir/ca-crlnumber
+certificate = $ca_dir/ca.crt
+private_key = $ca_dir/ca.key
+default_md = sha256
+default_crl_days = $crl_days
+unique_subject = no
+crl_extensions = crl_ext
+[ crl_ext ]
+authorityKeyIdentifier = keyid:always
+CNF
+}
+
+gen_crl() {
+	local next=()
+	crl_config
+	[[ -z $crl_next ]] || next=(-crl_nextupdate "$(asn1_time "$crl_next")")
+	openssl ca -batch -config "$work/crl.cnf" -gencrl "${next[@]}" \
+		-out "$work/crl.pem" 2>"$work/crl.log" || { cat "$work/crl.log" >&2; die "openssl ca -gencrl failed"; }
+	chmod 0644 "$work/crl.pem"
+	mv -f "$work/crl.pem" "$ca_dir/crl.pem"     # a rename: a reader never sees half a CRL
+	echo "pki: wrote $ca_dir/crl.pem ($(grep -c '^V' "$ca_dir/ca-index.txt" 2>/dev/null || true) valid, $(grep -c '^R' "$ca_dir/ca-index.txt" 2>/dev/null || true) revoked in ca-index.txt)"
+}
+
 server_ext=$'keyUsage = critical, digitalSignature\nextendedKeyUsage = serverAuth\nsubjectAltName = IP:127.0.0.1, IP:::1, DNS:localhost'
 
 case $cmd in
@@ -192,8 +243,15 @@ init)
 	[[ $ca_dir == "$pki_dir" ]] || die_usage "init makes its own CA: no --ca-dir"
 	make_ca "$pki_dir"
 	[[ -f $pki_dir/server.crt ]] || issue server "/OU=server/CN=keybroker" "$server_ext"
-	[[ -f $pki_dir/admin.crt ]] || issue admin "/OU=admin/CN=admin" "$(client_ext)"
+	# Since issue 11 an admin with no kb:// scope is refused: reissue an
+	# older admin.crt as platform-wide.
+	if [[ ! -f $pki_dir/admin.crt ]] ||
+		! openssl x509 -in "$pki_dir/admin.crt" -noout -ext subjectAltName 2>/dev/null |
+		grep -q 'URI:kb://'; then
+		issue admin "/OU=admin/CN=admin" "$(client_ext URI:kb://platform)"
+	fi
 	[[ -f $pki_dir/auditor.crt ]] || issue auditor "/OU=auditor/CN=auditor" "$(client_ext)"
+	[[ -f $pki_dir/crl.pem ]] || gen_crl
 	;;
 admin)
 	(($# >= 1)) || die_usage "usage: admin NAME [TENANT...]"
@@ -205,6 +263,7 @@ admin)
 		check_name TENANT "$t"
 		sans+=("URI:kb://tenant/$t")
 	done
+	((${#sans[@]})) || sans=(URI:kb://platform)
 	issue "admin-$name" "/OU=admin/CN=$name" "$(client_ext "${sans[@]}")"
 	;;
 service)
@@ -228,6 +287,30 @@ server)
 		base=server-$1
 	fi
 	issue "$base" "/OU=server/CN=keybroker" "$server_ext"
+	;;
+revoke)
+	(($# == 1)) || die_usage "usage: revoke NAME|FILE.crt"
+	crt=$1
+	if [[ $crt != */* && $crt != *.crt ]]; then
+		check_name NAME "$crt"
+		crt=$pki_dir/$crt.crt
+	fi
+	[[ -f $crt ]] || die "no certificate $crt"
+	serial=$(openssl x509 -in "$crt" -noout -serial) || die "cannot read $crt"
+	crl_config
+	if grep -q "^R.*	${serial#serial=}	" "$ca_dir/ca-index.txt" 2>/dev/null; then
+		echo "pki: $crt (serial ${serial#serial=}) was already revoked"
+	else
+		openssl ca -batch -config "$work/crl.cnf" -revoke "$crt" \
+			-crl_reason keyCompromise 2>"$work/revoke.log" ||
+			{ cat "$work/revoke.log" >&2; die "openssl ca -revoke failed for $crt"; }
+		echo "pki: revoked $crt (serial ${serial#serial=})"
+	fi
+	gen_crl
+	;;
+crl)
+	(($# == 0)) || die_usage "crl takes no arguments"
+	gen_crl
 	;;
 *)
 	die_usage "unknown command: $cmd"

@@ -36,6 +36,12 @@ if [[ ! -f $conf ]]; then
 	echo "run: wrote $conf"
 else
 	echo "run: using $conf"
+	# A configuration from before revocation (issue 11): point it at the
+	# development CA's CRL, which pki.sh init has just made.
+	if ! grep -Eq '^[[:space:]]*client_crl[[:space:]]*=' "$conf"; then
+		printf 'client_crl = %s\n' "$var/pki/crl.pem" >>"$conf"
+		echo "run: added client_crl = $var/pki/crl.pem to $conf"
+	fi
 fi
 
 # Show paths relative to the repository when var/ is inside it.

@@ -125,14 +125,17 @@ fuzz_pki_make(struct fuzz_pki *p)
 		int other_ca;
 		long from_s, to_s;
 	} certs[] = {
-	    {FUZZ_ADMIN, "fuzz-admin", "admin", NULL, 0, -DAY, 365 * DAY},
+	    {FUZZ_ADMIN, "fuzz-admin", "admin", "URI:kb://platform", 0, -DAY,
+	        365 * DAY},
 	    {FUZZ_SERVICE, "fuzz-service", "service", "URI:kb://env/acme/prod",
 	        0, -DAY, 365 * DAY},
 	    {FUZZ_AUDITOR, "fuzz-auditor", "auditor", NULL, 0, -DAY, 365 * DAY},
 	    {FUZZ_TENANT_ADMIN, "fuzz-globex-admin", "admin",
 	        "URI:kb://tenant/globex", 0, -DAY, 365 * DAY},
-	    {FUZZ_OTHER_CA, "fuzz-admin", "admin", NULL, 1, -DAY, 365 * DAY},
-	    {FUZZ_EXPIRED, "fuzz-admin", "admin", NULL, 0, -30 * DAY, -DAY},
+	    {FUZZ_OTHER_CA, "fuzz-admin", "admin", "URI:kb://platform", 1, -DAY,
+	        365 * DAY},
+	    {FUZZ_EXPIRED, "fuzz-admin", "admin", "URI:kb://platform", 0,
+	        -30 * DAY, -DAY},
 	    {FUZZ_NO_ROLE, "fuzz-operator", "operator", NULL, 0, -DAY,
 	        365 * DAY},
 	};

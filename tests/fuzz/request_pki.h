@@ -10,7 +10,7 @@
 
 /* Byte 1 of a request_fuzzer input, modulo FUZZ_CALLERS. */
 enum fuzz_caller {
-	FUZZ_ADMIN = 0, /* OU=admin, no tenant limit */
+	FUZZ_ADMIN = 0, /* OU=admin, kb://platform */
 	FUZZ_SERVICE, /* OU=service, kb://env/acme/prod */
 	FUZZ_AUDITOR, /* OU=auditor */
 	FUZZ_NONE, /* no client certificate */

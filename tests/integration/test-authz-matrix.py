@@ -19,8 +19,9 @@ The grpcio side of test-authz-matrix.sh, against a running keybrokerd:
     as the admin): "allowed" means the call got past authorization to its
     handler (OK, NOT_FOUND, FAILED_PRECONDITION or ALREADY_EXISTS), PD is
     PERMISSION_DENIED (a certificate of the broker's CA without the right
-    role or scope), UA is UNAUTHENTICATED (no usable identity). Refusals
-    must say why (the caller's name, or what is wrong with the certificate).
+    role or scope), UA is UNAUTHENTICATED (no usable identity), HS a TLS
+    handshake the broker refused (expired, not yet valid, another CA: the
+    call never reaches dispatch and is not audited). Refusals must say why (the caller's name, or what is wrong with the certificate).
   - Every column but the admin's runs first; then nothing may have changed
     (tenants, environments, keys, backups, a DEK). The admin's column runs
     last, its destructive calls on throwaway tenants and environments.
@@ -130,7 +131,9 @@ PASSWORD = "matrix password 1"
 
 # Columns: label, certificate base name in the PKI directory, role (None: a
 # certificate of the broker's CA with no usable role), kind.
-#   kind "ok": a valid identity; "ua": must be UNAUTHENTICATED.
+#   kind "ok": a valid identity; "ua": must be UNAUTHENTICATED; "hs": refused
+#   in the TLS handshake (issue 11: not from the client CA, or not valid
+#   now), so the call never reaches the broker: UNAVAILABLE, no audit event.
 IDENTITIES = [
     ("admin", "admin", "admin", "ok"),
     ("ops", "admin-ops", "admin", "ok"),           # limited to othertenant
@@ -140,9 +143,9 @@ IDENTITIES = [
     ("OU=root", "odd-root", None, "ok"),
     ("no-OU", "odd-noou", None, "ok"),
     ("no-CN", "odd-nocn", None, "ua"),
-    ("expired", "admin-expired", "admin", "ua"),
-    ("future", "admin-future", "admin", "ua"),
-    ("other-CA", "admin-rogue", "admin", "ua"),
+    ("expired", "admin-expired", "admin", "hs"),
+    ("future", "admin-future", "admin", "hs"),
+    ("other-CA", "admin-rogue", "admin", "hs"),
 ]
 CN = {"admin": "admin", "ops": "ops", "svc": "acme-prod", "svc-dev": "acme-dev",
       "auditor": "auditor", "OU=root": "rooty", "no-OU": "nobody"}
@@ -154,6 +157,8 @@ def expect(method, roles, label, role, kind):
     """'ok' (allowed), 'hidden' (allowed, must be NOT_FOUND), 'PD' or 'UA'."""
     if kind == "ua":
         return "UA"
+    if kind == "hs":
+        return "HS"
     if role is None or role not in roles:
         return "PD"
     if label == "ops" and method not in NO_TENANT:
@@ -411,12 +416,14 @@ class Fixture:
 
 
 def short(code):
-    return {SC.PERMISSION_DENIED: "PD", SC.UNAUTHENTICATED: "UA"}.get(code, code.name)
+    return {SC.PERMISSION_DENIED: "PD", SC.UNAUTHENTICATED: "UA",
+            SC.UNAVAILABLE: "HS"}.get(code, code.name)
 
 
 def judge(method, label, want, code, detail):
     """(cell text, ok, why) for one call."""
-    got = "PD" if code == SC.PERMISSION_DENIED else "UA" if code == SC.UNAUTHENTICATED else "ok"
+    got = {SC.PERMISSION_DENIED: "PD", SC.UNAUTHENTICATED: "UA",
+           SC.UNAVAILABLE: "HS"}.get(code, "ok")
     if want in ("ok", "hidden"):
         if got != "ok":
             return got + "!", False, "expected allowed, got %s: %s" % (code.name, detail)
@@ -434,6 +441,8 @@ def judge(method, label, want, code, detail):
     if want == "PD" and '"%s"' % CN.get(label, "\0") not in text:
         return want + "?", False, "the refusal does not name the caller \"%s\": %s" % (
             CN[label], text)
+    if want == "HS":
+        return want, True, "%s: %s" % (code.name, text)
     if want == "UA" and "certificate" not in text:
         return want + "?", False, "the refusal does not say what is wrong with the " \
             "certificate: %s" % text
@@ -534,7 +543,7 @@ def audit_checks(aud, cells):
         after = r.next_after_seq
     for label, _, role, kind in IDENTITIES:
         refused = sum(1 for (m, lab), c in cells.items() if lab == label and c in ("PD", "UA"))
-        if kind == "ua":
+        if kind in ("ua", "hs"):
             continue
         actor = CN[label]
         got = sum(1 for e in events if e.actor == actor and
@@ -565,8 +574,8 @@ def print_matrix(cells):
     w = max(len(m) for m, _ in ROLES)
     cw = [max(len(lab), 3) for lab in labels]
     print()
-    print("authorization matrix (✓ allowed, PD PERMISSION_DENIED, UA UNAUTHENTICATED;"
-          " ! not as expected, ? refusal without a reason)")
+    print("authorization matrix (✓ allowed, PD PERMISSION_DENIED, UA UNAUTHENTICATED,"
+          " HS refused in the TLS handshake; ! not as expected, ? refusal without a reason)")
     print("%-*s  %s" % (w, "method", "  ".join(lab.center(c) for lab, c in zip(labels, cw))))
     for m, _ in ROLES:
         print("%-*s  %s" % (w, m, "  ".join(cells.get((m, lab), "-").center(c)

@@ -295,7 +295,8 @@ class Driver:
         self.clock = Clock(a.clock)
         self.certs = os.path.join(a.out, "certs")
         os.makedirs(self.certs, exist_ok=True)
-        self.admin_base = make_cert(a.pki, os.path.join(self.certs, "admin"), "admin", "kbt-crash-admin")
+        self.admin_base = make_cert(a.pki, os.path.join(self.certs, "admin"), "admin", "kbt-crash-admin",
+                                    uris=("kb://platform",))
         self.auditor_base = make_cert(a.pki, os.path.join(self.certs, "auditor"), "auditor",
                                       "kbt-crash-auditor")
         self.cert_index = {}

@@ -21,6 +21,7 @@
 #include <openssl/pem.h>
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 /* The test links what tests/CMakeLists.txt gives every unit test
  * (kb_common, kb_proto); the client sources are compiled in here so the
@@ -63,6 +64,18 @@ write_cert(const char *path, EVP_PKEY *pk, long from_s, long to_s)
 	X509_NAME_add_entry_by_txt(
 	    n, "CN", MBSTRING_ASC, (const unsigned char *)"test", -1, -1, 0);
 	X509_set_issuer_name(x, n);
+	/* An admin names its scope (issue 11): platform-wide. */
+	{
+		X509V3_CTX ctx;
+		X509_EXTENSION *ex;
+
+		X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
+		ex = X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name,
+		    "URI:kb://platform");
+		if (ex != NULL)
+			X509_add_ext(x, ex, -1);
+		X509_EXTENSION_free(ex);
+	}
 	if (X509_sign(x, pk, EVP_sha256()) > 0
 	    && (f = fopen(path, "w")) != NULL) {
 		ok = PEM_write_X509(f, x) == 1;
