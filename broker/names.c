@@ -82,3 +82,27 @@ names_check_display(const char *what, const char *s)
 	}
 	return KB_OK;
 }
+
+enum kb_err
+names_check_object_id(const char *what, const char *s)
+{
+	size_t i, n = strlen(s);
+
+	if (n == 0)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s is empty", what);
+	if (n > 71)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s is %zu bytes long; "
+		    "ids the broker makes are at most 71", what, n);
+	for (i = 0; i < n; i++) {
+		unsigned char ch = (unsigned char)s[i];
+
+		if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+		    (ch >= '0' && ch <= '9') || ch == '.' || ch == '_' ||
+		    ch == '-')
+			continue;
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s has a character "
+		    "outside [A-Za-z0-9._-] at position %zu: the ids the broker "
+		    "makes look like k-0123456789abcdef", what, i + 1);
+	}
+	return KB_OK;
+}

@@ -308,9 +308,8 @@ rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_dek dek;
 	enum kb_err e;
 
-	if (in->backup_id[0] == '\0' || strlen(in->backup_id) >= STORE_KEY_ID_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup id is empty or "
-		    "too long");
+	if ((e = names_check_object_id("backup id", in->backup_id)) != KB_OK)
+		return e;
 	if ((e = begin(c, in->tenant_id, in->name, "restore", &t, &env)) != KB_OK)
 		return e;
 	if ((e = store_backup_get(c->b->store, t.id, in->backup_id, &bk)) != KB_OK)

@@ -233,9 +233,8 @@ tenant_key(struct rpc_ctx *c, const char *tenant, const char *id,
 {
 	enum kb_err e;
 
-	if (id[0] == '\0' || strlen(id) >= STORE_KEY_ID_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "key id is empty or too "
-		    "long");
+	if ((e = names_check_object_id("key id", id)) != KB_OK)
+		return e;
 	e = store_key_get(c->b->store, id, k);
 	if (e == KB_OK && (strcmp(k->tenant_id, tenant) != 0 ||
 	    strcmp(k->purpose, "tenant") != 0))
@@ -329,9 +328,8 @@ rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_job j;
 	enum kb_err e;
 
-	if (in->id[0] == '\0' || strlen(in->id) >= STORE_KEY_ID_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "job id is empty or too "
-		    "long");
+	if ((e = names_check_object_id("job id", in->id)) != KB_OK)
+		return e;
 	if ((e = store_job_get(c->b->store, in->id, &j)) != KB_OK)
 		return e;
 	/* A tenant-limited admin sees only its tenants' jobs; to it, others

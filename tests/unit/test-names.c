@@ -62,10 +62,27 @@ test_display(void)
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "limit is 200");
 }
 
+/* Ids a caller names must be the broker's shape before they are echoed. */
+static void
+test_object_ids(void)
+{
+	static const char *const bad[] = { "", "k-1\n2", "k-1 2", "k-%00",
+	    "k-\xc3\xa9", "k-1\"2", "../etc",
+	    "k-0123456789012345678901234567890123456789012345678901234567890123456789" };
+	size_t i;
+
+	KBT_ASSERT_OK(names_check_object_id("key id", "k-0123456789abcdef"));
+	KBT_ASSERT_OK(names_check_object_id("backup id", "b-0A.b_c"));
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		KBT_ASSERT_ERR(names_check_object_id("key id", bad[i]),
+		    KB_ERR_INVALID_ARGUMENT);
+}
+
 static const struct kbt_case cases[] = {
 	{ "/names/ids-accepted", test_ids_accepted },
 	{ "/names/ids-refused", test_ids_refused },
 	{ "/names/display", test_display },
+	{ "/names/object-ids", test_object_ids },
 	{ NULL, NULL }
 };
 
