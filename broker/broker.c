@@ -180,6 +180,31 @@ upgrade_token_objects(struct broker *b)
 	return store_meta_set(b->store, "token_objects", "v2");
 }
 
+enum kb_err
+broker_platform_key_new(struct broker *b, const char *state,
+    struct store_key *out)
+{
+	struct store_key k;
+	enum kb_err e;
+
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "kb-pk-", k.id, sizeof(k.id))) != KB_OK)
+		return e;
+	if ((e = hsm_aes_generate(b->hsm, k.id, DEK_LABEL_PLATFORM)) != KB_OK)
+		return kb_err_wrap(e, "making a platform key");
+	snprintf(k.purpose, sizeof(k.purpose), "platform");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "%s", state);
+	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", HSM_ALG_AES_GCM);
+	snprintf(k.fingerprint, sizeof(k.fingerprint), "-");
+	k.bits = 256;
+	k.create_time_us = k.update_time_us = clock_now_us();
+	if (strcmp(state, "active") == 0)
+		k.activate_time_us = k.create_time_us;
+	*out = k;
+	return KB_OK;
+}
+
 /* The platform key (AES-256, sealing platform-managed DEKs): made at first
  * start; afterwards it must be in the token. */
 static enum kb_err
@@ -202,21 +227,10 @@ ensure_platform_key(struct broker *b)
 	if (e != KB_ERR_NOT_FOUND)
 		return e;
 	kb_err_clear();
-	memset(&k, 0, sizeof(k));
-	if ((e = broker_new_id(b, "kb-pk-", k.id, sizeof(k.id))) != KB_OK)
-		return e;
-	log_info("creating the platform key %s (AES-256) in token '%s'", k.id,
+	log_info("creating the platform key (AES-256) in token '%s'",
 	    b->token.label);
-	if ((e = hsm_aes_generate(b->hsm, k.id, DEK_LABEL_PLATFORM)) != KB_OK)
-		return kb_err_wrap(e, "creating the platform key");
-	snprintf(k.purpose, sizeof(k.purpose), "platform");
-	snprintf(k.origin, sizeof(k.origin), "generated");
-	snprintf(k.state, sizeof(k.state), "active");
-	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", HSM_ALG_AES_GCM);
-	snprintf(k.fingerprint, sizeof(k.fingerprint), "-");
-	k.bits = 256;
-	k.create_time_us = k.update_time_us = k.activate_time_us =
-	    clock_now_us();
+	if ((e = broker_platform_key_new(b, "active", &k)) != KB_OK)
+		return e;
 	if ((e = store_key_create(b->store, &k)) != KB_OK) {
 		(void)hsm_key_destroy(b->hsm, k.id);
 		return e;

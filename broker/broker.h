@@ -63,6 +63,12 @@ enum kb_err broker_new_id(struct broker *b, const char *prefix, char *out,
  * keys. */
 enum kb_err broker_reconcile_keys(struct broker *b, int running);
 
+/* A new platform key made in the token (AES-256, label kb:platform) and
+ * its record in state `state` in *out; the caller stores it (and destroys
+ * the token object if it cannot). */
+enum kb_err broker_platform_key_new(struct broker *b, const char *state,
+    struct store_key *out);
+
 /* A new environment uid: 32 hex digits from the token's RNG. */
 enum kb_err broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1]);
 

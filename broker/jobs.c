@@ -425,19 +425,9 @@ jobs_rotate_platform(struct broker *b, const char *why, struct store_job *job)
 
 	if ((e = store_platform_current(b->store, &cur)) != KB_OK)
 		return e;
-	memset(&k, 0, sizeof(k));
-	if ((e = broker_new_id(b, "kb-pk-", k.id, sizeof(k.id))) != KB_OK ||
-	    (e = broker_new_id(b, "j-", id, sizeof(id))) != KB_OK)
+	if ((e = broker_new_id(b, "j-", id, sizeof(id))) != KB_OK ||
+	    (e = broker_platform_key_new(b, "installing", &k)) != KB_OK)
 		return e;
-	if ((e = hsm_aes_generate(b->hsm, k.id, DEK_LABEL_PLATFORM)) != KB_OK)
-		return kb_err_wrap(e, "making the new platform key");
-	snprintf(k.purpose, sizeof(k.purpose), "platform");
-	snprintf(k.origin, sizeof(k.origin), "generated");
-	snprintf(k.state, sizeof(k.state), "installing");
-	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", HSM_ALG_AES_GCM);
-	snprintf(k.fingerprint, sizeof(k.fingerprint), "-");
-	k.bits = 256;
-	k.create_time_us = k.update_time_us = clock_now_us();
 	if ((e = store_job_begin(b->store, id, STORE_JOB_ROTATE, &k, cur.id,
 	    clock_now_us(), job)) != KB_OK) {
 		(void)hsm_key_destroy(b->hsm, k.id);

@@ -125,18 +125,7 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 		return r;
 	/* The one moment a KEK is extractable: a session object with no use
 	 * but being wrapped, destroyed before this function returns. */
-	hsm_tmpl_ulong(&st, CKA_CLASS, CKO_SECRET_KEY);
-	hsm_tmpl_ulong(&st, CKA_KEY_TYPE, CKK_AES);
-	hsm_tmpl_bool(&st, CKA_TOKEN, 0);
-	hsm_tmpl_bool(&st, CKA_PRIVATE, 1);
-	hsm_tmpl_bool(&st, CKA_SENSITIVE, 1);
-	hsm_tmpl_bool(&st, CKA_EXTRACTABLE, 1);
-	hsm_tmpl_bool(&st, CKA_ENCRYPT, 0);
-	hsm_tmpl_bool(&st, CKA_DECRYPT, 0);
-	hsm_tmpl_bool(&st, CKA_WRAP, 0);
-	hsm_tmpl_bool(&st, CKA_UNWRAP, 0);
-	hsm_tmpl_bool(&st, CKA_SIGN, 0);
-	hsm_tmpl_bool(&st, CKA_VERIFY, 0);
+	hsm_tmpl_session_aes(&st, 1, 0);
 	hsm_tmpl_ulong(&st, CKA_VALUE_LEN, AES_KEY_LEN);
 	if ((r = hsm_tmpl_check(&st, NULL)) != KB_OK)
 		return r;

@@ -33,6 +33,9 @@ void hsm_tmpl_add(struct tmpl *t, CK_ATTRIBUTE_TYPE type, void *p,
     CK_ULONG len);
 void hsm_tmpl_bool(struct tmpl *t, CK_ATTRIBUTE_TYPE type, int v);
 void hsm_tmpl_ulong(struct tmpl *t, CK_ATTRIBUTE_TYPE type, CK_ULONG v);
+/* An AES session key (CKA_TOKEN false, private, sensitive) with no use
+ * but unwrapping (if `unwrap`), extractable only if `extractable`. */
+void hsm_tmpl_session_aes(struct tmpl *t, int extractable, int unwrap);
 /* KB_ERR_INTERNAL if a template (b may be NULL) overflowed. */
 enum kb_err hsm_tmpl_check(const struct tmpl *a, const struct tmpl *b);
 

@@ -118,6 +118,23 @@ hsm_tmpl_bool(struct tmpl *t, CK_ATTRIBUTE_TYPE type, int v)
 }
 
 void
+hsm_tmpl_session_aes(struct tmpl *t, int extractable, int unwrap)
+{
+	hsm_tmpl_ulong(t, CKA_CLASS, CKO_SECRET_KEY);
+	hsm_tmpl_ulong(t, CKA_KEY_TYPE, CKK_AES);
+	hsm_tmpl_bool(t, CKA_TOKEN, 0);
+	hsm_tmpl_bool(t, CKA_PRIVATE, 1);
+	hsm_tmpl_bool(t, CKA_SENSITIVE, 1);
+	hsm_tmpl_bool(t, CKA_EXTRACTABLE, extractable);
+	hsm_tmpl_bool(t, CKA_UNWRAP, unwrap);
+	hsm_tmpl_bool(t, CKA_WRAP, 0);
+	hsm_tmpl_bool(t, CKA_ENCRYPT, 0);
+	hsm_tmpl_bool(t, CKA_DECRYPT, 0);
+	hsm_tmpl_bool(t, CKA_SIGN, 0);
+	hsm_tmpl_bool(t, CKA_VERIFY, 0);
+}
+
+void
 hsm_tmpl_ulong(struct tmpl *t, CK_ATTRIBUTE_TYPE type, CK_ULONG v)
 {
 	if (t->nul >= sizeof(t->ul) / sizeof(t->ul[0])) {
@@ -897,18 +914,7 @@ hsm_byok_unwrap(struct hsm *h, const char *kek_id, const char *oaep_alg,
 		return r;
 
 	/* The ephemeral AES key: a session object that can only unwrap. */
-	hsm_tmpl_ulong(&at, CKA_CLASS, CKO_SECRET_KEY);
-	hsm_tmpl_ulong(&at, CKA_KEY_TYPE, CKK_AES);
-	hsm_tmpl_bool(&at, CKA_TOKEN, 0);
-	hsm_tmpl_bool(&at, CKA_PRIVATE, 1);
-	hsm_tmpl_bool(&at, CKA_SENSITIVE, 1);
-	hsm_tmpl_bool(&at, CKA_EXTRACTABLE, 0);
-	hsm_tmpl_bool(&at, CKA_UNWRAP, 1);
-	hsm_tmpl_bool(&at, CKA_WRAP, 0);
-	hsm_tmpl_bool(&at, CKA_ENCRYPT, 0);
-	hsm_tmpl_bool(&at, CKA_DECRYPT, 0);
-	hsm_tmpl_bool(&at, CKA_SIGN, 0);
-	hsm_tmpl_bool(&at, CKA_VERIFY, 0);
+	hsm_tmpl_session_aes(&at, 0, 1);
 	hsm_tmpl_ulong(&priv, CKA_CLASS, CKO_PRIVATE_KEY);
 	hsm_tmpl_ulong(&priv, CKA_KEY_TYPE, CKK_RSA);
 	tmpl_key(&priv, id, 1, use);
