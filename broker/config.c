@@ -42,6 +42,8 @@ static const struct option options[] = {
 	OPT(sweep_interval_s, V_UINT, 1, 86400),
 	OPT(rewrap_threads, V_UINT, 1, 64),
 	OPT(platform_key_rotation_days, V_UINT, 0, 3650),
+	OPT(max_keys_per_tenant, V_UINT, 1, 100000),
+	OPT(max_dek_versions, V_UINT, 1, 1000000),
 	OPT(test_clock_file, V_PATH, 0, 0),
 	OPT(audit_database, V_PATH, 0, 0),
 	OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
@@ -159,6 +161,8 @@ config_parse(const char *text, size_t len, const char *dir,
 	c->health_timeout_ms = 500;
 	c->rewrap_threads = 2;
 	c->platform_key_rotation_days = 30;
+	c->max_keys_per_tenant = 100;
+	c->max_dek_versions = 1000;
 	c->audit_checkpoint_events = 1000;
 	c->audit_checkpoint_interval_s = 60;
 	for (line = buf; line != NULL; line = next) {

@@ -27,6 +27,8 @@ struct config {
 	unsigned sweep_interval_s;   /* how often the 28-day sweeper runs */
 	unsigned rewrap_threads;     /* parallel token work in activation jobs */
 	unsigned platform_key_rotation_days; /* 0 = never by schedule */
+	unsigned max_keys_per_tenant;  /* tenant keys a tenant may hold */
+	unsigned max_dek_versions;     /* DEK versions an environment may hold */
 	char *test_clock_file;       /* test builds only (clock.h) */
 	char *audit_database;        /* default: next to database */
 	unsigned audit_checkpoint_events;

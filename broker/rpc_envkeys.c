@@ -123,6 +123,19 @@ reseal_into(struct rpc_ctx *c, const struct store_env *src,
 	uint32_t version;
 	enum kb_err e;
 
+	struct store_dek *v = NULL;
+	size_t n = 0;
+
+	if ((e = store_env_deks(c->b->store, dst->tenant_id, dst->name, &v, &n))
+	    != KB_OK)
+		return e;
+	free(v);
+	/* Every restore and copy adds a version, and ApplyKey loads them
+	 * all: a fair share caps them. */
+	if (n >= c->b->cfg->max_dek_versions)
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "environment %s/%s holds "
+		    "%zu data key versions, the most allowed (max_dek_versions = "
+		    "%u)", dst->tenant_id, dst->name, n, c->b->cfg->max_dek_versions);
 	if ((e = seal_key(c, dst->tenant_id, dst->mode, key_id)) != KB_OK ||
 	    (e = store_env_next_version(c->b->store, dst->tenant_id, dst->name,
 	    &version)) != KB_OK)

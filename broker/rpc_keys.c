@@ -42,10 +42,25 @@ may_add_key(struct rpc_ctx *c, const char *tenant, struct store_tenant *t)
 	struct policy_tenant p;
 	enum kb_err e;
 
+	struct store_key *v = NULL;
+	size_t n = 0, i, live = 0;
+
 	if ((e = store_tenant_get(c->b->store, tenant, t)) != KB_OK)
 		return e;
 	rpc_policy_tenant(t, &p);
-	return policy_may_add_key(&p, c->now_us);
+	if ((e = policy_may_add_key(&p, c->now_us)) != KB_OK)
+		return e;
+	/* A fair share: a tenant-limited admin cannot fill the token. */
+	if ((e = store_key_list(c->b->store, tenant, "tenant", &v, &n)) != KB_OK)
+		return e;
+	for (i = 0; i < n; i++)
+		live += strcmp(v[i].state, "deleted") != 0;
+	free(v);
+	if (live >= c->b->cfg->max_keys_per_tenant)
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "tenant \"%s\" holds %zu "
+		    "keys, the most allowed (max_keys_per_tenant = %u)", tenant,
+		    live, c->b->cfg->max_keys_per_tenant);
+	return KB_OK;
 }
 
 static void
