@@ -449,8 +449,13 @@ def deadlines(adm, st):
     de = SC.DEADLINE_EXCEEDED
     expect("CreateTenant dl-past with a deadline 1 s in the past (timeout=-1)",
            msg(adm, "CreateTenant", pb.CreateTenantRequest(id="dl-past"), timeout=-1), de)
-    expect("CreateTenant dl-tiny with timeout=0.000001",
-           msg(adm, "CreateTenant", pb.CreateTenantRequest(id="dl-tiny"), timeout=0.000001), de)
+    # grpcio rounds a 1 us timeout up when it writes grpc-timeout, so on a
+    # quick machine the call can finish inside it: either answer is right,
+    # and what it left behind is checked below.
+    code, d = msg(adm, "CreateTenant", pb.CreateTenantRequest(id="dl-tiny"), timeout=0.000001)
+    report(code in (de, SC.OK), "CreateTenant dl-tiny with timeout=0.000001 -> "
+           "DEADLINE_EXCEEDED, or OK when it finished inside the rounded-up deadline",
+           "got %s: %s" % (code.name, d if isinstance(d, str) else ""))
     # The deadline passes while the call waits for a worker: four key
     # generations (each a few hundred ms of token work) occupy the broker's
     # workers, then a CreateTenant with 100 ms to live joins the queue.
@@ -481,10 +486,8 @@ def deadlines(adm, st):
         code, d = msg(adm, "GetTenant", pb.GetTenantRequest(id=tid))
         report(code == SC.NOT_FOUND, "the CreateTenant %s that timed out did no work (GetTenant "
                "-> NOT_FOUND)" % tid, "%s %s" % (code.name, d))
-    # grpcio rounds a 1 us timeout up when it writes grpc-timeout, so the
-    # broker may see a deadline still ahead of it and create the tenant: the
-    # client cannot know (gRPC's rule: DEADLINE_EXCEEDED does not mean "not
-    # done"). Either way the tenant is whole or absent.
+    # The client cannot know whether dl-tiny was done (gRPC's rule:
+    # DEADLINE_EXCEEDED does not mean "not done"); the tenant is whole or absent.
     code, t = msg(adm, "GetTenant", pb.GetTenantRequest(id="dl-tiny"))
     if code == SC.OK:
         st["tenants"]["dl-tiny"] = []
