@@ -3,18 +3,26 @@
 #include "audit.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
 #include <sqlite3.h>
 
 #include "hsm.h"
 #include "log.h"
 
 #define BATCH_MAX 1024
+
+/* The anchor's value: "kban1" || seq (8 bytes BE) || head hash ||
+ * SHA-256 of the checkpoint's signature. */
+#define ANCHOR_MAGIC "kban1"
+#define ANCHOR_LEN (5 + 8 + 2 * KB_AUDIT_HASH_LEN)
 
 static const char schema[] =
     "CREATE TABLE IF NOT EXISTS events ("
@@ -58,6 +66,7 @@ struct audit {
 	uint64_t last_seq;
 	uint8_t last_hash[KB_AUDIT_HASH_LEN];
 	uint64_t cp_seq;               /* last checkpointed seq */
+	uint8_t cp_head[KB_AUDIT_HASH_LEN];
 	int64_t cp_time_us;
 	uint8_t cp_sig[512];
 	size_t cp_sig_len;
@@ -65,6 +74,10 @@ struct audit {
 	 * set, the writer probes every second with an audit.recovered event. */
 	int degraded;
 	char degraded_msg[256];
+	/* Set by an accepted loss: its description, recorded as the first
+	 * event, and a checkpoint (moving the anchor) right after it. */
+	char loss[640];
+	int force_cp;
 };
 
 static enum kb_err
@@ -149,13 +162,15 @@ load_state(struct audit *a)
 	sqlite3_finalize(st);
 	if (e != KB_OK)
 		return e;
-	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, time_us, signature FROM "
-	    "checkpoints ORDER BY seq DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, time_us, signature, "
+	    "head_hash FROM checkpoints ORDER BY seq DESC LIMIT 1", -1, &st,
+	    NULL) != SQLITE_OK)
 		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		a->cp_seq = (uint64_t)sqlite3_column_int64(st, 0);
 		a->cp_time_us = sqlite3_column_int64(st, 1);
 		a->cp_sig_len = blob(a->cp_sig, sizeof(a->cp_sig), st, 2);
+		(void)blob(a->cp_head, sizeof(a->cp_head), st, 3);
 	}
 	sqlite3_finalize(st);
 	if (a->cp_seq > a->last_seq) {
@@ -168,6 +183,314 @@ load_state(struct audit *a)
 		    (unsigned long long)a->cp_seq, (unsigned long long)a->cp_seq);
 		a->last_seq = a->cp_seq;
 	}
+	return KB_OK;
+}
+
+/* ---- the anchor in the token ---- */
+
+static enum kb_err
+anchor_store(struct audit *a, uint64_t seq, const uint8_t *head,
+    const uint8_t *sig, size_t sig_len)
+{
+	uint8_t v[ANCHOR_LEN];
+	int i;
+
+	memcpy(v, ANCHOR_MAGIC, 5);
+	for (i = 0; i < 8; i++)
+		v[5 + i] = (uint8_t)(seq >> (56 - 8 * i));
+	memcpy(v + 13, head, KB_AUDIT_HASH_LEN);
+	SHA256(sig, sig_len, v + 13 + KB_AUDIT_HASH_LEN);
+	return hsm_data_write(a->cfg.hsm, a->cfg.anchor_label, v, sizeof(v));
+}
+
+struct anchor {
+	uint64_t seq;
+	uint8_t head[KB_AUDIT_HASH_LEN];
+	uint8_t sig_hash[KB_AUDIT_HASH_LEN];
+};
+
+/* KB_ERR_NOT_FOUND when the token holds no anchor yet. */
+static enum kb_err
+anchor_load(struct audit *a, struct anchor *an)
+{
+	uint8_t *v = NULL;
+	size_t len = 0;
+	enum kb_err e;
+	int i;
+
+	if ((e = hsm_data_read(a->cfg.hsm, a->cfg.anchor_label, &v, &len)) !=
+	    KB_OK)
+		return e;
+	if (len != ANCHOR_LEN || memcmp(v, ANCHOR_MAGIC, 5) != 0) {
+		free(v);
+		return kb_errf(KB_ERR_CORRUPT, "the audit anchor in the token "
+		    "(%s) is not in the broker's format", a->cfg.anchor_label);
+	}
+	an->seq = 0;
+	for (i = 0; i < 8; i++)
+		an->seq = an->seq << 8 | v[5 + i];
+	memcpy(an->head, v + 13, KB_AUDIT_HASH_LEN);
+	memcpy(an->sig_hash, v + 13 + KB_AUDIT_HASH_LEN, KB_AUDIT_HASH_LEN);
+	free(v);
+	return KB_OK;
+}
+
+/* What an anchor check found wrong: the first bad seq and why. */
+struct anchor_fault {
+	uint64_t seq;
+	char why[512];
+};
+
+static int
+fault(struct anchor_fault *f, uint64_t seq, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static int
+fault(struct anchor_fault *f, uint64_t seq, const char *fmt, ...)
+{
+	va_list ap;
+
+	f->seq = seq;
+	va_start(ap, fmt);
+	vsnprintf(f->why, sizeof(f->why), fmt, ap);
+	va_end(ap);
+	return -1;
+}
+
+static const char *
+col(sqlite3_stmt *st, int i)
+{
+	const unsigned char *t = sqlite3_column_text(st, i);
+
+	return t != NULL ? (const char *)t : "";
+}
+
+/* The signed checkpoint the anchor names must be in the database as it
+ * was signed. Returns -1 with *f filled when it is not. */
+static enum kb_err
+anchor_check_checkpoint(struct audit *a, const struct anchor *an,
+    struct anchor_fault *f, int *bad)
+{
+	sqlite3_stmt *st = NULL;
+	uint8_t head[KB_AUDIT_HASH_LEN], sig[512], sh[KB_AUDIT_HASH_LEN];
+	size_t sig_len;
+	int rc;
+
+	*bad = 0;
+	if ((rc = sqlite3_prepare_v2(a->wdb, "SELECT head_hash, signature FROM "
+	    "checkpoints WHERE seq = ?", -1, &st, NULL)) != SQLITE_OK)
+		return db_err(a->wdb, rc, "reading checkpoints");
+	sqlite3_bind_int64(st, 1, (sqlite3_int64)an->seq);
+	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+		if (blob(head, sizeof(head), st, 0) != KB_AUDIT_HASH_LEN ||
+		    CRYPTO_memcmp(head, an->head, sizeof(head)) != 0)
+			*bad = fault(f, an->seq, "the signed checkpoint at %llu "
+			    "was altered (its head hash is not the one the "
+			    "token's anchor holds)", (unsigned long long)an->seq);
+		sig_len = blob(sig, sizeof(sig), st, 1);
+		SHA256(sig, sig_len, sh);
+		if (!*bad && CRYPTO_memcmp(sh, an->sig_hash, sizeof(sh)) != 0)
+			*bad = fault(f, an->seq, "the signed checkpoint at %llu "
+			    "was replaced (its signature is not the one the "
+			    "token's anchor holds)", (unsigned long long)an->seq);
+	} else if (rc == SQLITE_DONE) {
+		*bad = fault(f, an->seq, "the signed checkpoint at %llu is "
+		    "missing (checkpoints were deleted)",
+		    (unsigned long long)an->seq);
+	} else {
+		sqlite3_finalize(st);
+		return db_err(a->wdb, rc, "reading checkpoints");
+	}
+	sqlite3_finalize(st);
+	return KB_OK;
+}
+
+/* Walk the events from the anchor's to the end, recomputing the chain,
+ * and the checkpoints after the anchor's alongside. *bad when the log
+ * lost events or was rewritten, *f says where. */
+static enum kb_err
+anchor_check_events(struct audit *a, const struct anchor *an,
+    struct anchor_fault *f, int *bad)
+{
+	sqlite3_stmt *ev = NULL, *cp = NULL;
+	uint8_t hash[KB_AUDIT_HASH_LEN], stored[KB_AUDIT_HASH_LEN];
+	uint8_t psig[512], prev_sig[512];
+	size_t psig_len, prev_len = 0;
+	uint64_t want = an->seq, cp_seq = 0, seq;
+	int rc, have_cp = 0, link_known = 1;
+	enum kb_err e = KB_OK;
+
+	*bad = 0;
+	if ((rc = sqlite3_prepare_v2(a->wdb, "SELECT seq, time_us, actor, role, "
+	    "peer, method, tenant_id, environment, key_id, result, reason, "
+	    "request_id, hash FROM events WHERE seq >= ? ORDER BY seq", -1, &ev,
+	    NULL)) != SQLITE_OK ||
+	    (rc = sqlite3_prepare_v2(a->wdb, "SELECT seq, head_hash, "
+	    "prev_signature, signature FROM checkpoints WHERE seq >= ? ORDER BY "
+	    "seq", -1, &cp, NULL)) != SQLITE_OK) {
+		e = db_err(a->wdb, rc, "reading the log");
+		goto out;
+	}
+	sqlite3_bind_int64(ev, 1, (sqlite3_int64)an->seq);
+	sqlite3_bind_int64(cp, 1, (sqlite3_int64)an->seq);
+	/* The anchor's own checkpoint (checked after this walk) starts the
+	 * chain of signatures; when it is gone, the next one's link is not
+	 * compared. */
+	if ((rc = sqlite3_step(cp)) == SQLITE_ROW &&
+	    (uint64_t)sqlite3_column_int64(cp, 0) == an->seq) {
+		prev_len = blob(prev_sig, sizeof(prev_sig), cp, 3);
+		rc = sqlite3_step(cp);
+	} else {
+		link_known = 0;
+	}
+	if (rc == SQLITE_ROW) {
+		have_cp = 1;
+		cp_seq = (uint64_t)sqlite3_column_int64(cp, 0);
+	}
+	while ((rc = sqlite3_step(ev)) == SQLITE_ROW) {
+		struct kb_audit_event x;
+
+		seq = (uint64_t)sqlite3_column_int64(ev, 0);
+		if (seq != want) {
+			*bad = fault(f, want, "event %llu is missing (the next "
+			    "event present is %llu)", (unsigned long long)want,
+			    (unsigned long long)seq);
+			goto out;
+		}
+		if (blob(stored, sizeof(stored), ev, 12) != KB_AUDIT_HASH_LEN) {
+			*bad = fault(f, seq, "event %llu has a malformed hash",
+			    (unsigned long long)seq);
+			goto out;
+		}
+		if (seq == an->seq) {
+			/* Its hash is the anchor's: the rest chains from it. */
+			if (CRYPTO_memcmp(stored, an->head, sizeof(stored)) != 0) {
+				*bad = fault(f, seq, "event %llu is not the one the "
+				    "token's anchor signed: the log was "
+				    "rewritten", (unsigned long long)seq);
+				goto out;
+			}
+			memcpy(hash, stored, sizeof(hash));
+			want++;
+			continue;
+		}
+		x = (struct kb_audit_event){ seq, sqlite3_column_int64(ev, 1),
+		    col(ev, 2), col(ev, 3), col(ev, 4), col(ev, 5), col(ev, 6),
+		    col(ev, 7), col(ev, 8), col(ev, 9), col(ev, 10), col(ev, 11) };
+		if ((e = kb_audit_event_hash(hash, &x, hash)) != KB_OK)
+			goto out;
+		if (CRYPTO_memcmp(hash, stored, sizeof(hash)) != 0) {
+			*bad = fault(f, seq, "event %llu does not match its hash: "
+			    "it, or an event before it, was altered",
+			    (unsigned long long)seq);
+			goto out;
+		}
+		if (have_cp && cp_seq == seq) {
+			uint8_t head[KB_AUDIT_HASH_LEN];
+
+			psig_len = blob(psig, sizeof(psig), cp, 2);
+			if (blob(head, sizeof(head), cp, 1) != KB_AUDIT_HASH_LEN ||
+			    CRYPTO_memcmp(head, hash, sizeof(head)) != 0 ||
+			    (link_known && (psig_len != prev_len ||
+			    CRYPTO_memcmp(psig, prev_sig, prev_len) != 0))) {
+				*bad = fault(f, seq, "the checkpoint at %llu does not "
+				    "match the log before it: the log was "
+				    "rewritten", (unsigned long long)seq);
+				goto out;
+			}
+			prev_len = blob(prev_sig, sizeof(prev_sig), cp, 3);
+			link_known = 1;
+			have_cp = sqlite3_step(cp) == SQLITE_ROW;
+			if (have_cp)
+				cp_seq = (uint64_t)sqlite3_column_int64(cp, 0);
+		}
+		want++;
+	}
+	if (rc != SQLITE_DONE) {
+		e = db_err(a->wdb, rc, "reading the log");
+		goto out;
+	}
+	if (want <= an->seq) {
+		/* Not even the anchor's event: the tail is gone. */
+		sqlite3_finalize(ev);
+		ev = NULL;
+		seq = 0;
+		if (sqlite3_prepare_v2(a->wdb, "SELECT max(seq) FROM events", -1,
+		    &ev, NULL) == SQLITE_OK && sqlite3_step(ev) == SQLITE_ROW)
+			seq = (uint64_t)sqlite3_column_int64(ev, 0);
+		*bad = fault(f, seq + 1, "events %llu to %llu are missing: the "
+		    "token's anchor says the log reached %llu",
+		    (unsigned long long)seq + 1, (unsigned long long)an->seq,
+		    (unsigned long long)an->seq);
+		goto out;
+	}
+	if (have_cp)
+		*bad = fault(f, want, "events %llu to %llu are missing: the "
+		    "signed checkpoint at %llu covers them",
+		    (unsigned long long)want, (unsigned long long)cp_seq,
+		    (unsigned long long)cp_seq);
+out:
+	sqlite3_finalize(ev);
+	sqlite3_finalize(cp);
+	return e;
+}
+
+/* At open: verify the log from the token's anchor to its end. */
+static enum kb_err
+anchor_verify(struct audit *a)
+{
+	struct anchor an;
+	struct anchor_fault f;
+	enum kb_err e;
+	int bad = 0;
+
+	if (a->cfg.anchor_label == NULL)
+		return KB_OK;
+	memset(&f, 0, sizeof(f));
+	e = anchor_load(a, &an);
+	if (e == KB_ERR_NOT_FOUND) {
+		kb_err_clear();
+		if (a->cp_seq == 0) {
+			if (a->last_seq > 0)
+				log_warn("audit log %s: %llu events, no checkpoint "
+				    "and no anchor in the token yet: the first "
+				    "checkpoint anchors it", a->path,
+				    (unsigned long long)a->last_seq);
+			return KB_OK;
+		}
+		/* A log from before anchors: anchor it where it stands. */
+		if ((e = anchor_store(a, a->cp_seq, a->cp_head, a->cp_sig,
+		    a->cp_sig_len)) != KB_OK)
+			return kb_err_wrap(e, "anchoring the audit log");
+		log_warn("audit log %s: no anchor in the token; anchored at its "
+		    "last checkpoint (%llu): from now on a database edit that "
+		    "removes or rewrites events is refused at start-up",
+		    a->path, (unsigned long long)a->cp_seq);
+		return KB_OK;
+	}
+	if (e != KB_OK)
+		return kb_err_wrap(e, "reading the audit anchor");
+	/* Lost events first: the first bad seq is the earliest one. */
+	if ((e = anchor_check_events(a, &an, &f, &bad)) != KB_OK ||
+	    (!bad && (e = anchor_check_checkpoint(a, &an, &f, &bad)) != KB_OK))
+		return e;
+	if (!bad)
+		return KB_OK;
+	if (!a->cfg.accept_loss)
+		return kb_errf(KB_ERR_CORRUPT, "audit log %s: %s; the broker "
+		    "does not start on an audit log that lost events or was "
+		    "rewritten since its anchor (event %llu): put back the "
+		    "audit database from a backup, or, to accept the loss, "
+		    "start once with --accept-audit-loss (recorded in the log)",
+		    a->path, f.why, (unsigned long long)an.seq);
+	/* Never reuse a number the anchor vouched for. */
+	if (a->last_seq < an.seq)
+		a->last_seq = an.seq;
+	snprintf(a->loss, sizeof(a->loss), "started with --accept-audit-loss: "
+	    "first bad event %llu: %s; the anchor said the log reached %llu",
+	    (unsigned long long)f.seq, f.why, (unsigned long long)an.seq);
+	log_error("audit log %s: %s (ACCEPTED with --accept-audit-loss: the "
+	    "loss is recorded and the anchor moves)", a->path, f.why);
 	return KB_OK;
 }
 
@@ -286,10 +609,20 @@ write_checkpoint(struct audit *a)
 		goto out;
 	}
 	a->cp_seq = cp.seq;
+	memcpy(a->cp_head, cp.head_hash, KB_AUDIT_HASH_LEN);
 	a->cp_time_us = cp.time_us;
 	memcpy(a->cp_sig, sig, sig_len);
 	a->cp_sig_len = sig_len;
+	a->force_cp = 0;
 	e = KB_OK;
+	/* Only after the checkpoint is durable: the anchor never runs ahead
+	 * of the log. When it cannot move it stays at the previous one. */
+	if (a->cfg.anchor_label != NULL &&
+	    (e = anchor_store(a, cp.seq, cp.head_hash, sig, sig_len)) != KB_OK) {
+		log_error("audit anchor: %s; it stays at an earlier checkpoint",
+		    kb_err_msg(e));
+		e = KB_OK;
+	}
 out:
 	sqlite3_finalize(st);
 	free(data);
@@ -302,7 +635,8 @@ checkpoint_due(struct audit *a)
 {
 	if (a->last_seq == a->cp_seq)
 		return 0;
-	if (a->last_seq - a->cp_seq >= a->cfg.checkpoint_events)
+	if (a->force_cp ||
+	    a->last_seq - a->cp_seq >= a->cfg.checkpoint_events)
 		return 1;
 	return a->cfg.now_us() - a->cp_time_us >=
 	    (int64_t)a->cfg.checkpoint_interval_s * 1000000;
@@ -437,7 +771,7 @@ audit_open(const struct audit_config *cfg, struct audit **out)
 		goto fail;
 	}
 	if ((e = open_db(a->path, &a->rdb)) != KB_OK ||
-	    (e = load_state(a)) != KB_OK)
+	    (e = load_state(a)) != KB_OK || (e = anchor_verify(a)) != KB_OK)
 		goto fail;
 	if (a->cp_time_us == 0)
 		a->cp_time_us = a->cfg.now_us();
@@ -447,6 +781,19 @@ audit_open(const struct audit_config *cfg, struct audit **out)
 		goto fail;
 	}
 	a->started = 1;
+	if (a->loss[0] != '\0') {
+		struct audit_record r;
+
+		memset(&r, 0, sizeof(r));
+		r.actor = "keybroker";
+		r.role = "system";
+		r.method = "audit.loss_accepted";
+		r.result = "ok";
+		r.reason = a->loss;
+		a->force_cp = 1;
+		if ((e = audit_append(a, &r, NULL)) != KB_OK)
+			goto fail;
+	}
 	*out = a;
 	return KB_OK;
 fail:

@@ -56,7 +56,18 @@ struct audit_config {
 	unsigned checkpoint_events;     /* checkpoint after this many events */
 	unsigned checkpoint_interval_s; /* ... or this many seconds */
 	int64_t (*now_us)(void);        /* the broker's clock */
+	/* The anchor: after each checkpoint, its seq, head hash and a hash of
+	 * its signature go into this private data object in the token, which
+	 * no database edit can forge. At open the log is verified from it to
+	 * the end; a log that lost events or was rewritten is refused
+	 * (KB_ERR_CORRUPT, the first bad seq named) unless `accept_loss`,
+	 * which records the loss as an event and moves the anchor. NULL: no
+	 * anchor (tests of the log alone). */
+	const char *anchor_label;
+	int accept_loss;
 };
+
+#define AUDIT_ANCHOR_LABEL "kb:audit-anchor"
 
 /* Open (creating) the audit database and start the writer. */
 enum kb_err audit_open(const struct audit_config *cfg, struct audit **out);

@@ -310,6 +310,8 @@ open_audit(struct broker *b)
 	ac.checkpoint_events = b->cfg->audit_checkpoint_events;
 	ac.checkpoint_interval_s = b->cfg->audit_checkpoint_interval_s;
 	ac.now_us = clock_now_us;
+	ac.anchor_label = AUDIT_ANCHOR_LABEL;
+	ac.accept_loss = b->cfg->accept_audit_loss;
 	return audit_open(&ac, &b->audit);
 }
 

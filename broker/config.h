@@ -35,6 +35,7 @@ struct config {
 	unsigned audit_checkpoint_interval_s;
 	unsigned health_timeout_ms;  /* longest a health check waits */
 	int allow_new_database;      /* --allow-new-database (not a file key) */
+	int accept_audit_loss;       /* --accept-audit-loss (not a file key) */
 };
 
 /* Parse configuration text. Relative paths are resolved against `dir`.

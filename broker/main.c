@@ -21,6 +21,7 @@ usage(FILE *f)
 {
 	fprintf(f,
 	    "usage: keybrokerd --config FILE [--check-config] [--allow-new-database]\n"
+	    "                  [--accept-audit-loss]\n"
 	    "       keybrokerd --version\n"
 	    "\n"
 	    "Serve the keybroker gRPC API with mutual TLS. Keys stay in the\n"
@@ -34,6 +35,11 @@ usage(FILE *f)
 	    "                       token already holds this broker's keys (normally\n"
 	    "                       refused: a missing database is usually an\n"
 	    "                       unmounted volume)\n"
+	    "      --accept-audit-loss\n"
+	    "                       start although the audit log lost events or was\n"
+	    "                       rewritten since the anchor kept in the token\n"
+	    "                       (normally refused): the loss is recorded as an\n"
+	    "                       audit event and the anchor moves to the log's end\n"
 	    "  -V, --version        print the version and exit\n"
 	    "  -h, --help           this help\n"
 	    "\n"
@@ -99,6 +105,7 @@ main(int argc, char **argv)
 		{ "config", required_argument, NULL, 'c' },
 		{ "check-config", no_argument, NULL, 'C' },
 		{ "allow-new-database", no_argument, NULL, 'N' },
+		{ "accept-audit-loss", no_argument, NULL, 'L' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
@@ -109,7 +116,7 @@ main(int argc, char **argv)
 	struct server *srv = NULL;
 	struct sigctx sc;
 	pthread_t sigthr;
-	int opt, check = 0, allow_new = 0;
+	int opt, check = 0, allow_new = 0, accept_loss = 0;
 	enum kb_err e;
 
 	while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
@@ -117,6 +124,7 @@ main(int argc, char **argv)
 		case 'c': config_path = optarg; break;
 		case 'C': check = 1; break;
 		case 'N': allow_new = 1; break;
+		case 'L': accept_loss = 1; break;
 		case 'V': printf("keybrokerd %s\n", KB_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -134,6 +142,7 @@ main(int argc, char **argv)
 		return 1;
 	}
 	cfg->allow_new_database = allow_new;
+	cfg->accept_audit_loss = accept_loss;
 	if (check) {
 		print_config(cfg);
 		config_free(cfg);

@@ -180,6 +180,16 @@ enum kb_err hsm_decrypt(struct hsm *h, const char *id, const char *alg,
 enum kb_err hsm_sign(struct hsm *h, const char *id, const uint8_t *data,
     size_t len, uint8_t **sig, size_t *sig_len);
 
+/* A private data object of ours (CKO_DATA, CKA_PRIVATE, application
+ * "keybroker") by label: read its value into *out (malloc'd), or write it
+ * (a new object, then the old one destroyed: a crash leaves the old or the
+ * new, never neither; a read takes the newest). Absent is
+ * KB_ERR_NOT_FOUND; one not in our format, KB_ERR_CORRUPT. */
+enum kb_err hsm_data_read(struct hsm *h, const char *label, uint8_t **out,
+    size_t *len);
+enum kb_err hsm_data_write(struct hsm *h, const char *label,
+    const uint8_t *data, size_t len);
+
 /* Fill buf with n bytes from the token's C_GenerateRandom. */
 enum kb_err hsm_random(struct hsm *h, uint8_t *buf, size_t n);
 

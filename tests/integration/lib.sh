@@ -281,13 +281,15 @@ kbt_print_log() {
 	echo "----"
 }
 
-# kbt_start [CONF]: start keybrokerd in the background and wait until
-# `kbctl health` answers (at most $KBT_START_TIMEOUT s). Returns 1 (after a
-# recorded failure and the log) if it does not come up.
+# kbt_start [CONF [ARGS...]]: start keybrokerd (with ARGS after --config)
+# in the background and wait until `kbctl health` answers (at most
+# $KBT_START_TIMEOUT s). Returns 1 (after a recorded failure and the log) if
+# it does not come up.
 kbt_start() {
 	local conf=${1:-$KBT_CONF} i
-	echo "=== start $(basename "$KBT_BROKER") --config $conf" >>"$KBT_LOG"
-	"$KBT_BROKER" --config "$conf" </dev/null >>"$KBT_LOG" 2>&1 &
+	shift $(($# > 0))
+	echo "=== start $(basename "$KBT_BROKER") --config $conf $*" >>"$KBT_LOG"
+	"$KBT_BROKER" --config "$conf" "$@" </dev/null >>"$KBT_LOG" 2>&1 &
 	KBT_PID=$!
 	for ((i = 0; i < KBT_START_TIMEOUT * 5; i++)); do
 		if ! kill -0 "$KBT_PID" 2>/dev/null; then

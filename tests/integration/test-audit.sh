@@ -15,10 +15,12 @@
 #  3. An untouched export verifies (also pinned with 'audit key's
 #     fingerprint; a wrong one is refused); a hand-edited export fails.
 #     (a) an event UPDATEd in SQLite, (b) one DELETEd from the middle, and
-#     (c) the newest ones DELETEd while the broker is stopped: each fails
-#     'verify' (a fresh export offline, and --online) naming the first bad
-#     seq; in (c) the broker goes on numbering after the signed checkpoint,
-#     and without that checkpoint the shortened log would pass.
+#     (c) the newest ones DELETEd while the broker is stopped, alone, with
+#     their checkpoints, and every checkpoint deleted: the broker refuses
+#     to start (the anchor in the token names the first lost event); with
+#     --accept-audit-loss it starts, records the loss and numbers on after
+#     the anchor; (a)-(c) each fail 'verify' (a fresh export offline, and
+#     --online) naming the first bad seq.
 #     (d) A state change's "started" event with no outcome after it is
 #     noted by 'verify' (the log still verifies): none after ordinary
 #     calls; an export cut right after one, and the same with a broker.start
@@ -391,7 +393,8 @@ verify_fails "(a) --online" "$GDK" "does not match its hash" kb_aud audit verify
 # The hash column rewritten too, from the edited event on (as an attacker
 # who knows the encoding would): the chain holds, the signed checkpoint
 # does not.
-"$KBT_PY" - "$ADB" "$GDK" <<'PY'
+rechain() {
+	"$KBT_PY" - "$ADB" "$1" <<'PY'
 import hashlib, sqlite3, struct, sys
 db = sqlite3.connect(sys.argv[1], timeout=5)
 seq0 = int(sys.argv[2])
@@ -405,6 +408,8 @@ for r in rows.fetchall():
     db.execute("UPDATE events SET hash = ? WHERE seq = ?", (prev, r[0]))
 db.commit()
 PY
+}
+rechain "$GDK"
 CP_A=$(sq "SELECT MIN(seq) FROM checkpoints WHERE seq >= $GDK")
 verify_fails "(a') the hashes recomputed too: the signed checkpoint at $CP_A catches it" "$CP_A" \
 	"do not match the signed checkpoint" kb_aud audit verify --online
@@ -554,34 +559,51 @@ export_fresh before-c
 kbt_stop
 H=$(db_max events)
 check_eq "at shutdown a checkpoint covers the last event ($H)" "$(db_max checkpoints)" "$H"
+# Saved to put back between the edits.
+sq ".mode insert events" "SELECT * FROM events WHERE seq > $((H - 3))" >"$w/rows-c.sql"
+sq ".mode insert checkpoints" "SELECT * FROM checkpoints" >"$w/cps-c.sql"
 sq "DELETE FROM events WHERE seq > $((H - 3))"
+kbt_expect_no_start "(c) the tail deleted: the broker refuses to start, naming the first lost event" \
+	"$KBT_CONF" "events $((H - 2)) to $H are missing: the token's anchor says the log reached $H" \
+	"--accept-audit-loss"
+sq "DELETE FROM checkpoints WHERE seq > $((H - 3))"
+kbt_expect_no_start "(c) the tail deleted with its checkpoints: refused, the same event named" \
+	"$KBT_CONF" "events $((H - 2)) to $H are missing: the token's anchor says the log reached $H"
+sq "DELETE FROM checkpoints"
+sq <"$w/rows-c.sql"
+kbt_expect_no_start "(c) every checkpoint deleted (the events intact): refused" \
+	"$KBT_CONF" "the signed checkpoint at $H is missing"
+sq ".mode insert events" "SELECT * FROM events WHERE seq > $((H - 6))" |
+	sed 's/^INSERT INTO/INSERT OR REPLACE INTO/' >"$w/rows-c2.sql"
+sq "UPDATE events SET actor = 'mallory' WHERE seq = $((H - 5))"
+rechain $((H - 5))
+kbt_expect_no_start "(c) an event rewritten, the hashes after it recomputed, no checkpoint left: refused" \
+	"$KBT_CONF" "event $H is not the one the token's anchor signed: the log was rewritten"
+sq <"$w/rows-c2.sql"
+sq <"$w/cps-c.sql"
 kbt_start || kbt_done
-check "the broker says at start that events $((H - 2)) to $H are missing" \
-	grep -q "events $((H - 2)) to $H, covered by the signed checkpoint at $H, are MISSING" "$KBT_LOG"
+kbt_pass "(c) put back as it was: the broker starts"
+kbt_stop
+# That start and stop moved the anchor on.
+H=$(db_max events)
+sq "DELETE FROM events WHERE seq > $((H - 3))"
+sq "DELETE FROM checkpoints WHERE seq > $((H - 3))"
+kbt_start "$KBT_CONF" --accept-audit-loss || kbt_done
+check "with --accept-audit-loss the broker starts and logs the loss as ACCEPTED" \
+	grep -q "events $((H - 2)) to $H are missing.*ACCEPTED with --accept-audit-loss" "$KBT_LOG"
 kb_aud audit list --json --after $((H - 4))
-check_json "numbering goes on after the checkpoint: broker.start is $((H + 1))" \
-	"[(e['seq'], e['method']) for e in d['events']][:2] == [($((H - 3)), d['events'][0]['method']), ($((H + 1)), 'broker.start')]"
+check_json "numbering goes on after the anchor: audit.loss_accepted is $((H + 1)), then broker.start" \
+	"[(e['seq'], e['method']) for e in d['events']][:3] == [($((H - 3)), d['events'][0]['method']), ($((H + 1)), 'audit.loss_accepted'), ($((H + 2)), 'broker.start')] and 'first bad event $((H - 2))' in d['events'][1]['reason']"
 export_fresh tampered-c
-verify_fails "(c) offline, a fresh export" $((H - 2)) "the signed checkpoint at $H covers it" \
+verify_fails "(c) offline, a fresh export" $((H - 2)) "event $((H - 2)) is missing" \
 	kb_aud audit verify "$w/tampered-c.jsonl"
-verify_fails "(c) --online" $((H - 2)) "event $((H - 2)) is missing.*signed checkpoint at $H" \
+verify_fails "(c) --online" $((H - 2)) "event $((H - 2)) is missing" \
 	kb_aud audit verify --online
-# What the checkpoint proves: the log as it was right after the deletion
-# (up to the checkpoint) fails because of it, and passes without it.
-"$KBT_PY" - "$w/tampered-c.jsonl" "$H" "$w/cut.jsonl" "$w/cut-nocp.jsonl" <<'PY'
-import json, sys
-h = int(sys.argv[2])
-lines = [l for l in open(sys.argv[1]) if json.loads(l).get("seq", 0) <= h]
-open(sys.argv[3], "w").writelines(lines)
-open(sys.argv[4], "w").writelines(l for l in lines if not (json.loads(l)["type"] == "checkpoint" and json.loads(l)["seq"] > h - 3))
-PY
-verify_fails "(c) the log up to the checkpoint: the signed checkpoint says $((H - 2))..$H existed" \
-	$((H - 2)) "events $((H - 2)) to $H are missing: the signed checkpoint at $H covers them" \
-	kb_aud audit verify "$w/cut.jsonl"
-verify_ok "(c) the same without the checkpoints after $((H - 3)) would pass: the signature is the proof" \
-	kb_aud audit verify "$w/cut-nocp.jsonl"
 verify_ok "an export made before the deletion still verifies, offline" \
 	kb_nocert audit verify "$w/before-c.jsonl" --key-fingerprint "$FP"
+kbt_stop
+kbt_start || kbt_done
+kbt_pass "after the accepted loss the anchor has moved: the broker starts again without the flag"
 
 kbt_section "2. (again) no DEK, password or private key bytes, after all of it"
 kbt_stop

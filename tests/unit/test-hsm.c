@@ -1068,6 +1068,51 @@ test_planted_public(void)
 	EVP_PKEY_free(after);
 }
 
+/* The audit anchor's kind of object: a private data object, rewritten in
+ * place; a public one with the same label (as a session without the PIN
+ * could plant) is never read. */
+static void
+test_data(void)
+{
+	struct hsm *h = fixture();
+	struct raw r;
+	CK_OBJECT_CLASS cls = CKO_DATA;
+	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
+	CK_ATTRIBUTE tmpl[] = {
+	    {CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &t, sizeof(t)},
+	    {CKA_PRIVATE, &f, sizeof(f)},
+	    {CKA_APPLICATION, (void *)"keybroker", 9},
+	    {CKA_LABEL, (void *)"kb:test-data", 12},
+	    {CKA_VALUE, (void *)"kbd1\xff\xff\xff\xff\xff\xff\xff\xff" "forged", 18},
+	};
+	CK_OBJECT_HANDLE o;
+	uint8_t *v = NULL;
+	size_t n = 0;
+
+	KBT_ASSERT(hsm_data_read(h, "kb:test-data", &v, &n) ==
+	    KB_ERR_NOT_FOUND);
+	kb_err_clear();
+	KBT_ASSERT_OK(hsm_data_write(h, "kb:test-data", (const uint8_t *)"one",
+	    3));
+	KBT_ASSERT_OK(hsm_data_read(h, "kb:test-data", &v, &n));
+	KBT_ASSERT(n == 3 && memcmp(v, "one", 3) == 0);
+	free(v);
+	KBT_ASSERT_OK(hsm_data_write(h, "kb:test-data",
+	    (const uint8_t *)"second", 6));
+	KBT_ASSERT_OK(hsm_data_read(h, "kb:test-data", &v, &n));
+	KBT_ASSERT(n == 6 && memcmp(v, "second", 6) == 0);
+	free(v);
+	KBT_ASSERT(raw_open(&r));
+	KBT_ASSERT(r.m->C_CreateObject(r.s, tmpl, 6, &o) == CKR_OK);
+	raw_close(&r);
+	KBT_ASSERT_OK(hsm_data_read(h, "kb:test-data", &v, &n));
+	KBT_ASSERT(n == 6 && memcmp(v, "second", 6) == 0);
+	free(v);
+	KBT_ASSERT(hsm_data_write(h, "", (const uint8_t *)"x", 1) ==
+	    KB_ERR_INVALID_ARGUMENT);
+	kb_err_clear();
+}
+
 static const struct kbt_case cases[] = {
     /* These need no other handle open on the module: keep them first. */
     {"/hsm/open-close", test_open_close},
@@ -1093,6 +1138,7 @@ static const struct kbt_case cases[] = {
     {"/hsm/aes-gcm", test_aes_gcm},
     {"/hsm/kek", test_kek},
     {"/hsm/planted-public", test_planted_public},
+    {"/hsm/data", test_data},
     {NULL, NULL},
 };
 
