@@ -21,7 +21,7 @@
 struct data_obj {
 	CK_OBJECT_HANDLE obj;
 	uint64_t gen;
-	uint8_t *value;        /* without the header */
+	uint8_t *value; /* without the header */
 	size_t len;
 };
 
@@ -68,12 +68,13 @@ data_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *label,
 	if (rv != CKR_OK)
 		return hsm_p11_err("C_FindObjects", rv, label);
 	if (k > DATA_FIND_MAX)
-		return kb_errf(KB_ERR_CORRUPT, "the token holds more than %d "
+		return kb_errf(KB_ERR_CORRUPT,
+		    "the token holds more than %d "
 		    "data objects %s: remove the ones the broker did not make",
 		    DATA_FIND_MAX, label);
 	for (i = 0; i < k; i++) {
-		if ((rv = hsm_attr_get(h, sh, o[i], CKA_VALUE, &buf, &len)) !=
-		    CKR_OK) {
+		if ((rv = hsm_attr_get(h, sh, o[i], CKA_VALUE, &buf, &len))
+		    != CKR_OK) {
 			data_free(v, *n);
 			*rvp = rv;
 			return hsm_p11_err("C_GetAttributeValue", rv, label);
@@ -81,8 +82,10 @@ data_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *label,
 		if (len < DATA_HDR || memcmp(buf, DATA_MAGIC, 4) != 0) {
 			free(buf);
 			data_free(v, *n);
-			return kb_errf(KB_ERR_CORRUPT, "the token's data object %s "
-			    "is not in the broker's format", label);
+			return kb_errf(KB_ERR_CORRUPT,
+			    "the token's data object %s "
+			    "is not in the broker's format",
+			    label);
 		}
 		v[*n].obj = o[i];
 		v[*n].gen = 0;
@@ -130,8 +133,8 @@ hsm_data_read(struct hsm *h, const char *label, uint8_t **out, size_t *len)
 	if (r != KB_OK)
 		return r;
 	if (n == 0)
-		return kb_errf(KB_ERR_NOT_FOUND, "no data object %s in the token",
-		    label);
+		return kb_errf(
+		    KB_ERR_NOT_FOUND, "no data object %s in the token", label);
 	*out = v[newest].value;
 	*len = v[newest].len;
 	v[newest].value = NULL;
@@ -140,8 +143,8 @@ hsm_data_read(struct hsm *h, const char *label, uint8_t **out, size_t *len)
 }
 
 enum kb_err
-hsm_data_write(struct hsm *h, const char *label, const uint8_t *data,
-    size_t len)
+hsm_data_write(
+    struct hsm *h, const char *label, const uint8_t *data, size_t len)
 {
 	CK_OBJECT_CLASS cls = CKO_DATA;
 	CK_BBOOL yes = CK_TRUE;
