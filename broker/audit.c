@@ -78,6 +78,16 @@ struct audit {
 	 * event, and a checkpoint (moving the anchor) right after it. */
 	char loss[640];
 	int force_cp;
+	/* Signing keys (under mu): the one in force, the last checkpoint's,
+	 * and a rotation in progress: after a checkpoint covering event
+	 * `next_after`, `next_key` signs and `sign_key` is retired. */
+	char sign_key[KB_AUDIT_KEY_ID_MAX];
+	char cp_key[KB_AUDIT_KEY_ID_MAX];
+	char next_key[KB_AUDIT_KEY_ID_MAX];
+	uint64_t next_after;
+	/* A rotation the database made that the log has not recorded yet
+	 * (a crash in between): recorded at open. */
+	char rot_reason[512];
 };
 
 static enum kb_err
@@ -163,14 +173,15 @@ load_state(struct audit *a)
 	if (e != KB_OK)
 		return e;
 	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, time_us, signature, "
-	    "head_hash FROM checkpoints ORDER BY seq DESC LIMIT 1", -1, &st,
-	    NULL) != SQLITE_OK)
+	    "head_hash, key_id FROM checkpoints ORDER BY seq DESC LIMIT 1", -1,
+	    &st, NULL) != SQLITE_OK)
 		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		a->cp_seq = (uint64_t)sqlite3_column_int64(st, 0);
 		a->cp_time_us = sqlite3_column_int64(st, 1);
 		a->cp_sig_len = blob(a->cp_sig, sizeof(a->cp_sig), st, 2);
 		(void)blob(a->cp_head, sizeof(a->cp_head), st, 3);
+		text(a->cp_key, sizeof(a->cp_key), st, 4);
 	}
 	sqlite3_finalize(st);
 	if (a->cp_seq > a->last_seq) {
@@ -185,6 +196,9 @@ load_state(struct audit *a)
 	}
 	return KB_OK;
 }
+
+static enum kb_err rotation_record(struct audit *a, const char *new_id,
+    const char *reason);
 
 /* ---- the anchor in the token ---- */
 
@@ -565,6 +579,97 @@ rollback:
 	return e;
 }
 
+/* The old key has signed a checkpoint covering the rotation: the new key
+ * signs from now on, and the old one can sign no more. */
+static void
+hand_over(struct audit *a)
+{
+	char old[KB_AUDIT_KEY_ID_MAX];
+	enum kb_err e;
+
+	pthread_mutex_lock(&a->mu);
+	snprintf(old, sizeof(old), "%s", a->sign_key);
+	snprintf(a->sign_key, sizeof(a->sign_key), "%s", a->next_key);
+	a->next_key[0] = '\0';
+	a->next_after = 0;
+	pthread_cond_broadcast(&a->done_cv);
+	pthread_mutex_unlock(&a->mu);
+	log_info("audit log: signing key %s in force; %s retired", a->sign_key,
+	    old);
+	if ((e = hsm_key_retire(a->cfg.hsm, old)) != KB_OK &&
+	    e != KB_ERR_NOT_FOUND)
+		log_error("audit log: destroying the retired key %s's private "
+		    "half: %s", old, kb_err_msg(e));
+	kb_err_clear();
+}
+
+static enum kb_err
+rotation_reason(struct audit *a, const char *new_id, const char *old_id,
+    char *out, size_t len)
+{
+	char nfp[65], ofp[65];
+	enum kb_err e;
+
+	if ((e = a->cfg.key_fingerprint(a->cfg.hsm, new_id, nfp)) != KB_OK ||
+	    (e = a->cfg.key_fingerprint(a->cfg.hsm, old_id, ofp)) != KB_OK)
+		return kb_err_wrap(e, "the audit keys' fingerprints");
+	if (kb_audit_rotation_format(out, len, new_id, nfp, old_id, ofp) != 0)
+		return kb_errf(KB_ERR_INTERNAL, "audit key ids too long");
+	return KB_OK;
+}
+
+/* At open: which key signs. The database names the key in force; when
+ * the log's newest checkpoint was signed by another, a rotation was cut
+ * short: the checkpoint's key signs until it has covered the rotation's
+ * event (recorded now if the log lacks it). */
+static enum kb_err
+signing_key_init(struct audit *a)
+{
+	char nid[KB_AUDIT_KEY_ID_MAX], nfp[65], oid[KB_AUDIT_KEY_ID_MAX];
+	char ofp[65];
+	sqlite3_stmt *st = NULL;
+	uint64_t rseq = 0;
+	int found = 0;
+	enum kb_err e;
+
+	snprintf(a->sign_key, sizeof(a->sign_key), "%s", a->cfg.sign_key_id);
+	if (a->cp_key[0] == '\0' || strcmp(a->cp_key, a->sign_key) == 0)
+		return KB_OK;
+	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, reason FROM events WHERE "
+	    "method = '" KB_AUDIT_ROTATE_METHOD "' AND role = 'system' ORDER BY "
+	    "seq DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
+	if (sqlite3_step(st) == SQLITE_ROW &&
+	    kb_audit_rotation_parse(col(st, 1), nid, nfp, oid, ofp) == 0 &&
+	    strcmp(nid, a->cfg.sign_key_id) == 0 &&
+	    strcmp(oid, a->cp_key) == 0) {
+		rseq = (uint64_t)sqlite3_column_int64(st, 0);
+		found = 1;
+	}
+	sqlite3_finalize(st);
+	if (found && a->cp_seq >= rseq) {
+		/* Covered already: only the hand-over was cut short. */
+		if (hsm_key_retire(a->cfg.hsm, a->cp_key) == KB_OK)
+			log_info("audit log: retired key %s destroyed",
+			    a->cp_key);
+		kb_err_clear();
+		return KB_OK;
+	}
+	snprintf(a->next_key, sizeof(a->next_key), "%s", a->cfg.sign_key_id);
+	snprintf(a->sign_key, sizeof(a->sign_key), "%s", a->cp_key);
+	if (found) {
+		a->next_after = rseq;
+		a->force_cp = 1;
+		return KB_OK;
+	}
+	if ((e = rotation_reason(a, a->next_key, a->sign_key, a->rot_reason,
+	    sizeof(a->rot_reason))) != KB_OK)
+		return kb_err_wrap(e, "finishing the rotation of the audit key "
+		    "from %s to %s", a->sign_key, a->next_key);
+	a->next_after = UINT64_MAX;     /* set when the event is recorded */
+	return KB_OK;
+}
+
 static enum kb_err
 write_checkpoint(struct audit *a)
 {
@@ -585,7 +690,8 @@ write_checkpoint(struct audit *a)
 	cp.prev_sig_len = a->cp_sig_len;
 	if ((e = kb_audit_checkpoint_data(&cp, &data, &len)) != KB_OK)
 		return e;
-	if ((e = hsm_sign(a->cfg.hsm, a->cfg.sign_key_id, data, len, &sig,
+	/* Only this thread changes sign_key: read without the lock. */
+	if ((e = hsm_sign(a->cfg.hsm, a->sign_key, data, len, &sig,
 	    &sig_len)) != KB_OK)
 		goto out;
 	if (sig_len > sizeof(a->cp_sig)) {
@@ -603,7 +709,7 @@ write_checkpoint(struct audit *a)
 	sqlite3_bind_int64(st, 3, cp.time_us);
 	sqlite3_bind_blob(st, 4, a->cp_sig, (int)a->cp_sig_len, SQLITE_STATIC);
 	sqlite3_bind_blob(st, 5, sig, (int)sig_len, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, a->cfg.sign_key_id, -1, SQLITE_STATIC);
+	sqlite3_bind_text(st, 6, a->sign_key, -1, SQLITE_STATIC);
 	if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
 		e = db_err(a->wdb, rc, "writing a checkpoint");
 		goto out;
@@ -614,6 +720,7 @@ write_checkpoint(struct audit *a)
 	memcpy(a->cp_sig, sig, sig_len);
 	a->cp_sig_len = sig_len;
 	a->force_cp = 0;
+	snprintf(a->cp_key, sizeof(a->cp_key), "%s", a->sign_key);
 	e = KB_OK;
 	/* Only after the checkpoint is durable: the anchor never runs ahead
 	 * of the log. When it cannot move it stays at the previous one. */
@@ -623,6 +730,8 @@ write_checkpoint(struct audit *a)
 		    kb_err_msg(e));
 		e = KB_OK;
 	}
+	if (a->next_key[0] != '\0' && cp.seq >= a->next_after)
+		hand_over(a);
 out:
 	sqlite3_finalize(st);
 	free(data);
@@ -771,7 +880,8 @@ audit_open(const struct audit_config *cfg, struct audit **out)
 		goto fail;
 	}
 	if ((e = open_db(a->path, &a->rdb)) != KB_OK ||
-	    (e = load_state(a)) != KB_OK || (e = anchor_verify(a)) != KB_OK)
+	    (e = load_state(a)) != KB_OK || (e = anchor_verify(a)) != KB_OK ||
+	    (e = signing_key_init(a)) != KB_OK)
 		goto fail;
 	if (a->cp_time_us == 0)
 		a->cp_time_us = a->cfg.now_us();
@@ -792,6 +902,13 @@ audit_open(const struct audit_config *cfg, struct audit **out)
 		r.reason = a->loss;
 		a->force_cp = 1;
 		if ((e = audit_append(a, &r, NULL)) != KB_OK)
+			goto fail;
+	}
+	if (a->rot_reason[0] != '\0') {
+		char next[KB_AUDIT_KEY_ID_MAX];
+
+		snprintf(next, sizeof(next), "%s", a->next_key);
+		if ((e = rotation_record(a, next, a->rot_reason)) != KB_OK)
 			goto fail;
 	}
 	*out = a;
@@ -827,6 +944,78 @@ audit_append(struct audit *a, const struct audit_record *r, uint64_t *seq)
 	if (seq != NULL)
 		*seq = p.seq;
 	return KB_OK;
+}
+
+/* Record the rotation to `new_id` and arm the hand-over after it. */
+static enum kb_err
+rotation_record(struct audit *a, const char *new_id, const char *reason)
+{
+	struct audit_record r;
+	uint64_t seq = 0;
+	enum kb_err e;
+
+	memset(&r, 0, sizeof(r));
+	r.actor = "keybroker";
+	r.role = "system";
+	r.method = KB_AUDIT_ROTATE_METHOD;
+	r.key_id = new_id;
+	r.result = "ok";
+	r.reason = reason;
+	if ((e = audit_append(a, &r, &seq)) != KB_OK)
+		return e;
+	pthread_mutex_lock(&a->mu);
+	snprintf(a->next_key, sizeof(a->next_key), "%s", new_id);
+	a->next_after = seq;
+	a->force_cp = 1;
+	pthread_cond_signal(&a->work_cv);
+	pthread_mutex_unlock(&a->mu);
+	log_info("audit log: rotation to key %s recorded (event %llu); the "
+	    "current key signs a checkpoint covering it, then hands over",
+	    new_id, (unsigned long long)seq);
+	return KB_OK;
+}
+
+enum kb_err
+audit_rotate_key(struct audit *a, const char *new_id)
+{
+	char reason[512], cur[KB_AUDIT_KEY_ID_MAX];
+	struct timespec ts;
+	enum kb_err e;
+	int busy, rc = 0;
+
+	pthread_mutex_lock(&a->mu);
+	busy = a->next_key[0] != '\0';
+	snprintf(cur, sizeof(cur), "%s", a->sign_key);
+	pthread_mutex_unlock(&a->mu);
+	if (busy)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION, "a rotation of the "
+		    "audit key is already in progress");
+	if (strcmp(cur, new_id) == 0)
+		return KB_OK;
+	if ((e = rotation_reason(a, new_id, cur, reason, sizeof(reason))) !=
+	    KB_OK || (e = rotation_record(a, new_id, reason)) != KB_OK)
+		return e;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += 30;
+	pthread_mutex_lock(&a->mu);
+	while (strcmp(a->sign_key, new_id) != 0 && !a->stopping &&
+	    rc != ETIMEDOUT)
+		rc = pthread_cond_timedwait(&a->done_cv, &a->mu, &ts);
+	e = strcmp(a->sign_key, new_id) == 0 ? KB_OK :
+	    kb_errf(KB_ERR_UNAVAILABLE, "the audit log recorded the rotation "
+	    "to %s but has not signed the checkpoint that hands over to it "
+	    "yet (%s)", new_id, a->degraded ? a->degraded_msg :
+	    "it will at its next checkpoint");
+	pthread_mutex_unlock(&a->mu);
+	return e;
+}
+
+void
+audit_signing_key(struct audit *a, char out[KB_AUDIT_KEY_ID_MAX])
+{
+	pthread_mutex_lock(&a->mu);
+	snprintf(out, KB_AUDIT_KEY_ID_MAX, "%s", a->sign_key);
+	pthread_mutex_unlock(&a->mu);
 }
 
 uint64_t

@@ -52,7 +52,10 @@ struct audit_filter {
 struct audit_config {
 	const char *path;               /* the audit database */
 	struct hsm *hsm;
-	const char *sign_key_id;        /* audit signing key in the token */
+	/* The audit signing key the database says is in force. When the
+	 * log's newest checkpoint was signed by another key, the log takes
+	 * over from it to this one the way audit_rotate_key does. */
+	const char *sign_key_id;
 	unsigned checkpoint_events;     /* checkpoint after this many events */
 	unsigned checkpoint_interval_s; /* ... or this many seconds */
 	int64_t (*now_us)(void);        /* the broker's clock */
@@ -65,6 +68,9 @@ struct audit_config {
 	 * anchor (tests of the log alone). */
 	const char *anchor_label;
 	int accept_loss;
+	/* The fingerprint of a key in the token (for rotation events). */
+	enum kb_err (*key_fingerprint)(struct hsm *h, const char *id,
+	    char fp[65]);
 };
 
 #define AUDIT_ANCHOR_LABEL "kb:audit-anchor"
@@ -99,6 +105,15 @@ enum kb_err audit_list(struct audit *a, const struct audit_filter *f,
 
 enum kb_err audit_list_checkpoints(struct audit *a, uint64_t after,
     unsigned limit, struct audit_checkpoint **out, size_t *n, int *more);
+
+/* Hand signing over to `new_id` (a new key in the token): record the
+ * rotation (kb_audit.h's format), let the current key sign a checkpoint
+ * covering it, then sign with the new key and destroy the old one's
+ * private half. Returns when the new key is in force. */
+enum kb_err audit_rotate_key(struct audit *a, const char *new_id);
+
+/* The id of the key that signs now. */
+void audit_signing_key(struct audit *a, char out[KB_AUDIT_KEY_ID_MAX]);
 
 /* Drain, write a final checkpoint, stop the writer, close. Accepts NULL. */
 void audit_close(struct audit *a);

@@ -312,7 +312,50 @@ open_audit(struct broker *b)
 	ac.now_us = clock_now_us;
 	ac.anchor_label = AUDIT_ANCHOR_LABEL;
 	ac.accept_loss = b->cfg->accept_audit_loss;
+	ac.key_fingerprint = key_fingerprint;
 	return audit_open(&ac, &b->audit);
+}
+
+enum kb_err
+broker_audit_key_rotate(struct broker *b, struct store_key *out)
+{
+	struct store_key k, old;
+	char cur[KB_AUDIT_KEY_ID_MAX];
+	enum kb_err e;
+
+	audit_signing_key(b->audit, cur);
+	if ((e = store_key_get(b->store, cur, &old)) != KB_OK)
+		return e;
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "kb-audit-", k.id, sizeof(k.id))) != KB_OK)
+		return e;
+	log_info("creating the audit key %s (RSA-2048) in token '%s'", k.id,
+	    b->token.label);
+	if ((e = hsm_rsa_generate(b->hsm, k.id, 2048, HSM_USE_SIGN)) != KB_OK)
+		return kb_err_wrap(e, "creating the new audit key");
+	if ((e = key_fingerprint(b->hsm, k.id, k.fingerprint)) != KB_OK)
+		goto undo;
+	snprintf(k.purpose, sizeof(k.purpose), "audit");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "active");
+	k.bits = 2048;
+	k.create_time_us = k.update_time_us = clock_now_us();
+	if ((e = store_key_create(b->store, &k)) != KB_OK)
+		goto undo;
+	/* From here the database names the new key: a crash before the
+	 * hand-over is finished by the next start (audit.c). */
+	if ((e = store_key_set_state(b->store, old.id, "active", "retired",
+	    clock_now_us())) != KB_OK)
+		log_error("audit key %s stays 'active' in the database: %s",
+		    old.id, kb_err_msg(e));
+	if ((e = audit_rotate_key(b->audit, k.id)) != KB_OK)
+		return e;
+	*out = k;
+	return KB_OK;
+undo:
+	(void)hsm_key_destroy(b->hsm, k.id);
+	kb_err_clear();
+	return e;
 }
 
 /* A crash between a lock's (or a job's) commit and the token work leaves

@@ -69,6 +69,10 @@ enum kb_err broker_reconcile_keys(struct broker *b, int running);
 enum kb_err broker_platform_key_new(struct broker *b, const char *state,
     struct store_key *out);
 
+/* A new audit signing key in the token and the database, then the audit
+ * log hands signing over to it (audit_rotate_key). */
+enum kb_err broker_audit_key_rotate(struct broker *b, struct store_key *out);
+
 /* A new environment uid: 32 hex digits from the token's RNG. */
 enum kb_err broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1]);
 

@@ -82,6 +82,9 @@ const struct rpc_method dispatch_methods[] = {
 	U(ListCheckpoints, AUDITORS, list_checkpoints_request,
 	    rpc_audit_checkpoints, R),
 	U(GetAuditKey, AUDITORS, get_audit_key_request, rpc_audit_key, R),
+	U(ListAuditKeys, AUDITORS, list_audit_keys_request, rpc_audit_keys, R),
+	U(RotateAuditKey, ADMIN, rotate_audit_key_request,
+	    rpc_audit_key_rotate, C),
 	{ NULL, NULL, 0, NULL, NULL, NULL, R }
 };
 

@@ -86,6 +86,10 @@ enum kb_err rpc_audit_checkpoints(struct rpc_ctx *c,
     const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_audit_key(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
+enum kb_err rpc_audit_keys(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_audit_key_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
 
 /* Helpers for handlers (rpc_util.c). */
 struct policy_tenant;

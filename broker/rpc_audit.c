@@ -262,26 +262,104 @@ rpc_audit_checkpoints(struct rpc_ctx *c, const ProtobufCMessage *req,
 	return KB_OK;
 }
 
+/* One audit key as the API shows it (its public half from the token). */
+static enum kb_err
+audit_key_msg(struct rpc_ctx *c, const struct store_key *k,
+    Keybroker__V1__AuditKey **out)
+{
+	Keybroker__V1__AuditKey *m;
+	char *pem = NULL;
+	enum kb_err e;
+
+	*out = NULL;
+	if ((e = keys_public_pem(c->b, k->id, &pem)) != KB_OK)
+		return e;
+	if ((m = malloc(sizeof(*m))) == NULL) {
+		free(pem);
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	}
+	keybroker__v1__audit_key__init(m);
+	m->key_id = rpc_strdup(k->id);
+	m->public_key_pem = pem;
+	m->algorithm = rpc_strdup(KB_AUDIT_SIG_ALG);
+	m->fingerprint = rpc_strdup(k->fingerprint);
+	m->state = rpc_strdup(k->state);
+	m->create_time_us = k->create_time_us;
+	*out = m;
+	return KB_OK;
+}
+
 enum kb_err
 rpc_audit_key(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp)
 {
 	Keybroker__V1__AuditKey *out;
-	char *pem = NULL;
+	char id[KB_AUDIT_KEY_ID_MAX];
+	struct store_key k;
 	enum kb_err e;
 
 	(void)req;
-	if ((e = keys_public_pem(c->b, c->b->audit_key.id, &pem)) != KB_OK)
+	/* The key that signs now, which a rotation may have changed. */
+	audit_signing_key(c->b->audit, id);
+	if ((e = store_key_get(c->b->store, id, &k)) != KB_OK ||
+	    (e = audit_key_msg(c, &k, &out)) != KB_OK)
+		return e;
+	free(out->state);
+	out->state = rpc_strdup("active");
+	*resp = &out->base;
+	return KB_OK;
+}
+
+enum kb_err
+rpc_audit_keys(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	Keybroker__V1__ListAuditKeysResponse *out;
+	struct store_key *v = NULL;
+	size_t n = 0, i;
+	enum kb_err e;
+
+	(void)req;
+	if ((e = store_keys_by_purpose(c->b->store, "audit", &v, &n)) != KB_OK)
 		return e;
 	if ((out = malloc(sizeof(*out))) == NULL) {
-		free(pem);
+		free(v);
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	}
-	keybroker__v1__audit_key__init(out);
-	out->key_id = rpc_strdup(c->b->audit_key.id);
-	out->public_key_pem = pem;
-	out->algorithm = rpc_strdup(KB_AUDIT_SIG_ALG);
-	out->fingerprint = rpc_strdup(c->b->audit_key.fingerprint);
+	keybroker__v1__list_audit_keys_response__init(out);
+	*resp = &out->base;
+	if (n > 0 && (out->keys = calloc(n, sizeof(*out->keys))) == NULL) {
+		free(v);
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	}
+	for (i = 0; i < n; i++) {
+		if ((e = audit_key_msg(c, &v[i], &out->keys[i])) != KB_OK) {
+			free(v);
+			return e;
+		}
+		out->n_keys++;
+	}
+	free(v);
+	return KB_OK;
+}
+
+enum kb_err
+rpc_audit_key_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp)
+{
+	Keybroker__V1__AuditKey *out;
+	struct store_key k;
+	enum kb_err e;
+
+	(void)req;
+	if ((e = rpc_check_platform_access(c, "rotating the audit key")) !=
+	    KB_OK)
+		return e;
+	if ((e = broker_audit_key_rotate(c->b, &k)) != KB_OK)
+		return e;
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", k.id);
+	if ((e = audit_key_msg(c, &k, &out)) != KB_OK)
+		return e;
 	*resp = &out->base;
 	return KB_OK;
 }

@@ -131,13 +131,34 @@ audit_export_checkpoint_json(const Keybroker__V1__Checkpoint *cp)
 	return o;
 }
 
-json_t *
-audit_export_header_json(
-    const Keybroker__V1__AuditKey *key, int64_t now_us, uint64_t head_seq)
+static json_t *
+ax_key_json(const Keybroker__V1__AuditKey *key, int with_state)
 {
-	json_t *o = json_object(), *k = json_object();
+	json_t *k = json_object();
+	int ok = k != NULL;
+
+	ax_put(k, "key_id", ax_str(key->key_id), &ok);
+	ax_put(k, "algorithm", ax_str(key->algorithm), &ok);
+	ax_put(k, "fingerprint", ax_str(key->fingerprint), &ok);
+	ax_put(k, "public_key_pem", ax_str(key->public_key_pem), &ok);
+	if (with_state)
+		ax_put(k, "state", ax_str(key->state), &ok);
+	if (!ok) {
+		json_decref(k);
+		return NULL;
+	}
+	return k;
+}
+
+json_t *
+audit_export_header_json(const Keybroker__V1__AuditKey *key,
+    const Keybroker__V1__ListAuditKeysResponse *all, int64_t now_us,
+    uint64_t head_seq)
+{
+	json_t *o = json_object(), *k = ax_key_json(key, 0), *arr;
 	char t[40];
 	int ok = o != NULL && k != NULL;
+	size_t i;
 
 	ax_put(o, "type", json_string("header"), &ok);
 	ax_put(o, "format", json_string(AUDIT_EXPORT_FORMAT), &ok);
@@ -146,14 +167,21 @@ audit_export_header_json(
 	    json_string(kb_time_format(now_us, t, sizeof(t))), &ok);
 	ax_put(o, "exported_at_us", json_integer((json_int_t)now_us), &ok);
 	ax_put(o, "head_seq", json_integer((json_int_t)head_seq), &ok);
-	ax_put(k, "key_id", ax_str(key->key_id), &ok);
-	ax_put(k, "algorithm", ax_str(key->algorithm), &ok);
-	ax_put(k, "fingerprint", ax_str(key->fingerprint), &ok);
-	ax_put(k, "public_key_pem", ax_str(key->public_key_pem), &ok);
 	if (k != NULL)
 		json_incref(k);
 	ax_put(o, "audit_key", k, &ok);
 	json_decref(k);
+	if (ok && all != NULL && all->n_keys > 1) {
+		arr = json_array();
+		ok = arr != NULL;
+		for (i = 0; ok && i < all->n_keys; i++)
+			ok = json_array_append_new(arr,
+			         ax_key_json(all->keys[i], 1)) == 0;
+		if (arr != NULL)
+			json_incref(arr);
+		ax_put(o, "audit_keys", arr, &ok);
+		json_decref(arr);
+	}
 	if (!ok) {
 		json_decref(o);
 		return NULL;
@@ -236,6 +264,7 @@ audit_export_fp_normalize(const char *in, char out[65])
 
 struct audit_export_verifier {
 	char pin[65];
+	int allow_unsigned;
 	int have_header;
 	EVP_PKEY *pub;
 	struct kb_audit_verifier *kv;
@@ -264,6 +293,12 @@ audit_export_verifier_new(const char *pin, struct audit_export_verifier **out)
 		snprintf(v->pin, sizeof(v->pin), "%s", pin);
 	*out = v;
 	return KB_OK;
+}
+
+void
+audit_export_verifier_allow_unsigned(struct audit_export_verifier *v)
+{
+	v->allow_unsigned = 1;
 }
 
 void
@@ -358,6 +393,51 @@ ax_time_matches(const char *t, json_int_t us)
 	return kb_time_parse(t, 0, &parsed) == 0 && parsed == (int64_t)us;
 }
 
+/* The header's "audit_keys" (optional): every key the log has used. */
+static int
+ax_header_keys(struct audit_export_verifier *v, const json_t *arr,
+    unsigned long line, int *pinned)
+{
+	const char *pem, *fp, *kid;
+	char have[65];
+	EVP_PKEY *pub = NULL;
+	size_t i;
+	enum kb_err e;
+
+	if (arr == NULL)
+		return 0;
+	if (!json_is_array(arr))
+		return ax_fail(v, line, 0, "the header's \"audit_keys\" is not "
+		    "an array");
+	for (i = 0; i < json_array_size(arr); i++) {
+		const json_t *k = json_array_get(arr, i);
+
+		if (!json_is_object(k)
+		    || (pem = ax_get_str(k, "public_key_pem")) == NULL
+		    || (fp = ax_get_str(k, "fingerprint")) == NULL
+		    || (kid = ax_get_str(k, "key_id")) == NULL)
+			return ax_fail(v, line, 0, "the header's audit_keys[%zu] "
+			    "needs \"key_id\", \"fingerprint\" and "
+			    "\"public_key_pem\" strings", i);
+		if ((e = audit_export_key_load(pem, &pub, have)) != KB_OK)
+			return ax_fail(v, line, 0, "audit_keys[%zu]: %s", i,
+			    kb_err_msg(e));
+		if (strcasecmp(fp, have) != 0) {
+			EVP_PKEY_free(pub);
+			return ax_fail(v, line, 0, "the header says audit key "
+			    "%.72s's fingerprint is %.64s, but its public key's "
+			    "is %s", kid, fp, have);
+		}
+		e = kb_audit_verifier_add_key(v->kv, kid, have, pub);
+		EVP_PKEY_free(pub);
+		if (e != KB_OK)
+			return ax_fail(v, line, 0, "%s", kb_err_msg(e));
+		if (v->pin[0] != '\0' && strcmp(v->pin, have) == 0)
+			*pinned = 1;
+	}
+	return 0;
+}
+
 static int
 ax_header(struct audit_export_verifier *v, const json_t *o, unsigned long line)
 {
@@ -365,6 +445,7 @@ ax_header(struct audit_export_verifier *v, const json_t *o, unsigned long line)
 	const char *fmt = ax_get_str(o, "format"), *pem, *fp, *alg, *kid;
 	json_int_t ver;
 	enum kb_err e;
+	int pinned;
 
 	if (fmt == NULL || strcmp(fmt, AUDIT_EXPORT_FORMAT) != 0)
 		return ax_fail(v, line, 0,
@@ -399,14 +480,24 @@ ax_header(struct audit_export_verifier *v, const json_t *o, unsigned long line)
 		    "the header says the audit key's fingerprint is %.64s, but "
 		    "its public key's is %s",
 		    fp, v->fingerprint);
-	if (v->pin[0] != '\0' && strcmp(v->pin, v->fingerprint) != 0)
+	if ((e = kb_audit_verifier_new(v->pub, &v->kv)) != KB_OK ||
+	    (e = kb_audit_verifier_add_key(v->kv, kid, v->fingerprint, v->pub)) !=
+	        KB_OK)
+		return ax_fail(v, line, 0, "%s", kb_err_msg(e));
+	pinned = v->pin[0] != '\0' && strcmp(v->pin, v->fingerprint) == 0;
+	if (ax_header_keys(v, json_object_get(o, "audit_keys"), line, &pinned)
+	    != 0)
+		return -1;
+	if (v->pin[0] != '\0' && !pinned)
 		return ax_fail(v, line, 0,
 		    "the export's audit key has fingerprint %s, not the pinned "
 		    "%s: the key in the file is not the broker's (it may have "
 		    "been replaced)",
 		    v->fingerprint, v->pin);
-	if ((e = kb_audit_verifier_new(v->pub, &v->kv)) != KB_OK)
-		return ax_fail(v, line, 0, "%s", kb_err_msg(e));
+	if (v->pin[0] != '\0')
+		kb_audit_verifier_pin(v->kv, v->pin);
+	if (v->allow_unsigned)
+		kb_audit_verifier_allow_unsigned(v->kv);
 	v->have_header = 1;
 	return 0;
 }
@@ -471,7 +562,7 @@ static int
 ax_checkpoint(
     struct audit_export_verifier *v, const json_t *o, unsigned long line)
 {
-	const char *hh, *ps, *sg;
+	const char *hh, *ps, *sg, *kid;
 	uint8_t head[64], prev[1024], sig[1024];
 	size_t head_len = 0, prev_len = 0, sig_len = 0;
 	json_int_t seq, t;
@@ -504,7 +595,7 @@ ax_checkpoint(
 		return ax_fail(v, line, (uint64_t)seq,
 		    "checkpoint %lld: \"signature\" is not base64",
 		    (long long)seq);
-	if (ax_get_str(o, "key_id") == NULL)
+	if ((kid = ax_get_str(o, "key_id")) == NULL)
 		return ax_fail(v, line, (uint64_t)seq,
 		    "checkpoint %lld has no \"key_id\" string", (long long)seq);
 	memset(&cp, 0, sizeof(cp));
@@ -515,6 +606,7 @@ ax_checkpoint(
 	cp.prev_sig_len = prev_len;
 	cp.sig = sig;
 	cp.sig_len = sig_len;
+	cp.key_id = kid;
 	if (cp.seq > v->max_cp_seq)
 		v->max_cp_seq = cp.seq;
 	kb_audit_verifier_checkpoint(v->kv, &cp);
@@ -581,6 +673,11 @@ audit_export_verifier_finish(struct audit_export_verifier *v,
 	snprintf(
 	    rep->fingerprint, sizeof(rep->fingerprint), "%s", v->fingerprint);
 	snprintf(rep->key_id, sizeof(rep->key_id), "%s", v->key_id);
+	if (v->kv != NULL && v->failed) {
+		/* Input stopped early: what it lacks proves nothing. */
+		kb_audit_verifier_allow_unsigned(v->kv);
+		kb_audit_verifier_pin(v->kv, "");
+	}
 	if (v->kv != NULL)
 		kb_audit_verifier_finish(v->kv, &res);
 	else
@@ -590,6 +687,8 @@ audit_export_verifier_finish(struct audit_export_verifier *v,
 	rep->last_seq = res.last_seq;
 	rep->checkpoints = res.checkpoints;
 	rep->covered_seq = res.covered_seq;
+	rep->pinned = res.pinned;
+	rep->rotations = res.rotations;
 	rep->unfinished = res.unfinished;
 	rep->unfinished_interrupted = res.unfinished_interrupted;
 	rep->unfinished_overflow = res.unfinished_overflow;

@@ -6,7 +6,10 @@
  * An export is JSON Lines. Line 1 is the header:
  *   {"type":"header","format":"keybroker-audit-export","version":1,
  *    "exported_at":RFC3339,"exported_at_us":N,"head_seq":N,
- *    "audit_key":{"key_id","algorithm","fingerprint","public_key_pem"}}
+ *    "audit_key":{"key_id","algorithm","fingerprint","public_key_pem"},
+ *    "audit_keys":[{the same, and "state"}, ...]}
+ * ("audit_keys": every key the log has used, oldest first, when there are
+ * retired ones; a checkpoint's "key_id" names the key that signed it)
  * then, in log order, events
  *   {"type":"event","seq","time","time_us","actor","role","peer","method",
  *    "tenant_id","environment","key_id","result","reason","request_id",
@@ -43,10 +46,13 @@ json_t *audit_export_event_json(const Keybroker__V1__Event *ev, int typed);
 /* A checkpoint as an export line's object (NULL: out of memory). */
 json_t *audit_export_checkpoint_json(const Keybroker__V1__Checkpoint *cp);
 
-/* The header: `key` as the broker published it, the time of the export
- * and the last event it covers (NULL: out of memory). */
-json_t *audit_export_header_json(
-    const Keybroker__V1__AuditKey *key, int64_t now_us, uint64_t head_seq);
+/* The header: `key` (the one in force) as the broker published it, every
+ * key the log has used (`all`, oldest first; NULL when the broker does not
+ * list them), the time of the export and the last event it covers (NULL:
+ * out of memory). */
+json_t *audit_export_header_json(const Keybroker__V1__AuditKey *key,
+    const Keybroker__V1__ListAuditKeysResponse *all, int64_t now_us,
+    uint64_t head_seq);
 
 /* ---- the audit key ---- */
 
@@ -78,6 +84,8 @@ struct audit_export_report {
 	uint64_t covered_seq; /* last event covered by a good checkpoint */
 	char fingerprint[65]; /* of the header's key, computed from it */
 	char key_id[128];
+	int pinned;           /* a pinned key was in force (else not pinned) */
+	uint64_t rotations;   /* audit key rotations that took effect */
 	/* Information, not a failure: state changes with a "started" event
 	 * and no outcome after it (kb_audit_result's fields of that name). */
 	uint64_t unfinished, unfinished_interrupted, unfinished_overflow;
@@ -93,6 +101,10 @@ struct audit_export_verifier;
 enum kb_err audit_export_verifier_new(
     const char *pin, struct audit_export_verifier **out);
 void audit_export_verifier_free(struct audit_export_verifier *v);
+
+/* Accept a log without checkpoints (by default it fails: nothing in it is
+ * signed). Call before feeding. */
+void audit_export_verifier_allow_unsigned(struct audit_export_verifier *v);
 
 /* Feed one item; `line` numbers it in messages (0: not from a file).
  * Returns 0 to go on, -1 when the item is malformed or the header is

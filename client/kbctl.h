@@ -170,5 +170,7 @@ int kbctl_cmd_audit_tail(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_key(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_audit_keys(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_audit_rotate_key(struct kbctl *k, const struct kbctl_args *a);
 
 #endif /* KB_KBCTL_H */

@@ -857,6 +857,28 @@ audit_key_get(struct kbctl *k, Keybroker__V1__AuditKey **out)
 	return KBCTL_EXIT_OK;
 }
 
+/* Every key the log has used (NULL in *out from a broker that cannot
+ * list them: then only the key in force is in the header). */
+static int
+audit_keys_get(struct kbctl *k, Keybroker__V1__ListAuditKeysResponse **out)
+{
+	Keybroker__V1__ListAuditKeysRequest req =
+	    KEYBROKER__V1__LIST_AUDIT_KEYS_REQUEST__INIT;
+	ProtobufCMessage *m = NULL;
+	struct kb_status st;
+
+	*out = NULL;
+	if (kb_client_call(k->client, KB_METHOD_LIST_AUDIT_KEYS, &req.base,
+	        &keybroker__v1__list_audit_keys_response__descriptor, &m, &st)
+	    != KB_OK) {
+		if (st.code == GRPC_STATUS_UNIMPLEMENTED)
+			return KBCTL_EXIT_OK;
+		return kbctl_fail_status(&st);
+	}
+	*out = (Keybroker__V1__ListAuditKeysResponse *)m;
+	return KBCTL_EXIT_OK;
+}
+
 /* ---- audit export ---- */
 
 /* One item as a line of f; decrefs j. Returns 0, or -1. */
@@ -900,6 +922,7 @@ kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a)
 	const char *path = kbctl_flag(a, "--out");
 	int force = kbctl_flag(a, "--force") != NULL, fd = -1, rc, n;
 	Keybroker__V1__AuditKey *key = NULL;
+	Keybroker__V1__ListAuditKeysResponse *all = NULL;
 	const Keybroker__V1__Event *ev;
 	const Keybroker__V1__Checkpoint *cp;
 	struct log_reader r;
@@ -921,6 +944,7 @@ kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a)
 		return kbctl_usage_error(a, "--out %s is a directory", path);
 	stop_signals_catch();
 	if ((rc = audit_key_get(k, &key)) != KBCTL_EXIT_OK
+	    || (rc = audit_keys_get(k, &all)) != KBCTL_EXIT_OK
 	    || (rc = log_reader_start(k, &r)) != KBCTL_EXIT_OK)
 		goto out;
 	rc = KBCTL_EXIT_FAIL;
@@ -943,8 +967,8 @@ kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a)
 		goto out;
 	}
 	fd = -1;
-	if (write_item(
-	        f, audit_export_header_json(key, kb_time_now_us(), r.head))
+	if (write_item(f,
+	        audit_export_header_json(key, all, kb_time_now_us(), r.head))
 	    != 0)
 		goto write_fail;
 	while ((n = log_reader_next(&r, &ev, &cp)) > 0 && !stop_signal) {
@@ -1026,6 +1050,8 @@ out:
 	log_reader_done(&r);
 	if (key != NULL)
 		kb_wire_free(&key->base);
+	if (all != NULL)
+		kb_wire_free(&all->base);
 	return rc;
 }
 
@@ -1153,6 +1179,9 @@ report_print(const struct kbctl *k, const struct audit_export_report *rep,
 		    json_integer((json_int_t)rep->covered_seq));
 		kbctl_jset(o, "fingerprint", kbctl_jstr(rep->fingerprint));
 		kbctl_jset(o, "key_id", kbctl_jstr(rep->key_id));
+		kbctl_jset(o, "key_pinned", json_boolean(rep->pinned));
+		kbctl_jset(o, "key_rotations",
+		    json_integer((json_int_t)rep->rotations));
 		if (uncovered) {
 			json_t *u = json_object();
 
@@ -1199,6 +1228,16 @@ report_print(const struct kbctl *k, const struct audit_export_report *rep,
 			       " (0 checkpoints; none signed yet); audit key "
 			       "fingerprint %s\n",
 			    rep->first_seq, rep->last_seq, rep->fingerprint);
+		if (rep->rotations > 0)
+			printf("the audit key was rotated %" PRIu64 " time%s; "
+			       "each new key was vouched for by the one before\n",
+			    rep->rotations, rep->rotations == 1 ? "" : "s");
+		if (!rep->pinned)
+			printf("unpinned: the audit key was not pinned: this "
+			       "shows the log is consistent with the key it "
+			       "carries; to show it is the broker's, pass "
+			       "--key-fingerprint from 'kbctl audit key' (or a "
+			       "trusted earlier export)\n");
 		unfinished_print(rep);
 	} else if (rep->line > 0 && rep->seq > 0) {
 		printf("FAILED at line %lu (seq %" PRIu64 "): %s\n", rep->line,
@@ -1219,7 +1258,8 @@ report_print(const struct kbctl *k, const struct audit_export_report *rep,
 }
 
 static int
-verify_file(const struct kbctl *k, const char *path, const char *pin)
+verify_file(const struct kbctl *k, const char *path, const char *pin,
+    int allow_unsigned)
 {
 	struct audit_export_verifier *v = NULL;
 	struct audit_export_report rep;
@@ -1241,6 +1281,8 @@ verify_file(const struct kbctl *k, const char *path, const char *pin)
 		rc = kbctl_err(e, KBCTL_EXIT_FAIL);
 		goto out;
 	}
+	if (allow_unsigned)
+		audit_export_verifier_allow_unsigned(v);
 	while ((n = getline(&buf, &cap, f)) >= 0) {
 		line++;
 		if (n > 0 && buf[n - 1] == '\n')
@@ -1264,11 +1306,12 @@ out:
 }
 
 static int
-verify_online(struct kbctl *k, const char *pin)
+verify_online(struct kbctl *k, const char *pin, int allow_unsigned)
 {
 	struct audit_export_verifier *v = NULL;
 	struct audit_export_report rep;
 	Keybroker__V1__AuditKey *key = NULL;
+	Keybroker__V1__ListAuditKeysResponse *all = NULL;
 	const Keybroker__V1__Event *ev;
 	const Keybroker__V1__Checkpoint *cp;
 	struct log_reader r;
@@ -1281,6 +1324,7 @@ verify_online(struct kbctl *k, const char *pin)
 		return rc;
 	stop_signals_catch();
 	if ((rc = audit_key_get(k, &key)) != KBCTL_EXIT_OK
+	    || (rc = audit_keys_get(k, &all)) != KBCTL_EXIT_OK
 	    || (rc = log_reader_start(k, &r)) != KBCTL_EXIT_OK)
 		goto out;
 	rc = KBCTL_EXIT_FAIL;
@@ -1288,8 +1332,10 @@ verify_online(struct kbctl *k, const char *pin)
 		rc = kbctl_err(e, KBCTL_EXIT_FAIL);
 		goto out;
 	}
+	if (allow_unsigned)
+		audit_export_verifier_allow_unsigned(v);
 	/* The same items an export holds, fed as they come. */
-	o = audit_export_header_json(key, kb_time_now_us(), r.head);
+	o = audit_export_header_json(key, all, kb_time_now_us(), r.head);
 	if (o == NULL)
 		goto oom;
 	bad = audit_export_verifier_item(v, o, 0) != 0;
@@ -1318,6 +1364,8 @@ out:
 	log_reader_done(&r);
 	if (key != NULL)
 		kb_wire_free(&key->base);
+	if (all != NULL)
+		kb_wire_free(&all->base);
 	return rc;
 }
 
@@ -1326,6 +1374,7 @@ kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a)
 {
 	const char *fp = kbctl_flag(a, "--key-fingerprint");
 	int online = kbctl_flag(a, "--online") != NULL;
+	int unsigned_ok = kbctl_flag(a, "--allow-unsigned") != NULL;
 	char pin[65];
 
 	if (online == (a->argc > 0))
@@ -1338,8 +1387,9 @@ kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a)
 		    "audit key')",
 		    fp);
 	if (online)
-		return verify_online(k, fp != NULL ? pin : NULL);
-	return verify_file(k, a->argv[0], fp != NULL ? pin : NULL);
+		return verify_online(k, fp != NULL ? pin : NULL, unsigned_ok);
+	return verify_file(
+	    k, a->argv[0], fp != NULL ? pin : NULL, unsigned_ok);
 }
 
 /* ---- audit key ---- */
@@ -1372,5 +1422,93 @@ kbctl_cmd_audit_key(struct kbctl *k, const struct kbctl_args *a)
 			putchar('\n');
 	}
 	kb_wire_free(&x->base);
+	return rc;
+}
+
+/* ---- audit keys, rotate-key ---- */
+
+int
+kbctl_cmd_audit_keys(struct kbctl *k, const struct kbctl_args *a)
+{
+	Keybroker__V1__ListAuditKeysResponse *all = NULL;
+	json_t *arr, *o;
+	char t[40];
+	size_t i;
+	int rc;
+
+	(void)a;
+	if ((rc = audit_keys_get(k, &all)) != KBCTL_EXIT_OK)
+		return rc;
+	if (all == NULL) {
+		fprintf(stderr, "kbctl: this broker does not list its audit keys "
+		    "(it is older than kbctl): use 'kbctl audit key'\n");
+		return KBCTL_EXIT_FAIL;
+	}
+	if (k->json) {
+		arr = json_array();
+		for (i = 0; i < all->n_keys; i++) {
+			const Keybroker__V1__AuditKey *x = all->keys[i];
+
+			o = json_object();
+			kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
+			kbctl_jset(o, "state", kbctl_jstr(x->state));
+			kbctl_jset(o, "algorithm", kbctl_jstr(x->algorithm));
+			kbctl_jset(o, "fingerprint", kbctl_jstr(x->fingerprint));
+			kbctl_jset(o, "create_time_us",
+			    json_integer((json_int_t)x->create_time_us));
+			kbctl_jset(o, "public_key_pem",
+			    kbctl_jstr(x->public_key_pem));
+			json_array_append_new(arr, o);
+		}
+		o = json_object();
+		kbctl_jset(o, "keys", arr);
+		rc = kbctl_json_print(o);
+	} else {
+		printf("%-28s %-8s %-20s %s\n", "KEY", "STATE", "CREATED",
+		    "FINGERPRINT");
+		for (i = 0; i < all->n_keys; i++) {
+			const Keybroker__V1__AuditKey *x = all->keys[i];
+
+			printf("%-28s %-8s %-20.19s %s\n", x->key_id, x->state,
+			    kb_time_format(x->create_time_us, t, sizeof(t)),
+			    x->fingerprint);
+		}
+		rc = KBCTL_EXIT_OK;
+	}
+	kb_wire_free(&all->base);
+	return rc;
+}
+
+int
+kbctl_cmd_audit_rotate_key(struct kbctl *k, const struct kbctl_args *a)
+{
+	Keybroker__V1__RotateAuditKeyRequest req =
+	    KEYBROKER__V1__ROTATE_AUDIT_KEY_REQUEST__INIT;
+	Keybroker__V1__AuditKey *x;
+	ProtobufCMessage *m = NULL;
+	int rc;
+
+	(void)a;
+	if ((rc = kbctl_call(k, KB_METHOD_ROTATE_AUDIT_KEY, &req.base,
+	         &keybroker__v1__audit_key__descriptor, &m))
+	    != KBCTL_EXIT_OK)
+		return rc;
+	x = (Keybroker__V1__AuditKey *)m;
+	if (k->json) {
+		json_t *o = json_object();
+
+		kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
+		kbctl_jset(o, "algorithm", kbctl_jstr(x->algorithm));
+		kbctl_jset(o, "fingerprint", kbctl_jstr(x->fingerprint));
+		kbctl_jset(o, "public_key_pem", kbctl_jstr(x->public_key_pem));
+		rc = kbctl_json_print(o);
+	} else {
+		printf("audit key rotated: %s now signs the checkpoints\n",
+		    x->key_id);
+		kbctl_kv("fingerprint", x->fingerprint);
+		printf("pin the new fingerprint where you keep the old one; "
+		       "old checkpoints still verify with the retired key\n");
+	}
+	kb_wire_free(m);
 	return rc;
 }

@@ -442,11 +442,19 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "file could replace that key too: pin it. Take the fingerprint from\n"
 	  "'kbctl audit key' (or a trusted earlier export) and pass it as\n"
 	  "--key-fingerprint: a key with another fingerprint is refused (exit 1).\n"
+	  "Without it the output says the key was not pinned. After 'audit\n"
+	  "rotate-key' the export carries every key the log has used; each new\n"
+	  "key is accepted only after a checkpoint of the one before covers its\n"
+	  "rotation event, so pinning any of them vouches for all.\n\n"
+	  "A log with no checkpoint proves nothing (its checkpoints may have\n"
+	  "been removed): it fails unless --allow-unsigned. A checkpoint placed\n"
+	  "before events it covers fails too.\n"
 	  "--json prints {\"verified\", \"events\", \"first_seq\", \"last_seq\",\n"
 	  "\"checkpoints\", \"signed_through\", \"not_covered\", \"fingerprint\",\n"
 	  "\"key_id\", \"failed_seq\", \"failed_line\", \"reason\", \"source\"}.",
 	  { { "--online", NULL, "verify the broker's log through the API, not a file" },
-	    { "--key-fingerprint", "HEX", "the audit key's fingerprint must be this (from 'audit key')" } },
+	    { "--key-fingerprint", "HEX", "the audit key's fingerprint must be this (from 'audit key')" },
+	    { "--allow-unsigned", NULL, "accept a log with no checkpoint (only the hash chain is checked)" } },
 	  kbctl_cmd_audit_verify, KBCTL_LOCAL_ONLINE },
 	{ "audit", "key", "", 0, 0,
 	  "Show the audit signing key (public half)",
@@ -457,6 +465,22 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "'kbctl audit verify --key-fingerprint'. --json prints {\"key_id\",\n"
 	  "\"algorithm\", \"fingerprint\", \"public_key_pem\"}.",
 	  { { NULL } }, kbctl_cmd_audit_key },
+	{ "audit", "keys", "", 0, 0,
+	  "List every audit signing key the log has used",
+	  "Oldest first: the retired keys (their private halves destroyed,\n"
+	  "their public halves kept so old checkpoints still verify) and the one\n"
+	  "in force ('active'). --json prints {\"keys\": [{\"key_id\", \"state\",\n"
+	  "\"algorithm\", \"fingerprint\", \"create_time_us\", \"public_key_pem\"}]}.",
+	  { { NULL } }, kbctl_cmd_audit_keys },
+	{ "audit", "rotate-key", "", 0, 0,
+	  "Rotate the audit signing key (platform-wide admins)",
+	  "Makes a new signing key in the token. The log records the rotation\n"
+	  "(an audit.key_rotated event naming both fingerprints), the old key\n"
+	  "signs a checkpoint covering it, then the new key signs every later\n"
+	  "checkpoint and the old key's private half is destroyed. Prints the new\n"
+	  "key's id and fingerprint: pin it beside the old one. A crash in the\n"
+	  "middle is finished by the next start.",
+	  { { NULL } }, kbctl_cmd_audit_rotate_key },
 };
 
 const struct kbctl_group kbctl_groups[] = {
@@ -467,7 +491,7 @@ const struct kbctl_group kbctl_groups[] = {
 	{ "byok", "Bring your own key: the key-exchange key, offline wrapping" },
 	{ "envs", "Environments: create, encrypt, back up, restore, copy, reset" },
 	{ "datakey", "Fetch an environment's data key" },
-	{ "audit", "The audit log: list, tail -f, export, verify, key" },
+	{ "audit", "The audit log: list, tail -f, export, verify, keys" },
 };
 /* clang-format on */
 

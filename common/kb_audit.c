@@ -13,9 +13,27 @@
 #include <openssl/err.h>
 #include <openssl/rsa.h>
 
+#define KEYS_MAX 64
+
+struct vkey {
+	char id[KB_AUDIT_KEY_ID_MAX];
+	char fp[65];
+	EVP_PKEY *pub;
+	int in_force;          /* has been the key in force */
+};
+
 struct kb_audit_verifier {
 	EVP_PKEY *pub;
 	int failed;
+	int allow_unsigned;
+	char pin[65];
+	/* Published keys; the one in force (-1: none yet); a rotation seen
+	 * and not yet covered by the old key's checkpoint. */
+	struct vkey keys[KEYS_MAX];
+	size_t nkeys;
+	int cur;
+	uint64_t rot_seq;
+	char rot_new[KB_AUDIT_KEY_ID_MAX], rot_fp[65];
 	struct kb_audit_result res;
 	uint8_t last_hash[KB_AUDIT_HASH_LEN];
 	uint8_t *last_sig;
@@ -162,16 +180,102 @@ kb_audit_verifier_new(EVP_PKEY *pub, struct kb_audit_verifier **out)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	}
 	v->pub = pub;
+	v->cur = -1;
 	v->res.ok = 1;
 	*out = v;
 	return KB_OK;
 }
 
+enum kb_err
+kb_audit_verifier_add_key(struct kb_audit_verifier *v, const char *key_id,
+    const char *fp, EVP_PKEY *pub)
+{
+	size_t i;
+
+	for (i = 0; i < v->nkeys; i++)
+		if (strcmp(v->keys[i].id, key_id) == 0)
+			return strcmp(v->keys[i].fp, fp) == 0 ? KB_OK :
+			    kb_errf(KB_ERR_INVALID_ARGUMENT, "audit key %s is "
+			    "published twice, with different public keys",
+			    key_id);
+	if (v->nkeys == KEYS_MAX)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "more than %d audit keys",
+		    KEYS_MAX);
+	if (strlen(key_id) >= sizeof(v->keys[0].id) || strlen(fp) != 64)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "audit key id or "
+		    "fingerprint malformed");
+	if (EVP_PKEY_up_ref(pub) != 1)
+		return kb_errf(KB_ERR_CRYPTO, "EVP_PKEY_up_ref failed");
+	snprintf(v->keys[v->nkeys].id, sizeof(v->keys[0].id), "%s", key_id);
+	snprintf(v->keys[v->nkeys].fp, sizeof(v->keys[0].fp), "%s", fp);
+	v->keys[v->nkeys].pub = pub;
+	v->nkeys++;
+	return KB_OK;
+}
+
+void
+kb_audit_verifier_pin(struct kb_audit_verifier *v, const char *fp)
+{
+	snprintf(v->pin, sizeof(v->pin), "%s", fp);
+}
+
+void
+kb_audit_verifier_allow_unsigned(struct kb_audit_verifier *v)
+{
+	v->allow_unsigned = 1;
+}
+
+int
+kb_audit_rotation_format(char *out, size_t len, const char *new_id,
+    const char *new_fp, const char *old_id, const char *old_fp)
+{
+	int n = snprintf(out, len, "audit signing key %s (fingerprint %s) "
+	    "replaces %s (fingerprint %s)", new_id, new_fp, old_id, old_fp);
+
+	return n > 0 && (size_t)n < len ? 0 : -1;
+}
+
+static int
+is_fp(const char *s)
+{
+	size_t i;
+
+	for (i = 0; i < 64; i++)
+		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+			return 0;
+	return s[64] == '\0';
+}
+
+int
+kb_audit_rotation_parse(const char *reason, char new_id[KB_AUDIT_KEY_ID_MAX],
+    char new_fp[65], char old_id[KB_AUDIT_KEY_ID_MAX], char old_fp[65])
+{
+	char again[512];
+	int n = 0;
+
+	if (reason == NULL || strlen(reason) >= sizeof(again))
+		return -1;
+	if (sscanf(reason, "audit signing key %71s (fingerprint %64[0-9a-f]) "
+	    "replaces %71s (fingerprint %64[0-9a-f])%n", new_id, new_fp, old_id,
+	    old_fp, &n) != 4 || reason[n] != '\0' || !is_fp(new_fp) ||
+	    !is_fp(old_fp))
+		return -1;
+	/* Exactly the format, nothing looser. */
+	if (kb_audit_rotation_format(again, sizeof(again), new_id, new_fp,
+	    old_id, old_fp) != 0 || strcmp(again, reason) != 0)
+		return -1;
+	return 0;
+}
+
 void
 kb_audit_verifier_free(struct kb_audit_verifier *v)
 {
+	size_t i;
+
 	if (v == NULL)
 		return;
+	for (i = 0; i < v->nkeys; i++)
+		EVP_PKEY_free(v->keys[i].pub);
 	free(v->pend);
 	free(v->last_sig);
 	free(v);
@@ -327,6 +431,61 @@ pending_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
 		v->npend--;
 }
 
+static struct vkey *
+key_find(struct kb_audit_verifier *v, const char *id)
+{
+	size_t i;
+
+	for (i = 0; id != NULL && i < v->nkeys; i++)
+		if (strcmp(v->keys[i].id, id) == 0)
+			return &v->keys[i];
+	return NULL;
+}
+
+/* A verified rotation event: the key in force hands over to the new key
+ * once one of its checkpoints covers this event. */
+static void
+rotation_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
+{
+	char nid[KB_AUDIT_KEY_ID_MAX], nfp[65], oid[KB_AUDIT_KEY_ID_MAX];
+	char ofp[65];
+	struct vkey *old;
+
+	if (kb_audit_rotation_parse(ev->reason, nid, nfp, oid, ofp) != 0 ||
+	    !field_is(ev->key_id, nid)) {
+		fail(v, ev->seq, "event %" PRIu64 " rotates the audit key but is "
+		    "not in the rotation format", ev->seq);
+		return;
+	}
+	if (v->rot_seq != 0) {
+		fail(v, ev->seq, "event %" PRIu64 " rotates the audit key again "
+		    "before the rotation at %" PRIu64 " took effect", ev->seq,
+		    v->rot_seq);
+		return;
+	}
+	if (v->nkeys == 0)
+		return;         /* no published keys: only the chain counts */
+	if (v->cur < 0) {
+		/* Before the first checkpoint: the old key is the first. */
+		if ((old = key_find(v, oid)) == NULL) {
+			fail(v, ev->seq, "event %" PRIu64 " rotates from audit key "
+			    "%s, which the export does not publish", ev->seq, oid);
+			return;
+		}
+		v->cur = (int)(old - v->keys);
+		old->in_force = 1;
+	}
+	old = &v->keys[v->cur];
+	if (strcmp(old->id, oid) != 0 || strcmp(old->fp, ofp) != 0) {
+		fail(v, ev->seq, "event %" PRIu64 " rotates from audit key %s, "
+		    "but the key in force is %s", ev->seq, oid, old->id);
+		return;
+	}
+	v->rot_seq = ev->seq;
+	snprintf(v->rot_new, sizeof(v->rot_new), "%s", nid);
+	snprintf(v->rot_fp, sizeof(v->rot_fp), "%s", nfp);
+}
+
 void
 kb_audit_verifier_event(struct kb_audit_verifier *v,
     const struct kb_audit_event *ev, const uint8_t *stored_hash,
@@ -338,6 +497,12 @@ kb_audit_verifier_event(struct kb_audit_verifier *v,
 	if (v->failed)
 		return;
 	want = v->have_event ? v->res.last_seq + 1 : 1;
+	if (v->res.checkpoints > 0 && ev->seq <= v->last_cp_seq) {
+		fail(v, ev->seq, "event %" PRIu64 " comes after the checkpoint at "
+		    "%" PRIu64 " that covers it: a checkpoint was moved ahead of "
+		    "its events", ev->seq, v->last_cp_seq);
+		return;
+	}
 	if (ev->seq != want) {
 		if (ev->seq > want)
 			fail(v, want, "event %" PRIu64 " is missing (the next event "
@@ -366,6 +531,9 @@ kb_audit_verifier_event(struct kb_audit_verifier *v,
 	v->res.last_seq = ev->seq;
 	v->res.events++;
 	pending_event(v, ev);
+	if (field_is(ev->role, "system") &&
+	    field_is(ev->method, KB_AUDIT_ROTATE_METHOD))
+		rotation_event(v, ev);
 }
 
 void
@@ -373,6 +541,7 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
     const struct kb_audit_checkpoint *cp)
 {
 	struct kb_audit_checkpoint c = *cp;
+	EVP_PKEY *pub = v->pub;
 	const uint8_t *have;
 
 	if (v->failed)
@@ -391,7 +560,31 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 		    cp->seq);
 		return;
 	}
-	if (kb_audit_checkpoint_verify(v->pub, &c) != KB_OK) {
+	if (v->nkeys > 0) {
+		/* Named keys: the one in force, and only it. */
+		struct vkey *k = key_find(v, cp->key_id);
+
+		if (k == NULL) {
+			fail(v, cp->seq, "checkpoint at %" PRIu64 " names audit "
+			    "key %.72s, which the export does not publish",
+			    cp->seq, cp->key_id != NULL ? cp->key_id : "(none)");
+			return;
+		}
+		if (v->cur < 0) {
+			v->cur = (int)(k - v->keys);
+			k->in_force = 1;
+		}
+		if (k != &v->keys[v->cur]) {
+			fail(v, cp->seq, "checkpoint at %" PRIu64 " is signed by "
+			    "audit key %s, but the key in force is %s (a key "
+			    "takes over only after the old one signs a checkpoint "
+			    "covering its rotation)", cp->seq, k->id,
+			    v->keys[v->cur].id);
+			return;
+		}
+		pub = k->pub;
+	}
+	if (pub == NULL || kb_audit_checkpoint_verify(pub, &c) != KB_OK) {
 		fail(v, cp->seq, "checkpoint at %" PRIu64 " has a bad signature "
 		    "(altered, or signed by another key)", cp->seq);
 		return;
@@ -421,6 +614,23 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 	v->last_sig_len = v->last_sig != NULL ? cp->sig_len : 0;
 	v->last_cp_seq = cp->seq;
 	v->res.checkpoints++;
+	if (v->rot_seq != 0 && cp->seq >= v->rot_seq && v->nkeys > 0) {
+		struct vkey *k = key_find(v, v->rot_new);
+
+		if (k == NULL || strcmp(k->fp, v->rot_fp) != 0) {
+			fail(v, v->rot_seq, "the rotation at %" PRIu64 " hands over "
+			    "to audit key %s (fingerprint %s), which the export "
+			    "does not publish with that fingerprint", v->rot_seq,
+			    v->rot_new, v->rot_fp);
+			return;
+		}
+		v->cur = (int)(k - v->keys);
+		k->in_force = 1;
+		v->rot_seq = 0;
+		v->res.rotations++;
+	} else if (v->rot_seq != 0 && cp->seq >= v->rot_seq) {
+		v->rot_seq = 0;
+	}
 }
 
 void
@@ -433,6 +643,24 @@ kb_audit_verifier_finish(struct kb_audit_verifier *v,
 		    " to %" PRIu64 " are missing: the signed checkpoint at %" PRIu64
 		    " covers them", v->have_event ? v->res.last_seq + 1 : 1,
 		    v->last_cp_seq, v->last_cp_seq);
+	if (!v->failed && v->res.checkpoints == 0 && v->res.events > 0 &&
+	    !v->allow_unsigned)
+		fail(v, 0, "the log has no checkpoint: nothing in it is signed, "
+		    "so it proves nothing (its checkpoints were removed, or none "
+		    "was written yet); --allow-unsigned checks the hash chain "
+		    "alone");
+	if (!v->failed && v->pin[0] != '\0' && v->nkeys > 0) {
+		size_t i;
+
+		for (i = 0; i < v->nkeys; i++)
+			if (v->keys[i].in_force &&
+			    strcmp(v->keys[i].fp, v->pin) == 0)
+				v->res.pinned = 1;
+		if (!v->res.pinned && v->res.checkpoints > 0)
+			fail(v, 0, "the pinned audit key %s signed no checkpoint "
+			    "here and no rotation in this log hands over to it",
+			    v->pin);
+	}
 	/* Still waiting at the end of the log: maybe still running. */
 	pending_flush(v, 0);
 	*res = v->res;

@@ -38,7 +38,27 @@ struct kb_audit_checkpoint {
 	size_t prev_sig_len;
 	const uint8_t *sig;
 	size_t sig_len;
+	const char *key_id;     /* the key that signed it (not signed itself) */
 };
+
+/* Rotation of the audit signing key. The broker records an event (role
+ * "system", method KB_AUDIT_ROTATE_METHOD, key_id the new key's id) whose
+ * reason is exactly
+ *   "audit signing key NEW_ID (fingerprint NEW_FP) replaces OLD_ID
+ *    (fingerprint OLD_FP)"
+ * (one line; fingerprints are 64 lower-case hex digits). The new key signs
+ * only after a checkpoint signed by the old key covers that event, so the
+ * old key vouches for the new one and a pinned key of either vouches for
+ * the whole chain. */
+#define KB_AUDIT_ROTATE_METHOD "audit.key_rotated"
+#define KB_AUDIT_KEY_ID_MAX 72
+
+int kb_audit_rotation_format(char *out, size_t len, const char *new_id,
+    const char *new_fp, const char *old_id, const char *old_fp);
+/* 0 when `reason` is a rotation's, its parts copied out; else -1. */
+int kb_audit_rotation_parse(const char *reason,
+    char new_id[KB_AUDIT_KEY_ID_MAX], char new_fp[65],
+    char old_id[KB_AUDIT_KEY_ID_MAX], char old_fp[65]);
 
 /* out = SHA-256(prev || encoding(ev)). NULL strings encode as empty. */
 enum kb_err kb_audit_event_hash(const uint8_t prev[KB_AUDIT_HASH_LEN],
@@ -58,8 +78,24 @@ enum kb_err kb_audit_checkpoint_verify(EVP_PKEY *pub,
  * recorded outcome (see struct kb_audit_result). */
 struct kb_audit_verifier;
 
+/* `pub` verifies checkpoints that name no key (key_id NULL). */
 enum kb_err kb_audit_verifier_new(EVP_PKEY *pub, struct kb_audit_verifier **out);
 void kb_audit_verifier_free(struct kb_audit_verifier *v);
+
+/* A published key (the verifier takes a reference): checkpoints that name
+ * key_id are verified with it, and it signs only while it is the key in
+ * force (the first checkpoint's key, then each key a rotation hands over
+ * to). `fp` is its fingerprint (hex SHA-256 of the SubjectPublicKeyInfo). */
+enum kb_err kb_audit_verifier_add_key(struct kb_audit_verifier *v,
+    const char *key_id, const char *fp, EVP_PKEY *pub);
+
+/* A fingerprint that must be one of the keys in force in the verified log
+ * (checked at finish). */
+void kb_audit_verifier_pin(struct kb_audit_verifier *v, const char *fp);
+
+/* Accept a log with no checkpoint (only the hash chain is checked). By
+ * default such a log fails: nothing in it is signed. */
+void kb_audit_verifier_allow_unsigned(struct kb_audit_verifier *v);
 
 /* `stored_hash` is the hash the log claims for this event. */
 void kb_audit_verifier_event(struct kb_audit_verifier *v,
@@ -95,6 +131,8 @@ struct kb_audit_result {
 	uint64_t first_seq, last_seq;
 	uint64_t checkpoints;
 	uint64_t covered_seq;    /* last event covered by a good checkpoint */
+	uint64_t rotations;      /* key rotations that took effect */
+	int pinned;              /* a pinned key was found in force */
 	/* Information, not failures (up to the first failure, if any):
 	 * state changes started without a recorded outcome. Of them,
 	 * `unfinished_interrupted` have a broker.start after them (the broker
@@ -108,8 +146,9 @@ struct kb_audit_result {
 	struct kb_audit_unfinished unfinished_first[KB_AUDIT_UNFINISHED_SHOWN];
 };
 
-/* Finish: checks that the last checkpoint's events are all present, and
- * counts the calls still waiting for an outcome as unfinished. */
+/* Finish: checks that the last checkpoint's events are all present, that
+ * there was a checkpoint (unless allowed), that a pinned key was in force,
+ * and counts the calls still waiting for an outcome as unfinished. */
 void kb_audit_verifier_finish(struct kb_audit_verifier *v,
     struct kb_audit_result *res);
 

@@ -107,6 +107,11 @@ enum kb_err hsm_key_exists(struct hsm *h, const char *id);
  * secret key (C_DestroyObject). KB_ERR_NOT_FOUND if there is none. */
 enum kb_err hsm_key_destroy(struct hsm *h, const char *id);
 
+/* Destroy only the private half of key pair `id` (a retired signing key:
+ * it can sign no more; its public half stays to verify what it signed).
+ * KB_ERR_NOT_FOUND when there is no private half. */
+enum kb_err hsm_key_retire(struct hsm *h, const char *id);
+
 /* Bring an RSA pair made by an older keybroker to today's rules: the
  * private half's CKA_UNWRAP is set as `use` says (HSM_USE_UNWRAP or
  * HSM_USE_KEYWRAP) and its CKA_DECRYPT likewise (HSM_USE_ENCRYPT), both

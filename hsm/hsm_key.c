@@ -537,11 +537,11 @@ obj_find_any(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
 	return rv;
 }
 
-enum kb_err
-hsm_key_destroy(struct hsm *h, const char *id)
+/* Destroy every object of ours with CKA_ID `id` among `classes`. */
+static enum kb_err
+key_destroy_classes(struct hsm *h, const char *id,
+    const CK_OBJECT_CLASS *classes, size_t nclasses)
 {
-	static const CK_OBJECT_CLASS classes[] = {
-	    CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY};
 	struct pooled p;
 	CK_OBJECT_HANDLE objs[HSM_FIND_MAX];
 	CK_ULONG n, i, total = 0;
@@ -559,7 +559,7 @@ hsm_key_destroy(struct hsm *h, const char *id)
 	have_session = 1;
 	/* Alone: no operation may be using the key as it goes. */
 	pthread_rwlock_wrlock(&h->objects_rw);
-	for (c = 0; c < sizeof(classes) / sizeof(classes[0]); c++) {
+	for (c = 0; c < nclasses; c++) {
 		/* Forget the handle first: a decrypt racing with us then
 		 * finds nothing instead of a dead handle. */
 		hsm_cache_drop(h, id, classes[c]);
@@ -594,6 +594,23 @@ out:
 		hsm_pool_put(h, &p, rv);
 	pthread_mutex_unlock(&h->create_mu);
 	return r;
+}
+
+enum kb_err
+hsm_key_destroy(struct hsm *h, const char *id)
+{
+	static const CK_OBJECT_CLASS classes[] = {
+	    CKO_PRIVATE_KEY, CKO_PUBLIC_KEY, CKO_SECRET_KEY};
+
+	return key_destroy_classes(h, id, classes, 3);
+}
+
+enum kb_err
+hsm_key_retire(struct hsm *h, const char *id)
+{
+	static const CK_OBJECT_CLASS classes[] = {CKO_PRIVATE_KEY};
+
+	return key_destroy_classes(h, id, classes, 1);
 }
 
 enum kb_err

@@ -336,6 +336,30 @@ verify_fails "an export with an actor edited by hand" "$GDK" "does not match its
 sed '5s/.*/{"type":"event","seq":/' "$w/good.jsonl" >"$w/broken.jsonl"
 verify_fails_line "a malformed line is named" 5 "not JSON" kb_nocert audit verify "$w/broken.jsonl"
 
+kbt_section "3e. what verify refuses to vouch for"
+kb_nocert audit verify "$w/good.jsonl"
+check_out "unpinned, verify says the key was not pinned" "^unpinned: the audit key was not pinned"
+kb_aud audit verify "$w/good.jsonl" --key-fingerprint "$FP"
+check "pinned, it says nothing of the kind" test "$(grep -c '^unpinned:' "$KBT_OUT")" = 0
+grep -v '"type":"checkpoint"' "$w/good.jsonl" >"$w/nocp.jsonl"
+kb_nocert audit verify "$w/nocp.jsonl"
+check "every checkpoint line removed: verify fails (exit 1), nothing in it is signed" \
+	test "$KBT_RC" = 1 -a "$(grep -c '^FAILED: the log has no checkpoint' "$KBT_OUT")" = 1
+verify_ok "... and passes with --allow-unsigned (the hash chain alone)" \
+	kb_nocert audit verify "$w/nocp.jsonl" --allow-unsigned
+# The first checkpoint moved up to right after the header, ahead of the
+# events it covers (its signature and chaining are still good).
+"$KBT_PY" - "$w/good.jsonl" "$w/moved.jsonl" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+i = next(i for i, l in enumerate(lines) if json.loads(l)["type"] == "checkpoint")
+cp = lines.pop(i)
+lines.insert(1, cp)
+open(sys.argv[2], "w").write("\n".join(lines) + "\n")
+PY
+verify_fails "a checkpoint moved ahead of its events" 1 "moved ahead of its events" \
+	kb_nocert audit verify "$w/moved.jsonl"
+
 kbt_section "3d. a state change started without a recorded outcome"
 kb_aud audit verify --online --json
 check_json "after ordinary calls, verify --online notes no unfinished call" \
@@ -553,6 +577,63 @@ assert got == want, "got %s\nwant %s" % (got, want)
 assert got == list(range(got[0], got[0] + len(got))), got
 print(len(got), "events, seq", got[0], "to", got[-1])
 PY
+
+kbt_section "6. the audit signing key rotated in place"
+expect_fail PERMISSION_DENIED kb_as admin-ops audit rotate-key
+expect_ok kb_admin audit rotate-key --json
+NEWKEY=$(jv "d['key_id']")
+NEWFP=$(jv "d['fingerprint']")
+check "rotate-key names a new key with another fingerprint ($NEWKEY)" \
+	test -n "$NEWKEY" -a "$NEWFP" != "$FP"
+expect_ok kb_aud audit keys --json
+check_json "audit keys: the old one retired, the new one active" \
+	"[(k['fingerprint'], k['state']) for k in d['keys']] == [('$FP', 'retired'), ('$NEWFP', 'active')]"
+expect_ok kb_aud audit key --json
+check_json "audit key: the new one" "d['key_id'] == '$NEWKEY'"
+for i in 1 2 3; do expect_ok kb_admin tenants list; done
+sleep 2.5
+verify_ok "after the rotation verify --online passes" kb_aud audit verify --online
+check_out "... and says the key was rotated once, vouched for by the one before" "rotated 1 time"
+verify_ok "pinned to the old key" kb_aud audit verify --online --key-fingerprint "$FP"
+verify_ok "pinned to the new key" kb_aud audit verify --online --key-fingerprint "$NEWFP"
+ROT=$(sq "SELECT seq FROM events WHERE method = 'audit.key_rotated'")
+check_eq "the rotation event names both fingerprints" \
+	"$(sq "SELECT reason FROM events WHERE seq = $ROT")" \
+	"audit signing key $NEWKEY (fingerprint $NEWFP) replaces $(sq "SELECT key_id FROM checkpoints WHERE seq < $ROT ORDER BY seq DESC LIMIT 1") (fingerprint $FP)"
+check "a checkpoint signed by the old key covers it, and the new key signs only after" \
+	test "$(sq "SELECT key_id != '$NEWKEY' FROM checkpoints WHERE seq >= $ROT ORDER BY seq LIMIT 1")" = 1 -a \
+	"$(sq "SELECT COUNT(*) FROM checkpoints WHERE key_id = '$NEWKEY' AND seq < $ROT")" = 0 -a \
+	"$(sq "SELECT COUNT(*) FROM checkpoints WHERE key_id = '$NEWKEY'")" -ge 1
+export_fresh rotated
+verify_ok "an export across the rotation verifies offline, pinned to the old key" \
+	kb_nocert audit verify "$w/rotated.jsonl" --key-fingerprint "$FP"
+"$KBT_PY" - "$w/rotated.jsonl" "$w/rot-nokeys.jsonl" "$w/rot-swapped.jsonl" "$w/pki/../pki" <<'PY'
+import json, sys
+lines = open(sys.argv[1]).read().splitlines()
+h = json.loads(lines[0])
+assert len(h["audit_keys"]) == 2, h
+# Without the list of keys: the old checkpoints name a key not published.
+h2 = dict(h); del h2["audit_keys"]
+open(sys.argv[2], "w").write("\n".join([json.dumps(h2)] + lines[1:]) + "\n")
+# The new key swapped for the old one's public half under the new id: the
+# rotation event's fingerprint no longer matches.
+h3 = json.loads(lines[0])
+h3["audit_keys"][1]["public_key_pem"] = h3["audit_keys"][0]["public_key_pem"]
+h3["audit_keys"][1]["fingerprint"] = h3["audit_keys"][0]["fingerprint"]
+h3["audit_key"] = h3["audit_keys"][1]
+open(sys.argv[3], "w").write("\n".join([json.dumps(h3)] + lines[1:]) + "\n")
+PY
+kb_nocert audit verify "$w/rot-nokeys.jsonl"
+check "the retired key left out of the header: verify fails" \
+	test "$KBT_RC" = 1 -a "$(grep -c 'which the export does not publish' "$KBT_OUT")" = 1
+kb_nocert audit verify "$w/rot-swapped.jsonl"
+check "the new key replaced in the header: verify fails" test "$KBT_RC" = 1
+check "the broker logged that the old key was retired" grep -q "signing key $NEWKEY in force; .* retired" "$KBT_LOG"
+kbt_stop
+kbt_start || kbt_done
+expect_ok kb_admin tenants list
+verify_ok "after a restart the new key goes on signing: verify --online passes" \
+	kb_aud audit verify --online --key-fingerprint "$NEWFP"
 
 kbt_section "3c. the newest events DELETEd while the broker is stopped"
 export_fresh before-c

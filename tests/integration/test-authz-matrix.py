@@ -116,13 +116,15 @@ ROLES = [
     ("TailEvents", AUDITORS),
     ("ListCheckpoints", AUDITORS),
     ("GetAuditKey", AUDITORS),
+    ("ListAuditKeys", AUDITORS),
+    ("RotateAuditKey", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
 # tenant-limited admin may call them. GetJob of another tenant's job must
 # answer NOT_FOUND (to it, other tenants' jobs do not exist).
 NO_TENANT = {"Health.Check", "WhoAmI", "ListTenants", "ListCheckpoints",
-             "GetAuditKey"}
+             "GetAuditKey", "ListAuditKeys"}
 HIDDEN_FOR_LIMITED = {"GetJob"}
 
 T = "acme"             # the tenant every call points at
@@ -395,6 +397,8 @@ class Fixture:
             "TailEvents": pb.TailEventsRequest(filter=flt, from_start=True),
             "ListCheckpoints": pb.ListCheckpointsRequest(),
             "GetAuditKey": pb.GetAuditKeyRequest(),
+            "ListAuditKeys": pb.ListAuditKeysRequest(),
+            "RotateAuditKey": pb.RotateAuditKeyRequest(),
         }[method]
 
     def snapshot(self, svc_ch):

@@ -1174,7 +1174,7 @@ ax_fx_make(struct ax_fx *x, EVP_PKEY *key, uint64_t nev, const uint64_t *cps,
 	ak.fingerprint = x->fp;
 	ak.public_key_pem = pem;
 	x->line[x->n++] =
-	    ax_dump(audit_export_header_json(&ak, 1700000000000000LL, nev));
+	    ax_dump(audit_export_header_json(&ak, NULL, 1700000000000000LL, nev));
 	free(pem);
 	for (i = 1; i <= nev; i++) {
 		Keybroker__V1__Event ev = KEYBROKER__V1__EVENT__INIT;
