@@ -634,6 +634,35 @@ kbt_start || kbt_done
 expect_ok kb_admin tenants list
 verify_ok "after a restart the new key goes on signing: verify --online passes" \
 	kb_aud audit verify --online --key-fingerprint "$NEWFP"
+# The database pointed back at the retired key (its private half is gone):
+# the broker refuses to start rather than sign with nothing.
+kbt_stop
+OLDKEY=$(sqlite3 "$KBT_DIR/keybroker.db" "SELECT id FROM keys WHERE purpose = 'audit' AND state = 'retired'")
+sqlite3 "$KBT_DIR/keybroker.db" "UPDATE keys SET state = 'active', create_time_us = 9e15 WHERE id = '$OLDKEY'"
+kbt_expect_no_start "the database edited to make the retired audit key active again: refused" \
+	"$KBT_CONF" "audit key \"$OLDKEY\" recorded in the database is not in token"
+sqlite3 "$KBT_DIR/keybroker.db" "UPDATE keys SET state = 'retired', create_time_us = 1 WHERE id = '$OLDKEY'"
+kbt_start || kbt_done
+# SIGKILL at a different moment of each of 8 rotations: every start after
+# finishes or keeps the hand-over, and the whole chain still verifies
+# pinned to the very first key.
+for d in 0.02 0.08 0.15 0.25 0.35 0.5 0.7 1.0; do
+	KB_CERT=$KBT_PKI/admin.crt KB_KEY=$KBT_PKI/admin.key "$KB_BUILD/kbctl" audit rotate-key \
+		>/dev/null 2>&1 </dev/null &
+	rot=$!
+	sleep "$d"
+	kbt_kill
+	wait "$rot" 2>/dev/null
+	kbt_start >/dev/null || kbt_done
+	kb_admin tenants list >/dev/null
+done
+kbt_pass "8 rotations each cut by SIGKILL at 20 ms to 1 s: the broker started after every one"
+sleep 2.5
+verify_ok "after them the log verifies online, pinned to the first key" \
+	kb_aud audit verify --online --key-fingerprint "$FP"
+check_out "... through every rotation that took effect" "rotated [0-9]+ time"
+kb_aud audit keys --json
+check_json "exactly one audit key is active" "sum(k['state'] == 'active' for k in d['keys']) == 1"
 
 kbt_section "3c. the newest events DELETEd while the broker is stopped"
 export_fresh before-c
