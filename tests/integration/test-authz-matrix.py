@@ -188,7 +188,7 @@ def dispatch_roles(path):
     table = src[src.index("dispatch_methods[]"):]
     table = table[:table.index("};")]
     out = {}
-    for name, roles in re.findall(r"\b[US]\(\s*(\w+)\s*,\s*([^,]+),", table):
+    for name, roles in re.findall(r"\b(?:UNARY|STREAM)\(\s*(\w+)\s*,\s*([^,]+),", table):
         out[name] = resolve(roles)
     for name, roles in re.findall(r'"(\w+\.\w+)"\s*,\s*([^,]+),', table):
         out[name] = resolve(roles)
