@@ -13,6 +13,7 @@
 #include "keybroker.pb-c.h"
 #include "keys.h"
 #include "names.h"
+#include "scope.h"
 
 #define PAGE_DEFAULT 100
 #define PAGE_MAX 1000
@@ -62,7 +63,7 @@ make_filter(struct rpc_ctx *c, const Keybroker__V1__EventFilter *in,
 	/* A tenant-limited admin reads only its tenants' events. */
 	if (id->role == ROLE_ADMIN && id->nscopes > 0) {
 		if (in->tenant_id[0] != '\0')
-			return rpc_check_tenant_access(c, in->tenant_id);
+			return scope_tenant_access(id, in->tenant_id);
 		for (i = 0; i < id->nscopes; i++)
 			out->tenants[i] = id->scopes[i].tenant;
 		out->f.tenants = out->tenants;
