@@ -15,78 +15,163 @@
 #include "keybroker.pb-c.h"
 #include "log.h"
 #include "rpc.h"
+#include "scope.h"
 
 #define ANY_ROLE (ROLE_BIT(ROLE_ADMIN) | ROLE_BIT(ROLE_SERVICE) | \
 	ROLE_BIT(ROLE_AUDITOR))
 #define ADMIN ROLE_BIT(ROLE_ADMIN)
 #define SERVICE ROLE_BIT(ROLE_SERVICE)
-
-#define KB "/keybroker.v1.KeyBroker/"
-#define U(name, roles, msg, fn, audit) \
-	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, fn, \
-	  NULL, audit }
-#define S(name, roles, msg, fn) \
-	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
-	  fn, AUDIT_REFUSALS }
 #define AUDITORS (ROLE_BIT(ROLE_AUDITOR) | ROLE_BIT(ROLE_ADMIN))
-#define R AUDIT_REFUSALS
-#define A AUDIT_ALWAYS
-#define C AUDIT_CHANGE
 
-/* Every method the broker serves, who may call it, and what is audited:
- * R only refusals, A every call (recorded before the answer goes out), C a
- * state change: a "started" event before the handler runs, then the
- * outcome (same request id), so a crash between the change and its record
- * still leaves the attempt in the log. A method not listed does not exist
- * (UNIMPLEMENTED); a role not listed is refused (PERMISSION_DENIED) before
- * any handler runs. */
+/* One entry of the table: a unary method or a server-streaming one. */
+#define KB "/keybroker.v1.KeyBroker/"
+#define UNARY(name, roles, msg, fn, audit, scope) \
+	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, fn, \
+	  NULL, audit, scope }
+#define STREAM(name, roles, msg, fn, scope) \
+	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
+	  fn, AUDIT_REFUSALS, scope }
+
+/* Scope rules (scope.h): which request fields name the tenant and the
+ * environment, and whose certificate reaches them. */
+#define NO_TENANT { SCOPE_NONE }
+#define TENANT(tenant) { SCOPE_TENANT, tenant }
+#define TENANT_ENV(tenant, env) { SCOPE_TENANT, tenant, env }
+#define TENANT_ENVS(tenant, env, env2) { SCOPE_TENANT, tenant, env, env2 }
+#define EACH_TENANT_ENV(list, tenant, env) \
+	{ SCOPE_TENANT, tenant, env, NULL, list }
+#define TENANT_OR_PLATFORM(tenant) { SCOPE_TENANT_OR_PLATFORM, tenant }
+#define PLATFORM_ONLY { SCOPE_PLATFORM }
+#define SERVICE_ENV(tenant, env) { SCOPE_SERVICE_ENV, tenant, env }
+#define CHECKED_BY_HANDLER { SCOPE_HANDLER }
+
+/* Every method the broker serves, who may call it, what is audited, and
+ * which tenant and environment it acts on.
+ *
+ * Audit: AUDIT_REFUSALS only refusals, AUDIT_ALWAYS every call (recorded
+ * before the answer goes out), AUDIT_CHANGE a state change: a "started"
+ * event before the handler runs, then the outcome (same request id), so a
+ * crash between the change and its record still leaves the attempt in the
+ * log.
+ *
+ * A method not listed does not exist (UNIMPLEMENTED). Before any handler
+ * runs, a role not listed is refused (PERMISSION_DENIED), then the names
+ * the scope rule points at are checked (INVALID_ARGUMENT) and the caller's
+ * certificate must reach them (PERMISSION_DENIED): TENANT(field) an admin
+ * with kb://platform or kb://tenant/<that tenant>; TENANT_ENV also checks
+ * the environment name (TENANT_ENVS two of them); EACH_TENANT_ENV every
+ * element of a repeated field; TENANT_OR_PLATFORM(field) with the field
+ * empty needs kb://platform; PLATFORM_ONLY kb://platform; SERVICE_ENV a
+ * service with kb://env/<tenant>/<env>; NO_TENANT names no tenant.
+ * CHECKED_BY_HANDLER: the handler checks per call, for the reason given
+ * at the entry. tests/unit/test-dispatch.c fails when a request with a
+ * field naming a tenant has no rule that reads it. */
 const struct rpc_method dispatch_methods[] = {
 	{ "/grpc.health.v1.Health/Check", "Health.Check", ANY_ROLE,
 	    &grpc__health__v1__health_check_request__descriptor,
-	    rpc_health_check, NULL, R },
-	U(WhoAmI, ANY_ROLE, who_am_irequest, rpc_whoami, R),
-	U(CreateTenant, ADMIN, create_tenant_request, rpc_tenant_create, C),
-	U(ListTenants, ADMIN, list_tenants_request, rpc_tenant_list, R),
-	U(GetTenant, ADMIN, get_tenant_request, rpc_tenant_get, R),
-	U(CreateEnvironment, ADMIN, create_environment_request, rpc_env_create, C),
-	U(ListEnvironments, ADMIN, list_environments_request, rpc_env_list, R),
-	U(GetEnvironment, ADMIN, get_environment_request, rpc_env_get, R),
-	U(GetDataKey, SERVICE, get_data_key_request, rpc_datakey_get, A),
-	U(GenerateKey, ADMIN, generate_key_request, rpc_key_generate, C),
-	U(UploadKey, ADMIN, upload_key_request, rpc_key_upload, C),
-	U(ListKeys, ADMIN, list_keys_request, rpc_key_list, R),
-	U(GetKey, ADMIN, get_key_request, rpc_key_get, R),
-	U(ActivateKey, ADMIN, activate_key_request, rpc_key_activate, C),
-	U(GetJob, ADMIN, get_job_request, rpc_job_get, R),
-	U(RotatePlatformKey, ADMIN, rotate_platform_key_request,
-	    rpc_platform_rotate, C),
-	U(VerifyDataKeys, ADMIN, verify_data_keys_request, rpc_datakeys_verify,
-	    A),
-	U(RepairDataKeys, ADMIN, repair_data_keys_request, rpc_datakeys_repair,
-	    C),
-	U(GetKeyExchangeKey, ADMIN, get_key_exchange_key_request, rpc_kek_get, C),
-	U(RotateKeyExchangeKey, ADMIN, get_key_exchange_key_request,
-	    rpc_kek_rotate, C),
-	U(LockTenant, ADMIN, lock_tenant_request, rpc_tenant_lock, C),
-	U(UnlockTenant, ADMIN, unlock_tenant_request, rpc_tenant_unlock, C),
-	U(ApplyKey, ADMIN, environment_ref, rpc_env_apply_key, C),
-	U(RevertKey, ADMIN, environment_ref, rpc_env_revert_key, C),
-	U(UnlockEnvironment, ADMIN, environment_ref, rpc_env_unlock, C),
-	U(ResetEnvironment, ADMIN, environment_ref, rpc_env_reset, C),
-	U(BackupEnvironment, ADMIN, environment_ref, rpc_env_backup, C),
-	U(ListBackups, ADMIN, list_backups_request, rpc_env_backups, R),
-	U(RestoreBackup, ADMIN, restore_backup_request, rpc_env_restore, C),
-	U(CopyEnvironment, ADMIN, copy_environment_request, rpc_env_copy, C),
-	U(ListEvents, AUDITORS, list_events_request, rpc_audit_list, R),
-	S(TailEvents, AUDITORS, tail_events_request, rpc_audit_tail),
-	U(ListCheckpoints, AUDITORS, list_checkpoints_request,
-	    rpc_audit_checkpoints, R),
-	U(GetAuditKey, AUDITORS, get_audit_key_request, rpc_audit_key, R),
-	U(ListAuditKeys, AUDITORS, list_audit_keys_request, rpc_audit_keys, R),
-	U(RotateAuditKey, ADMIN, rotate_audit_key_request,
-	    rpc_audit_key_rotate, C),
-	{ NULL, NULL, 0, NULL, NULL, NULL, R }
+	    rpc_health_check, NULL, AUDIT_REFUSALS, NO_TENANT },
+	UNARY(WhoAmI, ANY_ROLE, who_am_irequest, rpc_whoami, AUDIT_REFUSALS,
+	    NO_TENANT),
+	UNARY(CreateTenant, ADMIN, create_tenant_request, rpc_tenant_create,
+	    AUDIT_CHANGE, TENANT("id")),
+	/* Lists only the tenants a tenant-limited admin's certificate names. */
+	UNARY(ListTenants, ADMIN, list_tenants_request, rpc_tenant_list,
+	    AUDIT_REFUSALS, CHECKED_BY_HANDLER),
+	UNARY(GetTenant, ADMIN, get_tenant_request, rpc_tenant_get,
+	    AUDIT_REFUSALS, TENANT("id")),
+	UNARY(CreateEnvironment, ADMIN, create_environment_request,
+	    rpc_env_create, AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+	UNARY(ListEnvironments, ADMIN, list_environments_request, rpc_env_list,
+	    AUDIT_REFUSALS, TENANT("tenant_id")),
+	UNARY(GetEnvironment, ADMIN, get_environment_request, rpc_env_get,
+	    AUDIT_REFUSALS, TENANT_ENV("tenant_id", "name")),
+	UNARY(GetDataKey, SERVICE, get_data_key_request, rpc_datakey_get,
+	    AUDIT_ALWAYS, SERVICE_ENV("tenant_id", "environment")),
+	UNARY(GenerateKey, ADMIN, generate_key_request, rpc_key_generate,
+	    AUDIT_CHANGE, TENANT("tenant_id")),
+	UNARY(UploadKey, ADMIN, upload_key_request, rpc_key_upload,
+	    AUDIT_CHANGE, TENANT("tenant_id")),
+	UNARY(ListKeys, ADMIN, list_keys_request, rpc_key_list, AUDIT_REFUSALS,
+	    TENANT("tenant_id")),
+	UNARY(GetKey, ADMIN, get_key_request, rpc_key_get, AUDIT_REFUSALS,
+	    TENANT("tenant_id")),
+	UNARY(ActivateKey, ADMIN, activate_key_request, rpc_key_activate,
+	    AUDIT_CHANGE, TENANT("tenant_id")),
+	/* Names a job, whose tenant is stored with it: another tenant's job
+	 * is NOT_FOUND to a tenant-limited admin. */
+	UNARY(GetJob, ADMIN, get_job_request, rpc_job_get, AUDIT_REFUSALS,
+	    CHECKED_BY_HANDLER),
+	UNARY(RotatePlatformKey, ADMIN, rotate_platform_key_request,
+	    rpc_platform_rotate, AUDIT_CHANGE, PLATFORM_ONLY),
+	UNARY(VerifyDataKeys, ADMIN, verify_data_keys_request,
+	    rpc_datakeys_verify, AUDIT_ALWAYS, TENANT_OR_PLATFORM("tenant_id")),
+	UNARY(RepairDataKeys, ADMIN, repair_data_keys_request,
+	    rpc_datakeys_repair, AUDIT_CHANGE,
+	    EACH_TENANT_ENV("rows", "tenant_id", "environment")),
+	UNARY(GetKeyExchangeKey, ADMIN, get_key_exchange_key_request,
+	    rpc_kek_get, AUDIT_CHANGE, TENANT("tenant_id")),
+	UNARY(RotateKeyExchangeKey, ADMIN, get_key_exchange_key_request,
+	    rpc_kek_rotate, AUDIT_CHANGE, TENANT("tenant_id")),
+	UNARY(LockTenant, ADMIN, lock_tenant_request, rpc_tenant_lock,
+	    AUDIT_CHANGE, TENANT("tenant_id")),
+	UNARY(UnlockTenant, ADMIN, unlock_tenant_request, rpc_tenant_unlock,
+	    AUDIT_CHANGE, TENANT("tenant_id")),
+	UNARY(ApplyKey, ADMIN, environment_ref, rpc_env_apply_key, AUDIT_CHANGE,
+	    TENANT_ENV("tenant_id", "name")),
+	UNARY(RevertKey, ADMIN, environment_ref, rpc_env_revert_key,
+	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+	UNARY(UnlockEnvironment, ADMIN, environment_ref, rpc_env_unlock,
+	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+	UNARY(ResetEnvironment, ADMIN, environment_ref, rpc_env_reset,
+	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+	UNARY(BackupEnvironment, ADMIN, environment_ref, rpc_env_backup,
+	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+	UNARY(ListBackups, ADMIN, list_backups_request, rpc_env_backups,
+	    AUDIT_REFUSALS, TENANT_ENV("tenant_id", "name")),
+	UNARY(RestoreBackup, ADMIN, restore_backup_request, rpc_env_restore,
+	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+	UNARY(CopyEnvironment, ADMIN, copy_environment_request, rpc_env_copy,
+	    AUDIT_CHANGE, TENANT_ENVS("tenant_id", "target", "source")),
+	/* The filter is optional: auditors read every tenant; a tenant-limited
+	 * admin naming a tenant is checked, naming none reads only its own
+	 * tenants' events (rpc_audit.c, make_filter). */
+	UNARY(ListEvents, AUDITORS, list_events_request, rpc_audit_list,
+	    AUDIT_REFUSALS, CHECKED_BY_HANDLER),
+	STREAM(TailEvents, AUDITORS, tail_events_request, rpc_audit_tail,
+	    CHECKED_BY_HANDLER),
+	UNARY(ListCheckpoints, AUDITORS, list_checkpoints_request,
+	    rpc_audit_checkpoints, AUDIT_REFUSALS, NO_TENANT),
+	UNARY(GetAuditKey, AUDITORS, get_audit_key_request, rpc_audit_key,
+	    AUDIT_REFUSALS, NO_TENANT),
+	UNARY(ListAuditKeys, AUDITORS, list_audit_keys_request, rpc_audit_keys,
+	    AUDIT_REFUSALS, NO_TENANT),
+	UNARY(RotateAuditKey, ADMIN, rotate_audit_key_request,
+	    rpc_audit_key_rotate, AUDIT_CHANGE, PLATFORM_ONLY),
+	{ NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, { SCOPE_UNSET } }
 };
+
+enum kb_err
+dispatch_table_check(const struct rpc_method *table)
+{
+	const struct rpc_method *m, *o;
+	enum kb_err e;
+
+	for (m = table; m->path != NULL; m++) {
+		if (m->name == NULL || m->req == NULL || m->roles == 0 ||
+		    (m->fn == NULL) == (m->stream == NULL))
+			return kb_errf(KB_ERR_CONFIG, "method table: %s needs a "
+			    "name, a request type, roles and exactly one handler",
+			    m->path);
+		for (o = table; o != m; o++)
+			if (strcmp(o->path, m->path) == 0)
+				return kb_errf(KB_ERR_CONFIG, "method table: %s "
+				    "is listed twice", m->path);
+		if ((e = scope_rule_check(&m->scope, m->name, m->req, m->roles))
+		    != KB_OK)
+			return e;
+	}
+	return KB_OK;
+}
 
 const struct rpc_method *
 dispatch_find(const char *path, size_t len)
@@ -123,18 +208,12 @@ set_status(struct dispatch_result *res, enum kb_err e)
 	kb_utf8_clean(res->message, sizeof(res->message));
 }
 
-/* The value of a string field named `name` in `m`, or NULL. */
+/* The value of a string field named `name` in `m`, or NULL when unset. */
 static const char *
 field_str(const ProtobufCMessage *m, const char *name)
 {
-	const ProtobufCFieldDescriptor *f;
-	const char *v;
+	const char *v = scope_field_str(m, name);
 
-	if (m == NULL || (f = protobuf_c_message_descriptor_get_field_by_name(
-	    m->descriptor, name)) == NULL || f->type != PROTOBUF_C_TYPE_STRING ||
-	    f->label == PROTOBUF_C_LABEL_REPEATED)
-		return NULL;
-	v = *(const char *const *)(const void *)((const char *)m + f->offset);
 	return v != NULL && v[0] != '\0' ? v : NULL;
 }
 
@@ -170,22 +249,21 @@ audit_result(grpc_status_code code)
 /* Record the call in the audit log. Only ids and reasons go in: no request
  * field that could hold a secret is ever copied. */
 static enum kb_err
-audit_call(struct broker *b, const char *method, const struct rpc_ctx *ctx,
+audit_call(struct broker *b, const char *method,
+    const struct scope_rule *scope, const struct rpc_ctx *ctx,
     const struct identity *id, int have_id, const ProtobufCMessage *in,
     const struct dispatch_result *res, const char *result)
 {
 	struct audit_record r;
 	char reason[1100];
-	const char *tenant, *env;
+	const char *tenant = NULL, *env = NULL;
 
-	tenant = field_str(in, "tenant_id");
-	if (tenant == NULL && in != NULL &&
-	    (in->descriptor == &keybroker__v1__create_tenant_request__descriptor ||
-	    in->descriptor == &keybroker__v1__get_tenant_request__descriptor))
-		tenant = field_str(in, "id");
-	if ((env = field_str(in, "environment")) == NULL &&
-	    (env = field_str(in, "name")) == NULL)
-		env = field_str(in, "target");
+	/* The tenant and environment the method's scope rule reads (none for
+	 * an unknown method, or names inside a list). */
+	if (scope != NULL && scope->each == NULL) {
+		tenant = field_str(in, scope->tenant);
+		env = field_str(in, scope->env);
+	}
 	memset(&r, 0, sizeof(r));
 	/* A CA-signed certificate refused for its role still names its
 	 * holder; a certificate that did not verify names nobody. */
@@ -221,6 +299,43 @@ new_request_id(char *out, size_t len)
 	    r[2], r[3], r[4], r[5], r[6], r[7]);
 }
 
+static enum kb_err
+check_role(const struct rpc_method *m, const struct identity *id)
+{
+	char roles[64];
+
+	if (m->roles & ROLE_BIT(id->role))
+		return KB_OK;
+	roles_text(m->roles, roles, sizeof(roles));
+	return kb_errf(KB_ERR_PERMISSION_DENIED, "%s \"%s\" may not call %s "
+	    "(allowed: %s)", identity_role_name(id->role), id->name, m->name,
+	    roles);
+}
+
+/* Run an authorized call's handler; a state change's "started" event is
+ * recorded first. */
+static enum kb_err
+run_handler(struct rpc_ctx *ctx, const struct rpc_method *m,
+    const ProtobufCMessage *in, const struct rpc_stream_ops *ops,
+    struct rpc_stream *st, const struct dispatch_result *res,
+    ProtobufCMessage **out)
+{
+	enum kb_err e;
+
+	if (m->stream != NULL)
+		return m->stream(ctx, in, ops, st);
+	if (m->audit == AUDIT_CHANGE && (e = audit_call(ctx->b, m->name,
+	    &m->scope, ctx, ctx->id, 1, in, res, "started")) != KB_OK) {
+		/* A full or read-only audit disk keeps its own status. */
+		return kb_errf(e == KB_ERR_STORAGE_FULL || e == KB_ERR_READ_ONLY ?
+		    e : KB_ERR_UNAVAILABLE, "the audit database cannot record "
+		    "this call (%s); nothing was changed", kb_err_msg(e));
+	}
+	if ((e = m->fn(ctx, in, out)) == KB_OK && *out == NULL)
+		e = kb_errf(KB_ERR_INTERNAL, "%s produced no response", m->name);
+	return e;
+}
+
 void
 dispatch_call(struct broker *b, const char *path, size_t path_len,
     const struct dispatch_peer *peer, grpc_byte_buffer *req,
@@ -231,7 +346,7 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 	struct identity id;
 	struct rpc_ctx ctx;
 	ProtobufCMessage *in = NULL, *out = NULL;
-	char roles[64], name[128];
+	char name[128];
 	int have_id = 0, audit_all = 0;
 	enum kb_err e;
 
@@ -254,7 +369,8 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 		e = identity_from_pem(b->verifier, peer->cert_pem, peer->pem_len,
 		    ctx.now_us, &id);
 		kb_err_clear();
-		(void)audit_call(b, name, &ctx, &id, e == KB_OK, NULL, res, NULL);
+		(void)audit_call(b, name, NULL, &ctx, &id, e == KB_OK, NULL, res,
+		    NULL);
 		return;
 	}
 	ctx.method = m->name;
@@ -268,27 +384,12 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 		set_status(res, e);
 	} else {
 		have_id = 1;
-		if (!(m->roles & ROLE_BIT(id.role))) {
-			roles_text(m->roles, roles, sizeof(roles));
-			e = kb_errf(KB_ERR_PERMISSION_DENIED, "%s \"%s\" may not "
-			    "call %s (allowed: %s)", identity_role_name(id.role),
-			    id.name, m->name, roles);
-		} else if (m->stream != NULL) {
-			e = m->stream(&ctx, in, ops, st);
-		} else if (m->audit == AUDIT_CHANGE &&
-		    (e = audit_call(b, m->name, &ctx, &id, have_id, in, res,
-		    "started")) != KB_OK) {
-			/* A full or read-only audit disk keeps its own status. */
-			e = kb_errf(e == KB_ERR_STORAGE_FULL || e == KB_ERR_READ_ONLY ?
-			    e : KB_ERR_UNAVAILABLE, "the audit database cannot "
-			    "record this call (%s); nothing was changed",
-			    kb_err_msg(e));
-		} else {
-			e = m->fn(&ctx, in, &out);
-			if (e == KB_OK && out == NULL)
-				e = kb_errf(KB_ERR_INTERNAL, "%s produced no "
-				    "response", m->name);
-		}
+		/* A refused call reaches no handler: the role, then the names
+		 * of its tenant and environment and the caller's scope. */
+		if ((e = check_role(m, &id)) == KB_OK)
+			e = scope_request_check(&m->scope, m->name, &id, in);
+		if (e == KB_OK)
+			e = run_handler(&ctx, m, in, ops, st, res, &out);
 		set_status(res, e);
 	}
 	if (res->code != GRPC_STATUS_OK)
@@ -298,7 +399,8 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 	/* The answer goes out only once its event is durable. A stream that
 	 * ran ends when its client goes or the broker stops: not a refusal. */
 	if (audit_all || (res->code != GRPC_STATUS_OK && !ctx.stream_open)) {
-		e = audit_call(b, m->name, &ctx, &id, have_id, in, res, NULL);
+		e = audit_call(b, m->name, &m->scope, &ctx, &id, have_id, in,
+		    res, NULL);
 		if (e != KB_OK && res->code == GRPC_STATUS_OK) {
 			kb_wire_free(out);
 			out = NULL;

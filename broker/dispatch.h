@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* dispatch.h: the table of methods, the roles each accepts, and the one
- * dispatcher that decodes, authenticates, authorizes, runs and audits a
- * call. It knows nothing of gRPC calls or completion queues (a stream is
+/* dispatch.h: the table of methods, the roles and tenant scope each
+ * accepts, and the one dispatcher that decodes, authenticates, authorizes,
+ * runs and audits a call. It knows nothing of gRPC calls or completion queues (a stream is
  * an opaque sink), so tests and fuzzers can drive it in-process. */
 #ifndef KB_DISPATCH_H
 #define KB_DISPATCH_H
@@ -15,6 +15,7 @@
 
 #include "broker.h"
 #include "identity.h"
+#include "scope.h"
 
 /* What a handler sees of its call. */
 struct rpc_ctx {
@@ -76,10 +77,17 @@ struct rpc_method {
 	rpc_handler fn;                           /* unary, or */
 	rpc_stream_handler stream;                /* server streaming */
 	enum rpc_audit audit;
+	struct scope_rule scope;                  /* tenant and environment */
 };
 
 /* The method table, ending with a zeroed entry. */
 extern const struct rpc_method dispatch_methods[];
+
+/* Whether every entry of `table` (ending with a zeroed entry) is sound:
+ * a path, a name, roles, a request type, exactly one handler, and a scope
+ * rule that fits its request (scope_rule_check). KB_ERR_CONFIG naming the
+ * method and what is wrong otherwise. keybrokerd refuses to start on it. */
+enum kb_err dispatch_table_check(const struct rpc_method *table);
 
 /* The entry for a method path, or NULL. */
 const struct rpc_method *dispatch_find(const char *path, size_t len);
@@ -100,7 +108,9 @@ struct dispatch_peer {
 
 /* Run one call: method lookup (UNIMPLEMENTED), decoding (INVALID_ARGUMENT,
  * RESOURCE_EXHAUSTED), authentication (UNAUTHENTICATED), role check
- * (PERMISSION_DENIED), the handler, and the audit record. A call the audit
+ * (PERMISSION_DENIED), the tenant and environment names and the caller's
+ * scope over them (INVALID_ARGUMENT, PERMISSION_DENIED: scope.h), the
+ * handler, and the audit record. A call the audit
  * log must record is answered only after its event is committed; if it
  * cannot be, the answer is UNAVAILABLE. For a streaming method, `ops` and
  * `st` carry the messages; otherwise they may be NULL. Always produces a

@@ -800,7 +800,10 @@ identity_may_tenant(const struct identity *id, const char *tenant)
 
 	if (id->role == ROLE_AUDITOR)
 		return 1;
-	if (id->role == ROLE_ADMIN && id->platform)
+	/* A service's kb://env/T/E is no scope over tenant T as a whole. */
+	if (id->role != ROLE_ADMIN)
+		return 0;
+	if (id->platform)
 		return 1;
 	for (i = 0; i < id->nscopes; i++)
 		if (strcmp(id->scopes[i].tenant, tenant) == 0)

@@ -77,7 +77,9 @@ const char *identity_role_name(enum role r);
 enum kb_err identity_scope_parse(const unsigned char *uri, size_t len,
     struct identity_scope *s, int *platform);
 
-/* Whether the identity may act on `tenant` (admins: kb://platform or listed). */
+/* Whether the identity may act on `tenant`: an admin with kb://platform or
+ * kb://tenant/<tenant>, or an auditor (reads every tenant). A service's
+ * kb://env/<tenant>/<env> is not a tenant scope. */
 int identity_may_tenant(const struct identity *id, const char *tenant);
 /* Whether a service identity may read `tenant`/`env`. */
 int identity_may_env(const struct identity *id, const char *tenant,

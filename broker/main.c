@@ -11,6 +11,7 @@
 
 #include "broker.h"
 #include "config.h"
+#include "dispatch.h"
 #include "identity.h"
 #include "kb_secmem.h"
 #include "log.h"
@@ -162,6 +163,14 @@ main(int argc, char **argv)
 	server_log_init();
 	grpc_init();
 	log_info("keybrokerd %s starting", KB_VERSION);
+	/* A method whose scope rule names a field its request lacks would
+	 * check nothing: refuse to serve with such a table. */
+	if ((e = dispatch_table_check(dispatch_methods)) != KB_OK) {
+		log_error("cannot start: %s", kb_err_msg(e));
+		config_free(cfg);
+		grpc_shutdown();
+		return 1;
+	}
 	if ((e = broker_open(cfg, &b)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
 		grpc_shutdown();

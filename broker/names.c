@@ -17,6 +17,15 @@ id_char(char c)
 	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
 }
 
+static int
+printable(const char *s)
+{
+	for (; *s != '\0'; s++)
+		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
+			return 0;
+	return 1;
+}
+
 enum kb_err
 names_check_id(const char *what, const char *s)
 {
@@ -32,10 +41,17 @@ names_check_id(const char *what, const char *s)
 	for (i = 0; i < n; i++) {
 		if (!id_char(s[i])) {
 			unsigned char c = (unsigned char)s[i];
-			if (c >= 0x20 && c < 0x7f)
+			/* Echo the name only when all of it is printable ASCII:
+			 * a later ESC or newline would reach the log and the
+			 * caller's terminal. */
+			if (c >= 0x20 && c < 0x7f && printable(s))
 				return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s \"%s\" "
 				    "contains '%c' at position %zu: " ID_RULE,
 				    what, s, c, i + 1);
+			if (c >= 0x20 && c < 0x7f)
+				return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s "
+				    "contains '%c' at position %zu: " ID_RULE,
+				    what, c, i + 1);
 			return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s contains byte "
 			    "0x%02x at position %zu: " ID_RULE, what, c, i + 1);
 		}

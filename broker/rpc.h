@@ -1,5 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* rpc.h: request handlers, one per method (see dispatch.c's table). */
+/* rpc.h: request handlers, one per method (see dispatch.c's table).
+ *
+ * A handler runs only after the table's checks passed: the caller's role,
+ * and the tenant and environment names its scope rule reads (valid, and
+ * within the caller's certificate scopes). Handlers check only what
+ * depends on more than those names (SCOPE_HANDLER entries: ListTenants,
+ * GetJob, ListEvents, TailEvents) and the other fields they read. */
 #ifndef KB_RPC_H
 #define KB_RPC_H
 
@@ -100,9 +106,6 @@ struct Keybroker__V1__Job;
 struct Keybroker__V1__Backup;
 
 char *rpc_strdup(const char *s);        /* never returns NULL: "" on OOM */
-enum kb_err rpc_check_tenant_access(struct rpc_ctx *c, const char *tenant);
-/* PERMISSION_DENIED unless the caller is a platform-wide admin (the
- * broker's own keys, scans of every tenant); `what` names the action. */
 enum kb_err rpc_check_platform_access(struct rpc_ctx *c, const char *what);
 /* Response messages from store records (NULL on allocation failure). */
 struct Keybroker__V1__Tenant *rpc_tenant_msg(const struct store_tenant *t);

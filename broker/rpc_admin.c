@@ -39,9 +39,8 @@ rpc_tenant_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_tenant t;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->id)) != KB_OK ||
-	    (e = names_check_display("display_name", in->display_name)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->id)) != KB_OK)
+	if ((e = names_check_display("display_name", in->display_name))
+	    != KB_OK)
 		return e;
 	memset(&t, 0, sizeof(t));
 	snprintf(t.id, sizeof(t.id), "%s", in->id);
@@ -64,9 +63,7 @@ rpc_tenant_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_tenant t;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->id)) != KB_OK ||
-	    (e = store_tenant_get(c->b->store, in->id, &t)) != KB_OK)
+	if ((e = store_tenant_get(c->b->store, in->id, &t)) != KB_OK)
 		return e;
 	if ((*resp = (ProtobufCMessage *)rpc_tenant_msg(&t)) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
@@ -175,10 +172,6 @@ rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct dek_row row;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = names_check_id("environment name", in->name)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK)
-		return e;
 	/* Check the tenant first so a missing tenant costs no token work. */
 	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK)
 		return e;
@@ -211,10 +204,7 @@ rpc_env_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_env env;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = names_check_id("environment name", in->name)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = store_env_get(c->b->store, in->tenant_id, in->name, &env))
+	if ((e = store_env_get(c->b->store, in->tenant_id, in->name, &env))
 	    != KB_OK)
 		return e;
 	if ((*resp = (ProtobufCMessage *)rpc_env_msg(&env)) == NULL)
@@ -235,9 +225,7 @@ rpc_env_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 	int more = 0;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = page_args(in->page_size, in->page_token, &limit, &after))
+	if ((e = page_args(in->page_size, in->page_token, &limit, &after))
 	    != KB_OK)
 		return e;
 	if ((e = store_env_list(c->b->store, in->tenant_id, after, limit, &v,

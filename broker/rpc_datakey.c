@@ -11,7 +11,6 @@
 #include "dek.h"
 #include "kb_secmem.h"
 #include "keybroker.pb-c.h"
-#include "names.h"
 
 /* The environment's state decides before the token does. */
 static enum kb_err
@@ -97,16 +96,8 @@ rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	uint8_t *plain;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = names_check_id("environment name", in->environment)) != KB_OK)
-		return e;
-	/* Authorization before existence, so a service cannot probe which
-	 * environments exist elsewhere. */
-	if (!identity_may_env(c->id, in->tenant_id, in->environment))
-		return kb_errf(KB_ERR_PERMISSION_DENIED, "service \"%s\" is not "
-		    "bound to environment %s/%s (its certificate needs the SAN "
-		    "URI kb://env/%s/%s)", c->id->name, in->tenant_id,
-		    in->environment, in->tenant_id, in->environment);
+	/* The names and the service's binding to them were checked by the
+	 * method table (SERVICE_ENV), before existence is looked at here. */
 	if ((e = store_env_dek(c->b->store, in->tenant_id, in->environment,
 	    in->version, &env, &dek)) != KB_OK)
 		return e;

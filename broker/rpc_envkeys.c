@@ -14,10 +14,10 @@
 #include "names.h"
 #include "policy.h"
 
-/* Validate names and access, take the tenant lock, load tenant and
- * environment, and check the rules every encryption change shares: the
- * tenant neither locked nor installing a key, the environment enabled. On
- * success the caller holds the tenant lock. */
+/* Take the tenant lock, load tenant and environment (names and access were
+ * checked by the method table), and check the rules every encryption
+ * change shares: the tenant neither locked nor installing a key, the
+ * environment enabled. On success the caller holds the tenant lock. */
 static enum kb_err
 begin(struct rpc_ctx *c, const char *tenant, const char *name,
     const char *what, struct store_tenant *t, struct store_env *env)
@@ -25,10 +25,6 @@ begin(struct rpc_ctx *c, const char *tenant, const char *name,
 	struct policy_tenant p;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", tenant)) != KB_OK ||
-	    (e = names_check_id("environment name", name)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, tenant)) != KB_OK)
-		return e;
 	broker_tenant_lock(c->b, tenant);
 	if ((e = store_tenant_get(c->b->store, tenant, t)) != KB_OK ||
 	    (e = store_env_get(c->b->store, tenant, name, env)) != KB_OK)
@@ -274,10 +270,7 @@ rpc_env_backups(struct rpc_ctx *c, const ProtobufCMessage *req,
 	size_t n = 0, i;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = names_check_id("environment name", in->name)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = store_backup_list(c->b->store, in->tenant_id, in->name, &v, &n))
+	if ((e = store_backup_list(c->b->store, in->tenant_id, in->name, &v, &n))
 	    != KB_OK)
 		return e;
 	if ((out = malloc(sizeof(*out))) == NULL) {
@@ -370,8 +363,6 @@ rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_dek dek;
 	enum kb_err e;
 
-	if ((e = names_check_id("source environment name", in->source)) != KB_OK)
-		return e;
 	if (strcmp(in->source, in->target) == 0)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT, "source and target are "
 		    "the same environment");

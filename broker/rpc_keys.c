@@ -94,9 +94,7 @@ rpc_key_generate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	int imported = 0;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = check_password(in->password, "generating a key")) != KB_OK)
+	if ((e = check_password(in->password, "generating a key")) != KB_OK)
 		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
 	if ((e = may_add_key(c, in->tenant_id, &t)) != KB_OK)
@@ -156,9 +154,6 @@ rpc_key_upload(struct rpc_ctx *c, const ProtobufCMessage *req,
 	int imported = 0;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK)
-		return e;
 	memset(&f, 0, sizeof(f));
 	if ((e = keys_file_check(in->file.data, in->file.len, (int)in->format,
 	    &f.format)) != KB_OK)
@@ -215,9 +210,7 @@ rpc_key_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 	size_t n = 0, i;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = store_key_list(c->b->store, in->tenant_id, "tenant", &v, &n))
+	if ((e = store_key_list(c->b->store, in->tenant_id, "tenant", &v, &n))
 	    != KB_OK)
 		return e;
 	if ((out = malloc(sizeof(*out))) == NULL) {
@@ -269,9 +262,7 @@ rpc_key_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_key k;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK ||
+	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK ||
 	    (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
 		return e;
 	return rpc_reply(resp, rpc_key_msg(&k));
@@ -295,9 +286,6 @@ rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	char job_id[STORE_KEY_ID_MAX];
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK)
-		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
 	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK ||
 	    (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
@@ -368,9 +356,6 @@ exchange_answer(struct rpc_ctx *c, const ProtobufCMessage *req,
 	char *pem = NULL;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK)
-		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
 	e = store_tenant_get(c->b->store, in->tenant_id, &t);
 	if (e == KB_OK && rotate)

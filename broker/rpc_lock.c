@@ -11,7 +11,6 @@
 #include "keybroker.pb-c.h"
 #include "keys.h"
 #include "log.h"
-#include "names.h"
 #include "policy.h"
 
 /* The uploaded key file of a lock or unlock request. */
@@ -136,9 +135,7 @@ rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
 	char fp[65];
 	enum kb_err e, e2;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = request_file(&in->file, (int)in->format, in->password, &f))
+	if ((e = request_file(&in->file, (int)in->format, in->password, &f))
 	    != KB_OK)
 		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
@@ -194,9 +191,7 @@ rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
 	int imported = 0;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK ||
-	    (e = request_file(&in->file, (int)in->format, in->password, &f))
+	if ((e = request_file(&in->file, (int)in->format, in->password, &f))
 	    != KB_OK)
 		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
@@ -266,10 +261,6 @@ rpc_env_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
 	struct store_env env;
 	enum kb_err e;
 
-	if ((e = names_check_id("tenant id", in->tenant_id)) != KB_OK ||
-	    (e = names_check_id("environment name", in->name)) != KB_OK ||
-	    (e = rpc_check_tenant_access(c, in->tenant_id)) != KB_OK)
-		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
 	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK ||
 	    (e = store_env_get(c->b->store, in->tenant_id, in->name, &env))

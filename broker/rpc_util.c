@@ -20,26 +20,6 @@ rpc_strdup(const char *s)
 	return p;
 }
 
-enum kb_err
-rpc_check_tenant_access(struct rpc_ctx *c, const char *tenant)
-{
-	if (identity_may_tenant(c->id, tenant))
-		return KB_OK;
-	return kb_errf(KB_ERR_PERMISSION_DENIED, "%s \"%s\" is limited to "
-	    "other tenants and may not act on tenant \"%s\"",
-	    identity_role_name(c->id->role), c->id->name, tenant);
-}
-
-enum kb_err
-rpc_check_platform_access(struct rpc_ctx *c, const char *what)
-{
-	if (c->id->role == ROLE_ADMIN && c->id->platform)
-		return KB_OK;
-	return kb_errf(KB_ERR_PERMISSION_DENIED, "%s \"%s\" is limited to "
-	    "some tenants; %s needs a platform-wide admin (kb://platform)",
-	    identity_role_name(c->id->role), c->id->name, what);
-}
-
 Keybroker__V1__Tenant *
 rpc_tenant_msg(const struct store_tenant *t)
 {

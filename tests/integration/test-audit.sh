@@ -142,8 +142,12 @@ check_json "calls carry a request id r-<16 hex> and the peer's address" \
 # handler runs, then its outcome; anything else once.
 check_json "request ids are unique (a state change: 'started', then its outcome)" \
 	"all(r in (['ok'], ['denied'], ['error']) or (len(r) == 2 and r[0] == 'started' and r[1] != 'started') for r in __import__('functools').reduce(lambda g, e: g.setdefault(e['request_id'], []).append(e['result']) or g, [e for e in d['events'] if e['role'] != 'system'], {}).values())"
-check_json "every CreateTenant, GenerateKey, ActivateKey, ApplyKey outcome follows its 'started' event" \
-	"(lambda ev: all(any(s['request_id'] == e['request_id'] and s['result'] == 'started' and s['seq'] < e['seq'] and s['method'] == e['method'] for s in ev) for e in ev if e['method'] in ('CreateTenant', 'GenerateKey', 'ActivateKey', 'ApplyKey') and e['result'] != 'started'))(d['events'])"
+check_json "every CreateTenant, GenerateKey, ActivateKey, ApplyKey outcome that reached its handler follows its 'started' event" \
+	"(lambda ev: all(any(s['request_id'] == e['request_id'] and s['result'] == 'started' and s['seq'] < e['seq'] and s['method'] == e['method'] for s in ev) for e in ev if e['method'] in ('CreateTenant', 'GenerateKey', 'ActivateKey', 'ApplyKey') and e['result'] != 'started' and e['tenant_id'] != 'Acme'))(d['events'])"
+# The method table checks names and scope before any handler runs, like the
+# role: such a refusal changed nothing and has no "started" event.
+check_json "CreateTenant with the bad tenant id Acme is refused before its handler: one 'error' event, no 'started'" \
+	"(lambda v: [e['result'] for e in v] == ['error'] and 'tenant id \"Acme\" contains' in v[0]['reason'])([e for e in d['events'] if e['tenant_id'] == 'Acme'])"
 check_json "GetDataKey has no 'started' event (it changes nothing)" \
 	"not any(e['method'] == 'GetDataKey' and e['result'] == 'started' for e in d['events'])"
 # The session's calls, in the order they were made (other events may come

@@ -27,6 +27,12 @@ The grpcio side of test-authz-matrix.sh, against a running keybrokerd:
     last, its destructive calls on throwaway tenants and environments.
   - Every refused call is in the audit log as "denied"; the tenant-limited
     admin's allowed reads show none of the other tenant's objects or events.
+  - Tenant scope (broker/dispatch.c's scope rules): every method whose
+    request names a tenant (found from keybroker.proto, not listed by hand)
+    refuses the tenant-limited admin for another tenant with a scope
+    refusal naming that tenant, and lets it through for its own tenant;
+    a list naming one foreign row among its own is refused whole, and a
+    scan of every tenant needs kb://platform.
 
 Prints the matrix, "ok ..."/"FAIL ..." lines and "N passed, N failed";
 exits 1 on a failure.
@@ -190,7 +196,7 @@ def dispatch_roles(path):
     table = src[src.index("dispatch_methods[]"):]
     table = table[:table.index("};")]
     out = {}
-    for name, roles in re.findall(r"\b[US]\(\s*(\w+)\s*,\s*([^,]+),", table):
+    for name, roles in re.findall(r"\b(?:UNARY|STREAM)\(\s*(\w+)\s*,\s*([^,]+),", table):
         out[name] = resolve(roles)
     for name, roles in re.findall(r'"(\w+\.\w+)"\s*,\s*([^,]+),', table):
         out[name] = resolve(roles)
@@ -472,7 +478,7 @@ def main():
     info("fixture: tenants %s, %s and throwaway mx-*; key %s, job %s, backup %s"
          % (T, OTHER, fx.key, fx.job, fx.backup))
 
-    cells = {}
+    cells, details = {}, {}
     before = fx.snapshot(chans["svc"])
     # Every column but the admin's first: they must change nothing.
     order = [i for i in IDENTITIES if i[0] != "admin"] + [i for i in IDENTITIES if i[0] == "admin"]
@@ -489,11 +495,14 @@ def main():
             detail = r if code != SC.OK else ""
             cell, ok, why = judge(method, label, want, code, detail)
             cells[(method, label)] = cell
+            details[(method, label)] = str(detail)
             report(ok, "%-17s as %-8s -> %s (%s)" % (
                 method, label, {"ok": "allowed", "hidden": "NOT_FOUND"}.get(want, want), why[:300]))
 
     scope_checks(chans, fx)
     audit_checks(chans["auditor"], cells)
+    # After audit_checks: these add refusals of their own.
+    tenant_scope_checks(chans, fx, details)
     print_matrix(cells)
     for ch in chans.values():
         ch.close()
@@ -529,6 +538,84 @@ def scope_checks(chans, fx):
     report(code == SC.OK and r is not None and r.tenant_id == OTHER,
            "TailEvents from the start as ops begins with %s's first event" % OTHER,
            "%s %s" % (code.name, r))
+
+
+def tenantish(desc, field):
+    """Whether a request field names a tenant: "tenant..." or a tenant's id."""
+    return "tenant" in field.name or (field.name == "id" and "Tenant" in desc.name)
+
+
+def tenant_fields(desc, prefix=""):
+    """Paths of the string fields of a message type (and of the messages in
+    it) that name a tenant."""
+    out = []
+    for f in desc.fields:
+        if f.message_type is not None:
+            out += tenant_fields(f.message_type, prefix + f.name + ".")
+        elif f.type == f.TYPE_STRING and tenantish(desc, f):
+            out.append(prefix + f.name)
+    return out
+
+
+def retarget(msg, tenant):
+    """Point every tenant-naming string field of msg (recursively) at tenant."""
+    for f in msg.DESCRIPTOR.fields:
+        if f.message_type is not None:
+            if f.label == f.LABEL_REPEATED:
+                for sub in getattr(msg, f.name):
+                    retarget(sub, tenant)
+            elif msg.HasField(f.name):
+                retarget(getattr(msg, f.name), tenant)
+        elif f.type == f.TYPE_STRING and f.label != f.LABEL_REPEATED and \
+                tenantish(msg.DESCRIPTOR, f):
+            setattr(msg, f.name, tenant)
+
+
+def tenant_scope_checks(chans, fx, details):
+    """The tenant-limited admin on every method whose request names a
+    tenant: refused for another tenant by the scope check, let through for
+    its own."""
+    ops = chans["ops"]
+    naming = [(m, r) for m, r in ROLES if m != "Health.Check" and
+              tenant_fields(method_desc(m).input_type)]
+    report(len(naming) >= 26, "keybroker.proto has %d methods whose request names a tenant: %s"
+           % (len(naming), ", ".join(m for m, _ in naming)))
+    for m, roles in naming:
+        fields = ", ".join(tenant_fields(method_desc(m).input_type))
+        want = expect(m, roles, "ops", "admin", "ok")
+        report(want == "PD", "%s (names a tenant in %s): the matrix expects ops, limited to %s, "
+               "refused" % (m, fields, OTHER), "expected %s; is it in NO_TENANT?" % want)
+        if "admin" not in roles:
+            continue    # refused by role (GetDataKey)
+        text = details.get((m, "ops"), "")
+        named = re.search(r'limited to other tenants and may not act on tenant "(acme|mx-[a-z]+)"',
+                          text)
+        report(named is not None, "%s as ops for another tenant: a scope refusal naming that "
+               "tenant" % m, text[:300])
+        req = type(fx.request(m))()
+        req.CopyFrom(fx.request(m))
+        retarget(req, OTHER)
+        code, r = call(ops, m, req)
+        report(code not in (SC.PERMISSION_DENIED, SC.UNAUTHENTICATED, SC.UNAVAILABLE,
+                            SC.INTERNAL, SC.UNKNOWN),
+               "%s as ops for its own tenant %s gets past the scope check (%s)"
+               % (m, OTHER, code.name), "%s" % r)
+    # One foreign row among its own refuses the whole list, naming it.
+    rows = [pb.DataKeyRef(tenant_id=OTHER, environment="prod", version=1),
+            pb.DataKeyRef(tenant_id=T, environment="prod", version=1)]
+    code, r = call(ops, "RepairDataKeys", pb.RepairDataKeysRequest(rows=rows))
+    report(code == SC.PERMISSION_DENIED and 'rows[1]' in str(r) and 'tenant "%s"' % T in str(r),
+           "RepairDataKeys as ops with rows of %s and of %s: PERMISSION_DENIED naming rows[1]"
+           % (OTHER, T), "%s %s" % (code.name, r))
+    code, r = call(ops, "VerifyDataKeys", pb.VerifyDataKeysRequest())
+    report(code == SC.PERMISSION_DENIED and "kb://platform" in str(r),
+           "VerifyDataKeys of every tenant (no tenant_id) as ops: PERMISSION_DENIED, needs "
+           "kb://platform", "%s %s" % (code.name, r))
+    # Names are checked before the scope: a refusal never echoes a bad one.
+    code, r = call(ops, "GetTenant", pb.GetTenantRequest(id="Acme\x1b[31m"))
+    report(code == SC.INVALID_ARGUMENT and "tenant id" in str(r) and "\x1b" not in str(r),
+           "GetTenant of a bad tenant id as ops: INVALID_ARGUMENT before any scope, not echoing "
+           "it", "%s %r" % (code.name, r))
 
 
 def audit_checks(aud, cells):

@@ -179,6 +179,8 @@ test_service(void)
 	KBT_ASSERT(identity_may_env(&id, "acme", "stage"));
 	KBT_ASSERT(!identity_may_env(&id, "acme", "dev"));
 	KBT_ASSERT(!identity_may_env(&id, "beta", "prod"));
+	/* Bound to acme's environments, not to tenant acme. */
+	KBT_ASSERT(!identity_may_tenant(&id, "acme"));
 	/* A service with no environment is refused outright. */
 	KBT_ASSERT_ERR(check("service", "api", NULL, -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);

@@ -35,6 +35,12 @@ test_ids_refused(void)
 	    "environment name is empty");
 	KBT_ASSERT_CONTAINS(kb_err_msg(names_check_id("tenant id", "Acme")),
 	    "contains 'A' at position 1");
+	KBT_ASSERT_CONTAINS(kb_err_msg(names_check_id("tenant id", "Acme")),
+	    "\"Acme\"");
+	/* A name with a control character further on is not echoed. */
+	KBT_ASSERT_CONTAINS(kb_err_msg(names_check_id("tenant id",
+	    "Acme\x1b[31m")), "tenant id contains 'A' at position 1");
+	KBT_ASSERT(strstr(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "\x1b") == NULL);
 }
 
 static void
