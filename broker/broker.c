@@ -348,6 +348,7 @@ broker_audit_key_rotate(struct broker *b, struct store_key *out)
 	    clock_now_us())) != KB_OK)
 		log_error("audit key %s stays 'active' in the database: %s",
 		    old.id, kb_err_msg(e));
+	clock_crash_point("audit-rotate-stored");
 	if ((e = audit_rotate_key(b->audit, k.id)) != KB_OK)
 		return e;
 	*out = k;

@@ -23,4 +23,9 @@ int64_t clock_now_us(void);
 /* Whether this build can move its clock (for start-up logging). */
 int clock_is_test(void);
 
+/* A named moment where the test build dies at once (SIGKILL to itself)
+ * when the environment variable KB_TEST_CRASH_AT names it: a crash exactly
+ * there, for tests of what the next start finds. A no-op in keybrokerd. */
+void clock_crash_point(const char *name);
+
 #endif /* KB_CLOCK_H */

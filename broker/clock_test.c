@@ -5,6 +5,7 @@
 #include "clock.h"
 
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,4 +53,13 @@ int
 clock_is_test(void)
 {
 	return 1;
+}
+
+void
+clock_crash_point(const char *name)
+{
+	const char *at = getenv("KB_TEST_CRASH_AT");
+
+	if (at != NULL && strcmp(at, name) == 0)
+		(void)kill(getpid(), SIGKILL);
 }

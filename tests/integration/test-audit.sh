@@ -661,6 +661,21 @@ for d in 0.02 0.08 0.15 0.25 0.35 0.5 0.7 1.0; do
 	kb_admin tenants list >/dev/null
 done
 kbt_pass "8 rotations each cut by SIGKILL at 20 ms to 1 s: the broker started after every one"
+# Exactly in the window where the database names the new key and the log
+# has not recorded the rotation yet (the test build dies there on cue).
+kbt_stop
+KBT_BROKER=$KB_BUILD/tests/keybrokerd-testclock KB_TEST_CRASH_AT=audit-rotate-stored kbt_start ||
+	kbt_done
+kb_admin audit rotate-key
+check "the rotation dies where the database names the new key (kbctl fails: $KBT_RC)" test "$KBT_RC" != 0
+wait "$KBT_PID" 2>/dev/null
+KBT_PID=
+CUTKEY=$(sqlite3 "$KBT_DIR/keybroker.db" "SELECT id FROM keys WHERE purpose = 'audit' AND state = 'active'")
+check_eq "... and the log has no rotation to it yet" \
+	"$(sq "SELECT COUNT(*) FROM events WHERE method = 'audit.key_rotated' AND key_id = '$CUTKEY'")" 0
+kbt_start || kbt_done
+check "the next start records the rotation to $CUTKEY and hands over" \
+	grep -q "signing key $CUTKEY in force" "$KBT_LOG"
 sleep 2.5
 verify_ok "after them the log verifies online, pinned to the first key" \
 	kb_aud audit verify --online --key-fingerprint "$FP"
