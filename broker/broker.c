@@ -18,6 +18,7 @@
 #include "jobs.h"
 #include "keys.h"
 #include "log.h"
+#include "ratelimit.h"
 
 /* Hex SHA-256 of the DER SubjectPublicKeyInfo of token key `id`. */
 static enum kb_err
@@ -487,6 +488,37 @@ broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1])
 	return KB_OK;
 }
 
+/* Refusals over a rate limit are not audited one by one: each interval
+ * with any gets one log line and one audit event. */
+#define RATE_REPORT_INTERVAL_S 10
+
+static void
+rate_report(void *arg, const char *summary)
+{
+	struct broker *b = arg;
+
+	log_warn("%s", summary);
+	(void)broker_audit_system(b, "ratelimit.refused", NULL, NULL, NULL,
+	    "denied", summary);
+}
+
+static enum kb_err
+rate_start(struct broker *b)
+{
+	struct ratelimit_limits l;
+	enum kb_err e;
+
+	l.identity_rate = b->cfg->rate_per_identity;
+	l.identity_burst = b->cfg->rate_per_identity_burst;
+	l.tenant_rate = b->cfg->rate_per_tenant;
+	l.tenant_burst = b->cfg->rate_per_tenant_burst;
+	l.max_streams = b->cfg->max_streams_per_identity;
+	if ((e = ratelimit_new(&l, &b->rate)) != KB_OK)
+		return e;
+	return ratelimit_report_every(b->rate, RATE_REPORT_INTERVAL_S,
+	    rate_report, b);
+}
+
 enum kb_err
 broker_open(struct config *cfg, struct broker **out)
 {
@@ -587,7 +619,8 @@ broker_open(struct config *cfg, struct broker **out)
 			goto fail;
 	}
 	if ((e = jobs_start(b, &b->jobs)) != KB_OK ||
-	    (e = health_start(b, &b->health)) != KB_OK)
+	    (e = health_start(b, &b->health)) != KB_OK ||
+	    (e = rate_start(b)) != KB_OK)
 		goto fail;
 	*out = b;
 	return KB_OK;
@@ -601,6 +634,8 @@ broker_close(struct broker *b)
 {
 	if (b == NULL)
 		return;
+	/* Its last summary goes into the log before broker.stop. */
+	ratelimit_free(b->rate);
 	health_stop(b->health);
 	jobs_stop(b->jobs);
 	if (b->audit != NULL && b->jobs != NULL)

@@ -44,6 +44,11 @@ static const struct option options[] = {
 	OPT(platform_key_rotation_days, V_UINT, 0, 3650),
 	OPT(max_keys_per_tenant, V_UINT, 1, 100000),
 	OPT(max_dek_versions, V_UINT, 1, 1000000),
+	OPT(rate_per_identity, V_UINT, 0, 1000000),
+	OPT(rate_per_identity_burst, V_UINT, 0, 10000000),
+	OPT(rate_per_tenant, V_UINT, 0, 1000000),
+	OPT(rate_per_tenant_burst, V_UINT, 0, 10000000),
+	OPT(max_streams_per_identity, V_UINT, 0, 100000),
 	OPT(test_clock_file, V_PATH, 0, 0),
 	OPT(audit_database, V_PATH, 0, 0),
 	OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
@@ -163,6 +168,9 @@ config_parse(const char *text, size_t len, const char *dir,
 	c->platform_key_rotation_days = 30;
 	c->max_keys_per_tenant = 100;
 	c->max_dek_versions = 1000;
+	c->rate_per_identity = 50000;
+	c->rate_per_tenant = 100000;
+	c->max_streams_per_identity = 16;
 	c->audit_checkpoint_events = 1000;
 	c->audit_checkpoint_interval_s = 60;
 	for (line = buf; line != NULL; line = next) {
@@ -213,6 +221,16 @@ config_parse(const char *text, size_t len, const char *dir,
 				goto out;
 			}
 		}
+	}
+	/* A burst without a rate would be silently ignored: say so. */
+	if ((c->rate_per_identity_burst != 0 && c->rate_per_identity == 0) ||
+	    (c->rate_per_tenant_burst != 0 && c->rate_per_tenant == 0)) {
+		e = kb_errf(KB_ERR_CONFIG, "%s_burst is set but %s is 0 "
+		    "(unlimited): set a rate too, or remove the burst",
+		    c->rate_per_identity == 0 ? "rate_per_identity" :
+		    "rate_per_tenant", c->rate_per_identity == 0 ?
+		    "rate_per_identity" : "rate_per_tenant");
+		goto out;
 	}
 	if (c->audit_database == NULL) {
 		/* keybroker.db -> keybroker-audit.db, beside it. */

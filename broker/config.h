@@ -29,6 +29,11 @@ struct config {
 	unsigned platform_key_rotation_days; /* 0 = never by schedule */
 	unsigned max_keys_per_tenant;  /* tenant keys a tenant may hold */
 	unsigned max_dek_versions;     /* DEK versions an environment may hold */
+	/* Token buckets (ratelimit.h): calls/s and burst; rate 0 = unlimited,
+	 * burst 0 = one second's worth of the rate. */
+	unsigned rate_per_identity, rate_per_identity_burst;
+	unsigned rate_per_tenant, rate_per_tenant_burst;
+	unsigned max_streams_per_identity; /* open streams; 0 = unlimited */
 	char *test_clock_file;       /* test builds only (clock.h) */
 	char *audit_database;        /* default: next to database */
 	unsigned audit_checkpoint_events;

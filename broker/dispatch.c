@@ -14,6 +14,7 @@
 #include "kb_wire.h"
 #include "keybroker.pb-c.h"
 #include "log.h"
+#include "ratelimit.h"
 #include "rpc.h"
 #include "scope.h"
 
@@ -382,6 +383,10 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 	} else if ((e = identity_from_pem(b->verifier, peer->cert_pem,
 	    peer->pem_len, ctx.now_us, &id)) != KB_OK) {
 		set_status(res, e);
+	} else if (ratelimit_refused(b->rate, &ctx, m, m->scope.tenant != NULL ?
+	    field_str(in, m->scope.tenant) : NULL, res)) {
+		kb_wire_free(in);  /* counted for a summary, not audited each */
+		return;
 	} else {
 		have_id = 1;
 		/* A refused call reaches no handler: the role, then the names
@@ -422,6 +427,7 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 		e = kb_errf(KB_ERR_NOMEM, "out of memory");
 		set_status(res, e);
 	}
+	ratelimit_done(b->rate, &ctx);
 	kb_wire_free(out);
 	kb_wire_free(in);
 }

@@ -17,6 +17,8 @@
 #include "identity.h"
 #include "scope.h"
 
+struct ratelimit_slot;
+
 /* What a handler sees of its call. */
 struct rpc_ctx {
 	struct broker *b;
@@ -34,6 +36,8 @@ struct rpc_ctx {
 	/* Set by a streaming handler once its stream is open: its end (client
 	 * gone, broker stopping) is then not a refusal to audit. */
 	int stream_open;
+	/* The stream slot ratelimit.c holds for this call, or NULL. */
+	struct ratelimit_slot *rate_slot;
 };
 
 /* A handler returns KB_OK with *resp set (heap-allocated message, every
@@ -97,6 +101,7 @@ struct dispatch_result {
 	grpc_status_code code;
 	char message[1024];
 	grpc_byte_buffer *resp;    /* unary, code OK: the answer; caller destroys */
+	unsigned retry_after_ms;   /* over a rate limit: the trailer retry-after-ms */
 };
 
 /* The caller as the transport saw it. */

@@ -65,6 +65,9 @@ struct call {
 	pthread_mutex_t smu;
 	pthread_cond_t scv;
 	int streaming, send_pending, send_ok, closed, initial_md_sent;
+	/* Over a rate limit: the trailer retry-after-ms (0: none). */
+	unsigned retry_after_ms;
+	grpc_metadata trailer;
 };
 
 struct server {
@@ -123,6 +126,7 @@ call_free(struct call *c)
 	if (c->resp != NULL)
 		kb_wire_destroy(c->resp);
 	grpc_slice_unref(c->status_details);
+	grpc_slice_unref(c->trailer.value);
 	pthread_mutex_destroy(&c->smu);
 	pthread_cond_destroy(&c->scv);
 	free(c);
@@ -155,6 +159,8 @@ request_call(struct server *s)
 	pthread_cond_init(&c->scv, NULL);
 	c->srv = s;
 	c->status_details = grpc_empty_slice();
+	c->trailer.key = grpc_slice_from_static_string("retry-after-ms");
+	c->trailer.value = grpc_empty_slice();
 	grpc_call_details_init(&c->details);
 	grpc_metadata_array_init(&c->md);
 	err = grpc_server_request_call(s->server, &c->call, &c->details, &c->md,
@@ -192,6 +198,15 @@ send_answer(struct call *c, grpc_status_code code, const char *msg)
 	op->data.send_status_from_server.status = code;
 	op->data.send_status_from_server.status_details =
 	    code == GRPC_STATUS_OK ? NULL : &c->status_details;
+	if (code != GRPC_STATUS_OK && c->retry_after_ms != 0) {
+		char v[16];
+
+		snprintf(v, sizeof(v), "%u", c->retry_after_ms);
+		grpc_slice_unref(c->trailer.value);
+		c->trailer.value = grpc_slice_from_copied_string(v);
+		op->data.send_status_from_server.trailing_metadata_count = 1;
+		op->data.send_status_from_server.trailing_metadata = &c->trailer;
+	}
 	op++;
 	c->main.phase = PHASE_SENT;
 	err = grpc_call_start_batch(c->call, ops, (size_t)(op - ops), &c->main,
@@ -302,6 +317,7 @@ stream_main(void *arg)
 	kb_wire_destroy(c->req);
 	c->req = NULL;
 	atomic_fetch_sub(&s->streams, 1);
+	c->retry_after_ms = res.retry_after_ms;
 	send_answer(c, res.code, res.message);
 	/* Last touch of the server: server_run waits for busy to reach 0
 	 * before it shuts the completion queue. */
@@ -389,6 +405,7 @@ handle_call(void *arg)
 	kb_wire_destroy(c->req);
 	c->req = NULL;
 	c->resp = res.resp;
+	c->retry_after_ms = res.retry_after_ms;
 	send_answer(c, res.code, res.message);
 done:
 	atomic_fetch_sub(&s->busy, 1);

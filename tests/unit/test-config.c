@@ -69,6 +69,39 @@ test_errors(void)
 }
 
 static void
+test_rate_limits(void)
+{
+	struct config *c = NULL;
+
+	KBT_ASSERT_OK(parse(MINIMAL, &c));
+	KBT_ASSERT_INT(c->rate_per_identity, ==, 50000);
+	KBT_ASSERT_INT(c->rate_per_identity_burst, ==, 0);
+	KBT_ASSERT_INT(c->rate_per_tenant, ==, 100000);
+	KBT_ASSERT_INT(c->max_streams_per_identity, ==, 16);
+	config_free(c);
+	KBT_ASSERT_OK(parse(MINIMAL "rate_per_identity = 20\n"
+	    "rate_per_identity_burst = 40\nrate_per_tenant = 0\n"
+	    "max_streams_per_identity = 0\n", &c));
+	KBT_ASSERT_INT(c->rate_per_identity, ==, 20);
+	KBT_ASSERT_INT(c->rate_per_identity_burst, ==, 40);
+	KBT_ASSERT_INT(c->rate_per_tenant, ==, 0);
+	KBT_ASSERT_INT(c->max_streams_per_identity, ==, 0);
+	config_free(c);
+	c = NULL;
+	KBT_ASSERT_ERR(parse(MINIMAL "rate_per_tenant = 0\n"
+	    "rate_per_tenant_burst = 5\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "rate_per_tenant_burst "
+	    "is set but rate_per_tenant is 0 (unlimited)");
+	KBT_ASSERT_ERR(parse(MINIMAL "rate_per_identity = 2000000\n", &c),
+	    KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "rate_per_identity must "
+	    "be a number from 0 to 1000000");
+	KBT_ASSERT_ERR(parse(MINIMAL "max_streams_per_identity = few\n", &c),
+	    KB_ERR_CONFIG);
+	KBT_ASSERT(c == NULL);
+}
+
+static void
 test_load_missing(void)
 {
 	struct config *c = NULL;
@@ -81,6 +114,7 @@ static const struct kbt_case cases[] = {
 	{ "/config/defaults-and-paths", test_defaults_and_paths },
 	{ "/config/values", test_values },
 	{ "/config/errors", test_errors },
+	{ "/config/rate-limits", test_rate_limits },
 	{ "/config/load-missing", test_load_missing },
 	{ NULL, NULL }
 };
