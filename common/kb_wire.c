@@ -11,17 +11,28 @@
 #include "kb_secmem.h"
 #include "kb_utf8.h"
 
+/* The packed message's memory, wiped when gRPC lets go of it. */
+static void
+wiped_free(void *p, size_t len)
+{
+	kb_freezero(p, len);
+}
+
 grpc_byte_buffer *
 kb_wire_pack(const ProtobufCMessage *msg)
 {
 	size_t n = protobuf_c_message_get_packed_size(msg);
-	grpc_slice s = grpc_slice_malloc(n);
 	grpc_byte_buffer *bb;
+	grpc_slice s;
+	uint8_t *p;
 
-	protobuf_c_message_pack(msg, GRPC_SLICE_START_PTR(s));
-	/* The byte buffer takes its own reference to the slice data; gRPC frees
-	 * it after sending. We cannot wipe gRPC's internal copies, but this
-	 * slice is the only plaintext copy we create. */
+	/* A response may carry a DEK: its packed bytes are wiped when the
+	 * last reference goes (after it was sent). gRPC's own copies (frames,
+	 * TLS records) are beyond our reach; this is the one we make. */
+	if ((p = malloc(n > 0 ? n : 1)) == NULL)
+		return NULL;
+	protobuf_c_message_pack(msg, p);
+	s = grpc_slice_new_with_len(p, n, wiped_free);
 	bb = grpc_raw_byte_buffer_create(&s, 1);
 	grpc_slice_unref(s);
 	return bb;
