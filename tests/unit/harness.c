@@ -4,12 +4,44 @@
 
 #include <fcntl.h>
 #include <ftw.h>
+#include <pthread.h>
+#include <setjmp.h>
 #include <stdarg.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 int kbt_failed_current;
+
+static jmp_buf case_jmp;
+static int case_running;
+static pthread_t case_thread;
+
+void
+kbt_fail_leave(void)
+{
+	if (case_running && pthread_equal(pthread_self(), case_thread))
+		longjmp(case_jmp, 1);
+}
+
+/* Run one case; a failed assertion on this thread longjmps back here. The
+ * state of an enclosing run (a harness test runs the harness) is kept. */
+static void
+run_one(kbt_fn fn)
+{
+	jmp_buf outer;
+	int outer_running = case_running;
+	pthread_t outer_thread = case_thread;
+
+	memcpy(outer, case_jmp, sizeof(outer));
+	case_thread = pthread_self();
+	case_running = 1;
+	if (setjmp(case_jmp) == 0)
+		fn();
+	memcpy(case_jmp, outer, sizeof(outer));
+	case_running = outer_running;
+	case_thread = outer_thread;
+}
 
 int
 kbt_run(const struct kbt_case *cases, int argc, char **argv)
@@ -21,7 +53,7 @@ kbt_run(const struct kbt_case *cases, int argc, char **argv)
 		if (argc > 1 && strstr(c->name, argv[1]) == NULL)
 			continue;
 		kbt_failed_current = 0;
-		c->fn();
+		run_one(c->fn);
 		if (kbt_failed_current) {
 			printf("FAIL %s\n", c->name);
 			failed++;

@@ -20,10 +20,16 @@ struct kbt_case {
 
 extern int kbt_failed_current;
 
+/* Mark the running case failed and leave it: on the case's own thread, from
+ * any depth of helpers (a longjmp back into kbt_run: the case stops there);
+ * on another thread, by returning from the function the assertion is in
+ * (the case still fails). */
+void kbt_fail_leave(void);
+
 #define KBT_FAIL(...) do { \
 	fprintf(stderr, "  %s:%d: ", __FILE__, __LINE__); \
 	fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); \
-	kbt_failed_current = 1; return; } while (0)
+	kbt_failed_current = 1; kbt_fail_leave(); return; } while (0)
 
 #define KBT_ASSERT(cond) do { if (!(cond)) KBT_FAIL("assertion failed: %s", #cond); } while (0)
 #define KBT_ASSERT_INT(a, op, b) do { long long a_ = (long long)(a), b_ = (long long)(b); \
