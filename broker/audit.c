@@ -48,6 +48,7 @@ struct pending {
 	enum kb_err err;
 	char msg[256];
 	int done;
+	pthread_cond_t cv;     /* its appender waits on it alone */
 	struct pending *next;
 };
 
@@ -836,7 +837,10 @@ writer_main(void *arg)
 			if (e != KB_OK)
 				snprintf(p->msg, sizeof(p->msg), "%s", kb_err_msg(e));
 			p->done = 1;
+			/* Wake its appender, not every waiting one. */
+			pthread_cond_signal(&p->cv);
 		}
+		/* Streams following the log, and a rotation's wait. */
 		pthread_cond_broadcast(&a->done_cv);
 		pthread_mutex_unlock(&a->mu);
 		if (e != KB_OK)
@@ -930,15 +934,18 @@ audit_append(struct audit *a, const struct audit_record *r, uint64_t *seq)
 		pthread_mutex_unlock(&a->mu);
 		return kb_errf(KB_ERR_UNAVAILABLE, "the audit log is closed");
 	}
+	pthread_cond_init(&p.cv, NULL);
 	if (a->tail != NULL)
 		a->tail->next = &p;
 	else
 		a->head = &p;
 	a->tail = &p;
 	pthread_cond_signal(&a->work_cv);
+	/* The writer drains the queue even when closing: p is always done. */
 	while (!p.done)
-		pthread_cond_wait(&a->done_cv, &a->mu);
+		pthread_cond_wait(&p.cv, &a->mu);
 	pthread_mutex_unlock(&a->mu);
+	pthread_cond_destroy(&p.cv);
 	if (p.err != KB_OK)
 		return kb_errf(p.err, "%s", p.msg);
 	if (seq != NULL)
