@@ -16,6 +16,7 @@
 #include "fingerprint.h"
 #include "health.h"
 #include "jobs.h"
+#include "kb_codec.h"
 #include "keys.h"
 #include "log.h"
 #include "ratelimit.h"
@@ -473,18 +474,12 @@ broker_new_id(struct broker *b, const char *prefix, char *out, size_t len)
 enum kb_err
 broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1])
 {
-	static const char hex[] = "0123456789abcdef";
 	uint8_t r[STORE_UID_LEN / 2];
-	size_t i;
 	enum kb_err e;
 
 	if ((e = hsm_random(b->hsm, r, sizeof(r))) != KB_OK)
 		return e;
-	for (i = 0; i < sizeof(r); i++) {
-		out[2 * i] = hex[r[i] >> 4];
-		out[2 * i + 1] = hex[r[i] & 15];
-	}
-	out[STORE_UID_LEN] = '\0';
+	kb_hex_encode(r, sizeof(r), out);
 	return KB_OK;
 }
 

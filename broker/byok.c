@@ -7,6 +7,7 @@
 
 #include <jansson.h>
 
+#include "kb_codec.h"
 #include "kb_secmem.h"
 
 #define BYOK_SCHEMA "1.0.0"
@@ -61,75 +62,36 @@ json_kind(const json_t *v)
 	return "an unknown JSON value";
 }
 
-/* 0..63 for base64 and base64url characters ('+' and '-' are 62, '/' and
- * '_' are 63), -1 for anything else. */
-static int
-b64_value(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+' || c == '-')
-		return 62;
-	if (c == '/' || c == '_')
-		return 63;
-	return -1;
-}
-
 /* Decode base64url or base64, padded or not. */
 static enum kb_err
 b64_decode(const char *s, size_t n, uint8_t **out, size_t *out_len)
 {
-	size_t data = n, i, o = 0, rem, pad = 0;
-	uint32_t acc = 0;
 	uint8_t *buf;
+	size_t where = 0;
 	char c[8];
-	int v;
+	int r;
 
 	*out = NULL;
 	*out_len = 0;
-	while (data > 0 && s[data - 1] == '=' && pad < 2) {
-		data--;
-		pad++;
-	}
-	for (i = 0; i < data; i++) {
-		if (b64_value((unsigned char)s[i]) < 0) {
-			char one[2] = {s[i], '\0'};
-			return kb_errf(KB_ERR_INVALID_ARGUMENT,
-			    "the .byok ciphertext is not base64url: '%s' at "
-			    "position %zu",
-			    shown(one, c, sizeof(c)), i + 1);
-		}
-	}
-	rem = data % 4;
-	if (rem == 1 || (pad > 0 && n % 4 != 0))
-		return kb_errf(KB_ERR_INVALID_ARGUMENT,
-		    "the .byok ciphertext is not base64url: %zu characters "
-		    "cannot be a whole number of bytes (truncated?)",
-		    n);
-	if ((buf = malloc(data / 4 * 3 + 3)) == NULL)
+	if ((buf = malloc(kb_base64_decoded_max(n))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	for (i = 0; i < data; i++) {
-		v = b64_value((unsigned char)s[i]);
-		acc = (acc << 6) | (uint32_t)v;
-		if (i % 4 == 3) {
-			buf[o++] = (uint8_t)(acc >> 16);
-			buf[o++] = (uint8_t)(acc >> 8);
-			buf[o++] = (uint8_t)acc;
-			acc = 0;
-		}
+	r = kb_base64_decode(s, n, buf, kb_base64_decoded_max(n), out_len,
+	    &where, 0);
+	if (r == KB_B64_BAD_CHAR) {
+		char one[2] = {s[where], '\0'};
+
+		free(buf);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the .byok ciphertext is "
+		    "not base64url: '%s' at position %zu",
+		    shown(one, c, sizeof(c)), where + 1);
 	}
-	if (rem == 2) {
-		buf[o++] = (uint8_t)(acc >> 4);
-	} else if (rem == 3) {
-		buf[o++] = (uint8_t)(acc >> 10);
-		buf[o++] = (uint8_t)(acc >> 2);
+	if (r != 0) {
+		free(buf);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the .byok ciphertext is "
+		    "not base64url: %zu characters cannot be a whole number of "
+		    "bytes (truncated?)", n);
 	}
 	*out = buf;
-	*out_len = o;
 	return KB_OK;
 }
 

@@ -7,12 +7,13 @@
 #include <openssl/evp.h>
 #include <openssl/x509.h>
 
+#include "kb_codec.h"
+
 enum kb_err
 fingerprint_spki(const uint8_t *der, size_t len, char out[65])
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned char md[EVP_MAX_MD_SIZE];
-	unsigned int md_len = 0, i;
+	unsigned int md_len = 0;
 
 	out[0] = '\0';
 	if (der == NULL || len == 0)
@@ -21,11 +22,7 @@ fingerprint_spki(const uint8_t *der, size_t len, char out[65])
 	if (EVP_Digest(der, len, md, &md_len, EVP_sha256(), NULL) != 1
 	    || md_len != 32)
 		return kb_err_openssl(KB_ERR_CRYPTO, "SHA-256 of a public key");
-	for (i = 0; i < md_len; i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 0x0f];
-	}
-	out[2 * md_len] = '\0';
+	kb_hex_encode(md, md_len, out);
 	return KB_OK;
 }
 

@@ -57,15 +57,14 @@ ax_hex(const uint8_t *p, size_t n)
 static json_t *
 ax_b64(const uint8_t *p, size_t n)
 {
-	unsigned char *buf = malloc(4 * ((n + 2) / 3) + 1);
+	size_t cap = kb_base64_len(n, KB_B64_STD) + 1;
+	char *buf = malloc(cap);
 	json_t *j;
 
 	if (buf == NULL)
 		return NULL;
-	buf[0] = '\0';
-	if (n > 0)
-		EVP_EncodeBlock(buf, p, (int)n);
-	j = json_string((const char *)buf);
+	(void)kb_base64_encode(p, n, buf, cap, KB_B64_STD);
+	j = json_string(buf);
 	free(buf);
 	return j;
 }
@@ -355,31 +354,8 @@ ax_get_int(const json_t *o, const char *key, json_int_t *out)
 static int
 ax_b64_decode(const char *in, uint8_t *out, size_t cap, size_t *len)
 {
-	size_t n = strlen(in), i, pad = 0;
-	int r;
-
-	*len = 0;
-	if (n == 0)
-		return 0;
-	if (n % 4 != 0 || n / 4 * 3 > cap)
-		return -1;
-	for (i = 0; i < n; i++) {
-		char c = in[i];
-
-		if (c == '=') {
-			if (i < n - 2)
-				return -1;
-			pad++;
-		} else if (pad > 0
-		    || !((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z')
-		        || (c >= '0' && c <= '9') || c == '+' || c == '/')) {
-			return -1;
-		}
-	}
-	if ((r = EVP_DecodeBlock(out, (const unsigned char *)in, (int)n)) < 0)
-		return -1;
-	*len = (size_t)r - pad;
-	return 0;
+	return kb_base64_decode(in, strlen(in), out, cap, len, NULL,
+	           KB_B64_STRICT) == 0 ? 0 : -1;
 }
 
 /* "time" must be time_us in RFC 3339 (any number of fraction digits). */

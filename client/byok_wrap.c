@@ -17,39 +17,8 @@
 #include <openssl/rsa.h>
 #include <openssl/x509.h>
 
+#include "kb_codec.h"
 #include "kb_secmem.h"
-
-size_t
-byok_wrap_b64url(const uint8_t *in, size_t n, char *out, size_t cap)
-{
-	static const char tab[] =
-	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-	size_t i, o = 0;
-
-	if (cap < (4 * n + 2) / 3 + 1)
-		return 0;
-	for (i = 0; i + 2 < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8
-		    | in[i + 2];
-
-		out[o++] = tab[(v >> 18) & 63];
-		out[o++] = tab[(v >> 12) & 63];
-		out[o++] = tab[(v >> 6) & 63];
-		out[o++] = tab[v & 63];
-	}
-	if (i < n) {
-		uint32_t v = (uint32_t)in[i] << 16;
-
-		if (i + 1 < n)
-			v |= (uint32_t)in[i + 1] << 8;
-		out[o++] = tab[(v >> 18) & 63];
-		out[o++] = tab[(v >> 12) & 63];
-		if (i + 1 < n)
-			out[o++] = tab[(v >> 6) & 63];
-	}
-	out[o] = '\0';
-	return o;
-}
 
 /* What kind of key it is, for refusals: "an EC key", "RSA-4096". */
 static const char *
@@ -387,7 +356,7 @@ byok_wrap_make(EVP_PKEY *kek, const char *kid, EVP_PKEY *key,
 	ct_len = rsa_len + kwp_len;
 	b64_cap = (4 * ct_len + 2) / 3 + 1;
 	if ((b64 = malloc(b64_cap)) == NULL
-	    || byok_wrap_b64url(ct, ct_len, b64, b64_cap) == 0) {
+	    || kb_base64_encode(ct, ct_len, b64, b64_cap, KB_B64_URL) == 0) {
 		r = kb_errf(KB_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -431,9 +400,8 @@ out:
 enum kb_err
 byok_wrap_fingerprint(EVP_PKEY *key, char out[65])
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned char *der = NULL, md[EVP_MAX_MD_SIZE];
-	unsigned int md_len = 0, i;
+	unsigned int md_len = 0;
 	int len;
 	enum kb_err r = KB_OK;
 
@@ -445,11 +413,7 @@ byok_wrap_fingerprint(EVP_PKEY *key, char out[65])
 		r = kb_err_openssl(KB_ERR_CRYPTO, "fingerprint of the key");
 		goto out;
 	}
-	for (i = 0; i < md_len; i++) {
-		out[2 * i] = hex[md[i] >> 4];
-		out[2 * i + 1] = hex[md[i] & 0x0f];
-	}
-	out[2 * md_len] = '\0';
+	kb_hex_encode(md, md_len, out);
 out:
 	OPENSSL_free(der);
 	return r;

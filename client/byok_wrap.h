@@ -47,9 +47,4 @@ enum kb_err byok_wrap_make(EVP_PKEY *kek, const char *kid, EVP_PKEY *key,
  * its DER SubjectPublicKeyInfo, into out[65]. */
 enum kb_err byok_wrap_fingerprint(EVP_PKEY *key, char out[65]);
 
-/* base64url without padding of in[0..n) into out (NUL-terminated).
- * Needs cap >= (4 * n + 2) / 3 + 1; returns the length, or 0 when out is
- * too small. */
-size_t byok_wrap_b64url(const uint8_t *in, size_t n, char *out, size_t cap);
-
 #endif /* KB_BYOK_WRAP_H */

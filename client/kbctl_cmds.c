@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* kbctl_cmds.c: kbctl's handlers: health, whoami, tenants and
  * environments (create, list, show), datakey. */
+#include "kb_codec.h"
 #include "kbctl.h"
 
 #include <errno.h>
@@ -351,7 +352,8 @@ kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 		return rc;
 	x = (Keybroker__V1__GetDataKeyResponse *)m;
 	if (x->dek.len == 0
-	    || kbctl_base64(x->dek.data, x->dek.len, b64, sizeof(b64)) == 0) {
+	    || kb_base64_encode(x->dek.data, x->dek.len, b64, sizeof(b64),
+	        KB_B64_STD) == 0) {
 		fprintf(stderr,
 		    "kbctl: INTERNAL: the broker returned a data "
 		    "key of %zu bytes\n",

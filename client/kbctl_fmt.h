@@ -51,11 +51,6 @@ char *kbctl_time_sec(int64_t us, char *buf, size_t len);
 const char *kbctl_enum_word(
     const ProtobufCEnumDescriptor *d, int value, char *buf, size_t len);
 
-/* Standard base64 (with padding) of in[0..n) into out, NUL-terminated.
- * Needs `cap` >= 4 * ((n + 2) / 3) + 1; returns the length, or 0 when
- * out is too small. Used for DEKs: the caller wipes `out`. */
-size_t kbctl_base64(const uint8_t *in, size_t n, char *out, size_t cap);
-
 /* A key fingerprint for tables: its first 16 characters and "\u2026"
  * ("3f9a0c...": the rest is in `keys show`); shorter ones unchanged, ""
  * gives "-". `len` >= 24. Returns buf. */

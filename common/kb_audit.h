@@ -18,6 +18,7 @@
 
 #include <openssl/evp.h>
 
+#include "kb_codec.h"
 #include "kb_err.h"
 
 #define KB_AUDIT_HASH_LEN 32
@@ -152,8 +153,5 @@ struct kb_audit_result {
 void kb_audit_verifier_finish(struct kb_audit_verifier *v,
     struct kb_audit_result *res);
 
-/* Hex helpers for exports. */
-void kb_hex_encode(const uint8_t *in, size_t len, char *out);
-int kb_hex_decode(const char *in, uint8_t *out, size_t cap, size_t *len);
 
 #endif /* KB_AUDIT_H */
