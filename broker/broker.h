@@ -21,6 +21,7 @@
 struct jobs;
 struct audit;
 struct health;
+struct timemark;
 
 struct broker {
 	struct config *cfg;
@@ -40,6 +41,7 @@ struct broker {
 	struct audit *audit;             /* the event log (audit.c) */
 	struct store_key audit_key;      /* signs audit checkpoints */
 	struct health *health;           /* the health probe (health.c) */
+	struct timemark *timemark;       /* policy time's mark (timemark.c) */
 };
 
 /* Take and release the lock that serializes state changes of `tenant`. */

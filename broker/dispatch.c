@@ -82,6 +82,9 @@ const struct rpc_method dispatch_methods[] = {
 	U(ListCheckpoints, AUDITORS, list_checkpoints_request,
 	    rpc_audit_checkpoints, R),
 	U(GetAuditKey, AUDITORS, get_audit_key_request, rpc_audit_key, R),
+	U(GetClockState, AUDITORS, get_clock_state_request, rpc_clock_get, R),
+	U(ConfirmClockJump, ADMIN, confirm_clock_jump_request,
+	    rpc_clock_confirm, C),
 	{ NULL, NULL, 0, NULL, NULL, NULL, R }
 };
 

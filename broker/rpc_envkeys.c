@@ -13,6 +13,7 @@
 #include "log.h"
 #include "names.h"
 #include "policy.h"
+#include "timemark.h"
 
 /* Validate names and access, take the tenant lock, load tenant and
  * environment, and check the rules every encryption change shares: the
@@ -221,7 +222,9 @@ rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 	if ((e = begin(c, in->tenant_id, in->name, "reset", &t, &env)) != KB_OK)
 		return e;
-	if ((e = store_platform_current(c->b->store, &pk)) != KB_OK ||
+	/* A reset destroys: policy time is stored first (timemark.h). */
+	if ((e = timemark_advance(c->b->timemark, NULL)) != KB_OK ||
+	    (e = store_platform_current(c->b->store, &pk)) != KB_OK ||
 	    (e = store_env_next_version(c->b->store, t.id, env.name, &version))
 	    != KB_OK)
 		goto out;

@@ -60,6 +60,8 @@ check_eq "the upgrade job re-sealed every row but the locked tenant's" "$(legacy
 check_eq "schema 4" "$(sqlite3 "$db" 'PRAGMA user_version')" 4
 check "the clock's mark was seeded (the fixture's newest time: $(kbt_fmt_us "$seed")) and is kept" \
 	test "$(sqlite3 "$db" 'SELECT mark_us >= '"$seed"' AND kept = 1 FROM clock')" = 1
+expect_ok kb_admin clock show --json
+check_json "an upgrade is no clock jump: the sweeper is not paused" "not d['sweeper_paused']"
 check_eq "every environment has a uid" \
 	"$(sqlite3 "$db" "SELECT count(*) FROM environments WHERE uid IS NULL OR length(uid) != 32")" 0
 check_eq "tb got a KEK under its active key" \
