@@ -195,13 +195,14 @@ stopping(struct jobs *j)
 	return s;
 }
 
-/* Sleep up to ms milliseconds, waking early on stop. */
+/* Sleep up to ms milliseconds, waking early on stop (j->cv waits on
+ * CLOCK_MONOTONIC: a wall clock set back does not stretch the sleep). */
 static void
 nap(struct jobs *j, unsigned ms)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
 	ts.tv_sec += ms / 1000;
 	ts.tv_nsec += (long)(ms % 1000) * 1000000;
 	if (ts.tv_nsec >= 1000000000) {
@@ -569,6 +570,7 @@ sweep_main(void *p)
 enum kb_err
 jobs_start(struct broker *b, struct jobs **out)
 {
+	pthread_condattr_t ca;
 	struct jobs *j;
 
 	*out = NULL;
@@ -576,7 +578,10 @@ jobs_start(struct broker *b, struct jobs **out)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	j->b = b;
 	pthread_mutex_init(&j->mu, NULL);
-	pthread_cond_init(&j->cv, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&j->cv, &ca);
+	pthread_condattr_destroy(&ca);
 	if (pthread_create(&j->job_thread, NULL, job_main, j) != 0) {
 		jobs_stop(j);
 		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the job "
