@@ -346,8 +346,9 @@ enum kb_err store_tenant_unlock(struct store *s, const char *tenant,
 /* Locked environments whose lock time is at or before `cutoff`. */
 enum kb_err store_envs_locked_before(struct store *s, int64_t cutoff,
     struct store_env **out, size_t *n, size_t max);
-/* Delete an environment's data for good: DEK versions and backups destroyed,
- * state deleted (only if still locked). */
+/* Delete an environment's data for good: every DEK version destroyed (its
+ * backups' with them; their records stay, unlisted), state deleted (only
+ * if still locked). */
 enum kb_err store_env_purge(struct store *s, const char *tenant,
     const char *name, int64_t now);
 /* Keys in state locked or deleted (their token objects must be gone). */

@@ -17,8 +17,10 @@
 # first lock, while the broker runs (between two marks): nothing is deleted
 # in three sweeps, the pause is logged once, and after 'kbctl clock
 # confirm' the first tenant's locked environments are deleted and the
-# second's (locked later) are not; the audit log has both events. Last, a
-# jump while the broker is stopped pauses the sweeper too.
+# second's (locked later) are not; the audit log has both events. A backup
+# of a locked or a deleted environment is not restored (nor copied from
+# it), FAILED_PRECONDITION naming the live-source rule. Last, a jump while
+# the broker is stopped pauses the sweeper too.
 # Run: bash tests/integration/test-clock.sh (KB_BUILD=build dir, KBT_KEEP=1).
 # shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -213,6 +215,25 @@ kbt_section "beta/c2 unlocked in time (beta/c1 left locked)"
 expect_ok kb_admin envs unlock beta c2
 DEK[beta/c2]=$(dek beta c2)
 check "beta/c2 serves its DEK again" test -n "${DEK[beta/c2]}"
+
+kbt_section "RestoreBackup (and CopyEnvironment) from a locked or a deleted environment: refused, naming the rule"
+expect_fail FAILED_PRECONDITION -m "restore refused by the live-source rule: backup ${BK[beta]} is of beta/c1, which is locked" \
+	kb_admin envs restore beta c2 "${BK[beta]}" --yes
+expect_fail FAILED_PRECONDITION -m "copy refused by the live-source rule: the source beta/c1, which is locked" \
+	kb_admin envs copy beta c1 c2 --yes
+expect_fail FAILED_PRECONDITION -m "restore refused by the enabled-environment rule: environment beta/c1 is locked" \
+	kb_admin envs restore beta c1 "${BK[beta]}" --yes
+expect_fail FAILED_PRECONDITION -m "restore refused by the live-source rule: backup ${BK[acme]} is of acme/c1, which is deleted; its data keys were destroyed" \
+	kb_admin envs restore acme p "${BK[acme]}" --yes
+expect_fail FAILED_PRECONDITION -m "copy refused by the live-source rule: the source acme/c1, which is deleted" \
+	kb_admin envs copy acme c1 p --yes
+check_eq "beta/c2 still serves the same DEK" "$(dek beta c2)" "${DEK[beta/c2]}"
+expect_ok kb_admin envs backups acme c1 --json
+check_json "a deleted environment lists no backups" 'd["backups"] == []'
+expect_ok kb_admin envs backup beta c2 --json
+b2=$(json 'd["id"]' 2>/dev/null)
+expect_ok kb_admin envs restore beta c2 "$b2" --yes
+check_eq "a backup of an enabled environment restores (the control)" "$(dek beta c2)" "${DEK[beta/c2]}"
 
 kbt_section "a jump while the broker is stopped pauses the sweeper too"
 kbt_stop
