@@ -23,6 +23,7 @@ struct timemark {
 	struct store_clock row; /* what is (or, after a failed write, should
 	                           be) stored */
 	int dirty; /* the last write failed */
+	int64_t checked_mono_us; /* the last check (kb_time_mono_us) */
 	int behind; /* the wall clock is behind (and was said) */
 	int pause_said; /* the sweeper's pause was logged */
 	int stopping;
@@ -119,6 +120,7 @@ check(struct timemark *tm, int64_t *now_out)
 	enum policy_clock pc;
 	enum kb_err e;
 
+	tm->checked_mono_us = kb_time_mono_us();
 	pc = policy_clock_check(
 	    wall, now, tm->row.kept ? tm->row.mark_us : 0, limit);
 	switch (pc) {
@@ -162,6 +164,20 @@ check(struct timemark *tm, int64_t *now_out)
 	if (now_out != NULL)
 		*now_out = now;
 	return KB_OK;
+}
+
+/* Whether a check now would say something new: a jump, a clock set back,
+ * or one caught up. Called with tm->mu held. */
+static int
+news(struct timemark *tm)
+{
+	int64_t limit = (int64_t)tm->b->cfg->clock_jump_limit_s * 1000000;
+	enum policy_clock pc;
+
+	pc = policy_clock_check(clock_wall_us(), clock_now_us(),
+	    tm->row.kept ? tm->row.mark_us : 0, limit);
+	return pc == POLICY_CLOCK_JUMP
+	    || (pc == POLICY_CLOCK_BACKWARD) != (tm->behind != 0);
 }
 
 enum kb_err
@@ -214,7 +230,12 @@ timemark_state(struct timemark *tm, struct timemark_state *out)
 	enum kb_err e;
 
 	pthread_mutex_lock(&tm->mu);
-	e = check(tm, NULL);
+	/* A read stores the mark at most once a second, however often anyone
+	 * asks, unless the clock did something new (said at once; a jump
+	 * moves the mark, so it is said once). */
+	e = KB_OK;
+	if (kb_time_mono_us() - tm->checked_mono_us >= 1000000 || news(tm))
+		e = check(tm, NULL);
 	fill(tm, out);
 	pthread_mutex_unlock(&tm->mu);
 	return e;

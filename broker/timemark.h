@@ -52,7 +52,8 @@ enum kb_err timemark_advance(struct timemark *tm, int64_t *now);
  * timemark_advance does; *now (may be NULL) as there. */
 enum kb_err timemark_may_sweep(struct timemark *tm, int64_t *now);
 
-/* Check, then fill *out. */
+/* Check (unless a check ran in the last second: a read stores the mark at
+ * most once a second), then fill *out. */
 enum kb_err timemark_state(struct timemark *tm, struct timemark_state *out);
 
 /* Check, then confirm the jump waiting (as `who`, a certificate CN): the
