@@ -20,6 +20,7 @@
 #include "keys.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "timemark.h"
 
 /* Hex SHA-256 of the DER SubjectPublicKeyInfo of token key `id`. */
 static enum kb_err
@@ -575,6 +576,10 @@ broker_open(struct config *cfg, struct broker **out)
 	if ((e = store_token_bind(b->store, b->token.label, b->token.serial))
 	    != KB_OK)
 		goto fail;
+	/* Policy time starts from the stored mark before anything is
+	 * recorded. */
+	if ((e = timemark_open(b, &b->timemark)) != KB_OK)
+		goto fail;
 	if ((e = wrap_alg_init(b)) != KB_OK ||
 	    (e = upgrade_token_objects(b)) != KB_OK ||
 	    (e = ensure_platform_key(b)) != KB_OK)
@@ -613,7 +618,8 @@ broker_open(struct config *cfg, struct broker **out)
 		    "ok", why)) != KB_OK)
 			goto fail;
 	}
-	if ((e = jobs_start(b, &b->jobs)) != KB_OK ||
+	if ((e = timemark_start(b->timemark)) != KB_OK ||
+	    (e = jobs_start(b, &b->jobs)) != KB_OK ||
 	    (e = health_start(b, &b->health)) != KB_OK ||
 	    (e = rate_start(b)) != KB_OK)
 		goto fail;
@@ -633,6 +639,7 @@ broker_close(struct broker *b)
 	ratelimit_free(b->rate);
 	health_stop(b->health);
 	jobs_stop(b->jobs);
+	timemark_close(b->timemark);
 	if (b->audit != NULL && b->jobs != NULL)
 		(void)broker_audit_system(b, "broker.stop", NULL, NULL, NULL, "ok",
 		    "");

@@ -22,6 +22,7 @@ struct jobs;
 struct audit;
 struct health;
 struct ratelimit;
+struct timemark;
 
 struct broker {
 	struct config *cfg;
@@ -42,6 +43,7 @@ struct broker {
 	struct store_key audit_key;      /* signs audit checkpoints */
 	struct health *health;           /* the health probe (health.c) */
 	struct ratelimit *rate;          /* fair shares (ratelimit.c) */
+	struct timemark *timemark;       /* policy time's mark (timemark.c) */
 };
 
 /* Take and release the lock that serializes state changes of `tenant`. */

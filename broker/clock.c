@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* clock.c: the production clock: real time, nothing else. */
+/* clock.c: the production wall clock: real time, nothing else. */
 #include "clock.h"
 
 #include "kb_time.h"
@@ -16,7 +16,7 @@ clock_init(const char *test_clock_file)
 }
 
 int64_t
-clock_now_us(void)
+clock_wall_us(void)
 {
 	return kb_time_now_us();
 }

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* clock_test.c: the test build's clock: real time plus an offset in seconds
- * read from a file at every call (absent or empty file: no offset). Linked
- * only into keybrokerd-testclock and test binaries. */
+/* clock_test.c: the test build's wall clock: real time plus an offset in
+ * seconds (negative moves it back) read from a file at every call (absent
+ * or empty file: no offset). Linked only into keybrokerd-testclock and test
+ * binaries. */
 #include "clock.h"
 
 #include <fcntl.h>
@@ -44,7 +45,7 @@ offset_us(void)
 }
 
 int64_t
-clock_now_us(void)
+clock_wall_us(void)
 {
 	return kb_time_now_us() + offset_us();
 }

@@ -148,6 +148,10 @@ const struct rpc_method dispatch_methods[] = {
 	    AUDIT_REFUSALS, NO_TENANT),
 	UNARY(RotateAuditKey, ADMIN, rotate_audit_key_request,
 	    rpc_audit_key_rotate, AUDIT_CHANGE, PLATFORM_ONLY),
+	UNARY(GetClockState, AUDITORS, get_clock_state_request, rpc_clock_get,
+	    AUDIT_REFUSALS, NO_TENANT),
+	UNARY(ConfirmClockJump, ADMIN, confirm_clock_jump_request,
+	    rpc_clock_confirm, AUDIT_CHANGE, PLATFORM_ONLY),
 	{ NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, { SCOPE_UNSET } }
 };
 

@@ -16,6 +16,7 @@
 #include "kb_time.h"
 #include "log.h"
 #include "policy.h"
+#include "timemark.h"
 
 #define REWRAP_BATCH 256
 #define SWEEP_BATCH 100
@@ -194,13 +195,14 @@ stopping(struct jobs *j)
 	return s;
 }
 
-/* Sleep up to ms milliseconds, waking early on stop. */
+/* Sleep up to ms milliseconds, waking early on stop (j->cv waits on
+ * CLOCK_MONOTONIC: a wall clock set back does not stretch the sleep). */
 static void
 nap(struct jobs *j, unsigned ms)
 {
 	struct timespec ts;
 
-	clock_gettime(CLOCK_REALTIME, &ts);
+	clock_gettime(CLOCK_MONOTONIC, &ts);
 	ts.tv_sec += ms / 1000;
 	ts.tv_nsec += (long)(ms % 1000) * 1000000;
 	if (ts.tv_nsec >= 1000000000) {
@@ -504,9 +506,20 @@ jobs_sweep(struct broker *b)
 	struct store_env *v = NULL;
 	size_t n = 0, i;
 	unsigned deleted = 0;
-	int64_t now = clock_now_us();
+	int64_t now = 0;
 	enum kb_err e;
 
+	/* Deleting destroys: the mark is stored first, and a forward clock
+	 * jump nobody has confirmed deletes nothing (logged there once). */
+	e = timemark_may_sweep(b->timemark, &now);
+	if (e == KB_ERR_FAILED_PRECONDITION) {
+		kb_err_clear();
+		return 0;
+	}
+	if (e != KB_OK) {
+		log_error("sweep: %s; nothing deleted", kb_err_msg(e));
+		return 0;
+	}
 	if ((e = store_envs_locked_before(b->store,
 	    now - POLICY_LOCKED_RETENTION_US, &v, &n, SWEEP_BATCH)) != KB_OK) {
 		log_error("sweep: %s", kb_err_msg(e));
@@ -557,6 +570,7 @@ sweep_main(void *p)
 enum kb_err
 jobs_start(struct broker *b, struct jobs **out)
 {
+	pthread_condattr_t ca;
 	struct jobs *j;
 
 	*out = NULL;
@@ -564,7 +578,10 @@ jobs_start(struct broker *b, struct jobs **out)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	j->b = b;
 	pthread_mutex_init(&j->mu, NULL);
-	pthread_cond_init(&j->cv, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&j->cv, &ca);
+	pthread_condattr_destroy(&ca);
 	if (pthread_create(&j->job_thread, NULL, job_main, j) != 0) {
 		jobs_stop(j);
 		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the job "

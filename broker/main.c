@@ -97,6 +97,7 @@ print_config(const struct config *c)
 	    c->sweep_interval_s, c->rewrap_threads, c->audit_database,
 	    c->audit_checkpoint_events, c->audit_checkpoint_interval_s,
 	    c->health_timeout_ms);
+	printf("clock_jump_limit_s = %u\n", c->clock_jump_limit_s);
 }
 
 int

@@ -130,3 +130,29 @@ policy_env_expired(int64_t env_lock_time_us, int64_t now)
 	return env_lock_time_us != 0 &&
 	    now >= env_lock_time_us + POLICY_LOCKED_RETENTION_US;
 }
+
+enum policy_clock
+policy_clock_check(int64_t wall, int64_t now, int64_t mark, int64_t limit_us)
+{
+	if (now - wall > POLICY_CLOCK_SLACK_US)
+		return POLICY_CLOCK_BACKWARD;
+	if (mark != 0 && wall - mark > limit_us)
+		return POLICY_CLOCK_JUMP;
+	return POLICY_CLOCK_OK;
+}
+
+enum kb_err
+policy_may_sweep(int64_t jump_from, int64_t jump_to)
+{
+	char from[40], to[40];
+
+	if (jump_from == 0)
+		return KB_OK;
+	return kb_errf(KB_ERR_FAILED_PRECONDITION, "deleting locked "
+	    "environments refused by the clock-jump rule: the clock jumped "
+	    "forward %lld s, from %s to %s, more than clock_jump_limit_s "
+	    "allows; a platform-wide admin who has checked the clock confirms "
+	    "it with kbctl clock confirm", (long long)((jump_to - jump_from) /
+	    1000000), kb_time_format(jump_from, from, sizeof(from)),
+	    kb_time_format(jump_to, to, sizeof(to)));
+}

@@ -52,4 +52,27 @@ enum kb_err policy_may_change_env(const struct policy_tenant *t,
 /* Whether a locked environment's retention has run out (28 days). */
 int policy_env_expired(int64_t env_lock_time_us, int64_t now);
 
+/* Policy time never goes backward (clock.h): a wall clock more than this
+ * behind it counts as set back (NTP's small steps do not). */
+#define POLICY_CLOCK_SLACK_US (2 * 1000000LL)
+
+enum policy_clock {
+	POLICY_CLOCK_OK,        /* the wall clock runs on from the mark */
+	POLICY_CLOCK_BACKWARD,  /* the wall clock is behind policy time */
+	POLICY_CLOCK_JUMP,      /* it is further ahead of the mark than allowed */
+};
+
+/* How the wall clock `wall` stands against policy time `now` (never less
+ * than wall) and the last durable mark `mark` (0: none kept yet, so no
+ * jump can be judged): BACKWARD when wall is more than the slack behind
+ * now; JUMP when wall is more than `limit_us` (clock_jump_limit_s) ahead
+ * of the mark; else OK. */
+enum policy_clock policy_clock_check(int64_t wall, int64_t now, int64_t mark,
+    int64_t limit_us);
+
+/* The sweeper's deletions (the 28-day rule): refused while a forward clock
+ * jump from `jump_from` to `jump_to` (jump_from 0: none) waits for a
+ * platform admin's confirmation (kbctl clock confirm). */
+enum kb_err policy_may_sweep(int64_t jump_from, int64_t jump_to);
+
 #endif /* KB_POLICY_H */

@@ -97,6 +97,12 @@ enum kb_err rpc_audit_keys(struct rpc_ctx *c, const ProtobufCMessage *req,
 enum kb_err rpc_audit_key_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 
+/* rpc_clock.c */
+enum kb_err rpc_clock_get(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_clock_confirm(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+
 /* Helpers for handlers (rpc_util.c). */
 struct policy_tenant;
 struct Keybroker__V1__Tenant;

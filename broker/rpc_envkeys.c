@@ -13,6 +13,7 @@
 #include "log.h"
 #include "names.h"
 #include "policy.h"
+#include "timemark.h"
 
 /* Take the tenant lock, load tenant and environment (names and access were
  * checked by the method table), and check the rules every encryption
@@ -33,9 +34,9 @@ begin(struct rpc_ctx *c, const char *tenant, const char *name,
 	if ((e = policy_may_change_env(&p, what)) != KB_OK)
 		goto fail;
 	if (env->state != STORE_ENV_ENABLED) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused: environment "
-		    "%s/%s is %s", what, tenant, name,
-		    store_env_state_name(env->state));
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused by the "
+		    "enabled-environment rule: environment %s/%s is %s", what,
+		    tenant, name, store_env_state_name(env->state));
 		goto fail;
 	}
 	return KB_OK;
@@ -217,7 +218,9 @@ rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 	if ((e = begin(c, in->tenant_id, in->name, "reset", &t, &env)) != KB_OK)
 		return e;
-	if ((e = store_platform_current(c->b->store, &pk)) != KB_OK ||
+	/* A reset destroys: policy time is stored first (timemark.h). */
+	if ((e = timemark_advance(c->b->timemark, NULL)) != KB_OK ||
+	    (e = store_platform_current(c->b->store, &pk)) != KB_OK ||
 	    (e = store_env_next_version(c->b->store, t.id, env.name, &version))
 	    != KB_OK)
 		goto out;
@@ -303,6 +306,37 @@ add_version(struct rpc_ctx *c, const char *tenant, const char *name,
 	return store_env_add_version(c->b->store, tenant, name, dek, c->now_us);
 }
 
+/* The live-source rule restore and copy share: the data key comes only
+ * from an enabled environment. A locked one's data keys wait for its
+ * unlock (restoring or copying them elsewhere would get around the lock);
+ * a deleted one's were destroyed with it. `backup` names the backup
+ * restored, NULL for a copy. Fills *src. The caller holds the tenant
+ * lock, under which every state change of the tenant's environments
+ * happens (the sweeper's too): the state cannot change before the DEK is
+ * read. */
+static enum kb_err
+live_source(struct rpc_ctx *c, const char *what, const char *tenant,
+    const char *name, const char *backup, struct store_env *src)
+{
+	char of[STORE_KEY_ID_MAX + 16];
+	enum kb_err e;
+
+	if ((e = store_env_get(c->b->store, tenant, name, src)) != KB_OK)
+		return e;
+	if (src->state == STORE_ENV_ENABLED)
+		return KB_OK;
+	if (backup != NULL)
+		snprintf(of, sizeof(of), "backup %s is of ", backup);
+	else
+		snprintf(of, sizeof(of), "the source ");
+	return kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused by the "
+	    "live-source rule: %s%s/%s, which is %s; %s", what, of, tenant,
+	    src->name, store_env_state_name(src->state),
+	    src->state == STORE_ENV_LOCKED ? "its data keys are used again "
+	    "only once it is unlocked (kbctl envs unlock)" : "its data keys "
+	    "were destroyed with it");
+}
+
 enum kb_err
 rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp)
@@ -318,7 +352,9 @@ rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
 		return e;
 	if ((e = begin(c, in->tenant_id, in->name, "restore", &t, &env)) != KB_OK)
 		return e;
-	if ((e = store_backup_get(c->b->store, t.id, in->backup_id, &bk)) != KB_OK)
+	if ((e = store_backup_get(c->b->store, t.id, in->backup_id, &bk))
+	    != KB_OK ||
+	    (e = live_source(c, "restore", t.id, bk.env, bk.id, &src)) != KB_OK)
 		goto out;
 	/* The rule: the backup's encryption state (mode and key) must be the
 	 * environment's current one. */
@@ -336,12 +372,6 @@ rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = store_env_dek(c->b->store, t.id, bk.env, bk.dek_version, &src,
 	    &dek)) != KB_OK)
 		goto out;
-	if (src.state != STORE_ENV_ENABLED) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "restore refused: backup "
-		    "%s is of %s/%s, which is %s", bk.id, t.id, src.name,
-		    store_env_state_name(src.state));
-		goto out;
-	}
 	if ((e = reseal_into(c, &src, &dek, &env)) != KB_OK ||
 	    (e = add_version(c, t.id, env.name, &dek)) != KB_OK)
 		goto out;
@@ -368,7 +398,9 @@ rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    "the same environment");
 	if ((e = begin(c, in->tenant_id, in->target, "copy", &t, &dst)) != KB_OK)
 		return e;
-	if ((e = store_env_dek(c->b->store, t.id, in->source, 0, &src, &dek))
+	if ((e = live_source(c, "copy", t.id, in->source, NULL, &src))
+	    != KB_OK ||
+	    (e = store_env_dek(c->b->store, t.id, in->source, 0, &src, &dek))
 	    != KB_OK)
 		goto out;
 	/* The rule: only onto an environment encrypted with the same customer
@@ -381,11 +413,6 @@ rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    "same customer key", t.id, src.name,
 		    store_env_mode_name(src.mode), src.key_id, t.id, dst.name,
 		    store_env_mode_name(dst.mode), dst.key_id);
-		goto out;
-	}
-	if (src.state != STORE_ENV_ENABLED) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "copy refused: source "
-		    "%s/%s is %s", t.id, src.name, store_env_state_name(src.state));
 		goto out;
 	}
 	if ((e = reseal_into(c, &src, &dek, &dst)) != KB_OK ||

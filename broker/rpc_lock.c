@@ -12,6 +12,7 @@
 #include "keys.h"
 #include "log.h"
 #include "policy.h"
+#include "timemark.h"
 
 /* The uploaded key file of a lock or unlock request. */
 static enum kb_err
@@ -156,9 +157,12 @@ rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
 		goto out;
 	}
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", active.id);
-	/* Record first, then destroy: a crash in between leaves keys the
-	 * database calls gone, which start-up destroys (broker.c). */
-	if ((e = store_tenant_lock(c->b->store, in->tenant_id, active.id,
+	/* Policy time is stored before anything is destroyed, so a clock set
+	 * back and a restart cannot take time back behind this lock. Record
+	 * first, then destroy: a crash in between leaves keys the database
+	 * calls gone, which start-up destroys (broker.c). */
+	if ((e = timemark_advance(c->b->timemark, NULL)) != KB_OK ||
+	    (e = store_tenant_lock(c->b->store, in->tenant_id, active.id,
 	    c->now_us, &destroy, &ndestroy)) != KB_OK)
 		goto out;
 	for (i = 0; i < ndestroy; i++) {
@@ -198,7 +202,9 @@ rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK)
 		goto out;
 	rpc_policy_tenant(&t, &p);
+	/* An unlock stores policy time first (timemark.h). */
 	if ((e = policy_may_unlock(&p, c->now_us)) != KB_OK ||
+	    (e = timemark_advance(c->b->timemark, NULL)) != KB_OK ||
 	    (e = store_key_get(c->b->store, t.lock_key_id, &lk)) != KB_OK)
 		goto out;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", lk.id);
@@ -290,7 +296,8 @@ rpc_env_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
 		    env.tenant_id, env.name, env.key_id, kb_err_msg(e));
 		goto out;
 	}
-	if ((e = store_env_set_state(c->b->store, in->tenant_id, in->name,
+	if ((e = timemark_advance(c->b->timemark, NULL)) != KB_OK ||
+	    (e = store_env_set_state(c->b->store, in->tenant_id, in->name,
 	    STORE_ENV_LOCKED, STORE_ENV_ENABLED, c->now_us)) != KB_OK ||
 	    (e = store_env_get(c->b->store, in->tenant_id, in->name, &env))
 	    != KB_OK)

@@ -124,6 +124,29 @@ static const char *const migrations[] = {
 	"CREATE INDEX jobs_state ON jobs(state);"
 	"CREATE INDEX deks_alg ON deks(wrap_alg);"
 	"ALTER TABLE deks ADD COLUMN damaged TEXT NOT NULL DEFAULT '';",
+
+	/* 4: policy time's durable high-water mark, so that a wall clock set
+	 * back cannot take policy time back across a restart; seeded with the
+	 * newest time the database records (an upgrade from 3 keeps that
+	 * promise too). A forward jump beyond clock_jump_limit_s waits here
+	 * for an admin's confirmation. */
+	"CREATE TABLE clock ("
+	"  id INTEGER PRIMARY KEY CHECK (id = 1),"
+	"  mark_us INTEGER NOT NULL,"
+	"  kept INTEGER NOT NULL DEFAULT 0,"
+	"  jump_from_us INTEGER NOT NULL DEFAULT 0,"
+	"  jump_to_us INTEGER NOT NULL DEFAULT 0,"
+	"  confirm_time_us INTEGER NOT NULL DEFAULT 0,"
+	"  confirm_by TEXT NOT NULL DEFAULT '');"
+	"INSERT INTO clock(id, mark_us) VALUES (1, max("
+	"  coalesce((SELECT max(max(create_time_us, last_activation_us,"
+	"    last_key_change_us, lock_time_us)) FROM tenants), 0),"
+	"  coalesce((SELECT max(max(create_time_us, update_time_us,"
+	"    activate_time_us, lock_time_us, delete_time_us)) FROM keys), 0),"
+	"  coalesce((SELECT max(max(create_time_us, update_time_us,"
+	"    lock_time_us)) FROM environments), 0),"
+	"  coalesce((SELECT max(update_time_us) FROM jobs), 0),"
+	"  coalesce((SELECT max(create_time_us) FROM backups), 0)));",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -438,6 +461,58 @@ store_meta_set(struct store *s, const char *key, const char *value)
 		sqlite3_bind_text(st, 2, value, -1, SQLITE_STATIC);
 		e = store_step_done(c, st, "writing a setting");
 	}
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_clock_get(struct store *s, struct store_clock *out)
+{
+	static const char sql[] = "SELECT mark_us, kept, jump_from_us, "
+	    "jump_to_us, confirm_time_us, confirm_by FROM clock WHERE id = 1";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	memset(out, 0, sizeof(*out));
+	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+		goto out;
+	rc = sqlite3_step(st);
+	if (rc == SQLITE_ROW) {
+		out->mark_us = sqlite3_column_int64(st, 0);
+		out->kept = sqlite3_column_int(st, 1) != 0;
+		out->jump_from_us = sqlite3_column_int64(st, 2);
+		out->jump_to_us = sqlite3_column_int64(st, 3);
+		out->confirm_time_us = sqlite3_column_int64(st, 4);
+		store_copy_text(out->confirm_by, sizeof(out->confirm_by), st, 5);
+		e = KB_OK;
+	} else if (rc == SQLITE_DONE) {
+		e = kb_errf(KB_ERR_CORRUPT, "database %s has no clock row (schema "
+		    "4 makes it): restore the database from a backup", s->path);
+	} else {
+		e = store_sql_err(c->db, rc, "reading the clock's mark");
+	}
+	sqlite3_reset(st);
+out:
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_clock_put(struct store *s, const struct store_clock *k)
+{
+	static const char sql[] = "UPDATE clock SET mark_us = max(mark_us, ?), "
+	    "kept = 1, jump_from_us = ?, jump_to_us = ?, confirm_time_us = ?, "
+	    "confirm_by = ? WHERE id = 1";
+	struct conn *c = store_conn_get(s);
+	enum kb_err e;
+
+	e = store_run(c, sql, "storing the clock's mark", "iiiit", k->mark_us,
+	    k->jump_from_us, k->jump_to_us, k->confirm_time_us, k->confirm_by);
+	if (e == KB_OK && sqlite3_changes(c->db) != 1)
+		e = kb_errf(KB_ERR_CORRUPT, "database %s has no clock row (schema "
+		    "4 makes it): restore the database from a backup", s->path);
 	store_conn_put(s, c);
 	return e;
 }

@@ -167,6 +167,24 @@ enum kb_err store_meta_get(struct store *s, const char *key, char *buf,
 enum kb_err store_meta_set(struct store *s, const char *key,
     const char *value);
 
+/* Policy time's durable state (timemark.c): one row. */
+struct store_clock {
+	int64_t mark_us;          /* the highest policy time made durable */
+	int kept;                 /* 0: seeded by the schema 4 migration from
+	                             the newest time recorded, not yet kept by
+	                             a running broker (no jump can be judged) */
+	int64_t jump_from_us;     /* a forward jump waiting for an admin: the */
+	int64_t jump_to_us;       /* mark before it, the wall clock after (0: none) */
+	int64_t confirm_time_us;  /* the last confirmation (0: never) */
+	char confirm_by[128];     /* and who gave it */
+};
+
+/* Read the row. KB_ERR_CORRUPT if it is missing. */
+enum kb_err store_clock_get(struct store *s, struct store_clock *out);
+/* Write it (kept becomes 1); the stored mark never decreases, whatever
+ * c->mark_us says. Durable when it returns KB_OK. */
+enum kb_err store_clock_put(struct store *s, const struct store_clock *c);
+
 /* Tenants. create: KB_ERR_ALREADY_EXISTS if the id is taken. */
 enum kb_err store_tenant_create(struct store *s, const struct store_tenant *t);
 enum kb_err store_tenant_get(struct store *s, const char *id,
@@ -328,8 +346,9 @@ enum kb_err store_tenant_unlock(struct store *s, const char *tenant,
 /* Locked environments whose lock time is at or before `cutoff`. */
 enum kb_err store_envs_locked_before(struct store *s, int64_t cutoff,
     struct store_env **out, size_t *n, size_t max);
-/* Delete an environment's data for good: DEK versions and backups destroyed,
- * state deleted (only if still locked). */
+/* Delete an environment's data for good: every DEK version destroyed (its
+ * backups' with them; their records stay, unlisted), state deleted (only
+ * if still locked). */
 enum kb_err store_env_purge(struct store *s, const char *tenant,
     const char *name, int64_t now);
 /* Keys in state locked or deleted (their token objects must be gone). */

@@ -321,9 +321,10 @@ enum kb_err
 store_backup_list(struct store *s, const char *tenant, const char *name,
     struct store_backup **out, size_t *n)
 {
+	/* A deleted environment's backups are records only: not listed. */
 	static const char sql[] = "SELECT " BACKUP_COLS " FROM backups b JOIN "
-	    "environments e ON e.id = b.env_id WHERE e.id = ? "
-	    "ORDER BY b.create_time_us, b.id";
+	    "environments e ON e.id = b.env_id WHERE e.id = ? AND "
+	    "e.state != 'deleted' ORDER BY b.create_time_us, b.id";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	int64_t env_id;
@@ -506,9 +507,9 @@ env_purge_txn(struct conn *c, void *arg)
 	if (sqlite3_changes(c->db) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is "
 		    "no longer locked", a->tenant, a->name);
-	if ((e = store_run(c, "DELETE FROM backups WHERE env_id = ?",
-	    "destroying backups", "i", env_id)) != KB_OK)
-		return e;
+	/* The backups' data keys go with the environment's; their records
+	 * (no key material) stay, unlisted, so that a restore of one is
+	 * refused naming why rather than "no such backup". */
 	return store_run(c, "DELETE FROM deks WHERE env_id = ?",
 	    "destroying data keys", "i", env_id);
 }

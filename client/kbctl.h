@@ -149,6 +149,10 @@ int kbctl_cmd_tenants_unlock(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_password_get(const struct kbctl_args *a, const char *prompt,
     const char *again, const char *what, char **pw, size_t *len);
 
+/* kbctl_clock.c: the broker's policy time; confirming a clock jump. */
+int kbctl_cmd_clock_show(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_clock_confirm(struct kbctl *k, const struct kbctl_args *a);
+
 /* kbctl_byok.c: the key-exchange key and offline .byok wrapping. */
 int kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_byok_rotate_kek(struct kbctl *k, const struct kbctl_args *a);

@@ -206,6 +206,39 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  { { "--wait", NULL, "wait for the re-seal job to finish" } },
 	  kbctl_cmd_platform_rotate_key },
 
+	{ "clock", "show", "", 0, 0,
+	  "Show the broker's policy time and whether the sweeper is paused",
+	  "Every time rule (cooldowns, the 28-day deletion) reads the broker's\n"
+	  "policy time: its wall clock, never going backward. The broker keeps a\n"
+	  "high-water mark of it in its database (at start-up, every 10 s, and\n"
+	  "before every lock, unlock, reset and deletion), so a clock set back,\n"
+	  "even across a restart, cannot take time back: policy time waits until\n"
+	  "the wall clock catches up (shown here, logged and audited once as\n"
+	  "clock.backward). A wall clock more than clock_jump_limit_s (default\n"
+	  "3600) ahead of the mark, because it jumped or the broker was stopped\n"
+	  "that long, is audited as clock.jump and pauses the sweeper's\n"
+	  "deletions until a platform-wide admin runs 'kbctl clock confirm';\n"
+	  "other time rules use the new time at once.\n\n"
+	  "Prints policy_time, wall_time, mark_time, jump_limit_s, sweeper\n"
+	  "(deleting, or PAUSED with the jump) and last_confirmed. --json prints\n"
+	  "{\"policy_time\", \"wall_time\", \"mark_time\" (each also *_us),\n"
+	  "\"jump_limit_s\", \"sweeper_paused\", \"jump_from_time\",\n"
+	  "\"jump_to_time\", \"confirm_time\", \"confirmed_by\"}. Admins and\n"
+	  "auditors.",
+	  { { NULL } }, kbctl_cmd_clock_show },
+	{ "clock", "confirm", "", 0, 0,
+	  "Confirm a forward clock jump: the sweeper deletes again",
+	  "Says the broker's clock is right after a forward jump that paused the\n"
+	  "sweeper (see 'kbctl clock show'): from then on the sweeper deletes,\n"
+	  "for good, every locked environment locked more than 28 days before\n"
+	  "that clock. An audit event (clock.jump.confirm) names you. Check the\n"
+	  "clock first (NTP, the host's time): if it is wrong, fix it instead;\n"
+	  "the sweeper stays paused meanwhile. Platform-wide admins only\n"
+	  "(kb://platform); refused (exit 1) when no jump waits.\n\n"
+	  CONFIRM_TEXT("confirm") "\n\n"
+	  "Prints the clock as 'clock show' does.",
+	  { YES_FLAG }, kbctl_cmd_clock_confirm },
+
 	{ NULL, "verify", "[TENANT]", 0, 1,
 	  "Check every stored data key in the token, revealing none",
 	  "Opens each sealed data key of TENANT (or of every tenant: platform-wide\n"
@@ -488,6 +521,7 @@ const struct kbctl_group kbctl_groups[] = {
 	{ "keys", "A tenant's keys: generate, upload, list, show, activate" },
 	{ "jobs", "Background jobs (activation, rotation and upgrade re-seals)" },
 	{ "platform", "The broker's own keys: rotate the platform key" },
+	{ "clock", "The broker's policy time; confirm a forward clock jump" },
 	{ "byok", "Bring your own key: the key-exchange key, offline wrapping" },
 	{ "envs", "Environments: create, encrypt, back up, restore, copy, reset" },
 	{ "datakey", "Fetch an environment's data key" },

@@ -85,6 +85,8 @@ static const struct seed seeds[] = {
     {"TailEvents", FUZZ_TENANT_ADMIN, {"from_start=1", "filter.result=ok"}},
     {"ListCheckpoints", FUZZ_AUDITOR, {"page_size=2"}},
     {"GetAuditKey", FUZZ_AUDITOR, {NULL}},
+    {"GetClockState", FUZZ_AUDITOR, {NULL}},
+    {"ConfirmClockJump", FUZZ_ADMIN, {NULL}},
 };
 
 static const char *const caller_names[FUZZ_CALLERS] = {

@@ -84,9 +84,9 @@ AUDITORS = frozenset(("auditor", "admin"))
 
 # Who may call what: README's API table ("Health/Check, WhoAmI: any";
 # tenants, environments, keys, jobs, BYOK KEK, lock and unlock, apply/revert
-# key, backups, restore, copy, reset: admin; GetDataKey: service; ListEvents,
-# TailEvents, ListCheckpoints, GetAuditKey: auditor and admin). The order is
-# the rows' order.
+# key, backups, restore, copy, reset, ConfirmClockJump: admin; GetDataKey:
+# service; ListEvents, TailEvents, ListCheckpoints, GetAuditKey,
+# GetClockState: auditor and admin). The order is the rows' order.
 ROLES = [
     ("Health.Check", ANY),
     ("WhoAmI", ANY),
@@ -124,13 +124,15 @@ ROLES = [
     ("GetAuditKey", AUDITORS),
     ("ListAuditKeys", AUDITORS),
     ("RotateAuditKey", ADMIN),
+    ("GetClockState", AUDITORS),
+    ("ConfirmClockJump", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
 # tenant-limited admin may call them. GetJob of another tenant's job must
 # answer NOT_FOUND (to it, other tenants' jobs do not exist).
 NO_TENANT = {"Health.Check", "WhoAmI", "ListTenants", "ListCheckpoints",
-             "GetAuditKey", "ListAuditKeys"}
+             "GetAuditKey", "ListAuditKeys", "GetClockState"}
 HIDDEN_FOR_LIMITED = {"GetJob"}
 
 T = "acme"             # the tenant every call points at
@@ -405,6 +407,10 @@ class Fixture:
             "GetAuditKey": pb.GetAuditKeyRequest(),
             "ListAuditKeys": pb.ListAuditKeysRequest(),
             "RotateAuditKey": pb.RotateAuditKeyRequest(),
+            "GetClockState": pb.GetClockStateRequest(),
+            # Platform-wide: a tenant-limited admin is refused; no jump
+            # waits, so the admin's call is FAILED_PRECONDITION.
+            "ConfirmClockJump": pb.ConfirmClockJumpRequest(),
         }[method]
 
     def snapshot(self, svc_ch):

@@ -519,7 +519,12 @@ def store_invariants(path):
         for t, n in con.execute("SELECT tenant_id, count(*) FROM keys WHERE purpose = 'tenant' "
                                 "AND state = 'active' GROUP BY tenant_id HAVING count(*) > 1"):
             bad.append("tenant %s has %d active keys" % (t, n))
-        running = {r[0] for r in con.execute("SELECT key_id FROM jobs WHERE state = 'running'")}
+        # An activation names the tenant key in key_id and the new KEK it
+        # installs in target_key_id: both are the job's.
+        running = set()
+        for kid, target in con.execute("SELECT key_id, target_key_id FROM jobs "
+                                       "WHERE state = 'running'"):
+            running.update(k for k in (kid, target) if k)
         for kid, t in con.execute("SELECT id, tenant_id FROM keys WHERE state = 'installing'"):
             if kid not in running:
                 bad.append("key %s of %s is installing with no running job" % (kid, t))

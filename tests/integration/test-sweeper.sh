@@ -15,6 +15,9 @@
 # adding a key is allowed again. The second tenant is unlocked in time (with
 # a .byok of the key it was locked with as a .pfx) and one environment
 # unlocked: past its 28 days only the other one, left locked, is deleted.
+# Each move of the clock by days is a forward clock jump (beyond
+# clock_jump_limit_s), which pauses the sweeper until 'kbctl clock confirm'
+# (test-clock.sh tests the pause itself).
 # Run: bash tests/integration/test-sweeper.sh (KB_BUILD=build dir, KBT_KEEP=1).
 # shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -81,6 +84,8 @@ check "beta was locked about a day after alpha" test $((LB - LA)) -gt $((DAY - 1
 
 kbt_section "28 days minus 2 minutes after alpha's lock: nothing deleted"
 kbt_clock_to $((LA + 28 * DAY - 120 * 1000000))
+expect_ok kb_admin clock confirm --yes --json
+check_json "the clock jump is confirmed: the sweeper runs" "not d['sweeper_paused']"
 sleep 3 # three sweeps at sweep_interval_s = 1
 for e in c1 c2; do
 	check_eq "alpha/$e is still locked" "$(env_state alpha "$e")" locked
@@ -143,6 +148,7 @@ check_eq "beta/c1 serves its DEK again" "$(dek beta c1)" "${DEK[beta/c1]}"
 
 kbt_section "past 28 days after beta's lock: only its still-locked environment goes"
 kbt_clock_to $((LB + 28 * DAY - 120 * 1000000))
+expect_ok kb_admin clock confirm --yes
 sleep 2
 check_eq "beta/c2 is still locked 2 minutes before its 28 days" "$(env_state beta c2)" locked
 kbt_clock_to $((LB + 28 * DAY + 5 * 1000000))

@@ -22,6 +22,8 @@ cp "$fx"/*.pfx "$w/"
 kbt_clock_set $(($(<"$fx/clock-offset") + 3700))
 db=$KBT_DIR/keybroker.db
 check_eq "the fixture is at schema 2" "$(sqlite3 "$db" 'PRAGMA user_version')" 2
+# The newest time the fixture records: the schema 4 migration's seed.
+seed=$(sqlite3 "$db" "SELECT max((SELECT max(max(create_time_us, last_activation_us, last_key_change_us, lock_time_us)) FROM tenants), (SELECT max(update_time_us) FROM keys), (SELECT max(update_time_us) FROM environments))")
 check_eq "the fixture's DEKs are RSA-OAEP" \
 	"$(sqlite3 "$db" "SELECT count(*) FROM deks WHERE wrap_alg LIKE 'RSA-OAEP%'")" 7
 
@@ -55,7 +57,11 @@ for ((i = 0; i < 100; i++)); do
 	sleep 0.2
 done
 check_eq "the upgrade job re-sealed every row but the locked tenant's" "$(legacy_rows)" 1
-check_eq "schema 3" "$(sqlite3 "$db" 'PRAGMA user_version')" 3
+check_eq "schema 4" "$(sqlite3 "$db" 'PRAGMA user_version')" 4
+check "the clock's mark was seeded (the fixture's newest time: $(kbt_fmt_us "$seed")) and is kept" \
+	test "$(sqlite3 "$db" 'SELECT mark_us >= '"$seed"' AND kept = 1 FROM clock')" = 1
+expect_ok kb_admin clock show --json
+check_json "an upgrade is no clock jump: the sweeper is not paused" "not d['sweeper_paused']"
 check_eq "every environment has a uid" \
 	"$(sqlite3 "$db" "SELECT count(*) FROM environments WHERE uid IS NULL OR length(uid) != 32")" 0
 check_eq "tb got a KEK under its active key" \

@@ -31,6 +31,28 @@ test_defaults_and_paths(void)
 	config_free(c);
 }
 
+/* clock_jump_limit_s: a forward clock jump beyond it pauses the sweeper. */
+static void
+test_clock_jump_limit(void)
+{
+	struct config *c = NULL;
+
+	KBT_ASSERT_OK(parse(MINIMAL, &c));
+	KBT_ASSERT_INT(c->clock_jump_limit_s, ==, 3600);
+	config_free(c);
+	KBT_ASSERT_OK(parse(MINIMAL "clock_jump_limit_s = 60\n", &c));
+	KBT_ASSERT_INT(c->clock_jump_limit_s, ==, 60);
+	config_free(c);
+	KBT_ASSERT_ERR(parse(MINIMAL "clock_jump_limit_s = 59\n", &c),
+	    KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "line 6: "
+	    "clock_jump_limit_s must be a number from 60 to 31536000, not \"59\"");
+	KBT_ASSERT_ERR(parse(MINIMAL "clock_jump_limit_s = 1h\n", &c),
+	    KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(parse(MINIMAL "clock_jump_limit_s = 31536001\n", &c),
+	    KB_ERR_CONFIG);
+}
+
 static void
 test_values(void)
 {
@@ -112,6 +134,7 @@ test_load_missing(void)
 
 static const struct kbt_case cases[] = {
 	{ "/config/defaults-and-paths", test_defaults_and_paths },
+	{ "/config/clock-jump-limit", test_clock_jump_limit },
 	{ "/config/values", test_values },
 	{ "/config/errors", test_errors },
 	{ "/config/rate-limits", test_rate_limits },

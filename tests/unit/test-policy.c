@@ -136,6 +136,45 @@ test_env_changes(void)
 	    KB_ERR_FAILED_PRECONDITION);
 }
 
+/* Policy time against the wall clock and the durable mark (timemark.c). */
+static void
+test_clock_check(void)
+{
+	int64_t hour = POLICY_HOUR_US;
+
+	/* Running on from the mark, within the limit. */
+	KBT_ASSERT_INT(policy_clock_check(T0 + 10, T0 + 10, T0, hour), ==,
+	    POLICY_CLOCK_OK);
+	KBT_ASSERT_INT(policy_clock_check(T0 + hour, T0 + hour, T0, hour), ==,
+	    POLICY_CLOCK_OK);
+	/* Beyond the limit: a jump; with no mark kept yet, none can be said. */
+	KBT_ASSERT_INT(policy_clock_check(T0 + hour + 1, T0 + hour + 1, T0,
+	    hour), ==, POLICY_CLOCK_JUMP);
+	KBT_ASSERT_INT(policy_clock_check(T0 + 30 * 24 * hour,
+	    T0 + 30 * 24 * hour, 0, hour), ==, POLICY_CLOCK_OK);
+	/* Set back: policy time stays ahead; a step within the slack (NTP)
+	 * is not one. */
+	KBT_ASSERT_INT(policy_clock_check(T0 - POLICY_CLOCK_SLACK_US, T0, T0,
+	    hour), ==, POLICY_CLOCK_OK);
+	KBT_ASSERT_INT(policy_clock_check(T0 - POLICY_CLOCK_SLACK_US - 1, T0,
+	    T0, hour), ==, POLICY_CLOCK_BACKWARD);
+	KBT_ASSERT_INT(policy_clock_check(T0 - 3 * 24 * hour, T0, T0, hour),
+	    ==, POLICY_CLOCK_BACKWARD);
+}
+
+static void
+test_sweep_pause(void)
+{
+	KBT_ASSERT_OK(policy_may_sweep(0, 0));
+	KBT_ASSERT_ERR(policy_may_sweep(T0, T0 + 29 * 24 * POLICY_HOUR_US),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_FAILED_PRECONDITION),
+	    "refused by the clock-jump rule: the clock jumped forward 2505600 s, "
+	    "from 2027-01-15T08:00:00.000000Z to 2027-02-13T08:00:00.000000Z");
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_FAILED_PRECONDITION),
+	    "kbctl clock confirm");
+}
+
 static const struct kbt_case cases[] = {
 	{ "/policy/activation-cooldown-24h", test_activation_cooldown },
 	{ "/policy/lock-cooldown-72h", test_lock_cooldown },
@@ -143,6 +182,8 @@ static const struct kbt_case cases[] = {
 	{ "/policy/retention-28d", test_retention },
 	{ "/policy/locked-environments", test_locked_environments },
 	{ "/policy/env-changes", test_env_changes },
+	{ "/policy/clock-check", test_clock_check },
+	{ "/policy/sweep-pause", test_sweep_pause },
 	{ NULL, NULL }
 };
 

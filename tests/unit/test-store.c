@@ -251,12 +251,72 @@ test_keys_and_meta(void)
 	done(s);
 }
 
+/* Policy time's mark: seeded by migration 4 from the newest recorded
+ * time, never decreasing. */
+static void
+test_clock(void)
+{
+	struct store *s = fresh();
+	struct store_tenant t;
+	struct store_clock k;
+	sqlite3 *db;
+
+	KBT_ASSERT_OK(store_clock_get(s, &k));
+	KBT_ASSERT_INT(k.mark_us, ==, 0);
+	KBT_ASSERT_INT(k.kept, ==, 0);
+	k.mark_us = 5000;
+	k.jump_from_us = 4000;
+	k.jump_to_us = 5000;
+	snprintf(k.confirm_by, sizeof(k.confirm_by), "ops");
+	KBT_ASSERT_OK(store_clock_put(s, &k));
+	k.mark_us = 10;        /* lower: ignored */
+	k.jump_from_us = k.jump_to_us = 0;
+	KBT_ASSERT_OK(store_clock_put(s, &k));
+	memset(&k, 0, sizeof(k));
+	KBT_ASSERT_OK(store_clock_get(s, &k));
+	KBT_ASSERT_INT(k.mark_us, ==, 5000);
+	KBT_ASSERT_INT(k.kept, ==, 1);
+	KBT_ASSERT_INT(k.jump_from_us, ==, 0);
+	KBT_ASSERT_STR(k.confirm_by, "ops");
+
+	/* A schema 3 database with records: the upgrade seeds the mark with
+	 * the newest of their times, not yet kept. */
+	memset(&t, 0, sizeof(t));
+	snprintf(t.id, sizeof(t.id), "acme");
+	snprintf(t.display_name, sizeof(t.display_name), "Acme");
+	t.create_time_us = 7000;
+	KBT_ASSERT_OK(store_tenant_create(s, &t));
+	add_platform_key(s);
+	store_close(s);
+	KBT_ASSERT(sqlite3_open(dbpath, &db) == SQLITE_OK);
+	KBT_ASSERT(sqlite3_exec(db, "DROP TABLE clock; PRAGMA user_version=3; "
+	    "UPDATE tenants SET lock_time_us = 9000", NULL, NULL, NULL)
+	    == SQLITE_OK);
+	sqlite3_close(db);
+	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
+	KBT_ASSERT_OK(store_clock_get(s, &k));
+	KBT_ASSERT_INT(k.mark_us, ==, 9000);
+	KBT_ASSERT_INT(k.kept, ==, 0);
+	/* A database whose row is gone says so. */
+	store_close(s);
+	KBT_ASSERT(sqlite3_open(dbpath, &db) == SQLITE_OK);
+	KBT_ASSERT(sqlite3_exec(db, "DELETE FROM clock", NULL, NULL, NULL)
+	    == SQLITE_OK);
+	sqlite3_close(db);
+	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
+	KBT_ASSERT_ERR(store_clock_get(s, &k), KB_ERR_CORRUPT);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CORRUPT), "no clock row");
+	KBT_ASSERT_ERR(store_clock_put(s, &k), KB_ERR_CORRUPT);
+	done(s);
+}
+
 static const struct kbt_case cases[] = {
 	{ "/store/migrations-and-pragmas", test_migrations_and_pragmas },
 	{ "/store/token-bind", test_token_bind },
 	{ "/store/tenants", test_tenants },
 	{ "/store/environments", test_environments },
 	{ "/store/keys-and-meta", test_keys_and_meta },
+	{ "/store/clock", test_clock },
 	{ NULL, NULL }
 };
 
