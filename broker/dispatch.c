@@ -10,6 +10,7 @@
 #include "audit.h"
 #include "clock.h"
 #include "grpc/health/v1/health.pb-c.h"
+#include "kb_err_grpc.h"
 #include "kb_utf8.h"
 #include "kb_wire.h"
 #include "keybroker.pb-c.h"

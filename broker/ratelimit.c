@@ -19,6 +19,7 @@
 
 #include <openssl/rand.h>
 
+#include "kb_err_grpc.h"
 #include "kb_time.h"
 #include "kb_utf8.h"
 #include "names.h"

@@ -17,6 +17,7 @@
 #include <grpc/support/time.h>
 
 #include "dispatch.h"
+#include "kb_err_grpc.h"
 #include "kb_secmem.h"
 #include "kb_wire.h"
 #include "log.h"

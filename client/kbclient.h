@@ -10,6 +10,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "kb_err.h"
+#include "kb_err_grpc.h"
 #include "kb_wire.h"
 
 #define KB_CLIENT_DEFAULT_ADDR "127.0.0.1:7443"

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "audit_export.h"
+#include "kb_err_grpc.h"
 #include "kb_time.h"
 #include "kbctl_out.h"
 #include "kbctl_secret.h"

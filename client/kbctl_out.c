@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kb_err_grpc.h"
 #include "kb_time.h"
 #include "keybroker.pb-c.h"
 

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* kb_err.h: the one error space shared by broker, hsm and client. */
+/* kb_err.h: the one error space shared by broker, hsm and client. It knows
+ * nothing of gRPC: kb_err_grpc.h maps it to status codes, for the layers
+ * that speak gRPC. */
 #ifndef KB_ERR_H
 #define KB_ERR_H
 
 #include <stdarg.h>
-#include <grpc/status.h>
 
 /* The longest message kept, with its NUL. */
 #define KB_ERR_MSG_MAX 1024
@@ -60,11 +61,5 @@ void kb_err_clear(void);
 
 /* Append OpenSSL's error queue (and clear it) to a kb_errf message. */
 enum kb_err kb_err_openssl(enum kb_err e, const char *what);
-
-/* The one mapping from our errors to gRPC status codes. */
-grpc_status_code kb_err_to_grpc(enum kb_err e);
-
-/* Name of a gRPC status code ("NOT_FOUND"). */
-const char *kb_grpc_status_name(grpc_status_code s);
 
 #endif /* KB_ERR_H */

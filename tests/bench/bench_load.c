@@ -13,6 +13,7 @@
 #include <openssl/pkcs12.h>
 #include <openssl/x509.h>
 
+#include "kb_err_grpc.h"
 #include "kb_secmem.h"
 #include "keybroker.pb-c.h"
 

@@ -39,6 +39,7 @@
 #include "grpc/health/v1/health.pb-c.h"
 #include "harness.h"
 #include "kb_err.h"
+#include "kb_err_grpc.h"
 #include "kb_wire.h"
 #include "keybroker.pb-c.h"
 #include "log.h"

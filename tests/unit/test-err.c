@@ -3,6 +3,7 @@
 #include "harness.h"
 
 #include "kb_err.h"
+#include "kb_err_grpc.h"
 
 static void
 test_every_code_has_message(void)

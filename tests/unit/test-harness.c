@@ -35,11 +35,17 @@ inner_next(void)
 	reached_next_case = 1;
 }
 
+static void
+assert_wrong_sum(void)
+{
+	KBT_ASSERT_INT(2 + 2, ==, 5);
+}
+
 static void *
 thread_asserts(void *arg)
 {
 	(void)arg;
-	KBT_ASSERT_INT(2 + 2, ==, 5);
+	assert_wrong_sum();
 	return NULL;
 }
 

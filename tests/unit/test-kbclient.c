@@ -6,6 +6,7 @@
  * files, confirmations), offline .byok wrapping, and the audit export
  * format: its verification (untouched, altered, removed, truncated,
  * malformed, another key), fingerprints and tail's state file. */
+#include "kb_err_grpc.h"
 #include "harness.h"
 
 #include <arpa/inet.h>

@@ -906,14 +906,3 @@ out:
 	ERR_clear_error();
 	return r;
 }
-
-enum kb_err
-rsa_generate_2048(EVP_PKEY **out)
-{
-	if (out == NULL)
-		return kb_errf(KB_ERR_INTERNAL, "rsa_generate_2048: no output");
-	if ((*out = EVP_RSA_gen(PFX_RSA_BITS)) == NULL)
-		return kb_err_openssl(
-		    KB_ERR_CRYPTO, "generating an RSA-2048 key");
-	return KB_OK;
-}

@@ -60,8 +60,4 @@ enum kb_err pfx_parse(
 enum kb_err pfx_create(EVP_PKEY *key, const char *password, const char *name,
     uint8_t **der, size_t *len);
 
-/* Generate a new RSA-2048 key pair (e = 65537) in memory with OpenSSL.
- * *out (secret) is freed by the caller with EVP_PKEY_free. */
-enum kb_err rsa_generate_2048(EVP_PKEY **out);
-
 #endif /* KB_PFX_H */
