@@ -128,13 +128,8 @@ struct bench_raw {
 
 enum kb_err bench_raw_run(struct bench *b, struct bench_raw *r);
 
-/* ---- bench_vfs.c: an SQLite VFS that counts syncs (commits) ---- */
-
-/* Register as the default VFS (idempotent). */
-int bench_vfs_register(void);
-void bench_vfs_unregister(void);
-/* xSync calls on write-ahead logs and on other files since registration. */
-void bench_vfs_counts(uint64_t *wal_syncs, uint64_t *other_syncs);
+/* The SQLite VFS that counts syncs (commits): tests/unit/kbt_vfs.h. */
+#include "kbt_vfs.h"
 
 /* ---- bench_load.c: GetDataKey load through gRPC and admin calls ---- */
 

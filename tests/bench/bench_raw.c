@@ -214,7 +214,7 @@ audit_phases(struct bench *b, struct rawctx *c, struct bench_raw *r)
 	snprintf(path, sizeof(path), "%s/kb-bench-audit.db", b->dir);
 	if ((e = hsm_rsa_generate(c->h, RAW_SIGN, 2048, HSM_USE_SIGN)) != KB_OK)
 		return e;
-	if (bench_vfs_register() != 0) {
+	if (kbt_vfs_register() != 0) {
 		e = kb_errf(KB_ERR_INTERNAL,
 		    "cannot register the counting SQLite "
 		    "VFS");
@@ -235,12 +235,12 @@ audit_phases(struct bench *b, struct rawctx *c, struct bench_raw *r)
 	/* Events per commit: every event the span wrote (warm-up included)
 	 * over every sync of the write-ahead log in the same span. */
 	s0 = audit_last_seq(c->audit);
-	bench_vfs_counts(&w0, &x0);
+	kbt_vfs_counts(&w0, &x0);
 	if ((e = run(
 	         c, op_audit, r->audit_threads, o->warm_s, secs, 1, &r->audit))
 	    != KB_OK)
 		goto out;
-	bench_vfs_counts(&w1, &x1);
+	kbt_vfs_counts(&w1, &x1);
 	s1 = audit_last_seq(c->audit);
 	r->audit_per_commit =
 	    w1 > w0 ? (double)(s1 - s0) / (double)(w1 - w0) : 0;
@@ -262,7 +262,7 @@ audit_phases(struct bench *b, struct rawctx *c, struct bench_raw *r)
 out:
 	audit_close(c->audit);
 	c->audit = NULL;
-	bench_vfs_unregister();
+	kbt_vfs_unregister();
 	(void)hsm_key_destroy(c->h, RAW_SIGN);
 	return e;
 }

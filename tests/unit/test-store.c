@@ -2,9 +2,12 @@
 /* test-store.c: the SQLite store against real database files. */
 #include "harness.h"
 
+#include <openssl/evp.h>
 #include <sqlite3.h>
 
+#include "kbt_vfs.h"
 #include "store.h"
+#include "store_int.h"
 
 static char dbpath[512];
 
@@ -310,6 +313,428 @@ test_clock(void)
 	done(s);
 }
 
+/* ---- every writer's answer to a full disk and a busy database ---- */
+
+/* SHA-256 over every row of every table: "nothing stored changed". */
+static void
+snapshot(uint8_t out[32])
+{
+	sqlite3 *db = NULL;
+	sqlite3_stmt *tl = NULL, *st = NULL;
+	EVP_MD_CTX *md = EVP_MD_CTX_new();
+	unsigned len = 0;
+	char sql[256];
+	int i;
+
+	memset(out, 0, 32);
+	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
+	    sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(db, "SELECT name FROM sqlite_master WHERE type = "
+	    "'table' ORDER BY name", -1, &tl, NULL) != SQLITE_OK)
+		goto out;
+	while (sqlite3_step(tl) == SQLITE_ROW) {
+		snprintf(sql, sizeof(sql), "SELECT * FROM \"%s\" ORDER BY 1",
+		    (const char *)sqlite3_column_text(tl, 0));
+		EVP_DigestUpdate(md, sql, strlen(sql));
+		if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK)
+			continue;
+		while (sqlite3_step(st) == SQLITE_ROW)
+			for (i = 0; i < sqlite3_column_count(st); i++) {
+				const void *b = sqlite3_column_blob(st, i);
+
+				EVP_DigestUpdate(md, "|", 1);
+				if (b != NULL)
+					EVP_DigestUpdate(md, b,
+					    (size_t)sqlite3_column_bytes(st, i));
+			}
+		sqlite3_finalize(st);
+	}
+	EVP_DigestFinal_ex(md, out, &len);
+out:
+	sqlite3_finalize(tl);
+	sqlite3_close(db);
+	EVP_MD_CTX_free(md);
+}
+
+static unsigned op_n;
+
+static void
+op_tenant(struct store_tenant *t)
+{
+	memset(t, 0, sizeof(*t));
+	snprintf(t->id, sizeof(t->id), "f%u", ++op_n);
+	t->create_time_us = 1;
+}
+
+static enum kb_err
+w_tenant_create(struct store *s)
+{
+	struct store_tenant t;
+
+	op_tenant(&t);
+	return store_tenant_create(s, &t);
+}
+
+static enum kb_err
+w_env_create(struct store *s)
+{
+	struct store_env env;
+	struct store_dek dek;
+
+	memset(&env, 0, sizeof(env));
+	snprintf(env.tenant_id, sizeof(env.tenant_id), "acme");
+	snprintf(env.name, sizeof(env.name), "e%u", ++op_n);
+	snprintf(env.uid, sizeof(env.uid), "%032u", op_n);
+	env.mode = STORE_MODE_PLATFORM;
+	env.state = STORE_ENV_ENABLED;
+	env.create_time_us = env.update_time_us = 1;
+	make_dek(&dek, 0x11);
+	return store_env_create(s, &env, &dek);
+}
+
+static void
+op_key(struct store_key *k)
+{
+	memset(k, 0, sizeof(*k));
+	snprintf(k->id, sizeof(k->id), "k-%u", ++op_n);
+	snprintf(k->tenant_id, sizeof(k->tenant_id), "acme");
+	snprintf(k->purpose, sizeof(k->purpose), "tenant");
+	snprintf(k->origin, sizeof(k->origin), "generated");
+	snprintf(k->state, sizeof(k->state), "available");
+	snprintf(k->fingerprint, sizeof(k->fingerprint), "%064u", op_n);
+	k->create_time_us = k->update_time_us = 1;
+}
+
+static enum kb_err
+w_key_create(struct store *s)
+{
+	struct store_key k;
+
+	op_key(&k);
+	return store_key_create(s, &k);
+}
+
+static enum kb_err
+w_key_add(struct store *s)
+{
+	struct store_key k;
+
+	op_key(&k);
+	return store_key_add(s, &k, 2);
+}
+
+static enum kb_err
+w_key_set_state(struct store *s)
+{
+	return store_key_set_state(s, "k-fixed", "available", "deleted", 3);
+}
+
+static enum kb_err
+w_meta_set(struct store *s)
+{
+	char v[16];
+
+	snprintf(v, sizeof(v), "%u", ++op_n);
+	return store_meta_set(s, "x", v);
+}
+
+static enum kb_err
+w_clock_put(struct store *s)
+{
+	struct store_clock c;
+
+	memset(&c, 0, sizeof(c));
+	c.mark_us = 9000000000000000LL + ++op_n;
+	c.kept = 1;
+	return store_clock_put(s, &c);
+}
+
+static enum kb_err
+w_add_version(struct store *s)
+{
+	struct store_dek dek;
+
+	uint32_t v = 0;
+	enum kb_err e;
+
+	if ((e = store_env_next_version(s, "acme", "prod", &v)) != KB_OK)
+		return e;
+	make_dek(&dek, 0x22);
+	dek.version = v;
+	return store_env_add_version(s, "acme", "prod", &dek, 4);
+}
+
+static enum kb_err
+w_reset(struct store *s)
+{
+	struct store_dek dek;
+
+	uint32_t v = 0;
+	enum kb_err e;
+
+	if ((e = store_env_next_version(s, "acme", "prod", &v)) != KB_OK)
+		return e;
+	make_dek(&dek, 0x33);
+	dek.version = v;
+	return store_env_reset(s, "acme", "prod", &dek, 5);
+}
+
+static enum kb_err
+w_set_state(struct store *s)
+{
+	return store_env_set_state(s, "acme", "prod", STORE_ENV_ENABLED,
+	    STORE_ENV_LOCKED, 6);
+}
+
+static enum kb_err
+w_backup(struct store *s)
+{
+	struct store_backup b;
+	char id[32];
+
+	snprintf(id, sizeof(id), "b-%u", ++op_n);
+	return store_backup_create(s, "acme", "prod", id, 7, &b);
+}
+
+static enum kb_err
+w_mark_damaged(struct store *s)
+{
+	return store_dek_mark_damaged(s, "acme", "prod", 1, "test");
+}
+
+static enum kb_err
+w_dek_replace(struct store *s)
+{
+	struct store_dek dek;
+
+	make_dek(&dek, 0x44);
+	return store_dek_replace(s, "acme", "prod", &dek);
+}
+
+static enum kb_err
+w_tenant_lock(struct store *s)
+{
+	char(*destroy)[STORE_KEY_ID_MAX] = NULL;
+	size_t n = 0;
+	enum kb_err e;
+
+	e = store_tenant_lock(s, "acme", "k-active", 8, &destroy, &n);
+	free(destroy);
+	return e;
+}
+
+static enum kb_err
+w_env_purge(struct store *s)
+{
+	return store_env_purge(s, "acme", "old", 9);
+}
+
+static enum kb_err
+w_job_fail(struct store *s)
+{
+	return store_job_fail(s, "j-fixed", "test", 11);
+}
+
+static const struct {
+	const char *name;
+	enum kb_err (*fn)(struct store *s);
+} writers[] = {
+	{ "store_job_fail", w_job_fail },
+	{ "store_tenant_create", w_tenant_create },
+	{ "store_env_create", w_env_create },
+	{ "store_key_create", w_key_create },
+	{ "store_key_add", w_key_add },
+	{ "store_key_set_state", w_key_set_state },
+	{ "store_meta_set", w_meta_set },
+	{ "store_clock_put", w_clock_put },
+	{ "store_env_add_version", w_add_version },
+	{ "store_env_reset", w_reset },
+	{ "store_env_set_state", w_set_state },
+	{ "store_backup_create", w_backup },
+	{ "store_dek_mark_damaged", w_mark_damaged },
+	{ "store_dek_replace", w_dek_replace },
+	{ "store_tenant_lock", w_tenant_lock },
+	{ "store_env_purge", w_env_purge },
+};
+
+/* acme/prod (platform), acme/old (locked), tenant keys k-fixed
+ * (available) and k-active, a bound token. */
+static struct store *
+faults_fixture(void)
+{
+	struct store *s = fresh();
+	struct store_tenant t;
+	struct store_env env;
+	struct store_dek dek;
+	struct store_key k;
+	unsigned i;
+
+	add_platform_key(s);
+	memset(&t, 0, sizeof(t));
+	snprintf(t.id, sizeof(t.id), "acme");
+	if (store_tenant_create(s, &t) != KB_OK)
+		exit(2);
+	memset(&env, 0, sizeof(env));
+	snprintf(env.tenant_id, sizeof(env.tenant_id), "acme");
+	snprintf(env.name, sizeof(env.name), "prod");
+	env.mode = STORE_MODE_PLATFORM;
+	env.state = STORE_ENV_ENABLED;
+	snprintf(env.uid, sizeof(env.uid), "%032d", 0);
+	make_dek(&dek, 0xab);
+	op_key(&k);
+	snprintf(k.id, sizeof(k.id), "k-fixed");
+	if (store_env_create(s, &env, &dek) != KB_OK ||
+	    store_key_create(s, &k) != KB_OK ||
+	    store_token_bind(s, "tok", "1234") != KB_OK)
+		exit(2);
+	snprintf(env.name, sizeof(env.name), "old");
+	snprintf(env.uid, sizeof(env.uid), "%032d", 1);
+	if (store_env_create(s, &env, &dek) != KB_OK ||
+	    store_env_set_state(s, "acme", "old", STORE_ENV_ENABLED,
+	    STORE_ENV_LOCKED, 1) != KB_OK)
+		exit(2);
+	op_key(&k);
+	snprintf(k.id, sizeof(k.id), "k-active");
+	snprintf(k.state, sizeof(k.state), "active");
+	if (store_key_create(s, &k) != KB_OK)
+		exit(2);
+	{
+		struct store_job job;
+
+		if (store_job_begin(s, "j-fixed", STORE_JOB_UPGRADE, NULL, NULL,
+		    1, &job) != KB_OK)
+			exit(2);
+	}
+	/* A busy database answers in 50 ms here, not the broker's 10 s. */
+	for (i = 0; i < s->nconns; i++)
+		sqlite3_busy_timeout(s->conns[i].db, 50);
+	return s;
+}
+
+/* Readers keep answering while writes fail. */
+static void
+readers_answer(struct store *s, const char *when)
+{
+	struct store_env env;
+	struct store_dek dek;
+	struct store_tenant t;
+
+	if (store_env_dek(s, "acme", "prod", 0, &env, &dek) != KB_OK ||
+	    store_tenant_get(s, "acme", &t) != KB_OK)
+		KBT_FAIL("%s: a read failed: %s", when, kb_err_msg(KB_ERR_STORE));
+}
+
+static void
+test_full_disk(void)
+{
+	struct store *s;
+	uint8_t before[32], after[32];
+	size_t i;
+	enum kb_err e;
+
+	KBT_ASSERT_INT(kbt_vfs_register(), ==, 0);
+	s = faults_fixture();
+	for (i = 0; i < sizeof(writers) / sizeof(writers[0]); i++) {
+		snapshot(before);
+		kbt_vfs_full(1);
+		e = writers[i].fn(s);
+		kbt_vfs_full(0);
+		if (e != KB_ERR_STORAGE_FULL)
+			KBT_FAIL("%s on a full disk: want STORAGE_FULL, got %s (%s)",
+			    writers[i].name, kb_strerror(e), kb_err_msg(e));
+		KBT_ASSERT_CONTAINS(kb_err_msg(e), "full");
+		snapshot(after);
+		if (memcmp(before, after, 32) != 0)
+			KBT_FAIL("%s on a full disk changed what is stored",
+			    writers[i].name);
+		kbt_vfs_full(1);
+		readers_answer(s, writers[i].name);
+		kbt_vfs_full(0);
+	}
+	/* Space again: writes go through. */
+	KBT_ASSERT_OK(w_tenant_create(s));
+	done(s);
+	kbt_vfs_unregister();
+}
+
+static void
+test_busy(void)
+{
+	struct store *s = faults_fixture();
+	uint8_t before[32], after[32];
+	sqlite3 *other = NULL;
+	size_t i;
+	enum kb_err e;
+
+	/* Another process holds the write lock. */
+	KBT_ASSERT(sqlite3_open(dbpath, &other) == SQLITE_OK);
+	KBT_ASSERT(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL) ==
+	    SQLITE_OK);
+	for (i = 0; i < sizeof(writers) / sizeof(writers[0]); i++) {
+		snapshot(before);
+		e = writers[i].fn(s);
+		if (e != KB_ERR_UNAVAILABLE)
+			KBT_FAIL("%s on a busy database: want UNAVAILABLE, got %s "
+			    "(%s)", writers[i].name, kb_strerror(e), kb_err_msg(e));
+		KBT_ASSERT_CONTAINS(kb_err_msg(e), "busy");
+		snapshot(after);
+		if (memcmp(before, after, 32) != 0)
+			KBT_FAIL("%s on a busy database changed what is stored",
+			    writers[i].name);
+		readers_answer(s, writers[i].name);
+	}
+	sqlite3_exec(other, "ROLLBACK", NULL, NULL, NULL);
+	sqlite3_close(other);
+	KBT_ASSERT_OK(w_tenant_create(s));
+	done(s);
+}
+
+/* What a constraint refuses, by name, and nothing half-written. */
+static void
+test_constraints(void)
+{
+	struct store *s = faults_fixture();
+	struct store_tenant t;
+	struct store_key k;
+	struct store_backup b;
+	struct store_dek dek;
+	struct store_env env;
+	uint8_t before[32], after[32];
+
+	snapshot(before);
+	memset(&t, 0, sizeof(t));
+	snprintf(t.id, sizeof(t.id), "acme");
+	KBT_ASSERT_ERR(store_tenant_create(s, &t), KB_ERR_ALREADY_EXISTS);
+	op_key(&k);
+	snprintf(k.id, sizeof(k.id), "k-fixed");
+	KBT_ASSERT_ERR(store_key_create(s, &k), KB_ERR_ALREADY_EXISTS);
+	op_key(&k);
+	snprintf(k.tenant_id, sizeof(k.tenant_id), "ghost");
+	KBT_ASSERT(store_key_create(s, &k) != KB_OK);
+	KBT_ASSERT_ERR(store_key_set_state(s, "k-fixed", "active", "locked", 1),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_ERR(store_key_set_state(s, "nope", "available", "deleted",
+	    1), KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_ERR(store_env_set_state(s, "acme", "prod", STORE_ENV_LOCKED,
+	    STORE_ENV_ENABLED, 1), KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_ERR(store_backup_create(s, "acme", "nope", "b-x", 1, &b),
+	    KB_ERR_NOT_FOUND);
+	make_dek(&dek, 1);
+	KBT_ASSERT(store_env_reset(s, "ghost", "prod", &dek, 1) != KB_OK);
+	KBT_ASSERT(store_env_add_version(s, "acme", "nope", &dek, 1) != KB_OK);
+	memset(&env, 0, sizeof(env));
+	snprintf(env.tenant_id, sizeof(env.tenant_id), "acme");
+	snprintf(env.name, sizeof(env.name), "prod");
+	snprintf(env.uid, sizeof(env.uid), "%032d", 77);
+	env.mode = STORE_MODE_PLATFORM;
+	env.state = STORE_ENV_ENABLED;
+	KBT_ASSERT_ERR(store_env_create(s, &env, &dek), KB_ERR_ALREADY_EXISTS);
+	KBT_ASSERT(store_tenant_unlock(s, "ghost", 1) != KB_OK);
+	snapshot(after);
+	KBT_ASSERT(memcmp(before, after, 32) == 0);
+	done(s);
+}
+
 static const struct kbt_case cases[] = {
 	{ "/store/migrations-and-pragmas", test_migrations_and_pragmas },
 	{ "/store/token-bind", test_token_bind },
@@ -317,6 +742,9 @@ static const struct kbt_case cases[] = {
 	{ "/store/environments", test_environments },
 	{ "/store/keys-and-meta", test_keys_and_meta },
 	{ "/store/clock", test_clock },
+	{ "/store/full-disk", test_full_disk },
+	{ "/store/busy", test_busy },
+	{ "/store/constraints", test_constraints },
 	{ NULL, NULL }
 };
 

@@ -1,10 +1,11 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* bench_vfs.c: a pass-through SQLite VFS that counts xSync calls, so the
- * audit benchmark can say how many events each commit carried. In WAL mode
- * with synchronous=FULL every commit syncs the -wal file once; a checkpoint
- * syncs it once more (so events per WAL sync is a lower bound of events
- * per commit). */
-#include "bench.h"
+/* kbt_vfs.c: a pass-through SQLite VFS for tests and the benchmark. It
+ * counts xSync calls (kb-bench: in WAL mode with synchronous=FULL every
+ * commit syncs the -wal file once, a checkpoint once more, so events per
+ * WAL sync is a lower bound of events per commit), and it can make every
+ * write fail as a full disk does (test-store: each store function's
+ * answer to a full disk). */
+#include "kbt_vfs.h"
 
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -21,6 +22,7 @@ struct cfile {
 static sqlite3_vfs *real_vfs;
 static sqlite3_vfs cvfs;
 static atomic_ullong wal_syncs, other_syncs;
+static atomic_int full;
 static int registered;
 
 #define REAL(f) (((struct cfile *)(f))->real)
@@ -40,6 +42,8 @@ c_read(sqlite3_file *f, void *b, int n, sqlite3_int64 o)
 static int
 c_write(sqlite3_file *f, const void *b, int n, sqlite3_int64 o)
 {
+	if (atomic_load(&full))
+		return SQLITE_FULL;
 	return REAL(f)->pMethods->xWrite(REAL(f), b, n, o);
 }
 
@@ -246,7 +250,7 @@ c_time64(sqlite3_vfs *v, sqlite3_int64 *t)
 }
 
 int
-bench_vfs_register(void)
+kbt_vfs_register(void)
 {
 	int i;
 
@@ -287,7 +291,7 @@ bench_vfs_register(void)
 	cvfs.iVersion = 2;
 	cvfs.szOsFile = (int)sizeof(struct cfile) + real_vfs->szOsFile;
 	cvfs.mxPathname = real_vfs->mxPathname;
-	cvfs.zName = "kb-bench-count";
+	cvfs.zName = "kbt-vfs";
 	cvfs.xOpen = c_open;
 	cvfs.xDelete = c_delete;
 	cvfs.xAccess = c_access;
@@ -308,7 +312,7 @@ bench_vfs_register(void)
 }
 
 void
-bench_vfs_unregister(void)
+kbt_vfs_unregister(void)
 {
 	if (!registered)
 		return;
@@ -317,8 +321,14 @@ bench_vfs_unregister(void)
 }
 
 void
-bench_vfs_counts(uint64_t *wal, uint64_t *other)
+kbt_vfs_counts(uint64_t *wal, uint64_t *other)
 {
 	*wal = atomic_load(&wal_syncs);
 	*other = atomic_load(&other_syncs);
+}
+
+void
+kbt_vfs_full(int on)
+{
+	atomic_store(&full, on);
 }
