@@ -13,7 +13,6 @@
 #include "kb_err.h"
 #include "store.h"
 
-#define KB_VERSION "0.1.0"
 #define BROKER_PLATFORM_KEY_ID "kb-platform-1"
 #define BROKER_AUDIT_KEY_ID "kb-audit-1"
 #define BROKER_TENANT_LOCKS 64

@@ -92,17 +92,6 @@ workq_push(struct workq *q, workq_fn fn, void *arg)
 	return KB_OK;
 }
 
-size_t
-workq_pending(struct workq *q)
-{
-	size_t n;
-
-	pthread_mutex_lock(&q->mu);
-	n = q->len + q->running;
-	pthread_mutex_unlock(&q->mu);
-	return n;
-}
-
 void
 workq_free(struct workq *q)
 {

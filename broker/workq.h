@@ -18,9 +18,6 @@ enum kb_err workq_new(unsigned threads, size_t max_queued, struct workq **out);
  * caller sheds the load) or the pool is stopping. */
 enum kb_err workq_push(struct workq *q, workq_fn fn, void *arg);
 
-/* Jobs waiting or running. */
-size_t workq_pending(struct workq *q);
-
 /* Run every queued job, then join the workers and free the pool. */
 void workq_free(struct workq *q);
 

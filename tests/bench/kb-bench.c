@@ -26,9 +26,6 @@
 #ifndef KB_BUILD_DIR
 #define KB_BUILD_DIR "build"
 #endif
-#ifndef KB_VERSION
-#define KB_VERSION "unknown"
-#endif
 
 #define PYTHON "/usr/bin/python3"
 #define READER_PAUSE_S 0.01
