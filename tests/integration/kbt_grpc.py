@@ -159,91 +159,68 @@ def status_of(fn):
         return e.code(), e.details()
 
 
-def service_certs(ca_dir, out_dir, tenant, envs, per_cert=16, days=60):
-    """Issue service certificates covering `envs` (per_cert names each) from
-    the development CA in ca_dir. Returns {env: base path without .crt}.
-    Uses python3-cryptography, or the openssl command line without it."""
-    import importlib.util
-    if importlib.util.find_spec("cryptography") is None:
-        return service_certs_openssl(ca_dir, out_dir, tenant, envs, per_cert, days)
+def mint_cert(ca_dir, base, subject, uris=(), days=60, key=None):
+    """The tests' one certificate minter (python3-cryptography): a client
+    certificate from the development CA in ca_dir, with subject `subject`
+    ((attribute, value) pairs, attribute "OU" or "CN"; any may be left out,
+    for certificates pki.sh refuses to make), SAN URIs `uris`, valid from a
+    day ago for `days` (never past the CA), with `key` (an EC private key
+    to reuse) or a new P-256 key. Writes base.crt and base.key (0600) and
+    returns base."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+    oids = {"OU": NameOID.ORGANIZATIONAL_UNIT_NAME, "CN": NameOID.COMMON_NAME}
     ca_cert = x509.load_pem_x509_certificate(read(os.path.join(ca_dir, "ca.crt")))
     ca_key = serialization.load_pem_private_key(
         read(os.path.join(ca_dir, "ca.key")), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    key_pem = key.private_bytes(serialization.Encoding.PEM,
-                                serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-    os.makedirs(out_dir, exist_ok=True)
+    if key is None:
+        key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.timezone.utc)
-    index = {}
-    for n, i in enumerate(range(0, len(envs), per_cert)):
-        chunk = envs[i:i + per_cert]
-        name = x509.Name([
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "service"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "kbt-svc-%d" % n)])
-        b = (x509.CertificateBuilder()
-             .subject_name(name).issuer_name(ca_cert.subject)
-             .public_key(key.public_key())
-             .serial_number(x509.random_serial_number())
-             .not_valid_before(now - datetime.timedelta(days=1))
-             .not_valid_after(now + datetime.timedelta(days=days))
-             .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-             .add_extension(x509.KeyUsage(True, False, False, False, False, False,
-                                          False, False, False), True)
-             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False)
-             .add_extension(x509.SubjectAlternativeName(
-                 [x509.UniformResourceIdentifier("kb://env/%s/%s" % (tenant, e))
-                  for e in chunk]), False))
-        cert = b.sign(ca_key, hashes.SHA256())
-        base = os.path.join(out_dir, "svc-%d" % n)
-        with open(base + ".crt", "wb") as f:
-            f.write(cert.public_bytes(serialization.Encoding.PEM))
-        fd = os.open(base + ".key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key_pem)
-        for e in chunk:
-            index[e] = base
-    with open(os.path.join(out_dir, "index.json"), "w") as f:
-        json.dump(index, f)
-    return index
+    not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after.replace(
+        tzinfo=datetime.timezone.utc) - datetime.timedelta(days=1))
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(oids[k], v) for k, v in subject]))
+         .issuer_name(ca_cert.subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(not_after)
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
+         .add_extension(x509.KeyUsage(True, False, False, False, False, False,
+                                      False, False, False), True)
+         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False))
+    if uris:
+        b = b.add_extension(x509.SubjectAlternativeName(
+            [x509.UniformResourceIdentifier(u) for u in uris]), False)
+    cert = b.sign(ca_key, hashes.SHA256())
+    d = os.path.dirname(base)
+    if d:
+        os.makedirs(d, exist_ok=True)
+    with open(base + ".crt", "wb") as f:
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(base + ".key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+    return base
 
 
-def service_certs_openssl(ca_dir, out_dir, tenant, envs, per_cert, days):
-    """service_certs() with the openssl command line (slower)."""
-    import subprocess
+def service_certs(ca_dir, out_dir, tenant, envs, per_cert=16, days=60):
+    """Service certificates covering `envs` (per_cert names each, one key
+    for all) from the development CA in ca_dir. Returns {env: base path
+    without .crt}; also written to out_dir/index.json."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
     os.makedirs(out_dir, exist_ok=True)
-    key = os.path.join(out_dir, "svc.key")
-    subprocess.run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
-                    "ec_paramgen_curve:P-256", "-out", key], check=True,
-                   stderr=subprocess.DEVNULL)
-    os.chmod(key, 0o600)
     index = {}
     for n, i in enumerate(range(0, len(envs), per_cert)):
         chunk = envs[i:i + per_cert]
-        base = os.path.join(out_dir, "svc-%d" % n)
-        ext = base + ".ext"
-        with open(ext, "w") as f:
-            f.write("basicConstraints = critical, CA:FALSE\n"
-                    "keyUsage = critical, digitalSignature\n"
-                    "extendedKeyUsage = clientAuth\n"
-                    "subjectAltName = %s\n" % ", ".join(
-                        "URI:kb://env/%s/%s" % (tenant, e) for e in chunk))
-        csr = subprocess.run(["openssl", "req", "-new", "-key", key, "-subj",
-                              "/OU=service/CN=kbt-svc-%d" % n], check=True,
-                             capture_output=True).stdout
-        subprocess.run(["openssl", "x509", "-req", "-CA", os.path.join(ca_dir, "ca.crt"),
-                        "-CAkey", os.path.join(ca_dir, "ca.key"), "-set_serial",
-                        str(1000 + n), "-days", str(days), "-sha256", "-extfile", ext,
-                        "-out", base + ".crt"], input=csr, check=True,
-                       stderr=subprocess.DEVNULL)
-        with open(key, "rb") as src, open(base + ".key", "wb") as dst:
-            dst.write(src.read())
-        os.chmod(base + ".key", 0o600)
+        base = mint_cert(ca_dir, os.path.join(out_dir, "svc-%d" % n),
+                         [("OU", "service"), ("CN", "kbt-svc-%d" % n)],
+                         ["kb://env/%s/%s" % (tenant, e) for e in chunk], days, key)
         for e in chunk:
             index[e] = base
     with open(os.path.join(out_dir, "index.json"), "w") as f:

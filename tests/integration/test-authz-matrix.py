@@ -44,7 +44,6 @@ admin-expired, admin-future, admin-rogue from another CA); the ones pki.sh
 cannot make (OU=root, no OU, no CN) are made here from DIR/ca.key.
 """
 import argparse
-import datetime
 import os
 import re
 import sys
@@ -233,41 +232,10 @@ def check_tables(src):
 
 def make_odd_certs(pki):
     """OU=root, no OU and no CN certificates from the broker's CA."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    ca_cert = x509.load_pem_x509_certificate(kbt_grpc.read(os.path.join(pki, "ca.crt")))
-    ca_key = serialization.load_pem_private_key(
-        kbt_grpc.read(os.path.join(pki, "ca.key")), password=None)
-    now = datetime.datetime.now(datetime.timezone.utc)
-    OU, CN_ = NameOID.ORGANIZATIONAL_UNIT_NAME, NameOID.COMMON_NAME
-    for base, attrs in (("odd-root", [(OU, "root"), (CN_, "rooty")]),
-                        ("odd-noou", [(CN_, "nobody")]),
-                        ("odd-nocn", [(OU, "admin")])):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(o, v) for o, v in attrs]))
-                .issuer_name(ca_cert.subject)
-                .public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1))
-                .not_valid_after(now + datetime.timedelta(days=30))
-                .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-                .add_extension(x509.KeyUsage(True, False, False, False, False, False,
-                                             False, False, False), True)
-                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
-                               False)
-                .sign(ca_key, hashes.SHA256()))
-        with open(os.path.join(pki, base + ".crt"), "wb") as f:
-            f.write(cert.public_bytes(serialization.Encoding.PEM))
-        fd = os.open(os.path.join(pki, base + ".key"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                     0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(key.private_bytes(serialization.Encoding.PEM,
-                                      serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
+    for base, subject in (("odd-root", [("OU", "root"), ("CN", "rooty")]),
+                          ("odd-noou", [("CN", "nobody")]),
+                          ("odd-nocn", [("OU", "admin")])):
+        kbt_grpc.mint_cert(pki, os.path.join(pki, base), subject, days=30)
 
 
 # ---- calls ----

@@ -49,7 +49,6 @@ never the token's error about the key the lock destroyed.
 Prints "ok ..."/"FAIL ..." and "info ..." lines; exits 1 on a failure.
 """
 import argparse
-import datetime
 import json
 import os
 import random
@@ -84,42 +83,9 @@ report, info = kbt_grpc.report, kbt_grpc.info
 # ---- certificates, channels ----
 
 def make_cert(ca_dir, base, ou, cn, uris=(), days=3000):
-    """A client certificate from the development CA (python3-cryptography),
-    valid for `days`: the test clock moves weeks ahead and the broker checks
-    validity on its own clock."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-    ca_cert = x509.load_pem_x509_certificate(kbt_grpc.read(os.path.join(ca_dir, "ca.crt")))
-    ca_key = serialization.load_pem_private_key(
-        kbt_grpc.read(os.path.join(ca_dir, "ca.key")), password=None)
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
-    not_after = min(now + datetime.timedelta(days=days), ca_cert.not_valid_after.replace(
-        tzinfo=datetime.timezone.utc) - datetime.timedelta(days=1))
-    b = (x509.CertificateBuilder()
-         .subject_name(x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
-                                  x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
-         .issuer_name(ca_cert.subject).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(not_after)
-         .add_extension(x509.BasicConstraints(ca=False, path_length=None), True)
-         .add_extension(x509.KeyUsage(True, False, False, False, False, False,
-                                      False, False, False), True)
-         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False))
-    if uris:
-        b = b.add_extension(x509.SubjectAlternativeName(
-            [x509.UniformResourceIdentifier(u) for u in uris]), False)
-    cert = b.sign(ca_key, hashes.SHA256())
-    with open(base + ".crt", "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(base + ".key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    return base
+    """A client certificate valid for `days`: the test clock moves weeks
+    ahead and the broker checks validity on its own clock."""
+    return kbt_grpc.mint_cert(ca_dir, base, [("OU", ou), ("CN", cn)], uris, days)
 
 
 # Each channel its own subchannels (none shared with a channel of the
