@@ -15,88 +15,17 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "kbt_pki.h"
+
 #define DAY (24L * 3600)
 
-static int
-add_ext(X509 *x, X509 *issuer, int nid, const char *value)
-{
-	X509V3_CTX v3;
-	X509_EXTENSION *ext;
-	int ok;
-
-	X509V3_set_ctx(&v3, issuer, x, NULL, NULL, 0);
-	if ((ext = X509V3_EXT_conf_nid(NULL, &v3, nid, value)) == NULL)
-		return 0;
-	ok = X509_add_ext(x, ext, -1);
-	X509_EXTENSION_free(ext);
-	return ok;
-}
-
-/* A certificate for `key`, signed by issuer/issuer_key (self-signed when
- * issuer is NULL), valid from now+from_s to now+to_s. ou and san may be
- * NULL. */
+/* A certificate (kbt_pki.h): a CA when issuer is NULL. */
 static X509 *
 make_cert(EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key, const char *cn,
     const char *ou, const char *san, long from_s, long to_s)
 {
-	X509 *x = X509_new();
-	X509_NAME *name;
-	unsigned char serial[8];
-	ASN1_INTEGER *sn = NULL;
-	BIGNUM *bn = NULL;
-	int ok = 0;
-
-	if (x == NULL || RAND_bytes(serial, sizeof(serial)) != 1)
-		goto out;
-	serial[0] &= 0x7f;
-	if ((bn = BN_bin2bn(serial, sizeof(serial), NULL)) == NULL
-	    || (sn = BN_to_ASN1_INTEGER(bn, NULL)) == NULL
-	    || X509_set_version(x, 2) != 1 || X509_set_serialNumber(x, sn) != 1
-	    || X509_gmtime_adj(X509_getm_notBefore(x), from_s) == NULL
-	    || X509_gmtime_adj(X509_getm_notAfter(x), to_s) == NULL
-	    || X509_set_pubkey(x, key) != 1)
-		goto out;
-	name = X509_get_subject_name(x);
-	if ((ou != NULL
-	        && X509_NAME_add_entry_by_txt(name, "OU", MBSTRING_UTF8,
-	               (const unsigned char *)ou, -1, -1, 0)
-	            != 1)
-	    || X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
-	           (const unsigned char *)cn, -1, -1, 0)
-	        != 1
-	    || X509_set_issuer_name(
-	           x, issuer != NULL ? X509_get_subject_name(issuer) : name)
-	        != 1)
-		goto out;
-	if (issuer == NULL) {
-		if (!add_ext(x, x, NID_basic_constraints, "critical,CA:TRUE")
-		    || !add_ext(
-		        x, x, NID_key_usage, "critical,keyCertSign,cRLSign")
-		    || !add_ext(x, x, NID_subject_key_identifier, "hash"))
-			goto out;
-	} else {
-		if (!add_ext(x, issuer, NID_basic_constraints, "CA:FALSE")
-		    || !add_ext(
-		        x, issuer, NID_key_usage, "critical,digitalSignature")
-		    || !add_ext(x, issuer, NID_ext_key_usage, "clientAuth")
-		    || !add_ext(
-		        x, issuer, NID_authority_key_identifier, "keyid:always")
-		    || (san != NULL
-		        && !add_ext(x, issuer, NID_subject_alt_name, san)))
-			goto out;
-	}
-	if (X509_sign(x, issuer_key != NULL ? issuer_key : key, EVP_sha256())
-	    <= 0)
-		goto out;
-	ok = 1;
-out:
-	ASN1_INTEGER_free(sn);
-	BN_free(bn);
-	if (!ok) {
-		X509_free(x);
-		x = NULL;
-	}
-	return x;
+	return kbt_cert_make(key, issuer, issuer_key, ou, cn, san, from_s, to_s,
+	    issuer == NULL);
 }
 
 static char *

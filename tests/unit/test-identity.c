@@ -2,6 +2,7 @@
 /* test-identity.c: client certificates to roles and scopes, with
  * certificates made here by OpenSSL (a CA, another CA, expired ones). */
 #include "harness.h"
+#include "kbt_pki.h"
 
 #include <unistd.h>
 
@@ -25,56 +26,18 @@ new_key(void)
 	return EVP_EC_gen("P-256");
 }
 
-static void
-add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
-{
-	X509V3_CTX ctx;
-	X509_EXTENSION *ex;
-
-	X509V3_set_ctx(&ctx, issuer, cert, NULL, NULL, 0);
-	ex = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
-	if (ex == NULL) {
-		fprintf(stderr, "bad extension %s\n", value);
-		exit(2);
-	}
-	X509_add_ext(cert, ex, -1);
-	X509_EXTENSION_free(ex);
-}
-
-/* A certificate for `key` signed by (issuer, ikey); ou/cn may be NULL;
- * `san` is an OpenSSL subjectAltName value or NULL; validity in seconds
- * relative to now. */
+/* A certificate (kbt_pki.h); the test stops if OpenSSL cannot make it. */
 static X509 *
 make_cert(EVP_PKEY *key, X509 *issuer, EVP_PKEY *ikey, const char *ou,
     const char *cn, const char *san, long from, long to, int ca)
 {
-	X509 *c = X509_new();
-	X509_NAME *n = X509_NAME_new();
-	static long serial = 1;
+	X509 *c = kbt_cert_make(key, issuer, ikey, ou, cn, san, from, to, ca);
 
-	X509_set_version(c, 2);
-	ASN1_INTEGER_set(X509_get_serialNumber(c), serial++);
-	X509_gmtime_adj(X509_getm_notBefore(c), from);
-	X509_gmtime_adj(X509_getm_notAfter(c), to);
-	if (ou != NULL)
-		X509_NAME_add_entry_by_txt(n, "OU", MBSTRING_ASC,
-		    (const unsigned char *)ou, -1, -1, 0);
-	if (cn != NULL)
-		X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC,
-		    (const unsigned char *)cn, -1, -1, 0);
-	X509_set_subject_name(c, n);
-	X509_set_issuer_name(c, issuer != NULL ? X509_get_subject_name(issuer) : n);
-	X509_set_pubkey(c, key);
-	if (ca) {
-		add_ext(c, issuer ? issuer : c, NID_basic_constraints, "critical,CA:TRUE");
-		add_ext(c, issuer ? issuer : c, NID_key_usage, "critical,keyCertSign,cRLSign");
-	} else {
-		add_ext(c, issuer, NID_ext_key_usage, "clientAuth");
+	if (c == NULL) {
+		fprintf(stderr, "cannot make a certificate (san %s)\n",
+		    san != NULL ? san : "none");
+		exit(2);
 	}
-	if (san != NULL)
-		add_ext(c, issuer ? issuer : c, NID_subject_alt_name, san);
-	X509_sign(c, ikey != NULL ? ikey : key, EVP_sha256());
-	X509_NAME_free(n);
 	return c;
 }
 

@@ -8,6 +8,7 @@
  * malformed, another key), fingerprints and tail's state file. */
 #include "kb_err_grpc.h"
 #include "harness.h"
+#include "kbt_pki.h"
 
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -44,42 +45,17 @@ make_key(void)
 	return EVP_EC_gen("P-256");
 }
 
-/* Self-signed certificate valid from now+from_s to now+to_s seconds. */
+/* Self-signed admin certificate (kb://platform) valid from now+from_s to
+ * now+to_s seconds. */
 static int
 write_cert(const char *path, EVP_PKEY *pk, long from_s, long to_s)
 {
-	X509 *x = X509_new();
-	X509_NAME *n;
+	X509 *x = kbt_cert_make(pk, NULL, NULL, "admin", "test",
+	    "URI:kb://platform", from_s, to_s, 0);
 	FILE *f;
 	int ok = 0;
 
-	if (x == NULL)
-		return 0;
-	X509_set_version(x, 2);
-	ASN1_INTEGER_set(X509_get_serialNumber(x), 1);
-	X509_gmtime_adj(X509_getm_notBefore(x), from_s);
-	X509_gmtime_adj(X509_getm_notAfter(x), to_s);
-	X509_set_pubkey(x, pk);
-	n = X509_get_subject_name(x);
-	X509_NAME_add_entry_by_txt(
-	    n, "OU", MBSTRING_ASC, (const unsigned char *)"admin", -1, -1, 0);
-	X509_NAME_add_entry_by_txt(
-	    n, "CN", MBSTRING_ASC, (const unsigned char *)"test", -1, -1, 0);
-	X509_set_issuer_name(x, n);
-	/* An admin names its scope (issue 11): platform-wide. */
-	{
-		X509V3_CTX ctx;
-		X509_EXTENSION *ex;
-
-		X509V3_set_ctx(&ctx, x, x, NULL, NULL, 0);
-		ex = X509V3_EXT_conf_nid(NULL, &ctx, NID_subject_alt_name,
-		    "URI:kb://platform");
-		if (ex != NULL)
-			X509_add_ext(x, ex, -1);
-		X509_EXTENSION_free(ex);
-	}
-	if (X509_sign(x, pk, EVP_sha256()) > 0
-	    && (f = fopen(path, "w")) != NULL) {
+	if (x != NULL && (f = fopen(path, "w")) != NULL) {
 		ok = PEM_write_X509(f, x) == 1;
 		fclose(f);
 	}
