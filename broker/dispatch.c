@@ -32,6 +32,9 @@
 #define STREAM(name, roles, msg, fn, scope) \
 	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
 	  fn, AUDIT_REFUSALS, scope }
+#define STREAM_AUDITED(name, roles, msg, fn, audit, scope) \
+	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
+	  fn, audit, scope }
 
 /* Scope rules (scope.h): which request fields name the tenant and the
  * environment, and whose certificate reaches them. */
@@ -148,6 +151,10 @@ const struct rpc_method dispatch_methods[] = {
 	    AUDIT_REFUSALS, NO_TENANT),
 	UNARY(RotateAuditKey, ADMIN, rotate_audit_key_request,
 	    rpc_audit_key_rotate, AUDIT_CHANGE, PLATFORM_ONLY),
+	/* Disaster recovery: the whole database leaves the broker (sealed),
+	 * so its "started" event is durable before the first byte goes. */
+	STREAM_AUDITED(CreateBackup, ADMIN, create_backup_request,
+	    rpc_backup_create, AUDIT_CHANGE, PLATFORM_ONLY),
 	{ NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, { SCOPE_UNSET } }
 };
 
@@ -323,8 +330,6 @@ run_handler(struct rpc_ctx *ctx, const struct rpc_method *m,
 {
 	enum kb_err e;
 
-	if (m->stream != NULL)
-		return m->stream(ctx, in, ops, st);
 	if (m->audit == AUDIT_CHANGE && (e = audit_call(ctx->b, m->name,
 	    &m->scope, ctx, ctx->id, 1, in, res, "started")) != KB_OK) {
 		/* A full or read-only audit disk keeps its own status. */
@@ -332,6 +337,8 @@ run_handler(struct rpc_ctx *ctx, const struct rpc_method *m,
 		    e : KB_ERR_UNAVAILABLE, "the audit database cannot record "
 		    "this call (%s); nothing was changed", kb_err_msg(e));
 	}
+	if (m->stream != NULL)
+		return m->stream(ctx, in, ops, st);
 	if ((e = m->fn(ctx, in, out)) == KB_OK && *out == NULL)
 		e = kb_errf(KB_ERR_INTERNAL, "%s produced no response", m->name);
 	return e;

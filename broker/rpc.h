@@ -97,6 +97,10 @@ enum kb_err rpc_audit_keys(struct rpc_ctx *c, const ProtobufCMessage *req,
 enum kb_err rpc_audit_key_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 
+/* rpc_backup.c */
+enum kb_err rpc_backup_create(struct rpc_ctx *c, const ProtobufCMessage *req,
+    const struct rpc_stream_ops *ops, struct rpc_stream *st);
+
 /* Helpers for handlers (rpc_util.c). */
 struct policy_tenant;
 struct Keybroker__V1__Tenant;

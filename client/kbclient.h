@@ -57,6 +57,8 @@
 #define KB_METHOD_GET_AUDIT_KEY "/keybroker.v1.KeyBroker/GetAuditKey"
 #define KB_METHOD_LIST_AUDIT_KEYS "/keybroker.v1.KeyBroker/ListAuditKeys"
 #define KB_METHOD_ROTATE_AUDIT_KEY "/keybroker.v1.KeyBroker/RotateAuditKey"
+/* Server streaming: the bytes of a backup file. */
+#define KB_METHOD_CREATE_BACKUP "/keybroker.v1.KeyBroker/CreateBackup"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 
 /* A client: one channel (one HTTP/2 connection) to one broker. Safe to use
