@@ -27,21 +27,21 @@
 #include "store.h"
 
 #define NSECTIONS 2
-#define TRAILER_LEN (7 + 64 + 1)            /* "sha256 " HEX "\n" */
+#define TRAILER_LEN (7 + 64 + 1) /* "sha256 " HEX "\n" */
 #define MANIFEST_MAX (64u << 20)
 
-static const char *const section_names[NSECTIONS] = { "database",
-	"audit_database" };
+static const char *const section_names[NSECTIONS] = {
+    "database", "audit_database"};
 
 struct backup {
 	char dir[4200];
 	char path[NSECTIONS][4300];
 	uint64_t bytes[NSECTIONS];
-	char *header;                   /* magic and manifest line */
+	char *header; /* magic and manifest line */
 	size_t header_len;
 	struct audit_head head;
 	/* Reading: where we are. */
-	int part;                       /* 0 header, 1.. sections, then trailer */
+	int part; /* 0 header, 1.. sections, then trailer */
 	uint64_t off;
 	FILE *f;
 	EVP_MD_CTX *sha;
@@ -56,18 +56,18 @@ struct backup {
 static int
 key_needed(const struct store_key *k)
 {
-	return strcmp(k->state, "active") == 0 ||
-	    strcmp(k->state, "available") == 0 ||
-	    strcmp(k->state, "installing") == 0;
+	return strcmp(k->state, "active") == 0
+	    || strcmp(k->state, "available") == 0
+	    || strcmp(k->state, "installing") == 0;
 }
 
 /* AES keys are found by id and label; RSA pairs by id. */
 static int
 key_is_secret(const struct store_key *k)
 {
-	return strcmp(k->purpose, "kek") == 0 ||
-	    (strcmp(k->purpose, "platform") == 0 &&
-	    strcmp(k->wrap_alg, HSM_ALG_AES_GCM) == 0);
+	return strcmp(k->purpose, "kek") == 0
+	    || (strcmp(k->purpose, "platform") == 0
+	        && strcmp(k->wrap_alg, HSM_ALG_AES_GCM) == 0);
 }
 
 static void
@@ -95,20 +95,22 @@ key_json(struct store *s, const struct store_key *k)
 	json_t *o = json_object();
 
 	key_label(k, label, sizeof(label));
-	if (o == NULL || store_key_dependents(s, k->id, &envs, &tenants, names,
-	    sizeof(names)) != KB_OK ||
-	    jset(o, "id", json_string(k->id)) ||
-	    jset(o, "purpose", json_string(k->purpose)) ||
-	    jset(o, "tenant", json_string(k->tenant_id)) ||
-	    jset(o, "state", json_string(k->state)) ||
-	    jset(o, "origin", json_string(k->origin)) ||
-	    jset(o, "fingerprint", json_string(k->fingerprint)) ||
-	    jset(o, "label", json_string(label)) ||
-	    jset(o, "parent", json_string(k->parent_id)) ||
-	    jset(o, "in_token", json_boolean(key_needed(k))) ||
-	    jset(o, "environments", json_integer((json_int_t)envs)) ||
-	    jset(o, "tenants", json_integer((json_int_t)tenants)) ||
-	    jset(o, "tenant_ids", json_string(names))) {
+	if (o == NULL
+	    || store_key_dependents(
+	           s, k->id, &envs, &tenants, names, sizeof(names))
+	        != KB_OK
+	    || jset(o, "id", json_string(k->id))
+	    || jset(o, "purpose", json_string(k->purpose))
+	    || jset(o, "tenant", json_string(k->tenant_id))
+	    || jset(o, "state", json_string(k->state))
+	    || jset(o, "origin", json_string(k->origin))
+	    || jset(o, "fingerprint", json_string(k->fingerprint))
+	    || jset(o, "label", json_string(label))
+	    || jset(o, "parent", json_string(k->parent_id))
+	    || jset(o, "in_token", json_boolean(key_needed(k)))
+	    || jset(o, "environments", json_integer((json_int_t)envs))
+	    || jset(o, "tenants", json_integer((json_int_t)tenants))
+	    || jset(o, "tenant_ids", json_string(names))) {
 		json_decref(o);
 		return NULL;
 	}
@@ -126,9 +128,10 @@ file_sha256(const char *path, char hex[65], uint64_t *bytes)
 	size_t n;
 
 	*bytes = 0;
-	if (c == NULL || f == NULL || EVP_DigestInit_ex(c, EVP_sha256(), NULL)
-	    != 1) {
-		e = kb_errf(KB_ERR_STORE, "reading %s: %s", path, strerror(errno));
+	if (c == NULL || f == NULL
+	    || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
+		e = kb_errf(
+		    KB_ERR_STORE, "reading %s: %s", path, strerror(errno));
 		goto out;
 	}
 	while ((n = fread(buf, 1, sizeof(buf), f)) > 0) {
@@ -160,29 +163,30 @@ manifest_build(struct broker *b, struct backup *bk, struct store *snap)
 	if ((e = store_keys_all(snap, &keys, &n)) != KB_OK)
 		return e;
 	e = kb_errf(KB_ERR_NOMEM, "out of memory");
-	if ((m = json_object()) == NULL || (tok = json_object()) == NULL ||
-	    jset(m, "format", json_string("keybroker-backup")) ||
-	    jset(m, "version", json_integer(1)) ||
-	    jset(m, "keybroker", json_string(KB_VERSION)) ||
-	    jset(m, "created_us", json_integer(clock_now_us())) ||
-	    jset(m, "token", tok) ||
-	    jset(tok, "label", json_string(b->token.label)) ||
-	    jset(tok, "serial", json_string(b->token.serial)) ||
-	    jset(tok, "manufacturer", json_string(b->token.manufacturer)) ||
-	    jset(tok, "model", json_string(b->token.model)) ||
-	    jset(m, "schema_version", json_integer(store_schema_version(snap))))
+	if ((m = json_object()) == NULL || (tok = json_object()) == NULL
+	    || jset(m, "format", json_string("keybroker-backup"))
+	    || jset(m, "version", json_integer(1))
+	    || jset(m, "keybroker", json_string(KB_VERSION))
+	    || jset(m, "created_us", json_integer(clock_now_us()))
+	    || jset(m, "token", tok)
+	    || jset(tok, "label", json_string(b->token.label))
+	    || jset(tok, "serial", json_string(b->token.serial))
+	    || jset(tok, "manufacturer", json_string(b->token.manufacturer))
+	    || jset(tok, "model", json_string(b->token.model))
+	    || jset(
+	        m, "schema_version", json_integer(store_schema_version(snap))))
 		goto out;
 	kb_hex_encode(bk->head.hash, sizeof(bk->head.hash), hex);
-	if ((head = json_object()) == NULL || jset(m, "audit_head", head) ||
-	    jset(head, "seq", json_integer((json_int_t)bk->head.seq)) ||
-	    jset(head, "hash", json_string(hex)) ||
-	    jset(head, "checkpoint_seq",
-	    json_integer((json_int_t)bk->head.checkpoint_seq)) ||
-	    (arr = json_array()) == NULL || jset(m, "keys", arr))
+	if ((head = json_object()) == NULL || jset(m, "audit_head", head)
+	    || jset(head, "seq", json_integer((json_int_t)bk->head.seq))
+	    || jset(head, "hash", json_string(hex))
+	    || jset(head, "checkpoint_seq",
+	        json_integer((json_int_t)bk->head.checkpoint_seq))
+	    || (arr = json_array()) == NULL || jset(m, "keys", arr))
 		goto out;
 	for (i = 0; i < n; i++)
-		if ((o = key_json(snap, &keys[i])) == NULL ||
-		    json_array_append_new(arr, o) != 0)
+		if ((o = key_json(snap, &keys[i])) == NULL
+		    || json_array_append_new(arr, o) != 0)
 			goto out;
 	if ((secs = json_array()) == NULL || jset(m, "sections", secs))
 		goto out;
@@ -190,11 +194,11 @@ manifest_build(struct broker *b, struct backup *bk, struct store *snap)
 		if ((e = file_sha256(bk->path[i], hex, &bk->bytes[i])) != KB_OK)
 			goto out;
 		e = kb_errf(KB_ERR_NOMEM, "out of memory");
-		if ((o = json_object()) == NULL ||
-		    json_array_append_new(secs, o) != 0 ||
-		    jset(o, "name", json_string(section_names[i])) ||
-		    jset(o, "bytes", json_integer((json_int_t)bk->bytes[i])) ||
-		    jset(o, "sha256", json_string(hex)))
+		if ((o = json_object()) == NULL
+		    || json_array_append_new(secs, o) != 0
+		    || jset(o, "name", json_string(section_names[i]))
+		    || jset(o, "bytes", json_integer((json_int_t)bk->bytes[i]))
+		    || jset(o, "sha256", json_string(hex)))
 			goto out;
 	}
 	if ((line = json_dumps(m, JSON_COMPACT)) == NULL)
@@ -239,17 +243,19 @@ backup_snapshot(struct broker *b, struct backup **out)
 	snprintf(bk->dir, sizeof(bk->dir), "%s/.kb-backup-XXXXXX",
 	    dir_of(b->cfg->database, d, sizeof(d)));
 	if (mkdtemp(bk->dir) == NULL) {
-		e = kb_errf(errno == ENOSPC ? KB_ERR_STORAGE_FULL : KB_ERR_STORE,
+		e = kb_errf(
+		    errno == ENOSPC ? KB_ERR_STORAGE_FULL : KB_ERR_STORE,
 		    "making a directory for the snapshot beside the database "
-		    "(%s): %s", d, strerror(errno));
+		    "(%s): %s",
+		    d, strerror(errno));
 		bk->dir[0] = '\0';
 		goto fail;
 	}
 	for (i = 0; i < NSECTIONS; i++)
 		snprintf(bk->path[i], sizeof(bk->path[i]), "%s/%s", bk->dir,
 		    section_names[i]);
-	if ((e = store_snapshot(b->store, bk->path[0])) != KB_OK ||
-	    (e = audit_snapshot(b->audit, bk->path[1], &bk->head)) != KB_OK)
+	if ((e = store_snapshot(b->store, bk->path[0])) != KB_OK
+	    || (e = audit_snapshot(b->audit, bk->path[1], &bk->head)) != KB_OK)
 		goto fail;
 	/* The manifest is read from the copy, so it names what is in it. */
 	if ((e = store_open(bk->path[0], 1, &snap)) != KB_OK)
@@ -258,8 +264,8 @@ backup_snapshot(struct broker *b, struct backup **out)
 	store_close(snap);
 	if (e != KB_OK)
 		goto fail;
-	if ((bk->sha = EVP_MD_CTX_new()) == NULL ||
-	    EVP_DigestInit_ex(bk->sha, EVP_sha256(), NULL) != 1) {
+	if ((bk->sha = EVP_MD_CTX_new()) == NULL
+	    || EVP_DigestInit_ex(bk->sha, EVP_sha256(), NULL) != 1) {
 		e = kb_errf(KB_ERR_NOMEM, "out of memory");
 		goto fail;
 	}
@@ -290,20 +296,27 @@ backup_read(struct backup *bk, uint8_t *buf, size_t len, size_t *n)
 	*n = 0;
 	while (bk->part <= NSECTIONS + 1) {
 		if (bk->part == 0) {
-			got = bk->header_len - bk->off < len ?
-			    bk->header_len - bk->off : len;
+			got = bk->header_len - bk->off < len
+			    ? bk->header_len - bk->off
+			    : len;
 			memcpy(buf, bk->header + bk->off, got);
 		} else if (bk->part <= NSECTIONS) {
-			if (bk->f == NULL &&
-			    (bk->f = fopen(bk->path[bk->part - 1], "rb")) == NULL)
-				return kb_errf(KB_ERR_STORE, "reading the "
-				    "snapshot: %s", strerror(errno));
+			if (bk->f == NULL
+			    && (bk->f = fopen(bk->path[bk->part - 1], "rb"))
+			        == NULL)
+				return kb_errf(KB_ERR_STORE,
+				    "reading the "
+				    "snapshot: %s",
+				    strerror(errno));
 			got = fread(buf, 1, len, bk->f);
 			if (got == 0 && ferror(bk->f))
-				return kb_errf(KB_ERR_STORE, "reading the "
-				    "snapshot: %s", strerror(errno));
+				return kb_errf(KB_ERR_STORE,
+				    "reading the "
+				    "snapshot: %s",
+				    strerror(errno));
 			if (bk->off + got > bk->bytes[bk->part - 1])
-				return kb_errf(KB_ERR_INTERNAL, "the snapshot "
+				return kb_errf(KB_ERR_INTERNAL,
+				    "the snapshot "
 				    "of the %s grew while being sent",
 				    section_names[bk->part - 1]);
 		} else {
@@ -316,8 +329,9 @@ backup_read(struct backup *bk, uint8_t *buf, size_t len, size_t *n)
 				snprintf(bk->trailer, sizeof(bk->trailer),
 				    "sha256 %s\n", hex);
 			}
-			got = TRAILER_LEN - bk->off < len ? TRAILER_LEN - bk->off :
-			    len;
+			got = TRAILER_LEN - bk->off < len
+			    ? TRAILER_LEN - bk->off
+			    : len;
 			memcpy(buf, bk->trailer + bk->off, got);
 		}
 		if (got > 0) {
@@ -333,7 +347,8 @@ backup_read(struct backup *bk, uint8_t *buf, size_t len, size_t *n)
 			fclose(bk->f);
 			bk->f = NULL;
 			if (bk->off != bk->bytes[bk->part - 1])
-				return kb_errf(KB_ERR_INTERNAL, "the snapshot "
+				return kb_errf(KB_ERR_INTERNAL,
+				    "the snapshot "
 				    "of the %s changed while being sent",
 				    section_names[bk->part - 1]);
 		}
@@ -398,33 +413,40 @@ restore_read(struct restore_file *r)
 	ssize_t len;
 	enum kb_err e;
 
-	if ((r->f = fopen(r->path, "rb")) == NULL || fstat(fileno(r->f), &sb)
-	    != 0)
+	if ((r->f = fopen(r->path, "rb")) == NULL
+	    || fstat(fileno(r->f), &sb) != 0)
 		return kb_errf(KB_ERR_NOT_FOUND, "backup %s: %s", r->path,
 		    strerror(errno));
 	r->size = (uint64_t)sb.st_size;
-	if (fgets(magic, sizeof(magic), r->f) == NULL ||
-	    strcmp(magic, BACKUP_MAGIC) != 0)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s is not a keybroker "
+	if (fgets(magic, sizeof(magic), r->f) == NULL
+	    || strcmp(magic, BACKUP_MAGIC) != 0)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "%s is not a keybroker "
 		    "backup (its first line is not \"keybroker-backup 1\"; "
-		    "make one with kbctl backup create)", r->path);
-	if ((len = getline(&r->manifest_line, &cap, r->f)) <= 1 ||
-	    (size_t)len > MANIFEST_MAX || r->manifest_line[len - 1] != '\n')
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup %s: its manifest "
-		    "line is missing or cut short (the file is damaged)", r->path);
+		    "make one with kbctl backup create)",
+		    r->path);
+	if ((len = getline(&r->manifest_line, &cap, r->f)) <= 1
+	    || (size_t)len > MANIFEST_MAX || r->manifest_line[len - 1] != '\n')
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "backup %s: its manifest "
+		    "line is missing or cut short (the file is damaged)",
+		    r->path);
 	r->header_len = strlen(BACKUP_MAGIC) + (size_t)len;
 	if (r->size < r->header_len + TRAILER_LEN)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup %s is cut short "
-		    "(%" PRIu64 " bytes, no trailer)", r->path, r->size);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "backup %s is cut short "
+		    "(%" PRIu64 " bytes, no trailer)",
+		    r->path, r->size);
 	/* The checksum covers every byte before the trailer. */
-	if ((c = EVP_MD_CTX_new()) == NULL ||
-	    EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
+	if ((c = EVP_MD_CTX_new()) == NULL
+	    || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1) {
 		EVP_MD_CTX_free(c);
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	}
 	rewind(r->f);
 	for (left = r->size - TRAILER_LEN; left > 0; left -= n) {
-		n = fread(buf, 1, left < sizeof(buf) ? left : sizeof(buf), r->f);
+		n = fread(
+		    buf, 1, left < sizeof(buf) ? left : sizeof(buf), r->f);
 		if (n == 0)
 			break;
 		EVP_DigestUpdate(c, buf, n);
@@ -436,48 +458,64 @@ restore_read(struct restore_file *r)
 		return kb_errf(KB_ERR_STORE, "reading backup %s: %s", r->path,
 		    strerror(errno));
 	trailer[TRAILER_LEN] = '\0';
-	if (memcmp(trailer, "sha256 ", 7) != 0 || trailer[TRAILER_LEN - 1] !=
-	    '\n')
-		return kb_errf(KB_ERR_CORRUPT, "backup %s has no checksum "
-		    "trailer (\"sha256 HEX\" as its last line): it is cut short "
-		    "or damaged; nothing was restored", r->path);
+	if (memcmp(trailer, "sha256 ", 7) != 0
+	    || trailer[TRAILER_LEN - 1] != '\n')
+		return kb_errf(KB_ERR_CORRUPT,
+		    "backup %s has no checksum "
+		    "trailer (\"sha256 HEX\" as its last line): it is cut "
+		    "short "
+		    "or damaged; nothing was restored",
+		    r->path);
 	if (CRYPTO_memcmp(trailer + 7, hex, 64) != 0)
-		return kb_errf(KB_ERR_CORRUPT, "backup %s fails its checksum: the "
-		    "SHA-256 of its contents is %s, its trailer says %.64s; the "
-		    "file was damaged or altered; nothing was restored", r->path,
-		    hex, trailer + 7);
+		return kb_errf(KB_ERR_CORRUPT,
+		    "backup %s fails its checksum: the "
+		    "SHA-256 of its contents is %s, its trailer says %.64s; "
+		    "the "
+		    "file was damaged or altered; nothing was restored",
+		    r->path, hex, trailer + 7);
 	/* Past the checksum: what the broker wrote. Still checked. */
 	r->manifest_line[len - 1] = '\0';
-	if ((r->m = json_loads(r->manifest_line, 0, &jerr)) == NULL ||
-	    !json_is_object(r->m))
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup %s: its manifest "
-		    "is not JSON (%s)", r->path, jerr.text);
+	if ((r->m = json_loads(r->manifest_line, 0, &jerr)) == NULL
+	    || !json_is_object(r->m))
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "backup %s: its manifest "
+		    "is not JSON (%s)",
+		    r->path, jerr.text);
 	secs = json_object_get(r->m, "sections");
-	if (json_integer_value(json_object_get(r->m, "version")) != 1 ||
-	    !json_is_array(secs) || json_array_size(secs) != NSECTIONS)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup %s: a manifest "
+	if (json_integer_value(json_object_get(r->m, "version")) != 1
+	    || !json_is_array(secs) || json_array_size(secs) != NSECTIONS)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "backup %s: a manifest "
 		    "of another version or without its two sections: use the "
-		    "keybrokerd that made it", r->path);
+		    "keybrokerd that made it",
+		    r->path);
 	for (i = 0, sum = 0; i < NSECTIONS; i++) {
 		const char *h;
 
 		o = json_array_get(secs, i);
 		h = json_string_value(json_object_get(o, "sha256"));
-		if (!json_is_integer(json_object_get(o, "bytes")) || h == NULL ||
-		    strlen(h) != 64 || strcmp(json_string_value(json_object_get(o,
-		    "name")) != NULL ? json_string_value(json_object_get(o,
-		    "name")) : "", section_names[i]) != 0)
-			return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup %s: "
-			    "section %zu of the manifest is malformed", r->path,
-			    i + 1);
-		r->bytes[i] = (uint64_t)json_integer_value(json_object_get(o,
-		    "bytes"));
+		if (!json_is_integer(json_object_get(o, "bytes")) || h == NULL
+		    || strlen(h) != 64
+		    || strcmp(
+		           json_string_value(json_object_get(o, "name")) != NULL
+		               ? json_string_value(json_object_get(o, "name"))
+		               : "",
+		           section_names[i])
+		        != 0)
+			return kb_errf(KB_ERR_INVALID_ARGUMENT,
+			    "backup %s: "
+			    "section %zu of the manifest is malformed",
+			    r->path, i + 1);
+		r->bytes[i] =
+		    (uint64_t)json_integer_value(json_object_get(o, "bytes"));
 		snprintf(r->sha[i], sizeof(r->sha[i]), "%s", h);
 		sum += r->bytes[i];
 	}
 	if (r->header_len + sum + TRAILER_LEN != r->size)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "backup %s: the manifest's "
-		    "sections add up to %" PRIu64 " bytes, the file holds %" PRIu64,
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "backup %s: the manifest's "
+		    "sections add up to %" PRIu64
+		    " bytes, the file holds %" PRIu64,
 		    r->path, sum, r->size - r->header_len - TRAILER_LEN);
 	e = KB_OK;
 	return e;
@@ -497,7 +535,8 @@ static int
 key_present(struct hsm *h, json_t *k, char *why, size_t len)
 {
 	const char *id = jstr(k, "id"), *label = jstr(k, "label");
-	const char *purpose = jstr(k, "purpose"), *want = jstr(k, "fingerprint");
+	const char *purpose = jstr(k, "purpose"),
+	           *want = jstr(k, "fingerprint");
 	uint8_t *der = NULL;
 	size_t der_len = 0;
 	char fp[65];
@@ -511,13 +550,13 @@ key_present(struct hsm *h, json_t *k, char *why, size_t len)
 		kb_err_clear();
 		/* A KEK is made again from its wrapped copy in the database
 		 * at start, when its tenant key is there. */
-		if (strcmp(purpose, "kek") == 0 &&
-		    strcmp(jstr(k, "state"), "active") == 0 &&
-		    hsm_key_exists(h, jstr(k, "parent")) == KB_OK)
+		if (strcmp(purpose, "kek") == 0
+		    && strcmp(jstr(k, "state"), "active") == 0
+		    && hsm_key_exists(h, jstr(k, "parent")) == KB_OK)
 			return 1;
 		kb_err_clear();
-		snprintf(why, len, "no AES key with id %s and label %s", id,
-		    label);
+		snprintf(
+		    why, len, "no AES key with id %s and label %s", id, label);
 		return 0;
 	}
 	if (hsm_key_exists(h, id) != KB_OK) {
@@ -527,8 +566,8 @@ key_present(struct hsm *h, json_t *k, char *why, size_t len)
 	}
 	if (strlen(want) != 64)
 		return 1;
-	if ((e = hsm_public_key_der(h, id, &der, &der_len)) != KB_OK ||
-	    (e = fingerprint_spki(der, der_len, fp)) != KB_OK) {
+	if ((e = hsm_public_key_der(h, id, &der, &der_len)) != KB_OK
+	    || (e = fingerprint_spki(der, der_len, fp)) != KB_OK) {
 		free(der);
 		snprintf(why, len, "its public key cannot be read: %s",
 		    kb_err_msg(e));
@@ -537,17 +576,18 @@ key_present(struct hsm *h, json_t *k, char *why, size_t len)
 	}
 	free(der);
 	if (strcmp(fp, want) != 0) {
-		snprintf(why, len, "key %s in the token is another key "
-		    "(fingerprint %.16s..., the backup's is %.16s...)", id, fp,
-		    want);
+		snprintf(why, len,
+		    "key %s in the token is another key "
+		    "(fingerprint %.16s..., the backup's is %.16s...)",
+		    id, fp, want);
 		return 0;
 	}
 	return 1;
 }
 
 static enum kb_err
-restore_check_token(struct hsm *h, const struct hsm_token_info *ti,
-    json_t *m, const char *file, FILE *out)
+restore_check_token(struct hsm *h, const struct hsm_token_info *ti, json_t *m,
+    const char *file, FILE *out)
 {
 	json_t *keys = json_object_get(m, "keys"), *tok, *k;
 	const char *blabel, *bserial;
@@ -558,50 +598,66 @@ restore_check_token(struct hsm *h, const struct hsm_token_info *ti,
 	tok = json_object_get(m, "token");
 	blabel = jstr(tok, "label");
 	bserial = jstr(tok, "serial");
-	fprintf(out, "backup %s: token '%s' (serial %s), schema %" JSON_INTEGER_FORMAT
-	    ", audit log to event %" JSON_INTEGER_FORMAT ", %zu keys\n", file,
-	    blabel, bserial, json_integer_value(json_object_get(m,
-	    "schema_version")), json_integer_value(json_object_get(
-	    json_object_get(m, "audit_head"), "seq")), json_array_size(keys));
-	json_array_foreach(keys, i, k) {
+	fprintf(out,
+	    "backup %s: token '%s' (serial %s), schema %" JSON_INTEGER_FORMAT
+	    ", audit log to event %" JSON_INTEGER_FORMAT ", %zu keys\n",
+	    file, blabel, bserial,
+	    json_integer_value(json_object_get(m, "schema_version")),
+	    json_integer_value(
+	        json_object_get(json_object_get(m, "audit_head"), "seq")),
+	    json_array_size(keys));
+	json_array_foreach(keys, i, k)
+	{
 		if (!json_is_true(json_object_get(k, "in_token")))
 			continue;
 		needed++;
 		if (key_present(h, k, why, sizeof(why)))
 			continue;
 		if (missing++ == 0)
-			fprintf(stderr, "keybrokerd: token '%s' (serial %s) lacks "
-			    "keys this backup needs:\n", ti->label, ti->serial);
-		envs += (uint64_t)json_integer_value(json_object_get(k,
-		    "environments"));
-		fprintf(stderr, "  MISSING %s key %s%s%s (state %s, fingerprint "
-		    "%s): %s; %" JSON_INTEGER_FORMAT " environment(s) depend on "
-		    "it%s%s%s\n", jstr(k, "purpose"), jstr(k, "id"),
-		    jstr(k, "tenant")[0] ? " of tenant " : "", jstr(k, "tenant"),
-		    jstr(k, "state"), jstr(k, "fingerprint"), why,
-		    json_integer_value(json_object_get(k, "environments")),
+			fprintf(stderr,
+			    "keybrokerd: token '%s' (serial %s) lacks "
+			    "keys this backup needs:\n",
+			    ti->label, ti->serial);
+		envs += (uint64_t)json_integer_value(
+		    json_object_get(k, "environments"));
+		fprintf(stderr,
+		    "  MISSING %s key %s%s%s (state %s, fingerprint "
+		    "%s): %s; %" JSON_INTEGER_FORMAT
+		    " environment(s) depend on "
+		    "it%s%s%s\n",
+		    jstr(k, "purpose"), jstr(k, "id"),
+		    jstr(k, "tenant")[0] ? " of tenant " : "",
+		    jstr(k, "tenant"), jstr(k, "state"), jstr(k, "fingerprint"),
+		    why, json_integer_value(json_object_get(k, "environments")),
 		    jstr(k, "tenant_ids")[0] ? " (tenants: " : "",
 		    jstr(k, "tenant_ids"), jstr(k, "tenant_ids")[0] ? ")" : "");
 	}
 	if (strcmp(blabel, ti->label) != 0 || strcmp(bserial, ti->serial) != 0)
-		fprintf(stderr, "keybrokerd: the backup's database is bound to "
+		fprintf(stderr,
+		    "keybrokerd: the backup's database is bound to "
 		    "token '%s' (serial %s), the configured token is '%s' "
 		    "(serial %s): the broker would refuse to start on it\n",
 		    blabel, bserial, ti->label, ti->serial);
 	if (missing > 0)
-		return kb_errf(KB_ERR_TOKEN_MISMATCH, "refusing to restore %s: "
-		    "%zu of the %zu keys it needs are not in token '%s' (%" PRIu64
-		    " environment(s) depend on them; listed above); restore the "
-		    "token from its own backup first, or point token_uri at the "
-		    "token that holds them; nothing was written", file, missing,
-		    needed, ti->label, envs);
+		return kb_errf(KB_ERR_TOKEN_MISMATCH,
+		    "refusing to restore %s: "
+		    "%zu of the %zu keys it needs are not in token '%s' "
+		    "(%" PRIu64 " environment(s) depend on them; listed "
+		    "above); restore the "
+		    "token from its own backup first, or point token_uri at "
+		    "the "
+		    "token that holds them; nothing was written",
+		    file, missing, needed, ti->label, envs);
 	if (strcmp(blabel, ti->label) != 0 || strcmp(bserial, ti->serial) != 0)
-		return kb_errf(KB_ERR_TOKEN_MISMATCH, "refusing to restore %s: it "
+		return kb_errf(KB_ERR_TOKEN_MISMATCH,
+		    "refusing to restore %s: it "
 		    "belongs to token '%s' (serial %s), not '%s' (serial %s); "
-		    "nothing was written", file, blabel, bserial, ti->label,
-		    ti->serial);
-	fprintf(out, "token '%s' (serial %s) holds all %zu keys the backup "
-	    "needs\n", ti->label, ti->serial, needed);
+		    "nothing was written",
+		    file, blabel, bserial, ti->label, ti->serial);
+	fprintf(out,
+	    "token '%s' (serial %s) holds all %zu keys the backup "
+	    "needs\n",
+	    ti->label, ti->serial, needed);
 	return KB_OK;
 }
 
@@ -622,16 +678,18 @@ restore_section(struct restore_file *r, int i, uint64_t offset,
 	snprintf(tmp, tmp_len, "%s.restore-XXXXXX", target);
 	if ((fd = mkstemp(tmp)) < 0) {
 		tmp[0] = '\0';
-		return kb_errf(errno == ENOSPC ? KB_ERR_STORAGE_FULL : KB_ERR_STORE,
+		return kb_errf(
+		    errno == ENOSPC ? KB_ERR_STORAGE_FULL : KB_ERR_STORE,
 		    "creating a file beside %s: %s", target, strerror(errno));
 	}
 	(void)fchmod(fd, 0600);
-	if ((c = EVP_MD_CTX_new()) == NULL ||
-	    EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1 ||
-	    fseeko(r->f, (off_t)offset, SEEK_SET) != 0)
+	if ((c = EVP_MD_CTX_new()) == NULL
+	    || EVP_DigestInit_ex(c, EVP_sha256(), NULL) != 1
+	    || fseeko(r->f, (off_t)offset, SEEK_SET) != 0)
 		goto io;
 	for (left = r->bytes[i]; left > 0; left -= n) {
-		n = fread(buf, 1, left < sizeof(buf) ? left : sizeof(buf), r->f);
+		n = fread(
+		    buf, 1, left < sizeof(buf) ? left : sizeof(buf), r->f);
 		if (n == 0)
 			goto io;
 		EVP_DigestUpdate(c, buf, n);
@@ -643,8 +701,10 @@ restore_section(struct restore_file *r, int i, uint64_t offset,
 	EVP_DigestFinal_ex(c, md, NULL);
 	kb_hex_encode(md, sizeof(md), hex);
 	if (strcmp(hex, r->sha[i]) != 0) {
-		e = kb_errf(KB_ERR_CORRUPT, "backup %s: the %s section's SHA-256 "
-		    "is not the manifest's", r->path, section_names[i]);
+		e = kb_errf(KB_ERR_CORRUPT,
+		    "backup %s: the %s section's SHA-256 "
+		    "is not the manifest's",
+		    r->path, section_names[i]);
 		goto out;
 	}
 	e = KB_OK;
@@ -664,7 +724,8 @@ dir_sync(const char *path)
 	char d[4096];
 	int fd;
 
-	if ((fd = open(dir_of(path, d, sizeof(d)), O_RDONLY | O_DIRECTORY)) >= 0) {
+	if ((fd = open(dir_of(path, d, sizeof(d)), O_RDONLY | O_DIRECTORY))
+	    >= 0) {
 		(void)fsync(fd);
 		close(fd);
 	}
@@ -720,9 +781,12 @@ backup_restore(const struct config *cfg, const char *config_path,
 		if (access(targets[i], F_OK) != 0)
 			continue;
 		if (!force) {
-			e = kb_errf(KB_ERR_ALREADY_EXISTS, "%s exists: restoring "
-			    "would replace it; give --force to replace it (stop "
-			    "the broker first); nothing was written", targets[i]);
+			e = kb_errf(KB_ERR_ALREADY_EXISTS,
+			    "%s exists: restoring "
+			    "would replace it; give --force to replace it "
+			    "(stop "
+			    "the broker first); nothing was written",
+			    targets[i]);
 			goto out;
 		}
 		if ((e = store_file_settle(targets[i])) != KB_OK) {
@@ -731,16 +795,17 @@ backup_restore(const struct config *cfg, const char *config_path,
 		}
 	}
 	for (i = 0, off = r.header_len; i < NSECTIONS; off += r.bytes[i], i++)
-		if ((e = restore_section(&r, i, off, targets[i], tmp[i],
-		    sizeof(tmp[i]))) != KB_OK)
+		if ((e = restore_section(
+		         &r, i, off, targets[i], tmp[i], sizeof(tmp[i])))
+		    != KB_OK)
 			goto out;
 	/* Each file is the old one or the new one whatever happens: the new
 	 * one is complete and synced before its rename. */
 	for (i = 0; i < NSECTIONS; i++) {
 		remove_sidecars(targets[i]);
 		if (rename(tmp[i], targets[i]) != 0) {
-			e = kb_errf(KB_ERR_STORE, "renaming %s to %s: %s", tmp[i],
-			    targets[i], strerror(errno));
+			e = kb_errf(KB_ERR_STORE, "renaming %s to %s: %s",
+			    tmp[i], targets[i], strerror(errno));
 			goto out;
 		}
 		tmp[i][0] = '\0';
@@ -748,26 +813,34 @@ backup_restore(const struct config *cfg, const char *config_path,
 		fprintf(out, "restored %s (%" PRIu64 " bytes)\n", targets[i],
 		    r.bytes[i]);
 	}
-	head = (uint64_t)json_integer_value(json_object_get(json_object_get(
-	    r.m, "audit_head"), "seq"));
+	head = (uint64_t)json_integer_value(
+	    json_object_get(json_object_get(r.m, "audit_head"), "seq"));
 	if ((e = audit_anchor_seq(h, AUDIT_ANCHOR_LABEL, &anchor)) == KB_OK)
 		have_anchor = 1;
 	kb_err_clear();
 	e = KB_OK;
 	if (have_anchor && anchor > head) {
-		fprintf(out, "the audit log: the token's anchor says the log "
-		    "reached event %" PRIu64 "; this backup's log ends at event "
-		    "%" PRIu64 ", so events %" PRIu64 " to %" PRIu64 " (recorded "
-		    "after the backup) are not in it. The broker refuses to start "
-		    "on it as it is (lost events). Nothing was recorded yet: to "
+		fprintf(out,
+		    "the audit log: the token's anchor says the log "
+		    "reached event %" PRIu64
+		    "; this backup's log ends at event "
+		    "%" PRIu64 ", so events %" PRIu64 " to %" PRIu64
+		    " (recorded "
+		    "after the backup) are not in it. The broker refuses to "
+		    "start "
+		    "on it as it is (lost events). Nothing was recorded yet: "
+		    "to "
 		    "accept the loss, start once with\n"
 		    "  keybrokerd --config %s --accept-audit-loss\n"
-		    "which records it in the log (audit.loss_accepted) and moves "
-		    "the anchor; later starts need no flag. 'kbctl audit verify' "
+		    "which records it in the log (audit.loss_accepted) and "
+		    "moves "
+		    "the anchor; later starts need no flag. 'kbctl audit "
+		    "verify' "
 		    "will name event %" PRIu64 " as the first missing one.\n",
 		    anchor, head, head + 1, anchor, config_path, head + 1);
 	} else {
-		fprintf(out, "the audit log reaches the token's anchor (%s): "
+		fprintf(out,
+		    "the audit log reaches the token's anchor (%s): "
 		    "start the broker as usual:\n  keybrokerd --config %s\n",
 		    have_anchor ? "checked again at start" : "none yet",
 		    config_path);

@@ -36,8 +36,7 @@ enum kb_err backup_snapshot(struct broker *b, struct backup **out);
 
 /* The next at most `len` bytes of the backup file into `buf`; *n = 0 at
  * its end. */
-enum kb_err backup_read(struct backup *bk, uint8_t *buf, size_t len,
-    size_t *n);
+enum kb_err backup_read(struct backup *bk, uint8_t *buf, size_t len, size_t *n);
 
 /* Its size in bytes, and the audit head it holds (for the log line). */
 uint64_t backup_size(const struct backup *bk);

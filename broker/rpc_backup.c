@@ -30,7 +30,8 @@ rpc_backup_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 	c->stream_open = 1;
 	for (;;) {
 		if (ops->done(st)) {
-			e = kb_errf(KB_ERR_CANCELLED, "the client went away during "
+			e = kb_errf(KB_ERR_CANCELLED,
+			    "the client went away during "
 			    "the backup");
 			goto out;
 		}
@@ -41,13 +42,15 @@ rpc_backup_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 		m.data.data = buf;
 		m.data.len = n;
 		if ((e = ops->send(st, &m.base)) != KB_OK) {
-			e = kb_errf(KB_ERR_CANCELLED, "the client went away during "
+			e = kb_errf(KB_ERR_CANCELLED,
+			    "the client went away during "
 			    "the backup");
 			goto out;
 		}
 	}
 	log_info("backup sent to %s: %" PRIu64 " bytes, audit log to event "
-	    "%" PRIu64, c->id->name, backup_size(bk), backup_audit_seq(bk));
+	         "%" PRIu64,
+	    c->id->name, backup_size(bk), backup_audit_seq(bk));
 out:
 	backup_free(bk);
 	free(buf);

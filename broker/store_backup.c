@@ -21,8 +21,9 @@ store_sqlite_copy(struct sqlite3 *src, const char *dest, const char *what)
 	enum kb_err e;
 	int rc;
 
-	rc = sqlite3_open_v2(dest, &d, SQLITE_OPEN_READWRITE |
-	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(dest, &d,
+	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	    NULL);
 	if (rc != SQLITE_OK) {
 		e = store_sql_err(d, rc, what);
 		goto out;
@@ -38,8 +39,9 @@ store_sqlite_copy(struct sqlite3 *src, const char *dest, const char *what)
 		goto out;
 	}
 	/* The copy leaves no -wal of its own behind. */
-	if ((rc = sqlite3_exec(d, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL,
-	    NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_exec(
+	         d, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL))
+	    != SQLITE_OK) {
 		e = store_sql_err(d, rc, what);
 		goto out;
 	}
@@ -61,15 +63,15 @@ store_snapshot(struct store *s, const char *dest)
 	return e;
 }
 
-#define DEPENDENTS_SQL \
-	"SELECT count(DISTINCT d.env_id), count(DISTINCT e.tenant_id), " \
-	"coalesce((SELECT group_concat(t, ', ') FROM (SELECT DISTINCT " \
-	"e2.tenant_id AS t FROM deks d2 JOIN environments e2 ON " \
-	"e2.id = d2.env_id WHERE e2.state != 'deleted' AND (d2.key_id = ?1 " \
-	"OR d2.key_id IN (SELECT id FROM keys WHERE parent_id = ?1 AND " \
-	"purpose = 'kek')) ORDER BY t LIMIT 20)), '') " \
-	"FROM deks d JOIN environments e ON e.id = d.env_id " \
-	"WHERE e.state != 'deleted' AND (d.key_id = ?1 OR d.key_id IN " \
+#define DEPENDENTS_SQL                                                         \
+	"SELECT count(DISTINCT d.env_id), count(DISTINCT e.tenant_id), "       \
+	"coalesce((SELECT group_concat(t, ', ') FROM (SELECT DISTINCT "        \
+	"e2.tenant_id AS t FROM deks d2 JOIN environments e2 ON "              \
+	"e2.id = d2.env_id WHERE e2.state != 'deleted' AND (d2.key_id = ?1 "   \
+	"OR d2.key_id IN (SELECT id FROM keys WHERE parent_id = ?1 AND "       \
+	"purpose = 'kek')) ORDER BY t LIMIT 20)), '') "                        \
+	"FROM deks d JOIN environments e ON e.id = d.env_id "                  \
+	"WHERE e.state != 'deleted' AND (d.key_id = ?1 OR d.key_id IN "        \
 	"(SELECT id FROM keys WHERE parent_id = ?1 AND purpose = 'kek'))"
 
 enum kb_err
@@ -105,7 +107,7 @@ enum kb_err
 store_keys_all(struct store *s, struct store_key **out, size_t *n)
 {
 	static const char sql[] = "SELECT " KEY_COLS " FROM keys ORDER BY "
-	    "purpose, coalesce(tenant_id, ''), id";
+	                          "purpose, coalesce(tenant_id, ''), id";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -132,11 +134,15 @@ store_file_settle(const char *path)
 	sqlite3_busy_timeout(db, 0);
 	/* Every broker connection (WAL) holds a shared lock on the file: an
 	 * exclusive one is refused while any is open. */
-	rc = sqlite3_exec(db, "PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; "
-	    "COMMIT; PRAGMA wal_checkpoint(TRUNCATE);", NULL, NULL, NULL);
+	rc = sqlite3_exec(db,
+	    "PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE; "
+	    "COMMIT; PRAGMA wal_checkpoint(TRUNCATE);",
+	    NULL, NULL, NULL);
 	if ((rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED) {
-		e = kb_errf(KB_ERR_UNAVAILABLE, "%s is in use (is keybrokerd "
-		    "running on it? stop it first)", path);
+		e = kb_errf(KB_ERR_UNAVAILABLE,
+		    "%s is in use (is keybrokerd "
+		    "running on it? stop it first)",
+		    path);
 		goto out;
 	}
 	if (rc != SQLITE_OK) {

@@ -88,8 +88,8 @@ recv_check(struct recv *r, char hex[65])
 }
 
 static int
-print_summary(struct kbctl *k, const char *path, struct recv *r,
-    const char *hex)
+print_summary(
+    struct kbctl *k, const char *path, struct recv *r, const char *hex)
 {
 	json_t *m = NULL, *o, *keys;
 	const char *nl;
@@ -108,17 +108,18 @@ print_summary(struct kbctl *k, const char *path, struct recv *r,
 		kbctl_jset(o, "bytes", json_integer((json_int_t)r->bytes));
 		kbctl_jset(o, "sha256", kbctl_jstr(hex));
 		kbctl_jset(o, "audit_seq", json_integer(seq));
-		kbctl_jset(o, "keys", json_integer((json_int_t)json_array_size(keys)));
+		kbctl_jset(
+		    o, "keys", json_integer((json_int_t)json_array_size(keys)));
 		rc = kbctl_json_print(o);
 	} else {
 		printf("backup written to %s: %llu bytes, sha256 %s\n", path,
 		    r->bytes, hex);
 		printf("token '%s' (serial %s); %zu keys; audit log to event "
 		       "%lld\n",
-		    json_string_value(json_object_get(
-		        json_object_get(m, "token"), "label")),
-		    json_string_value(json_object_get(
-		        json_object_get(m, "token"), "serial")),
+		    json_string_value(
+		        json_object_get(json_object_get(m, "token"), "label")),
+		    json_string_value(
+		        json_object_get(json_object_get(m, "token"), "serial")),
 		    json_array_size(keys), (long long)seq);
 		printf("the keys stay in the token: back it up too (README, "
 		       "Backup and recovery)\n");
@@ -131,8 +132,8 @@ print_summary(struct kbctl *k, const char *path, struct recv *r,
 int
 kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a)
 {
-	Keybroker__V1__CreateBackupRequest req
-	    = KEYBROKER__V1__CREATE_BACKUP_REQUEST__INIT;
+	Keybroker__V1__CreateBackupRequest req =
+	    KEYBROKER__V1__CREATE_BACKUP_REQUEST__INIT;
 	const char *path = kbctl_flag(a, "--out");
 	int force = kbctl_flag(a, "--force") != NULL, fd = -1;
 	int rc = KBCTL_EXIT_FAIL;
@@ -178,7 +179,8 @@ kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a)
 		if (kbctl_stop_signal()) {
 			if (nx == KB_STREAM_MESSAGE)
 				kb_wire_free(m);
-			fprintf(stderr, "kbctl: interrupted; no backup written\n");
+			fprintf(
+			    stderr, "kbctl: interrupted; no backup written\n");
 			rc = KBCTL_EXIT_INTERRUPTED;
 			goto out;
 		}
@@ -190,9 +192,10 @@ kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a)
 		if (recv_add(&r, c->data.data, c->data.len) != 0
 		    || write(fd, c->data.data, c->data.len)
 		        != (ssize_t)c->data.len) {
-			fprintf(stderr, "kbctl: writing %s: %s; no backup "
-			    "written\n", tmp, errno ? strerror(errno) :
-			    "out of memory");
+			fprintf(stderr,
+			    "kbctl: writing %s: %s; no backup "
+			    "written\n",
+			    tmp, errno ? strerror(errno) : "out of memory");
 			kb_wire_free(m);
 			goto out;
 		}
@@ -204,9 +207,11 @@ kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a)
 		goto out;
 	}
 	if (!recv_check(&r, hex)) {
-		fprintf(stderr, "kbctl: the backup received (%llu bytes) does "
+		fprintf(stderr,
+		    "kbctl: the backup received (%llu bytes) does "
 		    "not match its checksum trailer: damaged on the way; no "
-		    "backup written\n", r.bytes);
+		    "backup written\n",
+		    r.bytes);
 		goto out;
 	}
 	if (fsync(fd) != 0 || close(fd) != 0) {
