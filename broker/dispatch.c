@@ -29,10 +29,7 @@
 #define UNARY(name, roles, msg, fn, audit, scope) \
 	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, fn, \
 	  NULL, audit, scope }
-#define STREAM(name, roles, msg, fn, scope) \
-	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
-	  fn, AUDIT_REFUSALS, scope }
-#define STREAM_AUDITED(name, roles, msg, fn, audit, scope) \
+#define STREAM(name, roles, msg, fn, audit, scope) \
 	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
 	  fn, audit, scope }
 
@@ -56,7 +53,8 @@
  * before the answer goes out), AUDIT_CHANGE a state change: a "started"
  * event before the handler runs, then the outcome (same request id), so a
  * crash between the change and its record still leaves the attempt in the
- * log.
+ * log. A stream's outcome is recorded when it ends, before its status goes
+ * out.
  *
  * A method not listed does not exist (UNIMPLEMENTED). Before any handler
  * runs, a role not listed is refused (PERMISSION_DENIED), then the names
@@ -142,7 +140,7 @@ const struct rpc_method dispatch_methods[] = {
 	UNARY(ListEvents, AUDITORS, list_events_request, rpc_audit_list,
 	    AUDIT_REFUSALS, CHECKED_BY_HANDLER),
 	STREAM(TailEvents, AUDITORS, tail_events_request, rpc_audit_tail,
-	    CHECKED_BY_HANDLER),
+	    AUDIT_REFUSALS, CHECKED_BY_HANDLER),
 	UNARY(ListCheckpoints, AUDITORS, list_checkpoints_request,
 	    rpc_audit_checkpoints, AUDIT_REFUSALS, NO_TENANT),
 	UNARY(GetAuditKey, AUDITORS, get_audit_key_request, rpc_audit_key,
@@ -153,7 +151,7 @@ const struct rpc_method dispatch_methods[] = {
 	    rpc_audit_key_rotate, AUDIT_CHANGE, PLATFORM_ONLY),
 	/* Disaster recovery: the whole database leaves the broker (sealed),
 	 * so its "started" event is durable before the first byte goes. */
-	STREAM_AUDITED(CreateBackup, ADMIN, create_backup_request,
+	STREAM(CreateBackup, ADMIN, create_backup_request,
 	    rpc_backup_create, AUDIT_CHANGE, PLATFORM_ONLY),
 	{ NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, { SCOPE_UNSET } }
 };

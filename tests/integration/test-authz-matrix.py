@@ -124,6 +124,7 @@ ROLES = [
     ("GetAuditKey", AUDITORS),
     ("ListAuditKeys", AUDITORS),
     ("RotateAuditKey", ADMIN),
+    ("CreateBackup", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
@@ -405,6 +406,7 @@ class Fixture:
             "GetAuditKey": pb.GetAuditKeyRequest(),
             "ListAuditKeys": pb.ListAuditKeysRequest(),
             "RotateAuditKey": pb.RotateAuditKeyRequest(),
+            "CreateBackup": pb.CreateBackupRequest(),
         }[method]
 
     def snapshot(self, svc_ch):
