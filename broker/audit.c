@@ -16,6 +16,7 @@
 
 #include "hsm.h"
 #include "log.h"
+#include "store.h"
 
 #define BATCH_MAX 1024
 
@@ -1250,4 +1251,53 @@ audit_close(struct audit *a)
 	pthread_cond_destroy(&a->done_cv);
 	free(a->path);
 	free(a);
+}
+
+/* ---- disaster recovery (backup.c) ---- */
+
+enum kb_err
+audit_snapshot(struct audit *a, const char *dest, struct audit_head *head)
+{
+	sqlite3 *d = NULL;
+	sqlite3_stmt *st = NULL;
+	enum kb_err e;
+
+	memset(head, 0, sizeof(*head));
+	pthread_mutex_lock(&a->rmu);
+	e = store_sqlite_copy(a->rdb, dest, "snapshotting the audit log");
+	pthread_mutex_unlock(&a->rmu);
+	if (e != KB_OK)
+		return e;
+	/* The head as the copy has it (the live log has moved on). */
+	if (sqlite3_open_v2(dest, &d, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+	    sqlite3_prepare_v2(d, "SELECT (SELECT seq FROM events ORDER BY seq "
+	    "DESC LIMIT 1), (SELECT hash FROM events ORDER BY seq DESC LIMIT 1), "
+	    "(SELECT max(seq) FROM checkpoints)", -1, &st, NULL) != SQLITE_OK ||
+	    sqlite3_step(st) != SQLITE_ROW) {
+		e = db_err(d, sqlite3_errcode(d), "reading the snapshot's head");
+		goto out;
+	}
+	head->seq = (uint64_t)sqlite3_column_int64(st, 0);
+	(void)blob(head->hash, sizeof(head->hash), st, 1);
+	head->checkpoint_seq = (uint64_t)sqlite3_column_int64(st, 2);
+	e = KB_OK;
+out:
+	sqlite3_finalize(st);
+	sqlite3_close(d);
+	return e;
+}
+
+enum kb_err
+audit_anchor_seq(struct hsm *h, const char *label, uint64_t *seq)
+{
+	struct audit a;
+	struct anchor an;
+	enum kb_err e;
+
+	memset(&a, 0, sizeof(a));
+	a.cfg.hsm = h;
+	a.cfg.anchor_label = label;
+	if ((e = anchor_load(&a, &an)) == KB_OK)
+		*seq = an.seq;
+	return e;
 }

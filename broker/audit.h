@@ -115,6 +115,23 @@ enum kb_err audit_rotate_key(struct audit *a, const char *new_id);
 /* The id of the key that signs now. */
 void audit_signing_key(struct audit *a, char out[KB_AUDIT_KEY_ID_MAX]);
 
+/* The head of a copy of the log: its last event and hash, and its last
+ * checkpoint (0 when none). */
+struct audit_head {
+	uint64_t seq;
+	uint8_t hash[KB_AUDIT_HASH_LEN];
+	uint64_t checkpoint_seq;
+};
+
+/* Copy the log as it is now into the new file `dest` (SQLite's online
+ * backup, while appends go on) and fill *head from the copy. */
+enum kb_err audit_snapshot(struct audit *a, const char *dest,
+    struct audit_head *head);
+
+/* The sequence number the token's anchor (`label`) vouches for: the log
+ * the broker starts on must reach it. KB_ERR_NOT_FOUND when no anchor. */
+enum kb_err audit_anchor_seq(struct hsm *h, const char *label, uint64_t *seq);
+
 /* Drain, write a final checkpoint, stop the writer, close. Accepts NULL. */
 void audit_close(struct audit *a);
 

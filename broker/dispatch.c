@@ -30,9 +30,9 @@
 #define UNARY(name, roles, msg, fn, audit, scope) \
 	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, fn, \
 	  NULL, audit, scope }
-#define STREAM(name, roles, msg, fn, scope) \
+#define STREAM(name, roles, msg, fn, audit, scope) \
 	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
-	  fn, AUDIT_REFUSALS, scope }
+	  fn, audit, scope }
 
 /* Scope rules (scope.h): which request fields name the tenant and the
  * environment, and whose certificate reaches them. */
@@ -54,7 +54,8 @@
  * before the answer goes out), AUDIT_CHANGE a state change: a "started"
  * event before the handler runs, then the outcome (same request id), so a
  * crash between the change and its record still leaves the attempt in the
- * log.
+ * log. A stream's outcome is recorded when it ends, before its status goes
+ * out.
  *
  * A method not listed does not exist (UNIMPLEMENTED). Before any handler
  * runs, a role not listed is refused (PERMISSION_DENIED), then the names
@@ -140,7 +141,7 @@ const struct rpc_method dispatch_methods[] = {
 	UNARY(ListEvents, AUDITORS, list_events_request, rpc_audit_list,
 	    AUDIT_REFUSALS, CHECKED_BY_HANDLER),
 	STREAM(TailEvents, AUDITORS, tail_events_request, rpc_audit_tail,
-	    CHECKED_BY_HANDLER),
+	    AUDIT_REFUSALS, CHECKED_BY_HANDLER),
 	UNARY(ListCheckpoints, AUDITORS, list_checkpoints_request,
 	    rpc_audit_checkpoints, AUDIT_REFUSALS, NO_TENANT),
 	UNARY(GetAuditKey, AUDITORS, get_audit_key_request, rpc_audit_key,
@@ -153,6 +154,10 @@ const struct rpc_method dispatch_methods[] = {
 	    AUDIT_REFUSALS, NO_TENANT),
 	UNARY(ConfirmClockJump, ADMIN, confirm_clock_jump_request,
 	    rpc_clock_confirm, AUDIT_CHANGE, PLATFORM_ONLY),
+	/* Disaster recovery: the whole database leaves the broker (sealed),
+	 * so its "started" event is durable before the first byte goes. */
+	STREAM(CreateBackup, ADMIN, create_backup_request,
+	    rpc_backup_create, AUDIT_CHANGE, PLATFORM_ONLY),
 	{ NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, { SCOPE_UNSET } }
 };
 
@@ -328,8 +333,6 @@ run_handler(struct rpc_ctx *ctx, const struct rpc_method *m,
 {
 	enum kb_err e;
 
-	if (m->stream != NULL)
-		return m->stream(ctx, in, ops, st);
 	if (m->audit == AUDIT_CHANGE && (e = audit_call(ctx->b, m->name,
 	    &m->scope, ctx, ctx->id, 1, in, res, "started")) != KB_OK) {
 		/* A full or read-only audit disk keeps its own status. */
@@ -337,6 +340,8 @@ run_handler(struct rpc_ctx *ctx, const struct rpc_method *m,
 		    e : KB_ERR_UNAVAILABLE, "the audit database cannot record "
 		    "this call (%s); nothing was changed", kb_err_msg(e));
 	}
+	if (m->stream != NULL)
+		return m->stream(ctx, in, ops, st);
 	if ((e = m->fn(ctx, in, out)) == KB_OK && *out == NULL)
 		e = kb_errf(KB_ERR_INTERNAL, "%s produced no response", m->name);
 	return e;

@@ -9,6 +9,7 @@
 
 #include <grpc/grpc.h>
 
+#include "backup.h"
 #include "broker.h"
 #include "config.h"
 #include "dispatch.h"
@@ -23,6 +24,7 @@ usage(FILE *f)
 	fprintf(f,
 	    "usage: keybrokerd --config FILE [--check-config] [--allow-new-database]\n"
 	    "                  [--accept-audit-loss]\n"
+	    "       keybrokerd --config FILE --restore BACKUP [--force]\n"
 	    "       keybrokerd --version\n"
 	    "\n"
 	    "Serve the keybroker gRPC API with mutual TLS. Keys stay in the\n"
@@ -41,6 +43,12 @@ usage(FILE *f)
 	    "                       rewritten since the anchor kept in the token\n"
 	    "                       (normally refused): the loss is recorded as an\n"
 	    "                       audit event and the anchor moves to the log's end\n"
+	    "      --restore BACKUP restore a backup made by 'kbctl backup create'\n"
+	    "                       (the broker stopped): check its checksum, check\n"
+	    "                       that the configured token holds every key it\n"
+	    "                       needs (else refuse, naming each), then write the\n"
+	    "                       database and the audit database and exit\n"
+	    "      --force          with --restore: replace existing database files\n"
 	    "  -V, --version        print the version and exit\n"
 	    "  -h, --help           this help\n"
 	    "\n"
@@ -108,17 +116,19 @@ main(int argc, char **argv)
 		{ "check-config", no_argument, NULL, 'C' },
 		{ "allow-new-database", no_argument, NULL, 'N' },
 		{ "accept-audit-loss", no_argument, NULL, 'L' },
+		{ "restore", required_argument, NULL, 'R' },
+		{ "force", no_argument, NULL, 'F' },
 		{ "version", no_argument, NULL, 'V' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
-	const char *config_path = NULL;
+	const char *config_path = NULL, *restore = NULL;
 	struct config *cfg = NULL;
 	struct broker *b = NULL;
 	struct server *srv = NULL;
 	struct sigctx sc;
 	pthread_t sigthr;
-	int opt, check = 0, allow_new = 0, accept_loss = 0;
+	int opt, check = 0, allow_new = 0, accept_loss = 0, force = 0;
 	enum kb_err e;
 
 	while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
@@ -127,6 +137,8 @@ main(int argc, char **argv)
 		case 'C': check = 1; break;
 		case 'N': allow_new = 1; break;
 		case 'L': accept_loss = 1; break;
+		case 'R': restore = optarg; break;
+		case 'F': force = 1; break;
 		case 'V': printf("keybrokerd %s\n", KB_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -149,6 +161,19 @@ main(int argc, char **argv)
 		print_config(cfg);
 		config_free(cfg);
 		return 0;
+	}
+	if (force && restore == NULL) {
+		fprintf(stderr, "keybrokerd: --force goes with --restore\n");
+		config_free(cfg);
+		return 2;
+	}
+	if (restore != NULL) {
+		/* Offline: no server, no audit writer; nothing is recorded. */
+		e = backup_restore(cfg, config_path, restore, force, stdout);
+		if (e != KB_OK)
+			fprintf(stderr, "keybrokerd: %s\n", kb_err_msg(e));
+		config_free(cfg);
+		return e == KB_OK ? 0 : 1;
 	}
 	log_set_level((enum log_level)cfg->log_level);
 

@@ -102,6 +102,9 @@ enum kb_err rpc_clock_get(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 enum kb_err rpc_clock_confirm(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
+/* rpc_backup.c */
+enum kb_err rpc_backup_create(struct rpc_ctx *c, const ProtobufCMessage *req,
+    const struct rpc_stream_ops *ops, struct rpc_stream *st);
 
 /* Helpers for handlers (rpc_util.c). */
 struct policy_tenant;

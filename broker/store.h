@@ -358,4 +358,29 @@ enum kb_err store_keys_destroyed(struct store *s, struct store_key **out,
 const char *store_env_mode_name(enum store_env_mode m);
 const char *store_env_state_name(enum store_env_state st);
 
+/* ---- disaster recovery (store_backup.c) ---- */
+
+struct sqlite3;
+
+/* Copy the open SQLite database `src` into the new file `dest` with the
+ * online backup API in one step (one read transaction: a consistent copy
+ * while writers go on). `what` names it in errors. On failure `dest` may
+ * be left for the caller to remove. */
+enum kb_err store_sqlite_copy(struct sqlite3 *src, const char *dest,
+    const char *what);
+/* The database as it is now, copied into the new file `dest`. */
+enum kb_err store_snapshot(struct store *s, const char *dest);
+/* Every key, by purpose, tenant and id; *out malloc'd. */
+enum kb_err store_keys_all(struct store *s, struct store_key **out,
+    size_t *n);
+/* What depends on key `key_id` (its DEK rows, and for a tenant key those
+ * of its KEKs): environments not deleted, their tenants, and the first 20
+ * tenant ids ("a, b") in `names`. */
+enum kb_err store_key_dependents(struct store *s, const char *key_id,
+    uint64_t *envs, uint64_t *tenants, char *names, size_t names_len);
+/* Before the database file `path` is replaced: KB_ERR_UNAVAILABLE if a
+ * process has it open (a running broker), else its WAL is folded into it
+ * and removed, so the file alone is the whole old database. */
+enum kb_err store_file_settle(const char *path);
+
 #endif /* KB_STORE_H */

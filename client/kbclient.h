@@ -60,6 +60,8 @@
 #define KB_METHOD_ROTATE_AUDIT_KEY "/keybroker.v1.KeyBroker/RotateAuditKey"
 #define KB_METHOD_GET_CLOCK_STATE "/keybroker.v1.KeyBroker/GetClockState"
 #define KB_METHOD_CONFIRM_CLOCK_JUMP "/keybroker.v1.KeyBroker/ConfirmClockJump"
+/* Server streaming: the bytes of a backup file. */
+#define KB_METHOD_CREATE_BACKUP "/keybroker.v1.KeyBroker/CreateBackup"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 
 /* A client: one channel (one HTTP/2 connection) to one broker. Safe to use

@@ -176,5 +176,12 @@ int kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_key(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_keys(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_rotate_key(struct kbctl *k, const struct kbctl_args *a);
+/* Ctrl-C and SIGTERM set a flag (kbctl_stop_signal) instead of ending
+ * kbctl, so a command can remove what it half wrote. */
+void kbctl_stop_signals_catch(void);
+int kbctl_stop_signal(void);
+
+/* kbctl_backup.c */
+int kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a);
 
 #endif /* KB_KBCTL_H */

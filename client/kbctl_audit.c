@@ -53,6 +53,18 @@ stop_signals_catch(void)
 	sigaction(SIGTERM, &sa, NULL);
 }
 
+void
+kbctl_stop_signals_catch(void)
+{
+	stop_signals_catch();
+}
+
+int
+kbctl_stop_signal(void)
+{
+	return stop_signal != 0;
+}
+
 /* Sleep ms milliseconds, or less when a stop signal comes. */
 static void
 nap(int ms)

@@ -514,6 +514,29 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "key's id and fingerprint: pin it beside the old one. A crash in the\n"
 	  "middle is finished by the next start.",
 	  { { NULL } }, kbctl_cmd_audit_rotate_key },
+	{ "backup", "create", "", 0, 0,
+	  "Back up the database and the audit log (platform-wide admins)",
+	  "An online, consistent snapshot (SQLite's online backup, while the\n"
+	  "broker serves) of the database and of the audit log, written to --out\n"
+	  "(mode 0600, through a temporary file renamed at the end: a failed or\n"
+	  "interrupted backup leaves no FILE; an existing FILE is refused unless\n"
+	  "--force). The file:\n"
+	  "  line 1: keybroker-backup 1\n"
+	  "  line 2: the manifest, JSON: token {label, serial, manufacturer,\n"
+	  "          model}, schema_version, audit_head {seq, hash,\n"
+	  "          checkpoint_seq}, keys [{id, purpose, tenant, state,\n"
+	  "          fingerprint, label, in_token, environments, tenants, ...}],\n"
+	  "          sections [{name, bytes, sha256}]\n"
+	  "  then the sections' bytes (the database, then the audit database)\n"
+	  "  last:   sha256 HEX (of every byte before it; kbctl checks it).\n"
+	  "No DEK or key material is in it in plaintext: DEKs are sealed, KEKs\n"
+	  "wrapped, and the keys themselves stay in the token, which must be\n"
+	  "backed up on its own (README, Backup and recovery). Restore with\n"
+	  "'keybrokerd --config CONF --restore FILE', the broker stopped. --json\n"
+	  "prints {\"file\", \"bytes\", \"sha256\", \"audit_seq\", \"keys\"}.",
+	  { { "--out", "FILE", "where to write the backup (mode 0600)", KBCTL_REQUIRED },
+	    { "--force", NULL, "replace FILE if it exists" } },
+	  kbctl_cmd_backup_create },
 };
 
 const struct kbctl_group kbctl_groups[] = {
@@ -526,6 +549,7 @@ const struct kbctl_group kbctl_groups[] = {
 	{ "envs", "Environments: create, encrypt, back up, restore, copy, reset" },
 	{ "datakey", "Fetch an environment's data key" },
 	{ "audit", "The audit log: list, tail -f, export, verify, keys" },
+	{ "backup", "Disaster recovery: back up the database and the audit log" },
 };
 /* clang-format on */
 

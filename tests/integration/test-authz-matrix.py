@@ -125,6 +125,7 @@ ROLES = [
     ("RotateAuditKey", ADMIN),
     ("GetClockState", AUDITORS),
     ("ConfirmClockJump", ADMIN),
+    ("CreateBackup", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
@@ -379,6 +380,7 @@ class Fixture:
             # Platform-wide: a tenant-limited admin is refused; no jump
             # waits, so the admin's call is FAILED_PRECONDITION.
             "ConfirmClockJump": pb.ConfirmClockJumpRequest(),
+            "CreateBackup": pb.CreateBackupRequest(),
         }[method]
 
     def snapshot(self, svc_ch):
