@@ -14,7 +14,6 @@
 #include "clock.h"
 #include "dek.h"
 #include "fingerprint.h"
-#include "health.h"
 #include "jobs.h"
 #include "kb_codec.h"
 #include "keys.h"
@@ -484,6 +483,14 @@ broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1])
 	return KB_OK;
 }
 
+/* What the clock did, in the audit log. */
+static void
+timemark_record(void *arg, const char *what, const char *result,
+    const char *why)
+{
+	(void)broker_audit_system(arg, what, NULL, NULL, NULL, result, why);
+}
+
 /* Refusals over a rate limit are not audited one by one: each interval
  * with any gets one log line and one audit event. */
 #define RATE_REPORT_INTERVAL_S 10
@@ -578,7 +585,8 @@ broker_open(struct config *cfg, struct broker **out)
 		goto fail;
 	/* Policy time starts from the stored mark before anything is
 	 * recorded. */
-	if ((e = timemark_open(b, &b->timemark)) != KB_OK)
+	if ((e = timemark_open(b->store, cfg->clock_jump_limit_s,
+	    timemark_record, b, &b->timemark)) != KB_OK)
 		goto fail;
 	if ((e = wrap_alg_init(b)) != KB_OK ||
 	    (e = upgrade_token_objects(b)) != KB_OK ||
@@ -620,7 +628,6 @@ broker_open(struct config *cfg, struct broker **out)
 	}
 	if ((e = timemark_start(b->timemark)) != KB_OK ||
 	    (e = jobs_start(b, &b->jobs)) != KB_OK ||
-	    (e = health_start(b, &b->health)) != KB_OK ||
 	    (e = rate_start(b)) != KB_OK)
 		goto fail;
 	*out = b;
@@ -637,7 +644,6 @@ broker_close(struct broker *b)
 		return;
 	/* Its last summary goes into the log before broker.stop. */
 	ratelimit_free(b->rate);
-	health_stop(b->health);
 	jobs_stop(b->jobs);
 	timemark_close(b->timemark);
 	if (b->audit != NULL && b->jobs != NULL)

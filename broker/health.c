@@ -14,17 +14,14 @@
 #include <string.h>
 #include <time.h>
 
-#include <signal.h>
-#include <unistd.h>
-
 #include "audit.h"
+#include "hsm.h"
 #include "log.h"
-#include "server.h"
 
 #define PROBE_INTERVAL_S 1
 
 struct health {
-	struct broker *b;
+	struct health_deps d;
 	pthread_t thread;
 	pthread_mutex_t mu;
 	pthread_cond_t want_cv;  /* the thread: a probe was asked for */
@@ -50,17 +47,17 @@ mono_ms(void)
 /* Serving needs the token and an audit log that records: no data key goes
  * out unaudited. */
 static enum kb_err
-probe(struct broker *b)
+probe(const struct health_deps *d)
 {
 	enum kb_err e;
 
-	if (server_listener_failed())
+	if (d->listener_failed != NULL && d->listener_failed())
 		return kb_errf(KB_ERR_UNAVAILABLE, "the listener stopped "
 		    "accepting connections (out of file descriptors); the broker "
 		    "is restarting");
-	if ((e = hsm_check(b->hsm)) != KB_OK)
+	if ((e = hsm_check(d->hsm)) != KB_OK)
 		return e;
-	return audit_check(b->audit);
+	return audit_check(d->audit);
 }
 
 static void *
@@ -88,22 +85,21 @@ probe_main(void *arg)
 		pthread_mutex_unlock(&h->mu);
 
 		kb_err_clear();
-		e = probe(h->b);
+		e = probe(&h->d);
 		snprintf(msg, sizeof(msg), "%s", e == KB_OK ? "" : kb_err_msg(e));
 		if (e != KB_OK && was == KB_OK)
 			log_warn("health: NOT_SERVING: %s", msg);
 		else if (e == KB_OK && was != KB_OK)
 			log_info("health: SERVING again");
 		was = e;
-		/* A listener that accepts nothing serves nobody new: drain and
-		 * exit with EX_TEMPFAIL so the service manager restarts us
-		 * (keybrokerd.service: Restart=on-failure). The signal thread
-		 * is the one that starts a shutdown. */
-		if (server_listener_failed() && !h->restart_asked) {
+		/* A listener that accepts nothing serves nobody new: whoever
+		 * started us decides what to do (keybrokerd: drain and exit
+		 * with EX_TEMPFAIL to be restarted). */
+		if (h->d.listener_failed != NULL && h->d.listener_failed() &&
+		    !h->restart_asked) {
 			h->restart_asked = 1;
-			log_error("stopping to be restarted: calls in flight "
-			    "finish first");
-			(void)kill(getpid(), SIGTERM);
+			if (h->d.listener_lost != NULL)
+				h->d.listener_lost(h->d.arg);
 		}
 
 		pthread_mutex_lock(&h->mu);
@@ -118,7 +114,7 @@ probe_main(void *arg)
 }
 
 enum kb_err
-health_start(struct broker *b, struct health **out)
+health_start(const struct health_deps *d, struct health **out)
 {
 	pthread_condattr_t ca;
 	struct health *h;
@@ -126,7 +122,7 @@ health_start(struct broker *b, struct health **out)
 	*out = NULL;
 	if ((h = calloc(1, sizeof(*h))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	h->b = b;
+	h->d = *d;
 	h->result = KB_ERR_UNAVAILABLE;
 	snprintf(h->msg, sizeof(h->msg), "no health probe has run yet");
 	pthread_mutex_init(&h->mu, NULL);
@@ -156,6 +152,9 @@ health_status(struct health *h, int timeout_ms)
 	int64_t since;
 	enum kb_err e;
 
+	if (h == NULL)
+		return kb_errf(KB_ERR_UNAVAILABLE, "the health probe is not "
+		    "running");
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += timeout_ms / 1000;
 	until.tv_nsec += (long)(timeout_ms % 1000) * 1000000;

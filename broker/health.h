@@ -5,14 +5,29 @@
 #ifndef KB_HEALTH_H
 #define KB_HEALTH_H
 
-#include "broker.h"
+#include "kb_err.h"
 
+struct audit;
 struct health;
+struct hsm;
+
+/* What the probe looks at, and whom it tells. It never stops the process
+ * itself: that is main()'s decision, through listener_lost. */
+struct health_deps {
+	struct hsm *hsm;
+	struct audit *audit;
+	/* Whether the listener has stopped accepting connections. */
+	int (*listener_failed)(void);
+	/* Called once, from the probe thread, when it has. */
+	void (*listener_lost)(void *arg);
+	void *arg;
+};
 
 /* Start the probe thread. */
-enum kb_err health_start(struct broker *b, struct health **out);
+enum kb_err health_start(const struct health_deps *d, struct health **out);
 
-/* KB_OK when serving: a probe that started after this call found the token
+/* KB_OK when serving (h NULL: not started, never serving): a probe that
+ * started after this call found the token
  * logged in and the audit log recording. Otherwise the reason (always
  * KB_ERR_UNAVAILABLE): the probe's error, or that the token has not
  * answered within `timeout_ms`. Probes are shared by concurrent callers. */

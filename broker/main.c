@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <grpc/grpc.h>
 
@@ -13,6 +14,7 @@
 #include "broker.h"
 #include "config.h"
 #include "dispatch.h"
+#include "health.h"
 #include "identity.h"
 #include "kb_secmem.h"
 #include "log.h"
@@ -61,6 +63,17 @@ struct sigctx {
 	struct server *srv;
 	struct broker *b;
 };
+
+/* The listener stopped accepting (out of file descriptors): drain and exit
+ * with EX_TEMPFAIL so the service manager restarts us (keybrokerd.service:
+ * Restart=on-failure). The signal thread starts the shutdown. */
+static void
+listener_lost(void *arg)
+{
+	(void)arg;
+	log_error("stopping to be restarted: calls in flight finish first");
+	(void)kill(getpid(), SIGTERM);
+}
 
 static void *
 signal_thread(void *p)
@@ -127,6 +140,7 @@ main(int argc, char **argv)
 	struct broker *b = NULL;
 	struct server *srv = NULL;
 	struct sigctx sc;
+	struct health_deps hd;
 	pthread_t sigthr;
 	int opt, check = 0, allow_new = 0, accept_loss = 0, force = 0;
 	enum kb_err e;
@@ -210,8 +224,15 @@ main(int argc, char **argv)
 		grpc_shutdown();
 		return 1;
 	}
-	if ((e = server_start(b, &srv)) != KB_OK) {
+	hd.hsm = b->hsm;
+	hd.audit = b->audit;
+	hd.listener_failed = server_listener_failed;
+	hd.listener_lost = listener_lost;
+	hd.arg = NULL;
+	if ((e = health_start(&hd, &b->health)) != KB_OK ||
+	    (e = server_start(b, &srv)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
+		health_stop(b->health);
 		broker_close(b);
 		grpc_shutdown();
 		return 1;
@@ -228,6 +249,8 @@ main(int argc, char **argv)
 	/* Only the signal thread starts a shutdown, so it has returned. */
 	pthread_join(sigthr, NULL);
 	server_free(srv);
+	health_stop(b->health);
+	b->health = NULL;
 	broker_close(b);
 	grpc_shutdown();
 	if (server_listener_failed()) {

@@ -16,7 +16,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "dispatch.h"
+#include "method.h"
 #include "kb_err.h"
 
 #define RATELIMIT_SHARDS 64

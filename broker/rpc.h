@@ -9,7 +9,8 @@
 #ifndef KB_RPC_H
 #define KB_RPC_H
 
-#include "dispatch.h"
+#include "broker.h"
+#include "method.h"
 
 /* rpc_health.c */
 enum kb_err rpc_health_check(struct rpc_ctx *c, const ProtobufCMessage *req,

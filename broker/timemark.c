@@ -16,7 +16,10 @@
 #include "policy.h"
 
 struct timemark {
-	struct broker *b;
+	struct store *store;
+	unsigned limit_s;       /* clock_jump_limit_s */
+	timemark_record_fn record;
+	void *record_arg;
 	pthread_mutex_t mu; /* one check at a time; guards what follows */
 	pthread_cond_t cv; /* CLOCK_MONOTONIC: a clock set back does not
 	                      stretch the keeper's sleep */
@@ -32,7 +35,8 @@ struct timemark {
 };
 
 enum kb_err
-timemark_open(struct broker *b, struct timemark **out)
+timemark_open(struct store *store, unsigned jump_limit_s,
+    timemark_record_fn record, void *arg, struct timemark **out)
 {
 	struct timemark *tm;
 	pthread_condattr_t ca;
@@ -41,8 +45,11 @@ timemark_open(struct broker *b, struct timemark **out)
 	*out = NULL;
 	if ((tm = calloc(1, sizeof(*tm))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	tm->b = b;
-	if ((e = store_clock_get(b->store, &tm->row)) != KB_OK) {
+	tm->store = store;
+	tm->limit_s = jump_limit_s;
+	tm->record = record;
+	tm->record_arg = arg;
+	if ((e = store_clock_get(store, &tm->row)) != KB_OK) {
 		free(tm);
 		return e;
 	}
@@ -85,8 +92,7 @@ said_backward(struct timemark *tm, int64_t wall, int64_t now)
 	    "wall clock catches up, so no time rule goes back",
 	    w, d, n, n);
 	log_error("CLOCK SET BACK: %s", why);
-	(void)broker_audit_system(
-	    tm->b, "clock.backward", NULL, NULL, NULL, "error", why);
+	tm->record(tm->record_arg, "clock.backward", "error", why);
 }
 
 static void
@@ -102,10 +108,9 @@ said_jump(struct timemark *tm, int64_t mark, int64_t wall)
 	    "last mark (%s), more than clock_jump_limit_s = %u: it jumped, or "
 	    "the broker was stopped that long; the sweeper's deletions are "
 	    "paused until a platform-wide admin runs kbctl clock confirm",
-	    w, d, m, tm->b->cfg->clock_jump_limit_s);
+	    w, d, m, tm->limit_s);
 	log_error("CLOCK JUMPED FORWARD: %s", why);
-	(void)broker_audit_system(
-	    tm->b, "clock.jump", NULL, NULL, NULL, "error", why);
+	tm->record(tm->record_arg, "clock.jump", "error", why);
 }
 
 /* Compare the wall clock with policy time and the mark, say what is new,
@@ -115,7 +120,7 @@ said_jump(struct timemark *tm, int64_t mark, int64_t wall)
 static enum kb_err
 check(struct timemark *tm, int64_t *now_out)
 {
-	int64_t limit = (int64_t)tm->b->cfg->clock_jump_limit_s * 1000000;
+	int64_t limit = (int64_t)tm->limit_s * 1000000;
 	int64_t wall = clock_wall_us(), now = clock_now_us();
 	enum policy_clock pc;
 	enum kb_err e;
@@ -147,7 +152,7 @@ check(struct timemark *tm, int64_t *now_out)
 	if (now > tm->row.mark_us)
 		tm->row.mark_us = now;
 	tm->row.kept = 1;
-	if ((e = store_clock_put(tm->b->store, &tm->row)) != KB_OK) {
+	if ((e = store_clock_put(tm->store, &tm->row)) != KB_OK) {
 		if (!tm->dirty)
 			log_error(
 			    "clock: the mark cannot be stored (%s); decisions "
@@ -171,7 +176,7 @@ check(struct timemark *tm, int64_t *now_out)
 static int
 news(struct timemark *tm)
 {
-	int64_t limit = (int64_t)tm->b->cfg->clock_jump_limit_s * 1000000;
+	int64_t limit = (int64_t)tm->limit_s * 1000000;
 	enum policy_clock pc;
 
 	pc = policy_clock_check(clock_wall_us(), clock_now_us(),
@@ -216,7 +221,7 @@ fill(struct timemark *tm, struct timemark_state *out)
 	out->now_us = clock_now_us();
 	out->wall_us = clock_wall_us();
 	out->mark_us = tm->row.mark_us;
-	out->limit_s = tm->b->cfg->clock_jump_limit_s;
+	out->limit_s = tm->limit_s;
 	out->jump_from_us = tm->row.jump_from_us;
 	out->jump_to_us = tm->row.jump_to_us;
 	out->confirm_time_us = tm->row.confirm_time_us;
@@ -264,7 +269,7 @@ timemark_confirm(
 	tm->row.jump_from_us = tm->row.jump_to_us = 0;
 	tm->row.confirm_time_us = now;
 	snprintf(tm->row.confirm_by, sizeof(tm->row.confirm_by), "%s", who);
-	if ((e = store_clock_put(tm->b->store, &tm->row)) != KB_OK) {
+	if ((e = store_clock_put(tm->store, &tm->row)) != KB_OK) {
 		tm->row = was;
 		goto out;
 	}
@@ -276,8 +281,7 @@ timemark_confirm(
 	    kb_time_format(was.jump_from_us, f, sizeof(f)),
 	    kb_time_format(was.jump_to_us, t, sizeof(t)), who);
 	log_warn("%s", why);
-	(void)broker_audit_system(
-	    tm->b, "clock.jump.confirm", NULL, NULL, NULL, "ok", why);
+	tm->record(tm->record_arg, "clock.jump.confirm", "ok", why);
 	tm->pause_said = 0;
 out:
 	fill(tm, out);

@@ -12,7 +12,8 @@
 
 #include <stdint.h>
 
-#include "broker.h"
+#include "kb_err.h"
+#include "store.h"
 
 #define TIMEMARK_INTERVAL_S 10
 
@@ -30,10 +31,16 @@ struct timemark_state {
 	char confirm_by[128];
 };
 
-/* Read the stored mark and raise policy time to it, before anything reads
- * the clock for a record (b->store must be open). Free with
- * timemark_close(). */
-enum kb_err timemark_open(struct broker *b, struct timemark **out);
+/* Records what the clock did (an audit event of role "system"): `what`
+ * ("clock.jump"), `result` ("ok", "error") and why. */
+typedef void (*timemark_record_fn)(void *arg, const char *what,
+    const char *result, const char *why);
+
+/* Read the stored mark from `store` and raise policy time to it, before
+ * anything reads the clock for a record. `record` is called for each
+ * backward step, jump and confirmation. Free with timemark_close(). */
+enum kb_err timemark_open(struct store *store, unsigned jump_limit_s,
+    timemark_record_fn record, void *arg, struct timemark **out);
 
 /* Once the audit log is open: check the clock against the mark (recording
  * what is found), store the mark (a database that cannot be written now is
