@@ -5,6 +5,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/types.h>
 
 #include <openssl/evp.h>
@@ -36,6 +37,16 @@ struct bench_opts {
 	const char *build; /* build tree (keybrokerd) */
 };
 
+/* Seeded environments read while a job runs (BENCH_SAMPLES of them,
+ * spread over the seeded ones): their service certificates, and the DEKs
+ * the seeder sealed for them. */
+struct bench_samples {
+	const char *tenant;
+	char env[BENCH_SAMPLES][64];
+	char crt[BENCH_SAMPLES][512], key[BENCH_SAMPLES][512];
+	uint8_t dek[BENCH_SAMPLES][32];
+};
+
 /* Everything about the one broker under test and its files. */
 struct bench {
 	const struct bench_opts *o;
@@ -44,14 +55,14 @@ struct bench {
 	char ca[512], admin_crt[512], admin_key[512];
 	char load_crt[BENCH_LOAD_ENVS][512], load_key[BENCH_LOAD_ENVS][512];
 	char load_env[BENCH_LOAD_ENVS][64];
-	char sample_crt[BENCH_SAMPLES][512], sample_key[BENCH_SAMPLES][512];
-	char sample_env[BENCH_SAMPLES][64];
-	uint8_t sample_dek[BENCH_SAMPLES][32];
+	struct bench_samples act; /* customer-managed, tenant `tenant` */
+	struct bench_samples rot; /* platform-managed, tenant `rot_tenant` */
 	char addr[64];
 	int port;
 	pid_t pid; /* the broker, 0 when not running */
 	unsigned workers, rewrap_threads, hsm_sessions;
 	char tenant[64];
+	char rot_tenant[64]; /* platform-managed environments only */
 	char k0[80], k1[80]; /* tenant keys: seeded under K0, activate K1 */
 	char wrap_alg[32];
 	char token_info[160];
@@ -147,11 +158,13 @@ enum bench_call {
 enum kb_err bench_load_run(struct bench *b, enum bench_call what,
     unsigned threads, double secs, struct bench_lat *out);
 
-/* The admin set-up: tenant, load environments, keys K0 and K1; *pub gets
+/* The admin set-up: tenants, load environments, keys K0 and K1; *pub gets
  * K0's public key (from its .pfx). */
 enum kb_err bench_admin_setup(struct bench *b, EVP_PKEY **pub);
 /* ActivateKey K1; *job_id (80 bytes) and *total set. */
 enum kb_err bench_activate(struct bench *b, char *job_id, uint64_t *total);
+/* RotatePlatformKey; *job_id (80 bytes) and *total set. */
+enum kb_err bench_rotate(struct bench *b, char *job_id, uint64_t *total);
 /* GetJob: state (1 running, 2 done, 3 failed), done, total; err (256).
  * *c is an admin client, opened when NULL and closed (NULL) on failure. */
 enum kb_err bench_job_get(struct bench *b, struct kb_client **c,
@@ -161,8 +174,8 @@ enum kb_err bench_job_get(struct bench *b, struct kb_client **c,
  * every answer is compared with the DEK seeded. *max_at: seconds from the
  * start to the slowest answer. */
 struct bench_reader;
-enum kb_err bench_reader_start(
-    struct bench *b, double pause_s, struct bench_reader **out);
+enum kb_err bench_reader_start(struct bench *b, const struct bench_samples *s,
+    double pause_s, struct bench_reader **out);
 /* While set, failures are counted apart (the broker is known down). */
 void bench_reader_outage(struct bench_reader *r, int down);
 void bench_reader_stop(struct bench_reader *r, uint64_t *calls,
@@ -171,12 +184,24 @@ void bench_reader_stop(struct bench_reader *r, uint64_t *calls,
 
 /* ---- bench_seed.c: environments straight into the database ---- */
 
-/* Insert n customer-managed environments of b->tenant with DEK version 1
- * wrapped by `pub` (K0's public key) with b->wrap_alg, in one
- * transaction; the broker must be stopped. The sampled environments'
- * plaintext DEKs go to b->sample_dek. */
-enum kb_err bench_seed(
-    struct bench *b, EVP_PKEY *pub, unsigned n, double *secs);
+/* What bench_seed writes: n environments of an existing tenant, named by
+ * bench_seed_name, each with DEK version 1. */
+struct bench_seed_spec {
+	const char *tenant;
+	int platform; /* platform-managed, under the active platform key */
+	/* Customer-managed: sealed under a new KEK made under this tenant
+	 * key (wrap_alg: the token's RSA-OAEP choice, from WhoAmI). */
+	const char *tenant_key, *wrap_alg;
+	unsigned n;
+	uint8_t (*sample_dek)[32]; /* BENCH_SAMPLES plaintext DEKs, or NULL */
+	FILE *deks_out; /* "NAME BASE64" line per DEK (secret!), or NULL */
+};
+
+/* Insert the environments of `s` into the database at db_path, in one
+ * transaction, sealing each DEK in the token whose PIN file is `pin`
+ * (SOFTHSM2_CONF names the token); the broker must be stopped. */
+enum kb_err bench_seed(const char *db_path, const char *pin,
+    const struct bench_seed_spec *s, double *secs);
 /* Seeded environment i's name ("s-0000042"). */
 void bench_seed_name(unsigned i, char *buf, size_t len);
 /* Which seeded environment is sample k of BENCH_SAMPLES (spread over n). */

@@ -358,6 +358,13 @@ bench_admin_setup(struct bench *b, EVP_PKEY **pub)
 	    != KB_OK)
 		goto out;
 	kb_wire_free(m);
+	ct.id = b->rot_tenant;
+	ct.display_name = (char *)"kb-bench platform rotation";
+	if ((e = call(c, KB_METHOD_CREATE_TENANT, &ct.base,
+	         &keybroker__v1__tenant__descriptor, &m))
+	    != KB_OK)
+		goto out;
+	kb_wire_free(m);
 	for (i = 0; i < BENCH_LOAD_ENVS; i++) {
 		ce.tenant_id = b->tenant;
 		ce.name = b->load_env[i];
@@ -416,6 +423,27 @@ bench_activate(struct bench *b, char *job_id, uint64_t *total)
 }
 
 enum kb_err
+bench_rotate(struct bench *b, char *job_id, uint64_t *total)
+{
+	Keybroker__V1__RotatePlatformKeyRequest req =
+	    KEYBROKER__V1__ROTATE_PLATFORM_KEY_REQUEST__INIT;
+	Keybroker__V1__Job *j = NULL;
+	struct kb_client *c = NULL;
+	enum kb_err e;
+
+	if ((e = admin(b, &c)) != KB_OK)
+		return e;
+	if ((e = call(c, KB_METHOD_ROTATE_PLATFORM_KEY, &req.base,
+	         &keybroker__v1__job__descriptor, (ProtobufCMessage **)&j))
+	    == KB_OK) {
+		job_fields(j, job_id, NULL, NULL, total, NULL);
+		kb_wire_free(&j->base);
+	}
+	kb_client_close(c);
+	return e;
+}
+
+enum kb_err
 bench_job_get(struct bench *b, struct kb_client **c, const char *job_id,
     int *state, uint64_t *done, uint64_t *total, char *err)
 {
@@ -445,6 +473,7 @@ bench_job_get(struct bench *b, struct kb_client **c, const char *job_id,
 
 struct bench_reader {
 	struct bench *b;
+	const struct bench_samples *s;
 	pthread_t th;
 	double pause_s;
 	atomic_int stop, down;
@@ -458,6 +487,7 @@ reader_main(void *p)
 {
 	struct bench_reader *r = p;
 	struct bench *b = r->b;
+	const struct bench_samples *s = r->s;
 	struct kb_client *c[BENCH_SAMPLES] = {NULL};
 	struct kb_status st;
 	uint8_t dek[64];
@@ -469,8 +499,7 @@ reader_main(void *p)
 	while (!atomic_load(&r->stop)) {
 		k = i++ % BENCH_SAMPLES;
 		if (c[k] == NULL
-		    && (e = bench_client(b, b->sample_crt[k], b->sample_key[k],
-		            10000, &c[k]))
+		    && (e = bench_client(b, s->crt[k], s->key[k], 10000, &c[k]))
 		        != KB_OK) {
 			r->errors++;
 			snprintf(r->first_error, sizeof(r->first_error), "%s",
@@ -479,8 +508,8 @@ reader_main(void *p)
 			continue;
 		}
 		t0 = bench_now();
-		e = kb_client_get_data_key(c[k], b->tenant, b->sample_env[k],
-		    dek, sizeof(dek), &len, NULL, &st);
+		e = kb_client_get_data_key(c[k], s->tenant, s->env[k], dek,
+		    sizeof(dek), &len, NULL, &st);
 		ms = (bench_now() - t0) * 1000.0;
 		if (e != KB_OK) {
 			if (atomic_load(&r->down)) {
@@ -490,7 +519,7 @@ reader_main(void *p)
 				if (r->first_error[0] == '\0')
 					snprintf(r->first_error,
 					    sizeof(r->first_error),
-					    "%.60s: %.190s", b->sample_env[k],
+					    "%.60s: %.190s", s->env[k],
 					    st.message);
 			}
 			/* A new channel: no reconnect back-off after a
@@ -503,7 +532,7 @@ reader_main(void *p)
 				r->max_ms = ms;
 				r->max_at = t0 - r->start;
 			}
-			if (len != 32 || memcmp(dek, b->sample_dek[k], 32) != 0)
+			if (len != 32 || memcmp(dek, s->dek[k], 32) != 0)
 				r->mismatches++;
 		}
 		bench_sleep(r->pause_s);
@@ -515,13 +544,15 @@ reader_main(void *p)
 }
 
 enum kb_err
-bench_reader_start(struct bench *b, double pause_s, struct bench_reader **out)
+bench_reader_start(struct bench *b, const struct bench_samples *s,
+    double pause_s, struct bench_reader **out)
 {
 	struct bench_reader *r;
 
 	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	r->b = b;
+	r->s = s;
 	r->pause_s = pause_s;
 	r->start = bench_now();
 	if (pthread_create(&r->th, NULL, reader_main, r) != 0) {

@@ -4,7 +4,9 @@
 
 Stubs are generated from proto/ by grpc_tools.protoc once per test run into
 $KBT_PYSTUBS (or a temporary directory). Used as a module by the Python
-drivers (test-resume.py) and as a command line by the shell tests:
+drivers (test-resume.py, test-rotation.py: Readers, start_readers and
+Outage read many environments' DEKs while a job runs) and as a command line
+by the shell tests:
 
   kbt_grpc.py call METHOD JSON [--file FIELD=PATH]...
       One KeyBroker call; the request is JSON (proto field names; bytes in
@@ -19,12 +21,15 @@ drivers (test-resume.py) and as a command line by the shell tests:
 Connection: --addr/--ca/--cert/--key or KB_ADDR/KB_CA/KB_CERT/KB_KEY.
 """
 import argparse
+import base64
 import datetime
 import json
 import os
+import random
 import sys
 import tempfile
 import threading
+import time
 
 import grpc
 
@@ -141,14 +146,22 @@ def read(path):
         return f.read()
 
 
-def channel(addr=None, ca=None, cert=None, key=None):
-    """A secure channel with a client certificate (defaults from KB_*)."""
+def channel(addr=None, ca=None, cert=None, key=None, options=None):
+    """A secure channel with a client certificate (defaults from KB_*);
+    options: gRPC channel arguments, e.g. FAST_RECONNECT."""
     addr = addr or os.environ.get("KB_ADDR", "127.0.0.1:7443")
     creds = grpc.ssl_channel_credentials(
         root_certificates=read(ca or os.environ["KB_CA"]),
         private_key=read(key or os.environ["KB_KEY"]),
         certificate_chain=read(cert or os.environ["KB_CERT"]))
-    return grpc.secure_channel(addr, creds)
+    return grpc.secure_channel(addr, creds, options=options)
+
+
+# Channel arguments for a broker that is killed and restarted: reconnect
+# within 0.1 to 0.5 s instead of gRPC's back-off of up to 120 s.
+FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100),
+                  ("grpc.min_reconnect_backoff_ms", 100),
+                  ("grpc.max_reconnect_backoff_ms", 500)]
 
 
 def status_of(fn):
@@ -157,6 +170,171 @@ def status_of(fn):
         return grpc.StatusCode.OK, fn()
     except grpc.RpcError as e:
         return e.code(), e.details()
+
+
+def call_retry(fn, req, tries=50):
+    """A call, retried while the broker says RESOURCE_EXHAUSTED (its queue
+    is full) or UNAVAILABLE; returns (code, result-or-details)."""
+    for i in range(tries):
+        code, r = status_of(lambda: fn(req, timeout=60))
+        if code not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+            return code, r
+        time.sleep(0.05 * (i + 1))
+    return code, r
+
+
+# ---- many environments' DEKs, read while a job runs ----
+
+class Readers:
+    """Service stubs for many environments, from DIR/certs/index.json (made
+    by service_certs); options: channel arguments (FAST_RECONNECT)."""
+
+    def __init__(self, tenant, out_dir, options=None):
+        pb, pb_grpc = stubs()
+        self.pb = pb
+        self.tenant = tenant
+        with open(os.path.join(out_dir, "certs", "index.json")) as f:
+            self.index = json.load(f)
+        self.stubs = {}
+        self.channels = {}
+        self.last_call = {}  # certificate -> start of its channel's last call
+        self.lock = threading.Lock()
+        for base in sorted(set(self.index.values())):
+            ch = channel(cert=base + ".crt", key=base + ".key", options=options)
+            self.channels[base] = ch
+            self.stubs[base] = pb_grpc.KeyBrokerStub(ch)
+
+    def connect_all(self, timeout=30, width=16):
+        """Connect every channel now (TLS handshakes up front); returns the
+        certificates whose channel did not connect."""
+        def one(base):
+            try:
+                grpc.channel_ready_future(self.channels[base]).result(timeout=timeout)
+                return True
+            except grpc.FutureTimeoutError:
+                return False
+        res = parallel(one, list(self.channels), width)
+        return sorted(b for b, ok in res.items() if not ok)
+
+    def since(self, env, t0):
+        """Note a call on env's channel starting at t0; returns when the
+        channel's previous call started (None: it is the first)."""
+        with self.lock:
+            prev = self.last_call.get(self.index[env])
+            self.last_call[self.index[env]] = t0
+            return prev
+
+    def get(self, env, timeout=30, wait_for_ready=None):
+        stub = self.stubs[self.index[env]]
+        req = self.pb.GetDataKeyRequest(tenant_id=self.tenant, environment=env)
+        return status_of(lambda: stub.GetDataKey(req, timeout=timeout,
+                                                 wait_for_ready=wait_for_ready))
+
+    def read_all(self, envs, width=16):
+        """Every environment's GetDataKey once: {env: (code, response)}."""
+        def one(e):
+            for i in range(20):
+                code, r = self.get(e)
+                if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return code, r
+                time.sleep(0.05 * (i + 1))
+            return code, r
+        return parallel(one, envs, width)
+
+
+def save_deks(out_dir, deks):
+    """{env: DEK bytes} into DIR/deks.json (base64)."""
+    with open(os.path.join(out_dir, "deks.json"), "w") as f:
+        json.dump({e: base64.b64encode(d).decode() for e, d in deks.items()}, f)
+
+
+def load_deks(out_dir):
+    """{env: DEK bytes} from DIR/deks.json."""
+    with open(os.path.join(out_dir, "deks.json")) as f:
+        return {e: base64.b64decode(d) for e, d in json.load(f).items()}
+
+
+class Outage:
+    """When the broker was down (killed until it answered again), so that a
+    reader can tell a call that failed because of that from one that failed
+    while the broker was up."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.down_at = None
+        self.up_at = None
+
+    def down(self):
+        with self.lock:
+            self.down_at = time.time()
+            self.up_at = None
+
+    def up(self, t):
+        with self.lock:
+            self.up_at = t
+
+    def covers(self, t0, t1):
+        """A call from t0 to t1 (time.time()) overlapped the outage."""
+        with self.lock:
+            return (self.down_at is not None and t1 >= self.down_at
+                    and (self.up_at is None or t0 < self.up_at))
+
+    def stale(self, prev):
+        """A channel whose previous call started at prev (None: never) has
+        not been used since the broker came back: its connection may be
+        the killed broker's, which a client only finds closed when its next
+        call fails (UNAVAILABLE "Socket closed")."""
+        with self.lock:
+            return (self.down_at is not None
+                    and (prev is None or self.up_at is None or prev < self.up_at))
+
+
+def reader_loop(readers, deks, stop, stats, lock, outage=None):
+    """Read random environments' DEKs until stop; count per outcome: ok (the
+    DEK recorded), wrong (another DEK), failed, and, with an Outage, outage:
+    failed while the broker was down, or UNAVAILABLE on the first call of a
+    channel since it came back (the killed broker's connection). Without
+    one, a failure once stop is set ends the loop uncounted (the broker was
+    just killed)."""
+    envs = list(deks)
+    while not stop.is_set():
+        e = random.choice(envs)
+        t0 = time.time()
+        prev = readers.since(e, t0)
+        # With an outage expected, a call waits for the broker to come
+        # back instead of failing at once on a channel that is reconnecting.
+        code, r = readers.get(e, timeout=10,
+                              wait_for_ready=True if outage is not None else None)
+        t1 = time.time()
+        with lock:
+            if outage is None and stop.is_set() and code != grpc.StatusCode.OK:
+                return  # the broker was just killed: not the broker's fault
+            if code == grpc.StatusCode.OK and r.dek == deks[e]:
+                stats["ok"] += 1
+                stats["keys"][r.key_id] = stats["keys"].get(r.key_id, 0) + 1
+            elif code == grpc.StatusCode.OK:
+                stats["wrong"] += 1
+                stats["errors"].append("%s: another DEK" % e)
+            elif outage is not None and (outage.covers(t0, t1) or (
+                    code == grpc.StatusCode.UNAVAILABLE and outage.stale(prev))):
+                stats["outage"] += 1
+                stats["outage_errors"].append("%s: %s %s" % (e, code, r))
+            else:
+                stats["failed"] += 1
+                stats["errors"].append("%s: %s %s" % (e, code, r))
+
+
+def start_readers(readers, deks, n=4, outage=None):
+    """n reader_loop threads; returns (stop event, threads, stats, lock)."""
+    stop = threading.Event()
+    stats = {"ok": 0, "wrong": 0, "failed": 0, "outage": 0, "errors": [],
+             "outage_errors": [], "keys": {}}
+    lock = threading.Lock()
+    th = [threading.Thread(target=reader_loop, args=(readers, deks, stop, stats, lock, outage))
+          for _ in range(n)]
+    for t in th:
+        t.start()
+    return stop, th, stats, lock
 
 
 def mint_cert(ca_dir, base, subject, uris=(), days=60, key=None):

@@ -20,6 +20,8 @@
 #   kb_rpc METHOD JSON [--file F=PATH]...  one call through Python grpcio
 #                              (kbt_grpc.py), as the admin; output like kbctl
 #   kbt_secret_file PATH TEXT  write TEXT to PATH, mode 0600 (passwords)
+#   kbt_token_ids              the CKA_ID of every object in the test token,
+#                              as text, one a line (p11tool; status 2 without)
 #   expect_refused_until RULE WANT_US TOL_S CMD...
 #                              CMD is FAILED_PRECONDITION naming RULE (ERE) and
 #                              "allowed from <RFC 3339 time>" within TOL_S
@@ -472,6 +474,22 @@ kb_rpc() {
 # kbt_secret_file PATH TEXT: TEXT and a newline in PATH, mode 0600.
 kbt_secret_file() {
 	(umask 077 && printf '%s\n' "$2" >"$1")
+}
+
+# kbt_token_ids: the CKA_ID of every object in the test token (the broker's
+# key ids: kb-pk-..., kb-audit-1, k-...), decoded, sorted, unique; logged in
+# with the PIN through the environment (GNUTLS_PIN), never argv. Exit
+# status 2 when p11tool (gnutls-bin) is missing, 1 when it fails.
+kbt_token_ids() {
+	local out hex
+	command -v p11tool >/dev/null 2>&1 || return 2
+	out=$(SOFTHSM2_CONF=$KBT_DIR/token/softhsm2.conf GNUTLS_PIN=$(<"$KBT_DIR/token/pin") \
+		p11tool --provider /usr/lib/softhsm/libsofthsm2.so --login --list-all \
+		"pkcs11:token=keybroker" 2>/dev/null) || return 1
+	# (Objects with no CKA_ID, such as the audit anchor, are left out.)
+	sed -n 's/^\tID: \([0-9a-f:]\{2,\}\)$/\1/p' <<<"$out" | while read -r hex; do
+		printf '%b\n' "\\x${hex//:/\\x}"
+	done | sort -u
 }
 
 # The command as one line, for test names: shell-quoted, long arguments cut.

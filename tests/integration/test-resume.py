@@ -23,13 +23,9 @@ Admin calls use KB_CERT/KB_KEY; service certificates are made here.
 Prints "ok ..."/"FAIL ..." lines (and "info ..."), exits 1 on a failure.
 """
 import argparse
-import base64
-import json
 import os
-import random
 import signal
 import sys
-import threading
 import time
 
 import grpc
@@ -45,46 +41,11 @@ def admin_stub():
     return pb_grpc.KeyBrokerStub(kbt_grpc.channel())
 
 
-def call_retry(fn, req, tries=50):
-    """A call, retried while the broker says RESOURCE_EXHAUSTED (its queue
-    is full) or UNAVAILABLE; returns (code, result-or-details)."""
-    for i in range(tries):
-        code, r = kbt_grpc.status_of(lambda: fn(req, timeout=60))
-        if code not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
-            return code, r
-        time.sleep(0.05 * (i + 1))
-    return code, r
-
-
 parallel = kbt_grpc.parallel
-
-
-class Readers:
-    """Service stubs for all environments (from DIR/certs/index.json)."""
-
-    def __init__(self, tenant, out_dir):
-        self.tenant = tenant
-        with open(os.path.join(out_dir, "certs", "index.json")) as f:
-            self.index = json.load(f)
-        self.stubs = {}
-        for base in sorted(set(self.index.values())):
-            ch = kbt_grpc.channel(cert=base + ".crt", key=base + ".key")
-            self.stubs[base] = pb_grpc.KeyBrokerStub(ch)
-
-    def get(self, env, timeout=30):
-        stub = self.stubs[self.index[env]]
-        req = pb.GetDataKeyRequest(tenant_id=self.tenant, environment=env)
-        return kbt_grpc.status_of(lambda: stub.GetDataKey(req, timeout=timeout))
-
-    def read_all(self, envs, width=16):
-        def one(e):
-            for i in range(20):
-                code, r = self.get(e)
-                if code != grpc.StatusCode.RESOURCE_EXHAUSTED:
-                    return code, r
-                time.sleep(0.05 * (i + 1))
-            return code, r
-        return parallel(one, envs, width)
+call_retry = kbt_grpc.call_retry
+Readers = kbt_grpc.Readers
+load_deks = kbt_grpc.load_deks
+start_readers = kbt_grpc.start_readers
 
 
 def cmd_populate(a):
@@ -115,50 +76,13 @@ def cmd_populate(a):
     t0 = time.time()
     readers = Readers(a.tenant, a.out)
     res = readers.read_all(envs)
-    deks = {e: base64.b64encode(r.dek).decode() for e, (c, r) in res.items()
+    deks = {e: r.dek for e, (c, r) in res.items()
             if c == grpc.StatusCode.OK and len(r.dek) == 32}
     report(len(deks) == len(envs), "every DEK read (%d) in %.1f s" % (len(deks), time.time() - t0),
            "%d missing" % (len(envs) - len(deks)))
     report(len(set(deks.values())) == len(deks), "the DEKs are all different")
-    with open(os.path.join(a.out, "deks.json"), "w") as f:
-        json.dump(deks, f)
+    kbt_grpc.save_deks(a.out, deks)
     return 1 if kbt_grpc.failures() else 0
-
-
-def load_deks(out_dir):
-    with open(os.path.join(out_dir, "deks.json")) as f:
-        return {e: base64.b64decode(d) for e, d in json.load(f).items()}
-
-
-def reader_loop(readers, deks, stop, stats, lock):
-    """Read random environments' DEKs until stop; count per outcome."""
-    envs = list(deks)
-    while not stop.is_set():
-        e = random.choice(envs)
-        code, r = readers.get(e, timeout=10)
-        with lock:
-            if stop.is_set() and code != grpc.StatusCode.OK:
-                return  # the broker was just killed: not the broker's fault
-            if code == grpc.StatusCode.OK and r.dek == deks[e]:
-                stats["ok"] += 1
-                stats["keys"][r.key_id] = stats["keys"].get(r.key_id, 0) + 1
-            elif code == grpc.StatusCode.OK:
-                stats["wrong"] += 1
-                stats["errors"].append("%s: another DEK" % e)
-            else:
-                stats["failed"] += 1
-                stats["errors"].append("%s: %s %s" % (e, code, r))
-
-
-def start_readers(readers, deks, n=4):
-    stop = threading.Event()
-    stats = {"ok": 0, "wrong": 0, "failed": 0, "errors": [], "keys": {}}
-    lock = threading.Lock()
-    th = [threading.Thread(target=reader_loop, args=(readers, deks, stop, stats, lock))
-          for _ in range(n)]
-    for t in th:
-        t.start()
-    return stop, th, stats, lock
 
 
 def during_job_checks(stub, a, job):
