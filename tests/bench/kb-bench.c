@@ -770,10 +770,16 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 
 		if (l->threads != 64)
 			continue;
-		printf("  GetDataKey >= 0.90 of raw@2 at 64 clients, 0 errors: "
-		       "%.2f, %llu errors  %s\n",
+		/* Issue 10 (envelope v2: an AES-GCM open in the token per
+		 * call): 3 times the raw RSA-OAEP ceiling, and 0.8 of WhoAmI
+		 * through the same broker. */
+		printf("  GetDataKey >= 3 times raw RSA-OAEP@2 at 64 clients, 0 "
+		       "errors: %.2f, %llu errors  %s\n",
 		    x, (unsigned long long)l->errors,
-		    x >= 0.9 && l->errors == 0 ? "met" : "MISSED");
+		    x >= 3 && l->errors == 0 ? "met" : "MISSED");
+		printf("  GetDataKey >= 0.8 of WhoAmI at 64 clients: %.2f  %s\n",
+		    ratio(l->rate, r->whoami.rate),
+		    l->rate >= 0.8 * r->whoami.rate ? "met" : "MISSED");
 		printf("  p99 < 25 ms at 64 clients: %.2f ms  %s\n", l->p99_ms,
 		    l->p99_ms < 25 ? "met" : "MISSED");
 		if (r->have_py)
@@ -781,9 +787,10 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 			    ratio(r->py_rate, l->rate),
 			    r->py_rate >= 0.9 * l->rate ? "met" : "MISSED");
 	}
-	printf("  re-wrap >= 0.85 of raw: %.2f  %s\n",
-	    ratio(r->act.rate, w->rewrap.rate),
-	    r->act.rate >= 0.85 * w->rewrap.rate ? "met" : "MISSED");
+	printf("  activation over 1,000,000 in < 120 s: %.0f s at this rate  "
+	       "%s (N=%u here)\n",
+	    r->act.rate > 0 ? 1e6 / r->act.rate : 0,
+	    r->act.rate > 1e6 / 120 ? "met" : "MISSED", o->envs);
 	printf("  platform-key rotation over 1,000,000 in < 120 s: %.0f s at "
 	       "this rate  %s (N=%llu here)\n",
 	    r->rot.rate > 0 ? 1e6 / r->rot.rate : 0,
