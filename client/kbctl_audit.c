@@ -1407,6 +1407,25 @@ kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a)
 
 /* ---- audit key ---- */
 
+/* An audit key as `audit key`, `audit keys` and `audit rotate-key` print
+ * it in --json (with its state and creation time when `listed`). */
+static json_t *
+audit_key_json(const Keybroker__V1__AuditKey *x, int listed)
+{
+	json_t *o = json_object();
+
+	kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
+	if (listed)
+		kbctl_jset(o, "state", kbctl_jstr(x->state));
+	kbctl_jset(o, "algorithm", kbctl_jstr(x->algorithm));
+	kbctl_jset(o, "fingerprint", kbctl_jstr(x->fingerprint));
+	if (listed)
+		kbctl_jset(o, "create_time_us",
+		    json_integer((json_int_t)x->create_time_us));
+	kbctl_jset(o, "public_key_pem", kbctl_jstr(x->public_key_pem));
+	return o;
+}
+
 int
 kbctl_cmd_audit_key(struct kbctl *k, const struct kbctl_args *a)
 {
@@ -1418,13 +1437,7 @@ kbctl_cmd_audit_key(struct kbctl *k, const struct kbctl_args *a)
 	if ((rc = audit_key_get(k, &x)) != KBCTL_EXIT_OK)
 		return rc;
 	if (k->json) {
-		json_t *o = json_object();
-
-		kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
-		kbctl_jset(o, "algorithm", kbctl_jstr(x->algorithm));
-		kbctl_jset(o, "fingerprint", kbctl_jstr(x->fingerprint));
-		kbctl_jset(o, "public_key_pem", kbctl_jstr(x->public_key_pem));
-		rc = kbctl_json_print(o);
+		rc = kbctl_json_print(audit_key_json(x, 0));
 	} else {
 		kbctl_kv("key_id", x->key_id);
 		kbctl_kv("algorithm", x->algorithm);
@@ -1460,18 +1473,7 @@ kbctl_cmd_audit_keys(struct kbctl *k, const struct kbctl_args *a)
 	if (k->json) {
 		arr = json_array();
 		for (i = 0; i < all->n_keys; i++) {
-			const Keybroker__V1__AuditKey *x = all->keys[i];
-
-			o = json_object();
-			kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
-			kbctl_jset(o, "state", kbctl_jstr(x->state));
-			kbctl_jset(o, "algorithm", kbctl_jstr(x->algorithm));
-			kbctl_jset(o, "fingerprint", kbctl_jstr(x->fingerprint));
-			kbctl_jset(o, "create_time_us",
-			    json_integer((json_int_t)x->create_time_us));
-			kbctl_jset(o, "public_key_pem",
-			    kbctl_jstr(x->public_key_pem));
-			json_array_append_new(arr, o);
+			json_array_append_new(arr, audit_key_json(all->keys[i], 1));
 		}
 		o = json_object();
 		kbctl_jset(o, "keys", arr);
@@ -1508,13 +1510,7 @@ kbctl_cmd_audit_rotate_key(struct kbctl *k, const struct kbctl_args *a)
 		return rc;
 	x = (Keybroker__V1__AuditKey *)m;
 	if (k->json) {
-		json_t *o = json_object();
-
-		kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
-		kbctl_jset(o, "algorithm", kbctl_jstr(x->algorithm));
-		kbctl_jset(o, "fingerprint", kbctl_jstr(x->fingerprint));
-		kbctl_jset(o, "public_key_pem", kbctl_jstr(x->public_key_pem));
-		rc = kbctl_json_print(o);
+		rc = kbctl_json_print(audit_key_json(x, 0));
 	} else {
 		printf("audit key rotated: %s now signs the checkpoints\n",
 		    x->key_id);
