@@ -337,6 +337,23 @@ def start_readers(readers, deks, n=4, outage=None):
     return stop, th, stats, lock
 
 
+def clock_move(path, secs):
+    """Move keybrokerd-testclock's clock `secs` further (its offset file, as
+    lib.sh's kbt_clock_set writes it: write, then rename, so the broker never
+    reads half a number). Returns the new offset in seconds."""
+    off = 0
+    try:
+        with open(path) as f:
+            off = int(f.read().strip() or 0)
+    except FileNotFoundError:
+        pass
+    off += secs
+    with open(path + ".tmp", "w") as f:
+        f.write("%d\n" % off)
+    os.replace(path + ".tmp", path)
+    return off
+
+
 def mint_cert(ca_dir, base, subject, uris=(), days=60, key=None):
     """The tests' one certificate minter (python3-cryptography): a client
     certificate from the development CA in ca_dir, with subject `subject`

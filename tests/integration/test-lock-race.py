@@ -251,18 +251,6 @@ def alive(pid):
         return False
 
 
-def clock_forward(path, secs):
-    """Move keybrokerd-testclock's clock `secs` further ahead (the offset
-    file of lib.sh's kbt_clock_set: write, then rename)."""
-    off = 0
-    if os.path.exists(path):
-        with open(path) as f:
-            off = int(f.read().strip() or 0)
-    with open(path + ".tmp", "w") as f:
-        f.write("%d\n" % (off + secs))
-    os.replace(path + ".tmp", path)
-
-
 _pool = None
 
 
@@ -325,7 +313,7 @@ def cmd_rounds(a):
         rounds.append(rd)
         bad = []
         # Past the 72-hour lock cooldown (after the activation, or the unlock).
-        clock_forward(a.clock_file, 72 * 3600 + 60)
+        kbt_grpc.clock_move(a.clock_file, 72 * 3600 + 60)
         time.sleep(a.pause)
         ts = time.monotonic()
         code, t = kbt_grpc.status_of(lambda: stub.LockTenant(lock_req, timeout=60))
@@ -347,7 +335,7 @@ def cmd_rounds(a):
                        % (label, r, a.pid), "it is gone: see its log")
             break
         # Past the 1-hour unlock cooldown: the tenant, then each environment.
-        clock_forward(a.clock_file, 3600 + 60)
+        kbt_grpc.clock_move(a.clock_file, 3600 + 60)
         code, t = kbt_grpc.status_of(lambda: stub.UnlockTenant(unlock_req, timeout=60))
         if code != SC.OK or t.state == pb.TENANT_STATE_LOCKED:
             bad.append("UnlockTenant: %s %s" % (code.name, short(t)))
