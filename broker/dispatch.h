@@ -38,6 +38,12 @@ struct rpc_ctx {
 	int stream_open;
 	/* The stream slot ratelimit.c holds for this call, or NULL. */
 	struct ratelimit_slot *rate_slot;
+	/* Set by quorum.c: this call made approval request `approval_id`
+	 * instead of acting (its status is KB_ERR_APPROVAL_REQUIRED). */
+	char approval_id[40];
+	/* Set when an approved request runs: the fingerprint of the proof
+	 * verified when it was requested (a lock's .pfx/.byok is not kept). */
+	const char *approved_fp;
 };
 
 /* A handler returns KB_OK with *resp set (heap-allocated message, every
@@ -82,6 +88,7 @@ struct rpc_method {
 	rpc_stream_handler stream;                /* server streaming */
 	enum rpc_audit audit;
 	struct scope_rule scope;                  /* tenant and environment */
+	int quorum;        /* with a quorum in force, a request (quorum.h) */
 };
 
 /* The method table, ending with a zeroed entry. */
@@ -102,6 +109,9 @@ struct dispatch_result {
 	char message[1024];
 	grpc_byte_buffer *resp;    /* unary, code OK: the answer; caller destroys */
 	unsigned retry_after_ms;   /* over a rate limit: the trailer retry-after-ms */
+	/* ABORTED by a quorum: the approval request made, for the trailer
+	 * kb-request-id; "" otherwise. */
+	char request_id[40];
 };
 
 /* The caller as the transport saw it. */
@@ -124,5 +134,14 @@ void dispatch_call(struct broker *b, const char *path, size_t path_len,
     const struct dispatch_peer *peer, grpc_byte_buffer *req,
     const struct rpc_stream_ops *ops, struct rpc_stream *st,
     struct dispatch_result *res);
+
+/* Run an authorized, approved call of `m` now with `ctx` (quorum.c): its
+ * "started" event, the handler with every policy rule checked at this
+ * moment, its outcome event (request id ctx->request_id), then
+ * ctx->after_audit. result[0..len) gets "ok" or "STATUS: reason". Returns
+ * the handler's error; on KB_OK *out is its answer (kb_wire_free). */
+enum kb_err dispatch_execute(struct rpc_ctx *ctx, const struct rpc_method *m,
+    const ProtobufCMessage *in, ProtobufCMessage **out, char *result,
+    size_t len);
 
 #endif /* KB_DISPATCH_H */
