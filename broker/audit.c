@@ -1118,14 +1118,15 @@ audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
 	/* Every value is bound, never spliced into the SQL. */
 	snprintf(sql, sizeof(sql), "SELECT seq, time_us, actor, role, peer, "
 	    "method, tenant_id, environment, key_id, result, reason, request_id, "
-	    "hash FROM events WHERE seq > ?%s%s%s%s%s%s%s",
+	    "hash FROM events WHERE seq > ?%s%s%s%s%s%s%s%s",
 	    f->since_us ? " AND time_us >= ?" : "",
 	    f->until_us ? " AND time_us < ?" : "",
 	    f->tenant && *f->tenant ? " AND tenant_id = ?" : "",
 	    f->env && *f->env ? " AND environment = ?" : "",
 	    f->method && *f->method ? " AND method = ?" : "",
 	    f->actor && *f->actor ? " AND actor = ?" : "",
-	    f->result && *f->result ? " AND result = ?" : "");
+	    f->result && *f->result ? " AND result = ?" : "",
+	    f->request_id && *f->request_id ? " AND request_id = ?" : "");
 	if (f->tenants != NULL) {
 		strncat(sql, " AND tenant_id IN (", sizeof(sql) - strlen(sql) - 1);
 		for (i = 0; i < f->ntenants; i++)
@@ -1155,6 +1156,8 @@ audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
 		sqlite3_bind_text(st, idx++, f->actor, -1, SQLITE_STATIC);
 	if (f->result && *f->result)
 		sqlite3_bind_text(st, idx++, f->result, -1, SQLITE_STATIC);
+	if (f->request_id && *f->request_id)
+		sqlite3_bind_text(st, idx++, f->request_id, -1, SQLITE_STATIC);
 	for (i = 0; f->tenants != NULL && i < f->ntenants; i++)
 		sqlite3_bind_text(st, idx++, f->tenants[i], -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, idx++, (sqlite3_int64)limit + 1);

@@ -45,6 +45,7 @@ struct audit_checkpoint {
 struct audit_filter {
 	int64_t since_us, until_us;     /* 0 = open */
 	const char *tenant, *env, *method, *actor, *result;   /* NULL/"" = any */
+	const char *request_id;         /* NULL/"" = any */
 	const char *const *tenants;     /* if set: tenant must be one of these */
 	size_t ntenants;
 };

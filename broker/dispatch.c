@@ -15,6 +15,7 @@
 #include "kb_wire.h"
 #include "keybroker.pb-c.h"
 #include "log.h"
+#include "quorum.h"
 #include "ratelimit.h"
 #include "rpc.h"
 #include "scope.h"
@@ -29,10 +30,15 @@
 #define KB "/keybroker.v1.KeyBroker/"
 #define UNARY(name, roles, msg, fn, audit, scope) \
 	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, fn, \
-	  NULL, audit, scope }
+	  NULL, audit, scope, 0 }
 #define STREAM(name, roles, msg, fn, audit, scope) \
 	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, NULL, \
-	  fn, audit, scope }
+	  fn, audit, scope, 0 }
+/* A state change that, with a quorum in force, becomes an approval request
+ * (quorum.h): the call runs only once its approvals are in. */
+#define QUORUM(name, roles, msg, fn, scope) \
+	{ KB #name, #name, roles, &keybroker__v1__##msg##__descriptor, fn, \
+	  NULL, AUDIT_CHANGE, scope, 1 }
 
 /* Scope rules (scope.h): which request fields name the tenant and the
  * environment, and whose certificate reaches them. */
@@ -72,7 +78,7 @@
 const struct rpc_method dispatch_methods[] = {
 	{ "/grpc.health.v1.Health/Check", "Health.Check", ANY_ROLE,
 	    &grpc__health__v1__health_check_request__descriptor,
-	    rpc_health_check, NULL, AUDIT_REFUSALS, NO_TENANT },
+	    rpc_health_check, NULL, AUDIT_REFUSALS, NO_TENANT, 0 },
 	UNARY(WhoAmI, ANY_ROLE, who_am_irequest, rpc_whoami, AUDIT_REFUSALS,
 	    NO_TENANT),
 	UNARY(CreateTenant, ADMIN, create_tenant_request, rpc_tenant_create,
@@ -98,14 +104,14 @@ const struct rpc_method dispatch_methods[] = {
 	    TENANT("tenant_id")),
 	UNARY(GetKey, ADMIN, get_key_request, rpc_key_get, AUDIT_REFUSALS,
 	    TENANT("tenant_id")),
-	UNARY(ActivateKey, ADMIN, activate_key_request, rpc_key_activate,
-	    AUDIT_CHANGE, TENANT("tenant_id")),
+	QUORUM(ActivateKey, ADMIN, activate_key_request, rpc_key_activate,
+	    TENANT("tenant_id")),
 	/* Names a job, whose tenant is stored with it: another tenant's job
 	 * is NOT_FOUND to a tenant-limited admin. */
 	UNARY(GetJob, ADMIN, get_job_request, rpc_job_get, AUDIT_REFUSALS,
 	    CHECKED_BY_HANDLER),
-	UNARY(RotatePlatformKey, ADMIN, rotate_platform_key_request,
-	    rpc_platform_rotate, AUDIT_CHANGE, PLATFORM_ONLY),
+	QUORUM(RotatePlatformKey, ADMIN, rotate_platform_key_request,
+	    rpc_platform_rotate, PLATFORM_ONLY),
 	UNARY(VerifyDataKeys, ADMIN, verify_data_keys_request,
 	    rpc_datakeys_verify, AUDIT_ALWAYS, TENANT_OR_PLATFORM("tenant_id")),
 	UNARY(RepairDataKeys, ADMIN, repair_data_keys_request,
@@ -115,8 +121,8 @@ const struct rpc_method dispatch_methods[] = {
 	    rpc_kek_get, AUDIT_CHANGE, TENANT("tenant_id")),
 	UNARY(RotateKeyExchangeKey, ADMIN, get_key_exchange_key_request,
 	    rpc_kek_rotate, AUDIT_CHANGE, TENANT("tenant_id")),
-	UNARY(LockTenant, ADMIN, lock_tenant_request, rpc_tenant_lock,
-	    AUDIT_CHANGE, TENANT("tenant_id")),
+	QUORUM(LockTenant, ADMIN, lock_tenant_request, rpc_tenant_lock,
+	    TENANT("tenant_id")),
 	UNARY(UnlockTenant, ADMIN, unlock_tenant_request, rpc_tenant_unlock,
 	    AUDIT_CHANGE, TENANT("tenant_id")),
 	UNARY(ApplyKey, ADMIN, environment_ref, rpc_env_apply_key, AUDIT_CHANGE,
@@ -125,16 +131,16 @@ const struct rpc_method dispatch_methods[] = {
 	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
 	UNARY(UnlockEnvironment, ADMIN, environment_ref, rpc_env_unlock,
 	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
-	UNARY(ResetEnvironment, ADMIN, environment_ref, rpc_env_reset,
-	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+	QUORUM(ResetEnvironment, ADMIN, environment_ref, rpc_env_reset,
+	    TENANT_ENV("tenant_id", "name")),
 	UNARY(BackupEnvironment, ADMIN, environment_ref, rpc_env_backup,
 	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
 	UNARY(ListBackups, ADMIN, list_backups_request, rpc_env_backups,
 	    AUDIT_REFUSALS, TENANT_ENV("tenant_id", "name")),
-	UNARY(RestoreBackup, ADMIN, restore_backup_request, rpc_env_restore,
-	    AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
-	UNARY(CopyEnvironment, ADMIN, copy_environment_request, rpc_env_copy,
-	    AUDIT_CHANGE, TENANT_ENVS("tenant_id", "target", "source")),
+	QUORUM(RestoreBackup, ADMIN, restore_backup_request, rpc_env_restore,
+	    TENANT_ENV("tenant_id", "name")),
+	QUORUM(CopyEnvironment, ADMIN, copy_environment_request, rpc_env_copy,
+	    TENANT_ENVS("tenant_id", "target", "source")),
 	/* The filter is optional: auditors read every tenant; a tenant-limited
 	 * admin naming a tenant is checked, naming none reads only its own
 	 * tenants' events (rpc_audit.c, make_filter). */
@@ -158,7 +164,23 @@ const struct rpc_method dispatch_methods[] = {
 	 * so its "started" event is durable before the first byte goes. */
 	STREAM(CreateBackup, ADMIN, create_backup_request,
 	    rpc_backup_create, AUDIT_CHANGE, PLATFORM_ONLY),
-	{ NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, { SCOPE_UNSET } }
+	/* Quorum (issue 15; quorum.h). A policy change is itself a request
+	 * while the policy that governs it is in force. */
+	QUORUM(SetQuorum, ADMIN, set_quorum_request, rpc_quorum_set,
+	    TENANT_OR_PLATFORM("tenant_id")),
+	UNARY(GetQuorum, ADMIN, get_quorum_request, rpc_quorum_get,
+	    AUDIT_REFUSALS, TENANT_OR_PLATFORM("tenant_id")),
+	UNARY(ListApprovalRequests, ADMIN, list_approval_requests_request,
+	    rpc_approval_list, AUDIT_REFUSALS, TENANT_OR_PLATFORM("tenant_id")),
+	/* Name a request, whose tenant is stored with it: the caller must
+	 * reach it by the scope rule of the request's own method. */
+	UNARY(GetApprovalRequest, ADMIN, approval_request_ref,
+	    rpc_approval_get, AUDIT_REFUSALS, CHECKED_BY_HANDLER),
+	UNARY(ApproveRequest, ADMIN, approval_request_ref,
+	    rpc_approval_approve, AUDIT_ALWAYS, CHECKED_BY_HANDLER),
+	UNARY(DenyRequest, ADMIN, approval_request_ref, rpc_approval_deny,
+	    AUDIT_ALWAYS, CHECKED_BY_HANDLER),
+	{ NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, { SCOPE_UNSET }, 0 }
 };
 
 enum kb_err
@@ -347,6 +369,40 @@ run_handler(struct rpc_ctx *ctx, const struct rpc_method *m,
 	return e;
 }
 
+enum kb_err
+dispatch_execute(struct rpc_ctx *ctx, const struct rpc_method *m,
+    const ProtobufCMessage *in, ProtobufCMessage **out, char *result,
+    size_t len)
+{
+	struct dispatch_result res;
+	enum kb_err e, e2;
+
+	memset(&res, 0, sizeof(res));
+	*out = NULL;
+	kb_err_clear();
+	e = run_handler(ctx, m, in, NULL, NULL, &res, out);
+	set_status(&res, e);
+	if ((e2 = audit_call(ctx->b, m->name, &m->scope, ctx, ctx->id, 1, in,
+	    &res, NULL)) != KB_OK && e == KB_OK) {
+		kb_wire_free(*out);
+		*out = NULL;
+		e = kb_errf(KB_ERR_UNAVAILABLE, "the audit log cannot record the "
+		    "outcome of %s (%s); the change may have been made (its "
+		    "\"started\" event is recorded): check the state", m->name,
+		    kb_err_msg(e2));
+		set_status(&res, e);
+	}
+	if (ctx->after_audit != NULL)
+		ctx->after_audit(ctx->b);
+	if (e == KB_OK)
+		snprintf(result, len, "ok");
+	else
+		snprintf(result, len, "%s: %s", kb_grpc_status_name(res.code),
+		    res.message);
+	kb_errf(e, "%s", res.message);
+	return e;
+}
+
 void
 dispatch_call(struct broker *b, const char *path, size_t path_len,
     const struct dispatch_peer *peer, grpc_byte_buffer *req,
@@ -403,9 +459,16 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 		 * of its tenant and environment and the caller's scope. */
 		if ((e = check_role(m, &id)) == KB_OK)
 			e = scope_request_check(&m->scope, m->name, &id, in);
+		/* With a quorum in force a covered call becomes a request
+		 * (ABORTED, the trailer kb-request-id) and runs later. */
+		if (e == KB_OK && m->quorum)
+			e = quorum_intercept(&ctx, m, in);
 		if (e == KB_OK)
 			e = run_handler(&ctx, m, in, ops, st, res, &out);
 		set_status(res, e);
+		if (e == KB_ERR_APPROVAL_REQUIRED)
+			snprintf(res->request_id, sizeof(res->request_id), "%s",
+			    ctx.approval_id);
 	}
 	if (res->code != GRPC_STATUS_OK)
 		log_info("%s by %s from %s: %s: %s", m->name,
@@ -415,7 +478,7 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 	 * ran ends when its client goes or the broker stops: not a refusal. */
 	if (audit_all || (res->code != GRPC_STATUS_OK && !ctx.stream_open)) {
 		e = audit_call(b, m->name, &m->scope, &ctx, &id, have_id, in,
-		    res, NULL);
+		    res, ctx.approval_id[0] != '\0' ? "requested" : NULL);
 		if (e != KB_OK && res->code == GRPC_STATUS_OK) {
 			kb_wire_free(out);
 			out = NULL;

@@ -49,4 +49,13 @@ void dispatch_call(struct broker *b, const char *path, size_t path_len,
     const struct rpc_stream_ops *ops, struct rpc_stream *st,
     struct dispatch_result *res);
 
+/* Run an authorized, approved call of `m` now with `ctx` (quorum.c): its
+ * "started" event, the handler with every policy rule checked at this
+ * moment, its outcome event (request id ctx->request_id), then
+ * ctx->after_audit. result[0..len) gets "ok" or "STATUS: reason". Returns
+ * the handler's error; on KB_OK *out is its answer (kb_wire_free). */
+enum kb_err dispatch_execute(struct rpc_ctx *ctx, const struct rpc_method *m,
+    const ProtobufCMessage *in, ProtobufCMessage **out, char *result,
+    size_t len);
+
 #endif /* KB_DISPATCH_H */

@@ -18,6 +18,8 @@
 #include "identity.h"
 #include "kb_secmem.h"
 #include "log.h"
+#include "quorum.h"
+#include "rpc.h"
 #include "server.h"
 
 static void
@@ -215,6 +217,14 @@ main(int argc, char **argv)
 		log_error("cannot start: %s", kb_err_msg(e));
 		grpc_shutdown();
 		return 1;
+	}
+	/* The approval flow runs calls through the dispatcher and checks a
+	 * lock's proof with its handler: main() wires them together. */
+	{
+		struct quorum_hooks qh = { dispatch_methods, dispatch_execute,
+			rpc_lock_proof };
+
+		quorum_hooks_set(&qh);
 	}
 	if (cfg->client_crl != NULL &&
 	    (e = identity_verifier_set_crl(b->verifier, cfg->client_crl,

@@ -40,6 +40,12 @@ struct rpc_ctx {
 	int stream_open;
 	/* The stream slot ratelimit.c holds for this call, or NULL. */
 	struct ratelimit_slot *rate_slot;
+	/* Set by quorum.c: this call made approval request `approval_id`
+	 * instead of acting (its status is KB_ERR_APPROVAL_REQUIRED). */
+	char approval_id[40];
+	/* Set when an approved request runs: the fingerprint of the proof
+	 * verified when it was requested (a lock's .pfx/.byok is not kept). */
+	const char *approved_fp;
 };
 
 /* A handler returns KB_OK with *resp set (heap-allocated message, every
@@ -84,6 +90,7 @@ struct rpc_method {
 	rpc_stream_handler stream;                /* server streaming */
 	enum rpc_audit audit;
 	struct scope_rule scope;                  /* tenant and environment */
+	int quorum;        /* with a quorum in force, a request (quorum.h) */
 };
 
 /* The result of one call. */
@@ -92,6 +99,9 @@ struct dispatch_result {
 	char message[1024];
 	grpc_byte_buffer *resp;    /* unary, code OK: the answer; caller destroys */
 	unsigned retry_after_ms;   /* over a rate limit: the trailer retry-after-ms */
+	/* ABORTED by a quorum: the approval request made, for the trailer
+	 * kb-request-id; "" otherwise. */
+	char request_id[40];
 };
 
 #endif /* KB_METHOD_H */

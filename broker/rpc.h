@@ -65,6 +65,11 @@ enum kb_err rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 enum kb_err rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
+/* A lock request's proof (.pfx + password or .byok, secret) checked against
+ * the tenant's active key now, leaving nothing in the token: fp gets its
+ * fingerprint. For quorum.c, which keeps only that fingerprint. */
+enum kb_err rpc_lock_proof(struct rpc_ctx *c, const ProtobufCMessage *req,
+    char fp[65]);
 enum kb_err rpc_env_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp);
 
@@ -106,6 +111,20 @@ enum kb_err rpc_clock_confirm(struct rpc_ctx *c, const ProtobufCMessage *req,
 /* rpc_backup.c */
 enum kb_err rpc_backup_create(struct rpc_ctx *c, const ProtobufCMessage *req,
     const struct rpc_stream_ops *ops, struct rpc_stream *st);
+
+/* rpc_quorum.c */
+enum kb_err rpc_quorum_set(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_quorum_get(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_approval_list(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_approval_get(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
+enum kb_err rpc_approval_approve(struct rpc_ctx *c,
+    const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_approval_deny(struct rpc_ctx *c, const ProtobufCMessage *req,
+    ProtobufCMessage **resp);
 
 /* Helpers for handlers (rpc_util.c). */
 struct policy_tenant;

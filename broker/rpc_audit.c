@@ -46,6 +46,7 @@ make_filter(struct rpc_ctx *c, const Keybroker__V1__EventFilter *in,
 	out->f.method = in->method;
 	out->f.actor = in->actor;
 	out->f.result = in->result;
+	out->f.request_id = in->request_id;
 	if (in->tenant_id[0] != '\0' &&
 	    (e = names_check_id("tenant id", in->tenant_id)) != KB_OK)
 		return e;
@@ -55,9 +56,11 @@ make_filter(struct rpc_ctx *c, const Keybroker__V1__EventFilter *in,
 	if (in->result[0] != '\0' && strcmp(in->result, "ok") != 0 &&
 	    strcmp(in->result, "denied") != 0 &&
 	    strcmp(in->result, "error") != 0 &&
-	    strcmp(in->result, "started") != 0)
+	    strcmp(in->result, "started") != 0 &&
+	    strcmp(in->result, "requested") != 0)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT, "result filter \"%.20s\" "
-		    "must be ok, denied, error or started", in->result);
+		    "must be ok, denied, error, started or requested",
+		    in->result);
 	if (in->until_us != 0 && in->since_us > in->until_us)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT, "since is after until");
 	/* A tenant-limited admin reads only its tenants' events. */

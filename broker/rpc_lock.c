@@ -123,6 +123,33 @@ after_unlock(struct rpc_ctx *c, const char *tenant, const char *key_id)
 }
 
 enum kb_err
+rpc_lock_proof(struct rpc_ctx *c, const ProtobufCMessage *req, char fp[65])
+{
+	const Keybroker__V1__LockTenantRequest *in = (const void *)req;
+	struct store_tenant t;
+	struct store_key active;
+	struct key_file f;
+	enum kb_err e;
+
+	if ((e = request_file(&in->file, (int)in->format, in->password, &f))
+	    != KB_OK ||
+	    (e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK)
+		return e;
+	if (t.active_key_id[0] == '\0')
+		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" has no "
+		    "active key to lock with", in->tenant_id);
+	if ((e = store_key_get(c->b->store, t.active_key_id, &active)) != KB_OK ||
+	    (e = keys_file_fingerprint(c->b, in->tenant_id, &f, fp)) != KB_OK)
+		return e;
+	if (strcmp(fp, active.fingerprint) != 0)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION, "key mismatch: the "
+		    "uploaded key (fingerprint %.16s...) is not tenant \"%s\"'s "
+		    "active key %s (fingerprint %.16s...); lock needs the active "
+		    "key", fp, in->tenant_id, active.id, active.fingerprint);
+	return KB_OK;
+}
+
+enum kb_err
 rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
     ProtobufCMessage **resp)
 {
@@ -136,8 +163,10 @@ rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
 	char fp[65];
 	enum kb_err e, e2;
 
-	if ((e = request_file(&in->file, (int)in->format, in->password, &f))
-	    != KB_OK)
+	/* An approved request brings the fingerprint its proof had when it
+	 * was requested (verified then; the file is not kept). */
+	if (c->approved_fp == NULL && (e = request_file(&in->file,
+	    (int)in->format, in->password, &f)) != KB_OK)
 		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
 	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK)
@@ -147,7 +176,10 @@ rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
 	    (e = store_key_get(c->b->store, t.active_key_id, &active)) != KB_OK)
 		goto out;
 	/* Proof: the admin holds the active key itself. */
-	if ((e = keys_file_fingerprint(c->b, in->tenant_id, &f, fp)) != KB_OK)
+	if (c->approved_fp != NULL)
+		snprintf(fp, sizeof(fp), "%s", c->approved_fp);
+	else if ((e = keys_file_fingerprint(c->b, in->tenant_id, &f, fp))
+	    != KB_OK)
 		goto out;
 	if (strcmp(fp, active.fingerprint) != 0) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key mismatch: the uploaded "

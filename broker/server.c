@@ -68,6 +68,8 @@ struct call {
 	int streaming, send_pending, send_ok, closed, initial_md_sent;
 	/* Over a rate limit: the trailer retry-after-ms (0: none). */
 	unsigned retry_after_ms;
+	/* A quorum-covered call: the trailer kb-request-id ("": none). */
+	char request_id[40];
 	grpc_metadata trailer;
 };
 
@@ -199,10 +201,16 @@ send_answer(struct call *c, grpc_status_code code, const char *msg)
 	op->data.send_status_from_server.status = code;
 	op->data.send_status_from_server.status_details =
 	    code == GRPC_STATUS_OK ? NULL : &c->status_details;
-	if (code != GRPC_STATUS_OK && c->retry_after_ms != 0) {
-		char v[16];
+	if (code != GRPC_STATUS_OK && (c->retry_after_ms != 0 ||
+	    c->request_id[0] != '\0')) {
+		char v[40];
 
-		snprintf(v, sizeof(v), "%u", c->retry_after_ms);
+		if (c->request_id[0] != '\0') {
+			c->trailer.key = grpc_slice_from_static_string(
+			    "kb-request-id");
+			snprintf(v, sizeof(v), "%s", c->request_id);
+		} else
+			snprintf(v, sizeof(v), "%u", c->retry_after_ms);
 		grpc_slice_unref(c->trailer.value);
 		c->trailer.value = grpc_slice_from_copied_string(v);
 		op->data.send_status_from_server.trailing_metadata_count = 1;
@@ -319,6 +327,7 @@ stream_main(void *arg)
 	c->req = NULL;
 	atomic_fetch_sub(&s->streams, 1);
 	c->retry_after_ms = res.retry_after_ms;
+	snprintf(c->request_id, sizeof(c->request_id), "%s", res.request_id);
 	send_answer(c, res.code, res.message);
 	/* Last touch of the server: server_run waits for busy to reach 0
 	 * before it shuts the completion queue. */
@@ -407,6 +416,7 @@ handle_call(void *arg)
 	c->req = NULL;
 	c->resp = res.resp;
 	c->retry_after_ms = res.retry_after_ms;
+	snprintf(c->request_id, sizeof(c->request_id), "%s", res.request_id);
 	send_answer(c, res.code, res.message);
 done:
 	atomic_fetch_sub(&s->busy, 1);

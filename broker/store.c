@@ -147,6 +147,46 @@ static const char *const migrations[] = {
 	"    lock_time_us)) FROM environments), 0),"
 	"  coalesce((SELECT max(update_time_us) FROM jobs), 0),"
 	"  coalesce((SELECT max(create_time_us) FROM backups), 0)));",
+
+	/* 5: quorum (issue 15). A policy per tenant ('' = the platform
+	 * default), approval requests and their approvals. Requests, approvals
+	 * and policies carry a seal made in the token (quorum.c): a row edited
+	 * or inserted by hand does not count. Self-contained: it touches no
+	 * other table. */
+	"CREATE TABLE quorum_policies ("
+	"  tenant_id TEXT PRIMARY KEY,"
+	"  approvals INTEGER NOT NULL,"
+	"  approvers TEXT NOT NULL DEFAULT '',"
+	"  update_time_us INTEGER NOT NULL,"
+	"  updated_by TEXT NOT NULL DEFAULT '',"
+	"  seal BLOB);"
+	"CREATE TABLE approval_requests ("
+	"  id TEXT PRIMARY KEY,"
+	"  method TEXT NOT NULL,"
+	"  tenant_id TEXT NOT NULL DEFAULT '',"
+	"  environment TEXT NOT NULL DEFAULT '',"
+	"  arguments TEXT NOT NULL DEFAULT '',"
+	"  call BLOB,"
+	"  proof_fingerprint TEXT NOT NULL DEFAULT '',"
+	"  target TEXT NOT NULL DEFAULT '',"
+	"  requester TEXT NOT NULL,"
+	"  create_time_us INTEGER NOT NULL,"
+	"  expire_time_us INTEGER NOT NULL,"
+	"  approvals_needed INTEGER NOT NULL,"
+	"  approvers TEXT NOT NULL DEFAULT '',"
+	"  state TEXT NOT NULL CHECK (state IN ('pending', 'executing',"
+	"    'executed', 'failed', 'denied', 'expired')),"
+	"  result TEXT NOT NULL DEFAULT '',"
+	"  update_time_us INTEGER NOT NULL,"
+	"  seal BLOB);"
+	"CREATE INDEX approval_requests_state ON approval_requests(state);"
+	"CREATE TABLE approvals ("
+	"  request_id TEXT NOT NULL,"
+	"  approver TEXT NOT NULL,"
+	"  decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),"
+	"  time_us INTEGER NOT NULL,"
+	"  seal BLOB,"
+	"  PRIMARY KEY (request_id, approver));",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -355,6 +355,82 @@ enum kb_err store_env_purge(struct store *s, const char *tenant,
 enum kb_err store_keys_destroyed(struct store *s, struct store_key **out,
     size_t *n);
 
+/* ---- quorum (store_quorum.c; the rules are quorum.c's) ---- */
+
+#define STORE_APPROVERS_MAX 1024
+#define STORE_CALL_MAX 2048
+#define STORE_SEAL_MAX 128
+#define STORE_CN_MAX 128
+
+/* A quorum policy: tenant "" is the platform default. */
+struct store_quorum {
+	char tenant[STORE_ID_MAX];
+	uint32_t approvals;                  /* 0 = off */
+	char approvers[STORE_APPROVERS_MAX]; /* "cn,cn"; "" = every admin */
+	int64_t update_time_us;
+	char updated_by[STORE_CN_MAX];
+	uint8_t seal[STORE_SEAL_MAX];
+	size_t seal_len;
+};
+
+/* KB_ERR_NOT_FOUND when `tenant` ("" platform) has none. */
+enum kb_err store_quorum_get(struct store *s, const char *tenant,
+    struct store_quorum *out);
+/* Insert or replace the policy of q->tenant. */
+enum kb_err store_quorum_put(struct store *s, const struct store_quorum *q);
+
+/* An approval request: a covered call kept until its quorum is met. */
+struct store_approval_req {
+	char id[40];
+	char method[64];
+	char tenant[STORE_ID_MAX];
+	char env[STORE_ID_MAX];
+	char args[512];                      /* for people; never a secret */
+	uint8_t call[STORE_CALL_MAX];        /* the packed request, secrets out */
+	size_t call_len;
+	char proof_fp[72];
+	char target[256];                    /* the target's state when made */
+	char requester[STORE_CN_MAX];
+	int64_t create_time_us, expire_time_us, update_time_us;
+	uint32_t needed;
+	char approvers[STORE_APPROVERS_MAX];
+	char state[16];
+	char result[512];
+	uint8_t seal[STORE_SEAL_MAX];
+	size_t seal_len;
+};
+
+struct store_approval {
+	char request_id[40];
+	char approver[STORE_CN_MAX];
+	char decision[8];                    /* approve, deny */
+	int64_t time_us;
+	uint8_t seal[STORE_SEAL_MAX];
+	size_t seal_len;
+};
+
+enum kb_err store_approval_req_insert(struct store *s,
+    const struct store_approval_req *r);
+/* KB_ERR_NOT_FOUND naming the id when there is none. */
+enum kb_err store_approval_req_get(struct store *s, const char *id,
+    struct store_approval_req *out);
+/* Requests of `tenant` (NULL: every one), newest first; only pending ones
+ * unless `all`. *out is malloc'd (NULL when none). */
+enum kb_err store_approval_req_list(struct store *s, const char *tenant,
+    int all, struct store_approval_req **out, size_t *n);
+/* Move request `id` from state `from` to `to` with `result`;
+ * KB_ERR_FAILED_PRECONDITION when it was no longer in `from`
+ * (another call moved it first), the database unaltered. */
+enum kb_err store_approval_req_move(struct store *s, const char *id,
+    const char *from, const char *to, const char *result, int64_t now);
+/* Record one decision; KB_ERR_ALREADY_EXISTS when this approver (CN) has
+ * one on the request already. */
+enum kb_err store_approval_insert(struct store *s,
+    const struct store_approval *a);
+/* The decisions on request `id`, oldest first (*out malloc'd or NULL). */
+enum kb_err store_approval_list(struct store *s, const char *id,
+    struct store_approval **out, size_t *n);
+
 const char *store_env_mode_name(enum store_env_mode m);
 const char *store_env_state_name(enum store_env_state st);
 

@@ -74,8 +74,9 @@ kb_client_err_from_grpc(grpc_status_code s)
 	case GRPC_STATUS_UNAUTHENTICATED: return KB_ERR_UNAUTHENTICATED;
 	case GRPC_STATUS_RESOURCE_EXHAUSTED: return KB_ERR_RESOURCE_EXHAUSTED;
 	case GRPC_STATUS_FAILED_PRECONDITION: return KB_ERR_FAILED_PRECONDITION;
-	/* ABORTED: a concurrent change won; the state forbids it now. */
-	case GRPC_STATUS_ABORTED: return KB_ERR_FAILED_PRECONDITION;
+	/* ABORTED: the broker made an approval request instead of acting
+	 * (st->request_id names it). */
+	case GRPC_STATUS_ABORTED: return KB_ERR_APPROVAL_REQUIRED;
 	case GRPC_STATUS_UNIMPLEMENTED: return KB_ERR_UNIMPLEMENTED;
 	case GRPC_STATUS_UNAVAILABLE: return KB_ERR_UNAVAILABLE;
 	case GRPC_STATUS_DATA_LOSS: return KB_ERR_CORRUPT;
@@ -406,9 +407,30 @@ status_set(struct kb_status *st, grpc_status_code code, const char *fmt, ...)
 	va_list ap;
 
 	st->code = code;
+	st->request_id[0] = '\0';
 	va_start(ap, fmt);
 	vsnprintf(st->message, sizeof(st->message), fmt, ap);
 	va_end(ap);
+}
+
+/* The approval request named by the trailer kb-request-id, into st. */
+static void
+trailer_request_id(const grpc_metadata_array *md, struct kb_status *st)
+{
+	size_t i, n;
+
+	for (i = 0; i < md->count; i++) {
+		if (grpc_slice_str_cmp(md->metadata[i].key,
+		    KB_REQUEST_ID_TRAILER) != 0)
+			continue;
+		n = GRPC_SLICE_LENGTH(md->metadata[i].value);
+		if (n >= sizeof(st->request_id))
+			n = sizeof(st->request_id) - 1;
+		memcpy(st->request_id, GRPC_SLICE_START_PTR(md->metadata[i].value),
+		    n);
+		st->request_id[n] = '\0';
+		return;
+	}
 }
 
 /* Fill st from a call's final status and details: the broker's words, or
@@ -553,6 +575,8 @@ kb_client_call(struct kb_client *c, const char *method,
 
 	if (code != GRPC_STATUS_OK) {
 		r = final_status(c, code, details, st);
+		if (code == GRPC_STATUS_ABORTED)
+			trailer_request_id(&md_trail, st);
 		goto out;
 	}
 	if (recv == NULL) {

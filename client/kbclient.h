@@ -82,7 +82,13 @@ struct kb_client_opts {
 struct kb_status {
 	grpc_status_code code;
 	char message[512]; /* the status details; NUL-terminated */
+	/* ABORTED (KB_ERR_APPROVAL_REQUIRED): the approval request the broker
+	 * made instead of acting, from the trailer kb-request-id; else "". */
+	char request_id[40];
 };
+
+/* The trailer naming the approval request a quorum-covered call made. */
+#define KB_REQUEST_ID_TRAILER "kb-request-id"
 
 /* Read the three PEM files and create the channel; nothing is sent until
  * the first call. Errors (KB_ERR_IO naming the file, KB_ERR_CONFIG, ...)

@@ -733,6 +733,8 @@ main(int argc, char **argv)
 		rc = p.cmd->run(&k, &p.a);
 		kb_client_close(k.client);
 	}
+	if (rc == KBCTL_EXIT_REQUESTED)
+		rc = KBCTL_EXIT_OK;
 	if (fflush(stdout) != 0 || ferror(stdout)) {
 		perror("kbctl: writing the output");
 		rc = KBCTL_EXIT_FAIL;

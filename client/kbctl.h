@@ -13,6 +13,9 @@ enum {
 	KBCTL_EXIT_OK = 0,
 	KBCTL_EXIT_FAIL = 1, /* the broker refused, or the call failed */
 	KBCTL_EXIT_USAGE = 2, /* unknown command or flag, missing argument */
+	/* Inside kbctl only: a quorum made the call an approval request,
+	 * printed; main exits 0 for it. */
+	KBCTL_EXIT_REQUESTED = 3,
 	KBCTL_EXIT_INTERRUPTED = 130 /* Ctrl-C at a prompt or while waiting */
 };
 
@@ -152,6 +155,18 @@ int kbctl_password_get(const struct kbctl_args *a, const char *prompt,
 /* kbctl_clock.c: the broker's policy time; confirming a clock jump. */
 int kbctl_cmd_clock_show(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_clock_confirm(struct kbctl *k, const struct kbctl_args *a);
+
+/* kbctl_quorum.c: quorum policies and approval requests. */
+int kbctl_cmd_quorum_set(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_quorum_show(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_approvals_list(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_approvals_show(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_approvals_approve(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_approvals_deny(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_approvals_watch(struct kbctl *k, const struct kbctl_args *a);
+/* Print approval request `id` (GetApprovalRequest) as 'approvals show'
+ * does; returns an exit code. */
+int kbctl_request_show(struct kbctl *k, const char *id);
 
 /* kbctl_byok.c: the key-exchange key and offline .byok wrapping. */
 int kbctl_cmd_byok_kek(struct kbctl *k, const struct kbctl_args *a);

@@ -123,9 +123,12 @@ filter_parse(const struct kbctl_args *a, Keybroker__V1__EventFilter *f)
 	if (since != NULL && until != NULL && f->since_us >= f->until_us)
 		return kbctl_usage_error(a, "--since must be before --until");
 	if (res != NULL && strcmp(res, "ok") != 0 && strcmp(res, "denied") != 0
-	    && strcmp(res, "error") != 0 && strcmp(res, "started") != 0)
-		return kbctl_usage_error(
-		    a, "bad --result \"%s\": ok, denied, error or started", res);
+	    && strcmp(res, "error") != 0 && strcmp(res, "started") != 0
+	    && strcmp(res, "requested") != 0)
+		return kbctl_usage_error(a,
+		    "bad --result \"%s\": ok, denied, error, started or "
+		    "requested",
+		    res);
 	if ((s = kbctl_flag(a, "--tenant")) != NULL)
 		f->tenant_id = (char *)s;
 	if ((s = kbctl_flag(a, "--env")) != NULL)
@@ -136,6 +139,8 @@ filter_parse(const struct kbctl_args *a, Keybroker__V1__EventFilter *f)
 		f->actor = (char *)s;
 	if (res != NULL)
 		f->result = (char *)res;
+	if ((s = kbctl_flag(a, "--request")) != NULL)
+		f->request_id = (char *)s;
 	return -1;
 }
 

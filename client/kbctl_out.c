@@ -31,9 +31,24 @@ kbctl_call(struct kbctl *k, const char *method, const ProtobufCMessage *req,
 {
 	struct kb_status st;
 
-	if (kb_client_call(k->client, method, req, d, resp, &st) != KB_OK)
-		return kbctl_fail_status(&st);
-	return KBCTL_EXIT_OK;
+	if (kb_client_call(k->client, method, req, d, resp, &st) == KB_OK)
+		return KBCTL_EXIT_OK;
+	if (st.code == GRPC_STATUS_ABORTED && st.request_id[0] != '\0') {
+		/* Not done, not failed: approvers must now decide. */
+		char id[sizeof(st.request_id)];
+
+		snprintf(id, sizeof(id), "%s", st.request_id);
+		if (!k->json) {
+			char msg[sizeof(st.message)];
+
+			kbctl_sanitize(st.message, msg, sizeof(msg));
+			fprintf(stderr, "kbctl: %s\n", msg);
+		}
+		if (kbctl_request_show(k, id) != KBCTL_EXIT_OK)
+			return KBCTL_EXIT_FAIL;
+		return KBCTL_EXIT_REQUESTED;
+	}
+	return kbctl_fail_status(&st);
 }
 
 int

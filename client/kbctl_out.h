@@ -21,9 +21,15 @@ int kbctl_fail_status(const struct kb_status *st);
 
 /* kb_client_call through k->client; a failure is printed with
  * kbctl_fail_status. Returns KBCTL_EXIT_OK (and *resp, freed by the caller
- * with kb_wire_free) or KBCTL_EXIT_FAIL. */
+ * with kb_wire_free) or KBCTL_EXIT_FAIL; KBCTL_EXIT_REQUESTED when a
+ * quorum made the call an approval request (ABORTED with the trailer
+ * kb-request-id), which is then printed on stdout. */
 int kbctl_call(struct kbctl *k, const char *method, const ProtobufCMessage *req,
     const ProtobufCMessageDescriptor *d, ProtobufCMessage **resp);
+
+/* An approval request (ApprovalRequest) as text, or as JSON with a
+ * top-level "request_id" (kbctl_quorum.c). */
+int kbctl_print_request(const struct kbctl *k, const ProtobufCMessage *m);
 
 /* kbctl_call, then print the answer with `print` (kbctl_print_tenant,
  * kbctl_print_env, ...) and free it. Returns an exit code. */

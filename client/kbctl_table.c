@@ -52,12 +52,14 @@
 	{ "--env", "ENV", "only events naming this environment" }, \
 	{ "--method", "METHOD", "only this method: GetDataKey, CreateTenant, broker.start, ..." }, \
 	{ "--actor", "NAME", "only this actor: a certificate CN, or keybroker" }, \
-	{ "--result", "ok|denied|error|started", "only events with this result" }
+	{ "--result", "ok|denied|error|started|requested", "only events with this result" }, \
+	{ "--request", "ID", "only events of this call or approval request (r-...)" }
 
 #define AUDIT_FILTER_TEXT \
 	"Filters (all must match): --since and --until take a time in RFC 3339\n" \
 	"(2026-01-02T03:04:05Z, 2026-01-02) or relative to now (-30s, -15m, -2h,\n" \
-	"-7d); --tenant, --env, --method, --actor and --result compare exactly.\n" \
+	"-7d); --tenant, --env, --method, --actor, --result and --request compare\n" \
+	"exactly (--request r-... tells an approval request's whole story).\n" \
 	"An admin limited to some tenants sees only their events; auditors and\n" \
 	"other admins see all; services may not read the log."
 
@@ -238,6 +240,64 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  CONFIRM_TEXT("confirm") "\n\n"
 	  "Prints the clock as 'clock show' does.",
 	  { YES_FLAG }, kbctl_cmd_clock_confirm },
+
+	{ "quorum", "set", "[TENANT]", 0, 1,
+	  "Set a tenant's (or the platform default) quorum policy",
+	  "With a quorum in force, LockTenant, ActivateKey, ResetEnvironment,\n"
+	  "RestoreBackup, CopyEnvironment, RotatePlatformKey and every quorum\n"
+	  "change do not act: they make an approval request that M approvers\n"
+	  "other than the requester must approve ('kbctl approvals'). A tenant\n"
+	  "without a policy of its own follows the platform default (--platform).\n"
+	  "--approvals 0 turns it off. While a quorum is in force, changing it\n"
+	  "(lowering it or turning it off included) is itself a request.\n"
+	  "--approvers lists certificate CNs (at least M + 1, since the\n"
+	  "requester never counts); without it every admin whose certificate\n"
+	  "reaches the tenant may approve.",
+	  { { "--approvals", "M", "approvals needed (0 = off, at most 16)",
+	      KBCTL_REQUIRED },
+	    { "--approvers", "CN,CN,...", "who may approve (certificate CNs)" },
+	    { "--platform", NULL, "the platform default instead of a tenant" } },
+	  kbctl_cmd_quorum_set },
+	{ "quorum", "show", "[TENANT]", 0, 1,
+	  "Show the quorum policy governing a tenant (or the platform's)",
+	  "Prints scope, quorum (off or M approvals), approvers, from (the\n"
+	  "platform default when the tenant has none of its own), updated_by\n"
+	  "and updated. --json prints {\"tenant_id\", \"platform\", \"approvals\",\n"
+	  "\"approvers\", \"inherited\", \"updated_by\", \"update_time\"}.",
+	  { { "--platform", NULL, "the platform default" } },
+	  kbctl_cmd_quorum_show },
+	{ "approvals", "list", "", 0, 0,
+	  "List approval requests (pending ones unless --all)",
+	  "A tenant-limited admin must name its tenant with --tenant.",
+	  { { "--tenant", "TENANT", "only this tenant's requests" },
+	    { "--all", NULL, "also executed, failed, denied and expired ones" } },
+	  kbctl_cmd_approvals_list },
+	{ "approvals", "show", "ID", 1, 1,
+	  "Show an approval request and its decisions",
+	  "Prints request_id, state (pending, executing, executed, failed,\n"
+	  "denied, expired), method, tenant_id, environment, arguments (never a\n"
+	  "secret: a lock keeps only its proof's fingerprint), requester,\n"
+	  "approvals (counted of needed), approvers, each decision, created,\n"
+	  "expires (approval_ttl_s) and result. --json prints one document with\n"
+	  "a top-level \"request_id\".",
+	  { { NULL } }, kbctl_cmd_approvals_show },
+	{ "approvals", "approve", "ID", 1, 1,
+	  "Approve a request; the M-th approval runs it",
+	  "The requester never counts; each approver (certificate CN) counts\n"
+	  "once; an expired request cannot be approved. The M-th approval runs\n"
+	  "the operation with every policy rule checked at that moment; a\n"
+	  "request whose target changed since it was made fails with the\n"
+	  "reason. Prints the request afterwards (its state and result).",
+	  { { NULL } }, kbctl_cmd_approvals_approve },
+	{ "approvals", "deny", "ID", 1, 1,
+	  "Deny a request: one deny cancels it",
+	  NULL, { { NULL } }, kbctl_cmd_approvals_deny },
+	{ "approvals", "watch", "", 0, 0,
+	  "Follow new approval requests live (until Ctrl-C)",
+	  "Prints a line for each new request as it is made (--json: one\n"
+	  "compact document per line), through the audit stream.",
+	  { { "--tenant", "TENANT", "only this tenant's requests" } },
+	  kbctl_cmd_approvals_watch },
 
 	{ NULL, "verify", "[TENANT]", 0, 1,
 	  "Check every stored data key in the token, revealing none",
@@ -545,6 +605,8 @@ const struct kbctl_group kbctl_groups[] = {
 	{ "jobs", "Background jobs (activation, rotation and upgrade re-seals)" },
 	{ "platform", "The broker's own keys: rotate the platform key" },
 	{ "clock", "The broker's policy time; confirm a forward clock jump" },
+	{ "quorum", "M-of-N approval policies: set, show" },
+	{ "approvals", "Approval requests: list, show, approve, deny, watch" },
 	{ "byok", "Bring your own key: the key-exchange key, offline wrapping" },
 	{ "envs", "Environments: create, encrypt, back up, restore, copy, reset" },
 	{ "datakey", "Fetch an environment's data key" },

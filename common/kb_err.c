@@ -37,6 +37,7 @@ kb_strerror(enum kb_err e)
 	case KB_ERR_CANCELLED: return "cancelled";
 	case KB_ERR_UNIMPLEMENTED: return "not implemented";
 	case KB_ERR_CORRUPT: return "stored data is corrupt";
+	case KB_ERR_APPROVAL_REQUIRED: return "approval required";
 	case KB_ERR_COUNT_: break;
 	}
 	return "unknown error";

@@ -34,6 +34,7 @@ enum kb_err {
 	KB_ERR_CANCELLED,
 	KB_ERR_UNIMPLEMENTED,
 	KB_ERR_CORRUPT,           /* stored data failed an integrity check */
+	KB_ERR_APPROVAL_REQUIRED, /* not done: a quorum request was made instead */
 	KB_ERR_COUNT_             /* not an error: number of codes */
 };
 

@@ -23,6 +23,8 @@ kb_err_to_grpc(enum kb_err e)
 	case KB_ERR_CANCELLED: return GRPC_STATUS_CANCELLED;
 	case KB_ERR_UNIMPLEMENTED: return GRPC_STATUS_UNIMPLEMENTED;
 	case KB_ERR_CORRUPT: return GRPC_STATUS_DATA_LOSS;
+	/* Not an error, and not OK either: nothing was done yet. */
+	case KB_ERR_APPROVAL_REQUIRED: return GRPC_STATUS_ABORTED;
 	case KB_ERR_INTERNAL:
 	case KB_ERR_NOMEM:
 	case KB_ERR_STORE:

@@ -36,6 +36,8 @@
 #include "broker.h"
 #include "config.h"
 #include "dispatch.h"
+#include "quorum.h"
+#include "rpc.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "harness.h"
 #include "kb_err.h"
@@ -525,6 +527,12 @@ world_open(void)
 	if ((e = config_parse(conf, strlen(conf), w.dir, &cfg)) != KB_OK
 	    || (e = broker_open(cfg, &w.b)) != KB_OK)
 		die("setup: %s", kb_err_msg(e));
+	{
+		struct quorum_hooks qh = { dispatch_methods, dispatch_execute,
+			rpc_lock_proof };
+
+		quorum_hooks_set(&qh);
+	}
 	world_populate();
 	w.inputs = 0;
 }

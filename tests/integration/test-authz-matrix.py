@@ -126,6 +126,12 @@ ROLES = [
     ("GetClockState", AUDITORS),
     ("ConfirmClockJump", ADMIN),
     ("CreateBackup", ADMIN),
+    ("SetQuorum", ADMIN),
+    ("GetQuorum", ADMIN),
+    ("ListApprovalRequests", ADMIN),
+    ("GetApprovalRequest", ADMIN),
+    ("ApproveRequest", ADMIN),
+    ("DenyRequest", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
@@ -133,7 +139,9 @@ ROLES = [
 # answer NOT_FOUND (to it, other tenants' jobs do not exist).
 NO_TENANT = {"Health.Check", "WhoAmI", "ListTenants", "ListCheckpoints",
              "GetAuditKey", "ListAuditKeys", "GetClockState"}
-HIDDEN_FOR_LIMITED = {"GetJob"}
+# Approval requests too: their tenant is stored with them.
+HIDDEN_FOR_LIMITED = {"GetJob", "GetApprovalRequest", "ApproveRequest",
+                      "DenyRequest"}
 
 T = "acme"             # the tenant every call points at
 OTHER = "othertenant"  # the limited admin's tenant
@@ -198,7 +206,7 @@ def dispatch_roles(path):
     table = src[src.index("dispatch_methods[]"):]
     table = table[:table.index("};")]
     out = {}
-    for name, roles in re.findall(r"\b(?:UNARY|STREAM)\(\s*(\w+)\s*,\s*([^,]+),", table):
+    for name, roles in re.findall(r"\b(?:UNARY|QUORUM|STREAM)\(\s*(\w+)\s*,\s*([^,]+),", table):
         out[name] = resolve(roles)
     for name, roles in re.findall(r'"(\w+\.\w+)"\s*,\s*([^,]+),', table):
         out[name] = resolve(roles)
@@ -381,6 +389,14 @@ class Fixture:
             # waits, so the admin's call is FAILED_PRECONDITION.
             "ConfirmClockJump": pb.ConfirmClockJumpRequest(),
             "CreateBackup": pb.CreateBackupRequest(),
+            # Quorum off stays off: the call sets what is already there.
+            "SetQuorum": pb.SetQuorumRequest(tenant_id=T, approvals=0),
+            "GetQuorum": pb.GetQuorumRequest(tenant_id=T),
+            "ListApprovalRequests": pb.ListApprovalRequestsRequest(tenant_id=T),
+            # No such request: NOT_FOUND to admins, hidden to the limited one.
+            "GetApprovalRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
+            "ApproveRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
+            "DenyRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
         }[method]
 
     def snapshot(self, svc_ch):

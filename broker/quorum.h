@@ -1,0 +1,76 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* quorum.h: M-of-N approval of the operations that cannot be undone.
+ *
+ * A policy per tenant (and a platform default) says how many approvals a
+ * covered call (the method table's QUORUM entries) needs and from whom.
+ * With one in force the call does not act: quorum_intercept stores an
+ * approval request (no secrets: a lock keeps only its proof's verified
+ * fingerprint) and the call answers KB_ERR_APPROVAL_REQUIRED. When the
+ * M-th approval arrives the call runs through dispatch_execute, every
+ * policy rule checked at that moment. Requests, approvals and policies are
+ * sealed with AES-256-GCM inside the token (key label "kb:quorum"): a row
+ * inserted or edited by hand fails its check and does not count. */
+#ifndef KB_QUORUM_H
+#define KB_QUORUM_H
+
+#include "broker.h"
+#include "method.h"
+#include "store.h"
+
+/* What quorum.c uses of the dispatcher and the handlers, given to it by
+ * whoever starts the broker (main()), so that neither includes the other:
+ * the method table, the way an approved call runs (dispatch_execute), and
+ * the check of a lock's proof (rpc_lock_proof). */
+struct quorum_hooks {
+	const struct rpc_method *methods;
+	enum kb_err (*execute)(struct rpc_ctx *ctx,
+	    const struct rpc_method *m, const ProtobufCMessage *in,
+	    ProtobufCMessage **out, char *result, size_t len);
+	enum kb_err (*lock_proof)(struct rpc_ctx *c, const ProtobufCMessage *req,
+	    char fp[65]);
+};
+
+/* Set once at start-up, before the first call. Without them no request
+ * can be made or run (KB_ERR_INTERNAL). */
+void quorum_hooks_set(const struct quorum_hooks *h);
+
+/* Between the scope check and the handler of a covered call `m`: KB_OK
+ * when no quorum governs it (run it now); KB_ERR_APPROVAL_REQUIRED with
+ * c->approval_id set once the request is stored; another error (a lock's
+ * proof that does not verify, a quorum nobody could meet, a policy that
+ * fails its seal) refuses the call. */
+enum kb_err quorum_intercept(
+    struct rpc_ctx *c, const struct rpc_method *m, const ProtobufCMessage *in);
+
+/* The policy governing `tenant` ("" the platform): its own, else the
+ * platform default (*inherited = 1), else one with approvals 0. Its seal
+ * is checked: KB_ERR_CORRUPT when it fails. */
+enum kb_err quorum_policy_effective(struct broker *b, const char *tenant,
+    struct store_quorum *q, int *inherited);
+
+/* Seal and store q (the caller filled every field but the seal). */
+enum kb_err quorum_policy_store(struct broker *b, struct store_quorum *q);
+
+/* Request `id` as caller c may see it: its seal checked (KB_ERR_CORRUPT),
+ * the caller's scope over its target checked as its method's table entry
+ * says (PERMISSION_DENIED), and a pending request past its expiry moved to
+ * expired (an audit event). *approvals (malloc'd, may be NULL) get the
+ * decisions with a valid seal; *napprovals their number. */
+enum kb_err quorum_request_load(struct rpc_ctx *c, const char *id,
+    struct store_approval_req *r, struct store_approval **approvals,
+    size_t *napprovals);
+
+/* Caller c's decision on request `id` (approve = 1, or deny): the rules
+ * of issue 15 (the requester never counts, one decision per CN, one deny
+ * cancels, an expired request cannot be decided, only listed approvers).
+ * The M-th approval runs the operation; its result is stored with the
+ * request. *r is the request afterwards. c->request_id becomes `id`, so
+ * the call's audit record names the request. */
+enum kb_err quorum_decide(struct rpc_ctx *c, const char *id, int approve,
+    struct store_approval_req *r);
+
+/* Every pending request past its expiry moved to expired (audited);
+ * `tenant` NULL for all. */
+void quorum_expire_due(struct rpc_ctx *c, const char *tenant);
+
+#endif /* KB_QUORUM_H */
