@@ -49,15 +49,15 @@ struct pending {
 	enum kb_err err;
 	char msg[256];
 	int done;
-	pthread_cond_t cv;     /* its appender waits on it alone */
+	pthread_cond_t cv; /* its appender waits on it alone */
 	struct pending *next;
 };
 
 struct audit {
 	struct audit_config cfg;
 	char *path;
-	sqlite3 *wdb;                  /* the writer thread's connection */
-	sqlite3 *rdb;                  /* readers', under rmu */
+	sqlite3 *wdb; /* the writer thread's connection */
+	sqlite3 *rdb; /* readers', under rmu */
 	pthread_mutex_t rmu;
 	pthread_mutex_t mu;
 	pthread_cond_t work_cv, done_cv;
@@ -67,7 +67,7 @@ struct audit {
 	/* Chain state, owned by the writer (read under mu). */
 	uint64_t last_seq;
 	uint8_t last_hash[KB_AUDIT_HASH_LEN];
-	uint64_t cp_seq;               /* last checkpointed seq */
+	uint64_t cp_seq; /* last checkpointed seq */
 	uint8_t cp_head[KB_AUDIT_HASH_LEN];
 	int64_t cp_time_us;
 	uint8_t cp_sig[512];
@@ -98,12 +98,16 @@ db_err(sqlite3 *db, int rc, const char *what)
 	int sys = sqlite3_system_errno(db);
 
 	if (sys == ENOSPC || sys == EDQUOT || (rc & 0xff) == SQLITE_FULL)
-		return kb_errf(KB_ERR_STORAGE_FULL, "audit log: %s: its disk is "
-		    "full (%s)", what, sqlite3_errmsg(db));
-	if (sys == EROFS || (rc & 0xff) == SQLITE_READONLY ||
-	    (rc & 0xff) == SQLITE_CANTOPEN)
-		return kb_errf(KB_ERR_READ_ONLY, "audit log: %s: it cannot be "
-		    "written (%s%s%s)", what, sqlite3_errmsg(db), sys ? ": " : "",
+		return kb_errf(KB_ERR_STORAGE_FULL,
+		    "audit log: %s: its disk is "
+		    "full (%s)",
+		    what, sqlite3_errmsg(db));
+	if (sys == EROFS || (rc & 0xff) == SQLITE_READONLY
+	    || (rc & 0xff) == SQLITE_CANTOPEN)
+		return kb_errf(KB_ERR_READ_ONLY,
+		    "audit log: %s: it cannot be "
+		    "written (%s%s%s)",
+		    what, sqlite3_errmsg(db), sys ? ": " : "",
 		    sys ? strerror(sys) : "");
 	return kb_errf(KB_ERR_UNAVAILABLE, "audit log: %s: %s%s%s", what,
 	    sqlite3_errmsg(db), sys ? ": " : "", sys ? strerror(sys) : "");
@@ -115,8 +119,9 @@ open_db(const char *path, sqlite3 **out)
 	sqlite3 *db = NULL;
 	int rc;
 
-	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE |
-	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(path, &db,
+	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	    NULL);
 	if (rc != SQLITE_OK) {
 		enum kb_err e = db_err(db, rc, "opening");
 		sqlite3_close(db);
@@ -124,8 +129,9 @@ open_db(const char *path, sqlite3 **out)
 	}
 	sqlite3_busy_timeout(db, 10000);
 	sqlite3_extended_result_codes(db, 1);
-	rc = sqlite3_exec(db, "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;",
-	    NULL, NULL, NULL);
+	rc = sqlite3_exec(db,
+	    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
+	    NULL);
 	if (rc != SQLITE_OK) {
 		enum kb_err e = db_err(db, rc, "configuring");
 		sqlite3_close(db);
@@ -161,22 +167,29 @@ load_state(struct audit *a)
 	sqlite3_stmt *st = NULL;
 	enum kb_err e = KB_OK;
 
-	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, hash FROM events ORDER BY "
-	    "seq DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(a->wdb,
+	        "SELECT seq, hash FROM events ORDER BY "
+	        "seq DESC LIMIT 1",
+	        -1, &st, NULL)
+	    != SQLITE_OK)
 		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		a->last_seq = (uint64_t)sqlite3_column_int64(st, 0);
-		if (blob(a->last_hash, sizeof(a->last_hash), st, 1) !=
-		    KB_AUDIT_HASH_LEN)
-			e = kb_errf(KB_ERR_CORRUPT, "audit log: event %llu has a "
-			    "malformed hash", (unsigned long long)a->last_seq);
+		if (blob(a->last_hash, sizeof(a->last_hash), st, 1)
+		    != KB_AUDIT_HASH_LEN)
+			e = kb_errf(KB_ERR_CORRUPT,
+			    "audit log: event %llu has a "
+			    "malformed hash",
+			    (unsigned long long)a->last_seq);
 	}
 	sqlite3_finalize(st);
 	if (e != KB_OK)
 		return e;
-	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, time_us, signature, "
-	    "head_hash, key_id FROM checkpoints ORDER BY seq DESC LIMIT 1", -1,
-	    &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(a->wdb,
+	        "SELECT seq, time_us, signature, "
+	        "head_hash, key_id FROM checkpoints ORDER BY seq DESC LIMIT 1",
+	        -1, &st, NULL)
+	    != SQLITE_OK)
 		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
 	if (sqlite3_step(st) == SQLITE_ROW) {
 		a->cp_seq = (uint64_t)sqlite3_column_int64(st, 0);
@@ -189,18 +202,21 @@ load_state(struct audit *a)
 	if (a->cp_seq > a->last_seq) {
 		/* Events a signed checkpoint covers are gone. Never reuse their
 		 * numbers: the gap stays visible to every verifier. */
-		log_error("audit log %s: events %llu to %llu, covered by the signed "
-		    "checkpoint at %llu, are MISSING; numbering continues after "
-		    "it so the gap stays visible (kbctl audit verify)", a->path,
-		    (unsigned long long)a->last_seq + 1,
-		    (unsigned long long)a->cp_seq, (unsigned long long)a->cp_seq);
+		log_error(
+		    "audit log %s: events %llu to %llu, covered by the signed "
+		    "checkpoint at %llu, are MISSING; numbering continues "
+		    "after "
+		    "it so the gap stays visible (kbctl audit verify)",
+		    a->path, (unsigned long long)a->last_seq + 1,
+		    (unsigned long long)a->cp_seq,
+		    (unsigned long long)a->cp_seq);
 		a->last_seq = a->cp_seq;
 	}
 	return KB_OK;
 }
 
-static enum kb_err rotation_record(struct audit *a, const char *new_id,
-    const char *reason);
+static enum kb_err rotation_record(
+    struct audit *a, const char *new_id, const char *reason);
 
 /* ---- the anchor in the token ---- */
 
@@ -234,13 +250,15 @@ anchor_load(struct audit *a, struct anchor *an)
 	enum kb_err e;
 	int i;
 
-	if ((e = hsm_data_read(a->cfg.hsm, a->cfg.anchor_label, &v, &len)) !=
-	    KB_OK)
+	if ((e = hsm_data_read(a->cfg.hsm, a->cfg.anchor_label, &v, &len))
+	    != KB_OK)
 		return e;
 	if (len != ANCHOR_LEN || memcmp(v, ANCHOR_MAGIC, 5) != 0) {
 		free(v);
-		return kb_errf(KB_ERR_CORRUPT, "the audit anchor in the token "
-		    "(%s) is not in the broker's format", a->cfg.anchor_label);
+		return kb_errf(KB_ERR_CORRUPT,
+		    "the audit anchor in the token "
+		    "(%s) is not in the broker's format",
+		    a->cfg.anchor_label);
 	}
 	an->seq = 0;
 	for (i = 0; i < 8; i++)
@@ -257,8 +275,7 @@ struct anchor_fault {
 	char why[512];
 };
 
-static int
-fault(struct anchor_fault *f, uint64_t seq, const char *fmt, ...)
+static int fault(struct anchor_fault *f, uint64_t seq, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 static int
@@ -284,8 +301,8 @@ col(sqlite3_stmt *st, int i)
 /* The signed checkpoint the anchor names must be in the database as it
  * was signed. Returns -1 with *f filled when it is not. */
 static enum kb_err
-anchor_check_checkpoint(struct audit *a, const struct anchor *an,
-    struct anchor_fault *f, int *bad)
+anchor_check_checkpoint(
+    struct audit *a, const struct anchor *an, struct anchor_fault *f, int *bad)
 {
 	sqlite3_stmt *st = NULL;
 	uint8_t head[KB_AUDIT_HASH_LEN], sig[512], sh[KB_AUDIT_HASH_LEN];
@@ -293,24 +310,32 @@ anchor_check_checkpoint(struct audit *a, const struct anchor *an,
 	int rc;
 
 	*bad = 0;
-	if ((rc = sqlite3_prepare_v2(a->wdb, "SELECT head_hash, signature FROM "
-	    "checkpoints WHERE seq = ?", -1, &st, NULL)) != SQLITE_OK)
+	if ((rc = sqlite3_prepare_v2(a->wdb,
+	         "SELECT head_hash, signature FROM "
+	         "checkpoints WHERE seq = ?",
+	         -1, &st, NULL))
+	    != SQLITE_OK)
 		return db_err(a->wdb, rc, "reading checkpoints");
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)an->seq);
 	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if (blob(head, sizeof(head), st, 0) != KB_AUDIT_HASH_LEN ||
-		    CRYPTO_memcmp(head, an->head, sizeof(head)) != 0)
-			*bad = fault(f, an->seq, "the signed checkpoint at %llu "
+		if (blob(head, sizeof(head), st, 0) != KB_AUDIT_HASH_LEN
+		    || CRYPTO_memcmp(head, an->head, sizeof(head)) != 0)
+			*bad = fault(f, an->seq,
+			    "the signed checkpoint at %llu "
 			    "was altered (its head hash is not the one the "
-			    "token's anchor holds)", (unsigned long long)an->seq);
+			    "token's anchor holds)",
+			    (unsigned long long)an->seq);
 		sig_len = blob(sig, sizeof(sig), st, 1);
 		SHA256(sig, sig_len, sh);
 		if (!*bad && CRYPTO_memcmp(sh, an->sig_hash, sizeof(sh)) != 0)
-			*bad = fault(f, an->seq, "the signed checkpoint at %llu "
+			*bad = fault(f, an->seq,
+			    "the signed checkpoint at %llu "
 			    "was replaced (its signature is not the one the "
-			    "token's anchor holds)", (unsigned long long)an->seq);
+			    "token's anchor holds)",
+			    (unsigned long long)an->seq);
 	} else if (rc == SQLITE_DONE) {
-		*bad = fault(f, an->seq, "the signed checkpoint at %llu is "
+		*bad = fault(f, an->seq,
+		    "the signed checkpoint at %llu is "
 		    "missing (checkpoints were deleted)",
 		    (unsigned long long)an->seq);
 	} else {
@@ -325,8 +350,8 @@ anchor_check_checkpoint(struct audit *a, const struct anchor *an,
  * and the checkpoints after the anchor's alongside. *bad when the log
  * lost events or was rewritten, *f says where. */
 static enum kb_err
-anchor_check_events(struct audit *a, const struct anchor *an,
-    struct anchor_fault *f, int *bad)
+anchor_check_events(
+    struct audit *a, const struct anchor *an, struct anchor_fault *f, int *bad)
 {
 	sqlite3_stmt *ev = NULL, *cp = NULL;
 	uint8_t hash[KB_AUDIT_HASH_LEN], stored[KB_AUDIT_HASH_LEN];
@@ -337,13 +362,20 @@ anchor_check_events(struct audit *a, const struct anchor *an,
 	enum kb_err e = KB_OK;
 
 	*bad = 0;
-	if ((rc = sqlite3_prepare_v2(a->wdb, "SELECT seq, time_us, actor, role, "
-	    "peer, method, tenant_id, environment, key_id, result, reason, "
-	    "request_id, hash FROM events WHERE seq >= ? ORDER BY seq", -1, &ev,
-	    NULL)) != SQLITE_OK ||
-	    (rc = sqlite3_prepare_v2(a->wdb, "SELECT seq, head_hash, "
-	    "prev_signature, signature FROM checkpoints WHERE seq >= ? ORDER BY "
-	    "seq", -1, &cp, NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_prepare_v2(a->wdb,
+	         "SELECT seq, time_us, actor, role, "
+	         "peer, method, tenant_id, environment, key_id, result, "
+	         "reason, "
+	         "request_id, hash FROM events WHERE seq >= ? ORDER BY seq",
+	         -1, &ev, NULL))
+	        != SQLITE_OK
+	    || (rc = sqlite3_prepare_v2(a->wdb,
+	            "SELECT seq, head_hash, "
+	            "prev_signature, signature FROM checkpoints WHERE seq >= ? "
+	            "ORDER BY "
+	            "seq",
+	            -1, &cp, NULL))
+	        != SQLITE_OK) {
 		e = db_err(a->wdb, rc, "reading the log");
 		goto out;
 	}
@@ -352,8 +384,8 @@ anchor_check_events(struct audit *a, const struct anchor *an,
 	/* The anchor's own checkpoint (checked after this walk) starts the
 	 * chain of signatures; when it is gone, the next one's link is not
 	 * compared. */
-	if ((rc = sqlite3_step(cp)) == SQLITE_ROW &&
-	    (uint64_t)sqlite3_column_int64(cp, 0) == an->seq) {
+	if ((rc = sqlite3_step(cp)) == SQLITE_ROW
+	    && (uint64_t)sqlite3_column_int64(cp, 0) == an->seq) {
 		prev_len = blob(prev_sig, sizeof(prev_sig), cp, 3);
 		rc = sqlite3_step(cp);
 	} else {
@@ -368,9 +400,10 @@ anchor_check_events(struct audit *a, const struct anchor *an,
 
 		seq = (uint64_t)sqlite3_column_int64(ev, 0);
 		if (seq != want) {
-			*bad = fault(f, want, "event %llu is missing (the next "
-			    "event present is %llu)", (unsigned long long)want,
-			    (unsigned long long)seq);
+			*bad = fault(f, want,
+			    "event %llu is missing (the next "
+			    "event present is %llu)",
+			    (unsigned long long)want, (unsigned long long)seq);
 			goto out;
 		}
 		if (blob(stored, sizeof(stored), ev, 12) != KB_AUDIT_HASH_LEN) {
@@ -380,23 +413,28 @@ anchor_check_events(struct audit *a, const struct anchor *an,
 		}
 		if (seq == an->seq) {
 			/* Its hash is the anchor's: the rest chains from it. */
-			if (CRYPTO_memcmp(stored, an->head, sizeof(stored)) != 0) {
-				*bad = fault(f, seq, "event %llu is not the one the "
+			if (CRYPTO_memcmp(stored, an->head, sizeof(stored))
+			    != 0) {
+				*bad = fault(f, seq,
+				    "event %llu is not the one the "
 				    "token's anchor signed: the log was "
-				    "rewritten", (unsigned long long)seq);
+				    "rewritten",
+				    (unsigned long long)seq);
 				goto out;
 			}
 			memcpy(hash, stored, sizeof(hash));
 			want++;
 			continue;
 		}
-		x = (struct kb_audit_event){ seq, sqlite3_column_int64(ev, 1),
+		x = (struct kb_audit_event){seq, sqlite3_column_int64(ev, 1),
 		    col(ev, 2), col(ev, 3), col(ev, 4), col(ev, 5), col(ev, 6),
-		    col(ev, 7), col(ev, 8), col(ev, 9), col(ev, 10), col(ev, 11) };
+		    col(ev, 7), col(ev, 8), col(ev, 9), col(ev, 10),
+		    col(ev, 11)};
 		if ((e = kb_audit_event_hash(hash, &x, hash)) != KB_OK)
 			goto out;
 		if (CRYPTO_memcmp(hash, stored, sizeof(hash)) != 0) {
-			*bad = fault(f, seq, "event %llu does not match its hash: "
+			*bad = fault(f, seq,
+			    "event %llu does not match its hash: "
 			    "it, or an event before it, was altered",
 			    (unsigned long long)seq);
 			goto out;
@@ -405,13 +443,17 @@ anchor_check_events(struct audit *a, const struct anchor *an,
 			uint8_t head[KB_AUDIT_HASH_LEN];
 
 			psig_len = blob(psig, sizeof(psig), cp, 2);
-			if (blob(head, sizeof(head), cp, 1) != KB_AUDIT_HASH_LEN ||
-			    CRYPTO_memcmp(head, hash, sizeof(head)) != 0 ||
-			    (link_known && (psig_len != prev_len ||
-			    CRYPTO_memcmp(psig, prev_sig, prev_len) != 0))) {
-				*bad = fault(f, seq, "the checkpoint at %llu does not "
+			if (blob(head, sizeof(head), cp, 1) != KB_AUDIT_HASH_LEN
+			    || CRYPTO_memcmp(head, hash, sizeof(head)) != 0
+			    || (link_known
+			        && (psig_len != prev_len
+			            || CRYPTO_memcmp(psig, prev_sig, prev_len)
+			                != 0))) {
+				*bad = fault(f, seq,
+				    "the checkpoint at %llu does not "
 				    "match the log before it: the log was "
-				    "rewritten", (unsigned long long)seq);
+				    "rewritten",
+				    (unsigned long long)seq);
 				goto out;
 			}
 			prev_len = blob(prev_sig, sizeof(prev_sig), cp, 3);
@@ -431,17 +473,21 @@ anchor_check_events(struct audit *a, const struct anchor *an,
 		sqlite3_finalize(ev);
 		ev = NULL;
 		seq = 0;
-		if (sqlite3_prepare_v2(a->wdb, "SELECT max(seq) FROM events", -1,
-		    &ev, NULL) == SQLITE_OK && sqlite3_step(ev) == SQLITE_ROW)
+		if (sqlite3_prepare_v2(
+		        a->wdb, "SELECT max(seq) FROM events", -1, &ev, NULL)
+		        == SQLITE_OK
+		    && sqlite3_step(ev) == SQLITE_ROW)
 			seq = (uint64_t)sqlite3_column_int64(ev, 0);
-		*bad = fault(f, seq + 1, "events %llu to %llu are missing: the "
+		*bad = fault(f, seq + 1,
+		    "events %llu to %llu are missing: the "
 		    "token's anchor says the log reached %llu",
 		    (unsigned long long)seq + 1, (unsigned long long)an->seq,
 		    (unsigned long long)an->seq);
 		goto out;
 	}
 	if (have_cp)
-		*bad = fault(f, want, "events %llu to %llu are missing: the "
+		*bad = fault(f, want,
+		    "events %llu to %llu are missing: the "
 		    "signed checkpoint at %llu covers them",
 		    (unsigned long long)want, (unsigned long long)cp_seq,
 		    (unsigned long long)cp_seq);
@@ -468,17 +514,20 @@ anchor_verify(struct audit *a)
 		kb_err_clear();
 		if (a->cp_seq == 0) {
 			if (a->last_seq > 0)
-				log_warn("audit log %s: %llu events, no checkpoint "
+				log_warn(
+				    "audit log %s: %llu events, no checkpoint "
 				    "and no anchor in the token yet: the first "
-				    "checkpoint anchors it", a->path,
-				    (unsigned long long)a->last_seq);
+				    "checkpoint anchors it",
+				    a->path, (unsigned long long)a->last_seq);
 			return KB_OK;
 		}
 		/* A log from before anchors: anchor it where it stands. */
-		if ((e = anchor_store(a, a->cp_seq, a->cp_head, a->cp_sig,
-		    a->cp_sig_len)) != KB_OK)
+		if ((e = anchor_store(
+		         a, a->cp_seq, a->cp_head, a->cp_sig, a->cp_sig_len))
+		    != KB_OK)
 			return kb_err_wrap(e, "anchoring the audit log");
-		log_warn("audit log %s: no anchor in the token; anchored at its "
+		log_warn(
+		    "audit log %s: no anchor in the token; anchored at its "
 		    "last checkpoint (%llu): from now on a database edit that "
 		    "removes or rewrites events is refused at start-up",
 		    a->path, (unsigned long long)a->cp_seq);
@@ -487,13 +536,15 @@ anchor_verify(struct audit *a)
 	if (e != KB_OK)
 		return kb_err_wrap(e, "reading the audit anchor");
 	/* Lost events first: the first bad seq is the earliest one. */
-	if ((e = anchor_check_events(a, &an, &f, &bad)) != KB_OK ||
-	    (!bad && (e = anchor_check_checkpoint(a, &an, &f, &bad)) != KB_OK))
+	if ((e = anchor_check_events(a, &an, &f, &bad)) != KB_OK
+	    || (!bad
+	        && (e = anchor_check_checkpoint(a, &an, &f, &bad)) != KB_OK))
 		return e;
 	if (!bad)
 		return KB_OK;
 	if (!a->cfg.accept_loss)
-		return kb_errf(KB_ERR_CORRUPT, "audit log %s: %s; the broker "
+		return kb_errf(KB_ERR_CORRUPT,
+		    "audit log %s: %s; the broker "
 		    "does not start on an audit log that lost events or was "
 		    "rewritten since its anchor (event %llu): put back the "
 		    "audit database from a backup, or, to accept the loss, "
@@ -502,11 +553,13 @@ anchor_verify(struct audit *a)
 	/* Never reuse a number the anchor vouched for. */
 	if (a->last_seq < an.seq)
 		a->last_seq = an.seq;
-	snprintf(a->loss, sizeof(a->loss), "started with --accept-audit-loss: "
+	snprintf(a->loss, sizeof(a->loss),
+	    "started with --accept-audit-loss: "
 	    "first bad event %llu: %s; the anchor said the log reached %llu",
 	    (unsigned long long)f.seq, f.why, (unsigned long long)an.seq);
 	log_error("audit log %s: %s (ACCEPTED with --accept-audit-loss: the "
-	    "loss is recorded and the anchor moves)", a->path, f.why);
+	          "loss is recorded and the anchor moves)",
+	    a->path, f.why);
 	return KB_OK;
 }
 
@@ -515,7 +568,8 @@ anchor_verify(struct audit *a)
 static enum kb_err
 write_batch(struct audit *a, struct pending *list)
 {
-	static const char sql[] = "INSERT INTO events(seq, time_us, actor, role, "
+	static const char sql[] =
+	    "INSERT INTO events(seq, time_us, actor, role, "
 	    "peer, method, tenant_id, environment, key_id, result, reason, "
 	    "request_id, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)";
 	sqlite3_stmt *st = NULL;
@@ -527,27 +581,28 @@ write_batch(struct audit *a, struct pending *list)
 	int rc;
 
 	memcpy(hash, a->last_hash, sizeof(hash));
-	if ((rc = sqlite3_exec(a->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL)) !=
-	    SQLITE_OK)
+	if ((rc = sqlite3_exec(a->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL))
+	    != SQLITE_OK)
 		return db_err(a->wdb, rc, "beginning a write");
-	if ((rc = sqlite3_prepare_v2(a->wdb, sql, -1, &st, NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_prepare_v2(a->wdb, sql, -1, &st, NULL))
+	    != SQLITE_OK) {
 		e = db_err(a->wdb, rc, "preparing");
 		goto rollback;
 	}
 	for (p = list; p != NULL; p = p->next) {
 		const struct audit_record *r = p->r;
-		const char *f[10] = { r->actor, r->role, r->peer, r->method,
+		const char *f[10] = {r->actor, r->role, r->peer, r->method,
 		    r->tenant, r->env, r->key_id, r->result, r->reason,
-		    r->request_id };
+		    r->request_id};
 		struct kb_audit_event ev;
 		int i;
 
 		/* Events take their batch's commit time, so time order follows
 		 * sequence order (unless the wall clock steps back). */
 		p->time_us = now;
-		ev = (struct kb_audit_event){ ++seq, p->time_us, r->actor, r->role,
-		    r->peer, r->method, r->tenant, r->env, r->key_id, r->result,
-		    r->reason, r->request_id };
+		ev = (struct kb_audit_event){++seq, p->time_us, r->actor,
+		    r->role, r->peer, r->method, r->tenant, r->env, r->key_id,
+		    r->result, r->reason, r->request_id};
 
 		if ((e = kb_audit_event_hash(hash, &ev, hash)) != KB_OK)
 			goto rollback;
@@ -555,8 +610,8 @@ write_batch(struct audit *a, struct pending *list)
 		sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
 		sqlite3_bind_int64(st, 2, p->time_us);
 		for (i = 0; i < 10; i++)
-			sqlite3_bind_text(st, 3 + i, f[i] != NULL ? f[i] : "", -1,
-			    SQLITE_STATIC);
+			sqlite3_bind_text(st, 3 + i, f[i] != NULL ? f[i] : "",
+			    -1, SQLITE_STATIC);
 		sqlite3_bind_blob(st, 13, hash, sizeof(hash), SQLITE_STATIC);
 		if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
 			e = db_err(a->wdb, rc, "writing an event");
@@ -566,7 +621,8 @@ write_batch(struct audit *a, struct pending *list)
 	}
 	sqlite3_finalize(st);
 	st = NULL;
-	if ((rc = sqlite3_exec(a->wdb, "COMMIT", NULL, NULL, NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_exec(a->wdb, "COMMIT", NULL, NULL, NULL))
+	    != SQLITE_OK) {
 		e = db_err(a->wdb, rc, "committing");
 		goto rollback;
 	}
@@ -596,12 +652,13 @@ hand_over(struct audit *a)
 	a->next_after = 0;
 	pthread_cond_broadcast(&a->done_cv);
 	pthread_mutex_unlock(&a->mu);
-	log_info("audit log: signing key %s in force; %s retired", a->sign_key,
-	    old);
-	if ((e = hsm_key_retire(a->cfg.hsm, old)) != KB_OK &&
-	    e != KB_ERR_NOT_FOUND)
+	log_info(
+	    "audit log: signing key %s in force; %s retired", a->sign_key, old);
+	if ((e = hsm_key_retire(a->cfg.hsm, old)) != KB_OK
+	    && e != KB_ERR_NOT_FOUND)
 		log_error("audit log: destroying the retired key %s's private "
-		    "half: %s", old, kb_err_msg(e));
+		          "half: %s",
+		    old, kb_err_msg(e));
 	kb_err_clear();
 }
 
@@ -612,8 +669,8 @@ rotation_reason(struct audit *a, const char *new_id, const char *old_id,
 	char nfp[65], ofp[65];
 	enum kb_err e;
 
-	if ((e = a->cfg.key_fingerprint(a->cfg.hsm, new_id, nfp)) != KB_OK ||
-	    (e = a->cfg.key_fingerprint(a->cfg.hsm, old_id, ofp)) != KB_OK)
+	if ((e = a->cfg.key_fingerprint(a->cfg.hsm, new_id, nfp)) != KB_OK
+	    || (e = a->cfg.key_fingerprint(a->cfg.hsm, old_id, ofp)) != KB_OK)
 		return kb_err_wrap(e, "the audit keys' fingerprints");
 	if (kb_audit_rotation_format(out, len, new_id, nfp, old_id, ofp) != 0)
 		return kb_errf(KB_ERR_INTERNAL, "audit key ids too long");
@@ -637,14 +694,18 @@ signing_key_init(struct audit *a)
 	snprintf(a->sign_key, sizeof(a->sign_key), "%s", a->cfg.sign_key_id);
 	if (a->cp_key[0] == '\0' || strcmp(a->cp_key, a->sign_key) == 0)
 		return KB_OK;
-	if (sqlite3_prepare_v2(a->wdb, "SELECT seq, reason FROM events WHERE "
-	    "method = '" KB_AUDIT_ROTATE_METHOD "' AND role = 'system' ORDER BY "
-	    "seq DESC LIMIT 1", -1, &st, NULL) != SQLITE_OK)
+	if (sqlite3_prepare_v2(a->wdb,
+	        "SELECT seq, reason FROM events WHERE "
+	        "method = '" KB_AUDIT_ROTATE_METHOD
+	        "' AND role = 'system' ORDER BY "
+	        "seq DESC LIMIT 1",
+	        -1, &st, NULL)
+	    != SQLITE_OK)
 		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
-	if (sqlite3_step(st) == SQLITE_ROW &&
-	    kb_audit_rotation_parse(col(st, 1), nid, nfp, oid, ofp) == 0 &&
-	    strcmp(nid, a->cfg.sign_key_id) == 0 &&
-	    strcmp(oid, a->cp_key) == 0) {
+	if (sqlite3_step(st) == SQLITE_ROW
+	    && kb_audit_rotation_parse(col(st, 1), nid, nfp, oid, ofp) == 0
+	    && strcmp(nid, a->cfg.sign_key_id) == 0
+	    && strcmp(oid, a->cp_key) == 0) {
 		rseq = (uint64_t)sqlite3_column_int64(st, 0);
 		found = 1;
 	}
@@ -652,8 +713,8 @@ signing_key_init(struct audit *a)
 	if (found && a->cp_seq >= rseq) {
 		/* Covered already: only the hand-over was cut short. */
 		if (hsm_key_retire(a->cfg.hsm, a->cp_key) == KB_OK)
-			log_info("audit log: retired key %s destroyed",
-			    a->cp_key);
+			log_info(
+			    "audit log: retired key %s destroyed", a->cp_key);
 		kb_err_clear();
 		return KB_OK;
 	}
@@ -665,10 +726,13 @@ signing_key_init(struct audit *a)
 		return KB_OK;
 	}
 	if ((e = rotation_reason(a, a->next_key, a->sign_key, a->rot_reason,
-	    sizeof(a->rot_reason))) != KB_OK)
-		return kb_err_wrap(e, "finishing the rotation of the audit key "
-		    "from %s to %s", a->sign_key, a->next_key);
-	a->next_after = UINT64_MAX;     /* set when the event is recorded */
+	         sizeof(a->rot_reason)))
+	    != KB_OK)
+		return kb_err_wrap(e,
+		    "finishing the rotation of the audit key "
+		    "from %s to %s",
+		    a->sign_key, a->next_key);
+	a->next_after = UINT64_MAX; /* set when the event is recorded */
 	return KB_OK;
 }
 
@@ -693,21 +757,26 @@ write_checkpoint(struct audit *a)
 	if ((e = kb_audit_checkpoint_data(&cp, &data, &len)) != KB_OK)
 		return e;
 	/* Only this thread changes sign_key: read without the lock. */
-	if ((e = hsm_sign(a->cfg.hsm, a->sign_key, data, len, &sig,
-	    &sig_len)) != KB_OK)
+	if ((e = hsm_sign(a->cfg.hsm, a->sign_key, data, len, &sig, &sig_len))
+	    != KB_OK)
 		goto out;
 	if (sig_len > sizeof(a->cp_sig)) {
 		e = kb_errf(KB_ERR_INTERNAL, "audit signature too long");
 		goto out;
 	}
-	if ((rc = sqlite3_prepare_v2(a->wdb, "INSERT INTO checkpoints(seq, "
-	    "head_hash, time_us, prev_signature, signature, key_id) VALUES "
-	    "(?,?,?,?,?,?)", -1, &st, NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_prepare_v2(a->wdb,
+	         "INSERT INTO checkpoints(seq, "
+	         "head_hash, time_us, prev_signature, signature, key_id) "
+	         "VALUES "
+	         "(?,?,?,?,?,?)",
+	         -1, &st, NULL))
+	    != SQLITE_OK) {
 		e = db_err(a->wdb, rc, "preparing");
 		goto out;
 	}
 	sqlite3_bind_int64(st, 1, (sqlite3_int64)cp.seq);
-	sqlite3_bind_blob(st, 2, cp.head_hash, KB_AUDIT_HASH_LEN, SQLITE_STATIC);
+	sqlite3_bind_blob(
+	    st, 2, cp.head_hash, KB_AUDIT_HASH_LEN, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 3, cp.time_us);
 	sqlite3_bind_blob(st, 4, a->cp_sig, (int)a->cp_sig_len, SQLITE_STATIC);
 	sqlite3_bind_blob(st, 5, sig, (int)sig_len, SQLITE_STATIC);
@@ -726,8 +795,9 @@ write_checkpoint(struct audit *a)
 	e = KB_OK;
 	/* Only after the checkpoint is durable: the anchor never runs ahead
 	 * of the log. When it cannot move it stays at the previous one. */
-	if (a->cfg.anchor_label != NULL &&
-	    (e = anchor_store(a, cp.seq, cp.head_hash, sig, sig_len)) != KB_OK) {
+	if (a->cfg.anchor_label != NULL
+	    && (e = anchor_store(a, cp.seq, cp.head_hash, sig, sig_len))
+	        != KB_OK) {
 		log_error("audit anchor: %s; it stays at an earlier checkpoint",
 		    kb_err_msg(e));
 		e = KB_OK;
@@ -746,11 +816,10 @@ checkpoint_due(struct audit *a)
 {
 	if (a->last_seq == a->cp_seq)
 		return 0;
-	if (a->force_cp ||
-	    a->last_seq - a->cp_seq >= a->cfg.checkpoint_events)
+	if (a->force_cp || a->last_seq - a->cp_seq >= a->cfg.checkpoint_events)
 		return 1;
-	return a->cfg.now_us() - a->cp_time_us >=
-	    (int64_t)a->cfg.checkpoint_interval_s * 1000000;
+	return a->cfg.now_us() - a->cp_time_us
+	    >= (int64_t)a->cfg.checkpoint_interval_s * 1000000;
 }
 
 static void
@@ -812,17 +881,19 @@ writer_main(void *arg)
 			if (a->head == NULL && !a->stopping) {
 				pthread_mutex_unlock(&a->mu);
 				probe_recovery(a);
-				if (checkpoint_due(a) &&
-				    (e = write_checkpoint(a)) != KB_OK)
+				if (checkpoint_due(a)
+				    && (e = write_checkpoint(a)) != KB_OK)
 					log_error("%s", kb_err_msg(e));
 				pthread_mutex_lock(&a->mu);
 			}
 		}
 		if (a->head == NULL && a->stopping)
 			break;
-		/* Take up to BATCH_MAX waiting events: one commit, one fsync. */
+		/* Take up to BATCH_MAX waiting events: one commit, one fsync.
+		 */
 		list = a->head;
-		for (p = list, n = 1; p->next != NULL && n < BATCH_MAX; p = p->next)
+		for (p = list, n = 1; p->next != NULL && n < BATCH_MAX;
+		     p = p->next)
 			n++;
 		a->head = p->next;
 		if (a->head == NULL)
@@ -836,7 +907,8 @@ writer_main(void *arg)
 		for (p = list; p != NULL; p = p->next) {
 			p->err = e;
 			if (e != KB_OK)
-				snprintf(p->msg, sizeof(p->msg), "%s", kb_err_msg(e));
+				snprintf(p->msg, sizeof(p->msg), "%s",
+				    kb_err_msg(e));
 			p->done = 1;
 			/* Wake its appender, not every waiting one. */
 			pthread_cond_signal(&p->cv);
@@ -864,8 +936,8 @@ audit_open(const struct audit_config *cfg, struct audit **out)
 	int rc;
 
 	*out = NULL;
-	if ((a = calloc(1, sizeof(*a))) == NULL ||
-	    (a->path = strdup(cfg->path)) == NULL) {
+	if ((a = calloc(1, sizeof(*a))) == NULL
+	    || (a->path = strdup(cfg->path)) == NULL) {
 		free(a);
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	}
@@ -880,18 +952,20 @@ audit_open(const struct audit_config *cfg, struct audit **out)
 	pthread_cond_init(&a->done_cv, NULL);
 	if ((e = open_db(a->path, &a->wdb)) != KB_OK)
 		goto fail;
-	if ((rc = sqlite3_exec(a->wdb, schema, NULL, NULL, NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_exec(a->wdb, schema, NULL, NULL, NULL))
+	    != SQLITE_OK) {
 		e = db_err(a->wdb, rc, "creating tables");
 		goto fail;
 	}
-	if ((e = open_db(a->path, &a->rdb)) != KB_OK ||
-	    (e = load_state(a)) != KB_OK || (e = anchor_verify(a)) != KB_OK ||
-	    (e = signing_key_init(a)) != KB_OK)
+	if ((e = open_db(a->path, &a->rdb)) != KB_OK
+	    || (e = load_state(a)) != KB_OK || (e = anchor_verify(a)) != KB_OK
+	    || (e = signing_key_init(a)) != KB_OK)
 		goto fail;
 	if (a->cp_time_us == 0)
 		a->cp_time_us = a->cfg.now_us();
 	if (pthread_create(&a->writer, NULL, writer_main, a) != 0) {
-		e = kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the audit "
+		e = kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "cannot start the audit "
 		    "writer");
 		goto fail;
 	}
@@ -978,7 +1052,7 @@ rotation_record(struct audit *a, const char *new_id, const char *reason)
 	pthread_cond_signal(&a->work_cv);
 	pthread_mutex_unlock(&a->mu);
 	log_info("audit log: rotation to key %s recorded (event %llu); the "
-	    "current key signs a checkpoint covering it, then hands over",
+	         "current key signs a checkpoint covering it, then hands over",
 	    new_id, (unsigned long long)seq);
 	return KB_OK;
 }
@@ -996,24 +1070,30 @@ audit_rotate_key(struct audit *a, const char *new_id)
 	snprintf(cur, sizeof(cur), "%s", a->sign_key);
 	pthread_mutex_unlock(&a->mu);
 	if (busy)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "a rotation of the "
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "a rotation of the "
 		    "audit key is already in progress");
 	if (strcmp(cur, new_id) == 0)
 		return KB_OK;
-	if ((e = rotation_reason(a, new_id, cur, reason, sizeof(reason))) !=
-	    KB_OK || (e = rotation_record(a, new_id, reason)) != KB_OK)
+	if ((e = rotation_reason(a, new_id, cur, reason, sizeof(reason)))
+	        != KB_OK
+	    || (e = rotation_record(a, new_id, reason)) != KB_OK)
 		return e;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 30;
 	pthread_mutex_lock(&a->mu);
-	while (strcmp(a->sign_key, new_id) != 0 && !a->stopping &&
-	    rc != ETIMEDOUT)
+	while (
+	    strcmp(a->sign_key, new_id) != 0 && !a->stopping && rc != ETIMEDOUT)
 		rc = pthread_cond_timedwait(&a->done_cv, &a->mu, &ts);
-	e = strcmp(a->sign_key, new_id) == 0 ? KB_OK :
-	    kb_errf(KB_ERR_UNAVAILABLE, "the audit log recorded the rotation "
-	    "to %s but has not signed the checkpoint that hands over to it "
-	    "yet (%s)", new_id, a->degraded ? a->degraded_msg :
-	    "it will at its next checkpoint");
+	e = strcmp(a->sign_key, new_id) == 0
+	    ? KB_OK
+	    : kb_errf(KB_ERR_UNAVAILABLE,
+	        "the audit log recorded the rotation "
+	        "to %s but has not signed the checkpoint that hands over to it "
+	        "yet (%s)",
+	        new_id,
+	        a->degraded ? a->degraded_msg
+	                    : "it will at its next checkpoint");
 	pthread_mutex_unlock(&a->mu);
 	return e;
 }
@@ -1052,7 +1132,8 @@ audit_wait(struct audit *a, uint64_t after_seq, int timeout_ms)
 	}
 	pthread_mutex_lock(&a->mu);
 	while (a->last_seq <= after_seq && !a->stopping)
-		if (pthread_cond_timedwait(&a->done_cv, &a->mu, &ts) == ETIMEDOUT)
+		if (pthread_cond_timedwait(&a->done_cv, &a->mu, &ts)
+		    == ETIMEDOUT)
 			break;
 	s = a->last_seq;
 	pthread_mutex_unlock(&a->mu);
@@ -1116,8 +1197,10 @@ audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
 	*n = 0;
 	*more = 0;
 	/* Every value is bound, never spliced into the SQL. */
-	snprintf(sql, sizeof(sql), "SELECT seq, time_us, actor, role, peer, "
-	    "method, tenant_id, environment, key_id, result, reason, request_id, "
+	snprintf(sql, sizeof(sql),
+	    "SELECT seq, time_us, actor, role, peer, "
+	    "method, tenant_id, environment, key_id, result, reason, "
+	    "request_id, "
 	    "hash FROM events WHERE seq > ?%s%s%s%s%s%s%s%s",
 	    f->since_us ? " AND time_us >= ?" : "",
 	    f->until_us ? " AND time_us < ?" : "",
@@ -1128,16 +1211,19 @@ audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
 	    f->result && *f->result ? " AND result = ?" : "",
 	    f->request_id && *f->request_id ? " AND request_id = ?" : "");
 	if (f->tenants != NULL) {
-		strncat(sql, " AND tenant_id IN (", sizeof(sql) - strlen(sql) - 1);
+		strncat(
+		    sql, " AND tenant_id IN (", sizeof(sql) - strlen(sql) - 1);
 		for (i = 0; i < f->ntenants; i++)
-			strncat(sql, i ? ",?" : "?", sizeof(sql) - strlen(sql) - 1);
+			strncat(
+			    sql, i ? ",?" : "?", sizeof(sql) - strlen(sql) - 1);
 		strncat(sql, ")", sizeof(sql) - strlen(sql) - 1);
 	}
 	strncat(sql, " ORDER BY seq LIMIT ?", sizeof(sql) - strlen(sql) - 1);
 	if ((v = calloc(limit + 1, sizeof(*v))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	pthread_mutex_lock(&a->rmu);
-	if ((rc = sqlite3_prepare_v2(a->rdb, sql, -1, &st, NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_prepare_v2(a->rdb, sql, -1, &st, NULL))
+	    != SQLITE_OK) {
 		e = db_err(a->rdb, rc, "querying");
 		goto out;
 	}
@@ -1197,9 +1283,13 @@ audit_list_checkpoints(struct audit *a, uint64_t after, unsigned limit,
 	if ((v = calloc(limit + 1, sizeof(*v))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	pthread_mutex_lock(&a->rmu);
-	if ((rc = sqlite3_prepare_v2(a->rdb, "SELECT seq, head_hash, time_us, "
-	    "prev_signature, signature, key_id FROM checkpoints WHERE seq > ? "
-	    "ORDER BY seq LIMIT ?", -1, &st, NULL)) != SQLITE_OK) {
+	if ((rc = sqlite3_prepare_v2(a->rdb,
+	         "SELECT seq, head_hash, time_us, "
+	         "prev_signature, signature, key_id FROM checkpoints WHERE seq "
+	         "> ? "
+	         "ORDER BY seq LIMIT ?",
+	         -1, &st, NULL))
+	    != SQLITE_OK) {
 		e = db_err(a->rdb, rc, "querying");
 		goto out;
 	}
@@ -1272,12 +1362,17 @@ audit_snapshot(struct audit *a, const char *dest, struct audit_head *head)
 	if (e != KB_OK)
 		return e;
 	/* The head as the copy has it (the live log has moved on). */
-	if (sqlite3_open_v2(dest, &d, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(d, "SELECT (SELECT seq FROM events ORDER BY seq "
-	    "DESC LIMIT 1), (SELECT hash FROM events ORDER BY seq DESC LIMIT 1), "
-	    "(SELECT max(seq) FROM checkpoints)", -1, &st, NULL) != SQLITE_OK ||
-	    sqlite3_step(st) != SQLITE_ROW) {
-		e = db_err(d, sqlite3_errcode(d), "reading the snapshot's head");
+	if (sqlite3_open_v2(dest, &d, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK
+	    || sqlite3_prepare_v2(d,
+	           "SELECT (SELECT seq FROM events ORDER BY seq "
+	           "DESC LIMIT 1), (SELECT hash FROM events ORDER BY seq DESC "
+	           "LIMIT 1), "
+	           "(SELECT max(seq) FROM checkpoints)",
+	           -1, &st, NULL)
+	        != SQLITE_OK
+	    || sqlite3_step(st) != SQLITE_ROW) {
+		e = db_err(
+		    d, sqlite3_errcode(d), "reading the snapshot's head");
 		goto out;
 	}
 	head->seq = (uint64_t)sqlite3_column_int64(st, 0);

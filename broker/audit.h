@@ -43,23 +43,23 @@ struct audit_checkpoint {
 };
 
 struct audit_filter {
-	int64_t since_us, until_us;     /* 0 = open */
-	const char *tenant, *env, *method, *actor, *result;   /* NULL/"" = any */
-	const char *request_id;         /* NULL/"" = any */
-	const char *const *tenants;     /* if set: tenant must be one of these */
+	int64_t since_us, until_us; /* 0 = open */
+	const char *tenant, *env, *method, *actor, *result; /* NULL/"" = any */
+	const char *request_id; /* NULL/"" = any */
+	const char *const *tenants; /* if set: tenant must be one of these */
 	size_t ntenants;
 };
 
 struct audit_config {
-	const char *path;               /* the audit database */
+	const char *path; /* the audit database */
 	struct hsm *hsm;
 	/* The audit signing key the database says is in force. When the
 	 * log's newest checkpoint was signed by another key, the log takes
 	 * over from it to this one the way audit_rotate_key does. */
 	const char *sign_key_id;
-	unsigned checkpoint_events;     /* checkpoint after this many events */
+	unsigned checkpoint_events; /* checkpoint after this many events */
 	unsigned checkpoint_interval_s; /* ... or this many seconds */
-	int64_t (*now_us)(void);        /* the broker's clock */
+	int64_t (*now_us)(void); /* the broker's clock */
 	/* The anchor: after each checkpoint, its seq, head hash and a hash of
 	 * its signature go into this private data object in the token, which
 	 * no database edit can forge. At open the log is verified from it to
@@ -70,8 +70,8 @@ struct audit_config {
 	const char *anchor_label;
 	int accept_loss;
 	/* The fingerprint of a key in the token (for rotation events). */
-	enum kb_err (*key_fingerprint)(struct hsm *h, const char *id,
-	    char fp[65]);
+	enum kb_err (*key_fingerprint)(
+	    struct hsm *h, const char *id, char fp[65]);
 };
 
 #define AUDIT_ANCHOR_LABEL "kb:audit-anchor"
@@ -82,8 +82,8 @@ enum kb_err audit_open(const struct audit_config *cfg, struct audit **out);
 /* Append one event and wait until it is committed (durably). *seq gets its
  * sequence number (may be NULL). On failure nothing was recorded and the
  * caller must not act as if it had been (a data key is not sent). */
-enum kb_err audit_append(struct audit *a, const struct audit_record *r,
-    uint64_t *seq);
+enum kb_err audit_append(
+    struct audit *a, const struct audit_record *r, uint64_t *seq);
 
 /* The highest committed sequence number. */
 uint64_t audit_last_seq(struct audit *a);
@@ -126,8 +126,8 @@ struct audit_head {
 
 /* Copy the log as it is now into the new file `dest` (SQLite's online
  * backup, while appends go on) and fill *head from the copy. */
-enum kb_err audit_snapshot(struct audit *a, const char *dest,
-    struct audit_head *head);
+enum kb_err audit_snapshot(
+    struct audit *a, const char *dest, struct audit_head *head);
 
 /* The sequence number the token's anchor (`label`) vouches for: the log
  * the broker starts on must reach it. KB_ERR_NOT_FOUND when no anchor. */

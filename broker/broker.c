@@ -50,10 +50,12 @@ ensure_broker_key(struct broker *b, const char *purpose, const char *id,
 	e = store_key_broker(b->store, purpose, &k);
 	if (e == KB_OK) {
 		if ((e = hsm_key_exists(b->hsm, k.id)) != KB_OK)
-			return kb_errf(KB_ERR_TOKEN_MISMATCH, "the %s key \"%s\" "
-			    "recorded in the database is not in token '%s': %s; "
-			    "restore the token from backup", purpose, k.id,
-			    b->token.label, why);
+			return kb_errf(KB_ERR_TOKEN_MISMATCH,
+			    "the %s key \"%s\" "
+			    "recorded in the database is not in token '%s': "
+			    "%s; "
+			    "restore the token from backup",
+			    purpose, k.id, b->token.label, why);
 		*out = k;
 		return KB_OK;
 	}
@@ -73,8 +75,8 @@ ensure_broker_key(struct broker *b, const char *purpose, const char *id,
 	} else if (e != KB_OK) {
 		return e;
 	}
-	if ((use & HSM_USE_ENCRYPT) &&
-	    (e = hsm_oaep_probe(b->hsm, k.id, &alg)) != KB_OK)
+	if ((use & HSM_USE_ENCRYPT)
+	    && (e = hsm_oaep_probe(b->hsm, k.id, &alg)) != KB_OK)
 		return kb_err_wrap(e, "probing the token's RSA-OAEP support");
 	if ((e = key_fingerprint(b->hsm, k.id, k.fingerprint)) != KB_OK)
 		return e;
@@ -102,18 +104,19 @@ wrap_alg_init(struct broker *b)
 	const char *alg = NULL;
 	enum kb_err e;
 
-	e = store_meta_get(b->store, "wrap_alg", b->wrap_alg,
-	    sizeof(b->wrap_alg));
+	e = store_meta_get(
+	    b->store, "wrap_alg", b->wrap_alg, sizeof(b->wrap_alg));
 	if (e == KB_OK && b->wrap_alg[0] != '\0')
 		return KB_OK;
 	kb_err_clear();
-	if (store_key_broker(b->store, "platform", &k) == KB_OK &&
-	    strncmp(k.wrap_alg, "RSA-OAEP", 8) == 0) {
+	if (store_key_broker(b->store, "platform", &k) == KB_OK
+	    && strncmp(k.wrap_alg, "RSA-OAEP", 8) == 0) {
 		snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", k.wrap_alg);
 	} else {
 		kb_err_clear();
 		if ((e = hsm_oaep_probe_temp(b->hsm, &alg)) != KB_OK)
-			return kb_err_wrap(e, "probing the token's RSA-OAEP "
+			return kb_err_wrap(e,
+			    "probing the token's RSA-OAEP "
 			    "support");
 		snprintf(b->wrap_alg, sizeof(b->wrap_alg), "%s", alg);
 	}
@@ -133,11 +136,11 @@ upgrade_token_objects(struct broker *b)
 		const char *purpose;
 		unsigned use;
 	} kinds[] = {
-		{ "platform", HSM_USE_ENCRYPT },
-		{ "audit", HSM_USE_SIGN },
-		{ "exchange", HSM_USE_UNWRAP },
-		/* Decrypt stays until the upgrade job has moved their rows. */
-		{ "tenant", HSM_USE_KEYWRAP | HSM_USE_ENCRYPT },
+	    {"platform", HSM_USE_ENCRYPT},
+	    {"audit", HSM_USE_SIGN},
+	    {"exchange", HSM_USE_UNWRAP},
+	    /* Decrypt stays until the upgrade job has moved their rows. */
+	    {"tenant", HSM_USE_KEYWRAP | HSM_USE_ENCRYPT},
 	};
 	struct store_key *v = NULL;
 	char flag[16];
@@ -146,22 +149,24 @@ upgrade_token_objects(struct broker *b)
 	enum kb_err e;
 
 	if (store_meta_get(b->store, "token_objects", flag, sizeof(flag))
-	    == KB_OK && strcmp(flag, "v2") == 0)
+	        == KB_OK
+	    && strcmp(flag, "v2") == 0)
 		return KB_OK;
 	kb_err_clear();
 	for (k = 0; k < sizeof(kinds) / sizeof(kinds[0]); k++) {
-		if ((e = store_keys_by_purpose(b->store, kinds[k].purpose, &v, &n))
+		if ((e = store_keys_by_purpose(
+		         b->store, kinds[k].purpose, &v, &n))
 		    != KB_OK)
 			return e;
 		for (i = 0; i < n; i++) {
-			if (strcmp(v[i].purpose, "platform") == 0 &&
-			    strncmp(v[i].wrap_alg, "RSA-OAEP", 8) != 0)
+			if (strcmp(v[i].purpose, "platform") == 0
+			    && strncmp(v[i].wrap_alg, "RSA-OAEP", 8) != 0)
 				continue;
-			if (strcmp(v[i].state, "locked") == 0 ||
-			    strcmp(v[i].state, "deleted") == 0)
+			if (strcmp(v[i].state, "locked") == 0
+			    || strcmp(v[i].state, "deleted") == 0)
 				continue;
-			e = hsm_rsa_upgrade(b->hsm, v[i].id, kinds[k].use,
-			    &changed);
+			e = hsm_rsa_upgrade(
+			    b->hsm, v[i].id, kinds[k].use, &changed);
 			if (e == KB_ERR_NOT_FOUND) {
 				kb_err_clear();
 				continue;
@@ -178,13 +183,14 @@ upgrade_token_objects(struct broker *b)
 	}
 	if (done > 0)
 		log_info("%zu key pair(s) in the token brought to envelope v2 "
-		    "rules (private public halves, key wrap)", done);
+		         "rules (private public halves, key wrap)",
+		    done);
 	return store_meta_set(b->store, "token_objects", "v2");
 }
 
 enum kb_err
-broker_platform_key_new(struct broker *b, const char *state,
-    struct store_key *out)
+broker_platform_key_new(
+    struct broker *b, const char *state, struct store_key *out)
 {
 	struct store_key k;
 	enum kb_err e;
@@ -219,11 +225,14 @@ ensure_platform_key(struct broker *b)
 	if (e == KB_OK) {
 		if ((e = hsm_secret_exists(b->hsm, k.id, DEK_LABEL_PLATFORM))
 		    != KB_OK)
-			return kb_errf(KB_ERR_TOKEN_MISMATCH, "the platform key "
-			    "\"%s\" recorded in the database is not in token '%s' "
-			    "(%s): every platform-encrypted data key depends on "
-			    "it; restore the token from backup", k.id,
-			    b->token.label, kb_err_msg(e));
+			return kb_errf(KB_ERR_TOKEN_MISMATCH,
+			    "the platform key "
+			    "\"%s\" recorded in the database is not in token "
+			    "'%s' "
+			    "(%s): every platform-encrypted data key depends "
+			    "on "
+			    "it; restore the token from backup",
+			    k.id, b->token.label, kb_err_msg(e));
 		return KB_OK;
 	}
 	if (e != KB_ERR_NOT_FOUND)
@@ -258,21 +267,24 @@ ensure_keks(struct broker *b)
 		if (strcmp(tk[i].state, "active") != 0)
 			continue;
 		if (hsm_key_exists(b->hsm, tk[i].id) != KB_OK) {
-			log_warn("tenant %s's active key %s is not in the token",
+			log_warn(
+			    "tenant %s's active key %s is not in the token",
 			    tk[i].tenant_id, tk[i].id);
 			kb_err_clear();
 			continue;
 		}
-		dek_label(STORE_MODE_CUSTOMER, tk[i].tenant_id, label,
-		    sizeof(label));
+		dek_label(
+		    STORE_MODE_CUSTOMER, tk[i].tenant_id, label, sizeof(label));
 		e = store_kek_current(b->store, tk[i].tenant_id, &kek);
 		if (e == KB_ERR_NOT_FOUND) {
 			kb_err_clear();
-			e = keys_kek_create(b, tk[i].tenant_id, tk[i].id,
-			    "active", &kek);
+			e = keys_kek_create(
+			    b, tk[i].tenant_id, tk[i].id, "active", &kek);
 			if (e == KB_OK)
-				log_info("tenant %s: KEK %s made under its active "
-				    "key %s", tk[i].tenant_id, kek.id, tk[i].id);
+				log_info(
+				    "tenant %s: KEK %s made under its active "
+				    "key %s",
+				    tk[i].tenant_id, kek.id, tk[i].id);
 			continue;
 		}
 		if (e != KB_OK)
@@ -283,7 +295,8 @@ ensure_keks(struct broker *b)
 		e = hsm_kek_unwrap(b->hsm, kek.parent_id, kek.wrap_alg,
 		    kek.wrapped, kek.wrapped_len, kek.id, label);
 		if (e == KB_OK)
-			log_info("tenant %s: KEK %s unwrapped again into the token",
+			log_info(
+			    "tenant %s: KEK %s unwrapped again into the token",
 			    tk[i].tenant_id, kek.id);
 		else
 			log_error("tenant %s: KEK %s cannot be unwrapped: %s",
@@ -302,7 +315,8 @@ open_audit(struct broker *b)
 	enum kb_err e;
 
 	if ((e = ensure_broker_key(b, "audit", BROKER_AUDIT_KEY_ID,
-	    HSM_USE_SIGN, "it signs the audit log's checkpoints", &k)) != KB_OK)
+	         HSM_USE_SIGN, "it signs the audit log's checkpoints", &k))
+	    != KB_OK)
 		return e;
 	b->audit_key = k;
 	memset(&ac, 0, sizeof(ac));
@@ -346,8 +360,9 @@ broker_audit_key_rotate(struct broker *b, struct store_key *out)
 		goto undo;
 	/* From here the database names the new key: a crash before the
 	 * hand-over is finished by the next start (audit.c). */
-	if ((e = store_key_set_state(b->store, old.id, "active", "retired",
-	    clock_now_us())) != KB_OK)
+	if ((e = store_key_set_state(
+	         b->store, old.id, "active", "retired", clock_now_us()))
+	    != KB_OK)
 		log_error("audit key %s stays 'active' in the database: %s",
 		    old.id, kb_err_msg(e));
 	clock_crash_point("audit-rotate-stored");
@@ -379,17 +394,19 @@ broker_reconcile_keys(struct broker *b, int running)
 		 * under its tenant's lock, not ours): only deleted keys, which
 		 * never return, and never a tenant's RSA key (its lock destroys
 		 * those itself). */
-		if (running && (strcmp(v[i].state, "deleted") != 0 ||
-		    strcmp(v[i].purpose, "tenant") == 0))
+		if (running
+		    && (strcmp(v[i].state, "deleted") != 0
+		        || strcmp(v[i].purpose, "tenant") == 0))
 			continue;
 
-		if (strcmp(v[i].purpose, "tenant") == 0 ||
-		    (strcmp(v[i].purpose, "platform") == 0 &&
-		    strncmp(v[i].wrap_alg, "RSA-OAEP", 8) == 0))
+		if (strcmp(v[i].purpose, "tenant") == 0
+		    || (strcmp(v[i].purpose, "platform") == 0
+		        && strncmp(v[i].wrap_alg, "RSA-OAEP", 8) == 0))
 			e = hsm_key_exists(b->hsm, v[i].id);
 		else {
-			dek_label(strcmp(v[i].purpose, "kek") == 0 ?
-			    STORE_MODE_CUSTOMER : STORE_MODE_PLATFORM,
+			dek_label(strcmp(v[i].purpose, "kek") == 0
+			        ? STORE_MODE_CUSTOMER
+			        : STORE_MODE_PLATFORM,
 			    v[i].tenant_id, label, sizeof(label));
 			e = hsm_secret_exists(b->hsm, v[i].id, label);
 		}
@@ -399,9 +416,9 @@ broker_reconcile_keys(struct broker *b, int running)
 			continue;
 		}
 		log_warn("key %s (%s%s%s) is %s but still in the token: "
-		    "destroying it now", v[i].id, v[i].purpose,
-		    v[i].tenant_id[0] ? ", tenant " : "", v[i].tenant_id,
-		    v[i].state);
+		         "destroying it now",
+		    v[i].id, v[i].purpose, v[i].tenant_id[0] ? ", tenant " : "",
+		    v[i].tenant_id, v[i].state);
 		if ((e = hsm_key_destroy(b->hsm, v[i].id)) != KB_OK)
 			break;
 	}
@@ -412,7 +429,7 @@ broker_reconcile_keys(struct broker *b, int running)
 static pthread_mutex_t *
 tenant_mutex(struct broker *b, const char *tenant)
 {
-	uint32_t h = 2166136261u;   /* FNV-1a */
+	uint32_t h = 2166136261u; /* FNV-1a */
 	const char *p;
 
 	for (p = tenant; *p != '\0'; p++)
@@ -434,16 +451,15 @@ broker_tenant_unlock(struct broker *b, const char *tenant)
 
 enum kb_err
 broker_audit_system(struct broker *b, const char *what, const char *tenant,
-    const char *env, const char *key_id, const char *result,
-    const char *reason)
+    const char *env, const char *key_id, const char *result, const char *reason)
 {
 	struct audit_record r;
 	char rid[24];
 	enum kb_err e;
 
 	memset(&r, 0, sizeof(r));
-	snprintf(rid, sizeof(rid), "sys-%llx",
-	    (unsigned long long)clock_now_us());
+	snprintf(
+	    rid, sizeof(rid), "sys-%llx", (unsigned long long)clock_now_us());
 	r.actor = "keybroker";
 	r.role = "system";
 	r.method = what;
@@ -454,7 +470,8 @@ broker_audit_system(struct broker *b, const char *what, const char *tenant,
 	r.reason = reason;
 	r.request_id = rid;
 	if ((e = audit_append(b->audit, &r, NULL)) != KB_OK)
-		log_error("audit log: cannot record %s: %s", what, kb_err_msg(e));
+		log_error(
+		    "audit log: cannot record %s: %s", what, kb_err_msg(e));
 	return e;
 }
 
@@ -485,8 +502,8 @@ broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1])
 
 /* What the clock did, in the audit log. */
 static void
-timemark_record(void *arg, const char *what, const char *result,
-    const char *why)
+timemark_record(
+    void *arg, const char *what, const char *result, const char *why)
 {
 	(void)broker_audit_system(arg, what, NULL, NULL, NULL, result, why);
 }
@@ -501,8 +518,8 @@ rate_report(void *arg, const char *summary)
 	struct broker *b = arg;
 
 	log_warn("%s", summary);
-	(void)broker_audit_system(b, "ratelimit.refused", NULL, NULL, NULL,
-	    "denied", summary);
+	(void)broker_audit_system(
+	    b, "ratelimit.refused", NULL, NULL, NULL, "denied", summary);
 }
 
 static enum kb_err
@@ -518,8 +535,8 @@ rate_start(struct broker *b)
 	l.max_streams = b->cfg->max_streams_per_identity;
 	if ((e = ratelimit_new(&l, &b->rate)) != KB_OK)
 		return e;
-	return ratelimit_report_every(b->rate, RATE_REPORT_INTERVAL_S,
-	    rate_report, b);
+	return ratelimit_report_every(
+	    b->rate, RATE_REPORT_INTERVAL_S, rate_report, b);
 }
 
 enum kb_err
@@ -543,12 +560,13 @@ broker_open(struct config *cfg, struct broker **out)
 		goto fail;
 	if (clock_is_test())
 		log_warn("this is a TEST build: its clock can be moved (%s)",
-		    cfg->test_clock_file != NULL ? cfg->test_clock_file :
-		    "no test_clock_file set");
+		    cfg->test_clock_file != NULL ? cfg->test_clock_file
+		                                 : "no test_clock_file set");
 	b->start_time_us = clock_now_us();
 	if (cfg->softhsm2_conf != NULL)
 		setenv("SOFTHSM2_CONF", cfg->softhsm2_conf, 1);
-	if ((e = identity_verifier_new(cfg->client_ca, &b->verifier)) != KB_OK) {
+	if ((e = identity_verifier_new(cfg->client_ca, &b->verifier))
+	    != KB_OK) {
 		kb_err_wrap(e, "client_ca %s", cfg->client_ca);
 		goto fail;
 	}
@@ -566,19 +584,24 @@ broker_open(struct config *cfg, struct broker **out)
 	/* A missing database beside a token that already holds this broker's
 	 * keys is almost always an unmounted volume or a wrong path: starting
 	 * would hide every environment. Refuse before creating anything. */
-	if (access(cfg->database, F_OK) != 0 && !cfg->allow_new_database &&
-	    (hsm_key_exists(b->hsm, BROKER_PLATFORM_KEY_ID) == KB_OK ||
-	    hsm_label_exists(b->hsm, DEK_LABEL_PLATFORM) == KB_OK)) {
-		e = kb_errf(KB_ERR_CONFIG, "database %s does not exist, but token "
-		    "'%s' already holds a keybroker platform key: the data keys "
+	if (access(cfg->database, F_OK) != 0 && !cfg->allow_new_database
+	    && (hsm_key_exists(b->hsm, BROKER_PLATFORM_KEY_ID) == KB_OK
+	        || hsm_label_exists(b->hsm, DEK_LABEL_PLATFORM) == KB_OK)) {
+		e = kb_errf(KB_ERR_CONFIG,
+		    "database %s does not exist, but token "
+		    "'%s' already holds a keybroker platform key: the data "
+		    "keys "
 		    "it wraps are in a database this broker cannot see (is the "
 		    "database's volume mounted? is the path right?). To start "
-		    "over with an empty database on this token anyway, run with "
-		    "--allow-new-database", cfg->database, b->token.label);
+		    "over with an empty database on this token anyway, run "
+		    "with "
+		    "--allow-new-database",
+		    cfg->database, b->token.label);
 		goto fail;
 	}
 	kb_err_clear();
-	if ((e = store_open(cfg->database, cfg->workers + 2, &b->store)) != KB_OK)
+	if ((e = store_open(cfg->database, cfg->workers + 2, &b->store))
+	    != KB_OK)
 		goto fail;
 	if ((e = store_token_bind(b->store, b->token.label, b->token.serial))
 	    != KB_OK)
@@ -586,16 +609,17 @@ broker_open(struct config *cfg, struct broker **out)
 	/* Policy time starts from the stored mark before anything is
 	 * recorded. */
 	if ((e = timemark_open(b->store, cfg->clock_jump_limit_s,
-	    timemark_record, b, &b->timemark)) != KB_OK)
+	         timemark_record, b, &b->timemark))
+	    != KB_OK)
 		goto fail;
-	if ((e = wrap_alg_init(b)) != KB_OK ||
-	    (e = upgrade_token_objects(b)) != KB_OK ||
-	    (e = ensure_platform_key(b)) != KB_OK)
+	if ((e = wrap_alg_init(b)) != KB_OK
+	    || (e = upgrade_token_objects(b)) != KB_OK
+	    || (e = ensure_platform_key(b)) != KB_OK)
 		goto fail;
 	if ((e = open_audit(b)) != KB_OK)
 		goto fail;
-	if ((e = broker_reconcile_keys(b, 0)) != KB_OK ||
-	    (e = ensure_keks(b)) != KB_OK)
+	if ((e = broker_reconcile_keys(b, 0)) != KB_OK
+	    || (e = ensure_keks(b)) != KB_OK)
 		goto fail;
 	/* A database from before envelope v2: its rows are upgraded by a job,
 	 * and until it is done (only then) reads accept the old envelope. */
@@ -613,22 +637,25 @@ broker_open(struct config *cfg, struct broker **out)
 		if (e != KB_OK)
 			goto fail;
 		kb_err_clear();
-		log_warn("%lld data key rows are in the pre-v2 envelope: job %s "
+		log_warn(
+		    "%lld data key rows are in the pre-v2 envelope: job %s "
 		    "upgrades them (reads are served meanwhile)",
 		    (long long)n_legacy, job.id);
 	}
 	{
 		char why[160];
 
-		snprintf(why, sizeof(why), "keybrokerd %s; token '%s' serial %s",
-		    KB_VERSION, b->token.label, b->token.serial);
-		if ((e = broker_audit_system(b, "broker.start", NULL, NULL, NULL,
-		    "ok", why)) != KB_OK)
+		snprintf(why, sizeof(why),
+		    "keybrokerd %s; token '%s' serial %s", KB_VERSION,
+		    b->token.label, b->token.serial);
+		if ((e = broker_audit_system(
+		         b, "broker.start", NULL, NULL, NULL, "ok", why))
+		    != KB_OK)
 			goto fail;
 	}
-	if ((e = timemark_start(b->timemark)) != KB_OK ||
-	    (e = jobs_start(b, &b->jobs)) != KB_OK ||
-	    (e = rate_start(b)) != KB_OK)
+	if ((e = timemark_start(b->timemark)) != KB_OK
+	    || (e = jobs_start(b, &b->jobs)) != KB_OK
+	    || (e = rate_start(b)) != KB_OK)
 		goto fail;
 	*out = b;
 	return KB_OK;
@@ -647,8 +674,8 @@ broker_close(struct broker *b)
 	jobs_stop(b->jobs);
 	timemark_close(b->timemark);
 	if (b->audit != NULL && b->jobs != NULL)
-		(void)broker_audit_system(b, "broker.stop", NULL, NULL, NULL, "ok",
-		    "");
+		(void)broker_audit_system(
+		    b, "broker.stop", NULL, NULL, NULL, "ok", "");
 	audit_close(b->audit);
 	store_close(b->store);
 	hsm_close(b->hsm);

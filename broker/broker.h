@@ -29,7 +29,7 @@ struct broker {
 	struct store *store;
 	struct identity_verifier *verifier;
 	struct hsm_token_info token;
-	char wrap_alg[STORE_ALG_MAX];    /* OAEP variant the token takes */
+	char wrap_alg[STORE_ALG_MAX]; /* OAEP variant the token takes */
 	/* Set while the upgrade job moves rows out of the pre-v2 envelope:
 	 * only then does a read accept one. */
 	atomic_int legacy_open;
@@ -37,12 +37,12 @@ struct broker {
 	/* State changes of one tenant are serialized: a policy check and the
 	 * writes it allows happen under the tenant's lock (striped by id). */
 	pthread_mutex_t tenant_locks[BROKER_TENANT_LOCKS];
-	struct jobs *jobs;               /* background work (jobs.c) */
-	struct audit *audit;             /* the event log (audit.c) */
-	struct store_key audit_key;      /* signs audit checkpoints */
-	struct health *health;           /* the health probe (health.c) */
-	struct ratelimit *rate;          /* fair shares (ratelimit.c) */
-	struct timemark *timemark;       /* policy time's mark (timemark.c) */
+	struct jobs *jobs; /* background work (jobs.c) */
+	struct audit *audit; /* the event log (audit.c) */
+	struct store_key audit_key; /* signs audit checkpoints */
+	struct health *health; /* the health probe (health.c) */
+	struct ratelimit *rate; /* fair shares (ratelimit.c) */
+	struct timemark *timemark; /* policy time's mark (timemark.c) */
 };
 
 /* Take and release the lock that serializes state changes of `tenant`. */
@@ -53,12 +53,12 @@ void broker_tenant_unlock(struct broker *b, const char *tenant);
  * "system"): start, stop, jobs, the sweeper. Logs and returns the error if
  * the audit log cannot take it. */
 enum kb_err broker_audit_system(struct broker *b, const char *what,
-    const char *tenant, const char *env, const char *key_id,
-    const char *result, const char *reason);
+    const char *tenant, const char *env, const char *key_id, const char *result,
+    const char *reason);
 
 /* A new random identifier "<prefix><16 hex digits>" from the token. */
-enum kb_err broker_new_id(struct broker *b, const char *prefix, char *out,
-    size_t len);
+enum kb_err broker_new_id(
+    struct broker *b, const char *prefix, char *out, size_t len);
 
 /* Destroy the token objects of every key the database calls locked or
  * deleted (after a crash between a commit and its token work); `running`
@@ -69,8 +69,8 @@ enum kb_err broker_reconcile_keys(struct broker *b, int running);
 /* A new platform key made in the token (AES-256, label kb:platform) and
  * its record in state `state` in *out; the caller stores it (and destroys
  * the token object if it cannot). */
-enum kb_err broker_platform_key_new(struct broker *b, const char *state,
-    struct store_key *out);
+enum kb_err broker_platform_key_new(
+    struct broker *b, const char *state, struct store_key *out);
 
 /* A new audit signing key in the token and the database, then the audit
  * log hands signing over to it (audit_rotate_key). */

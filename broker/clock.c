@@ -8,9 +8,11 @@ enum kb_err
 clock_init(const char *test_clock_file)
 {
 	if (test_clock_file != NULL)
-		return kb_errf(KB_ERR_CONFIG, "test_clock_file is set, but this "
+		return kb_errf(KB_ERR_CONFIG,
+		    "test_clock_file is set, but this "
 		    "keybrokerd is a production build whose clock cannot be "
-		    "moved; remove the setting (only keybrokerd-testclock, built "
+		    "moved; remove the setting (only keybrokerd-testclock, "
+		    "built "
 		    "for tests, accepts it)");
 	return KB_OK;
 }

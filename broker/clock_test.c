@@ -21,8 +21,8 @@ clock_init(const char *test_clock_file)
 {
 	free(offset_file);
 	offset_file = NULL;
-	if (test_clock_file != NULL &&
-	    (offset_file = strdup(test_clock_file)) == NULL)
+	if (test_clock_file != NULL
+	    && (offset_file = strdup(test_clock_file)) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	return KB_OK;
 }

@@ -21,41 +21,44 @@ struct option {
 	unsigned long min, max;
 };
 
-#define OPT(n, k, lo, hi) { #n, k, offsetof(struct config, n), lo, hi }
+#define OPT(n, k, lo, hi)                                                      \
+	{                                                                      \
+#n, k, offsetof(struct config, n), lo, hi                      \
+	}
 
 static const struct option options[] = {
-	OPT(listen, V_STRING, 0, 0),
-	OPT(tls_cert, V_PATH, 0, 0),
-	OPT(tls_key, V_PATH, 0, 0),
-	OPT(client_ca, V_PATH, 0, 0),
-	OPT(client_crl, V_PATH, 0, 0),
-	OPT(client_crl_strict, V_BOOL, 0, 0),
-	OPT(pkcs11_module, V_PATH, 0, 0),
-	OPT(token_uri, V_STRING, 0, 0),
-	OPT(pin_file, V_PATH, 0, 0),
-	OPT(softhsm2_conf, V_PATH, 0, 0),
-	OPT(database, V_PATH, 0, 0),
-	OPT(workers, V_UINT, 1, 256),
-	OPT(hsm_sessions, V_UINT, 1, 1024),
-	OPT(max_message_bytes, V_SIZE, 1024, 64 << 20),
-	OPT(log_level, V_LEVEL, 0, 0),
-	OPT(sweep_interval_s, V_UINT, 1, 86400),
-	OPT(clock_jump_limit_s, V_UINT, 60, 31536000),
-	OPT(approval_ttl_s, V_UINT, 60, 2592000),
-	OPT(rewrap_threads, V_UINT, 1, 64),
-	OPT(platform_key_rotation_days, V_UINT, 0, 3650),
-	OPT(max_keys_per_tenant, V_UINT, 1, 100000),
-	OPT(max_dek_versions, V_UINT, 1, 1000000),
-	OPT(rate_per_identity, V_UINT, 0, 1000000),
-	OPT(rate_per_identity_burst, V_UINT, 0, 10000000),
-	OPT(rate_per_tenant, V_UINT, 0, 1000000),
-	OPT(rate_per_tenant_burst, V_UINT, 0, 10000000),
-	OPT(max_streams_per_identity, V_UINT, 0, 100000),
-	OPT(test_clock_file, V_PATH, 0, 0),
-	OPT(audit_database, V_PATH, 0, 0),
-	OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
-	OPT(audit_checkpoint_interval_s, V_UINT, 1, 86400),
-	OPT(health_timeout_ms, V_UINT, 10, 60000),
+    OPT(listen, V_STRING, 0, 0),
+    OPT(tls_cert, V_PATH, 0, 0),
+    OPT(tls_key, V_PATH, 0, 0),
+    OPT(client_ca, V_PATH, 0, 0),
+    OPT(client_crl, V_PATH, 0, 0),
+    OPT(client_crl_strict, V_BOOL, 0, 0),
+    OPT(pkcs11_module, V_PATH, 0, 0),
+    OPT(token_uri, V_STRING, 0, 0),
+    OPT(pin_file, V_PATH, 0, 0),
+    OPT(softhsm2_conf, V_PATH, 0, 0),
+    OPT(database, V_PATH, 0, 0),
+    OPT(workers, V_UINT, 1, 256),
+    OPT(hsm_sessions, V_UINT, 1, 1024),
+    OPT(max_message_bytes, V_SIZE, 1024, 64 << 20),
+    OPT(log_level, V_LEVEL, 0, 0),
+    OPT(sweep_interval_s, V_UINT, 1, 86400),
+    OPT(clock_jump_limit_s, V_UINT, 60, 31536000),
+    OPT(approval_ttl_s, V_UINT, 60, 2592000),
+    OPT(rewrap_threads, V_UINT, 1, 64),
+    OPT(platform_key_rotation_days, V_UINT, 0, 3650),
+    OPT(max_keys_per_tenant, V_UINT, 1, 100000),
+    OPT(max_dek_versions, V_UINT, 1, 1000000),
+    OPT(rate_per_identity, V_UINT, 0, 1000000),
+    OPT(rate_per_identity_burst, V_UINT, 0, 10000000),
+    OPT(rate_per_tenant, V_UINT, 0, 1000000),
+    OPT(rate_per_tenant_burst, V_UINT, 0, 10000000),
+    OPT(max_streams_per_identity, V_UINT, 0, 100000),
+    OPT(test_clock_file, V_PATH, 0, 0),
+    OPT(audit_database, V_PATH, 0, 0),
+    OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
+    OPT(audit_checkpoint_interval_s, V_UINT, 1, 86400),
+    OPT(health_timeout_ms, V_UINT, 10, 60000),
 };
 
 static char *
@@ -97,8 +100,8 @@ set_option(struct config *c, const struct option *o, const char *v,
 	case V_STRING:
 	case V_PATH:
 		if (v[0] == '\0')
-			return kb_errf(KB_ERR_CONFIG, "line %d: %s needs a value",
-			    lineno, o->name);
+			return kb_errf(KB_ERR_CONFIG,
+			    "line %d: %s needs a value", lineno, o->name);
 		free(*sp);
 		*sp = o->kind == V_PATH ? resolve(dir, v) : strdup(v);
 		if (*sp == NULL)
@@ -108,11 +111,12 @@ set_option(struct config *c, const struct option *o, const char *v,
 	case V_SIZE:
 		errno = 0;
 		n = strtoul(v, &end, 10);
-		if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0 ||
-		    n < o->min || n > o->max)
-			return kb_errf(KB_ERR_CONFIG, "line %d: %s must be a number "
-			    "from %lu to %lu, not \"%s\"", lineno, o->name, o->min,
-			    o->max, v);
+		if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0
+		    || n < o->min || n > o->max)
+			return kb_errf(KB_ERR_CONFIG,
+			    "line %d: %s must be a number "
+			    "from %lu to %lu, not \"%s\"",
+			    lineno, o->name, o->min, o->max, v);
 		if (o->kind == V_UINT)
 			*(unsigned *)((char *)c + o->offset) = (unsigned)n;
 		else
@@ -120,28 +124,31 @@ set_option(struct config *c, const struct option *o, const char *v,
 		return KB_OK;
 	case V_LEVEL:
 		if ((lvl = log_level_parse(v)) < 0)
-			return kb_errf(KB_ERR_CONFIG, "line %d: log_level must be "
-			    "error, warn, info or debug, not \"%s\"", lineno, v);
+			return kb_errf(KB_ERR_CONFIG,
+			    "line %d: log_level must be "
+			    "error, warn, info or debug, not \"%s\"",
+			    lineno, v);
 		*(int *)((char *)c + o->offset) = lvl;
 		return KB_OK;
 	case V_BOOL:
-		if (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0 ||
-		    strcmp(v, "1") == 0)
+		if (strcmp(v, "true") == 0 || strcmp(v, "yes") == 0
+		    || strcmp(v, "1") == 0)
 			*(int *)((char *)c + o->offset) = 1;
-		else if (strcmp(v, "false") == 0 || strcmp(v, "no") == 0 ||
-		    strcmp(v, "0") == 0)
+		else if (strcmp(v, "false") == 0 || strcmp(v, "no") == 0
+		    || strcmp(v, "0") == 0)
 			*(int *)((char *)c + o->offset) = 0;
 		else
-			return kb_errf(KB_ERR_CONFIG, "line %d: %s must be true or "
-			    "false, not \"%s\"", lineno, o->name, v);
+			return kb_errf(KB_ERR_CONFIG,
+			    "line %d: %s must be true or "
+			    "false, not \"%s\"",
+			    lineno, o->name, v);
 		return KB_OK;
 	}
 	return kb_errf(KB_ERR_INTERNAL, "unhandled option kind");
 }
 
 enum kb_err
-config_parse(const char *text, size_t len, const char *dir,
-    struct config **out)
+config_parse(const char *text, size_t len, const char *dir, struct config **out)
 {
 	struct config *c = NULL;
 	char *buf = NULL, *line, *next, *eq, *key, *val;
@@ -150,7 +157,8 @@ config_parse(const char *text, size_t len, const char *dir,
 	size_t i;
 
 	*out = NULL;
-	if ((c = calloc(1, sizeof(*c))) == NULL || (buf = malloc(len + 1)) == NULL) {
+	if ((c = calloc(1, sizeof(*c))) == NULL
+	    || (buf = malloc(len + 1)) == NULL) {
 		e = kb_errf(KB_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -187,8 +195,10 @@ config_parse(const char *text, size_t len, const char *dir,
 		if (*key == '\0')
 			continue;
 		if ((eq = strchr(key, '=')) == NULL) {
-			e = kb_errf(KB_ERR_CONFIG, "line %d: expected \"key = "
-			    "value\", got \"%.60s\"", lineno, key);
+			e = kb_errf(KB_ERR_CONFIG,
+			    "line %d: expected \"key = "
+			    "value\", got \"%.60s\"",
+			    lineno, key);
 			goto out;
 		}
 		*eq = '\0';
@@ -198,8 +208,8 @@ config_parse(const char *text, size_t len, const char *dir,
 			if (strcmp(options[i].name, key) == 0)
 				break;
 		if (i == sizeof(options) / sizeof(options[0])) {
-			e = kb_errf(KB_ERR_CONFIG, "line %d: unknown key \"%.60s\"",
-			    lineno, key);
+			e = kb_errf(KB_ERR_CONFIG,
+			    "line %d: unknown key \"%.60s\"", lineno, key);
 			goto out;
 		}
 		if ((e = set_option(c, &options[i], val, dir, lineno)) != KB_OK)
@@ -207,33 +217,38 @@ config_parse(const char *text, size_t len, const char *dir,
 	}
 	if (c->listen == NULL && (c->listen = strdup("127.0.0.1:7443")) == NULL)
 		goto nomem;
-	if (c->token_uri == NULL &&
-	    (c->token_uri = strdup("pkcs11:token=keybroker")) == NULL)
+	if (c->token_uri == NULL
+	    && (c->token_uri = strdup("pkcs11:token=keybroker")) == NULL)
 		goto nomem;
-	if (c->pkcs11_module == NULL && (c->pkcs11_module =
-	    strdup("/usr/lib/softhsm/libsofthsm2.so")) == NULL)
+	if (c->pkcs11_module == NULL
+	    && (c->pkcs11_module = strdup("/usr/lib/softhsm/libsofthsm2.so"))
+	        == NULL)
 		goto nomem;
 	{
-		static const char *const required[] = { "tls_cert", "tls_key",
-		    "client_ca", "pin_file", "database" };
-		char *const vals[] = { c->tls_cert, c->tls_key, c->client_ca,
-		    c->pin_file, c->database };
+		static const char *const required[] = {
+		    "tls_cert", "tls_key", "client_ca", "pin_file", "database"};
+		char *const vals[] = {c->tls_cert, c->tls_key, c->client_ca,
+		    c->pin_file, c->database};
 		for (i = 0; i < 5; i++) {
 			if (vals[i] == NULL) {
-				e = kb_errf(KB_ERR_CONFIG, "missing required key "
-				    "\"%s\"", required[i]);
+				e = kb_errf(KB_ERR_CONFIG,
+				    "missing required key "
+				    "\"%s\"",
+				    required[i]);
 				goto out;
 			}
 		}
 	}
 	/* A burst without a rate would be silently ignored: say so. */
-	if ((c->rate_per_identity_burst != 0 && c->rate_per_identity == 0) ||
-	    (c->rate_per_tenant_burst != 0 && c->rate_per_tenant == 0)) {
-		e = kb_errf(KB_ERR_CONFIG, "%s_burst is set but %s is 0 "
+	if ((c->rate_per_identity_burst != 0 && c->rate_per_identity == 0)
+	    || (c->rate_per_tenant_burst != 0 && c->rate_per_tenant == 0)) {
+		e = kb_errf(KB_ERR_CONFIG,
+		    "%s_burst is set but %s is 0 "
 		    "(unlimited): set a rate too, or remove the burst",
-		    c->rate_per_identity == 0 ? "rate_per_identity" :
-		    "rate_per_tenant", c->rate_per_identity == 0 ?
-		    "rate_per_identity" : "rate_per_tenant");
+		    c->rate_per_identity == 0 ? "rate_per_identity"
+		                              : "rate_per_tenant",
+		    c->rate_per_identity == 0 ? "rate_per_identity"
+		                              : "rate_per_tenant");
 		goto out;
 	}
 	if (c->audit_database == NULL) {
@@ -245,7 +260,8 @@ config_parse(const char *text, size_t len, const char *dir,
 			snprintf(c->audit_database, n + 16, "%.*s-audit.db",
 			    (int)(n - 3), c->database);
 		else
-			snprintf(c->audit_database, n + 16, "%s-audit", c->database);
+			snprintf(
+			    c->audit_database, n + 16, "%s-audit", c->database);
 	}
 	*out = c;
 	c = NULL;
@@ -269,8 +285,8 @@ config_load(const char *path, struct config **out)
 
 	*out = NULL;
 	if ((f = fopen(path, "r")) == NULL) {
-		e = kb_errf(KB_ERR_CONFIG, "cannot open config file %s: %s", path,
-		    strerror(errno));
+		e = kb_errf(KB_ERR_CONFIG, "cannot open config file %s: %s",
+		    path, strerror(errno));
 		goto out;
 	}
 	if ((text = malloc(CONFIG_MAX_BYTES + 1)) == NULL) {
@@ -279,8 +295,10 @@ config_load(const char *path, struct config **out)
 	}
 	n = fread(text, 1, CONFIG_MAX_BYTES + 1, f);
 	if (ferror(f) || n > CONFIG_MAX_BYTES) {
-		e = kb_errf(KB_ERR_CONFIG, "cannot read config file %s (error or "
-		    "larger than 1 MiB)", path);
+		e = kb_errf(KB_ERR_CONFIG,
+		    "cannot read config file %s (error or "
+		    "larger than 1 MiB)",
+		    path);
 		goto out;
 	}
 	if (realpath(path, dir) == NULL)

@@ -13,43 +13,44 @@ struct config {
 	char *tls_cert;
 	char *tls_key;
 	char *client_ca;
-	char *client_crl;        /* optional: PEM CRLs of the client CA */
-	int client_crl_strict;   /* refuse every call while the CRL is stale */
+	char *client_crl; /* optional: PEM CRLs of the client CA */
+	int client_crl_strict; /* refuse every call while the CRL is stale */
 	char *pkcs11_module;
 	char *token_uri;
 	char *pin_file;
-	char *softhsm2_conf;     /* optional; sets SOFTHSM2_CONF */
+	char *softhsm2_conf; /* optional; sets SOFTHSM2_CONF */
 	char *database;
 	unsigned workers;
 	unsigned hsm_sessions;
 	size_t max_message_bytes;
-	int log_level;           /* LOG_ERROR .. LOG_DEBUG (log.h) */
-	unsigned sweep_interval_s;   /* how often the 28-day sweeper runs */
-	unsigned clock_jump_limit_s; /* a larger forward jump pauses the sweeper */
-	unsigned approval_ttl_s;     /* a quorum request expires after it */
-	unsigned rewrap_threads;     /* parallel token work in activation jobs */
+	int log_level; /* LOG_ERROR .. LOG_DEBUG (log.h) */
+	unsigned sweep_interval_s; /* how often the 28-day sweeper runs */
+	unsigned
+	    clock_jump_limit_s; /* a larger forward jump pauses the sweeper */
+	unsigned approval_ttl_s; /* a quorum request expires after it */
+	unsigned rewrap_threads; /* parallel token work in activation jobs */
 	unsigned platform_key_rotation_days; /* 0 = never by schedule */
-	unsigned max_keys_per_tenant;  /* tenant keys a tenant may hold */
-	unsigned max_dek_versions;     /* DEK versions an environment may hold */
+	unsigned max_keys_per_tenant; /* tenant keys a tenant may hold */
+	unsigned max_dek_versions; /* DEK versions an environment may hold */
 	/* Token buckets (ratelimit.h): calls/s and burst; rate 0 = unlimited,
 	 * burst 0 = one second's worth of the rate. */
 	unsigned rate_per_identity, rate_per_identity_burst;
 	unsigned rate_per_tenant, rate_per_tenant_burst;
 	unsigned max_streams_per_identity; /* open streams; 0 = unlimited */
-	char *test_clock_file;       /* test builds only (clock.h) */
-	char *audit_database;        /* default: next to database */
+	char *test_clock_file; /* test builds only (clock.h) */
+	char *audit_database; /* default: next to database */
 	unsigned audit_checkpoint_events;
 	unsigned audit_checkpoint_interval_s;
-	unsigned health_timeout_ms;  /* longest a health check waits */
-	int allow_new_database;      /* --allow-new-database (not a file key) */
-	int accept_audit_loss;       /* --accept-audit-loss (not a file key) */
+	unsigned health_timeout_ms; /* longest a health check waits */
+	int allow_new_database; /* --allow-new-database (not a file key) */
+	int accept_audit_loss; /* --accept-audit-loss (not a file key) */
 };
 
 /* Parse configuration text. Relative paths are resolved against `dir`.
  * Errors name the line ("line 12: unknown key \"foo\""). Free with
  * config_free(). */
-enum kb_err config_parse(const char *text, size_t len, const char *dir,
-    struct config **out);
+enum kb_err config_parse(
+    const char *text, size_t len, const char *dir, struct config **out);
 
 /* Read and parse the file at `path`; errors are prefixed with the path. */
 enum kb_err config_load(const char *path, struct config **out);

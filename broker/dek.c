@@ -47,25 +47,29 @@ aad_put(uint8_t *buf, size_t *off, const char *v)
 
 /* tenant, environment uid and name, DEK version, mode, sealing key id. */
 static enum kb_err
-aad_build(const struct dek_row *row, const char *key_id, uint8_t *buf,
-    size_t *len)
+aad_build(
+    const struct dek_row *row, const char *key_id, uint8_t *buf, size_t *len)
 {
 	char version[16];
 
 	*len = 0;
 	snprintf(version, sizeof(version), "%u", row->version);
 	if (row->uid == NULL || row->uid[0] == '\0')
-		return kb_errf(KB_ERR_CORRUPT, "environment %s/%s has no uid: its "
-		    "data key cannot be bound to it", row->tenant, row->env);
-	if (aad_put(buf, len, AAD_TAG) != 0 ||
-	    aad_put(buf, len, row->tenant) != 0 ||
-	    aad_put(buf, len, row->uid) != 0 ||
-	    aad_put(buf, len, row->env) != 0 ||
-	    aad_put(buf, len, version) != 0 ||
-	    aad_put(buf, len, store_env_mode_name(row->mode)) != 0 ||
-	    aad_put(buf, len, key_id) != 0)
-		return kb_errf(KB_ERR_CORRUPT, "data key %u of %s/%s: its row's "
-		    "fields are too long", row->version, row->tenant, row->env);
+		return kb_errf(KB_ERR_CORRUPT,
+		    "environment %s/%s has no uid: its "
+		    "data key cannot be bound to it",
+		    row->tenant, row->env);
+	if (aad_put(buf, len, AAD_TAG) != 0
+	    || aad_put(buf, len, row->tenant) != 0
+	    || aad_put(buf, len, row->uid) != 0
+	    || aad_put(buf, len, row->env) != 0
+	    || aad_put(buf, len, version) != 0
+	    || aad_put(buf, len, store_env_mode_name(row->mode)) != 0
+	    || aad_put(buf, len, key_id) != 0)
+		return kb_errf(KB_ERR_CORRUPT,
+		    "data key %u of %s/%s: its row's "
+		    "fields are too long",
+		    row->version, row->tenant, row->env);
 	return KB_OK;
 }
 
@@ -82,12 +86,15 @@ open_v2(struct hsm *h, const struct dek_row *row, const struct store_dek *dek,
 		return e;
 	dek_label(row->mode, row->tenant, label, sizeof(label));
 	if ((e = hsm_gcm_open(h, dek->key_id, label, aad, aad_len, dek->wrapped,
-	    dek->wrapped_len, &plain, &plen)) != KB_OK)
+	         dek->wrapped_len, &plain, &plen))
+	    != KB_OK)
 		return e;
 	if (plen != DEK_LEN) {
 		kb_freezero(plain, plen);
-		return kb_errf(KB_ERR_CORRUPT, "sealed data key opened to %zu "
-		    "bytes, not %d", plen, DEK_LEN);
+		return kb_errf(KB_ERR_CORRUPT,
+		    "sealed data key opened to %zu "
+		    "bytes, not %d",
+		    plen, DEK_LEN);
 	}
 	memcpy(out, plain, DEK_LEN);
 	kb_freezero(plain, plen);
@@ -102,20 +109,25 @@ open_legacy(struct hsm *h, const struct store_dek *dek, uint8_t out[DEK_LEN])
 	enum kb_err e;
 
 	if ((e = hsm_decrypt(h, dek->key_id, dek->wrap_alg, dek->wrapped,
-	    dek->wrapped_len, &plain, &plen)) != KB_OK) {
+	         dek->wrapped_len, &plain, &plen))
+	    != KB_OK) {
 		/* A key that may not decrypt never wrapped a data key this
 		 * way: the blob was made outside the broker. */
-		if (e == KB_ERR_HSM && strstr(kb_err_msg(e),
-		    "CKR_KEY_FUNCTION_NOT_PERMITTED") != NULL)
-			return kb_errf(KB_ERR_CORRUPT, "key %s may not decrypt: "
+		if (e == KB_ERR_HSM
+		    && strstr(kb_err_msg(e), "CKR_KEY_FUNCTION_NOT_PERMITTED")
+		        != NULL)
+			return kb_errf(KB_ERR_CORRUPT,
+			    "key %s may not decrypt: "
 			    "this pre-v2 blob was not made by the broker",
 			    dek->key_id);
 		return e;
 	}
 	if (plen != DEK_LEN) {
 		kb_freezero(plain, plen);
-		return kb_errf(KB_ERR_CORRUPT, "pre-v2 data key unwrapped to %zu "
-		    "bytes, not %d", plen, DEK_LEN);
+		return kb_errf(KB_ERR_CORRUPT,
+		    "pre-v2 data key unwrapped to %zu "
+		    "bytes, not %d",
+		    plen, DEK_LEN);
 	}
 	memcpy(out, plain, DEK_LEN);
 	kb_freezero(plain, plen);
@@ -130,17 +142,20 @@ dek_open(struct hsm *h, const struct dek_row *row, const struct store_dek *dek,
 
 	if (dek_is_legacy(dek)) {
 		if (!legacy)
-			return kb_errf(KB_ERR_CORRUPT, "data key %u of %s/%s is in "
+			return kb_errf(KB_ERR_CORRUPT,
+			    "data key %u of %s/%s is in "
 			    "the pre-v2 envelope (%s), which is no longer "
-			    "accepted", row->version, row->tenant, row->env,
-			    dek->wrap_alg);
+			    "accepted",
+			    row->version, row->tenant, row->env, dek->wrap_alg);
 		e = open_legacy(h, dek, out);
 	} else {
 		e = open_v2(h, row, dek, out);
 	}
 	if (e == KB_ERR_CORRUPT)
-		return kb_err_wrap(e, "integrity check failed for data key %u "
-		    "of %s/%s", row->version, row->tenant, row->env);
+		return kb_err_wrap(e,
+		    "integrity check failed for data key %u "
+		    "of %s/%s",
+		    row->version, row->tenant, row->env);
 	return e;
 }
 
@@ -158,13 +173,16 @@ dek_seal(struct hsm *h, const struct dek_row *row, const char *key_id,
 	if ((e = aad_build(row, key_id, aad, &aad_len)) != KB_OK)
 		return e;
 	dek_label(row->mode, row->tenant, label, sizeof(label));
-	if ((e = hsm_gcm_seal(h, key_id, label, aad, aad_len, plain, DEK_LEN,
-	    &blob, &blen)) != KB_OK)
+	if ((e = hsm_gcm_seal(
+	         h, key_id, label, aad, aad_len, plain, DEK_LEN, &blob, &blen))
+	    != KB_OK)
 		return e;
 	if (blen > sizeof(d.wrapped)) {
 		free(blob);
-		return kb_errf(KB_ERR_INTERNAL, "sealed key of %zu bytes is too "
-		    "large", blen);
+		return kb_errf(KB_ERR_INTERNAL,
+		    "sealed key of %zu bytes is too "
+		    "large",
+		    blen);
 	}
 	d.version = row->version;
 	snprintf(d.key_id, sizeof(d.key_id), "%s", key_id);
@@ -175,8 +193,10 @@ dek_seal(struct hsm *h, const struct dek_row *row, const char *key_id,
 	/* What is stored must open: check it once, in the token. */
 	e = open_v2(h, row, &d, check);
 	if (e == KB_OK && CRYPTO_memcmp(check, plain, DEK_LEN) != 0)
-		e = kb_errf(KB_ERR_HSM, "the token opened a freshly sealed data "
-		    "key to another value (key %s)", key_id);
+		e = kb_errf(KB_ERR_HSM,
+		    "the token opened a freshly sealed data "
+		    "key to another value (key %s)",
+		    key_id);
 	kb_wipe(check, sizeof(check));
 	if (e != KB_OK)
 		return kb_err_wrap(e, "checking a freshly sealed data key");

@@ -20,8 +20,8 @@
 /* The row a sealed DEK belongs to: what its associated data names. */
 struct dek_row {
 	const char *tenant;
-	const char *env;        /* the environment's name */
-	const char *uid;        /* its id, never reused */
+	const char *env; /* the environment's name */
+	const char *uid; /* its id, never reused */
 	uint32_t version;
 	enum store_env_mode mode;
 };
@@ -29,8 +29,8 @@ struct dek_row {
 /* The token label of the key that seals a row of `mode` for `tenant`:
  * "kb:platform" or "kb:kek:TENANT". A row can only name a key made for
  * it: the label is part of every lookup. */
-void dek_label(enum store_env_mode mode, const char *tenant, char *buf,
-    size_t len);
+void dek_label(
+    enum store_env_mode mode, const char *tenant, char *buf, size_t len);
 
 /* Seal `plain` (secret) for `row` under `key_id` into `out` (version,
  * key_id, wrap_alg, wrapped), then open it once in the token and compare,

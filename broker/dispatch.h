@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* dispatch.h: the table of methods, the roles and tenant scope each
  * accepts, and the one dispatcher that decodes, authenticates, authorizes,
- * runs and audits a call. It knows nothing of gRPC calls or completion queues (a stream is
- * an opaque sink), so tests and fuzzers can drive it in-process. */
+ * runs and audits a call. It knows nothing of gRPC calls or completion queues
+ * (a stream is an opaque sink), so tests and fuzzers can drive it in-process.
+ */
 #ifndef KB_DISPATCH_H
 #define KB_DISPATCH_H
 
@@ -30,8 +31,8 @@ const struct rpc_method *dispatch_find(const char *path, size_t len);
 
 /* The caller as the transport saw it. */
 struct dispatch_peer {
-	const char *peer;          /* "ipv4:127.0.0.1:5555" */
-	const char *cert_pem;      /* client certificate, PEM; NULL if none */
+	const char *peer; /* "ipv4:127.0.0.1:5555" */
+	const char *cert_pem; /* client certificate, PEM; NULL if none */
 	size_t pem_len;
 };
 

@@ -24,14 +24,14 @@ struct health {
 	struct health_deps d;
 	pthread_t thread;
 	pthread_mutex_t mu;
-	pthread_cond_t want_cv;  /* the thread: a probe was asked for */
-	pthread_cond_t done_cv;  /* callers: a probe ended */
-	uint64_t started;        /* probes started; the running one's number */
-	uint64_t finished;       /* probes finished */
-	int64_t probe_since_ms;  /* monotonic start of the running probe, or 0 */
+	pthread_cond_t want_cv; /* the thread: a probe was asked for */
+	pthread_cond_t done_cv; /* callers: a probe ended */
+	uint64_t started; /* probes started; the running one's number */
+	uint64_t finished; /* probes finished */
+	int64_t probe_since_ms; /* monotonic start of the running probe, or 0 */
 	int wanted, stopping;
-	int restart_asked;       /* the probe thread's own */
-	enum kb_err result;      /* of probe number `finished` */
+	int restart_asked; /* the probe thread's own */
+	enum kb_err result; /* of probe number `finished` */
 	char msg[512];
 };
 
@@ -52,8 +52,10 @@ probe(const struct health_deps *d)
 	enum kb_err e;
 
 	if (d->listener_failed != NULL && d->listener_failed())
-		return kb_errf(KB_ERR_UNAVAILABLE, "the listener stopped "
-		    "accepting connections (out of file descriptors); the broker "
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "the listener stopped "
+		    "accepting connections (out of file descriptors); the "
+		    "broker "
 		    "is restarting");
 	if ((e = hsm_check(d->hsm)) != KB_OK)
 		return e;
@@ -73,8 +75,10 @@ probe_main(void *arg)
 		if (!h->wanted) {
 			clock_gettime(CLOCK_MONOTONIC, &until);
 			until.tv_sec += PROBE_INTERVAL_S;
-			while (!h->wanted && !h->stopping &&
-			    pthread_cond_timedwait(&h->want_cv, &h->mu, &until) == 0)
+			while (!h->wanted && !h->stopping
+			    && pthread_cond_timedwait(
+			           &h->want_cv, &h->mu, &until)
+			        == 0)
 				;
 			if (h->stopping)
 				break;
@@ -86,7 +90,8 @@ probe_main(void *arg)
 
 		kb_err_clear();
 		e = probe(&h->d);
-		snprintf(msg, sizeof(msg), "%s", e == KB_OK ? "" : kb_err_msg(e));
+		snprintf(
+		    msg, sizeof(msg), "%s", e == KB_OK ? "" : kb_err_msg(e));
 		if (e != KB_OK && was == KB_OK)
 			log_warn("health: NOT_SERVING: %s", msg);
 		else if (e == KB_OK && was != KB_OK)
@@ -95,8 +100,8 @@ probe_main(void *arg)
 		/* A listener that accepts nothing serves nobody new: whoever
 		 * started us decides what to do (keybrokerd: drain and exit
 		 * with EX_TEMPFAIL to be restarted). */
-		if (h->d.listener_failed != NULL && h->d.listener_failed() &&
-		    !h->restart_asked) {
+		if (h->d.listener_failed != NULL && h->d.listener_failed()
+		    && !h->restart_asked) {
 			h->restart_asked = 1;
 			if (h->d.listener_lost != NULL)
 				h->d.listener_lost(h->d.arg);
@@ -137,7 +142,8 @@ health_start(const struct health_deps *d, struct health **out)
 		pthread_cond_destroy(&h->done_cv);
 		pthread_mutex_destroy(&h->mu);
 		free(h);
-		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the "
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "cannot start the "
 		    "health probe thread");
 	}
 	*out = h;
@@ -153,7 +159,8 @@ health_status(struct health *h, int timeout_ms)
 	enum kb_err e;
 
 	if (h == NULL)
-		return kb_errf(KB_ERR_UNAVAILABLE, "the health probe is not "
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "the health probe is not "
 		    "running");
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += timeout_ms / 1000;
@@ -167,20 +174,23 @@ health_status(struct health *h, int timeout_ms)
 	need = h->started + 1;
 	h->wanted = 1;
 	pthread_cond_signal(&h->want_cv);
-	while (h->finished < need && !h->stopping &&
-	    pthread_cond_timedwait(&h->done_cv, &h->mu, &until) == 0)
+	while (h->finished < need && !h->stopping
+	    && pthread_cond_timedwait(&h->done_cv, &h->mu, &until) == 0)
 		;
 	if (h->finished >= need) {
-		e = h->result == KB_OK ? KB_OK :
-		    kb_errf(KB_ERR_UNAVAILABLE, "%s", h->msg);
+		e = h->result == KB_OK
+		    ? KB_OK
+		    : kb_errf(KB_ERR_UNAVAILABLE, "%s", h->msg);
 	} else if (h->stopping) {
 		e = kb_errf(KB_ERR_UNAVAILABLE, "the broker is stopping");
 	} else {
 		since = h->probe_since_ms;
-		e = kb_errf(KB_ERR_UNAVAILABLE, "the token has not answered a "
+		e = kb_errf(KB_ERR_UNAVAILABLE,
+		    "the token has not answered a "
 		    "session check for %lld ms (a hung or very slow token; "
-		    "calls that need it wait for it)", since != 0 ?
-		    (long long)(mono_ms() - since) : (long long)timeout_ms);
+		    "calls that need it wait for it)",
+		    since != 0 ? (long long)(mono_ms() - since)
+		               : (long long)timeout_ms);
 	}
 	pthread_mutex_unlock(&h->mu);
 	return e;

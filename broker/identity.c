@@ -52,11 +52,11 @@ struct file_id {
 
 struct identity_verifier {
 	char *ca_file;
-	char *crl_file;          /* NULL: no revocation list */
-	int crl_strict;          /* refuse every call while the CRL is stale */
-	X509_STORE *store;       /* CA (+ CRLs): replaced whole, refcounted */
-	uint64_t gen;            /* bumped by every CRL (re)load */
-	int64_t next_update_us;  /* earliest nextUpdate of the CRLs; 0 none */
+	char *crl_file; /* NULL: no revocation list */
+	int crl_strict; /* refuse every call while the CRL is stale */
+	X509_STORE *store; /* CA (+ CRLs): replaced whole, refcounted */
+	uint64_t gen; /* bumped by every CRL (re)load */
+	int64_t next_update_us; /* earliest nextUpdate of the CRLs; 0 none */
 	int ncrls;
 	struct file_id crl_id;
 	int64_t crl_checked_mono_us;
@@ -90,8 +90,8 @@ fmt_time(int64_t us, char *buf, size_t len)
 	time_t t = (time_t)(us / 1000000);
 	struct tm tm;
 
-	if (gmtime_r(&t, &tm) == NULL ||
-	    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+	if (gmtime_r(&t, &tm) == NULL
+	    || strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
 		snprintf(buf, len, "?");
 }
 
@@ -101,7 +101,8 @@ fmt_time(int64_t us, char *buf, size_t len)
 static int
 verify_cb(int ok, X509_STORE_CTX *ctx)
 {
-	if (!ok && X509_STORE_CTX_get_error(ctx) == X509_V_ERR_CRL_HAS_EXPIRED) {
+	if (!ok
+	    && X509_STORE_CTX_get_error(ctx) == X509_V_ERR_CRL_HAS_EXPIRED) {
 		X509_STORE_CTX_set_error(ctx, X509_V_OK);
 		return 1;
 	}
@@ -114,8 +115,8 @@ file_id_of(const char *path, struct file_id *id)
 	struct stat st;
 
 	if (stat(path, &st) != 0)
-		return kb_errf(KB_ERR_CONFIG, "cannot stat the client CRL %s: %m",
-		    path);
+		return kb_errf(
+		    KB_ERR_CONFIG, "cannot stat the client CRL %s: %m", path);
 	memset(id, 0, sizeof(*id));
 	id->dev = st.st_dev;
 	id->ino = st.st_ino;
@@ -128,11 +129,11 @@ file_id_of(const char *path, struct file_id *id)
 static int
 file_id_eq(const struct file_id *a, const struct file_id *b)
 {
-	return a->dev == b->dev && a->ino == b->ino && a->size == b->size &&
-	    a->mtime.tv_sec == b->mtime.tv_sec &&
-	    a->mtime.tv_nsec == b->mtime.tv_nsec &&
-	    a->ctime.tv_sec == b->ctime.tv_sec &&
-	    a->ctime.tv_nsec == b->ctime.tv_nsec;
+	return a->dev == b->dev && a->ino == b->ino && a->size == b->size
+	    && a->mtime.tv_sec == b->mtime.tv_sec
+	    && a->mtime.tv_nsec == b->mtime.tv_nsec
+	    && a->ctime.tv_sec == b->ctime.tv_sec
+	    && a->ctime.tv_nsec == b->ctime.tv_nsec;
 }
 
 /* The CA certificate of `store` that issued and signed `crl`, or NULL. */
@@ -146,11 +147,13 @@ crl_issuer(X509_STORE *store, X509_CRL *crl)
 		X509 *ca = X509_OBJECT_get0_X509(sk_X509_OBJECT_value(objs, i));
 		EVP_PKEY *pk;
 
-		if (ca == NULL || X509_NAME_cmp(X509_get_subject_name(ca),
-		    X509_CRL_get_issuer(crl)) != 0)
+		if (ca == NULL
+		    || X509_NAME_cmp(
+		           X509_get_subject_name(ca), X509_CRL_get_issuer(crl))
+		        != 0)
 			continue;
-		if ((pk = X509_get0_pubkey(ca)) != NULL &&
-		    X509_CRL_verify(crl, pk) == 1)
+		if ((pk = X509_get0_pubkey(ca)) != NULL
+		    && X509_CRL_verify(crl, pk) == 1)
 			return ca;
 	}
 	ERR_clear_error();
@@ -174,38 +177,44 @@ store_build(const char *ca_file, const char *crl_file, X509_STORE **out,
 	*out = NULL;
 	*next_update_us = 0;
 	*ncrls = 0;
-	if ((st = X509_STORE_new()) == NULL ||
-	    X509_STORE_load_file(st, ca_file) != 1) {
-		snprintf(what, sizeof(what), "cannot load the client CA file %s",
-		    ca_file);
+	if ((st = X509_STORE_new()) == NULL
+	    || X509_STORE_load_file(st, ca_file) != 1) {
+		snprintf(what, sizeof(what),
+		    "cannot load the client CA file %s", ca_file);
 		e = kb_err_openssl(KB_ERR_CONFIG, what);
 		goto out;
 	}
 	if (crl_file != NULL) {
 		if ((bio = BIO_new_file(crl_file, "r")) == NULL) {
-			snprintf(what, sizeof(what), "cannot open the client "
-			    "CRL %s", crl_file);
+			snprintf(what, sizeof(what),
+			    "cannot open the client "
+			    "CRL %s",
+			    crl_file);
 			e = kb_err_openssl(KB_ERR_CONFIG, what);
 			goto out;
 		}
-		while ((crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL)) !=
-		    NULL) {
+		while ((crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL))
+		    != NULL) {
 			const ASN1_TIME *nu = X509_CRL_get0_nextUpdate(crl);
 			int64_t t = asn1_time_us(nu);
 
 			n++;
 			if (crl_issuer(st, crl) == NULL) {
-				e = kb_errf(KB_ERR_CONFIG, "client CRL %s: CRL "
+				e = kb_errf(KB_ERR_CONFIG,
+				    "client CRL %s: CRL "
 				    "number %d is not signed by a CA of "
-				    "client_ca %s", crl_file, n, ca_file);
+				    "client_ca %s",
+				    crl_file, n, ca_file);
 				goto out;
 			}
-			if (t != 0 && (*next_update_us == 0 ||
-			    t < *next_update_us))
+			if (t != 0
+			    && (*next_update_us == 0 || t < *next_update_us))
 				*next_update_us = t;
 			if (X509_STORE_add_crl(st, crl) != 1) {
-				snprintf(what, sizeof(what), "client CRL %s: "
-				    "CRL number %d", crl_file, n);
+				snprintf(what, sizeof(what),
+				    "client CRL %s: "
+				    "CRL number %d",
+				    crl_file, n);
 				e = kb_err_openssl(KB_ERR_CONFIG, what);
 				goto out;
 			}
@@ -214,11 +223,12 @@ store_build(const char *ca_file, const char *crl_file, X509_STORE **out,
 		}
 		/* The loop ends at the end of the file or at a damaged CRL:
 		 * only the first is fine. */
-		if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE ||
-		    n == 0) {
+		if (ERR_GET_REASON(ERR_peek_last_error()) != PEM_R_NO_START_LINE
+		    || n == 0) {
 			snprintf(what, sizeof(what), "client CRL %s: %s",
-			    crl_file, n == 0 ? "no PEM CRL in the file" :
-			    "a damaged CRL after the first ones");
+			    crl_file,
+			    n == 0 ? "no PEM CRL in the file"
+			           : "a damaged CRL after the first ones");
 			e = kb_err_openssl(KB_ERR_CONFIG, what);
 			goto out;
 		}
@@ -273,15 +283,16 @@ crl_reload_locked(struct identity_verifier *v, const char *why)
 	int64_t nu;
 	int n;
 
-	if ((e = file_id_of(v->crl_file, &fid)) != KB_OK ||
-	    (e = store_build(v->ca_file, v->crl_file, &st, &nu, &n)) != KB_OK)
+	if ((e = file_id_of(v->crl_file, &fid)) != KB_OK
+	    || (e = store_build(v->ca_file, v->crl_file, &st, &nu, &n))
+	        != KB_OK)
 		return e;
 	X509_STORE_free(v->store);
 	v->store = st;
 	v->next_update_us = nu;
 	v->ncrls = n;
 	v->crl_id = fid;
-	v->gen++;                /* every cached result is void */
+	v->gen++; /* every cached result is void */
 	v->stale_logged_mono_us = 0;
 	fmt_time(nu, nu_s, sizeof(nu_s));
 	log_info("client CRL %s %s: %d CRL%s, next update %s", v->crl_file, why,
@@ -290,8 +301,8 @@ crl_reload_locked(struct identity_verifier *v, const char *why)
 }
 
 enum kb_err
-identity_verifier_set_crl(struct identity_verifier *v, const char *crl_file,
-    int strict)
+identity_verifier_set_crl(
+    struct identity_verifier *v, const char *crl_file, int strict)
 {
 	enum kb_err e;
 
@@ -337,7 +348,8 @@ crl_check_locked(struct identity_verifier *v)
 	if (file_id_of(v->crl_file, &fid) != KB_OK) {
 		if (v->crl_id.ino != 0)
 			log_error("client CRL %s is gone: the CRL read before "
-			    "stays in force", v->crl_file);
+			          "stays in force",
+			    v->crl_file);
 		memset(&v->crl_id, 0, sizeof(v->crl_id));
 		return;
 	}
@@ -346,7 +358,7 @@ crl_check_locked(struct identity_verifier *v)
 	if (crl_reload_locked(v, "changed: reloaded") != KB_OK) {
 		log_error("%s; the CRL read before stays in force",
 		    kb_err_msg(KB_ERR_CONFIG));
-		v->crl_id = fid;     /* say it once per change */
+		v->crl_id = fid; /* say it once per change */
 	}
 }
 
@@ -358,25 +370,31 @@ crl_stale_locked(struct identity_verifier *v, int64_t now_us)
 	char nu_s[32];
 	int64_t m;
 
-	if (v->crl_file == NULL || v->next_update_us == 0 ||
-	    now_us < v->next_update_us)
+	if (v->crl_file == NULL || v->next_update_us == 0
+	    || now_us < v->next_update_us)
 		return KB_OK;
 	fmt_time(v->next_update_us, nu_s, sizeof(nu_s));
 	m = mono_us();
-	if (v->stale_logged_mono_us == 0 ||
-	    m - v->stale_logged_mono_us >= CRL_STALE_LOG_US) {
+	if (v->stale_logged_mono_us == 0
+	    || m - v->stale_logged_mono_us >= CRL_STALE_LOG_US) {
 		v->stale_logged_mono_us = m;
-		log_error("CLIENT CRL IS STALE: %s was due to be replaced at %s "
+		log_error(
+		    "CLIENT CRL IS STALE: %s was due to be replaced at %s "
 		    "(its nextUpdate); revocations since then are unknown to "
-		    "the broker%s", v->crl_file, nu_s, v->crl_strict ?
-		    "; client_crl_strict is on: every call is refused" :
-		    "; set client_crl_strict = true to refuse calls instead");
+		    "the broker%s",
+		    v->crl_file, nu_s,
+		    v->crl_strict
+		        ? "; client_crl_strict is on: every call is refused"
+		        : "; set client_crl_strict = true to refuse calls "
+		          "instead");
 	}
 	if (!v->crl_strict)
 		return KB_OK;
-	return kb_errf(KB_ERR_UNAVAILABLE, "the broker's client CRL is past its "
+	return kb_errf(KB_ERR_UNAVAILABLE,
+	    "the broker's client CRL is past its "
 	    "nextUpdate (%s) and client_crl_strict is on: every call is "
-	    "refused until a fresh CRL is installed", nu_s);
+	    "refused until a fresh CRL is installed",
+	    nu_s);
 }
 
 void
@@ -421,7 +439,8 @@ name_entry(X509_NAME *n, int nid, char *buf, size_t len, int *count)
 		if (found > 1)
 			continue;
 		ent = X509_NAME_get_entry(n, idx);
-		ulen = ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(ent));
+		ulen =
+		    ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(ent));
 		if (ulen < 0)
 			return -1;
 		for (i = 0; i < ulen; i++) {
@@ -454,7 +473,8 @@ uri_show(const unsigned char *u, size_t len, char *buf, size_t blen)
 		if (u[i] >= 0x20 && u[i] < 0x7f && u[i] != '"' && u[i] != '\\')
 			buf[o++] = (char)u[i];
 		else
-			o += (size_t)snprintf(buf + o, blen - o, "\\x%02x", u[i]);
+			o += (size_t)snprintf(
+			    buf + o, blen - o, "\\x%02x", u[i]);
 	}
 	if (i < len && o + 4 < blen)
 		o += (size_t)snprintf(buf + o, blen - o, "...");
@@ -471,20 +491,27 @@ identity_scope_parse(const unsigned char *uri, size_t len,
 	memset(s, 0, sizeof(*s));
 	*platform = 0;
 	if (len >= sizeof(buf))
-		return kb_errf(KB_ERR_PERMISSION_DENIED, "it is longer than %zu "
-		    "bytes", sizeof(buf) - 1);
+		return kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "it is longer than %zu "
+		    "bytes",
+		    sizeof(buf) - 1);
 	for (i = 0; i < len; i++) {
 		if (uri[i] == '\0')
-			return kb_errf(KB_ERR_PERMISSION_DENIED, "it contains a NUL "
-			    "byte at position %zu", i + 1);
+			return kb_errf(KB_ERR_PERMISSION_DENIED,
+			    "it contains a NUL "
+			    "byte at position %zu",
+			    i + 1);
 		if (uri[i] < 0x21 || uri[i] > 0x7e)
-			return kb_errf(KB_ERR_PERMISSION_DENIED, "it contains byte "
-			    "0x%02x at position %zu", uri[i], i + 1);
+			return kb_errf(KB_ERR_PERMISSION_DENIED,
+			    "it contains byte "
+			    "0x%02x at position %zu",
+			    uri[i], i + 1);
 	}
 	memcpy(buf, uri, len);
 	buf[len] = '\0';
 	if (strncmp(buf, "kb://", 5) != 0)
-		return kb_errf(KB_ERR_PERMISSION_DENIED, "it does not start with "
+		return kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "it does not start with "
 		    "\"kb://\" (scheme and authority are lowercase and exact; "
 		    "the broker accepts no other URI in a client certificate)");
 	p = buf + 5;
@@ -495,11 +522,12 @@ identity_scope_parse(const unsigned char *uri, size_t len,
 	if (strncmp(p, "env/", 4) == 0) {
 		p += 4;
 		if ((slash = strchr(p, '/')) == NULL)
-			return kb_errf(KB_ERR_PERMISSION_DENIED, "kb://env/ needs "
+			return kb_errf(KB_ERR_PERMISSION_DENIED,
+			    "kb://env/ needs "
 			    "a tenant and an environment: kb://env/TENANT/ENV");
 		*slash = '\0';
-		if (names_check_id("its tenant", p) != KB_OK ||
-		    names_check_id("its environment", slash + 1) != KB_OK)
+		if (names_check_id("its tenant", p) != KB_OK
+		    || names_check_id("its environment", slash + 1) != KB_OK)
 			return kb_errf(KB_ERR_PERMISSION_DENIED, "%s",
 			    kb_err_msg(KB_ERR_INVALID_ARGUMENT));
 		snprintf(s->tenant, sizeof(s->tenant), "%.63s", p);
@@ -514,7 +542,8 @@ identity_scope_parse(const unsigned char *uri, size_t len,
 		snprintf(s->tenant, sizeof(s->tenant), "%.63s", p);
 		return KB_OK;
 	}
-	return kb_errf(KB_ERR_PERMISSION_DENIED, "it is none of kb://platform, "
+	return kb_errf(KB_ERR_PERMISSION_DENIED,
+	    "it is none of kb://platform, "
 	    "kb://tenant/TENANT, kb://env/TENANT/ENV");
 }
 
@@ -533,17 +562,18 @@ serial_hex(X509 *cert, char *buf, size_t len)
 
 /* Chain, validity and revocation of `cert` against `store` at now_us. */
 static enum kb_err
-verify_chain(X509_STORE *store, const char *crl_file, X509 *cert,
-    int64_t now_us)
+verify_chain(
+    X509_STORE *store, const char *crl_file, X509 *cert, int64_t now_us)
 {
 	X509_STORE_CTX *ctx = NULL;
 	char serial[80], cn[128];
 	enum kb_err e = KB_ERR_INTERNAL;
 	int err, count;
 
-	if ((ctx = X509_STORE_CTX_new()) == NULL ||
-	    X509_STORE_CTX_init(ctx, store, cert, NULL) != 1) {
-		e = kb_err_openssl(KB_ERR_NOMEM, "verifying the client certificate");
+	if ((ctx = X509_STORE_CTX_new()) == NULL
+	    || X509_STORE_CTX_init(ctx, store, cert, NULL) != 1) {
+		e = kb_err_openssl(
+		    KB_ERR_NOMEM, "verifying the client certificate");
 		goto out;
 	}
 	X509_STORE_CTX_set_time(ctx, 0, (time_t)(now_us / 1000000));
@@ -556,19 +586,25 @@ verify_chain(X509_STORE *store, const char *crl_file, X509 *cert,
 	serial_hex(cert, serial, sizeof(serial));
 	if (err == X509_V_ERR_CERT_REVOKED) {
 		if (name_entry(X509_get_subject_name(cert), NID_commonName, cn,
-		    sizeof(cn), &count) != 0)
+		        sizeof(cn), &count)
+		    != 0)
 			cn[0] = '\0';
-		e = kb_errf(KB_ERR_UNAUTHENTICATED, "client certificate serial %s "
+		e = kb_errf(KB_ERR_UNAUTHENTICATED,
+		    "client certificate serial %s "
 		    "(CN \"%s\") is revoked: the client CRL %s lists it",
 		    serial, cn, crl_file != NULL ? crl_file : "");
 	} else if (err == X509_V_ERR_UNABLE_TO_GET_CRL) {
-		e = kb_errf(KB_ERR_UNAUTHENTICATED, "client certificate serial %s "
+		e = kb_errf(KB_ERR_UNAUTHENTICATED,
+		    "client certificate serial %s "
 		    "refused: the client CRL %s has no CRL of the CA that "
-		    "issued it", serial, crl_file != NULL ? crl_file : "");
+		    "issued it",
+		    serial, crl_file != NULL ? crl_file : "");
 	} else {
-		e = kb_errf(KB_ERR_UNAUTHENTICATED, "client certificate refused: "
+		e = kb_errf(KB_ERR_UNAUTHENTICATED,
+		    "client certificate refused: "
 		    "%s (it must be issued by the broker's client CA and be "
-		    "valid now)", X509_verify_cert_error_string(err));
+		    "valid now)",
+		    X509_verify_cert_error_string(err));
 	}
 out:
 	ERR_clear_error();
@@ -591,31 +627,39 @@ verify_and_parse(X509_STORE *store, const char *crl_file, X509 *cert,
 		goto out;
 	out->not_after_us = asn1_time_us(X509_get0_notAfter(cert));
 	subj = X509_get_subject_name(cert);
-	if (name_entry(subj, NID_commonName, out->name, sizeof(out->name),
-	    &count) != 0) {
+	if (name_entry(
+	        subj, NID_commonName, out->name, sizeof(out->name), &count)
+	    != 0) {
 		out->name[0] = '\0';
-		e = kb_errf(KB_ERR_UNAUTHENTICATED, "client certificate has a "
-		    "Subject CN the broker cannot read exactly (a NUL or control "
+		e = kb_errf(KB_ERR_UNAUTHENTICATED,
+		    "client certificate has a "
+		    "Subject CN the broker cannot read exactly (a NUL or "
+		    "control "
 		    "character, not UTF-8, or longer than %zu bytes)",
 		    sizeof(out->name) - 1);
 		goto out;
 	}
 	if (count != 1 || out->name[0] == '\0') {
-		e = kb_errf(KB_ERR_UNAUTHENTICATED, "client certificate must have "
+		e = kb_errf(KB_ERR_UNAUTHENTICATED,
+		    "client certificate must have "
 		    "exactly one Subject CN naming the caller");
 		goto out;
 	}
-	if (name_entry(subj, NID_organizationalUnitName, ou, sizeof(ou),
-	    &count) != 0) {
-		e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate of \"%s\" has "
+	if (name_entry(subj, NID_organizationalUnitName, ou, sizeof(ou), &count)
+	    != 0) {
+		e = kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "certificate of \"%s\" has "
 		    "a Subject OU the broker cannot read exactly (a NUL or "
-		    "control character, or not UTF-8)", out->name);
+		    "control character, or not UTF-8)",
+		    out->name);
 		goto out;
 	}
 	if (count != 1) {
-		e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate of \"%s\" has "
+		e = kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "certificate of \"%s\" has "
 		    "no keybroker role: its Subject must have exactly one OU, "
-		    "one of admin, service, auditor", out->name);
+		    "one of admin, service, auditor",
+		    out->name);
 		goto out;
 	}
 	if (strcmp(ou, "admin") == 0)
@@ -625,15 +669,18 @@ verify_and_parse(X509_STORE *store, const char *crl_file, X509 *cert,
 	else if (strcmp(ou, "auditor") == 0)
 		out->role = ROLE_AUDITOR;
 	else {
-		e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate of \"%s\" has "
+		e = kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "certificate of \"%s\" has "
 		    "role OU=\"%s\", which keybroker does not know (use admin, "
-		    "service or auditor)", out->name, ou);
+		    "service or auditor)",
+		    out->name, ou);
 		goto out;
 	}
 	sans = X509_get_ext_d2i(cert, NID_subject_alt_name, &i, NULL);
 	if (sans == NULL && i != -1) {
 		/* Present but unreadable, or there twice. */
-		e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate of \"%s\" has "
+		e = kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "certificate of \"%s\" has "
 		    "a subjectAltName extension the broker cannot read",
 		    out->name);
 		goto out;
@@ -651,60 +698,76 @@ verify_and_parse(X509_STORE *store, const char *crl_file, X509 *cert,
 		uri = ASN1_STRING_get0_data(gn->d.uniformResourceIdentifier);
 		len = ASN1_STRING_length(gn->d.uniformResourceIdentifier);
 		uri_show(uri, len > 0 ? (size_t)len : 0, shown, sizeof(shown));
-		if (len <= 0 || identity_scope_parse(uri, (size_t)len, &s,
-		    &platform) != KB_OK) {
+		if (len <= 0
+		    || identity_scope_parse(uri, (size_t)len, &s, &platform)
+		        != KB_OK) {
 			if (len <= 0)
-				kb_errf(KB_ERR_PERMISSION_DENIED, "it is empty");
-			e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate of "
+				kb_errf(
+				    KB_ERR_PERMISSION_DENIED, "it is empty");
+			e = kb_errf(KB_ERR_PERMISSION_DENIED,
+			    "certificate of "
 			    "\"%s\" is refused: its SAN URI \"%s\" cannot be "
-			    "used: %s", out->name, shown,
+			    "used: %s",
+			    out->name, shown,
 			    kb_err_msg(KB_ERR_PERMISSION_DENIED));
 			goto out;
 		}
 		if (platform) {
 			if (out->role != ROLE_ADMIN) {
-				e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate "
+				e = kb_errf(KB_ERR_PERMISSION_DENIED,
+				    "certificate "
 				    "of \"%s\" (role %s) may not carry the URI "
-				    "kb://platform (admins only)", out->name,
-				    identity_role_name(out->role));
+				    "kb://platform (admins only)",
+				    out->name, identity_role_name(out->role));
 				goto out;
 			}
 			out->platform = 1;
 			continue;
 		}
-		if ((out->role == ROLE_SERVICE && s.env[0] == '\0') ||
-		    (out->role != ROLE_SERVICE && s.env[0] != '\0') ||
-		    out->role == ROLE_AUDITOR) {
-			e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate of "
+		if ((out->role == ROLE_SERVICE && s.env[0] == '\0')
+		    || (out->role != ROLE_SERVICE && s.env[0] != '\0')
+		    || out->role == ROLE_AUDITOR) {
+			e = kb_errf(KB_ERR_PERMISSION_DENIED,
+			    "certificate of "
 			    "\"%s\" (role %s) may not carry the URI \"%s\"",
 			    out->name, identity_role_name(out->role), shown);
 			goto out;
 		}
 		if (out->nscopes == IDENTITY_MAX_SCOPES) {
-			e = kb_errf(KB_ERR_PERMISSION_DENIED, "certificate of "
-			    "\"%s\" has more than %d keybroker URIs", out->name,
-			    IDENTITY_MAX_SCOPES);
+			e = kb_errf(KB_ERR_PERMISSION_DENIED,
+			    "certificate of "
+			    "\"%s\" has more than %d keybroker URIs",
+			    out->name, IDENTITY_MAX_SCOPES);
 			goto out;
 		}
 		out->scopes[out->nscopes++] = s;
 	}
 	if (out->role == ROLE_SERVICE && out->nscopes == 0) {
-		e = kb_errf(KB_ERR_PERMISSION_DENIED, "service certificate of "
+		e = kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "service certificate of "
 		    "\"%s\" names no environment (it needs a SAN URI "
-		    "kb://env/TENANT/ENV)", out->name);
+		    "kb://env/TENANT/ENV)",
+		    out->name);
 		goto out;
 	}
 	if (out->role == ROLE_ADMIN && out->platform && out->nscopes > 0) {
-		e = kb_errf(KB_ERR_PERMISSION_DENIED, "admin certificate of \"%s\" "
-		    "carries both kb://platform and kb://tenant/ URIs: it must be "
-		    "one or the other", out->name);
+		e = kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "admin certificate of \"%s\" "
+		    "carries both kb://platform and kb://tenant/ URIs: it must "
+		    "be "
+		    "one or the other",
+		    out->name);
 		goto out;
 	}
 	if (out->role == ROLE_ADMIN && !out->platform && out->nscopes == 0) {
-		e = kb_errf(KB_ERR_PERMISSION_DENIED, "admin certificate of \"%s\" "
-		    "names no scope: a platform-wide admin must carry the SAN URI "
-		    "kb://platform, a tenant admin kb://tenant/TENANT (reissue it: "
-		    "deploy/pki.sh admin NAME [TENANT...])", out->name);
+		e = kb_errf(KB_ERR_PERMISSION_DENIED,
+		    "admin certificate of \"%s\" "
+		    "names no scope: a platform-wide admin must carry the SAN "
+		    "URI "
+		    "kb://platform, a tenant admin kb://tenant/TENANT (reissue "
+		    "it: "
+		    "deploy/pki.sh admin NAME [TENANT...])",
+		    out->name);
 		goto out;
 	}
 	e = KB_OK;
@@ -727,7 +790,8 @@ identity_from_pem(struct identity_verifier *v, const char *pem, size_t len,
 
 	memset(out, 0, sizeof(*out));
 	if (pem == NULL || len == 0)
-		return kb_errf(KB_ERR_UNAUTHENTICATED, "no client certificate: "
+		return kb_errf(KB_ERR_UNAUTHENTICATED,
+		    "no client certificate: "
 		    "keybroker requires mutual TLS");
 	if (EVP_Digest(pem, len, hash, NULL, EVP_sha256(), NULL) != 1)
 		return kb_err_openssl(KB_ERR_CRYPTO, "hashing the certificate");
@@ -738,9 +802,9 @@ identity_from_pem(struct identity_verifier *v, const char *pem, size_t len,
 		pthread_mutex_unlock(&v->mu);
 		return e;
 	}
-	if (slot->used && slot->gen == v->gen &&
-	    memcmp(slot->hash, hash, 32) == 0 &&
-	    now_us < slot->until_us && now_us >= slot->until_us - CACHE_TTL_US) {
+	if (slot->used && slot->gen == v->gen
+	    && memcmp(slot->hash, hash, 32) == 0 && now_us < slot->until_us
+	    && now_us >= slot->until_us - CACHE_TTL_US) {
 		e = slot->result;
 		*out = slot->id;
 		if (e != KB_OK)
@@ -755,15 +819,16 @@ identity_from_pem(struct identity_verifier *v, const char *pem, size_t len,
 	gen = v->gen;
 	pthread_mutex_unlock(&v->mu);
 
-	if ((bio = BIO_new_mem_buf(pem, (int)len)) == NULL ||
-	    (cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL) {
-		e = kb_err_openssl(KB_ERR_UNAUTHENTICATED, "cannot parse the "
+	if ((bio = BIO_new_mem_buf(pem, (int)len)) == NULL
+	    || (cert = PEM_read_bio_X509(bio, NULL, NULL, NULL)) == NULL) {
+		e = kb_err_openssl(KB_ERR_UNAUTHENTICATED,
+		    "cannot parse the "
 		    "client certificate");
 		goto out;
 	}
 	e = verify_and_parse(store, v->crl_file, cert, now_us, out);
 	if (e == KB_ERR_UNAUTHENTICATED)
-		out->name[0] = '\0';    /* not verified: names nobody */
+		out->name[0] = '\0'; /* not verified: names nobody */
 	if (e != KB_OK) {
 		/* A refused certificate grants nothing, whatever was parsed
 		 * before the refusal; only its name stays, for messages. */
@@ -780,8 +845,8 @@ identity_from_pem(struct identity_verifier *v, const char *pem, size_t len,
 		slot->result = e;
 		slot->id = *out;
 		slot->until_us = now_us + CACHE_TTL_US;
-		if (e == KB_OK && out->not_after_us > 0 &&
-		    out->not_after_us < slot->until_us)
+		if (e == KB_OK && out->not_after_us > 0
+		    && out->not_after_us < slot->until_us)
 			slot->until_us = out->not_after_us;
 		snprintf(slot->msg, sizeof(slot->msg), "%s", kb_err_msg(e));
 	}
@@ -812,16 +877,15 @@ identity_may_tenant(const struct identity *id, const char *tenant)
 }
 
 int
-identity_may_env(const struct identity *id, const char *tenant,
-    const char *env)
+identity_may_env(const struct identity *id, const char *tenant, const char *env)
 {
 	size_t i;
 
 	if (id->role != ROLE_SERVICE)
 		return 0;
 	for (i = 0; i < id->nscopes; i++)
-		if (strcmp(id->scopes[i].tenant, tenant) == 0 &&
-		    strcmp(id->scopes[i].env, env) == 0)
+		if (strcmp(id->scopes[i].tenant, tenant) == 0
+		    && strcmp(id->scopes[i].env, env) == 0)
 			return 1;
 	return 0;
 }

@@ -19,7 +19,7 @@
 
 enum role {
 	ROLE_NONE = 0,
-	ROLE_ADMIN = 1,     /* values match keybroker.v1.Role */
+	ROLE_ADMIN = 1, /* values match keybroker.v1.Role */
 	ROLE_SERVICE = 2,
 	ROLE_AUDITOR = 3,
 };
@@ -29,23 +29,23 @@ enum role {
 
 struct identity_scope {
 	char tenant[STORE_ID_MAX];
-	char env[STORE_ID_MAX];      /* "" for a tenant scope */
+	char env[STORE_ID_MAX]; /* "" for a tenant scope */
 };
 
 struct identity {
 	enum role role;
-	char name[128];                 /* Subject CN */
+	char name[128]; /* Subject CN */
 	struct identity_scope scopes[IDENTITY_MAX_SCOPES];
 	size_t nscopes;
-	int platform;                   /* admin with kb://platform */
+	int platform; /* admin with kb://platform */
 	int64_t not_after_us;
 };
 
 struct identity_verifier;
 
 /* Load the client CA bundle (PEM) used to verify callers. */
-enum kb_err identity_verifier_new(const char *ca_file,
-    struct identity_verifier **out);
+enum kb_err identity_verifier_new(
+    const char *ca_file, struct identity_verifier **out);
 void identity_verifier_free(struct identity_verifier *v);
 
 /* Check every certificate against the CRLs in `crl_file` (PEM, one or more,
@@ -54,8 +54,8 @@ void identity_verifier_free(struct identity_verifier *v);
  * changed; a CRL past its nextUpdate is logged, and with `strict` refuses
  * every call (KB_ERR_UNAVAILABLE). KB_ERR_CONFIG when the file cannot be
  * used; the verifier then keeps what it had. */
-enum kb_err identity_verifier_set_crl(struct identity_verifier *v,
-    const char *crl_file, int strict);
+enum kb_err identity_verifier_set_crl(
+    struct identity_verifier *v, const char *crl_file, int strict);
 
 /* Read the CRL file again now (SIGHUP). Cached results are voided. On
  * failure the CRL read before stays in force. */
@@ -82,7 +82,7 @@ enum kb_err identity_scope_parse(const unsigned char *uri, size_t len,
  * kb://env/<tenant>/<env> is not a tenant scope. */
 int identity_may_tenant(const struct identity *id, const char *tenant);
 /* Whether a service identity may read `tenant`/`env`. */
-int identity_may_env(const struct identity *id, const char *tenant,
-    const char *env);
+int identity_may_env(
+    const struct identity *id, const char *tenant, const char *env);
 
 #endif /* KB_IDENTITY_H */

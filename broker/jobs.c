@@ -61,8 +61,8 @@ slice_main(void *p)
 		snprintf(s->old[i], STORE_KEY_ID_MAX, "%s", r->dek.key_id);
 		if (r->skip)
 			continue;
-		row = (struct dek_row){ r->tenant_id, r->name, r->uid, r->version,
-		    r->mode };
+		row = (struct dek_row){
+		    r->tenant_id, r->name, r->uid, r->version, r->mode};
 		/* Same row, same mode: only the sealing key changes. */
 		s->err = dek_reseal(s->hsm, &row, &r->dek, s->legacy, &row,
 		    s->target[i], &r->dek);
@@ -86,8 +86,10 @@ slice_main(void *p)
 			continue;
 		}
 		if (s->err != KB_OK) {
-			snprintf(s->msg, sizeof(s->msg), "data key %u of "
-			    "%s/%s: %s", r->version, r->tenant_id, r->name,
+			snprintf(s->msg, sizeof(s->msg),
+			    "data key %u of "
+			    "%s/%s: %s",
+			    r->version, r->tenant_id, r->name,
 			    kb_err_msg(s->err));
 			break;
 		}
@@ -105,7 +107,7 @@ reseal_rows(struct broker *b, struct store_rewrap *rows,
 {
 	struct slice sl[64];
 	pthread_t th[64];
-	int started[64] = { 0 };
+	int started[64] = {0};
 	atomic_size_t next;
 	unsigned t;
 	enum kb_err e = KB_OK;
@@ -116,9 +118,10 @@ reseal_rows(struct broker *b, struct store_rewrap *rows,
 		threads = (unsigned)n;
 	atomic_init(&next, 0);
 	for (t = 0; t < threads; t++) {
-		sl[t] = (struct slice){ b->hsm, rows, old, target, &next, n,
-		    legacy, upgrade, KB_OK, "" };
-		if (t > 0 && pthread_create(&th[t], NULL, slice_main, &sl[t]) == 0)
+		sl[t] = (struct slice){b->hsm, rows, old, target, &next, n,
+		    legacy, upgrade, KB_OK, ""};
+		if (t > 0
+		    && pthread_create(&th[t], NULL, slice_main, &sl[t]) == 0)
 			started[t] = 1;
 	}
 	/* Slice 0 (and any whose thread did not start) runs here. */
@@ -152,20 +155,24 @@ targets_fill(struct broker *b, const struct store_job *job,
 
 	for (i = 0; i < n; i++) {
 		if (strcmp(job->kind, STORE_JOB_UPGRADE) != 0) {
-			snprintf(target[i], STORE_KEY_ID_MAX, "%s", job->target_key_id);
+			snprintf(target[i], STORE_KEY_ID_MAX, "%s",
+			    job->target_key_id);
 			continue;
 		}
 		if (rows[i].mode == STORE_MODE_PLATFORM) {
 			if (platform[0] == '\0') {
-				if ((e = store_platform_current(b->store, &k)) != KB_OK)
+				if ((e = store_platform_current(b->store, &k))
+				    != KB_OK)
 					return e;
-				snprintf(platform, sizeof(platform), "%s", k.id);
+				snprintf(
+				    platform, sizeof(platform), "%s", k.id);
 			}
 			snprintf(target[i], STORE_KEY_ID_MAX, "%s", platform);
 			continue;
 		}
 		if (strcmp(tenant, rows[i].tenant_id) != 0) {
-			snprintf(tenant, sizeof(tenant), "%s", rows[i].tenant_id);
+			snprintf(
+			    tenant, sizeof(tenant), "%s", rows[i].tenant_id);
 			e = store_kek_current(b->store, tenant, &k);
 			if (e == KB_ERR_NOT_FOUND) {
 				kb_err_clear();
@@ -230,28 +237,33 @@ upgrade_done(struct broker *b)
 		atomic_store(&b->legacy_open, 0);
 	if (store_keys_by_purpose(b->store, "tenant", &v, &n) == KB_OK) {
 		for (i = 0; i < n; i++) {
-			if ((strcmp(v[i].state, "active") != 0 &&
-			    strcmp(v[i].state, "available") != 0) ||
-			    store_deks_sealed_by(b->store, v[i].id) != 0)
+			if ((strcmp(v[i].state, "active") != 0
+			        && strcmp(v[i].state, "available") != 0)
+			    || store_deks_sealed_by(b->store, v[i].id) != 0)
 				continue;
-			if (hsm_rsa_upgrade(b->hsm, v[i].id, HSM_USE_KEYWRAP,
-			    &changed) != KB_OK)
+			if (hsm_rsa_upgrade(
+			        b->hsm, v[i].id, HSM_USE_KEYWRAP, &changed)
+			    != KB_OK)
 				kb_err_clear();
 		}
 		free(v);
 	}
 	if (store_keys_by_purpose(b->store, "platform", &v, &n) == KB_OK) {
 		for (i = 0; i < n; i++) {
-			if (strncmp(v[i].wrap_alg, "RSA-OAEP", 8) != 0 ||
-			    strcmp(v[i].state, "active") != 0 ||
-			    store_deks_sealed_by(b->store, v[i].id) != 0)
+			if (strncmp(v[i].wrap_alg, "RSA-OAEP", 8) != 0
+			    || strcmp(v[i].state, "active") != 0
+			    || store_deks_sealed_by(b->store, v[i].id) != 0)
 				continue;
 			if (store_key_set_state(b->store, v[i].id, "active",
-			    "deleted", clock_now_us()) == KB_OK) {
-				log_info("the pre-v2 platform key %s seals nothing "
-				    "now: destroyed", v[i].id);
-				(void)broker_audit_system(b, "key.destroy", NULL,
-				    NULL, v[i].id, "ok", "pre-v2 platform key, "
+			        "deleted", clock_now_us())
+			    == KB_OK) {
+				log_info(
+				    "the pre-v2 platform key %s seals nothing "
+				    "now: destroyed",
+				    v[i].id);
+				(void)broker_audit_system(b, "key.destroy",
+				    NULL, NULL, v[i].id, "ok",
+				    "pre-v2 platform key, "
 				    "after the upgrade");
 			}
 		}
@@ -261,16 +273,16 @@ upgrade_done(struct broker *b)
 	kb_err_clear();
 	if (left > 0)
 		log_warn("upgrade: %lld pre-v2 rows left, of locked tenants: "
-		    "they are upgraded when their tenant is unlocked",
+		         "they are upgraded when their tenant is unlocked",
 		    (long long)left);
 }
 
 static const char *
-job_event(const struct store_job *job, const char *what, char *buf,
-    size_t len)
+job_event(const struct store_job *job, const char *what, char *buf, size_t len)
 {
-	const char *k = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? "activate" :
-	    strcmp(job->kind, STORE_JOB_ROTATE) == 0 ? "rotate" : "upgrade";
+	const char *k = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? "activate"
+	    : strcmp(job->kind, STORE_JOB_ROTATE) == 0             ? "rotate"
+	                                                           : "upgrade";
 
 	snprintf(buf, len, "job.%s.%s", k, what);
 	return buf;
@@ -283,7 +295,7 @@ run_job(struct jobs *j, struct store_job *job)
 {
 	struct broker *b = j->b;
 	struct store_rewrap *rows;
-	char (*old)[STORE_KEY_ID_MAX], (*target)[STORE_KEY_ID_MAX];
+	char(*old)[STORE_KEY_ID_MAX], (*target)[STORE_KEY_ID_MAX];
 	char ev[40];
 	int64_t after_env = 0;
 	uint32_t after_version = 0;
@@ -300,25 +312,30 @@ run_job(struct jobs *j, struct store_job *job)
 		goto out;
 	}
 	log_info("job %s: re-sealing data keys (%s%s%s) under %s (%llu of "
-	    "%llu done)", job->id, job->kind, tenant_job ? ", tenant " : "",
-	    job->tenant_id, upgrade ? "their current keys" : job->target_key_id,
+	         "%llu done)",
+	    job->id, job->kind, tenant_job ? ", tenant " : "", job->tenant_id,
+	    upgrade ? "their current keys" : job->target_key_id,
 	    (unsigned long long)job->done, (unsigned long long)job->total);
 	{
 		char why[128];
 
-		snprintf(why, sizeof(why), "job %s: %llu of %llu data keys "
-		    "re-sealed so far", job->id, (unsigned long long)job->done,
+		snprintf(why, sizeof(why),
+		    "job %s: %llu of %llu data keys "
+		    "re-sealed so far",
+		    job->id, (unsigned long long)job->done,
 		    (unsigned long long)job->total);
-		(void)broker_audit_system(b, job_event(job, "start", ev,
-		    sizeof(ev)), tenant_job ? job->tenant_id : NULL, NULL,
-		    job->key_id, "ok", why);
+		(void)broker_audit_system(b,
+		    job_event(job, "start", ev, sizeof(ev)),
+		    tenant_job ? job->tenant_id : NULL, NULL, job->key_id, "ok",
+		    why);
 	}
 	while (!stopping(j)) {
 		/* From where the last batch ended: a fetch reads the rows it
 		 * returns, not the ones done before (O(N) in all, not N^2). */
 		e = store_rewrap_fetch_after(b->store, job, after_env,
 		    after_version, rows, REWRAP_BATCH, &n);
-		if (e == KB_OK && n == 0 && (after_env != 0 || after_version != 0)
+		if (e == KB_OK && n == 0
+		    && (after_env != 0 || after_version != 0)
 		    && (!upgrade || sealed_this_pass > 0)) {
 			/* One more pass from the start catches rows changed
 			 * behind the position: the job ends only when a whole
@@ -341,9 +358,10 @@ run_job(struct jobs *j, struct store_job *job)
 				else
 					(void)broker_reconcile_keys(b, 1);
 				kb_err_clear();
-				(void)broker_audit_system(b, job_event(job, "done",
-				    ev, sizeof(ev)), tenant_job ? job->tenant_id :
-				    NULL, NULL, job->key_id, "ok", job->id);
+				(void)broker_audit_system(b,
+				    job_event(job, "done", ev, sizeof(ev)),
+				    tenant_job ? job->tenant_id : NULL, NULL,
+				    job->key_id, "ok", job->id);
 				break;
 			}
 			if (e == KB_ERR_UNAVAILABLE) {
@@ -361,20 +379,21 @@ run_job(struct jobs *j, struct store_job *job)
 			    upgrade || atomic_load(&b->legacy_open), upgrade,
 			    b->cfg->rewrap_threads);
 		if (e == KB_OK)
-			e = store_rewrap_commit(b->store, job->id, rows, old, n,
-			    clock_now_us());
+			e = store_rewrap_commit(
+			    b->store, job->id, rows, old, n, clock_now_us());
 		for (i = 0; e == KB_OK && i < n; i++) {
 			if (rows[i].skip != 2)
 				continue;
 			log_error("job %s: data key %u of %s/%s failed its "
-			    "integrity check: marked unrecoverable (%s)", job->id,
-			    rows[i].version, rows[i].tenant_id, rows[i].name,
+			          "integrity check: marked unrecoverable (%s)",
+			    job->id, rows[i].version, rows[i].tenant_id,
+			    rows[i].name, rows[i].dek.damaged);
+			(void)store_dek_mark_damaged(b->store,
+			    rows[i].tenant_id, rows[i].name, rows[i].version,
 			    rows[i].dek.damaged);
-			(void)store_dek_mark_damaged(b->store, rows[i].tenant_id,
-			    rows[i].name, rows[i].version, rows[i].dek.damaged);
-			(void)broker_audit_system(b, "datakey.integrity", rows[i].tenant_id,
-			    rows[i].name, rows[i].dek.key_id, "error",
-			    rows[i].dek.damaged);
+			(void)broker_audit_system(b, "datakey.integrity",
+			    rows[i].tenant_id, rows[i].name, rows[i].dek.key_id,
+			    "error", rows[i].dek.damaged);
 		}
 		if (e == KB_OK) {
 			for (i = 0; i < n; i++)
@@ -388,9 +407,10 @@ run_job(struct jobs *j, struct store_job *job)
 		/* The token or the disk may come back: retry those. A data
 		 * key that does not open will not: the job fails, and the
 		 * environments already re-sealed stay readable. */
-		if (e == KB_ERR_UNAVAILABLE || e == KB_ERR_STORAGE_FULL ||
-		    e == KB_ERR_READ_ONLY || e == KB_ERR_STORE) {
-			log_warn("job %s: %s; retrying", job->id, kb_err_msg(e));
+		if (e == KB_ERR_UNAVAILABLE || e == KB_ERR_STORAGE_FULL
+		    || e == KB_ERR_READ_ONLY || e == KB_ERR_STORE) {
+			log_warn(
+			    "job %s: %s; retrying", job->id, kb_err_msg(e));
 			nap(j, RETRY_DELAY_MS);
 			continue;
 		}
@@ -402,12 +422,13 @@ run_job(struct jobs *j, struct store_job *job)
 			log_error("%s", why);
 			if (tenant_job)
 				broker_tenant_lock(b, job->tenant_id);
-			(void)store_job_fail(b->store, job->id, kb_err_msg(e),
-			    clock_now_us());
+			(void)store_job_fail(
+			    b->store, job->id, kb_err_msg(e), clock_now_us());
 			if (tenant_job)
 				broker_tenant_unlock(b, job->tenant_id);
-			(void)broker_audit_system(b, job_event(job, "failed", ev,
-			    sizeof(ev)), tenant_job ? job->tenant_id : NULL, NULL,
+			(void)broker_audit_system(b,
+			    job_event(job, "failed", ev, sizeof(ev)),
+			    tenant_job ? job->tenant_id : NULL, NULL,
 			    job->key_id, "error", why);
 		}
 		break;
@@ -427,17 +448,18 @@ jobs_rotate_platform(struct broker *b, const char *why, struct store_job *job)
 
 	if ((e = store_platform_current(b->store, &cur)) != KB_OK)
 		return e;
-	if ((e = broker_new_id(b, "j-", id, sizeof(id))) != KB_OK ||
-	    (e = broker_platform_key_new(b, "installing", &k)) != KB_OK)
+	if ((e = broker_new_id(b, "j-", id, sizeof(id))) != KB_OK
+	    || (e = broker_platform_key_new(b, "installing", &k)) != KB_OK)
 		return e;
 	if ((e = store_job_begin(b->store, id, STORE_JOB_ROTATE, &k, cur.id,
-	    clock_now_us(), job)) != KB_OK) {
+	         clock_now_us(), job))
+	    != KB_OK) {
 		(void)hsm_key_destroy(b->hsm, k.id);
 		return e;
 	}
 	log_info("platform key rotation %s: %s -> %s, %llu data keys to "
-	    "re-seal (%s)", job->id, cur.id, k.id,
-	    (unsigned long long)job->total, why);
+	         "re-seal (%s)",
+	    job->id, cur.id, k.id, (unsigned long long)job->total, why);
 	jobs_kick(b->jobs);
 	return KB_OK;
 }
@@ -454,18 +476,18 @@ rotation_check(struct broker *b)
 
 	if (b->cfg->platform_key_rotation_days == 0)
 		return;
-	if (store_platform_current(b->store, &cur) != KB_OK ||
-	    strcmp(cur.state, "active") != 0) {
+	if (store_platform_current(b->store, &cur) != KB_OK
+	    || strcmp(cur.state, "active") != 0) {
 		kb_err_clear();
 		return;
 	}
-	since = cur.activate_time_us != 0 ? cur.activate_time_us :
-	    cur.create_time_us;
-	period = (int64_t)b->cfg->platform_key_rotation_days * 86400 *
-	    1000000;
+	since = cur.activate_time_us != 0 ? cur.activate_time_us
+	                                  : cur.create_time_us;
+	period = (int64_t)b->cfg->platform_key_rotation_days * 86400 * 1000000;
 	if (clock_now_us() - since < period)
 		return;
-	e = jobs_rotate_platform(b, "scheduled: platform_key_rotation_days", &job);
+	e = jobs_rotate_platform(
+	    b, "scheduled: platform_key_rotation_days", &job);
 	if (e == KB_OK)
 		(void)broker_audit_system(b, "platform.rotate.scheduled", NULL,
 		    NULL, job.target_key_id, "ok", job.id);
@@ -521,7 +543,8 @@ jobs_sweep(struct broker *b)
 		return 0;
 	}
 	if ((e = store_envs_locked_before(b->store,
-	    now - POLICY_LOCKED_RETENTION_US, &v, &n, SWEEP_BATCH)) != KB_OK) {
+	         now - POLICY_LOCKED_RETENTION_US, &v, &n, SWEEP_BATCH))
+	    != KB_OK) {
 		log_error("sweep: %s", kb_err_msg(e));
 		return 0;
 	}
@@ -540,10 +563,11 @@ jobs_sweep(struct broker *b)
 		}
 		deleted++;
 		(void)broker_audit_system(b, "sweeper.delete", v[i].tenant_id,
-		    v[i].name, v[i].key_id, "ok", "locked for 28 days: data keys "
+		    v[i].name, v[i].key_id, "ok",
+		    "locked for 28 days: data keys "
 		    "destroyed");
 		log_warn("environment %s/%s DELETED: locked since %s and not "
-		    "unlocked within 28 days; its data keys are destroyed",
+		         "unlocked within 28 days; its data keys are destroyed",
 		    v[i].tenant_id, v[i].name,
 		    kb_time_format(v[i].lock_time_us, since, sizeof(since)));
 	}
@@ -584,13 +608,15 @@ jobs_start(struct broker *b, struct jobs **out)
 	pthread_condattr_destroy(&ca);
 	if (pthread_create(&j->job_thread, NULL, job_main, j) != 0) {
 		jobs_stop(j);
-		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the job "
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "cannot start the job "
 		    "thread");
 	}
 	j->job_started = 1;
 	if (pthread_create(&j->sweep_thread, NULL, sweep_main, j) != 0) {
 		jobs_stop(j);
-		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start the "
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "cannot start the "
 		    "sweeper thread");
 	}
 	j->sweep_started = 1;

@@ -18,8 +18,8 @@ void jobs_kick(struct jobs *j);
  * re-sealing every platform-managed DEK under it; when it is done the old
  * key is destroyed. KB_ERR_ALREADY_EXISTS (and *job the running one) if one
  * is running. `why` goes to the log. */
-enum kb_err jobs_rotate_platform(struct broker *b, const char *why,
-    struct store_job *job);
+enum kb_err jobs_rotate_platform(
+    struct broker *b, const char *why, struct store_job *job);
 
 /* Run one sweep now (also done every sweep_interval_s). Returns the number
  * of environments deleted. */

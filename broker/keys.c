@@ -20,27 +20,33 @@
 #define FORMAT_BYOK 2
 
 enum kb_err
-keys_file_check(const uint8_t *data, size_t len, int requested,
-    enum keyfile_format *out)
+keys_file_check(
+    const uint8_t *data, size_t len, int requested, enum keyfile_format *out)
 {
 	enum keyfile_format seen;
 
 	if (len == 0)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the key file is empty");
+		return kb_errf(
+		    KB_ERR_INVALID_ARGUMENT, "the key file is empty");
 	if (len > KEYS_FILE_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the key file is %zu bytes; "
-		    "a .pfx or .byok of an RSA-2048 key is at most %d bytes", len,
-		    KEYS_FILE_MAX);
-	if (requested != 0 && requested != FORMAT_PFX && requested != FORMAT_BYOK)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "unknown key file format "
-		    "%d (use 1 for .pfx, 2 for .byok, 0 to detect)", requested);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "the key file is %zu bytes; "
+		    "a .pfx or .byok of an RSA-2048 key is at most %d bytes",
+		    len, KEYS_FILE_MAX);
+	if (requested != 0 && requested != FORMAT_PFX
+	    && requested != FORMAT_BYOK)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "unknown key file format "
+		    "%d (use 1 for .pfx, 2 for .byok, 0 to detect)",
+		    requested);
 	seen = keyfile_detect(data, len);
 	if (requested == FORMAT_PFX)
 		*out = KEYFILE_PFX;
 	else if (requested == FORMAT_BYOK)
 		*out = KEYFILE_BYOK;
 	else if (seen == KEYFILE_UNKNOWN)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the key file is neither "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "the key file is neither "
 		    "a .pfx (PKCS#12, DER) nor a .byok (JSON)");
 	else
 		*out = seen;
@@ -77,9 +83,9 @@ keys_public_pem(struct broker *b, const char *id, char **pem)
 	if ((e = hsm_public_key_der(b->hsm, id, &der, &len)) != KB_OK)
 		return e;
 	p = der;
-	if ((pub = d2i_PUBKEY(NULL, &p, (long)len)) == NULL ||
-	    (bio = BIO_new(BIO_s_mem())) == NULL ||
-	    PEM_write_bio_PUBKEY(bio, pub) != 1) {
+	if ((pub = d2i_PUBKEY(NULL, &p, (long)len)) == NULL
+	    || (bio = BIO_new(BIO_s_mem())) == NULL
+	    || PEM_write_bio_PUBKEY(bio, pub) != 1) {
 		e = kb_err_openssl(KB_ERR_CRYPTO, "encoding a public key");
 		goto out;
 	}
@@ -105,8 +111,10 @@ keys_exchange_find(struct broker *b, const char *tenant, struct store_key *out)
 
 	if ((e = store_key_list(b->store, tenant, "exchange", &v, &n)) != KB_OK)
 		return e;
-	e = kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" has no key-exchange key "
-	    "yet: get one with kbctl byok kek %s", tenant, tenant);
+	e = kb_errf(KB_ERR_NOT_FOUND,
+	    "tenant \"%s\" has no key-exchange key "
+	    "yet: get one with kbctl byok kek %s",
+	    tenant, tenant);
 	for (i = n; i > 0; i--) {
 		if (strcmp(v[i - 1].state, "active") == 0) {
 			*out = v[i - 1];
@@ -177,14 +185,17 @@ byok_import(struct broker *b, const char *tenant, const struct key_file *f,
 	if ((e = keys_exchange_find(b, tenant, &kek)) != KB_OK)
 		goto out;
 	if (strcmp(bf.kid, kek.id) != 0) {
-		e = kb_errf(KB_ERR_INVALID_ARGUMENT, "the .byok was made for "
-		    "key-exchange key \"%.64s\", but tenant \"%s\"'s is \"%s\": "
+		e = kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "the .byok was made for "
+		    "key-exchange key \"%.64s\", but tenant \"%s\"'s is "
+		    "\"%s\": "
 		    "wrap the key again with the KEK from kbctl byok kek %s",
 		    bf.kid, tenant, kek.id, tenant);
 		goto out;
 	}
-	e = hsm_byok_unwrap(b->hsm, kek.id, kek.wrap_alg[0] ? kek.wrap_alg :
-	    b->wrap_alg, bf.blob, bf.blob_len, id, 2048, HSM_USE_KEYWRAP);
+	e = hsm_byok_unwrap(b->hsm, kek.id,
+	    kek.wrap_alg[0] ? kek.wrap_alg : b->wrap_alg, bf.blob, bf.blob_len,
+	    id, 2048, HSM_USE_KEYWRAP);
 out:
 	byok_file_clear(&bf);
 	return e;
@@ -207,7 +218,8 @@ keys_import(struct broker *b, const char *tenant, const struct key_file *f,
 		return KB_OK;
 	}
 	if (f->password == NULL || f->password[0] == '\0')
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "a .pfx needs its "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "a .pfx needs its "
 		    "password: tenant key files must be password protected");
 	if ((e = pfx_parse(f->data, f->len, f->password, &pkey)) != KB_OK)
 		return e;
@@ -218,8 +230,8 @@ keys_import(struct broker *b, const char *tenant, const struct key_file *f,
 }
 
 enum kb_err
-keys_file_fingerprint(struct broker *b, const char *tenant,
-    const struct key_file *f, char fp[65])
+keys_file_fingerprint(
+    struct broker *b, const char *tenant, const struct key_file *f, char fp[65])
 {
 	EVP_PKEY *pkey = NULL;
 	char tmp[STORE_KEY_ID_MAX];
@@ -227,9 +239,11 @@ keys_file_fingerprint(struct broker *b, const char *tenant,
 
 	if (f->format == KEYFILE_PFX) {
 		if (f->password == NULL || f->password[0] == '\0')
-			return kb_errf(KB_ERR_INVALID_ARGUMENT, "a .pfx needs its "
+			return kb_errf(KB_ERR_INVALID_ARGUMENT,
+			    "a .pfx needs its "
 			    "password");
-		if ((e = pfx_parse(f->data, f->len, f->password, &pkey)) != KB_OK)
+		if ((e = pfx_parse(f->data, f->len, f->password, &pkey))
+		    != KB_OK)
 			return e;
 		e = fingerprint_pkey(pkey, fp);
 		EVP_PKEY_free(pkey);
@@ -242,8 +256,8 @@ keys_file_fingerprint(struct broker *b, const char *tenant,
 	if ((e = keys_import(b, tenant, f, tmp, fp)) != KB_OK)
 		return e;
 	if ((e2 = hsm_key_destroy(b->hsm, tmp)) != KB_OK)
-		log_error("cannot destroy temporary key %s: %s", tmp,
-		    kb_err_msg(e2));
+		log_error(
+		    "cannot destroy temporary key %s: %s", tmp, kb_err_msg(e2));
 	return KB_OK;
 }
 
@@ -261,14 +275,16 @@ keys_kek_create(struct broker *b, const char *tenant, const char *parent_id,
 	if ((e = broker_new_id(b, "kek-", k.id, sizeof(k.id))) != KB_OK)
 		return e;
 	dek_label(STORE_MODE_CUSTOMER, tenant, label, sizeof(label));
-	if ((e = hsm_kek_create(b->hsm, parent_id, b->wrap_alg, k.id, label,
-	    &wrapped, &wlen)) != KB_OK)
-		return kb_err_wrap(e, "making tenant %s's KEK under key %s", tenant,
-		    parent_id);
+	if ((e = hsm_kek_create(
+	         b->hsm, parent_id, b->wrap_alg, k.id, label, &wrapped, &wlen))
+	    != KB_OK)
+		return kb_err_wrap(e, "making tenant %s's KEK under key %s",
+		    tenant, parent_id);
 	if (wlen > sizeof(k.wrapped)) {
 		free(wrapped);
 		(void)hsm_key_destroy(b->hsm, k.id);
-		return kb_errf(KB_ERR_INTERNAL, "wrapped KEK of %zu bytes", wlen);
+		return kb_errf(
+		    KB_ERR_INTERNAL, "wrapped KEK of %zu bytes", wlen);
 	}
 	memcpy(k.wrapped, wrapped, wlen);
 	k.wrapped_len = wlen;
@@ -294,7 +310,8 @@ keys_kek_create(struct broker *b, const char *tenant, const char *parent_id,
 }
 
 enum kb_err
-keys_exchange_rotate(struct broker *b, const char *tenant, struct store_key *out)
+keys_exchange_rotate(
+    struct broker *b, const char *tenant, struct store_key *out)
 {
 	struct store_key old, k;
 	enum kb_err e;
@@ -310,16 +327,19 @@ keys_exchange_rotate(struct broker *b, const char *tenant, struct store_key *out
 	if ((e = exchange_create(b, tenant, &k)) != KB_OK)
 		return e;
 	if (had) {
-		if ((e = store_key_set_state(b->store, old.id, "active", "deleted",
-		    clock_now_us())) != KB_OK)
+		if ((e = store_key_set_state(
+		         b->store, old.id, "active", "deleted", clock_now_us()))
+		    != KB_OK)
 			return e;
-		if ((e = hsm_key_destroy(b->hsm, old.id)) != KB_OK &&
-		    e != KB_ERR_NOT_FOUND)
-			log_error("key-exchange key %s: cannot destroy it in the "
-			    "token (at the next start): %s", old.id, kb_err_msg(e));
+		if ((e = hsm_key_destroy(b->hsm, old.id)) != KB_OK
+		    && e != KB_ERR_NOT_FOUND)
+			log_error(
+			    "key-exchange key %s: cannot destroy it in the "
+			    "token (at the next start): %s",
+			    old.id, kb_err_msg(e));
 		kb_err_clear();
-		log_info("key-exchange key of tenant %s rotated: %s -> %s", tenant,
-		    old.id, k.id);
+		log_info("key-exchange key of tenant %s rotated: %s -> %s",
+		    tenant, old.id, k.id);
 	}
 	*out = k;
 	return KB_OK;

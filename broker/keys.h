@@ -23,13 +23,13 @@ struct key_file {
 /* Check size and format of an uploaded file. `requested` is the
  * KeyFileFormat from the request (0 = detect). KB_ERR_INVALID_ARGUMENT with
  * a reason when it is empty, too large, or neither a .pfx nor a .byok. */
-enum kb_err keys_file_check(const uint8_t *data, size_t len, int requested,
-    enum keyfile_format *out);
+enum kb_err keys_file_check(
+    const uint8_t *data, size_t len, int requested, enum keyfile_format *out);
 
 /* Put the key of `f` into the token as key pair `id` (RSA-2048, for
- * wrapping the tenant's KEK) and give its fingerprint. A .pfx is parsed here and its
- * material wiped; a .byok is unwrapped inside the token with the tenant's
- * KEK (its kid must name that KEK). On failure nothing is left in the
+ * wrapping the tenant's KEK) and give its fingerprint. A .pfx is parsed here
+ * and its material wiped; a .byok is unwrapped inside the token with the
+ * tenant's KEK (its kid must name that KEK). On failure nothing is left in the
  * token. */
 enum kb_err keys_import(struct broker *b, const char *tenant,
     const struct key_file *f, const char *id, char fp[65]);
@@ -39,8 +39,8 @@ enum kb_err keys_file_fingerprint(struct broker *b, const char *tenant,
     const struct key_file *f, char fp[65]);
 
 /* The fingerprint of token key `id`. */
-enum kb_err keys_token_fingerprint(struct broker *b, const char *id,
-    char fp[65]);
+enum kb_err keys_token_fingerprint(
+    struct broker *b, const char *id, char fp[65]);
 
 /* The public key of token key `id` as PEM SubjectPublicKeyInfo (*pem
  * malloc'd, NUL-terminated). */
@@ -49,18 +49,18 @@ enum kb_err keys_public_pem(struct broker *b, const char *id, char **pem);
 /* The tenant's BYOK key-exchange key (Azure's "KEK"; purpose "exchange"
  * here), made in the token at first use (the caller holds the tenant
  * lock). */
-enum kb_err keys_exchange(struct broker *b, const char *tenant,
-    struct store_key *out);
+enum kb_err keys_exchange(
+    struct broker *b, const char *tenant, struct store_key *out);
 
 /* A new key-exchange key for the tenant (active); the previous one is
  * recorded deleted and destroyed in the token. */
-enum kb_err keys_exchange_rotate(struct broker *b, const char *tenant,
-    struct store_key *out);
+enum kb_err keys_exchange_rotate(
+    struct broker *b, const char *tenant, struct store_key *out);
 
 /* The tenant's key-exchange key if it has one (KB_ERR_NOT_FOUND
  * otherwise). */
-enum kb_err keys_exchange_find(struct broker *b, const char *tenant,
-    struct store_key *out);
+enum kb_err keys_exchange_find(
+    struct broker *b, const char *tenant, struct store_key *out);
 
 /* Make a new AES-256 KEK for `tenant` in the token, wrapped under tenant
  * key `parent_id` (hsm_kek_create), and record it in state `state`

@@ -11,7 +11,7 @@
 
 static enum log_level level = LOG_INFO;
 
-static const char *const names[] = { "error", "warn", "info", "debug" };
+static const char *const names[] = {"error", "warn", "info", "debug"};
 
 void
 log_set_level(enum log_level l)

@@ -26,7 +26,8 @@ static void
 usage(FILE *f)
 {
 	fprintf(f,
-	    "usage: keybrokerd --config FILE [--check-config] [--allow-new-database]\n"
+	    "usage: keybrokerd --config FILE [--check-config] "
+	    "[--allow-new-database]\n"
 	    "                  [--accept-audit-loss]\n"
 	    "       keybrokerd --config FILE --restore BACKUP [--force]\n"
 	    "       keybrokerd --version\n"
@@ -35,28 +36,42 @@ usage(FILE *f)
 	    "PKCS#11 token named by the configuration; data keys are stored\n"
 	    "only wrapped, in the SQLite database.\n"
 	    "\n"
-	    "  -c, --config FILE    configuration file (see deploy/keybroker.conf.example)\n"
-	    "      --check-config   parse the configuration, print it and exit\n"
+	    "  -c, --config FILE    configuration file (see "
+	    "deploy/keybroker.conf.example)\n"
+	    "      --check-config   parse the configuration, print it and "
+	    "exit\n"
 	    "      --allow-new-database\n"
-	    "                       start with a new, empty database even though the\n"
-	    "                       token already holds this broker's keys (normally\n"
+	    "                       start with a new, empty database even "
+	    "though the\n"
+	    "                       token already holds this broker's keys "
+	    "(normally\n"
 	    "                       refused: a missing database is usually an\n"
 	    "                       unmounted volume)\n"
 	    "      --accept-audit-loss\n"
-	    "                       start although the audit log lost events or was\n"
-	    "                       rewritten since the anchor kept in the token\n"
-	    "                       (normally refused): the loss is recorded as an\n"
-	    "                       audit event and the anchor moves to the log's end\n"
-	    "      --restore BACKUP restore a backup made by 'kbctl backup create'\n"
-	    "                       (the broker stopped): check its checksum, check\n"
-	    "                       that the configured token holds every key it\n"
-	    "                       needs (else refuse, naming each), then write the\n"
+	    "                       start although the audit log lost events "
+	    "or was\n"
+	    "                       rewritten since the anchor kept in the "
+	    "token\n"
+	    "                       (normally refused): the loss is recorded "
+	    "as an\n"
+	    "                       audit event and the anchor moves to the "
+	    "log's end\n"
+	    "      --restore BACKUP restore a backup made by 'kbctl backup "
+	    "create'\n"
+	    "                       (the broker stopped): check its checksum, "
+	    "check\n"
+	    "                       that the configured token holds every key "
+	    "it\n"
+	    "                       needs (else refuse, naming each), then "
+	    "write the\n"
 	    "                       database and the audit database and exit\n"
-	    "      --force          with --restore: replace existing database files\n"
+	    "      --force          with --restore: replace existing database "
+	    "files\n"
 	    "  -V, --version        print the version and exit\n"
 	    "  -h, --help           this help\n"
 	    "\n"
-	    "SIGTERM or SIGINT: stop accepting calls, finish those in flight, exit 0.\n"
+	    "SIGTERM or SIGINT: stop accepting calls, finish those in flight, "
+	    "exit 0.\n"
 	    "SIGHUP: read the client CRL (client_crl) again.\n");
 }
 
@@ -88,10 +103,13 @@ signal_thread(void *p)
 		if (sig == SIGHUP) {
 			/* The CRL is also read again when its file changes;
 			 * SIGHUP makes it happen now. */
-			log_info("received SIGHUP: reading the client CRL again");
-			if ((e = identity_verifier_reload(sc->b->verifier)) != KB_OK)
+			log_info(
+			    "received SIGHUP: reading the client CRL again");
+			if ((e = identity_verifier_reload(sc->b->verifier))
+			    != KB_OK)
 				log_error("%s; the CRL read before stays in "
-				    "force", kb_err_msg(e));
+				          "force",
+				    kb_err_msg(e));
 			continue;
 		}
 		log_info("received %s", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -105,13 +123,13 @@ static void
 print_config(const struct config *c)
 {
 	printf("listen = %s\ntls_cert = %s\ntls_key = %s\nclient_ca = %s\n"
-	    "client_crl = %s\nclient_crl_strict = %s\n"
-	    "pkcs11_module = %s\ntoken_uri = %s\npin_file = %s\n"
-	    "softhsm2_conf = %s\ndatabase = %s\nworkers = %u\n"
-	    "hsm_sessions = %u\nmax_message_bytes = %zu\n"
-	    "sweep_interval_s = %u\nrewrap_threads = %u\n"
-	    "audit_database = %s\naudit_checkpoint_events = %u\n"
-	    "audit_checkpoint_interval_s = %u\nhealth_timeout_ms = %u\n",
+	       "client_crl = %s\nclient_crl_strict = %s\n"
+	       "pkcs11_module = %s\ntoken_uri = %s\npin_file = %s\n"
+	       "softhsm2_conf = %s\ndatabase = %s\nworkers = %u\n"
+	       "hsm_sessions = %u\nmax_message_bytes = %zu\n"
+	       "sweep_interval_s = %u\nrewrap_threads = %u\n"
+	       "audit_database = %s\naudit_checkpoint_events = %u\n"
+	       "audit_checkpoint_interval_s = %u\nhealth_timeout_ms = %u\n",
 	    c->listen, c->tls_cert, c->tls_key, c->client_ca,
 	    c->client_crl != NULL ? c->client_crl : "",
 	    c->client_crl_strict ? "true" : "false", c->pkcs11_module,
@@ -127,16 +145,14 @@ int
 main(int argc, char **argv)
 {
 	static const struct option longopts[] = {
-		{ "config", required_argument, NULL, 'c' },
-		{ "check-config", no_argument, NULL, 'C' },
-		{ "allow-new-database", no_argument, NULL, 'N' },
-		{ "accept-audit-loss", no_argument, NULL, 'L' },
-		{ "restore", required_argument, NULL, 'R' },
-		{ "force", no_argument, NULL, 'F' },
-		{ "version", no_argument, NULL, 'V' },
-		{ "help", no_argument, NULL, 'h' },
-		{ NULL, 0, NULL, 0 }
-	};
+	    {"config", required_argument, NULL, 'c'},
+	    {"check-config", no_argument, NULL, 'C'},
+	    {"allow-new-database", no_argument, NULL, 'N'},
+	    {"accept-audit-loss", no_argument, NULL, 'L'},
+	    {"restore", required_argument, NULL, 'R'},
+	    {"force", no_argument, NULL, 'F'},
+	    {"version", no_argument, NULL, 'V'},
+	    {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 	const char *config_path = NULL, *restore = NULL;
 	struct config *cfg = NULL;
 	struct broker *b = NULL;
@@ -161,8 +177,9 @@ main(int argc, char **argv)
 		}
 	}
 	if (config_path == NULL || optind != argc) {
-		fprintf(stderr, "keybrokerd: %s\n", config_path == NULL ?
-		    "--config FILE is required" : "unexpected argument");
+		fprintf(stderr, "keybrokerd: %s\n",
+		    config_path == NULL ? "--config FILE is required"
+		                        : "unexpected argument");
 		usage(stderr);
 		return 2;
 	}
@@ -221,14 +238,15 @@ main(int argc, char **argv)
 	/* The approval flow runs calls through the dispatcher and checks a
 	 * lock's proof with its handler: main() wires them together. */
 	{
-		struct quorum_hooks qh = { dispatch_methods, dispatch_execute,
-			rpc_lock_proof };
+		struct quorum_hooks qh = {
+		    dispatch_methods, dispatch_execute, rpc_lock_proof};
 
 		quorum_hooks_set(&qh);
 	}
-	if (cfg->client_crl != NULL &&
-	    (e = identity_verifier_set_crl(b->verifier, cfg->client_crl,
-	    cfg->client_crl_strict)) != KB_OK) {
+	if (cfg->client_crl != NULL
+	    && (e = identity_verifier_set_crl(
+	            b->verifier, cfg->client_crl, cfg->client_crl_strict))
+	        != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
 		broker_close(b);
 		grpc_shutdown();
@@ -239,8 +257,8 @@ main(int argc, char **argv)
 	hd.listener_failed = server_listener_failed;
 	hd.listener_lost = listener_lost;
 	hd.arg = NULL;
-	if ((e = health_start(&hd, &b->health)) != KB_OK ||
-	    (e = server_start(b, &srv)) != KB_OK) {
+	if ((e = health_start(&hd, &b->health)) != KB_OK
+	    || (e = server_start(b, &srv)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
 		health_stop(b->health);
 		broker_close(b);

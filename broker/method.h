@@ -25,8 +25,8 @@ struct ratelimit_slot;
 struct rpc_ctx {
 	struct broker *b;
 	const struct identity *id;
-	const char *method;        /* short name, "CreateTenant" */
-	const char *peer;          /* "ipv4:127.0.0.1:5555" */
+	const char *method; /* short name, "CreateTenant" */
+	const char *peer; /* "ipv4:127.0.0.1:5555" */
 	int64_t now_us;
 	char request_id[40];
 	/* A handler may name the key its call concerned (generated, locked,
@@ -51,16 +51,16 @@ struct rpc_ctx {
 /* A handler returns KB_OK with *resp set (heap-allocated message, every
  * string and array malloc'd: it is freed with kb_wire_free), or an error
  * with a message set by kb_errf. */
-typedef enum kb_err (*rpc_handler)(struct rpc_ctx *ctx,
-    const ProtobufCMessage *req, ProtobufCMessage **resp);
+typedef enum kb_err (*rpc_handler)(
+    struct rpc_ctx *ctx, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* A server-streaming call's sink, provided by the transport. */
 struct rpc_stream;
 
 /* Send one message on a stream; blocks until gRPC took it. KB_ERR_CANCELLED
  * when the client went away or the server is stopping. */
-typedef enum kb_err (*rpc_stream_send_fn)(struct rpc_stream *st,
-    const ProtobufCMessage *msg);
+typedef enum kb_err (*rpc_stream_send_fn)(
+    struct rpc_stream *st, const ProtobufCMessage *msg);
 /* Whether the stream should end now (client gone, server stopping). */
 typedef int (*rpc_stream_done_fn)(struct rpc_stream *st);
 
@@ -76,29 +76,32 @@ typedef enum kb_err (*rpc_stream_handler)(struct rpc_ctx *ctx,
 
 /* Which calls the audit log records. Every refused call is recorded. */
 enum rpc_audit {
-	AUDIT_REFUSALS = 0,   /* reads: only when refused */
-	AUDIT_ALWAYS = 1,     /* data keys: every call, once answered */
-	AUDIT_CHANGE = 2,     /* state changes: "started" before, then the outcome */
+	AUDIT_REFUSALS = 0, /* reads: only when refused */
+	AUDIT_ALWAYS = 1, /* data keys: every call, once answered */
+	AUDIT_CHANGE =
+	    2, /* state changes: "started" before, then the outcome */
 };
 
 struct rpc_method {
-	const char *path;                         /* "/pkg.Service/Method" */
+	const char *path; /* "/pkg.Service/Method" */
 	const char *name;
-	unsigned roles;                           /* ROLE_BIT() mask */
+	unsigned roles; /* ROLE_BIT() mask */
 	const ProtobufCMessageDescriptor *req;
-	rpc_handler fn;                           /* unary, or */
-	rpc_stream_handler stream;                /* server streaming */
+	rpc_handler fn; /* unary, or */
+	rpc_stream_handler stream; /* server streaming */
 	enum rpc_audit audit;
-	struct scope_rule scope;                  /* tenant and environment */
-	int quorum;        /* with a quorum in force, a request (quorum.h) */
+	struct scope_rule scope; /* tenant and environment */
+	int quorum; /* with a quorum in force, a request (quorum.h) */
 };
 
 /* The result of one call. */
 struct dispatch_result {
 	grpc_status_code code;
 	char message[1024];
-	grpc_byte_buffer *resp;    /* unary, code OK: the answer; caller destroys */
-	unsigned retry_after_ms;   /* over a rate limit: the trailer retry-after-ms */
+	grpc_byte_buffer
+	    *resp; /* unary, code OK: the answer; caller destroys */
+	unsigned
+	    retry_after_ms; /* over a rate limit: the trailer retry-after-ms */
 	/* ABORTED by a quorum: the approval request made, for the trailer
 	 * kb-request-id; "" otherwise. */
 	char request_id[40];

@@ -11,8 +11,10 @@ refuse_until(const char *op, const char *rule, const char *since_what,
 {
 	char since[40], from[40];
 
-	return kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused by the %s rule: "
-	    "%s at %s; allowed from %s", op, rule, since_what,
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "%s refused by the %s rule: "
+	    "%s at %s; allowed from %s",
+	    op, rule, since_what,
 	    kb_time_format(since_us, since, sizeof(since)),
 	    kb_time_format(from_us, from, sizeof(from)));
 }
@@ -24,11 +26,14 @@ refuse_locked(const struct policy_tenant *t, const char *op)
 {
 	char from[40];
 
-	return kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused by the "
-	    "tenant-locked rule: tenant \"%s\" is locked; unlock it with the key "
-	    "that locked it (kbctl tenants unlock), allowed from %s", op, t->id,
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "%s refused by the "
+	    "tenant-locked rule: tenant \"%s\" is locked; unlock it with the "
+	    "key "
+	    "that locked it (kbctl tenants unlock), allowed from %s",
+	    op, t->id,
 	    kb_time_format(t->lock_time_us + POLICY_UNLOCK_COOLDOWN_US, from,
-	    sizeof(from)));
+	        sizeof(from)));
 }
 
 /* Locked environments block key changes until each is unlocked, or deleted
@@ -38,12 +43,15 @@ refuse_locked_envs(const struct policy_tenant *t, const char *op)
 {
 	char from[40];
 
-	return kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused by the "
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "%s refused by the "
 	    "locked-environments rule: tenant \"%s\" has %u locked "
-	    "environment(s); allowed once each is unlocked (kbctl envs unlock), "
-	    "or from %s when the last is deleted", op, t->id, t->locked_envs,
-	    kb_time_format(t->last_env_lock_us + POLICY_LOCKED_RETENTION_US, from,
-	    sizeof(from)));
+	    "environment(s); allowed once each is unlocked (kbctl envs "
+	    "unlock), "
+	    "or from %s when the last is deleted",
+	    op, t->id, t->locked_envs,
+	    kb_time_format(t->last_env_lock_us + POLICY_LOCKED_RETENTION_US,
+	        from, sizeof(from)));
 }
 
 enum kb_err
@@ -65,11 +73,12 @@ policy_may_activate(const struct policy_tenant *t, int64_t now)
 	if (t->locked_envs > 0)
 		return refuse_locked_envs(t, "activation");
 	if (t->activation_running)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" is "
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "tenant \"%s\" is "
 		    "already activating a key: wait for its job to finish",
 		    t->id);
-	if (t->last_activation_us != 0 &&
-	    now < t->last_activation_us + POLICY_ACTIVATION_COOLDOWN_US)
+	if (t->last_activation_us != 0
+	    && now < t->last_activation_us + POLICY_ACTIVATION_COOLDOWN_US)
 		return refuse_until("activation", "24-hour activation cooldown",
 		    "the previous activation was", t->last_activation_us,
 		    t->last_activation_us + POLICY_ACTIVATION_COOLDOWN_US);
@@ -80,18 +89,24 @@ enum kb_err
 policy_may_lock(const struct policy_tenant *t, int64_t now)
 {
 	if (t->locked)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" is "
-		    "already locked", t->id);
-	if (t->activation_running)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" is "
-		    "activating a key: a tenant cannot be locked during "
-		    "activation", t->id);
-	if (!t->has_active_key)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" has no "
-		    "active key: only a tenant with an active key can be locked",
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "tenant \"%s\" is "
+		    "already locked",
 		    t->id);
-	if (t->last_key_change_us != 0 &&
-	    now < t->last_key_change_us + POLICY_LOCK_COOLDOWN_US)
+	if (t->activation_running)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "tenant \"%s\" is "
+		    "activating a key: a tenant cannot be locked during "
+		    "activation",
+		    t->id);
+	if (!t->has_active_key)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "tenant \"%s\" has no "
+		    "active key: only a tenant with an active key can be "
+		    "locked",
+		    t->id);
+	if (t->last_key_change_us != 0
+	    && now < t->last_key_change_us + POLICY_LOCK_COOLDOWN_US)
 		return refuse_until("lock", "72-hour lock cooldown",
 		    "the last key change or activation was",
 		    t->last_key_change_us,
@@ -103,8 +118,10 @@ enum kb_err
 policy_may_unlock(const struct policy_tenant *t, int64_t now)
 {
 	if (!t->locked)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" is not "
-		    "locked", t->id);
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "tenant \"%s\" is not "
+		    "locked",
+		    t->id);
 	if (now < t->lock_time_us + POLICY_UNLOCK_COOLDOWN_US)
 		return refuse_until("unlock", "1-hour unlock cooldown",
 		    "the tenant was locked", t->lock_time_us,
@@ -118,7 +135,8 @@ policy_may_change_env(const struct policy_tenant *t, const char *what)
 	if (t->locked)
 		return refuse_locked(t, what);
 	if (t->activation_running)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused: tenant "
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "%s refused: tenant "
 		    "\"%s\" is activating a key; retry when the job is done",
 		    what, t->id);
 	return KB_OK;
@@ -127,8 +145,8 @@ policy_may_change_env(const struct policy_tenant *t, const char *what)
 int
 policy_env_expired(int64_t env_lock_time_us, int64_t now)
 {
-	return env_lock_time_us != 0 &&
-	    now >= env_lock_time_us + POLICY_LOCKED_RETENTION_US;
+	return env_lock_time_us != 0
+	    && now >= env_lock_time_us + POLICY_LOCKED_RETENTION_US;
 }
 
 enum policy_clock
@@ -148,11 +166,13 @@ policy_may_sweep(int64_t jump_from, int64_t jump_to)
 
 	if (jump_from == 0)
 		return KB_OK;
-	return kb_errf(KB_ERR_FAILED_PRECONDITION, "deleting locked "
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "deleting locked "
 	    "environments refused by the clock-jump rule: the clock jumped "
 	    "forward %lld s, from %s to %s, more than clock_jump_limit_s "
 	    "allows; a platform-wide admin who has checked the clock confirms "
-	    "it with kbctl clock confirm", (long long)((jump_to - jump_from) /
-	    1000000), kb_time_format(jump_from, from, sizeof(from)),
+	    "it with kbctl clock confirm",
+	    (long long)((jump_to - jump_from) / 1000000),
+	    kb_time_format(jump_from, from, sizeof(from)),
 	    kb_time_format(jump_to, to, sizeof(to)));
 }

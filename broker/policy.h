@@ -19,13 +19,13 @@
 /* What the rules need to know of a tenant. */
 struct policy_tenant {
 	const char *id;
-	int locked;                    /* the tenant is locked */
-	unsigned locked_envs;          /* environments in state locked */
-	int64_t last_env_lock_us;      /* the newest of their lock times */
-	int activation_running;        /* a key is installing */
+	int locked; /* the tenant is locked */
+	unsigned locked_envs; /* environments in state locked */
+	int64_t last_env_lock_us; /* the newest of their lock times */
+	int activation_running; /* a key is installing */
 	int has_active_key;
-	int64_t last_activation_us;    /* 0 = never */
-	int64_t last_key_change_us;    /* generate, upload, activation, unlock */
+	int64_t last_activation_us; /* 0 = never */
+	int64_t last_key_change_us; /* generate, upload, activation, unlock */
 	int64_t lock_time_us;
 };
 
@@ -46,8 +46,8 @@ enum kb_err policy_may_unlock(const struct policy_tenant *t, int64_t now);
 
 /* Changing an environment's encryption (apply, revert, restore, copy,
  * reset): not while the tenant is locked or a key is installing. */
-enum kb_err policy_may_change_env(const struct policy_tenant *t,
-    const char *what);
+enum kb_err policy_may_change_env(
+    const struct policy_tenant *t, const char *what);
 
 /* Whether a locked environment's retention has run out (28 days). */
 int policy_env_expired(int64_t env_lock_time_us, int64_t now);
@@ -57,9 +57,9 @@ int policy_env_expired(int64_t env_lock_time_us, int64_t now);
 #define POLICY_CLOCK_SLACK_US (2 * 1000000LL)
 
 enum policy_clock {
-	POLICY_CLOCK_OK,        /* the wall clock runs on from the mark */
-	POLICY_CLOCK_BACKWARD,  /* the wall clock is behind policy time */
-	POLICY_CLOCK_JUMP,      /* it is further ahead of the mark than allowed */
+	POLICY_CLOCK_OK, /* the wall clock runs on from the mark */
+	POLICY_CLOCK_BACKWARD, /* the wall clock is behind policy time */
+	POLICY_CLOCK_JUMP, /* it is further ahead of the mark than allowed */
 };
 
 /* How the wall clock `wall` stands against policy time `now` (never less
@@ -67,8 +67,8 @@ enum policy_clock {
  * jump can be judged): BACKWARD when wall is more than the slack behind
  * now; JUMP when wall is more than `limit_us` (clock_jump_limit_s) ahead
  * of the mark; else OK. */
-enum policy_clock policy_clock_check(int64_t wall, int64_t now, int64_t mark,
-    int64_t limit_us);
+enum policy_clock policy_clock_check(
+    int64_t wall, int64_t now, int64_t mark, int64_t limit_us);
 
 /* The sweeper's deletions (the 28-day rule): refused while a forward clock
  * jump from `jump_from` to `jump_to` (jump_from 0: none) waits for a

@@ -519,7 +519,8 @@ quorum_intercept(
 	 * file and its password are never stored. */
 	if (strcmp(m->name, "LockTenant") == 0) {
 		if (hooks.lock_proof == NULL) {
-			e = kb_errf(KB_ERR_INTERNAL, "quorum: no lock-proof check "
+			e = kb_errf(KB_ERR_INTERNAL,
+			    "quorum: no lock-proof check "
 			    "(quorum_hooks_set was not called)");
 			goto out;
 		}
@@ -729,10 +730,11 @@ execute(struct rpc_ctx *c, struct store_approval_req *r)
 		e = KB_ERR_FAILED_PRECONDITION;
 		(void)audit_quorum(&x, r, m->name, "denied", result);
 	} else {
-		e = hooks.execute != NULL ?
-		    hooks.execute(&x, m, call, &out, result, sizeof(result)) :
-		    kb_errf(KB_ERR_INTERNAL, "quorum: no executor "
-		    "(quorum_hooks_set was not called)");
+		e = hooks.execute != NULL
+		    ? hooks.execute(&x, m, call, &out, result, sizeof(result))
+		    : kb_errf(KB_ERR_INTERNAL,
+		        "quorum: no executor "
+		        "(quorum_hooks_set was not called)");
 	}
 	kb_wire_free(out);
 	if (call != NULL)

@@ -23,11 +23,11 @@
  * the check of a lock's proof (rpc_lock_proof). */
 struct quorum_hooks {
 	const struct rpc_method *methods;
-	enum kb_err (*execute)(struct rpc_ctx *ctx,
-	    const struct rpc_method *m, const ProtobufCMessage *in,
-	    ProtobufCMessage **out, char *result, size_t len);
-	enum kb_err (*lock_proof)(struct rpc_ctx *c, const ProtobufCMessage *req,
-	    char fp[65]);
+	enum kb_err (*execute)(struct rpc_ctx *ctx, const struct rpc_method *m,
+	    const ProtobufCMessage *in, ProtobufCMessage **out, char *result,
+	    size_t len);
+	enum kb_err (*lock_proof)(
+	    struct rpc_ctx *c, const ProtobufCMessage *req, char fp[65]);
 };
 
 /* Set once at start-up, before the first call. Without them no request

@@ -13,118 +13,118 @@
 #include "method.h"
 
 /* rpc_health.c */
-enum kb_err rpc_health_check(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_whoami(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_health_check(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_whoami(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_admin.c */
-enum kb_err rpc_tenant_create(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_tenant_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_tenant_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_tenant_create(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_tenant_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_tenant_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_create(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_datakey.c */
-enum kb_err rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_datakey_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_keys.c */
-enum kb_err rpc_key_generate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_key_upload(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_key_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_key_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_platform_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_datakeys_verify(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_kek_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_key_generate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_key_upload(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_key_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_key_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_key_activate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_platform_rotate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_datakeys_verify(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_datakeys_repair(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_job_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_kek_rotate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_kek_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_lock.c */
-enum kb_err rpc_tenant_lock(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_tenant_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_tenant_lock(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_tenant_unlock(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 /* A lock request's proof (.pfx + password or .byok, secret) checked against
  * the tenant's active key now, leaving nothing in the token: fp gets its
  * fingerprint. For quorum.c, which keeps only that fingerprint. */
-enum kb_err rpc_lock_proof(struct rpc_ctx *c, const ProtobufCMessage *req,
-    char fp[65]);
-enum kb_err rpc_env_unlock(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_lock_proof(
+    struct rpc_ctx *c, const ProtobufCMessage *req, char fp[65]);
+enum kb_err rpc_env_unlock(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_envkeys.c */
-enum kb_err rpc_env_apply_key(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_revert_key(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_backup(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_backups(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_env_apply_key(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_revert_key(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_reset(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_backup(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_backups(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_restore(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_copy(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_audit.c */
-enum kb_err rpc_audit_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_audit_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_audit_tail(struct rpc_ctx *c, const ProtobufCMessage *req,
     const struct rpc_stream_ops *ops, struct rpc_stream *st);
-enum kb_err rpc_audit_checkpoints(struct rpc_ctx *c,
-    const ProtobufCMessage *req, ProtobufCMessage **resp);
-enum kb_err rpc_audit_key(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_audit_keys(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_audit_key_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_audit_checkpoints(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_audit_key(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_audit_keys(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_audit_key_rotate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_clock.c */
-enum kb_err rpc_clock_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_clock_confirm(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_clock_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_clock_confirm(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 /* rpc_backup.c */
 enum kb_err rpc_backup_create(struct rpc_ctx *c, const ProtobufCMessage *req,
     const struct rpc_stream_ops *ops, struct rpc_stream *st);
 
 /* rpc_quorum.c */
-enum kb_err rpc_quorum_set(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_quorum_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_approval_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_approval_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
-enum kb_err rpc_approval_approve(struct rpc_ctx *c,
-    const ProtobufCMessage *req, ProtobufCMessage **resp);
-enum kb_err rpc_approval_deny(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp);
+enum kb_err rpc_quorum_set(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_quorum_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_approval_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_approval_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_approval_approve(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_approval_deny(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* Helpers for handlers (rpc_util.c). */
 struct policy_tenant;
@@ -134,7 +134,7 @@ struct Keybroker__V1__Key;
 struct Keybroker__V1__Job;
 struct Keybroker__V1__Backup;
 
-char *rpc_strdup(const char *s);        /* never returns NULL: "" on OOM */
+char *rpc_strdup(const char *s); /* never returns NULL: "" on OOM */
 enum kb_err rpc_check_platform_access(struct rpc_ctx *c, const char *what);
 /* Response messages from store records (NULL on allocation failure). */
 struct Keybroker__V1__Tenant *rpc_tenant_msg(const struct store_tenant *t);

@@ -16,24 +16,28 @@
 
 /* Page size and the "after" cursor from a request's paging fields. */
 static enum kb_err
-page_args(uint32_t page_size, const char *token, unsigned *limit,
-    const char **after)
+page_args(
+    uint32_t page_size, const char *token, unsigned *limit, const char **after)
 {
 	if (page_size > PAGE_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "page_size %u is larger "
-		    "than the maximum of %d", page_size, PAGE_MAX);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "page_size %u is larger "
+		    "than the maximum of %d",
+		    page_size, PAGE_MAX);
 	*limit = page_size == 0 ? PAGE_DEFAULT : page_size;
 	*after = token;
 	if (token[0] != '\0' && names_check_id("page_token", token) != KB_OK)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "page_token is not one "
-		    "this broker issued; pass next_page_token from the previous "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "page_token is not one "
+		    "this broker issued; pass next_page_token from the "
+		    "previous "
 		    "page");
 	return KB_OK;
 }
 
 enum kb_err
-rpc_tenant_create(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_tenant_create(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__CreateTenantRequest *in = (const void *)req;
 	struct store_tenant t;
@@ -56,8 +60,8 @@ rpc_tenant_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_tenant_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_tenant_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__GetTenantRequest *in = (const void *)req;
 	struct store_tenant t;
@@ -116,8 +120,8 @@ scoped_tenants(struct rpc_ctx *c, const char *after, unsigned limit,
 }
 
 enum kb_err
-rpc_tenant_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_tenant_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ListTenantsRequest *in = (const void *)req;
 	Keybroker__V1__ListTenantsResponse *out = NULL;
@@ -161,8 +165,8 @@ rpc_tenant_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_create(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__CreateEnvironmentRequest *in = (const void *)req;
 	struct store_tenant t;
@@ -181,8 +185,8 @@ rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 	env.mode = STORE_MODE_PLATFORM;
 	env.state = STORE_ENV_ENABLED;
 	env.create_time_us = env.update_time_us = c->now_us;
-	if ((e = broker_new_uid(c->b, env.uid)) != KB_OK ||
-	    (e = store_platform_current(c->b->store, &pk)) != KB_OK)
+	if ((e = broker_new_uid(c->b, env.uid)) != KB_OK
+	    || (e = store_platform_current(c->b->store, &pk)) != KB_OK)
 		return e;
 	dek_row_env(&row, &env, 1, STORE_MODE_PLATFORM);
 	if ((e = dek_new(c->b->hsm, &row, pk.id, &dek)) != KB_OK)
@@ -197,8 +201,8 @@ rpc_env_create(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_env_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__GetEnvironmentRequest *in = (const void *)req;
 	struct store_env env;
@@ -213,8 +217,8 @@ rpc_env_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_env_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ListEnvironmentsRequest *in = (const void *)req;
 	Keybroker__V1__ListEnvironmentsResponse *out;
@@ -228,8 +232,9 @@ rpc_env_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = page_args(in->page_size, in->page_token, &limit, &after))
 	    != KB_OK)
 		return e;
-	if ((e = store_env_list(c->b->store, in->tenant_id, after, limit, &v,
-	    &n, &more)) != KB_OK)
+	if ((e = store_env_list(
+	         c->b->store, in->tenant_id, after, limit, &v, &n, &more))
+	    != KB_OK)
 		return e;
 	if ((out = malloc(sizeof(*out))) == NULL) {
 		free(v);

@@ -27,8 +27,8 @@ struct filter {
 };
 
 static enum kb_err
-make_filter(struct rpc_ctx *c, const Keybroker__V1__EventFilter *in,
-    struct filter *out)
+make_filter(
+    struct rpc_ctx *c, const Keybroker__V1__EventFilter *in, struct filter *out)
 {
 	static const Keybroker__V1__EventFilter empty =
 	    KEYBROKER__V1__EVENT_FILTER__INIT;
@@ -47,18 +47,20 @@ make_filter(struct rpc_ctx *c, const Keybroker__V1__EventFilter *in,
 	out->f.actor = in->actor;
 	out->f.result = in->result;
 	out->f.request_id = in->request_id;
-	if (in->tenant_id[0] != '\0' &&
-	    (e = names_check_id("tenant id", in->tenant_id)) != KB_OK)
+	if (in->tenant_id[0] != '\0'
+	    && (e = names_check_id("tenant id", in->tenant_id)) != KB_OK)
 		return e;
-	if (in->environment[0] != '\0' &&
-	    (e = names_check_id("environment name", in->environment)) != KB_OK)
+	if (in->environment[0] != '\0'
+	    && (e = names_check_id("environment name", in->environment))
+	        != KB_OK)
 		return e;
-	if (in->result[0] != '\0' && strcmp(in->result, "ok") != 0 &&
-	    strcmp(in->result, "denied") != 0 &&
-	    strcmp(in->result, "error") != 0 &&
-	    strcmp(in->result, "started") != 0 &&
-	    strcmp(in->result, "requested") != 0)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "result filter \"%.20s\" "
+	if (in->result[0] != '\0' && strcmp(in->result, "ok") != 0
+	    && strcmp(in->result, "denied") != 0
+	    && strcmp(in->result, "error") != 0
+	    && strcmp(in->result, "started") != 0
+	    && strcmp(in->result, "requested") != 0)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "result filter \"%.20s\" "
 		    "must be ok, denied, error, started or requested",
 		    in->result);
 	if (in->until_us != 0 && in->since_us > in->until_us)
@@ -103,8 +105,8 @@ event_msg(const struct audit_event *ev)
 }
 
 enum kb_err
-rpc_audit_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_audit_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ListEventsRequest *in = (const void *)req;
 	Keybroker__V1__ListEventsResponse *out;
@@ -116,12 +118,15 @@ rpc_audit_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	if (in->page_size > PAGE_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "page_size %u is larger "
-		    "than the maximum of %d", in->page_size, PAGE_MAX);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "page_size %u is larger "
+		    "than the maximum of %d",
+		    in->page_size, PAGE_MAX);
 	limit = in->page_size ? in->page_size : PAGE_DEFAULT;
-	if ((e = make_filter(c, in->filter, &f)) != KB_OK ||
-	    (e = audit_list(c->b->audit, &f.f, in->after_seq, limit, &v, &n,
-	    &more)) != KB_OK)
+	if ((e = make_filter(c, in->filter, &f)) != KB_OK
+	    || (e = audit_list(
+	            c->b->audit, &f.f, in->after_seq, limit, &v, &n, &more))
+	        != KB_OK)
 		return e;
 	if ((out = malloc(sizeof(*out))) == NULL) {
 		free(v);
@@ -169,14 +174,17 @@ rpc_audit_tail(struct rpc_ctx *c, const ProtobufCMessage *req,
 		cursor = audit_last_seq(c->b->audit);
 	for (;;) {
 		if (ops->done(st) || audit_closing(c->b->audit))
-			return kb_errf(KB_ERR_UNAVAILABLE, "the stream ended (client "
-			    "gone or broker stopping); resume with after_seq=%" PRIu64,
+			return kb_errf(KB_ERR_UNAVAILABLE,
+			    "the stream ended (client "
+			    "gone or broker stopping); resume with "
+			    "after_seq=%" PRIu64,
 			    cursor);
 		/* Note the head before reading, so a stretch of events that
 		 * match nothing is skipped once, not re-read forever. */
 		head = audit_last_seq(c->b->audit);
-		if ((e = audit_list(c->b->audit, &f.f, cursor, TAIL_BATCH, &v, &n,
-		    &more)) != KB_OK)
+		if ((e = audit_list(
+		         c->b->audit, &f.f, cursor, TAIL_BATCH, &v, &n, &more))
+		    != KB_OK)
 			return e;
 		for (i = 0; i < n; i++) {
 			Keybroker__V1__Event *m = event_msg(&v[i]);
@@ -189,8 +197,10 @@ rpc_audit_tail(struct rpc_ctx *c, const ProtobufCMessage *req,
 			kb_wire_free(&m->base);
 			if (e != KB_OK) {
 				free(v);
-				return kb_errf(KB_ERR_CANCELLED, "the client went "
-				    "away after event %" PRIu64, cursor);
+				return kb_errf(KB_ERR_CANCELLED,
+				    "the client went "
+				    "away after event %" PRIu64,
+				    cursor);
 			}
 			cursor = v[i].seq;
 		}
@@ -205,8 +215,8 @@ rpc_audit_tail(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_audit_checkpoints(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_audit_checkpoints(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ListCheckpointsRequest *in = (const void *)req;
 	Keybroker__V1__ListCheckpointsResponse *out;
@@ -217,11 +227,14 @@ rpc_audit_checkpoints(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	if (in->page_size > PAGE_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "page_size %u is larger "
-		    "than the maximum of %d", in->page_size, PAGE_MAX);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "page_size %u is larger "
+		    "than the maximum of %d",
+		    in->page_size, PAGE_MAX);
 	limit = in->page_size ? in->page_size : PAGE_DEFAULT;
-	if ((e = audit_list_checkpoints(c->b->audit, in->after_seq, limit, &v,
-	    &n, &more)) != KB_OK)
+	if ((e = audit_list_checkpoints(
+	         c->b->audit, in->after_seq, limit, &v, &n, &more))
+	    != KB_OK)
 		return e;
 	if ((out = malloc(sizeof(*out))) == NULL) {
 		free(v);
@@ -247,17 +260,19 @@ rpc_audit_checkpoints(struct rpc_ctx *c, const ProtobufCMessage *req,
 		m->time_us = v[i].time_us;
 		m->key_id = rpc_strdup(v[i].key_id);
 		if ((m->head_hash.data = malloc(KB_AUDIT_HASH_LEN)) != NULL) {
-			memcpy(m->head_hash.data, v[i].head_hash, KB_AUDIT_HASH_LEN);
+			memcpy(m->head_hash.data, v[i].head_hash,
+			    KB_AUDIT_HASH_LEN);
 			m->head_hash.len = KB_AUDIT_HASH_LEN;
 		}
-		if (v[i].prev_sig_len > 0 &&
-		    (m->prev_signature.data = malloc(v[i].prev_sig_len)) != NULL) {
+		if (v[i].prev_sig_len > 0
+		    && (m->prev_signature.data = malloc(v[i].prev_sig_len))
+		        != NULL) {
 			memcpy(m->prev_signature.data, v[i].prev_sig,
 			    v[i].prev_sig_len);
 			m->prev_signature.len = v[i].prev_sig_len;
 		}
-		if (v[i].sig_len > 0 &&
-		    (m->signature.data = malloc(v[i].sig_len)) != NULL) {
+		if (v[i].sig_len > 0
+		    && (m->signature.data = malloc(v[i].sig_len)) != NULL) {
 			memcpy(m->signature.data, v[i].sig, v[i].sig_len);
 			m->signature.len = v[i].sig_len;
 		}
@@ -268,8 +283,8 @@ rpc_audit_checkpoints(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 /* One audit key as the API shows it (its public half from the token). */
 static enum kb_err
-audit_key_msg(struct rpc_ctx *c, const struct store_key *k,
-    Keybroker__V1__AuditKey **out)
+audit_key_msg(
+    struct rpc_ctx *c, const struct store_key *k, Keybroker__V1__AuditKey **out)
 {
 	Keybroker__V1__AuditKey *m;
 	char *pem = NULL;
@@ -294,8 +309,8 @@ audit_key_msg(struct rpc_ctx *c, const struct store_key *k,
 }
 
 enum kb_err
-rpc_audit_key(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_audit_key(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	Keybroker__V1__AuditKey *out;
 	char id[KB_AUDIT_KEY_ID_MAX];
@@ -305,8 +320,8 @@ rpc_audit_key(struct rpc_ctx *c, const ProtobufCMessage *req,
 	(void)req;
 	/* The key that signs now, which a rotation may have changed. */
 	audit_signing_key(c->b->audit, id);
-	if ((e = store_key_get(c->b->store, id, &k)) != KB_OK ||
-	    (e = audit_key_msg(c, &k, &out)) != KB_OK)
+	if ((e = store_key_get(c->b->store, id, &k)) != KB_OK
+	    || (e = audit_key_msg(c, &k, &out)) != KB_OK)
 		return e;
 	free(out->state);
 	out->state = rpc_strdup("active");
@@ -315,8 +330,8 @@ rpc_audit_key(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_audit_keys(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_audit_keys(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	Keybroker__V1__ListAuditKeysResponse *out;
 	struct store_key *v = NULL;
@@ -348,8 +363,8 @@ rpc_audit_keys(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_audit_key_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_audit_key_rotate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	Keybroker__V1__AuditKey *out;
 	struct store_key k;

@@ -18,8 +18,8 @@
 #define REPAIR_MAX 1000
 
 enum kb_err
-rpc_platform_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_platform_rotate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	struct store_job job;
 	char why[200];
@@ -29,9 +29,11 @@ rpc_platform_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	snprintf(why, sizeof(why), "asked by %s", c->id->name);
 	e = jobs_rotate_platform(c->b, why, &job);
 	if (e == KB_ERR_ALREADY_EXISTS)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "a platform key "
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "a platform key "
 		    "rotation is already running: job %s, %llu of %llu done "
-		    "(kbctl jobs show %s)", job.id, (unsigned long long)job.done,
+		    "(kbctl jobs show %s)",
+		    job.id, (unsigned long long)job.done,
 		    (unsigned long long)job.total, job.id);
 	if (e != KB_OK)
 		return e;
@@ -42,11 +44,11 @@ rpc_platform_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
 /* What is wrong with one stored DEK, opened in the token (the plaintext is
  * wiped at once): NULL when nothing is. */
 static const char *
-check_row(struct broker *b, const struct store_rewrap *r, char *msg,
-    size_t len, enum kb_err *fatal)
+check_row(struct broker *b, const struct store_rewrap *r, char *msg, size_t len,
+    enum kb_err *fatal)
 {
-	struct dek_row row = { r->tenant_id, r->name, r->uid, r->version,
-	    r->mode };
+	struct dek_row row = {
+	    r->tenant_id, r->name, r->uid, r->version, r->mode};
 	uint8_t plain[DEK_LEN];
 	enum kb_err e;
 
@@ -56,13 +58,17 @@ check_row(struct broker *b, const struct store_rewrap *r, char *msg,
 		snprintf(msg, len, "marked unrecoverable: %s", r->dek.damaged);
 		return "unrecoverable";
 	}
-	if (!dek_is_legacy(&r->dek) &&
-	    r->dek.wrapped_len != HSM_GCM_IV_LEN + DEK_LEN + HSM_GCM_TAG_LEN) {
-		snprintf(msg, len, "the stored blob is %zu bytes, not a sealed "
-		    "%d-byte key", r->dek.wrapped_len, DEK_LEN);
+	if (!dek_is_legacy(&r->dek)
+	    && r->dek.wrapped_len
+	        != HSM_GCM_IV_LEN + DEK_LEN + HSM_GCM_TAG_LEN) {
+		snprintf(msg, len,
+		    "the stored blob is %zu bytes, not a sealed "
+		    "%d-byte key",
+		    r->dek.wrapped_len, DEK_LEN);
 		return "damaged";
 	}
-	e = dek_open(b->hsm, &row, &r->dek, atomic_load(&b->legacy_open), plain);
+	e = dek_open(
+	    b->hsm, &row, &r->dek, atomic_load(&b->legacy_open), plain);
 	kb_wipe(plain, sizeof(plain));
 	if (e == KB_OK)
 		return NULL;
@@ -97,8 +103,8 @@ check_msg(const struct store_rewrap *r, const char *problem, const char *msg)
 }
 
 enum kb_err
-rpc_datakeys_verify(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_datakeys_verify(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__VerifyDataKeysRequest *in = (const void *)req;
 	Keybroker__V1__VerifyDataKeysResponse *out;
@@ -117,7 +123,8 @@ rpc_datakeys_verify(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((rows = calloc(limit, sizeof(*rows))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	if ((e = store_rewrap_fetch_after(c->b->store, &scan, in->after_env,
-	    in->after_version, rows, limit, &n)) != KB_OK)
+	         in->after_version, rows, limit, &n))
+	    != KB_OK)
 		goto out;
 	if ((out = malloc(sizeof(*out))) == NULL) {
 		e = kb_errf(KB_ERR_NOMEM, "out of memory");
@@ -142,8 +149,9 @@ rpc_datakeys_verify(struct rpc_ctx *c, const ProtobufCMessage *req,
 		}
 		if (problem == NULL)
 			continue;
-		if ((out->failures[out->n_failures] = check_msg(&rows[i], problem,
-		    msg)) == NULL) {
+		if ((out->failures[out->n_failures] =
+		            check_msg(&rows[i], problem, msg))
+		    == NULL) {
 			e = kb_errf(KB_ERR_NOMEM, "out of memory");
 			goto out;
 		}
@@ -159,7 +167,8 @@ rpc_datakeys_verify(struct rpc_ctx *c, const ProtobufCMessage *req,
 		out->next_version = in->after_version;
 	}
 	if (in->after_env == 0 && in->after_version == 0)
-		out->total = (uint64_t)store_deks_count(c->b->store, in->tenant_id);
+		out->total =
+		    (uint64_t)store_deks_count(c->b->store, in->tenant_id);
 	e = KB_OK;
 out:
 	if (rows != NULL)
@@ -185,12 +194,16 @@ repair_load(struct rpc_ctx *c, const Keybroker__V1__DataKeyRef *ref,
 
 	memset(out, 0, sizeof(*out));
 	if (ref->version == 0)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s/%s: a data key "
-		    "version is 1 or more", ref->tenant_id, ref->environment);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "%s/%s: a data key "
+		    "version is 1 or more",
+		    ref->tenant_id, ref->environment);
 	if ((e = store_env_dek(c->b->store, ref->tenant_id, ref->environment,
-	    ref->version, &env, &out->r.dek)) != KB_OK)
+	         ref->version, &env, &out->r.dek))
+	    != KB_OK)
 		return e;
-	snprintf(out->r.tenant_id, sizeof(out->r.tenant_id), "%s", env.tenant_id);
+	snprintf(
+	    out->r.tenant_id, sizeof(out->r.tenant_id), "%s", env.tenant_id);
 	snprintf(out->r.name, sizeof(out->r.name), "%s", env.name);
 	snprintf(out->r.uid, sizeof(out->r.uid), "%s", env.uid);
 	out->r.version = ref->version;
@@ -207,17 +220,19 @@ repair_kek(struct rpc_ctx *c, struct repair_row *rr)
 	struct store_key k;
 	char label[DEK_LABEL_MAX];
 
-	if (rr->r.mode != STORE_MODE_CUSTOMER ||
-	    store_key_get(c->b->store, rr->r.dek.key_id, &k) != KB_OK ||
-	    strcmp(k.purpose, "kek") != 0 ||
-	    strcmp(k.tenant_id, rr->r.tenant_id) != 0 ||
-	    (strcmp(k.state, "active") != 0 && strcmp(k.state, "installing") != 0)) {
+	if (rr->r.mode != STORE_MODE_CUSTOMER
+	    || store_key_get(c->b->store, rr->r.dek.key_id, &k) != KB_OK
+	    || strcmp(k.purpose, "kek") != 0
+	    || strcmp(k.tenant_id, rr->r.tenant_id) != 0
+	    || (strcmp(k.state, "active") != 0
+	        && strcmp(k.state, "installing") != 0)) {
 		kb_err_clear();
 		return 0;
 	}
 	dek_label(STORE_MODE_CUSTOMER, k.tenant_id, label, sizeof(label));
 	if (hsm_kek_unwrap(c->b->hsm, k.parent_id, k.wrap_alg, k.wrapped,
-	    k.wrapped_len, k.id, label) != KB_OK) {
+	        k.wrapped_len, k.id, label)
+	    != KB_OK) {
 		kb_err_clear();
 		return 0;
 	}
@@ -227,8 +242,8 @@ repair_kek(struct rpc_ctx *c, struct repair_row *rr)
 }
 
 enum kb_err
-rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_datakeys_repair(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__RepairDataKeysRequest *in = (const void *)req;
 	Keybroker__V1__RepairDataKeysResponse *out;
@@ -240,39 +255,45 @@ rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e, fatal;
 
 	if (n > REPAIR_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%zu rows to repair; at "
-		    "most %d in one call", n, REPAIR_MAX);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "%zu rows to repair; at "
+		    "most %d in one call",
+		    n, REPAIR_MAX);
 	if (n > 0 && (v = calloc(n, sizeof(*v))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	for (i = 0; i < n; i++) {
 		if ((e = repair_load(c, in->rows[i], &v[i])) != KB_OK)
 			goto out;
-		v[i].problem = check_row(c->b, &v[i].r, v[i].msg,
-		    sizeof(v[i].msg), &fatal);
+		v[i].problem = check_row(
+		    c->b, &v[i].r, v[i].msg, sizeof(v[i].msg), &fatal);
 		if ((e = fatal) != KB_OK)
 			goto out;
 		if (v[i].problem == NULL)
-			v[i].fixed = -1;	/* nothing wrong (any more) */
+			v[i].fixed = -1; /* nothing wrong (any more) */
 	}
 	for (i = 0; i < n; i++) {
 		if (v[i].fixed != 0 || v[i].r.locked)
 			continue;
-		/* The key is gone from the token but its wrapped copy is not. */
-		if (strcmp(v[i].problem, "key_missing") == 0 && repair_kek(c, &v[i])) {
+		/* The key is gone from the token but its wrapped copy is not.
+		 */
+		if (strcmp(v[i].problem, "key_missing") == 0
+		    && repair_kek(c, &v[i])) {
 			v[i].fixed = 1;
-			snprintf(v[i].msg, sizeof(v[i].msg), "its KEK %s was "
-			    "unwrapped again into the token from its stored copy",
+			snprintf(v[i].msg, sizeof(v[i].msg),
+			    "its KEK %s was "
+			    "unwrapped again into the token from its stored "
+			    "copy",
 			    v[i].r.dek.key_id);
 			continue;
 		}
 		/* A blob moved from one row to another (two rows swapped): the
 		 * healthy source is another failing row, found by opening its
 		 * blob with this row's associated data. */
-		row = (struct dek_row){ v[i].r.tenant_id, v[i].r.name, v[i].r.uid,
-		    v[i].r.version, v[i].r.mode };
+		row = (struct dek_row){v[i].r.tenant_id, v[i].r.name,
+		    v[i].r.uid, v[i].r.version, v[i].r.mode};
 		for (j = 0; j < n && v[i].fixed == 0; j++) {
-			if (j == i || v[j].r.dek.wrapped_len == 0 ||
-			    dek_is_legacy(&v[j].r.dek))
+			if (j == i || v[j].r.dek.wrapped_len == 0
+			    || dek_is_legacy(&v[j].r.dek))
 				continue;
 			if (dek_open(c->b->hsm, &row, &v[j].r.dek, 0, plain)
 			    != KB_OK) {
@@ -292,23 +313,27 @@ rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
 		j = (size_t)(v[i].fixed - 2);
 		d = v[j].r.dek;
 		d.version = v[i].r.version;
-		if ((e = store_dek_replace(c->b->store, v[i].r.tenant_id,
-		    v[i].r.name, &d)) != KB_OK)
+		if ((e = store_dek_replace(
+		         c->b->store, v[i].r.tenant_id, v[i].r.name, &d))
+		    != KB_OK)
 			goto out;
-		snprintf(msg, sizeof(msg), "its blob was found in %s/%s version "
-		    "%u (moved there) and put back", v[j].r.tenant_id,
-		    v[j].r.name, v[j].r.version);
+		snprintf(msg, sizeof(msg),
+		    "its blob was found in %s/%s version "
+		    "%u (moved there) and put back",
+		    v[j].r.tenant_id, v[j].r.name, v[j].r.version);
 		snprintf(v[i].msg, sizeof(v[i].msg), "%s", msg);
 		log_warn("repair: data key %u of %s/%s: %s", v[i].r.version,
 		    v[i].r.tenant_id, v[i].r.name, msg);
 	}
 	for (i = 0; i < n; i++) {
-		if (v[i].fixed != 0 || v[i].r.locked ||
-		    strcmp(v[i].problem, "unrecoverable") == 0)
+		if (v[i].fixed != 0 || v[i].r.locked
+		    || strcmp(v[i].problem, "unrecoverable") == 0)
 			continue;
-		snprintf(msg, sizeof(msg), "%s: %.120s", v[i].problem, v[i].msg);
+		snprintf(
+		    msg, sizeof(msg), "%s: %.120s", v[i].problem, v[i].msg);
 		if ((e = store_dek_mark_damaged(c->b->store, v[i].r.tenant_id,
-		    v[i].r.name, v[i].r.version, msg)) != KB_OK)
+		         v[i].r.name, v[i].r.version, msg))
+		    != KB_OK)
 			goto out;
 		log_error("repair: data key %u of %s/%s is unrecoverable (%s)",
 		    v[i].r.version, v[i].r.tenant_id, v[i].r.name, msg);
@@ -319,8 +344,9 @@ rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
 	}
 	keybroker__v1__repair_data_keys_response__init(out);
 	*resp = &out->base;
-	if (n > 0 && ((out->repaired = calloc(n, sizeof(void *))) == NULL ||
-	    (out->unrecoverable = calloc(n, sizeof(void *))) == NULL)) {
+	if (n > 0
+	    && ((out->repaired = calloc(n, sizeof(void *))) == NULL
+	        || (out->unrecoverable = calloc(n, sizeof(void *))) == NULL)) {
 		e = kb_errf(KB_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -329,8 +355,8 @@ rpc_datakeys_repair(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 		if (v[i].fixed < 0 || v[i].r.locked)
 			continue;
-		m = check_msg(&v[i].r, v[i].fixed > 0 ? "repaired" :
-		    "unrecoverable", v[i].msg);
+		m = check_msg(&v[i].r,
+		    v[i].fixed > 0 ? "repaired" : "unrecoverable", v[i].msg);
 		if (m == NULL) {
 			e = kb_errf(KB_ERR_NOMEM, "out of memory");
 			goto out;

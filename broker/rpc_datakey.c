@@ -17,13 +17,16 @@ static enum kb_err
 env_usable(const struct store_env *env)
 {
 	if (env->state == STORE_ENV_LOCKED)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "environment locked: "
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "environment locked: "
 		    "%s/%s is locked; an admin must unlock the tenant with its "
-		    "key and then unlock the environment", env->tenant_id,
-		    env->name);
+		    "key and then unlock the environment",
+		    env->tenant_id, env->name);
 	if (env->state == STORE_ENV_DELETED)
-		return kb_errf(KB_ERR_NOT_FOUND, "environment %s/%s was deleted "
-		    "and its data key destroyed", env->tenant_id, env->name);
+		return kb_errf(KB_ERR_NOT_FOUND,
+		    "environment %s/%s was deleted "
+		    "and its data key destroyed",
+		    env->tenant_id, env->name);
 	return KB_OK;
 }
 
@@ -39,12 +42,14 @@ open_dek(struct rpc_ctx *c, const struct store_env *env,
 	enum kb_err e;
 
 	dek_row_env(&row, env, dek->version, env->mode);
-	e = dek_open(c->b->hsm, &row, dek, atomic_load(&c->b->legacy_open),
-	    plain);
+	e = dek_open(
+	    c->b->hsm, &row, dek, atomic_load(&c->b->legacy_open), plain);
 	if (e == KB_ERR_NOT_FOUND)
-		return kb_errf(KB_ERR_UNAVAILABLE, "the key %s sealing data key "
-		    "%u of %s/%s is not available in the token (%s)", dek->key_id,
-		    dek->version, env->tenant_id, env->name, kb_err_msg(e));
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "the key %s sealing data key "
+		    "%u of %s/%s is not available in the token (%s)",
+		    dek->key_id, dek->version, env->tenant_id, env->name,
+		    kb_err_msg(e));
 	return e;
 }
 
@@ -66,18 +71,20 @@ unwrap_current(struct rpc_ctx *c, const Keybroker__V1__GetDataKeyRequest *in,
 
 	if ((e = open_dek(c, env, dek, plain)) == KB_OK)
 		return KB_OK;
-	e = kb_err_wrap(e, "unwrapping the data key of %s/%s", env->tenant_id,
-	    env->name);
+	e = kb_err_wrap(
+	    e, "unwrapping the data key of %s/%s", env->tenant_id, env->name);
 	snprintf(first, sizeof(first), "%s", kb_err_msg(e));
 	if ((e2 = store_env_dek(c->b->store, in->tenant_id, in->environment,
-	    in->version, env, &now)) != KB_OK)
+	         in->version, env, &now))
+	    != KB_OK)
 		return e2;
 	if ((e2 = env_usable(env)) != KB_OK)
 		return e2;
-	if (now.wrapped_len == dek->wrapped_len &&
-	    memcmp(now.wrapped, dek->wrapped, now.wrapped_len) == 0 &&
-	    strcmp(now.key_id, dek->key_id) == 0)
-		return kb_errf(e, "%s", first);	/* unchanged: the token's error */
+	if (now.wrapped_len == dek->wrapped_len
+	    && memcmp(now.wrapped, dek->wrapped, now.wrapped_len) == 0
+	    && strcmp(now.key_id, dek->key_id) == 0)
+		return kb_errf(
+		    e, "%s", first); /* unchanged: the token's error */
 	*dek = now;
 	if ((e = open_dek(c, env, dek, plain)) != KB_OK)
 		return kb_err_wrap(e, "unwrapping the data key of %s/%s",
@@ -86,8 +93,8 @@ unwrap_current(struct rpc_ctx *c, const Keybroker__V1__GetDataKeyRequest *in,
 }
 
 enum kb_err
-rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_datakey_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__GetDataKeyRequest *in = (const void *)req;
 	Keybroker__V1__GetDataKeyResponse *out;
@@ -99,15 +106,17 @@ rpc_datakey_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	/* The names and the service's binding to them were checked by the
 	 * method table (SERVICE_ENV), before existence is looked at here. */
 	if ((e = store_env_dek(c->b->store, in->tenant_id, in->environment,
-	    in->version, &env, &dek)) != KB_OK)
+	         in->version, &env, &dek))
+	    != KB_OK)
 		return e;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", env.key_id);
 	if ((e = env_usable(&env)) != KB_OK)
 		return e;
 	if (dek.damaged[0] != '\0')
-		return kb_errf(KB_ERR_CORRUPT, "data key %u of %s/%s was marked "
-		    "unrecoverable by kbctl repair: %s", dek.version, env.tenant_id,
-		    env.name, dek.damaged);
+		return kb_errf(KB_ERR_CORRUPT,
+		    "data key %u of %s/%s was marked "
+		    "unrecoverable by kbctl repair: %s",
+		    dek.version, env.tenant_id, env.name, dek.damaged);
 	if ((out = malloc(sizeof(*out))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	keybroker__v1__get_data_key_response__init(out);

@@ -20,23 +20,24 @@
  * change shares: the tenant neither locked nor installing a key, the
  * environment enabled. On success the caller holds the tenant lock. */
 static enum kb_err
-begin(struct rpc_ctx *c, const char *tenant, const char *name,
-    const char *what, struct store_tenant *t, struct store_env *env)
+begin(struct rpc_ctx *c, const char *tenant, const char *name, const char *what,
+    struct store_tenant *t, struct store_env *env)
 {
 	struct policy_tenant p;
 	enum kb_err e;
 
 	broker_tenant_lock(c->b, tenant);
-	if ((e = store_tenant_get(c->b->store, tenant, t)) != KB_OK ||
-	    (e = store_env_get(c->b->store, tenant, name, env)) != KB_OK)
+	if ((e = store_tenant_get(c->b->store, tenant, t)) != KB_OK
+	    || (e = store_env_get(c->b->store, tenant, name, env)) != KB_OK)
 		goto fail;
 	rpc_policy_tenant(t, &p);
 	if ((e = policy_may_change_env(&p, what)) != KB_OK)
 		goto fail;
 	if (env->state != STORE_ENV_ENABLED) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused by the "
-		    "enabled-environment rule: environment %s/%s is %s", what,
-		    tenant, name, store_env_state_name(env->state));
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "%s refused by the "
+		    "enabled-environment rule: environment %s/%s is %s",
+		    what, tenant, name, store_env_state_name(env->state));
 		goto fail;
 	}
 	return KB_OK;
@@ -79,8 +80,8 @@ seal_key(struct rpc_ctx *c, const char *tenant, enum store_env_mode mode,
  * the tenant's KEK or the platform key) and set the mode, in one
  * transaction. */
 static enum kb_err
-reseal_env(struct rpc_ctx *c, const struct store_env *env,
-    enum store_env_mode mode)
+reseal_env(
+    struct rpc_ctx *c, const struct store_env *env, enum store_env_mode mode)
 {
 	struct store_dek *v = NULL;
 	struct dek_row from, to;
@@ -88,20 +89,21 @@ reseal_env(struct rpc_ctx *c, const struct store_env *env,
 	size_t n = 0, i;
 	enum kb_err e;
 
-	if ((e = seal_key(c, env->tenant_id, mode, key_id)) != KB_OK ||
-	    (e = store_env_deks(c->b->store, env->tenant_id, env->name, &v, &n))
-	    != KB_OK)
+	if ((e = seal_key(c, env->tenant_id, mode, key_id)) != KB_OK
+	    || (e = store_env_deks(
+	            c->b->store, env->tenant_id, env->name, &v, &n))
+	        != KB_OK)
 		return e;
 	for (i = 0; i < n; i++) {
 		dek_row_env(&from, env, v[i].version, env->mode);
 		dek_row_env(&to, env, v[i].version, mode);
 		if ((e = dek_reseal(c->b->hsm, &from, &v[i],
-		    atomic_load(&c->b->legacy_open), &to, key_id, &v[i]))
+		         atomic_load(&c->b->legacy_open), &to, key_id, &v[i]))
 		    != KB_OK)
 			goto out;
 	}
-	e = store_env_rewrap(c->b->store, env->tenant_id, env->name, mode, v, n,
-	    c->now_us);
+	e = store_env_rewrap(
+	    c->b->store, env->tenant_id, env->name, mode, v, n, c->now_us);
 out:
 	if (v != NULL)
 		kb_wipe(v, n * sizeof(*v));
@@ -130,12 +132,16 @@ reseal_into(struct rpc_ctx *c, const struct store_env *src,
 	/* Every restore and copy adds a version, and ApplyKey loads them
 	 * all: a fair share caps them. */
 	if (n >= c->b->cfg->max_dek_versions)
-		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "environment %s/%s holds "
-		    "%zu data key versions, the most allowed (max_dek_versions = "
-		    "%u)", dst->tenant_id, dst->name, n, c->b->cfg->max_dek_versions);
-	if ((e = seal_key(c, dst->tenant_id, dst->mode, key_id)) != KB_OK ||
-	    (e = store_env_next_version(c->b->store, dst->tenant_id, dst->name,
-	    &version)) != KB_OK)
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "environment %s/%s holds "
+		    "%zu data key versions, the most allowed (max_dek_versions "
+		    "= "
+		    "%u)",
+		    dst->tenant_id, dst->name, n, c->b->cfg->max_dek_versions);
+	if ((e = seal_key(c, dst->tenant_id, dst->mode, key_id)) != KB_OK
+	    || (e = store_env_next_version(
+	            c->b->store, dst->tenant_id, dst->name, &version))
+	        != KB_OK)
 		return e;
 	dek_row_env(&from, src, dek->version, src->mode);
 	dek_row_env(&to, dst, version, dst->mode);
@@ -144,8 +150,8 @@ reseal_into(struct rpc_ctx *c, const struct store_env *src,
 }
 
 enum kb_err
-rpc_env_apply_key(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_apply_key(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
 	struct store_tenant t;
@@ -153,15 +159,19 @@ rpc_env_apply_key(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	if ((e = begin(c, in->tenant_id, in->name, "applying the tenant key",
-	    &t, &env)) != KB_OK)
+	         &t, &env))
+	    != KB_OK)
 		return e;
 	if (env.mode == STORE_MODE_CUSTOMER) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s already "
-		    "uses the tenant key %s", t.id, env.name, env.key_id);
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "environment %s/%s already "
+		    "uses the tenant key %s",
+		    t.id, env.name, env.key_id);
 		goto out;
 	}
 	if (t.active_key_id[0] == '\0') {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" has no "
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "tenant \"%s\" has no "
 		    "active key: generate or upload one and activate it first",
 		    t.id);
 		goto out;
@@ -177,20 +187,25 @@ out:
 }
 
 enum kb_err
-rpc_env_revert_key(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_revert_key(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
 	struct store_tenant t;
 	struct store_env env;
 	enum kb_err e;
 
-	if ((e = begin(c, in->tenant_id, in->name, "returning to the platform "
-	    "key", &t, &env)) != KB_OK)
+	if ((e = begin(c, in->tenant_id, in->name,
+	         "returning to the platform "
+	         "key",
+	         &t, &env))
+	    != KB_OK)
 		return e;
 	if (env.mode == STORE_MODE_PLATFORM) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s already "
-		    "uses the platform key", t.id, env.name);
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "environment %s/%s already "
+		    "uses the platform key",
+		    t.id, env.name);
 		goto out;
 	}
 	if ((e = reseal_env(c, &env, STORE_MODE_PLATFORM)) != KB_OK)
@@ -204,8 +219,8 @@ out:
 }
 
 enum kb_err
-rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_reset(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
 	struct store_tenant t;
@@ -219,19 +234,21 @@ rpc_env_reset(struct rpc_ctx *c, const ProtobufCMessage *req,
 	if ((e = begin(c, in->tenant_id, in->name, "reset", &t, &env)) != KB_OK)
 		return e;
 	/* A reset destroys: policy time is stored first (timemark.h). */
-	if ((e = timemark_advance(c->b->timemark, NULL)) != KB_OK ||
-	    (e = store_platform_current(c->b->store, &pk)) != KB_OK ||
-	    (e = store_env_next_version(c->b->store, t.id, env.name, &version))
-	    != KB_OK)
+	if ((e = timemark_advance(c->b->timemark, NULL)) != KB_OK
+	    || (e = store_platform_current(c->b->store, &pk)) != KB_OK
+	    || (e = store_env_next_version(
+	            c->b->store, t.id, env.name, &version))
+	        != KB_OK)
 		goto out;
 	dek_row_env(&row, &env, version, STORE_MODE_PLATFORM);
-	if ((e = dek_new(c->b->hsm, &row, pk.id, &dek)) != KB_OK ||
-	    (e = store_env_reset(c->b->store, t.id, env.name, &dek, c->now_us))
-	    != KB_OK)
+	if ((e = dek_new(c->b->hsm, &row, pk.id, &dek)) != KB_OK
+	    || (e = store_env_reset(
+	            c->b->store, t.id, env.name, &dek, c->now_us))
+	        != KB_OK)
 		goto out;
 	log_warn("environment %s/%s RESET by %s: its data keys and backups are "
-	    "destroyed; new data key version %u under the platform key", t.id,
-	    env.name, c->id->name, dek.version);
+	         "destroyed; new data key version %u under the platform key",
+	    t.id, env.name, c->id->name, dek.version);
 	e = reply_env(c, t.id, env.name, resp);
 out:
 	broker_tenant_unlock(c->b, in->tenant_id);
@@ -239,8 +256,8 @@ out:
 }
 
 enum kb_err
-rpc_env_backup(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_backup(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
 	struct store_tenant t;
@@ -249,11 +266,13 @@ rpc_env_backup(struct rpc_ctx *c, const ProtobufCMessage *req,
 	char id[STORE_KEY_ID_MAX];
 	enum kb_err e;
 
-	if ((e = begin(c, in->tenant_id, in->name, "backup", &t, &env)) != KB_OK)
+	if ((e = begin(c, in->tenant_id, in->name, "backup", &t, &env))
+	    != KB_OK)
 		return e;
-	if ((e = broker_new_id(c->b, "b-", id, sizeof(id))) != KB_OK ||
-	    (e = store_backup_create(c->b->store, t.id, env.name, id, c->now_us,
-	    &bk)) != KB_OK)
+	if ((e = broker_new_id(c->b, "b-", id, sizeof(id))) != KB_OK
+	    || (e = store_backup_create(
+	            c->b->store, t.id, env.name, id, c->now_us, &bk))
+	        != KB_OK)
 		goto out;
 	log_info("backup %s of %s/%s taken by %s (%s, key %s)", id, t.id,
 	    env.name, c->id->name, store_env_mode_name(bk.mode), bk.key_id);
@@ -264,8 +283,8 @@ out:
 }
 
 enum kb_err
-rpc_env_backups(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_backups(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ListBackupsRequest *in = (const void *)req;
 	Keybroker__V1__ListBackupsResponse *out;
@@ -273,7 +292,8 @@ rpc_env_backups(struct rpc_ctx *c, const ProtobufCMessage *req,
 	size_t n = 0, i;
 	enum kb_err e;
 
-	if ((e = store_backup_list(c->b->store, in->tenant_id, in->name, &v, &n))
+	if ((e = store_backup_list(
+	         c->b->store, in->tenant_id, in->name, &v, &n))
 	    != KB_OK)
 		return e;
 	if ((out = malloc(sizeof(*out))) == NULL) {
@@ -329,17 +349,20 @@ live_source(struct rpc_ctx *c, const char *what, const char *tenant,
 		snprintf(of, sizeof(of), "backup %s is of ", backup);
 	else
 		snprintf(of, sizeof(of), "the source ");
-	return kb_errf(KB_ERR_FAILED_PRECONDITION, "%s refused by the "
-	    "live-source rule: %s%s/%s, which is %s; %s", what, of, tenant,
-	    src->name, store_env_state_name(src->state),
-	    src->state == STORE_ENV_LOCKED ? "its data keys are used again "
-	    "only once it is unlocked (kbctl envs unlock)" : "its data keys "
-	    "were destroyed with it");
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "%s refused by the "
+	    "live-source rule: %s%s/%s, which is %s; %s",
+	    what, of, tenant, src->name, store_env_state_name(src->state),
+	    src->state == STORE_ENV_LOCKED
+	        ? "its data keys are used again "
+	          "only once it is unlocked (kbctl envs unlock)"
+	        : "its data keys "
+	          "were destroyed with it");
 }
 
 enum kb_err
-rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_restore(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__RestoreBackupRequest *in = (const void *)req;
 	struct store_tenant t;
@@ -350,30 +373,36 @@ rpc_env_restore(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 	if ((e = names_check_object_id("backup id", in->backup_id)) != KB_OK)
 		return e;
-	if ((e = begin(c, in->tenant_id, in->name, "restore", &t, &env)) != KB_OK)
+	if ((e = begin(c, in->tenant_id, in->name, "restore", &t, &env))
+	    != KB_OK)
 		return e;
 	if ((e = store_backup_get(c->b->store, t.id, in->backup_id, &bk))
-	    != KB_OK ||
-	    (e = live_source(c, "restore", t.id, bk.env, bk.id, &src)) != KB_OK)
+	        != KB_OK
+	    || (e = live_source(c, "restore", t.id, bk.env, bk.id, &src))
+	        != KB_OK)
 		goto out;
 	/* The rule: the backup's encryption state (mode and key) must be the
 	 * environment's current one. */
 	/* (Platform keys rotate: for platform encryption the mode is the
 	 * state.) */
-	if (bk.mode != env.mode || (env.mode == STORE_MODE_CUSTOMER &&
-	    strcmp(bk.key_id, env.key_id) != 0)) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "restore refused by the "
+	if (bk.mode != env.mode
+	    || (env.mode == STORE_MODE_CUSTOMER
+	        && strcmp(bk.key_id, env.key_id) != 0)) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "restore refused by the "
 		    "matching-encryption rule: backup %s was taken under %s "
 		    "encryption with key %s, but %s/%s now uses %s encryption "
-		    "with key %s", bk.id, store_env_mode_name(bk.mode), bk.key_id,
-		    t.id, env.name, store_env_mode_name(env.mode), env.key_id);
+		    "with key %s",
+		    bk.id, store_env_mode_name(bk.mode), bk.key_id, t.id,
+		    env.name, store_env_mode_name(env.mode), env.key_id);
 		goto out;
 	}
-	if ((e = store_env_dek(c->b->store, t.id, bk.env, bk.dek_version, &src,
-	    &dek)) != KB_OK)
+	if ((e = store_env_dek(
+	         c->b->store, t.id, bk.env, bk.dek_version, &src, &dek))
+	    != KB_OK)
 		goto out;
-	if ((e = reseal_into(c, &src, &dek, &env)) != KB_OK ||
-	    (e = add_version(c, t.id, env.name, &dek)) != KB_OK)
+	if ((e = reseal_into(c, &src, &dek, &env)) != KB_OK
+	    || (e = add_version(c, t.id, env.name, &dek)) != KB_OK)
 		goto out;
 	log_info("backup %s restored into %s/%s by %s (data key version %u)",
 	    bk.id, t.id, env.name, c->id->name, dek.version);
@@ -384,8 +413,8 @@ out:
 }
 
 enum kb_err
-rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_env_copy(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__CopyEnvironmentRequest *in = (const void *)req;
 	struct store_tenant t;
@@ -394,32 +423,35 @@ rpc_env_copy(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	if (strcmp(in->source, in->target) == 0)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "source and target are "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "source and target are "
 		    "the same environment");
-	if ((e = begin(c, in->tenant_id, in->target, "copy", &t, &dst)) != KB_OK)
-		return e;
-	if ((e = live_source(c, "copy", t.id, in->source, NULL, &src))
-	    != KB_OK ||
-	    (e = store_env_dek(c->b->store, t.id, in->source, 0, &src, &dek))
+	if ((e = begin(c, in->tenant_id, in->target, "copy", &t, &dst))
 	    != KB_OK)
+		return e;
+	if ((e = live_source(c, "copy", t.id, in->source, NULL, &src)) != KB_OK
+	    || (e = store_env_dek(c->b->store, t.id, in->source, 0, &src, &dek))
+	        != KB_OK)
 		goto out;
 	/* The rule: only onto an environment encrypted with the same customer
 	 * key. */
-	if (src.mode != STORE_MODE_CUSTOMER || dst.mode != STORE_MODE_CUSTOMER ||
-	    strcmp(src.key_id, dst.key_id) != 0) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "copy refused by the "
+	if (src.mode != STORE_MODE_CUSTOMER || dst.mode != STORE_MODE_CUSTOMER
+	    || strcmp(src.key_id, dst.key_id) != 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "copy refused by the "
 		    "same-customer-key rule: %s/%s uses %s encryption (key %s) "
 		    "and %s/%s uses %s encryption (key %s); both must use the "
-		    "same customer key", t.id, src.name,
-		    store_env_mode_name(src.mode), src.key_id, t.id, dst.name,
-		    store_env_mode_name(dst.mode), dst.key_id);
+		    "same customer key",
+		    t.id, src.name, store_env_mode_name(src.mode), src.key_id,
+		    t.id, dst.name, store_env_mode_name(dst.mode), dst.key_id);
 		goto out;
 	}
-	if ((e = reseal_into(c, &src, &dek, &dst)) != KB_OK ||
-	    (e = add_version(c, t.id, dst.name, &dek)) != KB_OK)
+	if ((e = reseal_into(c, &src, &dek, &dst)) != KB_OK
+	    || (e = add_version(c, t.id, dst.name, &dek)) != KB_OK)
 		goto out;
 	log_info("environment %s/%s copied onto %s/%s by %s (data key version "
-	    "%u)", t.id, src.name, t.id, dst.name, c->id->name, dek.version);
+	         "%u)",
+	    t.id, src.name, t.id, dst.name, c->id->name, dek.version);
 	e = reply_env(c, t.id, dst.name, resp);
 out:
 	broker_tenant_unlock(c->b, in->tenant_id);

@@ -11,8 +11,8 @@
 #include "keybroker.pb-c.h"
 
 enum kb_err
-rpc_health_check(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_health_check(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Grpc__Health__V1__HealthCheckRequest *in = (const void *)req;
 	Grpc__Health__V1__HealthCheckResponse *out;
@@ -20,9 +20,10 @@ rpc_health_check(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 	/* The health protocol answers NOT_FOUND for a service it does not
 	 * know; "" is the server as a whole. */
-	if (in->service[0] != '\0' &&
-	    strcmp(in->service, "keybroker.v1.KeyBroker") != 0)
-		return kb_errf(KB_ERR_NOT_FOUND, "unknown service \"%.100s\" "
+	if (in->service[0] != '\0'
+	    && strcmp(in->service, "keybroker.v1.KeyBroker") != 0)
+		return kb_errf(KB_ERR_NOT_FOUND,
+		    "unknown service \"%.100s\" "
 		    "(this server has \"\" and \"keybroker.v1.KeyBroker\")",
 		    in->service);
 	if ((out = malloc(sizeof(*out))) == NULL)
@@ -31,17 +32,17 @@ rpc_health_check(struct rpc_ctx *c, const ProtobufCMessage *req,
 	/* A probe that starts after this call, within a bound: a hung token
 	 * answers NOT_SERVING, not silence (health.c logs the changes). */
 	e = health_status(c->b->health, (int)c->b->cfg->health_timeout_ms);
-	out->status = e == KB_OK ?
-	    GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING :
-	    GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+	out->status = e == KB_OK
+	    ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+	    : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 	kb_err_clear();
 	*resp = &out->base;
 	return KB_OK;
 }
 
 enum kb_err
-rpc_whoami(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_whoami(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	Keybroker__V1__WhoAmIResponse *out;
 	const struct identity *id = c->id;
@@ -69,7 +70,8 @@ rpc_whoami(struct rpc_ctx *c, const ProtobufCMessage *req,
 				snprintf(buf, sizeof(buf), "%s/%s",
 				    id->scopes[i].tenant, id->scopes[i].env);
 			else
-				snprintf(buf, sizeof(buf), "%s", id->scopes[i].tenant);
+				snprintf(buf, sizeof(buf), "%s",
+				    id->scopes[i].tenant);
 			list[i] = rpc_strdup(buf);
 		}
 		if (id->role == ROLE_SERVICE) {

@@ -27,11 +27,15 @@ check_password(const char *pw, const char *what)
 	size_t n = strlen(pw);
 
 	if (n == 0)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s: a password is "
-		    "required", what);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "%s: a password is "
+		    "required",
+		    what);
 	if (n > PASSWORD_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "%s: the password is %zu "
-		    "bytes; the limit is %d", what, n, PASSWORD_MAX);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "%s: the password is %zu "
+		    "bytes; the limit is %d",
+		    what, n, PASSWORD_MAX);
 	return KB_OK;
 }
 
@@ -51,15 +55,17 @@ may_add_key(struct rpc_ctx *c, const char *tenant, struct store_tenant *t)
 	if ((e = policy_may_add_key(&p, c->now_us)) != KB_OK)
 		return e;
 	/* A fair share: a tenant-limited admin cannot fill the token. */
-	if ((e = store_key_list(c->b->store, tenant, "tenant", &v, &n)) != KB_OK)
+	if ((e = store_key_list(c->b->store, tenant, "tenant", &v, &n))
+	    != KB_OK)
 		return e;
 	for (i = 0; i < n; i++)
 		live += strcmp(v[i].state, "deleted") != 0;
 	free(v);
 	if (live >= c->b->cfg->max_keys_per_tenant)
-		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "tenant \"%s\" holds %zu "
-		    "keys, the most allowed (max_keys_per_tenant = %u)", tenant,
-		    live, c->b->cfg->max_keys_per_tenant);
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "tenant \"%s\" holds %zu "
+		    "keys, the most allowed (max_keys_per_tenant = %u)",
+		    tenant, live, c->b->cfg->max_keys_per_tenant);
 	return KB_OK;
 }
 
@@ -80,8 +86,8 @@ key_record(struct store_key *k, const char *id, const char *tenant,
 }
 
 enum kb_err
-rpc_key_generate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_key_generate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__GenerateKeyRequest *in = (const void *)req;
 	Keybroker__V1__GenerateKeyResponse *out = NULL;
@@ -107,14 +113,14 @@ rpc_key_generate(struct rpc_ctx *c, const ProtobufCMessage *req,
 		goto out;
 	snprintf(name, sizeof(name), "keybroker tenant key %s (%s)", id,
 	    in->tenant_id);
-	if ((e = pfx_create(pkey, in->password, name, &pfx, &pfx_len)) != KB_OK ||
-	    (e = fingerprint_pkey(pkey, fp)) != KB_OK)
+	if ((e = pfx_create(pkey, in->password, name, &pfx, &pfx_len)) != KB_OK
+	    || (e = fingerprint_pkey(pkey, fp)) != KB_OK)
 		goto out;
 	if ((e = hsm_rsa_import(c->b->hsm, id, pkey, HSM_USE_KEYWRAP)) != KB_OK)
 		goto out;
 	imported = 1;
-	key_record(&k, id, in->tenant_id, "generated", fp, c->b->wrap_alg,
-	    c->now_us);
+	key_record(
+	    &k, id, in->tenant_id, "generated", fp, c->b->wrap_alg, c->now_us);
 	if ((e = store_key_add(c->b->store, &k, c->now_us)) != KB_OK)
 		goto out;
 	imported = 0;
@@ -143,8 +149,8 @@ out:
 }
 
 enum kb_err
-rpc_key_upload(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_key_upload(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__UploadKeyRequest *in = (const void *)req;
 	struct store_tenant t;
@@ -155,17 +161,19 @@ rpc_key_upload(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	memset(&f, 0, sizeof(f));
-	if ((e = keys_file_check(in->file.data, in->file.len, (int)in->format,
-	    &f.format)) != KB_OK)
+	if ((e = keys_file_check(
+	         in->file.data, in->file.len, (int)in->format, &f.format))
+	    != KB_OK)
 		return e;
 	f.data = in->file.data;
 	f.len = in->file.len;
 	f.password = in->password;
 	if (f.format == KEYFILE_PFX && in->password[0] == '\0')
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "no password given for "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "no password given for "
 		    "the .pfx: tenant key files must be password protected");
-	if (f.format == KEYFILE_PFX &&
-	    (e = check_password(in->password, "uploading a .pfx")) != KB_OK)
+	if (f.format == KEYFILE_PFX
+	    && (e = check_password(in->password, "uploading a .pfx")) != KB_OK)
 		return e;
 	broker_tenant_lock(c->b, in->tenant_id);
 	if ((e = may_add_key(c, in->tenant_id, &t)) != KB_OK)
@@ -177,21 +185,25 @@ rpc_key_upload(struct rpc_ctx *c, const ProtobufCMessage *req,
 	imported = 1;
 	e = store_key_by_fingerprint(c->b->store, in->tenant_id, fp, &dup);
 	if (e == KB_OK && strcmp(dup.state, "deleted") != 0) {
-		e = kb_errf(KB_ERR_ALREADY_EXISTS, "this key is already tenant "
-		    "\"%s\"'s key %s (state %s)", in->tenant_id, dup.id, dup.state);
+		e = kb_errf(KB_ERR_ALREADY_EXISTS,
+		    "this key is already tenant "
+		    "\"%s\"'s key %s (state %s)",
+		    in->tenant_id, dup.id, dup.state);
 		goto out;
 	}
 	if (e != KB_OK && e != KB_ERR_NOT_FOUND)
 		goto out;
 	kb_err_clear();
-	key_record(&k, id, in->tenant_id, f.format == KEYFILE_BYOK ? "byok" :
-	    "pfx", fp, c->b->wrap_alg, c->now_us);
+	key_record(&k, id, in->tenant_id,
+	    f.format == KEYFILE_BYOK ? "byok" : "pfx", fp, c->b->wrap_alg,
+	    c->now_us);
 	if ((e = store_key_add(c->b->store, &k, c->now_us)) != KB_OK)
 		goto out;
 	imported = 0;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", id);
 	log_info("key %s uploaded (%s) for tenant %s by %s (fingerprint "
-	    "%.16s...)", id, k.origin, in->tenant_id, c->id->name, fp);
+	         "%.16s...)",
+	    id, k.origin, in->tenant_id, c->id->name, fp);
 	e = rpc_reply(resp, rpc_key_msg(&k));
 out:
 	if (imported)
@@ -201,8 +213,8 @@ out:
 }
 
 enum kb_err
-rpc_key_list(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_key_list(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ListKeysRequest *in = (const void *)req;
 	Keybroker__V1__ListKeysResponse *out;
@@ -236,34 +248,37 @@ rpc_key_list(struct rpc_ctx *c, const ProtobufCMessage *req,
 
 /* A tenant key by id, checking it belongs to the tenant. */
 static enum kb_err
-tenant_key(struct rpc_ctx *c, const char *tenant, const char *id,
-    struct store_key *k)
+tenant_key(
+    struct rpc_ctx *c, const char *tenant, const char *id, struct store_key *k)
 {
 	enum kb_err e;
 
 	if ((e = names_check_object_id("key id", id)) != KB_OK)
 		return e;
 	e = store_key_get(c->b->store, id, k);
-	if (e == KB_OK && (strcmp(k->tenant_id, tenant) != 0 ||
-	    strcmp(k->purpose, "tenant") != 0))
+	if (e == KB_OK
+	    && (strcmp(k->tenant_id, tenant) != 0
+	        || strcmp(k->purpose, "tenant") != 0))
 		e = KB_ERR_NOT_FOUND;
 	if (e == KB_ERR_NOT_FOUND)
-		return kb_errf(e, "tenant \"%s\" has no key \"%.72s\" (kbctl keys "
-		    "list %s shows its keys)", tenant, id, tenant);
+		return kb_errf(e,
+		    "tenant \"%s\" has no key \"%.72s\" (kbctl keys "
+		    "list %s shows its keys)",
+		    tenant, id, tenant);
 	return e;
 }
 
 enum kb_err
-rpc_key_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_key_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__GetKeyRequest *in = (const void *)req;
 	struct store_tenant t;
 	struct store_key k;
 	enum kb_err e;
 
-	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK ||
-	    (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
+	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK
+	    || (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
 		return e;
 	return rpc_reply(resp, rpc_key_msg(&k));
 }
@@ -275,8 +290,8 @@ kick_jobs(struct broker *b)
 }
 
 enum kb_err
-rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_key_activate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ActivateKeyRequest *in = (const void *)req;
 	struct policy_tenant p;
@@ -287,12 +302,14 @@ rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	enum kb_err e;
 
 	broker_tenant_lock(c->b, in->tenant_id);
-	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK ||
-	    (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
+	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK
+	    || (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
 		goto out;
 	if (strcmp(k.state, "available") != 0) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key %s is %s: only an "
-		    "available key can be activated", k.id, k.state);
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key %s is %s: only an "
+		    "available key can be activated",
+		    k.id, k.state);
 		goto out;
 	}
 	rpc_policy_tenant(&t, &p);
@@ -304,18 +321,21 @@ rpc_key_activate(struct rpc_ctx *c, const ProtobufCMessage *req,
 	}
 	/* The new key's KEK, made in the token and wrapped under it; the job
 	 * re-seals every customer-managed DEK of the tenant under it. */
-	if ((e = broker_new_id(c->b, "j-", job_id, sizeof(job_id))) != KB_OK ||
-	    (e = keys_kek_create(c->b, in->tenant_id, k.id, "installing", &kek))
-	    != KB_OK)
+	if ((e = broker_new_id(c->b, "j-", job_id, sizeof(job_id))) != KB_OK
+	    || (e = keys_kek_create(
+	            c->b, in->tenant_id, k.id, "installing", &kek))
+	        != KB_OK)
 		goto out;
 	if ((e = store_activation_begin(c->b->store, in->tenant_id, k.id,
-	    t.active_key_id, &kek, job_id, c->now_us, &job)) != KB_OK) {
+	         t.active_key_id, &kek, job_id, c->now_us, &job))
+	    != KB_OK) {
 		(void)hsm_key_destroy(c->b->hsm, kek.id);
 		goto out;
 	}
 	log_info("activation of key %s for tenant %s started by %s: job %s, "
-	    "%llu data keys to re-wrap", k.id, in->tenant_id, c->id->name,
-	    job_id, (unsigned long long)job.total);
+	         "%llu data keys to re-wrap",
+	    k.id, in->tenant_id, c->id->name, job_id,
+	    (unsigned long long)job.total);
 	c->after_audit = kick_jobs;
 	e = rpc_reply(resp, rpc_job_msg(&job));
 out:
@@ -324,8 +344,8 @@ out:
 }
 
 enum kb_err
-rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_job_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__GetJobRequest *in = (const void *)req;
 	struct store_job j;
@@ -338,8 +358,8 @@ rpc_job_get(struct rpc_ctx *c, const ProtobufCMessage *req,
 	/* A tenant-limited admin sees only its tenants' jobs; to it, others
 	 * do not exist. */
 	if (!identity_may_tenant(c->id, j.tenant_id))
-		return kb_errf(KB_ERR_NOT_FOUND, "job \"%s\" does not exist",
-		    in->id);
+		return kb_errf(
+		    KB_ERR_NOT_FOUND, "job \"%s\" does not exist", in->id);
 	return rpc_reply(resp, rpc_job_msg(&j));
 }
 
@@ -379,15 +399,15 @@ exchange_answer(struct rpc_ctx *c, const ProtobufCMessage *req,
 }
 
 enum kb_err
-rpc_kek_get(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_kek_get(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	return exchange_answer(c, req, resp, 0);
 }
 
 enum kb_err
-rpc_kek_rotate(struct rpc_ctx *c, const ProtobufCMessage *req,
-    ProtobufCMessage **resp)
+rpc_kek_rotate(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	return exchange_answer(c, req, resp, 1);
 }

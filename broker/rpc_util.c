@@ -32,8 +32,8 @@ rpc_tenant_msg(const struct store_tenant *t)
 	m->display_name = rpc_strdup(t->display_name);
 	m->create_time_us = t->create_time_us;
 	m->environment_count = t->env_count;
-	m->state = t->locked ? KEYBROKER__V1__TENANT_STATE__TENANT_STATE_LOCKED :
-	    KEYBROKER__V1__TENANT_STATE__TENANT_STATE_ACTIVE;
+	m->state = t->locked ? KEYBROKER__V1__TENANT_STATE__TENANT_STATE_LOCKED
+	                     : KEYBROKER__V1__TENANT_STATE__TENANT_STATE_ACTIVE;
 	m->active_key_id = rpc_strdup(t->active_key_id);
 	m->last_activation_time_us = t->last_activation_us;
 	m->last_key_change_time_us = t->last_key_change_us;
@@ -53,18 +53,21 @@ rpc_env_msg(const struct store_env *env)
 	keybroker__v1__environment__init(m);
 	m->tenant_id = rpc_strdup(env->tenant_id);
 	m->name = rpc_strdup(env->name);
-	m->mode = env->mode == STORE_MODE_CUSTOMER ?
-	    KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_CUSTOMER :
-	    KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_PLATFORM;
+	m->mode = env->mode == STORE_MODE_CUSTOMER
+	    ? KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_CUSTOMER
+	    : KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_PLATFORM;
 	switch (env->state) {
 	case STORE_ENV_ENABLED:
-		m->state = KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ENABLED;
+		m->state =
+		    KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ENABLED;
 		break;
 	case STORE_ENV_LOCKED:
-		m->state = KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED;
+		m->state =
+		    KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED;
 		break;
 	case STORE_ENV_DELETED:
-		m->state = KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED;
+		m->state =
+		    KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED;
 		break;
 	}
 	m->key_id = rpc_strdup(env->key_id);
@@ -95,11 +98,11 @@ key_state_enum(const char *s)
 		const char *name;
 		Keybroker__V1__KeyState v;
 	} map[] = {
-		{ "available", KEYBROKER__V1__KEY_STATE__KEY_STATE_AVAILABLE },
-		{ "installing", KEYBROKER__V1__KEY_STATE__KEY_STATE_INSTALLING },
-		{ "active", KEYBROKER__V1__KEY_STATE__KEY_STATE_ACTIVE },
-		{ "locked", KEYBROKER__V1__KEY_STATE__KEY_STATE_LOCKED },
-		{ "deleted", KEYBROKER__V1__KEY_STATE__KEY_STATE_DELETED },
+	    {"available", KEYBROKER__V1__KEY_STATE__KEY_STATE_AVAILABLE},
+	    {"installing", KEYBROKER__V1__KEY_STATE__KEY_STATE_INSTALLING},
+	    {"active", KEYBROKER__V1__KEY_STATE__KEY_STATE_ACTIVE},
+	    {"locked", KEYBROKER__V1__KEY_STATE__KEY_STATE_LOCKED},
+	    {"deleted", KEYBROKER__V1__KEY_STATE__KEY_STATE_DELETED},
 	};
 	size_t i;
 
@@ -171,9 +174,9 @@ rpc_backup_msg(const struct store_backup *bk)
 	m->tenant_id = rpc_strdup(bk->tenant_id);
 	m->environment = rpc_strdup(bk->env);
 	m->dek_version = bk->dek_version;
-	m->mode = bk->mode == STORE_MODE_CUSTOMER ?
-	    KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_CUSTOMER :
-	    KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_PLATFORM;
+	m->mode = bk->mode == STORE_MODE_CUSTOMER
+	    ? KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_CUSTOMER
+	    : KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_PLATFORM;
 	m->key_id = rpc_strdup(bk->key_id);
 	m->create_time_us = bk->create_time_us;
 	return m;

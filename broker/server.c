@@ -23,22 +23,22 @@
 #include "log.h"
 #include "workq.h"
 
-#define PENDING_REQUESTS 128      /* calls we are ready to accept at once */
-#define MAX_QUEUED 4096           /* requests waiting for a worker */
-#define HEALTH_WORKERS 2          /* threads answering health checks */
-#define HEALTH_QUEUED 256         /* health checks waiting for them */
-#define DRAIN_GRACE_S 15          /* then calls still running are cancelled */
+#define PENDING_REQUESTS 128 /* calls we are ready to accept at once */
+#define MAX_QUEUED 4096 /* requests waiting for a worker */
+#define HEALTH_WORKERS 2 /* threads answering health checks */
+#define HEALTH_QUEUED 256 /* health checks waiting for them */
+#define DRAIN_GRACE_S 15 /* then calls still running are cancelled */
 #define PEM_MAX (1 << 20)
 
-#define MAX_STREAMS 64           /* server-streaming calls at once */
+#define MAX_STREAMS 64 /* server-streaming calls at once */
 
 enum phase {
-	PHASE_NEW,        /* waiting for grpc_server_request_call */
-	PHASE_RECV,       /* waiting for the request message */
-	PHASE_SENT,       /* final status sent, waiting for the batch */
-	PHASE_STREAM_SEND,   /* one streamed message sent */
-	PHASE_STREAM_CLOSE,  /* the client closed or cancelled a stream */
-	PHASE_SHUTDOWN,   /* the server's shutdown notification */
+	PHASE_NEW, /* waiting for grpc_server_request_call */
+	PHASE_RECV, /* waiting for the request message */
+	PHASE_SENT, /* final status sent, waiting for the batch */
+	PHASE_STREAM_SEND, /* one streamed message sent */
+	PHASE_STREAM_CLOSE, /* the client closed or cancelled a stream */
+	PHASE_SHUTDOWN, /* the server's shutdown notification */
 };
 
 struct call;
@@ -59,7 +59,7 @@ struct call {
 	grpc_byte_buffer *resp;
 	grpc_slice status_details;
 	int cancelled;
-	atomic_int refs;          /* completions still due before freeing */
+	atomic_int refs; /* completions still due before freeing */
 	/* Every call waits for gRPC's close (RECV_CLOSE_ON_SERVER) from the
 	 * start, so a call the client cancelled while it queued is skipped,
 	 * and a stream ends when its client goes. */
@@ -78,14 +78,14 @@ struct server {
 	grpc_server *server;
 	grpc_completion_queue *cq;
 	struct workq *wq;
-	struct workq *health_wq;  /* health checks: never behind a hung token */
+	struct workq *health_wq; /* health checks: never behind a hung token */
 	struct tag shutdown_tag;
 	atomic_int shutting_down;
 	atomic_int streams;
-	atomic_int busy;          /* calls owned by workers or stream threads */
+	atomic_int busy; /* calls owned by workers or stream threads */
 	int64_t shutdown_started;
 	int cancelled_all;
-	int pending;                /* outstanding request_call count */
+	int pending; /* outstanding request_call count */
 };
 
 static char *
@@ -96,7 +96,8 @@ read_pem(const char *path)
 	size_t n;
 
 	if (f == NULL) {
-		kb_errf(KB_ERR_CONFIG, "cannot open %s: %s", path, strerror(errno));
+		kb_errf(
+		    KB_ERR_CONFIG, "cannot open %s: %s", path, strerror(errno));
 		return NULL;
 	}
 	if ((buf = malloc(PEM_MAX + 1)) == NULL) {
@@ -154,9 +155,9 @@ request_call(struct server *s)
 		log_error("out of memory accepting calls");
 		return;
 	}
-	c->main = (struct tag){ PHASE_NEW, c };
-	c->send = (struct tag){ PHASE_STREAM_SEND, c };
-	c->close = (struct tag){ PHASE_STREAM_CLOSE, c };
+	c->main = (struct tag){PHASE_NEW, c};
+	c->send = (struct tag){PHASE_STREAM_SEND, c};
+	c->close = (struct tag){PHASE_STREAM_CLOSE, c};
 	atomic_init(&c->refs, 1);
 	pthread_mutex_init(&c->smu, NULL);
 	pthread_cond_init(&c->scv, NULL);
@@ -166,8 +167,8 @@ request_call(struct server *s)
 	c->trailer.value = grpc_empty_slice();
 	grpc_call_details_init(&c->details);
 	grpc_metadata_array_init(&c->md);
-	err = grpc_server_request_call(s->server, &c->call, &c->details, &c->md,
-	    s->cq, s->cq, &c->main);
+	err = grpc_server_request_call(
+	    s->server, &c->call, &c->details, &c->md, s->cq, s->cq, &c->main);
 	if (err != GRPC_CALL_OK) {
 		log_error("grpc_server_request_call: error %d", (int)err);
 		call_free(c);
@@ -201,25 +202,26 @@ send_answer(struct call *c, grpc_status_code code, const char *msg)
 	op->data.send_status_from_server.status = code;
 	op->data.send_status_from_server.status_details =
 	    code == GRPC_STATUS_OK ? NULL : &c->status_details;
-	if (code != GRPC_STATUS_OK && (c->retry_after_ms != 0 ||
-	    c->request_id[0] != '\0')) {
+	if (code != GRPC_STATUS_OK
+	    && (c->retry_after_ms != 0 || c->request_id[0] != '\0')) {
 		char v[40];
 
 		if (c->request_id[0] != '\0') {
-			c->trailer.key = grpc_slice_from_static_string(
-			    "kb-request-id");
+			c->trailer.key =
+			    grpc_slice_from_static_string("kb-request-id");
 			snprintf(v, sizeof(v), "%s", c->request_id);
 		} else
 			snprintf(v, sizeof(v), "%u", c->retry_after_ms);
 		grpc_slice_unref(c->trailer.value);
 		c->trailer.value = grpc_slice_from_copied_string(v);
 		op->data.send_status_from_server.trailing_metadata_count = 1;
-		op->data.send_status_from_server.trailing_metadata = &c->trailer;
+		op->data.send_status_from_server.trailing_metadata =
+		    &c->trailer;
 	}
 	op++;
 	c->main.phase = PHASE_SENT;
-	err = grpc_call_start_batch(c->call, ops, (size_t)(op - ops), &c->main,
-	    NULL);
+	err = grpc_call_start_batch(
+	    c->call, ops, (size_t)(op - ops), &c->main, NULL);
 	if (err != GRPC_CALL_OK) {
 		/* The batch will never complete: drop its reference here. */
 		log_error("grpc_call_start_batch (answer): error %d", (int)err);
@@ -256,8 +258,9 @@ stream_send(struct rpc_stream *st, const ProtobufCMessage *msg)
 		return KB_ERR_CANCELLED;
 	}
 	c->send_pending = 1;
-	if (grpc_call_start_batch(c->call, ops, (size_t)(op - ops), &c->send,
-	    NULL) != GRPC_CALL_OK) {
+	if (grpc_call_start_batch(
+	        c->call, ops, (size_t)(op - ops), &c->send, NULL)
+	    != GRPC_CALL_OK) {
 		c->send_pending = 0;
 		pthread_mutex_unlock(&c->smu);
 		kb_wire_destroy(bb);
@@ -283,7 +286,7 @@ stream_done(struct rpc_stream *st)
 	return done;
 }
 
-static const struct rpc_stream_ops stream_ops = { stream_send, stream_done };
+static const struct rpc_stream_ops stream_ops = {stream_send, stream_done};
 
 /* The caller's address and certificate, from the call. The strings are
  * valid until the returned context and peer are released. */
@@ -296,8 +299,8 @@ call_peer(struct call *c, struct dispatch_peer *p, grpc_auth_context **ac,
 
 	*peer = grpc_call_get_peer(c->call);
 	if ((*ac = grpc_call_auth_context(c->call)) != NULL) {
-		it = grpc_auth_context_find_properties_by_name(*ac,
-		    GRPC_X509_PEM_CERT_PROPERTY_NAME);
+		it = grpc_auth_context_find_properties_by_name(
+		    *ac, GRPC_X509_PEM_CERT_PROPERTY_NAME);
 		prop = grpc_auth_property_iterator_next(&it);
 	}
 	p->peer = *peer != NULL ? *peer : "?";
@@ -318,7 +321,8 @@ stream_main(void *arg)
 	char *peer = NULL;
 
 	call_peer(c, &p, &ac, &peer);
-	dispatch_call(s->b, (const char *)GRPC_SLICE_START_PTR(c->details.method),
+	dispatch_call(s->b,
+	    (const char *)GRPC_SLICE_START_PTR(c->details.method),
 	    GRPC_SLICE_LENGTH(c->details.method), &p, c->req, &stream_ops,
 	    (struct rpc_stream *)c, &res);
 	grpc_auth_context_release(ac);
@@ -347,7 +351,8 @@ start_stream(struct call *c)
 
 	if (atomic_fetch_add(&s->streams, 1) >= MAX_STREAMS) {
 		atomic_fetch_sub(&s->streams, 1);
-		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "too many streams "
+		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
+		    "too many streams "
 		    "open at once; retry later");
 		return 0;
 	}
@@ -358,7 +363,8 @@ start_stream(struct call *c)
 	pthread_attr_destroy(&attr);
 	if (!started) {
 		atomic_fetch_sub(&s->streams, 1);
-		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED, "cannot start a "
+		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
+		    "cannot start a "
 		    "stream thread");
 	}
 	return started;
@@ -389,13 +395,16 @@ handle_call(void *arg)
 
 	if (call_closed(c)) {
 		/* The client gave up while the call queued: do no work. */
-		send_answer(c, GRPC_STATUS_CANCELLED, "cancelled by the client "
+		send_answer(c, GRPC_STATUS_CANCELLED,
+		    "cancelled by the client "
 		    "before the broker started it");
 		goto done;
 	}
-	if (gpr_time_cmp(c->details.deadline,
-	    gpr_now(c->details.deadline.clock_type)) < 0) {
-		send_answer(c, GRPC_STATUS_DEADLINE_EXCEEDED, "the call's deadline "
+	if (gpr_time_cmp(
+	        c->details.deadline, gpr_now(c->details.deadline.clock_type))
+	    < 0) {
+		send_answer(c, GRPC_STATUS_DEADLINE_EXCEEDED,
+		    "the call's deadline "
 		    "passed before the broker could start it");
 		goto done;
 	}
@@ -403,11 +412,12 @@ handle_call(void *arg)
 	    GRPC_SLICE_LENGTH(c->details.method));
 	if (m != NULL && m->stream != NULL) {
 		if (start_stream(c))
-			return;      /* the stream thread owns the call now */
+			return; /* the stream thread owns the call now */
 		goto done;
 	}
 	call_peer(c, &p, &ac, &peer);
-	dispatch_call(s->b, (const char *)GRPC_SLICE_START_PTR(c->details.method),
+	dispatch_call(s->b,
+	    (const char *)GRPC_SLICE_START_PTR(c->details.method),
 	    GRPC_SLICE_LENGTH(c->details.method), &p, c->req, NULL, NULL, &res);
 	grpc_auth_context_release(ac);
 	gpr_free(peer);
@@ -431,12 +441,12 @@ static atomic_int listener_failed;
 
 static struct {
 	pthread_mutex_t mu;
-	uint64_t count;          /* since the last summary */
+	uint64_t count; /* since the last summary */
 	uint64_t total;
 	int64_t first_s, last_s; /* monotonic seconds */
 	int64_t logged_s;
 	char last[200];
-} hs = { PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, "" };
+} hs = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, 0, 0, ""};
 
 static int64_t
 mono_s(void)
@@ -449,12 +459,13 @@ mono_s(void)
 static void
 handshake_summary_locked(int64_t now, int force)
 {
-	if (hs.count == 0 || (!force && now - hs.logged_s <
-	    HANDSHAKE_LOG_INTERVAL_S))
+	if (hs.count == 0
+	    || (!force && now - hs.logged_s < HANDSHAKE_LOG_INTERVAL_S))
 		return;
 	log_warn("TLS handshakes refused: %llu in the last %lld s (%llu since "
-	    "start); last: %s (the peer's address is not known at this "
-	    "stage)", (unsigned long long)hs.count,
+	         "start); last: %s (the peer's address is not known at this "
+	         "stage)",
+	    (unsigned long long)hs.count,
 	    (long long)(now - hs.first_s > 0 ? now - hs.first_s : 1),
 	    (unsigned long long)hs.total, hs.last);
 	hs.count = 0;
@@ -498,16 +509,17 @@ handshake_log_flush(void)
 static void
 grpc_log_hook(gpr_log_func_args *a)
 {
-	if (a->severity == GPR_LOG_SEVERITY_ERROR &&
-	    strstr(a->message, "accept4") != NULL &&
-	    strstr(a->message, "Too many open files") != NULL &&
-	    atomic_exchange(&listener_failed, 1) == 0)
-		log_error("the listener ran out of file descriptors (accept4: "
+	if (a->severity == GPR_LOG_SEVERITY_ERROR
+	    && strstr(a->message, "accept4") != NULL
+	    && strstr(a->message, "Too many open files") != NULL
+	    && atomic_exchange(&listener_failed, 1) == 0)
+		log_error(
+		    "the listener ran out of file descriptors (accept4: "
 		    "EMFILE); gRPC accepts no connection after this: raise "
 		    "LimitNOFILE, find who holds the connections; the broker "
 		    "will restart");
-	if (strncmp(a->message, "Handshake failed", 16) == 0 &&
-	    a->file != NULL && strstr(a->file, "ssl_transport_security") != NULL) {
+	if (strncmp(a->message, "Handshake failed", 16) == 0 && a->file != NULL
+	    && strstr(a->file, "ssl_transport_security") != NULL) {
 		handshake_failed(a->message);
 		return;
 	}
@@ -535,8 +547,8 @@ is_health(const struct call *c)
 	static const char path[] = "/grpc.health.v1.Health/Check";
 	const grpc_slice *m = &c->details.method;
 
-	return GRPC_SLICE_LENGTH(*m) == sizeof(path) - 1 &&
-	    memcmp(GRPC_SLICE_START_PTR(*m), path, sizeof(path) - 1) == 0;
+	return GRPC_SLICE_LENGTH(*m) == sizeof(path) - 1
+	    && memcmp(GRPC_SLICE_START_PTR(*m), path, sizeof(path) - 1) == 0;
 }
 
 static void
@@ -550,7 +562,7 @@ on_event(struct server *s, struct tag *t, int ok)
 	switch (t->phase) {
 	case PHASE_NEW:
 		s->pending--;
-		if (!ok) {            /* server shutting down */
+		if (!ok) { /* server shutting down */
 			call_free(c);
 			return;
 		}
@@ -559,8 +571,8 @@ on_event(struct server *s, struct tag *t, int ok)
 		memset(&op, 0, sizeof(op));
 		op.op = GRPC_OP_RECV_CLOSE_ON_SERVER;
 		op.data.recv_close_on_server.cancelled = &c->cancelled;
-		if (grpc_call_start_batch(c->call, &op, 1, &c->close, NULL) ==
-		    GRPC_CALL_OK)
+		if (grpc_call_start_batch(c->call, &op, 1, &c->close, NULL)
+		    == GRPC_CALL_OK)
 			atomic_fetch_add(&c->refs, 1);
 		else
 			c->closed = 1;
@@ -578,13 +590,16 @@ on_event(struct server *s, struct tag *t, int ok)
 		return;
 	case PHASE_RECV:
 		if (!ok) {
-			send_answer(c, GRPC_STATUS_CANCELLED, "request not received");
+			send_answer(
+			    c, GRPC_STATUS_CANCELLED, "request not received");
 			return;
 		}
 		atomic_fetch_add(&s->busy, 1);
-		if ((e = workq_push(is_health(c) ? s->health_wq : s->wq,
-		    handle_call, c)) != KB_OK) {
-			/* Shed load: answer at once rather than queue forever. */
+		if ((e = workq_push(
+		         is_health(c) ? s->health_wq : s->wq, handle_call, c))
+		    != KB_OK) {
+			/* Shed load: answer at once rather than queue forever.
+			 */
 			atomic_fetch_sub(&s->busy, 1);
 			send_answer(c, kb_err_to_grpc(e), kb_err_msg(e));
 		}
@@ -603,11 +618,8 @@ on_event(struct server *s, struct tag *t, int ok)
 		pthread_mutex_unlock(&c->smu);
 		call_unref(c);
 		return;
-	case PHASE_SENT:
-		call_unref(c);
-		return;
-	case PHASE_SHUTDOWN:
-		return;
+	case PHASE_SENT: call_unref(c); return;
+	case PHASE_SHUTDOWN: return;
 	}
 }
 
@@ -616,7 +628,7 @@ server_start(struct broker *b, struct server **out)
 {
 	struct server *s = NULL;
 	grpc_server_credentials *creds = NULL;
-	grpc_ssl_pem_key_cert_pair pair = { NULL, NULL };
+	grpc_ssl_pem_key_cert_pair pair = {NULL, NULL};
 	char *ca = NULL, *cert = NULL, *key = NULL;
 	size_t key_len = 0;
 	grpc_arg args[5];
@@ -625,15 +637,15 @@ server_start(struct broker *b, struct server **out)
 	int i;
 
 	*out = NULL;
-	if ((ca = read_pem(b->cfg->client_ca)) == NULL ||
-	    (cert = read_pem(b->cfg->tls_cert)) == NULL) {
+	if ((ca = read_pem(b->cfg->client_ca)) == NULL
+	    || (cert = read_pem(b->cfg->tls_cert)) == NULL) {
 		e = KB_ERR_CONFIG;
 		goto out;
 	}
 	/* The server's private key is a secret like the PIN: refused when
 	 * group or others may read it, kept in locked memory. */
-	if ((e = kb_secret_file_read(b->cfg->tls_key, 1, &key, &key_len)) !=
-	    KB_OK) {
+	if ((e = kb_secret_file_read(b->cfg->tls_key, 1, &key, &key_len))
+	    != KB_OK) {
 		kb_err_wrap(e, "tls_key");
 		goto out;
 	}
@@ -651,8 +663,9 @@ server_start(struct broker *b, struct server **out)
 	atomic_init(&s->shutting_down, 0);
 	atomic_init(&s->streams, 0);
 	atomic_init(&s->busy, 0);
-	if ((e = workq_new(b->cfg->workers, MAX_QUEUED, &s->wq)) != KB_OK ||
-	    (e = workq_new(HEALTH_WORKERS, HEALTH_QUEUED, &s->health_wq)) != KB_OK)
+	if ((e = workq_new(b->cfg->workers, MAX_QUEUED, &s->wq)) != KB_OK
+	    || (e = workq_new(HEALTH_WORKERS, HEALTH_QUEUED, &s->health_wq))
+	        != KB_OK)
 		goto out;
 
 	pair.private_key = key;
@@ -663,8 +676,10 @@ server_start(struct broker *b, struct server **out)
 	creds = grpc_ssl_server_credentials_create_ex(ca, &pair, 1,
 	    GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY, NULL);
 	if (creds == NULL) {
-		e = kb_errf(KB_ERR_CONFIG, "cannot use the TLS certificate %s "
-		    "and key %s", b->cfg->tls_cert, b->cfg->tls_key);
+		e = kb_errf(KB_ERR_CONFIG,
+		    "cannot use the TLS certificate %s "
+		    "and key %s",
+		    b->cfg->tls_cert, b->cfg->tls_key);
 		goto out;
 	}
 	args[0].type = GRPC_ARG_INTEGER;
@@ -690,8 +705,10 @@ server_start(struct broker *b, struct server **out)
 	s->cq = grpc_completion_queue_create_for_next(NULL);
 	grpc_server_register_completion_queue(s->server, s->cq, NULL);
 	if (grpc_server_add_http2_port(s->server, b->cfg->listen, creds) == 0) {
-		e = kb_errf(KB_ERR_CONFIG, "cannot listen on %s (address in use, "
-		    "or not a HOST:PORT this machine has?)", b->cfg->listen);
+		e = kb_errf(KB_ERR_CONFIG,
+		    "cannot listen on %s (address in use, "
+		    "or not a HOST:PORT this machine has?)",
+		    b->cfg->listen);
 		goto out;
 	}
 	grpc_server_start(s->server);
@@ -705,8 +722,8 @@ out:
 		grpc_server_credentials_release(creds);
 	if (s != NULL) {
 		if (s->server != NULL) {
-			grpc_server_shutdown_and_notify(s->server, s->cq,
-			    &s->shutdown_tag);
+			grpc_server_shutdown_and_notify(
+			    s->server, s->cq, &s->shutdown_tag);
 			atomic_store(&s->shutting_down, 1);
 			server_run(s);
 		}
@@ -745,19 +762,24 @@ server_run(struct server *s)
 		}
 		ev = grpc_completion_queue_next(s->cq,
 		    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
-		    gpr_time_from_millis(drained ? 50 : 500, GPR_TIMESPAN)), NULL);
+		        gpr_time_from_millis(drained ? 50 : 500, GPR_TIMESPAN)),
+		    NULL);
 		if (ev.type == GRPC_QUEUE_SHUTDOWN)
 			break;
 		if (ev.type == GRPC_QUEUE_TIMEOUT) {
 			handshake_log_flush();
-			if (atomic_load(&s->shutting_down) && !s->cancelled_all) {
+			if (atomic_load(&s->shutting_down)
+			    && !s->cancelled_all) {
 				if (s->shutdown_started == 0)
-					s->shutdown_started = gpr_now(
-					    GPR_CLOCK_MONOTONIC).tv_sec;
-				else if (gpr_now(GPR_CLOCK_MONOTONIC).tv_sec -
-				    s->shutdown_started >= DRAIN_GRACE_S) {
-					log_warn("calls still running after %d s: "
-					    "cancelling them", DRAIN_GRACE_S);
+					s->shutdown_started =
+					    gpr_now(GPR_CLOCK_MONOTONIC).tv_sec;
+				else if (gpr_now(GPR_CLOCK_MONOTONIC).tv_sec
+				        - s->shutdown_started
+				    >= DRAIN_GRACE_S) {
+					log_warn(
+					    "calls still running after %d s: "
+					    "cancelling them",
+					    DRAIN_GRACE_S);
 					grpc_server_cancel_all_calls(s->server);
 					s->cancelled_all = 1;
 				}

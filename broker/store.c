@@ -14,179 +14,182 @@
 /* Migrations: index i brings the schema from version i to i + 1. Never edit
  * a released migration; append a new one. */
 static const char *const migrations[] = {
-	/* 1: tenants, keys, environments, DEKs. */
-	"CREATE TABLE meta ("
-	"  key TEXT PRIMARY KEY,"
-	"  value TEXT NOT NULL);"
-	"CREATE TABLE tenants ("
-	"  id TEXT PRIMARY KEY,"
-	"  display_name TEXT NOT NULL,"
-	"  create_time_us INTEGER NOT NULL);"
-	"CREATE TABLE keys ("
-	"  id TEXT PRIMARY KEY,"
-	"  tenant_id TEXT REFERENCES tenants(id),"
-	"  purpose TEXT NOT NULL,"
-	"  origin TEXT NOT NULL,"
-	"  state TEXT NOT NULL,"
-	"  fingerprint TEXT NOT NULL,"
-	"  wrap_alg TEXT NOT NULL DEFAULT '',"
-	"  create_time_us INTEGER NOT NULL,"
-	"  update_time_us INTEGER NOT NULL);"
-	"CREATE INDEX keys_tenant ON keys(tenant_id, state);"
-	"CREATE TABLE environments ("
-	"  id INTEGER PRIMARY KEY,"
-	"  tenant_id TEXT NOT NULL REFERENCES tenants(id),"
-	"  name TEXT NOT NULL,"
-	"  mode TEXT NOT NULL CHECK (mode IN ('platform', 'customer')),"
-	"  state TEXT NOT NULL CHECK (state IN ('enabled', 'locked', 'deleted')),"
-	"  dek_version INTEGER NOT NULL,"
-	"  create_time_us INTEGER NOT NULL,"
-	"  update_time_us INTEGER NOT NULL,"
-	"  UNIQUE (tenant_id, name));"
-	"CREATE TABLE deks ("
-	"  env_id INTEGER NOT NULL REFERENCES environments(id),"
-	"  version INTEGER NOT NULL,"
-	"  key_id TEXT NOT NULL REFERENCES keys(id),"
-	"  wrap_alg TEXT NOT NULL,"
-	"  wrapped BLOB NOT NULL,"
-	"  create_time_us INTEGER NOT NULL,"
-	"  PRIMARY KEY (env_id, version));"
-	"CREATE INDEX deks_key ON deks(key_id);",
+    /* 1: tenants, keys, environments, DEKs. */
+    "CREATE TABLE meta ("
+    "  key TEXT PRIMARY KEY,"
+    "  value TEXT NOT NULL);"
+    "CREATE TABLE tenants ("
+    "  id TEXT PRIMARY KEY,"
+    "  display_name TEXT NOT NULL,"
+    "  create_time_us INTEGER NOT NULL);"
+    "CREATE TABLE keys ("
+    "  id TEXT PRIMARY KEY,"
+    "  tenant_id TEXT REFERENCES tenants(id),"
+    "  purpose TEXT NOT NULL,"
+    "  origin TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  fingerprint TEXT NOT NULL,"
+    "  wrap_alg TEXT NOT NULL DEFAULT '',"
+    "  create_time_us INTEGER NOT NULL,"
+    "  update_time_us INTEGER NOT NULL);"
+    "CREATE INDEX keys_tenant ON keys(tenant_id, state);"
+    "CREATE TABLE environments ("
+    "  id INTEGER PRIMARY KEY,"
+    "  tenant_id TEXT NOT NULL REFERENCES tenants(id),"
+    "  name TEXT NOT NULL,"
+    "  mode TEXT NOT NULL CHECK (mode IN ('platform', 'customer')),"
+    "  state TEXT NOT NULL CHECK (state IN ('enabled', 'locked', 'deleted')),"
+    "  dek_version INTEGER NOT NULL,"
+    "  create_time_us INTEGER NOT NULL,"
+    "  update_time_us INTEGER NOT NULL,"
+    "  UNIQUE (tenant_id, name));"
+    "CREATE TABLE deks ("
+    "  env_id INTEGER NOT NULL REFERENCES environments(id),"
+    "  version INTEGER NOT NULL,"
+    "  key_id TEXT NOT NULL REFERENCES keys(id),"
+    "  wrap_alg TEXT NOT NULL,"
+    "  wrapped BLOB NOT NULL,"
+    "  create_time_us INTEGER NOT NULL,"
+    "  PRIMARY KEY (env_id, version));"
+    "CREATE INDEX deks_key ON deks(key_id);",
 
-	/* 2: tenant keys, lock state, activation jobs, backups. */
-	"ALTER TABLE tenants ADD COLUMN state TEXT NOT NULL DEFAULT 'active'"
-	"  CHECK (state IN ('active', 'locked'));"
-	"ALTER TABLE tenants ADD COLUMN last_activation_us INTEGER NOT NULL DEFAULT 0;"
-	"ALTER TABLE tenants ADD COLUMN last_key_change_us INTEGER NOT NULL DEFAULT 0;"
-	"ALTER TABLE tenants ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
-	"ALTER TABLE tenants ADD COLUMN lock_key_id TEXT NOT NULL DEFAULT '';"
-	"ALTER TABLE keys ADD COLUMN bits INTEGER NOT NULL DEFAULT 2048;"
-	"ALTER TABLE keys ADD COLUMN activate_time_us INTEGER NOT NULL DEFAULT 0;"
-	"ALTER TABLE keys ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
-	"ALTER TABLE keys ADD COLUMN delete_time_us INTEGER NOT NULL DEFAULT 0;"
-	"CREATE INDEX keys_fingerprint ON keys(tenant_id, fingerprint);"
-	"ALTER TABLE environments ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
-	"CREATE INDEX environments_state ON environments(state, lock_time_us);"
-	"CREATE INDEX environments_tenant_mode ON environments(tenant_id, mode);"
-	"CREATE TABLE jobs ("
-	"  id TEXT PRIMARY KEY,"
-	"  tenant_id TEXT NOT NULL REFERENCES tenants(id),"
-	"  kind TEXT NOT NULL,"
-	"  key_id TEXT NOT NULL,"
-	"  previous_key_id TEXT NOT NULL DEFAULT '',"
-	"  state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),"
-	"  total INTEGER NOT NULL DEFAULT 0,"
-	"  done INTEGER NOT NULL DEFAULT 0,"
-	"  error TEXT NOT NULL DEFAULT '',"
-	"  create_time_us INTEGER NOT NULL,"
-	"  update_time_us INTEGER NOT NULL);"
-	"CREATE INDEX jobs_state ON jobs(state);"
-	"CREATE TABLE backups ("
-	"  id TEXT PRIMARY KEY,"
-	"  env_id INTEGER NOT NULL REFERENCES environments(id),"
-	"  dek_version INTEGER NOT NULL,"
-	"  mode TEXT NOT NULL,"
-	"  key_id TEXT NOT NULL,"
-	"  create_time_us INTEGER NOT NULL);"
-	"CREATE INDEX backups_env ON backups(env_id);",
+    /* 2: tenant keys, lock state, activation jobs, backups. */
+    "ALTER TABLE tenants ADD COLUMN state TEXT NOT NULL DEFAULT 'active'"
+    "  CHECK (state IN ('active', 'locked'));"
+    "ALTER TABLE tenants ADD COLUMN last_activation_us INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "ALTER TABLE tenants ADD COLUMN last_key_change_us INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "ALTER TABLE tenants ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE tenants ADD COLUMN lock_key_id TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE keys ADD COLUMN bits INTEGER NOT NULL DEFAULT 2048;"
+    "ALTER TABLE keys ADD COLUMN activate_time_us INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE keys ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE keys ADD COLUMN delete_time_us INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX keys_fingerprint ON keys(tenant_id, fingerprint);"
+    "ALTER TABLE environments ADD COLUMN lock_time_us INTEGER NOT NULL DEFAULT "
+    "0;"
+    "CREATE INDEX environments_state ON environments(state, lock_time_us);"
+    "CREATE INDEX environments_tenant_mode ON environments(tenant_id, mode);"
+    "CREATE TABLE jobs ("
+    "  id TEXT PRIMARY KEY,"
+    "  tenant_id TEXT NOT NULL REFERENCES tenants(id),"
+    "  kind TEXT NOT NULL,"
+    "  key_id TEXT NOT NULL,"
+    "  previous_key_id TEXT NOT NULL DEFAULT '',"
+    "  state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),"
+    "  total INTEGER NOT NULL DEFAULT 0,"
+    "  done INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT NOT NULL DEFAULT '',"
+    "  create_time_us INTEGER NOT NULL,"
+    "  update_time_us INTEGER NOT NULL);"
+    "CREATE INDEX jobs_state ON jobs(state);"
+    "CREATE TABLE backups ("
+    "  id TEXT PRIMARY KEY,"
+    "  env_id INTEGER NOT NULL REFERENCES environments(id),"
+    "  dek_version INTEGER NOT NULL,"
+    "  mode TEXT NOT NULL,"
+    "  key_id TEXT NOT NULL,"
+    "  create_time_us INTEGER NOT NULL);"
+    "CREATE INDEX backups_env ON backups(env_id);",
 
-	/* 3: envelope v2. Environments get an id that is never reused (the
-	 * sealed DEKs' associated data names it); the BYOK key-exchange keys
-	 * become purpose 'exchange' and 'kek' now names a tenant's AES KEK,
-	 * stored wrapped under its parent tenant key; jobs may be
-	 * platform-wide (no tenant) and name the key they re-seal under. */
-	"ALTER TABLE environments ADD COLUMN uid TEXT;"
-	"UPDATE environments SET uid = lower(hex(randomblob(16)));"
-	"CREATE UNIQUE INDEX environments_uid ON environments(uid);"
-	"UPDATE keys SET purpose = 'exchange' WHERE purpose = 'kek';"
-	"ALTER TABLE keys ADD COLUMN parent_id TEXT NOT NULL DEFAULT '';"
-	"ALTER TABLE keys ADD COLUMN wrapped BLOB;"
-	"CREATE INDEX keys_parent ON keys(parent_id);"
-	"CREATE TABLE jobs3 ("
-	"  id TEXT PRIMARY KEY,"
-	"  tenant_id TEXT,"
-	"  kind TEXT NOT NULL,"
-	"  key_id TEXT NOT NULL,"
-	"  previous_key_id TEXT NOT NULL DEFAULT '',"
-	"  target_key_id TEXT NOT NULL DEFAULT '',"
-	"  state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),"
-	"  total INTEGER NOT NULL DEFAULT 0,"
-	"  done INTEGER NOT NULL DEFAULT 0,"
-	"  error TEXT NOT NULL DEFAULT '',"
-	"  create_time_us INTEGER NOT NULL,"
-	"  update_time_us INTEGER NOT NULL);"
-	"INSERT INTO jobs3(id, tenant_id, kind, key_id, previous_key_id, state,"
-	"  total, done, error, create_time_us, update_time_us)"
-	"  SELECT id, tenant_id, kind, key_id, previous_key_id, state, total,"
-	"  done, error, create_time_us, update_time_us FROM jobs;"
-	"DROP TABLE jobs;"
-	"ALTER TABLE jobs3 RENAME TO jobs;"
-	"CREATE INDEX jobs_state ON jobs(state);"
-	"CREATE INDEX deks_alg ON deks(wrap_alg);"
-	"ALTER TABLE deks ADD COLUMN damaged TEXT NOT NULL DEFAULT '';",
+    /* 3: envelope v2. Environments get an id that is never reused (the
+     * sealed DEKs' associated data names it); the BYOK key-exchange keys
+     * become purpose 'exchange' and 'kek' now names a tenant's AES KEK,
+     * stored wrapped under its parent tenant key; jobs may be
+     * platform-wide (no tenant) and name the key they re-seal under. */
+    "ALTER TABLE environments ADD COLUMN uid TEXT;"
+    "UPDATE environments SET uid = lower(hex(randomblob(16)));"
+    "CREATE UNIQUE INDEX environments_uid ON environments(uid);"
+    "UPDATE keys SET purpose = 'exchange' WHERE purpose = 'kek';"
+    "ALTER TABLE keys ADD COLUMN parent_id TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE keys ADD COLUMN wrapped BLOB;"
+    "CREATE INDEX keys_parent ON keys(parent_id);"
+    "CREATE TABLE jobs3 ("
+    "  id TEXT PRIMARY KEY,"
+    "  tenant_id TEXT,"
+    "  kind TEXT NOT NULL,"
+    "  key_id TEXT NOT NULL,"
+    "  previous_key_id TEXT NOT NULL DEFAULT '',"
+    "  target_key_id TEXT NOT NULL DEFAULT '',"
+    "  state TEXT NOT NULL CHECK (state IN ('running', 'done', 'failed')),"
+    "  total INTEGER NOT NULL DEFAULT 0,"
+    "  done INTEGER NOT NULL DEFAULT 0,"
+    "  error TEXT NOT NULL DEFAULT '',"
+    "  create_time_us INTEGER NOT NULL,"
+    "  update_time_us INTEGER NOT NULL);"
+    "INSERT INTO jobs3(id, tenant_id, kind, key_id, previous_key_id, state,"
+    "  total, done, error, create_time_us, update_time_us)"
+    "  SELECT id, tenant_id, kind, key_id, previous_key_id, state, total,"
+    "  done, error, create_time_us, update_time_us FROM jobs;"
+    "DROP TABLE jobs;"
+    "ALTER TABLE jobs3 RENAME TO jobs;"
+    "CREATE INDEX jobs_state ON jobs(state);"
+    "CREATE INDEX deks_alg ON deks(wrap_alg);"
+    "ALTER TABLE deks ADD COLUMN damaged TEXT NOT NULL DEFAULT '';",
 
-	/* 4: policy time's durable high-water mark, so that a wall clock set
-	 * back cannot take policy time back across a restart; seeded with the
-	 * newest time the database records (an upgrade from 3 keeps that
-	 * promise too). A forward jump beyond clock_jump_limit_s waits here
-	 * for an admin's confirmation. */
-	"CREATE TABLE clock ("
-	"  id INTEGER PRIMARY KEY CHECK (id = 1),"
-	"  mark_us INTEGER NOT NULL,"
-	"  kept INTEGER NOT NULL DEFAULT 0,"
-	"  jump_from_us INTEGER NOT NULL DEFAULT 0,"
-	"  jump_to_us INTEGER NOT NULL DEFAULT 0,"
-	"  confirm_time_us INTEGER NOT NULL DEFAULT 0,"
-	"  confirm_by TEXT NOT NULL DEFAULT '');"
-	"INSERT INTO clock(id, mark_us) VALUES (1, max("
-	"  coalesce((SELECT max(max(create_time_us, last_activation_us,"
-	"    last_key_change_us, lock_time_us)) FROM tenants), 0),"
-	"  coalesce((SELECT max(max(create_time_us, update_time_us,"
-	"    activate_time_us, lock_time_us, delete_time_us)) FROM keys), 0),"
-	"  coalesce((SELECT max(max(create_time_us, update_time_us,"
-	"    lock_time_us)) FROM environments), 0),"
-	"  coalesce((SELECT max(update_time_us) FROM jobs), 0),"
-	"  coalesce((SELECT max(create_time_us) FROM backups), 0)));",
+    /* 4: policy time's durable high-water mark, so that a wall clock set
+     * back cannot take policy time back across a restart; seeded with the
+     * newest time the database records (an upgrade from 3 keeps that
+     * promise too). A forward jump beyond clock_jump_limit_s waits here
+     * for an admin's confirmation. */
+    "CREATE TABLE clock ("
+    "  id INTEGER PRIMARY KEY CHECK (id = 1),"
+    "  mark_us INTEGER NOT NULL,"
+    "  kept INTEGER NOT NULL DEFAULT 0,"
+    "  jump_from_us INTEGER NOT NULL DEFAULT 0,"
+    "  jump_to_us INTEGER NOT NULL DEFAULT 0,"
+    "  confirm_time_us INTEGER NOT NULL DEFAULT 0,"
+    "  confirm_by TEXT NOT NULL DEFAULT '');"
+    "INSERT INTO clock(id, mark_us) VALUES (1, max("
+    "  coalesce((SELECT max(max(create_time_us, last_activation_us,"
+    "    last_key_change_us, lock_time_us)) FROM tenants), 0),"
+    "  coalesce((SELECT max(max(create_time_us, update_time_us,"
+    "    activate_time_us, lock_time_us, delete_time_us)) FROM keys), 0),"
+    "  coalesce((SELECT max(max(create_time_us, update_time_us,"
+    "    lock_time_us)) FROM environments), 0),"
+    "  coalesce((SELECT max(update_time_us) FROM jobs), 0),"
+    "  coalesce((SELECT max(create_time_us) FROM backups), 0)));",
 
-	/* 5: quorum (issue 15). A policy per tenant ('' = the platform
-	 * default), approval requests and their approvals. Requests, approvals
-	 * and policies carry a seal made in the token (quorum.c): a row edited
-	 * or inserted by hand does not count. Self-contained: it touches no
-	 * other table. */
-	"CREATE TABLE quorum_policies ("
-	"  tenant_id TEXT PRIMARY KEY,"
-	"  approvals INTEGER NOT NULL,"
-	"  approvers TEXT NOT NULL DEFAULT '',"
-	"  update_time_us INTEGER NOT NULL,"
-	"  updated_by TEXT NOT NULL DEFAULT '',"
-	"  seal BLOB);"
-	"CREATE TABLE approval_requests ("
-	"  id TEXT PRIMARY KEY,"
-	"  method TEXT NOT NULL,"
-	"  tenant_id TEXT NOT NULL DEFAULT '',"
-	"  environment TEXT NOT NULL DEFAULT '',"
-	"  arguments TEXT NOT NULL DEFAULT '',"
-	"  call BLOB,"
-	"  proof_fingerprint TEXT NOT NULL DEFAULT '',"
-	"  target TEXT NOT NULL DEFAULT '',"
-	"  requester TEXT NOT NULL,"
-	"  create_time_us INTEGER NOT NULL,"
-	"  expire_time_us INTEGER NOT NULL,"
-	"  approvals_needed INTEGER NOT NULL,"
-	"  approvers TEXT NOT NULL DEFAULT '',"
-	"  state TEXT NOT NULL CHECK (state IN ('pending', 'executing',"
-	"    'executed', 'failed', 'denied', 'expired')),"
-	"  result TEXT NOT NULL DEFAULT '',"
-	"  update_time_us INTEGER NOT NULL,"
-	"  seal BLOB);"
-	"CREATE INDEX approval_requests_state ON approval_requests(state);"
-	"CREATE TABLE approvals ("
-	"  request_id TEXT NOT NULL,"
-	"  approver TEXT NOT NULL,"
-	"  decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),"
-	"  time_us INTEGER NOT NULL,"
-	"  seal BLOB,"
-	"  PRIMARY KEY (request_id, approver));",
+    /* 5: quorum (issue 15). A policy per tenant ('' = the platform
+     * default), approval requests and their approvals. Requests, approvals
+     * and policies carry a seal made in the token (quorum.c): a row edited
+     * or inserted by hand does not count. Self-contained: it touches no
+     * other table. */
+    "CREATE TABLE quorum_policies ("
+    "  tenant_id TEXT PRIMARY KEY,"
+    "  approvals INTEGER NOT NULL,"
+    "  approvers TEXT NOT NULL DEFAULT '',"
+    "  update_time_us INTEGER NOT NULL,"
+    "  updated_by TEXT NOT NULL DEFAULT '',"
+    "  seal BLOB);"
+    "CREATE TABLE approval_requests ("
+    "  id TEXT PRIMARY KEY,"
+    "  method TEXT NOT NULL,"
+    "  tenant_id TEXT NOT NULL DEFAULT '',"
+    "  environment TEXT NOT NULL DEFAULT '',"
+    "  arguments TEXT NOT NULL DEFAULT '',"
+    "  call BLOB,"
+    "  proof_fingerprint TEXT NOT NULL DEFAULT '',"
+    "  target TEXT NOT NULL DEFAULT '',"
+    "  requester TEXT NOT NULL,"
+    "  create_time_us INTEGER NOT NULL,"
+    "  expire_time_us INTEGER NOT NULL,"
+    "  approvals_needed INTEGER NOT NULL,"
+    "  approvers TEXT NOT NULL DEFAULT '',"
+    "  state TEXT NOT NULL CHECK (state IN ('pending', 'executing',"
+    "    'executed', 'failed', 'denied', 'expired')),"
+    "  result TEXT NOT NULL DEFAULT '',"
+    "  update_time_us INTEGER NOT NULL,"
+    "  seal BLOB);"
+    "CREATE INDEX approval_requests_state ON approval_requests(state);"
+    "CREATE TABLE approvals ("
+    "  request_id TEXT NOT NULL,"
+    "  approver TEXT NOT NULL,"
+    "  decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),"
+    "  time_us INTEGER NOT NULL,"
+    "  seal BLOB,"
+    "  PRIMARY KEY (request_id, approver));",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -200,34 +203,44 @@ store_sql_err(sqlite3 *db, int rc, const char *what)
 	/* The operating system's reason, when there is one, decides: a full
 	 * disk and a read-only file system need different actions. */
 	if (sys == ENOSPC || sys == EDQUOT || (rc & 0xff) == SQLITE_FULL)
-		return kb_errf(KB_ERR_STORAGE_FULL, "%s: the database disk is "
-		    "full (%s); free space and retry", what, msg);
+		return kb_errf(KB_ERR_STORAGE_FULL,
+		    "%s: the database disk is "
+		    "full (%s); free space and retry",
+		    what, msg);
 	if (sys == EROFS)
-		return kb_errf(KB_ERR_READ_ONLY, "%s: the database's file system "
-		    "is read-only (%s)", what, msg);
+		return kb_errf(KB_ERR_READ_ONLY,
+		    "%s: the database's file system "
+		    "is read-only (%s)",
+		    what, msg);
 	switch (rc & 0xff) {
 	case SQLITE_READONLY:
 	case SQLITE_PERM:
-		return kb_errf(KB_ERR_READ_ONLY, "%s: the database cannot be "
-		    "written (%s)", what, msg);
+		return kb_errf(KB_ERR_READ_ONLY,
+		    "%s: the database cannot be "
+		    "written (%s)",
+		    what, msg);
 	case SQLITE_CANTOPEN:
-		return kb_errf(KB_ERR_READ_ONLY, "%s: the database cannot be "
-		    "opened for writing: is it, its directory or its file system "
-		    "read-only or missing? (%s%s%s)", what, msg, sys ? ": " : "",
-		    sys ? strerror(sys) : "");
+		return kb_errf(KB_ERR_READ_ONLY,
+		    "%s: the database cannot be "
+		    "opened for writing: is it, its directory or its file "
+		    "system "
+		    "read-only or missing? (%s%s%s)",
+		    what, msg, sys ? ": " : "", sys ? strerror(sys) : "");
 	case SQLITE_BUSY:
 	case SQLITE_LOCKED:
-		return kb_errf(KB_ERR_UNAVAILABLE, "%s: the database is busy "
-		    "(%s); retry", what, msg);
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "%s: the database is busy "
+		    "(%s); retry",
+		    what, msg);
 	case SQLITE_CORRUPT:
 	case SQLITE_NOTADB:
-		return kb_errf(KB_ERR_CORRUPT, "%s: the database is corrupt (%s)",
-		    what, msg);
+		return kb_errf(KB_ERR_CORRUPT,
+		    "%s: the database is corrupt (%s)", what, msg);
 	case SQLITE_IOERR:
-		return kb_errf(KB_ERR_UNAVAILABLE, "%s: database I/O error (%s%s%s)",
-		    what, msg, sys ? ": " : "", sys ? strerror(sys) : "");
-	default:
-		return kb_errf(KB_ERR_STORE, "%s: %s", what, msg);
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "%s: database I/O error (%s%s%s)", what, msg,
+		    sys ? ": " : "", sys ? strerror(sys) : "");
+	default: return kb_errf(KB_ERR_STORE, "%s: %s", what, msg);
 	}
 }
 
@@ -246,8 +259,9 @@ conn_open(const char *path, struct conn *c)
 	int rc;
 
 	memset(c, 0, sizeof(*c));
-	rc = sqlite3_open_v2(path, &c->db, SQLITE_OPEN_READWRITE |
-	    SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
+	rc = sqlite3_open_v2(path, &c->db,
+	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
+	    NULL);
 	if (rc != SQLITE_OK) {
 		e = store_sql_err(c->db, rc, "opening the database");
 		kb_err_wrap(e, "%s", path);
@@ -259,9 +273,11 @@ conn_open(const char *path, struct conn *c)
 	sqlite3_extended_result_codes(c->db, 1);
 	/* WAL for concurrent readers; FULL sync so an acknowledged change
 	 * survives power loss. */
-	if ((e = store_exec(c->db, "PRAGMA journal_mode=WAL; "
-	    "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
-	    "configuring the database")) != KB_OK)
+	if ((e = store_exec(c->db,
+	         "PRAGMA journal_mode=WAL; "
+	         "PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON;",
+	         "configuring the database"))
+	    != KB_OK)
 		return kb_err_wrap(e, "%s", path);
 	return KB_OK;
 }
@@ -294,8 +310,8 @@ store_stmt(struct conn *c, const char *sql, sqlite3_stmt **out)
 			return KB_OK;
 		}
 	}
-	rc = sqlite3_prepare_v3(c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st,
-	    NULL);
+	rc = sqlite3_prepare_v3(
+	    c->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
 	if (rc != SQLITE_OK)
 		return store_sql_err(c->db, rc, "preparing a query");
 	if (c->ncache < STMT_CACHE) {
@@ -303,7 +319,8 @@ store_stmt(struct conn *c, const char *sql, sqlite3_stmt **out)
 		c->cache[c->ncache].st = st;
 		c->ncache++;
 	} else {
-		/* Should not happen: STMT_CACHE exceeds our distinct queries. */
+		/* Should not happen: STMT_CACHE exceeds our distinct queries.
+		 */
 		sqlite3_finalize(c->cache[0].st);
 		c->cache[0].sql = sql;
 		c->cache[0].st = st;
@@ -342,8 +359,10 @@ migrate(struct conn *c, const char *path)
 	int version, v;
 
 	if (sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL)
-	    != SQLITE_OK || sqlite3_step(st) != SQLITE_ROW) {
-		e = store_sql_err(c->db, sqlite3_errcode(c->db), "reading the schema version");
+	        != SQLITE_OK
+	    || sqlite3_step(st) != SQLITE_ROW) {
+		e = store_sql_err(c->db, sqlite3_errcode(c->db),
+		    "reading the schema version");
 		goto out;
 	}
 	version = sqlite3_column_int(st, 0);
@@ -351,8 +370,10 @@ migrate(struct conn *c, const char *path)
 	sqlite3_finalize(st);
 	st = NULL;
 	if (version > N_MIGRATIONS) {
-		e = kb_errf(KB_ERR_CONFIG, "database %s has schema version %d, "
-		    "newer than this keybroker knows (%d): use a newer keybrokerd",
+		e = kb_errf(KB_ERR_CONFIG,
+		    "database %s has schema version %d, "
+		    "newer than this keybroker knows (%d): use a newer "
+		    "keybrokerd",
 		    path, version, N_MIGRATIONS);
 		goto out;
 	}
@@ -360,13 +381,16 @@ migrate(struct conn *c, const char *path)
 		char bump[64];
 
 		snprintf(bump, sizeof(bump), "PRAGMA user_version=%d;", v + 1);
-		if ((e = store_exec(c->db, "BEGIN IMMEDIATE", "migrating")) != KB_OK)
+		if ((e = store_exec(c->db, "BEGIN IMMEDIATE", "migrating"))
+		    != KB_OK)
 			goto out;
-		if ((e = store_exec(c->db, migrations[v], "migrating")) != KB_OK ||
-		    (e = store_exec(c->db, bump, "migrating")) != KB_OK ||
-		    (e = store_exec(c->db, "COMMIT", "migrating")) != KB_OK) {
+		if ((e = store_exec(c->db, migrations[v], "migrating")) != KB_OK
+		    || (e = store_exec(c->db, bump, "migrating")) != KB_OK
+		    || (e = store_exec(c->db, "COMMIT", "migrating"))
+		        != KB_OK) {
 			store_exec(c->db, "ROLLBACK", "rollback");
-			kb_err_wrap(e, "schema migration %d of %s", v + 1, path);
+			kb_err_wrap(
+			    e, "schema migration %d of %s", v + 1, path);
 			goto out;
 		}
 	}
@@ -386,10 +410,10 @@ store_open(const char *path, unsigned conns, struct store **out)
 	*out = NULL;
 	if (conns == 0)
 		conns = 4;
-	if ((s = calloc(1, sizeof(*s))) == NULL ||
-	    (s->path = strdup(path)) == NULL ||
-	    (s->conns = calloc(conns, sizeof(*s->conns))) == NULL ||
-	    (s->free_list = calloc(conns, sizeof(*s->free_list))) == NULL) {
+	if ((s = calloc(1, sizeof(*s))) == NULL
+	    || (s->path = strdup(path)) == NULL
+	    || (s->conns = calloc(conns, sizeof(*s->conns))) == NULL
+	    || (s->free_list = calloc(conns, sizeof(*s->free_list))) == NULL) {
 		e = kb_errf(KB_ERR_NOMEM, "out of memory");
 		goto out;
 	}
@@ -454,8 +478,10 @@ store_step_done(struct conn *c, sqlite3_stmt *st, const char *what)
 	sqlite3_reset(st);
 	if (rc == SQLITE_DONE)
 		return KB_OK;
-	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
-		return kb_errf(KB_ERR_ALREADY_EXISTS, "%s: already exists", what);
+	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY
+	    || rc == SQLITE_CONSTRAINT_UNIQUE)
+		return kb_errf(
+		    KB_ERR_ALREADY_EXISTS, "%s: already exists", what);
 	return store_sql_err(c->db, rc, what);
 }
 
@@ -508,7 +534,8 @@ store_meta_set(struct store *s, const char *key, const char *value)
 enum kb_err
 store_clock_get(struct store *s, struct store_clock *out)
 {
-	static const char sql[] = "SELECT mark_us, kept, jump_from_us, "
+	static const char sql[] =
+	    "SELECT mark_us, kept, jump_from_us, "
 	    "jump_to_us, confirm_time_us, confirm_by FROM clock WHERE id = 1";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
@@ -525,11 +552,14 @@ store_clock_get(struct store *s, struct store_clock *out)
 		out->jump_from_us = sqlite3_column_int64(st, 2);
 		out->jump_to_us = sqlite3_column_int64(st, 3);
 		out->confirm_time_us = sqlite3_column_int64(st, 4);
-		store_copy_text(out->confirm_by, sizeof(out->confirm_by), st, 5);
+		store_copy_text(
+		    out->confirm_by, sizeof(out->confirm_by), st, 5);
 		e = KB_OK;
 	} else if (rc == SQLITE_DONE) {
-		e = kb_errf(KB_ERR_CORRUPT, "database %s has no clock row (schema "
-		    "4 makes it): restore the database from a backup", s->path);
+		e = kb_errf(KB_ERR_CORRUPT,
+		    "database %s has no clock row (schema "
+		    "4 makes it): restore the database from a backup",
+		    s->path);
 	} else {
 		e = store_sql_err(c->db, rc, "reading the clock's mark");
 	}
@@ -542,7 +572,8 @@ out:
 enum kb_err
 store_clock_put(struct store *s, const struct store_clock *k)
 {
-	static const char sql[] = "UPDATE clock SET mark_us = max(mark_us, ?), "
+	static const char sql[] =
+	    "UPDATE clock SET mark_us = max(mark_us, ?), "
 	    "kept = 1, jump_from_us = ?, jump_to_us = ?, confirm_time_us = ?, "
 	    "confirm_by = ? WHERE id = 1";
 	struct conn *c = store_conn_get(s);
@@ -551,8 +582,10 @@ store_clock_put(struct store *s, const struct store_clock *k)
 	e = store_run(c, sql, "storing the clock's mark", "iiiit", k->mark_us,
 	    k->jump_from_us, k->jump_to_us, k->confirm_time_us, k->confirm_by);
 	if (e == KB_OK && sqlite3_changes(c->db) != 1)
-		e = kb_errf(KB_ERR_CORRUPT, "database %s has no clock row (schema "
-		    "4 makes it): restore the database from a backup", s->path);
+		e = kb_errf(KB_ERR_CORRUPT,
+		    "database %s has no clock row (schema "
+		    "4 makes it): restore the database from a backup",
+		    s->path);
 	store_conn_put(s, c);
 	return e;
 }
@@ -566,39 +599,42 @@ store_token_bind(struct store *s, const char *label, const char *serial)
 	e = store_meta_get(s, "token_label", have_label, sizeof(have_label));
 	if (e == KB_ERR_NOT_FOUND) {
 		kb_err_clear();
-		if ((e = store_meta_set(s, "token_label", label)) != KB_OK ||
-		    (e = store_meta_set(s, "token_serial", serial)) != KB_OK)
+		if ((e = store_meta_set(s, "token_label", label)) != KB_OK
+		    || (e = store_meta_set(s, "token_serial", serial)) != KB_OK)
 			return e;
 		return KB_OK;
 	}
 	if (e != KB_OK)
 		return e;
-	if ((e = store_meta_get(s, "token_serial", have_serial,
-	    sizeof(have_serial))) != KB_OK)
+	if ((e = store_meta_get(
+	         s, "token_serial", have_serial, sizeof(have_serial)))
+	    != KB_OK)
 		return e;
 	if (strcmp(have_label, label) != 0 || strcmp(have_serial, serial) != 0)
 		return kb_errf(KB_ERR_TOKEN_MISMATCH,
 		    "database %s belongs to token '%s' (serial %s), but the "
-		    "configured token is '%s' (serial %s): its keys cannot unwrap "
+		    "configured token is '%s' (serial %s): its keys cannot "
+		    "unwrap "
 		    "this database; point token_uri at the right token or use "
-		    "another database", s->path, have_label, have_serial, label,
-		    serial);
+		    "another database",
+		    s->path, have_label, have_serial, label, serial);
 	return KB_OK;
 }
 
 /* ---- tenants ---- */
 
-#define TENANT_COLS "t.id, t.display_name, t.create_time_us, " \
-	"(SELECT count(*) FROM environments e WHERE e.tenant_id = t.id " \
-	"AND e.state != 'deleted'), t.state, t.last_activation_us, " \
-	"t.last_key_change_us, t.lock_time_us, t.lock_key_id, " \
-	"(SELECT count(*) FROM environments e WHERE e.tenant_id = t.id " \
-	"AND e.state = 'locked'), " \
-	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND " \
-	"k.purpose = 'tenant' AND k.state = 'active'), ''), " \
-	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND " \
-	"k.purpose = 'tenant' AND k.state = 'installing'), ''), " \
-	"coalesce((SELECT max(e.lock_time_us) FROM environments e WHERE " \
+#define TENANT_COLS                                                            \
+	"t.id, t.display_name, t.create_time_us, "                             \
+	"(SELECT count(*) FROM environments e WHERE e.tenant_id = t.id "       \
+	"AND e.state != 'deleted'), t.state, t.last_activation_us, "           \
+	"t.last_key_change_us, t.lock_time_us, t.lock_key_id, "                \
+	"(SELECT count(*) FROM environments e WHERE e.tenant_id = t.id "       \
+	"AND e.state = 'locked'), "                                            \
+	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND "      \
+	"k.purpose = 'tenant' AND k.state = 'active'), ''), "                  \
+	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND "      \
+	"k.purpose = 'tenant' AND k.state = 'installing'), ''), "              \
+	"coalesce((SELECT max(e.lock_time_us) FROM environments e WHERE "      \
 	"e.tenant_id = t.id AND e.state = 'locked'), 0)"
 
 static void
@@ -619,8 +655,8 @@ tenant_row(sqlite3_stmt *st, void *elem)
 	store_copy_text(t->lock_key_id, sizeof(t->lock_key_id), st, 8);
 	t->locked_env_count = (uint32_t)sqlite3_column_int64(st, 9);
 	store_copy_text(t->active_key_id, sizeof(t->active_key_id), st, 10);
-	store_copy_text(t->installing_key_id, sizeof(t->installing_key_id), st,
-	    11);
+	store_copy_text(
+	    t->installing_key_id, sizeof(t->installing_key_id), st, 11);
 	t->last_env_lock_us = sqlite3_column_int64(st, 12);
 }
 
@@ -628,7 +664,7 @@ enum kb_err
 store_tenant_create(struct store *s, const struct store_tenant *t)
 {
 	static const char sql[] = "INSERT INTO tenants(id, display_name, "
-	    "create_time_us) VALUES (?, ?, ?)";
+	                          "create_time_us) VALUES (?, ?, ?)";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -648,8 +684,8 @@ store_tenant_create(struct store *s, const struct store_tenant *t)
 enum kb_err
 store_tenant_get(struct store *s, const char *id, struct store_tenant *out)
 {
-	static const char sql[] = "SELECT " TENANT_COLS
-	    " FROM tenants t WHERE t.id = ?";
+	static const char sql[] =
+	    "SELECT " TENANT_COLS " FROM tenants t WHERE t.id = ?";
 
 	return store_get_one(s, sql, id, NULL, tenant_row, out, "tenant");
 }
@@ -658,7 +694,8 @@ enum kb_err
 store_tenant_list(struct store *s, const char *after, unsigned limit,
     struct store_tenant **out, size_t *n, int *more)
 {
-	static const char sql[] = "SELECT " TENANT_COLS
+	static const char sql[] =
+	    "SELECT " TENANT_COLS
 	    " FROM tenants t WHERE t.id > ? ORDER BY t.id LIMIT ?";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
@@ -709,8 +746,8 @@ store_env_state_name(enum store_env_state st)
 static enum store_env_mode
 mode_parse(const char *s)
 {
-	return strcmp(s, "customer") == 0 ? STORE_MODE_CUSTOMER :
-	    STORE_MODE_PLATFORM;
+	return strcmp(s, "customer") == 0 ? STORE_MODE_CUSTOMER
+	                                  : STORE_MODE_PLATFORM;
 }
 
 static enum store_env_state
@@ -742,8 +779,7 @@ store_env_row(sqlite3_stmt *st, void *elem)
 	env->update_time_us = sqlite3_column_int64(st, 8);
 	env->lock_time_us = sqlite3_column_int64(st, 9);
 	store_copy_text(env->uid, sizeof(env->uid), st, 10);
-	snprintf(env->seal_key_id, sizeof(env->seal_key_id), "%s",
-	    env->key_id);
+	snprintf(env->seal_key_id, sizeof(env->seal_key_id), "%s", env->key_id);
 	/* A customer-managed environment's key is its tenant key, the
 	 * parent of the KEK that seals its DEK. */
 	if (sqlite3_column_bytes(st, 11) > 0)
@@ -766,26 +802,30 @@ store_tenant_exists(struct conn *c, const char *tenant)
 	if (rc == SQLITE_ROW)
 		return KB_OK;
 	if (rc == SQLITE_DONE)
-		return kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" does not exist",
-		    tenant);
+		return kb_errf(
+		    KB_ERR_NOT_FOUND, "tenant \"%s\" does not exist", tenant);
 	return store_sql_err(c->db, rc, "reading the tenant");
 }
 
 enum kb_err
-store_env_create(struct store *s, struct store_env *env,
-    const struct store_dek *dek)
+store_env_create(
+    struct store *s, struct store_env *env, const struct store_dek *dek)
 {
-	static const char ins_env[] = "INSERT INTO environments(tenant_id, "
+	static const char ins_env[] =
+	    "INSERT INTO environments(tenant_id, "
 	    "name, mode, state, dek_version, create_time_us, update_time_us, "
 	    "uid) VALUES (?, ?, ?, ?, ?, ?, ?, ?)";
-	static const char ins_dek[] = "INSERT INTO deks(env_id, version, "
-	    "key_id, wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, ?)";
+	static const char ins_dek[] =
+	    "INSERT INTO deks(env_id, version, "
+	    "key_id, wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, "
+	    "?)";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	sqlite3_int64 env_id;
 	enum kb_err e;
 
-	if ((e = store_exec(c->db, "BEGIN IMMEDIATE", "creating the environment"))
+	if ((e = store_exec(
+	         c->db, "BEGIN IMMEDIATE", "creating the environment"))
 	    != KB_OK)
 		goto out;
 	if ((e = store_tenant_exists(c, env->tenant_id)) != KB_OK)
@@ -794,17 +834,20 @@ store_env_create(struct store *s, struct store_env *env,
 		goto rollback;
 	sqlite3_bind_text(st, 1, env->tenant_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, env->name, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 3, store_env_mode_name(env->mode), -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, store_env_state_name(env->state), -1,
-	    SQLITE_STATIC);
+	sqlite3_bind_text(
+	    st, 3, store_env_mode_name(env->mode), -1, SQLITE_STATIC);
+	sqlite3_bind_text(
+	    st, 4, store_env_state_name(env->state), -1, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 5, dek->version);
 	sqlite3_bind_int64(st, 6, env->create_time_us);
 	sqlite3_bind_int64(st, 7, env->update_time_us);
 	sqlite3_bind_text(st, 8, env->uid, -1, SQLITE_STATIC);
 	if ((e = store_step_done(c, st, "creating the environment")) != KB_OK) {
 		if (e == KB_ERR_ALREADY_EXISTS)
-			e = kb_errf(e, "environment \"%s\" already exists in "
-			    "tenant \"%s\"", env->name, env->tenant_id);
+			e = kb_errf(e,
+			    "environment \"%s\" already exists in "
+			    "tenant \"%s\"",
+			    env->name, env->tenant_id);
 		goto rollback;
 	}
 	env_id = sqlite3_last_insert_rowid(c->db);
@@ -814,12 +857,14 @@ store_env_create(struct store *s, struct store_env *env,
 	sqlite3_bind_int64(st, 2, dek->version);
 	sqlite3_bind_text(st, 3, dek->key_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 4, dek->wrap_alg, -1, SQLITE_STATIC);
-	sqlite3_bind_blob(st, 5, dek->wrapped, (int)dek->wrapped_len,
-	    SQLITE_STATIC);
+	sqlite3_bind_blob(
+	    st, 5, dek->wrapped, (int)dek->wrapped_len, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 6, env->create_time_us);
-	if ((e = store_step_done(c, st, "storing the wrapped data key")) != KB_OK)
+	if ((e = store_step_done(c, st, "storing the wrapped data key"))
+	    != KB_OK)
 		goto rollback;
-	if ((e = store_exec(c->db, "COMMIT", "creating the environment")) != KB_OK)
+	if ((e = store_exec(c->db, "COMMIT", "creating the environment"))
+	    != KB_OK)
 		goto rollback;
 	env->dek_version = dek->version;
 	snprintf(env->key_id, sizeof(env->key_id), "%s", dek->key_id);
@@ -838,7 +883,7 @@ store_env_get(struct store *s, const char *tenant, const char *name,
     struct store_env *out)
 {
 	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN
-	    " WHERE e.tenant_id = ? AND e.name = ?";
+	                          " WHERE e.tenant_id = ? AND e.name = ?";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -855,8 +900,10 @@ store_env_get(struct store *s, const char *tenant, const char *name,
 	} else if (rc == SQLITE_DONE) {
 		sqlite3_reset(st);
 		if ((e = store_tenant_exists(c, tenant)) == KB_OK)
-			e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does "
-			    "not exist in tenant \"%s\"", name, tenant);
+			e = kb_errf(KB_ERR_NOT_FOUND,
+			    "environment \"%s\" does "
+			    "not exist in tenant \"%s\"",
+			    name, tenant);
 	} else {
 		e = store_sql_err(c->db, rc, "reading the environment");
 	}
@@ -870,7 +917,8 @@ enum kb_err
 store_env_list(struct store *s, const char *tenant, const char *after,
     unsigned limit, struct store_env **out, size_t *n, int *more)
 {
-	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN
+	static const char sql[] =
+	    "SELECT " ENV_COLS " " ENV_JOIN
 	    " WHERE e.tenant_id = ? AND e.name > ? ORDER BY e.name LIMIT ?";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
@@ -879,8 +927,8 @@ store_env_list(struct store *s, const char *tenant, const char *after,
 	*out = NULL;
 	*n = 0;
 	*more = 0;
-	if ((e = store_tenant_exists(c, tenant)) != KB_OK ||
-	    (e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = store_tenant_exists(c, tenant)) != KB_OK
+	    || (e = store_stmt(c, sql, &st)) != KB_OK)
 		goto out;
 	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, after != NULL ? after : "", -1, SQLITE_STATIC);
@@ -902,7 +950,8 @@ store_env_dek(struct store *s, const char *tenant, const char *name,
 {
 	/* The environment row, and the DEK row of the asked version (current
 	 * when 0) in the same read. */
-	static const char sql[] = "SELECT " ENV_COLS ", v.version, v.key_id, "
+	static const char sql[] =
+	    "SELECT " ENV_COLS ", v.version, v.key_id, "
 	    "v.wrap_alg, v.wrapped, v.damaged " ENV_JOIN " LEFT JOIN deks v ON "
 	    "v.env_id = e.id AND v.version = (CASE WHEN ?3 = 0 THEN "
 	    "e.dek_version ELSE ?3 END) WHERE e.tenant_id = ?1 AND e.name = ?2";
@@ -924,31 +973,41 @@ store_env_dek(struct store *s, const char *tenant, const char *name,
 		len = sqlite3_column_bytes(st, 15);
 		if (sqlite3_column_type(st, 12) == SQLITE_NULL) {
 			if (version != 0)
-				e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s/%s\" "
-				    "has no data key version %u (current is %u)",
+				e = kb_errf(KB_ERR_NOT_FOUND,
+				    "environment \"%s/%s\" "
+				    "has no data key version %u (current is "
+				    "%u)",
 				    tenant, name, version, env->dek_version);
 			else
-				e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s/%s\" "
-				    "has no data key (it was deleted)", tenant,
-				    name);
-		} else if (blob == NULL || len <= 0 ||
-		    (size_t)len > sizeof(dek->wrapped)) {
-			e = kb_errf(KB_ERR_CORRUPT, "environment \"%s/%s\" has no "
-			    "valid wrapped data key", tenant, name);
+				e = kb_errf(KB_ERR_NOT_FOUND,
+				    "environment \"%s/%s\" "
+				    "has no data key (it was deleted)",
+				    tenant, name);
+		} else if (blob == NULL || len <= 0
+		    || (size_t)len > sizeof(dek->wrapped)) {
+			e = kb_errf(KB_ERR_CORRUPT,
+			    "environment \"%s/%s\" has no "
+			    "valid wrapped data key",
+			    tenant, name);
 		} else {
 			dek->version = (uint32_t)sqlite3_column_int64(st, 12);
-			store_copy_text(dek->key_id, sizeof(dek->key_id), st, 13);
-			store_copy_text(dek->wrap_alg, sizeof(dek->wrap_alg), st, 14);
+			store_copy_text(
+			    dek->key_id, sizeof(dek->key_id), st, 13);
+			store_copy_text(
+			    dek->wrap_alg, sizeof(dek->wrap_alg), st, 14);
 			memcpy(dek->wrapped, blob, (size_t)len);
 			dek->wrapped_len = (size_t)len;
-			store_copy_text(dek->damaged, sizeof(dek->damaged), st, 16);
+			store_copy_text(
+			    dek->damaged, sizeof(dek->damaged), st, 16);
 			e = KB_OK;
 		}
 	} else if (rc == SQLITE_DONE) {
 		sqlite3_reset(st);
 		if ((e = store_tenant_exists(c, tenant)) == KB_OK)
-			e = kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does "
-			    "not exist in tenant \"%s\"", name, tenant);
+			e = kb_errf(KB_ERR_NOT_FOUND,
+			    "environment \"%s\" does "
+			    "not exist in tenant \"%s\"",
+			    name, tenant);
 	} else {
 		e = store_sql_err(c->db, rc, "reading the data key");
 	}
@@ -1001,9 +1060,11 @@ store_key_create(struct store *s, const struct store_key *k)
 enum kb_err
 store_key_insert(struct conn *c, const struct store_key *k)
 {
-	static const char sql[] = "INSERT INTO keys(id, tenant_id, purpose, "
+	static const char sql[] =
+	    "INSERT INTO keys(id, tenant_id, purpose, "
 	    "origin, state, fingerprint, wrap_alg, create_time_us, "
-	    "update_time_us, bits, parent_id, wrapped) VALUES (?, nullif(?, ''), "
+	    "update_time_us, bits, parent_id, wrapped) VALUES (?, nullif(?, "
+	    "''), "
 	    "?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -1043,12 +1104,13 @@ store_key_get(struct store *s, const char *id, struct store_key *out)
 enum kb_err
 store_key_broker(struct store *s, const char *purpose, struct store_key *out)
 {
-	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	static const char sql[] =
+	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "tenant_id IS NULL AND purpose = ? AND state = 'active' "
 	    "ORDER BY create_time_us DESC LIMIT 1";
 
-	return store_get_one(s, sql, purpose, NULL, store_key_row, out,
-	    "broker key for");
+	return store_get_one(
+	    s, sql, purpose, NULL, store_key_row, out, "broker key for");
 }
 
 enum kb_err
@@ -1060,8 +1122,8 @@ store_txn(struct store *s, enum kb_err (*fn)(struct conn *c, void *arg),
 
 	if ((e = store_exec(c->db, "BEGIN IMMEDIATE", what)) != KB_OK)
 		goto out;
-	if ((e = fn(c, arg)) != KB_OK ||
-	    (e = store_exec(c->db, "COMMIT", what)) != KB_OK) {
+	if ((e = fn(c, arg)) != KB_OK
+	    || (e = store_exec(c->db, "COMMIT", what)) != KB_OK) {
 		/* Keep fn's message: the rollback's outcome does not matter
 		 * to the caller. */
 		(void)sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
@@ -1124,7 +1186,8 @@ store_get_one(struct store *s, const char *sql, const char *a1, const char *a2,
 		fn(st, out);
 		e = KB_OK;
 	} else if (rc == SQLITE_DONE) {
-		e = kb_errf(KB_ERR_NOT_FOUND, "%s \"%s\" does not exist", noun, a1);
+		e = kb_errf(
+		    KB_ERR_NOT_FOUND, "%s \"%s\" does not exist", noun, a1);
 	} else {
 		e = store_sql_err(c->db, rc, "reading the database");
 	}

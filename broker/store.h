@@ -13,7 +13,7 @@
 
 struct store;
 
-#define STORE_ID_MAX 64       /* tenant ids and environment names, with NUL */
+#define STORE_ID_MAX 64 /* tenant ids and environment names, with NUL */
 #define STORE_KEY_ID_MAX 72
 #define STORE_DISPLAY_MAX 256
 #define STORE_ALG_MAX 32
@@ -34,25 +34,25 @@ struct store_tenant {
 	char id[STORE_ID_MAX];
 	char display_name[STORE_DISPLAY_MAX];
 	int64_t create_time_us;
-	int locked;                        /* tenant state */
-	int64_t last_activation_us;        /* 0 = never */
+	int locked; /* tenant state */
+	int64_t last_activation_us; /* 0 = never */
 	int64_t last_key_change_us;
 	int64_t lock_time_us;
 	char lock_key_id[STORE_KEY_ID_MAX];
 	/* Derived, filled by get/list: */
-	uint32_t env_count;                /* not deleted */
+	uint32_t env_count; /* not deleted */
 	uint32_t locked_env_count;
-	int64_t last_env_lock_us;          /* newest lock of a locked env */
+	int64_t last_env_lock_us; /* newest lock of a locked env */
 	char active_key_id[STORE_KEY_ID_MAX];
 	char installing_key_id[STORE_KEY_ID_MAX];
 };
 
-#define STORE_UID_LEN 32          /* hex digits of an environment's uid */
+#define STORE_UID_LEN 32 /* hex digits of an environment's uid */
 
 struct store_env {
 	char tenant_id[STORE_ID_MAX];
 	char name[STORE_ID_MAX];
-	char uid[STORE_UID_LEN + 1];     /* never reused; in the DEKs' AAD */
+	char uid[STORE_UID_LEN + 1]; /* never reused; in the DEKs' AAD */
 	enum store_env_mode mode;
 	enum store_env_state state;
 	uint32_t dek_version;
@@ -64,7 +64,7 @@ struct store_env {
 	char wrap_alg[STORE_ALG_MAX];
 	int64_t create_time_us;
 	int64_t update_time_us;
-	int64_t lock_time_us;            /* when locked; 0 otherwise */
+	int64_t lock_time_us; /* when locked; 0 otherwise */
 };
 
 /* One wrapped DEK version. */
@@ -74,19 +74,19 @@ struct store_dek {
 	char wrap_alg[STORE_ALG_MAX];
 	uint8_t wrapped[STORE_WRAPPED_MAX];
 	size_t wrapped_len;
-	char damaged[160];             /* why repair gave up on it; "" = not */
+	char damaged[160]; /* why repair gave up on it; "" = not */
 };
 
 /* A key the broker knows of: its own (platform, audit), a tenant's RSA key
  * (tenant), its BYOK key-exchange key (exchange) or its AES KEK (kek). */
 struct store_key {
 	char id[STORE_KEY_ID_MAX];
-	char tenant_id[STORE_ID_MAX];  /* "" for the broker's own keys */
-	char purpose[16];              /* platform, audit, tenant, exchange, kek */
-	char origin[16];               /* generated, pfx, byok */
-	char state[16];                /* available, installing, active, locked, deleted */
-	char fingerprint[65];          /* hex SHA-256 of the SubjectPublicKeyInfo */
-	char wrap_alg[STORE_ALG_MAX];  /* OAEP variant for encrypt keys */
+	char tenant_id[STORE_ID_MAX]; /* "" for the broker's own keys */
+	char purpose[16]; /* platform, audit, tenant, exchange, kek */
+	char origin[16]; /* generated, pfx, byok */
+	char state[16]; /* available, installing, active, locked, deleted */
+	char fingerprint[65]; /* hex SHA-256 of the SubjectPublicKeyInfo */
+	char wrap_alg[STORE_ALG_MAX]; /* OAEP variant for encrypt keys */
 	unsigned bits;
 	int64_t create_time_us;
 	int64_t update_time_us;
@@ -110,12 +110,12 @@ struct store_key {
 
 struct store_job {
 	char id[STORE_KEY_ID_MAX];
-	char tenant_id[STORE_ID_MAX];  /* "" for platform-wide jobs */
+	char tenant_id[STORE_ID_MAX]; /* "" for platform-wide jobs */
 	char kind[24];
-	char key_id[STORE_KEY_ID_MAX];          /* the key being activated */
+	char key_id[STORE_KEY_ID_MAX]; /* the key being activated */
 	char previous_key_id[STORE_KEY_ID_MAX];
-	char target_key_id[STORE_KEY_ID_MAX];   /* re-seal under this key */
-	char state[16];                /* running, done, failed */
+	char target_key_id[STORE_KEY_ID_MAX]; /* re-seal under this key */
+	char state[16]; /* running, done, failed */
 	uint64_t total, done;
 	char error[256];
 	int64_t create_time_us;
@@ -142,9 +142,9 @@ struct store_rewrap {
 	char name[STORE_ID_MAX];
 	char uid[STORE_UID_LEN + 1];
 	enum store_env_mode mode;
-	int locked;                    /* its environment is locked */
-	int skip;                      /* set by the job: leave this row alone */
-	struct store_dek dek;          /* key_id/wrap_alg/wrapped: before, then after */
+	int locked; /* its environment is locked */
+	int skip; /* set by the job: leave this row alone */
+	struct store_dek dek; /* key_id/wrap_alg/wrapped: before, then after */
 };
 
 /* Open (creating if absent) and migrate the database at `path`, with a pool
@@ -158,25 +158,24 @@ int store_schema_version(struct store *s);
 
 /* Bind the database to a token at first start; later, refuse a different
  * token with KB_ERR_TOKEN_MISMATCH naming both. */
-enum kb_err store_token_bind(struct store *s, const char *label,
-    const char *serial);
+enum kb_err store_token_bind(
+    struct store *s, const char *label, const char *serial);
 
 /* Small key/value settings. get: KB_ERR_NOT_FOUND if absent. */
-enum kb_err store_meta_get(struct store *s, const char *key, char *buf,
-    size_t len);
-enum kb_err store_meta_set(struct store *s, const char *key,
-    const char *value);
+enum kb_err store_meta_get(
+    struct store *s, const char *key, char *buf, size_t len);
+enum kb_err store_meta_set(struct store *s, const char *key, const char *value);
 
 /* Policy time's durable state (timemark.c): one row. */
 struct store_clock {
-	int64_t mark_us;          /* the highest policy time made durable */
-	int kept;                 /* 0: seeded by the schema 4 migration from
-	                             the newest time recorded, not yet kept by
-	                             a running broker (no jump can be judged) */
-	int64_t jump_from_us;     /* a forward jump waiting for an admin: the */
-	int64_t jump_to_us;       /* mark before it, the wall clock after (0: none) */
-	int64_t confirm_time_us;  /* the last confirmation (0: never) */
-	char confirm_by[128];     /* and who gave it */
+	int64_t mark_us; /* the highest policy time made durable */
+	int kept; /* 0: seeded by the schema 4 migration from
+	             the newest time recorded, not yet kept by
+	             a running broker (no jump can be judged) */
+	int64_t jump_from_us; /* a forward jump waiting for an admin: the */
+	int64_t jump_to_us; /* mark before it, the wall clock after (0: none) */
+	int64_t confirm_time_us; /* the last confirmation (0: never) */
+	char confirm_by[128]; /* and who gave it */
 };
 
 /* Read the row. KB_ERR_CORRUPT if it is missing. */
@@ -187,8 +186,8 @@ enum kb_err store_clock_put(struct store *s, const struct store_clock *c);
 
 /* Tenants. create: KB_ERR_ALREADY_EXISTS if the id is taken. */
 enum kb_err store_tenant_create(struct store *s, const struct store_tenant *t);
-enum kb_err store_tenant_get(struct store *s, const char *id,
-    struct store_tenant *out);
+enum kb_err store_tenant_get(
+    struct store *s, const char *id, struct store_tenant *out);
 /* Up to `limit` tenants with id > `after` ("" = from the start), by id.
  * *out is malloc'd (free()); *more is set when further rows exist. */
 enum kb_err store_tenant_list(struct store *s, const char *after,
@@ -197,26 +196,25 @@ enum kb_err store_tenant_list(struct store *s, const char *after,
 /* Environments. create inserts the environment and its DEK version 1 in one
  * transaction; KB_ERR_NOT_FOUND if the tenant does not exist,
  * KB_ERR_ALREADY_EXISTS if the name is taken within the tenant. */
-enum kb_err store_env_create(struct store *s, struct store_env *env,
-    const struct store_dek *dek);
-enum kb_err store_env_get(struct store *s, const char *tenant,
-    const char *name, struct store_env *out);
+enum kb_err store_env_create(
+    struct store *s, struct store_env *env, const struct store_dek *dek);
+enum kb_err store_env_get(struct store *s, const char *tenant, const char *name,
+    struct store_env *out);
 enum kb_err store_env_list(struct store *s, const char *tenant,
     const char *after, unsigned limit, struct store_env **out, size_t *n,
     int *more);
 /* The environment and its wrapped DEK `version` (0 = current), in one
  * read. */
-enum kb_err store_env_dek(struct store *s, const char *tenant,
-    const char *name, uint32_t version, struct store_env *env,
-    struct store_dek *dek);
+enum kb_err store_env_dek(struct store *s, const char *tenant, const char *name,
+    uint32_t version, struct store_env *env, struct store_dek *dek);
 
 /* Keys. create: KB_ERR_ALREADY_EXISTS if the id is taken. */
 enum kb_err store_key_create(struct store *s, const struct store_key *k);
-enum kb_err store_key_get(struct store *s, const char *id,
-    struct store_key *out);
+enum kb_err store_key_get(
+    struct store *s, const char *id, struct store_key *out);
 /* The broker key of `purpose` in state "active" (platform, kek, audit). */
-enum kb_err store_key_broker(struct store *s, const char *purpose,
-    struct store_key *out);
+enum kb_err store_key_broker(
+    struct store *s, const char *purpose, struct store_key *out);
 
 /* ---- tenant keys (store_keys.c) ---- */
 
@@ -229,8 +227,8 @@ enum kb_err store_key_list(struct store *s, const char *tenant,
 enum kb_err store_key_by_fingerprint(struct store *s, const char *tenant,
     const char *fingerprint, struct store_key *out);
 /* Record a new tenant key (state available) and the tenant's key change. */
-enum kb_err store_key_add(struct store *s, const struct store_key *k,
-    int64_t now);
+enum kb_err store_key_add(
+    struct store *s, const struct store_key *k, int64_t now);
 
 /* Start activating `key_id`: the key becomes installing, its new KEK `kek`
  * (state installing) is recorded, a job is recorded with the number of DEK
@@ -264,26 +262,26 @@ enum kb_err store_rewrap_commit(struct store *s, const char *job_id,
  * the previous active key available, the new KEK active and the previous
  * one deleted (the caller destroys its token object). Rotation: the new
  * platform key active, the previous one deleted (likewise). */
-enum kb_err store_job_finish(struct store *s, const struct store_job *j,
-    int64_t now);
-enum kb_err store_job_fail(struct store *s, const char *job_id,
-    const char *error, int64_t now);
-enum kb_err store_job_get(struct store *s, const char *id,
-    struct store_job *out);
+enum kb_err store_job_finish(
+    struct store *s, const struct store_job *j, int64_t now);
+enum kb_err store_job_fail(
+    struct store *s, const char *job_id, const char *error, int64_t now);
+enum kb_err store_job_get(
+    struct store *s, const char *id, struct store_job *out);
 /* Jobs in state running (to resume at start-up); *out malloc'd. */
-enum kb_err store_jobs_running(struct store *s, struct store_job **out,
-    size_t *n);
+enum kb_err store_jobs_running(
+    struct store *s, struct store_job **out, size_t *n);
 
 /* The KEK new data keys of `tenant` are sealed under: the installing one
  * during an activation, else the active one. KB_ERR_NOT_FOUND if none. */
-enum kb_err store_kek_current(struct store *s, const char *tenant,
-    struct store_key *out);
+enum kb_err store_kek_current(
+    struct store *s, const char *tenant, struct store_key *out);
 /* The platform key new data keys are sealed under (AES-256-GCM; the
  * installing one during a rotation). KB_ERR_NOT_FOUND if none yet. */
 enum kb_err store_platform_current(struct store *s, struct store_key *out);
 /* Every key of `purpose`, of every tenant; *out malloc'd. */
-enum kb_err store_keys_by_purpose(struct store *s, const char *purpose,
-    struct store_key **out, size_t *n);
+enum kb_err store_keys_by_purpose(
+    struct store *s, const char *purpose, struct store_key **out, size_t *n);
 /* Move key `id` from state `from` to `to` (KB_ERR_FAILED_PRECONDITION if
  * it is not in `from`). */
 enum kb_err store_key_set_state(struct store *s, const char *id,
@@ -312,8 +310,8 @@ enum kb_err store_env_rewrap(struct store *s, const char *tenant,
     const char *name, enum store_env_mode mode, const struct store_dek *deks,
     size_t n, int64_t now);
 /* The version a new DEK of the environment gets: highest ever + 1. */
-enum kb_err store_env_next_version(struct store *s, const char *tenant,
-    const char *name, uint32_t *version);
+enum kb_err store_env_next_version(
+    struct store *s, const char *tenant, const char *name, uint32_t *version);
 /* Add a new current DEK version (dek->version must be what
  * store_env_next_version said, else KB_ERR_UNAVAILABLE). */
 enum kb_err store_env_add_version(struct store *s, const char *tenant,
@@ -338,22 +336,22 @@ enum kb_err store_backup_list(struct store *s, const char *tenant,
  * *destroy gets the ids whose token objects must now be destroyed
  * (malloc'd). */
 enum kb_err store_tenant_lock(struct store *s, const char *tenant,
-    const char *lock_key_id, int64_t now,
-    char (**destroy)[STORE_KEY_ID_MAX], size_t *ndestroy);
+    const char *lock_key_id, int64_t now, char (**destroy)[STORE_KEY_ID_MAX],
+    size_t *ndestroy);
 /* Unlock: the lock key active again, the tenant active, a key change now. */
-enum kb_err store_tenant_unlock(struct store *s, const char *tenant,
-    int64_t now);
+enum kb_err store_tenant_unlock(
+    struct store *s, const char *tenant, int64_t now);
 /* Locked environments whose lock time is at or before `cutoff`. */
 enum kb_err store_envs_locked_before(struct store *s, int64_t cutoff,
     struct store_env **out, size_t *n, size_t max);
 /* Delete an environment's data for good: every DEK version destroyed (its
  * backups' with them; their records stay, unlisted), state deleted (only
  * if still locked). */
-enum kb_err store_env_purge(struct store *s, const char *tenant,
-    const char *name, int64_t now);
+enum kb_err store_env_purge(
+    struct store *s, const char *tenant, const char *name, int64_t now);
 /* Keys in state locked or deleted (their token objects must be gone). */
-enum kb_err store_keys_destroyed(struct store *s, struct store_key **out,
-    size_t *n);
+enum kb_err store_keys_destroyed(
+    struct store *s, struct store_key **out, size_t *n);
 
 /* ---- quorum (store_quorum.c; the rules are quorum.c's) ---- */
 
@@ -365,7 +363,7 @@ enum kb_err store_keys_destroyed(struct store *s, struct store_key **out,
 /* A quorum policy: tenant "" is the platform default. */
 struct store_quorum {
 	char tenant[STORE_ID_MAX];
-	uint32_t approvals;                  /* 0 = off */
+	uint32_t approvals; /* 0 = off */
 	char approvers[STORE_APPROVERS_MAX]; /* "cn,cn"; "" = every admin */
 	int64_t update_time_us;
 	char updated_by[STORE_CN_MAX];
@@ -374,8 +372,8 @@ struct store_quorum {
 };
 
 /* KB_ERR_NOT_FOUND when `tenant` ("" platform) has none. */
-enum kb_err store_quorum_get(struct store *s, const char *tenant,
-    struct store_quorum *out);
+enum kb_err store_quorum_get(
+    struct store *s, const char *tenant, struct store_quorum *out);
 /* Insert or replace the policy of q->tenant. */
 enum kb_err store_quorum_put(struct store *s, const struct store_quorum *q);
 
@@ -385,11 +383,11 @@ struct store_approval_req {
 	char method[64];
 	char tenant[STORE_ID_MAX];
 	char env[STORE_ID_MAX];
-	char args[512];                      /* for people; never a secret */
-	uint8_t call[STORE_CALL_MAX];        /* the packed request, secrets out */
+	char args[512]; /* for people; never a secret */
+	uint8_t call[STORE_CALL_MAX]; /* the packed request, secrets out */
 	size_t call_len;
 	char proof_fp[72];
-	char target[256];                    /* the target's state when made */
+	char target[256]; /* the target's state when made */
 	char requester[STORE_CN_MAX];
 	int64_t create_time_us, expire_time_us, update_time_us;
 	uint32_t needed;
@@ -403,17 +401,17 @@ struct store_approval_req {
 struct store_approval {
 	char request_id[40];
 	char approver[STORE_CN_MAX];
-	char decision[8];                    /* approve, deny */
+	char decision[8]; /* approve, deny */
 	int64_t time_us;
 	uint8_t seal[STORE_SEAL_MAX];
 	size_t seal_len;
 };
 
-enum kb_err store_approval_req_insert(struct store *s,
-    const struct store_approval_req *r);
+enum kb_err store_approval_req_insert(
+    struct store *s, const struct store_approval_req *r);
 /* KB_ERR_NOT_FOUND naming the id when there is none. */
-enum kb_err store_approval_req_get(struct store *s, const char *id,
-    struct store_approval_req *out);
+enum kb_err store_approval_req_get(
+    struct store *s, const char *id, struct store_approval_req *out);
 /* Requests of `tenant` (NULL: every one), newest first; only pending ones
  * unless `all`. *out is malloc'd (NULL when none). */
 enum kb_err store_approval_req_list(struct store *s, const char *tenant,
@@ -425,11 +423,11 @@ enum kb_err store_approval_req_move(struct store *s, const char *id,
     const char *from, const char *to, const char *result, int64_t now);
 /* Record one decision; KB_ERR_ALREADY_EXISTS when this approver (CN) has
  * one on the request already. */
-enum kb_err store_approval_insert(struct store *s,
-    const struct store_approval *a);
+enum kb_err store_approval_insert(
+    struct store *s, const struct store_approval *a);
 /* The decisions on request `id`, oldest first (*out malloc'd or NULL). */
-enum kb_err store_approval_list(struct store *s, const char *id,
-    struct store_approval **out, size_t *n);
+enum kb_err store_approval_list(
+    struct store *s, const char *id, struct store_approval **out, size_t *n);
 
 const char *store_env_mode_name(enum store_env_mode m);
 const char *store_env_state_name(enum store_env_state st);
@@ -442,13 +440,12 @@ struct sqlite3;
  * online backup API in one step (one read transaction: a consistent copy
  * while writers go on). `what` names it in errors. On failure `dest` may
  * be left for the caller to remove. */
-enum kb_err store_sqlite_copy(struct sqlite3 *src, const char *dest,
-    const char *what);
+enum kb_err store_sqlite_copy(
+    struct sqlite3 *src, const char *dest, const char *what);
 /* The database as it is now, copied into the new file `dest`. */
 enum kb_err store_snapshot(struct store *s, const char *dest);
 /* Every key, by purpose, tenant and id; *out malloc'd. */
-enum kb_err store_keys_all(struct store *s, struct store_key **out,
-    size_t *n);
+enum kb_err store_keys_all(struct store *s, struct store_key **out, size_t *n);
 /* What depends on key `key_id` (its DEK rows, and for a tenant key those
  * of its KEKs): environments not deleted, their tenants, and the first 20
  * tenant ids ("a, b") in `names`. */

@@ -12,7 +12,8 @@ static enum kb_err
 env_lookup(struct conn *c, const char *tenant, const char *name,
     int64_t *env_id, uint32_t *max_version)
 {
-	static const char sql[] = "SELECT e.id, coalesce((SELECT max(version) "
+	static const char sql[] =
+	    "SELECT e.id, coalesce((SELECT max(version) "
 	    "FROM deks d WHERE d.env_id = e.id), e.dek_version) FROM "
 	    "environments e WHERE e.tenant_id = ? AND e.name = ?";
 	sqlite3_stmt *st;
@@ -35,17 +36,20 @@ env_lookup(struct conn *c, const char *tenant, const char *name,
 	if (rc == SQLITE_DONE) {
 		if ((e = store_tenant_exists(c, tenant)) != KB_OK)
 			return e;
-		return kb_errf(KB_ERR_NOT_FOUND, "environment \"%s\" does not "
-		    "exist in tenant \"%s\"", name, tenant);
+		return kb_errf(KB_ERR_NOT_FOUND,
+		    "environment \"%s\" does not "
+		    "exist in tenant \"%s\"",
+		    name, tenant);
 	}
 	return store_sql_err(c->db, rc, "reading the environment");
 }
 
 static enum kb_err
-insert_dek(struct conn *c, int64_t env_id, const struct store_dek *d,
-    int64_t now)
+insert_dek(
+    struct conn *c, int64_t env_id, const struct store_dek *d, int64_t now)
 {
-	static const char sql[] = "INSERT INTO deks(env_id, version, key_id, "
+	static const char sql[] =
+	    "INSERT INTO deks(env_id, version, key_id, "
 	    "wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, ?)";
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -56,7 +60,8 @@ insert_dek(struct conn *c, int64_t env_id, const struct store_dek *d,
 	sqlite3_bind_int64(st, 2, d->version);
 	sqlite3_bind_text(st, 3, d->key_id, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 4, d->wrap_alg, -1, SQLITE_STATIC);
-	sqlite3_bind_blob(st, 5, d->wrapped, (int)d->wrapped_len, SQLITE_STATIC);
+	sqlite3_bind_blob(
+	    st, 5, d->wrapped, (int)d->wrapped_len, SQLITE_STATIC);
 	sqlite3_bind_int64(st, 6, now);
 	return store_step_done(c, st, "storing the data key");
 }
@@ -81,7 +86,8 @@ enum kb_err
 store_env_deks(struct store *s, const char *tenant, const char *name,
     struct store_dek **out, size_t *n)
 {
-	static const char sql[] = "SELECT version, key_id, wrap_alg, wrapped "
+	static const char sql[] =
+	    "SELECT version, key_id, wrap_alg, wrapped "
 	    "FROM deks WHERE env_id = ? ORDER BY version DESC";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
@@ -90,11 +96,11 @@ store_env_deks(struct store *s, const char *tenant, const char *name,
 
 	*out = NULL;
 	*n = 0;
-	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK &&
-	    (e = store_stmt(c, sql, &st)) == KB_OK) {
+	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK
+	    && (e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_int64(st, 1, env_id);
-		e = store_collect(c, st, sizeof(**out), dek_row, (void **)out, n,
-		    "reading data keys");
+		e = store_collect(c, st, sizeof(**out), dek_row, (void **)out,
+		    n, "reading data keys");
 	}
 	store_conn_put(s, c);
 	return e;
@@ -111,7 +117,8 @@ struct env_rewrap {
 static enum kb_err
 env_rewrap_txn(struct conn *c, void *arg)
 {
-	static const char sql[] = "UPDATE deks SET key_id = ?, wrap_alg = ?, "
+	static const char sql[] =
+	    "UPDATE deks SET key_id = ?, wrap_alg = ?, "
 	    "wrapped = ? WHERE env_id = ? AND version = ?";
 	struct env_rewrap *a = arg;
 	sqlite3_stmt *st;
@@ -125,17 +132,21 @@ env_rewrap_txn(struct conn *c, void *arg)
 		if ((e = store_stmt(c, sql, &st)) != KB_OK)
 			return e;
 		sqlite3_bind_text(st, 1, a->deks[i].key_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, a->deks[i].wrap_alg, -1, SQLITE_STATIC);
+		sqlite3_bind_text(
+		    st, 2, a->deks[i].wrap_alg, -1, SQLITE_STATIC);
 		sqlite3_bind_blob(st, 3, a->deks[i].wrapped,
 		    (int)a->deks[i].wrapped_len, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 4, env_id);
 		sqlite3_bind_int64(st, 5, a->deks[i].version);
-		if ((e = store_step_done(c, st, "re-wrapping the data key")) != KB_OK)
+		if ((e = store_step_done(c, st, "re-wrapping the data key"))
+		    != KB_OK)
 			return e;
 	}
-	return store_run(c, "UPDATE environments SET mode = ?, update_time_us = ? "
-	    "WHERE id = ?", "changing the encryption mode", "tii",
-	    store_env_mode_name(a->mode), a->now, env_id);
+	return store_run(c,
+	    "UPDATE environments SET mode = ?, update_time_us = ? "
+	    "WHERE id = ?",
+	    "changing the encryption mode", "tii", store_env_mode_name(a->mode),
+	    a->now, env_id);
 }
 
 enum kb_err
@@ -143,7 +154,7 @@ store_env_rewrap(struct store *s, const char *tenant, const char *name,
     enum store_env_mode mode, const struct store_dek *deks, size_t n,
     int64_t now)
 {
-	struct env_rewrap a = { tenant, name, mode, deks, n, now };
+	struct env_rewrap a = {tenant, name, mode, deks, n, now};
 
 	return store_txn(s, env_rewrap_txn, &a, "re-wrapping the environment");
 }
@@ -168,32 +179,38 @@ env_version_txn(struct conn *c, void *arg)
 	/* The caller sealed the DEK for version max + 1 (its associated data
 	 * names it) under the tenant lock: anything else is a race. */
 	if (a->dek->version != max + 1)
-		return kb_errf(KB_ERR_UNAVAILABLE, "environment %s/%s changed "
-		    "meanwhile (data key version %u taken); retry", a->tenant,
-		    a->name, a->dek->version);
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "environment %s/%s changed "
+		    "meanwhile (data key version %u taken); retry",
+		    a->tenant, a->name, a->dek->version);
 	if (a->reset) {
 		/* Reset destroys the data key and its backups for good. */
 		if ((e = store_run(c, "DELETE FROM backups WHERE env_id = ?",
-		    "destroying backups", "i", env_id)) != KB_OK ||
-		    (e = store_run(c, "DELETE FROM deks WHERE env_id = ?",
-		    "destroying data keys", "i", env_id)) != KB_OK)
+		         "destroying backups", "i", env_id))
+		        != KB_OK
+		    || (e = store_run(c, "DELETE FROM deks WHERE env_id = ?",
+		            "destroying data keys", "i", env_id))
+		        != KB_OK)
 			return e;
 	}
 	if ((e = insert_dek(c, env_id, a->dek, a->now)) != KB_OK)
 		return e;
 	if (a->reset)
-		return store_run(c, "UPDATE environments SET dek_version = ?, "
+		return store_run(c,
+		    "UPDATE environments SET dek_version = ?, "
 		    "mode = 'platform', update_time_us = ? WHERE id = ?",
-		    "resetting the environment", "iii", (int64_t)a->dek->version,
-		    a->now, env_id);
-	return store_run(c, "UPDATE environments SET dek_version = ?, "
-	    "update_time_us = ? WHERE id = ?", "setting the data key version",
-	    "iii", (int64_t)a->dek->version, a->now, env_id);
+		    "resetting the environment", "iii",
+		    (int64_t)a->dek->version, a->now, env_id);
+	return store_run(c,
+	    "UPDATE environments SET dek_version = ?, "
+	    "update_time_us = ? WHERE id = ?",
+	    "setting the data key version", "iii", (int64_t)a->dek->version,
+	    a->now, env_id);
 }
 
 enum kb_err
-store_env_next_version(struct store *s, const char *tenant, const char *name,
-    uint32_t *version)
+store_env_next_version(
+    struct store *s, const char *tenant, const char *name, uint32_t *version)
 {
 	struct conn *c = store_conn_get(s);
 	int64_t env_id;
@@ -210,7 +227,7 @@ enum kb_err
 store_env_add_version(struct store *s, const char *tenant, const char *name,
     struct store_dek *dek, int64_t now)
 {
-	struct env_version a = { tenant, name, dek, now, 0 };
+	struct env_version a = {tenant, name, dek, now, 0};
 
 	return store_txn(s, env_version_txn, &a, "adding a data key version");
 }
@@ -219,7 +236,7 @@ enum kb_err
 store_env_reset(struct store *s, const char *tenant, const char *name,
     struct store_dek *dek, int64_t now)
 {
-	struct env_version a = { tenant, name, dek, now, 1 };
+	struct env_version a = {tenant, name, dek, now, 1};
 
 	return store_txn(s, env_version_txn, &a, "resetting the environment");
 }
@@ -234,14 +251,17 @@ store_env_set_state(struct store *s, const char *tenant, const char *name,
 
 	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) != KB_OK)
 		goto out;
-	e = store_run(c, "UPDATE environments SET state = ?, lock_time_us = ?, "
+	e = store_run(c,
+	    "UPDATE environments SET state = ?, lock_time_us = ?, "
 	    "update_time_us = ? WHERE id = ? AND state = ?",
-	    "changing the environment state", "tiiit",
-	    store_env_state_name(to), to == STORE_ENV_LOCKED ? now : (int64_t)0,
-	    now, env_id, store_env_state_name(from));
+	    "changing the environment state", "tiiit", store_env_state_name(to),
+	    to == STORE_ENV_LOCKED ? now : (int64_t)0, now, env_id,
+	    store_env_state_name(from));
 	if (e == KB_OK && sqlite3_changes(c->db) != 1)
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is not "
-		    "%s", tenant, name, store_env_state_name(from));
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "environment %s/%s is not "
+		    "%s",
+		    tenant, name, store_env_state_name(from));
 out:
 	store_conn_put(s, c);
 	return e;
@@ -249,7 +269,8 @@ out:
 
 /* ---- backups ---- */
 
-#define BACKUP_COLS "b.id, e.tenant_id, e.name, b.dek_version, b.mode, " \
+#define BACKUP_COLS                                                            \
+	"b.id, e.tenant_id, e.name, b.dek_version, b.mode, "                   \
 	"b.key_id, b.create_time_us"
 
 static void
@@ -263,8 +284,8 @@ backup_row(sqlite3_stmt *st, void *elem)
 	store_copy_text(b->env, sizeof(b->env), st, 2);
 	b->dek_version = (uint32_t)sqlite3_column_int64(st, 3);
 	store_copy_text(mode, sizeof(mode), st, 4);
-	b->mode = strcmp(mode, "customer") == 0 ? STORE_MODE_CUSTOMER :
-	    STORE_MODE_PLATFORM;
+	b->mode = strcmp(mode, "customer") == 0 ? STORE_MODE_CUSTOMER
+	                                        : STORE_MODE_PLATFORM;
 	store_copy_text(b->key_id, sizeof(b->key_id), st, 5);
 	b->create_time_us = sqlite3_column_int64(st, 6);
 }
@@ -275,9 +296,11 @@ store_backup_create(struct store *s, const char *tenant, const char *name,
 {
 	/* The backup records the environment's encryption state now: its
 	 * mode and the key wrapping its current DEK. */
-	static const char sql[] = "INSERT INTO backups(id, env_id, dek_version, "
+	static const char sql[] =
+	    "INSERT INTO backups(id, env_id, dek_version, "
 	    "mode, key_id, create_time_us) SELECT ?, e.id, e.dek_version, "
-	    "e.mode, coalesce((SELECT nullif(k.parent_id, '') FROM keys k WHERE "
+	    "e.mode, coalesce((SELECT nullif(k.parent_id, '') FROM keys k "
+	    "WHERE "
 	    "k.id = d.key_id AND k.purpose = 'kek'), d.key_id), ? " ENV_JOIN
 	    " WHERE e.tenant_id = ? AND e.name = ? AND d.key_id IS NOT NULL";
 	struct conn *c = store_conn_get(s);
@@ -286,12 +309,15 @@ store_backup_create(struct store *s, const char *tenant, const char *name,
 
 	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) != KB_OK)
 		goto out;
-	if ((e = store_run(c, sql, "recording the backup", "titt", id, now,
-	    tenant, name)) != KB_OK)
+	if ((e = store_run(
+	         c, sql, "recording the backup", "titt", id, now, tenant, name))
+	    != KB_OK)
 		goto out;
 	if (sqlite3_changes(c->db) != 1) {
-		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s has no "
-		    "data key to back up", tenant, name);
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "environment %s/%s has no "
+		    "data key to back up",
+		    tenant, name);
 		goto out;
 	}
 	store_conn_put(s, c);
@@ -305,7 +331,8 @@ enum kb_err
 store_backup_get(struct store *s, const char *tenant, const char *id,
     struct store_backup *out)
 {
-	static const char sql[] = "SELECT " BACKUP_COLS " FROM backups b JOIN "
+	static const char sql[] =
+	    "SELECT " BACKUP_COLS " FROM backups b JOIN "
 	    "environments e ON e.id = b.env_id WHERE b.id = ?1 AND "
 	    "e.tenant_id = ?2";
 	enum kb_err e;
@@ -322,7 +349,8 @@ store_backup_list(struct store *s, const char *tenant, const char *name,
     struct store_backup **out, size_t *n)
 {
 	/* A deleted environment's backups are records only: not listed. */
-	static const char sql[] = "SELECT " BACKUP_COLS " FROM backups b JOIN "
+	static const char sql[] =
+	    "SELECT " BACKUP_COLS " FROM backups b JOIN "
 	    "environments e ON e.id = b.env_id WHERE e.id = ? AND "
 	    "e.state != 'deleted' ORDER BY b.create_time_us, b.id";
 	struct conn *c = store_conn_get(s);
@@ -332,11 +360,11 @@ store_backup_list(struct store *s, const char *tenant, const char *name,
 
 	*out = NULL;
 	*n = 0;
-	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK &&
-	    (e = store_stmt(c, sql, &st)) == KB_OK) {
+	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK
+	    && (e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_int64(st, 1, env_id);
-		e = store_collect(c, st, sizeof(**out), backup_row, (void **)out,
-		    n, "listing backups");
+		e = store_collect(c, st, sizeof(**out), backup_row,
+		    (void **)out, n, "listing backups");
 	}
 	store_conn_put(s, c);
 	return e;
@@ -356,7 +384,8 @@ tenant_lock_txn(struct conn *c, void *arg)
 {
 	/* The tenant keys and the KEK objects in the token: all go. The KEK
 	 * stays in the database, wrapped under the lock key, for unlock. */
-	static const char sel[] = "SELECT id FROM keys WHERE tenant_id = ? AND "
+	static const char sel[] =
+	    "SELECT id FROM keys WHERE tenant_id = ? AND "
 	    "((purpose = 'tenant' AND state IN ('active', 'available')) OR "
 	    "(purpose = 'kek' AND state IN ('active', 'installing')))";
 	struct tenant_lock *a = arg;
@@ -369,50 +398,64 @@ tenant_lock_txn(struct conn *c, void *arg)
 		return e;
 	sqlite3_bind_text(st, 1, a->tenant, -1, SQLITE_STATIC);
 	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		if ((nv = realloc(a->destroy, (a->ndestroy + 1) *
-		    sizeof(*a->destroy))) == NULL) {
+		if ((nv = realloc(
+		         a->destroy, (a->ndestroy + 1) * sizeof(*a->destroy)))
+		    == NULL) {
 			sqlite3_reset(st);
 			return kb_errf(KB_ERR_NOMEM, "out of memory");
 		}
 		a->destroy = nv;
-		store_copy_text(a->destroy[a->ndestroy++], STORE_KEY_ID_MAX, st, 0);
+		store_copy_text(
+		    a->destroy[a->ndestroy++], STORE_KEY_ID_MAX, st, 0);
 	}
 	sqlite3_reset(st);
 	if (rc != SQLITE_DONE)
 		return store_sql_err(c->db, rc, "listing the tenant's keys");
-	if ((e = store_run(c, "UPDATE keys SET state = 'locked', lock_time_us = ?, "
-	    "update_time_us = ? WHERE id = ? AND state = 'active'",
-	    "locking the key", "iit", a->now, a->now, a->key_id)) != KB_OK)
-		return e;
-	if (sqlite3_changes(c->db) != 1)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is no "
-		    "longer the active key", a->key_id);
-	if ((e = store_run(c, "UPDATE keys SET state = 'deleted', "
-	    "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
-	    "purpose = 'tenant' AND state = 'available'", "deleting keys", "iit",
-	    a->now, a->now, a->tenant)) != KB_OK)
-		return e;
-	if ((e = store_run(c, "UPDATE keys SET state = 'locked', "
-	    "lock_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
-	    "purpose = 'kek' AND state = 'active' AND parent_id = ?",
-	    "locking the KEK", "iitt", a->now, a->now, a->tenant, a->key_id))
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'locked', lock_time_us = ?, "
+	         "update_time_us = ? WHERE id = ? AND state = 'active'",
+	         "locking the key", "iit", a->now, a->now, a->key_id))
 	    != KB_OK)
 		return e;
-	if ((e = store_run(c, "UPDATE environments SET state = 'locked', "
-	    "lock_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
-	    "mode = 'customer' AND state = 'enabled'", "locking environments",
-	    "iit", a->now, a->now, a->tenant)) != KB_OK)
+	if (sqlite3_changes(c->db) != 1)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key \"%s\" is no "
+		    "longer the active key",
+		    a->key_id);
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'deleted', "
+	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
+	         "AND "
+	         "purpose = 'tenant' AND state = 'available'",
+	         "deleting keys", "iit", a->now, a->now, a->tenant))
+	    != KB_OK)
 		return e;
-	return store_run(c, "UPDATE tenants SET state = 'locked', lock_time_us = ?, "
-	    "lock_key_id = ? WHERE id = ?", "locking the tenant", "itt", a->now,
-	    a->key_id, a->tenant);
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'locked', "
+	         "lock_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
+	         "purpose = 'kek' AND state = 'active' AND parent_id = ?",
+	         "locking the KEK", "iitt", a->now, a->now, a->tenant,
+	         a->key_id))
+	    != KB_OK)
+		return e;
+	if ((e = store_run(c,
+	         "UPDATE environments SET state = 'locked', "
+	         "lock_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
+	         "mode = 'customer' AND state = 'enabled'",
+	         "locking environments", "iit", a->now, a->now, a->tenant))
+	    != KB_OK)
+		return e;
+	return store_run(c,
+	    "UPDATE tenants SET state = 'locked', lock_time_us = ?, "
+	    "lock_key_id = ? WHERE id = ?",
+	    "locking the tenant", "itt", a->now, a->key_id, a->tenant);
 }
 
 enum kb_err
 store_tenant_lock(struct store *s, const char *tenant, const char *lock_key_id,
     int64_t now, char (**destroy)[STORE_KEY_ID_MAX], size_t *ndestroy)
 {
-	struct tenant_lock a = { tenant, lock_key_id, now, NULL, 0 };
+	struct tenant_lock a = {tenant, lock_key_id, now, NULL, 0};
 	enum kb_err e;
 
 	e = store_txn(s, tenant_lock_txn, &a, "locking the tenant");
@@ -436,29 +479,39 @@ tenant_unlock_txn(struct conn *c, void *arg)
 	struct tenant_unlock *a = arg;
 	enum kb_err e;
 
-	if ((e = store_run(c, "UPDATE keys SET state = 'active', lock_time_us = 0, "
-	    "activate_time_us = ?, update_time_us = ? WHERE id = (SELECT "
-	    "lock_key_id FROM tenants WHERE id = ?) AND state = 'locked'",
-	    "reactivating the key", "iit", a->now, a->now, a->tenant)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'active', lock_time_us = 0, "
+	         "activate_time_us = ?, update_time_us = ? WHERE id = (SELECT "
+	         "lock_key_id FROM tenants WHERE id = ?) AND state = 'locked'",
+	         "reactivating the key", "iit", a->now, a->now, a->tenant))
+	    != KB_OK)
 		return e;
 	if (sqlite3_changes(c->db) != 1)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "tenant \"%s\" has no "
-		    "locked key to reactivate", a->tenant);
-	if ((e = store_run(c, "UPDATE keys SET state = 'active', lock_time_us = 0, "
-	    "update_time_us = ? WHERE tenant_id = ? AND purpose = 'kek' AND "
-	    "state = 'locked' AND parent_id = (SELECT lock_key_id FROM tenants "
-	    "WHERE id = ?)", "reactivating the KEK", "itt", a->now, a->tenant,
-	    a->tenant)) != KB_OK)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "tenant \"%s\" has no "
+		    "locked key to reactivate",
+		    a->tenant);
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'active', lock_time_us = 0, "
+	         "update_time_us = ? WHERE tenant_id = ? AND purpose = 'kek' "
+	         "AND "
+	         "state = 'locked' AND parent_id = (SELECT lock_key_id FROM "
+	         "tenants "
+	         "WHERE id = ?)",
+	         "reactivating the KEK", "itt", a->now, a->tenant, a->tenant))
+	    != KB_OK)
 		return e;
-	return store_run(c, "UPDATE tenants SET state = 'active', lock_time_us = 0, "
+	return store_run(c,
+	    "UPDATE tenants SET state = 'active', lock_time_us = 0, "
 	    "lock_key_id = '', last_key_change_us = ? WHERE id = ? AND "
-	    "state = 'locked'", "unlocking the tenant", "it", a->now, a->tenant);
+	    "state = 'locked'",
+	    "unlocking the tenant", "it", a->now, a->tenant);
 }
 
 enum kb_err
 store_tenant_unlock(struct store *s, const char *tenant, int64_t now)
 {
-	struct tenant_unlock a = { tenant, now };
+	struct tenant_unlock a = {tenant, now};
 
 	return store_txn(s, tenant_unlock_txn, &a, "unlocking the tenant");
 }
@@ -468,8 +521,9 @@ store_envs_locked_before(struct store *s, int64_t cutoff,
     struct store_env **out, size_t *n, size_t max)
 {
 	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN " WHERE "
-	    "e.state = 'locked' AND e.lock_time_us <= ? ORDER BY e.lock_time_us "
-	    "LIMIT ?";
+	                          "e.state = 'locked' AND e.lock_time_us <= ? "
+	                          "ORDER BY e.lock_time_us "
+	                          "LIMIT ?";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -479,8 +533,8 @@ store_envs_locked_before(struct store *s, int64_t cutoff,
 	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_int64(st, 1, cutoff);
 		sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
-		e = store_collect(c, st, sizeof(**out), store_env_row, (void **)out,
-		    n, "listing locked environments");
+		e = store_collect(c, st, sizeof(**out), store_env_row,
+		    (void **)out, n, "listing locked environments");
 	}
 	store_conn_put(s, c);
 	return e;
@@ -500,13 +554,17 @@ env_purge_txn(struct conn *c, void *arg)
 
 	if ((e = env_lookup(c, a->tenant, a->name, &env_id, NULL)) != KB_OK)
 		return e;
-	if ((e = store_run(c, "UPDATE environments SET state = 'deleted', "
-	    "update_time_us = ? WHERE id = ? AND state = 'locked'",
-	    "deleting the environment", "ii", a->now, env_id)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE environments SET state = 'deleted', "
+	         "update_time_us = ? WHERE id = ? AND state = 'locked'",
+	         "deleting the environment", "ii", a->now, env_id))
+	    != KB_OK)
 		return e;
 	if (sqlite3_changes(c->db) != 1)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "environment %s/%s is "
-		    "no longer locked", a->tenant, a->name);
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "environment %s/%s is "
+		    "no longer locked",
+		    a->tenant, a->name);
 	/* The backups' data keys go with the environment's; their records
 	 * (no key material) stay, unlisted, so that a restore of one is
 	 * refused naming why rather than "no such backup". */
@@ -515,10 +573,10 @@ env_purge_txn(struct conn *c, void *arg)
 }
 
 enum kb_err
-store_env_purge(struct store *s, const char *tenant, const char *name,
-    int64_t now)
+store_env_purge(
+    struct store *s, const char *tenant, const char *name, int64_t now)
 {
-	struct env_purge a = { tenant, name, now };
+	struct env_purge a = {tenant, name, now};
 
 	return store_txn(s, env_purge_txn, &a, "deleting the environment");
 }

@@ -14,7 +14,7 @@
 struct conn {
 	sqlite3 *db;
 	struct {
-		const char *sql;    /* static string: compared by address */
+		const char *sql; /* static string: compared by address */
 		sqlite3_stmt *st;
 	} cache[STMT_CACHE];
 	int ncache;
@@ -42,21 +42,24 @@ enum kb_err store_step_done(struct conn *c, sqlite3_stmt *st, const char *what);
 void store_copy_text(char *dst, size_t len, sqlite3_stmt *st, int col);
 enum kb_err store_tenant_exists(struct conn *c, const char *tenant);
 
-#define KEY_COLS "id, coalesce(tenant_id, ''), purpose, origin, state, " \
-	"fingerprint, wrap_alg, create_time_us, update_time_us, bits, " \
+#define KEY_COLS                                                               \
+	"id, coalesce(tenant_id, ''), purpose, origin, state, "                \
+	"fingerprint, wrap_alg, create_time_us, update_time_us, bits, "        \
 	"activate_time_us, lock_time_us, delete_time_us, parent_id, wrapped"
-void store_key_row(sqlite3_stmt *st, void *elem);   /* a store_key */
+void store_key_row(sqlite3_stmt *st, void *elem); /* a store_key */
 enum kb_err store_key_insert(struct conn *c, const struct store_key *k);
 
 /* Column 11: the parent (tenant key) of the KEK sealing the current DEK,
  * "" for platform keys and pre-v2 rows. */
-#define ENV_COLS "e.tenant_id, e.name, e.mode, e.state, e.dek_version, " \
-	"d.key_id, d.wrap_alg, e.create_time_us, e.update_time_us, " \
-	"e.lock_time_us, e.uid, coalesce((SELECT k.parent_id FROM keys k " \
+#define ENV_COLS                                                               \
+	"e.tenant_id, e.name, e.mode, e.state, e.dek_version, "                \
+	"d.key_id, d.wrap_alg, e.create_time_us, e.update_time_us, "           \
+	"e.lock_time_us, e.uid, coalesce((SELECT k.parent_id FROM keys k "     \
 	"WHERE k.id = d.key_id AND k.purpose = 'kek'), '')"
-#define ENV_JOIN "FROM environments e LEFT JOIN deks d ON d.env_id = e.id " \
+#define ENV_JOIN                                                               \
+	"FROM environments e LEFT JOIN deks d ON d.env_id = e.id "             \
 	"AND d.version = e.dek_version"
-void store_env_row(sqlite3_stmt *st, void *elem);   /* a store_env */
+void store_env_row(sqlite3_stmt *st, void *elem); /* a store_env */
 
 /* Fill one record of `elem` from the current row. */
 typedef void (*store_row_fn)(sqlite3_stmt *st, void *elem);
@@ -76,8 +79,8 @@ enum kb_err store_get_one(struct store *s, const char *sql, const char *a1,
 /* Run one statement whose parameters are given by `types`: 't' a text
  * (const char *), 'i' an int64_t. For the short updates inside
  * transactions. */
-enum kb_err store_run(struct conn *c, const char *sql, const char *what,
-    const char *types, ...);
+enum kb_err store_run(
+    struct conn *c, const char *sql, const char *what, const char *types, ...);
 
 /* Run fn(c, arg) inside BEGIN IMMEDIATE ... COMMIT; on error roll back, so
  * the database is unaltered. */

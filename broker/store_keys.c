@@ -11,7 +11,8 @@ enum kb_err
 store_key_list(struct store *s, const char *tenant, const char *purpose,
     struct store_key **out, size_t *n)
 {
-	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	static const char sql[] =
+	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "tenant_id = ? AND purpose = ? ORDER BY create_time_us, id";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
@@ -19,12 +20,12 @@ store_key_list(struct store *s, const char *tenant, const char *purpose,
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_tenant_exists(c, tenant)) == KB_OK &&
-	    (e = store_stmt(c, sql, &st)) == KB_OK) {
+	if ((e = store_tenant_exists(c, tenant)) == KB_OK
+	    && (e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, purpose, -1, SQLITE_STATIC);
-		e = store_collect(c, st, sizeof(**out), store_key_row, (void **)out,
-		    n, "listing keys");
+		e = store_collect(c, st, sizeof(**out), store_key_row,
+		    (void **)out, n, "listing keys");
 	}
 	store_conn_put(s, c);
 	return e;
@@ -33,7 +34,8 @@ store_key_list(struct store *s, const char *tenant, const char *purpose,
 enum kb_err
 store_keys_destroyed(struct store *s, struct store_key **out, size_t *n)
 {
-	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	static const char sql[] =
+	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "purpose IN ('tenant', 'kek', 'platform') AND "
 	    "state IN ('locked', 'deleted')";
 	struct conn *c = store_conn_get(s);
@@ -43,8 +45,8 @@ store_keys_destroyed(struct store *s, struct store_key **out, size_t *n)
 	*out = NULL;
 	*n = 0;
 	if ((e = store_stmt(c, sql, &st)) == KB_OK)
-		e = store_collect(c, st, sizeof(**out), store_key_row, (void **)out,
-		    n, "listing destroyed keys");
+		e = store_collect(c, st, sizeof(**out), store_key_row,
+		    (void **)out, n, "listing destroyed keys");
 	store_conn_put(s, c);
 	return e;
 }
@@ -53,7 +55,8 @@ enum kb_err
 store_key_by_fingerprint(struct store *s, const char *tenant,
     const char *fingerprint, struct store_key *out)
 {
-	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	static const char sql[] =
+	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "tenant_id = ? AND purpose = 'tenant' AND fingerprint = ? "
 	    "ORDER BY create_time_us DESC LIMIT 1";
 
@@ -62,7 +65,8 @@ store_key_by_fingerprint(struct store *s, const char *tenant,
 }
 
 enum kb_err
-store_run(struct conn *c, const char *sql, const char *what, const char *types, ...)
+store_run(
+    struct conn *c, const char *sql, const char *what, const char *types, ...)
 {
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -74,8 +78,8 @@ store_run(struct conn *c, const char *sql, const char *what, const char *types, 
 	va_start(ap, types);
 	for (i = 0; types[i] != '\0'; i++) {
 		if (types[i] == 't')
-			sqlite3_bind_text(st, i + 1, va_arg(ap, const char *), -1,
-			    SQLITE_TRANSIENT);
+			sqlite3_bind_text(st, i + 1, va_arg(ap, const char *),
+			    -1, SQLITE_TRANSIENT);
 		else
 			sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
 	}
@@ -96,14 +100,15 @@ key_add_txn(struct conn *c, void *arg)
 
 	if ((e = store_key_insert(c, a->k)) != KB_OK)
 		return e;
-	return store_run(c, "UPDATE tenants SET last_key_change_us = ? WHERE id = ?",
+	return store_run(c,
+	    "UPDATE tenants SET last_key_change_us = ? WHERE id = ?",
 	    "recording the key change", "it", a->now, a->k->tenant_id);
 }
 
 enum kb_err
 store_key_add(struct store *s, const struct store_key *k, int64_t now)
 {
-	struct key_add a = { k, now };
+	struct key_add a = {k, now};
 
 	return store_txn(s, key_add_txn, &a, "recording the key");
 }
@@ -115,7 +120,8 @@ store_kek_current(struct store *s, const char *tenant, struct store_key *out)
 {
 	/* The installing KEK while an activation runs (new data keys go
 	 * straight under it), else the active one. */
-	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	static const char sql[] =
+	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "tenant_id = ? AND purpose = 'kek' AND state IN ('active', "
 	    "'installing') ORDER BY state = 'installing' DESC, "
 	    "create_time_us DESC LIMIT 1";
@@ -123,15 +129,18 @@ store_kek_current(struct store *s, const char *tenant, struct store_key *out)
 
 	e = store_get_one(s, sql, tenant, NULL, store_key_row, out, "KEK of");
 	if (e == KB_ERR_NOT_FOUND)
-		e = kb_errf(e, "tenant \"%s\" has no key-encryption key: it "
-		    "has no active tenant key", tenant);
+		e = kb_errf(e,
+		    "tenant \"%s\" has no key-encryption key: it "
+		    "has no active tenant key",
+		    tenant);
 	return e;
 }
 
 enum kb_err
 store_platform_current(struct store *s, struct store_key *out)
 {
-	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
+	static const char sql[] =
+	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "tenant_id IS NULL AND purpose = 'platform' AND wrap_alg = ? AND "
 	    "state IN ('active', 'installing') ORDER BY state = 'installing' "
 	    "DESC, create_time_us DESC LIMIT 1";
@@ -141,11 +150,11 @@ store_platform_current(struct store *s, struct store_key *out)
 }
 
 enum kb_err
-store_keys_by_purpose(struct store *s, const char *purpose,
-    struct store_key **out, size_t *n)
+store_keys_by_purpose(
+    struct store *s, const char *purpose, struct store_key **out, size_t *n)
 {
 	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
-	    "purpose = ? ORDER BY create_time_us, id";
+	                          "purpose = ? ORDER BY create_time_us, id";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -168,10 +177,13 @@ store_key_set_state(struct store *s, const char *id, const char *from,
 	struct conn *c = store_conn_get(s);
 	enum kb_err e;
 
-	e = store_run(c, "UPDATE keys SET state = ?, update_time_us = ?, "
+	e = store_run(c,
+	    "UPDATE keys SET state = ?, update_time_us = ?, "
 	    "delete_time_us = CASE WHEN ? = 'deleted' THEN ? ELSE "
-	    "delete_time_us END WHERE id = ? AND state = ?", "changing a key's "
-	    "state", "tititt", to, now, to, now, id, from);
+	    "delete_time_us END WHERE id = ? AND state = ?",
+	    "changing a key's "
+	    "state",
+	    "tititt", to, now, to, now, id, from);
 	if (e == KB_OK && sqlite3_changes(c->db) != 1)
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is not %s",
 		    id, from);
@@ -201,7 +213,8 @@ int64_t
 store_deks_legacy(struct store *s)
 {
 	/* Rows of locked tenants wait for their unlock. */
-	static const char sql[] = "SELECT count(*) FROM deks d JOIN "
+	static const char sql[] =
+	    "SELECT count(*) FROM deks d JOIN "
 	    "environments e ON e.id = d.env_id JOIN tenants t ON t.id = "
 	    "e.tenant_id WHERE d.wrap_alg != 'AES-256-GCM' AND "
 	    "t.state != 'locked' AND d.damaged = ''";
@@ -220,8 +233,9 @@ store_deks_legacy(struct store *s)
 
 /* ---- jobs ---- */
 
-#define JOB_COLS "id, coalesce(tenant_id, ''), kind, key_id, " \
-	"previous_key_id, state, total, done, error, create_time_us, " \
+#define JOB_COLS                                                               \
+	"id, coalesce(tenant_id, ''), kind, key_id, "                          \
+	"previous_key_id, state, total, done, error, create_time_us, "         \
 	"update_time_us, target_key_id"
 
 static void
@@ -247,13 +261,16 @@ job_row(sqlite3_stmt *st, void *elem)
  * under the target KEK; every platform-managed DEK not under the target
  * platform key; every DEK still in the pre-v2 envelope. Deleted
  * environments have no DEK rows. */
-static const char count_activate[] = "SELECT count(*) FROM deks d JOIN "
+static const char count_activate[] =
+    "SELECT count(*) FROM deks d JOIN "
     "environments e ON e.id = d.env_id WHERE e.tenant_id = ?1 AND "
     "e.mode = 'customer' AND d.key_id != ?2 AND d.damaged = ''";
-static const char count_platform[] = "SELECT count(*) FROM deks d JOIN "
+static const char count_platform[] =
+    "SELECT count(*) FROM deks d JOIN "
     "environments e ON e.id = d.env_id WHERE ?1 = ?1 AND "
     "e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = ''";
-static const char count_upgrade[] = "SELECT count(*) FROM deks d WHERE "
+static const char count_upgrade[] =
+    "SELECT count(*) FROM deks d WHERE "
     "?1 = ?1 AND ?2 = ?2 AND d.wrap_alg != 'AES-256-GCM' AND "
     "d.damaged = ''";
 
@@ -290,19 +307,21 @@ job_count(struct conn *c, const char *kind, const char *tenant,
 static enum kb_err
 job_insert(struct conn *c, const struct store_job *j)
 {
-	return store_run(c, "INSERT INTO jobs(id, tenant_id, kind, key_id, "
+	return store_run(c,
+	    "INSERT INTO jobs(id, tenant_id, kind, key_id, "
 	    "previous_key_id, target_key_id, state, total, done, "
-	    "create_time_us, update_time_us) VALUES (?, nullif(?, ''), ?, ?, ?, "
-	    "?, 'running', ?, 0, ?, ?)", "recording the job", "ttttttiii",
-	    j->id, j->tenant_id, j->kind, j->key_id, j->previous_key_id,
-	    j->target_key_id, (int64_t)j->total, j->create_time_us,
-	    j->update_time_us);
+	    "create_time_us, update_time_us) VALUES (?, nullif(?, ''), ?, ?, "
+	    "?, "
+	    "?, 'running', ?, 0, ?, ?)",
+	    "recording the job", "ttttttiii", j->id, j->tenant_id, j->kind,
+	    j->key_id, j->previous_key_id, j->target_key_id, (int64_t)j->total,
+	    j->create_time_us, j->update_time_us);
 }
 
 static void
 job_fill(struct store_job *j, const char *id, const char *tenant,
-    const char *kind, const char *key_id, const char *prev,
-    const char *target, int64_t now)
+    const char *kind, const char *key_id, const char *prev, const char *target,
+    int64_t now)
 {
 	memset(j, 0, sizeof(*j));
 	snprintf(j->id, sizeof(j->id), "%s", id);
@@ -329,22 +348,30 @@ activation_begin_txn(struct conn *c, void *arg)
 	enum kb_err e;
 	int64_t total;
 
-	if ((e = store_run(c, "UPDATE keys SET state = 'installing', "
-	    "update_time_us = ? WHERE id = ? AND tenant_id = ? AND "
-	    "state = 'available'", "marking the key installing", "itt", a->now,
-	    a->key_id, a->tenant)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'installing', "
+	         "update_time_us = ? WHERE id = ? AND tenant_id = ? AND "
+	         "state = 'available'",
+	         "marking the key installing", "itt", a->now, a->key_id,
+	         a->tenant))
+	    != KB_OK)
 		return e;
 	if (sqlite3_changes(c->db) != 1)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is not "
-		    "available", a->key_id);
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key \"%s\" is not "
+		    "available",
+		    a->key_id);
 	if ((e = store_key_insert(c, a->kek)) != KB_OK)
 		return e;
-	if ((e = job_count(c, STORE_JOB_ACTIVATE, a->tenant, a->kek->id,
-	    &total)) != KB_OK)
+	if ((e = job_count(
+	         c, STORE_JOB_ACTIVATE, a->tenant, a->kek->id, &total))
+	    != KB_OK)
 		return e;
-	if ((e = store_run(c, "UPDATE tenants SET last_activation_us = ?, "
-	    "last_key_change_us = ? WHERE id = ?", "recording the activation",
-	    "iit", a->now, a->now, a->tenant)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE tenants SET last_activation_us = ?, "
+	         "last_key_change_us = ? WHERE id = ?",
+	         "recording the activation", "iit", a->now, a->now, a->tenant))
+	    != KB_OK)
 		return e;
 	job_fill(a->job, a->job_id, a->tenant, STORE_JOB_ACTIVATE, a->key_id,
 	    a->prev, a->kek->id, a->now);
@@ -357,14 +384,15 @@ store_activation_begin(struct store *s, const char *tenant, const char *key_id,
     const char *previous_key_id, const struct store_key *kek,
     const char *job_id, int64_t now, struct store_job *job)
 {
-	struct act_begin a = { tenant, key_id, previous_key_id, job_id, kek,
-	    now, job };
+	struct act_begin a = {
+	    tenant, key_id, previous_key_id, job_id, kek, now, job};
 
-	return store_txn(s, activation_begin_txn, &a, "starting the activation");
+	return store_txn(
+	    s, activation_begin_txn, &a, "starting the activation");
 }
 
 struct job_begin {
-	const struct store_key *key;   /* a new key to record, or NULL */
+	const struct store_key *key; /* a new key to record, or NULL */
 	struct store_job *job;
 };
 
@@ -378,7 +406,8 @@ job_begin_txn(struct conn *c, void *arg)
 	if (a->key != NULL && (e = store_key_insert(c, a->key)) != KB_OK)
 		return e;
 	if ((e = job_count(c, a->job->kind, a->job->tenant_id,
-	    a->job->target_key_id, &total)) != KB_OK)
+	         a->job->target_key_id, &total))
+	    != KB_OK)
 		return e;
 	a->job->total = (uint64_t)total;
 	return job_insert(c, a->job);
@@ -386,10 +415,10 @@ job_begin_txn(struct conn *c, void *arg)
 
 enum kb_err
 store_job_begin(struct store *s, const char *job_id, const char *kind,
-    const struct store_key *new_key, const char *previous_key_id,
-    int64_t now, struct store_job *job)
+    const struct store_key *new_key, const char *previous_key_id, int64_t now,
+    struct store_job *job)
 {
-	struct job_begin a = { new_key, job };
+	struct job_begin a = {new_key, job};
 	struct store_job *v = NULL;
 	size_t n = 0, i;
 	enum kb_err e;
@@ -400,9 +429,10 @@ store_job_begin(struct store *s, const char *job_id, const char *kind,
 		if (strcmp(v[i].kind, kind) == 0) {
 			*job = v[i];
 			free(v);
-			return kb_errf(KB_ERR_ALREADY_EXISTS, "job %s (%s) is "
-			    "already running: %llu of %llu done", job->id, kind,
-			    (unsigned long long)job->done,
+			return kb_errf(KB_ERR_ALREADY_EXISTS,
+			    "job %s (%s) is "
+			    "already running: %llu of %llu done",
+			    job->id, kind, (unsigned long long)job->done,
 			    (unsigned long long)job->total);
 		}
 	}
@@ -420,32 +450,38 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 	/* Driven by environments_tenant_mode (activation) or the primary
 	 * key, in (env id, version) order from the position: each call
 	 * costs what it returns, not the rows done before it. */
-#define RW_COLS "SELECT d.env_id, d.version, d.key_id, d.wrap_alg, " \
-	"d.wrapped, e.tenant_id, e.name, e.uid, e.mode, e.state, d.damaged " \
+#define RW_COLS                                                                \
+	"SELECT d.env_id, d.version, d.key_id, d.wrap_alg, "                   \
+	"d.wrapped, e.tenant_id, e.name, e.uid, e.mode, e.state, d.damaged "   \
 	"FROM environments e JOIN deks d ON d.env_id = e.id "
-	static const char act_sql[] = RW_COLS "WHERE e.tenant_id = ?1 AND "
+	static const char act_sql[] = RW_COLS
+	    "WHERE e.tenant_id = ?1 AND "
 	    "e.mode = 'customer' AND d.key_id != ?2 AND d.damaged = '' AND"
 	    " e.id >= ?4 AND "
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
-	static const char rot_sql[] = RW_COLS "WHERE ?1 = ?1 AND "
+	static const char rot_sql[] = RW_COLS
+	    "WHERE ?1 = ?1 AND "
 	    "e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = '' AND"
 	    " e.id >= ?4 AND "
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
-	static const char upg_sql[] = RW_COLS "WHERE ?1 = ?1 AND ?2 = ?2 AND "
-	    "d.wrap_alg != 'AES-256-GCM' AND d.damaged = '' AND"
-	    " e.id >= ?4 AND "
-	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
-	    "LIMIT ?3";
-	static const char ver_sql[] = RW_COLS "WHERE (?1 = '' OR "
-	    "e.tenant_id = ?1) AND ?2 = ?2 AND e.id >= ?4 AND "
-	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
-	    "LIMIT ?3";
+	static const char upg_sql[] =
+	    RW_COLS "WHERE ?1 = ?1 AND ?2 = ?2 AND "
+	            "d.wrap_alg != 'AES-256-GCM' AND d.damaged = '' AND"
+	            " e.id >= ?4 AND "
+	            "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
+	            "LIMIT ?3";
+	static const char ver_sql[] =
+	    RW_COLS "WHERE (?1 = '' OR "
+	            "e.tenant_id = ?1) AND ?2 = ?2 AND e.id >= ?4 AND "
+	            "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
+	            "LIMIT ?3";
 #undef RW_COLS
-	const char *sql = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? act_sql :
-	    strcmp(job->kind, STORE_JOB_ROTATE) == 0 ? rot_sql :
-	    strcmp(job->kind, STORE_SCAN_VERIFY) == 0 ? ver_sql : upg_sql;
+	const char *sql = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? act_sql
+	    : strcmp(job->kind, STORE_JOB_ROTATE) == 0               ? rot_sql
+	    : strcmp(job->kind, STORE_SCAN_VERIFY) == 0              ? ver_sql
+	                                                             : upg_sql;
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -469,7 +505,8 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 		r->version = (uint32_t)sqlite3_column_int64(st, 1);
 		r->dek.version = r->version;
 		store_copy_text(r->dek.key_id, sizeof(r->dek.key_id), st, 2);
-		store_copy_text(r->dek.wrap_alg, sizeof(r->dek.wrap_alg), st, 3);
+		store_copy_text(
+		    r->dek.wrap_alg, sizeof(r->dek.wrap_alg), st, 3);
 		len = sqlite3_column_bytes(st, 4);
 		if (len <= 0 || (size_t)len > sizeof(r->dek.wrapped))
 			len = 0;
@@ -481,8 +518,8 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 		store_copy_text(r->name, sizeof(r->name), st, 6);
 		store_copy_text(r->uid, sizeof(r->uid), st, 7);
 		store_copy_text(mode, sizeof(mode), st, 8);
-		r->mode = strcmp(mode, "customer") == 0 ? STORE_MODE_CUSTOMER :
-		    STORE_MODE_PLATFORM;
+		r->mode = strcmp(mode, "customer") == 0 ? STORE_MODE_CUSTOMER
+		                                        : STORE_MODE_PLATFORM;
 		store_copy_text(mode, sizeof(mode), st, 9);
 		r->locked = strcmp(mode, "locked") == 0;
 		store_copy_text(r->dek.damaged, sizeof(r->dek.damaged), st, 10);
@@ -513,7 +550,8 @@ struct rewrap_commit {
 static enum kb_err
 rewrap_commit_txn(struct conn *c, void *arg)
 {
-	static const char sql[] = "UPDATE deks SET key_id = ?, wrap_alg = ?, "
+	static const char sql[] =
+	    "UPDATE deks SET key_id = ?, wrap_alg = ?, "
 	    "wrapped = ? WHERE env_id = ? AND version = ? AND key_id = ?";
 	struct rewrap_commit *a = arg;
 	sqlite3_stmt *st;
@@ -530,8 +568,8 @@ rewrap_commit_txn(struct conn *c, void *arg)
 			return e;
 		sqlite3_bind_text(st, 1, r->dek.key_id, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, r->dek.wrap_alg, -1, SQLITE_STATIC);
-		sqlite3_bind_blob(st, 3, r->dek.wrapped, (int)r->dek.wrapped_len,
-		    SQLITE_STATIC);
+		sqlite3_bind_blob(st, 3, r->dek.wrapped,
+		    (int)r->dek.wrapped_len, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 4, r->env_id);
 		sqlite3_bind_int64(st, 5, r->version);
 		sqlite3_bind_text(st, 6, a->old[i], -1, SQLITE_STATIC);
@@ -540,9 +578,10 @@ rewrap_commit_txn(struct conn *c, void *arg)
 			return e;
 		changed += sqlite3_changes(c->db);
 	}
-	return store_run(c, "UPDATE jobs SET done = done + ?, update_time_us = ? "
-	    "WHERE id = ?", "recording job progress", "iit", changed, a->now,
-	    a->job_id);
+	return store_run(c,
+	    "UPDATE jobs SET done = done + ?, update_time_us = ? "
+	    "WHERE id = ?",
+	    "recording job progress", "iit", changed, a->now, a->job_id);
 }
 
 enum kb_err
@@ -550,9 +589,10 @@ store_rewrap_commit(struct store *s, const char *job_id,
     const struct store_rewrap *rows, char (*old_key_ids)[STORE_KEY_ID_MAX],
     size_t n, int64_t now)
 {
-	struct rewrap_commit a = { job_id, rows, old_key_ids, n, now };
+	struct rewrap_commit a = {job_id, rows, old_key_ids, n, now};
 
-	return store_txn(s, rewrap_commit_txn, &a, "storing re-sealed data keys");
+	return store_txn(
+	    s, rewrap_commit_txn, &a, "storing re-sealed data keys");
 }
 
 struct job_finish {
@@ -572,9 +612,10 @@ finish_check(struct conn *c, const struct store_job *j)
 	    != KB_OK)
 		return e;
 	if (left > 0)
-		return kb_errf(KB_ERR_UNAVAILABLE, "job %s: %lld data keys were "
-		    "added meanwhile; going round again", j->id,
-		    (long long)left);
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "job %s: %lld data keys were "
+		    "added meanwhile; going round again",
+		    j->id, (long long)left);
 	return KB_OK;
 }
 
@@ -586,30 +627,42 @@ activation_finish_txn(struct conn *c, void *arg)
 
 	if ((e = finish_check(c, a->j)) != KB_OK)
 		return e;
-	if ((e = store_run(c, "UPDATE keys SET state = 'available', update_time_us = ? "
-	    "WHERE tenant_id = ? AND purpose = 'tenant' AND state = 'active'",
-	    "retiring the previous key", "it", a->now, a->j->tenant_id)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'available', update_time_us = ? "
+	         "WHERE tenant_id = ? AND purpose = 'tenant' AND state = "
+	         "'active'",
+	         "retiring the previous key", "it", a->now, a->j->tenant_id))
+	    != KB_OK)
 		return e;
-	if ((e = store_run(c, "UPDATE keys SET state = 'active', update_time_us = ?, "
-	    "activate_time_us = ? WHERE id = ? AND state = 'installing'",
-	    "activating the key", "iit", a->now, a->now, a->j->key_id)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'active', update_time_us = ?, "
+	         "activate_time_us = ? WHERE id = ? AND state = 'installing'",
+	         "activating the key", "iit", a->now, a->now, a->j->key_id))
+	    != KB_OK)
 		return e;
 	/* The previous KEK seals nothing now: it goes (the caller destroys
 	 * its token object). */
-	if ((e = store_run(c, "UPDATE keys SET state = 'deleted', "
-	    "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? AND "
-	    "purpose = 'kek' AND state = 'active' AND id != ?",
-	    "retiring the previous KEK", "iitt", a->now, a->now,
-	    a->j->tenant_id, a->j->target_key_id)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'deleted', "
+	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
+	         "AND "
+	         "purpose = 'kek' AND state = 'active' AND id != ?",
+	         "retiring the previous KEK", "iitt", a->now, a->now,
+	         a->j->tenant_id, a->j->target_key_id))
+	    != KB_OK)
 		return e;
-	if ((e = store_run(c, "UPDATE keys SET state = 'active', "
-	    "activate_time_us = ?, update_time_us = ? WHERE id = ? AND "
-	    "state = 'installing'", "activating the KEK", "iit", a->now, a->now,
-	    a->j->target_key_id)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'active', "
+	         "activate_time_us = ?, update_time_us = ? WHERE id = ? AND "
+	         "state = 'installing'",
+	         "activating the KEK", "iit", a->now, a->now,
+	         a->j->target_key_id))
+	    != KB_OK)
 		return e;
-	return store_run(c, "UPDATE jobs SET state = 'done', done = total, "
-	    "update_time_us = ? WHERE id = ?", "finishing the job", "it", a->now,
-	    a->j->id);
+	return store_run(c,
+	    "UPDATE jobs SET state = 'done', done = total, "
+	    "update_time_us = ? WHERE id = ?",
+	    "finishing the job", "it", a->now, a->j->id);
 }
 
 static enum kb_err
@@ -620,34 +673,44 @@ platform_finish_txn(struct conn *c, void *arg)
 
 	/* The upgrade leaves the rows of locked tenants (their keys are out
 	 * of the token): it ends when a pass moves nothing more. */
-	if (strcmp(a->j->kind, STORE_JOB_UPGRADE) != 0 &&
-	    (e = finish_check(c, a->j)) != KB_OK)
+	if (strcmp(a->j->kind, STORE_JOB_UPGRADE) != 0
+	    && (e = finish_check(c, a->j)) != KB_OK)
 		return e;
 	if (strcmp(a->j->kind, STORE_JOB_ROTATE) == 0) {
-		if ((e = store_run(c, "UPDATE keys SET state = 'deleted', "
-		    "delete_time_us = ?, update_time_us = ? WHERE tenant_id IS "
-		    "NULL AND purpose = 'platform' AND state = 'active' AND "
-		    "id != ?", "retiring the previous platform key", "iit",
-		    a->now, a->now, a->j->target_key_id)) != KB_OK ||
-		    (e = store_run(c, "UPDATE keys SET state = 'active', "
-		    "activate_time_us = ?, update_time_us = ? WHERE id = ? AND "
-		    "state = 'installing'", "activating the platform key", "iit",
-		    a->now, a->now, a->j->target_key_id)) != KB_OK)
+		if ((e = store_run(c,
+		         "UPDATE keys SET state = 'deleted', "
+		         "delete_time_us = ?, update_time_us = ? WHERE "
+		         "tenant_id IS "
+		         "NULL AND purpose = 'platform' AND state = 'active' "
+		         "AND "
+		         "id != ?",
+		         "retiring the previous platform key", "iit", a->now,
+		         a->now, a->j->target_key_id))
+		        != KB_OK
+		    || (e = store_run(c,
+		            "UPDATE keys SET state = 'active', "
+		            "activate_time_us = ?, update_time_us = ? WHERE id "
+		            "= ? AND "
+		            "state = 'installing'",
+		            "activating the platform key", "iit", a->now,
+		            a->now, a->j->target_key_id))
+		        != KB_OK)
 			return e;
 	}
-	return store_run(c, "UPDATE jobs SET state = 'done', done = total, "
-	    "update_time_us = ? WHERE id = ?", "finishing the job", "it", a->now,
-	    a->j->id);
+	return store_run(c,
+	    "UPDATE jobs SET state = 'done', done = total, "
+	    "update_time_us = ? WHERE id = ?",
+	    "finishing the job", "it", a->now, a->j->id);
 }
 
 enum kb_err
 store_job_finish(struct store *s, const struct store_job *j, int64_t now)
 {
-	struct job_finish a = { j, now };
+	struct job_finish a = {j, now};
 
 	if (strcmp(j->kind, STORE_JOB_ACTIVATE) == 0)
-		return store_txn(s, activation_finish_txn, &a,
-		    "finishing the activation");
+		return store_txn(
+		    s, activation_finish_txn, &a, "finishing the activation");
 	return store_txn(s, platform_finish_txn, &a, "finishing the job");
 }
 
@@ -665,21 +728,24 @@ job_fail_txn(struct conn *c, void *arg)
 	/* The tenant key goes back to available. The new KEK stays: the
 	 * environments already re-sealed under it stay readable (each DEK row
 	 * names its key), and the next activation re-seals them again. */
-	if ((e = store_run(c, "UPDATE keys SET state = 'available', update_time_us = ? "
-	    "WHERE id = (SELECT key_id FROM jobs WHERE id = ? AND kind = "
-	    "'activate') AND state = 'installing'", "releasing the key", "it",
-	    a->now, a->job_id)) != KB_OK)
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = 'available', update_time_us = ? "
+	         "WHERE id = (SELECT key_id FROM jobs WHERE id = ? AND kind = "
+	         "'activate') AND state = 'installing'",
+	         "releasing the key", "it", a->now, a->job_id))
+	    != KB_OK)
 		return e;
-	return store_run(c, "UPDATE jobs SET state = 'failed', error = ?, "
-	    "update_time_us = ? WHERE id = ?", "recording the failure", "tit",
-	    a->error, a->now, a->job_id);
+	return store_run(c,
+	    "UPDATE jobs SET state = 'failed', error = ?, "
+	    "update_time_us = ? WHERE id = ?",
+	    "recording the failure", "tit", a->error, a->now, a->job_id);
 }
 
 enum kb_err
-store_job_fail(struct store *s, const char *job_id, const char *error,
-    int64_t now)
+store_job_fail(
+    struct store *s, const char *job_id, const char *error, int64_t now)
 {
-	struct job_fail a = { job_id, error, now };
+	struct job_fail a = {job_id, error, now};
 
 	return store_txn(s, job_fail_txn, &a, "recording the job failure");
 }
@@ -696,7 +762,7 @@ enum kb_err
 store_jobs_running(struct store *s, struct store_job **out, size_t *n)
 {
 	static const char sql[] = "SELECT " JOB_COLS " FROM jobs WHERE "
-	    "state = 'running' ORDER BY create_time_us";
+	                          "state = 'running' ORDER BY create_time_us";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -704,8 +770,8 @@ store_jobs_running(struct store *s, struct store_job **out, size_t *n)
 	*out = NULL;
 	*n = 0;
 	if ((e = store_stmt(c, sql, &st)) == KB_OK)
-		e = store_collect(c, st, sizeof(**out), job_row, (void **)out, n,
-		    "listing jobs");
+		e = store_collect(c, st, sizeof(**out), job_row, (void **)out,
+		    n, "listing jobs");
 	store_conn_put(s, c);
 	return e;
 }
@@ -714,7 +780,8 @@ int64_t
 store_deks_count(struct store *s, const char *tenant)
 {
 	static const char sql[] = "SELECT count(*) FROM deks d JOIN "
-	    "environments e ON e.id = d.env_id WHERE ?1 = '' OR e.tenant_id = ?1";
+	                          "environments e ON e.id = d.env_id WHERE ?1 "
+	                          "= '' OR e.tenant_id = ?1";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	int64_t n = -1;
@@ -733,7 +800,8 @@ enum kb_err
 store_dek_replace(struct store *s, const char *tenant, const char *name,
     const struct store_dek *d)
 {
-	static const char sql[] = "UPDATE deks SET key_id = ?, wrap_alg = ?, "
+	static const char sql[] =
+	    "UPDATE deks SET key_id = ?, wrap_alg = ?, "
 	    "wrapped = ?, damaged = '' WHERE version = ? AND env_id = (SELECT "
 	    "id FROM environments WHERE tenant_id = ? AND name = ?)";
 	struct conn *c = store_conn_get(s);
@@ -743,15 +811,17 @@ store_dek_replace(struct store *s, const char *tenant, const char *name,
 	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
 		sqlite3_bind_text(st, 1, d->key_id, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 2, d->wrap_alg, -1, SQLITE_STATIC);
-		sqlite3_bind_blob(st, 3, d->wrapped, (int)d->wrapped_len,
-		    SQLITE_STATIC);
+		sqlite3_bind_blob(
+		    st, 3, d->wrapped, (int)d->wrapped_len, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 4, d->version);
 		sqlite3_bind_text(st, 5, tenant, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 6, name, -1, SQLITE_STATIC);
 		e = store_step_done(c, st, "repairing a data key");
 		if (e == KB_OK && sqlite3_changes(c->db) != 1)
-			e = kb_errf(KB_ERR_NOT_FOUND, "%s/%s has no data key "
-			    "version %u", tenant, name, d->version);
+			e = kb_errf(KB_ERR_NOT_FOUND,
+			    "%s/%s has no data key "
+			    "version %u",
+			    tenant, name, d->version);
 	}
 	store_conn_put(s, c);
 	return e;
@@ -764,13 +834,15 @@ store_dek_mark_damaged(struct store *s, const char *tenant, const char *name,
 	struct conn *c = store_conn_get(s);
 	enum kb_err e;
 
-	e = store_run(c, "UPDATE deks SET damaged = ? WHERE version = ? AND "
+	e = store_run(c,
+	    "UPDATE deks SET damaged = ? WHERE version = ? AND "
 	    "env_id = (SELECT id FROM environments WHERE tenant_id = ? AND "
-	    "name = ?)", "marking a data key unrecoverable", "titt", why,
-	    (int64_t)version, tenant, name);
+	    "name = ?)",
+	    "marking a data key unrecoverable", "titt", why, (int64_t)version,
+	    tenant, name);
 	if (e == KB_OK && sqlite3_changes(c->db) != 1)
-		e = kb_errf(KB_ERR_NOT_FOUND, "%s/%s has no data key version %u",
-		    tenant, name, version);
+		e = kb_errf(KB_ERR_NOT_FOUND,
+		    "%s/%s has no data key version %u", tenant, name, version);
 	store_conn_put(s, c);
 	return e;
 }

@@ -17,7 +17,7 @@
 
 struct timemark {
 	struct store *store;
-	unsigned limit_s;       /* clock_jump_limit_s */
+	unsigned limit_s; /* clock_jump_limit_s */
 	timemark_record_fn record;
 	void *record_arg;
 	pthread_mutex_t mu; /* one check at a time; guards what follows */

@@ -33,8 +33,8 @@ struct timemark_state {
 
 /* Records what the clock did (an audit event of role "system"): `what`
  * ("clock.jump"), `result` ("ok", "error") and why. */
-typedef void (*timemark_record_fn)(void *arg, const char *what,
-    const char *result, const char *why);
+typedef void (*timemark_record_fn)(
+    void *arg, const char *what, const char *result, const char *why);
 
 /* Read the stored mark from `store` and raise policy time to it, before
  * anything reads the clock for a record. `record` is called for each

@@ -53,9 +53,9 @@ workq_new(unsigned threads, size_t max_queued, struct workq **out)
 	unsigned i;
 
 	*out = NULL;
-	if ((q = calloc(1, sizeof(*q))) == NULL ||
-	    (q->ring = calloc(max_queued, sizeof(*q->ring))) == NULL ||
-	    (q->threads = calloc(threads, sizeof(*q->threads))) == NULL) {
+	if ((q = calloc(1, sizeof(*q))) == NULL
+	    || (q->ring = calloc(max_queued, sizeof(*q->ring))) == NULL
+	    || (q->threads = calloc(threads, sizeof(*q->threads))) == NULL) {
 		if (q != NULL)
 			free(q->ring);
 		free(q);
@@ -67,8 +67,10 @@ workq_new(unsigned threads, size_t max_queued, struct workq **out)
 	for (i = 0; i < threads; i++) {
 		if (pthread_create(&q->threads[i], NULL, worker_main, q) != 0) {
 			workq_free(q);
-			return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "cannot start "
-			    "worker thread %u", i);
+			return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+			    "cannot start "
+			    "worker thread %u",
+			    i);
 		}
 		q->nthreads++;
 	}
@@ -82,10 +84,12 @@ workq_push(struct workq *q, workq_fn fn, void *arg)
 	pthread_mutex_lock(&q->mu);
 	if (q->stopping || q->len == q->cap) {
 		pthread_mutex_unlock(&q->mu);
-		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED, "the broker is "
-		    "overloaded (%zu requests queued); retry with backoff", q->cap);
+		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "the broker is "
+		    "overloaded (%zu requests queued); retry with backoff",
+		    q->cap);
 	}
-	q->ring[(q->head + q->len) % q->cap] = (struct job){ fn, arg };
+	q->ring[(q->head + q->len) % q->cap] = (struct job){fn, arg};
 	q->len++;
 	pthread_cond_signal(&q->cv);
 	pthread_mutex_unlock(&q->mu);

@@ -174,8 +174,9 @@ audit_export_header_json(const Keybroker__V1__AuditKey *key,
 		arr = json_array();
 		ok = arr != NULL;
 		for (i = 0; ok && i < all->n_keys; i++)
-			ok = json_array_append_new(arr,
-			         ax_key_json(all->keys[i], 1)) == 0;
+			ok = json_array_append_new(
+			         arr, ax_key_json(all->keys[i], 1))
+			    == 0;
 		if (arr != NULL)
 			json_incref(arr);
 		ax_put(o, "audit_keys", arr, &ok);
@@ -354,8 +355,11 @@ ax_get_int(const json_t *o, const char *key, json_int_t *out)
 static int
 ax_b64_decode(const char *in, uint8_t *out, size_t cap, size_t *len)
 {
-	return kb_base64_decode(in, strlen(in), out, cap, len, NULL,
-	           KB_B64_STRICT) == 0 ? 0 : -1;
+	return kb_base64_decode(
+	           in, strlen(in), out, cap, len, NULL, KB_B64_STRICT)
+	        == 0
+	    ? 0
+	    : -1;
 }
 
 /* "time" must be time_us in RFC 3339 (any number of fraction digits). */
@@ -383,7 +387,8 @@ ax_header_keys(struct audit_export_verifier *v, const json_t *arr,
 	if (arr == NULL)
 		return 0;
 	if (!json_is_array(arr))
-		return ax_fail(v, line, 0, "the header's \"audit_keys\" is not "
+		return ax_fail(v, line, 0,
+		    "the header's \"audit_keys\" is not "
 		    "an array");
 	for (i = 0; i < json_array_size(arr); i++) {
 		const json_t *k = json_array_get(arr, i);
@@ -392,17 +397,22 @@ ax_header_keys(struct audit_export_verifier *v, const json_t *arr,
 		    || (pem = ax_get_str(k, "public_key_pem")) == NULL
 		    || (fp = ax_get_str(k, "fingerprint")) == NULL
 		    || (kid = ax_get_str(k, "key_id")) == NULL)
-			return ax_fail(v, line, 0, "the header's audit_keys[%zu] "
+			return ax_fail(v, line, 0,
+			    "the header's audit_keys[%zu] "
 			    "needs \"key_id\", \"fingerprint\" and "
-			    "\"public_key_pem\" strings", i);
+			    "\"public_key_pem\" strings",
+			    i);
 		if ((e = audit_export_key_load(pem, &pub, have)) != KB_OK)
 			return ax_fail(v, line, 0, "audit_keys[%zu]: %s", i,
 			    kb_err_msg(e));
 		if (strcasecmp(fp, have) != 0) {
 			EVP_PKEY_free(pub);
-			return ax_fail(v, line, 0, "the header says audit key "
-			    "%.72s's fingerprint is %.64s, but its public key's "
-			    "is %s", kid, fp, have);
+			return ax_fail(v, line, 0,
+			    "the header says audit key "
+			    "%.72s's fingerprint is %.64s, but its public "
+			    "key's "
+			    "is %s",
+			    kid, fp, have);
 		}
 		e = kb_audit_verifier_add_key(v->kv, kid, have, pub);
 		EVP_PKEY_free(pub);
@@ -456,9 +466,10 @@ ax_header(struct audit_export_verifier *v, const json_t *o, unsigned long line)
 		    "the header says the audit key's fingerprint is %.64s, but "
 		    "its public key's is %s",
 		    fp, v->fingerprint);
-	if ((e = kb_audit_verifier_new(v->pub, &v->kv)) != KB_OK ||
-	    (e = kb_audit_verifier_add_key(v->kv, kid, v->fingerprint, v->pub)) !=
-	        KB_OK)
+	if ((e = kb_audit_verifier_new(v->pub, &v->kv)) != KB_OK
+	    || (e = kb_audit_verifier_add_key(
+	            v->kv, kid, v->fingerprint, v->pub))
+	        != KB_OK)
 		return ax_fail(v, line, 0, "%s", kb_err_msg(e));
 	pinned = v->pin[0] != '\0' && strcmp(v->pin, v->fingerprint) == 0;
 	if (ax_header_keys(v, json_object_get(o, "audit_keys"), line, &pinned)

@@ -84,8 +84,8 @@ struct audit_export_report {
 	uint64_t covered_seq; /* last event covered by a good checkpoint */
 	char fingerprint[65]; /* of the header's key, computed from it */
 	char key_id[128];
-	int pinned;           /* a pinned key was in force (else not pinned) */
-	uint64_t rotations;   /* audit key rotations that took effect */
+	int pinned; /* a pinned key was in force (else not pinned) */
+	uint64_t rotations; /* audit key rotations that took effect */
 	/* Information, not a failure: state changes with a "started" event
 	 * and no outcome after it (kb_audit_result's fields of that name). */
 	uint64_t unfinished, unfinished_interrupted, unfinished_overflow;

@@ -420,14 +420,15 @@ trailer_request_id(const grpc_metadata_array *md, struct kb_status *st)
 	size_t i, n;
 
 	for (i = 0; i < md->count; i++) {
-		if (grpc_slice_str_cmp(md->metadata[i].key,
-		    KB_REQUEST_ID_TRAILER) != 0)
+		if (grpc_slice_str_cmp(
+		        md->metadata[i].key, KB_REQUEST_ID_TRAILER)
+		    != 0)
 			continue;
 		n = GRPC_SLICE_LENGTH(md->metadata[i].value);
 		if (n >= sizeof(st->request_id))
 			n = sizeof(st->request_id) - 1;
-		memcpy(st->request_id, GRPC_SLICE_START_PTR(md->metadata[i].value),
-		    n);
+		memcpy(st->request_id,
+		    GRPC_SLICE_START_PTR(md->metadata[i].value), n);
 		st->request_id[n] = '\0';
 		return;
 	}

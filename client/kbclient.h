@@ -33,9 +33,9 @@
 #define KB_METHOD_GET_KEY "/keybroker.v1.KeyBroker/GetKey"
 #define KB_METHOD_ACTIVATE_KEY "/keybroker.v1.KeyBroker/ActivateKey"
 #define KB_METHOD_GET_JOB "/keybroker.v1.KeyBroker/GetJob"
-#define KB_METHOD_ROTATE_KEY_EXCHANGE_KEY \
+#define KB_METHOD_ROTATE_KEY_EXCHANGE_KEY                                      \
 	"/keybroker.v1.KeyBroker/RotateKeyExchangeKey"
-#define KB_METHOD_ROTATE_PLATFORM_KEY \
+#define KB_METHOD_ROTATE_PLATFORM_KEY                                          \
 	"/keybroker.v1.KeyBroker/RotatePlatformKey"
 #define KB_METHOD_VERIFY_DATA_KEYS "/keybroker.v1.KeyBroker/VerifyDataKeys"
 #define KB_METHOD_REPAIR_DATA_KEYS "/keybroker.v1.KeyBroker/RepairDataKeys"

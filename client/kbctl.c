@@ -326,8 +326,8 @@ kbctl_confirm_or_yes(const struct kbctl_args *a, const char *explain,
 		return kbctl_usage_error(a,
 		    "'%s%s%s' is destructive and there is no terminal to "
 		    "confirm it on: add --yes to go ahead",
-		    a->cmd->group ? a->cmd->group : "", a->cmd->group ? " " : "",
-		    a->cmd->name);
+		    a->cmd->group ? a->cmd->group : "",
+		    a->cmd->group ? " " : "", a->cmd->name);
 	r = kbctl_confirm(explain, what, word);
 	if (r == -2) {
 		fprintf(stderr, "kbctl: interrupted; nothing was done\n");

@@ -985,8 +985,8 @@ kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a)
 		goto out;
 	}
 	fd = -1;
-	if (write_item(f,
-	        audit_export_header_json(key, all, kb_time_now_us(), r.head))
+	if (write_item(
+	        f, audit_export_header_json(key, all, kb_time_now_us(), r.head))
 	    != 0)
 		goto write_fail;
 	while ((n = log_reader_next(&r, &ev, &cp)) > 0 && !stop_signal) {
@@ -1247,8 +1247,9 @@ report_print(const struct kbctl *k, const struct audit_export_report *rep,
 			       "fingerprint %s\n",
 			    rep->first_seq, rep->last_seq, rep->fingerprint);
 		if (rep->rotations > 0)
-			printf("the audit key was rotated %" PRIu64 " time%s; "
-			       "each new key was vouched for by the one before\n",
+			printf(
+			    "the audit key was rotated %" PRIu64 " time%s; "
+			    "each new key was vouched for by the one before\n",
 			    rep->rotations, rep->rotations == 1 ? "" : "s");
 		if (!rep->pinned)
 			printf("unpinned: the audit key was not pinned: this "
@@ -1406,8 +1407,7 @@ kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a)
 		    fp);
 	if (online)
 		return verify_online(k, fp != NULL ? pin : NULL, unsigned_ok);
-	return verify_file(
-	    k, a->argv[0], fp != NULL ? pin : NULL, unsigned_ok);
+	return verify_file(k, a->argv[0], fp != NULL ? pin : NULL, unsigned_ok);
 }
 
 /* ---- audit key ---- */
@@ -1471,14 +1471,16 @@ kbctl_cmd_audit_keys(struct kbctl *k, const struct kbctl_args *a)
 	if ((rc = audit_keys_get(k, &all)) != KBCTL_EXIT_OK)
 		return rc;
 	if (all == NULL) {
-		fprintf(stderr, "kbctl: this broker does not list its audit keys "
+		fprintf(stderr,
+		    "kbctl: this broker does not list its audit keys "
 		    "(it is older than kbctl): use 'kbctl audit key'\n");
 		return KBCTL_EXIT_FAIL;
 	}
 	if (k->json) {
 		arr = json_array();
 		for (i = 0; i < all->n_keys; i++) {
-			json_array_append_new(arr, audit_key_json(all->keys[i], 1));
+			json_array_append_new(
+			    arr, audit_key_json(all->keys[i], 1));
 		}
 		o = json_object();
 		kbctl_jset(o, "keys", arr);

@@ -325,7 +325,7 @@ kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 	Keybroker__V1__GetDataKeyResponse *x;
 	ProtobufCMessage *m = NULL;
 	const char *ver = kbctl_flag(a, "--version");
-	char b64[128];   /* secret */
+	char b64[128]; /* secret */
 	char text[1024]; /* secret: the whole output */
 	size_t len = 0;
 	int rc;
@@ -352,8 +352,9 @@ kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 		return rc;
 	x = (Keybroker__V1__GetDataKeyResponse *)m;
 	if (x->dek.len == 0
-	    || kb_base64_encode(x->dek.data, x->dek.len, b64, sizeof(b64),
-	        KB_B64_STD) == 0) {
+	    || kb_base64_encode(
+	           x->dek.data, x->dek.len, b64, sizeof(b64), KB_B64_STD)
+	        == 0) {
 		fprintf(stderr,
 		    "kbctl: INTERNAL: the broker returned a data "
 		    "key of %zu bytes\n",
@@ -374,20 +375,23 @@ kbctl_cmd_datakey_get(struct kbctl *k, const struct kbctl_args *a)
 		kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
 		kbctl_jset(o, "tenant_id", kbctl_jstr(x->tenant_id));
 		kbctl_jset(o, "environment", kbctl_jstr(x->environment));
-		n = o != NULL ? json_dumpb(o, text, sizeof(text) - 1,
-		    JSON_INDENT(2)) : 0;
+		n = o != NULL
+		    ? json_dumpb(o, text, sizeof(text) - 1, JSON_INDENT(2))
+		    : 0;
 		json_decref(o);
 		if (n == 0 || n >= sizeof(text) - 1) {
-			fprintf(stderr, "kbctl: cannot write the JSON output\n");
+			fprintf(
+			    stderr, "kbctl: cannot write the JSON output\n");
 			rc = KBCTL_EXIT_FAIL;
 			goto out;
 		}
 		text[n++] = '\n';
 		len = n;
 	} else {
-		int n = snprintf(text, sizeof(text), "dek: %s\nversion: %u\n"
-		    "key_id: %s\ntenant_id: %s\nenvironment: %s\n", b64,
-		    x->dek_version, kbctl_or_dash(x->key_id), x->tenant_id,
+		int n = snprintf(text, sizeof(text),
+		    "dek: %s\nversion: %u\n"
+		    "key_id: %s\ntenant_id: %s\nenvironment: %s\n",
+		    b64, x->dek_version, kbctl_or_dash(x->key_id), x->tenant_id,
 		    x->environment);
 
 		if (n < 0 || (size_t)n >= sizeof(text)) {

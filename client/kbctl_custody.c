@@ -27,7 +27,8 @@ kbctl_cmd_platform_rotate_key(struct kbctl *k, const struct kbctl_args *a)
 	         &keybroker__v1__job__descriptor, &m))
 	    != KBCTL_EXIT_OK)
 		return rc;
-	if (kbctl_flag(a, "--wait") != NULL && (rc = kbctl_job_follow(k, &m)) >= 0) {
+	if (kbctl_flag(a, "--wait") != NULL
+	    && (rc = kbctl_job_follow(k, &m)) >= 0) {
 		kb_wire_free(m);
 		return rc;
 	}
@@ -89,7 +90,8 @@ scan(struct kbctl *k, const char *tenant, json_t *fails,
 	req.limit = VERIFY_PAGE;
 	for (;;) {
 		if ((rc = kbctl_call(k, KB_METHOD_VERIFY_DATA_KEYS, &req.base,
-		         &keybroker__v1__verify_data_keys_response__descriptor, &m))
+		         &keybroker__v1__verify_data_keys_response__descriptor,
+		         &m))
 		    != KBCTL_EXIT_OK)
 			return rc;
 		r = (Keybroker__V1__VerifyDataKeysResponse *)m;
@@ -113,7 +115,8 @@ scan(struct kbctl *k, const char *tenant, json_t *fails,
 						*refs = nv;
 					free(ref);
 					kb_wire_free(m);
-					fprintf(stderr, "kbctl: out of memory\n");
+					fprintf(
+					    stderr, "kbctl: out of memory\n");
 					return KBCTL_EXIT_FAIL;
 				}
 				*refs = nv;
@@ -126,7 +129,8 @@ scan(struct kbctl *k, const char *tenant, json_t *fails,
 		}
 		if (tty) {
 			fprintf(stderr, "\r%s",
-			    kbctl_progress_bar(*checked, total, bar, sizeof(bar)));
+			    kbctl_progress_bar(
+			        *checked, total, bar, sizeof(bar)));
 			fflush(stderr);
 		}
 		req.after_env = r->next_env;
@@ -151,8 +155,8 @@ kbctl_cmd_verify(struct kbctl *k, const struct kbctl_args *a)
 	size_t n;
 	int rc;
 
-	rc = scan(k, a->argc > 0 ? a->argv[0] : NULL, fails, NULL, NULL,
-	    &checked);
+	rc = scan(
+	    k, a->argc > 0 ? a->argv[0] : NULL, fails, NULL, NULL, &checked);
 	if (rc >= 0) {
 		json_decref(fails);
 		return rc;
@@ -201,15 +205,19 @@ kbctl_cmd_repair(struct kbctl *k, const struct kbctl_args *a)
 
 	if (kbctl_flag(a, "--yes") == NULL && !kbctl_stdin_is_tty())
 		return kbctl_confirm_or_yes(a, "", "", "");
-	rc = scan(k, a->argc > 0 ? a->argv[0] : NULL, fails, &refs, &nrefs,
-	    &checked);
+	rc = scan(
+	    k, a->argc > 0 ? a->argv[0] : NULL, fails, &refs, &nrefs, &checked);
 	json_decref(fails);
 	if (rc >= 0)
 		goto out;
-	if (nrefs > 0 && (rc = kbctl_confirm_or_yes(a, "Repairing puts back "
-	    "what has a healthy source and marks every other failing data key "
-	    "unrecoverable:\nits service then gets DATA_LOSS for it.\n", "repair",
-	    "repair")) >= 0)
+	if (nrefs > 0
+	    && (rc = kbctl_confirm_or_yes(a,
+	            "Repairing puts back "
+	            "what has a healthy source and marks every other failing "
+	            "data key "
+	            "unrecoverable:\nits service then gets DATA_LOSS for it.\n",
+	            "repair", "repair"))
+	        >= 0)
 		goto out;
 	rep = json_array();
 	unr = json_array();
@@ -231,9 +239,11 @@ kbctl_cmd_repair(struct kbctl *k, const struct kbctl_args *a)
 				check_line("REPAIRED", r->repaired[i]);
 		}
 		for (i = 0; i < r->n_unrecoverable; i++) {
-			json_array_append_new(unr, check_json(r->unrecoverable[i]));
+			json_array_append_new(
+			    unr, check_json(r->unrecoverable[i]));
 			if (!k->json)
-				check_line("UNRECOVERABLE", r->unrecoverable[i]);
+				check_line(
+				    "UNRECOVERABLE", r->unrecoverable[i]);
 		}
 	}
 	i = json_array_size(unr);
@@ -244,7 +254,8 @@ kbctl_cmd_repair(struct kbctl *k, const struct kbctl_args *a)
 		kbctl_jset(o, "unrecoverable", unr);
 		rc = kbctl_json_print(o);
 	} else {
-		printf("%llu data keys checked, %zu repaired, %zu unrecoverable\n",
+		printf(
+		    "%llu data keys checked, %zu repaired, %zu unrecoverable\n",
 		    (unsigned long long)checked, json_array_size(rep), i);
 		json_decref(rep);
 		json_decref(unr);

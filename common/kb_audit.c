@@ -19,7 +19,7 @@ struct vkey {
 	char id[KB_AUDIT_KEY_ID_MAX];
 	char fp[65];
 	EVP_PKEY *pub;
-	int in_force;          /* has been the key in force */
+	int in_force; /* has been the key in force */
 };
 
 struct kb_audit_verifier {
@@ -115,8 +115,8 @@ be64(uint8_t *p, uint64_t v)
 }
 
 enum kb_err
-kb_audit_checkpoint_data(const struct kb_audit_checkpoint *cp, uint8_t **out,
-    size_t *len)
+kb_audit_checkpoint_data(
+    const struct kb_audit_checkpoint *cp, uint8_t **out, size_t *len)
 {
 	size_t n = 5 + 8 + KB_AUDIT_HASH_LEN + 8 + 4 + cp->prev_sig_len;
 	uint8_t *p;
@@ -150,16 +150,19 @@ kb_audit_checkpoint_verify(EVP_PKEY *pub, const struct kb_audit_checkpoint *cp)
 
 	if ((e = kb_audit_checkpoint_data(cp, &data, &len)) != KB_OK)
 		return e;
-	if ((md = EVP_MD_CTX_new()) == NULL ||
-	    EVP_DigestVerifyInit(md, &pctx, EVP_sha256(), NULL, pub) != 1 ||
-	    EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1) {
-		e = kb_err_openssl(KB_ERR_CRYPTO, "setting up signature checks");
+	if ((md = EVP_MD_CTX_new()) == NULL
+	    || EVP_DigestVerifyInit(md, &pctx, EVP_sha256(), NULL, pub) != 1
+	    || EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PADDING) != 1) {
+		e = kb_err_openssl(
+		    KB_ERR_CRYPTO, "setting up signature checks");
 		goto out;
 	}
 	rc = EVP_DigestVerify(md, cp->sig, cp->sig_len, data, len);
 	ERR_clear_error();
-	e = rc == 1 ? KB_OK : kb_errf(KB_ERR_CORRUPT, "the signature does not "
-	    "verify with the audit key");
+	e = rc == 1 ? KB_OK
+	            : kb_errf(KB_ERR_CORRUPT,
+	                "the signature does not "
+	                "verify with the audit key");
 out:
 	EVP_MD_CTX_free(md);
 	free(data);
@@ -194,15 +197,18 @@ kb_audit_verifier_add_key(struct kb_audit_verifier *v, const char *key_id,
 
 	for (i = 0; i < v->nkeys; i++)
 		if (strcmp(v->keys[i].id, key_id) == 0)
-			return strcmp(v->keys[i].fp, fp) == 0 ? KB_OK :
-			    kb_errf(KB_ERR_INVALID_ARGUMENT, "audit key %s is "
-			    "published twice, with different public keys",
-			    key_id);
+			return strcmp(v->keys[i].fp, fp) == 0
+			    ? KB_OK
+			    : kb_errf(KB_ERR_INVALID_ARGUMENT,
+			        "audit key %s is "
+			        "published twice, with different public keys",
+			        key_id);
 	if (v->nkeys == KEYS_MAX)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "more than %d audit keys",
-		    KEYS_MAX);
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "more than %d audit keys", KEYS_MAX);
 	if (strlen(key_id) >= sizeof(v->keys[0].id) || strlen(fp) != 64)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "audit key id or "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "audit key id or "
 		    "fingerprint malformed");
 	if (EVP_PKEY_up_ref(pub) != 1)
 		return kb_errf(KB_ERR_CRYPTO, "EVP_PKEY_up_ref failed");
@@ -229,8 +235,10 @@ int
 kb_audit_rotation_format(char *out, size_t len, const char *new_id,
     const char *new_fp, const char *old_id, const char *old_fp)
 {
-	int n = snprintf(out, len, "audit signing key %s (fingerprint %s) "
-	    "replaces %s (fingerprint %s)", new_id, new_fp, old_id, old_fp);
+	int n = snprintf(out, len,
+	    "audit signing key %s (fingerprint %s) "
+	    "replaces %s (fingerprint %s)",
+	    new_id, new_fp, old_id, old_fp);
 
 	return n > 0 && (size_t)n < len ? 0 : -1;
 }
@@ -241,7 +249,8 @@ is_fp(const char *s)
 	size_t i;
 
 	for (i = 0; i < 64; i++)
-		if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f')))
+		if (!((s[i] >= '0' && s[i] <= '9')
+		        || (s[i] >= 'a' && s[i] <= 'f')))
 			return 0;
 	return s[64] == '\0';
 }
@@ -255,14 +264,18 @@ kb_audit_rotation_parse(const char *reason, char new_id[KB_AUDIT_KEY_ID_MAX],
 
 	if (reason == NULL || strlen(reason) >= sizeof(again))
 		return -1;
-	if (sscanf(reason, "audit signing key %71s (fingerprint %64[0-9a-f]) "
-	    "replaces %71s (fingerprint %64[0-9a-f])%n", new_id, new_fp, old_id,
-	    old_fp, &n) != 4 || reason[n] != '\0' || !is_fp(new_fp) ||
-	    !is_fp(old_fp))
+	if (sscanf(reason,
+	        "audit signing key %71s (fingerprint %64[0-9a-f]) "
+	        "replaces %71s (fingerprint %64[0-9a-f])%n",
+	        new_id, new_fp, old_id, old_fp, &n)
+	        != 4
+	    || reason[n] != '\0' || !is_fp(new_fp) || !is_fp(old_fp))
 		return -1;
 	/* Exactly the format, nothing looser. */
-	if (kb_audit_rotation_format(again, sizeof(again), new_id, new_fp,
-	    old_id, old_fp) != 0 || strcmp(again, reason) != 0)
+	if (kb_audit_rotation_format(
+	        again, sizeof(again), new_id, new_fp, old_id, old_fp)
+	        != 0
+	    || strcmp(again, reason) != 0)
 		return -1;
 	return 0;
 }
@@ -281,9 +294,8 @@ kb_audit_verifier_free(struct kb_audit_verifier *v)
 	free(v);
 }
 
-static void
-fail(struct kb_audit_verifier *v, uint64_t seq, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+static void fail(struct kb_audit_verifier *v, uint64_t seq, const char *fmt,
+    ...) __attribute__((format(printf, 3, 4)));
 
 static void
 fail(struct kb_audit_verifier *v, uint64_t seq, const char *fmt, ...)
@@ -401,8 +413,8 @@ pending_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
 	struct kb_audit_unfinished *p, u;
 	size_t i;
 
-	if (field_is(ev->role, "system") &&
-	    field_is(ev->method, "broker.start")) {
+	if (field_is(ev->role, "system")
+	    && field_is(ev->method, "broker.start")) {
 		pending_flush(v, 1);
 		return;
 	}
@@ -421,8 +433,8 @@ pending_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
 	/* The newest waiting call first: outcomes follow closely. */
 	for (i = v->npend; i > 0; i--) {
 		p = &v->pend[i - 1];
-		if (p->seq != 0 && strcmp(p->request_id, u.request_id) == 0 &&
-		    strcmp(p->method, u.method) == 0) {
+		if (p->seq != 0 && strcmp(p->request_id, u.request_id) == 0
+		    && strcmp(p->method, u.method) == 0) {
 			p->seq = 0;
 			break;
 		}
@@ -451,25 +463,30 @@ rotation_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
 	char ofp[65];
 	struct vkey *old;
 
-	if (kb_audit_rotation_parse(ev->reason, nid, nfp, oid, ofp) != 0 ||
-	    !field_is(ev->key_id, nid)) {
-		fail(v, ev->seq, "event %" PRIu64 " rotates the audit key but is "
-		    "not in the rotation format", ev->seq);
+	if (kb_audit_rotation_parse(ev->reason, nid, nfp, oid, ofp) != 0
+	    || !field_is(ev->key_id, nid)) {
+		fail(v, ev->seq,
+		    "event %" PRIu64 " rotates the audit key but is "
+		    "not in the rotation format",
+		    ev->seq);
 		return;
 	}
 	if (v->rot_seq != 0) {
-		fail(v, ev->seq, "event %" PRIu64 " rotates the audit key again "
-		    "before the rotation at %" PRIu64 " took effect", ev->seq,
-		    v->rot_seq);
+		fail(v, ev->seq,
+		    "event %" PRIu64 " rotates the audit key again "
+		    "before the rotation at %" PRIu64 " took effect",
+		    ev->seq, v->rot_seq);
 		return;
 	}
 	if (v->nkeys == 0)
-		return;         /* no published keys: only the chain counts */
+		return; /* no published keys: only the chain counts */
 	if (v->cur < 0) {
 		/* Before the first checkpoint: the old key is the first. */
 		if ((old = key_find(v, oid)) == NULL) {
-			fail(v, ev->seq, "event %" PRIu64 " rotates from audit key "
-			    "%s, which the export does not publish", ev->seq, oid);
+			fail(v, ev->seq,
+			    "event %" PRIu64 " rotates from audit key "
+			    "%s, which the export does not publish",
+			    ev->seq, oid);
 			return;
 		}
 		v->cur = (int)(old - v->keys);
@@ -477,8 +494,10 @@ rotation_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
 	}
 	old = &v->keys[v->cur];
 	if (strcmp(old->id, oid) != 0 || strcmp(old->fp, ofp) != 0) {
-		fail(v, ev->seq, "event %" PRIu64 " rotates from audit key %s, "
-		    "but the key in force is %s", ev->seq, oid, old->id);
+		fail(v, ev->seq,
+		    "event %" PRIu64 " rotates from audit key %s, "
+		    "but the key in force is %s",
+		    ev->seq, oid, old->id);
 		return;
 	}
 	v->rot_seq = ev->seq;
@@ -498,28 +517,37 @@ kb_audit_verifier_event(struct kb_audit_verifier *v,
 		return;
 	want = v->have_event ? v->res.last_seq + 1 : 1;
 	if (v->res.checkpoints > 0 && ev->seq <= v->last_cp_seq) {
-		fail(v, ev->seq, "event %" PRIu64 " comes after the checkpoint at "
-		    "%" PRIu64 " that covers it: a checkpoint was moved ahead of "
-		    "its events", ev->seq, v->last_cp_seq);
+		fail(v, ev->seq,
+		    "event %" PRIu64 " comes after the checkpoint at "
+		    "%" PRIu64
+		    " that covers it: a checkpoint was moved ahead of "
+		    "its events",
+		    ev->seq, v->last_cp_seq);
 		return;
 	}
 	if (ev->seq != want) {
 		if (ev->seq > want)
-			fail(v, want, "event %" PRIu64 " is missing (the next event "
-			    "present is %" PRIu64 ")", want, ev->seq);
+			fail(v, want,
+			    "event %" PRIu64 " is missing (the next event "
+			    "present is %" PRIu64 ")",
+			    want, ev->seq);
 		else
-			fail(v, ev->seq, "event %" PRIu64 " is out of order or "
-			    "duplicated (expected %" PRIu64 ")", ev->seq, want);
+			fail(v, ev->seq,
+			    "event %" PRIu64 " is out of order or "
+			    "duplicated (expected %" PRIu64 ")",
+			    ev->seq, want);
 		return;
 	}
 	if (kb_audit_event_hash(v->last_hash, ev, h) != KB_OK) {
 		fail(v, ev->seq, "cannot hash event %" PRIu64, ev->seq);
 		return;
 	}
-	if (stored_len != KB_AUDIT_HASH_LEN ||
-	    CRYPTO_memcmp(h, stored_hash, KB_AUDIT_HASH_LEN) != 0) {
-		fail(v, ev->seq, "event %" PRIu64 " does not match its hash: it "
-		    "was altered, or an earlier event was", ev->seq);
+	if (stored_len != KB_AUDIT_HASH_LEN
+	    || CRYPTO_memcmp(h, stored_hash, KB_AUDIT_HASH_LEN) != 0) {
+		fail(v, ev->seq,
+		    "event %" PRIu64 " does not match its hash: it "
+		    "was altered, or an earlier event was",
+		    ev->seq);
 		return;
 	}
 	memcpy(v->last_hash, h, sizeof(h));
@@ -531,14 +559,14 @@ kb_audit_verifier_event(struct kb_audit_verifier *v,
 	v->res.last_seq = ev->seq;
 	v->res.events++;
 	pending_event(v, ev);
-	if (field_is(ev->role, "system") &&
-	    field_is(ev->method, KB_AUDIT_ROTATE_METHOD))
+	if (field_is(ev->role, "system")
+	    && field_is(ev->method, KB_AUDIT_ROTATE_METHOD))
 		rotation_event(v, ev);
 }
 
 void
-kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
-    const struct kb_audit_checkpoint *cp)
+kb_audit_verifier_checkpoint(
+    struct kb_audit_verifier *v, const struct kb_audit_checkpoint *cp)
 {
 	struct kb_audit_checkpoint c = *cp;
 	EVP_PKEY *pub = v->pub;
@@ -552,10 +580,11 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 		return;
 	}
 	/* Checkpoints chain: each signs the previous one's signature. */
-	if (cp->prev_sig_len != v->last_sig_len ||
-	    (cp->prev_sig_len > 0 && memcmp(cp->prev_sig, v->last_sig,
-	    cp->prev_sig_len) != 0)) {
-		fail(v, cp->seq, "checkpoint at %" PRIu64 " does not chain to "
+	if (cp->prev_sig_len != v->last_sig_len
+	    || (cp->prev_sig_len > 0
+	        && memcmp(cp->prev_sig, v->last_sig, cp->prev_sig_len) != 0)) {
+		fail(v, cp->seq,
+		    "checkpoint at %" PRIu64 " does not chain to "
 		    "the previous checkpoint (one was removed or altered)",
 		    cp->seq);
 		return;
@@ -565,9 +594,11 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 		struct vkey *k = key_find(v, cp->key_id);
 
 		if (k == NULL) {
-			fail(v, cp->seq, "checkpoint at %" PRIu64 " names audit "
+			fail(v, cp->seq,
+			    "checkpoint at %" PRIu64 " names audit "
 			    "key %.72s, which the export does not publish",
-			    cp->seq, cp->key_id != NULL ? cp->key_id : "(none)");
+			    cp->seq,
+			    cp->key_id != NULL ? cp->key_id : "(none)");
 			return;
 		}
 		if (v->cur < 0) {
@@ -575,18 +606,22 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 			k->in_force = 1;
 		}
 		if (k != &v->keys[v->cur]) {
-			fail(v, cp->seq, "checkpoint at %" PRIu64 " is signed by "
+			fail(v, cp->seq,
+			    "checkpoint at %" PRIu64 " is signed by "
 			    "audit key %s, but the key in force is %s (a key "
-			    "takes over only after the old one signs a checkpoint "
-			    "covering its rotation)", cp->seq, k->id,
-			    v->keys[v->cur].id);
+			    "takes over only after the old one signs a "
+			    "checkpoint "
+			    "covering its rotation)",
+			    cp->seq, k->id, v->keys[v->cur].id);
 			return;
 		}
 		pub = k->pub;
 	}
 	if (pub == NULL || kb_audit_checkpoint_verify(pub, &c) != KB_OK) {
-		fail(v, cp->seq, "checkpoint at %" PRIu64 " has a bad signature "
-		    "(altered, or signed by another key)", cp->seq);
+		fail(v, cp->seq,
+		    "checkpoint at %" PRIu64 " has a bad signature "
+		    "(altered, or signed by another key)",
+		    cp->seq);
 		return;
 	}
 	/* The signed head must be the hash of the event it covers. When that
@@ -595,14 +630,18 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 		/* Checked at finish, when no more events can come. */
 	} else {
 		if (v->ring_seq[cp->seq % 1024] != cp->seq) {
-			fail(v, cp->seq, "checkpoint at %" PRIu64 " comes too long "
-			    "after its event", cp->seq);
+			fail(v, cp->seq,
+			    "checkpoint at %" PRIu64 " comes too long "
+			    "after its event",
+			    cp->seq);
 			return;
 		}
 		have = v->ring_hash[cp->seq % 1024];
 		if (memcmp(have, cp->head_hash, KB_AUDIT_HASH_LEN) != 0) {
-			fail(v, cp->seq, "events up to %" PRIu64 " do not match the "
-			    "signed checkpoint: the log was rewritten", cp->seq);
+			fail(v, cp->seq,
+			    "events up to %" PRIu64 " do not match the "
+			    "signed checkpoint: the log was rewritten",
+			    cp->seq);
 			return;
 		}
 		v->res.covered_seq = cp->seq;
@@ -618,10 +657,12 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 		struct vkey *k = key_find(v, v->rot_new);
 
 		if (k == NULL || strcmp(k->fp, v->rot_fp) != 0) {
-			fail(v, v->rot_seq, "the rotation at %" PRIu64 " hands over "
-			    "to audit key %s (fingerprint %s), which the export "
-			    "does not publish with that fingerprint", v->rot_seq,
-			    v->rot_new, v->rot_fp);
+			fail(v, v->rot_seq,
+			    "the rotation at %" PRIu64 " hands over "
+			    "to audit key %s (fingerprint %s), which the "
+			    "export "
+			    "does not publish with that fingerprint",
+			    v->rot_seq, v->rot_new, v->rot_fp);
 			return;
 		}
 		v->cur = (int)(k - v->keys);
@@ -634,30 +675,35 @@ kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
 }
 
 void
-kb_audit_verifier_finish(struct kb_audit_verifier *v,
-    struct kb_audit_result *res)
+kb_audit_verifier_finish(
+    struct kb_audit_verifier *v, struct kb_audit_result *res)
 {
-	if (!v->failed && v->res.checkpoints > 0 &&
-	    v->last_cp_seq > v->res.last_seq)
-		fail(v, v->have_event ? v->res.last_seq + 1 : 1, "events %" PRIu64
-		    " to %" PRIu64 " are missing: the signed checkpoint at %" PRIu64
-		    " covers them", v->have_event ? v->res.last_seq + 1 : 1,
-		    v->last_cp_seq, v->last_cp_seq);
-	if (!v->failed && v->res.checkpoints == 0 && v->res.events > 0 &&
-	    !v->allow_unsigned)
-		fail(v, 0, "the log has no checkpoint: nothing in it is signed, "
-		    "so it proves nothing (its checkpoints were removed, or none "
+	if (!v->failed && v->res.checkpoints > 0
+	    && v->last_cp_seq > v->res.last_seq)
+		fail(v, v->have_event ? v->res.last_seq + 1 : 1,
+		    "events %" PRIu64 " to %" PRIu64
+		    " are missing: the signed checkpoint at %" PRIu64
+		    " covers them",
+		    v->have_event ? v->res.last_seq + 1 : 1, v->last_cp_seq,
+		    v->last_cp_seq);
+	if (!v->failed && v->res.checkpoints == 0 && v->res.events > 0
+	    && !v->allow_unsigned)
+		fail(v, 0,
+		    "the log has no checkpoint: nothing in it is signed, "
+		    "so it proves nothing (its checkpoints were removed, or "
+		    "none "
 		    "was written yet); --allow-unsigned checks the hash chain "
 		    "alone");
 	if (!v->failed && v->pin[0] != '\0' && v->nkeys > 0) {
 		size_t i;
 
 		for (i = 0; i < v->nkeys; i++)
-			if (v->keys[i].in_force &&
-			    strcmp(v->keys[i].fp, v->pin) == 0)
+			if (v->keys[i].in_force
+			    && strcmp(v->keys[i].fp, v->pin) == 0)
 				v->res.pinned = 1;
 		if (!v->res.pinned && v->res.checkpoints > 0)
-			fail(v, 0, "the pinned audit key %s signed no checkpoint "
+			fail(v, 0,
+			    "the pinned audit key %s signed no checkpoint "
 			    "here and no rotation in this log hands over to it",
 			    v->pin);
 	}

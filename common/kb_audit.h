@@ -39,7 +39,7 @@ struct kb_audit_checkpoint {
 	size_t prev_sig_len;
 	const uint8_t *sig;
 	size_t sig_len;
-	const char *key_id;     /* the key that signed it (not signed itself) */
+	const char *key_id; /* the key that signed it (not signed itself) */
 };
 
 /* Rotation of the audit signing key. The broker records an event (role
@@ -66,12 +66,12 @@ enum kb_err kb_audit_event_hash(const uint8_t prev[KB_AUDIT_HASH_LEN],
     const struct kb_audit_event *ev, uint8_t out[KB_AUDIT_HASH_LEN]);
 
 /* The bytes a checkpoint's signature covers; *out malloc'd. */
-enum kb_err kb_audit_checkpoint_data(const struct kb_audit_checkpoint *cp,
-    uint8_t **out, size_t *len);
+enum kb_err kb_audit_checkpoint_data(
+    const struct kb_audit_checkpoint *cp, uint8_t **out, size_t *len);
 
 /* Verify a checkpoint's signature with the audit public key. */
-enum kb_err kb_audit_checkpoint_verify(EVP_PKEY *pub,
-    const struct kb_audit_checkpoint *cp);
+enum kb_err kb_audit_checkpoint_verify(
+    EVP_PKEY *pub, const struct kb_audit_checkpoint *cp);
 
 /* A streaming verifier: feed events and checkpoints in log order (a
  * checkpoint after the event it covers). The first failure is kept and
@@ -80,7 +80,8 @@ enum kb_err kb_audit_checkpoint_verify(EVP_PKEY *pub,
 struct kb_audit_verifier;
 
 /* `pub` verifies checkpoints that name no key (key_id NULL). */
-enum kb_err kb_audit_verifier_new(EVP_PKEY *pub, struct kb_audit_verifier **out);
+enum kb_err kb_audit_verifier_new(
+    EVP_PKEY *pub, struct kb_audit_verifier **out);
 void kb_audit_verifier_free(struct kb_audit_verifier *v);
 
 /* A published key (the verifier takes a reference): checkpoints that name
@@ -102,8 +103,8 @@ void kb_audit_verifier_allow_unsigned(struct kb_audit_verifier *v);
 void kb_audit_verifier_event(struct kb_audit_verifier *v,
     const struct kb_audit_event *ev, const uint8_t *stored_hash,
     size_t stored_len);
-void kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
-    const struct kb_audit_checkpoint *cp);
+void kb_audit_verifier_checkpoint(
+    struct kb_audit_verifier *v, const struct kb_audit_checkpoint *cp);
 
 /* Unfinished calls: a state change is recorded as a "started" event, then
  * its outcome (any other result) with the same request_id and method. The
@@ -119,21 +120,22 @@ void kb_audit_verifier_checkpoint(struct kb_audit_verifier *v,
  * (at a UTF-8 character boundary). */
 struct kb_audit_unfinished {
 	uint64_t seq;
-	int interrupted;         /* a broker.start comes after it */
+	int interrupted; /* a broker.start comes after it */
 	char method[40], request_id[40];
 	char tenant[64], env[64], actor[80];
 };
 
 struct kb_audit_result {
-	int ok;                  /* no failure found */
-	uint64_t first_bad_seq;  /* when !ok: the first sequence number that fails */
-	char reason[512];        /* when !ok: why */
-	uint64_t events;         /* events seen */
+	int ok; /* no failure found */
+	uint64_t
+	    first_bad_seq; /* when !ok: the first sequence number that fails */
+	char reason[512]; /* when !ok: why */
+	uint64_t events; /* events seen */
 	uint64_t first_seq, last_seq;
 	uint64_t checkpoints;
-	uint64_t covered_seq;    /* last event covered by a good checkpoint */
-	uint64_t rotations;      /* key rotations that took effect */
-	int pinned;              /* a pinned key was found in force */
+	uint64_t covered_seq; /* last event covered by a good checkpoint */
+	uint64_t rotations; /* key rotations that took effect */
+	int pinned; /* a pinned key was found in force */
 	/* Information, not failures (up to the first failure, if any):
 	 * state changes started without a recorded outcome. Of them,
 	 * `unfinished_interrupted` have a broker.start after them (the broker
@@ -150,8 +152,7 @@ struct kb_audit_result {
 /* Finish: checks that the last checkpoint's events are all present, that
  * there was a checkpoint (unless allowed), that a pinned key was in force,
  * and counts the calls still waiting for an outcome as unfinished. */
-void kb_audit_verifier_finish(struct kb_audit_verifier *v,
-    struct kb_audit_result *res);
-
+void kb_audit_verifier_finish(
+    struct kb_audit_verifier *v, struct kb_audit_result *res);
 
 #endif /* KB_AUDIT_H */

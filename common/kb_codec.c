@@ -56,8 +56,8 @@ kb_base64_len(size_t n, int flavour)
 }
 
 size_t
-kb_base64_encode(const uint8_t *in, size_t n, char *out, size_t cap,
-    int flavour)
+kb_base64_encode(
+    const uint8_t *in, size_t n, char *out, size_t cap, int flavour)
 {
 	static const char std[] =
 	    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -72,8 +72,8 @@ kb_base64_encode(const uint8_t *in, size_t n, char *out, size_t cap,
 		return 0;
 	}
 	for (i = 0; i + 2 < n; i += 3) {
-		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 |
-		    in[i + 2];
+		uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8
+		    | in[i + 2];
 
 		out[o++] = tab[(v >> 18) & 63];
 		out[o++] = tab[(v >> 12) & 63];

@@ -25,8 +25,8 @@ size_t kb_base64_len(size_t n, int flavour);
 
 /* Encode into out; returns the length written, or 0 (out untouched but
  * for a NUL when cap > 0) when cap cannot hold it and its NUL. */
-size_t kb_base64_encode(const uint8_t *in, size_t n, char *out, size_t cap,
-    int flavour);
+size_t kb_base64_encode(
+    const uint8_t *in, size_t n, char *out, size_t cap, int flavour);
 
 /* Decoding. KB_B64_STRICT: the standard alphabet, padding required (a
  * format we wrote ourselves); without it both alphabets, padded or not

@@ -22,7 +22,8 @@ kb_strerror(enum kb_err e)
 	case KB_ERR_ALREADY_EXISTS: return "already exists";
 	case KB_ERR_PERMISSION_DENIED: return "permission denied";
 	case KB_ERR_UNAUTHENTICATED: return "unauthenticated";
-	case KB_ERR_FAILED_PRECONDITION: return "not allowed in the current state";
+	case KB_ERR_FAILED_PRECONDITION:
+		return "not allowed in the current state";
 	case KB_ERR_UNAVAILABLE: return "temporarily unavailable";
 	case KB_ERR_HSM: return "token operation failed";
 	case KB_ERR_STORE: return "database operation failed";

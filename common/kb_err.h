@@ -12,30 +12,31 @@
 
 enum kb_err {
 	KB_OK = 0,
-	KB_ERR_INTERNAL,          /* a bug or an unexpected library failure */
+	KB_ERR_INTERNAL, /* a bug or an unexpected library failure */
 	KB_ERR_NOMEM,
-	KB_ERR_INVALID_ARGUMENT,  /* the caller sent something malformed */
+	KB_ERR_INVALID_ARGUMENT, /* the caller sent something malformed */
 	KB_ERR_NOT_FOUND,
 	KB_ERR_ALREADY_EXISTS,
 	KB_ERR_PERMISSION_DENIED, /* authenticated, but not allowed */
-	KB_ERR_UNAUTHENTICATED,   /* no valid client identity */
+	KB_ERR_UNAUTHENTICATED, /* no valid client identity */
 	KB_ERR_FAILED_PRECONDITION, /* state or policy forbids it now */
-	KB_ERR_UNAVAILABLE,       /* token or store not reachable; retry later */
-	KB_ERR_HSM,               /* the token refused or failed (CK_RV in message) */
-	KB_ERR_STORE,             /* the database failed */
-	KB_ERR_STORAGE_FULL,      /* the database's disk is full */
-	KB_ERR_READ_ONLY,         /* the database cannot be written */
-	KB_ERR_CRYPTO,            /* OpenSSL failed */
-	KB_ERR_IO,                /* a file could not be read or written */
-	KB_ERR_CONFIG,            /* bad configuration */
-	KB_ERR_TOKEN_MISMATCH,    /* the database belongs to another token */
+	KB_ERR_UNAVAILABLE, /* token or store not reachable; retry later */
+	KB_ERR_HSM, /* the token refused or failed (CK_RV in message) */
+	KB_ERR_STORE, /* the database failed */
+	KB_ERR_STORAGE_FULL, /* the database's disk is full */
+	KB_ERR_READ_ONLY, /* the database cannot be written */
+	KB_ERR_CRYPTO, /* OpenSSL failed */
+	KB_ERR_IO, /* a file could not be read or written */
+	KB_ERR_CONFIG, /* bad configuration */
+	KB_ERR_TOKEN_MISMATCH, /* the database belongs to another token */
 	KB_ERR_RESOURCE_EXHAUSTED,
 	KB_ERR_DEADLINE,
 	KB_ERR_CANCELLED,
 	KB_ERR_UNIMPLEMENTED,
-	KB_ERR_CORRUPT,           /* stored data failed an integrity check */
-	KB_ERR_APPROVAL_REQUIRED, /* not done: a quorum request was made instead */
-	KB_ERR_COUNT_             /* not an error: number of codes */
+	KB_ERR_CORRUPT, /* stored data failed an integrity check */
+	KB_ERR_APPROVAL_REQUIRED, /* not done: a quorum request was made instead
+	                           */
+	KB_ERR_COUNT_ /* not an error: number of codes */
 };
 
 /* Short fixed description of a code; never NULL, never "unknown" for a
@@ -46,17 +47,18 @@ const char *kb_strerror(enum kb_err e);
  * return `e`, so callers can write `return kb_errf(KB_ERR_NOT_FOUND, ...)`.
  * The message must never contain secrets. */
 enum kb_err kb_errf(enum kb_err e, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 enum kb_err kb_verrf(enum kb_err e, const char *fmt, va_list ap)
-	__attribute__((format(printf, 2, 0)));
+    __attribute__((format(printf, 2, 0)));
 
 /* Prefix the current thread's message with more context ("loading key x: ..."),
  * returning `e` unchanged. */
 enum kb_err kb_err_wrap(enum kb_err e, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
+    __attribute__((format(printf, 2, 3)));
 
 /* The current thread's last message, or kb_strerror(e) if none was set
- * since the last kb_err_clear(). Valid until the next kb_errf on this thread. */
+ * since the last kb_err_clear(). Valid until the next kb_errf on this thread.
+ */
 const char *kb_err_msg(enum kb_err e);
 void kb_err_clear(void);
 

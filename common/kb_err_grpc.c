@@ -30,10 +30,8 @@ kb_err_to_grpc(enum kb_err e)
 	case KB_ERR_STORE:
 	case KB_ERR_CRYPTO:
 	case KB_ERR_IO:
-	case KB_ERR_CONFIG:
-		return GRPC_STATUS_INTERNAL;
-	case KB_ERR_COUNT_:
-		break;
+	case KB_ERR_CONFIG: return GRPC_STATUS_INTERNAL;
+	case KB_ERR_COUNT_: break;
 	}
 	return GRPC_STATUS_UNKNOWN;
 }

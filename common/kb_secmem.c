@@ -15,7 +15,7 @@
 
 #include <openssl/crypto.h>
 
-#define KB_SECRET_FILE_MAX 16384   /* PIN files, and TLS keys up to RSA-8192 */
+#define KB_SECRET_FILE_MAX 16384 /* PIN files, and TLS keys up to RSA-8192 */
 
 void
 kb_wipe(void *p, size_t n)
@@ -97,8 +97,8 @@ kb_secret_file_read(const char *path, int check_mode, char **out, size_t *len)
 		goto out;
 	}
 	if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-		e = kb_errf(KB_ERR_CONFIG, "secret file %s is not a regular file",
-		    path);
+		e = kb_errf(KB_ERR_CONFIG,
+		    "secret file %s is not a regular file", path);
 		goto out;
 	}
 	if (check_mode && (st.st_mode & 077) != 0) {
@@ -109,7 +109,8 @@ kb_secret_file_read(const char *path, int check_mode, char **out, size_t *len)
 		goto out;
 	}
 	if ((buf = kb_secure_alloc(KB_SECRET_FILE_MAX + 1)) == NULL) {
-		e = kb_errf(KB_ERR_NOMEM, "cannot allocate locked memory for a "
+		e = kb_errf(KB_ERR_NOMEM,
+		    "cannot allocate locked memory for a "
 		    "secret (check RLIMIT_MEMLOCK)");
 		goto out;
 	}
@@ -118,8 +119,8 @@ kb_secret_file_read(const char *path, int check_mode, char **out, size_t *len)
 		if (r < 0 && errno == EINTR)
 			continue;
 		if (r < 0) {
-			e = kb_errf(KB_ERR_IO, "reading %s: %s", path,
-			    strerror(errno));
+			e = kb_errf(
+			    KB_ERR_IO, "reading %s: %s", path, strerror(errno));
 			goto out;
 		}
 		if (r == 0)
@@ -153,7 +154,7 @@ out:
 void
 kb_process_harden(void)
 {
-	struct rlimit rl = { 0, 0 };
+	struct rlimit rl = {0, 0};
 
 	(void)setrlimit(RLIMIT_CORE, &rl);
 	(void)prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);

@@ -25,8 +25,8 @@ void kb_secure_free(void *p);
  * writable by group or others (KB_ERR_CONFIG naming the mode), strips one
  * trailing newline. On success *out is a NUL-terminated string in locked
  * memory (free with kb_secure_free) and *len its length. */
-enum kb_err kb_secret_file_read(const char *path, int check_mode,
-    char **out, size_t *len);
+enum kb_err kb_secret_file_read(
+    const char *path, int check_mode, char **out, size_t *len);
 
 /* Disable core dumps and ptrace attach for this process, and raise the
  * open-file limit to its hard maximum. */

@@ -31,9 +31,9 @@ kb_utf8_seq(const unsigned char *p, size_t left)
 			return 0;
 		cp = (cp << 6) | (p[i] & 0x3f);
 	}
-	if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) ||
-	    (n == 4 && cp < 0x10000) || cp > 0x10ffff ||
-	    (cp >= 0xd800 && cp <= 0xdfff))
+	if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800)
+	    || (n == 4 && cp < 0x10000) || cp > 0x10ffff
+	    || (cp >= 0xd800 && cp <= 0xdfff))
 		return 0;
 	return n;
 }
@@ -55,4 +55,3 @@ kb_utf8_clean(char *s, size_t max)
 	}
 	p[i < len ? i : len] = '\0';
 }
-

@@ -68,7 +68,8 @@ check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
 	size_t i, k;
 
 	if (depth > 16)
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the message nests too "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "the message nests too "
 		    "deeply");
 	while (p < end) {
 		if (read_varint(&p, end, &key) != 0)
@@ -78,34 +79,34 @@ check_strings(const ProtobufCMessageDescriptor *d, const uint8_t *p,
 			if (read_varint(&p, end, &len) != 0)
 				return KB_OK;
 			continue;
-		case 1:
-			p += 8;
-			continue;
-		case 5:
-			p += 4;
-			continue;
-		case 2:
-			break;
-		default:
-			return KB_OK;
+		case 1: p += 8; continue;
+		case 5: p += 4; continue;
+		case 2: break;
+		default: return KB_OK;
 		}
-		if (read_varint(&p, end, &len) != 0 || len > (uint64_t)(end - p))
+		if (read_varint(&p, end, &len) != 0
+		    || len > (uint64_t)(end - p))
 			return KB_OK;
-		f = protobuf_c_message_descriptor_get_field(d, (unsigned)(key >> 3));
+		f = protobuf_c_message_descriptor_get_field(
+		    d, (unsigned)(key >> 3));
 		if (f != NULL && f->type == PROTOBUF_C_TYPE_STRING) {
 			for (i = 0; i < len; i += k) {
 				if (p[i] == 0)
-					return kb_errf(KB_ERR_INVALID_ARGUMENT, "field "
-					    "\"%s\" contains a NUL byte at byte %zu",
+					return kb_errf(KB_ERR_INVALID_ARGUMENT,
+					    "field "
+					    "\"%s\" contains a NUL byte at "
+					    "byte %zu",
 					    f->name, i + 1);
 				if ((k = kb_utf8_seq(p + i, len - i)) == 0)
-					return kb_errf(KB_ERR_INVALID_ARGUMENT, "field "
-					    "\"%s\" is not valid UTF-8 (byte %zu)",
+					return kb_errf(KB_ERR_INVALID_ARGUMENT,
+					    "field "
+					    "\"%s\" is not valid UTF-8 (byte "
+					    "%zu)",
 					    f->name, i + 1);
 			}
 		} else if (f != NULL && f->type == PROTOBUF_C_TYPE_MESSAGE) {
-			enum kb_err e = check_strings(f->descriptor, p, p + len,
-			    depth + 1);
+			enum kb_err e =
+			    check_strings(f->descriptor, p, p + len, depth + 1);
 			if (e != KB_OK)
 				return e;
 		}
@@ -125,7 +126,8 @@ kb_wire_unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
 
 	*out = NULL;
 	if (bb == NULL) {
-		m = protobuf_c_message_unpack(desc, NULL, 0, (const uint8_t *)"");
+		m = protobuf_c_message_unpack(
+		    desc, NULL, 0, (const uint8_t *)"");
 		if (m == NULL)
 			return kb_errf(KB_ERR_NOMEM, "out of memory");
 		*out = m;
@@ -134,8 +136,8 @@ kb_wire_unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
 	n = grpc_byte_buffer_length(bb);
 	if (n > max_len)
 		return kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
-		    "request of %zu bytes exceeds the limit of %zu bytes",
-		    n, max_len);
+		    "request of %zu bytes exceeds the limit of %zu bytes", n,
+		    max_len);
 	if (!grpc_byte_buffer_reader_init(&r, bb))
 		return kb_errf(KB_ERR_INVALID_ARGUMENT,
 		    "cannot read the message (unsupported compression?)");
@@ -145,13 +147,14 @@ kb_wire_unpack(const ProtobufCMessageDescriptor *desc, grpc_byte_buffer *bb,
 		enum kb_err e = check_strings(desc, GRPC_SLICE_START_PTR(all),
 		    GRPC_SLICE_START_PTR(all) + GRPC_SLICE_LENGTH(all), 0);
 		if (e != KB_OK) {
-			kb_wipe(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
+			kb_wipe(
+			    GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
 			grpc_slice_unref(all);
 			return e;
 		}
 	}
-	m = protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all),
-	    GRPC_SLICE_START_PTR(all));
+	m = protobuf_c_message_unpack(
+	    desc, NULL, GRPC_SLICE_LENGTH(all), GRPC_SLICE_START_PTR(all));
 	kb_wipe(GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all));
 	grpc_slice_unref(all);
 	if (m == NULL)
@@ -192,18 +195,21 @@ kb_wire_wipe(ProtobufCMessage *msg)
 		char *base = (char *)msg + f->offset;
 
 		if (f->label == PROTOBUF_C_LABEL_REPEATED) {
-			size_t cnt = *(size_t *)((char *)msg + f->quantifier_offset);
+			size_t cnt =
+			    *(size_t *)((char *)msg + f->quantifier_offset);
 			void **arr = *(void ***)base;
 			size_t j;
 
 			for (j = 0; j < cnt && arr != NULL; j++) {
-				if (f->type == PROTOBUF_C_TYPE_STRING && arr[j] != NULL)
+				if (f->type == PROTOBUF_C_TYPE_STRING
+				    && arr[j] != NULL)
 					kb_wipe(arr[j], strlen(arr[j]));
 				else if (f->type == PROTOBUF_C_TYPE_MESSAGE)
 					kb_wire_wipe(arr[j]);
 				else if (f->type == PROTOBUF_C_TYPE_BYTES) {
 					ProtobufCBinaryData *bd =
-					    &((ProtobufCBinaryData *)(void *)arr)[j];
+					    &((ProtobufCBinaryData *)(void *)
+					            arr)[j];
 					kb_wipe(bd->data, bd->len);
 				}
 			}
@@ -240,8 +246,7 @@ kb_wire_wipe(ProtobufCMessage *msg)
 		case PROTOBUF_C_TYPE_FLOAT:
 		case PROTOBUF_C_TYPE_DOUBLE:
 		case PROTOBUF_C_TYPE_BOOL:
-		case PROTOBUF_C_TYPE_ENUM:
-			break;
+		case PROTOBUF_C_TYPE_ENUM: break;
 		}
 	}
 }

@@ -18,6 +18,8 @@ KB_PACKAGES=(
 	# Tests: p11tool/certtool (token object checks, GnuTLS .pfx files).
 	gnutls-bin
 	clang libclang-rt-14-dev valgrind
+	# CI: the format check (tests/lint/check-format.sh).
+	clang-format
 )
 
 usage() {

@@ -153,8 +153,8 @@ cache_hash(const char *id, CK_OBJECT_CLASS cls)
 }
 
 static int
-cache_get(struct hsm *h, const char *id, const char *label,
-    CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *obj)
+cache_get(struct hsm *h, const char *id, const char *label, CK_OBJECT_CLASS cls,
+    CK_OBJECT_HANDLE *obj)
 {
 	struct cache_entry *e;
 	int found = 0;
@@ -495,7 +495,8 @@ hsm_obj_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
 		t[nt++] = (CK_ATTRIBUTE){CKA_EXTRACTABLE, &no, sizeof(no)};
 	}
 	if (label != NULL)
-		t[nt++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
+		t[nt++] =
+		    (CK_ATTRIBUTE){CKA_LABEL, (void *)label, strlen(label)};
 	*n = 0;
 	*fn = "C_FindObjectsInit";
 	if ((rv = h->m->C_FindObjectsInit(sh, t, nt)) != CKR_OK)
@@ -563,8 +564,8 @@ hsm_id_free(struct hsm *h, CK_SESSION_HANDLE sh, const char *id, CK_RV *rv)
 	size_t i;
 
 	for (i = 0; i < 3; i++) {
-		*rv = hsm_obj_find(
-		    h, sh, id, NULL, classes[i], &obj, 1, &n, &fn);
+		*rv =
+		    hsm_obj_find(h, sh, id, NULL, classes[i], &obj, 1, &n, &fn);
 		if (*rv != CKR_OK)
 			return hsm_p11_err(fn, *rv, id);
 		if (n > 0)
@@ -686,8 +687,8 @@ hsm_open(const struct hsm_config *cfg, struct hsm **out)
 	pthread_mutex_init(&h->cache_mu, NULL);
 	pthread_mutex_init(&h->create_mu, NULL);
 	pthread_rwlockattr_init(&rwa);
-	pthread_rwlockattr_setkind_np(&rwa,
-	    PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	pthread_rwlockattr_setkind_np(
+	    &rwa, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
 	pthread_rwlock_init(&h->objects_rw, &rwa);
 	pthread_rwlockattr_destroy(&rwa);
 	h->size = size;

@@ -25,21 +25,21 @@
 struct hsm;
 
 struct hsm_config {
-	const char *module_path;  /* PKCS#11 module; NULL = SoftHSMv2's */
-	const char *token_uri;    /* "pkcs11:token=keybroker" (RFC 7512) */
-	const char *pin_file;     /* user PIN, one line; must be mode 0600 */
-	int check_pin_mode;       /* refuse a PIN file readable by others */
-	unsigned sessions;        /* size of the session pool; 0 = 8 */
+	const char *module_path; /* PKCS#11 module; NULL = SoftHSMv2's */
+	const char *token_uri; /* "pkcs11:token=keybroker" (RFC 7512) */
+	const char *pin_file; /* user PIN, one line; must be mode 0600 */
+	int check_pin_mode; /* refuse a PIN file readable by others */
+	unsigned sessions; /* size of the session pool; 0 = 8 */
 };
 
-#define HSM_ALG_OAEP_SHA1   "RSA-OAEP-SHA1"
+#define HSM_ALG_OAEP_SHA1 "RSA-OAEP-SHA1"
 #define HSM_ALG_OAEP_SHA256 "RSA-OAEP-SHA256"
 
 /* Key uses, chosen at creation. */
 enum hsm_key_use {
 	HSM_USE_ENCRYPT = 1, /* CKA_ENCRYPT/CKA_DECRYPT: wraps DEKs (OAEP) */
-	HSM_USE_UNWRAP = 2,  /* CKA_UNWRAP only: BYOK key-exchange key */
-	HSM_USE_SIGN = 4,    /* CKA_SIGN/CKA_VERIFY: audit checkpoints */
+	HSM_USE_UNWRAP = 2, /* CKA_UNWRAP only: BYOK key-exchange key */
+	HSM_USE_SIGN = 4, /* CKA_SIGN/CKA_VERIFY: audit checkpoints */
 	HSM_USE_KEYWRAP = 8, /* CKA_WRAP/CKA_UNWRAP: wraps a tenant's KEK */
 };
 
@@ -48,7 +48,7 @@ enum hsm_key_use {
 #define HSM_GCM_TAG_LEN 16
 
 struct hsm_token_info {
-	char label[33];        /* trailing blanks trimmed */
+	char label[33]; /* trailing blanks trimmed */
 	char serial[17];
 	char manufacturer[33];
 	char model[17];
@@ -76,14 +76,14 @@ enum kb_err hsm_oaep_probe(struct hsm *h, const char *id, const char **alg);
 
 /* Generate an RSA key pair of `bits` bits in the token with uses `use`.
  * KB_ERR_ALREADY_EXISTS if a key with this id exists. */
-enum kb_err hsm_rsa_generate(struct hsm *h, const char *id, unsigned bits,
-    unsigned use);
+enum kb_err hsm_rsa_generate(
+    struct hsm *h, const char *id, unsigned bits, unsigned use);
 
 /* Import an RSA private key (secret) as a token key pair with uses `use`.
  * The caller wipes its copy; the components copied here are wiped before
  * returning. */
-enum kb_err hsm_rsa_import(struct hsm *h, const char *id, EVP_PKEY *pkey,
-    unsigned use);
+enum kb_err hsm_rsa_import(
+    struct hsm *h, const char *id, EVP_PKEY *pkey, unsigned use);
 
 /* Import a key pair from an Azure-style BYOK blob: `blob` is
  * RSA-OAEP(kek, AES-256 key) || AES-KWP(PKCS#8 private key). Both unwraps run
@@ -93,12 +93,12 @@ enum kb_err hsm_rsa_import(struct hsm *h, const char *id, EVP_PKEY *pkey,
  * exponent. A key that is not RSA of `want_bits` is destroyed and refused
  * (KB_ERR_INVALID_ARGUMENT). */
 enum kb_err hsm_byok_unwrap(struct hsm *h, const char *kek_id,
-    const char *oaep_alg, const uint8_t *blob, size_t blob_len,
-    const char *id, unsigned want_bits, unsigned use);
+    const char *oaep_alg, const uint8_t *blob, size_t blob_len, const char *id,
+    unsigned want_bits, unsigned use);
 
 /* The public key of `id` as DER SubjectPublicKeyInfo (*der malloc'd). */
-enum kb_err hsm_public_key_der(struct hsm *h, const char *id, uint8_t **der,
-    size_t *der_len);
+enum kb_err hsm_public_key_der(
+    struct hsm *h, const char *id, uint8_t **der, size_t *der_len);
 
 /* KB_OK if a private key with this id exists, KB_ERR_NOT_FOUND if not. */
 enum kb_err hsm_key_exists(struct hsm *h, const char *id);
@@ -119,8 +119,8 @@ enum kb_err hsm_key_retire(struct hsm *h, const char *id);
  * CKA_PRIVATE is destroyed, and a CKA_PRIVATE one is made from the private
  * key's own modulus if none is left. *changed says whether anything was
  * done. KB_ERR_NOT_FOUND if there is no private key `id`. */
-enum kb_err hsm_rsa_upgrade(struct hsm *h, const char *id, unsigned use,
-    int *changed);
+enum kb_err hsm_rsa_upgrade(
+    struct hsm *h, const char *id, unsigned use, int *changed);
 
 /* ---- AES keys (hsm_aes.c) ---- */
 
@@ -190,10 +190,10 @@ enum kb_err hsm_sign(struct hsm *h, const char *id, const uint8_t *data,
  * (a new object, then the old one destroyed: a crash leaves the old or the
  * new, never neither; a read takes the newest). Absent is
  * KB_ERR_NOT_FOUND; one not in our format, KB_ERR_CORRUPT. */
-enum kb_err hsm_data_read(struct hsm *h, const char *label, uint8_t **out,
-    size_t *len);
-enum kb_err hsm_data_write(struct hsm *h, const char *label,
-    const uint8_t *data, size_t len);
+enum kb_err hsm_data_read(
+    struct hsm *h, const char *label, uint8_t **out, size_t *len);
+enum kb_err hsm_data_write(
+    struct hsm *h, const char *label, const uint8_t *data, size_t len);
 
 /* Fill buf with n bytes from the token's C_GenerateRandom. */
 enum kb_err hsm_random(struct hsm *h, uint8_t *buf, size_t n);

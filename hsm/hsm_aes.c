@@ -58,7 +58,8 @@ hsm_aes_generate(struct hsm *h, const char *id, const char *label)
 	int have_session = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
-	if ((r = hsm_id_check(id)) != KB_OK || (r = label_check(label)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK
+	    || (r = label_check(label)) != KB_OK)
 		return r;
 	tmpl_secret(&t, id, label, 1);
 	hsm_tmpl_ulong(&t, CKA_VALUE_LEN, AES_KEY_LEN);
@@ -94,8 +95,8 @@ kek_unwrap_obj(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE rsa,
 	tmpl_secret(&t, id, label, 1);
 	if (t.overflow)
 		return CKR_HOST_MEMORY;
-	return h->m->C_UnwrapKey(sh, oaep, rsa, (CK_BYTE_PTR)wrapped,
-	    (CK_ULONG)len, t.a, t.n, out);
+	return h->m->C_UnwrapKey(
+	    sh, oaep, rsa, (CK_BYTE_PTR)wrapped, (CK_ULONG)len, t.a, t.n, out);
 }
 
 enum kb_err
@@ -154,8 +155,7 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 		rv = CKR_HOST_MEMORY;
 		goto p11fail;
 	}
-	if ((rv = h->m->C_WrapKey(p.sh, &oaep, pub, tmp, buf, &wlen))
-	    != CKR_OK)
+	if ((rv = h->m->C_WrapKey(p.sh, &oaep, pub, tmp, buf, &wlen)) != CKR_OK)
 		goto p11fail;
 	fn = "C_DestroyObject";
 	rv = h->m->C_DestroyObject(p.sh, tmp);
@@ -163,8 +163,8 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	if (rv != CKR_OK)
 		goto p11fail;
 	fn = "C_UnwrapKey";
-	if ((rv = kek_unwrap_obj(h, p.sh, priv, &oaep, buf, wlen, kek_id,
-	         label, &kek))
+	if ((rv = kek_unwrap_obj(
+	         h, p.sh, priv, &oaep, buf, wlen, kek_id, label, &kek))
 	    != CKR_OK)
 		goto p11fail;
 	hsm_cache_put(h, kek_id, label, CKO_SECRET_KEY, kek);
@@ -212,8 +212,8 @@ hsm_kek_unwrap(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	    || (r = hsm_oaep_mech(oaep_alg, &op, &oaep)) != KB_OK)
 		return r;
 	if (wrapped == NULL || wrapped_len == 0)
-		return kb_errf(KB_ERR_CORRUPT, "KEK %s: no wrapped key stored",
-		    kek_id);
+		return kb_errf(
+		    KB_ERR_CORRUPT, "KEK %s: no wrapped key stored", kek_id);
 	pthread_mutex_lock(&h->create_mu);
 	if ((r = hsm_pool_get(h, &p)) != KB_OK)
 		goto out;
@@ -262,7 +262,8 @@ hsm_secret_exists(struct hsm *h, const char *id, const char *label)
 	enum kb_err r;
 	int attempt;
 
-	if ((r = hsm_id_check(id)) != KB_OK || (r = label_check(label)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK
+	    || (r = label_check(label)) != KB_OK)
 		return r;
 	for (attempt = 0; attempt < 2; attempt++) {
 		if ((r = hsm_pool_get(h, &p)) != KB_OK)
@@ -334,7 +335,8 @@ hsm_gcm_seal(struct hsm *h, const char *id, const char *label,
 
 	*out = NULL;
 	*out_len = 0;
-	if ((r = hsm_id_check(id)) != KB_OK || (r = label_check(label)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK
+	    || (r = label_check(label)) != KB_OK)
 		return r;
 	memset(&g, 0, sizeof(g));
 	g.c = (struct crypt_arg){h->m->C_EncryptInit, h->m->C_Encrypt,
@@ -371,7 +373,8 @@ hsm_gcm_open(struct hsm *h, const char *id, const char *label,
 
 	*out = NULL;
 	*out_len = 0;
-	if ((r = hsm_id_check(id)) != KB_OK || (r = label_check(label)) != KB_OK)
+	if ((r = hsm_id_check(id)) != KB_OK
+	    || (r = label_check(label)) != KB_OK)
 		return r;
 	if (in_len < HSM_GCM_IV_LEN + HSM_GCM_TAG_LEN)
 		return kb_errf(KB_ERR_CORRUPT,

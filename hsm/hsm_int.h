@@ -29,8 +29,8 @@ struct tmpl {
 	int overflow;
 };
 
-void hsm_tmpl_add(struct tmpl *t, CK_ATTRIBUTE_TYPE type, void *p,
-    CK_ULONG len);
+void hsm_tmpl_add(
+    struct tmpl *t, CK_ATTRIBUTE_TYPE type, void *p, CK_ULONG len);
 void hsm_tmpl_bool(struct tmpl *t, CK_ATTRIBUTE_TYPE type, int v);
 void hsm_tmpl_ulong(struct tmpl *t, CK_ATTRIBUTE_TYPE type, CK_ULONG v);
 /* An AES session key (CKA_TOKEN false, private, sensitive) with no use

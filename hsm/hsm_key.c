@@ -20,7 +20,7 @@
 #endif
 
 #define HSM_BYOK_AES_LEN 32
-#define HSM_USE_ALL \
+#define HSM_USE_ALL                                                            \
 	(HSM_USE_ENCRYPT | HSM_USE_UNWRAP | HSM_USE_SIGN | HSM_USE_KEYWRAP)
 
 /* The module only reads templates; these are never written. */
@@ -178,8 +178,8 @@ tmpl_key(struct tmpl *t, const char *id, int priv, unsigned use)
 }
 
 CK_RV
-hsm_op_crypt(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE key, void *argp,
-    const char **fn)
+hsm_op_crypt(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE key,
+    void *argp, const char **fn)
 {
 	struct crypt_arg *a = argp;
 	uint8_t *buf = NULL;
@@ -319,7 +319,8 @@ hsm_encrypt(struct hsm *h, const char *id, const char *alg, const uint8_t *in,
 	if ((r = hsm_id_check(id)) != KB_OK
 	    || (r = hsm_oaep_mech(alg, &op, &mech)) != KB_OK)
 		return r;
-	if ((r = hsm_op_run(h, id, NULL, CKO_PUBLIC_KEY, hsm_op_crypt, &a)) == KB_OK) {
+	if ((r = hsm_op_run(h, id, NULL, CKO_PUBLIC_KEY, hsm_op_crypt, &a))
+	    == KB_OK) {
 		*out = a.out;
 		*out_len = a.out_len;
 	}
@@ -370,7 +371,8 @@ hsm_sign(struct hsm *h, const char *id, const uint8_t *data, size_t len,
 	*sig_len = 0;
 	if ((r = hsm_id_check(id)) != KB_OK)
 		return r;
-	if ((r = hsm_op_run(h, id, NULL, CKO_PRIVATE_KEY, hsm_op_crypt, &a)) == KB_OK) {
+	if ((r = hsm_op_run(h, id, NULL, CKO_PRIVATE_KEY, hsm_op_crypt, &a))
+	    == KB_OK) {
 		*sig = a.out;
 		*sig_len = a.out_len;
 	}
@@ -666,7 +668,8 @@ hsm_rsa_upgrade(struct hsm *h, const char *id, unsigned use, int *changed)
 	if ((can_decrypt != 0) != want_decrypt) {
 		set_decrypt.pValue = want_decrypt ? &yes : &no;
 		fn = "C_SetAttributeValue";
-		if ((rv = h->m->C_SetAttributeValue(p.sh, priv, &set_decrypt, 1))
+		if ((rv = h->m->C_SetAttributeValue(
+		         p.sh, priv, &set_decrypt, 1))
 		    != CKR_OK)
 			goto p11fail;
 		*changed = 1;
@@ -675,14 +678,14 @@ hsm_rsa_upgrade(struct hsm *h, const char *id, unsigned use, int *changed)
 	 * the private key's own modulus and exponent. A public object anyone
 	 * could have made (CKA_PRIVATE false: every key of an older
 	 * keybroker, or one planted without the PIN) is destroyed. */
-	if ((rv = obj_find_any(h, p.sh, id, CKO_PUBLIC_KEY, objs, HSM_FIND_MAX,
-	         &n, &fn))
+	if ((rv = obj_find_any(
+	         h, p.sh, id, CKO_PUBLIC_KEY, objs, HSM_FIND_MAX, &n, &fn))
 	    != CKR_OK)
 		goto p11fail;
 	for (i = 0; i < n; i++) {
 		is_private = CK_FALSE;
-		qa[0] = (CK_ATTRIBUTE){CKA_PRIVATE, &is_private,
-		    sizeof(is_private)};
+		qa[0] = (CK_ATTRIBUTE){
+		    CKA_PRIVATE, &is_private, sizeof(is_private)};
 		fn = "C_GetAttributeValue";
 		if ((rv = h->m->C_GetAttributeValue(p.sh, objs[i], qa, 1))
 		    != CKR_OK)
@@ -925,8 +928,8 @@ hsm_byok_unwrap(struct hsm *h, const char *kek_id, const char *oaep_alg,
 	int have_session = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
-	if ((r = hsm_id_check(kek_id)) != KB_OK || (r = hsm_id_check(id)) != KB_OK
-	    || (r = use_check(use)) != KB_OK
+	if ((r = hsm_id_check(kek_id)) != KB_OK
+	    || (r = hsm_id_check(id)) != KB_OK || (r = use_check(use)) != KB_OK
 	    || (r = hsm_oaep_mech(oaep_alg, &op, &oaep)) != KB_OK)
 		return r;
 

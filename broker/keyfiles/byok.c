@@ -75,21 +75,24 @@ b64_decode(const char *s, size_t n, uint8_t **out, size_t *out_len)
 	*out_len = 0;
 	if ((buf = malloc(kb_base64_decoded_max(n))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	r = kb_base64_decode(s, n, buf, kb_base64_decoded_max(n), out_len,
-	    &where, 0);
+	r = kb_base64_decode(
+	    s, n, buf, kb_base64_decoded_max(n), out_len, &where, 0);
 	if (r == KB_B64_BAD_CHAR) {
 		char one[2] = {s[where], '\0'};
 
 		free(buf);
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the .byok ciphertext is "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "the .byok ciphertext is "
 		    "not base64url: '%s' at position %zu",
 		    shown(one, c, sizeof(c)), where + 1);
 	}
 	if (r != 0) {
 		free(buf);
-		return kb_errf(KB_ERR_INVALID_ARGUMENT, "the .byok ciphertext is "
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "the .byok ciphertext is "
 		    "not base64url: %zu characters cannot be a whole number of "
-		    "bytes (truncated?)", n);
+		    "bytes (truncated?)",
+		    n);
 	}
 	*out = buf;
 	return KB_OK;

@@ -199,7 +199,7 @@ struct pfx_walk {
 	long budget; /* KDF iterations left for the contents */
 	STACK_OF(PKCS12_SAFEBAG) * keys; /* key bags found (not owned) */
 	STACK_OF(PKCS12_SAFEBAG)
-	    * certs; /* X.509 certificate bags (not owned) */
+	*certs; /* X.509 certificate bags (not owned) */
 	int key_in_clear; /* a keyBag outside any encrypted safe */
 	char *pass_alloc; /* secret: a re-encoded password, wiped at the end */
 };

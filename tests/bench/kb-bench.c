@@ -773,11 +773,13 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 		/* Issue 10 (envelope v2: an AES-GCM open in the token per
 		 * call): 3 times the raw RSA-OAEP ceiling, and 0.8 of WhoAmI
 		 * through the same broker. */
-		printf("  GetDataKey >= 3 times raw RSA-OAEP@2 at 64 clients, 0 "
-		       "errors: %.2f, %llu errors  %s\n",
+		printf(
+		    "  GetDataKey >= 3 times raw RSA-OAEP@2 at 64 clients, 0 "
+		    "errors: %.2f, %llu errors  %s\n",
 		    x, (unsigned long long)l->errors,
 		    x >= 3 && l->errors == 0 ? "met" : "MISSED");
-		printf("  GetDataKey >= 0.8 of WhoAmI at 64 clients: %.2f  %s\n",
+		printf(
+		    "  GetDataKey >= 0.8 of WhoAmI at 64 clients: %.2f  %s\n",
 		    ratio(l->rate, r->whoami.rate),
 		    l->rate >= 0.8 * r->whoami.rate ? "met" : "MISSED");
 		printf("  p99 < 25 ms at 64 clients: %.2f ms  %s\n", l->p99_ms,

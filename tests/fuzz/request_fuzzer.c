@@ -528,8 +528,8 @@ world_open(void)
 	    || (e = broker_open(cfg, &w.b)) != KB_OK)
 		die("setup: %s", kb_err_msg(e));
 	{
-		struct quorum_hooks qh = { dispatch_methods, dispatch_execute,
-			rpc_lock_proof };
+		struct quorum_hooks qh = {
+		    dispatch_methods, dispatch_execute, rpc_lock_proof};
 
 		quorum_hooks_set(&qh);
 	}

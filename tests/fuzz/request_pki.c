@@ -24,8 +24,8 @@ static X509 *
 make_cert(EVP_PKEY *key, X509 *issuer, EVP_PKEY *issuer_key, const char *cn,
     const char *ou, const char *san, long from_s, long to_s)
 {
-	return kbt_cert_make(key, issuer, issuer_key, ou, cn, san, from_s, to_s,
-	    issuer == NULL);
+	return kbt_cert_make(
+	    key, issuer, issuer_key, ou, cn, san, from_s, to_s, issuer == NULL);
 }
 
 static char *

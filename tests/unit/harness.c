@@ -105,7 +105,7 @@ data_dir(void)
 const char *
 kbt_data_path(const char *name)
 {
-	static __thread char path[1200];  /* per thread, as data_dir's */
+	static __thread char path[1200]; /* per thread, as data_dir's */
 
 	snprintf(path, sizeof(path), "%s/%s", data_dir(), name);
 	return path;
@@ -133,7 +133,9 @@ kbt_data_load(const char *name, size_t *len)
 static int
 rm_cb(const char *path, const struct stat *sb, int flag, struct FTW *ftw)
 {
-	(void)sb; (void)flag; (void)ftw;
+	(void)sb;
+	(void)flag;
+	(void)ftw;
 	return remove(path);
 }
 
@@ -145,7 +147,7 @@ kbt_rmtree(const char *dir)
 }
 
 static void write_file(const char *path, int mode, const char *fmt, ...)
-	__attribute__((format(printf, 3, 4)));
+    __attribute__((format(printf, 3, 4)));
 
 static void
 write_file(const char *path, int mode, const char *fmt, ...)
@@ -176,13 +178,15 @@ kbt_softhsm_setup(const char *label)
 	snprintf(path, sizeof(path), "%s/softhsm2.conf", dir);
 	write_file(path, 0600,
 	    "directories.tokendir = %s/tokens\nobjectstore.backend = file\n"
-	    "log.level = ERROR\nslots.removable = false\n", dir);
+	    "log.level = ERROR\nslots.removable = false\n",
+	    dir);
 	setenv("SOFTHSM2_CONF", path, 1);
 	snprintf(path, sizeof(path), "%s/pin", dir);
 	write_file(path, 0600, "%s\n", KBT_USER_PIN);
 	snprintf(cmd, sizeof(cmd),
 	    "softhsm2-util --init-token --free --label '%s' --so-pin 5678 "
-	    "--pin %s >/dev/null", label, KBT_USER_PIN);
+	    "--pin %s >/dev/null",
+	    label, KBT_USER_PIN);
 	if (system(cmd) != 0) {
 		fprintf(stderr, "softhsm2-util --init-token failed\n");
 		exit(2);

@@ -26,26 +26,57 @@ extern int kbt_failed_current;
  * (the case still fails). */
 void kbt_fail_leave(void);
 
-#define KBT_FAIL(...) do { \
-	fprintf(stderr, "  %s:%d: ", __FILE__, __LINE__); \
-	fprintf(stderr, __VA_ARGS__); fputc('\n', stderr); \
-	kbt_failed_current = 1; kbt_fail_leave(); return; } while (0)
+#define KBT_FAIL(...)                                                          \
+	do {                                                                   \
+		fprintf(stderr, "  %s:%d: ", __FILE__, __LINE__);              \
+		fprintf(stderr, __VA_ARGS__);                                  \
+		fputc('\n', stderr);                                           \
+		kbt_failed_current = 1;                                        \
+		kbt_fail_leave();                                              \
+		return;                                                        \
+	} while (0)
 
-#define KBT_ASSERT(cond) do { if (!(cond)) KBT_FAIL("assertion failed: %s", #cond); } while (0)
-#define KBT_ASSERT_INT(a, op, b) do { long long a_ = (long long)(a), b_ = (long long)(b); \
-	if (!(a_ op b_)) KBT_FAIL("%s %s %s (%lld vs %lld)", #a, #op, #b, a_, b_); } while (0)
-#define KBT_ASSERT_STR(a, b) do { const char *a_ = (a), *b_ = (b); \
-	if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0) \
-		KBT_FAIL("%s == %s (\"%s\" vs \"%s\")", #a, #b, a_ ? a_ : "(null)", b_ ? b_ : "(null)"); } while (0)
-#define KBT_ASSERT_CONTAINS(hay, needle) do { const char *h_ = (hay), *n_ = (needle); \
-	if (h_ == NULL || strstr(h_, n_) == NULL) \
-		KBT_FAIL("\"%s\" does not contain \"%s\"", h_ ? h_ : "(null)", n_); } while (0)
+#define KBT_ASSERT(cond)                                                       \
+	do {                                                                   \
+		if (!(cond))                                                   \
+			KBT_FAIL("assertion failed: %s", #cond);               \
+	} while (0)
+#define KBT_ASSERT_INT(a, op, b)                                               \
+	do {                                                                   \
+		long long a_ = (long long)(a), b_ = (long long)(b);            \
+		if (!(a_ op b_))                                               \
+			KBT_FAIL(                                              \
+			    "%s %s %s (%lld vs %lld)", #a, #op, #b, a_, b_);   \
+	} while (0)
+#define KBT_ASSERT_STR(a, b)                                                   \
+	do {                                                                   \
+		const char *a_ = (a), *b_ = (b);                               \
+		if (a_ == NULL || b_ == NULL || strcmp(a_, b_) != 0)           \
+			KBT_FAIL("%s == %s (\"%s\" vs \"%s\")", #a, #b,        \
+			    a_ ? a_ : "(null)", b_ ? b_ : "(null)");           \
+	} while (0)
+#define KBT_ASSERT_CONTAINS(hay, needle)                                       \
+	do {                                                                   \
+		const char *h_ = (hay), *n_ = (needle);                        \
+		if (h_ == NULL || strstr(h_, n_) == NULL)                      \
+			KBT_FAIL("\"%s\" does not contain \"%s\"",             \
+			    h_ ? h_ : "(null)", n_);                           \
+	} while (0)
 /* For kb_err results: prints the thread's error message on failure. */
-#define KBT_ASSERT_OK(expr) do { enum kb_err e_ = (expr); \
-	if (e_ != KB_OK) KBT_FAIL("%s failed: %s", #expr, kb_err_msg(e_)); } while (0)
-#define KBT_ASSERT_ERR(expr, code) do { enum kb_err e_ = (expr); \
-	if (e_ != (code)) KBT_FAIL("%s: want %s, got %s (%s)", #expr, \
-		kb_strerror(code), kb_strerror(e_), kb_err_msg(e_)); } while (0)
+#define KBT_ASSERT_OK(expr)                                                    \
+	do {                                                                   \
+		enum kb_err e_ = (expr);                                       \
+		if (e_ != KB_OK)                                               \
+			KBT_FAIL("%s failed: %s", #expr, kb_err_msg(e_));      \
+	} while (0)
+#define KBT_ASSERT_ERR(expr, code)                                             \
+	do {                                                                   \
+		enum kb_err e_ = (expr);                                       \
+		if (e_ != (code))                                              \
+			KBT_FAIL("%s: want %s, got %s (%s)", #expr,            \
+			    kb_strerror(code), kb_strerror(e_),                \
+			    kb_err_msg(e_));                                   \
+	} while (0)
 
 int kbt_run(const struct kbt_case *cases, int argc, char **argv);
 

@@ -42,9 +42,9 @@ setup(void)
 	hc.pin_file = pin;
 	hc.check_pin_mode = 1;
 	hc.sessions = 4;
-	if (hsm_open(&hc, &h) != KB_OK ||
-	    hsm_rsa_generate(h, "audit", 2048, HSM_USE_SIGN) != KB_OK ||
-	    hsm_public_key_der(h, "audit", &der, &len) != KB_OK) {
+	if (hsm_open(&hc, &h) != KB_OK
+	    || hsm_rsa_generate(h, "audit", 2048, HSM_USE_SIGN) != KB_OK
+	    || hsm_public_key_der(h, "audit", &der, &len) != KB_OK) {
 		fprintf(stderr, "token setup: %s\n", kb_err_msg(KB_ERR_HSM));
 		exit(2);
 	}
@@ -122,31 +122,36 @@ verify_file(const char *path, struct kb_audit_result *res)
 	int have_cp;
 
 	sqlite3_open(path, &db);
-	sqlite3_prepare_v2(db, "SELECT seq, time_us, actor, role, peer, method, "
+	sqlite3_prepare_v2(db,
+	    "SELECT seq, time_us, actor, role, peer, method, "
 	    "tenant_id, environment, key_id, result, reason, request_id, hash "
-	    "FROM events ORDER BY seq", -1, &ev, NULL);
-	sqlite3_prepare_v2(db, "SELECT seq, head_hash, time_us, prev_signature, "
-	    "signature FROM checkpoints ORDER BY seq", -1, &cp, NULL);
+	    "FROM events ORDER BY seq",
+	    -1, &ev, NULL);
+	sqlite3_prepare_v2(db,
+	    "SELECT seq, head_hash, time_us, prev_signature, "
+	    "signature FROM checkpoints ORDER BY seq",
+	    -1, &cp, NULL);
 	kb_audit_verifier_new(pub, &v);
 	have_cp = sqlite3_step(cp) == SQLITE_ROW;
 	while (sqlite3_step(ev) == SQLITE_ROW) {
 		struct kb_audit_event e = {
-			(uint64_t)sqlite3_column_int64(ev, 0),
-			sqlite3_column_int64(ev, 1),
-			(const char *)sqlite3_column_text(ev, 2),
-			(const char *)sqlite3_column_text(ev, 3),
-			(const char *)sqlite3_column_text(ev, 4),
-			(const char *)sqlite3_column_text(ev, 5),
-			(const char *)sqlite3_column_text(ev, 6),
-			(const char *)sqlite3_column_text(ev, 7),
-			(const char *)sqlite3_column_text(ev, 8),
-			(const char *)sqlite3_column_text(ev, 9),
-			(const char *)sqlite3_column_text(ev, 10),
-			(const char *)sqlite3_column_text(ev, 11),
+		    (uint64_t)sqlite3_column_int64(ev, 0),
+		    sqlite3_column_int64(ev, 1),
+		    (const char *)sqlite3_column_text(ev, 2),
+		    (const char *)sqlite3_column_text(ev, 3),
+		    (const char *)sqlite3_column_text(ev, 4),
+		    (const char *)sqlite3_column_text(ev, 5),
+		    (const char *)sqlite3_column_text(ev, 6),
+		    (const char *)sqlite3_column_text(ev, 7),
+		    (const char *)sqlite3_column_text(ev, 8),
+		    (const char *)sqlite3_column_text(ev, 9),
+		    (const char *)sqlite3_column_text(ev, 10),
+		    (const char *)sqlite3_column_text(ev, 11),
 		};
 		kb_audit_verifier_event(v, &e, sqlite3_column_blob(ev, 12),
 		    (size_t)sqlite3_column_bytes(ev, 12));
-		while (have_cp && (uint64_t)sqlite3_column_int64(cp, 0) <= e.seq) {
+		while (
+		    have_cp && (uint64_t)sqlite3_column_int64(cp, 0) <= e.seq) {
 			feed_checkpoint(v, cp);
 			have_cp = sqlite3_step(cp) == SQLITE_ROW;
 		}
@@ -195,14 +200,14 @@ test_chain_and_checkpoints(void)
 	KBT_ASSERT_INT(evs[0].seq, ==, 21);
 	KBT_ASSERT_STR(evs[0].reason, "event 20");
 	free(evs);
-	audit_close(a);    /* final checkpoint at 25 */
+	audit_close(a); /* final checkpoint at 25 */
 	a = open_log("chain.db", 10);
 	KBT_ASSERT_OK(audit_list_checkpoints(a, 0, 100, &cps, &n, &more));
 	KBT_ASSERT_INT(n, ==, 3);
 	KBT_ASSERT_INT(cps[0].seq, ==, 10);
 	KBT_ASSERT_INT(cps[2].seq, ==, 25);
 	free(cps);
-	append(a, 25);     /* the chain continues across restarts */
+	append(a, 25); /* the chain continues across restarts */
 	audit_close(a);
 	verify_file(dbpath, &res);
 	KBT_ASSERT(res.ok);
@@ -260,7 +265,7 @@ test_truncated_tail(void)
 	a = open_log("tail.db", 1000);
 	for (i = 0; i < 30; i++)
 		append(a, i);
-	audit_close(a);     /* the shutdown checkpoint covers 30 */
+	audit_close(a); /* the shutdown checkpoint covers 30 */
 	tamper("DELETE FROM events WHERE seq > 26");
 	verify_file(dbpath, &res);
 	KBT_ASSERT(!res.ok);
@@ -294,30 +299,33 @@ test_rewritten_chain(void)
 	{
 		sqlite3 *db;
 		sqlite3_stmt *st, *up;
-		uint8_t prev[32] = { 0 }, hh[32];
+		uint8_t prev[32] = {0}, hh[32];
 
 		sqlite3_open(dbpath, &db);
-		sqlite3_exec(db, "UPDATE events SET result = 'denied' WHERE seq = 5",
-		    NULL, NULL, NULL);
-		sqlite3_prepare_v2(db, "SELECT seq, time_us, actor, role, peer, "
+		sqlite3_exec(db,
+		    "UPDATE events SET result = 'denied' WHERE seq = 5", NULL,
+		    NULL, NULL);
+		sqlite3_prepare_v2(db,
+		    "SELECT seq, time_us, actor, role, peer, "
 		    "method, tenant_id, environment, key_id, result, reason, "
-		    "request_id FROM events ORDER BY seq", -1, &st, NULL);
-		sqlite3_prepare_v2(db, "UPDATE events SET hash = ? WHERE seq = ?",
-		    -1, &up, NULL);
+		    "request_id FROM events ORDER BY seq",
+		    -1, &st, NULL);
+		sqlite3_prepare_v2(db,
+		    "UPDATE events SET hash = ? WHERE seq = ?", -1, &up, NULL);
 		while (sqlite3_step(st) == SQLITE_ROW) {
 			struct kb_audit_event e = {
-				(uint64_t)sqlite3_column_int64(st, 0),
-				sqlite3_column_int64(st, 1),
-				(const char *)sqlite3_column_text(st, 2),
-				(const char *)sqlite3_column_text(st, 3),
-				(const char *)sqlite3_column_text(st, 4),
-				(const char *)sqlite3_column_text(st, 5),
-				(const char *)sqlite3_column_text(st, 6),
-				(const char *)sqlite3_column_text(st, 7),
-				(const char *)sqlite3_column_text(st, 8),
-				(const char *)sqlite3_column_text(st, 9),
-				(const char *)sqlite3_column_text(st, 10),
-				(const char *)sqlite3_column_text(st, 11),
+			    (uint64_t)sqlite3_column_int64(st, 0),
+			    sqlite3_column_int64(st, 1),
+			    (const char *)sqlite3_column_text(st, 2),
+			    (const char *)sqlite3_column_text(st, 3),
+			    (const char *)sqlite3_column_text(st, 4),
+			    (const char *)sqlite3_column_text(st, 5),
+			    (const char *)sqlite3_column_text(st, 6),
+			    (const char *)sqlite3_column_text(st, 7),
+			    (const char *)sqlite3_column_text(st, 8),
+			    (const char *)sqlite3_column_text(st, 9),
+			    (const char *)sqlite3_column_text(st, 10),
+			    (const char *)sqlite3_column_text(st, 11),
 			};
 			kb_audit_event_hash(prev, &e, hh);
 			memcpy(prev, hh, 32);
@@ -535,8 +543,8 @@ test_unfinished_bounded(void)
 		chain_add(&c, "admin", "LockTenant", "acme", "started", rid);
 		if (i % 7 == 0) {
 			snprintf(rid, sizeof(rid), "r-pair-%d", i);
-			chain_add(&c, "admin", "CreateTenant", "t", "started",
-			    rid);
+			chain_add(
+			    &c, "admin", "CreateTenant", "t", "started", rid);
 			chain_add(&c, "admin", "CreateTenant", "t", "ok", rid);
 		}
 	}
@@ -571,7 +579,7 @@ test_unfinished_long_fields(void)
 
 	/* Fields are cut to fit, not in the middle of a character. */
 	memset(tenant, 'a', sizeof(tenant));
-	memcpy(tenant + 62, "\xc3\xa9", 2);  /* bytes 63 and 64 of it */
+	memcpy(tenant + 62, "\xc3\xa9", 2); /* bytes 63 and 64 of it */
 	tenant[sizeof(tenant) - 1] = '\0';
 	chain_start(&c);
 	chain_add(&c, "admin", "LockTenant", tenant, "started", "r-1");
@@ -582,19 +590,18 @@ test_unfinished_long_fields(void)
 }
 
 static const struct kbt_case cases[] = {
-	{ "/audit/chain-and-checkpoints", test_chain_and_checkpoints },
-	{ "/audit/altered-event", test_altered_event },
-	{ "/audit/deleted-event", test_deleted_event },
-	{ "/audit/truncated-tail", test_truncated_tail },
-	{ "/audit/rewritten-chain", test_rewritten_chain },
-	{ "/audit/concurrent-group-commit", test_concurrent_group_commit },
-	{ "/audit/unfinished-none", test_unfinished_none },
-	{ "/audit/unfinished-started", test_unfinished_started },
-	{ "/audit/unfinished-restart", test_unfinished_restart },
-	{ "/audit/unfinished-bounded", test_unfinished_bounded },
-	{ "/audit/unfinished-long-fields", test_unfinished_long_fields },
-	{ NULL, NULL }
-};
+    {"/audit/chain-and-checkpoints", test_chain_and_checkpoints},
+    {"/audit/altered-event", test_altered_event},
+    {"/audit/deleted-event", test_deleted_event},
+    {"/audit/truncated-tail", test_truncated_tail},
+    {"/audit/rewritten-chain", test_rewritten_chain},
+    {"/audit/concurrent-group-commit", test_concurrent_group_commit},
+    {"/audit/unfinished-none", test_unfinished_none},
+    {"/audit/unfinished-started", test_unfinished_started},
+    {"/audit/unfinished-restart", test_unfinished_restart},
+    {"/audit/unfinished-bounded", test_unfinished_bounded},
+    {"/audit/unfinished-long-fields", test_unfinished_long_fields},
+    {NULL, NULL}};
 
 int
 main(int argc, char **argv)

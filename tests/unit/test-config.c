@@ -5,7 +5,8 @@
 #include "config.h"
 #include "log.h"
 
-#define MINIMAL "tls_cert = s.crt\ntls_key = s.key\nclient_ca = /etc/ca.crt\n" \
+#define MINIMAL                                                                \
+	"tls_cert = s.crt\ntls_key = s.key\nclient_ca = /etc/ca.crt\n"         \
 	"pin_file = pin\ndatabase = kb.db\n"
 
 static enum kb_err
@@ -43,12 +44,14 @@ test_clock_jump_limit(void)
 	KBT_ASSERT_OK(parse(MINIMAL "clock_jump_limit_s = 60\n", &c));
 	KBT_ASSERT_INT(c->clock_jump_limit_s, ==, 60);
 	config_free(c);
-	KBT_ASSERT_ERR(parse(MINIMAL "clock_jump_limit_s = 59\n", &c),
-	    KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "line 6: "
-	    "clock_jump_limit_s must be a number from 60 to 31536000, not \"59\"");
-	KBT_ASSERT_ERR(parse(MINIMAL "clock_jump_limit_s = 1h\n", &c),
-	    KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(
+	    parse(MINIMAL "clock_jump_limit_s = 59\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "line 6: "
+	    "clock_jump_limit_s must be a number from 60 to 31536000, not "
+	    "\"59\"");
+	KBT_ASSERT_ERR(
+	    parse(MINIMAL "clock_jump_limit_s = 1h\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse(MINIMAL "clock_jump_limit_s = 31536001\n", &c),
 	    KB_ERR_CONFIG);
 }
@@ -58,8 +61,10 @@ test_values(void)
 {
 	struct config *c = NULL;
 
-	KBT_ASSERT_OK(parse(MINIMAL "listen = 0.0.0.0:9000  # all\r\n"
-	    "workers=16\nlog_level = debug\nmax_message_bytes = 1048576\n", &c));
+	KBT_ASSERT_OK(parse(MINIMAL
+	    "listen = 0.0.0.0:9000  # all\r\n"
+	    "workers=16\nlog_level = debug\nmax_message_bytes = 1048576\n",
+	    &c));
 	KBT_ASSERT_STR(c->listen, "0.0.0.0:9000");
 	KBT_ASSERT_INT(c->workers, ==, 16);
 	KBT_ASSERT_INT(c->log_level, ==, LOG_DEBUG);
@@ -73,19 +78,23 @@ test_errors(void)
 	struct config *c = NULL;
 
 	KBT_ASSERT_ERR(parse(MINIMAL "bogus = 1\n", &c), KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "line 6: unknown key \"bogus\"");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_CONFIG), "line 6: unknown key \"bogus\"");
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = 0\n", &c), KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "workers must be a number from 1 to 256");
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "workers must be a number from 1 to 256");
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = 4x\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = -1\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = 99999999999999999999999\n", &c),
 	    KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse(MINIMAL "just words\n", &c), KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "expected \"key = value\"");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_CONFIG), "expected \"key = value\"");
 	KBT_ASSERT_ERR(parse(MINIMAL "listen =\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse(MINIMAL "log_level = loud\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse("tls_cert = a\n", &c), KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "missing required key \"tls_key\"");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_CONFIG), "missing required key \"tls_key\"");
 	KBT_ASSERT_ERR(config_parse("a\0b", 3, "/", &c), KB_ERR_CONFIG);
 	KBT_ASSERT(c == NULL);
 }
@@ -101,9 +110,11 @@ test_rate_limits(void)
 	KBT_ASSERT_INT(c->rate_per_tenant, ==, 100000);
 	KBT_ASSERT_INT(c->max_streams_per_identity, ==, 16);
 	config_free(c);
-	KBT_ASSERT_OK(parse(MINIMAL "rate_per_identity = 20\n"
-	    "rate_per_identity_burst = 40\nrate_per_tenant = 0\n"
-	    "max_streams_per_identity = 0\n", &c));
+	KBT_ASSERT_OK(
+	    parse(MINIMAL "rate_per_identity = 20\n"
+	                  "rate_per_identity_burst = 40\nrate_per_tenant = 0\n"
+	                  "max_streams_per_identity = 0\n",
+	        &c));
 	KBT_ASSERT_INT(c->rate_per_identity, ==, 20);
 	KBT_ASSERT_INT(c->rate_per_identity_burst, ==, 40);
 	KBT_ASSERT_INT(c->rate_per_tenant, ==, 0);
@@ -111,12 +122,16 @@ test_rate_limits(void)
 	config_free(c);
 	c = NULL;
 	KBT_ASSERT_ERR(parse(MINIMAL "rate_per_tenant = 0\n"
-	    "rate_per_tenant_burst = 5\n", &c), KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "rate_per_tenant_burst "
-	    "is set but rate_per_tenant is 0 (unlimited)");
-	KBT_ASSERT_ERR(parse(MINIMAL "rate_per_identity = 2000000\n", &c),
+	                             "rate_per_tenant_burst = 5\n",
+	                   &c),
 	    KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "rate_per_identity must "
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "rate_per_tenant_burst "
+	    "is set but rate_per_tenant is 0 (unlimited)");
+	KBT_ASSERT_ERR(
+	    parse(MINIMAL "rate_per_identity = 2000000\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "rate_per_identity must "
 	    "be a number from 0 to 1000000");
 	KBT_ASSERT_ERR(parse(MINIMAL "max_streams_per_identity = few\n", &c),
 	    KB_ERR_CONFIG);
@@ -133,14 +148,11 @@ test_load_missing(void)
 }
 
 static const struct kbt_case cases[] = {
-	{ "/config/defaults-and-paths", test_defaults_and_paths },
-	{ "/config/clock-jump-limit", test_clock_jump_limit },
-	{ "/config/values", test_values },
-	{ "/config/errors", test_errors },
-	{ "/config/rate-limits", test_rate_limits },
-	{ "/config/load-missing", test_load_missing },
-	{ NULL, NULL }
-};
+    {"/config/defaults-and-paths", test_defaults_and_paths},
+    {"/config/clock-jump-limit", test_clock_jump_limit},
+    {"/config/values", test_values}, {"/config/errors", test_errors},
+    {"/config/rate-limits", test_rate_limits},
+    {"/config/load-missing", test_load_missing}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)

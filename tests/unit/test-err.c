@@ -28,9 +28,11 @@ test_every_code_maps(void)
 		grpc_status_code s = kb_err_to_grpc((enum kb_err)e);
 		if (s == GRPC_STATUS_OK || s == GRPC_STATUS_UNKNOWN)
 			KBT_FAIL("code %d (%s) maps to %s", e,
-			    kb_strerror((enum kb_err)e), kb_grpc_status_name(s));
+			    kb_strerror((enum kb_err)e),
+			    kb_grpc_status_name(s));
 	}
-	KBT_ASSERT_INT(kb_err_to_grpc(KB_ERR_NOT_FOUND), ==, GRPC_STATUS_NOT_FOUND);
+	KBT_ASSERT_INT(
+	    kb_err_to_grpc(KB_ERR_NOT_FOUND), ==, GRPC_STATUS_NOT_FOUND);
 	KBT_ASSERT_INT(kb_err_to_grpc(KB_ERR_PERMISSION_DENIED), ==,
 	    GRPC_STATUS_PERMISSION_DENIED);
 }
@@ -40,12 +42,13 @@ test_message_and_wrap(void)
 {
 	kb_err_clear();
 	KBT_ASSERT_STR(kb_err_msg(KB_ERR_NOT_FOUND), "not found");
-	KBT_ASSERT_INT(kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" not found", "a"),
-	    ==, KB_ERR_NOT_FOUND);
+	KBT_ASSERT_INT(
+	    kb_errf(KB_ERR_NOT_FOUND, "tenant \"%s\" not found", "a"), ==,
+	    KB_ERR_NOT_FOUND);
 	KBT_ASSERT_STR(kb_err_msg(KB_ERR_NOT_FOUND), "tenant \"a\" not found");
 	kb_err_wrap(KB_ERR_NOT_FOUND, "loading %s", "x");
-	KBT_ASSERT_STR(kb_err_msg(KB_ERR_NOT_FOUND),
-	    "loading x: tenant \"a\" not found");
+	KBT_ASSERT_STR(
+	    kb_err_msg(KB_ERR_NOT_FOUND), "loading x: tenant \"a\" not found");
 	/* The current message may be an argument of the next. */
 	kb_errf(KB_ERR_IO, "x");
 	kb_errf(KB_ERR_UNAVAILABLE, "y (%s)", kb_err_msg(KB_ERR_IO));
@@ -63,12 +66,10 @@ test_status_names(void)
 }
 
 static const struct kbt_case cases[] = {
-	{ "/err/every-code-has-message", test_every_code_has_message },
-	{ "/err/every-code-maps", test_every_code_maps },
-	{ "/err/message-and-wrap", test_message_and_wrap },
-	{ "/err/status-names", test_status_names },
-	{ NULL, NULL }
-};
+    {"/err/every-code-has-message", test_every_code_has_message},
+    {"/err/every-code-maps", test_every_code_maps},
+    {"/err/message-and-wrap", test_message_and_wrap},
+    {"/err/status-names", test_status_names}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)

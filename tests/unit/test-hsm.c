@@ -930,12 +930,12 @@ test_aes_gcm(void)
 
 	memset(pt, 0x5a, sizeof(pt));
 	KBT_ASSERT_OK(hsm_aes_generate(h, "aes1", "kb:test"));
-	KBT_ASSERT_ERR(hsm_aes_generate(h, "aes1", "kb:test"),
-	    KB_ERR_ALREADY_EXISTS);
+	KBT_ASSERT_ERR(
+	    hsm_aes_generate(h, "aes1", "kb:test"), KB_ERR_ALREADY_EXISTS);
 	KBT_ASSERT_OK(hsm_secret_exists(h, "aes1", "kb:test"));
 	/* Found only with its label: another purpose's lookup misses it. */
-	KBT_ASSERT_ERR(hsm_secret_exists(h, "aes1", "kb:other"),
-	    KB_ERR_NOT_FOUND);
+	KBT_ASSERT_ERR(
+	    hsm_secret_exists(h, "aes1", "kb:other"), KB_ERR_NOT_FOUND);
 	KBT_ASSERT_OK(hsm_gcm_seal(h, "aes1", "kb:test", aad, sizeof(aad), pt,
 	    sizeof(pt), &ct, &ct_len));
 	KBT_ASSERT(ct_len == HSM_GCM_IV_LEN + sizeof(pt) + HSM_GCM_TAG_LEN);
@@ -945,17 +945,21 @@ test_aes_gcm(void)
 	kb_freezero(out, out_len);
 	out = NULL;
 	/* Moved to another row (other AAD), edited, or under another key. */
-	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad2, sizeof(aad2), ct,
-	    ct_len, &out, &out_len), KB_ERR_CORRUPT);
+	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad2, sizeof(aad2),
+	                   ct, ct_len, &out, &out_len),
+	    KB_ERR_CORRUPT);
 	ct[HSM_GCM_IV_LEN + 3] ^= 1;
 	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad, sizeof(aad), ct,
-	    ct_len, &out, &out_len), KB_ERR_CORRUPT);
+	                   ct_len, &out, &out_len),
+	    KB_ERR_CORRUPT);
 	ct[HSM_GCM_IV_LEN + 3] ^= 1;
 	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad, sizeof(aad), ct,
-	    10, &out, &out_len), KB_ERR_CORRUPT);
+	                   10, &out, &out_len),
+	    KB_ERR_CORRUPT);
 	KBT_ASSERT_OK(hsm_aes_generate(h, "aes2", "kb:test"));
 	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes2", "kb:test", aad, sizeof(aad), ct,
-	    ct_len, &out, &out_len), KB_ERR_CORRUPT);
+	                   ct_len, &out, &out_len),
+	    KB_ERR_CORRUPT);
 	/* The token object: private, sensitive, never extractable. */
 	KBT_ASSERT(raw_open(&r));
 	o = raw_find(&r, "aes1", CKO_SECRET_KEY);
@@ -965,9 +969,11 @@ test_aes_gcm(void)
 	KBT_ASSERT(raw_bool(&r, o, CKA_EXTRACTABLE) == 0);
 	raw_close(&r);
 	KBT_ASSERT_OK(hsm_key_destroy(h, "aes1"));
-	KBT_ASSERT_ERR(hsm_secret_exists(h, "aes1", "kb:test"), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_ERR(
+	    hsm_secret_exists(h, "aes1", "kb:test"), KB_ERR_NOT_FOUND);
 	KBT_ASSERT_ERR(hsm_gcm_open(h, "aes1", "kb:test", aad, sizeof(aad), ct,
-	    ct_len, &out, &out_len), KB_ERR_NOT_FOUND);
+	                   ct_len, &out, &out_len),
+	    KB_ERR_NOT_FOUND);
 	KBT_ASSERT_ERR(hsm_key_destroy(h, "aes1"), KB_ERR_NOT_FOUND);
 	free(ct);
 }
@@ -985,33 +991,39 @@ test_kek(void)
 	memset(pt, 7, sizeof(pt));
 	KBT_ASSERT(ensure_key(h, "tk1", HSM_USE_KEYWRAP));
 	KBT_ASSERT(ensure_key(h, "tk2", HSM_USE_KEYWRAP));
-	KBT_ASSERT_OK(hsm_kek_create(h, "tk1", fx_alg, "kek1", "kb:kek:t", &w,
-	    &wl));
+	KBT_ASSERT_OK(
+	    hsm_kek_create(h, "tk1", fx_alg, "kek1", "kb:kek:t", &w, &wl));
 	KBT_ASSERT(wl == 256);
 	KBT_ASSERT_OK(hsm_gcm_seal(h, "kek1", "kb:kek:t", aad, sizeof(aad), pt,
 	    sizeof(pt), &ct, &ct_len));
 	KBT_ASSERT(raw_open(&r));
 	o = raw_find(&r, "kek1", CKO_SECRET_KEY);
-	KBT_ASSERT(o != CK_INVALID_HANDLE && raw_bool(&r, o, CKA_EXTRACTABLE) == 0
+	KBT_ASSERT(o != CK_INVALID_HANDLE
+	    && raw_bool(&r, o, CKA_EXTRACTABLE) == 0
 	    && raw_bool(&r, o, CKA_TOKEN) == 1);
 	raw_close(&r);
 	/* Lock: the object goes; unlock: the same key brings it back. */
 	KBT_ASSERT_OK(hsm_key_destroy(h, "kek1"));
-	KBT_ASSERT_ERR(hsm_secret_exists(h, "kek1", "kb:kek:t"), KB_ERR_NOT_FOUND);
-	KBT_ASSERT_ERR(hsm_kek_unwrap(h, "tk2", fx_alg, w, wl, "kek1",
-	    "kb:kek:t"), KB_ERR_CORRUPT);
-	KBT_ASSERT_OK(hsm_kek_unwrap(h, "tk1", fx_alg, w, wl, "kek1",
-	    "kb:kek:t"));
-	KBT_ASSERT_ERR(hsm_kek_unwrap(h, "tk1", fx_alg, w, wl, "kek1",
-	    "kb:kek:t"), KB_ERR_ALREADY_EXISTS);
+	KBT_ASSERT_ERR(
+	    hsm_secret_exists(h, "kek1", "kb:kek:t"), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_ERR(
+	    hsm_kek_unwrap(h, "tk2", fx_alg, w, wl, "kek1", "kb:kek:t"),
+	    KB_ERR_CORRUPT);
+	KBT_ASSERT_OK(
+	    hsm_kek_unwrap(h, "tk1", fx_alg, w, wl, "kek1", "kb:kek:t"));
+	KBT_ASSERT_ERR(
+	    hsm_kek_unwrap(h, "tk1", fx_alg, w, wl, "kek1", "kb:kek:t"),
+	    KB_ERR_ALREADY_EXISTS);
 	KBT_ASSERT_OK(hsm_gcm_open(h, "kek1", "kb:kek:t", aad, sizeof(aad), ct,
 	    ct_len, &out, &out_len));
 	KBT_ASSERT(out_len == 32 && memcmp(out, pt, 32) == 0);
 	kb_freezero(out, out_len);
 	/* A key without the key-wrap use cannot wrap one. */
-	KBT_ASSERT(hsm_kek_create(h, "enc", fx_alg, "kek2", "kb:kek:t", &out,
-	    &out_len) != KB_OK);
-	KBT_ASSERT_ERR(hsm_secret_exists(h, "kek2", "kb:kek:t"), KB_ERR_NOT_FOUND);
+	KBT_ASSERT(
+	    hsm_kek_create(h, "enc", fx_alg, "kek2", "kb:kek:t", &out, &out_len)
+	    != KB_OK);
+	KBT_ASSERT_ERR(
+	    hsm_secret_exists(h, "kek2", "kb:kek:t"), KB_ERR_NOT_FOUND);
 	free(w);
 	free(ct);
 }
@@ -1031,10 +1043,14 @@ test_planted_public(void)
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	uint8_t n[256], e3[3] = {1, 0, 1};
 	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)}, {CKA_KEY_TYPE, &kt, sizeof(kt)},
-	    {CKA_TOKEN, &t, sizeof(t)}, {CKA_PRIVATE, &f, sizeof(f)},
-	    {CKA_ID, (void *)"up1", 3}, {CKA_ENCRYPT, &t, sizeof(t)},
-	    {CKA_WRAP, &t, sizeof(t)}, {CKA_MODULUS, n, sizeof(n)},
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_KEY_TYPE, &kt, sizeof(kt)},
+	    {CKA_TOKEN, &t, sizeof(t)},
+	    {CKA_PRIVATE, &f, sizeof(f)},
+	    {CKA_ID, (void *)"up1", 3},
+	    {CKA_ENCRYPT, &t, sizeof(t)},
+	    {CKA_WRAP, &t, sizeof(t)},
+	    {CKA_MODULUS, n, sizeof(n)},
 	    {CKA_PUBLIC_EXPONENT, e3, sizeof(e3)},
 	};
 	int changed = 0;
@@ -1079,26 +1095,30 @@ test_data(void)
 	CK_OBJECT_CLASS cls = CKO_DATA;
 	CK_BBOOL t = CK_TRUE, f = CK_FALSE;
 	CK_ATTRIBUTE tmpl[] = {
-	    {CKA_CLASS, &cls, sizeof(cls)}, {CKA_TOKEN, &t, sizeof(t)},
+	    {CKA_CLASS, &cls, sizeof(cls)},
+	    {CKA_TOKEN, &t, sizeof(t)},
 	    {CKA_PRIVATE, &f, sizeof(f)},
 	    {CKA_APPLICATION, (void *)"keybroker", 9},
 	    {CKA_LABEL, (void *)"kb:test-data", 12},
-	    {CKA_VALUE, (void *)"kbd1\xff\xff\xff\xff\xff\xff\xff\xff" "forged", 18},
+	    {CKA_VALUE,
+	        (void *)"kbd1\xff\xff\xff\xff\xff\xff\xff\xff"
+	                "forged",
+	        18},
 	};
 	CK_OBJECT_HANDLE o;
 	uint8_t *v = NULL;
 	size_t n = 0;
 
-	KBT_ASSERT(hsm_data_read(h, "kb:test-data", &v, &n) ==
-	    KB_ERR_NOT_FOUND);
+	KBT_ASSERT(
+	    hsm_data_read(h, "kb:test-data", &v, &n) == KB_ERR_NOT_FOUND);
 	kb_err_clear();
-	KBT_ASSERT_OK(hsm_data_write(h, "kb:test-data", (const uint8_t *)"one",
-	    3));
+	KBT_ASSERT_OK(
+	    hsm_data_write(h, "kb:test-data", (const uint8_t *)"one", 3));
 	KBT_ASSERT_OK(hsm_data_read(h, "kb:test-data", &v, &n));
 	KBT_ASSERT(n == 3 && memcmp(v, "one", 3) == 0);
 	free(v);
-	KBT_ASSERT_OK(hsm_data_write(h, "kb:test-data",
-	    (const uint8_t *)"second", 6));
+	KBT_ASSERT_OK(
+	    hsm_data_write(h, "kb:test-data", (const uint8_t *)"second", 6));
 	KBT_ASSERT_OK(hsm_data_read(h, "kb:test-data", &v, &n));
 	KBT_ASSERT(n == 6 && memcmp(v, "second", 6) == 0);
 	free(v);
@@ -1108,8 +1128,8 @@ test_data(void)
 	KBT_ASSERT_OK(hsm_data_read(h, "kb:test-data", &v, &n));
 	KBT_ASSERT(n == 6 && memcmp(v, "second", 6) == 0);
 	free(v);
-	KBT_ASSERT(hsm_data_write(h, "", (const uint8_t *)"x", 1) ==
-	    KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT(hsm_data_write(h, "", (const uint8_t *)"x", 1)
+	    == KB_ERR_INVALID_ARGUMENT);
 	kb_err_clear();
 }
 

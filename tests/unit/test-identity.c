@@ -64,8 +64,8 @@ setup(void)
 	if (ca_key != NULL)
 		return;
 	ca_key = new_key();
-	ca_cert = make_cert(ca_key, NULL, NULL, NULL, "test CA", NULL, -3600,
-	    86400 * 365, 1);
+	ca_cert = make_cert(
+	    ca_key, NULL, NULL, NULL, "test CA", NULL, -3600, 86400 * 365, 1);
 	other_key = new_key();
 	other_cert = make_cert(other_key, NULL, NULL, NULL, "test CA", NULL,
 	    -3600, 86400 * 365, 1);
@@ -103,8 +103,8 @@ test_admin(void)
 	struct identity id;
 
 	setup();
-	KBT_ASSERT_OK(check("admin", "alice", "URI:kb://platform", -60, 3600, 0,
-	    &id));
+	KBT_ASSERT_OK(
+	    check("admin", "alice", "URI:kb://platform", -60, 3600, 0, &id));
 	KBT_ASSERT_INT(id.role, ==, ROLE_ADMIN);
 	KBT_ASSERT_STR(id.name, "alice");
 	KBT_ASSERT_INT(id.nscopes, ==, 0);
@@ -120,8 +120,8 @@ test_tenant_limited_admin(void)
 	struct identity id;
 
 	setup();
-	KBT_ASSERT_OK(check("admin", "ops", "URI:kb://tenant/acme,URI:kb://tenant/beta",
-	    -60, 3600, 0, &id));
+	KBT_ASSERT_OK(check("admin", "ops",
+	    "URI:kb://tenant/acme,URI:kb://tenant/beta", -60, 3600, 0, &id));
 	KBT_ASSERT_INT(id.nscopes, ==, 2);
 	KBT_ASSERT(!id.platform);
 	KBT_ASSERT(identity_may_tenant(&id, "acme"));
@@ -135,8 +135,10 @@ test_service(void)
 	struct identity id;
 
 	setup();
-	KBT_ASSERT_OK(check("service", "api", "URI:kb://env/acme/prod,"
-	    "URI:kb://env/acme/stage,DNS:api.example", -60, 3600, 0, &id));
+	KBT_ASSERT_OK(check("service", "api",
+	    "URI:kb://env/acme/prod,"
+	    "URI:kb://env/acme/stage,DNS:api.example",
+	    -60, 3600, 0, &id));
 	KBT_ASSERT_INT(id.role, ==, ROLE_SERVICE);
 	KBT_ASSERT(identity_may_env(&id, "acme", "prod"));
 	KBT_ASSERT(identity_may_env(&id, "acme", "stage"));
@@ -147,15 +149,20 @@ test_service(void)
 	/* A service with no environment is refused outright. */
 	KBT_ASSERT_ERR(check("service", "api", NULL, -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_PERMISSION_DENIED), "kb://env/TENANT/ENV");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_PERMISSION_DENIED), "kb://env/TENANT/ENV");
 	/* Malformed or misplaced URIs. */
-	KBT_ASSERT_ERR(check("service", "api", "URI:kb://env/acme", -60, 3600, 0, &id),
+	KBT_ASSERT_ERR(
+	    check("service", "api", "URI:kb://env/acme", -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_ERR(check("service", "api", "URI:kb://tenant/acme", -60, 3600, 0, &id),
+	KBT_ASSERT_ERR(
+	    check("service", "api", "URI:kb://tenant/acme", -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_ERR(check("admin", "x", "URI:kb://env/acme/prod", -60, 3600, 0, &id),
+	KBT_ASSERT_ERR(
+	    check("admin", "x", "URI:kb://env/acme/prod", -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_ERR(check("auditor", "x", "URI:kb://tenant/acme", -60, 3600, 0, &id),
+	KBT_ASSERT_ERR(
+	    check("auditor", "x", "URI:kb://tenant/acme", -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
 }
 
@@ -178,21 +185,25 @@ test_refused(void)
 	setup();
 	KBT_ASSERT_ERR(check("admin", "mallory", NULL, -60, 3600, 1, &id),
 	    KB_ERR_UNAUTHENTICATED);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAUTHENTICATED), "client certificate refused");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_UNAUTHENTICATED), "client certificate refused");
 	KBT_ASSERT_ERR(check("admin", "old", NULL, -7200, -3600, 0, &id),
 	    KB_ERR_UNAUTHENTICATED);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAUTHENTICATED), "expired");
 	KBT_ASSERT_ERR(check("admin", "early", NULL, 3600, 7200, 0, &id),
 	    KB_ERR_UNAUTHENTICATED);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAUTHENTICATED), "not yet valid");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_UNAUTHENTICATED), "not yet valid");
 	KBT_ASSERT_ERR(check("admin", NULL, NULL, -60, 3600, 0, &id),
 	    KB_ERR_UNAUTHENTICATED);
 	KBT_ASSERT_ERR(check(NULL, "norole", NULL, -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_PERMISSION_DENIED), "no keybroker role");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_PERMISSION_DENIED), "no keybroker role");
 	KBT_ASSERT_ERR(check("root", "x", NULL, -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_PERMISSION_DENIED), "OU=\"root\"");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_PERMISSION_DENIED), "OU=\"root\"");
 }
 
 static void
@@ -212,21 +223,24 @@ test_garbage_and_cache(void)
 	KBT_ASSERT_ERR(identity_from_pem(v, "junk", 4, kb_time_now_us(), &id),
 	    KB_ERR_UNAUTHENTICATED);
 	k = new_key();
-	c = make_cert(k, ca_cert, ca_key, "admin", "cached", "URI:kb://platform",
-	    -60, 3600, 0);
+	c = make_cert(k, ca_cert, ca_key, "admin", "cached",
+	    "URI:kb://platform", -60, 3600, 0);
 	pem = pem_of(c);
 	for (i = 0; i < 3; i++) {
-		KBT_ASSERT_OK(identity_from_pem(v, pem, strlen(pem), kb_time_now_us(), &id));
+		KBT_ASSERT_OK(identity_from_pem(
+		    v, pem, strlen(pem), kb_time_now_us(), &id));
 		KBT_ASSERT_STR(id.name, "cached");
 	}
 	/* The cache does not outlive the certificate. */
 	KBT_ASSERT_ERR(identity_from_pem(v, pem, strlen(pem),
-	    kb_time_now_us() + 7200LL * 1000000, &id), KB_ERR_UNAUTHENTICATED);
+	                   kb_time_now_us() + 7200LL * 1000000, &id),
+	    KB_ERR_UNAUTHENTICATED);
 	free(pem);
 	X509_free(c);
 	EVP_PKEY_free(k);
 	identity_verifier_free(v);
-	KBT_ASSERT_ERR(identity_verifier_new("/nonexistent/ca.crt", &v), KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(
+	    identity_verifier_new("/nonexistent/ca.crt", &v), KB_ERR_CONFIG);
 }
 
 /* An admin certificate with no scope is no longer platform-wide. */
@@ -238,18 +252,25 @@ test_admin_needs_scope(void)
 	setup();
 	KBT_ASSERT_ERR(check("admin", "legacy", NULL, -60, 3600, 0, &id),
 	    KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_PERMISSION_DENIED), "kb://platform");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_PERMISSION_DENIED), "kb://platform");
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_PERMISSION_DENIED), "reissue");
 	KBT_ASSERT(!identity_may_tenant(&id, "acme"));
 	/* A DNS name is not a scope either. */
-	KBT_ASSERT_ERR(check("admin", "legacy", "DNS:admin.example", -60, 3600, 0,
-	    &id), KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_ERR(check("admin", "both", "URI:kb://platform,URI:kb://tenant/acme",
-	    -60, 3600, 0, &id), KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_ERR(check("service", "svc", "URI:kb://platform,URI:kb://env/a/b",
-	    -60, 3600, 0, &id), KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_ERR(check("auditor", "aud", "URI:kb://platform", -60, 3600, 0,
-	    &id), KB_ERR_PERMISSION_DENIED);
+	KBT_ASSERT_ERR(
+	    check("admin", "legacy", "DNS:admin.example", -60, 3600, 0, &id),
+	    KB_ERR_PERMISSION_DENIED);
+	KBT_ASSERT_ERR(
+	    check("admin", "both", "URI:kb://platform,URI:kb://tenant/acme",
+	        -60, 3600, 0, &id),
+	    KB_ERR_PERMISSION_DENIED);
+	KBT_ASSERT_ERR(
+	    check("service", "svc", "URI:kb://platform,URI:kb://env/a/b", -60,
+	        3600, 0, &id),
+	    KB_ERR_PERMISSION_DENIED);
+	KBT_ASSERT_ERR(
+	    check("auditor", "aud", "URI:kb://platform", -60, 3600, 0, &id),
+	    KB_ERR_PERMISSION_DENIED);
 }
 
 /* SAN URIs that are not exactly ours refuse the certificate; none makes
@@ -258,31 +279,50 @@ static void
 test_strict_uris(void)
 {
 	static const char *const bad[] = {
-		"URI:KB://tenant/x", "URI:kb:/tenant/x", "URI:kb://tenant/x%00y",
-		"URI:kb://Tenant/x", "URI:kb://tenant/X", "URI:Kb://tenant/x",
-		"URI:kb://TENANT/x", "URI:kb://tenant/", "URI:kb://tenant/x/",
-		"URI:kb://tenant/x/y", "URI:kb://tenant/-x", "URI:kb://tenant//x",
-		"URI:kb://tenant/x?y", "URI:kb://tenant/x#y", "URI:kb://platform/",
-		"URI:kb://Platform", "URI:kb://tenant/x y", "URI:spiffe://acme/admin",
-		"URI:https://example.com/", "URI:kb://tenant/acme,URI:KB://tenant/beta",
+	    "URI:KB://tenant/x",
+	    "URI:kb:/tenant/x",
+	    "URI:kb://tenant/x%00y",
+	    "URI:kb://Tenant/x",
+	    "URI:kb://tenant/X",
+	    "URI:Kb://tenant/x",
+	    "URI:kb://TENANT/x",
+	    "URI:kb://tenant/",
+	    "URI:kb://tenant/x/",
+	    "URI:kb://tenant/x/y",
+	    "URI:kb://tenant/-x",
+	    "URI:kb://tenant//x",
+	    "URI:kb://tenant/x?y",
+	    "URI:kb://tenant/x#y",
+	    "URI:kb://platform/",
+	    "URI:kb://Platform",
+	    "URI:kb://tenant/x y",
+	    "URI:spiffe://acme/admin",
+	    "URI:https://example.com/",
+	    "URI:kb://tenant/acme,URI:KB://tenant/beta",
 	};
 	struct identity id;
 	size_t i;
 
 	setup();
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		enum kb_err e = check("admin", "ops", bad[i], -60, 3600, 0, &id);
+		enum kb_err e =
+		    check("admin", "ops", bad[i], -60, 3600, 0, &id);
 		if (e != KB_ERR_PERMISSION_DENIED)
 			fprintf(stderr, "# %s: %s\n", bad[i], kb_err_msg(e));
 		KBT_ASSERT_ERR(e, KB_ERR_PERMISSION_DENIED);
-		KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_PERMISSION_DENIED), "SAN URI");
+		KBT_ASSERT_CONTAINS(
+		    kb_err_msg(KB_ERR_PERMISSION_DENIED), "SAN URI");
 		KBT_ASSERT(!identity_may_tenant(&id, "x"));
 		KBT_ASSERT(!identity_may_tenant(&id, "acme"));
 	}
-	KBT_ASSERT_ERR(check("service", "api", "URI:kb://env/acme/Prod", -60, 3600,
-	    0, &id), KB_ERR_PERMISSION_DENIED);
-	KBT_ASSERT_ERR(check("service", "api", "URI:kb://env/acme/prod,"
-	    "URI:kb:/env/acme/dev", -60, 3600, 0, &id), KB_ERR_PERMISSION_DENIED);
+	KBT_ASSERT_ERR(check("service", "api", "URI:kb://env/acme/Prod", -60,
+	                   3600, 0, &id),
+	    KB_ERR_PERMISSION_DENIED);
+	KBT_ASSERT_ERR(check("service", "api",
+	                   "URI:kb://env/acme/prod,"
+	                   "URI:kb:/env/acme/dev",
+	                   -60, 3600, 0, &id),
+	    KB_ERR_PERMISSION_DENIED);
 }
 
 static void
@@ -291,8 +331,9 @@ test_scope_parse(void)
 	struct identity_scope s;
 	int platform;
 
-#define P(str) identity_scope_parse((const unsigned char *)(str), \
-	    sizeof(str) - 1, &s, &platform)
+#define P(str)                                                                 \
+	identity_scope_parse(                                                  \
+	    (const unsigned char *)(str), sizeof(str) - 1, &s, &platform)
 	KBT_ASSERT_OK(P("kb://platform"));
 	KBT_ASSERT(platform);
 	KBT_ASSERT_OK(P("kb://tenant/acme-1"));
@@ -317,17 +358,19 @@ test_scope_parse(void)
 	KBT_ASSERT_ERR(P("kb://tenant/\xc3\xa9"), KB_ERR_PERMISSION_DENIED);
 	KBT_ASSERT_ERR(P(""), KB_ERR_PERMISSION_DENIED);
 	KBT_ASSERT_ERR(P("kb://tenant/a234567890123456789012345678901234567890"
-	    "123456789012345678901234"), KB_ERR_PERMISSION_DENIED);
+	                 "123456789012345678901234"),
+	    KB_ERR_PERMISSION_DENIED);
 #undef P
 }
 
 /* A SAN URI or a CN with an embedded NUL, made by hand (OpenSSL's config
  * syntax cannot write one). */
 static X509 *
-cert_with_raw(EVP_PKEY *k, const char *cn, size_t cn_len, const char *uri,
-    size_t uri_len)
+cert_with_raw(
+    EVP_PKEY *k, const char *cn, size_t cn_len, const char *uri, size_t uri_len)
 {
-	X509 *c = make_cert(k, ca_cert, ca_key, "admin", NULL, NULL, -60, 3600, 0);
+	X509 *c =
+	    make_cert(k, ca_cert, ca_key, "admin", NULL, NULL, -60, 3600, 0);
 	X509_NAME *n = X509_get_subject_name(c);
 	GENERAL_NAMES *gens = GENERAL_NAMES_new();
 	GENERAL_NAME *gn = GENERAL_NAME_new();
@@ -442,7 +485,7 @@ test_crl(void)
 	struct identity_verifier *v = NULL;
 	struct identity id;
 	char crl_path[600], tmp[620], *pem_a, *pem_b, serial[64];
-	const ASN1_INTEGER *revoke_a[2] = { NULL, NULL };
+	const ASN1_INTEGER *revoke_a[2] = {NULL, NULL};
 	EVP_PKEY *k;
 	X509 *a, *b;
 	BIGNUM *bn;
@@ -452,10 +495,10 @@ test_crl(void)
 	snprintf(crl_path, sizeof(crl_path), "%s.crl", ca_path);
 	snprintf(tmp, sizeof(tmp), "%s.tmp", crl_path);
 	k = new_key();
-	a = make_cert(k, ca_cert, ca_key, "service", "svc-a", "URI:kb://env/acme/a",
-	    -60, 3600, 0);
-	b = make_cert(k, ca_cert, ca_key, "service", "svc-b", "URI:kb://env/acme/b",
-	    -60, 3600, 0);
+	a = make_cert(k, ca_cert, ca_key, "service", "svc-a",
+	    "URI:kb://env/acme/a", -60, 3600, 0);
+	b = make_cert(k, ca_cert, ca_key, "service", "svc-b",
+	    "URI:kb://env/acme/b", -60, 3600, 0);
 	pem_a = pem_of(a);
 	pem_b = pem_of(b);
 	bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(a), NULL);
@@ -469,33 +512,40 @@ test_crl(void)
 	write_crl(crl_path, ca_cert, ca_key, NULL, 86400);
 	KBT_ASSERT_OK(identity_verifier_new(ca_path, &v));
 	KBT_ASSERT_OK(identity_verifier_set_crl(v, crl_path, 0));
-	KBT_ASSERT_OK(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id));
-	KBT_ASSERT_OK(identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
+	KBT_ASSERT_OK(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id));
+	KBT_ASSERT_OK(
+	    identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
 
 	/* a revoked; a reload (SIGHUP) voids the cached result. */
 	write_crl(tmp, ca_cert, ca_key, revoke_a, 86400);
 	KBT_ASSERT(rename(tmp, crl_path) == 0);
 	KBT_ASSERT_OK(identity_verifier_reload(v));
-	KBT_ASSERT_ERR(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
+	KBT_ASSERT_ERR(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
 	    KB_ERR_UNAUTHENTICATED);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAUTHENTICATED), "revoked");
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAUTHENTICATED), serial);
 	KBT_ASSERT_STR(id.name, "");
 	/* ... and from the cache, the same answer. */
-	KBT_ASSERT_ERR(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
+	KBT_ASSERT_ERR(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
 	    KB_ERR_UNAUTHENTICATED);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAUTHENTICATED), serial);
-	KBT_ASSERT_OK(identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
+	KBT_ASSERT_OK(
+	    identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
 
 	/* The file changing is noticed without a reload (within a second). */
 	write_crl(tmp, ca_cert, ca_key, NULL, 86400);
 	KBT_ASSERT(rename(tmp, crl_path) == 0);
 	usleep(1100 * 1000);
-	KBT_ASSERT_OK(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id));
+	KBT_ASSERT_OK(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id));
 	write_crl(tmp, ca_cert, ca_key, revoke_a, 86400);
 	KBT_ASSERT(rename(tmp, crl_path) == 0);
 	usleep(1100 * 1000);
-	KBT_ASSERT_ERR(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
+	KBT_ASSERT_ERR(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
 	    KB_ERR_UNAUTHENTICATED);
 
 	/* A damaged CRL or one of another CA keeps the previous one. */
@@ -503,24 +553,30 @@ test_crl(void)
 	KBT_ASSERT(rename(tmp, crl_path) == 0);
 	KBT_ASSERT_ERR(identity_verifier_reload(v), KB_ERR_CONFIG);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "not signed by a CA");
-	KBT_ASSERT_ERR(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
+	KBT_ASSERT_ERR(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
 	    KB_ERR_UNAUTHENTICATED);
 	write_text(crl_path, "junk\n");
 	KBT_ASSERT_ERR(identity_verifier_reload(v), KB_ERR_CONFIG);
-	KBT_ASSERT_ERR(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
+	KBT_ASSERT_ERR(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
 	    KB_ERR_UNAUTHENTICATED);
-	KBT_ASSERT_OK(identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
+	KBT_ASSERT_OK(
+	    identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
 	identity_verifier_free(v);
 
 	/* A stale CRL: used and logged; with strict, every call refused. */
 	write_crl(crl_path, ca_cert, ca_key, revoke_a, -60);
 	KBT_ASSERT_OK(identity_verifier_new(ca_path, &v));
 	KBT_ASSERT_OK(identity_verifier_set_crl(v, crl_path, 0));
-	KBT_ASSERT_OK(identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
-	KBT_ASSERT_ERR(identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
+	KBT_ASSERT_OK(
+	    identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id));
+	KBT_ASSERT_ERR(
+	    identity_from_pem(v, pem_a, strlen(pem_a), kb_time_now_us(), &id),
 	    KB_ERR_UNAUTHENTICATED);
 	KBT_ASSERT_OK(identity_verifier_set_crl(v, crl_path, 1));
-	KBT_ASSERT_ERR(identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id),
+	KBT_ASSERT_ERR(
+	    identity_from_pem(v, pem_b, strlen(pem_b), kb_time_now_us(), &id),
 	    KB_ERR_UNAVAILABLE);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAVAILABLE), "nextUpdate");
 	identity_verifier_free(v);
@@ -530,7 +586,8 @@ test_crl(void)
 	KBT_ASSERT_ERR(identity_verifier_set_crl(v, "/nonexistent/crl.pem", 0),
 	    KB_ERR_CONFIG);
 	write_text(crl_path, "");
-	KBT_ASSERT_ERR(identity_verifier_set_crl(v, crl_path, 0), KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(
+	    identity_verifier_set_crl(v, crl_path, 0), KB_ERR_CONFIG);
 	identity_verifier_free(v);
 
 	free(pem_a);
@@ -540,20 +597,16 @@ test_crl(void)
 	EVP_PKEY_free(k);
 }
 
-static const struct kbt_case cases[] = {
-	{ "/identity/admin", test_admin },
-	{ "/identity/tenant-limited-admin", test_tenant_limited_admin },
-	{ "/identity/service", test_service },
-	{ "/identity/auditor", test_auditor },
-	{ "/identity/refused", test_refused },
-	{ "/identity/garbage-and-cache", test_garbage_and_cache },
-	{ "/identity/admin-needs-scope", test_admin_needs_scope },
-	{ "/identity/strict-uris", test_strict_uris },
-	{ "/identity/scope-parse", test_scope_parse },
-	{ "/identity/embedded-nul", test_embedded_nul },
-	{ "/identity/crl", test_crl },
-	{ NULL, NULL }
-};
+static const struct kbt_case cases[] = {{"/identity/admin", test_admin},
+    {"/identity/tenant-limited-admin", test_tenant_limited_admin},
+    {"/identity/service", test_service}, {"/identity/auditor", test_auditor},
+    {"/identity/refused", test_refused},
+    {"/identity/garbage-and-cache", test_garbage_and_cache},
+    {"/identity/admin-needs-scope", test_admin_needs_scope},
+    {"/identity/strict-uris", test_strict_uris},
+    {"/identity/scope-parse", test_scope_parse},
+    {"/identity/embedded-nul", test_embedded_nul}, {"/identity/crl", test_crl},
+    {NULL, NULL}};
 
 int
 main(int argc, char **argv)

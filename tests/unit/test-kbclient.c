@@ -431,37 +431,42 @@ test_base64(void)
 	size_t i, n = 0, at = 9;
 
 	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
-		KBT_ASSERT_INT(kb_base64_encode((const uint8_t *)v[i].in,
-		                   strlen(v[i].in), out, sizeof(out), KB_B64_STD),
+		KBT_ASSERT_INT(
+		    kb_base64_encode((const uint8_t *)v[i].in, strlen(v[i].in),
+		        out, sizeof(out), KB_B64_STD),
 		    ==, strlen(v[i].out));
 		KBT_ASSERT_STR(out, v[i].out);
 		/* And back, strictly (padded, standard alphabet). */
 		KBT_ASSERT_INT(kb_base64_decode(out, strlen(out), back,
 		                   sizeof(back), &n, NULL, KB_B64_STRICT),
 		    ==, 0);
-		KBT_ASSERT(n == strlen(v[i].in) && memcmp(back, v[i].in, n) == 0);
+		KBT_ASSERT(
+		    n == strlen(v[i].in) && memcmp(back, v[i].in, n) == 0);
 	}
 	for (i = 0; i < sizeof(dek); i++)
 		dek[i] = (uint8_t)i;
-	KBT_ASSERT_INT(kb_base64_encode(dek, 32, out, sizeof(out), KB_B64_STD),
-	    ==, 44);
+	KBT_ASSERT_INT(
+	    kb_base64_encode(dek, 32, out, sizeof(out), KB_B64_STD), ==, 44);
 	KBT_ASSERT_STR(out, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=");
 	KBT_ASSERT_INT(kb_base64_encode(dek, 32, out, 44, KB_B64_STD), ==, 0);
 	/* Strict refuses what the lenient decoder (for .byok files) takes. */
 	KBT_ASSERT_INT(kb_base64_decode("Zg", 2, back, sizeof(back), &n, NULL,
-	                   KB_B64_STRICT), ==, KB_B64_BAD_LENGTH);
-	KBT_ASSERT_INT(kb_base64_decode("Zg", 2, back, sizeof(back), &n, NULL,
-	                   0), ==, 0);
+	                   KB_B64_STRICT),
+	    ==, KB_B64_BAD_LENGTH);
+	KBT_ASSERT_INT(
+	    kb_base64_decode("Zg", 2, back, sizeof(back), &n, NULL, 0), ==, 0);
 	KBT_ASSERT_INT(kb_base64_decode("-_8=", 4, back, sizeof(back), &n, &at,
-	                   KB_B64_STRICT), ==, KB_B64_BAD_CHAR);
+	                   KB_B64_STRICT),
+	    ==, KB_B64_BAD_CHAR);
 	KBT_ASSERT_INT(at, ==, 0);
-	KBT_ASSERT_INT(kb_base64_decode("-_8", 3, back, sizeof(back), &n, NULL,
-	                   0), ==, 0);
+	KBT_ASSERT_INT(
+	    kb_base64_decode("-_8", 3, back, sizeof(back), &n, NULL, 0), ==, 0);
 	KBT_ASSERT(n == 2 && back[0] == 0xfb && back[1] == 0xff);
 	KBT_ASSERT_INT(kb_base64_decode("Zm9v", 4, back, 2, &n, NULL, 0), ==,
 	    KB_B64_TOO_LONG);
-	KBT_ASSERT_INT(kb_base64_decode("Zm9vY", 5, back, sizeof(back), &n,
-	                   NULL, 0), ==, KB_B64_BAD_LENGTH);
+	KBT_ASSERT_INT(
+	    kb_base64_decode("Zm9vY", 5, back, sizeof(back), &n, NULL, 0), ==,
+	    KB_B64_BAD_LENGTH);
 }
 
 static void
@@ -890,13 +895,15 @@ test_b64url(void)
 	size_t i;
 
 	for (i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
-		KBT_ASSERT_INT(kb_base64_encode((const uint8_t *)v[i].in,
-		                   strlen(v[i].in), out, sizeof(out), KB_B64_URL),
+		KBT_ASSERT_INT(
+		    kb_base64_encode((const uint8_t *)v[i].in, strlen(v[i].in),
+		        out, sizeof(out), KB_B64_URL),
 		    ==, strlen(v[i].out));
 		KBT_ASSERT_STR(out, v[i].out);
 	}
-	KBT_ASSERT_INT(kb_base64_encode((const uint8_t *)"foo", 3, out, 4,
-	                   KB_B64_URL), ==, 0);
+	KBT_ASSERT_INT(
+	    kb_base64_encode((const uint8_t *)"foo", 3, out, 4, KB_B64_URL), ==,
+	    0);
 }
 
 #define BYOK_HEAD                                                              \
@@ -1172,8 +1179,8 @@ ax_fx_make(struct ax_fx *x, EVP_PKEY *key, uint64_t nev, const uint64_t *cps,
 	ak.algorithm = (char *)KB_AUDIT_SIG_ALG;
 	ak.fingerprint = x->fp;
 	ak.public_key_pem = pem;
-	x->line[x->n++] =
-	    ax_dump(audit_export_header_json(&ak, NULL, 1700000000000000LL, nev));
+	x->line[x->n++] = ax_dump(
+	    audit_export_header_json(&ak, NULL, 1700000000000000LL, nev));
 	free(pem);
 	for (i = 1; i <= nev; i++) {
 		Keybroker__V1__Event ev = KEYBROKER__V1__EVENT__INIT;

@@ -18,10 +18,10 @@ test_ids_accepted(void)
 static void
 test_ids_refused(void)
 {
-	static const char *const bad[] = { "", "Acme", "a_b", "a b", "a/b",
-	    "-a", "a-", "a.b", "caf\xc3\xa9", "a\tb",
+	static const char *const bad[] = {"", "Acme", "a_b", "a b", "a/b", "-a",
+	    "a-", "a.b", "caf\xc3\xa9", "a\tb",
 	    "abcdefghijabcdefghijabcdefghijabcdefghijabcdefghijabcdefghij1234",
-	    NULL };
+	    NULL};
 	int i;
 
 	for (i = 0; bad[i] != NULL; i++) {
@@ -35,11 +35,12 @@ test_ids_refused(void)
 	    "environment name is empty");
 	KBT_ASSERT_CONTAINS(kb_err_msg(names_check_id("tenant id", "Acme")),
 	    "contains 'A' at position 1");
-	KBT_ASSERT_CONTAINS(kb_err_msg(names_check_id("tenant id", "Acme")),
-	    "\"Acme\"");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(names_check_id("tenant id", "Acme")), "\"Acme\"");
 	/* A name with a control character further on is not echoed. */
-	KBT_ASSERT_CONTAINS(kb_err_msg(names_check_id("tenant id",
-	    "Acme\x1b[31m")), "tenant id contains 'A' at position 1");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(names_check_id("tenant id", "Acme\x1b[31m")),
+	    "tenant id contains 'A' at position 1");
 	KBT_ASSERT(strstr(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "\x1b") == NULL);
 }
 
@@ -50,31 +51,36 @@ test_display(void)
 
 	KBT_ASSERT_OK(names_check_display("display_name", "Acme Corp"));
 	KBT_ASSERT_OK(names_check_display("display_name", ""));
-	KBT_ASSERT_OK(names_check_display("display_name", "Caf\xc3\xa9 \xe2\x82\xac"));
+	KBT_ASSERT_OK(
+	    names_check_display("display_name", "Caf\xc3\xa9 \xe2\x82\xac"));
 	KBT_ASSERT_ERR(names_check_display("display_name", "a\nb"),
 	    KB_ERR_INVALID_ARGUMENT);
 	KBT_ASSERT_ERR(names_check_display("display_name", "bad \xff utf8"),
 	    KB_ERR_INVALID_ARGUMENT);
 	KBT_ASSERT_ERR(names_check_display("display_name", "overlong \xc0\xaf"),
 	    KB_ERR_INVALID_ARGUMENT);
-	KBT_ASSERT_ERR(names_check_display("display_name", "surrogate \xed\xa0\x80"),
+	KBT_ASSERT_ERR(
+	    names_check_display("display_name", "surrogate \xed\xa0\x80"),
 	    KB_ERR_INVALID_ARGUMENT);
 	KBT_ASSERT_ERR(names_check_display("display_name", "cut \xe2\x82"),
 	    KB_ERR_INVALID_ARGUMENT);
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = '\0';
-	KBT_ASSERT_ERR(names_check_display("display_name", big),
-	    KB_ERR_INVALID_ARGUMENT);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_INVALID_ARGUMENT), "limit is 200");
+	KBT_ASSERT_ERR(
+	    names_check_display("display_name", big), KB_ERR_INVALID_ARGUMENT);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_INVALID_ARGUMENT), "limit is 200");
 }
 
 /* Ids a caller names must be the broker's shape before they are echoed. */
 static void
 test_object_ids(void)
 {
-	static const char *const bad[] = { "", "k-1\n2", "k-1 2", "k-%00",
+	static const char *const bad[] = {"", "k-1\n2", "k-1 2", "k-%00",
 	    "k-\xc3\xa9", "k-1\"2", "../etc",
-	    "k-0123456789012345678901234567890123456789012345678901234567890123456789" };
+	    "k-"
+	    "012345678901234567890123456789012345678901234567890123456789012345"
+	    "6789"};
 	size_t i;
 
 	KBT_ASSERT_OK(names_check_object_id("key id", "k-0123456789abcdef"));
@@ -85,12 +91,9 @@ test_object_ids(void)
 }
 
 static const struct kbt_case cases[] = {
-	{ "/names/ids-accepted", test_ids_accepted },
-	{ "/names/ids-refused", test_ids_refused },
-	{ "/names/display", test_display },
-	{ "/names/object-ids", test_object_ids },
-	{ NULL, NULL }
-};
+    {"/names/ids-accepted", test_ids_accepted},
+    {"/names/ids-refused", test_ids_refused}, {"/names/display", test_display},
+    {"/names/object-ids", test_object_ids}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)

@@ -35,7 +35,8 @@ static enum kb_err
 rsa_generate_2048(EVP_PKEY **out)
 {
 	if ((*out = EVP_RSA_gen(PFX_RSA_BITS)) == NULL)
-		return kb_err_openssl(KB_ERR_CRYPTO, "generating an RSA-2048 key");
+		return kb_err_openssl(
+		    KB_ERR_CRYPTO, "generating an RSA-2048 key");
 	return KB_OK;
 }
 

@@ -77,21 +77,26 @@ test_migrations_and_pragmas(void)
 	/* Reopen: migrations are not rerun; WAL persisted. */
 	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
 	KBT_ASSERT(sqlite3_open(dbpath, &db) == SQLITE_OK);
-	KBT_ASSERT(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL) == SQLITE_OK);
+	KBT_ASSERT(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &st, NULL)
+	    == SQLITE_OK);
 	KBT_ASSERT(sqlite3_step(st) == SQLITE_ROW);
 	KBT_ASSERT_STR((const char *)sqlite3_column_text(st, 0), "wal");
 	sqlite3_finalize(st);
-	KBT_ASSERT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL) == SQLITE_OK);
+	KBT_ASSERT(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, NULL)
+	    == SQLITE_OK);
 	KBT_ASSERT(sqlite3_step(st) == SQLITE_ROW);
 	KBT_ASSERT_INT(sqlite3_column_int(st, 0), ==, store_schema_version(s));
 	sqlite3_finalize(st);
 	/* A database from the future is refused. */
-	KBT_ASSERT(sqlite3_exec(db, "PRAGMA user_version=999", NULL, NULL, NULL) == SQLITE_OK);
+	KBT_ASSERT(sqlite3_exec(db, "PRAGMA user_version=999", NULL, NULL, NULL)
+	    == SQLITE_OK);
 	sqlite3_close(db);
 	store_close(s);
 	KBT_ASSERT_ERR(store_open(dbpath, 2, &s), KB_ERR_CONFIG);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "newer than this keybroker");
-	KBT_ASSERT_OK(sqlite3_open(dbpath, &db) == SQLITE_OK ? KB_OK : KB_ERR_STORE);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_CONFIG), "newer than this keybroker");
+	KBT_ASSERT_OK(
+	    sqlite3_open(dbpath, &db) == SQLITE_OK ? KB_OK : KB_ERR_STORE);
 	{
 		char sql[64];
 		snprintf(sql, sizeof(sql), "PRAGMA user_version=%d",
@@ -110,12 +115,14 @@ test_token_bind(void)
 
 	KBT_ASSERT_OK(store_token_bind(s, "keybroker", "abc123"));
 	KBT_ASSERT_OK(store_token_bind(s, "keybroker", "abc123"));
-	KBT_ASSERT_ERR(store_token_bind(s, "other", "ffff"), KB_ERR_TOKEN_MISMATCH);
+	KBT_ASSERT_ERR(
+	    store_token_bind(s, "other", "ffff"), KB_ERR_TOKEN_MISMATCH);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_TOKEN_MISMATCH),
 	    "belongs to token 'keybroker' (serial abc123)");
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_TOKEN_MISMATCH),
 	    "configured token is 'other' (serial ffff)");
-	KBT_ASSERT_ERR(store_token_bind(s, "keybroker", "ffff"), KB_ERR_TOKEN_MISMATCH);
+	KBT_ASSERT_ERR(
+	    store_token_bind(s, "keybroker", "ffff"), KB_ERR_TOKEN_MISMATCH);
 	done(s);
 }
 
@@ -133,13 +140,15 @@ test_tenants(void)
 	t.create_time_us = 42;
 	KBT_ASSERT_OK(store_tenant_create(s, &t));
 	KBT_ASSERT_ERR(store_tenant_create(s, &t), KB_ERR_ALREADY_EXISTS);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_ALREADY_EXISTS), "tenant \"acme\" already exists");
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_ALREADY_EXISTS),
+	    "tenant \"acme\" already exists");
 	KBT_ASSERT_OK(store_tenant_get(s, "acme", &got));
 	KBT_ASSERT_STR(got.display_name, "Acme Corp");
 	KBT_ASSERT_INT(got.create_time_us, ==, 42);
 	KBT_ASSERT_INT(got.env_count, ==, 0);
 	KBT_ASSERT_ERR(store_tenant_get(s, "nope", &got), KB_ERR_NOT_FOUND);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_NOT_FOUND), "tenant \"nope\" does not exist");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_NOT_FOUND), "tenant \"nope\" does not exist");
 
 	for (i = 0; i < 5; i++) {
 		snprintf(t.id, sizeof(t.id), "t%d", i);
@@ -203,10 +212,14 @@ test_environments(void)
 	KBT_ASSERT_INT(got.dek_version, ==, 1);
 	KBT_ASSERT_STR(got.key_id, "kb-platform-1");
 	KBT_ASSERT_STR(got.wrap_alg, "RSA-OAEP-SHA1");
-	KBT_ASSERT_ERR(store_env_get(s, "acme", "nope", &got), KB_ERR_NOT_FOUND);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_NOT_FOUND), "environment \"nope\" does not exist in tenant \"acme\"");
-	KBT_ASSERT_ERR(store_env_get(s, "ghost", "prod", &got), KB_ERR_NOT_FOUND);
-	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_NOT_FOUND), "tenant \"ghost\" does not exist");
+	KBT_ASSERT_ERR(
+	    store_env_get(s, "acme", "nope", &got), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_NOT_FOUND),
+	    "environment \"nope\" does not exist in tenant \"acme\"");
+	KBT_ASSERT_ERR(
+	    store_env_get(s, "ghost", "prod", &got), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_NOT_FOUND), "tenant \"ghost\" does not exist");
 
 	KBT_ASSERT_OK(store_env_dek(s, "acme", "prod", 0, &got, &gotdek));
 	KBT_ASSERT_INT(gotdek.wrapped_len, ==, 256);
@@ -246,7 +259,8 @@ test_keys_and_meta(void)
 	KBT_ASSERT_OK(store_key_get(s, "kb-platform-1", &k));
 	KBT_ASSERT_STR(k.wrap_alg, "RSA-OAEP-SHA1");
 	KBT_ASSERT_ERR(store_key_create(s, &k), KB_ERR_ALREADY_EXISTS);
-	KBT_ASSERT_ERR(store_meta_get(s, "x", buf, sizeof(buf)), KB_ERR_NOT_FOUND);
+	KBT_ASSERT_ERR(
+	    store_meta_get(s, "x", buf, sizeof(buf)), KB_ERR_NOT_FOUND);
 	KBT_ASSERT_OK(store_meta_set(s, "x", "1"));
 	KBT_ASSERT_OK(store_meta_set(s, "x", "2"));
 	KBT_ASSERT_OK(store_meta_get(s, "x", buf, sizeof(buf)));
@@ -272,7 +286,7 @@ test_clock(void)
 	k.jump_to_us = 5000;
 	snprintf(k.confirm_by, sizeof(k.confirm_by), "ops");
 	KBT_ASSERT_OK(store_clock_put(s, &k));
-	k.mark_us = 10;        /* lower: ignored */
+	k.mark_us = 10; /* lower: ignored */
 	k.jump_from_us = k.jump_to_us = 0;
 	KBT_ASSERT_OK(store_clock_put(s, &k));
 	memset(&k, 0, sizeof(k));
@@ -293,10 +307,13 @@ test_clock(void)
 	store_close(s);
 	KBT_ASSERT(sqlite3_open(dbpath, &db) == SQLITE_OK);
 	/* (Schema 5's quorum tables go too: the upgrade makes them again.) */
-	KBT_ASSERT(sqlite3_exec(db, "DROP TABLE clock; DROP TABLE "
-	    "quorum_policies; DROP TABLE approval_requests; DROP TABLE "
-	    "approvals; PRAGMA user_version=3; "
-	    "UPDATE tenants SET lock_time_us = 9000", NULL, NULL, NULL)
+	KBT_ASSERT(
+	    sqlite3_exec(db,
+	        "DROP TABLE clock; DROP TABLE "
+	        "quorum_policies; DROP TABLE approval_requests; DROP TABLE "
+	        "approvals; PRAGMA user_version=3; "
+	        "UPDATE tenants SET lock_time_us = 9000",
+	        NULL, NULL, NULL)
 	    == SQLITE_OK);
 	sqlite3_close(db);
 	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
@@ -330,10 +347,14 @@ snapshot(uint8_t out[32])
 	int i;
 
 	memset(out, 0, 32);
-	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1 ||
-	    sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
-	    sqlite3_prepare_v2(db, "SELECT name FROM sqlite_master WHERE type = "
-	    "'table' ORDER BY name", -1, &tl, NULL) != SQLITE_OK)
+	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1
+	    || sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL)
+	        != SQLITE_OK
+	    || sqlite3_prepare_v2(db,
+	           "SELECT name FROM sqlite_master WHERE type = "
+	           "'table' ORDER BY name",
+	           -1, &tl, NULL)
+	        != SQLITE_OK)
 		goto out;
 	while (sqlite3_step(tl) == SQLITE_ROW) {
 		snprintf(sql, sizeof(sql), "SELECT * FROM \"%s\" ORDER BY 1",
@@ -348,7 +369,8 @@ snapshot(uint8_t out[32])
 				EVP_DigestUpdate(md, "|", 1);
 				if (b != NULL)
 					EVP_DigestUpdate(md, b,
-					    (size_t)sqlite3_column_bytes(st, i));
+					    (size_t)sqlite3_column_bytes(
+					        st, i));
 			}
 		sqlite3_finalize(st);
 	}
@@ -485,8 +507,8 @@ w_reset(struct store *s)
 static enum kb_err
 w_set_state(struct store *s)
 {
-	return store_env_set_state(s, "acme", "prod", STORE_ENV_ENABLED,
-	    STORE_ENV_LOCKED, 6);
+	return store_env_set_state(
+	    s, "acme", "prod", STORE_ENV_ENABLED, STORE_ENV_LOCKED, 6);
 }
 
 static enum kb_err
@@ -542,22 +564,22 @@ static const struct {
 	const char *name;
 	enum kb_err (*fn)(struct store *s);
 } writers[] = {
-	{ "store_job_fail", w_job_fail },
-	{ "store_tenant_create", w_tenant_create },
-	{ "store_env_create", w_env_create },
-	{ "store_key_create", w_key_create },
-	{ "store_key_add", w_key_add },
-	{ "store_key_set_state", w_key_set_state },
-	{ "store_meta_set", w_meta_set },
-	{ "store_clock_put", w_clock_put },
-	{ "store_env_add_version", w_add_version },
-	{ "store_env_reset", w_reset },
-	{ "store_env_set_state", w_set_state },
-	{ "store_backup_create", w_backup },
-	{ "store_dek_mark_damaged", w_mark_damaged },
-	{ "store_dek_replace", w_dek_replace },
-	{ "store_tenant_lock", w_tenant_lock },
-	{ "store_env_purge", w_env_purge },
+    {"store_job_fail", w_job_fail},
+    {"store_tenant_create", w_tenant_create},
+    {"store_env_create", w_env_create},
+    {"store_key_create", w_key_create},
+    {"store_key_add", w_key_add},
+    {"store_key_set_state", w_key_set_state},
+    {"store_meta_set", w_meta_set},
+    {"store_clock_put", w_clock_put},
+    {"store_env_add_version", w_add_version},
+    {"store_env_reset", w_reset},
+    {"store_env_set_state", w_set_state},
+    {"store_backup_create", w_backup},
+    {"store_dek_mark_damaged", w_mark_damaged},
+    {"store_dek_replace", w_dek_replace},
+    {"store_tenant_lock", w_tenant_lock},
+    {"store_env_purge", w_env_purge},
 };
 
 /* acme/prod (platform), acme/old (locked), tenant keys k-fixed
@@ -586,15 +608,16 @@ faults_fixture(void)
 	make_dek(&dek, 0xab);
 	op_key(&k);
 	snprintf(k.id, sizeof(k.id), "k-fixed");
-	if (store_env_create(s, &env, &dek) != KB_OK ||
-	    store_key_create(s, &k) != KB_OK ||
-	    store_token_bind(s, "tok", "1234") != KB_OK)
+	if (store_env_create(s, &env, &dek) != KB_OK
+	    || store_key_create(s, &k) != KB_OK
+	    || store_token_bind(s, "tok", "1234") != KB_OK)
 		exit(2);
 	snprintf(env.name, sizeof(env.name), "old");
 	snprintf(env.uid, sizeof(env.uid), "%032d", 1);
-	if (store_env_create(s, &env, &dek) != KB_OK ||
-	    store_env_set_state(s, "acme", "old", STORE_ENV_ENABLED,
-	    STORE_ENV_LOCKED, 1) != KB_OK)
+	if (store_env_create(s, &env, &dek) != KB_OK
+	    || store_env_set_state(
+	           s, "acme", "old", STORE_ENV_ENABLED, STORE_ENV_LOCKED, 1)
+	        != KB_OK)
 		exit(2);
 	op_key(&k);
 	snprintf(k.id, sizeof(k.id), "k-active");
@@ -604,8 +627,9 @@ faults_fixture(void)
 	{
 		struct store_job job;
 
-		if (store_job_begin(s, "j-fixed", STORE_JOB_UPGRADE, NULL, NULL,
-		    1, &job) != KB_OK)
+		if (store_job_begin(
+		        s, "j-fixed", STORE_JOB_UPGRADE, NULL, NULL, 1, &job)
+		    != KB_OK)
 			exit(2);
 	}
 	/* A busy database answers in 50 ms here, not the broker's 10 s. */
@@ -622,9 +646,10 @@ readers_answer(struct store *s, const char *when)
 	struct store_dek dek;
 	struct store_tenant t;
 
-	if (store_env_dek(s, "acme", "prod", 0, &env, &dek) != KB_OK ||
-	    store_tenant_get(s, "acme", &t) != KB_OK)
-		KBT_FAIL("%s: a read failed: %s", when, kb_err_msg(KB_ERR_STORE));
+	if (store_env_dek(s, "acme", "prod", 0, &env, &dek) != KB_OK
+	    || store_tenant_get(s, "acme", &t) != KB_OK)
+		KBT_FAIL(
+		    "%s: a read failed: %s", when, kb_err_msg(KB_ERR_STORE));
 }
 
 static void
@@ -643,7 +668,8 @@ test_full_disk(void)
 		e = writers[i].fn(s);
 		kbt_vfs_full(0);
 		if (e != KB_ERR_STORAGE_FULL)
-			KBT_FAIL("%s on a full disk: want STORAGE_FULL, got %s (%s)",
+			KBT_FAIL(
+			    "%s on a full disk: want STORAGE_FULL, got %s (%s)",
 			    writers[i].name, kb_strerror(e), kb_err_msg(e));
 		KBT_ASSERT_CONTAINS(kb_err_msg(e), "full");
 		snapshot(after);
@@ -671,14 +697,16 @@ test_busy(void)
 
 	/* Another process holds the write lock. */
 	KBT_ASSERT(sqlite3_open(dbpath, &other) == SQLITE_OK);
-	KBT_ASSERT(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL) ==
-	    SQLITE_OK);
+	KBT_ASSERT(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL)
+	    == SQLITE_OK);
 	for (i = 0; i < sizeof(writers) / sizeof(writers[0]); i++) {
 		snapshot(before);
 		e = writers[i].fn(s);
 		if (e != KB_ERR_UNAVAILABLE)
-			KBT_FAIL("%s on a busy database: want UNAVAILABLE, got %s "
-			    "(%s)", writers[i].name, kb_strerror(e), kb_err_msg(e));
+			KBT_FAIL(
+			    "%s on a busy database: want UNAVAILABLE, got %s "
+			    "(%s)",
+			    writers[i].name, kb_strerror(e), kb_err_msg(e));
 		KBT_ASSERT_CONTAINS(kb_err_msg(e), "busy");
 		snapshot(after);
 		if (memcmp(before, after, 32) != 0)
@@ -716,10 +744,12 @@ test_constraints(void)
 	KBT_ASSERT(store_key_create(s, &k) != KB_OK);
 	KBT_ASSERT_ERR(store_key_set_state(s, "k-fixed", "active", "locked", 1),
 	    KB_ERR_FAILED_PRECONDITION);
-	KBT_ASSERT_ERR(store_key_set_state(s, "nope", "available", "deleted",
-	    1), KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_ERR(
+	    store_key_set_state(s, "nope", "available", "deleted", 1),
+	    KB_ERR_FAILED_PRECONDITION);
 	KBT_ASSERT_ERR(store_env_set_state(s, "acme", "prod", STORE_ENV_LOCKED,
-	    STORE_ENV_ENABLED, 1), KB_ERR_FAILED_PRECONDITION);
+	                   STORE_ENV_ENABLED, 1),
+	    KB_ERR_FAILED_PRECONDITION);
 	KBT_ASSERT_ERR(store_backup_create(s, "acme", "nope", "b-x", 1, &b),
 	    KB_ERR_NOT_FOUND);
 	make_dek(&dek, 1);
@@ -739,17 +769,12 @@ test_constraints(void)
 }
 
 static const struct kbt_case cases[] = {
-	{ "/store/migrations-and-pragmas", test_migrations_and_pragmas },
-	{ "/store/token-bind", test_token_bind },
-	{ "/store/tenants", test_tenants },
-	{ "/store/environments", test_environments },
-	{ "/store/keys-and-meta", test_keys_and_meta },
-	{ "/store/clock", test_clock },
-	{ "/store/full-disk", test_full_disk },
-	{ "/store/busy", test_busy },
-	{ "/store/constraints", test_constraints },
-	{ NULL, NULL }
-};
+    {"/store/migrations-and-pragmas", test_migrations_and_pragmas},
+    {"/store/token-bind", test_token_bind}, {"/store/tenants", test_tenants},
+    {"/store/environments", test_environments},
+    {"/store/keys-and-meta", test_keys_and_meta}, {"/store/clock", test_clock},
+    {"/store/full-disk", test_full_disk}, {"/store/busy", test_busy},
+    {"/store/constraints", test_constraints}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)
