@@ -80,9 +80,9 @@ enum kb_err rpc_env_revert_key(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_env_reset(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
-enum kb_err rpc_env_backup(
+enum kb_err rpc_env_backup_create(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
-enum kb_err rpc_env_backups(
+enum kb_err rpc_env_backup_list(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_env_restore(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);

@@ -198,8 +198,8 @@ repair_load(struct rpc_ctx *c, const Keybroker__V1__DataKeyRef *ref,
 		    "%s/%s: a data key "
 		    "version is 1 or more",
 		    ref->tenant_id, ref->environment);
-	if ((e = store_env_dek(c->b->store, ref->tenant_id, ref->environment,
-	         ref->version, &env, &out->r.dek))
+	if ((e = store_env_with_dek(c->b->store, ref->tenant_id,
+	         ref->environment, ref->version, &env, &out->r.dek))
 	    != KB_OK)
 		return e;
 	snprintf(

@@ -74,8 +74,8 @@ unwrap_current(struct rpc_ctx *c, const Keybroker__V1__GetDataKeyRequest *in,
 	e = kb_err_wrap(
 	    e, "unwrapping the data key of %s/%s", env->tenant_id, env->name);
 	snprintf(first, sizeof(first), "%s", kb_err_msg(e));
-	if ((e2 = store_env_dek(c->b->store, in->tenant_id, in->environment,
-	         in->version, env, &now))
+	if ((e2 = store_env_with_dek(c->b->store, in->tenant_id,
+	         in->environment, in->version, env, &now))
 	    != KB_OK)
 		return e2;
 	if ((e2 = env_usable(env)) != KB_OK)
@@ -105,7 +105,7 @@ rpc_datakey_get(
 
 	/* The names and the service's binding to them were checked by the
 	 * method table (SERVICE_ENV), before existence is looked at here. */
-	if ((e = store_env_dek(c->b->store, in->tenant_id, in->environment,
+	if ((e = store_env_with_dek(c->b->store, in->tenant_id, in->environment,
 	         in->version, &env, &dek))
 	    != KB_OK)
 		return e;

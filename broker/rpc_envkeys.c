@@ -90,7 +90,7 @@ reseal_env(
 	enum kb_err e;
 
 	if ((e = seal_key(c, env->tenant_id, mode, key_id)) != KB_OK
-	    || (e = store_env_deks(
+	    || (e = store_env_dek_list(
 	            c->b->store, env->tenant_id, env->name, &v, &n))
 	        != KB_OK)
 		return e;
@@ -125,7 +125,8 @@ reseal_into(struct rpc_ctx *c, const struct store_env *src,
 	struct store_dek *v = NULL;
 	size_t n = 0;
 
-	if ((e = store_env_deks(c->b->store, dst->tenant_id, dst->name, &v, &n))
+	if ((e = store_env_dek_list(
+	         c->b->store, dst->tenant_id, dst->name, &v, &n))
 	    != KB_OK)
 		return e;
 	free(v);
@@ -256,7 +257,7 @@ out:
 }
 
 enum kb_err
-rpc_env_backup(
+rpc_env_backup_create(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
@@ -283,7 +284,7 @@ out:
 }
 
 enum kb_err
-rpc_env_backups(
+rpc_env_backup_list(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
 {
 	const Keybroker__V1__ListBackupsRequest *in = (const void *)req;
@@ -397,7 +398,7 @@ rpc_env_restore(
 		    env.name, store_env_mode_name(env.mode), env.key_id);
 		goto out;
 	}
-	if ((e = store_env_dek(
+	if ((e = store_env_with_dek(
 	         c->b->store, t.id, bk.env, bk.dek_version, &src, &dek))
 	    != KB_OK)
 		goto out;
@@ -430,7 +431,8 @@ rpc_env_copy(
 	    != KB_OK)
 		return e;
 	if ((e = live_source(c, "copy", t.id, in->source, NULL, &src)) != KB_OK
-	    || (e = store_env_dek(c->b->store, t.id, in->source, 0, &src, &dek))
+	    || (e = store_env_with_dek(
+	            c->b->store, t.id, in->source, 0, &src, &dek))
 	        != KB_OK)
 		goto out;
 	/* The rule: only onto an environment encrypted with the same customer

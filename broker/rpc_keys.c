@@ -121,7 +121,7 @@ rpc_key_generate(
 	imported = 1;
 	key_record(
 	    &k, id, in->tenant_id, "generated", fp, c->b->wrap_alg, c->now_us);
-	if ((e = store_key_add(c->b->store, &k, c->now_us)) != KB_OK)
+	if ((e = store_tenant_key_add(c->b->store, &k, c->now_us)) != KB_OK)
 		goto out;
 	imported = 0;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", id);
@@ -197,7 +197,7 @@ rpc_key_upload(
 	key_record(&k, id, in->tenant_id,
 	    f.format == KEYFILE_BYOK ? "byok" : "pfx", fp, c->b->wrap_alg,
 	    c->now_us);
-	if ((e = store_key_add(c->b->store, &k, c->now_us)) != KB_OK)
+	if ((e = store_tenant_key_add(c->b->store, &k, c->now_us)) != KB_OK)
 		goto out;
 	imported = 0;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", id);

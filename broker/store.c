@@ -945,7 +945,7 @@ out:
 }
 
 enum kb_err
-store_env_dek(struct store *s, const char *tenant, const char *name,
+store_env_with_dek(struct store *s, const char *tenant, const char *name,
     uint32_t version, struct store_env *env, struct store_dek *dek)
 {
 	/* The environment row, and the DEK row of the asked version (current
@@ -1052,13 +1052,13 @@ store_key_create(struct store *s, const struct store_key *k)
 	struct conn *c = store_conn_get(s);
 	enum kb_err e;
 
-	e = store_key_insert(c, k);
+	e = store_key_insert_conn(c, k);
 	store_conn_put(s, c);
 	return e;
 }
 
 enum kb_err
-store_key_insert(struct conn *c, const struct store_key *k)
+store_key_insert_conn(struct conn *c, const struct store_key *k)
 {
 	static const char sql[] =
 	    "INSERT INTO keys(id, tenant_id, purpose, "

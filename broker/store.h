@@ -205,10 +205,14 @@ enum kb_err store_env_list(struct store *s, const char *tenant,
     int *more);
 /* The environment and its wrapped DEK `version` (0 = current), in one
  * read. */
-enum kb_err store_env_dek(struct store *s, const char *tenant, const char *name,
-    uint32_t version, struct store_env *env, struct store_dek *dek);
+enum kb_err store_env_with_dek(struct store *s, const char *tenant,
+    const char *name, uint32_t version, struct store_env *env,
+    struct store_dek *dek);
 
-/* Keys. create: KB_ERR_ALREADY_EXISTS if the id is taken. */
+/* Keys. create: one key row alone, in its own transaction (the broker's
+ * keys, KEKs); a tenant's new key goes through store_tenant_key_add, which
+ * also records the tenant's key change. KB_ERR_ALREADY_EXISTS if the id is
+ * taken. */
 enum kb_err store_key_create(struct store *s, const struct store_key *k);
 enum kb_err store_key_get(
     struct store *s, const char *id, struct store_key *out);
@@ -227,7 +231,7 @@ enum kb_err store_key_list(struct store *s, const char *tenant,
 enum kb_err store_key_by_fingerprint(struct store *s, const char *tenant,
     const char *fingerprint, struct store_key *out);
 /* Record a new tenant key (state available) and the tenant's key change. */
-enum kb_err store_key_add(
+enum kb_err store_tenant_key_add(
     struct store *s, const struct store_key *k, int64_t now);
 
 /* Start activating `key_id`: the key becomes installing, its new KEK `kek`
@@ -299,13 +303,13 @@ enum kb_err store_dek_mark_damaged(struct store *s, const char *tenant,
     const char *name, uint32_t version, const char *why);
 int64_t store_deks_legacy(struct store *s);
 
-/* ---- environment encryption, backups, lock (store_envops.c) ---- */
+/* ---- environment encryption, backups, lock (store_lifecycle.c) ---- */
 
 /* Every DEK version of an environment, newest first; *out malloc'd. */
-enum kb_err store_env_deks(struct store *s, const char *tenant,
+enum kb_err store_env_dek_list(struct store *s, const char *tenant,
     const char *name, struct store_dek **out, size_t *n);
 /* Replace every DEK version's wrapping (same versions, same order as from
- * store_env_deks) and set the mode, in one transaction. */
+ * store_env_dek_list) and set the mode, in one transaction. */
 enum kb_err store_env_rewrap(struct store *s, const char *tenant,
     const char *name, enum store_env_mode mode, const struct store_dek *deks,
     size_t n, int64_t now);

@@ -47,7 +47,7 @@ enum kb_err store_tenant_exists(struct conn *c, const char *tenant);
 	"fingerprint, wrap_alg, create_time_us, update_time_us, bits, "        \
 	"activate_time_us, lock_time_us, delete_time_us, parent_id, wrapped"
 void store_key_row(sqlite3_stmt *st, void *elem); /* a store_key */
-enum kb_err store_key_insert(struct conn *c, const struct store_key *k);
+enum kb_err store_key_insert_conn(struct conn *c, const struct store_key *k);
 
 /* Column 11: the parent (tenant key) of the KEK sealing the current DEK,
  * "" for platform keys and pre-v2 rows. */

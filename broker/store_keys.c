@@ -98,7 +98,7 @@ key_add_txn(struct conn *c, void *arg)
 	struct key_add *a = arg;
 	enum kb_err e;
 
-	if ((e = store_key_insert(c, a->k)) != KB_OK)
+	if ((e = store_key_insert_conn(c, a->k)) != KB_OK)
 		return e;
 	return store_run(c,
 	    "UPDATE tenants SET last_key_change_us = ? WHERE id = ?",
@@ -106,7 +106,7 @@ key_add_txn(struct conn *c, void *arg)
 }
 
 enum kb_err
-store_key_add(struct store *s, const struct store_key *k, int64_t now)
+store_tenant_key_add(struct store *s, const struct store_key *k, int64_t now)
 {
 	struct key_add a = {k, now};
 
@@ -361,7 +361,7 @@ activation_begin_txn(struct conn *c, void *arg)
 		    "key \"%s\" is not "
 		    "available",
 		    a->key_id);
-	if ((e = store_key_insert(c, a->kek)) != KB_OK)
+	if ((e = store_key_insert_conn(c, a->kek)) != KB_OK)
 		return e;
 	if ((e = job_count(
 	         c, STORE_JOB_ACTIVATE, a->tenant, a->kek->id, &total))
@@ -403,7 +403,7 @@ job_begin_txn(struct conn *c, void *arg)
 	enum kb_err e;
 	int64_t total;
 
-	if (a->key != NULL && (e = store_key_insert(c, a->key)) != KB_OK)
+	if (a->key != NULL && (e = store_key_insert_conn(c, a->key)) != KB_OK)
 		return e;
 	if ((e = job_count(c, a->job->kind, a->job->tenant_id,
 	         a->job->target_key_id, &total))

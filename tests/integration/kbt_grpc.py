@@ -301,10 +301,12 @@ def reader_loop(readers, deks, stop, stats, lock, outage=None):
         e = random.choice(envs)
         t0 = time.time()
         prev = readers.since(e, t0)
-        # With an outage expected, a call waits for the broker to come
-        # back instead of failing at once on a channel that is reconnecting.
-        code, r = readers.get(e, timeout=10,
-                              wait_for_ready=True if outage is not None else None)
+        # A call waits for its channel to be ready instead of failing at
+        # once on a connection attempt that did not work out (seen under
+        # load: "failed to connect to all addresses" while the broker was
+        # up); with an outage expected, that also waits for the broker to
+        # come back. The broker's answers are what is counted.
+        code, r = readers.get(e, timeout=10, wait_for_ready=True)
         t1 = time.time()
         with lock:
             if outage is None and stop.is_set() and code != grpc.StatusCode.OK:

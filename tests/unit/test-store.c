@@ -221,7 +221,7 @@ test_environments(void)
 	KBT_ASSERT_CONTAINS(
 	    kb_err_msg(KB_ERR_NOT_FOUND), "tenant \"ghost\" does not exist");
 
-	KBT_ASSERT_OK(store_env_dek(s, "acme", "prod", 0, &got, &gotdek));
+	KBT_ASSERT_OK(store_env_with_dek(s, "acme", "prod", 0, &got, &gotdek));
 	KBT_ASSERT_INT(gotdek.wrapped_len, ==, 256);
 	KBT_ASSERT_INT(gotdek.wrapped[255], ==, 0xab);
 	KBT_ASSERT_STR(gotdek.key_id, "kb-platform-1");
@@ -239,7 +239,7 @@ test_environments(void)
 	/* Survives a reopen. */
 	store_close(s);
 	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
-	KBT_ASSERT_OK(store_env_dek(s, "acme", "prod", 0, &got, &gotdek));
+	KBT_ASSERT_OK(store_env_with_dek(s, "acme", "prod", 0, &got, &gotdek));
 	KBT_ASSERT_INT(gotdek.wrapped[0], ==, 0xab);
 	done(s);
 }
@@ -445,7 +445,7 @@ w_key_add(struct store *s)
 	struct store_key k;
 
 	op_key(&k);
-	return store_key_add(s, &k, 2);
+	return store_tenant_key_add(s, &k, 2);
 }
 
 static enum kb_err
@@ -568,7 +568,7 @@ static const struct {
     {"store_tenant_create", w_tenant_create},
     {"store_env_create", w_env_create},
     {"store_key_create", w_key_create},
-    {"store_key_add", w_key_add},
+    {"store_tenant_key_add", w_key_add},
     {"store_key_set_state", w_key_set_state},
     {"store_meta_set", w_meta_set},
     {"store_clock_put", w_clock_put},
@@ -646,7 +646,7 @@ readers_answer(struct store *s, const char *when)
 	struct store_dek dek;
 	struct store_tenant t;
 
-	if (store_env_dek(s, "acme", "prod", 0, &env, &dek) != KB_OK
+	if (store_env_with_dek(s, "acme", "prod", 0, &env, &dek) != KB_OK
 	    || store_tenant_get(s, "acme", &t) != KB_OK)
 		KBT_FAIL(
 		    "%s: a read failed: %s", when, kb_err_msg(KB_ERR_STORE));

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* store_envops.c: environment encryption changes, backups, tenant lock and
+/* store_lifecycle.c: environment encryption changes, backups, tenant lock and
  * unlock, and the retention sweep, each one transaction. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,7 +83,7 @@ dek_row(sqlite3_stmt *st, void *elem)
 }
 
 enum kb_err
-store_env_deks(struct store *s, const char *tenant, const char *name,
+store_env_dek_list(struct store *s, const char *tenant, const char *name,
     struct store_dek **out, size_t *n)
 {
 	static const char sql[] =
