@@ -1099,6 +1099,15 @@ audit_rotate_key(struct audit *a, const char *new_id)
 }
 
 void
+audit_checkpoint_soon(struct audit *a)
+{
+	pthread_mutex_lock(&a->mu);
+	a->force_cp = 1;
+	pthread_cond_signal(&a->work_cv);
+	pthread_mutex_unlock(&a->mu);
+}
+
+void
 audit_signing_key(struct audit *a, char out[KB_AUDIT_KEY_ID_MAX])
 {
 	pthread_mutex_lock(&a->mu);

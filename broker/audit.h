@@ -113,6 +113,10 @@ enum kb_err audit_list_checkpoints(struct audit *a, uint64_t after,
  * private half. Returns when the new key is in force. */
 enum kb_err audit_rotate_key(struct audit *a, const char *new_id);
 
+/* Sign a checkpoint of what is committed now (within a second), rather
+ * than after the next checkpoint_events or checkpoint_interval_s. */
+void audit_checkpoint_soon(struct audit *a);
+
 /* The id of the key that signs now. */
 void audit_signing_key(struct audit *a, char out[KB_AUDIT_KEY_ID_MAX]);
 

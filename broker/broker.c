@@ -652,6 +652,9 @@ broker_open(struct config *cfg, struct broker **out)
 		         b, "broker.start", NULL, NULL, NULL, "ok", why))
 		    != KB_OK)
 			goto fail;
+		/* Signed and anchored at once: the log is never long unsigned,
+		 * and `audit verify` passes right after a first start. */
+		audit_checkpoint_soon(b->audit);
 	}
 	if ((e = timemark_start(b->timemark)) != KB_OK
 	    || (e = jobs_start(b, &b->jobs)) != KB_OK
