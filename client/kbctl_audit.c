@@ -966,23 +966,13 @@ kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a)
 	    || (rc = log_reader_start(k, &r)) != KBCTL_EXIT_OK)
 		goto out;
 	rc = KBCTL_EXIT_FAIL;
-	if (asprintf(&tmp, "%s.tmp-XXXXXX", path) < 0) {
-		tmp = NULL;
-		fprintf(stderr, "kbctl: out of memory\n");
+	if ((fd = kbctl_tmp_beside(path, &tmp)) < 0)
 		goto out;
-	}
-	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0 || fchmod(fd, 0600) != 0
-	    || (f = fdopen(fd, "w")) == NULL) {
+	if ((f = fdopen(fd, "w")) == NULL) {
 		fprintf(stderr, "kbctl: cannot create %s: %s\n", tmp,
 		    strerror(errno));
-		if (fd >= 0) {
-			close(fd);
-			(void)unlink(tmp);
-		}
-		fd = -1;
-		free(tmp);
-		tmp = NULL;
-		goto out;
+		close(fd);
+		goto out; /* out: unlinks tmp */
 	}
 	fd = -1;
 	if (write_item(
@@ -1014,18 +1004,10 @@ kbctl_cmd_audit_export(struct kbctl *k, const struct kbctl_args *a)
 		goto write_fail;
 	}
 	f = NULL;
-	/* Without --force, never replace a file that appeared meanwhile. */
-	if (force ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
-		fprintf(stderr, "kbctl: cannot write %s: %s\n", path,
-		    errno == EEXIST ? "it exists now (--force replaces it)"
-		                    : strerror(errno));
+	if (kbctl_tmp_publish(tmp, path, force) != 0)
 		goto out;
-	}
-	if (!force)
-		(void)unlink(tmp);
 	free(tmp);
 	tmp = NULL;
-	kbctl_dir_sync(path);
 	if (seen.gaps > 0 || (seen.events > 0 && seen.first != 1))
 		fprintf(stderr,
 		    "kbctl: warning: events %" PRIu64 "..%" PRIu64

@@ -157,17 +157,12 @@ kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a)
 		return kbctl_usage_error(a, "--out %s is a directory", path);
 	kbctl_stop_signals_catch();
 	if ((r.sha = EVP_MD_CTX_new()) == NULL
-	    || EVP_DigestInit_ex(r.sha, EVP_sha256(), NULL) != 1
-	    || asprintf(&tmp, "%s.tmp-XXXXXX", path) < 0) {
-		tmp = NULL;
+	    || EVP_DigestInit_ex(r.sha, EVP_sha256(), NULL) != 1) {
 		fprintf(stderr, "kbctl: out of memory\n");
 		goto out;
 	}
-	if ((fd = mkostemp(tmp, O_CLOEXEC)) < 0 || fchmod(fd, 0600) != 0) {
-		fprintf(stderr, "kbctl: cannot create %s: %s\n", tmp,
-		    strerror(errno));
+	if ((fd = kbctl_tmp_beside(path, &tmp)) < 0)
 		goto out;
-	}
 	if (kb_client_stream_open(k->client, KB_METHOD_CREATE_BACKUP, &req.base,
 	        &keybroker__v1__backup_chunk__descriptor, 0, &s, &st)
 	    != KB_OK) {
@@ -221,18 +216,10 @@ kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a)
 		goto out;
 	}
 	fd = -1;
-	/* Without --force, never replace a file that appeared meanwhile. */
-	if (force ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
-		fprintf(stderr, "kbctl: cannot write %s: %s\n", path,
-		    errno == EEXIST ? "it exists now (--force replaces it)"
-		                    : strerror(errno));
+	if (kbctl_tmp_publish(tmp, path, force) != 0)
 		goto out;
-	}
-	if (!force)
-		(void)unlink(tmp);
 	free(tmp);
 	tmp = NULL;
-	kbctl_dir_sync(path);
 	rc = print_summary(k, path, &r, hex);
 out:
 	kb_client_stream_close(s);

@@ -567,6 +567,45 @@ kbctl_dir_sync(const char *path)
 	free(copy);
 }
 
+int
+kbctl_tmp_beside(const char *path, char **tmp)
+{
+	int fd;
+
+	if (asprintf(tmp, "%s.tmp-XXXXXX", path) < 0) {
+		*tmp = NULL;
+		fprintf(stderr, "kbctl: out of memory\n");
+		return -1;
+	}
+	if ((fd = mkostemp(*tmp, O_CLOEXEC)) < 0 || fchmod(fd, 0600) != 0) {
+		fprintf(stderr, "kbctl: cannot create %s: %s\n", *tmp,
+		    strerror(errno));
+		if (fd >= 0) {
+			close(fd);
+			(void)unlink(*tmp);
+		}
+		free(*tmp);
+		*tmp = NULL;
+		return -1;
+	}
+	return fd;
+}
+
+int
+kbctl_tmp_publish(const char *tmp, const char *path, int force)
+{
+	if (force ? rename(tmp, path) != 0 : link(tmp, path) != 0) {
+		fprintf(stderr, "kbctl: cannot write %s: %s\n", path,
+		    errno == EEXIST ? "it exists now (--force replaces it)"
+		                    : strerror(errno));
+		return -1;
+	}
+	if (!force)
+		(void)unlink(tmp);
+	kbctl_dir_sync(path);
+	return 0;
+}
+
 enum kb_err
 kbctl_out_file_commit(struct kbctl_out_file *f, const void *data, size_t len)
 {

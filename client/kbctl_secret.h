@@ -61,6 +61,18 @@ int kbctl_key_file_format_parse(const char *word);
  * created file) survives a crash. Best effort: errors are ignored. */
 void kbctl_dir_sync(const char *path);
 
+/* A file streamed from the broker is written beside its name and takes it
+ * only once whole. kbctl_tmp_beside makes PATH.tmp-XXXXXX (mode 0600):
+ * its descriptor, *tmp its name (the caller frees it, and unlinks it on
+ * failure), or -1 with the reason printed (*tmp NULL). */
+int kbctl_tmp_beside(const char *path, char **tmp);
+
+/* Give the finished, closed `tmp` the name `path`: with `force` by rename
+ * (replacing it), else by link, so that a file that appeared meanwhile is
+ * never replaced, and then tmp is unlinked; the directory is synced.
+ * 0, or -1 with the reason printed (tmp is left to the caller). */
+int kbctl_tmp_publish(const char *tmp, const char *path, int force);
+
 /* An output file written once, after a broker call that may fail:
  * kbctl_out_file_open reserves it (without `force`: O_CREAT|O_EXCL, so an
  * existing file is KB_ERR_ALREADY_EXISTS and is left alone; with `force`:
