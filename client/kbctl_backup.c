@@ -2,7 +2,6 @@
 /* kbctl_backup.c: kbctl backup create: the broker's backup stream into a
  * file, written whole or not at all. */
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
