@@ -34,10 +34,18 @@
 /* PEM files larger than this are not certificates or keys we want. */
 #define PEM_MAX (1024 * 1024)
 
-struct kb_client {
+/* One broker address and its channel. */
+struct kb_target {
 	grpc_channel *ch;
 	char *addr;
+};
+
+struct kb_client {
+	struct kb_target *t;
+	size_t n;
+	size_t cur; /* the target that last answered (__atomic access) */
 	int timeout_ms;
+	int connect_timeout_ms;
 };
 
 static pthread_once_t grpc_once = PTHREAD_ONCE_INIT;
@@ -249,12 +257,155 @@ out:
 	return r;
 }
 
+/* 1 if list entry e is an address a channel can be made to; else 0 and
+ * *why says what is wrong with it. */
+static int
+addr_entry_check(const char *e, const char **why)
+{
+	const char *colon, *p;
+	char *end;
+	long port;
+
+	*why = NULL;
+	if (strncmp(e, "unix:", 5) == 0 || strncmp(e, "unix-abstract:", 14) == 0
+	    || strncmp(e, "ipv4:", 5) == 0 || strncmp(e, "ipv6:", 5) == 0
+	    || strstr(e, "://") != NULL || strncmp(e, "dns:", 4) == 0) {
+		if (strchr(e, ':')[1] == '\0')
+			*why = "nothing after the scheme";
+		return *why == NULL;
+	}
+	if (e[0] == '[') {
+		if ((p = strchr(e, ']')) == NULL || p == e + 1) {
+			*why = "an IPv6 address is written [ADDRESS]:PORT";
+			return 0;
+		}
+		if (p[1] != ':') {
+			*why = "no port (HOST:PORT)";
+			return 0;
+		}
+		colon = p + 1;
+	} else {
+		if ((colon = strrchr(e, ':')) == NULL) {
+			*why = "no port (HOST:PORT)";
+			return 0;
+		}
+		if (memchr(e, ':', (size_t)(colon - e)) != NULL) {
+			*why = "an IPv6 address is written [ADDRESS]:PORT";
+			return 0;
+		}
+		if (colon == e) {
+			*why = "no host (HOST:PORT)";
+			return 0;
+		}
+	}
+	if (colon[1] < '0' || colon[1] > '9') {
+		*why = "the port is not a number from 1 to 65535";
+		return 0;
+	}
+	errno = 0;
+	port = strtol(colon + 1, &end, 10);
+	if (errno != 0 || *end != '\0' || port < 1 || port > 65535) {
+		*why = "the port is not a number from 1 to 65535";
+		return 0;
+	}
+	return 1;
+}
+
+void
+kb_client_addrs_free(char **v, size_t n)
+{
+	size_t i;
+
+	if (v == NULL)
+		return;
+	for (i = 0; i < n; i++)
+		free(v[i]);
+	free(v);
+}
+
+enum kb_err
+kb_client_addrs_parse(const char *list, char ***out, size_t *n)
+{
+	char **v = NULL, *e = NULL;
+	const char *p, *q, *why;
+	size_t k = 0, i, len;
+	enum kb_err r = KB_ERR_INTERNAL;
+
+	*out = NULL;
+	*n = 0;
+	if (list == NULL || list[strspn(list, " \t")] == '\0')
+		return kb_errf(KB_ERR_CONFIG,
+		    "no broker address given (HOST:PORT, or several "
+		    "separated by commas)");
+	if ((v = calloc(KB_CLIENT_MAX_ADDRS, sizeof(*v))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	for (p = list;; p = q + 1) {
+		q = strchr(p, ',');
+		len = q != NULL ? (size_t)(q - p) : strlen(p);
+		/* Blanks around an entry are a list's spacing, not its
+		 * content. */
+		while (len > 0 && (*p == ' ' || *p == '\t')) {
+			p++;
+			len--;
+		}
+		while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+			len--;
+		if (len == 0) {
+			r = kb_errf(KB_ERR_CONFIG,
+			    "broker address list \"%s\": entry %zu is empty",
+			    list, k + 1);
+			goto out;
+		}
+		if (k == KB_CLIENT_MAX_ADDRS) {
+			r = kb_errf(KB_ERR_CONFIG,
+			    "broker address list \"%s\": more than %d "
+			    "addresses",
+			    list, KB_CLIENT_MAX_ADDRS);
+			goto out;
+		}
+		if ((e = strndup(p, len)) == NULL) {
+			r = kb_errf(KB_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		if (strpbrk(e, " \t\r\n") != NULL) {
+			r = kb_errf(KB_ERR_CONFIG,
+			    "broker address \"%s\": a blank inside it "
+			    "(addresses are separated by commas)",
+			    e);
+			goto out;
+		}
+		if (!addr_entry_check(e, &why)) {
+			r = kb_errf(
+			    KB_ERR_CONFIG, "broker address \"%s\": %s", e, why);
+			goto out;
+		}
+		for (i = 0; i < k; i++)
+			if (strcmp(v[i], e) == 0) {
+				r = kb_errf(KB_ERR_CONFIG,
+				    "broker address \"%s\" is listed twice", e);
+				goto out;
+			}
+		v[k++] = e;
+		e = NULL;
+		if (q == NULL)
+			break;
+	}
+	*out = v;
+	*n = k;
+	v = NULL;
+	r = KB_OK;
+out:
+	free(e);
+	kb_client_addrs_free(v, k);
+	return r;
+}
+
 enum kb_err
 kb_client_open(const struct kb_client_opts *o, struct kb_client **out)
 {
 	struct kb_client *c = NULL;
-	char *cert = NULL, *key = NULL, *ca = NULL;
-	size_t cert_len = 0, key_len = 0, ca_len = 0;
+	char *cert = NULL, *key = NULL, *ca = NULL, **addrs = NULL;
+	size_t cert_len = 0, key_len = 0, ca_len = 0, naddrs = 0, i;
 	grpc_channel_credentials *creds = NULL;
 	grpc_ssl_pem_key_cert_pair pair;
 	grpc_arg args[4];
@@ -272,15 +423,34 @@ kb_client_open(const struct kb_client_opts *o, struct kb_client **out)
 	    || (r = pem_read(o->ca_file, "CA file", &ca, &ca_len)) != KB_OK
 	    || (r = pem_check(o, cert, key, ca)) != KB_OK)
 		goto out;
+	/* One address is taken as it is (any gRPC target), as it always
+	 * was; a list is checked entry by entry. */
+	if (strchr(addr, ',') == NULL) {
+		if ((addrs = calloc(1, sizeof(*addrs))) == NULL
+		    || (addrs[0] = strdup(addr)) == NULL) {
+			r = kb_errf(KB_ERR_NOMEM, "out of memory");
+			goto out;
+		}
+		naddrs = 1;
+	} else if ((r = kb_client_addrs_parse(addr, &addrs, &naddrs)) != KB_OK)
+		goto out;
 
 	pthread_once(&grpc_once, grpc_start);
 	if ((c = calloc(1, sizeof(*c))) == NULL
-	    || (c->addr = strdup(addr)) == NULL) {
+	    || (c->t = calloc(naddrs, sizeof(*c->t))) == NULL) {
 		r = kb_errf(KB_ERR_NOMEM, "out of memory");
 		goto out;
 	}
+	c->n = naddrs;
+	for (i = 0; i < naddrs; i++) {
+		c->t[i].addr = addrs[i];
+		addrs[i] = NULL;
+	}
 	c->timeout_ms =
 	    o->timeout_ms > 0 ? o->timeout_ms : KB_CLIENT_DEFAULT_TIMEOUT_MS;
+	c->connect_timeout_ms = o->connect_timeout_ms > 0
+	    ? o->connect_timeout_ms
+	    : KB_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS;
 
 	pair.private_key = key;
 	pair.cert_chain = cert;
@@ -319,11 +489,14 @@ kb_client_open(const struct kb_client_opts *o, struct kb_client **out)
 		args[chargs.num_args].value.string = (char *)o->server_name;
 		chargs.num_args++;
 	}
-	c->ch = grpc_channel_create(c->addr, creds, &chargs);
-	if (c->ch == NULL) {
-		r = kb_errf(KB_ERR_CONFIG, "cannot create a channel to \"%s\"",
-		    c->addr);
-		goto out;
+	/* A channel connects on its first call, not here. */
+	for (i = 0; i < c->n; i++) {
+		c->t[i].ch = grpc_channel_create(c->t[i].addr, creds, &chargs);
+		if (c->t[i].ch == NULL) {
+			r = kb_errf(KB_ERR_CONFIG,
+			    "cannot create a channel to \"%s\"", c->t[i].addr);
+			goto out;
+		}
 	}
 	*out = c;
 	c = NULL;
@@ -334,6 +507,7 @@ out:
 	kb_freezero(cert, cert_len + 1);
 	kb_freezero(key, key_len + 1);
 	kb_freezero(ca, ca_len + 1);
+	kb_client_addrs_free(addrs, naddrs);
 	kb_client_close(c);
 	return r;
 }
@@ -341,18 +515,70 @@ out:
 void
 kb_client_close(struct kb_client *c)
 {
+	size_t i;
+
 	if (c == NULL)
 		return;
-	if (c->ch != NULL)
-		grpc_channel_destroy(c->ch);
-	free(c->addr);
+	for (i = 0; c->t != NULL && i < c->n; i++) {
+		if (c->t[i].ch != NULL)
+			grpc_channel_destroy(c->t[i].ch);
+		free(c->t[i].addr);
+	}
+	free(c->t);
 	free(c);
+}
+
+static size_t
+client_cur(const struct kb_client *c)
+{
+	return __atomic_load_n(&c->cur, __ATOMIC_RELAXED);
 }
 
 const char *
 kb_client_addr(const struct kb_client *c)
 {
-	return c->addr;
+	return c->t[client_cur(c)].addr;
+}
+
+/* Calls that change nothing, or whose repetition is the same as one call:
+ * repeated on another broker after the first may have received them. A
+ * method not listed is never repeated once it may have been sent. */
+static const char *const retry_safe_methods[] = {
+    KB_METHOD_WHOAMI,
+    KB_METHOD_LIST_TENANTS,
+    KB_METHOD_GET_TENANT,
+    KB_METHOD_LIST_ENVIRONMENTS,
+    KB_METHOD_GET_ENVIRONMENT,
+    KB_METHOD_GET_DATA_KEY,
+    KB_METHOD_LIST_KEYS,
+    KB_METHOD_GET_KEY,
+    KB_METHOD_GET_JOB,
+    KB_METHOD_VERIFY_DATA_KEYS,
+    KB_METHOD_GET_KEY_EXCHANGE_KEY,
+    KB_METHOD_LIST_BACKUPS,
+    KB_METHOD_LIST_EVENTS,
+    KB_METHOD_TAIL_EVENTS,
+    KB_METHOD_LIST_CHECKPOINTS,
+    KB_METHOD_GET_AUDIT_KEY,
+    KB_METHOD_LIST_AUDIT_KEYS,
+    KB_METHOD_GET_CLOCK_STATE,
+    "/keybroker.v1.KeyBroker/GetQuorum",
+    "/keybroker.v1.KeyBroker/ListApprovalRequests",
+    "/keybroker.v1.KeyBroker/GetApprovalRequest",
+    KB_METHOD_HEALTH_CHECK,
+};
+
+int
+kb_client_method_retry_safe(const char *method)
+{
+	size_t i;
+
+	for (i = 0;
+	     i < sizeof(retry_safe_methods) / sizeof(retry_safe_methods[0]);
+	     i++)
+		if (strcmp(method, retry_safe_methods[i]) == 0)
+			return 1;
+	return 0;
 }
 
 /* gRPC says "failed to connect to all addresses; last error: UNKNOWN:
@@ -360,8 +586,7 @@ kb_client_addr(const struct kb_client *c)
  * refused": keep the part a person can act on, and say what the usual
  * TLS failures mean. */
 static void
-connect_reason(
-    const struct kb_client *c, const char *details, char *buf, size_t len)
+connect_reason(const char *addr, const char *details, char *buf, size_t len)
 {
 	const char *p, *hint = "";
 	size_t n;
@@ -393,9 +618,9 @@ connect_reason(
 		hint = " (is it a TLS gRPC server?)";
 	/* Long details are cut to fit `buf`: their start says the most. */
 	if (snprintf(
-	        buf, len, "cannot connect to %s: %s%s", c->addr, details, hint)
+	        buf, len, "cannot connect to %s: %s%s", addr, details, hint)
 	    < 0)
-		snprintf(buf, len, "cannot connect to %s", c->addr);
+		snprintf(buf, len, "cannot connect to %s", addr);
 }
 
 static void status_set(struct kb_status *st, grpc_status_code code,
@@ -436,16 +661,20 @@ trailer_request_id(const grpc_metadata_array *md, struct kb_status *st)
 
 /* Fill st from a call's final status and details: the broker's words, or
  * what gRPC's connection failures and deadlines mean. Returns the status's
- * kb_err (KB_OK for GRPC_STATUS_OK). */
+ * kb_err (KB_OK for GRPC_STATUS_OK). *unsent (may be NULL) says whether
+ * the call surely never left this client: gRPC found no connection for it
+ * (UNAVAILABLE "failed to connect"). */
 static enum kb_err
-final_status(const struct kb_client *c, grpc_status_code code,
-    grpc_slice details, struct kb_status *st)
+final_status(const struct kb_target *t, int timeout_ms, grpc_status_code code,
+    grpc_slice details, struct kb_status *st, int *unsent)
 {
 	char det[sizeof(st->message)];
 	size_t dlen;
 	grpc_connectivity_state cs;
 	enum kb_err r;
 
+	if (unsent != NULL)
+		*unsent = 0;
 	if (code == GRPC_STATUS_OK) {
 		status_set(st, GRPC_STATUS_OK, "%s", "");
 		return KB_OK;
@@ -455,21 +684,23 @@ final_status(const struct kb_client *c, grpc_status_code code,
 		dlen = sizeof(det) - 1;
 	memcpy(det, GRPC_SLICE_START_PTR(details), dlen);
 	det[dlen] = '\0';
-	cs = grpc_channel_check_connectivity_state(c->ch, 0);
+	cs = grpc_channel_check_connectivity_state(t->ch, 0);
 	/* Our own status (the broker's refusals) comes over a ready
 	 * connection; gRPC's connection failures do not. */
 	st->code = code;
+	if (code == GRPC_STATUS_UNAVAILABLE && unsent != NULL)
+		*unsent = strstr(det, "failed to connect") != NULL;
 	if (code == GRPC_STATUS_UNAVAILABLE
 	    && (cs != GRPC_CHANNEL_READY
 	        || strstr(det, "failed to connect") != NULL))
-		connect_reason(c, det, st->message, sizeof(st->message));
+		connect_reason(t->addr, det, st->message, sizeof(st->message));
 	else if (code == GRPC_STATUS_DEADLINE_EXCEEDED
 	    && (det[0] == '\0' || strcmp(det, "Deadline Exceeded") == 0))
 		/* gRPC's own deadline, not a broker message. */
 		snprintf(st->message, sizeof(st->message), "%s %s within %g s",
 		    cs != GRPC_CHANNEL_READY ? "cannot connect to"
 		                             : "no answer from",
-		    c->addr, c->timeout_ms / 1000.0);
+		    t->addr, timeout_ms / 1000.0);
 	else
 		snprintf(st->message, sizeof(st->message), "%s",
 		    det[0] != '\0'
@@ -480,12 +711,14 @@ final_status(const struct kb_client *c, grpc_status_code code,
 	return r;
 }
 
-enum kb_err
-kb_client_call(struct kb_client *c, const char *method,
-    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
-    ProtobufCMessage **resp, struct kb_status *st)
+/* One unary call on one target (kb_client_call's contract); *unsent as
+ * final_status says. */
+static enum kb_err
+target_call(const struct kb_client *c, const struct kb_target *t,
+    const char *method, const ProtobufCMessage *req,
+    const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+    struct kb_status *st, int *unsent)
 {
-	struct kb_status local;
 	grpc_completion_queue *cq = NULL;
 	grpc_call *call = NULL;
 	grpc_byte_buffer *send = NULL, *recv = NULL;
@@ -501,8 +734,7 @@ kb_client_call(struct kb_client *c, const char *method,
 	enum kb_err r = KB_ERR_INTERNAL;
 
 	*resp = NULL;
-	if (st == NULL)
-		st = &local;
+	*unsent = 0;
 	status_set(st, GRPC_STATUS_INTERNAL, "%s", "");
 	grpc_metadata_array_init(&md_init);
 	grpc_metadata_array_init(&md_trail);
@@ -522,7 +754,7 @@ kb_client_call(struct kb_client *c, const char *method,
 		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);
 		goto out;
 	}
-	call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
+	call = grpc_channel_create_call(t->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
 	    cq, method_slice, NULL,
 	    gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 	        gpr_time_from_millis(c->timeout_ms, GPR_TIMESPAN)),
@@ -575,7 +807,7 @@ kb_client_call(struct kb_client *c, const char *method,
 	}
 
 	if (code != GRPC_STATUS_OK) {
-		r = final_status(c, code, details, st);
+		r = final_status(t, c->timeout_ms, code, details, st, unsent);
 		if (code == GRPC_STATUS_ABORTED)
 			trailer_request_id(&md_trail, st);
 		goto out;
@@ -614,10 +846,184 @@ out:
 	return r;
 }
 
+/* How waiting for a target's connection ended. */
+enum target_conn {
+	CONN_READY, /* connected: a call goes out now */
+	CONN_FAILED, /* the attempt failed (a call fails at once, saying why) */
+	CONN_TIMEOUT /* no connection within the connect timeout */
+};
+
+/* Connect target t (if it is not) and wait until it is connected, its
+ * attempt failed, or connect_timeout_ms passed. A channel resting after
+ * failed attempts (gRPC's backoff, up to minutes) tries again now: this
+ * broker is wanted because another failed. */
+static enum target_conn
+target_connect(const struct kb_client *c, const struct kb_target *t)
+{
+	grpc_completion_queue *cq;
+	grpc_connectivity_state s;
+	gpr_timespec deadline;
+	grpc_event ev;
+	enum target_conn r = CONN_TIMEOUT;
+	int tag, attempted = 0;
+
+	s = grpc_channel_check_connectivity_state(t->ch, 1);
+	if (s == GRPC_CHANNEL_READY)
+		return CONN_READY;
+	if (s == GRPC_CHANNEL_TRANSIENT_FAILURE)
+		grpc_channel_reset_connect_backoff(t->ch);
+	if ((cq = grpc_completion_queue_create_for_pluck(NULL)) == NULL)
+		return CONN_FAILED;
+	deadline = gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
+	    gpr_time_from_millis(c->connect_timeout_ms, GPR_TIMESPAN));
+	for (;;) {
+		if (s == GRPC_CHANNEL_READY) {
+			r = CONN_READY;
+			break;
+		}
+		/* A failure counts once an attempt was seen to start: the
+		 * state found first may be from before the reset. */
+		if (s == GRPC_CHANNEL_SHUTDOWN
+		    || (s == GRPC_CHANNEL_TRANSIENT_FAILURE && attempted)) {
+			r = CONN_FAILED;
+			break;
+		}
+		if (s == GRPC_CHANNEL_CONNECTING)
+			attempted = 1;
+		grpc_channel_watch_connectivity_state(
+		    t->ch, s, deadline, cq, &tag);
+		ev = grpc_completion_queue_pluck(
+		    cq, &tag, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+		if (ev.type != GRPC_OP_COMPLETE || !ev.success) {
+			r = CONN_TIMEOUT;
+			break;
+		}
+		s = grpc_channel_check_connectivity_state(t->ch, 1);
+	}
+	grpc_completion_queue_shutdown(cq);
+	grpc_completion_queue_destroy(cq);
+	return r;
+}
+
+/* The failures of one call over several targets, for the final message. */
+struct tried {
+	char msg[sizeof(((struct kb_status *)0)->message)];
+	size_t o;
+	size_t n;
+	int all_connect; /* every failure was a connection failure */
+};
+
+/* Add target t's failure (st) to the list. */
+static void
+tried_add(struct tried *tr, const struct kb_target *t,
+    const struct kb_status *st, int connect_failure)
+{
+	const char *m = st->message;
+	char prefix[300];
+	int w;
+
+	/* "cannot connect to A: why" becomes "A: why" in the list. */
+	snprintf(prefix, sizeof(prefix), "cannot connect to %s", t->addr);
+	if (strncmp(m, prefix, strlen(prefix)) == 0) {
+		m += strlen(prefix);
+		if (strncmp(m, ": ", 2) == 0)
+			m += 2;
+	}
+	if (!connect_failure)
+		tr->all_connect = 0;
+	if (tr->o < sizeof(tr->msg)) {
+		w = snprintf(tr->msg + tr->o, sizeof(tr->msg) - tr->o,
+		    "%s%s: %s", tr->n > 0 ? "; " : "", t->addr, m);
+		if (w > 0)
+			tr->o += (size_t)w;
+	}
+	tr->n++;
+}
+
+/* Would repeating this failed call on another target be right? unsent:
+ * the call never left; connect: no connection was made at all. */
+static int
+may_fail_over(
+    const char *method, const struct kb_status *st, int unsent, int connect)
+{
+	if (connect || unsent)
+		return 1;
+	if (!kb_client_method_retry_safe(method))
+		return 0;
+	return st->code == GRPC_STATUS_UNAVAILABLE
+	    || st->code == GRPC_STATUS_DEADLINE_EXCEEDED;
+}
+
+/* The status after every target failed: UNAVAILABLE when none could be
+ * reached, else the last failure's code; the message names them all. */
+static enum kb_err
+tried_status(
+    const struct tried *tr, grpc_status_code last, struct kb_status *st)
+{
+	grpc_status_code code =
+	    tr->all_connect ? GRPC_STATUS_UNAVAILABLE : last;
+
+	status_set(st, code, "%s %zu brokers: %s",
+	    tr->all_connect ? "cannot connect to any of the"
+	                    : "no answer from any of the",
+	    tr->n, tr->msg);
+	return kb_errf(kb_client_err_from_grpc(code), "%s", st->message);
+}
+
+enum kb_err
+kb_client_call(struct kb_client *c, const char *method,
+    const ProtobufCMessage *req, const ProtobufCMessageDescriptor *resp_desc,
+    ProtobufCMessage **resp, struct kb_status *st)
+{
+	struct kb_status local;
+	struct tried tr;
+	const struct kb_target *t;
+	size_t start, k, i;
+	grpc_status_code last = GRPC_STATUS_UNAVAILABLE;
+	enum target_conn conn;
+	enum kb_err r;
+	int unsent;
+
+	*resp = NULL;
+	if (st == NULL)
+		st = &local;
+	if (c->n == 1)
+		return target_call(
+		    c, &c->t[0], method, req, resp_desc, resp, st, &unsent);
+	memset(&tr, 0, sizeof(tr));
+	tr.all_connect = 1;
+	start = client_cur(c);
+	for (k = 0; k < c->n; k++) {
+		i = (start + k) % c->n;
+		t = &c->t[i];
+		if ((conn = target_connect(c, t)) == CONN_TIMEOUT) {
+			status_set(st, GRPC_STATUS_UNAVAILABLE,
+			    "cannot connect to %s: no connection within %g s",
+			    t->addr, c->connect_timeout_ms / 1000.0);
+			tried_add(&tr, t, st, 1);
+			continue;
+		}
+		/* Not connected (CONN_FAILED): the call fails at once with
+		 * gRPC's reason, unless the broker came back meanwhile. */
+		r = target_call(
+		    c, t, method, req, resp_desc, resp, st, &unsent);
+		if (r == KB_OK) {
+			__atomic_store_n(&c->cur, i, __ATOMIC_RELAXED);
+			return KB_OK;
+		}
+		if (!may_fail_over(method, st, unsent, 0))
+			return r;
+		last = st->code;
+		tried_add(&tr, t, st, unsent);
+	}
+	return tried_status(&tr, last, st);
+}
+
 /* ---- server-streaming calls ---- */
 
 struct kb_client_stream {
 	struct kb_client *c;
+	const struct kb_target *t; /* the broker it is open on */
 	const ProtobufCMessageDescriptor *desc;
 	grpc_completion_queue *cq;
 	grpc_call *call;
@@ -673,9 +1079,32 @@ stream_end(
 		            : 400),
 		    (const char *)GRPC_SLICE_START_PTR(s->details));
 	else
-		(void)final_status(s->c, s->code, s->details, &s->final);
+		(void)final_status(s->t, s->c->timeout_ms, s->code, s->details,
+		    &s->final, NULL);
 	kb_err_clear();
 	s->ended = 1;
+}
+
+/* For a stream's choice of broker: target t did not connect; a health
+ * check says why into *st (0), or finds it answering after all (1). */
+static int
+stream_probe(
+    const struct kb_client *c, const struct kb_target *t, struct kb_status *st)
+{
+	Grpc__Health__V1__HealthCheckRequest req =
+	    GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+	ProtobufCMessage *m = NULL;
+	int unsent;
+
+	req.service = (char *)"";
+	if (target_call(c, t, KB_METHOD_HEALTH_CHECK, &req.base,
+	        &grpc__health__v1__health_check_response__descriptor, &m, st,
+	        &unsent)
+	    == KB_OK) {
+		kb_wire_free(m);
+		return 1;
+	}
+	return 0;
 }
 
 enum kb_err
@@ -685,7 +1114,10 @@ kb_client_stream_open(struct kb_client *c, const char *method,
 {
 	struct kb_client_stream *s = NULL;
 	struct kb_status local;
+	struct tried tr;
 	grpc_slice method_slice = grpc_slice_from_copied_string(method);
+	enum target_conn conn;
+	size_t start, k, i;
 	gpr_timespec deadline;
 	grpc_op ops[4], *op;
 	enum kb_err r = KB_ERR_INTERNAL;
@@ -700,10 +1132,46 @@ kb_client_stream_open(struct kb_client *c, const char *method,
 		goto out;
 	}
 	s->c = c;
+	s->t = &c->t[0];
 	s->desc = resp_desc;
 	s->details = grpc_empty_slice();
 	grpc_metadata_array_init(&s->md_init);
 	grpc_metadata_array_init(&s->md_trail);
+	if (c->n > 1) {
+		/* The first broker with a connection, from the one that last
+		 * answered on; none: the stream ends at once, naming each. */
+		memset(&tr, 0, sizeof(tr));
+		tr.all_connect = 1;
+		start = client_cur(c);
+		for (k = 0; k < c->n; k++) {
+			i = (start + k) % c->n;
+			conn = target_connect(c, &c->t[i]);
+			if (conn == CONN_READY
+			    || (conn == CONN_FAILED
+			        && stream_probe(c, &c->t[i], &s->final))) {
+				__atomic_store_n(&c->cur, i, __ATOMIC_RELAXED);
+				s->t = &c->t[i];
+				break;
+			}
+			if (conn == CONN_TIMEOUT)
+				status_set(&s->final, GRPC_STATUS_UNAVAILABLE,
+				    "cannot connect to %s: no connection "
+				    "within %g s",
+				    c->t[i].addr,
+				    c->connect_timeout_ms / 1000.0);
+			tried_add(&tr, &c->t[i], &s->final, 1);
+		}
+		if (k == c->n) {
+			(void)tried_status(
+			    &tr, GRPC_STATUS_UNAVAILABLE, &s->final);
+			kb_err_clear();
+			s->ended = 1;
+			*out = s;
+			s = NULL;
+			r = KB_OK;
+			goto out;
+		}
+	}
 	if ((s->send = kb_wire_pack(req)) == NULL) {
 		status_set(st, GRPC_STATUS_RESOURCE_EXHAUSTED, "out of memory");
 		r = kb_errf(KB_ERR_NOMEM, "out of memory");
@@ -718,8 +1186,8 @@ kb_client_stream_open(struct kb_client *c, const char *method,
 	deadline = timeout_ms > 0 ? gpr_time_add(gpr_now(GPR_CLOCK_MONOTONIC),
 	               gpr_time_from_millis(timeout_ms, GPR_TIMESPAN))
 	                          : gpr_inf_future(GPR_CLOCK_MONOTONIC);
-	s->call = grpc_channel_create_call(c->ch, NULL, GRPC_PROPAGATE_DEFAULTS,
-	    s->cq, method_slice, NULL, deadline, NULL);
+	s->call = grpc_channel_create_call(s->t->ch, NULL,
+	    GRPC_PROPAGATE_DEFAULTS, s->cq, method_slice, NULL, deadline, NULL);
 	if (s->call == NULL) {
 		status_set(st, GRPC_STATUS_INTERNAL, "cannot create a call");
 		r = kb_errf(KB_ERR_INTERNAL, "%s", st->message);

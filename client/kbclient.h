@@ -15,6 +15,11 @@
 
 #define KB_CLIENT_DEFAULT_ADDR "127.0.0.1:7443"
 #define KB_CLIENT_DEFAULT_TIMEOUT_MS 10000
+/* With several broker addresses: how long a connection to one may take
+ * before the next is tried. */
+#define KB_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS 2000
+/* At most this many addresses in one list. */
+#define KB_CLIENT_MAX_ADDRS 16
 /* Largest response accepted (gRPC's default receive limit). */
 #define KB_CLIENT_MAX_MESSAGE (4 * 1024 * 1024)
 
@@ -64,18 +69,35 @@
 #define KB_METHOD_CREATE_BACKUP "/keybroker.v1.KeyBroker/CreateBackup"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 
-/* A client: one channel (one HTTP/2 connection) to one broker. Safe to use
- * from many threads at once; every call blocks its own thread only. */
+/* A client: one channel (one HTTP/2 connection) to each broker address it
+ * was given; its calls go to one of them at a time. Safe to use from many
+ * threads at once; every call blocks its own thread only.
+ *
+ * Failover (with more than one address): a call goes to the address that
+ * last answered (the first at the start). When that broker cannot be
+ * reached (UNAVAILABLE before the call was sent, or no connection within
+ * connect_timeout_ms), the call goes to the next address, and so on round
+ * the list; the address that answers is used from then on. A call the
+ * broker may have received is repeated elsewhere only when it is safe to
+ * repeat (kb_client_method_retry_safe: GetDataKey and the reads), also on
+ * UNAVAILABLE from the broker itself and on a deadline. When every address
+ * failed, st->message names each with its reason. */
 struct kb_client;
 
 struct kb_client_opts {
-	const char *addr; /* "host:port"; NULL = KB_CLIENT_DEFAULT_ADDR */
+	/* "host:port", or a list "host:port,host:port,..." (see
+	 * kb_client_addrs_parse); NULL = KB_CLIENT_DEFAULT_ADDR */
+	const char *addr;
 	const char *cert_file; /* client certificate (chain), PEM */
 	const char *key_file; /* its private key, PEM, unencrypted (secret) */
 	const char *ca_file; /* CA certificate(s) that sign the broker's */
 	const char
 	    *server_name; /* optional: TLS name to verify instead of host */
-	int timeout_ms; /* per-call deadline; <= 0 = the default (10 s) */
+	int timeout_ms; /* per-call deadline (of each attempt when a call
+	                   fails over); <= 0 = the default (10 s) */
+	/* With several addresses: the wait for a connection to one before the
+	 * next is tried; <= 0 = KB_CLIENT_DEFAULT_CONNECT_TIMEOUT_MS. */
+	int connect_timeout_ms;
 };
 
 /* The outcome of a call as the broker (or gRPC) reported it. */
@@ -101,8 +123,27 @@ enum kb_err kb_client_open(
  * threads must have returned. Accepts NULL. */
 void kb_client_close(struct kb_client *c);
 
-/* The "host:port" this client talks to (owned by the client). */
+/* The "host:port" this client talks to now: the address that last
+ * answered, or the first (owned by the client). */
 const char *kb_client_addr(const struct kb_client *c);
+
+/* Split a list of broker addresses, "host:port[,host:port...]" (blanks
+ * around the commas are ignored), into (*out)[0..*n), each a copy; free
+ * with kb_client_addrs_free. "[v6addr]:port" for IPv6; a gRPC target with
+ * a scheme ("unix:/path", "dns:///host:port") is taken as it is. An empty
+ * list or entry, a missing or bad port (1 to 65535), an address listed
+ * twice, or more than KB_CLIENT_MAX_ADDRS give KB_ERR_CONFIG naming the
+ * entry; then *out is NULL. */
+enum kb_err kb_client_addrs_parse(const char *list, char ***out, size_t *n);
+
+/* Free what kb_client_addrs_parse made. Accepts NULL. */
+void kb_client_addrs_free(char **v, size_t n);
+
+/* 1 if a call of `method` (a KB_METHOD_* name) can be repeated on another
+ * broker after the first may have received it (it changes nothing, or
+ * doing it twice is the same as once): GetDataKey, WhoAmI, the Get and
+ * List calls, VerifyDataKeys, the health check; else 0. */
+int kb_client_method_retry_safe(const char *method);
 
 /* One unary call of `method` (a KB_METHOD_* name) with `req`. On KB_OK,
  * *resp is a `resp_desc` message: free it with kb_wire_free (which wipes
@@ -122,7 +163,12 @@ enum kb_err kb_client_call(struct kb_client *c, const char *method,
 struct kb_client_stream;
 
 /* Start a server-streaming call of `method` with `req`; its messages are
- * `resp_desc` messages, read with kb_client_stream_next. The call has no
+ * `resp_desc` messages, read with kb_client_stream_next. With several
+ * addresses the stream opens on the first that has a connection (from the
+ * one that last answered on); when none has, the stream ends at once and
+ * its status names each. A stream that breaks is not resumed here: the
+ * caller opens another (after the last message it saw), which goes to the
+ * next broker that answers. The call has no
  * deadline when timeout_ms <= 0 (a stream may last for days), else ends
  * after timeout_ms; a connection that dies silently under it is noticed
  * within about 6.5 minutes (keepalive pings). Errors here are local (out of

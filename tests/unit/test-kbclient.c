@@ -1,11 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* test-kbclient.c: the client library's status mapping and file checks,
- * its server-streaming calls (refused, waiting), kbctl's text formatting
- * (tables, enum words, base64, sanitizing, progress bar), its secret input
- * (password files and prompts, key file formats, once-written output
- * files, confirmations), offline .byok wrapping, and the audit export
- * format: its verification (untouched, altered, removed, truncated,
- * malformed, another key), fingerprints and tail's state file. */
+ * its server-streaming calls (refused, waiting), several addresses (the
+ * list's parsing, which failures go on to the next broker, all of them
+ * down), kbctl's text formatting (tables, enum words, base64, sanitizing,
+ * progress bar), its secret input (password files and prompts, key file
+ * formats, once-written output files, confirmations), offline .byok wrapping,
+ * and the audit export format: its verification (untouched, altered, removed,
+ * truncated, malformed, another key), fingerprints and tail's state file. */
 #include "kb_err_grpc.h"
 #include "harness.h"
 #include "kbt_pki.h"
@@ -161,10 +162,10 @@ test_status_mapping(void)
 static void
 test_connect_reason(void)
 {
-	struct kb_client c = {NULL, (char *)"127.0.0.1:7443", 1000};
+	const char *addr = "127.0.0.1:7443";
 	char buf[512];
 
-	connect_reason(&c,
+	connect_reason(addr,
 	    "failed to connect to all addresses; last error: "
 	    "UNKNOWN: ipv4:127.0.0.1:7443: Failed to connect to remote host: "
 	    "Connection refused",
@@ -172,13 +173,13 @@ test_connect_reason(void)
 	KBT_ASSERT_STR(buf,
 	    "cannot connect to 127.0.0.1:7443: Failed to "
 	    "connect to remote host: Connection refused");
-	connect_reason(&c, "UNAVAILABLE: ipv4:127.0.0.1:7443: Socket closed",
+	connect_reason(addr, "UNAVAILABLE: ipv4:127.0.0.1:7443: Socket closed",
 	    buf, sizeof(buf));
 	KBT_ASSERT_CONTAINS(buf,
 	    "cannot connect to 127.0.0.1:7443: Socket "
 	    "closed (");
 	KBT_ASSERT_CONTAINS(buf, "client certificate");
-	connect_reason(&c,
+	connect_reason(addr,
 	    "Ssl handshake failed: SSL_ERROR_SSL: error:0A000086:"
 	    "SSL routines::certificate verify failed",
 	    buf, sizeof(buf));
@@ -331,6 +332,171 @@ test_stream_waiting(void)
 	    kb_client_stream_next(s, 100, &m, &st), ==, KB_STREAM_WAITING);
 	kb_client_stream_close(s);
 	kb_client_close(c);
+	close(fd);
+	kbt_rmtree(p.dir);
+}
+
+/* ---- several broker addresses ---- */
+
+static void
+test_addrs_parse(void)
+{
+	static const struct {
+		const char *list, *err; /* err: NULL = parses */
+	} bad[] = {
+	    {"", "no broker address given"},
+	    {"  ", "no broker address given"},
+	    {"a:1,,b:2", "entry 2 is empty"},
+	    {"a:1,", "entry 2 is empty"},
+	    {",a:1", "entry 1 is empty"},
+	    {"a:1, ,b:2", "entry 2 is empty"},
+	    {"a:1,b", "\"b\": no port"},
+	    {"a:1,:7443", "\":7443\": no host"},
+	    {"a:1,b:", "not a number from 1 to 65535"},
+	    {"a:1,b:0", "not a number from 1 to 65535"},
+	    {"a:1,b:65536", "not a number from 1 to 65535"},
+	    {"a:1,b:12x", "not a number from 1 to 65535"},
+	    {"a:1,b:-1", "not a number from 1 to 65535"},
+	    {"a:1,::1:7443", "[ADDRESS]:PORT"},
+	    {"a:1,[::1]", "no port"},
+	    {"a:1,[]:1", "[ADDRESS]:PORT"},
+	    {"a:1,a b:2", "a blank inside it"},
+	    {"a:1,a:1", "\"a:1\" is listed twice"},
+	    {"a:1,unix:", "nothing after the scheme"},
+	};
+	char **v = NULL, list[512];
+	size_t n = 99, i, o;
+
+	KBT_ASSERT_OK(kb_client_addrs_parse("127.0.0.1:7443", &v, &n));
+	KBT_ASSERT_INT(n, ==, 1);
+	KBT_ASSERT_STR(v[0], "127.0.0.1:7443");
+	kb_client_addrs_free(v, n);
+	KBT_ASSERT_OK(kb_client_addrs_parse(
+	    " a.example:7443 ,\t[::1]:7444,unix:/run/kb.sock,"
+	    "dns:///b.example:7445",
+	    &v, &n));
+	KBT_ASSERT_INT(n, ==, 4);
+	KBT_ASSERT_STR(v[0], "a.example:7443");
+	KBT_ASSERT_STR(v[1], "[::1]:7444");
+	KBT_ASSERT_STR(v[2], "unix:/run/kb.sock");
+	KBT_ASSERT_STR(v[3], "dns:///b.example:7445");
+	kb_client_addrs_free(v, n);
+	kb_client_addrs_free(NULL, 0);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		v = (char **)&list; /* must come back NULL */
+		if (kb_client_addrs_parse(bad[i].list, &v, &n) != KB_ERR_CONFIG)
+			KBT_FAIL("\"%s\" parsed", bad[i].list);
+		KBT_ASSERT(v == NULL && n == 0);
+		KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), bad[i].err);
+	}
+	/* KB_CLIENT_MAX_ADDRS, and one more. */
+	for (i = 0, o = 0; i <= KB_CLIENT_MAX_ADDRS; i++)
+		o += (size_t)snprintf(list + o, sizeof(list) - o, "%sh%zu:1",
+		    i > 0 ? "," : "", i);
+	KBT_ASSERT_ERR(kb_client_addrs_parse(list, &v, &n), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "more than 16");
+	*strrchr(list, ',') = '\0';
+	KBT_ASSERT_OK(kb_client_addrs_parse(list, &v, &n));
+	KBT_ASSERT_INT(n, ==, KB_CLIENT_MAX_ADDRS);
+	kb_client_addrs_free(v, n);
+}
+
+/* Which failures go on to the next broker. */
+static void
+test_fail_over_rule(void)
+{
+	struct kb_status st;
+
+	memset(&st, 0, sizeof(st));
+	KBT_ASSERT(kb_client_method_retry_safe(KB_METHOD_GET_DATA_KEY));
+	KBT_ASSERT(kb_client_method_retry_safe(KB_METHOD_LIST_EVENTS));
+	KBT_ASSERT(kb_client_method_retry_safe(KB_METHOD_HEALTH_CHECK));
+	KBT_ASSERT(!kb_client_method_retry_safe(KB_METHOD_CREATE_TENANT));
+	KBT_ASSERT(!kb_client_method_retry_safe(KB_METHOD_LOCK_TENANT));
+	KBT_ASSERT(!kb_client_method_retry_safe(KB_METHOD_ROTATE_AUDIT_KEY));
+	KBT_ASSERT(!kb_client_method_retry_safe("/keybroker.v1.KeyBroker/New"));
+	/* Never sent (no connection): any call moves on. */
+	st.code = GRPC_STATUS_UNAVAILABLE;
+	KBT_ASSERT(may_fail_over(KB_METHOD_CREATE_TENANT, &st, 1, 0));
+	KBT_ASSERT(may_fail_over(KB_METHOD_CREATE_TENANT, &st, 0, 1));
+	/* Maybe received (the connection broke, the broker said so): only a
+	 * call that is safe to repeat. */
+	KBT_ASSERT(!may_fail_over(KB_METHOD_CREATE_TENANT, &st, 0, 0));
+	KBT_ASSERT(may_fail_over(KB_METHOD_GET_DATA_KEY, &st, 0, 0));
+	st.code = GRPC_STATUS_DEADLINE_EXCEEDED;
+	KBT_ASSERT(!may_fail_over(KB_METHOD_ACTIVATE_KEY, &st, 0, 0));
+	KBT_ASSERT(may_fail_over(KB_METHOD_GET_DATA_KEY, &st, 0, 0));
+	/* The broker's answer: the same everywhere. */
+	st.code = GRPC_STATUS_PERMISSION_DENIED;
+	KBT_ASSERT(!may_fail_over(KB_METHOD_GET_DATA_KEY, &st, 0, 0));
+	st.code = GRPC_STATUS_FAILED_PRECONDITION;
+	KBT_ASSERT(!may_fail_over(KB_METHOD_GET_DATA_KEY, &st, 0, 0));
+}
+
+/* Two addresses, neither reachable (one refuses, one never answers TLS):
+ * calls and streams say so, naming both, within the connect timeout. */
+static void
+test_failover_all_down(void)
+{
+	Keybroker__V1__TailEventsRequest req =
+	    KEYBROKER__V1__TAIL_EVENTS_REQUEST__INIT;
+	struct pki p;
+	struct kb_client *c = NULL;
+	struct kb_client_stream *s = NULL;
+	struct kb_client_opts o;
+	struct kb_status st;
+	struct sockaddr_in a;
+	socklen_t len = sizeof(a);
+	ProtobufCMessage *m = NULL;
+	char refused[64], hung[64], list[160], want[200];
+	int serving = -1, fd = socket(AF_INET, SOCK_STREAM, 0);
+
+	KBT_ASSERT(fd >= 0);
+	memset(&a, 0, sizeof(a));
+	a.sin_family = AF_INET;
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	KBT_ASSERT(bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0);
+	KBT_ASSERT(listen(fd, 4) == 0);
+	KBT_ASSERT(getsockname(fd, (struct sockaddr *)&a, &len) == 0);
+	KBT_ASSERT(pki_make(&p));
+	snprintf(refused, sizeof(refused), "127.0.0.1:%d", closed_port());
+	snprintf(hung, sizeof(hung), "127.0.0.1:%d", ntohs(a.sin_port));
+	snprintf(list, sizeof(list), "%s, %s", refused, hung);
+	memset(&o, 0, sizeof(o));
+	o.addr = list;
+	o.cert_file = p.cert;
+	o.key_file = p.key;
+	o.ca_file = p.cert;
+	o.connect_timeout_ms = 300;
+	KBT_ASSERT_OK(kb_client_open(&o, &c));
+	KBT_ASSERT_STR(kb_client_addr(c), refused);
+	KBT_ASSERT_ERR(kb_client_health(c, &serving, &st), KB_ERR_UNAVAILABLE);
+	KBT_ASSERT_INT(st.code, ==, GRPC_STATUS_UNAVAILABLE);
+	snprintf(want, sizeof(want),
+	    "cannot connect to any of the 2 brokers: %s: ", refused);
+	KBT_ASSERT(strncmp(st.message, want, strlen(want)) == 0);
+	snprintf(want, sizeof(want), "; %s: no connection within 0.3 s", hung);
+	KBT_ASSERT_CONTAINS(st.message, want);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_UNAVAILABLE), want);
+	/* A stream: opened, ended at once with the same kind of status. */
+	KBT_ASSERT_OK(kb_client_stream_open(c, KB_METHOD_TAIL_EVENTS, &req.base,
+	    &keybroker__v1__event__descriptor, 0, &s, &st));
+	KBT_ASSERT_INT(
+	    kb_client_stream_next(s, 0, &m, &st), ==, KB_STREAM_ENDED);
+	KBT_ASSERT(m == NULL);
+	KBT_ASSERT_INT(st.code, ==, GRPC_STATUS_UNAVAILABLE);
+	KBT_ASSERT_CONTAINS(
+	    st.message, "cannot connect to any of the 2 brokers");
+	KBT_ASSERT_CONTAINS(st.message, refused);
+	KBT_ASSERT_CONTAINS(st.message, hung);
+	kb_client_stream_close(s);
+	kb_client_close(c);
+	/* A bad list fails at open, naming the entry. */
+	o.addr = "127.0.0.1:1,127.0.0.1";
+	KBT_ASSERT_ERR(kb_client_open(&o, &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_CONFIG), "\"127.0.0.1\": no port");
+	KBT_ASSERT(c == NULL);
 	close(fd);
 	kbt_rmtree(p.dir);
 }
@@ -1635,6 +1801,9 @@ static const struct kbt_case cases[] = {
     {"/byok/wrap-refusals", test_byok_wrap_refusals},
     {"/kbclient/stream-refused", test_stream_refused},
     {"/kbclient/stream-waiting", test_stream_waiting},
+    {"/kbclient/addrs-parse", test_addrs_parse},
+    {"/kbclient/fail-over-rule", test_fail_over_rule},
+    {"/kbclient/failover-all-down", test_failover_all_down},
     {"/audit-export/verified", test_export_verified},
     {"/audit-export/tampered", test_export_tampered},
     {"/audit-export/malformed", test_export_malformed},
