@@ -24,12 +24,13 @@
 /* Flags every command accepts, before or after the command words. */
 enum gflag {
 	G_ADDR, G_CERT, G_KEY, G_CA, G_SERVER_NAME, G_TIMEOUT, G_JSON,
-	G_HELP, G_VERSION, G_COUNT_
+	G_HELP, G_VERSION, G_CONNECT_TIMEOUT, G_COUNT_
 };
 
 static const struct kbctl_flag gflags[G_COUNT_] = {
-	[G_ADDR] = { "--addr", "HOST:PORT",
-	    "broker address (env KB_ADDR; default " KB_CLIENT_DEFAULT_ADDR ")" },
+	[G_ADDR] = { "--addr", "HOST:PORT[,...]",
+	    "broker address, or several to fail over between (env KB_ADDR; "
+	    "default " KB_CLIENT_DEFAULT_ADDR ")" },
 	[G_CERT] = { "--cert", "FILE", "client certificate, PEM (env KB_CERT)" },
 	[G_KEY] = { "--key", "FILE", "client private key, PEM (env KB_KEY)" },
 	[G_CA] = { "--ca", "FILE",
@@ -40,6 +41,9 @@ static const struct kbctl_flag gflags[G_COUNT_] = {
 	[G_JSON] = { "--json", NULL, "print one JSON document instead of text" },
 	[G_HELP] = { "--help", NULL, "show help (also -h)" },
 	[G_VERSION] = { "--version", NULL, "print kbctl's version" },
+	[G_CONNECT_TIMEOUT] = { "--connect-timeout", "SECONDS",
+	    "with several --addr: wait this long for one before the next "
+	    "(default 2)" },
 };
 /* clang-format on */
 
@@ -237,7 +241,8 @@ help_cmd(FILE *f, const struct kbctl_cmd *c)
 	else
 		fprintf(f,
 		    "\nGlobal flags (--addr, --cert, --key, --ca, "
-		    "--server-name, --timeout, --json): see 'kbctl --help'.\n");
+		    "--server-name, --timeout, --connect-timeout, --json): see "
+		    "'kbctl --help'.\n");
 }
 
 /* The usage line of whatever level the parse reached. */
@@ -596,6 +601,30 @@ resolve_opts(const struct kbctl_parsed *p, struct kbctl *k)
 	k->opts.addr = env_or(p->gval[G_ADDR], "KB_ADDR");
 	if (k->opts.addr == NULL)
 		k->opts.addr = KB_CLIENT_DEFAULT_ADDR;
+	if (strchr(k->opts.addr, ',') != NULL) {
+		char **v;
+		size_t n;
+		enum kb_err e = kb_client_addrs_parse(k->opts.addr, &v, &n);
+
+		if (e != KB_OK)
+			return usage_fail(p, "%s %s",
+			    p->gval[G_ADDR] != NULL ? "--addr:" : "KB_ADDR:",
+			    kb_err_msg(e));
+		kb_client_addrs_free(v, n);
+	}
+	if ((t = p->gval[G_CONNECT_TIMEOUT]) != NULL) {
+		char *end;
+		double v = strtod(t, &end);
+
+		if (end == t || *end != '\0' || !(v > 0) || v > 3600)
+			return usage_fail(p,
+			    "bad --connect-timeout \"%s\": seconds, more "
+			    "than 0 and at most 3600",
+			    t);
+		k->opts.connect_timeout_ms = (int)(v * 1000 + 0.5);
+		if (k->opts.connect_timeout_ms < 1)
+			k->opts.connect_timeout_ms = 1;
+	}
 	k->opts.cert_file = env_or(p->gval[G_CERT], "KB_CERT");
 	k->opts.key_file = env_or(p->gval[G_KEY], "KB_KEY");
 	k->opts.ca_file = env_or(p->gval[G_CA], "KB_CA");

@@ -191,6 +191,20 @@ int kbctl_cmd_audit_verify(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_key(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_keys(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_audit_rotate_key(struct kbctl *k, const struct kbctl_args *a);
+struct Keybroker__V1__Event;
+struct Keybroker__V1__EventFilter;
+/* Follow the audit log (TailEvents, filter f) after event `cursor` (0 and
+ * from_now: after the newest event now; 0 alone: from the first), handing
+ * each new event to on_event in order, until a stop signal (exit 0), a
+ * refusal (exit 1) or on_event returns an exit code instead of -1. A
+ * stream that breaks is opened again after the last event handed over, on
+ * the next broker that answers when there are several: no gap, no
+ * duplicate. */
+int kbctl_events_follow(struct kbctl *k,
+    const struct Keybroker__V1__EventFilter *f, uint64_t cursor, int from_now,
+    int (*on_event)(
+        struct kbctl *k, const struct Keybroker__V1__Event *ev, void *arg),
+    void *arg);
 /* Ctrl-C and SIGTERM set a flag (kbctl_stop_signal) instead of ending
  * kbctl, so a command can remove what it half wrote. */
 void kbctl_stop_signals_catch(void);

@@ -553,12 +553,11 @@ stream_status_final(grpc_status_code c)
 	return 0;
 }
 
-/* Follow TailEvents after `cursor` until a stop signal (exit 0) or a
- * refusal (exit 1). A broken stream is opened again, on a new connection,
- * after the last event printed: no gap, no duplicate. */
-static int
-tail_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
-    uint64_t cursor, const char *state)
+int
+kbctl_events_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
+    uint64_t cursor, int from_now,
+    int (*on_event)(struct kbctl *k, const Keybroker__V1__Event *ev, void *arg),
+    void *arg)
 {
 	Keybroker__V1__TailEventsRequest req =
 	    KEYBROKER__V1__TAIL_EVENTS_REQUEST__INIT;
@@ -569,9 +568,16 @@ tail_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
 	enum kb_stream_next r;
 	enum kb_err e;
 	int64_t opened;
-	int backoff = 0, rc;
-	char *line, msg[sizeof(st.message)];
+	int backoff = 0, rc, broke = 0;
+	int several = strchr(k->opts.addr, ',') != NULL;
+	char msg[sizeof(st.message)], was[300];
 
+	/* "From now on" is after the newest event, fixed here: a stream
+	 * that breaks before its first event resumes from that, not from a
+	 * later "now". */
+	if (from_now && cursor == 0
+	    && (rc = newest_seq(k, 0, &cursor)) != KBCTL_EXIT_OK)
+		return rc;
 	req.filter = (Keybroker__V1__EventFilter *)f;
 	while (!stop_signal) {
 		/* after_seq 0 would mean "from now on": from the start
@@ -584,10 +590,16 @@ tail_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
 		    != KB_OK)
 			return kbctl_fail_status(&st);
 		opened = kb_time_mono_us();
+		if (broke && several) {
+			kbctl_sanitize(kb_client_addr(k->client), msg, 200);
+			fprintf(stderr,
+			    "kbctl: following on %s, after event %" PRIu64 "\n",
+			    msg, cursor);
+		}
 		for (;;) {
 			r = kb_client_stream_next(s, TAIL_POLL_MS, &m, &st);
 			if (r == KB_STREAM_MESSAGE && stop_signal)
-				kb_wire_free(m); /* not printed: not recorded */
+				kb_wire_free(m); /* not handed over */
 			if (r == KB_STREAM_ENDED || stop_signal)
 				break;
 			if (r == KB_STREAM_WAITING) {
@@ -600,15 +612,8 @@ tail_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
 			ev = (Keybroker__V1__Event *)m;
 			rc = -1;
 			if (ev->seq > cursor) {
-				if ((line = event_line(k, ev)) == NULL) {
-					fprintf(
-					    stderr, "kbctl: out of memory\n");
-					rc = KBCTL_EXIT_FAIL;
-				} else {
-					rc = emit(line, ev->seq, state);
-					free(line);
-					cursor = ev->seq;
-				}
+				rc = on_event(k, ev, arg);
+				cursor = ev->seq;
 			}
 			kb_wire_free(m);
 			backoff = 0;
@@ -623,19 +628,28 @@ tail_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
 			break;
 		if (stream_status_final(st.code))
 			return kbctl_fail_status(&st);
-		backoff = backoff == 0
-		    ? BACKOFF_FIRST_MS
-		    : (backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
-		                                    : backoff * 2);
+		/* With several brokers the first try goes at once, to the
+		 * next that answers; then (and with one) a growing wait. */
+		if (several && !broke)
+			backoff = 0;
+		else
+			backoff = backoff == 0
+			    ? BACKOFF_FIRST_MS
+			    : (backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS
+			                                    : backoff * 2);
+		broke = 1;
 		kbctl_sanitize(st.message, msg, sizeof(msg));
+		kbctl_sanitize(kb_client_addr(k->client), was, sizeof(was));
 		fprintf(stderr,
-		    "kbctl: the stream ended (%s: %s); reconnecting in %.2g s, "
-		    "after event %" PRIu64 "\n",
-		    kb_grpc_status_name(st.code), msg, backoff / 1000.0,
+		    "kbctl: the stream from %s ended (%s: %s); reconnecting in "
+		    "%.2g s, after event %" PRIu64 "\n",
+		    was, kb_grpc_status_name(st.code), msg, backoff / 1000.0,
 		    cursor);
 		nap(backoff);
 		if (stop_signal)
 			break;
+		if (several)
+			continue; /* each stream open retries every broker */
 		/* A new channel: gRPC's own reconnection backoff on the old
 		 * one can grow to minutes. */
 		kb_client_close(k->client);
@@ -644,6 +658,34 @@ tail_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
 			return kbctl_err(e, KBCTL_EXIT_FAIL);
 	}
 	return KBCTL_EXIT_OK;
+}
+
+/* tail -f's handler: print the event's line and record its seq. */
+static int
+tail_event(struct kbctl *k, const Keybroker__V1__Event *ev, void *arg)
+{
+	const char *state = arg;
+	char *line;
+	int rc;
+
+	if ((line = event_line(k, ev)) == NULL) {
+		fprintf(stderr, "kbctl: out of memory\n");
+		return KBCTL_EXIT_FAIL;
+	}
+	rc = emit(line, ev->seq, state);
+	free(line);
+	return rc;
+}
+
+/* Follow TailEvents after `cursor` until a stop signal (exit 0) or a
+ * refusal (exit 1). A broken stream is opened again after the last event
+ * printed: no gap, no duplicate. */
+static int
+tail_follow(struct kbctl *k, const Keybroker__V1__EventFilter *f,
+    uint64_t cursor, const char *state)
+{
+	return kbctl_events_follow(
+	    k, f, cursor, 0, tail_event, (void *)(uintptr_t)state);
 }
 
 int

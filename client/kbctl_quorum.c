@@ -334,41 +334,28 @@ watch_print(struct kbctl *k, const char *id)
 	return KBCTL_EXIT_OK;
 }
 
+/* approvals watch's handler: the request an event names, printed. */
+static int
+watch_event(struct kbctl *k, const Keybroker__V1__Event *ev, void *arg)
+{
+	int rc;
+
+	(void)arg;
+	rc = watch_print(k, ev->request_id);
+	return rc == KBCTL_EXIT_OK ? -1 : rc;
+}
+
 int
 kbctl_cmd_approvals_watch(struct kbctl *k, const struct kbctl_args *a)
 {
-	Keybroker__V1__TailEventsRequest req =
-	    KEYBROKER__V1__TAIL_EVENTS_REQUEST__INIT;
 	Keybroker__V1__EventFilter f = KEYBROKER__V1__EVENT_FILTER__INIT;
-	struct kb_client_stream *s = NULL;
-	struct kb_status st;
-	ProtobufCMessage *m;
 	const char *t = kbctl_flag(a, "--tenant");
-	enum kb_stream_next r;
-	int rc = KBCTL_EXIT_OK;
 
-	/* Every approval request begins as its call's "requested" event. */
+	/* Every approval request begins as its call's "requested" event.
+	 * From now on; a broken stream resumes after the last event seen,
+	 * on the next broker that answers. */
 	f.result = (char *)"requested";
 	if (t != NULL)
 		f.tenant_id = (char *)t;
-	req.filter = &f;
-	if (kb_client_stream_open(k->client, KB_METHOD_TAIL_EVENTS, &req.base,
-	        &keybroker__v1__event__descriptor, 0, &s, &st)
-	    != KB_OK)
-		return kbctl_fail_status(&st);
-	for (;;) {
-		r = kb_client_stream_next(s, 500, &m, &st);
-		if (r == KB_STREAM_WAITING)
-			continue;
-		if (r == KB_STREAM_ENDED) {
-			rc = kbctl_fail_status(&st);
-			break;
-		}
-		rc = watch_print(k, ((Keybroker__V1__Event *)m)->request_id);
-		kb_wire_free(m);
-		if (rc != KBCTL_EXIT_OK)
-			break;
-	}
-	kb_client_stream_close(s);
-	return rc;
+	return kbctl_events_follow(k, &f, 0, 1, watch_event, NULL);
 }
