@@ -17,6 +17,11 @@ by the shell tests:
       Service certificates for many environments (16 per certificate, the
       broker's limit): DIR/svc-N.crt/.key, and DIR/index.json mapping each
       environment to its certificate's base name.
+  kbt_grpc.py wait-serving --pid PID [--timeout S]
+      Wait until the broker answers grpc.health.v1 Check with SERVING
+      (lib.sh's kbt_start; Broker.start below is the same wait): exit 0;
+      exit 3 when process PID ends first, 1 after S seconds (default 20),
+      the last answer on stderr.
 
 Connection: --addr/--ca/--cert/--key or KB_ADDR/KB_CA/KB_CERT/KB_KEY.
 """
@@ -26,6 +31,8 @@ import datetime
 import json
 import os
 import random
+import signal
+import subprocess
 import sys
 import tempfile
 import threading
@@ -162,6 +169,104 @@ def channel(addr=None, ca=None, cert=None, key=None, options=None):
 FAST_RECONNECT = [("grpc.initial_reconnect_backoff_ms", 100),
                   ("grpc.min_reconnect_backoff_ms", 100),
                   ("grpc.max_reconnect_backoff_ms", 500)]
+
+
+# ---- starting a test broker (lib.sh's kbt_start and Broker share this) ----
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+SERVING = b"\x08\x01"  # HealthCheckResponse{status: SERVING}
+
+
+def _pid_alive(pid):
+    """Process pid runs (a zombie, ended but not reaped, does not)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def wait_serving(alive, timeout, addr=None, ca=None, cert=None, key=None):
+    """Wait until the broker at addr answers the health check SERVING.
+    alive() says whether its process still runs. Returns (True, seconds),
+    or (False, why) when it ended or did not serve within timeout."""
+    t0 = time.time()
+    last = "no answer yet"
+    while time.time() - t0 < timeout:
+        if not alive():
+            return False, "the broker process ended (last answer: %s)" % last
+        # A fresh channel for each try: a channel whose first connection
+        # was refused may wait seconds before its next attempt.
+        with channel(addr, ca, cert, key) as ch:
+            fn = ch.unary_unary(HEALTH_CHECK)
+            code, r = status_of(lambda: fn(b"", timeout=2))
+        if code == grpc.StatusCode.OK and r == SERVING:
+            return True, time.time() - t0
+        last = "%s: %s" % (code.name, r if code != grpc.StatusCode.OK else
+                           "status %r" % r)
+        time.sleep(0.05)
+    return False, "not SERVING within %g s (last answer: %s)" % (timeout, last)
+
+
+class Broker:
+    """One test broker process: BIN --config CONF [ARGS], its output
+    appended to LOG (with a "=== start" line, as kbt_start writes), its pid
+    in pidfile; ready when it answers health SERVING (wait_serving)."""
+
+    def __init__(self, bin, conf, log, pidfile, addr, ca, cert, key, args=()):
+        self.bin, self.conf, self.log, self.pidfile = bin, conf, log, pidfile
+        self.addr, self.ca, self.cert, self.key = addr, ca, cert, key
+        self.args = list(args)
+        self.proc = None
+
+    def start(self, timeout=30):
+        """Start and wait until it serves; seconds taken, or None."""
+        with open(self.log, "ab") as logf:
+            logf.write(("=== start %s --config %s %s (kbt_grpc.Broker)\n"
+                        % (os.path.basename(self.bin), self.conf,
+                           " ".join(self.args))).encode())
+            self.proc = subprocess.Popen([self.bin, "--config", self.conf] + self.args,
+                                         stdin=subprocess.DEVNULL, stdout=logf,
+                                         stderr=subprocess.STDOUT)
+        with open(self.pidfile, "w") as f:
+            f.write("%d\n" % self.proc.pid)
+        ok, r = wait_serving(lambda: self.proc.poll() is None, timeout,
+                             self.addr, self.ca, self.cert, self.key)
+        return r if ok else None
+
+    def kill(self):
+        """SIGKILL and reap. Returns the exit status if the broker had
+        already ended by itself (a crash of its own), else None."""
+        if self.proc is None:
+            return None
+        own = self.proc.poll()
+        if own is None:
+            try:
+                self.proc.send_signal(signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.proc = None
+        with open(self.log, "ab") as logf:
+            logf.write(b"=== SIGKILL (kbt_grpc.Broker)\n" if own is None else
+                       b"=== the broker had ended by itself (status %d)\n" % own)
+        return own
+
+    def stop(self, timeout=20):
+        """SIGTERM; the exit status (None if it had to be killed)."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        self.proc = None
+        return rc
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
 
 
 def status_of(fn):
@@ -461,6 +566,15 @@ def cmd_service_certs(a):
     return 0
 
 
+def cmd_wait_serving(a):
+    ok, r = wait_serving(lambda: _pid_alive(a.pid), a.timeout, a.addr, a.ca,
+                         a.cert, a.key)
+    if ok:
+        return 0
+    print("kbt_grpc: %s" % r, file=sys.stderr)
+    return 1 if _pid_alive(a.pid) else 3
+
+
 def add_conn_args(p):
     p.add_argument("--addr")
     p.add_argument("--ca")
@@ -484,6 +598,10 @@ def main():
     p.add_argument("--tenant", required=True)
     p.add_argument("--envs-file", required=True)
     p.set_defaults(fn=cmd_service_certs)
+    p = sub.add_parser("wait-serving")
+    add_conn_args(p)
+    p.add_argument("--pid", type=int, required=True)
+    p.set_defaults(fn=cmd_wait_serving, timeout=20)
     a = ap.parse_args()
     return a.fn(a)
 

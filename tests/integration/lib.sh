@@ -11,6 +11,10 @@
 #   kbt_start / kbt_stop       start the broker (wait for health) / SIGTERM it,
 #                              which is itself a check: it must exit 0
 #   kbt_kill                   SIGKILL the broker (a crash), reaped
+#   kbt_wait_serving PID ADDR [S]  wait until a broker serves (kbt_start's
+#                              wait; kbt_grpc.Broker's in Python)
+#   kbt_start_extra NAME CONF ADDR [ARGS...] / kbt_kill_extra NAME
+#                              a second broker of the test (SIGKILLed at the end)
 #   kbt_clock_set SECONDS      the test clock's offset (atomic write)
 #   kbt_now_us                 the broker's now: real time + offset, in us
 #   kbt_clock_to US            move the test clock so that the broker's now is
@@ -147,6 +151,10 @@ kbt_cleanup() {
 	if [[ -n $KBT_PID ]]; then
 		kbt_stop
 	fi
+	local name
+	for name in "${!KBT_EXTRA_PID[@]}"; do
+		kbt_kill_extra "$name"
+	done
 	if [[ -n $KBT_DIR && -d $KBT_DIR ]]; then
 		if [[ ${KBT_KEEP:-0} == 1 ]]; then
 			echo "kept $KBT_DIR"
@@ -283,37 +291,84 @@ kbt_print_log() {
 	echo "----"
 }
 
+# kbt_wait_serving PID ADDR [SECONDS]: wait until the broker PID listening
+# on ADDR answers the health check SERVING (kbt_grpc.py wait-serving, the
+# same wait as kbt_grpc.Broker in the Python drivers), at most SECONDS
+# (default $KBT_START_TIMEOUT). Status 0; 3 if PID ended first; 1 if it
+# did not serve in time. $KBT_ERR holds the last answer.
+kbt_wait_serving() {
+	KB_CERT=$KBT_PKI/admin.crt KB_KEY=$KBT_PKI/admin.key \
+		"$KBT_PY" "$KBT_LIBDIR/kbt_grpc.py" wait-serving --addr "$2" --pid "$1" \
+		--timeout "${3:-$KBT_START_TIMEOUT}" </dev/null >"$KBT_OUT" 2>"$KBT_ERR"
+	KBT_RC=$?
+	return "$KBT_RC"
+}
+
 # kbt_start [CONF [ARGS...]]: start keybrokerd (with ARGS after --config)
-# in the background and wait until `kbctl health` answers (at most
-# $KBT_START_TIMEOUT s). Returns 1 (after a recorded failure and the log) if
-# it does not come up.
+# in the background and wait until it answers health SERVING (at most
+# $KBT_START_TIMEOUT s, kbt_wait_serving). Returns 1 (after a recorded
+# failure and the log) if it does not come up.
 kbt_start() {
-	local conf=${1:-$KBT_CONF} i
+	local conf=${1:-$KBT_CONF} rc
 	shift $(($# > 0))
 	echo "=== start $(basename "$KBT_BROKER") --config $conf $*" >>"$KBT_LOG"
 	"$KBT_BROKER" --config "$conf" "$@" </dev/null >>"$KBT_LOG" 2>&1 &
 	KBT_PID=$!
-	for ((i = 0; i < KBT_START_TIMEOUT * 5; i++)); do
-		if ! kill -0 "$KBT_PID" 2>/dev/null; then
-			wait "$KBT_PID"
-			i=$?
-			kbt_fail "keybrokerd starts" "it exited with status $i before answering health" \
-				"$(kbt_print_log)"
-			KBT_PID=
-			return 1
-		fi
-		if kb_admin health; then
-			kbt_pass "keybrokerd starts and answers health (port $KBT_PORT)"
-			return 0
-		fi
-		sleep 0.2
-	done
+	kbt_wait_serving "$KBT_PID" "${KB_ADDR:-127.0.0.1:$KBT_PORT}"
+	rc=$?
+	if ((rc == 0)); then
+		kbt_pass "keybrokerd starts and answers health (port $KBT_PORT)"
+		return 0
+	fi
+	if ((rc == 3)); then
+		wait "$KBT_PID"
+		rc=$?
+		kbt_fail "keybrokerd starts" "it exited with status $rc before answering health" \
+			"$(kbt_print_log)"
+		KBT_PID=
+		return 1
+	fi
 	kbt_fail "keybrokerd starts" "no healthy answer within ${KBT_START_TIMEOUT}s" \
-		"last kbctl health: $(kbt_last)" "$(kbt_print_log)"
+		"last health check: $(head -c 2000 "$KBT_ERR")" "$(kbt_print_log)"
 	kill -KILL "$KBT_PID" 2>/dev/null
 	wait "$KBT_PID" 2>/dev/null
 	KBT_PID=
 	return 1
+}
+
+# kbt_start_extra NAME CONF ADDR [ARGS...]: start one more keybrokerd (a
+# second broker of the test, listening on ADDR as CONF says), its output in
+# $KBT_DIR/keybrokerd-NAME.log, and wait until it serves, as kbt_start.
+# ${KBT_EXTRA_PID[NAME]} is its pid; kbt_kill_extra NAME SIGKILLs it, and
+# the end of the script stops any still running.
+declare -A KBT_EXTRA_PID=()
+kbt_start_extra() {
+	local name=$1 conf=$2 addr=$3 log=$KBT_DIR/keybrokerd-$1.log rc
+	shift 3
+	echo "=== start $(basename "$KBT_BROKER") --config $conf $*" >>"$log"
+	"$KBT_BROKER" --config "$conf" "$@" </dev/null >>"$log" 2>&1 &
+	KBT_EXTRA_PID[$name]=$!
+	kbt_wait_serving "${KBT_EXTRA_PID[$name]}" "$addr"
+	rc=$?
+	if ((rc == 0)); then
+		kbt_pass "keybrokerd $name starts and answers health ($addr)"
+		return 0
+	fi
+	kbt_fail "keybrokerd $name starts" "$(head -c 2000 "$KBT_ERR")" \
+		"---- $log (last 40 lines) ----" "$(tail -n 40 "$log")"
+	kbt_kill_extra "$name"
+	return 1
+}
+
+# kbt_kill_extra NAME: SIGKILL broker NAME of kbt_start_extra and reap it.
+kbt_kill_extra() {
+	local pid=${KBT_EXTRA_PID[$1]:-}
+	[[ -n $pid ]] || return 0
+	unset "KBT_EXTRA_PID[$1]"
+	kill -KILL "$pid" 2>/dev/null
+	wait "$pid" 2>/dev/null
+	echo "=== SIGKILL $pid" >>"$KBT_DIR/keybrokerd-$1.log"
+	return 0
 }
 
 # kbt_stop: SIGTERM the broker; it must exit 0 within 20 s (else SIGKILL).

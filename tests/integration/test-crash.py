@@ -5,8 +5,9 @@
   test-crash.py --broker BIN --conf CONF --clock FILE --log LOG --pki DIR
                 --out DIR --cycles N [--kbctl BIN]
 
-Starts the broker itself (BIN --config CONF, output appended to LOG, its pid
-in DIR/broker.pid), sets up three tenants, then runs N cycles of:
+Starts the broker itself (kbt_grpc.Broker, the same wait as lib.sh's
+kbt_start: BIN --config CONF, output appended to LOG, its pid in
+DIR/broker.pid), sets up three tenants, then runs N cycles of:
 
   workload -> SIGKILL at a random moment -> checks on the crash image ->
   restart -> checks on the restarted broker
@@ -150,73 +151,7 @@ def call_retry(fn, req, timeout=20, tries=60):
 parallel = kbt_grpc.parallel
 
 
-# ---- the broker process and the clock ----
-
-class Broker:
-    def __init__(self, a):
-        self.bin, self.conf, self.log = a.broker, a.conf, a.log
-        self.pidfile = os.path.join(a.out, "broker.pid")
-        self.proc = None
-
-    def start(self, d, timeout=30):
-        """Start and wait until WhoAmI answers; seconds taken, or None."""
-        t0 = time.time()
-        with open(self.log, "ab") as logf:
-            logf.write(b"=== start (test-crash.py)\n")
-            self.proc = subprocess.Popen([self.bin, "--config", self.conf],
-                                         stdin=subprocess.DEVNULL, stdout=logf,
-                                         stderr=subprocess.STDOUT)
-        with open(self.pidfile, "w") as f:
-            f.write("%d\n" % self.proc.pid)
-        # A fresh channel for each try: a channel whose first connection
-        # was refused may wait seconds before its next attempt.
-        while time.time() - t0 < timeout:
-            if self.proc.poll() is not None:
-                return None
-            ch = channel(d.addr, d.ca, d.admin_base)
-            try:
-                code, _ = call(pb_grpc.KeyBrokerStub(ch).WhoAmI, pb.WhoAmIRequest(), timeout=2)
-            finally:
-                ch.close()
-            if code == OK:
-                return time.time() - t0
-            time.sleep(0.05)
-        return None
-
-    def kill(self):
-        """SIGKILL and reap. Returns the exit status if the broker had
-        already ended by itself (a crash of its own), else None."""
-        if self.proc is None:
-            return None
-        own = self.proc.poll()
-        if own is None:
-            try:
-                self.proc.send_signal(signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        self.proc.wait()
-        self.proc = None
-        with open(self.log, "ab") as logf:
-            logf.write(b"=== SIGKILL (test-crash.py)\n" if own is None else
-                       b"=== the broker had ended by itself (status %d)\n" % own)
-        return own
-
-    def stop(self, timeout=20):
-        """SIGTERM; the exit status (None if it had to be killed)."""
-        if self.proc is None:
-            return None
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            rc = self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return None
-        self.proc = None
-        return rc
-
-    def alive(self):
-        return self.proc is not None and self.proc.poll() is None
-
+# ---- the clock (the broker process: kbt_grpc.Broker) ----
 
 class Clock:
     """The test clock's offset file (kbt_grpc.clock_move): only ever moved
@@ -250,12 +185,16 @@ class Driver:
                 self.audit_db = v.strip()
         if self.audit_db is None:
             self.audit_db = self.db[:-3] + "-audit.db"
-        self.broker = Broker(a)
         self.clock = Clock(a.clock)
         self.certs = os.path.join(a.out, "certs")
         os.makedirs(self.certs, exist_ok=True)
         self.admin_base = make_cert(a.pki, os.path.join(self.certs, "admin"), "admin", "kbt-crash-admin",
                                     uris=("kb://platform",))
+        # The broker is ready when it serves (a certificate valid for as
+        # long as the test clock runs ahead).
+        self.broker = kbt_grpc.Broker(a.broker, a.conf, a.log, os.path.join(a.out, "broker.pid"),
+                                      self.addr, self.ca, self.admin_base + ".crt",
+                                      self.admin_base + ".key")
         self.auditor_base = make_cert(a.pki, os.path.join(self.certs, "auditor"), "auditor",
                                       "kbt-crash-auditor")
         self.cert_index = {}
@@ -340,7 +279,7 @@ def read_deks(d, c, envs, window=48):
 def setup(d):
     a = d.a
     tm = Timer()
-    secs = d.broker.start(d)
+    secs = d.broker.start()
     report(secs is not None, "the broker starts (%.1f s)" % (secs or 0))
     if secs is None:
         return False
@@ -998,7 +937,7 @@ def run(d):
             d.stats["kills_create"] += 1
             during.append("%d creation(s) in flight" % inflight)
         info("cycle %d: killed during %s" % (n, "; ".join(during) or "other calls"))
-        secs = d.broker.start(d)
+        secs = d.broker.start()
         report(secs is not None, "cycle %d: the broker restarts after the kill (%.1f s)" % (n, secs or 0),
                "see the broker log")
         if secs is None:
