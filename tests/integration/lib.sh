@@ -15,6 +15,9 @@
 #                              wait; kbt_grpc.Broker's in Python)
 #   kbt_start_extra NAME CONF ADDR [ARGS...] / kbt_kill_extra NAME
 #                              a second broker of the test (SIGKILLed at the end)
+#   kbt_tenant_keyed TENANT PFX PWFILE "CUSTOMER_ENVS" ["PLATFORM_ENVS"]
+#                              a tenant with a generated, activated key and
+#                              its environments ($KBT_KEY_ID: the key)
 #   kbt_clock_set SECONDS      the test clock's offset (atomic write)
 #   kbt_now_us                 the broker's now: real time + offset, in us
 #   kbt_clock_to US            move the test clock so that the broker's now is
@@ -524,6 +527,25 @@ kb_rpc() {
 		call "$@" </dev/null >"$KBT_OUT" 2>"$KBT_ERR"
 	KBT_RC=$?
 	return "$KBT_RC"
+}
+
+# kbt_tenant_keyed TENANT PFX PWFILE "CUSTOMER_ENVS" ["PLATFORM_ENVS"]: as
+# the admin, create TENANT and its environments (the customer ones first,
+# each list in its order), generate a key into PFX (its password in PWFILE)
+# and activate it (--wait), then put CUSTOMER_ENVS under it (envs
+# apply-key). Each step is an expect_ok check; $KBT_KEY_ID is the key's id.
+kbt_tenant_keyed() {
+	local t=$1 pfx=$2 pw=$3 customer=$4 platform=${5:-} e
+	expect_ok kb_admin tenants create "$t"
+	for e in $customer $platform; do
+		expect_ok kb_admin envs create "$t" "$e"
+	done
+	expect_ok kb_admin keys generate "$t" --out "$pfx" --password-file "$pw" --json
+	KBT_KEY_ID=$(json 'd["key"]["id"]' 2>/dev/null)
+	expect_ok kb_admin keys activate "$t" "$KBT_KEY_ID" --wait
+	for e in $customer; do
+		expect_ok kb_admin envs apply-key "$t" "$e"
+	done
 }
 
 # kbt_secret_file PATH TEXT: TEXT and a newline in PATH, mode 0600.

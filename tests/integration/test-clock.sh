@@ -81,17 +81,8 @@ check_out "clock show: the sweeper deletes" '^sweeper: deleting'
 declare -A KEYFILE BK DEK
 for t in acme beta; do
 	kbt_section "tenant $t: a key, two customer environments with a backup, a platform one"
-	expect_ok kb_admin tenants create "$t"
-	for e in c1 c2 p; do
-		expect_ok kb_admin envs create "$t" "$e"
-	done
-	expect_ok kb_admin keys generate "$t" --out "$w/$t.pfx" --password-file "$pw" --json
+	kbt_tenant_keyed "$t" "$w/$t.pfx" "$pw" "c1 c2" p
 	KEYFILE[$t]=$w/$t.pfx
-	key=$(json 'd["key"]["id"]' 2>/dev/null)
-	expect_ok kb_admin keys activate "$t" "$key" --wait
-	for e in c1 c2; do
-		expect_ok kb_admin envs apply-key "$t" "$e"
-	done
 	expect_ok kb_admin envs backup "$t" c1 --json
 	BK[$t]=$(json 'd["id"]' 2>/dev/null)
 done

@@ -48,13 +48,7 @@ req_id() { json 'd["request_id"]' 2>/dev/null; }
 tenant_state() { kb_admin tenants show acme --json && json 'd["state"]' 2>/dev/null; }
 
 kbt_section "a tenant with an active key; no quorum yet: today's behaviour"
-expect_ok kb_admin tenants create acme
-expect_ok kb_admin envs create acme c1
-expect_ok kb_admin envs create acme p
-expect_ok kb_admin keys generate acme --out "$w/acme.pfx" --password-file "$pw" --json
-key=$(json 'd["key"]["id"]' 2>/dev/null)
-expect_ok kb_admin keys activate acme "$key" --wait
-expect_ok kb_admin envs apply-key acme c1
+kbt_tenant_keyed acme "$w/acme.pfx" "$pw" c1 p
 expect_ok kb_admin quorum show acme --json
 check_json "quorum show: off by default" "d['approvals'] == 0 and d['inherited']"
 check_eq "schema 5" "$(sqlite3 "$db" 'PRAGMA user_version')" 5

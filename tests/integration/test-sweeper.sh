@@ -54,17 +54,8 @@ wait_state() {
 declare -A DEK KEYFILE
 for t in alpha beta; do
 	kbt_section "tenant $t: a key, two customer environments, a platform one"
-	expect_ok kb_admin tenants create "$t"
-	for e in c1 c2 p; do
-		expect_ok kb_admin envs create "$t" "$e"
-	done
-	expect_ok kb_admin keys generate "$t" --out "$w/$t.pfx" --password-file "$pw" --json
+	kbt_tenant_keyed "$t" "$w/$t.pfx" "$pw" "c1 c2" p
 	KEYFILE[$t]=$w/$t.pfx
-	key=$(json 'd["key"]["id"]' 2>/dev/null)
-	expect_ok kb_admin keys activate "$t" "$key" --wait
-	for e in c1 c2; do
-		expect_ok kb_admin envs apply-key "$t" "$e"
-	done
 	for e in c1 c2 p; do
 		DEK[$t/$e]=$(dek "$t" "$e")
 		check "$t/$e has a DEK" test -n "${DEK[$t/$e]}"
