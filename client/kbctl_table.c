@@ -295,7 +295,9 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	{ "approvals", "watch", "", 0, 0,
 	  "Follow new approval requests live (until Ctrl-C)",
 	  "Prints a line for each new request as it is made (--json: one\n"
-	  "compact document per line), through the audit stream.",
+	  "compact document per line), through the audit stream. A broken\n"
+	  "stream is opened again (on the next broker, with several --addr)\n"
+	  "after the last event seen.",
 	  { { "--tenant", "TENANT", "only this tenant's requests" } },
 	  kbctl_cmd_approvals_watch },
 
@@ -465,7 +467,9 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "unreachable broker, a refusal or a bad filter: exit 1). Then, if the\n"
 	  "stream breaks (broker restart, network), kbctl says so on stderr and\n"
 	  "reconnects, waiting 0.25 s and doubling up to 5 s, and resumes after\n"
-	  "the last event it printed: no gap, no duplicate. A refusal ends it\n"
+	  "the last event it printed: no gap, no duplicate. With several --addr\n"
+	  "the first reconnection goes at once to the next broker that answers.\n"
+	  "A refusal ends it\n"
 	  "(exit 1). Ctrl-C or SIGTERM ends it cleanly (exit 0).\n\n"
 	  "--state-file FILE: the sequence number to resume after is read from\n"
 	  "FILE when it exists (it then wins over --after, --from-start and -n,\n"

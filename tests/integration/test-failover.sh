@@ -26,6 +26,7 @@
 # - kbctl audit tail -f on A,B goes on on B after the kill, after the last
 #   event it printed (no event twice; with two separate logs, B's events up
 #   to that seq are not A's and are skipped, as a shared log would need);
+#   approvals watch (the same follow) goes on on B too;
 # - a write with A down goes to B (the broker never received it on A);
 # - a first address that accepts TCP and never answers TLS is left after
 #   --connect-timeout and the call is answered by B;
@@ -129,6 +130,8 @@ kloop_pid=$!
 KB_CERT=$KBT_PKI/auditor.crt KB_KEY=$KBT_PKI/auditor.key "$KB_BUILD/kbctl" \
 	--addr "$A,$B" audit tail -f >"$w/tail.out" 2>"$w/tail.err" &
 tail_pid=$!
+"$KB_BUILD/kbctl" --addr "$A,$B" approvals watch >"$w/watch.out" 2>"$w/watch.err" &
+watch_pid=$!
 sleep 2
 t_kill=$(now_us)
 kbt_kill
@@ -216,6 +219,16 @@ check "tail printed every seq once, in order (no duplicate across the failover)"
 check "... the events after the failover are after the seq it resumed from (${resumed:-?})" \
 	awk -v r="${resumed:-0}" '$6 == "globex" && $7 == "web" && $1 <= r { exit 1 }' "$w/tail.out"
 sed 's/^/     tail stderr: /' "$w/tail.err" | head -n 4
+# approvals watch: the same follow; B has no request to show, so its
+# stderr is the check.
+for ((i = 0; i < 50; i++)); do
+	grep -q "following on $B" "$w/watch.err" && break
+	sleep 0.1
+done
+check "approvals watch went on on B after the kill, after the event it had reached" \
+	grep -Eq "following on $B, after event [0-9]+" "$w/watch.err"
+kill -TERM "$watch_pid" 2>/dev/null
+wait "$watch_pid" 2>/dev/null
 
 kbt_section "with A down: a write goes to B (A never received it)"
 expect_ok kb_admin --addr "$A,$B" tenants create only-on-b
