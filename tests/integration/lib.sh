@@ -209,7 +209,9 @@ kbt_setup() {
 	"$KB_SRC/deploy/pki.sh" init >/dev/null || { kbt_fail "pki.sh init"; kbt_done; }
 	KBT_PORT=$(kbt_free_port)
 	KBT_CONF=$KBT_DIR/keybroker.conf
-	KBT_CONF_SETTINGS=(workers=2 hsm_sessions=4 log_level=debug)
+	# Metrics off: brokers of tests running at once would all want the
+	# default port (test-metrics.sh gives its broker a free one).
+	KBT_CONF_SETTINGS=(workers=2 hsm_sessions=4 log_level=debug metrics_listen=)
 	kbt_write_conf "$@"
 	export KB_ADDR=127.0.0.1:$KBT_PORT
 	export KB_CA=$KBT_PKI/ca.crt
