@@ -279,6 +279,7 @@ main(int argc, char **argv)
 	if (cfg->metrics_listen[0] != '\0'
 	    && (e = metrics_start(b, &metrics_names)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
+		free(metrics_names);
 		broker_close(b);
 		grpc_shutdown();
 		return 1;
@@ -292,6 +293,8 @@ main(int argc, char **argv)
 	    || (e = server_start(b, &srv)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
 		health_stop(b->health);
+		metrics_free(b->metrics);
+		free(metrics_names);
 		broker_close(b);
 		grpc_shutdown();
 		return 1;
@@ -307,6 +310,7 @@ main(int argc, char **argv)
 		server_run(srv);
 		server_free(srv);
 		metrics_free(b->metrics);
+		free(metrics_names);
 		health_stop(b->health);
 		broker_close(b);
 		grpc_shutdown();
