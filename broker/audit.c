@@ -15,6 +15,7 @@
 #include <sqlite3.h>
 
 #include "hsm.h"
+#include "kb_hist.h"
 #include "log.h"
 #include "store.h"
 
@@ -55,6 +56,7 @@ struct pending {
 
 struct audit {
 	struct audit_config cfg;
+	struct kb_hist commit_hist; /* write_batch: one commit, one fsync */
 	char *path;
 	sqlite3 *wdb; /* the writer thread's connection */
 	sqlite3 *rdb; /* readers', under rmu */
@@ -869,6 +871,7 @@ writer_main(void *arg)
 	struct audit *a = arg;
 	struct pending *list, *p;
 	struct timespec ts;
+	uint64_t t0;
 	enum kb_err e;
 	int n;
 
@@ -901,7 +904,9 @@ writer_main(void *arg)
 		p->next = NULL;
 		pthread_mutex_unlock(&a->mu);
 
+		t0 = kb_hist_now_ns();
 		e = write_batch(a, list);
+		kb_hist_since(&a->commit_hist, t0);
 		set_degraded(a, e);
 		pthread_mutex_lock(&a->mu);
 		for (p = list; p != NULL; p = p->next) {
@@ -1147,6 +1152,12 @@ audit_wait(struct audit *a, uint64_t after_seq, int timeout_ms)
 	s = a->last_seq;
 	pthread_mutex_unlock(&a->mu);
 	return s;
+}
+
+const struct kb_hist *
+audit_commit_hist(const struct audit *a)
+{
+	return &a->commit_hist;
 }
 
 enum kb_err

@@ -96,6 +96,11 @@ uint64_t audit_wait(struct audit *a, uint64_t after_seq, int timeout_ms);
  * a failed write, until a write succeeds again. */
 enum kb_err audit_check(struct audit *a);
 
+struct kb_hist;
+/* How long each group commit (one transaction and its fsync) took; valid
+ * while `a` is open. */
+const struct kb_hist *audit_commit_hist(const struct audit *a);
+
 /* Whether audit_close has begun (streams should end). */
 int audit_closing(struct audit *a);
 

@@ -19,6 +19,7 @@
 
 struct jobs;
 struct audit;
+struct metrics;
 struct health;
 struct ratelimit;
 struct timemark;
@@ -43,6 +44,7 @@ struct broker {
 	struct health *health; /* the health probe (health.c) */
 	struct ratelimit *rate; /* fair shares (ratelimit.c) */
 	struct timemark *timemark; /* policy time's mark (timemark.c) */
+	struct metrics *metrics; /* call counters (metrics.c); NULL: off */
 };
 
 /* Take and release the lock that serializes state changes of `tenant`. */

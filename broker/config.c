@@ -9,10 +9,20 @@
 #include <string.h>
 
 #include "log.h"
+#include "metrics.h"
 
 #define CONFIG_MAX_BYTES (1 << 20)
 
-enum value_kind { V_STRING, V_PATH, V_UINT, V_SIZE, V_LEVEL, V_BOOL };
+enum value_kind {
+	V_STRING,
+	V_PATH,
+	V_UINT,
+	V_SIZE,
+	V_LEVEL,
+	V_BOOL,
+	V_ADDR, /* a string that may be empty (off) */
+	V_FORMAT,
+};
 
 struct option {
 	const char *name;
@@ -59,6 +69,9 @@ static const struct option options[] = {
     OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
     OPT(audit_checkpoint_interval_s, V_UINT, 1, 86400),
     OPT(health_timeout_ms, V_UINT, 10, 60000),
+    OPT(metrics_listen, V_ADDR, 0, 0),
+    OPT(metrics_allow_remote, V_BOOL, 0, 0),
+    OPT(log_format, V_FORMAT, 0, 0),
 };
 
 static char *
@@ -106,6 +119,19 @@ set_option(struct config *c, const struct option *o, const char *v,
 		*sp = o->kind == V_PATH ? resolve(dir, v) : strdup(v);
 		if (*sp == NULL)
 			return kb_errf(KB_ERR_NOMEM, "out of memory");
+		return KB_OK;
+	case V_ADDR:
+		free(*sp);
+		if ((*sp = strdup(v)) == NULL)
+			return kb_errf(KB_ERR_NOMEM, "out of memory");
+		return KB_OK;
+	case V_FORMAT:
+		if ((lvl = log_format_parse(v)) < 0)
+			return kb_errf(KB_ERR_CONFIG,
+			    "line %d: log_format must be text or json, not "
+			    "\"%s\"",
+			    lineno, v);
+		*(int *)((char *)c + o->offset) = lvl;
 		return KB_OK;
 	case V_UINT:
 	case V_SIZE:
@@ -217,6 +243,18 @@ config_parse(const char *text, size_t len, const char *dir, struct config **out)
 	}
 	if (c->listen == NULL && (c->listen = strdup("127.0.0.1:7443")) == NULL)
 		goto nomem;
+	if (c->metrics_listen == NULL
+	    && (c->metrics_listen = strdup(METRICS_LISTEN_DEFAULT)) == NULL)
+		goto nomem;
+	if (c->metrics_listen[0] != '\0') {
+		struct sockaddr_storage sa;
+		socklen_t sl;
+
+		if ((e = metrics_addr_parse(
+		         c->metrics_listen, c->metrics_allow_remote, &sa, &sl))
+		    != KB_OK)
+			goto out;
+	}
 	if (c->token_uri == NULL
 	    && (c->token_uri = strdup("pkcs11:token=keybroker")) == NULL)
 		goto nomem;
@@ -324,7 +362,8 @@ config_free(struct config *c)
 	if (c == NULL)
 		return;
 	for (i = 0; i < sizeof(options) / sizeof(options[0]); i++)
-		if (options[i].kind == V_STRING || options[i].kind == V_PATH)
+		if (options[i].kind == V_STRING || options[i].kind == V_PATH
+		    || options[i].kind == V_ADDR)
 			free(*(char **)((char *)c + options[i].offset));
 	free(c);
 }

@@ -42,6 +42,11 @@ struct config {
 	unsigned audit_checkpoint_events;
 	unsigned audit_checkpoint_interval_s;
 	unsigned health_timeout_ms; /* longest a health check waits */
+	/* Metrics (metrics.h): HOST:PORT of the HTTP listener, "" = off;
+	 * a non-loopback address only with metrics_allow_remote. */
+	char *metrics_listen;
+	int metrics_allow_remote;
+	int log_format; /* LOG_FORMAT_TEXT or LOG_FORMAT_JSON (log.h) */
 	int allow_new_database; /* --allow-new-database (not a file key) */
 	int accept_audit_loss; /* --accept-audit-loss (not a file key) */
 };

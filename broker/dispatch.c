@@ -251,6 +251,25 @@ dispatch_find(const char *path, size_t len)
 	return NULL;
 }
 
+size_t
+dispatch_method_count(void)
+{
+	size_t n = 0;
+
+	while (dispatch_methods[n].path != NULL)
+		n++;
+	return n;
+}
+
+void
+dispatch_method_names(const char **names)
+{
+	size_t i;
+
+	for (i = 0; dispatch_methods[i].path != NULL; i++)
+		names[i] = dispatch_methods[i].name;
+}
+
 static void
 roles_text(unsigned roles, char *buf, size_t len)
 {
@@ -517,7 +536,13 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 			    ctx.approval_id);
 	}
 	if (res->code != GRPC_STATUS_OK)
-		log_info("%s by %s from %s: %s: %s", m->name,
+		log_event(LOG_INFO, "call.refused",
+		    LOG_KV("method", m->name, "principal",
+		        id.name[0] != '\0' ? id.name : "(unauthenticated)",
+		        "peer", peer->peer, "code",
+		        kb_grpc_status_name(res->code), "request_id",
+		        ctx.request_id),
+		    "%s by %s from %s: %s: %s", m->name,
 		    id.name[0] != '\0' ? id.name : "(unauthenticated)",
 		    peer->peer, kb_grpc_status_name(res->code), res->message);
 	/* The answer goes out only once its event is durable. A stream that

@@ -59,4 +59,10 @@ enum kb_err dispatch_execute(struct rpc_ctx *ctx, const struct rpc_method *m,
     const ProtobufCMessage *in, ProtobufCMessage **out, char *result,
     size_t len);
 
+/* The number of methods in dispatch_methods (the index of the metrics'
+ * slot for paths none has), and `n` names in table order: the metrics'
+ * labels. `names` must hold dispatch_method_count() entries. */
+size_t dispatch_method_count(void);
+void dispatch_method_names(const char **names);
+
 #endif /* KB_DISPATCH_H */

@@ -9,6 +9,7 @@
 #include "health.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -32,6 +33,7 @@ struct health {
 	int wanted, stopping;
 	int restart_asked; /* the probe thread's own */
 	enum kb_err result; /* of probe number `finished` */
+	atomic_int token_ok, audit_ok, serving; /* the last probe's */
 	char msg[512];
 };
 
@@ -47,9 +49,10 @@ mono_ms(void)
 /* Serving needs the token and an audit log that records: no data key goes
  * out unaudited. */
 static enum kb_err
-probe(const struct health_deps *d)
+probe(struct health *h)
 {
-	enum kb_err e;
+	const struct health_deps *d = &h->d;
+	enum kb_err e, ea;
 
 	if (d->listener_failed != NULL && d->listener_failed())
 		return kb_errf(KB_ERR_UNAVAILABLE,
@@ -57,9 +60,12 @@ probe(const struct health_deps *d)
 		    "accepting connections (out of file descriptors); the "
 		    "broker "
 		    "is restarting");
-	if ((e = hsm_check(d->hsm)) != KB_OK)
-		return e;
-	return audit_check(d->audit);
+	/* Both parts each time, so the metrics can say which one failed. */
+	e = hsm_check(d->hsm);
+	atomic_store(&h->token_ok, e == KB_OK);
+	ea = audit_check(d->audit);
+	atomic_store(&h->audit_ok, ea == KB_OK);
+	return e != KB_OK ? e : ea;
 }
 
 static void *
@@ -89,13 +95,19 @@ probe_main(void *arg)
 		pthread_mutex_unlock(&h->mu);
 
 		kb_err_clear();
-		e = probe(&h->d);
+		e = probe(h);
 		snprintf(
 		    msg, sizeof(msg), "%s", e == KB_OK ? "" : kb_err_msg(e));
 		if (e != KB_OK && was == KB_OK)
-			log_warn("health: NOT_SERVING: %s", msg);
+			log_event(LOG_WARN, "health.not_serving",
+			    LOG_KV("token",
+			        atomic_load(&h->token_ok) ? "up" : "down",
+			        "audit",
+			        atomic_load(&h->audit_ok) ? "up" : "down"),
+			    "health: NOT_SERVING: %s", msg);
 		else if (e == KB_OK && was != KB_OK)
-			log_info("health: SERVING again");
+			log_event(LOG_INFO, "health.serving", NULL,
+			    "health: SERVING again");
 		was = e;
 		/* A listener that accepts nothing serves nobody new: whoever
 		 * started us decides what to do (keybrokerd: drain and exit
@@ -109,6 +121,7 @@ probe_main(void *arg)
 
 		pthread_mutex_lock(&h->mu);
 		h->result = e;
+		atomic_store(&h->serving, e == KB_OK);
 		memcpy(h->msg, msg, sizeof(msg));
 		h->finished = h->started;
 		h->probe_since_ms = 0;
@@ -211,4 +224,12 @@ health_stop(struct health *h)
 	pthread_cond_destroy(&h->done_cv);
 	pthread_mutex_destroy(&h->mu);
 	free(h);
+}
+
+void
+health_last(struct health *h, int *serving, int *token_ok, int *audit_ok)
+{
+	*serving = h != NULL && atomic_load(&h->serving);
+	*token_ok = h != NULL && atomic_load(&h->token_ok);
+	*audit_ok = h != NULL && atomic_load(&h->audit_ok);
 }

@@ -33,6 +33,11 @@ enum kb_err health_start(const struct health_deps *d, struct health **out);
  * answered within `timeout_ms`. Probes are shared by concurrent callers. */
 enum kb_err health_status(struct health *h, int timeout_ms);
 
+/* The last probe's findings (at most about a second old), without
+ * waiting: serving, the token answered, the audit log records (1/0; all 0
+ * before the first probe or with h NULL). For the metrics endpoint. */
+void health_last(struct health *h, int *serving, int *token_ok, int *audit_ok);
+
 /* Stop the thread; waits for a probe in progress. Accepts NULL. */
 void health_stop(struct health *h);
 

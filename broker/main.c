@@ -18,6 +18,8 @@
 #include "identity.h"
 #include "kb_secmem.h"
 #include "log.h"
+#include "metrics.h"
+#include "metrics_collect.h"
 #include "quorum.h"
 #include "rpc.h"
 #include "server.h"
@@ -139,6 +141,22 @@ print_config(const struct config *c)
 	    c->audit_checkpoint_events, c->audit_checkpoint_interval_s,
 	    c->health_timeout_ms);
 	printf("clock_jump_limit_s = %u\n", c->clock_jump_limit_s);
+	printf("metrics_listen = %s\nmetrics_allow_remote = %s\n"
+	       "log_format = %s\n",
+	    c->metrics_listen, c->metrics_allow_remote ? "true" : "false",
+	    c->log_format == LOG_FORMAT_JSON ? "json" : "text");
+}
+
+/* Call counters for every method of the dispatch table (b->metrics). */
+static enum kb_err
+metrics_start(struct broker *b, const char ***names)
+{
+	size_t n = dispatch_method_count();
+
+	if ((*names = calloc(n + 1, sizeof(**names))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	dispatch_method_names(*names);
+	return metrics_new(*names, n, &b->metrics);
 }
 
 int
@@ -159,6 +177,8 @@ main(int argc, char **argv)
 	struct server *srv = NULL;
 	struct sigctx sc;
 	struct health_deps hd;
+	struct metrics_sources msrc;
+	const char **metrics_names = NULL;
 	pthread_t sigthr;
 	int opt, check = 0, allow_new = 0, accept_loss = 0, force = 0;
 	enum kb_err e;
@@ -209,6 +229,7 @@ main(int argc, char **argv)
 		return e == KB_OK ? 0 : 1;
 	}
 	log_set_level((enum log_level)cfg->log_level);
+	log_set_format((enum log_format)cfg->log_format);
 
 	/* Signals go to one thread that asks the server to drain. Block them
 	 * before any other thread (gRPC's included) starts. */
@@ -221,7 +242,8 @@ main(int argc, char **argv)
 
 	server_log_init();
 	grpc_init();
-	log_info("keybrokerd %s starting", KB_VERSION);
+	log_event(LOG_INFO, "broker.starting", LOG_KV("version", KB_VERSION),
+	    "keybrokerd %s starting", KB_VERSION);
 	/* A method whose scope rule names a field its request lacks would
 	 * check nothing: refuse to serve with such a table. */
 	if ((e = dispatch_table_check(dispatch_methods)) != KB_OK) {
@@ -252,6 +274,16 @@ main(int argc, char **argv)
 		grpc_shutdown();
 		return 1;
 	}
+	/* Counting starts before the first call can arrive; the listener
+	 * once the server it reports on exists. */
+	if (cfg->metrics_listen[0] != '\0'
+	    && (e = metrics_start(b, &metrics_names)) != KB_OK) {
+		log_error("cannot start: %s", kb_err_msg(e));
+		free(metrics_names);
+		broker_close(b);
+		grpc_shutdown();
+		return 1;
+	}
 	hd.hsm = b->hsm;
 	hd.audit = b->audit;
 	hd.listener_failed = server_listener_failed;
@@ -260,6 +292,25 @@ main(int argc, char **argv)
 	if ((e = health_start(&hd, &b->health)) != KB_OK
 	    || (e = server_start(b, &srv)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
+		health_stop(b->health);
+		metrics_free(b->metrics);
+		free(metrics_names);
+		broker_close(b);
+		grpc_shutdown();
+		return 1;
+	}
+	msrc.b = b;
+	msrc.srv = srv;
+	if (b->metrics != NULL
+	    && (e = metrics_listen(b->metrics, cfg->metrics_listen,
+	            cfg->metrics_allow_remote, metrics_collect, &msrc))
+	        != KB_OK) {
+		log_error("cannot start: %s", kb_err_msg(e));
+		server_shutdown(srv);
+		server_run(srv);
+		server_free(srv);
+		metrics_free(b->metrics);
+		free(metrics_names);
 		health_stop(b->health);
 		broker_close(b);
 		grpc_shutdown();
@@ -271,11 +322,26 @@ main(int argc, char **argv)
 		log_error("cannot start the signal thread");
 		return 1;
 	}
-	log_info("listening on %s (mutual TLS; token '%s'; %u workers)",
-	    b->cfg->listen, b->token.label, b->cfg->workers);
+	{
+		char workers[16];
+
+		snprintf(workers, sizeof(workers), "%u", b->cfg->workers);
+		log_event(LOG_INFO, "broker.listening",
+		    LOG_KV("listen", b->cfg->listen, "token", b->token.label,
+		        "workers", workers, "metrics",
+		        b->metrics != NULL ? b->cfg->metrics_listen : "off"),
+		    "listening on %s (mutual TLS; token '%s'; %u workers; "
+		    "metrics %s%s)",
+		    b->cfg->listen, b->token.label, b->cfg->workers,
+		    b->metrics != NULL ? "on http://" : "off",
+		    b->metrics != NULL ? b->cfg->metrics_listen : "");
+	}
 	server_run(srv);
 	/* Only the signal thread starts a shutdown, so it has returned. */
 	pthread_join(sigthr, NULL);
+	/* The metrics listener reads the server: it stops first. */
+	metrics_free(b->metrics);
+	b->metrics = NULL;
 	server_free(srv);
 	health_stop(b->health);
 	b->health = NULL;
@@ -286,6 +352,7 @@ main(int argc, char **argv)
 		log_error("stopped: the listener had failed; exit status 75");
 		return 75;
 	}
-	log_info("stopped");
+	free(metrics_names);
+	log_event(LOG_INFO, "broker.stopped", NULL, "stopped");
 	return 0;
 }

@@ -20,7 +20,9 @@
 #include "kb_err_grpc.h"
 #include "kb_secmem.h"
 #include "kb_wire.h"
+#include "kb_hist.h"
 #include "log.h"
+#include "metrics.h"
 #include "workq.h"
 
 #define PENDING_REQUESTS 128 /* calls we are ready to accept at once */
@@ -71,6 +73,7 @@ struct call {
 	/* A quorum-covered call: the trailer kb-request-id ("": none). */
 	char request_id[40];
 	grpc_metadata trailer;
+	uint64_t arrived_ns; /* the request message received (kb_hist) */
 };
 
 struct server {
@@ -142,6 +145,27 @@ call_unref(struct call *c)
 {
 	if (atomic_fetch_sub(&c->refs, 1) == 1)
 		call_free(c);
+}
+
+/* Count an answered call for the metrics (nothing when they are off):
+ * `m` the method (NULL: looked up, or a path no method has); `timed` adds
+ * its time since it arrived to the method's latency histogram. */
+static void
+call_count(struct call *c, const struct rpc_method *m, grpc_status_code code,
+    int timed)
+{
+	struct metrics *mx = c->srv->b->metrics;
+
+	if (mx == NULL)
+		return;
+	if (m == NULL)
+		m = dispatch_find(
+		    (const char *)GRPC_SLICE_START_PTR(c->details.method),
+		    GRPC_SLICE_LENGTH(c->details.method));
+	metrics_call(mx,
+	    m != NULL ? (size_t)(m - dispatch_methods)
+	              : dispatch_method_count(),
+	    code, timed ? c->arrived_ns : 0);
 }
 
 /* Offer gRPC one more slot for an incoming call. */
@@ -332,6 +356,7 @@ stream_main(void *arg)
 	atomic_fetch_sub(&s->streams, 1);
 	c->retry_after_ms = res.retry_after_ms;
 	snprintf(c->request_id, sizeof(c->request_id), "%s", res.request_id);
+	call_count(c, NULL, res.code, 0); /* a stream's length is no latency */
 	send_answer(c, res.code, res.message);
 	/* Last touch of the server: server_run waits for busy to reach 0
 	 * before it shuts the completion queue. */
@@ -351,6 +376,7 @@ start_stream(struct call *c)
 
 	if (atomic_fetch_add(&s->streams, 1) >= MAX_STREAMS) {
 		atomic_fetch_sub(&s->streams, 1);
+		call_count(c, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, 0);
 		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
 		    "too many streams "
 		    "open at once; retry later");
@@ -363,6 +389,7 @@ start_stream(struct call *c)
 	pthread_attr_destroy(&attr);
 	if (!started) {
 		atomic_fetch_sub(&s->streams, 1);
+		call_count(c, NULL, GRPC_STATUS_RESOURCE_EXHAUSTED, 0);
 		send_answer(c, GRPC_STATUS_RESOURCE_EXHAUSTED,
 		    "cannot start a "
 		    "stream thread");
@@ -393,8 +420,11 @@ handle_call(void *arg)
 	const struct rpc_method *m;
 	char *peer = NULL;
 
+	m = dispatch_find((const char *)GRPC_SLICE_START_PTR(c->details.method),
+	    GRPC_SLICE_LENGTH(c->details.method));
 	if (call_closed(c)) {
 		/* The client gave up while the call queued: do no work. */
+		call_count(c, m, GRPC_STATUS_CANCELLED, 1);
 		send_answer(c, GRPC_STATUS_CANCELLED,
 		    "cancelled by the client "
 		    "before the broker started it");
@@ -403,13 +433,12 @@ handle_call(void *arg)
 	if (gpr_time_cmp(
 	        c->details.deadline, gpr_now(c->details.deadline.clock_type))
 	    < 0) {
+		call_count(c, m, GRPC_STATUS_DEADLINE_EXCEEDED, 1);
 		send_answer(c, GRPC_STATUS_DEADLINE_EXCEEDED,
 		    "the call's deadline "
 		    "passed before the broker could start it");
 		goto done;
 	}
-	m = dispatch_find((const char *)GRPC_SLICE_START_PTR(c->details.method),
-	    GRPC_SLICE_LENGTH(c->details.method));
 	if (m != NULL && m->stream != NULL) {
 		if (start_stream(c))
 			return; /* the stream thread owns the call now */
@@ -427,6 +456,9 @@ handle_call(void *arg)
 	c->resp = res.resp;
 	c->retry_after_ms = res.retry_after_ms;
 	snprintf(c->request_id, sizeof(c->request_id), "%s", res.request_id);
+	/* Counted before the answer goes: a client that has its answer sees
+	 * it in the next scrape. */
+	call_count(c, m, res.code, 1);
 	send_answer(c, res.code, res.message);
 done:
 	atomic_fetch_sub(&s->busy, 1);
@@ -462,12 +494,22 @@ handshake_summary_locked(int64_t now, int force)
 	if (hs.count == 0
 	    || (!force && now - hs.logged_s < HANDSHAKE_LOG_INTERVAL_S))
 		return;
-	log_warn("TLS handshakes refused: %llu in the last %lld s (%llu since "
-	         "start); last: %s (the peer's address is not known at this "
-	         "stage)",
-	    (unsigned long long)hs.count,
-	    (long long)(now - hs.first_s > 0 ? now - hs.first_s : 1),
-	    (unsigned long long)hs.total, hs.last);
+	{
+		char count[24], total[24];
+
+		snprintf(
+		    count, sizeof(count), "%llu", (unsigned long long)hs.count);
+		snprintf(
+		    total, sizeof(total), "%llu", (unsigned long long)hs.total);
+		log_event(LOG_WARN, "tls.handshakes_refused",
+		    LOG_KV("count", count, "total", total, "last", hs.last),
+		    "TLS handshakes refused: %llu in the last %lld s (%llu "
+		    "since start); last: %s (the peer's address is not known "
+		    "at this stage)",
+		    (unsigned long long)hs.count,
+		    (long long)(now - hs.first_s > 0 ? now - hs.first_s : 1),
+		    (unsigned long long)hs.total, hs.last);
+	}
 	hs.count = 0;
 	hs.logged_s = now;
 }
@@ -523,8 +565,15 @@ grpc_log_hook(gpr_log_func_args *a)
 		handshake_failed(a->message);
 		return;
 	}
-	log_msg(a->severity == GPR_LOG_SEVERITY_ERROR ? LOG_ERROR : LOG_DEBUG,
-	    "grpc: %s (%s:%d)", a->message, a->file, a->line);
+	{
+		char line[16];
+
+		snprintf(line, sizeof(line), "%d", a->line);
+		log_event(a->severity == GPR_LOG_SEVERITY_ERROR ? LOG_ERROR
+		                                                : LOG_DEBUG,
+		    "grpc.log", LOG_KV("file", a->file, "line", line),
+		    "grpc: %s (%s:%d)", a->message, a->file, a->line);
+	}
 }
 
 void
@@ -590,10 +639,12 @@ on_event(struct server *s, struct tag *t, int ok)
 		return;
 	case PHASE_RECV:
 		if (!ok) {
+			call_count(c, NULL, GRPC_STATUS_CANCELLED, 0);
 			send_answer(
 			    c, GRPC_STATUS_CANCELLED, "request not received");
 			return;
 		}
+		c->arrived_ns = s->b->metrics != NULL ? kb_hist_now_ns() : 0;
 		atomic_fetch_add(&s->busy, 1);
 		if ((e = workq_push(
 		         is_health(c) ? s->health_wq : s->wq, handle_call, c))
@@ -601,6 +652,7 @@ on_event(struct server *s, struct tag *t, int ok)
 			/* Shed load: answer at once rather than queue forever.
 			 */
 			atomic_fetch_sub(&s->busy, 1);
+			call_count(c, NULL, kb_err_to_grpc(e), 1);
 			send_answer(c, kb_err_to_grpc(e), kb_err_msg(e));
 		}
 		return;
@@ -799,6 +851,16 @@ server_run(struct server *s)
 	pthread_mutex_unlock(&hs.mu);
 	if (drained)
 		log_info("all calls drained");
+}
+
+void
+server_stats(struct server *s, struct server_stats *out)
+{
+	memset(out, 0, sizeof(*out));
+	workq_stats(s->wq, &out->queued, &out->busy, &out->workers);
+	out->max_queued = MAX_QUEUED;
+	out->streams = (unsigned)atomic_load(&s->streams);
+	out->max_streams = MAX_STREAMS;
 }
 
 void

@@ -21,6 +21,15 @@ void server_run(struct server *s);
  * any thread (not from a signal handler). */
 void server_shutdown(struct server *s);
 
+/* A moment's picture of the worker pool and the streams, for metrics. */
+struct server_stats {
+	size_t queued, max_queued; /* calls waiting for a worker */
+	size_t busy; /* workers running a call */
+	unsigned workers;
+	unsigned streams, max_streams; /* streams open (own threads) */
+};
+void server_stats(struct server *s, struct server_stats *out);
+
 void server_free(struct server *s);
 
 /* Send gRPC's own log lines to ours (call before grpc_init). */

@@ -460,4 +460,17 @@ enum kb_err store_key_dependents(struct store *s, const char *key_id,
  * and removed, so the file alone is the whole old database. */
 enum kb_err store_file_settle(const char *path);
 
+/* Row counts for the metrics endpoint (store_stats.c): `a` and `b` the
+ * grouping columns, `n` the rows. *out malloc'd. */
+struct store_count {
+	char a[32], b[32];
+	int64_t n;
+};
+/* Environments by state (a) and mode (b). */
+enum kb_err store_env_counts(
+    struct store *s, struct store_count **out, size_t *n);
+/* Keys by purpose (a) and state (b). */
+enum kb_err store_key_counts(
+    struct store *s, struct store_count **out, size_t *n);
+
 #endif /* KB_STORE_H */

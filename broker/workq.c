@@ -97,6 +97,16 @@ workq_push(struct workq *q, workq_fn fn, void *arg)
 }
 
 void
+workq_stats(struct workq *q, size_t *queued, size_t *running, unsigned *threads)
+{
+	pthread_mutex_lock(&q->mu);
+	*queued = q->len;
+	*running = q->running;
+	*threads = q->nthreads;
+	pthread_mutex_unlock(&q->mu);
+}
+
+void
 workq_free(struct workq *q)
 {
 	unsigned i;

@@ -18,6 +18,11 @@ enum kb_err workq_new(unsigned threads, size_t max_queued, struct workq **out);
  * caller sheds the load) or the pool is stopping. */
 enum kb_err workq_push(struct workq *q, workq_fn fn, void *arg);
 
+/* Jobs waiting, jobs running now, and the pool's threads: a moment's
+ * picture (under the queue's lock, briefly), for the metrics endpoint. */
+void workq_stats(
+    struct workq *q, size_t *queued, size_t *running, unsigned *threads);
+
 /* Run every queued job, then join the workers and free the pool. */
 void workq_free(struct workq *q);
 

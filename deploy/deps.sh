@@ -14,7 +14,12 @@ KB_PACKAGES=(
 	libsqlite3-dev sqlite3
 	libssl-dev openssl
 	libjansson-dev
+	# The metrics endpoint (broker/metrics.c).
+	libmicrohttpd-dev
 	python3 python3-grpcio python3-grpc-tools python3-cryptography
+	# Tests: the metrics page, the alert rules and the dashboard parsed by
+	# the Prometheus client library's own parser and by PyYAML.
+	python3-prometheus-client python3-yaml
 	# Tests: p11tool/certtool (token object checks, GnuTLS .pfx files).
 	gnutls-bin
 	clang libclang-rt-14-dev valgrind

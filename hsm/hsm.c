@@ -603,6 +603,20 @@ hsm_attr_get(struct hsm *h, CK_SESSION_HANDLE sh, CK_OBJECT_HANDLE obj,
 
 /* ---- the retrying key-operation runner ---- */
 
+/* The kind of operation the last PKCS#11 function an op called belongs
+ * to ("C_DecryptInit" and "C_Decrypt": decrypt). */
+static enum hsm_op_kind
+op_kind(const char *fn)
+{
+	if (strncmp(fn, "C_Encrypt", 9) == 0)
+		return HSM_OP_ENCRYPT;
+	if (strncmp(fn, "C_Decrypt", 9) == 0)
+		return HSM_OP_DECRYPT;
+	if (strncmp(fn, "C_Sign", 6) == 0)
+		return HSM_OP_SIGN;
+	return HSM_OP_OTHER;
+}
+
 /* Run `op` on the object (cls, id) on a pooled session. A stale cached
  * handle is dropped and the object found again (once); a lost session
  * resets the pool and the operation runs once more on a fresh session.
@@ -617,6 +631,7 @@ hsm_op_run(struct hsm *h, const char *id, const char *label,
 	CK_RV rv = CKR_OK;
 	enum kb_err r = KB_ERR_INTERNAL;
 	int refound = 0, reopened = 0;
+	uint64_t t0 = kb_hist_now_ns();
 
 	for (;;) {
 		if ((r = hsm_pool_get(h, &p)) != KB_OK)
@@ -640,7 +655,26 @@ hsm_op_run(struct hsm *h, const char *id, const char *label,
 			break;
 		}
 	}
+	kb_hist_since(&h->op_hist[op_kind(fn)], t0);
 	return r;
+}
+
+const char *
+hsm_op_kind_name(enum hsm_op_kind k)
+{
+	switch (k) {
+	case HSM_OP_ENCRYPT: return "encrypt";
+	case HSM_OP_DECRYPT: return "decrypt";
+	case HSM_OP_SIGN: return "sign";
+	case HSM_OP_OTHER: break;
+	}
+	return "other";
+}
+
+const struct kb_hist *
+hsm_op_hist(const struct hsm *h, enum hsm_op_kind k)
+{
+	return &h->op_hist[(unsigned)k < HSM_OP_KINDS ? k : HSM_OP_OTHER];
 }
 
 /* ---- public functions: open, close, check ---- */

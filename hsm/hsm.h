@@ -201,4 +201,16 @@ enum kb_err hsm_random(struct hsm *h, uint8_t *buf, size_t n);
 /* Name of a CK_RV ("CKR_PIN_INCORRECT"), for messages. */
 const char *hsm_rv_name(unsigned long rv);
 
+/* Token operations on a key, timed for the metrics endpoint: encrypt (an
+ * AES-GCM seal, RSA encrypt), decrypt (a GCM open, RSA decrypt), sign (audit
+ * checkpoints), other (public-key reads, and an operation that failed
+ * before the token ran it). */
+enum hsm_op_kind { HSM_OP_ENCRYPT, HSM_OP_DECRYPT, HSM_OP_SIGN, HSM_OP_OTHER };
+#define HSM_OP_KINDS 4
+/* "encrypt", "decrypt", "sign", "other". */
+const char *hsm_op_kind_name(enum hsm_op_kind k);
+struct kb_hist;
+/* The latency histogram of kind `k`, valid while `h` is open. */
+const struct kb_hist *hsm_op_hist(const struct hsm *h, enum hsm_op_kind k);
+
 #endif /* KB_HSM_H */

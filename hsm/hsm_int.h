@@ -7,6 +7,7 @@
 #include <pthread.h>
 
 #include "hsm.h"
+#include "kb_hist.h"
 
 /* After the OpenSSL headers (hsm.h): pkcs11.h #defines lower-case member
  * names such as `value` and `count`. */
@@ -82,6 +83,9 @@ struct hsm {
 	 * by a stream of decrypts. Taken after a pooled session, never
 	 * before: a holder never waits for the pool. */
 	pthread_rwlock_t objects_rw;
+
+	/* How long hsm_op_run took (pool wait included), by kind. */
+	struct kb_hist op_hist[HSM_OP_KINDS];
 };
 
 /* A session taken from the pool, and the pool generation it belongs to. */

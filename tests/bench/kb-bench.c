@@ -248,7 +248,7 @@ setup(struct bench *b)
 	 * --workers or --set say otherwise. */
 	{
 		char path[700];
-		char *argv[4 + BENCH_MAX_SETS];
+		char *argv[5 + BENCH_MAX_SETS];
 		unsigned n = 0, i;
 
 		snprintf(path, sizeof(path), "%s/deploy/conf.sh", o->src);
@@ -257,6 +257,9 @@ setup(struct bench *b)
 		snprintf(workers, sizeof(workers), "workers=%u", o->workers);
 		if (o->workers)
 			argv[n++] = workers;
+		/* Metrics off unless --set metrics_listen=... turns them on:
+		 * the default port may be taken by a broker of run.sh. */
+		argv[n++] = (char *)"metrics_listen=";
 		for (i = 0; i < o->nsets; i++)
 			argv[n++] = (char *)o->sets[i];
 		argv[n] = NULL;

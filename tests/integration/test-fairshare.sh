@@ -85,8 +85,9 @@ check "a summary counts refusals by rate_per_identity" grep -Eq \
 	'rate limits refused [0-9]+ calls .*rate_per_identity [1-9]' "$KBT_LOG"
 check "a summary counts refusals by rate_per_tenant" grep -Eq \
 	'rate limits refused [0-9]+ calls .*rate_per_tenant [1-9]' "$KBT_LOG"
+# (The log line is logfmt: the quotes inside its msg are escaped.)
 check "a summary names those refused most" grep -Eq \
-	'rate limits refused .*; most refused: (service "acme-(prod|dev)"|tenant "acme") [0-9]+' "$KBT_LOG"
+	'rate limits refused .*; most refused: (service \\?"acme-(prod|dev)\\?"|tenant \\?"acme\\?") [0-9]+' "$KBT_LOG"
 events=$(audit_count "method = 'ratelimit.refused'")
 check "the summaries are in the audit log as $events ratelimit.refused events" \
 	test "$events" -ge 1 -a "$events" -le $((3 * FLOOD_S / 10 + 3))

@@ -83,7 +83,7 @@ broker_alive() {
 	kbt_fail "keybrokerd is still running" \
 		"it died: exit status $rc$( ((rc > 128)) && echo " (signal $((rc - 128)))")" \
 		"its log ($KBT_LOG), last lines but GetDataKey's:" \
-		"$(grep -v ' info GetDataKey by ' "$KBT_LOG" | tail -n 12)"
+		"$(grep -v 'event=call.refused msg="GetDataKey by ' "$KBT_LOG" | tail -n 12)"
 	kbt_done
 }
 

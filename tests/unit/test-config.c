@@ -147,12 +147,69 @@ test_load_missing(void)
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG), "/nonexistent/kb.conf");
 }
 
+/* metrics_listen: loopback by default, off when empty, numeric only; a
+ * non-loopback address only with metrics_allow_remote. log_format. */
+static void
+test_metrics_and_log_format(void)
+{
+	static const char *const bad[] = {"localhost:7444", "127.0.0.1",
+	    "127.0.0.1:", "127.0.0.1:70000", "127.0.0.1:x", "[::1]7444",
+	    "::1:7444", "127.0.0.1:-1"};
+	struct config *c = NULL;
+	char text[256];
+	size_t i;
+
+	KBT_ASSERT_OK(parse(MINIMAL, &c));
+	KBT_ASSERT_STR(c->metrics_listen, "127.0.0.1:7444");
+	KBT_ASSERT_INT(c->metrics_allow_remote, ==, 0);
+	KBT_ASSERT_INT(c->log_format, ==, LOG_FORMAT_TEXT);
+	config_free(c);
+	KBT_ASSERT_OK(parse(MINIMAL "metrics_listen =\n", &c));
+	KBT_ASSERT_STR(c->metrics_listen, "");
+	config_free(c);
+	KBT_ASSERT_OK(parse(MINIMAL "metrics_listen = 127.1.2.3:9\n", &c));
+	config_free(c);
+	KBT_ASSERT_OK(parse(MINIMAL "metrics_listen = [::1]:7444\n", &c));
+	KBT_ASSERT_STR(c->metrics_listen, "[::1]:7444");
+	config_free(c);
+	KBT_ASSERT_ERR(parse(MINIMAL "metrics_listen = 0.0.0.0:7444\n", &c),
+	    KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "metrics_listen = 0.0.0.0:7444 is not a loopback address");
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_CONFIG), "set metrics_allow_remote = true");
+	KBT_ASSERT_ERR(
+	    parse(MINIMAL "metrics_listen = [::]:7444\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_ERR(parse(MINIMAL "metrics_listen = 10.0.0.5:7444\n", &c),
+	    KB_ERR_CONFIG);
+	KBT_ASSERT_OK(parse(MINIMAL "metrics_listen = 10.0.0.5:7444\n"
+	                            "metrics_allow_remote = true\n",
+	    &c));
+	KBT_ASSERT_INT(c->metrics_allow_remote, ==, 1);
+	config_free(c);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(text, sizeof(text), MINIMAL "metrics_listen = %s\n",
+		    bad[i]);
+		KBT_ASSERT_ERR(parse(text, &c), KB_ERR_CONFIG);
+		KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+		    "is not a numeric address and port");
+	}
+	KBT_ASSERT_OK(parse(MINIMAL "log_format = json\n", &c));
+	KBT_ASSERT_INT(c->log_format, ==, LOG_FORMAT_JSON);
+	config_free(c);
+	KBT_ASSERT_ERR(parse(MINIMAL "log_format = xml\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "line 6: log_format must be text or json, not \"xml\"");
+}
+
 static const struct kbt_case cases[] = {
     {"/config/defaults-and-paths", test_defaults_and_paths},
     {"/config/clock-jump-limit", test_clock_jump_limit},
     {"/config/values", test_values}, {"/config/errors", test_errors},
     {"/config/rate-limits", test_rate_limits},
-    {"/config/load-missing", test_load_missing}, {NULL, NULL}};
+    {"/config/load-missing", test_load_missing},
+    {"/config/metrics-and-log-format", test_metrics_and_log_format},
+    {NULL, NULL}};
 
 int
 main(int argc, char **argv)
