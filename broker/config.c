@@ -59,6 +59,8 @@ static const struct option options[] = {
     OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
     OPT(audit_checkpoint_interval_s, V_UINT, 1, 86400),
     OPT(health_timeout_ms, V_UINT, 10, 60000),
+    OPT(doctor_disk_warn_mb, V_UINT, 1, 1048576),
+    OPT(doctor_disk_fail_mb, V_UINT, 1, 1048576),
 };
 
 static char *
@@ -185,6 +187,8 @@ config_parse(const char *text, size_t len, const char *dir, struct config **out)
 	c->max_streams_per_identity = 16;
 	c->audit_checkpoint_events = 1000;
 	c->audit_checkpoint_interval_s = 60;
+	c->doctor_disk_warn_mb = 1024;
+	c->doctor_disk_fail_mb = 64;
 	for (line = buf; line != NULL; line = next) {
 		lineno++;
 		if ((next = strchr(line, '\n')) != NULL)

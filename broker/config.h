@@ -42,6 +42,8 @@ struct config {
 	unsigned audit_checkpoint_events;
 	unsigned audit_checkpoint_interval_s;
 	unsigned health_timeout_ms; /* longest a health check waits */
+	/* The doctor: free disk below these (MiB) warns, fails. */
+	unsigned doctor_disk_warn_mb, doctor_disk_fail_mb;
 	int allow_new_database; /* --allow-new-database (not a file key) */
 	int accept_audit_loss; /* --accept-audit-loss (not a file key) */
 };
