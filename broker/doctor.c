@@ -180,7 +180,7 @@ check_token(
 		add(rp, SEV_FAIL, "token.mech", s,
 		    "use a token (or PKCS#11 module) that offers it; note "
 		    "that p11-kit-client 0.24 does not pass CKM_AES_GCM on "
-		    "(README \"Facts\")",
+		    "(DESIGN.md, facts found on this machine)",
 		    "not usable: %s", dg.mechs[i].why);
 	}
 	if (nok > 0)
