@@ -3,9 +3,9 @@
 # test-doctor.sh: kbctl doctor (RunDiagnostics, online) and keybrokerd
 # --doctor (offline) on a real broker and a real SoftHSMv2 token (issue 14).
 #
-# Two tenants: acme (a generated key, active, three customer-managed
-# environments: prod, dev, qa; one on the platform key) and globex (two
-# platform environments).
+# On keybrokerd-testclock. Two tenants: acme (a generated key, active,
+# three customer-managed environments: prod, dev, qa; one on the platform
+# key) and globex (a key, web customer-managed, api on the platform key).
 #  1. Healthy: online and offline both exit 0, every finding ok, each check
 #     present (token, its mechanisms, keys, certificates, CRL, clock, disk,
 #     jobs, deletions); --json agrees. The offline run changes no file of
@@ -20,7 +20,11 @@
 #     has room (doctor_disk_warn_mb = 4, doctor_disk_fail_mb = 2), then
 #     filled: a FAIL naming the database's file system, exit 5, online and
 #     offline. Skipped (saying so) only if no tmpfs can be mounted.
-#  4. acme's tenant key destroyed in the token (p11tool): offline and
+#  4. Policy time jumps 73 hours forward: a WARN saying the sweeper waits
+#     for 'kbctl clock confirm', exit 4; confirmed, 0. globex locked: its
+#     environment and key are counted as locked, the environment's deletion
+#     date shown, still exit 0.
+#  5. acme's tenant key destroyed in the token (p11tool): offline and
 #     online a FAIL naming the key and its environments acme/prod, acme/dev,
 #     acme/qa (not acme/plat), exit 5.
 # Run: bash tests/integration/test-doctor.sh (KB_BUILD=build dir, KBT_KEEP=1).
@@ -42,7 +46,7 @@ if [[ ${KBT_DOCTOR_NS:-} != 1 && $(id -u) == 0 ]]; then
 	rmdir "$probe" 2>/dev/null
 fi
 
-kbt_setup workers=4
+kbt_setup_testclock workers=4
 w=$KBT_DIR/work
 mkdir -m 700 "$w"
 pw=$w/pw
@@ -101,6 +105,10 @@ expect_ok kb_admin keys activate acme "$KEY" --wait
 for e in prod dev qa; do
 	expect_ok kb_admin envs apply-key acme "$e"
 done
+expect_ok kb_admin keys generate globex --out "$w/globex.pfx" --password-file "$pw" --json
+GKEY=$(json 'd["key"]["id"]')
+expect_ok kb_admin keys activate globex "$GKEY" --wait
+expect_ok kb_admin envs apply-key globex web
 expect_ok kb_admin byok kek acme --json
 
 kbt_section "1. healthy: exit 0 online and offline"
@@ -216,7 +224,27 @@ else
 	kbt_skip "a full disk" "cannot mount a tmpfs here, nor in a private mount namespace (mount: ${out:-failed}); run as root"
 fi
 
-kbt_section "4. acme's tenant key destroyed in the token: FAIL naming it, exit 5"
+kbt_section "4. a clock jump waits for confirmation: WARN, exit 4; locked environments counted"
+kbt_start || kbt_done
+kbt_clock_set $((73 * 3600))
+expect_ok kb_admin clock show
+check_out "the broker saw the jump: the sweeper is paused" '^sweeper: PAUSED'
+doctor_on "a forward clock jump waiting" 4
+check_out "online: WARN says the jump waits, and what to do" \
+	"^WARN  clock +policy time .*: a forward jump of 3 d [01] h .* waits for confirmation: the sweeper deletes nothing meanwhile"
+check_out "online: ... kbctl clock confirm" "^ +-> check the host's clock .*kbctl clock confirm"
+check_out "online: nothing else warns or fails" '^doctor: [0-9]+ ok, 1 warn, 0 fail'
+expect_ok kb_admin clock confirm --yes
+doctor_on "the jump confirmed" 0
+expect_ok kb_admin tenants lock globex --key "$w/globex.pfx" --password-file "$pw" --yes
+doctor_on "globex locked" 0
+check_out "online: the locked environment is counted, with its deletion date" \
+	"^OK    deletion +environments in state locked: 1 locked: pending deletion by the sweeper 28 days after each lock unless unlocked, the first at $(date -u -d "@$(($(kbt_now_us) / 1000000 + 28 * 86400))" +%Y-%m-%d)"
+check_out "online: the locked keys are counted (the tenant key and its KEK)" "^OK    deletion +keys in state locked: 2 locked"
+kbt_stop
+doctor_off "globex locked" 0
+
+kbt_section "5. acme's tenant key destroyed in the token: FAIL naming it, exit 5"
 kbt_token_delete "$KEY"
 doctor_off "the tenant key gone from the token" 5
 cat "$KBT_OUT"
