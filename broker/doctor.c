@@ -308,8 +308,15 @@ check_binding(const struct doctor_deps *d, struct report *rp,
 {
 	char label[64], serial[64];
 
-	if (d->store == NULL || d->hsm == NULL)
+	if (d->store == NULL)
 		return;
+	if (d->hsm == NULL) {
+		add(rp, SEV_OK, "database", d->cfg->database, NULL,
+		    "schema %d; its token binding not checked (the token "
+		    "could not be opened)",
+		    store_schema_version(d->store));
+		return;
+	}
 	if (store_meta_get(d->store, "token_label", label, sizeof(label))
 	        != KB_OK
 	    || store_meta_get(d->store, "token_serial", serial, sizeof(serial))
