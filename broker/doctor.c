@@ -31,6 +31,8 @@
 
 #define DAY_US (86400LL * 1000000)
 #define MIB (1024ULL * 1024)
+/* Keys missing from the token named one by one; the rest counted. */
+#define DOCTOR_KEYS_NAMED 50
 /* A running job that has not moved for this long is stuck. */
 #define JOB_STALL_US (10LL * 60 * 1000000)
 
@@ -254,7 +256,10 @@ check_keys(const struct doctor_deps *d, struct report *rp,
 		if (keycheck_present(d->hsm, k->id, label, k->purpose, k->state,
 		        k->parent_id, k->fingerprint, why, sizeof(why)))
 			continue;
-		bad++;
+		/* A token that lost everything: name the first ones, count
+		 * the rest (the report stays readable, and small). */
+		if (bad++ >= DOCTOR_KEYS_NAMED)
+			continue;
 		envs = tenants = 0;
 		names[0] = envs_s[0] = '\0';
 		if (store_key_dependents(
@@ -292,6 +297,14 @@ check_keys(const struct doctor_deps *d, struct report *rp,
 			    names[0] ? " (tenants: " : "", names,
 			    names[0] ? ")" : "");
 	}
+	if (bad > DOCTOR_KEYS_NAMED)
+		add(rp, SEV_FAIL, "key", "the keys the database refers to",
+		    "restore the token from its backup (README \"Backup and "
+		    "recovery\"), or point token_uri at the token that holds "
+		    "them",
+		    "%zu of the %zu keys needed are not in token '%s' as "
+		    "recorded; the first %d are named above",
+		    bad, needed, ti->label, DOCTOR_KEYS_NAMED);
 	if (bad == 0)
 		add(rp, SEV_OK, "key", "the keys the database refers to", NULL,
 		    "all %zu needed in the token are in token '%s', RSA keys "

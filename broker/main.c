@@ -152,6 +152,8 @@ print_config(const struct config *c)
 	    c->audit_checkpoint_events, c->audit_checkpoint_interval_s,
 	    c->health_timeout_ms);
 	printf("clock_jump_limit_s = %u\n", c->clock_jump_limit_s);
+	printf("doctor_disk_warn_mb = %u\ndoctor_disk_fail_mb = %u\n",
+	    c->doctor_disk_warn_mb, c->doctor_disk_fail_mb);
 }
 
 int
