@@ -229,7 +229,7 @@ check_keys(const struct doctor_deps *d, struct report *rp,
 	char label[DEK_LABEL_MAX], why[300], subj[300], names[1400],
 	    envs_s[1400];
 	uint64_t envs, tenants;
-	size_t n = 0, i, needed = 0, bad = 0;
+	size_t n = 0, i, needed = 0, bad = 0, warned = 0;
 
 	if (d->store == NULL)
 		return;
@@ -254,8 +254,31 @@ check_keys(const struct doctor_deps *d, struct report *rp,
 		needed++;
 		keycheck_label(k, label, sizeof(label));
 		if (keycheck_present(d->hsm, k->id, label, k->purpose, k->state,
-		        k->parent_id, k->fingerprint, why, sizeof(why)))
+		        k->parent_id, k->fingerprint, why, sizeof(why))) {
+			/* A KEK whose token object is gone while its tenant
+			 * key is there: the next start unwraps it again, but
+			 * until then this broker cannot open what it seals. */
+			if (d->online && strcmp(k->purpose, "kek") == 0
+			    && hsm_secret_exists(d->hsm, k->id, label)
+			        != KB_OK) {
+				kb_err_clear();
+				snprintf(subj, sizeof(subj),
+				    "KEK %s of tenant %s (state %s)", k->id,
+				    k->tenant_id, k->state);
+				snprintf(why, sizeof(why),
+				    "kbctl repair %s (unwraps it again from "
+				    "its "
+				    "stored copy), or restart keybrokerd",
+				    k->tenant_id);
+				warned++;
+				add(rp, SEV_WARN, "key", subj, why,
+				    "not in token '%s', but its tenant key %s "
+				    "is: the data keys it seals fail until it "
+				    "is unwrapped again",
+				    ti->label, k->parent_id);
+			}
 			continue;
+		}
 		/* A token that lost everything: name the first ones, count
 		 * the rest (the report stays readable, and small). */
 		if (bad++ >= DOCTOR_KEYS_NAMED)
@@ -305,7 +328,7 @@ check_keys(const struct doctor_deps *d, struct report *rp,
 		    "%zu of the %zu keys needed are not in token '%s' as "
 		    "recorded; the first %d are named above",
 		    bad, needed, ti->label, DOCTOR_KEYS_NAMED);
-	if (bad == 0)
+	if (bad == 0 && warned == 0)
 		add(rp, SEV_OK, "key", "the keys the database refers to", NULL,
 		    "all %zu needed in the token are in token '%s', RSA keys "
 		    "with the recorded public-key fingerprint (%zu more are "

@@ -24,7 +24,10 @@
 #     for 'kbctl clock confirm', exit 4; confirmed, 0. globex locked: its
 #     environment and key are counted as locked, the environment's deletion
 #     date shown, still exit 0.
-#  5. acme's tenant key destroyed in the token (p11tool): offline and
+#  5. acme's KEK destroyed in the token under the running broker: a WARN
+#     (the next start unwraps it again) saying 'kbctl repair acme', exit 4;
+#     repaired, 0.
+#  6. acme's tenant key destroyed in the token (p11tool): offline and
 #     online a FAIL naming the key and its environments acme/prod, acme/dev,
 #     acme/qa (not acme/plat), exit 5.
 # Run: bash tests/integration/test-doctor.sh (KB_BUILD=build dir, KBT_KEEP=1).
@@ -244,7 +247,24 @@ check_out "online: the locked keys are counted (the tenant key and its KEK)" "^O
 kbt_stop
 doctor_off "globex locked" 0
 
-kbt_section "5. acme's tenant key destroyed in the token: FAIL naming it, exit 5"
+kbt_section "5. acme's KEK destroyed under the running broker: WARN, exit 4; repaired, 0"
+kbt_start || kbt_done
+kbt_token_delete "kb:kek:acme" "$KBT_DIR/token" secret-key
+doctor_on "the KEK gone from the token, its tenant key there" 4
+cat "$KBT_OUT"
+check_out "online: WARN names the KEK and its tenant key" \
+	"^WARN  key +KEK kek-[0-9a-f]+ of tenant acme \(state active\): not in token 'keybroker', but its tenant key $KEY is"
+check_out "online: ... and says kbctl repair acme" "^ +-> kbctl repair acme "
+expect_ok kb_admin repair acme --yes
+check_out "kbctl repair: all 3 data keys the KEK seals repaired, none marked unrecoverable" \
+	'^[0-9]+ data keys checked, 3 repaired, 0 unrecoverable'
+for e in prod dev qa; do
+	check "acme/$e serves its data key again" kb_svc acme "$e" datakey get acme "$e"
+done
+doctor_on "the KEK unwrapped again by kbctl repair" 0
+kbt_stop
+
+kbt_section "6. acme's tenant key destroyed in the token: FAIL naming it, exit 5"
 kbt_token_delete "$KEY"
 doctor_off "the tenant key gone from the token" 5
 cat "$KBT_OUT"
