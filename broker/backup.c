@@ -21,9 +21,9 @@
 #include "clock.h"
 #include "config.h"
 #include "dek.h"
-#include "fingerprint.h"
 #include "hsm.h"
 #include "kb_audit.h"
+#include "keycheck.h"
 #include "store.h"
 
 #define NSECTIONS 2
@@ -51,36 +51,6 @@ struct backup {
 
 /* ---- the manifest ---- */
 
-/* Whether the broker needs `k` in the token to start and serve: keys
- * locked, deleted or retired are gone from it by design. */
-static int
-key_needed(const struct store_key *k)
-{
-	return strcmp(k->state, "active") == 0
-	    || strcmp(k->state, "available") == 0
-	    || strcmp(k->state, "installing") == 0;
-}
-
-/* AES keys are found by id and label; RSA pairs by id. */
-static int
-key_is_secret(const struct store_key *k)
-{
-	return strcmp(k->purpose, "kek") == 0
-	    || (strcmp(k->purpose, "platform") == 0
-	        && strcmp(k->wrap_alg, HSM_ALG_AES_GCM) == 0);
-}
-
-static void
-key_label(const struct store_key *k, char *buf, size_t len)
-{
-	if (strcmp(k->purpose, "kek") == 0)
-		dek_label(STORE_MODE_CUSTOMER, k->tenant_id, buf, len);
-	else if (key_is_secret(k))
-		snprintf(buf, len, "%s", DEK_LABEL_PLATFORM);
-	else
-		snprintf(buf, len, "%s", k->id);
-}
-
 static int
 jset(json_t *o, const char *name, json_t *v)
 {
@@ -94,7 +64,7 @@ key_json(struct store *s, const struct store_key *k)
 	uint64_t envs = 0, tenants = 0;
 	json_t *o = json_object();
 
-	key_label(k, label, sizeof(label));
+	keycheck_label(k, label, sizeof(label));
 	if (o == NULL
 	    || store_key_dependents(
 	           s, k->id, &envs, &tenants, names, sizeof(names))
@@ -107,7 +77,7 @@ key_json(struct store *s, const struct store_key *k)
 	    || jset(o, "fingerprint", json_string(k->fingerprint))
 	    || jset(o, "label", json_string(label))
 	    || jset(o, "parent", json_string(k->parent_id))
-	    || jset(o, "in_token", json_boolean(key_needed(k)))
+	    || jset(o, "in_token", json_boolean(keycheck_needed(k)))
 	    || jset(o, "environments", json_integer((json_int_t)envs))
 	    || jset(o, "tenants", json_integer((json_int_t)tenants))
 	    || jset(o, "tenant_ids", json_string(names))) {
@@ -530,59 +500,13 @@ jstr(json_t *o, const char *name)
 }
 
 /* Whether key `k` (a manifest entry) is in the token as the backup needs
- * it; *why says what is wrong, *note what the broker will do. */
+ * it; *why says what is wrong. */
 static int
 key_present(struct hsm *h, json_t *k, char *why, size_t len)
 {
-	const char *id = jstr(k, "id"), *label = jstr(k, "label");
-	const char *purpose = jstr(k, "purpose"),
-	           *want = jstr(k, "fingerprint");
-	uint8_t *der = NULL;
-	size_t der_len = 0;
-	char fp[65];
-	enum kb_err e;
-
-	why[0] = '\0';
-	if (strcmp(label, id) != 0) {
-		/* An AES key: by id and label. */
-		if (hsm_secret_exists(h, id, label) == KB_OK)
-			return 1;
-		kb_err_clear();
-		/* A KEK is made again from its wrapped copy in the database
-		 * at start, when its tenant key is there. */
-		if (strcmp(purpose, "kek") == 0
-		    && strcmp(jstr(k, "state"), "active") == 0
-		    && hsm_key_exists(h, jstr(k, "parent")) == KB_OK)
-			return 1;
-		kb_err_clear();
-		snprintf(
-		    why, len, "no AES key with id %s and label %s", id, label);
-		return 0;
-	}
-	if (hsm_key_exists(h, id) != KB_OK) {
-		kb_err_clear();
-		snprintf(why, len, "no private key with id %s", id);
-		return 0;
-	}
-	if (strlen(want) != 64)
-		return 1;
-	if ((e = hsm_public_key_der(h, id, &der, &der_len)) != KB_OK
-	    || (e = fingerprint_spki(der, der_len, fp)) != KB_OK) {
-		free(der);
-		snprintf(why, len, "its public key cannot be read: %s",
-		    kb_err_msg(e));
-		kb_err_clear();
-		return 0;
-	}
-	free(der);
-	if (strcmp(fp, want) != 0) {
-		snprintf(why, len,
-		    "key %s in the token is another key "
-		    "(fingerprint %.16s..., the backup's is %.16s...)",
-		    id, fp, want);
-		return 0;
-	}
-	return 1;
+	return keycheck_present(h, jstr(k, "id"), jstr(k, "label"),
+	    jstr(k, "purpose"), jstr(k, "state"), jstr(k, "parent"),
+	    jstr(k, "fingerprint"), why, len);
 }
 
 static enum kb_err

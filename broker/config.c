@@ -72,6 +72,8 @@ static const struct option options[] = {
     OPT(metrics_listen, V_ADDR, 0, 0),
     OPT(metrics_allow_remote, V_BOOL, 0, 0),
     OPT(log_format, V_FORMAT, 0, 0),
+    OPT(doctor_disk_warn_mb, V_UINT, 1, 1048576),
+    OPT(doctor_disk_fail_mb, V_UINT, 1, 1048576),
 };
 
 static char *
@@ -211,6 +213,8 @@ config_parse(const char *text, size_t len, const char *dir, struct config **out)
 	c->max_streams_per_identity = 16;
 	c->audit_checkpoint_events = 1000;
 	c->audit_checkpoint_interval_s = 60;
+	c->doctor_disk_warn_mb = 1024;
+	c->doctor_disk_fail_mb = 64;
 	for (line = buf; line != NULL; line = next) {
 		lineno++;
 		if ((next = strchr(line, '\n')) != NULL)

@@ -47,6 +47,8 @@ struct config {
 	char *metrics_listen;
 	int metrics_allow_remote;
 	int log_format; /* LOG_FORMAT_TEXT or LOG_FORMAT_JSON (log.h) */
+	/* The doctor: free disk below these (MiB) warns, fails. */
+	unsigned doctor_disk_warn_mb, doctor_disk_fail_mb;
 	int allow_new_database; /* --allow-new-database (not a file key) */
 	int accept_audit_loss; /* --accept-audit-loss (not a file key) */
 };

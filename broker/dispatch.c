@@ -211,6 +211,10 @@ const struct rpc_method dispatch_methods[] = {
         AUDIT_ALWAYS, CHECKED_BY_HANDLER),
     UNARY(DenyRequest, ADMIN, approval_request_ref, rpc_approval_deny,
         AUDIT_ALWAYS, CHECKED_BY_HANDLER),
+    /* Doctor (issue 14): read-only checks of the whole broker (its
+     * token, every tenant's keys): platform-wide admins. */
+    UNARY(RunDiagnostics, ADMIN, run_diagnostics_request, rpc_doctor_run,
+        AUDIT_REFUSALS, PLATFORM_ONLY),
     {NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, {SCOPE_UNSET}, 0}};
 
 enum kb_err

@@ -18,6 +18,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include "kb_time.h"
 #include "log.h"
 #include "names.h"
 
@@ -72,16 +73,6 @@ mono_us(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-static int64_t
-asn1_time_us(const ASN1_TIME *t)
-{
-	struct tm tm;
-
-	if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
-		return 0;
-	return (int64_t)timegm(&tm) * 1000000;
 }
 
 static void
@@ -196,7 +187,7 @@ store_build(const char *ca_file, const char *crl_file, X509_STORE **out,
 		while ((crl = PEM_read_bio_X509_CRL(bio, NULL, NULL, NULL))
 		    != NULL) {
 			const ASN1_TIME *nu = X509_CRL_get0_nextUpdate(crl);
-			int64_t t = asn1_time_us(nu);
+			int64_t t = kb_time_asn1_us(nu);
 
 			n++;
 			if (crl_issuer(st, crl) == NULL) {
@@ -625,7 +616,7 @@ verify_and_parse(X509_STORE *store, const char *crl_file, X509 *cert,
 	memset(out, 0, sizeof(*out));
 	if ((e = verify_chain(store, crl_file, cert, now_us)) != KB_OK)
 		goto out;
-	out->not_after_us = asn1_time_us(X509_get0_notAfter(cert));
+	out->not_after_us = kb_time_asn1_us(X509_get0_notAfter(cert));
 	subj = X509_get_subject_name(cert);
 	if (name_entry(
 	        subj, NID_commonName, out->name, sizeof(out->name), &count)

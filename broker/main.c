@@ -14,6 +14,7 @@
 #include "broker.h"
 #include "config.h"
 #include "dispatch.h"
+#include "doctor.h"
 #include "health.h"
 #include "identity.h"
 #include "kb_secmem.h"
@@ -32,6 +33,7 @@ usage(FILE *f)
 	    "[--allow-new-database]\n"
 	    "                  [--accept-audit-loss]\n"
 	    "       keybrokerd --config FILE --restore BACKUP [--force]\n"
+	    "       keybrokerd --config FILE --doctor [--json]\n"
 	    "       keybrokerd --version\n"
 	    "\n"
 	    "Serve the keybroker gRPC API with mutual TLS. Keys stay in the\n"
@@ -69,6 +71,17 @@ usage(FILE *f)
 	    "                       database and the audit database and exit\n"
 	    "      --force          with --restore: replace existing database "
 	    "files\n"
+	    "      --doctor         check the token, the keys the database "
+	    "refers to,\n"
+	    "                       certificates, clock, disk, jobs and "
+	    "deletions with\n"
+	    "                       the broker stopped (the database opened "
+	    "read-only;\n"
+	    "                       nothing is changed) and print what was "
+	    "found; exit 0\n"
+	    "                       all ok, 4 warnings, 5 a failure, 1 could "
+	    "not run\n"
+	    "      --json           with --doctor: one JSON document\n"
 	    "  -V, --version        print the version and exit\n"
 	    "  -h, --help           this help\n"
 	    "\n"
@@ -145,6 +158,8 @@ print_config(const struct config *c)
 	       "log_format = %s\n",
 	    c->metrics_listen, c->metrics_allow_remote ? "true" : "false",
 	    c->log_format == LOG_FORMAT_JSON ? "json" : "text");
+	printf("doctor_disk_warn_mb = %u\ndoctor_disk_fail_mb = %u\n",
+	    c->doctor_disk_warn_mb, c->doctor_disk_fail_mb);
 }
 
 /* Call counters for every method of the dispatch table (b->metrics). */
@@ -169,6 +184,8 @@ main(int argc, char **argv)
 	    {"accept-audit-loss", no_argument, NULL, 'L'},
 	    {"restore", required_argument, NULL, 'R'},
 	    {"force", no_argument, NULL, 'F'},
+	    {"doctor", no_argument, NULL, 'D'},
+	    {"json", no_argument, NULL, 'J'},
 	    {"version", no_argument, NULL, 'V'},
 	    {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
 	const char *config_path = NULL, *restore = NULL;
@@ -181,6 +198,7 @@ main(int argc, char **argv)
 	const char **metrics_names = NULL;
 	pthread_t sigthr;
 	int opt, check = 0, allow_new = 0, accept_loss = 0, force = 0;
+	int doctor = 0, json = 0;
 	enum kb_err e;
 
 	while ((opt = getopt_long(argc, argv, "c:Vh", longopts, NULL)) != -1) {
@@ -191,6 +209,8 @@ main(int argc, char **argv)
 		case 'L': accept_loss = 1; break;
 		case 'R': restore = optarg; break;
 		case 'F': force = 1; break;
+		case 'D': doctor = 1; break;
+		case 'J': json = 1; break;
 		case 'V': printf("keybrokerd %s\n", KB_VERSION); return 0;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
@@ -219,6 +239,25 @@ main(int argc, char **argv)
 		fprintf(stderr, "keybrokerd: --force goes with --restore\n");
 		config_free(cfg);
 		return 2;
+	}
+	if (json && !doctor) {
+		fprintf(stderr, "keybrokerd: --json goes with --doctor\n");
+		config_free(cfg);
+		return 2;
+	}
+	if (doctor && restore != NULL) {
+		fprintf(stderr,
+		    "keybrokerd: --doctor and --restore are two "
+		    "runs: give one\n");
+		config_free(cfg);
+		return 2;
+	}
+	if (doctor) {
+		/* Offline: the token and the database are only read. */
+		int rc = doctor_offline(cfg, json, stdout);
+
+		config_free(cfg);
+		return rc;
 	}
 	if (restore != NULL) {
 		/* Offline: no server, no audit writer; nothing is recorded. */

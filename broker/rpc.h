@@ -126,6 +126,10 @@ enum kb_err rpc_approval_approve(
 enum kb_err rpc_approval_deny(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
+/* rpc_doctor.c */
+enum kb_err rpc_doctor_run(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+
 /* Helpers for handlers (rpc_util.c). */
 struct policy_tenant;
 struct Keybroker__V1__Tenant;

@@ -275,9 +275,13 @@ rpc_datakeys_repair(
 		if (v[i].fixed != 0 || v[i].r.locked)
 			continue;
 		/* The key is gone from the token but its wrapped copy is not.
-		 */
+		 * Once an earlier row of this call unwrapped it again, the
+		 * next rows it seals open as they are (unwrapping again would
+		 * find it there): not unrecoverable. */
 		if (strcmp(v[i].problem, "key_missing") == 0
-		    && repair_kek(c, &v[i])) {
+		    && (repair_kek(c, &v[i])
+		        || check_row(c->b, &v[i].r, msg, sizeof(msg), &fatal)
+		            == NULL)) {
 			v[i].fixed = 1;
 			snprintf(v[i].msg, sizeof(v[i].msg),
 			    "its KEK %s was "

@@ -276,6 +276,11 @@ enum kb_err store_job_get(
 enum kb_err store_jobs_running(
     struct store *s, struct store_job **out, size_t *n);
 
+/* Jobs running, and failed jobs no later job of the same kind and tenant
+ * finished after (what still needs an admin); *out malloc'd. */
+enum kb_err store_jobs_pending(
+    struct store *s, struct store_job **out, size_t *n);
+
 /* The KEK new data keys of `tenant` are sealed under: the installing one
  * during an activation, else the active one. KB_ERR_NOT_FOUND if none. */
 enum kb_err store_kek_current(
@@ -472,5 +477,34 @@ enum kb_err store_env_counts(
 /* Keys by purpose (a) and state (b). */
 enum kb_err store_key_counts(
     struct store *s, struct store_count **out, size_t *n);
+/* ---- the doctor (store_doctor.c): reads only ---- */
+
+/* Open the database at `path` read-only for the doctor: no migration, no
+ * file created or changed (a database whose write-ahead log is absent, as
+ * after a clean stop, is opened immutable; with one, read-only beside the
+ * broker's). *schema gets its schema version (store_schema_version is
+ * this keybroker's). KB_ERR_NOT_FOUND if there is no file. */
+enum kb_err store_open_readonly(
+    const char *path, struct store **out, int *schema);
+
+/* How many rows of a kind ("environment", "key") are in each state that
+ * is on the way out or gone (environments not enabled; keys not available,
+ * installing, active or retired), and the oldest time of each group (an
+ * environment's lock time, a key's last update). New states show up here
+ * with no change. *out malloc'd. */
+struct store_state_count {
+	char kind[16];
+	char state[24];
+	uint64_t count;
+	int64_t oldest_us;
+};
+enum kb_err store_state_counts(
+    struct store *s, struct store_state_count **out, size_t *n);
+
+/* The environments (not deleted) whose current data keys key `key_id`
+ * seals, or (a tenant key) its KEKs seal: "tenant/env, ..." into `names`,
+ * the first 20 by name. */
+enum kb_err store_key_dependent_envs(
+    struct store *s, const char *key_id, char *names, size_t len);
 
 #endif /* KB_STORE_H */

@@ -776,6 +776,30 @@ store_jobs_running(struct store *s, struct store_job **out, size_t *n)
 	return e;
 }
 
+enum kb_err
+store_jobs_pending(struct store *s, struct store_job **out, size_t *n)
+{
+	/* A failed job stays in the table for good; one that a later job of
+	 * the same kind and tenant finished after it no longer matters. */
+	static const char sql[] =
+	    "SELECT " JOB_COLS " FROM jobs j WHERE state = 'running' OR "
+	    "(state = 'failed' AND NOT EXISTS (SELECT 1 FROM jobs l WHERE "
+	    "l.kind = j.kind AND coalesce(l.tenant_id, '') = "
+	    "coalesce(j.tenant_id, '') AND l.state = 'done' AND "
+	    "l.create_time_us > j.create_time_us)) ORDER BY create_time_us";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+
+	*out = NULL;
+	*n = 0;
+	if ((e = store_stmt(c, sql, &st)) == KB_OK)
+		e = store_collect(c, st, sizeof(**out), job_row, (void **)out,
+		    n, "listing pending jobs");
+	store_conn_put(s, c);
+	return e;
+}
+
 int64_t
 store_deks_count(struct store *s, const char *tenant)
 {

@@ -68,6 +68,8 @@
 /* Server streaming: the bytes of a backup file. */
 #define KB_METHOD_CREATE_BACKUP "/keybroker.v1.KeyBroker/CreateBackup"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
+/* Doctor (issue 14). */
+#define KB_METHOD_RUN_DIAGNOSTICS "/keybroker.v1.KeyBroker/RunDiagnostics"
 
 /* A client: one channel (one HTTP/2 connection) to each broker address it
  * was given; its calls go to one of them at a time. Safe to use from many

@@ -213,4 +213,7 @@ int kbctl_stop_signal(void);
 /* kbctl_backup.c */
 int kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a);
 
+/* kbctl_doctor.c: the running broker's health report. */
+int kbctl_cmd_doctor(struct kbctl *k, const struct kbctl_args *a);
+
 #endif /* KB_KBCTL_H */

@@ -601,6 +601,26 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  { { "--out", "FILE", "where to write the backup (mode 0600)", KBCTL_REQUIRED },
 	    { "--force", NULL, "replace FILE if it exists" } },
 	  kbctl_cmd_backup_create },
+	{ NULL, "doctor", "", 0, 0,
+	  "Check the broker's health: token, keys, certificates, clock, disk, jobs",
+	  "Asks the running broker (RunDiagnostics, platform-wide admins) to\n"
+	  "check, without changing anything: its token (logged in, the\n"
+	  "mechanisms it uses), every key its database refers to (in the token,\n"
+	  "with the recorded fingerprint; a missing one named with the\n"
+	  "environments and tenants depending on it), the expiry of tls_cert and\n"
+	  "its chain, of client_ca and of client_crl's nextUpdate (warn 30 days\n"
+	  "ahead), policy time's mark against the wall clock and a clock jump\n"
+	  "waiting for 'kbctl clock confirm', free disk for the database and the\n"
+	  "audit log (doctor_disk_warn_mb, doctor_disk_fail_mb), jobs running or\n"
+	  "failed, and what is locked, pending deletion or deleted. Each finding:\n"
+	  "severity (OK, WARN, FAIL), what was checked, what was found, and what\n"
+	  "to do (after ->). 'keybrokerd --doctor --config FILE' runs the same\n"
+	  "checks with the broker stopped. --json prints {\"status\", \"summary\",\n"
+	  "\"findings\": [{\"severity\", \"check\", \"subject\", \"found\",\n"
+	  "\"remedy\"}], ...}.\n"
+	  "Exit status: 0 all ok, 4 warnings but no failure, 5 at least one\n"
+	  "failure; 1 the doctor could not run (no broker, refused), 2 usage.",
+	  { { NULL } }, kbctl_cmd_doctor },
 };
 
 const struct kbctl_group kbctl_groups[] = {

@@ -100,3 +100,13 @@ kb_time_parse(const char *s, int64_t now_us, int64_t *out)
 	*out = (int64_t)timegm(&tm) * 1000000 + frac;
 	return 0;
 }
+
+int64_t
+kb_time_asn1_us(const ASN1_TIME *t)
+{
+	struct tm tm;
+
+	if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1)
+		return 0;
+	return (int64_t)timegm(&tm) * 1000000;
+}

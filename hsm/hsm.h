@@ -198,6 +198,34 @@ enum kb_err hsm_data_write(
 /* Fill buf with n bytes from the token's C_GenerateRandom. */
 enum kb_err hsm_random(struct hsm *h, uint8_t *buf, size_t n);
 
+/* ---- diagnostics (hsm_diag.c) ---- */
+
+#define HSM_DIAG_MECHS 8
+
+/* One mechanism the broker uses and whether the token offers it with the
+ * flags that use needs (C_GetMechanismInfo). */
+struct hsm_diag_mech {
+	const char *name; /* "CKM_AES_GCM" (static) */
+	const char *use; /* what the broker does with it (static) */
+	int ok;
+	char why[160]; /* when not ok: missing, or which flag lacks */
+};
+
+/* What the doctor reads of the token; nothing is changed. */
+struct hsm_diag {
+	int logged_in; /* a pooled session is in the user state */
+	char login_error[200]; /* when not */
+	int rng; /* CKF_RNG: C_GenerateRandom (ids, DEKs, IVs) */
+	int pin_count_low, pin_final_try, pin_locked; /* CKF_USER_PIN_* */
+	struct hsm_diag_mech mechs[HSM_DIAG_MECHS];
+	size_t nmechs;
+};
+
+/* Fill *out: the login state, the token's flags (C_GetTokenInfo) and
+ * every mechanism hsm/ uses. KB_ERR_HSM when the token cannot be asked at
+ * all (*out says how far it got). */
+enum kb_err hsm_diagnose(struct hsm *h, struct hsm_diag *out);
+
 /* Name of a CK_RV ("CKR_PIN_INCORRECT"), for messages. */
 const char *hsm_rv_name(unsigned long rv);
 

@@ -29,6 +29,12 @@
 #   kbt_secret_file PATH TEXT  write TEXT to PATH, mode 0600 (passwords)
 #   kbt_token_ids              the CKA_ID of every object in the test token,
 #                              as text, one a line (p11tool; status 2 without)
+#   kbt_token_delete LABEL [TOKEN_DIR [TYPES]]  destroy the objects labelled
+#                              LABEL (TYPES, default "private public": a key pair
+#                              labelled by its id; "secret-key" for a KEK,
+#                              kb:kek:TENANT) in the test token (or the token copy
+#                              in TOKEN_DIR), as an HSM that lost a key; p11tool's
+#                              output in TOKEN_DIR/p11tool.log
 #   expect_refused_until RULE WANT_US TOL_S CMD...
 #                              CMD is FAILED_PRECONDITION naming RULE (ERE) and
 #                              "allowed from <RFC 3339 time>" within TOL_S
@@ -572,6 +578,21 @@ kbt_token_ids() {
 	sed -n 's/^\tID: \([0-9a-f:]\{2,\}\)$/\1/p' <<<"$out" | while read -r hex; do
 		printf '%b\n' "\\x${hex//:/\\x}"
 	done | sort -u
+}
+
+# kbt_token_delete LABEL [TOKEN_DIR [TYPES]]: destroy the objects of each
+# of TYPES (default both halves of a key pair) labelled LABEL in the token
+# of TOKEN_DIR (default $KBT_DIR/token), logged in with its PIN through the
+# environment (GNUTLS_PIN), never argv. Fails (a recorded failure) when
+# p11tool cannot delete one of them.
+kbt_token_delete() {
+	local id=$1 dir=${2:-$KBT_DIR/token} types=${3:-private public} type
+	for type in $types; do
+		SOFTHSM2_CONF=$dir/softhsm2.conf GNUTLS_PIN=$(<"$dir/pin") \
+			p11tool --provider /usr/lib/softhsm/libsofthsm2.so --login --batch \
+			--delete "pkcs11:token=keybroker;object=$id;type=$type" >>"$dir/p11tool.log" 2>&1 ||
+			{ kbt_fail "p11tool deletes key $id ($type) from $dir" "$(tail -3 "$dir/p11tool.log")"; return 1; }
+	done
 }
 
 # The command as one line, for test names: shell-quoted, long arguments cut.

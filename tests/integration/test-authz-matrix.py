@@ -132,6 +132,7 @@ ROLES = [
     ("GetApprovalRequest", ADMIN),
     ("ApproveRequest", ADMIN),
     ("DenyRequest", ADMIN),
+    ("RunDiagnostics", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
@@ -397,6 +398,8 @@ class Fixture:
             "GetApprovalRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
             "ApproveRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
             "DenyRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
+            # Platform-wide: a tenant-limited admin is refused; read-only.
+            "RunDiagnostics": pb.RunDiagnosticsRequest(),
         }[method]
 
     def snapshot(self, svc_ch):

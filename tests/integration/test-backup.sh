@@ -212,12 +212,7 @@ sed "s|$KBT_DIR/token|$w/token-copy|g; s|^database = .*|database = $w/db-copy/ke
 	"$KBT_CONF" >"$w/copy.conf"
 sed -i "s|$KBT_DIR/token|$w/token-copy|g" "$w/token-copy/softhsm2.conf"
 mkdir -p "$w/db-copy"
-for type in private public; do
-	SOFTHSM2_CONF=$w/token-copy/softhsm2.conf GNUTLS_PIN=$(cat "$w/token-copy/pin") \
-		p11tool --provider /usr/lib/softhsm/libsofthsm2.so --login --batch \
-		--delete "pkcs11:token=keybroker;object=${KEY[acme]};type=$type" >>"$w/p11tool.log" 2>&1 ||
-		kbt_fail "p11tool deletes acme's key ($type) from the copy" "$(tail -3 "$w/p11tool.log")"
-done
+kbt_token_delete "${KEY[acme]}" "$w/token-copy"
 restore --config "$w/copy.conf" --restore "$w/b1.kbb"
 cat "$KBT_ERR"
 check_eq "a token without acme's key: refused (exit 1)" "$KBT_RC" 1

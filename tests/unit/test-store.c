@@ -768,13 +768,131 @@ test_constraints(void)
 	done(s);
 }
 
+/* The names in `dir`, one string (what "creates no file" compares). */
+static void
+dir_list(const char *dir, char *buf, size_t len)
+{
+	char cmd[700];
+	FILE *p;
+	size_t n;
+
+	snprintf(cmd, sizeof(cmd), "ls -A '%s'", dir);
+	buf[0] = '\0';
+	if ((p = popen(cmd, "r")) != NULL) {
+		n = fread(buf, 1, len - 1, p);
+		buf[n] = '\0';
+		pclose(p);
+	}
+}
+
+/* What the doctor reads: counts of states on the way out (a state this
+ * build does not know counted as it is), pending jobs, the environments a
+ * key protects; and a read-only open that creates no file. */
+static void
+test_doctor_reads(void)
+{
+	struct store *s = fresh(), *ro = NULL;
+	struct store_tenant t;
+	struct store_env env;
+	struct store_dek dek;
+	struct store_state_count *c = NULL;
+	struct store_job *j = NULL;
+	char names[200], dir[512], before[2000], after[2000], *slash;
+	const char *e;
+	size_t n = 0;
+	int schema = 0, i;
+
+	add_platform_key(s);
+	memset(&t, 0, sizeof(t));
+	snprintf(t.id, sizeof(t.id), "acme");
+	KBT_ASSERT_OK(store_tenant_create(s, &t));
+	for (i = 0, e = "prod"; i < 3; i++, e = i == 1 ? "dev" : "old") {
+		memset(&env, 0, sizeof(env));
+		snprintf(env.tenant_id, sizeof(env.tenant_id), "acme");
+		snprintf(env.name, sizeof(env.name), "%s", e);
+		snprintf(env.uid, sizeof(env.uid), "%032d", i + 1);
+		env.mode = STORE_MODE_PLATFORM;
+		env.state = STORE_ENV_ENABLED;
+		make_dek(&dek, (uint8_t)i);
+		KBT_ASSERT_OK(store_env_create(s, &env, &dek));
+	}
+	KBT_ASSERT_OK(store_env_set_state(
+	    s, "acme", "dev", STORE_ENV_ENABLED, STORE_ENV_LOCKED, 5000));
+	KBT_ASSERT_OK(store_env_set_state(
+	    s, "acme", "old", STORE_ENV_ENABLED, STORE_ENV_LOCKED, 6000));
+	KBT_ASSERT_OK(store_env_purge(s, "acme", "old", 7000));
+	KBT_ASSERT_OK(
+	    store_key_dependent_envs(s, "kb-platform-1", names, sizeof(names)));
+	KBT_ASSERT_STR(names, "acme/dev, acme/prod");
+	{
+		struct conn *cn = store_conn_get(s);
+
+		/* A key state a later build may add, and jobs: a failed
+		 * activation a later one finished after (not pending), a
+		 * failed rotation, a running upgrade. */
+		KBT_ASSERT_OK(store_exec(cn->db,
+		    "UPDATE keys SET state = 'pending_deletion', "
+		    "update_time_us = 9 WHERE id = 'kb-platform-1';"
+		    "INSERT INTO jobs(id, tenant_id, kind, key_id, state, "
+		    "create_time_us, update_time_us) VALUES "
+		    "('j-1', 'acme', 'activate', 'k', 'failed', 1, 1), "
+		    "('j-2', 'acme', 'activate', 'k', 'done', 2, 2), "
+		    "('j-3', NULL, 'rotate-platform', 'p', 'failed', 3, 3), "
+		    "('j-4', NULL, 'upgrade-v2', '', 'running', 4, 4);",
+		    "test rows"));
+		store_conn_put(s, cn);
+	}
+	KBT_ASSERT_OK(store_jobs_pending(s, &j, &n));
+	KBT_ASSERT_INT(n, ==, 2);
+	KBT_ASSERT_STR(j[0].id, "j-3");
+	KBT_ASSERT_STR(j[1].id, "j-4");
+	free(j);
+	store_close(s);
+	s = NULL;
+
+	snprintf(dir, sizeof(dir), "%s", dbpath);
+	if ((slash = strrchr(dir, '/')) != NULL)
+		*slash = '\0';
+	dir_list(dir, before, sizeof(before));
+	KBT_ASSERT(strstr(before, "-wal") == NULL);
+	KBT_ASSERT_OK(store_open_readonly(dbpath, &ro, &schema));
+	KBT_ASSERT_INT(schema, ==, store_schema_version(ro));
+	KBT_ASSERT_OK(store_state_counts(ro, &c, &n));
+	KBT_ASSERT_INT(n, ==, 3);
+	KBT_ASSERT_STR(c[0].kind, "environment");
+	KBT_ASSERT_STR(c[0].state, "deleted");
+	KBT_ASSERT_STR(c[1].state, "locked");
+	KBT_ASSERT_INT(c[1].count, ==, 1);
+	KBT_ASSERT_INT(c[1].oldest_us, ==, 5000);
+	KBT_ASSERT_STR(c[2].kind, "key");
+	KBT_ASSERT_STR(c[2].state, "pending_deletion");
+	KBT_ASSERT_INT(c[2].oldest_us, ==, 9);
+	free(c);
+	/* Read-only: a write is refused. */
+	{
+		struct store_tenant t2;
+
+		memset(&t2, 0, sizeof(t2));
+		snprintf(t2.id, sizeof(t2.id), "beta");
+		KBT_ASSERT(store_tenant_create(ro, &t2) != KB_OK);
+		kb_err_clear();
+	}
+	store_close(ro);
+	dir_list(dir, after, sizeof(after));
+	KBT_ASSERT_STR(after, before);
+	KBT_ASSERT_ERR(store_open_readonly("/nonexistent/kb.db", &ro, &schema),
+	    KB_ERR_NOT_FOUND);
+	done(NULL);
+}
+
 static const struct kbt_case cases[] = {
     {"/store/migrations-and-pragmas", test_migrations_and_pragmas},
     {"/store/token-bind", test_token_bind}, {"/store/tenants", test_tenants},
     {"/store/environments", test_environments},
     {"/store/keys-and-meta", test_keys_and_meta}, {"/store/clock", test_clock},
     {"/store/full-disk", test_full_disk}, {"/store/busy", test_busy},
-    {"/store/constraints", test_constraints}, {NULL, NULL}};
+    {"/store/constraints", test_constraints},
+    {"/store/doctor-reads", test_doctor_reads}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)
