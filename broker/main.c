@@ -139,6 +139,7 @@ print_config(const struct config *c)
 	    c->audit_checkpoint_events, c->audit_checkpoint_interval_s,
 	    c->health_timeout_ms);
 	printf("clock_jump_limit_s = %u\n", c->clock_jump_limit_s);
+	printf("deletion_window_days = %u\n", c->deletion_window_days);
 }
 
 int
