@@ -63,6 +63,12 @@
 /* Server streaming: the bytes of a backup file. */
 #define KB_METHOD_CREATE_BACKUP "/keybroker.v1.KeyBroker/CreateBackup"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
+/* Deletion with a way back (issue 14). */
+#define KB_METHOD_DELETE_ENVIRONMENT "/keybroker.v1.KeyBroker/DeleteEnvironment"
+#define KB_METHOD_UNDELETE_ENVIRONMENT                                         \
+	"/keybroker.v1.KeyBroker/UndeleteEnvironment"
+#define KB_METHOD_DELETE_KEY "/keybroker.v1.KeyBroker/DeleteKey"
+#define KB_METHOD_UNDELETE_KEY "/keybroker.v1.KeyBroker/UndeleteKey"
 
 /* A client: one channel (one HTTP/2 connection) to one broker. Safe to use
  * from many threads at once; every call blocks its own thread only. */
