@@ -131,6 +131,26 @@ check_eq "schema 6" "$(sql 'PRAGMA user_version')" 6
 kbt_section "envs delete: pending deletion, every use refused, and undelete"
 expect_usage kb_admin envs delete acme p
 check_eq "without --yes and without a terminal nothing is deleted" "$(env_state acme p)" enabled
+# on_tty ANSWER ARGS...: kbctl ARGS as the admin on a terminal (script(1)
+# gives it a pty), ANSWER typed at its confirmation prompt.
+on_tty() {
+	local answer=$1
+	shift
+	printf '%s\n' "$answer" | KB_CERT=$KBT_PKI/admin.crt KB_KEY=$KBT_PKI/admin.key \
+		timeout 30 script -qec "$(printf '%q ' "$KB_BUILD/kbctl" "$@")" /dev/null >"$KBT_OUT" 2>&1
+	KBT_RC=$?
+}
+if command -v script >/dev/null; then
+	on_tty keep envs delete acme p
+	check "on a terminal, typing another name deletes nothing (exit 1)" \
+		test "$KBT_RC" = 1 -a "$(env_state acme p)" = enabled
+	on_tty p envs delete acme p
+	check "on a terminal, typing the environment name deletes it" \
+		test "$KBT_RC" = 0 -a "$(env_state acme p)" = pending_deletion
+	expect_ok kb_admin envs undelete acme p
+else
+	kbt_skip "script (util-linux) is not installed: the typed confirmation is not tried"
+fi
 t0=$(kbt_now_us)
 expect_ok kb_admin envs delete acme p --yes --json
 FINAL=$(json 'd["delete_final_time_us"]' 2>/dev/null)
@@ -165,7 +185,7 @@ expect_ok kb_admin envs backups acme p --json
 check_json "its backup is there" "[b['id'] for b in items(d, 'backups')] == ['${BK[p]}']"
 expect_ok kb_as auditor audit list --tenant acme --env p --json
 check_json "audited: requested (naming the final time) and undeleted" \
-	"[e['method'] for e in d['events'] if e['method'].startswith('env.delete')] == ['env.delete.requested', 'env.delete.undeleted'] and all('${when:0:16}' in e['reason'] for e in d['events'] if e['method'].startswith('env.delete'))"
+	"[(e['method'], '${when:0:16}' in e['reason']) for e in [e for e in d['events'] if e['method'].startswith('env.delete')][-2:]] == [('env.delete.requested', True), ('env.delete.undeleted', True)]"
 
 kbt_section "past the window the sweeper destroys the data keys: every API refuses"
 expect_ok kb_admin envs delete acme p --yes --json
