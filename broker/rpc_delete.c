@@ -12,6 +12,7 @@
 #include "keybroker.pb-c.h"
 #include "log.h"
 #include "names.h"
+#include "timemark.h"
 
 #define DAY_US ((int64_t)86400 * 1000000)
 
@@ -41,6 +42,21 @@ audit_step(struct rpc_ctx *c, const char *what, const char *tenant,
 		    "audit log: cannot record %s: %s", what, kb_err_msg(e));
 		kb_err_clear();
 	}
+}
+
+/* Whether an undelete may come after the final time: while a forward
+ * clock jump waits for confirmation the sweeper makes nothing final, and a
+ * deletion whose final time only the jump passed can still be cancelled. */
+static int
+undelete_late_ok(struct rpc_ctx *c)
+{
+	struct timemark_state st;
+
+	if (timemark_state(c->b->timemark, &st) != KB_OK) {
+		kb_err_clear();
+		return 0;
+	}
+	return st.jump_from_us != 0;
 }
 
 static int64_t
@@ -94,8 +110,8 @@ rpc_env_undelete(
 	broker_tenant_lock(c->b, in->tenant_id);
 	if ((e = store_env_get(c->b->store, in->tenant_id, in->name, &before))
 	    == KB_OK)
-		e = store_env_delete_cancel(
-		    c->b->store, in->tenant_id, in->name, c->now_us, &env);
+		e = store_env_delete_cancel(c->b->store, in->tenant_id,
+		    in->name, c->now_us, undelete_late_ok(c), &env);
 	broker_tenant_unlock(c->b, in->tenant_id);
 	if (e != KB_OK)
 		return e;
@@ -159,8 +175,8 @@ rpc_key_undelete(
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", in->key_id);
 	broker_tenant_lock(c->b, in->tenant_id);
 	if ((e = store_key_get(c->b->store, in->key_id, &before)) == KB_OK)
-		e = store_key_delete_cancel(
-		    c->b->store, in->tenant_id, in->key_id, c->now_us, &k);
+		e = store_key_delete_cancel(c->b->store, in->tenant_id,
+		    in->key_id, c->now_us, undelete_late_ok(c), &k);
 	else if (e == KB_ERR_NOT_FOUND)
 		e = kb_errf(e, "tenant \"%s\" has no tenant key \"%s\"",
 		    in->tenant_id, in->key_id);

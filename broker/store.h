@@ -463,11 +463,12 @@ enum kb_err store_key_protects(
  * KB_ERR_FAILED_PRECONDITION if it is deleted or already pending. */
 enum kb_err store_env_delete_begin(struct store *s, const char *tenant,
     const char *name, int64_t now, int64_t final_us, struct store_env *out);
-/* Cancel the pending deletion while `now` is before its final time; the
- * environment is as it was (its stored state). KB_ERR_FAILED_PRECONDITION
- * if none is pending or it became final. */
+/* Cancel the pending deletion while `now` is before its final time (or at
+ * any time before the final step when `late_ok`); the environment is as it
+ * was (its stored state). KB_ERR_FAILED_PRECONDITION if none is pending or
+ * it became final. */
 enum kb_err store_env_delete_cancel(struct store *s, const char *tenant,
-    const char *name, int64_t now, struct store_env *out);
+    const char *name, int64_t now, int late_ok, struct store_env *out);
 /* Environments whose pending deletion is final at or before `now`, oldest
  * first, at most `max`; *out malloc'd. */
 enum kb_err store_envs_delete_due(struct store *s, int64_t now,
@@ -485,9 +486,10 @@ enum kb_err store_env_delete_finish(
  * of what it protects; KB_ERR_NOT_FOUND if the tenant has no such key. */
 enum kb_err store_key_delete_begin(struct store *s, const char *tenant,
     const char *key_id, int64_t now, int64_t final_us, struct store_key *out);
-/* pending_deletion -> available while `now` is before its final time. */
+/* pending_deletion -> available while `now` is before its final time (or
+ * until the final step when `late_ok`). */
 enum kb_err store_key_delete_cancel(struct store *s, const char *tenant,
-    const char *key_id, int64_t now, struct store_key *out);
+    const char *key_id, int64_t now, int late_ok, struct store_key *out);
 /* Keys whose pending deletion is final at or before `now`; *out malloc'd. */
 enum kb_err store_keys_delete_due(struct store *s, int64_t now,
     struct store_key **out, size_t *n, size_t max);

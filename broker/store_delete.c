@@ -96,6 +96,7 @@ struct env_delete {
 	const char *tenant, *name;
 	int64_t now, final_us;
 	int op; /* 0 begin, 1 cancel, 2 finish */
+	int late_ok; /* cancel: past the final time too */
 };
 
 static enum kb_err
@@ -135,7 +136,7 @@ env_delete_txn(struct conn *c, void *arg)
 			    "environment %s/%s is not pending deletion (it is "
 			    "%s): nothing to undelete",
 			    a->tenant, a->name, state);
-		if (final_us <= a->now)
+		if (final_us <= a->now && !a->late_ok)
 			return kb_errf(KB_ERR_FAILED_PRECONDITION,
 			    "the deletion of environment %s/%s became final "
 			    "at %s: its data keys are destroyed and cannot "
@@ -169,7 +170,7 @@ enum kb_err
 store_env_delete_begin(struct store *s, const char *tenant, const char *name,
     int64_t now, int64_t final_us, struct store_env *out)
 {
-	struct env_delete a = {tenant, name, now, final_us, 0};
+	struct env_delete a = {tenant, name, now, final_us, 0, 0};
 	enum kb_err e;
 
 	if ((e = store_txn(
@@ -181,9 +182,9 @@ store_env_delete_begin(struct store *s, const char *tenant, const char *name,
 
 enum kb_err
 store_env_delete_cancel(struct store *s, const char *tenant, const char *name,
-    int64_t now, struct store_env *out)
+    int64_t now, int late_ok, struct store_env *out)
 {
-	struct env_delete a = {tenant, name, now, 0, 1};
+	struct env_delete a = {tenant, name, now, 0, 1, late_ok};
 	enum kb_err e;
 
 	if ((e = store_txn(s, env_delete_txn, &a, "undeleting the environment"))
@@ -196,7 +197,7 @@ enum kb_err
 store_env_delete_finish(
     struct store *s, const char *tenant, const char *name, int64_t now)
 {
-	struct env_delete a = {tenant, name, now, 0, 2};
+	struct env_delete a = {tenant, name, now, 0, 2, 0};
 
 	return store_txn(s, env_delete_txn, &a, "deleting the environment");
 }
@@ -260,6 +261,7 @@ struct key_delete {
 	const char *tenant, *key_id;
 	int64_t now, final_us;
 	int op; /* 0 begin, 1 cancel */
+	int late_ok; /* cancel: past the final time too */
 	struct store_key *out;
 };
 
@@ -280,7 +282,7 @@ key_delete_txn(struct conn *c, void *arg)
 			    "key %s of tenant %s is not pending deletion (it "
 			    "is %s): nothing to undelete",
 			    a->key_id, a->tenant, a->out->state);
-		if (a->out->delete_final_us <= a->now)
+		if (a->out->delete_final_us <= a->now && !a->late_ok)
 			return kb_errf(KB_ERR_FAILED_PRECONDITION,
 			    "the deletion of key %s of tenant %s became final "
 			    "at %s: its token object is destroyed and cannot "
@@ -331,7 +333,7 @@ enum kb_err
 store_key_delete_begin(struct store *s, const char *tenant, const char *key_id,
     int64_t now, int64_t final_us, struct store_key *out)
 {
-	struct key_delete a = {tenant, key_id, now, final_us, 0, out};
+	struct key_delete a = {tenant, key_id, now, final_us, 0, 0, out};
 	enum kb_err e;
 
 	if ((e = store_txn(
@@ -343,9 +345,9 @@ store_key_delete_begin(struct store *s, const char *tenant, const char *key_id,
 
 enum kb_err
 store_key_delete_cancel(struct store *s, const char *tenant, const char *key_id,
-    int64_t now, struct store_key *out)
+    int64_t now, int late_ok, struct store_key *out)
 {
-	struct key_delete a = {tenant, key_id, now, 0, 1, out};
+	struct key_delete a = {tenant, key_id, now, 0, 1, late_ok, out};
 	enum kb_err e;
 
 	if ((e = store_txn(s, key_delete_txn, &a, "undeleting the key"))

@@ -183,6 +183,19 @@ check_json "undeleted: enabled again, no deletion pending" \
 check_eq "acme/p serves the same DEK again" "$(dek acme p)" "${DEK[p]}"
 expect_ok kb_admin envs backups acme p --json
 check_json "its backup is there" "[b['id'] for b in items(d, 'backups')] == ['${BK[p]}']"
+# A forward clock jump past the final time, not confirmed: the sweeper
+# makes nothing final, and the deletion can still be cancelled.
+expect_ok kb_admin envs delete acme keep --yes --json
+FK=$(json 'd["delete_final_time_us"]' 2>/dev/null)
+kbt_clock_to $((FK + HOUR))
+sleep 2
+expect_ok kb_admin clock show --json
+check_json "the clock jumped past the final time: the sweeper is paused" "d['sweeper_paused']"
+check_eq "acme/keep is still pending deletion, not deleted" "$(env_state acme keep)" pending_deletion
+expect_ok kb_admin envs undelete acme keep
+check_eq "while the jump waits, the undelete is allowed: acme/keep serves its DEK" \
+	"$(dek acme keep)" "${DEK[keep]}"
+expect_ok kb_admin clock confirm --yes
 expect_ok kb_as auditor audit list --tenant acme --env p --json
 check_json "audited: requested (naming the final time) and undeleted" \
 	"[(e['method'], '${when:0:16}' in e['reason']) for e in [e for e in d['events'] if e['method'].startswith('env.delete')][-2:]] == [('env.delete.requested', True), ('env.delete.undeleted', True)]"

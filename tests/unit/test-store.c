@@ -319,7 +319,7 @@ test_delete(void)
 	KBT_ASSERT_INT(n, ==, 1);
 	KBT_ASSERT_STR(v[0].name, "prod");
 	free(v);
-	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "prod", 200, &got),
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "prod", 200, 0, &got),
 	    KB_ERR_FAILED_PRECONDITION);
 	KBT_ASSERT_CONTAINS(
 	    kb_err_msg(KB_ERR_FAILED_PRECONDITION), "became final");
@@ -332,7 +332,7 @@ test_delete(void)
 	KBT_ASSERT_OK(store_env_dek_list(s, "acme", "prod", &dv, &n));
 	KBT_ASSERT_INT(n, ==, 0);
 	free(dv);
-	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "prod", 150, &got),
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "prod", 150, 0, &got),
 	    KB_ERR_FAILED_PRECONDITION);
 	KBT_ASSERT_OK(store_key_protects(s, "kb-platform-1", &u));
 	KBT_ASSERT_INT(u.deks, ==, 1);
@@ -340,13 +340,19 @@ test_delete(void)
 
 	/* Undelete within the window. */
 	KBT_ASSERT_OK(store_env_delete_begin(s, "acme", "dev", 100, 200, &got));
-	KBT_ASSERT_OK(store_env_delete_cancel(s, "acme", "dev", 199, &got));
+	KBT_ASSERT_OK(store_env_delete_cancel(s, "acme", "dev", 199, 0, &got));
 	KBT_ASSERT_INT(got.state, ==, STORE_ENV_ENABLED);
 	KBT_ASSERT_INT(got.delete_final_us, ==, 0);
-	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "dev", 199, &got),
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "dev", 199, 0, &got),
 	    KB_ERR_FAILED_PRECONDITION);
 	KBT_ASSERT_CONTAINS(
 	    kb_err_msg(KB_ERR_FAILED_PRECONDITION), "not pending deletion");
+	/* Past the final time only while the sweeper waits (late_ok). */
+	KBT_ASSERT_OK(store_env_delete_begin(s, "acme", "dev", 300, 400, &got));
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "dev", 500, 0, &got),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_OK(store_env_delete_cancel(s, "acme", "dev", 500, 1, &got));
+	KBT_ASSERT_INT(got.state, ==, STORE_ENV_ENABLED);
 
 	/* Keys: available and protecting nothing, else refused with counts. */
 	add_key(s, "k-1", "tenant", "available", "");
@@ -366,7 +372,7 @@ test_delete(void)
 	KBT_ASSERT_OK(store_key_delete_begin(s, "acme", "k-1", 100, 300, &k));
 	KBT_ASSERT_STR(k.state, "pending_deletion");
 	KBT_ASSERT_INT(k.delete_final_us, ==, 300);
-	KBT_ASSERT_OK(store_key_delete_cancel(s, "acme", "k-1", 299, &k));
+	KBT_ASSERT_OK(store_key_delete_cancel(s, "acme", "k-1", 299, 0, &k));
 	KBT_ASSERT_STR(k.state, "available");
 	KBT_ASSERT_OK(store_key_delete_begin(s, "acme", "k-1", 100, 300, &k));
 	KBT_ASSERT_OK(store_keys_delete_due(s, 299, &kv, &n, 10));
@@ -381,7 +387,7 @@ test_delete(void)
 	KBT_ASSERT_OK(store_key_get(s, "k-1", &k));
 	KBT_ASSERT_STR(k.state, "deleted");
 	KBT_ASSERT_INT(k.delete_time_us, ==, 300);
-	KBT_ASSERT_ERR(store_key_delete_cancel(s, "acme", "k-1", 200, &k),
+	KBT_ASSERT_ERR(store_key_delete_cancel(s, "acme", "k-1", 200, 0, &k),
 	    KB_ERR_FAILED_PRECONDITION);
 	done(s);
 }
