@@ -635,9 +635,6 @@ jobs_sweep(struct broker *b)
 		log_error("sweep: %s", kb_err_msg(e));
 		return 0;
 	}
-	/* Deletions asked for whose window has ended, batch by batch. */
-	while (deletions_sweep(b, now) >= SWEEP_BATCH)
-		;
 	for (i = 0; i < n; i++) {
 		char since[40];
 
@@ -662,6 +659,11 @@ jobs_sweep(struct broker *b)
 		    kb_time_format(v[i].lock_time_us, since, sizeof(since)));
 	}
 	free(v);
+	/* Then the deletions asked for whose window has ended (after the
+	 * 28-day rule, which may have deleted some of them already), batch
+	 * by batch. */
+	while (deletions_sweep(b, now) >= SWEEP_BATCH)
+		;
 	return deleted;
 }
 
