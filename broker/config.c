@@ -55,6 +55,7 @@ static const struct option options[] = {
     OPT(sweep_interval_s, V_UINT, 1, 86400),
     OPT(clock_jump_limit_s, V_UINT, 60, 31536000),
     OPT(approval_ttl_s, V_UINT, 60, 2592000),
+    OPT(deletion_window_days, V_UINT, 1, 30),
     OPT(rewrap_threads, V_UINT, 1, 64),
     OPT(platform_key_rotation_days, V_UINT, 0, 3650),
     OPT(max_keys_per_tenant, V_UINT, 1, 100000),
@@ -203,6 +204,7 @@ config_parse(const char *text, size_t len, const char *dir, struct config **out)
 	c->sweep_interval_s = 60;
 	c->clock_jump_limit_s = 3600;
 	c->approval_ttl_s = 86400;
+	c->deletion_window_days = 7;
 	c->health_timeout_ms = 500;
 	c->rewrap_threads = 2;
 	c->platform_key_rotation_days = 30;

@@ -28,6 +28,7 @@ struct config {
 	unsigned
 	    clock_jump_limit_s; /* a larger forward jump pauses the sweeper */
 	unsigned approval_ttl_s; /* a quorum request expires after it */
+	unsigned deletion_window_days; /* a deletion becomes final after it */
 	unsigned rewrap_threads; /* parallel token work in activation jobs */
 	unsigned platform_key_rotation_days; /* 0 = never by schedule */
 	unsigned max_keys_per_tenant; /* tenant keys a tenant may hold */

@@ -215,6 +215,16 @@ const struct rpc_method dispatch_methods[] = {
      * token, every tenant's keys): platform-wide admins. */
     UNARY(RunDiagnostics, ADMIN, run_diagnostics_request, rpc_doctor_run,
         AUDIT_REFUSALS, PLATFORM_ONLY),
+    /* Deletion with a way back (issue 14; rpc_delete.c): tenant admins of
+     * the tenant and platform admins; a deletion is covered by the quorum,
+     * its cancel is not (it destroys nothing). */
+    QUORUM(DeleteEnvironment, ADMIN, environment_ref, rpc_env_delete,
+        TENANT_ENV("tenant_id", "name")),
+    UNARY(UndeleteEnvironment, ADMIN, environment_ref, rpc_env_undelete,
+        AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+    QUORUM(DeleteKey, ADMIN, key_ref, rpc_key_delete, TENANT("tenant_id")),
+    UNARY(UndeleteKey, ADMIN, key_ref, rpc_key_undelete, AUDIT_CHANGE,
+        TENANT("tenant_id")),
     {NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, {SCOPE_UNSET}, 0}};
 
 enum kb_err

@@ -522,6 +522,93 @@ job_main(void *p)
 	return NULL;
 }
 
+/* Deletions asked for (DeleteEnvironment, DeleteKey) whose window has
+ * ended become final: an environment's DEK versions are destroyed (its
+ * backups' with them), a key's token object is destroyed. Each under its
+ * tenant's lock, so an undelete either came first or is refused. */
+static unsigned
+deletions_sweep(struct broker *b, int64_t now)
+{
+	struct store_env *v = NULL;
+	struct store_key *k = NULL;
+	char asked[40], reason[256];
+	size_t n = 0, i;
+	unsigned done = 0;
+	enum kb_err e;
+
+	if ((e = store_envs_delete_due(b->store, now, &v, &n, SWEEP_BATCH))
+	    != KB_OK) {
+		log_error("sweep: %s", kb_err_msg(e));
+		return 0;
+	}
+	for (i = 0; i < n; i++) {
+		broker_tenant_lock(b, v[i].tenant_id);
+		e = store_env_delete_finish(
+		    b->store, v[i].tenant_id, v[i].name, now);
+		broker_tenant_unlock(b, v[i].tenant_id);
+		if (e != KB_OK) {
+			log_error("sweep: deleting %s/%s: %s", v[i].tenant_id,
+			    v[i].name, kb_err_msg(e));
+			kb_err_clear();
+			continue;
+		}
+		done++;
+		kb_time_format(v[i].delete_request_us, asked, sizeof(asked));
+		snprintf(reason, sizeof(reason),
+		    "deletion asked at %s is final: its data keys and its "
+		    "backups' are destroyed",
+		    asked);
+		(void)broker_audit_system(b, "env.delete.final", v[i].tenant_id,
+		    v[i].name, v[i].key_id, "ok", reason);
+		log_warn("environment %s/%s DELETED: its deletion (asked at "
+		         "%s) is final; its data keys are destroyed",
+		    v[i].tenant_id, v[i].name, asked);
+	}
+	free(v);
+	n = 0;
+	if ((e = store_keys_delete_due(b->store, now, &k, &n, SWEEP_BATCH))
+	    != KB_OK) {
+		log_error("sweep: %s", kb_err_msg(e));
+		return done;
+	}
+	for (i = 0; i < n; i++) {
+		/* The record first: a crash before the token work leaves a
+		 * key the database calls deleted, which start-up destroys. */
+		broker_tenant_lock(b, k[i].tenant_id);
+		e = store_key_delete_finish(b->store, k[i].id, now);
+		if (e == KB_OK) {
+			enum kb_err e2 = hsm_key_destroy(b->hsm, k[i].id);
+
+			if (e2 != KB_OK && e2 != KB_ERR_NOT_FOUND)
+				log_error("sweep: key %s: cannot destroy its "
+				          "token object now (start-up will): "
+				          "%s",
+				    k[i].id, kb_err_msg(e2));
+			kb_err_clear();
+		}
+		broker_tenant_unlock(b, k[i].tenant_id);
+		if (e != KB_OK) {
+			log_error("sweep: deleting key %s: %s", k[i].id,
+			    kb_err_msg(e));
+			kb_err_clear();
+			continue;
+		}
+		done++;
+		kb_time_format(k[i].delete_request_us, asked, sizeof(asked));
+		snprintf(reason, sizeof(reason),
+		    "deletion asked at %s is final: its token object is "
+		    "destroyed",
+		    asked);
+		(void)broker_audit_system(b, "key.delete.final", k[i].tenant_id,
+		    NULL, k[i].id, "ok", reason);
+		log_warn("key %s of tenant %s DELETED: its deletion (asked at "
+		         "%s) is final; its token object is destroyed",
+		    k[i].id, k[i].tenant_id, asked);
+	}
+	free(k);
+	return done;
+}
+
 unsigned
 jobs_sweep(struct broker *b)
 {
@@ -572,6 +659,11 @@ jobs_sweep(struct broker *b)
 		    kb_time_format(v[i].lock_time_us, since, sizeof(since)));
 	}
 	free(v);
+	/* Then the deletions asked for whose window has ended (after the
+	 * 28-day rule, which may have deleted some of them already), batch
+	 * by batch. */
+	while (deletions_sweep(b, now) >= SWEEP_BATCH)
+		;
 	return deleted;
 }
 

@@ -14,6 +14,7 @@ keycheck_needed(const struct store_key *k)
 {
 	return strcmp(k->state, "active") == 0
 	    || strcmp(k->state, "available") == 0
+	    || strcmp(k->state, "pending_deletion") == 0
 	    || strcmp(k->state, "installing") == 0;
 }
 

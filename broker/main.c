@@ -160,6 +160,7 @@ print_config(const struct config *c)
 	    c->log_format == LOG_FORMAT_JSON ? "json" : "text");
 	printf("doctor_disk_warn_mb = %u\ndoctor_disk_fail_mb = %u\n",
 	    c->doctor_disk_warn_mb, c->doctor_disk_fail_mb);
+	printf("deletion_window_days = %u\n", c->deletion_window_days);
 }
 
 /* Call counters for every method of the dispatch table (b->metrics). */

@@ -128,6 +128,14 @@ enum kb_err rpc_approval_deny(
 
 /* rpc_doctor.c */
 enum kb_err rpc_doctor_run(
+/* rpc_delete.c: deletion with a way back (issue 14) */
+enum kb_err rpc_env_delete(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_undelete(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_key_delete(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_key_undelete(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* Helpers for handlers (rpc_util.c). */
@@ -146,6 +154,10 @@ struct Keybroker__V1__Environment *rpc_env_msg(const struct store_env *env);
 struct Keybroker__V1__Key *rpc_key_msg(const struct store_key *k);
 struct Keybroker__V1__Job *rpc_job_msg(const struct store_job *j);
 struct Keybroker__V1__Backup *rpc_backup_msg(const struct store_backup *bk);
+/* FAILED_PRECONDITION: `what` refused, `env` is pending deletion (naming
+ * the time it becomes final and the undelete command). */
+enum kb_err rpc_env_pending_refusal(
+    const struct store_env *env, const char *what);
 /* The policy's view of a tenant record. */
 void rpc_policy_tenant(const struct store_tenant *t, struct policy_tenant *p);
 /* Reply with a message or KB_ERR_NOMEM when building it failed. */

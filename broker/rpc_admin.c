@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "dek.h"
+#include "kb_time.h"
 #include "keybroker.pb-c.h"
 #include "log.h"
 #include "names.h"
@@ -191,8 +192,28 @@ rpc_env_create(
 	dek_row_env(&row, &env, 1, STORE_MODE_PLATFORM);
 	if ((e = dek_new(c->b->hsm, &row, pk.id, &dek)) != KB_OK)
 		return kb_err_wrap(e, "making the data key");
-	if ((e = store_env_create(c->b->store, &env, &dek)) != KB_OK)
+	if ((e = store_env_create(c->b->store, &env, &dek)) != KB_OK) {
+		struct store_env old;
+
+		/* A name pending deletion stays taken (undelete must find it
+		 * free); say so rather than just "exists". */
+		if (e == KB_ERR_ALREADY_EXISTS
+		    && store_env_get(c->b->store, env.tenant_id, env.name, &old)
+		        == KB_OK
+		    && old.state == STORE_ENV_PENDING_DELETION) {
+			char when[40];
+
+			kb_time_format(old.delete_final_us, when, sizeof(when));
+			return kb_errf(KB_ERR_ALREADY_EXISTS,
+			    "environment \"%s\" already exists in tenant "
+			    "\"%s\": it is pending deletion (final at %s) and "
+			    "its name stays taken, then too; 'kbctl envs "
+			    "undelete %s %s' gives it back",
+			    old.name, old.tenant_id, when, old.tenant_id,
+			    old.name);
+		}
 		return e;
+	}
 	log_info("environment %s/%s created by %s", env.tenant_id, env.name,
 	    c->id->name);
 	if ((*resp = (ProtobufCMessage *)rpc_env_msg(&env)) == NULL)

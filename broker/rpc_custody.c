@@ -208,7 +208,7 @@ repair_load(struct rpc_ctx *c, const Keybroker__V1__DataKeyRef *ref,
 	snprintf(out->r.uid, sizeof(out->r.uid), "%s", env.uid);
 	out->r.version = ref->version;
 	out->r.mode = env.mode;
-	out->r.locked = env.state == STORE_ENV_LOCKED;
+	out->r.locked = env.state_before_deletion == STORE_ENV_LOCKED;
 	return KB_OK;
 }
 

@@ -22,6 +22,8 @@ env_usable(const struct store_env *env)
 		    "%s/%s is locked; an admin must unlock the tenant with its "
 		    "key and then unlock the environment",
 		    env->tenant_id, env->name);
+	if (env->state == STORE_ENV_PENDING_DELETION)
+		return rpc_env_pending_refusal(env, "GetDataKey");
 	if (env->state == STORE_ENV_DELETED)
 		return kb_errf(KB_ERR_NOT_FOUND,
 		    "environment %s/%s was deleted "

@@ -33,6 +33,10 @@ begin(struct rpc_ctx *c, const char *tenant, const char *name, const char *what,
 	rpc_policy_tenant(t, &p);
 	if ((e = policy_may_change_env(&p, what)) != KB_OK)
 		goto fail;
+	if (env->state == STORE_ENV_PENDING_DELETION) {
+		e = rpc_env_pending_refusal(env, what);
+		goto fail;
+	}
 	if (env->state != STORE_ENV_ENABLED) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "%s refused by the "
@@ -346,6 +350,12 @@ live_source(struct rpc_ctx *c, const char *what, const char *tenant,
 		return e;
 	if (src->state == STORE_ENV_ENABLED)
 		return KB_OK;
+	if (backup != NULL)
+		snprintf(of, sizeof(of), "%s of backup %s", what, backup);
+	else
+		snprintf(of, sizeof(of), "%s from it", what);
+	if (src->state == STORE_ENV_PENDING_DELETION)
+		return rpc_env_pending_refusal(src, of);
 	if (backup != NULL)
 		snprintf(of, sizeof(of), "backup %s is of ", backup);
 	else

@@ -308,8 +308,11 @@ rpc_key_activate(
 	if (strcmp(k.state, "available") != 0) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key %s is %s: only an "
-		    "available key can be activated",
-		    k.id, k.state);
+		    "available key can be activated%s",
+		    k.id, k.state,
+		    strcmp(k.state, "pending_deletion") == 0
+		        ? " ('kbctl keys undelete' cancels its deletion)"
+		        : "");
 		goto out;
 	}
 	rpc_policy_tenant(&t, &p);

@@ -325,6 +325,10 @@ rpc_env_unlock(
 	    || (e = store_env_get(c->b->store, in->tenant_id, in->name, &env))
 	        != KB_OK)
 		goto out;
+	if (env.state == STORE_ENV_PENDING_DELETION) {
+		e = rpc_env_pending_refusal(&env, "unlock");
+		goto out;
+	}
 	if (env.state != STORE_ENV_LOCKED) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "environment %s/%s is %s, "

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kb_time.h"
 #include "keybroker.pb-c.h"
 #include "policy.h"
 
@@ -43,6 +44,35 @@ rpc_tenant_msg(const struct store_tenant *t)
 	return m;
 }
 
+static Keybroker__V1__EnvironmentState
+env_state_enum(enum store_env_state st)
+{
+	switch (st) {
+	case STORE_ENV_ENABLED:
+		return KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ENABLED;
+	case STORE_ENV_LOCKED:
+		return KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED;
+	case STORE_ENV_DELETED:
+		return KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED;
+	case STORE_ENV_PENDING_DELETION:
+		return KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_PENDING_DELETION;
+	}
+	return KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_UNSPECIFIED;
+}
+
+enum kb_err
+rpc_env_pending_refusal(const struct store_env *env, const char *what)
+{
+	char when[40];
+
+	kb_time_format(env->delete_final_us, when, sizeof(when));
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "%s refused: environment %s/%s is pending deletion; it becomes "
+	    "final at %s (deletion_window_days), when its data keys are "
+	    "destroyed; until then 'kbctl envs undelete %s %s' cancels it",
+	    what, env->tenant_id, env->name, when, env->tenant_id, env->name);
+}
+
 Keybroker__V1__Environment *
 rpc_env_msg(const struct store_env *env)
 {
@@ -56,20 +86,12 @@ rpc_env_msg(const struct store_env *env)
 	m->mode = env->mode == STORE_MODE_CUSTOMER
 	    ? KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_CUSTOMER
 	    : KEYBROKER__V1__ENCRYPTION_MODE__ENCRYPTION_MODE_PLATFORM;
-	switch (env->state) {
-	case STORE_ENV_ENABLED:
-		m->state =
-		    KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_ENABLED;
-		break;
-	case STORE_ENV_LOCKED:
-		m->state =
-		    KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_LOCKED;
-		break;
-	case STORE_ENV_DELETED:
-		m->state =
-		    KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_DELETED;
-		break;
-	}
+	m->state = env_state_enum(env->state);
+	if (env->state == STORE_ENV_PENDING_DELETION)
+		m->state_before_deletion =
+		    env_state_enum(env->state_before_deletion);
+	m->delete_request_time_us = env->delete_request_us;
+	m->delete_final_time_us = env->delete_final_us;
 	m->key_id = rpc_strdup(env->key_id);
 	m->dek_version = env->dek_version;
 	m->wrap_algorithm = rpc_strdup(env->wrap_alg);
@@ -103,6 +125,8 @@ key_state_enum(const char *s)
 	    {"active", KEYBROKER__V1__KEY_STATE__KEY_STATE_ACTIVE},
 	    {"locked", KEYBROKER__V1__KEY_STATE__KEY_STATE_LOCKED},
 	    {"deleted", KEYBROKER__V1__KEY_STATE__KEY_STATE_DELETED},
+	    {"pending_deletion",
+	        KEYBROKER__V1__KEY_STATE__KEY_STATE_PENDING_DELETION},
 	};
 	size_t i;
 
@@ -131,6 +155,8 @@ rpc_key_msg(const struct store_key *k)
 	m->activate_time_us = k->activate_time_us;
 	m->lock_time_us = k->lock_time_us;
 	m->delete_time_us = k->delete_time_us;
+	m->delete_request_time_us = k->delete_request_us;
+	m->delete_final_time_us = k->delete_final_us;
 	return m;
 }
 

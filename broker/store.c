@@ -190,6 +190,23 @@ static const char *const migrations[] = {
     "  time_us INTEGER NOT NULL,"
     "  seal BLOB,"
     "  PRIMARY KEY (request_id, approver));",
+
+    /* 6: deletion with a way back (issue 14). An environment or a tenant
+     * key pending deletion carries when it was asked and when it becomes
+     * final; the environment keeps its state (enabled or locked: what an
+     * undelete gives back), a key is in state 'pending_deletion'.
+     * Self-contained: only these columns and their indexes. */
+    "ALTER TABLE environments ADD COLUMN delete_request_us INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "ALTER TABLE environments ADD COLUMN delete_final_us INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "CREATE INDEX environments_delete ON environments(delete_final_us) "
+    "WHERE delete_final_us != 0;"
+    "ALTER TABLE keys ADD COLUMN delete_request_us INTEGER NOT NULL "
+    "DEFAULT 0;"
+    "ALTER TABLE keys ADD COLUMN delete_final_us INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX keys_delete ON keys(delete_final_us) "
+    "WHERE delete_final_us != 0;",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -739,6 +756,7 @@ store_env_state_name(enum store_env_state st)
 	case STORE_ENV_ENABLED: return "enabled";
 	case STORE_ENV_LOCKED: return "locked";
 	case STORE_ENV_DELETED: return "deleted";
+	case STORE_ENV_PENDING_DELETION: return "pending deletion";
 	}
 	return "unknown";
 }
@@ -784,6 +802,13 @@ store_env_row(sqlite3_stmt *st, void *elem)
 	 * parent of the KEK that seals its DEK. */
 	if (sqlite3_column_bytes(st, 11) > 0)
 		store_copy_text(env->key_id, sizeof(env->key_id), st, 11);
+	env->delete_request_us = sqlite3_column_int64(st, 12);
+	env->delete_final_us = sqlite3_column_int64(st, 13);
+	/* Pending deletion overlays the stored state, which stays what an
+	 * undelete gives back (a lock meanwhile changes it). */
+	env->state_before_deletion = env->state;
+	if (env->delete_final_us != 0 && env->state != STORE_ENV_DELETED)
+		env->state = STORE_ENV_PENDING_DELETION;
 }
 
 enum kb_err
@@ -969,9 +994,9 @@ store_env_with_dek(struct store *s, const char *tenant, const char *name,
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		store_env_row(st, env);
-		blob = sqlite3_column_blob(st, 15);
-		len = sqlite3_column_bytes(st, 15);
-		if (sqlite3_column_type(st, 12) == SQLITE_NULL) {
+		blob = sqlite3_column_blob(st, 17);
+		len = sqlite3_column_bytes(st, 17);
+		if (sqlite3_column_type(st, 14) == SQLITE_NULL) {
 			if (version != 0)
 				e = kb_errf(KB_ERR_NOT_FOUND,
 				    "environment \"%s/%s\" "
@@ -990,15 +1015,15 @@ store_env_with_dek(struct store *s, const char *tenant, const char *name,
 			    "valid wrapped data key",
 			    tenant, name);
 		} else {
-			dek->version = (uint32_t)sqlite3_column_int64(st, 12);
+			dek->version = (uint32_t)sqlite3_column_int64(st, 14);
 			store_copy_text(
-			    dek->key_id, sizeof(dek->key_id), st, 13);
+			    dek->key_id, sizeof(dek->key_id), st, 15);
 			store_copy_text(
-			    dek->wrap_alg, sizeof(dek->wrap_alg), st, 14);
+			    dek->wrap_alg, sizeof(dek->wrap_alg), st, 16);
 			memcpy(dek->wrapped, blob, (size_t)len);
 			dek->wrapped_len = (size_t)len;
 			store_copy_text(
-			    dek->damaged, sizeof(dek->damaged), st, 16);
+			    dek->damaged, sizeof(dek->damaged), st, 18);
 			e = KB_OK;
 		}
 	} else if (rc == SQLITE_DONE) {
@@ -1044,6 +1069,8 @@ store_key_row(sqlite3_stmt *st, void *elem)
 		memcpy(k->wrapped, sqlite3_column_blob(st, 14), (size_t)len);
 		k->wrapped_len = (size_t)len;
 	}
+	k->delete_request_us = sqlite3_column_int64(st, 15);
+	k->delete_final_us = sqlite3_column_int64(st, 16);
 }
 
 enum kb_err

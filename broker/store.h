@@ -28,6 +28,10 @@ enum store_env_state {
 	STORE_ENV_ENABLED = 1,
 	STORE_ENV_LOCKED = 2,
 	STORE_ENV_DELETED = 3,
+	/* Not stored as a state: an environment whose deletion was asked for
+	 * and is not final yet reads as this (state_before_deletion keeps the
+	 * stored one). */
+	STORE_ENV_PENDING_DELETION = 4,
 };
 
 struct store_tenant {
@@ -65,6 +69,9 @@ struct store_env {
 	int64_t create_time_us;
 	int64_t update_time_us;
 	int64_t lock_time_us; /* when locked; 0 otherwise */
+	int64_t delete_request_us; /* DeleteEnvironment; 0 = never */
+	int64_t delete_final_us; /* when that deletion is (was) final */
+	enum store_env_state state_before_deletion; /* the stored state */
 };
 
 /* One wrapped DEK version. */
@@ -84,7 +91,8 @@ struct store_key {
 	char tenant_id[STORE_ID_MAX]; /* "" for the broker's own keys */
 	char purpose[16]; /* platform, audit, tenant, exchange, kek */
 	char origin[16]; /* generated, pfx, byok */
-	char state[16]; /* available, installing, active, locked, deleted */
+	char state[24]; /* available, installing, active, locked, deleted,
+	                  pending_deletion */
 	char fingerprint[65]; /* hex SHA-256 of the SubjectPublicKeyInfo */
 	char wrap_alg[STORE_ALG_MAX]; /* OAEP variant for encrypt keys */
 	unsigned bits;
@@ -97,6 +105,8 @@ struct store_key {
 	char parent_id[STORE_KEY_ID_MAX];
 	uint8_t wrapped[512];
 	size_t wrapped_len;
+	int64_t delete_request_us; /* DeleteKey; 0 = never */
+	int64_t delete_final_us; /* when that deletion is (was) final */
 };
 
 /* Background jobs: a tenant's activation (re-seal its customer-managed DEKs
@@ -437,6 +447,61 @@ enum kb_err store_approval_insert(
 /* The decisions on request `id`, oldest first (*out malloc'd or NULL). */
 enum kb_err store_approval_list(
     struct store *s, const char *id, struct store_approval **out, size_t *n);
+
+/* ---- deletion with a way back (store_delete.c) ---- */
+
+/* What a key protects now, counted from the database: DEK rows it seals
+ * (directly, or through a KEK whose parent it is), KEKs it wraps that are
+ * not deleted, and backups recorded under it; environments deleted for
+ * good count nothing. */
+struct store_key_use {
+	uint64_t deks, keks, backups;
+};
+
+/* Count what key `key_id` protects (see struct store_key_use). The one
+ * count DeleteKey (and a census) relies on. */
+enum kb_err store_key_protects(
+    struct store *s, const char *key_id, struct store_key_use *out);
+
+/* An environment not deleted and not pending deletion becomes pending
+ * deletion, final at `final_us`; *out is the environment afterwards.
+ * KB_ERR_FAILED_PRECONDITION if it is deleted or already pending. */
+enum kb_err store_env_delete_begin(struct store *s, const char *tenant,
+    const char *name, int64_t now, int64_t final_us, struct store_env *out);
+/* Cancel the pending deletion while `now` is before its final time (or at
+ * any time before the final step when `late_ok`); the environment is as it
+ * was (its stored state). KB_ERR_FAILED_PRECONDITION if none is pending or
+ * it became final. */
+enum kb_err store_env_delete_cancel(struct store *s, const char *tenant,
+    const char *name, int64_t now, int late_ok, struct store_env *out);
+/* Environments whose pending deletion is final at or before `now`, oldest
+ * first, at most `max`; *out malloc'd. */
+enum kb_err store_envs_delete_due(struct store *s, int64_t now,
+    struct store_env **out, size_t *n, size_t max);
+/* Make a due deletion final: every DEK version destroyed (its backups'
+ * with them; their records stay, unlisted), state deleted, in one
+ * transaction. KB_ERR_FAILED_PRECONDITION if it is no longer pending or not
+ * due (an undelete came first). */
+enum kb_err store_env_delete_finish(
+    struct store *s, const char *tenant, const char *name, int64_t now);
+
+/* A tenant key of `tenant` in state available that protects nothing
+ * becomes pending_deletion, final at `final_us` (checked and changed in one
+ * transaction). KB_ERR_FAILED_PRECONDITION naming its state, or the counts
+ * of what it protects; KB_ERR_NOT_FOUND if the tenant has no such key. */
+enum kb_err store_key_delete_begin(struct store *s, const char *tenant,
+    const char *key_id, int64_t now, int64_t final_us, struct store_key *out);
+/* pending_deletion -> available while `now` is before its final time (or
+ * until the final step when `late_ok`). */
+enum kb_err store_key_delete_cancel(struct store *s, const char *tenant,
+    const char *key_id, int64_t now, int late_ok, struct store_key *out);
+/* Keys whose pending deletion is final at or before `now`; *out malloc'd. */
+enum kb_err store_keys_delete_due(struct store *s, int64_t now,
+    struct store_key **out, size_t *n, size_t max);
+/* pending_deletion -> deleted (delete_time_us = now) if due; the caller
+ * then destroys the token object (start-up destroys it after a crash). */
+enum kb_err store_key_delete_finish(
+    struct store *s, const char *key_id, int64_t now);
 
 const char *store_env_mode_name(enum store_env_mode m);
 const char *store_env_state_name(enum store_env_state st);

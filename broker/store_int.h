@@ -45,17 +45,19 @@ enum kb_err store_tenant_exists(struct conn *c, const char *tenant);
 #define KEY_COLS                                                               \
 	"id, coalesce(tenant_id, ''), purpose, origin, state, "                \
 	"fingerprint, wrap_alg, create_time_us, update_time_us, bits, "        \
-	"activate_time_us, lock_time_us, delete_time_us, parent_id, wrapped"
+	"activate_time_us, lock_time_us, delete_time_us, parent_id, wrapped, " \
+	"delete_request_us, delete_final_us"
 void store_key_row(sqlite3_stmt *st, void *elem); /* a store_key */
 enum kb_err store_key_insert_conn(struct conn *c, const struct store_key *k);
 
 /* Column 11: the parent (tenant key) of the KEK sealing the current DEK,
- * "" for platform keys and pre-v2 rows. */
+ * "" for platform keys and pre-v2 rows; 12 and 13: a pending deletion. */
 #define ENV_COLS                                                               \
 	"e.tenant_id, e.name, e.mode, e.state, e.dek_version, "                \
 	"d.key_id, d.wrap_alg, e.create_time_us, e.update_time_us, "           \
 	"e.lock_time_us, e.uid, coalesce((SELECT k.parent_id FROM keys k "     \
-	"WHERE k.id = d.key_id AND k.purpose = 'kek'), '')"
+	"WHERE k.id = d.key_id AND k.purpose = 'kek'), ''), "                  \
+	"e.delete_request_us, e.delete_final_us"
 #define ENV_JOIN                                                               \
 	"FROM environments e LEFT JOIN deks d ON d.env_id = e.id "             \
 	"AND d.version = e.dek_version"

@@ -70,6 +70,12 @@
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 /* Doctor (issue 14). */
 #define KB_METHOD_RUN_DIAGNOSTICS "/keybroker.v1.KeyBroker/RunDiagnostics"
+/* Deletion with a way back (issue 14). */
+#define KB_METHOD_DELETE_ENVIRONMENT "/keybroker.v1.KeyBroker/DeleteEnvironment"
+#define KB_METHOD_UNDELETE_ENVIRONMENT                                         \
+	"/keybroker.v1.KeyBroker/UndeleteEnvironment"
+#define KB_METHOD_DELETE_KEY "/keybroker.v1.KeyBroker/DeleteKey"
+#define KB_METHOD_UNDELETE_KEY "/keybroker.v1.KeyBroker/UndeleteKey"
 
 /* A client: one channel (one HTTP/2 connection) to each broker address it
  * was given; its calls go to one of them at a time. Safe to use from many

@@ -215,5 +215,10 @@ int kbctl_cmd_backup_create(struct kbctl *k, const struct kbctl_args *a);
 
 /* kbctl_doctor.c: the running broker's health report. */
 int kbctl_cmd_doctor(struct kbctl *k, const struct kbctl_args *a);
+/* kbctl_delete.c: deletion with a way back (environments, tenant keys). */
+int kbctl_cmd_envs_delete(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_undelete(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_keys_delete(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_keys_undelete(struct kbctl *k, const struct kbctl_args *a);
 
 #endif /* KB_KBCTL_H */

@@ -365,7 +365,7 @@ kbctl_env_row(struct kbctl_table *t, const ProtobufCMessage *m)
 {
 	const Keybroker__V1__Environment *x =
 	    (const Keybroker__V1__Environment *)m;
-	char mode[32], state[32], ver[16], c[40];
+	char mode[32], state[80], ver[16], c[40], f[40];
 	const char *cells[KBCTL_ENV_NCOLS];
 
 	snprintf(ver, sizeof(ver), "%u", x->dek_version);
@@ -375,6 +375,14 @@ kbctl_env_row(struct kbctl_table *t, const ProtobufCMessage *m)
 	cells[2] =
 	    kbctl_enum_word(&keybroker__v1__environment_state__descriptor,
 	        x->state, state, sizeof(state));
+	/* Pending deletion: when it becomes final, in the same cell. */
+	if (x->state
+	    == KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_PENDING_DELETION) {
+		size_t l = strlen(state);
+
+		snprintf(state + l, sizeof(state) - l, " until %s",
+		    kbctl_time_sec(x->delete_final_time_us, f, sizeof(f)));
+	}
 	cells[3] = kbctl_or_dash(x->key_id);
 	cells[4] = ver;
 	cells[5] = kbctl_or_dash(x->wrap_algorithm);
@@ -401,6 +409,13 @@ kbctl_env_json(const ProtobufCMessage *m)
 	kbctl_jset_time(o, "create_time", x->create_time_us);
 	kbctl_jset_time(o, "update_time", x->update_time_us);
 	kbctl_jset_time(o, "lock_time", x->lock_time_us);
+	kbctl_jset_time(o, "delete_request_time", x->delete_request_time_us);
+	kbctl_jset_time(o, "delete_final_time", x->delete_final_time_us);
+	if (x->state
+	    == KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_PENDING_DELETION)
+		jset_enum(o, "state_before_deletion",
+		    &keybroker__v1__environment_state__descriptor,
+		    x->state_before_deletion);
 	return o;
 }
 
@@ -421,6 +436,15 @@ env_show(const ProtobufCMessage *m)
 	kv_time("create_time", x->create_time_us);
 	kv_time("update_time", x->update_time_us);
 	kv_time("lock_time", x->lock_time_us);
+	if (x->delete_request_time_us != 0) {
+		kv_time("delete_request_time", x->delete_request_time_us);
+		kv_time("delete_final_time", x->delete_final_time_us);
+	}
+	if (x->state
+	    == KEYBROKER__V1__ENVIRONMENT_STATE__ENVIRONMENT_STATE_PENDING_DELETION)
+		kv_enum("state_before_deletion",
+		    &keybroker__v1__environment_state__descriptor,
+		    x->state_before_deletion);
 }
 
 int
@@ -438,7 +462,7 @@ int
 kbctl_key_row(struct kbctl_table *t, const ProtobufCMessage *m)
 {
 	const Keybroker__V1__Key *x = (const Keybroker__V1__Key *)m;
-	char origin[32], state[32], fp[32], c[40], a[40];
+	char origin[32], state[80], fp[32], c[40], a[40], f[40];
 	const char *cells[KBCTL_KEY_NCOLS];
 
 	cells[0] = x->id;
@@ -446,6 +470,12 @@ kbctl_key_row(struct kbctl_table *t, const ProtobufCMessage *m)
 	    x->origin, origin, sizeof(origin));
 	cells[2] = kbctl_enum_word(&keybroker__v1__key_state__descriptor,
 	    x->state, state, sizeof(state));
+	if (x->state == KEYBROKER__V1__KEY_STATE__KEY_STATE_PENDING_DELETION) {
+		size_t l = strlen(state);
+
+		snprintf(state + l, sizeof(state) - l, " until %s",
+		    kbctl_time_sec(x->delete_final_time_us, f, sizeof(f)));
+	}
 	cells[3] = kbctl_fingerprint_short(x->fingerprint, fp, sizeof(fp));
 	cells[4] = kbctl_time_sec(x->create_time_us, c, sizeof(c));
 	cells[5] = kbctl_time_sec(x->activate_time_us, a, sizeof(a));
@@ -470,6 +500,8 @@ kbctl_key_json(const ProtobufCMessage *m)
 	kbctl_jset_time(o, "activate_time", x->activate_time_us);
 	kbctl_jset_time(o, "lock_time", x->lock_time_us);
 	kbctl_jset_time(o, "delete_time", x->delete_time_us);
+	kbctl_jset_time(o, "delete_request_time", x->delete_request_time_us);
+	kbctl_jset_time(o, "delete_final_time", x->delete_final_time_us);
 	return o;
 }
 
@@ -489,6 +521,10 @@ key_show(const ProtobufCMessage *m)
 	kv_time("activate_time", x->activate_time_us);
 	kv_time("lock_time", x->lock_time_us);
 	kv_time("delete_time", x->delete_time_us);
+	if (x->delete_request_time_us != 0) {
+		kv_time("delete_request_time", x->delete_request_time_us);
+		kv_time("delete_final_time", x->delete_final_time_us);
+	}
 }
 
 int

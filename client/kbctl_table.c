@@ -621,6 +621,43 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "Exit status: 0 all ok, 4 warnings but no failure, 5 at least one\n"
 	  "failure; 1 the doctor could not run (no broker, refused), 2 usage.",
 	  { { NULL } }, kbctl_cmd_doctor },
+
+	/* Deletion with a way back (issue 14). */
+	{ "envs", "delete", "TENANT ENV", 2, 2,
+	  "Delete an environment, with a way back until it is final (destructive)",
+	  "The environment (enabled or locked) and its backups become pending\n"
+	  "deletion for the broker's deletion_window_days (default 7): it serves no\n"
+	  "data key, and backup, restore (of its backups too), copy, apply-key,\n"
+	  "revert-key, reset and unlock are refused, naming the time it becomes\n"
+	  "final. 'kbctl envs undelete' cancels it until then. When the window\n"
+	  "ends the broker destroys its data key versions and its backups' for\n"
+	  "good. The name stays taken, while pending and after. With a quorum in\n"
+	  "force this makes an approval request instead (kbctl approvals).\n\n"
+	  CONFIRM_TEXT("the environment name") "\n\n"
+	  "Prints the environment: state pending_deletion, delete_final_time.",
+	  { YES_FLAG }, kbctl_cmd_envs_delete },
+	{ "envs", "undelete", "TENANT ENV", 2, 2,
+	  "Cancel an environment's pending deletion",
+	  "Within the deletion window only: the environment is as it was before\n"
+	  "(enabled, or locked if it was locked or its tenant was locked\n"
+	  "meanwhile) and serves the same data key. Prints the environment.",
+	  { { NULL } }, kbctl_cmd_envs_undelete },
+	{ "keys", "delete", "TENANT KEY", 2, 2,
+	  "Delete a tenant key that protects nothing (destructive)",
+	  "Only an available key (not active) that protects nothing: no data key,\n"
+	  "KEK or backup depends on it, counted from the database; otherwise it is\n"
+	  "refused with the counts. The key becomes pending_deletion for the\n"
+	  "broker's deletion_window_days (it cannot be activated meanwhile), then\n"
+	  "its token object is destroyed. 'kbctl keys undelete' cancels it until\n"
+	  "then. With a quorum in force this makes an approval request instead.\n\n"
+	  CONFIRM_TEXT("the key id") "\n\n"
+	  "Prints the key: state pending_deletion, delete_final_time.",
+	  { YES_FLAG }, kbctl_cmd_keys_delete },
+	{ "keys", "undelete", "TENANT KEY", 2, 2,
+	  "Cancel a tenant key's pending deletion",
+	  "Within the deletion window only: the key is available again. Prints\n"
+	  "the key.",
+	  { { NULL } }, kbctl_cmd_keys_undelete },
 };
 
 const struct kbctl_group kbctl_groups[] = {

@@ -133,6 +133,10 @@ ROLES = [
     ("ApproveRequest", ADMIN),
     ("DenyRequest", ADMIN),
     ("RunDiagnostics", ADMIN),
+    ("DeleteEnvironment", ADMIN),
+    ("UndeleteEnvironment", ADMIN),
+    ("DeleteKey", ADMIN),
+    ("UndeleteKey", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
@@ -297,7 +301,7 @@ class Fixture:
         for t in (T, OTHER, "mx-gen", "mx-up", "mx-act", "mx-lock"):
             must(ch, "CreateTenant", pb.CreateTenantRequest(id=t), "tenant " + t)
         for e in ("prod", "dev", "apply-me", "revert-me", "reset-me", "backup-me",
-                  "copy-src", "copy-dst"):
+                  "copy-src", "copy-dst", "delete-me", "undelete-me"):
             must(ch, "CreateEnvironment", pb.CreateEnvironmentRequest(tenant_id=T, name=e),
                  "environment " + e)
         must(ch, "CreateEnvironment", pb.CreateEnvironmentRequest(tenant_id=OTHER, name="prod"),
@@ -322,6 +326,16 @@ class Fixture:
         job = must(ch, "ActivateKey", pb.ActivateKeyRequest(tenant_id="mx-lock", key_id=r.key.id),
                    "activate mx-lock's key")
         self.wait_job(job.id)
+        # Deletion (issue 14): one environment and one available key to
+        # delete, and one of each pending deletion to undelete.
+        must(ch, "DeleteEnvironment", pb.EnvironmentRef(tenant_id=T, name="undelete-me"),
+             "delete undelete-me")
+        self.del_key = must(ch, "GenerateKey", pb.GenerateKeyRequest(
+            tenant_id=T, password=PASSWORD), "a key of acme to delete").key.id
+        self.undel_key = must(ch, "GenerateKey", pb.GenerateKeyRequest(
+            tenant_id=T, password=PASSWORD), "a key of acme to undelete").key.id
+        must(ch, "DeleteKey", pb.KeyRef(tenant_id=T, key_id=self.undel_key),
+             "delete the key to undelete")
         self.upload = kbt_grpc.read(os.path.join(src, "tests", "data", "openssl-modern.pfx"))
 
     def wait_job(self, job_id):
@@ -400,6 +414,10 @@ class Fixture:
             "DenyRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
             # Platform-wide: a tenant-limited admin is refused; read-only.
             "RunDiagnostics": pb.RunDiagnosticsRequest(),
+            "DeleteEnvironment": ref("delete-me"),
+            "UndeleteEnvironment": ref("undelete-me"),
+            "DeleteKey": pb.KeyRef(tenant_id=T, key_id=self.del_key),
+            "UndeleteKey": pb.KeyRef(tenant_id=T, key_id=self.undel_key),
         }[method]
 
     def snapshot(self, svc_ch):

@@ -56,6 +56,26 @@ test_clock_jump_limit(void)
 	    KB_ERR_CONFIG);
 }
 
+/* deletion_window_days: 7 by default, 1 to 30. */
+static void
+test_deletion_window(void)
+{
+	struct config *c = NULL;
+
+	KBT_ASSERT_OK(parse(MINIMAL, &c));
+	KBT_ASSERT_INT(c->deletion_window_days, ==, 7);
+	config_free(c);
+	KBT_ASSERT_OK(parse(MINIMAL "deletion_window_days = 30\n", &c));
+	KBT_ASSERT_INT(c->deletion_window_days, ==, 30);
+	config_free(c);
+	KBT_ASSERT_ERR(
+	    parse(MINIMAL "deletion_window_days = 0\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "deletion_window_days must be a number from 1 to 30, not \"0\"");
+	KBT_ASSERT_ERR(
+	    parse(MINIMAL "deletion_window_days = 31\n", &c), KB_ERR_CONFIG);
+}
+
 static void
 test_values(void)
 {
@@ -205,6 +225,7 @@ test_metrics_and_log_format(void)
 static const struct kbt_case cases[] = {
     {"/config/defaults-and-paths", test_defaults_and_paths},
     {"/config/clock-jump-limit", test_clock_jump_limit},
+    {"/config/deletion-window", test_deletion_window},
     {"/config/values", test_values}, {"/config/errors", test_errors},
     {"/config/rate-limits", test_rate_limits},
     {"/config/load-missing", test_load_missing},

@@ -245,6 +245,154 @@ test_environments(void)
 }
 
 static void
+add_key(struct store *s, const char *id, const char *purpose, const char *state,
+    const char *parent)
+{
+	struct store_key k;
+
+	memset(&k, 0, sizeof(k));
+	snprintf(k.id, sizeof(k.id), "%s", id);
+	snprintf(k.tenant_id, sizeof(k.tenant_id), "acme");
+	snprintf(k.purpose, sizeof(k.purpose), "%s", purpose);
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "%s", state);
+	snprintf(k.fingerprint, sizeof(k.fingerprint), "%064d", 1);
+	snprintf(k.parent_id, sizeof(k.parent_id), "%s", parent);
+	k.create_time_us = k.update_time_us = 10;
+	KBT_ASSERT_OK(store_key_create(s, &k));
+}
+
+/* Deletion with a way back (schema 6): pending, undelete, due, final, and
+ * the count of what a key protects. */
+static void
+test_delete(void)
+{
+	struct store *s = fresh();
+	struct store_tenant t;
+	struct store_env env, got, *v = NULL;
+	struct store_dek dek, *dv = NULL;
+	struct store_key k, *kv = NULL;
+	struct store_key_use u;
+	struct store_backup bk;
+	size_t n = 0;
+
+	add_platform_key(s);
+	memset(&t, 0, sizeof(t));
+	snprintf(t.id, sizeof(t.id), "acme");
+	KBT_ASSERT_OK(store_tenant_create(s, &t));
+	memset(&env, 0, sizeof(env));
+	snprintf(env.tenant_id, sizeof(env.tenant_id), "acme");
+	env.mode = STORE_MODE_PLATFORM;
+	env.state = STORE_ENV_ENABLED;
+	make_dek(&dek, 0x11);
+	snprintf(env.name, sizeof(env.name), "prod");
+	snprintf(env.uid, sizeof(env.uid), "%032d", 1);
+	KBT_ASSERT_OK(store_env_create(s, &env, &dek));
+	snprintf(env.name, sizeof(env.name), "dev");
+	snprintf(env.uid, sizeof(env.uid), "%032d", 2);
+	KBT_ASSERT_OK(store_env_create(s, &env, &dek));
+	KBT_ASSERT_OK(store_backup_create(s, "acme", "prod", "b-1", 50, &bk));
+
+	KBT_ASSERT_OK(store_key_protects(s, "kb-platform-1", &u));
+	KBT_ASSERT_INT(u.deks, ==, 2);
+	KBT_ASSERT_INT(u.backups, ==, 1);
+
+	/* Pending: the stored state is kept beside the overlay. */
+	KBT_ASSERT_OK(
+	    store_env_delete_begin(s, "acme", "prod", 100, 200, &got));
+	KBT_ASSERT_INT(got.state, ==, STORE_ENV_PENDING_DELETION);
+	KBT_ASSERT_INT(got.state_before_deletion, ==, STORE_ENV_ENABLED);
+	KBT_ASSERT_INT(got.delete_request_us, ==, 100);
+	KBT_ASSERT_INT(got.delete_final_us, ==, 200);
+	KBT_ASSERT_ERR(
+	    store_env_delete_begin(s, "acme", "prod", 101, 201, &got),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_FAILED_PRECONDITION), "already pending deletion");
+	KBT_ASSERT_ERR(
+	    store_env_delete_begin(s, "acme", "nope", 100, 200, &got),
+	    KB_ERR_NOT_FOUND);
+	KBT_ASSERT_OK(store_envs_delete_due(s, 199, &v, &n, 10));
+	KBT_ASSERT_INT(n, ==, 0);
+	free(v);
+	KBT_ASSERT_OK(store_envs_delete_due(s, 200, &v, &n, 10));
+	KBT_ASSERT_INT(n, ==, 1);
+	KBT_ASSERT_STR(v[0].name, "prod");
+	free(v);
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "prod", 200, 0, &got),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_FAILED_PRECONDITION), "became final");
+	KBT_ASSERT_ERR(store_env_delete_finish(s, "acme", "prod", 199),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_OK(store_env_delete_finish(s, "acme", "prod", 200));
+	KBT_ASSERT_OK(store_env_get(s, "acme", "prod", &got));
+	KBT_ASSERT_INT(got.state, ==, STORE_ENV_DELETED);
+	KBT_ASSERT_INT(got.delete_final_us, ==, 200);
+	KBT_ASSERT_OK(store_env_dek_list(s, "acme", "prod", &dv, &n));
+	KBT_ASSERT_INT(n, ==, 0);
+	free(dv);
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "prod", 150, 0, &got),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_OK(store_key_protects(s, "kb-platform-1", &u));
+	KBT_ASSERT_INT(u.deks, ==, 1);
+	KBT_ASSERT_INT(u.backups, ==, 0);
+
+	/* Undelete within the window. */
+	KBT_ASSERT_OK(store_env_delete_begin(s, "acme", "dev", 100, 200, &got));
+	KBT_ASSERT_OK(store_env_delete_cancel(s, "acme", "dev", 199, 0, &got));
+	KBT_ASSERT_INT(got.state, ==, STORE_ENV_ENABLED);
+	KBT_ASSERT_INT(got.delete_final_us, ==, 0);
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "dev", 199, 0, &got),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_FAILED_PRECONDITION), "not pending deletion");
+	/* Past the final time only while the sweeper waits (late_ok). */
+	KBT_ASSERT_OK(store_env_delete_begin(s, "acme", "dev", 300, 400, &got));
+	KBT_ASSERT_ERR(store_env_delete_cancel(s, "acme", "dev", 500, 0, &got),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_OK(store_env_delete_cancel(s, "acme", "dev", 500, 1, &got));
+	KBT_ASSERT_INT(got.state, ==, STORE_ENV_ENABLED);
+
+	/* Keys: available and protecting nothing, else refused with counts. */
+	add_key(s, "k-1", "tenant", "available", "");
+	add_key(s, "k-2", "tenant", "active", "");
+	add_key(s, "kek-1", "kek", "active", "k-1");
+	KBT_ASSERT_ERR(store_key_delete_begin(s, "acme", "k-2", 100, 300, &k),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_FAILED_PRECONDITION), "is active");
+	KBT_ASSERT_ERR(store_key_delete_begin(s, "acme", "k-1", 100, 300, &k),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_FAILED_PRECONDITION),
+	    "0 data key version(s), 1 KEK(s) and 0 backup(s)");
+	KBT_ASSERT_ERR(store_key_delete_begin(s, "acme", "kek-1", 100, 300, &k),
+	    KB_ERR_NOT_FOUND);
+	KBT_ASSERT_OK(store_key_set_state(s, "kek-1", "active", "deleted", 90));
+	KBT_ASSERT_OK(store_key_delete_begin(s, "acme", "k-1", 100, 300, &k));
+	KBT_ASSERT_STR(k.state, "pending_deletion");
+	KBT_ASSERT_INT(k.delete_final_us, ==, 300);
+	KBT_ASSERT_OK(store_key_delete_cancel(s, "acme", "k-1", 299, 0, &k));
+	KBT_ASSERT_STR(k.state, "available");
+	KBT_ASSERT_OK(store_key_delete_begin(s, "acme", "k-1", 100, 300, &k));
+	KBT_ASSERT_OK(store_keys_delete_due(s, 299, &kv, &n, 10));
+	KBT_ASSERT_INT(n, ==, 0);
+	free(kv);
+	KBT_ASSERT_OK(store_keys_delete_due(s, 300, &kv, &n, 10));
+	KBT_ASSERT_INT(n, ==, 1);
+	free(kv);
+	KBT_ASSERT_ERR(
+	    store_key_delete_finish(s, "k-1", 299), KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_OK(store_key_delete_finish(s, "k-1", 300));
+	KBT_ASSERT_OK(store_key_get(s, "k-1", &k));
+	KBT_ASSERT_STR(k.state, "deleted");
+	KBT_ASSERT_INT(k.delete_time_us, ==, 300);
+	KBT_ASSERT_ERR(store_key_delete_cancel(s, "acme", "k-1", 200, 0, &k),
+	    KB_ERR_FAILED_PRECONDITION);
+	done(s);
+}
+
+static void
 test_keys_and_meta(void)
 {
 	struct store *s = fresh();
@@ -306,12 +454,18 @@ test_clock(void)
 	add_platform_key(s);
 	store_close(s);
 	KBT_ASSERT(sqlite3_open(dbpath, &db) == SQLITE_OK);
-	/* (Schema 5's quorum tables go too: the upgrade makes them again.) */
+	/* (Schema 5's quorum tables and schema 6's deletion columns go too:
+	 * the upgrade makes them again.) */
 	KBT_ASSERT(
 	    sqlite3_exec(db,
 	        "DROP TABLE clock; DROP TABLE "
 	        "quorum_policies; DROP TABLE approval_requests; DROP TABLE "
-	        "approvals; PRAGMA user_version=3; "
+	        "approvals; DROP INDEX environments_delete; DROP INDEX "
+	        "keys_delete; ALTER TABLE environments DROP COLUMN "
+	        "delete_request_us; ALTER TABLE environments DROP COLUMN "
+	        "delete_final_us; ALTER TABLE keys DROP COLUMN "
+	        "delete_request_us; ALTER TABLE keys DROP COLUMN "
+	        "delete_final_us; PRAGMA user_version=3; "
 	        "UPDATE tenants SET lock_time_us = 9000",
 	        NULL, NULL, NULL)
 	    == SQLITE_OK);
@@ -892,7 +1046,8 @@ static const struct kbt_case cases[] = {
     {"/store/keys-and-meta", test_keys_and_meta}, {"/store/clock", test_clock},
     {"/store/full-disk", test_full_disk}, {"/store/busy", test_busy},
     {"/store/constraints", test_constraints},
-    {"/store/doctor-reads", test_doctor_reads}, {NULL, NULL}};
+    {"/store/doctor-reads", test_doctor_reads}, {"/store/delete", test_delete},
+    {NULL, NULL}};
 
 int
 main(int argc, char **argv)
