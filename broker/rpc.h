@@ -128,6 +128,8 @@ enum kb_err rpc_approval_deny(
 
 /* rpc_doctor.c */
 enum kb_err rpc_doctor_run(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+
 /* rpc_delete.c: deletion with a way back (issue 14) */
 enum kb_err rpc_env_delete(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
