@@ -103,6 +103,8 @@ key_state_enum(const char *s)
 	    {"active", KEYBROKER__V1__KEY_STATE__KEY_STATE_ACTIVE},
 	    {"locked", KEYBROKER__V1__KEY_STATE__KEY_STATE_LOCKED},
 	    {"deleted", KEYBROKER__V1__KEY_STATE__KEY_STATE_DELETED},
+	    {"retiring", KEYBROKER__V1__KEY_STATE__KEY_STATE_RETIRING},
+	    {"retired", KEYBROKER__V1__KEY_STATE__KEY_STATE_RETIRED},
 	};
 	size_t i;
 

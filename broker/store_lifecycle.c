@@ -386,7 +386,8 @@ tenant_lock_txn(struct conn *c, void *arg)
 	 * stays in the database, wrapped under the lock key, for unlock. */
 	static const char sel[] =
 	    "SELECT id FROM keys WHERE tenant_id = ? AND "
-	    "((purpose = 'tenant' AND state IN ('active', 'available')) OR "
+	    "((purpose = 'tenant' AND state IN ('active', 'available', "
+	    "'retired')) OR "
 	    "(purpose = 'kek' AND state IN ('active', 'installing')))";
 	struct tenant_lock *a = arg;
 	sqlite3_stmt *st;
@@ -426,7 +427,7 @@ tenant_lock_txn(struct conn *c, void *arg)
 	         "UPDATE keys SET state = 'deleted', "
 	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
 	         "AND "
-	         "purpose = 'tenant' AND state = 'available'",
+	         "purpose = 'tenant' AND state IN ('available', 'retired')",
 	         "deleting keys", "iit", a->now, a->now, a->tenant))
 	    != KB_OK)
 		return e;
