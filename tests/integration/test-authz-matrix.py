@@ -132,6 +132,11 @@ ROLES = [
     ("GetApprovalRequest", ADMIN),
     ("ApproveRequest", ADMIN),
     ("DenyRequest", ADMIN),
+    # Issue 14: key census and retirement, DEK rotation.
+    ("GetKeyCensus", ADMIN),
+    ("RetireKey", ADMIN),
+    ("RotateDataKey", ADMIN),
+    ("RetireDataKeys", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
@@ -296,7 +301,7 @@ class Fixture:
         for t in (T, OTHER, "mx-gen", "mx-up", "mx-act", "mx-lock"):
             must(ch, "CreateTenant", pb.CreateTenantRequest(id=t), "tenant " + t)
         for e in ("prod", "dev", "apply-me", "revert-me", "reset-me", "backup-me",
-                  "copy-src", "copy-dst"):
+                  "copy-src", "copy-dst", "rotate-me", "retire-me"):
             must(ch, "CreateEnvironment", pb.CreateEnvironmentRequest(tenant_id=T, name=e),
                  "environment " + e)
         must(ch, "CreateEnvironment", pb.CreateEnvironmentRequest(tenant_id=OTHER, name="prod"),
@@ -397,6 +402,13 @@ class Fixture:
             "GetApprovalRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
             "ApproveRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
             "DenyRequest": pb.ApprovalRequestRef(id="r-0000000000000000"),
+            "GetKeyCensus": pb.GetKeyCensusRequest(tenant_id=T, key_id=self.key),
+            # The active key: refused by the handler (FAILED_PRECONDITION).
+            "RetireKey": pb.RetireKeyRequest(tenant_id=T, key_id=self.key),
+            "RotateDataKey": ref("rotate-me"),
+            # Below version 1: nothing to destroy, the call succeeds.
+            "RetireDataKeys": pb.RetireDataKeysRequest(tenant_id=T, name="retire-me",
+                                                       below_version=1),
         }[method]
 
     def snapshot(self, svc_ch):
