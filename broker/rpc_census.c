@@ -145,12 +145,13 @@ rpc_key_census(
 	const Keybroker__V1__GetKeyCensusRequest *in = (const void *)req;
 	struct store_census cs;
 	struct store_key k;
-	size_t max = in->max_environments;
+	size_t max = in->limit;
 	enum kb_err e;
 
 	if (max > CENSUS_ENVS_MAX)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT,
-		    "max_environments %zu is above %d", max, CENSUS_ENVS_MAX);
+		    "limit %zu is above %d (environments listed)", max,
+		    CENSUS_ENVS_MAX);
 	if (max == 0)
 		max = CENSUS_ENVS_DEFAULT;
 	if ((e = census_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)

@@ -191,6 +191,10 @@ static const char *const migrations[] = {
     "  seal BLOB,"
     "  PRIMARY KEY (request_id, approver));",
 
+    /* 6: reserved for another branch's migration (issue 14's deletion
+     * window); a no-op here, replaced by it when the lead merges. */
+    "SELECT 1;",
+
     /* 7: DEK rotation per environment (issue 14). Versions below
      * min_dek_version were destroyed by RetireDataKeys: GetDataKey refuses
      * them by number even if a row comes back from an old copy.

@@ -177,7 +177,7 @@ kbctl_cmd_keys_show(struct kbctl *k, const struct kbctl_args *a)
 			    "--envs: expected 1 to 10000 environments, not "
 			    "\"%s\"",
 			    envs);
-		creq.max_environments = (uint32_t)v;
+		creq.limit = (uint32_t)v;
 	}
 	/* A tenant key has its record too; a KEK or a platform key only its
 	 * census. */

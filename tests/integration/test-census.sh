@@ -262,6 +262,22 @@ check_json "each retire-dek is audited (started, then ok)" \
 expect_ok kb_as auditor-carol audit list --method RotateDataKey --env dr --json
 check_json "  ... and each rotate-dek" "sum(e['result'] == 'ok' for e in items(d, 'events')) == 1"
 
+kbt_section "3. with a quorum in force, retire-dek waits for its approval"
+"$KB_SRC/deploy/pki.sh" admin bob >/dev/null || kbt_fail "pki.sh admin bob"
+c03() { sql "SELECT group_concat(d.version) FROM (SELECT d.version FROM deks d JOIN environments e ON e.id = d.env_id WHERE e.tenant_id = 'cust' AND e.name = 'c-03' ORDER BY d.version) d"; }
+expect_ok kb_admin quorum set cust --approvals 1 --approvers bob,carol --json
+expect_ok kb_admin envs retire-dek cust c-03 --below 2 --yes --json
+check_json "retire-dek is an approval request" "d['request_id'].startswith('r-')"
+rid=$(json 'd["request_id"]' 2>/dev/null)
+check_eq "  ... nothing destroyed yet: versions 1,2 of cust/c-03" "$(c03)" "1,2"
+expect_ok kb_as admin-bob approvals approve "$rid" --json
+check_json "bob's approval runs it" "d['state'] == 'executed'"
+check_eq "  ... version 1 of cust/c-03 destroyed" "$(c03)" "2"
+expect_ok kb_admin quorum set cust --approvals 0 --json
+rid=$(json 'd["request_id"]' 2>/dev/null)
+expect_ok kb_as admin-bob approvals approve "$rid" --json
+check_json "  ... and the quorum is off again (bob approved that too)" "d['state'] == 'executed'"
+
 kbt_section "3. an attacker with the database puts the retired row back"
 kbt_stop
 IFS='|' read -r rk ralg rhex rct <<<"$row"
