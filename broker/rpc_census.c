@@ -206,8 +206,9 @@ retire_check(struct rpc_ctx *c, const struct store_key *k,
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "retiring key %s refused: %llu data key version(s) of "
 		    "%llu locked environment(s) depend on it (%s first) and "
-		    "cannot be moved until they are unlocked (kbctl envs "
-		    "unlock); %llu version(s) of %llu environment(s) in all",
+		    "cannot be moved while they are locked (until unlocked: "
+		    "kbctl envs unlock, or deleted after 28 days); %llu "
+		    "version(s) of %llu environment(s) in all",
 		    k->id, (unsigned long long)cs->dek_versions_locked,
 		    (unsigned long long)cs->envs_locked,
 		    cs->first_locked[0] ? cs->first_locked : "-",

@@ -137,9 +137,10 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	{ "keys", "list", "TENANT", 1, 1,
 	  "List a tenant's keys",
 	  "One row per key: id, origin (generated, pfx, byok), state (available,\n"
-	  "installing, active, locked, deleted), the start of its fingerprint (the\n"
-	  "hex SHA-256 of its public key, whole in 'keys show' and --json), and when\n"
-	  "it was created and activated. --json prints {\"keys\": [...]}.",
+	  "installing, active, locked, deleted, retiring, retired), the start of its\n"
+	  "fingerprint (the hex SHA-256 of its public key, whole in 'keys show' and\n"
+	  "--json), and when it was created and activated. --json prints\n"
+	  "{\"keys\": [...]}. What each key protects: 'keys show TENANT KEY'.",
 	  { { NULL } }, kbctl_cmd_keys_list },
 	{ "keys", "show", "[TENANT] KEY", 1, 2,
 	  "Show one key and what it protects (its census)",
