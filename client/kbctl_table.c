@@ -202,7 +202,7 @@ const struct kbctl_cmd kbctl_cmds[] = {
 
 	{ "jobs", "show", "JOB_ID", 1, 1,
 	  "Show a background job",
-	  "Its kind (activate, rotate-platform, upgrade-v2), tenant, keys, state\n"
+	  "Its kind (activate, rotate-platform, upgrade-v2, retire), tenant, keys, state\n"
 	  "(running, done, failed), progress (done of total data keys) and error.",
 	  { { NULL } }, kbctl_cmd_jobs_show },
 
