@@ -225,6 +225,17 @@ const struct rpc_method dispatch_methods[] = {
     QUORUM(DeleteKey, ADMIN, key_ref, rpc_key_delete, TENANT("tenant_id")),
     UNARY(UndeleteKey, ADMIN, key_ref, rpc_key_undelete, AUDIT_CHANGE,
         TENANT("tenant_id")),
+    /* Key census, key retirement, DEK rotation (issue 14). A census or
+     * retirement without a tenant names a platform key. RetireDataKeys
+     * destroys data keys, as ResetEnvironment does: a quorum covers it. */
+    UNARY(GetKeyCensus, ADMIN, get_key_census_request, rpc_key_census,
+        AUDIT_REFUSALS, TENANT_OR_PLATFORM("tenant_id")),
+    UNARY(RetireKey, ADMIN, retire_key_request, rpc_key_retire, AUDIT_CHANGE,
+        TENANT_OR_PLATFORM("tenant_id")),
+    UNARY(RotateDataKey, ADMIN, environment_ref, rpc_env_rotate_dek,
+        AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
+    QUORUM(RetireDataKeys, ADMIN, retire_data_keys_request, rpc_env_retire_deks,
+        TENANT_ENV("tenant_id", "name")),
     {NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, {SCOPE_UNSET}, 0}};
 
 enum kb_err

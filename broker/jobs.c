@@ -14,6 +14,7 @@
 #include "dek.h"
 #include "kb_secmem.h"
 #include "kb_time.h"
+#include "keys.h"
 #include "log.h"
 #include "policy.h"
 #include "timemark.h"
@@ -282,6 +283,7 @@ job_event(const struct store_job *job, const char *what, char *buf, size_t len)
 {
 	const char *k = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? "activate"
 	    : strcmp(job->kind, STORE_JOB_ROTATE) == 0             ? "rotate"
+	    : strcmp(job->kind, STORE_JOB_RETIRE) == 0             ? "retire"
 	                                                           : "upgrade";
 
 	snprintf(buf, len, "job.%s.%s", k, what);
@@ -358,6 +360,9 @@ run_job(struct jobs *j, struct store_job *job)
 				else
 					(void)broker_reconcile_keys(b, 1);
 				kb_err_clear();
+				if (strcmp(job->kind, STORE_JOB_RETIRE) == 0)
+					keys_retire_done(b, job->tenant_id,
+					    job->key_id, job->id);
 				(void)broker_audit_system(b,
 				    job_event(job, "done", ev, sizeof(ev)),
 				    tenant_job ? job->tenant_id : NULL, NULL,

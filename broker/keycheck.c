@@ -15,7 +15,8 @@ keycheck_needed(const struct store_key *k)
 	return strcmp(k->state, "active") == 0
 	    || strcmp(k->state, "available") == 0
 	    || strcmp(k->state, "pending_deletion") == 0
-	    || strcmp(k->state, "installing") == 0;
+	    || strcmp(k->state, "installing") == 0
+	    || strcmp(k->state, "retiring") == 0;
 }
 
 /* AES keys are found by id and label; RSA pairs by id. */

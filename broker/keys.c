@@ -344,3 +344,18 @@ keys_exchange_rotate(
 	*out = k;
 	return KB_OK;
 }
+
+void
+keys_retire_done(struct broker *b, const char *tenant, const char *key_id,
+    const char *job_id)
+{
+	char why[128];
+
+	snprintf(why, sizeof(why), "job %s: it seals nothing now", job_id);
+	log_info("key %s%s%s retired: %s", key_id,
+	    tenant[0] ? " of tenant " : "", tenant, why);
+	(void)broker_audit_system(b, "key.retired", tenant[0] ? tenant : NULL,
+	    NULL, key_id, "ok", why);
+	/* DeleteKey (its pending-deletion window) plugs in here: schedule
+	 * the retired key's deletion. */
+}

@@ -70,4 +70,12 @@ enum kb_err keys_exchange_find(
 enum kb_err keys_kek_create(struct broker *b, const char *tenant,
     const char *parent_id, const char *state, struct store_key *out);
 
+/* A retirement job finished (jobs.c): key `key_id` of `tenant` ("" for a
+ * platform key) seals nothing now and is retired (a KEK or platform key:
+ * deleted). Records it (audit event key.retired, a log line). This is the
+ * one place where the key's deletion gets scheduled once DeleteKey and its
+ * pending-deletion window exist: call it from here. */
+void keys_retire_done(struct broker *b, const char *tenant, const char *key_id,
+    const char *job_id);
+
 #endif /* KB_KEYS_H */

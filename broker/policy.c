@@ -75,7 +75,8 @@ policy_may_activate(const struct policy_tenant *t, int64_t now)
 	if (t->activation_running)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "tenant \"%s\" is "
-		    "already activating a key: wait for its job to finish",
+		    "already activating (or retiring) a key: wait for its job "
+		    "to finish",
 		    t->id);
 	if (t->last_activation_us != 0
 	    && now < t->last_activation_us + POLICY_ACTIVATION_COOLDOWN_US)
@@ -96,8 +97,8 @@ policy_may_lock(const struct policy_tenant *t, int64_t now)
 	if (t->activation_running)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "tenant \"%s\" is "
-		    "activating a key: a tenant cannot be locked during "
-		    "activation",
+		    "activating (or retiring) a key: a tenant cannot be locked "
+		    "while that job runs",
 		    t->id);
 	if (!t->has_active_key)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
@@ -137,7 +138,8 @@ policy_may_change_env(const struct policy_tenant *t, const char *what)
 	if (t->activation_running)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "%s refused: tenant "
-		    "\"%s\" is activating a key; retry when the job is done",
+		    "\"%s\" is activating (or retiring) a key; retry when the "
+		    "job is done",
 		    what, t->id);
 	return KB_OK;
 }

@@ -22,7 +22,7 @@ struct policy_tenant {
 	int locked; /* the tenant is locked */
 	unsigned locked_envs; /* environments in state locked */
 	int64_t last_env_lock_us; /* the newest of their lock times */
-	int activation_running; /* a key is installing */
+	int activation_running; /* a key is installing (or retiring) */
 	int has_active_key;
 	int64_t last_activation_us; /* 0 = never */
 	int64_t last_key_change_us; /* generate, upload, activation, unlock */

@@ -88,6 +88,18 @@ enum kb_err rpc_env_restore(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_env_copy(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+/* DEK rotation per environment (issue 14): a new current version; the
+ * versions below a bound destroyed. */
+enum kb_err rpc_env_rotate_dek(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_env_retire_deks(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+
+/* rpc_census.c: the key census, key retirement (issue 14) */
+enum kb_err rpc_key_census(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+enum kb_err rpc_key_retire(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 
 /* rpc_audit.c */
 enum kb_err rpc_audit_list(

@@ -32,6 +32,23 @@ env_usable(const struct store_env *env)
 	return KB_OK;
 }
 
+/* A version below the environment's retirement bound was destroyed by
+ * RetireDataKeys: refused by number, also when its row came back (an old
+ * copy of the database put back; README "DEK rotation" gives the bound of
+ * what such a copy can still open). */
+static enum kb_err
+version_retired(const struct store_env *env, uint32_t version)
+{
+	if (version == 0 || version >= env->min_dek_version)
+		return KB_OK;
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "data key version %u of %s/%s was retired: versions below %u "
+	    "were destroyed (kbctl envs retire-dek) and are never served "
+	    "again; the current version is %u",
+	    version, env->tenant_id, env->name, env->min_dek_version,
+	    env->dek_version);
+}
+
 /* Open the row's DEK in the token. A key the row names but the token lacks
  * is the token's problem (not logged in, restored from an old backup, or
  * the key was destroyed by a lock), not the caller's; a blob that fails its
@@ -107,12 +124,19 @@ rpc_datakey_get(
 
 	/* The names and the service's binding to them were checked by the
 	 * method table (SERVICE_ENV), before existence is looked at here. */
-	if ((e = store_env_with_dek(c->b->store, in->tenant_id, in->environment,
-	         in->version, &env, &dek))
-	    != KB_OK)
+	memset(&env, 0, sizeof(env));
+	e = store_env_with_dek(c->b->store, in->tenant_id, in->environment,
+	    in->version, &env, &dek);
+	/* A retired version has no row: say why rather than "no such". */
+	if (e == KB_ERR_NOT_FOUND && env.name[0] != '\0'
+	    && env.state == STORE_ENV_ENABLED && in->version != 0
+	    && in->version < env.min_dek_version)
+		return version_retired(&env, in->version);
+	if (e != KB_OK)
 		return e;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", env.key_id);
-	if ((e = env_usable(&env)) != KB_OK)
+	if ((e = env_usable(&env)) != KB_OK
+	    || (e = version_retired(&env, dek.version)) != KB_OK)
 		return e;
 	if (dek.damaged[0] != '\0')
 		return kb_errf(KB_ERR_CORRUPT,

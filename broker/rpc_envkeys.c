@@ -469,3 +469,126 @@ out:
 	broker_tenant_unlock(c->b, in->tenant_id);
 	return e;
 }
+
+/* ---- DEK rotation per environment (issue 14) ---- */
+
+/* Reply with the environment's versions as stored now. */
+static enum kb_err
+reply_versions(struct rpc_ctx *c, const char *tenant, const char *name,
+    uint32_t destroyed, uint32_t backups, ProtobufCMessage **resp)
+{
+	Keybroker__V1__DataKeyVersions *m;
+	struct store_env_versions v;
+	enum kb_err e;
+	size_t i;
+
+	if ((e = store_env_versions(c->b->store, tenant, name, &v)) != KB_OK)
+		return e;
+	if ((m = malloc(sizeof(*m))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	keybroker__v1__data_key_versions__init(m);
+	*resp = &m->base;
+	m->tenant_id = rpc_strdup(tenant);
+	m->name = rpc_strdup(name);
+	m->current_version = v.current;
+	m->min_version = v.min;
+	m->destroyed = destroyed;
+	m->backups_destroyed = backups;
+	if (v.n > 0 && (m->versions = calloc(v.n, sizeof(uint32_t))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	for (i = 0; i < v.n; i++)
+		m->versions[m->n_versions++] = v.versions[i];
+	return KB_OK;
+}
+
+enum kb_err
+rpc_env_rotate_dek(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
+{
+	const Keybroker__V1__EnvironmentRef *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env;
+	struct store_dek dek, *v = NULL;
+	struct dek_row row;
+	char key_id[STORE_KEY_ID_MAX];
+	uint32_t version;
+	size_t n = 0;
+	enum kb_err e;
+
+	if ((e = begin(
+	         c, in->tenant_id, in->name, "rotating the data key", &t, &env))
+	    != KB_OK)
+		return e;
+	if ((e = store_env_dek_list(c->b->store, t.id, env.name, &v, &n))
+	    != KB_OK)
+		goto out;
+	free(v);
+	if (n >= c->b->cfg->max_dek_versions) {
+		e = kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
+		    "environment %s/%s holds %zu data key versions, the most "
+		    "allowed (max_dek_versions = %u): retire old ones first "
+		    "(kbctl envs retire-dek)",
+		    t.id, env.name, n, c->b->cfg->max_dek_versions);
+		goto out;
+	}
+	if ((e = seal_key(c, t.id, env.mode, key_id)) != KB_OK
+	    || (e = store_env_next_version(
+	            c->b->store, t.id, env.name, &version))
+	        != KB_OK)
+		goto out;
+	dek_row_env(&row, &env, version, env.mode);
+	if ((e = dek_new(c->b->hsm, &row, key_id, &dek)) != KB_OK
+	    || (e = add_version(c, t.id, env.name, &dek)) != KB_OK)
+		goto out;
+	kb_wipe(&dek, sizeof(dek));
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", key_id);
+	log_info("environment %s/%s: new data key version %u (by %s); older "
+	         "versions stay readable by number",
+	    t.id, env.name, version, c->id->name);
+	e = reply_versions(c, t.id, env.name, 0, 0, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}
+
+enum kb_err
+rpc_env_retire_deks(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
+{
+	const Keybroker__V1__RetireDataKeysRequest *in = (const void *)req;
+	struct store_tenant t;
+	struct store_env env;
+	uint32_t destroyed = 0, backups = 0;
+	enum kb_err e;
+
+	if (in->below_version == 0)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "below_version must be a data key version (1 or more): "
+		    "versions below it are destroyed");
+	if ((e = begin(c, in->tenant_id, in->name, "retiring data key versions",
+	         &t, &env))
+	    != KB_OK)
+		return e;
+	if (in->below_version > env.dek_version) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "retiring data key versions below %u of %s/%s refused: "
+		    "the current version is %u and is never retired (rotate "
+		    "first: kbctl envs rotate-dek)",
+		    in->below_version, t.id, env.name, env.dek_version);
+		goto out;
+	}
+	/* Destroying: policy time is stored first (timemark.h). */
+	if ((e = timemark_advance(c->b->timemark, NULL)) != KB_OK
+	    || (e = store_env_dek_retire(c->b->store, t.id, env.name,
+	            in->below_version, in->with_backups, c->now_us, &destroyed,
+	            &backups))
+	        != KB_OK)
+		goto out;
+	log_warn("environment %s/%s: data key versions below %u RETIRED by "
+	         "%s: %u destroyed, %u backup(s) with them",
+	    t.id, env.name, in->below_version, c->id->name, destroyed, backups);
+	e = reply_versions(c, t.id, env.name, destroyed, backups, resp);
+out:
+	broker_tenant_unlock(c->b, in->tenant_id);
+	return e;
+}

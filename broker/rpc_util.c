@@ -127,6 +127,8 @@ key_state_enum(const char *s)
 	    {"deleted", KEYBROKER__V1__KEY_STATE__KEY_STATE_DELETED},
 	    {"pending_deletion",
 	        KEYBROKER__V1__KEY_STATE__KEY_STATE_PENDING_DELETION},
+	    {"retiring", KEYBROKER__V1__KEY_STATE__KEY_STATE_RETIRING},
+	    {"retired", KEYBROKER__V1__KEY_STATE__KEY_STATE_RETIRED},
 	};
 	size_t i;
 

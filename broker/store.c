@@ -207,6 +207,13 @@ static const char *const migrations[] = {
     "ALTER TABLE keys ADD COLUMN delete_final_us INTEGER NOT NULL DEFAULT 0;"
     "CREATE INDEX keys_delete ON keys(delete_final_us) "
     "WHERE delete_final_us != 0;",
+
+    /* 7: DEK rotation per environment (issue 14). Versions below
+     * min_dek_version were destroyed by RetireDataKeys: GetDataKey refuses
+     * them by number even if a row comes back from an old copy.
+     * Self-contained: one column. */
+    "ALTER TABLE environments ADD COLUMN min_dek_version INTEGER NOT NULL "
+    "DEFAULT 0;",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -650,7 +657,8 @@ store_token_bind(struct store *s, const char *label, const char *serial)
 	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND "      \
 	"k.purpose = 'tenant' AND k.state = 'active'), ''), "                  \
 	"coalesce((SELECT k.id FROM keys k WHERE k.tenant_id = t.id AND "      \
-	"k.purpose = 'tenant' AND k.state = 'installing'), ''), "              \
+	"((k.purpose = 'tenant' AND k.state = 'installing') OR "               \
+	"k.state = 'retiring') LIMIT 1), ''), "                                \
 	"coalesce((SELECT max(e.lock_time_us) FROM environments e WHERE "      \
 	"e.tenant_id = t.id AND e.state = 'locked'), 0)"
 
@@ -977,7 +985,8 @@ store_env_with_dek(struct store *s, const char *tenant, const char *name,
 	 * when 0) in the same read. */
 	static const char sql[] =
 	    "SELECT " ENV_COLS ", v.version, v.key_id, "
-	    "v.wrap_alg, v.wrapped, v.damaged " ENV_JOIN " LEFT JOIN deks v ON "
+	    "v.wrap_alg, v.wrapped, v.damaged, e.min_dek_version " ENV_JOIN
+	    " LEFT JOIN deks v ON "
 	    "v.env_id = e.id AND v.version = (CASE WHEN ?3 = 0 THEN "
 	    "e.dek_version ELSE ?3 END) WHERE e.tenant_id = ?1 AND e.name = ?2";
 	struct conn *c = store_conn_get(s);
@@ -994,6 +1003,7 @@ store_env_with_dek(struct store *s, const char *tenant, const char *name,
 	rc = sqlite3_step(st);
 	if (rc == SQLITE_ROW) {
 		store_env_row(st, env);
+		env->min_dek_version = (uint32_t)sqlite3_column_int64(st, 19);
 		blob = sqlite3_column_blob(st, 17);
 		len = sqlite3_column_bytes(st, 17);
 		if (sqlite3_column_type(st, 14) == SQLITE_NULL) {

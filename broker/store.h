@@ -72,6 +72,9 @@ struct store_env {
 	int64_t delete_request_us; /* DeleteEnvironment; 0 = never */
 	int64_t delete_final_us; /* when that deletion is (was) final */
 	enum store_env_state state_before_deletion; /* the stored state */
+	/* Versions below it were retired (RetireDataKeys); filled by
+	 * store_env_with_dek only. */
+	uint32_t min_dek_version;
 };
 
 /* One wrapped DEK version. */
@@ -115,6 +118,9 @@ struct store_key {
 #define STORE_JOB_ACTIVATE "activate"
 #define STORE_JOB_ROTATE "rotate-platform"
 #define STORE_JOB_UPGRADE "upgrade-v2"
+/* A key's retirement (issue 14): every row it seals (a tenant key: through
+ * its KEKs) re-sealed under target_key_id; key_id is the key retired. */
+#define STORE_JOB_RETIRE "retire"
 /* Not a job: the verify scan reads every row (of job->tenant_id, or all). */
 #define STORE_SCAN_VERIFY "verify"
 
@@ -505,6 +511,72 @@ enum kb_err store_key_delete_finish(
 
 const char *store_env_mode_name(enum store_env_mode m);
 const char *store_env_state_name(enum store_env_state st);
+
+/* ---- key census, retirement, DEK versions (store_census.c) ---- */
+
+/* What one sealing key seals (a KEK of a tenant key). */
+struct store_census_via {
+	char key_id[STORE_KEY_ID_MAX];
+	char state[16];
+	uint64_t dek_versions, backups, envs;
+};
+
+/* One environment with rows sealed by `via`. */
+struct store_census_env {
+	char tenant_id[STORE_ID_MAX];
+	char name[STORE_ID_MAX];
+	enum store_env_state state;
+	enum store_env_mode mode;
+	uint32_t dek_versions, backups;
+	char via[STORE_KEY_ID_MAX];
+};
+
+/* A key's census: exact counts of the DEK rows it seals (directly, and for
+ * a tenant key through its KEKs), the backups whose version is one of
+ * them, and their environments, from one read transaction. */
+struct store_census {
+	uint64_t dek_versions, backups, envs, envs_enabled, envs_locked;
+	uint64_t dek_versions_locked, tenants;
+	char first_locked[2 * STORE_ID_MAX]; /* "tenant/env", "" if none */
+	struct store_census_via *via; /* malloc'd */
+	size_t nvia;
+	struct store_census_env *dependents; /* malloc'd, by tenant, name */
+	size_t ndependents;
+	int truncated; /* more than max_envs environments */
+};
+
+/* Fill *out for key `key_id` (listing at most max_envs environments);
+ * release it with store_census_free. */
+enum kb_err store_key_census(struct store *s, const char *key_id,
+    size_t max_envs, struct store_census *out);
+void store_census_free(struct store_census *c);
+
+/* Start retiring key `key_id` (state `from` -> retiring) with a job of
+ * kind STORE_JOB_RETIRE re-sealing its rows under `target` ("" when it
+ * seals none); KB_ERR_FAILED_PRECONDITION if it is no longer `from`. */
+enum kb_err store_retire_begin(struct store *s, const char *key_id,
+    const char *from, const char *tenant, const char *target,
+    const char *job_id, int64_t now, struct store_job *job);
+
+#define STORE_VERSIONS_MAX 64
+
+/* An environment's DEK versions: the current one, the retirement bound,
+ * and the versions kept (newest first; `more` beyond STORE_VERSIONS_MAX). */
+struct store_env_versions {
+	uint32_t current, min;
+	uint32_t versions[STORE_VERSIONS_MAX];
+	size_t n, more;
+};
+
+enum kb_err store_env_versions(struct store *s, const char *tenant,
+    const char *name, struct store_env_versions *out);
+/* Destroy every DEK version below `below` (never the current one) and
+ * raise the environment's min_dek_version to it, in one transaction.
+ * Backups of those versions: refused (KB_ERR_FAILED_PRECONDITION naming
+ * how many) unless `with_backups`, which destroys them too. */
+enum kb_err store_env_dek_retire(struct store *s, const char *tenant,
+    const char *name, uint32_t below, int with_backups, int64_t now,
+    uint32_t *destroyed, uint32_t *backups);
 
 /* ---- disaster recovery (store_backup.c) ---- */
 

@@ -84,6 +84,11 @@ enum kb_err store_get_one(struct store *s, const char *sql, const char *a1,
 enum kb_err store_run(
     struct conn *c, const char *sql, const char *what, const char *types, ...);
 
+/* How many rows a retirement of `key_id` re-seals under `target`
+ * (store_keys.c). */
+enum kb_err store_job_count_retire(struct conn *c, const char *tenant,
+    const char *target, const char *key_id, int64_t *total);
+
 /* Run fn(c, arg) inside BEGIN IMMEDIATE ... COMMIT; on error roll back, so
  * the database is unaltered. */
 enum kb_err store_txn(struct store *s,

@@ -119,11 +119,15 @@ enum kb_err
 store_kek_current(struct store *s, const char *tenant, struct store_key *out)
 {
 	/* The installing KEK while an activation runs (new data keys go
-	 * straight under it), else the active one. */
+	 * straight under it), else the active one; only a KEK of the
+	 * tenant's active (or installing) key: a KEK left under another key
+	 * (a failed activation) is no place for new data keys. */
 	static const char sql[] =
 	    "SELECT " KEY_COLS " FROM keys WHERE "
-	    "tenant_id = ? AND purpose = 'kek' AND state IN ('active', "
-	    "'installing') ORDER BY state = 'installing' DESC, "
+	    "tenant_id = ?1 AND purpose = 'kek' AND state IN ('active', "
+	    "'installing') AND parent_id IN (SELECT p.id FROM keys p WHERE "
+	    "p.tenant_id = ?1 AND p.purpose = 'tenant' AND p.state IN "
+	    "('active', 'installing')) ORDER BY state = 'installing' DESC, "
 	    "create_time_us DESC LIMIT 1";
 	enum kb_err e;
 
@@ -269,6 +273,11 @@ static const char count_platform[] =
     "SELECT count(*) FROM deks d JOIN "
     "environments e ON e.id = d.env_id WHERE ?1 = ?1 AND "
     "e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = ''";
+/* A retirement: rows sealed by the key ?3 or by a KEK under it. */
+static const char count_retire[] =
+    "SELECT count(*) FROM deks d WHERE ?1 = ?1 AND d.key_id IN (SELECT "
+    "k.id FROM keys k WHERE k.id = ?3 OR (k.purpose = 'kek' AND "
+    "k.parent_id = ?3)) AND d.key_id != ?2 AND d.damaged = ''";
 static const char count_upgrade[] =
     "SELECT count(*) FROM deks d WHERE "
     "?1 = ?1 AND ?2 = ?2 AND d.wrap_alg != 'AES-256-GCM' AND "
@@ -281,12 +290,33 @@ job_count_sql(const char *kind)
 		return count_activate;
 	if (strcmp(kind, STORE_JOB_ROTATE) == 0)
 		return count_platform;
+	if (strcmp(kind, STORE_JOB_RETIRE) == 0)
+		return count_retire;
 	return count_upgrade;
 }
+
+static enum kb_err job_count_key(struct conn *c, const char *kind,
+    const char *tenant, const char *target, const char *key_id, int64_t *total);
 
 static enum kb_err
 job_count(struct conn *c, const char *kind, const char *tenant,
     const char *target, int64_t *total)
+{
+	return job_count_key(c, kind, tenant, target, "", total);
+}
+
+enum kb_err
+store_job_count_retire(struct conn *c, const char *tenant, const char *target,
+    const char *key_id, int64_t *total)
+{
+	return job_count_key(
+	    c, STORE_JOB_RETIRE, tenant, target, key_id, total);
+}
+
+/* job_count, for a retirement of `key_id` too. */
+static enum kb_err
+job_count_key(struct conn *c, const char *kind, const char *tenant,
+    const char *target, const char *key_id, int64_t *total)
 {
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -296,6 +326,8 @@ job_count(struct conn *c, const char *kind, const char *tenant,
 		return e;
 	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
 	sqlite3_bind_text(st, 2, target, -1, SQLITE_STATIC);
+	if (strcmp(kind, STORE_JOB_RETIRE) == 0)
+		sqlite3_bind_text(st, 3, key_id, -1, SQLITE_STATIC);
 	rc = sqlite3_step(st);
 	*total = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
 	sqlite3_reset(st);
@@ -472,6 +504,12 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 	            " e.id >= ?4 AND "
 	            "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	            "LIMIT ?3";
+	static const char ret_sql[] = RW_COLS
+	    "WHERE ?1 = ?1 AND d.key_id IN (SELECT k.id FROM keys k WHERE "
+	    "k.id = ?6 OR (k.purpose = 'kek' AND k.parent_id = ?6)) AND "
+	    "d.key_id != ?2 AND d.damaged = '' AND e.id >= ?4 AND "
+	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
+	    "LIMIT ?3";
 	static const char ver_sql[] =
 	    RW_COLS "WHERE (?1 = '' OR "
 	            "e.tenant_id = ?1) AND ?2 = ?2 AND e.id >= ?4 AND "
@@ -481,6 +519,7 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 	const char *sql = strcmp(job->kind, STORE_JOB_ACTIVATE) == 0 ? act_sql
 	    : strcmp(job->kind, STORE_JOB_ROTATE) == 0               ? rot_sql
 	    : strcmp(job->kind, STORE_SCAN_VERIFY) == 0              ? ver_sql
+	    : strcmp(job->kind, STORE_JOB_RETIRE) == 0               ? ret_sql
 	                                                             : upg_sql;
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
@@ -497,6 +536,8 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 	sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
 	sqlite3_bind_int64(st, 4, after_env_id);
 	sqlite3_bind_int64(st, 5, after_version);
+	if (strcmp(job->kind, STORE_JOB_RETIRE) == 0)
+		sqlite3_bind_text(st, 6, job->key_id, -1, SQLITE_STATIC);
 	while (cnt < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
 		struct store_rewrap *r = &rows[cnt];
 
@@ -608,7 +649,8 @@ finish_check(struct conn *c, const struct store_job *j)
 	enum kb_err e;
 	int64_t left;
 
-	if ((e = job_count(c, j->kind, j->tenant_id, j->target_key_id, &left))
+	if ((e = job_count_key(
+	         c, j->kind, j->tenant_id, j->target_key_id, j->key_id, &left))
 	    != KB_OK)
 		return e;
 	if (left > 0)
@@ -676,6 +718,35 @@ platform_finish_txn(struct conn *c, void *arg)
 	if (strcmp(a->j->kind, STORE_JOB_UPGRADE) != 0
 	    && (e = finish_check(c, a->j)) != KB_OK)
 		return e;
+	if (strcmp(a->j->kind, STORE_JOB_RETIRE) == 0) {
+		/* Nothing is sealed by the key or its KEKs now: a tenant key
+		 * is retired (it stays in the token until it is deleted), a
+		 * KEK or platform key deleted (the caller destroys its
+		 * object), and so are the KEKs under a retired key. */
+		if ((e = store_run(c,
+		         "UPDATE keys SET state = CASE WHEN purpose = 'tenant' "
+		         "THEN 'retired' ELSE 'deleted' END, delete_time_us = "
+		         "CASE WHEN purpose = 'tenant' THEN delete_time_us "
+		         "ELSE "
+		         "?1 END, update_time_us = ?1 WHERE id = ?2 AND state "
+		         "= "
+		         "'retiring'",
+		         "retiring the key", "it", a->now, a->j->key_id))
+		    != KB_OK)
+			return e;
+		if (sqlite3_changes(c->db) != 1)
+			return kb_errf(KB_ERR_FAILED_PRECONDITION,
+			    "job %s: key %s is no longer being retired",
+			    a->j->id, a->j->key_id);
+		if ((e = store_run(c,
+		         "UPDATE keys SET state = 'deleted', delete_time_us = "
+		         "?1, update_time_us = ?1 WHERE purpose = 'kek' AND "
+		         "parent_id = ?2 AND state != 'deleted'",
+		         "deleting the retired key's KEKs", "it", a->now,
+		         a->j->key_id))
+		    != KB_OK)
+			return e;
+	}
 	if (strcmp(a->j->kind, STORE_JOB_ROTATE) == 0) {
 		if ((e = store_run(c,
 		         "UPDATE keys SET state = 'deleted', "
@@ -732,6 +803,15 @@ job_fail_txn(struct conn *c, void *arg)
 	         "UPDATE keys SET state = 'available', update_time_us = ? "
 	         "WHERE id = (SELECT key_id FROM jobs WHERE id = ? AND kind = "
 	         "'activate') AND state = 'installing'",
+	         "releasing the key", "it", a->now, a->job_id))
+	    != KB_OK)
+		return e;
+	/* A retirement that failed gives the key back its state. */
+	if ((e = store_run(c,
+	         "UPDATE keys SET state = CASE WHEN purpose = 'tenant' THEN "
+	         "'available' ELSE 'active' END, update_time_us = ?1 WHERE "
+	         "id = (SELECT key_id FROM jobs WHERE id = ?2 AND kind = "
+	         "'retire') AND state = 'retiring'",
 	         "releasing the key", "it", a->now, a->job_id))
 	    != KB_OK)
 		return e;

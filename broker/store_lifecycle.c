@@ -388,7 +388,7 @@ tenant_lock_txn(struct conn *c, void *arg)
 	static const char sel[] =
 	    "SELECT id FROM keys WHERE tenant_id = ? AND "
 	    "((purpose = 'tenant' AND state IN ('active', 'available', "
-	    "'pending_deletion')) OR "
+	    "'pending_deletion', 'retired')) OR "
 	    "(purpose = 'kek' AND state IN ('active', 'installing')))";
 	struct tenant_lock *a = arg;
 	sqlite3_stmt *st;
@@ -429,7 +429,7 @@ tenant_lock_txn(struct conn *c, void *arg)
 	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
 	         "AND "
 	         "purpose = 'tenant' AND state IN ('available', "
-	         "'pending_deletion')",
+	         "'pending_deletion', 'retired')",
 	         "deleting keys", "iit", a->now, a->now, a->tenant))
 	    != KB_OK)
 		return e;

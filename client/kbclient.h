@@ -67,6 +67,11 @@
 #define KB_METHOD_CONFIRM_CLOCK_JUMP "/keybroker.v1.KeyBroker/ConfirmClockJump"
 /* Server streaming: the bytes of a backup file. */
 #define KB_METHOD_CREATE_BACKUP "/keybroker.v1.KeyBroker/CreateBackup"
+/* Key census, key retirement, DEK rotation (issue 14). */
+#define KB_METHOD_GET_KEY_CENSUS "/keybroker.v1.KeyBroker/GetKeyCensus"
+#define KB_METHOD_RETIRE_KEY "/keybroker.v1.KeyBroker/RetireKey"
+#define KB_METHOD_ROTATE_DATA_KEY "/keybroker.v1.KeyBroker/RotateDataKey"
+#define KB_METHOD_RETIRE_DATA_KEYS "/keybroker.v1.KeyBroker/RetireDataKeys"
 #define KB_METHOD_HEALTH_CHECK "/grpc.health.v1.Health/Check"
 /* Doctor (issue 14). */
 #define KB_METHOD_RUN_DIAGNOSTICS "/keybroker.v1.KeyBroker/RunDiagnostics"

@@ -138,6 +138,13 @@ int kbctl_cmd_jobs_show(struct kbctl *k, const struct kbctl_args *a);
  * longer running: a progress bar on a terminal, a line every 5 s
  * otherwise. -1 when it ended (see its state), else an exit code. */
 int kbctl_job_follow(struct kbctl *k, ProtobufCMessage **mp);
+/* Print the Job `m` a call answered (following it with `wait`) and free
+ * it; the exit code says how it ended (a failed job: 1). */
+int kbctl_job_answer(struct kbctl *k, ProtobufCMessage *m, int wait);
+/* kbctl_census.c: the key census, key retirement, DEK rotation. */
+int kbctl_cmd_keys_retire(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_rotate_dek(struct kbctl *k, const struct kbctl_args *a);
+int kbctl_cmd_envs_retire_dek(struct kbctl *k, const struct kbctl_args *a);
 /* kbctl_custody.c: the broker's own keys, verify and repair. */
 int kbctl_cmd_platform_rotate_key(struct kbctl *k, const struct kbctl_args *a);
 int kbctl_cmd_verify(struct kbctl *k, const struct kbctl_args *a);

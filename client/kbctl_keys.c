@@ -197,17 +197,6 @@ kbctl_cmd_keys_list(struct kbctl *k, const struct kbctl_args *a)
 }
 
 int
-kbctl_cmd_keys_show(struct kbctl *k, const struct kbctl_args *a)
-{
-	Keybroker__V1__GetKeyRequest req = KEYBROKER__V1__GET_KEY_REQUEST__INIT;
-
-	req.tenant_id = (char *)a->argv[0];
-	req.key_id = (char *)a->argv[1];
-	return kbctl_call_print(k, KB_METHOD_GET_KEY, &req.base,
-	    &keybroker__v1__key__descriptor, kbctl_print_key);
-}
-
-int
 kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__GenerateKeyRequest req =
@@ -429,9 +418,7 @@ kbctl_cmd_keys_activate(struct kbctl *k, const struct kbctl_args *a)
 {
 	Keybroker__V1__ActivateKeyRequest req =
 	    KEYBROKER__V1__ACTIVATE_KEY_REQUEST__INIT;
-	Keybroker__V1__Job *j;
 	ProtobufCMessage *m = NULL;
-	char id[128], err[512];
 	int rc, wait = kbctl_flag(a, "--wait") != NULL;
 
 	req.tenant_id = (char *)a->argv[0];
@@ -440,6 +427,16 @@ kbctl_cmd_keys_activate(struct kbctl *k, const struct kbctl_args *a)
 	         &keybroker__v1__job__descriptor, &m))
 	    != KBCTL_EXIT_OK)
 		return rc;
+	return kbctl_job_answer(k, m, wait);
+}
+
+int
+kbctl_job_answer(struct kbctl *k, ProtobufCMessage *m, int wait)
+{
+	Keybroker__V1__Job *j;
+	char id[128], err[512];
+	int rc;
+
 	if (wait && (rc = kbctl_job_follow(k, &m)) >= 0) {
 		kb_wire_free(m);
 		return rc;
@@ -451,7 +448,7 @@ kbctl_cmd_keys_activate(struct kbctl *k, const struct kbctl_args *a)
 	case KEYBROKER__V1__JOB_STATE__JOB_STATE_RUNNING:
 		if (!k->json)
 			fprintf(stderr,
-			    "kbctl: job %s re-wraps the environments in the "
+			    "kbctl: job %s re-seals the data keys in the "
 			    "broker: 'kbctl jobs show %s' follows it\n",
 			    id, id);
 		break;

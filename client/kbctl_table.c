@@ -137,16 +137,26 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	{ "keys", "list", "TENANT", 1, 1,
 	  "List a tenant's keys",
 	  "One row per key: id, origin (generated, pfx, byok), state (available,\n"
-	  "installing, active, locked, deleted), the start of its fingerprint (the\n"
-	  "hex SHA-256 of its public key, whole in 'keys show' and --json), and when\n"
-	  "it was created and activated. --json prints {\"keys\": [...]}.",
+	  "installing, active, locked, deleted, retiring, retired), the start of its\n"
+	  "fingerprint (the hex SHA-256 of its public key, whole in 'keys show' and\n"
+	  "--json), and when it was created and activated. --json prints\n"
+	  "{\"keys\": [...]}. What each key protects: 'keys show TENANT KEY'.",
 	  { { NULL } }, kbctl_cmd_keys_list },
-	{ "keys", "show", "TENANT KEY", 2, 2,
-	  "Show one key",
+	{ "keys", "show", "[TENANT] KEY", 1, 2,
+	  "Show one key and what it protects (its census)",
 	  "Its origin, state, fingerprint (hex SHA-256 of the DER public key), size,\n"
 	  "and the times it was created, changed, activated, locked and deleted\n"
-	  "(\"-\" or null: never).",
-	  { { NULL } }, kbctl_cmd_keys_show },
+	  "(\"-\" or null: never). Then its census, counted exactly in the database:\n"
+	  "the data key versions it seals now (a tenant key through its KEKs, each\n"
+	  "listed), the backups whose version is one of them, and which environments\n"
+	  "(enabled, locked), one row each. KEY may be a tenant key (k-...), one of\n"
+	  "the tenant's KEKs (kek-...), or, without TENANT, a platform key (kb-pk-...,\n"
+	  "platform-wide admins). --json prints the key with a \"census\" object:\n"
+	  "{dek_versions, backups, environments, environments_enabled,\n"
+	  "environments_locked, dek_versions_locked, tenants, via [...],\n"
+	  "dependents [...], dependents_truncated}.",
+	  { { "--envs", "N", "list up to N environments (default 100, at most 10000)" } },
+	  kbctl_cmd_keys_show },
 	{ "keys", "generate", "TENANT", 1, 1,
 	  "Generate a new RSA-2048 key and save it as a .pfx",
 	  "The broker makes the key in its token and returns it once, as a PKCS#12\n"
@@ -192,7 +202,7 @@ const struct kbctl_cmd kbctl_cmds[] = {
 
 	{ "jobs", "show", "JOB_ID", 1, 1,
 	  "Show a background job",
-	  "Its kind (activate, rotate-platform, upgrade-v2), tenant, keys, state\n"
+	  "Its kind (activate, rotate-platform, upgrade-v2, retire), tenant, keys, state\n"
 	  "(running, done, failed), progress (done of total data keys) and error.",
 	  { { NULL } }, kbctl_cmd_jobs_show },
 
@@ -658,11 +668,46 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "Within the deletion window only: the key is available again. Prints\n"
 	  "the key.",
 	  { { NULL } }, kbctl_cmd_keys_undelete },
+
+	/* Key census and retirement, DEK rotation (issue 14). */
+	{ "keys", "retire", "[TENANT] KEY", 1, 2,
+	  "Move what still depends on a key elsewhere, then retire it",
+	  "A background job re-seals every data key version the key still seals\n"
+	  "(a tenant key: through its KEKs) under the tenant's active key (a\n"
+	  "platform key: under the current platform key), while data keys keep\n"
+	  "being served; then the key is 'retired' and cannot be activated again\n"
+	  "(a KEK or platform key is destroyed). Refused, naming the count, while a\n"
+	  "locked environment depends on it, and for the active key, the current\n"
+	  "KEK or the current platform key. 'keys show' tells what depends on it.\n\n"
+	  "Prints the job; --wait follows it as 'keys activate --wait' does.",
+	  { { "--wait", NULL, "wait for the re-seal job to finish" } },
+	  kbctl_cmd_keys_retire },
+	{ "envs", "rotate-dek", "TENANT ENV", 2, 2,
+	  "Give an environment a new data key version",
+	  "The new version is what 'datakey get' (GetDataKey) returns from now on;\n"
+	  "older versions stay readable by number (--version N) for the data still\n"
+	  "encrypted under them, until 'envs retire-dek' destroys them. Prints the\n"
+	  "versions: current_version, min_version, versions kept.",
+	  { { NULL } }, kbctl_cmd_envs_rotate_dek },
+	{ "envs", "retire-dek", "TENANT ENV", 2, 2,
+	  "Destroy an environment's data key versions below N",
+	  "Once the service says its data no longer needs them (Vault's\n"
+	  "min_decryption_version): every version below N is destroyed, and\n"
+	  "GetDataKey for one is refused from then on (FAILED_PRECONDITION: ...\n"
+	  "was retired). Never the current version: N above it is refused. Backups\n"
+	  "of those versions refuse it (naming how many) unless --with-backups,\n"
+	  "which destroys them too.\n\n"
+	  CONFIRM_TEXT("the environment name") "\n\n"
+	  "Prints the versions kept.",
+	  { { "--below", "N", "destroy the versions below N", KBCTL_REQUIRED },
+	    { "--with-backups", NULL, "also destroy the backups of those versions" },
+	    YES_FLAG },
+	  kbctl_cmd_envs_retire_dek },
 };
 
 const struct kbctl_group kbctl_groups[] = {
 	{ "tenants", "Create, list, show, lock and unlock tenants" },
-	{ "keys", "A tenant's keys: generate, upload, list, show, activate" },
+	{ "keys", "A tenant's keys: generate, upload, list, show, activate, retire" },
 	{ "jobs", "Background jobs (activation, rotation and upgrade re-seals)" },
 	{ "platform", "The broker's own keys: rotate the platform key" },
 	{ "clock", "The broker's policy time; confirm a forward clock jump" },

@@ -137,6 +137,11 @@ ROLES = [
     ("UndeleteEnvironment", ADMIN),
     ("DeleteKey", ADMIN),
     ("UndeleteKey", ADMIN),
+    # Issue 14: key census and retirement, DEK rotation.
+    ("GetKeyCensus", ADMIN),
+    ("RetireKey", ADMIN),
+    ("RotateDataKey", ADMIN),
+    ("RetireDataKeys", ADMIN),
 ]
 
 # Methods that name no tenant (or, GetJob, find it from the object): a
@@ -301,7 +306,8 @@ class Fixture:
         for t in (T, OTHER, "mx-gen", "mx-up", "mx-act", "mx-lock"):
             must(ch, "CreateTenant", pb.CreateTenantRequest(id=t), "tenant " + t)
         for e in ("prod", "dev", "apply-me", "revert-me", "reset-me", "backup-me",
-                  "copy-src", "copy-dst", "delete-me", "undelete-me"):
+                  "copy-src", "copy-dst", "delete-me", "undelete-me",
+                  "rotate-me", "retire-me"):
             must(ch, "CreateEnvironment", pb.CreateEnvironmentRequest(tenant_id=T, name=e),
                  "environment " + e)
         must(ch, "CreateEnvironment", pb.CreateEnvironmentRequest(tenant_id=OTHER, name="prod"),
@@ -418,6 +424,13 @@ class Fixture:
             "UndeleteEnvironment": ref("undelete-me"),
             "DeleteKey": pb.KeyRef(tenant_id=T, key_id=self.del_key),
             "UndeleteKey": pb.KeyRef(tenant_id=T, key_id=self.undel_key),
+            "GetKeyCensus": pb.GetKeyCensusRequest(tenant_id=T, key_id=self.key),
+            # The active key: refused by the handler (FAILED_PRECONDITION).
+            "RetireKey": pb.RetireKeyRequest(tenant_id=T, key_id=self.key),
+            "RotateDataKey": ref("rotate-me"),
+            # Below version 1: nothing to destroy, the call succeeds.
+            "RetireDataKeys": pb.RetireDataKeysRequest(tenant_id=T, name="retire-me",
+                                                       below_version=1),
         }[method]
 
     def snapshot(self, svc_ch):

@@ -454,8 +454,8 @@ test_clock(void)
 	add_platform_key(s);
 	store_close(s);
 	KBT_ASSERT(sqlite3_open(dbpath, &db) == SQLITE_OK);
-	/* (Schema 5's quorum tables and schema 6's deletion columns go too:
-	 * the upgrade makes them again.) */
+	/* (Schema 5's quorum tables, schema 6's deletion columns and schema
+	 * 7's column go too: the upgrade makes them again.) */
 	KBT_ASSERT(
 	    sqlite3_exec(db,
 	        "DROP TABLE clock; DROP TABLE "
@@ -465,7 +465,8 @@ test_clock(void)
 	        "delete_request_us; ALTER TABLE environments DROP COLUMN "
 	        "delete_final_us; ALTER TABLE keys DROP COLUMN "
 	        "delete_request_us; ALTER TABLE keys DROP COLUMN "
-	        "delete_final_us; PRAGMA user_version=3; "
+	        "delete_final_us; ALTER TABLE environments DROP COLUMN "
+	        "min_dek_version; PRAGMA user_version=3; "
 	        "UPDATE tenants SET lock_time_us = 9000",
 	        NULL, NULL, NULL)
 	    == SQLITE_OK);
