@@ -325,6 +325,9 @@ on_request(void *cls, struct MHD_Connection *conn, const char *url,
 }
 
 /* libmicrohttpd's own messages, as our log lines. */
+static void mhd_log(void *, const char *, va_list)
+    __attribute__((format(printf, 2, 0)));
+
 static void
 mhd_log(void *cls, const char *fmt, va_list ap)
 {

@@ -212,8 +212,8 @@ static const char *const migrations[] = {
      * min_dek_version were destroyed by RetireDataKeys: GetDataKey refuses
      * them by number even if a row comes back from an old copy.
      * Self-contained: one column. */
-    "ALTER TABLE environments ADD COLUMN min_dek_version INTEGER NOT NULL "
-    "DEFAULT 0;",
+    ("ALTER TABLE environments ADD COLUMN min_dek_version INTEGER NOT NULL "
+     "DEFAULT 0;"),
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
