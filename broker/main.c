@@ -238,8 +238,8 @@ main(int argc, char **argv)
 	/* The approval flow runs calls through the dispatcher and checks a
 	 * lock's proof with its handler: main() wires them together. */
 	{
-		struct quorum_hooks qh = {
-		    dispatch_methods, dispatch_execute, rpc_lock_proof};
+		struct quorum_hooks qh = {dispatch_methods, dispatch_execute,
+		    rpc_lock_proof, rpc_key_stage_commit};
 
 		quorum_hooks_set(&qh);
 	}

@@ -103,6 +103,8 @@ key_state_enum(const char *s)
 	    {"active", KEYBROKER__V1__KEY_STATE__KEY_STATE_ACTIVE},
 	    {"locked", KEYBROKER__V1__KEY_STATE__KEY_STATE_LOCKED},
 	    {"deleted", KEYBROKER__V1__KEY_STATE__KEY_STATE_DELETED},
+	    {"pending_approval",
+	        KEYBROKER__V1__KEY_STATE__KEY_STATE_PENDING_APPROVAL},
 	};
 	size_t i;
 

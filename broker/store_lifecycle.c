@@ -382,11 +382,13 @@ struct tenant_lock {
 static enum kb_err
 tenant_lock_txn(struct conn *c, void *arg)
 {
-	/* The tenant keys and the KEK objects in the token: all go. The KEK
-	 * stays in the database, wrapped under the lock key, for unlock. */
+	/* The tenant keys and the KEK objects in the token: all go (a key
+	 * pending_approval too: its request then fails). The KEK stays in the
+	 * database, wrapped under the lock key, for unlock. */
 	static const char sel[] =
 	    "SELECT id FROM keys WHERE tenant_id = ? AND "
-	    "((purpose = 'tenant' AND state IN ('active', 'available')) OR "
+	    "((purpose = 'tenant' AND state IN ('active', 'available', "
+	    "'pending_approval')) OR "
 	    "(purpose = 'kek' AND state IN ('active', 'installing')))";
 	struct tenant_lock *a = arg;
 	sqlite3_stmt *st;
@@ -426,7 +428,8 @@ tenant_lock_txn(struct conn *c, void *arg)
 	         "UPDATE keys SET state = 'deleted', "
 	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
 	         "AND "
-	         "purpose = 'tenant' AND state = 'available'",
+	         "purpose = 'tenant' AND state IN ('available', "
+	         "'pending_approval')",
 	         "deleting keys", "iit", a->now, a->now, a->tenant))
 	    != KB_OK)
 		return e;

@@ -276,6 +276,9 @@ kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 
 		kbctl_jset(o, "key", kbctl_key_json(&x->key->base));
 		kbctl_jset(o, "pfx_file", kbctl_jstr(path));
+		if (x->key->approval_request_id[0] != '\0')
+			kbctl_jset(o, "request_id",
+			    kbctl_jstr(x->key->approval_request_id));
 		rc = kbctl_json_print(o);
 	} else {
 		rc = kbctl_print_key(k, &x->key->base);

@@ -470,6 +470,10 @@ kbctl_key_json(const ProtobufCMessage *m)
 	kbctl_jset_time(o, "activate_time", x->activate_time_us);
 	kbctl_jset_time(o, "lock_time", x->lock_time_us);
 	kbctl_jset_time(o, "delete_time", x->delete_time_us);
+	/* Held for approval: the request, also at the top level of the
+	 * document so --json readers find "request_id" as elsewhere. */
+	if (x->approval_request_id[0] != '\0')
+		kbctl_jset(o, "request_id", kbctl_jstr(x->approval_request_id));
 	return o;
 }
 
@@ -489,6 +493,8 @@ key_show(const ProtobufCMessage *m)
 	kv_time("activate_time", x->activate_time_us);
 	kv_time("lock_time", x->lock_time_us);
 	kv_time("delete_time", x->delete_time_us);
+	if (x->approval_request_id[0] != '\0')
+		kbctl_kv("request_id", x->approval_request_id);
 }
 
 int

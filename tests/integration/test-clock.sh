@@ -69,8 +69,8 @@ log_since() { tail -n +$(($1 + 1)) "$KBT_LOG" | grep -c -- "$2"; }
 # events METHOD: the audit events of METHOD (as the auditor), JSON in $KBT_OUT.
 events() { kb_as auditor audit list --method "$1" --page-size 1000 --json; }
 
-kbt_section "a new database: schema 5, the mark kept, the sweeper deleting"
-check_eq "schema 5" "$(sqlite3 "$db" 'PRAGMA user_version')" 5
+kbt_section "a new database: schema 6, the mark kept, the sweeper deleting"
+check_eq "schema 6" "$(sqlite3 "$db" 'PRAGMA user_version')" 6
 check_eq "the clock row is kept" "$(sqlite3 "$db" 'SELECT kept FROM clock')" 1
 expect_ok kb_admin clock show --json
 check_json "policy time is the wall clock; nothing waits; the limit is 3600 s" \

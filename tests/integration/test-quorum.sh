@@ -57,7 +57,7 @@ expect_ok kb_admin keys activate acme "$key" --wait
 expect_ok kb_admin envs apply-key acme c1
 expect_ok kb_admin quorum show acme --json
 check_json "quorum show: off by default" "d['approvals'] == 0 and d['inherited']"
-check_eq "schema 5" "$(sqlite3 "$db" 'PRAGMA user_version')" 5
+check_eq "schema 6" "$(sqlite3 "$db" 'PRAGMA user_version')" 6
 
 kbt_section "quorum set acme: 2 of alice, bob, carol"
 expect_usage kb_admin quorum set --approvals 2

@@ -57,7 +57,7 @@ for ((i = 0; i < 100; i++)); do
 	sleep 0.2
 done
 check_eq "the upgrade job re-sealed every row but the locked tenant's" "$(legacy_rows)" 1
-check_eq "schema 5" "$(sqlite3 "$db" 'PRAGMA user_version')" 5
+check_eq "schema 6" "$(sqlite3 "$db" 'PRAGMA user_version')" 6
 check "the clock's mark was seeded (the fixture's newest time: $(kbt_fmt_us "$seed")) and is kept" \
 	test "$(sqlite3 "$db" 'SELECT mark_us >= '"$seed"' AND kept = 1 FROM clock')" = 1
 expect_ok kb_admin clock show --json
