@@ -1041,7 +1041,8 @@ execute(struct rpc_ctx *c, struct store_approval_req *r)
 	x = *c;
 	x.method = m->name;
 	x.after_audit = NULL;
-	x.audit_key_id[0] = '\0';
+	/* A staged request's events name its key from the first. */
+	snprintf(x.audit_key_id, sizeof(x.audit_key_id), "%s", r->key_id);
 	x.approval_id[0] = '\0';
 	x.quorum_staged = 0;
 	x.approved_fp = r->proof_fp[0] != '\0' ? r->proof_fp : NULL;
