@@ -383,8 +383,17 @@ rpc_key_activate(
 	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK
 	    || (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
 		goto out;
-	/* The tenant's rules first (locked environments, 24 h): what an
-	 * approved request that waited meets is named before its key. */
+	if (strcmp(k.state, "active") == 0
+	    || strcmp(k.state, "installing") == 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key %s is %s: only an "
+		    "available key can be activated",
+		    k.id, k.state);
+		goto out;
+	}
+	/* Then the tenant's rules (locked environments, 24 h), before the
+	 * key's availability: an approved request that waited through a
+	 * lock is told of the lock, not only of the key it destroyed. */
 	rpc_policy_tenant(&t, &p);
 	if ((e = policy_may_activate(&p, c->now_us)) != KB_OK)
 		goto out;
