@@ -845,8 +845,14 @@ quorum_stage(struct rpc_ctx *c, const ProtobufCMessage *in, const char *key_id)
 		    c->method);
 	if ((e = quorum_policy_effective(
 	         c->b, call_tenant(m, in), &q, &inherited))
-	        != KB_OK
-	    || (e = request_make(c, m, in, &q, key_id)) != KB_OK)
+	    != KB_OK)
+		return e;
+	/* Turned off between the check and now: no request of 0 approvals. */
+	if (q.approvals == 0)
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "the quorum changed during "
+		    "the call; nothing was kept: try again");
+	if ((e = request_make(c, m, in, &q, key_id)) != KB_OK)
 		return e;
 	log_info("quorum: %s by %s made key %s pending_approval: request %s "
 	         "(%u approval(s) needed)",
