@@ -207,6 +207,23 @@ kbctl_cmd_keys_show(struct kbctl *k, const struct kbctl_args *a)
 	    &keybroker__v1__key__descriptor, kbctl_print_key);
 }
 
+/* A key a quorum holds for approval: what happens next. */
+static void
+staged_note(const struct kbctl *k, const Keybroker__V1__Key *x)
+{
+	char id[128], r[64];
+
+	if (x == NULL || x->approval_request_id[0] == '\0')
+		return;
+	kbctl_sanitize(x->id, id, sizeof(id));
+	kbctl_sanitize(x->approval_request_id, r, sizeof(r));
+	fprintf(k->json ? stderr : stdout,
+	    "%sKey %s is pending_approval: it cannot be activated until "
+	    "request %s\nis approved (kbctl approvals approve %s); a deny or "
+	    "an expiry destroys it.\n",
+	    k->json ? "kbctl: " : "\n", id, r, r);
+}
+
 int
 kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 {
@@ -289,6 +306,7 @@ kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 	    "copy of key %s,\nand the only way to lock and unlock tenant %s. "
 	    "The broker cannot show the .pfx again.\n",
 	    k->json ? "kbctl: " : "\n", path, id, tenant);
+	staged_note(k, x->key);
 	if (interrupted) {
 		fprintf(stderr,
 		    "kbctl: interrupted after the key was made; its .pfx was "
@@ -323,6 +341,7 @@ kbctl_cmd_keys_upload(struct kbctl *k, const struct kbctl_args *a)
 	    != KBCTL_EXIT_OK)
 		return rc;
 	rc = kbctl_print_key(k, m);
+	staged_note(k, (const Keybroker__V1__Key *)m);
 	kb_wire_free(m);
 	return rc;
 }

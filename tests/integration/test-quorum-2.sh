@@ -240,9 +240,11 @@ sql "UPDATE approval_requests SET state_seal = NULL WHERE id = '$a5'" || kbt_fai
 expect_fail FAILED_PRECONDITION -m 'before request states were sealed' bob approvals approve "$a5"
 
 kbt_section "a staged key's request expires: its token object is destroyed"
-expect_ok alice keys generate acme --out "$w/k7.pfx" --password-file "$pw" --json
-g2=$(req_id)
-k7=$(json 'd["key"]["id"]' 2>/dev/null)
+expect_ok alice keys generate acme --out "$w/k7.pfx" --password-file "$pw"
+check_out "kbctl says the key waits for approval" '^Key k-[0-9a-f]+ is pending_approval: it cannot be activated until request r-'
+g2=$(sed -n 's/^request_id: *//p' "$KBT_OUT")
+k7=$(sed -n 's/^id: *//p' "$KBT_OUT")
+check "the text output names the request and the key" test -n "$g2" -a -n "$k7"
 kbt_clock_set $((99 * HOUR + 97 * HOUR))
 expect_fail FAILED_PRECONDITION -m 'is expired' bob approvals approve "$g2"
 check_eq "the key is deleted" "$(key_state "$k7")" deleted
