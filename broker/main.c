@@ -16,6 +16,7 @@
 #include "dispatch.h"
 #include "health.h"
 #include "identity.h"
+#include "jobs.h"
 #include "kb_secmem.h"
 #include "log.h"
 #include "quorum.h"
@@ -242,6 +243,7 @@ main(int argc, char **argv)
 		    rpc_lock_proof, rpc_key_stage_commit};
 
 		quorum_hooks_set(&qh);
+		jobs_sweep_hook_set(b->jobs, quorum_sweep);
 	}
 	if (cfg->client_crl != NULL
 	    && (e = identity_verifier_set_crl(

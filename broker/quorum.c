@@ -967,6 +967,19 @@ quorum_expire_due(struct rpc_ctx *c, const char *tenant)
 	free(v);
 }
 
+void
+quorum_sweep(struct broker *b)
+{
+	struct rpc_ctx c;
+
+	memset(&c, 0, sizeof(c));
+	c.b = b;
+	c.peer = "";
+	c.method = "quorum.expire";
+	c.now_us = clock_now_us();
+	quorum_expire_due(&c, NULL);
+}
+
 enum kb_err
 quorum_request_load(struct rpc_ctx *c, const char *id,
     struct store_approval_req *r, struct store_approval **approvals,

@@ -105,4 +105,9 @@ enum kb_err quorum_decide(struct rpc_ctx *c, const char *id, int approve,
  * `tenant` NULL for all. */
 void quorum_expire_due(struct rpc_ctx *c, const char *tenant);
 
+/* quorum_expire_due of every tenant as the broker itself, for the
+ * sweeper (jobs_sweep_hook_set): a staged key does not wait in the token
+ * for someone to read its expired request. */
+void quorum_sweep(struct broker *b);
+
 #endif /* KB_QUORUM_H */
