@@ -697,10 +697,15 @@ staged_discard(struct rpc_ctx *c, const struct store_approval_req *r)
 		          "token (start-up retries): %s",
 		    r->key_id, r->id, kb_err_msg(e));
 	kb_err_clear();
-	snprintf(reason, sizeof(reason),
-	    "key %s destroyed in the token: "
-	    "request %s is %s",
-	    r->key_id, r->id, r->state);
+	if (r->id[0] != '\0')
+		snprintf(reason, sizeof(reason),
+		    "key %s destroyed in the token: request %s is %s",
+		    r->key_id, r->id, r->state);
+	else
+		snprintf(reason, sizeof(reason),
+		    "key %s destroyed in the token: no approval request holds "
+		    "it (the broker stopped between making it and its request)",
+		    r->key_id);
 	log_info("quorum: %s", reason);
 	if (audit_quorum(c, r, "quorum.key_destroyed", "ok", reason) != KB_OK)
 		kb_err_clear();
@@ -967,6 +972,44 @@ quorum_expire_due(struct rpc_ctx *c, const char *tenant)
 	free(v);
 }
 
+/* A key pending_approval that no request holds (the broker stopped
+ * between making it and storing its request): deleted, its object
+ * destroyed. Under the tenant's lock, so a call between the two is not
+ * taken for one. */
+static void
+orphans_discard(struct rpc_ctx *c)
+{
+	struct store_key *v = NULL;
+	struct store_approval_req *r = NULL;
+	size_t n = 0, i;
+	int held;
+
+	if (store_keys_by_purpose(c->b->store, "tenant", &v, &n) != KB_OK
+	    || (r = calloc(1, sizeof(*r))) == NULL) {
+		kb_err_clear();
+		free(v);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		if (strcmp(v[i].state, "pending_approval") != 0)
+			continue;
+		broker_tenant_lock(c->b, v[i].tenant_id);
+		if (store_approval_req_holds(c->b->store, v[i].id, &held)
+		        == KB_OK
+		    && !held) {
+			memset(r, 0, sizeof(*r));
+			snprintf(
+			    r->tenant, sizeof(r->tenant), "%s", v[i].tenant_id);
+			snprintf(r->key_id, sizeof(r->key_id), "%s", v[i].id);
+			staged_discard(c, r);
+		}
+		kb_err_clear();
+		broker_tenant_unlock(c->b, v[i].tenant_id);
+	}
+	free(r);
+	free(v);
+}
+
 void
 quorum_sweep(struct broker *b)
 {
@@ -978,6 +1021,7 @@ quorum_sweep(struct broker *b)
 	c.method = "quorum.expire";
 	c.now_us = clock_now_us();
 	quorum_expire_due(&c, NULL);
+	orphans_discard(&c);
 }
 
 enum kb_err

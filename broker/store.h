@@ -432,6 +432,9 @@ enum kb_err store_approval_req_list(struct store *s, const char *tenant,
 enum kb_err store_approval_req_move(struct store *s, const char *id,
     const char *from, const char *to, const char *result, int64_t now,
     const uint8_t *state_seal, size_t state_seal_len);
+/* *held = whether a pending or executing request holds key `key_id`. */
+enum kb_err store_approval_req_holds(
+    struct store *s, const char *key_id, int *held);
 /* Record one decision; KB_ERR_ALREADY_EXISTS when this approver (CN) has
  * one on the request already. */
 enum kb_err store_approval_insert(

@@ -216,6 +216,31 @@ store_approval_req_move(struct store *s, const char *id, const char *from,
 	return e;
 }
 
+enum kb_err
+store_approval_req_holds(struct store *s, const char *key_id, int *held)
+{
+	static const char sql[] =
+	    "SELECT count(*) FROM approval_requests "
+	    "WHERE key_id = ? AND state IN ('pending', 'executing')";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	*held = 0;
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+		if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+			*held = sqlite3_column_int64(st, 0) > 0;
+		else
+			e = store_sql_err(
+			    c->db, rc, "finding the request of a key");
+		sqlite3_reset(st);
+	}
+	store_conn_put(s, c);
+	return e;
+}
+
 static void
 approval_row(sqlite3_stmt *st, void *elem)
 {

@@ -20,6 +20,8 @@
 #   executed one set back to pending, a whole row rolled back to an older
 #   copy (its approval deleted), an expired one with its expire_time_us
 #   moved: none is decided, none runs twice;
+# - a key left pending_approval by a broker killed before its request was
+#   stored is deleted by the sweeper;
 # - 'audit list --request ID' tells each of these stories.
 # Run: bash tests/integration/test-quorum-2.sh (KB_BUILD=build dir, KBT_KEEP=1).
 # shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
@@ -286,6 +288,29 @@ check_json "the other change, asked of the policy before, fails" \
 	"d['state'] == 'failed' and 'target changed' in d['result'] and 'policy of' in d['result']"
 expect_ok kb_admin quorum show acme --json
 check_json "still 2" "d['approvals'] == 2"
+
+kbt_section "a broker killed between staging a key and storing its request"
+kbt_stop
+KB_TEST_CRASH_AT=quorum-key-staged kbt_start || kbt_done
+alice keys generate acme --out "$w/k8.pfx" --password-file "$pw" --json
+check "the call dies where the key is stored and its request is not (kbctl fails: $KBT_RC)" test "$KBT_RC" != 0
+wait "$KBT_PID" 2>/dev/null
+KBT_PID=
+k8=$(sql "SELECT id FROM keys WHERE state = 'pending_approval'")
+check "a pending_approval key is left, held by no request" test -n "$k8" -a \
+	"$(sql "SELECT count(*) FROM approval_requests WHERE key_id = '$k8'")" = 0
+kbt_start || kbt_done
+for _ in $(seq 100); do
+	[[ $(key_state "$k8") == deleted ]] && break
+	sleep 0.1
+done
+check_eq "the sweeper deletes the key no request holds" "$(key_state "$k8")" deleted
+if [[ -n $have_p11tool ]]; then
+	check "its token object is destroyed" eval "! in_token $k8"
+fi
+kb_as auditor audit list --method quorum.key_destroyed --page-size 1000 --json
+check_json "audited as the broker's, naming the key" \
+	"any(e['key_id'] == '$k8' and e['actor'] == 'keybroker' and 'no approval request holds it' in e['reason'] for e in d['events'])"
 
 kbt_section "audit list --request tells each story"
 story "$g1"
