@@ -290,7 +290,8 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "Prints request_id, state (pending, executing, executed, failed,\n"
 	  "denied, expired), method, tenant_id, environment, arguments (never a\n"
 	  "secret: a lock keeps only its proof's fingerprint), requester,\n"
-	  "approvals (counted of needed), approvers, each decision, created,\n"
+	  "approvals (counted of needed), approvers, each decision, key_id (the\n"
+	  "key a GenerateKey/UploadKey holds pending_approval), created,\n"
 	  "expires (approval_ttl_s) and result. --json prints one document with\n"
 	  "a top-level \"request_id\".",
 	  { { NULL } }, kbctl_cmd_approvals_show },
