@@ -31,19 +31,27 @@
 #define UNARY(name, roles, msg, fn, audit, scope)                              \
 	{                                                                      \
 		KB #name, #name, roles, &keybroker__v1__##msg##__descriptor,   \
-		    fn, NULL, audit, scope, 0                                  \
+		    fn, NULL, audit, scope, RPC_QUORUM_NONE                    \
 	}
 #define STREAM(name, roles, msg, fn, audit, scope)                             \
 	{                                                                      \
 		KB #name, #name, roles, &keybroker__v1__##msg##__descriptor,   \
-		    NULL, fn, audit, scope, 0                                  \
+		    NULL, fn, audit, scope, RPC_QUORUM_NONE                    \
 	}
 /* A state change that, with a quorum in force, becomes an approval request
  * (quorum.h): the call runs only once its approvals are in. */
 #define QUORUM(name, roles, msg, fn, scope)                                    \
 	{                                                                      \
 		KB #name, #name, roles, &keybroker__v1__##msg##__descriptor,   \
-		    fn, NULL, AUDIT_CHANGE, scope, 1                           \
+		    fn, NULL, AUDIT_CHANGE, scope, RPC_QUORUM_REQUEST          \
+	}
+/* A key made at once but held pending_approval while a quorum covers the
+ * call and the tenant has an active key (quorum.h): unusable until the
+ * request the handler makes for it is approved. */
+#define QUORUM_STAGED(name, roles, msg, fn, scope)                             \
+	{                                                                      \
+		KB #name, #name, roles, &keybroker__v1__##msg##__descriptor,   \
+		    fn, NULL, AUDIT_CHANGE, scope, RPC_QUORUM_STAGED           \
 	}
 
 /* Scope rules (scope.h): which request fields name the tenant and the
@@ -110,7 +118,7 @@
 const struct rpc_method dispatch_methods[] = {
     {"/grpc.health.v1.Health/Check", "Health.Check", ANY_ROLE,
         &grpc__health__v1__health_check_request__descriptor, rpc_health_check,
-        NULL, AUDIT_REFUSALS, NO_TENANT, 0},
+        NULL, AUDIT_REFUSALS, NO_TENANT, RPC_QUORUM_NONE},
     UNARY(WhoAmI, ANY_ROLE, who_am_irequest, rpc_whoami, AUDIT_REFUSALS,
         NO_TENANT),
     UNARY(CreateTenant, ADMIN, create_tenant_request, rpc_tenant_create,
@@ -128,9 +136,9 @@ const struct rpc_method dispatch_methods[] = {
         AUDIT_REFUSALS, TENANT_ENV("tenant_id", "name")),
     UNARY(GetDataKey, SERVICE, get_data_key_request, rpc_datakey_get,
         AUDIT_ALWAYS, SERVICE_ENV("tenant_id", "environment")),
-    UNARY(GenerateKey, ADMIN, generate_key_request, rpc_key_generate,
-        AUDIT_CHANGE, TENANT("tenant_id")),
-    UNARY(UploadKey, ADMIN, upload_key_request, rpc_key_upload, AUDIT_CHANGE,
+    QUORUM_STAGED(GenerateKey, ADMIN, generate_key_request, rpc_key_generate,
+        TENANT("tenant_id")),
+    QUORUM_STAGED(UploadKey, ADMIN, upload_key_request, rpc_key_upload,
         TENANT("tenant_id")),
     UNARY(ListKeys, ADMIN, list_keys_request, rpc_key_list, AUDIT_REFUSALS,
         TENANT("tenant_id")),
@@ -236,7 +244,8 @@ const struct rpc_method dispatch_methods[] = {
         AUDIT_CHANGE, TENANT_ENV("tenant_id", "name")),
     QUORUM(RetireDataKeys, ADMIN, retire_data_keys_request, rpc_env_retire_deks,
         TENANT_ENV("tenant_id", "name")),
-    {NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, {SCOPE_UNSET}, 0}};
+    {NULL, NULL, 0, NULL, NULL, NULL, AUDIT_REFUSALS, {SCOPE_UNSET},
+        RPC_QUORUM_NONE}};
 
 enum kb_err
 dispatch_table_check(const struct rpc_method *table)

@@ -31,6 +31,7 @@ struct jobs {
 	int kicked;
 	pthread_t job_thread, sweep_thread;
 	int job_started, sweep_started;
+	void (*sweep_hook)(struct broker *b); /* under mu */
 };
 
 /* One thread's share of a batch: it takes the next row not yet taken, so
@@ -676,6 +677,7 @@ static void *
 sweep_main(void *p)
 {
 	struct jobs *j = p;
+	void (*hook)(struct broker *);
 
 	while (!stopping(j)) {
 		/* Several batches when many expired at once. */
@@ -683,6 +685,11 @@ sweep_main(void *p)
 			;
 		if (!stopping(j))
 			rotation_check(j->b);
+		pthread_mutex_lock(&j->mu);
+		hook = j->sweep_hook;
+		pthread_mutex_unlock(&j->mu);
+		if (hook != NULL && !stopping(j))
+			hook(j->b);
 		nap(j, j->b->cfg->sweep_interval_s * 1000);
 	}
 	return NULL;
@@ -729,6 +736,16 @@ jobs_kick(struct jobs *j)
 	pthread_mutex_lock(&j->mu);
 	j->kicked = 1;
 	pthread_cond_broadcast(&j->cv);
+	pthread_mutex_unlock(&j->mu);
+}
+
+void
+jobs_sweep_hook_set(struct jobs *j, void (*fn)(struct broker *b))
+{
+	if (j == NULL)
+		return;
+	pthread_mutex_lock(&j->mu);
+	j->sweep_hook = fn;
 	pthread_mutex_unlock(&j->mu);
 }
 

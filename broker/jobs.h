@@ -25,6 +25,11 @@ enum kb_err jobs_rotate_platform(
  * of environments deleted. */
 unsigned jobs_sweep(struct broker *b);
 
+/* Have the sweeper thread call fn(b) after each sweep: work other modules
+ * do on its schedule (quorum_sweep), set by main(), which knows them. NULL
+ * stops it. */
+void jobs_sweep_hook_set(struct jobs *j, void (*fn)(struct broker *b));
+
 /* Stop the threads: a running job stops between batches and resumes at the
  * next start. Accepts NULL. */
 void jobs_stop(struct jobs *j);

@@ -16,7 +16,8 @@ keycheck_needed(const struct store_key *k)
 	    || strcmp(k->state, "available") == 0
 	    || strcmp(k->state, "pending_deletion") == 0
 	    || strcmp(k->state, "installing") == 0
-	    || strcmp(k->state, "retiring") == 0;
+	    || strcmp(k->state, "retiring") == 0
+	    || strcmp(k->state, "pending_approval") == 0;
 }
 
 /* AES keys are found by id and label; RSA pairs by id. */

@@ -17,6 +17,7 @@
 #include "doctor.h"
 #include "health.h"
 #include "identity.h"
+#include "jobs.h"
 #include "kb_secmem.h"
 #include "log.h"
 #include "metrics.h"
@@ -300,10 +301,11 @@ main(int argc, char **argv)
 	/* The approval flow runs calls through the dispatcher and checks a
 	 * lock's proof with its handler: main() wires them together. */
 	{
-		struct quorum_hooks qh = {
-		    dispatch_methods, dispatch_execute, rpc_lock_proof};
+		struct quorum_hooks qh = {dispatch_methods, dispatch_execute,
+		    rpc_lock_proof, rpc_key_stage_commit};
 
 		quorum_hooks_set(&qh);
+		jobs_sweep_hook_set(b->jobs, quorum_sweep);
 	}
 	if (cfg->client_crl != NULL
 	    && (e = identity_verifier_set_crl(

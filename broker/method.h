@@ -46,6 +46,12 @@ struct rpc_ctx {
 	/* Set when an approved request runs: the fingerprint of the proof
 	 * verified when it was requested (a lock's .pfx/.byok is not kept). */
 	const char *approved_fp;
+	/* Set by quorum.c for an RPC_QUORUM_STAGED call a quorum governs:
+	 * the handler makes its key pending_approval and then the request
+	 * (quorum_stage). */
+	int quorum_staged;
+	/* Set when an approved staged request runs: the key it holds. */
+	const char *staged_key_id;
 };
 
 /* A handler returns KB_OK with *resp set (heap-allocated message, every
@@ -82,6 +88,17 @@ enum rpc_audit {
 	    2, /* state changes: "started" before, then the outcome */
 };
 
+/* How a quorum in force (quorum.h) governs a method. */
+enum rpc_quorum {
+	RPC_QUORUM_NONE = 0,
+	/* The call does not act: it becomes a request, run once approved. */
+	RPC_QUORUM_REQUEST = 1,
+	/* The call acts at once into a state nothing can use (a key
+	 * pending_approval) that only the request's approval completes; a
+	 * deny, an expiry or a failure undoes it. */
+	RPC_QUORUM_STAGED = 2,
+};
+
 struct rpc_method {
 	const char *path; /* "/pkg.Service/Method" */
 	const char *name;
@@ -91,7 +108,7 @@ struct rpc_method {
 	rpc_stream_handler stream; /* server streaming */
 	enum rpc_audit audit;
 	struct scope_rule scope; /* tenant and environment */
-	int quorum; /* with a quorum in force, a request (quorum.h) */
+	enum rpc_quorum quorum; /* with a quorum in force (quorum.h) */
 };
 
 /* The result of one call. */

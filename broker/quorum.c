@@ -148,10 +148,14 @@ approval_digest(const uint8_t req[DIGEST_LEN], const struct store_approval *a,
 	return dg_done(md, out);
 }
 
+/* A policy's: v2 covers its operations too. A v1 seal (schema 5, before
+ * policies listed operations) opens only while the list is empty, which
+ * covers every operation: editing a v2 row's list away gains nothing. */
 static enum kb_err
-policy_digest(const struct store_quorum *q, uint8_t out[DIGEST_LEN])
+policy_digest(const struct store_quorum *q, int v2, uint8_t out[DIGEST_LEN])
 {
-	EVP_MD_CTX *md = dg_new("kb-quorum-policy/v1");
+	EVP_MD_CTX *md =
+	    dg_new(v2 ? "kb-quorum-policy/v2" : "kb-quorum-policy/v1");
 
 	if (md == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
@@ -160,6 +164,30 @@ policy_digest(const struct store_quorum *q, uint8_t out[DIGEST_LEN])
 	dg_str(md, q->approvers);
 	dg_i64(md, q->update_time_us);
 	dg_str(md, q->updated_by);
+	if (v2)
+		dg_str(md, q->operations);
+	return dg_done(md, out);
+}
+
+/* What a request's state seal covers: the request (by digest), its
+ * state, result, last move and the key it holds. Made again at each
+ * move, so a state written by hand does not open. */
+static enum kb_err
+state_digest(const struct store_approval_req *r, uint8_t out[DIGEST_LEN])
+{
+	uint8_t d[DIGEST_LEN];
+	EVP_MD_CTX *md;
+	enum kb_err e;
+
+	if ((e = request_digest(r, d)) != KB_OK)
+		return e;
+	if ((md = dg_new("kb-quorum-state/v1")) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	dg_add(md, d, DIGEST_LEN);
+	dg_str(md, r->state);
+	dg_str(md, r->result);
+	dg_i64(md, r->update_time_us);
+	dg_str(md, r->key_id);
 	return dg_done(md, out);
 }
 
@@ -219,7 +247,7 @@ quorum_policy_store(struct broker *b, struct store_quorum *q)
 	uint8_t d[DIGEST_LEN];
 	enum kb_err e;
 
-	if ((e = policy_digest(q, d)) != KB_OK
+	if ((e = policy_digest(q, 1, d)) != KB_OK
 	    || (e = seal(b, d, q->seal, sizeof(q->seal), &q->seal_len))
 	        != KB_OK)
 		return e;
@@ -246,9 +274,16 @@ quorum_policy_effective(struct broker *b, const char *tenant,
 		snprintf(q->tenant, sizeof(q->tenant), "%s", tenant);
 		return KB_OK;
 	}
-	if (e != KB_OK || (e = policy_digest(q, d)) != KB_OK)
+	if (e != KB_OK || (e = policy_digest(q, 1, d)) != KB_OK)
 		return e;
-	if ((e = seal_check(b, d, q->seal, q->seal_len)) == KB_ERR_CORRUPT)
+	e = seal_check(b, d, q->seal, q->seal_len);
+	if (e == KB_ERR_CORRUPT && q->operations[0] == '\0') {
+		kb_err_clear();
+		if ((e = policy_digest(q, 0, d)) != KB_OK)
+			return e;
+		e = seal_check(b, d, q->seal, q->seal_len);
+	}
+	if (e == KB_ERR_CORRUPT)
 		return kb_errf(KB_ERR_CORRUPT,
 		    "the quorum policy of %s%s%s fails "
 		    "its integrity check (%s): it was edited outside the "
@@ -405,7 +440,9 @@ call_pack(const ProtobufCMessage *in, struct store_approval_req *r)
 }
 
 /* The state of what a request acts on, as text: the tenant's active key
- * and each named environment's uid (a deleted one is an error). */
+ * and each named environment's uid, state, mode and DEK version (a reset
+ * changes them; a deleted one is an error);
+ * for a policy change, the policy it changes. */
 static enum kb_err
 target_state(struct broker *b, const struct rpc_method *m,
     const ProtobufCMessage *in, char *buf, size_t len)
@@ -415,11 +452,27 @@ target_state(struct broker *b, const struct rpc_method *m,
 	    field(in, m->scope.env), field(in, m->scope.env2)};
 	struct store_tenant t;
 	struct store_env env;
+	struct store_quorum q;
 	size_t n = 0, i;
 	enum kb_err e;
 
 	buf[0] = '\0';
-	if (tenant == NULL || strcmp(m->name, "SetQuorum") == 0)
+	if (strcmp(m->name, "SetQuorum") == 0) {
+		/* Two changes of one policy: the second approved after the
+		 * first ran was asked of a policy that is no more. */
+		e = store_quorum_get(
+		    b->store, tenant != NULL ? tenant : "", &q);
+		if (e == KB_ERR_NOT_FOUND) {
+			kb_err_clear();
+			snprintf(buf, len, "no policy of its own");
+			return KB_OK;
+		}
+		if (e == KB_OK)
+			snprintf(buf, len, "policy of %lld by %s",
+			    (long long)q.update_time_us, q.updated_by);
+		return e;
+	}
+	if (tenant == NULL)
 		return KB_OK;
 	if ((e = store_tenant_get(b->store, tenant, &t)) != KB_OK)
 		return e;
@@ -432,7 +485,10 @@ target_state(struct broker *b, const struct rpc_method *m,
 		    != KB_OK)
 			return e;
 		n += (size_t)snprintf(buf + n, len > n ? len - n : 0,
-		    "; environment %s uid %s", envs[i], env.uid);
+		    "; environment %s uid %s %s %s DEK v%u%s", envs[i], env.uid,
+		    store_env_state_name(env.state),
+		    store_env_mode_name(env.mode), env.dek_version,
+		    env.delete_request_us != 0 ? " pending deletion" : "");
 	}
 	return KB_OK;
 }
@@ -458,6 +514,110 @@ cn_count(const char *list)
 	return n;
 }
 
+/* ---- operations a policy covers ---- */
+
+/* SetQuorum always (a policy could otherwise turn itself off alone); the
+ * others when listed, or every one when the list is empty. */
+static int
+policy_covers(const struct store_quorum *q, const char *name)
+{
+	return strcmp(name, "SetQuorum") == 0 || q->operations[0] == '\0'
+	    || cn_listed(q->operations, name);
+}
+
+static int
+name_given(char *const *names, size_t n, const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (strcmp(names[i], name) == 0)
+			return 1;
+	return 0;
+}
+
+/* The covered operations of the method table, in its order; with
+ * `only` (n names) those listed and SetQuorum. */
+static size_t
+ops_join(char *const *only, size_t n, char *out, size_t len)
+{
+	const struct rpc_method *m;
+	size_t k = 0;
+
+	out[0] = '\0';
+	for (m = hooks.methods; m != NULL && m->path != NULL; m++) {
+		if (m->quorum == RPC_QUORUM_NONE
+		    || (only != NULL && strcmp(m->name, "SetQuorum") != 0
+		        && !name_given(only, n, m->name)))
+			continue;
+		k += (size_t)snprintf(out + k, len > k ? len - k : 0, "%s%s",
+		    k ? "," : "", m->name);
+	}
+	return k;
+}
+
+enum kb_err
+quorum_operations_parse(char *const *names, size_t n, char *out, size_t len)
+{
+	const struct rpc_method *m;
+	char valid[STORE_OPS_MAX];
+	size_t i;
+
+	out[0] = '\0';
+	for (i = 0; i < n; i++) {
+		for (m = hooks.methods; m != NULL && m->path != NULL; m++)
+			if (m->quorum != RPC_QUORUM_NONE
+			    && strcmp(m->name, names[i]) == 0)
+				break;
+		if (m != NULL && m->path != NULL)
+			continue;
+		ops_join(NULL, 0, valid, sizeof(valid));
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "operation \"%.64s\" "
+		    "is not one a quorum covers; --operations takes method "
+		    "names from: %s",
+		    names[i], valid);
+	}
+	if (n > 0 && ops_join(names, n, out, len) >= len)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "the operations list "
+		    "is longer than %zu bytes",
+		    len - 1);
+	return KB_OK;
+}
+
+void
+quorum_operations_text(const struct store_quorum *q, char *out, size_t len)
+{
+	if (q->operations[0] == '\0')
+		ops_join(NULL, 0, out, len);
+	else
+		snprintf(out, len, "%s", q->operations);
+}
+
+/* ---- the one-time object of a pending request ---- */
+
+/* A pending request holds an object in the token; leaving pending
+ * destroys it, and running needs to destroy it. A database rolled back to
+ * an older copy of the row cannot make it again. */
+#define LIVE_LABEL "kb:quorum-pending"
+
+static void
+live_id(const char *request, char *out, size_t len)
+{
+	snprintf(out, len, "quorum-%s", request);
+}
+
+/* KB_OK when this call destroyed it; KB_ERR_NOT_FOUND when it was gone. */
+static enum kb_err
+live_consume(struct broker *b, const char *request)
+{
+	char id[64];
+
+	live_id(request, id, sizeof(id));
+	return hsm_key_destroy(b->hsm, id);
+}
+
 static enum kb_err
 audit_quorum(struct rpc_ctx *c, const struct store_approval_req *r,
     const char *what, const char *result, const char *reason)
@@ -471,42 +631,101 @@ audit_quorum(struct rpc_ctx *c, const struct store_approval_req *r,
 	a.method = what;
 	a.tenant = r->tenant;
 	a.env = r->env;
+	a.key_id = r->key_id;
 	a.result = result;
 	a.reason = reason;
 	a.request_id = r->id;
 	return audit_append(c->b->audit, &a, NULL);
 }
 
-enum kb_err
-quorum_intercept(
-    struct rpc_ctx *c, const struct rpc_method *m, const ProtobufCMessage *in)
+/* Seal r's state as it is now into r->state_seal. */
+static enum kb_err
+state_seal(struct broker *b, struct store_approval_req *r)
 {
-	struct store_approval_req *r = NULL;
-	struct store_quorum q;
-	const char *tenant = call_tenant(m, in), *env;
 	uint8_t d[DIGEST_LEN];
-	char when[40];
-	int inherited;
 	enum kb_err e;
 
-	if ((e = quorum_policy_effective(c->b, tenant, &q, &inherited))
-	    != KB_OK)
+	if ((e = state_digest(r, d)) != KB_OK)
 		return e;
-	if (q.approvals == 0)
-		return KB_OK;
-	/* Approvers other than the requester must be able to meet it. */
-	if (q.approvers[0] != '\0'
-	    && cn_count(q.approvers)
-	            - (size_t)cn_listed(q.approvers, c->id->name)
-	        < q.approvals)
-		return kb_errf(KB_ERR_FAILED_PRECONDITION,
-		    "the quorum of %s "
-		    "needs %u approvals from %s, not counting the requester "
-		    "%s: "
-		    "nobody could meet it; a platform admin can change it "
-		    "(kbctl quorum set)",
-		    tenant[0] ? tenant : "the platform", q.approvals,
-		    q.approvers, c->id->name);
+	return seal(
+	    b, d, r->state_seal, sizeof(r->state_seal), &r->state_seal_len);
+}
+
+/* Move r from `from` to `to` with `result`, its state sealed anew. r
+ * changes only when the move was made. */
+static enum kb_err
+request_move(struct rpc_ctx *c, struct store_approval_req *r, const char *from,
+    const char *to, const char *result, int64_t now)
+{
+	struct store_approval_req *n;
+	enum kb_err e;
+
+	if ((n = malloc(sizeof(*n))) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	*n = *r;
+	snprintf(n->state, sizeof(n->state), "%s", to);
+	snprintf(n->result, sizeof(n->result), "%s", result);
+	n->update_time_us = now;
+	if ((e = state_seal(c->b, n)) == KB_OK
+	    && (e = store_approval_req_move(c->b->store, r->id, from, to,
+	            n->result, now, n->state_seal, n->state_seal_len))
+	        == KB_OK)
+		*r = *n;
+	free(n);
+	return e;
+}
+
+/* A request that will not run gives up the key it holds: pending_approval
+ * to deleted, then its token object destroyed (audited). A key in any
+ * other state is not touched. */
+static void
+staged_discard(struct rpc_ctx *c, const struct store_approval_req *r)
+{
+	char reason[300];
+	enum kb_err e;
+
+	if (r->key_id[0] == '\0')
+		return;
+	if (store_key_set_state(c->b->store, r->key_id, "pending_approval",
+	        "deleted", clock_now_us())
+	    != KB_OK) {
+		kb_err_clear();
+		return;
+	}
+	e = hsm_key_destroy(c->b->hsm, r->key_id);
+	if (e != KB_OK && e != KB_ERR_NOT_FOUND)
+		log_error("quorum: cannot destroy key %s of request %s in the "
+		          "token (start-up retries): %s",
+		    r->key_id, r->id, kb_err_msg(e));
+	kb_err_clear();
+	if (r->id[0] != '\0')
+		snprintf(reason, sizeof(reason),
+		    "key %s destroyed in the token: request %s is %s",
+		    r->key_id, r->id, r->state);
+	else
+		snprintf(reason, sizeof(reason),
+		    "key %s destroyed in the token: no approval request holds "
+		    "it (the broker stopped between making it and its request)",
+		    r->key_id);
+	log_info("quorum: %s", reason);
+	if (audit_quorum(c, r, "quorum.key_destroyed", "ok", reason) != KB_OK)
+		kb_err_clear();
+}
+
+/* Make, seal and store the request for call `in` of `m` under policy q,
+ * with c->approval_id set; key_id names a staged call's key. */
+static enum kb_err
+request_make(struct rpc_ctx *c, const struct rpc_method *m,
+    const ProtobufCMessage *in, const struct store_quorum *q,
+    const char *key_id)
+{
+	struct store_approval_req *r = NULL;
+	const char *tenant = call_tenant(m, in), *env;
+	uint8_t d[DIGEST_LEN];
+	char live[64];
+	int made = 0;
+	enum kb_err e;
+
 	if ((r = calloc(1, sizeof(*r))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	snprintf(r->id, sizeof(r->id), "%s", c->request_id);
@@ -514,6 +733,7 @@ quorum_intercept(
 	snprintf(r->tenant, sizeof(r->tenant), "%s", tenant);
 	env = field(in, m->scope.env);
 	snprintf(r->env, sizeof(r->env), "%s", env != NULL ? env : "");
+	snprintf(r->key_id, sizeof(r->key_id), "%s", key_id);
 	args_text(in, r->args, sizeof(r->args));
 	/* A lock's proof is checked now and only its fingerprint kept: the
 	 * file and its password are never stored. */
@@ -535,39 +755,132 @@ quorum_intercept(
 	r->create_time_us = r->update_time_us = c->now_us;
 	r->expire_time_us =
 	    c->now_us + (int64_t)c->b->cfg->approval_ttl_s * 1000000;
-	r->needed = q.approvals;
-	snprintf(r->approvers, sizeof(r->approvers), "%s", q.approvers);
+	r->needed = q->approvals;
+	snprintf(r->approvers, sizeof(r->approvers), "%s", q->approvers);
 	snprintf(r->state, sizeof(r->state), "pending");
+	live_id(r->id, live, sizeof(live));
 	if ((e = request_digest(r, d)) != KB_OK
 	    || (e = seal(c->b, d, r->seal, sizeof(r->seal), &r->seal_len))
 	        != KB_OK
-	    || (e = store_approval_req_insert(c->b->store, r)) != KB_OK)
+	    || (e = state_seal(c->b, r)) != KB_OK
+	    || (e = hsm_aes_generate(c->b->hsm, live, LIVE_LABEL)) != KB_OK)
 		goto out;
+	made = 1;
+	if ((e = store_approval_req_insert(c->b->store, r)) != KB_OK)
+		goto out;
+	made = 0;
 	snprintf(c->approval_id, sizeof(c->approval_id), "%s", r->id);
-	kb_time_format(r->expire_time_us, when, sizeof(when));
+out:
+	if (made)
+		(void)hsm_key_destroy(c->b->hsm, live);
+	free(r);
+	return e;
+}
+
+enum kb_err
+quorum_intercept(
+    struct rpc_ctx *c, const struct rpc_method *m, const ProtobufCMessage *in)
+{
+	struct store_quorum q;
+	struct store_tenant t;
+	const char *tenant = call_tenant(m, in);
+	char when[40];
+	int inherited;
+	enum kb_err e;
+
+	if ((e = quorum_policy_effective(c->b, tenant, &q, &inherited))
+	    != KB_OK)
+		return e;
+	if (q.approvals == 0 || !policy_covers(&q, m->name))
+		return KB_OK;
+	/* A new key is covered only while one is active: before, nothing it
+	 * could replace exists (activating it is covered in any case). */
+	if (m->quorum == RPC_QUORUM_STAGED) {
+		if ((e = store_tenant_get(c->b->store, tenant, &t)) != KB_OK)
+			return e;
+		if (t.active_key_id[0] == '\0')
+			return KB_OK;
+	}
+	/* Approvers other than the requester must be able to meet it. */
+	if (q.approvers[0] != '\0'
+	    && cn_count(q.approvers)
+	            - (size_t)cn_listed(q.approvers, c->id->name)
+	        < q.approvals)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "the quorum of %s "
+		    "needs %u approvals from %s, not counting the requester "
+		    "%s: "
+		    "nobody could meet it; a platform admin can change it "
+		    "(kbctl quorum set)",
+		    tenant[0] ? tenant : "the platform", q.approvals,
+		    q.approvers, c->id->name);
+	if (m->quorum == RPC_QUORUM_STAGED) {
+		c->quorum_staged = 1; /* the handler calls quorum_stage */
+		return KB_OK;
+	}
+	if ((e = request_make(c, m, in, &q, "")) != KB_OK)
+		return e;
+	kb_time_format(c->now_us + (int64_t)c->b->cfg->approval_ttl_s * 1000000,
+	    when, sizeof(when));
 	e = kb_errf(KB_ERR_APPROVAL_REQUIRED,
 	    "approval required: request %s "
 	    "created; %s needs %u approval(s) from %s (not %s) before %s "
 	    "(approval_ttl_s): kbctl approvals approve %s",
-	    r->id, m->name, q.approvals,
+	    c->approval_id, m->name, q.approvals,
 	    q.approvers[0] ? q.approvers : "any admin of the tenant",
-	    c->id->name, when, r->id);
+	    c->id->name, when, c->approval_id);
 	log_info("quorum: %s by %s is request %s (%u approval(s) needed)",
-	    m->name, c->id->name, r->id, q.approvals);
-out:
-	free(r);
+	    m->name, c->id->name, c->approval_id, q.approvals);
 	return e;
+}
+
+static const struct rpc_method *method_named(const char *name);
+
+enum kb_err
+quorum_stage(struct rpc_ctx *c, const ProtobufCMessage *in, const char *key_id)
+{
+	const struct rpc_method *m = method_named(c->method);
+	struct store_quorum q;
+	int inherited;
+	enum kb_err e;
+
+	if (m == NULL || m->quorum != RPC_QUORUM_STAGED)
+		return kb_errf(KB_ERR_INTERNAL,
+		    "quorum: %s is not a staged "
+		    "operation",
+		    c->method);
+	if ((e = quorum_policy_effective(
+	         c->b, call_tenant(m, in), &q, &inherited))
+	    != KB_OK)
+		return e;
+	/* Turned off between the check and now: no request of 0 approvals. */
+	if (q.approvals == 0)
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "the quorum changed during "
+		    "the call; nothing was kept: try again");
+	if ((e = request_make(c, m, in, &q, key_id)) != KB_OK)
+		return e;
+	log_info("quorum: %s by %s made key %s pending_approval: request %s "
+	         "(%u approval(s) needed)",
+	    m->name, c->id->name, key_id, c->approval_id, q.approvals);
+	return KB_OK;
+}
+
+static const struct rpc_method *
+method_named(const char *name)
+{
+	const struct rpc_method *m;
+
+	for (m = hooks.methods; m != NULL && m->path != NULL; m++)
+		if (m->quorum != RPC_QUORUM_NONE && strcmp(m->name, name) == 0)
+			return m;
+	return NULL;
 }
 
 static const struct rpc_method *
 request_method(const struct store_approval_req *r)
 {
-	const struct rpc_method *m;
-
-	for (m = hooks.methods; m != NULL && m->path != NULL; m++)
-		if (m->quorum && strcmp(m->name, r->method) == 0)
-			return m;
-	return NULL;
+	return method_named(r->method);
 }
 
 /* The stored call of r, decoded (kb_wire_free), or NULL. */
@@ -577,28 +890,64 @@ call_unpack(const struct rpc_method *m, const struct store_approval_req *r)
 	return protobuf_c_message_unpack(m->req, NULL, r->call_len, r->call);
 }
 
+/* Both seals of r: KB_OK, or KB_ERR_CORRUPT naming what fails. A request
+ * with no state seal (made before states were sealed) passes; it cannot
+ * be decided (quorum_decide). */
+static enum kb_err
+request_verify(struct broker *b, const struct store_approval_req *r)
+{
+	uint8_t d[DIGEST_LEN];
+	enum kb_err e;
+
+	if ((e = request_digest(r, d)) != KB_OK)
+		return e;
+	if ((e = seal_check(b, d, r->seal, r->seal_len)) != KB_OK)
+		return e != KB_ERR_CORRUPT ? e
+		                           : kb_errf(KB_ERR_CORRUPT,
+		                               "approval request %s fails its "
+		                               "integrity check (%s): it was "
+		                               "made or edited outside the "
+		                               "broker and cannot be decided",
+		                               r->id, kb_err_msg(e));
+	if (r->state_seal_len == 0)
+		return KB_OK;
+	if ((e = state_digest(r, d)) != KB_OK)
+		return e;
+	if ((e = seal_check(b, d, r->state_seal, r->state_seal_len)) != KB_OK)
+		return e != KB_ERR_CORRUPT
+		    ? e
+		    : kb_errf(KB_ERR_CORRUPT,
+		        "approval request %s: its "
+		        "state (\"%.16s\") fails its integrity check (%s): it "
+		        "was set outside the broker and the request cannot be "
+		        "decided",
+		        r->id, r->state, kb_err_msg(e));
+	return KB_OK;
+}
+
 static void
 expire(struct rpc_ctx *c, struct store_approval_req *r)
 {
 	char when[40], reason[200];
 
-	if (strcmp(r->state, "pending") != 0 || c->now_us < r->expire_time_us)
+	if (strcmp(r->state, "pending") != 0 || c->now_us < r->expire_time_us
+	    || r->state_seal_len == 0)
 		return;
 	kb_time_format(r->expire_time_us, when, sizeof(when));
 	snprintf(reason, sizeof(reason),
 	    "expired at %s without its %u "
 	    "approval(s)",
 	    when, r->needed);
-	if (store_approval_req_move(
-	        c->b->store, r->id, "pending", "expired", reason, c->now_us)
+	if (request_move(c, r, "pending", "expired", reason, c->now_us)
 	    != KB_OK) {
 		kb_err_clear();
 		return;
 	}
-	snprintf(r->state, sizeof(r->state), "expired");
-	snprintf(r->result, sizeof(r->result), "%s", reason);
+	if (live_consume(c->b, r->id) != KB_OK)
+		kb_err_clear();
 	if (audit_quorum(c, r, "quorum.expire", "ok", reason) != KB_OK)
 		kb_err_clear();
+	staged_discard(c, r);
 }
 
 void
@@ -611,9 +960,69 @@ quorum_expire_due(struct rpc_ctx *c, const char *tenant)
 		kb_err_clear();
 		return;
 	}
-	for (i = 0; i < n; i++)
+	/* Only a request both of whose seals hold is moved (and sealed). */
+	for (i = 0; i < n; i++) {
+		if (c->now_us < v[i].expire_time_us)
+			continue;
+		if (request_verify(c->b, &v[i]) != KB_OK) {
+			kb_err_clear();
+			continue;
+		}
 		expire(c, &v[i]);
+	}
 	free(v);
+}
+
+/* A key pending_approval that no request holds (the broker stopped
+ * between making it and storing its request): deleted, its object
+ * destroyed. Under the tenant's lock, so a call between the two is not
+ * taken for one. */
+static void
+orphans_discard(struct rpc_ctx *c)
+{
+	struct store_key *v = NULL;
+	struct store_approval_req *r = NULL;
+	size_t n = 0, i;
+	int held;
+
+	if (store_keys_by_purpose(c->b->store, "tenant", &v, &n) != KB_OK
+	    || (r = calloc(1, sizeof(*r))) == NULL) {
+		kb_err_clear();
+		free(v);
+		return;
+	}
+	for (i = 0; i < n; i++) {
+		if (strcmp(v[i].state, "pending_approval") != 0)
+			continue;
+		broker_tenant_lock(c->b, v[i].tenant_id);
+		if (store_approval_req_holds(c->b->store, v[i].id, &held)
+		        == KB_OK
+		    && !held) {
+			memset(r, 0, sizeof(*r));
+			snprintf(
+			    r->tenant, sizeof(r->tenant), "%s", v[i].tenant_id);
+			snprintf(r->key_id, sizeof(r->key_id), "%s", v[i].id);
+			staged_discard(c, r);
+		}
+		kb_err_clear();
+		broker_tenant_unlock(c->b, v[i].tenant_id);
+	}
+	free(r);
+	free(v);
+}
+
+void
+quorum_sweep(struct broker *b)
+{
+	struct rpc_ctx c;
+
+	memset(&c, 0, sizeof(c));
+	c.b = b;
+	c.peer = "";
+	c.method = "quorum.expire";
+	c.now_us = clock_now_us();
+	quorum_expire_due(&c, NULL);
+	orphans_discard(&c);
 }
 
 enum kb_err
@@ -635,16 +1044,9 @@ quorum_request_load(struct rpc_ctx *c, const char *id,
 	if ((e = names_check_object_id("approval request id", id)) != KB_OK
 	    || (e = store_approval_req_get(c->b->store, id, r)) != KB_OK)
 		return e;
-	if ((e = request_digest(r, d)) != KB_OK)
+	if ((e = request_verify(c->b, r)) != KB_OK
+	    || (e = request_digest(r, d)) != KB_OK)
 		return e;
-	if ((e = seal_check(c->b, d, r->seal, r->seal_len)) != KB_OK)
-		return e != KB_ERR_CORRUPT ? e
-		                           : kb_errf(KB_ERR_CORRUPT,
-		                               "approval request %s fails its "
-		                               "integrity check (%s): it was "
-		                               "made or edited outside the "
-		                               "broker and cannot be decided",
-		                               id, kb_err_msg(e));
 	if ((m = request_method(r)) == NULL
 	    || (call = call_unpack(m, r)) == NULL)
 		return kb_errf(KB_ERR_CORRUPT,
@@ -688,11 +1090,13 @@ fail:
 }
 
 /* Run an approved request: the target checked, then the call itself
- * through the dispatcher (policy rules at this moment). */
+ * through the dispatcher (policy rules at this moment); a staged one's
+ * handler makes its key usable. */
 static void
 execute(struct rpc_ctx *c, struct store_approval_req *r)
 {
 	const struct rpc_method *m = request_method(r);
+	struct rpc_method staged;
 	ProtobufCMessage *call = NULL, *out = NULL;
 	struct rpc_ctx x;
 	char now_target[sizeof(r->target)], result[sizeof(r->result)];
@@ -701,11 +1105,19 @@ execute(struct rpc_ctx *c, struct store_approval_req *r)
 	x = *c;
 	x.method = m->name;
 	x.after_audit = NULL;
-	x.audit_key_id[0] = '\0';
+	/* A staged request's events name its key from the first. */
+	snprintf(x.audit_key_id, sizeof(x.audit_key_id), "%s", r->key_id);
 	x.approval_id[0] = '\0';
+	x.quorum_staged = 0;
 	x.approved_fp = r->proof_fp[0] != '\0' ? r->proof_fp : NULL;
+	x.staged_key_id = r->key_id[0] != '\0' ? r->key_id : NULL;
 	x.now_us = clock_now_us();
 	snprintf(x.request_id, sizeof(x.request_id), "%s", r->id);
+	if (m->quorum == RPC_QUORUM_STAGED) {
+		staged = *m;
+		staged.fn = hooks.stage_commit;
+		m = &staged;
+	}
 	if ((call = call_unpack(m, r)) == NULL) {
 		snprintf(result, sizeof(result),
 		    "INTERNAL: cannot decode the "
@@ -729,24 +1141,26 @@ execute(struct rpc_ctx *c, struct store_approval_req *r)
 			    r->target, now_target);
 		e = KB_ERR_FAILED_PRECONDITION;
 		(void)audit_quorum(&x, r, m->name, "denied", result);
+	} else if (m->fn == NULL || hooks.execute == NULL) {
+		snprintf(result, sizeof(result),
+		    "INTERNAL: quorum: no "
+		    "executor (quorum_hooks_set was not called)");
+		e = KB_ERR_INTERNAL;
 	} else {
-		e = hooks.execute != NULL
-		    ? hooks.execute(&x, m, call, &out, result, sizeof(result))
-		    : kb_errf(KB_ERR_INTERNAL,
-		        "quorum: no executor "
-		        "(quorum_hooks_set was not called)");
+		e = hooks.execute(&x, m, call, &out, result, sizeof(result));
 	}
 	kb_wire_free(out);
 	if (call != NULL)
 		protobuf_c_message_free_unpacked(call, NULL);
-	if (store_approval_req_move(c->b->store, r->id, "executing",
-	        e == KB_OK ? "executed" : "failed", result, x.now_us)
-	    == KB_OK) {
-		snprintf(r->state, sizeof(r->state), "%s",
-		    e == KB_OK ? "executed" : "failed");
-		snprintf(r->result, sizeof(r->result), "%s", result);
-	}
+	if (request_move(c, r, "executing", e == KB_OK ? "executed" : "failed",
+	        result, x.now_us)
+	    != KB_OK)
+		log_error("quorum: request %s ran (%s) but its state cannot be "
+		          "recorded: %s",
+		    r->id, result, kb_err_msg(KB_ERR_INTERNAL));
 	kb_err_clear();
+	if (e != KB_OK)
+		staged_discard(c, r);
 	log_info("quorum: request %s (%s) %s: %s", r->id, r->method, r->state,
 	    r->result);
 }
@@ -760,17 +1174,27 @@ quorum_decide(struct rpc_ctx *c, const char *id, int approve,
 	size_t n = 0, i;
 	unsigned count = 0;
 	const char *who = c->id->name;
+	char reason[300];
 	enum kb_err e;
 
+	/* Even a refused decision belongs to the request's story. */
+	if (names_check_object_id("approval request id", id) == KB_OK)
+		snprintf(c->request_id, sizeof(c->request_id), "%s", id);
+	kb_err_clear();
 	if ((e = quorum_request_load(c, id, r, NULL, NULL)) != KB_OK)
 		return e;
-	snprintf(c->request_id, sizeof(c->request_id), "%s", r->id);
 	if (strcmp(r->state, "pending") != 0)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "approval request %s "
 		    "is %s%s%s; only a pending request can be %s",
 		    id, r->state, r->result[0] ? ": " : "", r->result,
 		    approve ? "approved" : "denied");
+	if (r->state_seal_len == 0)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "approval request %s "
+		    "was made before request states were sealed (an older "
+		    "keybroker) and cannot be decided: make the request again",
+		    id);
 	if (approve && strcmp(who, r->requester) == 0)
 		return kb_errf(KB_ERR_PERMISSION_DENIED,
 		    "%s made request %s and "
@@ -804,13 +1228,14 @@ quorum_decide(struct rpc_ctx *c, const char *id, int approve,
 	if (e != KB_OK)
 		return e;
 	if (!approve) {
-		char reason[200];
-
 		snprintf(reason, sizeof(reason), "denied by %s", who);
-		if ((e = store_approval_req_move(c->b->store, id, "pending",
-		         "denied", reason, c->now_us))
+		if ((e = request_move(
+		         c, r, "pending", "denied", reason, c->now_us))
 		    != KB_OK)
 			return e;
+		if (live_consume(c->b, r->id) != KB_OK)
+			kb_err_clear();
+		staged_discard(c, r);
 		return quorum_request_load(c, id, r, NULL, NULL);
 	}
 	if ((e = quorum_request_load(c, id, r, &v, &n)) != KB_OK)
@@ -830,13 +1255,35 @@ quorum_decide(struct rpc_ctx *c, const char *id, int approve,
 	if (count < r->needed || strcmp(r->state, "pending") != 0)
 		return KB_OK;
 	/* One caller wins the move to executing; the others see it run. */
-	if ((e = store_approval_req_move(
-	         c->b->store, id, "pending", "executing", "", c->now_us))
+	if ((e = request_move(c, r, "pending", "executing", "", c->now_us))
 	    != KB_OK) {
 		kb_err_clear();
 		return quorum_request_load(c, id, r, NULL, NULL);
 	}
-	snprintf(r->state, sizeof(r->state), "executing");
+	/* Running takes the request's one-time object: gone means it left
+	 * pending before, and this row is an older copy put back. */
+	if ((e = live_consume(c->b, r->id)) != KB_OK) {
+		snprintf(reason, sizeof(reason),
+		    "refused: request %s left pending before "
+		    "(its one-time object in the token is gone): the "
+		    "database was rolled back or edited, and it does not run "
+		    "again",
+		    r->id);
+		if (e != KB_ERR_NOT_FOUND)
+			snprintf(reason, sizeof(reason),
+			    "UNAVAILABLE: the token "
+			    "cannot take request %s's one-time object (%s); "
+			    "not run",
+			    r->id, kb_err_msg(e));
+		kb_err_clear();
+		log_warn("quorum: %s", reason);
+		(void)audit_quorum(c, r, "quorum.replay", "denied", reason);
+		if (request_move(
+		        c, r, "executing", "failed", reason, clock_now_us())
+		    != KB_OK)
+			kb_err_clear();
+		return KB_OK;
+	}
 	execute(c, r);
 	return KB_OK;
 }

@@ -41,6 +41,11 @@ enum kb_err rpc_key_generate(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_key_upload(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
+/* An approved GenerateKey/UploadKey request (quorum.h): its key
+ * (c->staged_key_id) from pending_approval to available, the add-key rule
+ * checked at this moment. Answers the Key. */
+enum kb_err rpc_key_stage_commit(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_key_list(
     struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp);
 enum kb_err rpc_key_get(

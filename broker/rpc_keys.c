@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 #include <openssl/rsa.h>
 
+#include "clock.h"
 #include "fingerprint.h"
 #include "jobs.h"
 #include "kb_secmem.h"
@@ -18,6 +19,7 @@
 #include "names.h"
 #include "pfx.h"
 #include "policy.h"
+#include "quorum.h"
 
 #define PASSWORD_MAX 1024
 
@@ -69,20 +71,94 @@ may_add_key(struct rpc_ctx *c, const char *tenant, struct store_tenant *t)
 	return KB_OK;
 }
 
+/* The record of a new key: available, or pending_approval when a quorum
+ * holds it (c->quorum_staged). */
 static void
 key_record(struct store_key *k, const char *id, const char *tenant,
-    const char *origin, const char *fp, const char *alg, int64_t now)
+    const char *origin, const char *fp, const char *alg, int64_t now,
+    int staged)
 {
 	memset(k, 0, sizeof(*k));
 	snprintf(k->id, sizeof(k->id), "%s", id);
 	snprintf(k->tenant_id, sizeof(k->tenant_id), "%s", tenant);
 	snprintf(k->purpose, sizeof(k->purpose), "tenant");
 	snprintf(k->origin, sizeof(k->origin), "%s", origin);
-	snprintf(k->state, sizeof(k->state), "available");
+	snprintf(k->state, sizeof(k->state), "%s",
+	    staged ? "pending_approval" : "available");
 	snprintf(k->fingerprint, sizeof(k->fingerprint), "%s", fp);
 	snprintf(k->wrap_alg, sizeof(k->wrap_alg), "%s", alg);
 	k->bits = 2048;
 	k->create_time_us = k->update_time_us = now;
+}
+
+static enum kb_err tenant_key(
+    struct rpc_ctx *c, const char *tenant, const char *id, struct store_key *k);
+
+/* A key made pending_approval gets its request (quorum.h); when that
+ * fails the key's row is deleted (the caller destroys its object). */
+static enum kb_err
+key_stage(
+    struct rpc_ctx *c, const ProtobufCMessage *req, const struct store_key *k)
+{
+	enum kb_err e;
+
+	if (!c->quorum_staged)
+		return KB_OK;
+	/* (The test build can die here: a key with no request yet.) */
+	clock_crash_point("quorum-key-staged");
+	if ((e = quorum_stage(c, req, k->id)) == KB_OK)
+		return KB_OK;
+	if (store_key_set_state(
+	        c->b->store, k->id, "pending_approval", "deleted", c->now_us)
+	    != KB_OK)
+		kb_err_clear();
+	return kb_err_wrap(e, "holding key %s for approval", k->id);
+}
+
+enum kb_err
+rpc_key_stage_commit(
+    struct rpc_ctx *c, const ProtobufCMessage *req, ProtobufCMessage **resp)
+{
+	const char *tenant = scope_field_str(req, "tenant_id");
+	struct policy_tenant p;
+	struct store_tenant t;
+	struct store_key k;
+	enum kb_err e;
+
+	if (c->staged_key_id == NULL || tenant == NULL)
+		return kb_errf(KB_ERR_INTERNAL,
+		    "a staged key request without "
+		    "its key");
+	broker_tenant_lock(c->b, tenant);
+	if ((e = store_tenant_get(c->b->store, tenant, &t)) != KB_OK
+	    || (e = tenant_key(c, tenant, c->staged_key_id, &k)) != KB_OK)
+		goto out;
+	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", k.id);
+	if (strcmp(k.state, "pending_approval") != 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key %s is %s, no longer "
+		    "pending_approval (a lock destroys such keys)",
+		    k.id, k.state);
+		goto out;
+	}
+	/* The add-key rule (no locked environments) at this moment. */
+	rpc_policy_tenant(&t, &p);
+	if ((e = policy_may_add_key(&p, c->now_us)) != KB_OK)
+		goto out;
+	if ((e = hsm_key_exists(c->b->hsm, k.id)) != KB_OK) {
+		e = kb_err_wrap(e, "key %s is not in the token", k.id);
+		goto out;
+	}
+	if ((e = store_key_set_state(
+	         c->b->store, k.id, "pending_approval", "available", c->now_us))
+	        != KB_OK
+	    || (e = store_key_get(c->b->store, k.id, &k)) != KB_OK)
+		goto out;
+	log_info("key %s of tenant %s approved: available", k.id, tenant);
+	e = rpc_reply(resp, rpc_key_msg(&k));
+out:
+	broker_tenant_unlock(c->b, tenant);
+	return e;
 }
 
 enum kb_err
@@ -119,9 +195,10 @@ rpc_key_generate(
 	if ((e = hsm_rsa_import(c->b->hsm, id, pkey, HSM_USE_KEYWRAP)) != KB_OK)
 		goto out;
 	imported = 1;
-	key_record(
-	    &k, id, in->tenant_id, "generated", fp, c->b->wrap_alg, c->now_us);
-	if ((e = store_tenant_key_add(c->b->store, &k, c->now_us)) != KB_OK)
+	key_record(&k, id, in->tenant_id, "generated", fp, c->b->wrap_alg,
+	    c->now_us, c->quorum_staged);
+	if ((e = store_tenant_key_add(c->b->store, &k, c->now_us)) != KB_OK
+	    || (e = key_stage(c, req, &k)) != KB_OK)
 		goto out;
 	imported = 0;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", id);
@@ -132,6 +209,8 @@ rpc_key_generate(
 	keybroker__v1__generate_key_response__init(out);
 	*resp = &out->base;
 	out->key = rpc_key_msg(&k);
+	if (out->key != NULL && c->approval_id[0] != '\0')
+		out->key->approval_request_id = rpc_strdup(c->approval_id);
 	/* The response owns the .pfx; kb_wire_free wipes it after sending. */
 	out->pfx.data = pfx;
 	out->pfx.len = pfx_len;
@@ -196,15 +275,19 @@ rpc_key_upload(
 	kb_err_clear();
 	key_record(&k, id, in->tenant_id,
 	    f.format == KEYFILE_BYOK ? "byok" : "pfx", fp, c->b->wrap_alg,
-	    c->now_us);
-	if ((e = store_tenant_key_add(c->b->store, &k, c->now_us)) != KB_OK)
+	    c->now_us, c->quorum_staged);
+	if ((e = store_tenant_key_add(c->b->store, &k, c->now_us)) != KB_OK
+	    || (e = key_stage(c, req, &k)) != KB_OK)
 		goto out;
 	imported = 0;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", id);
 	log_info("key %s uploaded (%s) for tenant %s by %s (fingerprint "
 	         "%.16s...)",
 	    id, k.origin, in->tenant_id, c->id->name, fp);
-	e = rpc_reply(resp, rpc_key_msg(&k));
+	if ((e = rpc_reply(resp, rpc_key_msg(&k))) == KB_OK
+	    && c->approval_id[0] != '\0')
+		((Keybroker__V1__Key *)*resp)->approval_request_id =
+		    rpc_strdup(c->approval_id);
 out:
 	if (imported)
 		(void)hsm_key_destroy(c->b->hsm, id);
@@ -305,7 +388,11 @@ rpc_key_activate(
 	if ((e = store_tenant_get(c->b->store, in->tenant_id, &t)) != KB_OK
 	    || (e = tenant_key(c, in->tenant_id, in->key_id, &k)) != KB_OK)
 		goto out;
-	if (strcmp(k.state, "available") != 0) {
+	/* What the key is now that no rule changes: named first. */
+	if (strcmp(k.state, "active") == 0 || strcmp(k.state, "installing") == 0
+	    || strcmp(k.state, "pending_deletion") == 0
+	    || strcmp(k.state, "retiring") == 0
+	    || strcmp(k.state, "retired") == 0) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key %s is %s: only an "
 		    "available key can be activated%s",
@@ -315,9 +402,27 @@ rpc_key_activate(
 		        : "");
 		goto out;
 	}
+	/* Then the tenant's rules (locked environments, 24 h), before the
+	 * key's availability: an approved request that waited through a
+	 * lock is told of the lock, not only of the key it destroyed. */
 	rpc_policy_tenant(&t, &p);
 	if ((e = policy_may_activate(&p, c->now_us)) != KB_OK)
 		goto out;
+	if (strcmp(k.state, "pending_approval") == 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key %s is pending_approval: "
+		    "it cannot be activated until the request that made it is "
+		    "approved (kbctl approvals list --tenant %s)",
+		    k.id, in->tenant_id);
+		goto out;
+	}
+	if (strcmp(k.state, "available") != 0) {
+		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key %s is %s: only an "
+		    "available key can be activated",
+		    k.id, k.state);
+		goto out;
+	}
 	if ((e = hsm_key_exists(c->b->hsm, k.id)) != KB_OK) {
 		e = kb_err_wrap(e, "key %s is not in the token", k.id);
 		goto out;

@@ -47,6 +47,7 @@ static Keybroker__V1__QuorumPolicy *
 policy_msg(const struct store_quorum *q, const char *tenant, int inherited)
 {
 	Keybroker__V1__QuorumPolicy *m = malloc(sizeof(*m));
+	char ops[STORE_OPS_MAX];
 
 	if (m == NULL)
 		return NULL;
@@ -56,7 +57,10 @@ policy_msg(const struct store_quorum *q, const char *tenant, int inherited)
 	m->update_time_us = q->update_time_us;
 	m->updated_by = rpc_strdup(q->updated_by);
 	m->inherited = inherited != 0;
-	if (list_split(q->approvers, &m->approvers, &m->n_approvers) != 0) {
+	m->all_operations = q->operations[0] == '\0';
+	quorum_operations_text(q, ops, sizeof(ops));
+	if (list_split(q->approvers, &m->approvers, &m->n_approvers) != 0
+	    || list_split(ops, &m->operations, &m->n_operations) != 0) {
 		kb_wire_free(&m->base);
 		return NULL;
 	}
@@ -86,6 +90,7 @@ request_msg(const struct store_approval_req *r, const struct store_approval *v,
 	m->result = rpc_strdup(r->result);
 	m->update_time_us = r->update_time_us;
 	m->proof_fingerprint = rpc_strdup(r->proof_fp);
+	m->key_id = rpc_strdup(r->key_id);
 	if (list_split(r->approvers, &m->approvers, &m->n_approvers) != 0)
 		goto fail;
 	if (n > 0 && (m->approvals = calloc(n, sizeof(*m->approvals))) == NULL)
@@ -173,6 +178,14 @@ rpc_quorum_set(
 			    "is longer than %zu bytes",
 			    sizeof(q.approvers) - 1);
 	}
+	if (in->approvals == 0 && in->n_operations > 0)
+		return kb_errf(KB_ERR_INVALID_ARGUMENT,
+		    "operations given with "
+		    "approvals 0 (off): give --approvals M too");
+	if ((e = quorum_operations_parse(in->operations, in->n_operations,
+	         q.operations, sizeof(q.operations)))
+	    != KB_OK)
+		return e;
 	/* Not counting the requester, M approvers must remain. */
 	if (in->n_approvers > 0 && in->n_approvers <= in->approvals)
 		return kb_errf(KB_ERR_INVALID_ARGUMENT,

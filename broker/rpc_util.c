@@ -129,6 +129,8 @@ key_state_enum(const char *s)
 	        KEYBROKER__V1__KEY_STATE__KEY_STATE_PENDING_DELETION},
 	    {"retiring", KEYBROKER__V1__KEY_STATE__KEY_STATE_RETIRING},
 	    {"retired", KEYBROKER__V1__KEY_STATE__KEY_STATE_RETIRED},
+	    {"pending_approval",
+	        KEYBROKER__V1__KEY_STATE__KEY_STATE_PENDING_APPROVAL},
 	};
 	size_t i;
 

@@ -214,6 +214,22 @@ static const char *const migrations[] = {
      * Self-contained: one column. */
     ("ALTER TABLE environments ADD COLUMN min_dek_version INTEGER NOT NULL "
      "DEFAULT 0;"),
+    /* 8: quorum, second part. A policy names the operations
+     * it covers ('' = every covered one, those added later included); a
+     * request names the key a GenerateKey/UploadKey made for it (kept in
+     * the token as pending_approval until it is approved) and carries a
+     * second seal over its state, re-made at each move (quorum.c). A
+     * request without one was made before states were sealed: it cannot
+     * be decided, so pending ones expire here. Self-contained: it touches
+     * only the quorum tables. */
+    "ALTER TABLE quorum_policies ADD COLUMN operations TEXT NOT NULL "
+    "DEFAULT '';"
+    "ALTER TABLE approval_requests ADD COLUMN key_id TEXT NOT NULL "
+    "DEFAULT '';"
+    "ALTER TABLE approval_requests ADD COLUMN state_seal BLOB;"
+    "UPDATE approval_requests SET state = 'expired', result = 'made before "
+    "request states were sealed (schema upgrade): make it again' WHERE "
+    "state = 'pending';",
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))

@@ -95,7 +95,8 @@ struct store_key {
 	char purpose[16]; /* platform, audit, tenant, exchange, kek */
 	char origin[16]; /* generated, pfx, byok */
 	char state[24]; /* available, installing, active, locked, deleted,
-	                  pending_deletion */
+	                  pending_deletion, retiring, retired,
+	                  pending_approval */
 	char fingerprint[65]; /* hex SHA-256 of the SubjectPublicKeyInfo */
 	char wrap_alg[STORE_ALG_MAX]; /* OAEP variant for encrypt keys */
 	unsigned bits;
@@ -384,6 +385,7 @@ enum kb_err store_keys_destroyed(
 #define STORE_CALL_MAX 2048
 #define STORE_SEAL_MAX 128
 #define STORE_CN_MAX 128
+#define STORE_OPS_MAX 512
 
 /* A quorum policy: tenant "" is the platform default. */
 struct store_quorum {
@@ -392,6 +394,7 @@ struct store_quorum {
 	char approvers[STORE_APPROVERS_MAX]; /* "cn,cn"; "" = every admin */
 	int64_t update_time_us;
 	char updated_by[STORE_CN_MAX];
+	char operations[STORE_OPS_MAX]; /* "LockTenant,..."; "" = every one */
 	uint8_t seal[STORE_SEAL_MAX];
 	size_t seal_len;
 };
@@ -419,8 +422,11 @@ struct store_approval_req {
 	char approvers[STORE_APPROVERS_MAX];
 	char state[16];
 	char result[512];
-	uint8_t seal[STORE_SEAL_MAX];
+	char key_id[STORE_KEY_ID_MAX]; /* a staged key (GenerateKey...) */
+	uint8_t seal[STORE_SEAL_MAX]; /* over what never changes */
 	size_t seal_len;
+	uint8_t state_seal[STORE_SEAL_MAX]; /* over the state, each move */
+	size_t state_seal_len;
 };
 
 struct store_approval {
@@ -441,11 +447,15 @@ enum kb_err store_approval_req_get(
  * unless `all`. *out is malloc'd (NULL when none). */
 enum kb_err store_approval_req_list(struct store *s, const char *tenant,
     int all, struct store_approval_req **out, size_t *n);
-/* Move request `id` from state `from` to `to` with `result`;
- * KB_ERR_FAILED_PRECONDITION when it was no longer in `from`
+/* Move request `id` from state `from` to `to` with `result` and the new
+ * state seal; KB_ERR_FAILED_PRECONDITION when it was no longer in `from`
  * (another call moved it first), the database unaltered. */
 enum kb_err store_approval_req_move(struct store *s, const char *id,
-    const char *from, const char *to, const char *result, int64_t now);
+    const char *from, const char *to, const char *result, int64_t now,
+    const uint8_t *state_seal, size_t state_seal_len);
+/* *held = whether a pending or executing request holds key `key_id`. */
+enum kb_err store_approval_req_holds(
+    struct store *s, const char *key_id, int *held);
 /* Record one decision; KB_ERR_ALREADY_EXISTS when this approver (CN) has
  * one on the request already. */
 enum kb_err store_approval_insert(

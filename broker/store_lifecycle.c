@@ -382,13 +382,14 @@ struct tenant_lock {
 static enum kb_err
 tenant_lock_txn(struct conn *c, void *arg)
 {
-	/* The tenant keys (those pending deletion too) and the KEK objects in
-	 * the token: all go. The KEK stays in the database, wrapped under the
-	 * lock key, for unlock. */
+	/* The tenant keys (those pending deletion or approval too: the
+	 * approval's request then fails) and the KEK objects in the token: all
+	 * go. The KEK stays in the database, wrapped under the lock key, for
+	 * unlock. */
 	static const char sel[] =
 	    "SELECT id FROM keys WHERE tenant_id = ? AND "
 	    "((purpose = 'tenant' AND state IN ('active', 'available', "
-	    "'pending_deletion', 'retired')) OR "
+	    "'pending_deletion', 'retired', 'pending_approval')) OR "
 	    "(purpose = 'kek' AND state IN ('active', 'installing')))";
 	struct tenant_lock *a = arg;
 	sqlite3_stmt *st;
@@ -429,7 +430,7 @@ tenant_lock_txn(struct conn *c, void *arg)
 	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
 	         "AND "
 	         "purpose = 'tenant' AND state IN ('available', "
-	         "'pending_deletion', 'retired')",
+	         "'pending_deletion', 'retired', 'pending_approval')",
 	         "deleting keys", "iit", a->now, a->now, a->tenant))
 	    != KB_OK)
 		return e;

@@ -30,6 +30,7 @@ quorum_row(sqlite3_stmt *st, void *elem)
 	q->update_time_us = sqlite3_column_int64(st, 3);
 	store_copy_text(q->updated_by, sizeof(q->updated_by), st, 4);
 	copy_blob(q->seal, sizeof(q->seal), &q->seal_len, st, 5);
+	store_copy_text(q->operations, sizeof(q->operations), st, 6);
 }
 
 enum kb_err
@@ -37,7 +38,7 @@ store_quorum_get(struct store *s, const char *tenant, struct store_quorum *out)
 {
 	static const char sql[] =
 	    "SELECT tenant_id, approvals, approvers, "
-	    "update_time_us, updated_by, seal FROM quorum_policies "
+	    "update_time_us, updated_by, seal, operations FROM quorum_policies "
 	    "WHERE tenant_id = ?";
 
 	memset(out, 0, sizeof(*out));
@@ -48,10 +49,11 @@ store_quorum_get(struct store *s, const char *tenant, struct store_quorum *out)
 enum kb_err
 store_quorum_put(struct store *s, const struct store_quorum *q)
 {
-	static const char sql[] = "INSERT OR REPLACE INTO quorum_policies("
-	                          "tenant_id, approvals, approvers, "
-	                          "update_time_us, updated_by, seal) "
-	                          "VALUES (?, ?, ?, ?, ?, ?)";
+	static const char sql[] =
+	    "INSERT OR REPLACE INTO quorum_policies("
+	    "tenant_id, approvals, approvers, "
+	    "update_time_us, updated_by, seal, operations) "
+	    "VALUES (?, ?, ?, ?, ?, ?, ?)";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -64,6 +66,7 @@ store_quorum_put(struct store *s, const struct store_quorum *q)
 		sqlite3_bind_text(st, 5, q->updated_by, -1, SQLITE_STATIC);
 		sqlite3_bind_blob(
 		    st, 6, q->seal, (int)q->seal_len, SQLITE_STATIC);
+		sqlite3_bind_text(st, 7, q->operations, -1, SQLITE_STATIC);
 		e = store_step_done(c, st, "writing a quorum policy");
 	}
 	store_conn_put(s, c);
@@ -74,7 +77,7 @@ store_quorum_put(struct store *s, const struct store_quorum *q)
 	"id, method, tenant_id, environment, arguments, call, "                \
 	"proof_fingerprint, target, requester, create_time_us, "               \
 	"expire_time_us, approvals_needed, approvers, state, result, "         \
-	"update_time_us, seal"
+	"update_time_us, seal, key_id, state_seal"
 
 static void
 req_row(sqlite3_stmt *st, void *elem)
@@ -98,6 +101,9 @@ req_row(sqlite3_stmt *st, void *elem)
 	store_copy_text(r->result, sizeof(r->result), st, 14);
 	r->update_time_us = sqlite3_column_int64(st, 15);
 	copy_blob(r->seal, sizeof(r->seal), &r->seal_len, st, 16);
+	store_copy_text(r->key_id, sizeof(r->key_id), st, 17);
+	copy_blob(
+	    r->state_seal, sizeof(r->state_seal), &r->state_seal_len, st, 18);
 }
 
 enum kb_err
@@ -105,7 +111,8 @@ store_approval_req_insert(struct store *s, const struct store_approval_req *r)
 {
 	static const char sql[] =
 	    "INSERT INTO approval_requests(" REQ_COLS
-	    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
+	    ") VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+	    "?)";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -130,6 +137,9 @@ store_approval_req_insert(struct store *s, const struct store_approval_req *r)
 		sqlite3_bind_int64(st, 16, r->update_time_us);
 		sqlite3_bind_blob(
 		    st, 17, r->seal, (int)r->seal_len, SQLITE_STATIC);
+		sqlite3_bind_text(st, 18, r->key_id, -1, SQLITE_STATIC);
+		sqlite3_bind_blob(st, 19, r->state_seal, (int)r->state_seal_len,
+		    SQLITE_STATIC);
 		e = store_step_done(c, st, "recording an approval request");
 	}
 	store_conn_put(s, c);
@@ -175,11 +185,13 @@ store_approval_req_list(struct store *s, const char *tenant, int all,
 
 enum kb_err
 store_approval_req_move(struct store *s, const char *id, const char *from,
-    const char *to, const char *result, int64_t now)
+    const char *to, const char *result, int64_t now, const uint8_t *state_seal,
+    size_t state_seal_len)
 {
 	static const char sql[] =
 	    "UPDATE approval_requests SET state = ?3, "
-	    "result = ?4, update_time_us = ?5 WHERE id = ?1 AND state = ?2";
+	    "result = ?4, update_time_us = ?5, state_seal = ?6 "
+	    "WHERE id = ?1 AND state = ?2";
 	struct conn *c = store_conn_get(s);
 	sqlite3_stmt *st;
 	enum kb_err e;
@@ -190,6 +202,8 @@ store_approval_req_move(struct store *s, const char *id, const char *from,
 		sqlite3_bind_text(st, 3, to, -1, SQLITE_STATIC);
 		sqlite3_bind_text(st, 4, result, -1, SQLITE_STATIC);
 		sqlite3_bind_int64(st, 5, now);
+		sqlite3_bind_blob(
+		    st, 6, state_seal, (int)state_seal_len, SQLITE_STATIC);
 		if ((e = store_step_done(c, st, "updating an approval request"))
 		        == KB_OK
 		    && sqlite3_changes(c->db) != 1)
@@ -197,6 +211,31 @@ store_approval_req_move(struct store *s, const char *id, const char *from,
 			    "approval request "
 			    "%s is no longer %s",
 			    id, from);
+	}
+	store_conn_put(s, c);
+	return e;
+}
+
+enum kb_err
+store_approval_req_holds(struct store *s, const char *key_id, int *held)
+{
+	static const char sql[] =
+	    "SELECT count(*) FROM approval_requests "
+	    "WHERE key_id = ? AND state IN ('pending', 'executing')";
+	struct conn *c = store_conn_get(s);
+	sqlite3_stmt *st;
+	enum kb_err e;
+	int rc;
+
+	*held = 0;
+	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
+		sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+		if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+			*held = sqlite3_column_int64(st, 0) > 0;
+		else
+			e = store_sql_err(
+			    c->db, rc, "finding the request of a key");
+		sqlite3_reset(st);
 	}
 	store_conn_put(s, c);
 	return e;

@@ -196,6 +196,23 @@ kbctl_cmd_keys_list(struct kbctl *k, const struct kbctl_args *a)
 	    &keybroker__v1__list_keys_response__descriptor, &keys);
 }
 
+/* A key a quorum holds for approval: what happens next. */
+static void
+staged_note(const struct kbctl *k, const Keybroker__V1__Key *x)
+{
+	char id[128], r[64];
+
+	if (x == NULL || x->approval_request_id[0] == '\0')
+		return;
+	kbctl_sanitize(x->id, id, sizeof(id));
+	kbctl_sanitize(x->approval_request_id, r, sizeof(r));
+	fprintf(k->json ? stderr : stdout,
+	    "%sKey %s is pending_approval: it cannot be activated until "
+	    "request %s\nis approved (kbctl approvals approve %s); a deny or "
+	    "an expiry destroys it.\n",
+	    k->json ? "kbctl: " : "\n", id, r, r);
+}
+
 int
 kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 {
@@ -265,6 +282,9 @@ kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 
 		kbctl_jset(o, "key", kbctl_key_json(&x->key->base));
 		kbctl_jset(o, "pfx_file", kbctl_jstr(path));
+		if (x->key->approval_request_id[0] != '\0')
+			kbctl_jset(o, "request_id",
+			    kbctl_jstr(x->key->approval_request_id));
 		rc = kbctl_json_print(o);
 	} else {
 		rc = kbctl_print_key(k, &x->key->base);
@@ -275,6 +295,7 @@ kbctl_cmd_keys_generate(struct kbctl *k, const struct kbctl_args *a)
 	    "copy of key %s,\nand the only way to lock and unlock tenant %s. "
 	    "The broker cannot show the .pfx again.\n",
 	    k->json ? "kbctl: " : "\n", path, id, tenant);
+	staged_note(k, x->key);
 	if (interrupted) {
 		fprintf(stderr,
 		    "kbctl: interrupted after the key was made; its .pfx was "
@@ -309,6 +330,7 @@ kbctl_cmd_keys_upload(struct kbctl *k, const struct kbctl_args *a)
 	    != KBCTL_EXIT_OK)
 		return rc;
 	rc = kbctl_print_key(k, m);
+	staged_note(k, (const Keybroker__V1__Key *)m);
 	kb_wire_free(m);
 	return rc;
 }

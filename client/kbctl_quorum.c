@@ -54,6 +54,7 @@ request_json(const ProtobufCMessage *m)
 	kbctl_jset(o, "approvals", arr);
 	kbctl_jset(o, "result", kbctl_jstr(x->result));
 	kbctl_jset(o, "proof_fingerprint", kbctl_jstr(x->proof_fingerprint));
+	kbctl_jset(o, "key_id", kbctl_jstr(x->key_id));
 	kbctl_jset_time(o, "create_time", x->create_time_us);
 	kbctl_jset_time(o, "expire_time", x->expire_time_us);
 	kbctl_jset_time(o, "update_time", x->update_time_us);
@@ -104,6 +105,8 @@ kbctl_print_request(const struct kbctl *k, const ProtobufCMessage *m)
 	}
 	if (x->proof_fingerprint[0] != '\0')
 		kbctl_kv("proof_fingerprint", x->proof_fingerprint);
+	if (x->key_id[0] != '\0')
+		kbctl_kv("key_id", x->key_id);
 	kbctl_kv("created", kb_time_format(x->create_time_us, t, sizeof(t)));
 	kbctl_kv("expires", kb_time_format(x->expire_time_us, t, sizeof(t)));
 	kbctl_kv("result", kbctl_or_dash(x->result));
@@ -133,6 +136,9 @@ policy_json(const ProtobufCMessage *m)
 	kbctl_jset(o, "approvals", json_integer((json_int_t)x->approvals));
 	kbctl_jset(
 	    o, "approvers", kbctl_jstr_array(x->approvers, x->n_approvers));
+	kbctl_jset(
+	    o, "operations", kbctl_jstr_array(x->operations, x->n_operations));
+	kbctl_jset(o, "all_operations", json_boolean(x->all_operations));
 	kbctl_jset(o, "inherited", json_boolean(x->inherited));
 	kbctl_jset(o, "updated_by", kbctl_jstr(x->updated_by));
 	kbctl_jset_time(o, "update_time", x->update_time_us);
@@ -159,6 +165,12 @@ print_policy(const struct kbctl *k, const ProtobufCMessage *m)
 	    x->n_approvers > 0
 	        ? kbctl_join(x->approvers, x->n_approvers, buf, sizeof(buf))
 	        : "any admin of the tenant");
+	if (x->all_operations)
+		kbctl_kv("operations", "all");
+	else
+		kbctl_kv("operations",
+		    kbctl_join(
+		        x->operations, x->n_operations, buf, sizeof(buf)));
 	if (x->inherited)
 		kbctl_kv("from", "the platform default");
 	kbctl_kv("updated_by", kbctl_or_dash(x->updated_by));
@@ -177,8 +189,9 @@ kbctl_cmd_quorum_set(struct kbctl *k, const struct kbctl_args *a)
 	    KEYBROKER__V1__SET_QUORUM_REQUEST__INIT;
 	const char *m = kbctl_flag(a, "--approvals");
 	const char *list = kbctl_flag(a, "--approvers");
+	const char *ops = kbctl_flag(a, "--operations");
 	int platform = kbctl_flag(a, "--platform") != NULL;
-	char *copy = NULL, *p, *save = NULL, *v[64];
+	char *copy = NULL, *ocopy = NULL, *p, *save = NULL, *v[64], *o[64];
 	unsigned long n;
 	char *end;
 	int rc;
@@ -208,9 +221,27 @@ kbctl_cmd_quorum_set(struct kbctl *k, const struct kbctl_args *a)
 		}
 		req.approvers = v;
 	}
+	if (ops != NULL && ops[0] != '\0') {
+		if ((ocopy = strdup(ops)) == NULL) {
+			free(copy);
+			return kbctl_err(KB_ERR_NOMEM, KBCTL_EXIT_FAIL);
+		}
+		for (p = strtok_r(ocopy, ",", &save); p != NULL;
+		     p = strtok_r(NULL, ",", &save)) {
+			if (req.n_operations == sizeof(o) / sizeof(o[0])) {
+				free(copy);
+				free(ocopy);
+				return kbctl_usage_error(
+				    a, "at most 64 operations");
+			}
+			o[req.n_operations++] = p;
+		}
+		req.operations = o;
+	}
 	rc = kbctl_call_print(k, KB_METHOD_SET_QUORUM, &req.base,
 	    &keybroker__v1__quorum_policy__descriptor, print_policy);
 	free(copy);
+	free(ocopy);
 	return rc;
 }
 

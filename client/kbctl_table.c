@@ -137,7 +137,8 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	{ "keys", "list", "TENANT", 1, 1,
 	  "List a tenant's keys",
 	  "One row per key: id, origin (generated, pfx, byok), state (available,\n"
-	  "installing, active, locked, deleted, retiring, retired), the start of its\n"
+	  "installing, active, locked, deleted, pending_deletion, retiring,\n"
+	  "retired, pending_approval), the start of its\n"
 	  "fingerprint (the hex SHA-256 of its public key, whole in 'keys show' and\n"
 	  "--json), and when it was created and activated. --json prints\n"
 	  "{\"keys\": [...]}. What each key protects: 'keys show TENANT KEY'.",
@@ -165,13 +166,16 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "unless --force), then prints the key. That file and its password are\n"
 	  "what locking and unlocking the tenant need: the broker cannot show the\n"
 	  ".pfx again. The new key is 'available': activate it with 'keys activate'.\n"
-	  "Refused while the tenant has locked environments.\n\n"
+	  "Refused while the tenant has locked environments. With a quorum\n"
+	  "covering GenerateKey and a key active, the key is 'pending_approval'\n"
+	  "(the .pfx is saved all the same) and kbctl prints its request_id: it\n"
+	  "cannot be activated until approved; a deny or an expiry destroys it.\n\n"
 	  "Password: from --password-file (the first line of the file; a file\n"
 	  "that group or others may read or write is refused), or asked twice on\n"
 	  "the terminal without echo; never on the command line. Without a\n"
 	  "terminal and without --password-file, kbctl stops (exit 2).\n\n"
-	  "--json prints {\"key\": {...}, \"pfx_file\": PATH}; the warning goes to\n"
-	  "stderr then.",
+	  "--json prints {\"key\": {...}, \"pfx_file\": PATH} (and \"request_id\"\n"
+	  "when it waits for approval); the warning goes to stderr then.",
 	  { { "--out", "FILE.pfx", "where to write the .pfx (mode 0600)", KBCTL_REQUIRED },
 	    PASSWORD_FLAG("new .pfx"),
 	    { "--force", NULL, "replace FILE.pfx if it exists" } },
@@ -181,7 +185,9 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "FILE is a PKCS#12 .pfx holding one RSA-2048 private key (and optionally\n"
 	  "its certificate), or a .byok made for this tenant's key-exchange key\n"
 	  "('kbctl byok kek', 'kbctl byok wrap'). The key goes into the token and\n"
-	  "is 'available'. Refused while the tenant has locked environments.\n\n"
+	  "is 'available' ('pending_approval' with a request_id, as for 'keys\n"
+	  "generate', under a quorum). Refused while the tenant has locked\n"
+	  "environments.\n\n"
 	  KEYFILE_TEXT "\n\n" PASSWORD_TEXT "\n\n"
 	  "Prints the key.",
 	  { PASSWORD_FLAG(".pfx"), FORMAT_FLAG },
@@ -256,7 +262,11 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "With a quorum in force, LockTenant, ActivateKey, ResetEnvironment,\n"
 	  "RestoreBackup, CopyEnvironment, RotatePlatformKey and every quorum\n"
 	  "change do not act: they make an approval request that M approvers\n"
-	  "other than the requester must approve ('kbctl approvals'). A tenant\n"
+	  "other than the requester must approve ('kbctl approvals'); while a\n"
+	  "key is active, GenerateKey and UploadKey make their key\n"
+	  "pending_approval. --operations limits it to the methods listed\n"
+	  "(default: all of them, those added later too); SetQuorum is always\n"
+	  "covered. A tenant\n"
 	  "without a policy of its own follows the platform default (--platform).\n"
 	  "--approvals 0 turns it off. While a quorum is in force, changing it\n"
 	  "(lowering it or turning it off included) is itself a request.\n"
@@ -266,14 +276,18 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  { { "--approvals", "M", "approvals needed (0 = off, at most 16)",
 	      KBCTL_REQUIRED },
 	    { "--approvers", "CN,CN,...", "who may approve (certificate CNs)" },
+	    { "--operations", "NAME,...",
+	      "the methods it covers (default: all)" },
 	    { "--platform", NULL, "the platform default instead of a tenant" } },
 	  kbctl_cmd_quorum_set },
 	{ "quorum", "show", "[TENANT]", 0, 1,
 	  "Show the quorum policy governing a tenant (or the platform's)",
-	  "Prints scope, quorum (off or M approvals), approvers, from (the\n"
+	  "Prints scope, quorum (off or M approvals), approvers, operations\n"
+	  "(the methods it covers; 'all' when not limited), from (the\n"
 	  "platform default when the tenant has none of its own), updated_by\n"
 	  "and updated. --json prints {\"tenant_id\", \"platform\", \"approvals\",\n"
-	  "\"approvers\", \"inherited\", \"updated_by\", \"update_time\"}.",
+	  "\"approvers\", \"operations\", \"all_operations\", \"inherited\",\n"
+	  "\"updated_by\", \"update_time\"}.",
 	  { { "--platform", NULL, "the platform default" } },
 	  kbctl_cmd_quorum_show },
 	{ "approvals", "list", "", 0, 0,
@@ -287,7 +301,8 @@ const struct kbctl_cmd kbctl_cmds[] = {
 	  "Prints request_id, state (pending, executing, executed, failed,\n"
 	  "denied, expired), method, tenant_id, environment, arguments (never a\n"
 	  "secret: a lock keeps only its proof's fingerprint), requester,\n"
-	  "approvals (counted of needed), approvers, each decision, created,\n"
+	  "approvals (counted of needed), approvers, each decision, key_id (the\n"
+	  "key a GenerateKey/UploadKey holds pending_approval), created,\n"
 	  "expires (approval_ttl_s) and result. --json prints one document with\n"
 	  "a top-level \"request_id\".",
 	  { { NULL } }, kbctl_cmd_approvals_show },

@@ -216,7 +216,7 @@ def dispatch_roles(path):
     table = src[src.index("dispatch_methods[]"):]
     table = table[:table.index("};")]
     out = {}
-    for name, roles in re.findall(r"\b(?:UNARY|QUORUM|STREAM)\(\s*(\w+)\s*,\s*([^,]+),", table):
+    for name, roles in re.findall(r"\b(?:UNARY|QUORUM|QUORUM_STAGED|STREAM)\(\s*(\w+)\s*,\s*([^,]+),", table):
         out[name] = resolve(roles)
     for name, roles in re.findall(r'"(\w+\.\w+)"\s*,\s*([^,]+),', table):
         out[name] = resolve(roles)

@@ -386,6 +386,10 @@ expect_ok kb_admin envs undelete acme keep
 check_eq "undelete is not covered: acme/keep serves again" "$(dek acme keep)" "${DEK[keep]}"
 expect_ok kb_admin keys generate acme --out "$w/k3.pfx" --password-file "$pw" --json
 K3=$(json 'd["key"]["id"]' 2>/dev/null)
+rq=$(json 'd["request_id"]' 2>/dev/null)
+check_eq "under the quorum a new key waits for approval" "$(key_state acme "$K3")" pending_approval
+expect_ok kb_as admin-alice approvals approve "$rq" --json
+check_eq "approved: K3 is available" "$(key_state acme "$K3")" available
 expect_ok kb_admin keys delete acme "$K3" --yes --json
 rq=$(json 'd["request_id"]' 2>/dev/null)
 check_eq "DeleteKey is a request: K3 is still available" "$(key_state acme "$K3")" available
