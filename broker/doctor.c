@@ -803,6 +803,30 @@ check_deletions(const struct doctor_deps *d, struct report *rp)
 				    "the sweeper 28 days after each lock "
 				    "unless unlocked, the first at %s",
 				    c->count, when(due, a, sizeof(a)));
+		} else if (strcmp(c->state, "pending_deletion") == 0) {
+			/* oldest_us: the first to become final. */
+			late = rp->now_us - c->oldest_us
+			    - (int64_t)d->cfg->sweep_interval_s * 2 * 1000000;
+			if (d->online && late > 0)
+				add(rp, SEV_WARN, "deletion", subj,
+				    "kbctl clock show (a clock jump pauses "
+				    "the sweeper); the log says why a sweep "
+				    "failed",
+				    "%" PRIu64 " pending deletion; the first "
+				    "became final %s ago (%s) and is still "
+				    "there",
+				    c->count, span(late, s, sizeof(s)),
+				    when(c->oldest_us, a, sizeof(a)));
+			else
+				add(rp, SEV_OK, "deletion", subj, NULL,
+				    "%" PRIu64 " pending deletion (kbctl %s "
+				    "undelete cancels one until then), the "
+				    "first final at %s",
+				    c->count,
+				    strcmp(c->kind, "environment") == 0
+				        ? "envs"
+				        : "keys",
+				    when(c->oldest_us, a, sizeof(a)));
 		} else if (strcmp(c->state, "deleted") == 0) {
 			add(rp, SEV_OK, "deletion", subj, NULL,
 			    "%" PRIu64 " deleted for good%s", c->count,

@@ -12,6 +12,7 @@
 #include "clock.h"
 #include "dek.h"
 #include "fingerprint.h"
+#include "kb_time.h"
 #include "log.h"
 #include "pfx.h"
 
@@ -345,6 +346,43 @@ keys_exchange_rotate(
 	return KB_OK;
 }
 
+/* A retired tenant key's deletion is scheduled at once, with the window
+ * DeleteKey gives (undelete gives it back retired). A KEK or platform key
+ * was deleted by the job itself. On failure the key stays retired and
+ * 'kbctl keys delete' schedules it. */
+static void
+retired_delete(struct broker *b, const char *tenant, const char *key_id)
+{
+	int64_t now = clock_now_us();
+	int64_t final_us =
+	    now + (int64_t)b->cfg->deletion_window_days * 86400 * 1000000;
+	struct store_key k;
+	char when[40], reason[256];
+	enum kb_err e;
+
+	broker_tenant_lock(b, tenant);
+	e = store_key_delete_begin(b->store, tenant, key_id, now, final_us, &k);
+	broker_tenant_unlock(b, tenant);
+	if (e != KB_OK) {
+		log_error("retired key %s of tenant %s: its deletion could not "
+		          "be scheduled (kbctl keys delete %s %s does it): %s",
+		    key_id, tenant, tenant, key_id, kb_err_msg(e));
+		kb_err_clear();
+		return;
+	}
+	kb_time_format(k.delete_final_us, when, sizeof(when));
+	snprintf(reason, sizeof(reason),
+	    "retired: pending deletion, final at %s (deletion_window_days = "
+	    "%u), when its token object is destroyed; 'kbctl keys undelete' "
+	    "cancels it until then",
+	    when, b->cfg->deletion_window_days);
+	log_warn("key %s of tenant %s is PENDING DELETION (retired): final at "
+	         "%s",
+	    key_id, tenant, when);
+	(void)broker_audit_system(
+	    b, "key.delete.requested", tenant, NULL, key_id, "ok", reason);
+}
+
 void
 keys_retire_done(struct broker *b, const char *tenant, const char *key_id,
     const char *job_id)
@@ -356,6 +394,6 @@ keys_retire_done(struct broker *b, const char *tenant, const char *key_id,
 	    tenant[0] ? " of tenant " : "", tenant, why);
 	(void)broker_audit_system(b, "key.retired", tenant[0] ? tenant : NULL,
 	    NULL, key_id, "ok", why);
-	/* DeleteKey (its pending-deletion window) plugs in here: schedule
-	 * the retired key's deletion. */
+	if (tenant[0] != '\0')
+		retired_delete(b, tenant, key_id);
 }

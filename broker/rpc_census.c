@@ -185,6 +185,12 @@ retire_check(struct rpc_ctx *c, const struct store_key *k,
 	    || strcmp(k->state, "deleted") == 0)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key %s is already %s", k->id, k->state);
+	if (strcmp(k->state, "pending_deletion") == 0)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "key %s is pending deletion: it seals nothing and its "
+		    "token object is destroyed when the deletion is final "
+		    "('kbctl keys undelete' cancels it)",
+		    k->id);
 	if (strcmp(k->state, "pending_approval") == 0)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key %s is pending_approval: it seals nothing and a deny "

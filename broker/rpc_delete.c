@@ -185,9 +185,9 @@ rpc_key_undelete(
 		return e;
 	kb_time_format(before.delete_final_us, when, sizeof(when));
 	snprintf(reason, sizeof(reason),
-	    "deletion cancelled (it was to be final at %s); the key is "
-	    "available again",
-	    when);
+	    "deletion cancelled (it was to be final at %s); the key is %s "
+	    "again",
+	    when, k.state);
 	audit_step(c, "key.delete.undeleted", k.tenant_id, NULL, k.id, reason);
 	log_info("key %s of tenant %s undeleted by %s", k.id, k.tenant_id,
 	    c->id->name);

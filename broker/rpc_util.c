@@ -161,6 +161,7 @@ rpc_key_msg(const struct store_key *k)
 	m->delete_time_us = k->delete_time_us;
 	m->delete_request_time_us = k->delete_request_us;
 	m->delete_final_time_us = k->delete_final_us;
+	m->retire_time_us = k->retire_time_us;
 	return m;
 }
 

@@ -230,6 +230,13 @@ static const char *const migrations[] = {
     "UPDATE approval_requests SET state = 'expired', result = 'made before "
     "request states were sealed (schema upgrade): make it again' WHERE "
     "state = 'pending';",
+
+    /* 9: a retired tenant key (issue 14) keeps when it was retired: its
+     * retirement schedules its deletion, and an undelete gives it back
+     * retired, never available (a retired key is not activated again).
+     * Self-contained: one column. */
+    ("ALTER TABLE keys ADD COLUMN retire_time_us INTEGER NOT NULL "
+     "DEFAULT 0;"),
 };
 
 #define N_MIGRATIONS ((int)(sizeof(migrations) / sizeof(migrations[0])))
@@ -1097,6 +1104,7 @@ store_key_row(sqlite3_stmt *st, void *elem)
 	}
 	k->delete_request_us = sqlite3_column_int64(st, 15);
 	k->delete_final_us = sqlite3_column_int64(st, 16);
+	k->retire_time_us = sqlite3_column_int64(st, 17);
 }
 
 enum kb_err

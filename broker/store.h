@@ -111,6 +111,7 @@ struct store_key {
 	size_t wrapped_len;
 	int64_t delete_request_us; /* DeleteKey; 0 = never */
 	int64_t delete_final_us; /* when that deletion is (was) final */
+	int64_t retire_time_us; /* RetireKey's job done; 0 = never retired */
 };
 
 /* Background jobs: a tenant's activation (re-seal its customer-managed DEKs
@@ -501,14 +502,14 @@ enum kb_err store_envs_delete_due(struct store *s, int64_t now,
 enum kb_err store_env_delete_finish(
     struct store *s, const char *tenant, const char *name, int64_t now);
 
-/* A tenant key of `tenant` in state available that protects nothing
- * becomes pending_deletion, final at `final_us` (checked and changed in one
- * transaction). KB_ERR_FAILED_PRECONDITION naming its state, or the counts
+/* A tenant key of `tenant` in state available or retired that protects
+ * nothing becomes pending_deletion, final at `final_us` (checked and changed
+ * in one transaction). KB_ERR_FAILED_PRECONDITION naming its state, or the counts
  * of what it protects; KB_ERR_NOT_FOUND if the tenant has no such key. */
 enum kb_err store_key_delete_begin(struct store *s, const char *tenant,
     const char *key_id, int64_t now, int64_t final_us, struct store_key *out);
-/* pending_deletion -> available while `now` is before its final time (or
- * until the final step when `late_ok`). */
+/* pending_deletion -> available (retired for a key that was retired) while
+ * `now` is before its final time (or until the final step when `late_ok`). */
 enum kb_err store_key_delete_cancel(struct store *s, const char *tenant,
     const char *key_id, int64_t now, int late_ok, struct store_key *out);
 /* Keys whose pending deletion is final at or before `now`; *out malloc'd. */

@@ -289,8 +289,9 @@ key_delete_txn(struct conn *c, void *arg)
 			    "come back",
 			    a->key_id, a->tenant, when);
 		return store_run(c,
-		    "UPDATE keys SET state = 'available', delete_request_us = "
-		    "0, delete_final_us = 0, update_time_us = ? WHERE id = ?",
+		    "UPDATE keys SET state = CASE WHEN retire_time_us != 0 "
+		    "THEN 'retired' ELSE 'available' END, delete_request_us "
+		    "= 0, delete_final_us = 0, update_time_us = ? WHERE id = ?",
 		    "undeleting the key", "it", a->now, a->key_id);
 	}
 	if (strcmp(a->out->state, "pending_deletion") == 0)
@@ -299,11 +300,12 @@ key_delete_txn(struct conn *c, void *arg)
 		    "becomes final at %s; 'kbctl keys undelete %s %s' cancels "
 		    "it",
 		    a->key_id, a->tenant, when, a->tenant, a->key_id);
-	if (strcmp(a->out->state, "available") != 0)
+	if (strcmp(a->out->state, "available") != 0
+	    && strcmp(a->out->state, "retired") != 0)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
-		    "key %s of tenant %s is %s: only an available key (one "
-		    "that is not active, installing, locked or deleted) can be "
-		    "deleted%s",
+		    "key %s of tenant %s is %s: only an available or retired "
+		    "key (one that is not active, installing, locked or "
+		    "deleted) can be deleted%s",
 		    a->key_id, a->tenant, a->out->state,
 		    strcmp(a->out->state, "active") == 0
 		        ? "; activate another key first"
@@ -324,7 +326,7 @@ key_delete_txn(struct conn *c, void *arg)
 	return store_run(c,
 	    "UPDATE keys SET state = 'pending_deletion', delete_request_us = "
 	    "?, delete_final_us = ?, update_time_us = ? WHERE id = ? AND "
-	    "state = 'available'",
+	    "state IN ('available', 'retired')",
 	    "marking the key for deletion", "iiit", a->now, a->final_us, a->now,
 	    a->key_id);
 }

@@ -114,9 +114,14 @@ enum kb_err
 store_state_counts(struct store *s, struct store_state_count **out, size_t *n)
 {
 	static const char sql[] =
-	    "SELECT 'environment', state, count(*), min(lock_time_us) "
-	    "FROM environments WHERE state != 'enabled' GROUP BY state "
-	    "UNION ALL SELECT 'key', state, count(*), min(update_time_us) "
+	    "SELECT 'environment', st, count(*), min(t) FROM (SELECT CASE "
+	    "WHEN delete_request_us != 0 AND state != 'deleted' THEN "
+	    "'pending_deletion' ELSE state END AS st, CASE WHEN "
+	    "delete_request_us != 0 AND state != 'deleted' THEN "
+	    "delete_final_us ELSE lock_time_us END AS t FROM environments) "
+	    "AS e WHERE st != 'enabled' GROUP BY st "
+	    "UNION ALL SELECT 'key', state, count(*), min(CASE WHEN state = "
+	    "'pending_deletion' THEN delete_final_us ELSE update_time_us END) "
 	    "FROM keys WHERE state NOT IN ('available', 'installing', "
 	    "'active', 'retired') GROUP BY state ORDER BY 1, 2";
 	struct conn *c = store_conn_get(s);

@@ -46,7 +46,7 @@ enum kb_err store_tenant_exists(struct conn *c, const char *tenant);
 	"id, coalesce(tenant_id, ''), purpose, origin, state, "                \
 	"fingerprint, wrap_alg, create_time_us, update_time_us, bits, "        \
 	"activate_time_us, lock_time_us, delete_time_us, parent_id, wrapped, " \
-	"delete_request_us, delete_final_us"
+	"delete_request_us, delete_final_us, retire_time_us"
 void store_key_row(sqlite3_stmt *st, void *elem); /* a store_key */
 enum kb_err store_key_insert_conn(struct conn *c, const struct store_key *k);
 

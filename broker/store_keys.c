@@ -727,10 +727,9 @@ platform_finish_txn(struct conn *c, void *arg)
 		         "UPDATE keys SET state = CASE WHEN purpose = 'tenant' "
 		         "THEN 'retired' ELSE 'deleted' END, delete_time_us = "
 		         "CASE WHEN purpose = 'tenant' THEN delete_time_us "
-		         "ELSE "
-		         "?1 END, update_time_us = ?1 WHERE id = ?2 AND state "
-		         "= "
-		         "'retiring'",
+		         "ELSE ?1 END, retire_time_us = CASE WHEN purpose = "
+		         "'tenant' THEN ?1 ELSE 0 END, update_time_us = ?1 "
+		         "WHERE id = ?2 AND state = 'retiring'",
 		         "retiring the key", "it", a->now, a->j->key_id))
 		    != KB_OK)
 			return e;

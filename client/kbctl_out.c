@@ -502,6 +502,7 @@ kbctl_key_json(const ProtobufCMessage *m)
 	kbctl_jset_time(o, "delete_time", x->delete_time_us);
 	kbctl_jset_time(o, "delete_request_time", x->delete_request_time_us);
 	kbctl_jset_time(o, "delete_final_time", x->delete_final_time_us);
+	kbctl_jset_time(o, "retire_time", x->retire_time_us);
 	/* Held for approval: the request, also at the top level of the
 	 * document so --json readers find "request_id" as elsewhere. */
 	if (x->approval_request_id[0] != '\0')
@@ -529,6 +530,8 @@ key_show(const ProtobufCMessage *m)
 		kv_time("delete_request_time", x->delete_request_time_us);
 		kv_time("delete_final_time", x->delete_final_time_us);
 	}
+	if (x->retire_time_us != 0)
+		kv_time("retire_time", x->retire_time_us);
 	if (x->approval_request_id[0] != '\0')
 		kbctl_kv("request_id", x->approval_request_id);
 }

@@ -17,8 +17,9 @@
 #    refused, naming the count, while one of kOld's environments is locked
 #    (which 'envs unlock' cannot move either: it is not under the active
 #    key); once the 28-day sweeper deleted it (test clock), done: kOld's
-#    census is 0, it is retired (cannot be activated), its KEK destroyed,
-#    and every environment of ret serves the DEK it served before.
+#    census is 0, it is retired and pending deletion (cannot be activated;
+#    undelete gives it back retired), its KEK destroyed, and every
+#    environment of ret serves the DEK it served before.
 # 3. DEK rotation: rotate-dek makes a new version GetDataKey returns by
 #    default, the old one stays readable by number (by that environment's
 #    service only); retire-dek --below refuses N above the current version
@@ -26,6 +27,7 @@
 #    refused by number, also when its row is put back from a copy of the
 #    database (the bound of what a copy with the bound edited too can give
 #    is the README's).
+# 4. Past its deletion window the retired key is deleted and destroyed.
 # Run: bash tests/integration/test-census.sh (KB_BUILD=build dir, KBT_KEEP=1).
 # shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -203,7 +205,9 @@ expect_ok kb_admin keys retire ret "$kOld" --wait --json
 check_json "the retire job is done: 179 data keys re-sealed under ret's KEK" \
 	"d['state'] == 'done' and d['kind'] == 'retire' and d['total'] == 179 and d['done'] == 179"
 census_check "the retired key" ret "$kOld" 0 0 0 0
-check_json "  ... in state retired" "d['state'] == 'retired'"
+check_json "  ... retired and its deletion scheduled: pending_deletion, final deletion_window_days (7) after its retirement" \
+	"d['state'] == 'pending_deletion' and d['retire_time'] and d['delete_final_time_us'] - d['delete_request_time_us'] == 7 * 86400 * 10**6"
+RET_FINAL=$(json 'd["delete_final_time_us"]')
 census_check "ret's active key, which holds them now" ret "$kNew" 199 199 2 0
 check_eq "$kOld's KEK $kekOld is deleted" "$(sql "SELECT state FROM keys WHERE id = '$kekOld'")" deleted
 if ids=$(kbt_token_ids); then
@@ -215,12 +219,22 @@ fi
 deks ret "$w/ret.after"
 check "every environment of ret serves the same DEK as before the retirement" \
 	cmp -s "$w/ret.before" "$w/ret.after"
-expect_fail FAILED_PRECONDITION -m "retired" kb_admin keys activate ret "$kOld"
+expect_fail FAILED_PRECONDITION -m "pending_deletion: only an available key can be activated" kb_admin keys activate ret "$kOld"
+expect_fail FAILED_PRECONDITION -m "pending deletion" kb_admin keys retire ret "$kOld"
+expect_ok kb_admin keys undelete ret "$kOld" --json
+check_json "undelete gives the key back retired, not available" "d['state'] == 'retired' and d['delete_final_time_us'] == 0"
+expect_fail FAILED_PRECONDITION -m "retired: only an available key can be activated" kb_admin keys activate ret "$kOld"
 expect_fail FAILED_PRECONDITION -m "already retired" kb_admin keys retire ret "$kOld"
+expect_ok kb_admin keys delete ret "$kOld" --yes --json
+check_json "a retired key can be deleted again by hand" "d['state'] == 'pending_deletion'"
+RET_FINAL=$(json 'd["delete_final_time_us"]')
 "$KB_SRC/deploy/pki.sh" auditor carol >/dev/null || kbt_fail "pki.sh auditor carol"
 expect_ok kb_as auditor-carol audit list --method key.retired --json
 check_json "the audit log records key.retired for $kOld" \
 	"any(e['key_id'] == '$kOld' and e['result'] == 'ok' for e in items(d, 'events'))"
+expect_ok kb_as auditor-carol audit list --method key.delete.requested --json
+check_json "  ... and the deletion its retirement scheduled (key.delete.requested by keybroker)" \
+	"any(e['key_id'] == '$kOld' and e['actor'] == 'keybroker' and 'retired' in e['reason'] for e in items(d, 'events'))"
 expect_ok kb_as auditor-carol audit list --method RetireKey --json
 check_json "  ... and each RetireKey call (started, ok; the refusals denied)" \
 	"sum(e['result'] == 'started' for e in items(d, 'events')) >= 1 and any(e['result'] == 'ok' for e in items(d, 'events'))"
@@ -290,4 +304,17 @@ kbt_start || kbt_done
 expect_ok kb_svc cust dr datakey get cust dr --version 1 --json
 check_json "the bound (README): with the bound edited back too, the row opens while the key that sealed it lives" \
 	"d['dek'] == '$D1'"
+kbt_section "4. past its window the retired key is deleted for good"
+kbt_clock_to $((RET_FINAL + 5 * 1000000))
+expect_ok kb_admin clock confirm --yes
+for ((i = 0; i < 75; i++)); do
+	[[ $(sql "SELECT state FROM keys WHERE id = '$kOld'") == deleted ]] && break
+	sleep 0.2
+done
+check_eq "past its window the sweeper deletes the retired key" "$(sql "SELECT state FROM keys WHERE id = '$kOld'")" deleted
+if ids=$(kbt_token_ids); then
+	check "... and destroys it in the token" bash -c "! grep -qxF -- '$kOld' <<<'$ids'"
+else
+	kbt_skip "the token no longer holds $kOld" "p11tool (gnutls-bin) is not installed"
+fi
 kbt_done

@@ -277,7 +277,7 @@ expect_ok kb_admin keys generate acme --out "$w/k2.pfx" --password-file "$pw" --
 K2=$(json 'd["key"]["id"]' 2>/dev/null)
 expect_ok kb_admin keys activate acme "$K2" --wait
 check_eq "K1 is available now" "$(key_state acme "$K1")" available
-expect_fail FAILED_PRECONDITION -m "is active: only an available key.*activate another key first" \
+expect_fail FAILED_PRECONDITION -m "is active: only an available.*activate another key first" \
 	kb_admin keys delete acme "$K2" --yes
 expect_fail FAILED_PRECONDITION -m "still protects 0 data key version\(s\), 0 KEK\(s\) and 1 backup\(s\)" \
 	kb_admin keys delete acme "$K1" --yes

@@ -244,6 +244,12 @@ doctor_on "globex locked" 0
 check_out "online: the locked environment is counted, with its deletion date" \
 	"^OK    deletion +environments in state locked: 1 locked: pending deletion by the sweeper 28 days after each lock unless unlocked, the first at $(date -u -d "@$(($(kbt_now_us) / 1000000 + 28 * 86400))" +%Y-%m-%d)"
 check_out "online: the locked keys are counted (the tenant key and its KEK)" "^OK    deletion +keys in state locked: 2 locked"
+expect_ok kb_admin tenants create initech
+expect_ok kb_admin envs create initech old
+expect_ok kb_admin envs delete initech old --yes
+doctor_on "an environment pending deletion" 0
+check_out "online: the environment pending deletion is counted apart, with the date it becomes final" \
+	"^OK    deletion +environments in state pending_deletion: 1 pending deletion \(kbctl envs undelete cancels one until then\), the first final at $(date -u -d "@$(($(kbt_now_us) / 1000000 + 7 * 86400))" +%Y-%m-%d)"
 kbt_stop
 doctor_off "globex locked" 0
 
