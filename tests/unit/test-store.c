@@ -454,8 +454,8 @@ test_clock(void)
 	add_platform_key(s);
 	store_close(s);
 	KBT_ASSERT(sqlite3_open(dbpath, &db) == SQLITE_OK);
-	/* (Schema 5's quorum tables, schema 6's deletion columns and schema
-	 * 7's column go too: the upgrade makes them again.) */
+	/* (Schema 5's quorum tables, schema 6's deletion columns and the
+	 * columns of 7 and 9 go too: the upgrade makes them again.) */
 	KBT_ASSERT(
 	    sqlite3_exec(db,
 	        "DROP TABLE clock; DROP TABLE "
@@ -466,7 +466,8 @@ test_clock(void)
 	        "delete_final_us; ALTER TABLE keys DROP COLUMN "
 	        "delete_request_us; ALTER TABLE keys DROP COLUMN "
 	        "delete_final_us; ALTER TABLE environments DROP COLUMN "
-	        "min_dek_version; PRAGMA user_version=3; "
+	        "min_dek_version; ALTER TABLE keys DROP COLUMN "
+	        "retire_time_us; PRAGMA user_version=3; "
 	        "UPDATE tenants SET lock_time_us = 9000",
 	        NULL, NULL, NULL)
 	    == SQLITE_OK);
@@ -987,7 +988,8 @@ test_doctor_reads(void)
 		 * failed rotation, a running upgrade. */
 		KBT_ASSERT_OK(store_exec(cn->db,
 		    "UPDATE keys SET state = 'pending_deletion', "
-		    "update_time_us = 9 WHERE id = 'kb-platform-1';"
+		    "update_time_us = 8, delete_request_us = 8, "
+		    "delete_final_us = 9 WHERE id = 'kb-platform-1';"
 		    "INSERT INTO jobs(id, tenant_id, kind, key_id, state, "
 		    "create_time_us, update_time_us) VALUES "
 		    "('j-1', 'acme', 'activate', 'k', 'failed', 1, 1), "
