@@ -504,8 +504,9 @@ enum kb_err store_env_delete_finish(
 
 /* A tenant key of `tenant` in state available or retired that protects
  * nothing becomes pending_deletion, final at `final_us` (checked and changed
- * in one transaction). KB_ERR_FAILED_PRECONDITION naming its state, or the counts
- * of what it protects; KB_ERR_NOT_FOUND if the tenant has no such key. */
+ * in one transaction). KB_ERR_FAILED_PRECONDITION naming its state, or the
+ * counts of what it protects; KB_ERR_NOT_FOUND if the tenant has no such key.
+ */
 enum kb_err store_key_delete_begin(struct store *s, const char *tenant,
     const char *key_id, int64_t now, int64_t final_us, struct store_key *out);
 /* pending_deletion -> available (retired for a key that was retired) while

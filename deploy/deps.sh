@@ -23,6 +23,9 @@ KB_PACKAGES=(
 	# Tests: p11tool/certtool (token object checks, GnuTLS .pfx files).
 	gnutls-bin
 	clang libclang-rt-14-dev valgrind
+	# The PostgreSQL store backend (broker/db_pg.c) and its tests: a server
+	# each test starts in a temporary directory; amcheck ships with it.
+	libpq-dev postgresql
 	# CI: the format check (tests/lint/check-format.sh).
 	clang-format
 )

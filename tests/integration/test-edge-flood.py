@@ -94,13 +94,16 @@ def main():
     th.start()
     t0 = time.monotonic()
     deadline = t0 + a.seconds
-    q = multiprocessing.Queue()
+    # Spawned, not forked: a child forked from a process whose gRPC threads
+    # are running can hang in gRPC's fork handlers.
+    mp = multiprocessing.get_context("spawn")
+    q = mp.Queue()
     per = [a.max // a.procs + (1 if i < a.max % a.procs else 0) for i in range(a.procs)]
-    procs = [multiprocessing.Process(target=flood, args=(
+    procs = [mp.Process(target=flood, args=(
         a.addr, a.ca, a.cert, a.key, deadline, per[i], q)) for i in range(a.procs)]
     for p in procs:
         p.start()
-    counts = [q.get() for _ in procs]
+    counts = [q.get(timeout=a.seconds + 60) for _ in procs]
     for p in procs:
         p.join()
     secs = time.monotonic() - t0
