@@ -1,5 +1,37 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* audit.c: group-committed, hash-chained, checkpoint-signed event log. */
+/* audit.c: group-committed, hash-chained, checkpoint-signed event log, on
+ * the database layer (db/db.h): a SQLite file of its own, or tables in the
+ * broker's PostgreSQL database.
+ *
+ * One chain, the database its serialization point. Several brokers may
+ * append to one PostgreSQL log. None owns the head: each keeps a copy, and
+ * every write transaction (a batch of events, a checkpoint, the anchor's
+ * move) first takes the chain's lock, then reads the head from the
+ * database (the newest event's seq and hash, the newest checkpoint, the
+ * signing key the log has in force), builds on it and commits; the copy in
+ * memory changes only after the commit. So the events of every broker form
+ * one sequence, with no gap and no fork; whether a checkpoint is due, what
+ * it chains to and which key signs it are decided from the database inside
+ * that transaction (two brokers never sign two checkpoints for one seq);
+ * and verify, which walks the one chain and its checkpoints, proves none
+ * was lost or reordered. A chain per broker would avoid the lock but need
+ * an anchor and a verify per broker and could not order events across
+ * them; the lock costs one serialized transaction per group commit, not
+ * per event.
+ *
+ * The lock. SQLite: BEGIN IMMEDIATE (the file's write lock). PostgreSQL:
+ * LOCK TABLE events IN EXCLUSIVE MODE, the first statement of the
+ * (SERIALIZABLE) write transaction; it stops other writers of the log,
+ * not its readers, and, being a LOCK, it is granted before the
+ * transaction takes its snapshot, so the head read after it is the newest
+ * committed one. pg_advisory_xact_lock would not do: a SELECT takes the
+ * snapshot as it starts, before it waits for the lock, and the head read
+ * after it would be one the broker holding the lock has since moved. A
+ * transaction that still conflicts (db_failed_retry) is run again by
+ * db_txn from the lock on.
+ *
+ * Durability: an appender returns only after its event's commit (SQLite
+ * synchronous=FULL; PostgreSQL synchronous_commit on, its default). */
 #include "audit.h"
 
 #include <errno.h>
@@ -12,21 +44,27 @@
 
 #include <openssl/crypto.h>
 #include <openssl/sha.h>
-#include <sqlite3.h>
 
+#include "db.h"
 #include "hsm.h"
 #include "kb_hist.h"
 #include "log.h"
 #include "store.h"
 
 #define BATCH_MAX 1024
+/* Events read per query when the log is walked from the anchor. */
+#define PAGE 4096
+#define SIG_MAX 512
 
 /* The anchor's value: "kban1" || seq (8 bytes BE) || head hash ||
  * SHA-256 of the checkpoint's signature. */
 #define ANCHOR_MAGIC "kban1"
 #define ANCHOR_LEN (5 + 8 + 2 * KB_AUDIT_HASH_LEN)
 
-static const char schema[] =
+/* Version 1: the tables exactly as every release before the database
+ * layer created them, IF NOT EXISTS included, so that a log of theirs
+ * (PRAGMA user_version 0) becomes version 1 with nothing changed. */
+static const char schema_v1[] =
     "CREATE TABLE IF NOT EXISTS events ("
     "  seq INTEGER PRIMARY KEY,"
     "  time_us INTEGER NOT NULL,"
@@ -43,8 +81,45 @@ static const char schema[] =
     "  prev_signature BLOB NOT NULL, signature BLOB NOT NULL,"
     "  key_id TEXT NOT NULL);";
 
+/* The same schema in PostgreSQL's dialect, where a log is always new
+ * (no release before kept one there): plain CREATE, so tables of the same
+ * name from something else are found, not adopted. */
+static const char schema_v1_pg[] =
+    "CREATE TABLE events ("
+    "  seq BIGINT PRIMARY KEY,"
+    "  time_us BIGINT NOT NULL,"
+    "  actor TEXT NOT NULL, role TEXT NOT NULL, peer TEXT NOT NULL,"
+    "  method TEXT NOT NULL, tenant_id TEXT NOT NULL,"
+    "  environment TEXT NOT NULL, key_id TEXT NOT NULL,"
+    "  result TEXT NOT NULL, reason TEXT NOT NULL,"
+    "  request_id TEXT NOT NULL, hash BYTEA NOT NULL);"
+    "CREATE INDEX events_tenant ON events(tenant_id, seq);"
+    "CREATE INDEX events_time ON events(time_us);"
+    "CREATE TABLE checkpoints ("
+    "  seq BIGINT PRIMARY KEY,"
+    "  head_hash BYTEA NOT NULL, time_us BIGINT NOT NULL,"
+    "  prev_signature BYTEA NOT NULL, signature BYTEA NOT NULL,"
+    "  key_id TEXT NOT NULL);";
+
+/* PostgreSQL starts at version 1 (pg_base), so migration 1 has nothing
+ * to do there. */
+static const struct db_migration migrations[] = {
+    {schema_v1, ""},
+};
+
+static const struct db_schema audit_schema = {"audit", migrations,
+    sizeof(migrations) / sizeof(migrations[0]), schema_v1_pg, 1};
+
+#define ROTATION_WHERE                                                         \
+	"method = '" KB_AUDIT_ROTATE_METHOD "' AND role = 'system'"
+
 struct pending {
 	const struct audit_record *r;
+	/* A rotation to this key: written alone, its reason made in the
+	 * transaction from the key the log has in force. */
+	const char *rotate_to;
+	char rot_reason[512];
+	int skipped; /* the log had the rotation already (seq: its event) */
 	int64_t time_us;
 	uint64_t seq;
 	enum kb_err err;
@@ -54,26 +129,52 @@ struct pending {
 	struct pending *next;
 };
 
+/* The head of the log as the database has it. */
+struct head {
+	uint64_t ev_seq; /* the newest event (0: none) */
+	uint8_t ev_hash[KB_AUDIT_HASH_LEN];
+	int64_t ev_time_us;
+	uint64_t cp_seq; /* the newest checkpoint (0: none) */
+	int64_t cp_time_us;
+	uint8_t cp_head[KB_AUDIT_HASH_LEN];
+	uint8_t cp_sig[SIG_MAX];
+	size_t cp_sig_len;
+	char cp_key[KB_AUDIT_KEY_ID_MAX];
+};
+
+/* Which key signs, as the log says: the newest checkpoint's key, or,
+ * while a rotation is not covered yet, the key it replaces, and after a
+ * checkpoint covers it, the key it names. */
+struct keystate {
+	char sign[KB_AUDIT_KEY_ID_MAX];
+	char next[KB_AUDIT_KEY_ID_MAX]; /* a rotation waiting for its cover */
+	uint64_t next_after; /* ... recorded as this event */
+	/* The newest checkpoint covered a rotation away from this key: its
+	 * private half is to be destroyed. */
+	char handed_from[KB_AUDIT_KEY_ID_MAX];
+};
+
 struct audit {
 	struct audit_config cfg;
 	struct kb_hist commit_hist; /* write_batch: one commit, one fsync */
-	char *path;
-	sqlite3 *wdb; /* the writer thread's connection */
-	sqlite3 *rdb; /* readers', under rmu */
-	pthread_mutex_t rmu;
+	struct db *db;
 	pthread_mutex_t mu;
 	pthread_cond_t work_cv, done_cv;
 	struct pending *head, *tail;
 	int stopping, started;
 	pthread_t writer;
-	/* Chain state, owned by the writer (read under mu). */
+	/* This broker's copy of the head, as its last transaction found it
+	 * (under mu); the database's is the one that counts. */
 	uint64_t last_seq;
-	uint8_t last_hash[KB_AUDIT_HASH_LEN];
-	uint64_t cp_seq; /* last checkpointed seq */
-	uint8_t cp_head[KB_AUDIT_HASH_LEN];
+	uint64_t cp_seq; /* the newest checkpoint's seq */
 	int64_t cp_time_us;
-	uint8_t cp_sig[512];
-	size_t cp_sig_len;
+	int64_t open_us; /* no checkpoint yet: the interval counts from here */
+	/* An accepted loss: no event is numbered at or below this (set at
+	 * open, before the writer starts). */
+	uint64_t seq_floor;
+	/* Checkpoints asked for (audit_checkpoint_soon, a rotation, a loss)
+	 * and the request the last checkpoint transaction answered. */
+	unsigned force_req, force_done;
 	/* The last write failed; cleared by the next that succeeds. While
 	 * set, the writer probes every second with an audit.recovered event. */
 	int degraded;
@@ -81,144 +182,267 @@ struct audit {
 	/* Set by an accepted loss: its description, recorded as the first
 	 * event, and a checkpoint (moving the anchor) right after it. */
 	char loss[640];
-	int force_cp;
-	/* Signing keys (under mu): the one in force, the last checkpoint's,
-	 * and a rotation in progress: after a checkpoint covering event
-	 * `next_after`, `next_key` signs and `sign_key` is retired. */
+	/* Signing keys (under mu), as the last transaction found them: the
+	 * one in force, and a rotation in progress: after a checkpoint
+	 * covering event `next_after`, `next_key` signs. */
 	char sign_key[KB_AUDIT_KEY_ID_MAX];
-	char cp_key[KB_AUDIT_KEY_ID_MAX];
 	char next_key[KB_AUDIT_KEY_ID_MAX];
 	uint64_t next_after;
-	/* A rotation the database made that the log has not recorded yet
-	 * (a crash in between): recorded at open. */
-	char rot_reason[512];
+	char retired[KB_AUDIT_KEY_ID_MAX]; /* the key this broker retired */
+	/* The store names a key the log has not rotated to (a crash in
+	 * between): the rotation is recorded at open. */
+	int rot_pending;
 };
 
-static enum kb_err
-db_err(sqlite3 *db, int rc, const char *what)
-{
-	int sys = sqlite3_system_errno(db);
-
-	if (sys == ENOSPC || sys == EDQUOT || (rc & 0xff) == SQLITE_FULL)
-		return kb_errf(KB_ERR_STORAGE_FULL,
-		    "audit log: %s: its disk is "
-		    "full (%s)",
-		    what, sqlite3_errmsg(db));
-	if (sys == EROFS || (rc & 0xff) == SQLITE_READONLY
-	    || (rc & 0xff) == SQLITE_CANTOPEN)
-		return kb_errf(KB_ERR_READ_ONLY,
-		    "audit log: %s: it cannot be "
-		    "written (%s%s%s)",
-		    what, sqlite3_errmsg(db), sys ? ": " : "",
-		    sys ? strerror(sys) : "");
-	return kb_errf(KB_ERR_UNAVAILABLE, "audit log: %s: %s%s%s", what,
-	    sqlite3_errmsg(db), sys ? ": " : "", sys ? strerror(sys) : "");
-}
-
-static enum kb_err
-open_db(const char *path, sqlite3 **out)
-{
-	sqlite3 *db = NULL;
-	int rc;
-
-	rc = sqlite3_open_v2(path, &db,
-	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-	    NULL);
-	if (rc != SQLITE_OK) {
-		enum kb_err e = db_err(db, rc, "opening");
-		sqlite3_close(db);
-		return kb_err_wrap(e, "%s", path);
-	}
-	sqlite3_busy_timeout(db, 10000);
-	sqlite3_extended_result_codes(db, 1);
-	rc = sqlite3_exec(db,
-	    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;", NULL, NULL,
-	    NULL);
-	if (rc != SQLITE_OK) {
-		enum kb_err e = db_err(db, rc, "configuring");
-		sqlite3_close(db);
-		return e;
-	}
-	*out = db;
-	return KB_OK;
-}
-
 static void
-text(char *dst, size_t len, sqlite3_stmt *st, int col)
+text(char *dst, size_t len, struct db_stmt *st, int col)
 {
-	const unsigned char *t = sqlite3_column_text(st, col);
+	const char *t = db_column_text(st, col);
 
-	snprintf(dst, len, "%s", t != NULL ? (const char *)t : "");
+	snprintf(dst, len, "%s", t != NULL ? t : "");
 }
 
 static size_t
-blob(uint8_t *dst, size_t cap, sqlite3_stmt *st, int col)
+blob(uint8_t *dst, size_t cap, struct db_stmt *st, int col)
 {
-	int n = sqlite3_column_bytes(st, col);
+	size_t n = db_column_bytes(st, col);
+	const void *p = db_column_blob(st, col);
 
-	if (n <= 0 || (size_t)n > cap)
+	if (n == 0 || n > cap || p == NULL)
 		return 0;
-	memcpy(dst, sqlite3_column_blob(st, col), (size_t)n);
-	return (size_t)n;
+	memcpy(dst, p, n);
+	return n;
 }
 
-/* Load the chain's head and the last checkpoint. */
-static enum kb_err
-load_state(struct audit *a)
+static const char *
+col(struct db_stmt *st, int i)
 {
-	sqlite3_stmt *st = NULL;
+	const char *t = db_column_text(st, i);
+
+	return t != NULL ? t : "";
+}
+
+/* Inside a write transaction, before anything is read: the chain's lock
+ * (see the top of the file). SQLite's BEGIN IMMEDIATE holds it already. */
+static enum kb_err
+chain_lock(struct db_conn *c)
+{
+	if (db_conn_engine(c) != DB_POSTGRES)
+		return KB_OK;
+	return db_exec(c, "LOCK TABLE events IN EXCLUSIVE MODE",
+	    "audit log: locking its head");
+}
+
+/* Read the head: the newest event and the newest checkpoint. */
+static enum kb_err
+head_read(struct db_conn *c, struct head *h)
+{
+	struct db_stmt *st = NULL;
+	enum db_step r;
 	enum kb_err e = KB_OK;
 
-	if (sqlite3_prepare_v2(a->wdb,
-	        "SELECT seq, hash FROM events ORDER BY "
-	        "seq DESC LIMIT 1",
-	        -1, &st, NULL)
-	    != SQLITE_OK)
-		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		a->last_seq = (uint64_t)sqlite3_column_int64(st, 0);
-		if (blob(a->last_hash, sizeof(a->last_hash), st, 1)
+	memset(h, 0, sizeof(*h));
+	if ((e = db_prepare(c,
+	         "SELECT seq, hash, time_us FROM events ORDER BY seq DESC "
+	         "LIMIT 1",
+	         &st))
+	    != KB_OK)
+		return e;
+	if ((r = db_step(st)) == DB_FAIL)
+		return db_err(c, "audit log: reading its head");
+	if (r == DB_ROW) {
+		h->ev_seq = (uint64_t)db_column_int64(st, 0);
+		h->ev_time_us = db_column_int64(st, 2);
+		if (blob(h->ev_hash, sizeof(h->ev_hash), st, 1)
 		    != KB_AUDIT_HASH_LEN)
 			e = kb_errf(KB_ERR_CORRUPT,
 			    "audit log: event %llu has a "
 			    "malformed hash",
-			    (unsigned long long)a->last_seq);
+			    (unsigned long long)h->ev_seq);
 	}
-	sqlite3_finalize(st);
+	db_reset(st);
 	if (e != KB_OK)
 		return e;
-	if (sqlite3_prepare_v2(a->wdb,
-	        "SELECT seq, time_us, signature, "
-	        "head_hash, key_id FROM checkpoints ORDER BY seq DESC LIMIT 1",
-	        -1, &st, NULL)
-	    != SQLITE_OK)
-		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
-	if (sqlite3_step(st) == SQLITE_ROW) {
-		a->cp_seq = (uint64_t)sqlite3_column_int64(st, 0);
-		a->cp_time_us = sqlite3_column_int64(st, 1);
-		a->cp_sig_len = blob(a->cp_sig, sizeof(a->cp_sig), st, 2);
-		(void)blob(a->cp_head, sizeof(a->cp_head), st, 3);
-		text(a->cp_key, sizeof(a->cp_key), st, 4);
+	if ((e = db_prepare(c,
+	         "SELECT seq, time_us, signature, head_hash, key_id FROM "
+	         "checkpoints ORDER BY seq DESC LIMIT 1",
+	         &st))
+	    != KB_OK)
+		return e;
+	if ((r = db_step(st)) == DB_FAIL)
+		return db_err(c, "audit log: reading its last checkpoint");
+	if (r == DB_ROW) {
+		h->cp_seq = (uint64_t)db_column_int64(st, 0);
+		h->cp_time_us = db_column_int64(st, 1);
+		h->cp_sig_len = blob(h->cp_sig, sizeof(h->cp_sig), st, 2);
+		(void)blob(h->cp_head, sizeof(h->cp_head), st, 3);
+		text(h->cp_key, sizeof(h->cp_key), st, 4);
 	}
-	sqlite3_finalize(st);
-	if (a->cp_seq > a->last_seq) {
-		/* Events a signed checkpoint covers are gone. Never reuse their
-		 * numbers: the gap stays visible to every verifier. */
-		log_error(
-		    "audit log %s: events %llu to %llu, covered by the signed "
-		    "checkpoint at %llu, are MISSING; numbering continues "
-		    "after "
-		    "it so the gap stays visible (kbctl audit verify)",
-		    a->path, (unsigned long long)a->last_seq + 1,
-		    (unsigned long long)a->cp_seq,
-		    (unsigned long long)a->cp_seq);
-		a->last_seq = a->cp_seq;
-	}
+	db_reset(st);
 	return KB_OK;
 }
 
-static enum kb_err rotation_record(
-    struct audit *a, const char *new_id, const char *reason);
+/* The highest number taken: the next event is this + 1. Numbers a signed
+ * checkpoint covers are never reused, even when their events are gone,
+ * nor those an accepted loss gave up: the gap stays visible to every
+ * verifier. */
+static uint64_t
+head_top(const struct audit *a, const struct head *h)
+{
+	uint64_t s = h->ev_seq;
+
+	if (h->cp_seq > s)
+		s = h->cp_seq;
+	if (a->seq_floor > s)
+		s = a->seq_floor;
+	return s;
+}
+
+/* The newest rotation event in (after, upto]; *found 0 when none. */
+static enum kb_err
+rotation_find(struct db_conn *c, uint64_t after, uint64_t upto, uint64_t *seq,
+    char nid[KB_AUDIT_KEY_ID_MAX], char oid[KB_AUDIT_KEY_ID_MAX], int *found)
+{
+	struct db_stmt *st = NULL;
+	char nfp[65], ofp[65];
+	enum db_step r;
+	enum kb_err e;
+
+	*found = 0;
+	if ((e = db_prepare(c,
+	         "SELECT seq, reason FROM events WHERE seq > ? AND seq <= ? "
+	         "AND " ROTATION_WHERE " ORDER BY seq DESC LIMIT 1",
+	         &st))
+	    != KB_OK)
+		return e;
+	db_bind_int64(st, 1, (int64_t)after);
+	db_bind_int64(st, 2, upto > INT64_MAX ? INT64_MAX : (int64_t)upto);
+	if ((r = db_step(st)) == DB_FAIL)
+		return db_err(c, "audit log: reading its key rotations");
+	if (r == DB_ROW
+	    && kb_audit_rotation_parse(col(st, 1), nid, nfp, oid, ofp) == 0) {
+		*seq = (uint64_t)db_column_int64(st, 0);
+		*found = 1;
+	}
+	db_reset(st);
+	return KB_OK;
+}
+
+/* Which key signs now, from the log `h` heads (see struct keystate). Only
+ * the events since the checkpoint before the newest are read. */
+static enum kb_err
+key_state(struct audit *a, struct db_conn *c, const struct head *h,
+    struct keystate *ks)
+{
+	char nid[KB_AUDIT_KEY_ID_MAX], oid[KB_AUDIT_KEY_ID_MAX];
+	struct db_stmt *st = NULL;
+	uint64_t rseq = 0, prev = 0;
+	enum db_step r;
+	enum kb_err e;
+	int found;
+
+	memset(ks, 0, sizeof(*ks));
+	/* A rotation no checkpoint covers yet: the key it replaces signs the
+	 * checkpoint that covers it. */
+	if ((e = rotation_find(
+	         c, h->cp_seq, UINT64_MAX, &rseq, nid, oid, &found))
+	    != KB_OK)
+		return e;
+	if (found) {
+		snprintf(ks->sign, sizeof(ks->sign), "%s", oid);
+		snprintf(ks->next, sizeof(ks->next), "%s", nid);
+		ks->next_after = rseq;
+		return KB_OK;
+	}
+	if (h->cp_seq > 0) {
+		/* The newest checkpoint covered a rotation away from the key
+		 * that signed it: the new key signs from now on. */
+		if ((e = db_prepare(c,
+		         "SELECT COALESCE(max(seq), 0) FROM checkpoints WHERE "
+		         "seq < ?",
+		         &st))
+		    != KB_OK)
+			return e;
+		db_bind_int64(st, 1, (int64_t)h->cp_seq);
+		if ((r = db_step(st)) == DB_FAIL)
+			return db_err(c, "audit log: reading its checkpoints");
+		if (r == DB_ROW)
+			prev = (uint64_t)db_column_int64(st, 0);
+		db_reset(st);
+		if ((e = rotation_find(
+		         c, prev, h->cp_seq, &rseq, nid, oid, &found))
+		    != KB_OK)
+			return e;
+		if (found && strcmp(oid, h->cp_key) == 0) {
+			snprintf(ks->sign, sizeof(ks->sign), "%s", nid);
+			snprintf(ks->handed_from, sizeof(ks->handed_from), "%s",
+			    oid);
+			return KB_OK;
+		}
+	}
+	snprintf(ks->sign, sizeof(ks->sign), "%s",
+	    h->cp_key[0] != '\0' ? h->cp_key : a->cfg.sign_key_id);
+	return KB_OK;
+}
+
+/* Take the key state a transaction found as this broker's: the rotation
+ * waiting, and the key in force; a key handed over from has its private
+ * half destroyed (by whichever broker sees it first; again is harmless). */
+static void
+keys_apply(struct audit *a, const struct keystate *ks)
+{
+	char old[KB_AUDIT_KEY_ID_MAX], retire[KB_AUDIT_KEY_ID_MAX];
+	int changed;
+	enum kb_err e;
+
+	retire[0] = '\0';
+	pthread_mutex_lock(&a->mu);
+	snprintf(old, sizeof(old), "%s", a->sign_key);
+	changed = old[0] != '\0' && strcmp(old, ks->sign) != 0;
+	snprintf(a->sign_key, sizeof(a->sign_key), "%s", ks->sign);
+	snprintf(a->next_key, sizeof(a->next_key), "%s", ks->next);
+	a->next_after = ks->next_after;
+	if (ks->handed_from[0] != '\0'
+	    && strcmp(ks->handed_from, a->retired) != 0) {
+		snprintf(retire, sizeof(retire), "%s", ks->handed_from);
+		snprintf(a->retired, sizeof(a->retired), "%s", retire);
+	}
+	pthread_cond_broadcast(&a->done_cv);
+	pthread_mutex_unlock(&a->mu);
+	if (changed)
+		log_info("audit log: signing key %s in force; %s retired",
+		    ks->sign, old);
+	if (retire[0] == '\0')
+		return;
+	if ((e = hsm_key_retire(a->cfg.hsm, retire)) == KB_OK) {
+		if (!changed)
+			log_info("audit log: signing key %s in force; the "
+			         "retired key %s destroyed",
+			    ks->sign, retire);
+	} else if (e != KB_ERR_NOT_FOUND)
+		log_error("audit log: destroying the retired key %s's private "
+		          "half: %s",
+		    retire, kb_err_msg(e));
+	kb_err_clear();
+}
+
+static enum kb_err
+rotation_reason(struct audit *a, const char *new_id, const char *old_id,
+    char *out, size_t len)
+{
+	char nfp[65], ofp[65];
+	enum kb_err e;
+
+	if ((e = a->cfg.key_fingerprint(a->cfg.hsm, new_id, nfp)) != KB_OK
+	    || (e = a->cfg.key_fingerprint(a->cfg.hsm, old_id, ofp)) != KB_OK)
+		return kb_err_wrap(e, "the audit keys' fingerprints");
+	if (kb_audit_rotation_format(out, len, new_id, nfp, old_id, ofp) != 0)
+		return kb_errf(KB_ERR_INTERNAL, "audit key ids too long");
+	return KB_OK;
+}
+
+static enum kb_err rotation_record(struct audit *a, const char *new_id);
+static enum kb_err anchor_advance(struct audit *a);
 
 /* ---- the anchor in the token ---- */
 
@@ -271,6 +495,38 @@ anchor_load(struct audit *a, struct anchor *an)
 	return KB_OK;
 }
 
+/* Under the chain's lock, the anchor takes the newest checkpoint (durable:
+ * committed before). Every broker moves it this way, so it only moves
+ * forward, whichever broker signed which checkpoint. When it cannot move
+ * it stays at an earlier checkpoint. */
+static enum kb_err
+anchor_txn(struct db_conn *c, void *arg)
+{
+	struct audit *a = arg;
+	struct head h;
+	enum kb_err e;
+
+	if ((e = chain_lock(c)) != KB_OK || (e = head_read(c, &h)) != KB_OK)
+		return e;
+	if (h.cp_seq == 0)
+		return KB_OK;
+	if ((e = anchor_store(a, h.cp_seq, h.cp_head, h.cp_sig, h.cp_sig_len))
+	    != KB_OK) {
+		log_error("audit anchor: %s; it stays at an earlier checkpoint",
+		    kb_err_msg(e));
+		kb_err_clear();
+	}
+	return KB_OK;
+}
+
+static enum kb_err
+anchor_advance(struct audit *a)
+{
+	if (a->cfg.anchor_label == NULL)
+		return KB_OK;
+	return db_txn(a->db, anchor_txn, a, "audit log: moving its anchor");
+}
+
 /* What an anchor check found wrong: the first bad seq and why. */
 struct anchor_fault {
 	uint64_t seq;
@@ -292,34 +548,26 @@ fault(struct anchor_fault *f, uint64_t seq, const char *fmt, ...)
 	return -1;
 }
 
-static const char *
-col(sqlite3_stmt *st, int i)
-{
-	const unsigned char *t = sqlite3_column_text(st, i);
-
-	return t != NULL ? (const char *)t : "";
-}
-
 /* The signed checkpoint the anchor names must be in the database as it
- * was signed. Returns -1 with *f filled when it is not. */
+ * was signed. *bad (with *f filled) when it is not. */
 static enum kb_err
-anchor_check_checkpoint(
-    struct audit *a, const struct anchor *an, struct anchor_fault *f, int *bad)
+anchor_check_checkpoint(struct db_conn *c, const struct anchor *an,
+    struct anchor_fault *f, int *bad)
 {
-	sqlite3_stmt *st = NULL;
-	uint8_t head[KB_AUDIT_HASH_LEN], sig[512], sh[KB_AUDIT_HASH_LEN];
+	struct db_stmt *st = NULL;
+	uint8_t head[KB_AUDIT_HASH_LEN], sig[SIG_MAX], sh[KB_AUDIT_HASH_LEN];
 	size_t sig_len;
-	int rc;
+	enum db_step r;
+	enum kb_err e;
 
 	*bad = 0;
-	if ((rc = sqlite3_prepare_v2(a->wdb,
-	         "SELECT head_hash, signature FROM "
-	         "checkpoints WHERE seq = ?",
-	         -1, &st, NULL))
-	    != SQLITE_OK)
-		return db_err(a->wdb, rc, "reading checkpoints");
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)an->seq);
-	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	if ((e = db_prepare(c,
+	         "SELECT head_hash, signature FROM checkpoints WHERE seq = ?",
+	         &st))
+	    != KB_OK)
+		return e;
+	db_bind_int64(st, 1, (int64_t)an->seq);
+	if ((r = db_step(st)) == DB_ROW) {
 		if (blob(head, sizeof(head), st, 0) != KB_AUDIT_HASH_LEN
 		    || CRYPTO_memcmp(head, an->head, sizeof(head)) != 0)
 			*bad = fault(f, an->seq,
@@ -335,72 +583,156 @@ anchor_check_checkpoint(
 			    "was replaced (its signature is not the one the "
 			    "token's anchor holds)",
 			    (unsigned long long)an->seq);
-	} else if (rc == SQLITE_DONE) {
+	} else if (r == DB_DONE) {
 		*bad = fault(f, an->seq,
 		    "the signed checkpoint at %llu is "
 		    "missing (checkpoints were deleted)",
 		    (unsigned long long)an->seq);
 	} else {
-		sqlite3_finalize(st);
-		return db_err(a->wdb, rc, "reading checkpoints");
+		return db_err(c, "audit log: reading its checkpoints");
 	}
-	sqlite3_finalize(st);
+	db_reset(st);
 	return KB_OK;
+}
+
+/* The checkpoints from `from` on, in order (few: the anchor follows the
+ * newest); *out malloc'd. */
+struct cp_row {
+	uint64_t seq;
+	uint8_t head[KB_AUDIT_HASH_LEN];
+	size_t head_len;
+	uint8_t psig[SIG_MAX], sig[SIG_MAX];
+	size_t psig_len, sig_len;
+};
+
+static enum kb_err
+cps_load(struct db_conn *c, uint64_t from, struct cp_row **out, size_t *n)
+{
+	struct db_stmt *st = NULL;
+	struct cp_row *v = NULL, *t;
+	size_t cap = 0, cnt = 0;
+	enum db_step r;
+	enum kb_err e;
+
+	*out = NULL;
+	*n = 0;
+	if ((e = db_prepare(c,
+	         "SELECT seq, head_hash, prev_signature, signature FROM "
+	         "checkpoints WHERE seq >= ? ORDER BY seq",
+	         &st))
+	    != KB_OK)
+		return e;
+	db_bind_int64(st, 1, (int64_t)from);
+	while ((r = db_step(st)) == DB_ROW) {
+		if (cnt == cap) {
+			cap = cap ? 2 * cap : 16;
+			if ((t = realloc(v, cap * sizeof(*v))) == NULL) {
+				db_reset(st);
+				free(v);
+				return kb_errf(KB_ERR_NOMEM, "out of memory");
+			}
+			v = t;
+		}
+		t = &v[cnt++];
+		t->seq = (uint64_t)db_column_int64(st, 0);
+		t->head_len = blob(t->head, sizeof(t->head), st, 1);
+		t->psig_len = blob(t->psig, sizeof(t->psig), st, 2);
+		t->sig_len = blob(t->sig, sizeof(t->sig), st, 3);
+	}
+	if (r == DB_FAIL) {
+		free(v);
+		return db_err(c, "audit log: reading its checkpoints");
+	}
+	*out = v;
+	*n = cnt;
+	return KB_OK;
+}
+
+/* The events from `from` on, PAGE at a time (a walk of a long log does
+ * not hold it all in memory). Row pointers live until the next step. */
+struct pager {
+	struct db_conn *c;
+	struct db_stmt *st;
+	uint64_t from;
+	unsigned got;
+	int open;
+	enum kb_err e;
+};
+
+static const char page_sql[] =
+    "SELECT seq, time_us, actor, role, peer, method, tenant_id, "
+    "environment, key_id, result, reason, request_id, hash FROM events "
+    "WHERE seq >= ? ORDER BY seq LIMIT ?";
+
+/* 1: a row; 0: the end; -1: failed (p->e). */
+static int
+pager_step(struct pager *p)
+{
+	enum db_step r;
+
+	for (;;) {
+		if (!p->open) {
+			if ((p->e = db_prepare(p->c, page_sql, &p->st))
+			    != KB_OK)
+				return -1;
+			db_bind_int64(p->st, 1, (int64_t)p->from);
+			db_bind_int64(p->st, 2, PAGE);
+			p->got = 0;
+			p->open = 1;
+		}
+		if ((r = db_step(p->st)) == DB_ROW) {
+			p->got++;
+			p->from = (uint64_t)db_column_int64(p->st, 0) + 1;
+			return 1;
+		}
+		if (r == DB_FAIL) {
+			p->e = db_err(p->c, "audit log: reading its events");
+			return -1;
+		}
+		db_reset(p->st);
+		p->open = 0;
+		if (p->got < PAGE)
+			return 0;
+	}
 }
 
 /* Walk the events from the anchor's to the end, recomputing the chain,
  * and the checkpoints after the anchor's alongside. *bad when the log
  * lost events or was rewritten, *f says where. */
 static enum kb_err
-anchor_check_events(
-    struct audit *a, const struct anchor *an, struct anchor_fault *f, int *bad)
+anchor_check_events(struct db_conn *c, const struct anchor *an,
+    struct anchor_fault *f, int *bad)
 {
-	sqlite3_stmt *ev = NULL, *cp = NULL;
+	struct pager pg;
+	struct cp_row *cps = NULL;
 	uint8_t hash[KB_AUDIT_HASH_LEN], stored[KB_AUDIT_HASH_LEN];
-	uint8_t psig[512], prev_sig[512];
-	size_t psig_len, prev_len = 0;
-	uint64_t want = an->seq, cp_seq = 0, seq;
-	int rc, have_cp = 0, link_known = 1;
-	enum kb_err e = KB_OK;
+	const uint8_t *prev_sig = NULL;
+	size_t ncps = 0, ci = 0, prev_len = 0;
+	uint64_t want = an->seq, seq;
+	int r, link_known = 1;
+	enum kb_err e;
 
 	*bad = 0;
-	if ((rc = sqlite3_prepare_v2(a->wdb,
-	         "SELECT seq, time_us, actor, role, "
-	         "peer, method, tenant_id, environment, key_id, result, "
-	         "reason, "
-	         "request_id, hash FROM events WHERE seq >= ? ORDER BY seq",
-	         -1, &ev, NULL))
-	        != SQLITE_OK
-	    || (rc = sqlite3_prepare_v2(a->wdb,
-	            "SELECT seq, head_hash, "
-	            "prev_signature, signature FROM checkpoints WHERE seq >= ? "
-	            "ORDER BY "
-	            "seq",
-	            -1, &cp, NULL))
-	        != SQLITE_OK) {
-		e = db_err(a->wdb, rc, "reading the log");
-		goto out;
-	}
-	sqlite3_bind_int64(ev, 1, (sqlite3_int64)an->seq);
-	sqlite3_bind_int64(cp, 1, (sqlite3_int64)an->seq);
+	if ((e = cps_load(c, an->seq, &cps, &ncps)) != KB_OK)
+		return e;
+	memset(&pg, 0, sizeof(pg));
+	pg.c = c;
+	pg.from = an->seq;
 	/* The anchor's own checkpoint (checked after this walk) starts the
 	 * chain of signatures; when it is gone, the next one's link is not
 	 * compared. */
-	if ((rc = sqlite3_step(cp)) == SQLITE_ROW
-	    && (uint64_t)sqlite3_column_int64(cp, 0) == an->seq) {
-		prev_len = blob(prev_sig, sizeof(prev_sig), cp, 3);
-		rc = sqlite3_step(cp);
+	if (ncps > 0 && cps[0].seq == an->seq) {
+		prev_sig = cps[0].sig;
+		prev_len = cps[0].sig_len;
+		ci = 1;
 	} else {
 		link_known = 0;
 	}
-	if (rc == SQLITE_ROW) {
-		have_cp = 1;
-		cp_seq = (uint64_t)sqlite3_column_int64(cp, 0);
-	}
-	while ((rc = sqlite3_step(ev)) == SQLITE_ROW) {
+	while ((r = pager_step(&pg)) == 1) {
+		struct db_stmt *ev = pg.st;
 		struct kb_audit_event x;
 
-		seq = (uint64_t)sqlite3_column_int64(ev, 0);
+		seq = (uint64_t)db_column_int64(ev, 0);
 		if (seq != want) {
 			*bad = fault(f, want,
 			    "event %llu is missing (the next "
@@ -428,7 +760,7 @@ anchor_check_events(
 			want++;
 			continue;
 		}
-		x = (struct kb_audit_event){seq, sqlite3_column_int64(ev, 1),
+		x = (struct kb_audit_event){seq, db_column_int64(ev, 1),
 		    col(ev, 2), col(ev, 3), col(ev, 4), col(ev, 5), col(ev, 6),
 		    col(ev, 7), col(ev, 8), col(ev, 9), col(ev, 10),
 		    col(ev, 11)};
@@ -441,15 +773,15 @@ anchor_check_events(
 			    (unsigned long long)seq);
 			goto out;
 		}
-		if (have_cp && cp_seq == seq) {
-			uint8_t head[KB_AUDIT_HASH_LEN];
+		if (ci < ncps && cps[ci].seq == seq) {
+			const struct cp_row *cp = &cps[ci];
 
-			psig_len = blob(psig, sizeof(psig), cp, 2);
-			if (blob(head, sizeof(head), cp, 1) != KB_AUDIT_HASH_LEN
-			    || CRYPTO_memcmp(head, hash, sizeof(head)) != 0
+			if (cp->head_len != KB_AUDIT_HASH_LEN
+			    || CRYPTO_memcmp(cp->head, hash, sizeof(hash)) != 0
 			    || (link_known
-			        && (psig_len != prev_len
-			            || CRYPTO_memcmp(psig, prev_sig, prev_len)
+			        && (cp->psig_len != prev_len
+			            || CRYPTO_memcmp(
+			                   cp->psig, prev_sig, prev_len)
 			                != 0))) {
 				*bad = fault(f, seq,
 				    "the checkpoint at %llu does not "
@@ -458,28 +790,29 @@ anchor_check_events(
 				    (unsigned long long)seq);
 				goto out;
 			}
-			prev_len = blob(prev_sig, sizeof(prev_sig), cp, 3);
+			prev_sig = cp->sig;
+			prev_len = cp->sig_len;
 			link_known = 1;
-			have_cp = sqlite3_step(cp) == SQLITE_ROW;
-			if (have_cp)
-				cp_seq = (uint64_t)sqlite3_column_int64(cp, 0);
+			ci++;
 		}
 		want++;
 	}
-	if (rc != SQLITE_DONE) {
-		e = db_err(a->wdb, rc, "reading the log");
+	if (r < 0) {
+		e = pg.e;
 		goto out;
 	}
 	if (want <= an->seq) {
 		/* Not even the anchor's event: the tail is gone. */
-		sqlite3_finalize(ev);
-		ev = NULL;
+		struct db_stmt *st = NULL;
+
 		seq = 0;
-		if (sqlite3_prepare_v2(
-		        a->wdb, "SELECT max(seq) FROM events", -1, &ev, NULL)
-		        == SQLITE_OK
-		    && sqlite3_step(ev) == SQLITE_ROW)
-			seq = (uint64_t)sqlite3_column_int64(ev, 0);
+		if (db_prepare(c, "SELECT max(seq) FROM events", &st)
+		    == KB_OK) {
+			if (db_step(st) == DB_ROW)
+				seq = (uint64_t)db_column_int64(st, 0);
+			db_reset(st);
+		}
+		kb_err_clear();
 		*bad = fault(f, seq + 1,
 		    "events %llu to %llu are missing: the "
 		    "token's anchor says the log reached %llu",
@@ -487,21 +820,22 @@ anchor_check_events(
 		    (unsigned long long)an->seq);
 		goto out;
 	}
-	if (have_cp)
+	if (ci < ncps)
 		*bad = fault(f, want,
 		    "events %llu to %llu are missing: the "
 		    "signed checkpoint at %llu covers them",
-		    (unsigned long long)want, (unsigned long long)cp_seq,
-		    (unsigned long long)cp_seq);
+		    (unsigned long long)want, (unsigned long long)cps[ci].seq,
+		    (unsigned long long)cps[ci].seq);
 out:
-	sqlite3_finalize(ev);
-	sqlite3_finalize(cp);
+	if (pg.open)
+		db_reset(pg.st);
+	free(cps);
 	return e;
 }
 
 /* At open: verify the log from the token's anchor to its end. */
 static enum kb_err
-anchor_verify(struct audit *a)
+anchor_verify(struct audit *a, struct db_conn *c)
 {
 	struct anchor an;
 	struct anchor_fault f;
@@ -520,27 +854,26 @@ anchor_verify(struct audit *a)
 				    "audit log %s: %llu events, no checkpoint "
 				    "and no anchor in the token yet: the first "
 				    "checkpoint anchors it",
-				    a->path, (unsigned long long)a->last_seq);
+				    db_target(a->db),
+				    (unsigned long long)a->last_seq);
 			return KB_OK;
 		}
 		/* A log from before anchors: anchor it where it stands. */
-		if ((e = anchor_store(
-		         a, a->cp_seq, a->cp_head, a->cp_sig, a->cp_sig_len))
-		    != KB_OK)
+		if ((e = anchor_advance(a)) != KB_OK)
 			return kb_err_wrap(e, "anchoring the audit log");
 		log_warn(
 		    "audit log %s: no anchor in the token; anchored at its "
 		    "last checkpoint (%llu): from now on a database edit that "
 		    "removes or rewrites events is refused at start-up",
-		    a->path, (unsigned long long)a->cp_seq);
+		    db_target(a->db), (unsigned long long)a->cp_seq);
 		return KB_OK;
 	}
 	if (e != KB_OK)
 		return kb_err_wrap(e, "reading the audit anchor");
 	/* Lost events first: the first bad seq is the earliest one. */
-	if ((e = anchor_check_events(a, &an, &f, &bad)) != KB_OK
+	if ((e = anchor_check_events(c, &an, &f, &bad)) != KB_OK
 	    || (!bad
-	        && (e = anchor_check_checkpoint(a, &an, &f, &bad)) != KB_OK))
+	        && (e = anchor_check_checkpoint(c, &an, &f, &bad)) != KB_OK))
 		return e;
 	if (!bad)
 		return KB_OK;
@@ -551,8 +884,9 @@ anchor_verify(struct audit *a)
 		    "rewritten since its anchor (event %llu): put back the "
 		    "audit database from a backup, or, to accept the loss, "
 		    "start once with --accept-audit-loss (recorded in the log)",
-		    a->path, f.why, (unsigned long long)an.seq);
+		    db_target(a->db), f.why, (unsigned long long)an.seq);
 	/* Never reuse a number the anchor vouched for. */
+	a->seq_floor = an.seq;
 	if (a->last_seq < an.seq)
 		a->last_seq = an.seq;
 	snprintf(a->loss, sizeof(a->loss),
@@ -561,267 +895,356 @@ anchor_verify(struct audit *a)
 	    (unsigned long long)f.seq, f.why, (unsigned long long)an.seq);
 	log_error("audit log %s: %s (ACCEPTED with --accept-audit-loss: the "
 	          "loss is recorded and the anchor moves)",
-	    a->path, f.why);
+	    db_target(a->db), f.why);
 	return KB_OK;
 }
 
-/* Write events [list] in one transaction. On failure the chain state is
- * left as before and every pending entry carries the error. */
+/* At open: the head, and the missing events a checkpoint covers. */
 static enum kb_err
-write_batch(struct audit *a, struct pending *list)
+load_state(struct audit *a, struct db_conn *c, struct head *h)
+{
+	enum kb_err e;
+
+	if ((e = head_read(c, h)) != KB_OK)
+		return e;
+	a->last_seq = h->ev_seq;
+	a->cp_seq = h->cp_seq;
+	a->cp_time_us = h->cp_seq ? h->cp_time_us : a->open_us;
+	if (h->cp_seq > h->ev_seq) {
+		/* Events a signed checkpoint covers are gone. Never reuse their
+		 * numbers: the gap stays visible to every verifier. */
+		log_error(
+		    "audit log %s: events %llu to %llu, covered by the signed "
+		    "checkpoint at %llu, are MISSING; numbering continues "
+		    "after it so the gap stays visible (kbctl audit verify)",
+		    db_target(a->db), (unsigned long long)h->ev_seq + 1,
+		    (unsigned long long)h->cp_seq,
+		    (unsigned long long)h->cp_seq);
+		a->last_seq = h->cp_seq;
+	}
+	return KB_OK;
+}
+
+/* At open: which key signs, as the log says (key_state). The store names
+ * the key in force: when the log has not rotated to it (a crash between
+ * the two), the rotation is recorded now, and the log's key signs until a
+ * checkpoint covers it. */
+static enum kb_err
+signing_key_init(struct audit *a, struct db_conn *c, const struct head *h)
+{
+	struct keystate ks;
+	enum kb_err e;
+
+	if ((e = key_state(a, c, h, &ks)) != KB_OK)
+		return e;
+	if (ks.next[0] != '\0') {
+		/* A hand-over cut short: finish it at once. */
+		a->force_req++;
+		if (strcmp(ks.next, a->cfg.sign_key_id) != 0)
+			log_warn("audit log: it is handing over from key %s to "
+			         "%s, but the database names %s as the key in "
+			         "force; the log's hand-over is finished first",
+			    ks.sign, ks.next, a->cfg.sign_key_id);
+	} else if (strcmp(ks.sign, a->cfg.sign_key_id) != 0) {
+		a->rot_pending = 1;
+	}
+	keys_apply(a, &ks);
+	return KB_OK;
+}
+
+/* ---- writing ---- */
+
+/* One group commit: events [list] chained onto the head the database has
+ * (read under the chain's lock). Run again from the start on a conflict,
+ * so it sets every output afresh. */
+struct batch {
+	struct audit *a;
+	struct pending *list;
+	struct head h; /* the head found */
+	uint64_t seq; /* the last number taken */
+};
+
+/* A rotation entry: whether to record it, and its reason. *skip when the
+ * log has it already. */
+static enum kb_err
+rotation_decide(struct audit *a, struct db_conn *c, const struct head *h,
+    struct pending *p, int *skip)
+{
+	struct keystate ks;
+	enum kb_err e;
+
+	*skip = 0;
+	if ((e = key_state(a, c, h, &ks)) != KB_OK)
+		return e;
+	if (strcmp(ks.next, p->rotate_to) == 0) {
+		/* Recorded already (by another broker, or before a crash). */
+		p->seq = ks.next_after;
+		*skip = 1;
+		return KB_OK;
+	}
+	if (ks.next[0] != '\0')
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "a rotation of the audit key to %s is in progress (event "
+		    "%llu); try again once a checkpoint covers it",
+		    ks.next, (unsigned long long)ks.next_after);
+	if (strcmp(ks.sign, p->rotate_to) == 0) {
+		*skip = 1; /* in force already */
+		return KB_OK;
+	}
+	return rotation_reason(
+	    a, p->rotate_to, ks.sign, p->rot_reason, sizeof(p->rot_reason));
+}
+
+static enum kb_err
+batch_txn(struct db_conn *c, void *arg)
 {
 	static const char sql[] =
 	    "INSERT INTO events(seq, time_us, actor, role, "
 	    "peer, method, tenant_id, environment, key_id, result, reason, "
 	    "request_id, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)";
-	sqlite3_stmt *st = NULL;
-	uint64_t seq = a->last_seq;
+	struct batch *b = arg;
+	struct audit *a = b->a;
+	struct db_stmt *st = NULL;
 	uint8_t hash[KB_AUDIT_HASH_LEN];
 	struct pending *p;
-	enum kb_err e = KB_OK;
-	int64_t now = a->cfg.now_us();
-	int rc;
+	uint64_t seq;
+	int64_t now;
+	enum kb_err e;
+	int skip;
 
-	memcpy(hash, a->last_hash, sizeof(hash));
-	if ((rc = sqlite3_exec(a->wdb, "BEGIN IMMEDIATE", NULL, NULL, NULL))
-	    != SQLITE_OK)
-		return db_err(a->wdb, rc, "beginning a write");
-	if ((rc = sqlite3_prepare_v2(a->wdb, sql, -1, &st, NULL))
-	    != SQLITE_OK) {
-		e = db_err(a->wdb, rc, "preparing");
-		goto rollback;
-	}
-	for (p = list; p != NULL; p = p->next) {
-		const struct audit_record *r = p->r;
-		const char *f[10] = {r->actor, r->role, r->peer, r->method,
-		    r->tenant, r->env, r->key_id, r->result, r->reason,
-		    r->request_id};
+	if ((e = chain_lock(c)) != KB_OK || (e = head_read(c, &b->h)) != KB_OK)
+		return e;
+	seq = head_top(a, &b->h);
+	memcpy(hash, b->h.ev_hash, sizeof(hash));
+	/* Events take their batch's commit time, read under the lock and
+	 * never before the newest event's: time order follows sequence
+	 * order across brokers too (unless a clock is behind, when its
+	 * events take the time of the one before). */
+	now = a->cfg.now_us();
+	if (now < b->h.ev_time_us)
+		now = b->h.ev_time_us;
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
+		return e;
+	for (p = b->list; p != NULL; p = p->next) {
+		struct audit_record r = *p->r;
+		const char *f[10];
 		struct kb_audit_event ev;
 		int i;
 
-		/* Events take their batch's commit time, so time order follows
-		 * sequence order (unless the wall clock steps back). */
-		p->time_us = now;
-		ev = (struct kb_audit_event){++seq, p->time_us, r->actor,
-		    r->role, r->peer, r->method, r->tenant, r->env, r->key_id,
-		    r->result, r->reason, r->request_id};
-
-		if ((e = kb_audit_event_hash(hash, &ev, hash)) != KB_OK)
-			goto rollback;
-		sqlite3_reset(st);
-		sqlite3_bind_int64(st, 1, (sqlite3_int64)seq);
-		sqlite3_bind_int64(st, 2, p->time_us);
-		for (i = 0; i < 10; i++)
-			sqlite3_bind_text(st, 3 + i, f[i] != NULL ? f[i] : "",
-			    -1, SQLITE_STATIC);
-		sqlite3_bind_blob(st, 13, hash, sizeof(hash), SQLITE_STATIC);
-		if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
-			e = db_err(a->wdb, rc, "writing an event");
-			goto rollback;
+		p->seq = 0;
+		p->skipped = 0;
+		if (p->rotate_to != NULL) {
+			if ((e = rotation_decide(a, c, &b->h, p, &skip))
+			    != KB_OK)
+				return e;
+			if (skip) {
+				p->skipped = 1;
+				continue;
+			}
+			r.reason = p->rot_reason;
 		}
+		f[0] = r.actor;
+		f[1] = r.role;
+		f[2] = r.peer;
+		f[3] = r.method;
+		f[4] = r.tenant;
+		f[5] = r.env;
+		f[6] = r.key_id;
+		f[7] = r.result;
+		f[8] = r.reason;
+		f[9] = r.request_id;
+		p->time_us = now;
+		ev = (struct kb_audit_event){++seq, now, r.actor, r.role,
+		    r.peer, r.method, r.tenant, r.env, r.key_id, r.result,
+		    r.reason, r.request_id};
+		if ((e = kb_audit_event_hash(hash, &ev, hash)) != KB_OK)
+			return e;
+		db_reset(st);
+		db_bind_int64(st, 1, (int64_t)seq);
+		db_bind_int64(st, 2, now);
+		for (i = 0; i < 10; i++)
+			db_bind_text(st, 3 + i, f[i] != NULL ? f[i] : "");
+		db_bind_blob(st, 13, hash, sizeof(hash));
+		if (db_step(st) != DB_DONE)
+			return db_err(c, "audit log: writing an event");
 		p->seq = seq;
 	}
-	sqlite3_finalize(st);
-	st = NULL;
-	if ((rc = sqlite3_exec(a->wdb, "COMMIT", NULL, NULL, NULL))
-	    != SQLITE_OK) {
-		e = db_err(a->wdb, rc, "committing");
-		goto rollback;
-	}
-	pthread_mutex_lock(&a->mu);
-	a->last_seq = seq;
-	memcpy(a->last_hash, hash, sizeof(hash));
-	pthread_mutex_unlock(&a->mu);
-	return KB_OK;
-rollback:
-	sqlite3_finalize(st);
-	(void)sqlite3_exec(a->wdb, "ROLLBACK", NULL, NULL, NULL);
-	return e;
-}
-
-/* The old key has signed a checkpoint covering the rotation: the new key
- * signs from now on, and the old one can sign no more. */
-static void
-hand_over(struct audit *a)
-{
-	char old[KB_AUDIT_KEY_ID_MAX];
-	enum kb_err e;
-
-	pthread_mutex_lock(&a->mu);
-	snprintf(old, sizeof(old), "%s", a->sign_key);
-	snprintf(a->sign_key, sizeof(a->sign_key), "%s", a->next_key);
-	a->next_key[0] = '\0';
-	a->next_after = 0;
-	pthread_cond_broadcast(&a->done_cv);
-	pthread_mutex_unlock(&a->mu);
-	log_info(
-	    "audit log: signing key %s in force; %s retired", a->sign_key, old);
-	if ((e = hsm_key_retire(a->cfg.hsm, old)) != KB_OK
-	    && e != KB_ERR_NOT_FOUND)
-		log_error("audit log: destroying the retired key %s's private "
-		          "half: %s",
-		    old, kb_err_msg(e));
-	kb_err_clear();
-}
-
-static enum kb_err
-rotation_reason(struct audit *a, const char *new_id, const char *old_id,
-    char *out, size_t len)
-{
-	char nfp[65], ofp[65];
-	enum kb_err e;
-
-	if ((e = a->cfg.key_fingerprint(a->cfg.hsm, new_id, nfp)) != KB_OK
-	    || (e = a->cfg.key_fingerprint(a->cfg.hsm, old_id, ofp)) != KB_OK)
-		return kb_err_wrap(e, "the audit keys' fingerprints");
-	if (kb_audit_rotation_format(out, len, new_id, nfp, old_id, ofp) != 0)
-		return kb_errf(KB_ERR_INTERNAL, "audit key ids too long");
+	db_reset(st);
+	b->seq = seq;
 	return KB_OK;
 }
 
-/* At open: which key signs. The database names the key in force; when
- * the log's newest checkpoint was signed by another, a rotation was cut
- * short: the checkpoint's key signs until it has covered the rotation's
- * event (recorded now if the log lacks it). */
+/* Write events [list] in one transaction. On failure nothing was written,
+ * this broker's copy of the head is as before, and the caller gives every
+ * pending entry the error. */
 static enum kb_err
-signing_key_init(struct audit *a)
+write_batch(struct audit *a, struct pending *list)
 {
-	char nid[KB_AUDIT_KEY_ID_MAX], nfp[65], oid[KB_AUDIT_KEY_ID_MAX];
-	char ofp[65];
-	sqlite3_stmt *st = NULL;
-	uint64_t rseq = 0;
-	int found = 0;
+	struct batch b;
 	enum kb_err e;
 
-	snprintf(a->sign_key, sizeof(a->sign_key), "%s", a->cfg.sign_key_id);
-	if (a->cp_key[0] == '\0' || strcmp(a->cp_key, a->sign_key) == 0)
-		return KB_OK;
-	if (sqlite3_prepare_v2(a->wdb,
-	        "SELECT seq, reason FROM events WHERE "
-	        "method = '" KB_AUDIT_ROTATE_METHOD
-	        "' AND role = 'system' ORDER BY "
-	        "seq DESC LIMIT 1",
-	        -1, &st, NULL)
-	    != SQLITE_OK)
-		return db_err(a->wdb, sqlite3_errcode(a->wdb), "reading");
-	if (sqlite3_step(st) == SQLITE_ROW
-	    && kb_audit_rotation_parse(col(st, 1), nid, nfp, oid, ofp) == 0
-	    && strcmp(nid, a->cfg.sign_key_id) == 0
-	    && strcmp(oid, a->cp_key) == 0) {
-		rseq = (uint64_t)sqlite3_column_int64(st, 0);
-		found = 1;
-	}
-	sqlite3_finalize(st);
-	if (found && a->cp_seq >= rseq) {
-		/* Covered already: only the hand-over was cut short. */
-		if (hsm_key_retire(a->cfg.hsm, a->cp_key) == KB_OK)
-			log_info(
-			    "audit log: retired key %s destroyed", a->cp_key);
-		kb_err_clear();
-		return KB_OK;
-	}
-	snprintf(a->next_key, sizeof(a->next_key), "%s", a->cfg.sign_key_id);
-	snprintf(a->sign_key, sizeof(a->sign_key), "%s", a->cp_key);
-	if (found) {
-		a->next_after = rseq;
-		a->force_cp = 1;
-		return KB_OK;
-	}
-	if ((e = rotation_reason(a, a->next_key, a->sign_key, a->rot_reason,
-	         sizeof(a->rot_reason)))
+	memset(&b, 0, sizeof(b));
+	b.a = a;
+	b.list = list;
+	if ((e = db_txn(a->db, batch_txn, &b, "audit log: writing events"))
 	    != KB_OK)
-		return kb_err_wrap(e,
-		    "finishing the rotation of the audit key "
-		    "from %s to %s",
-		    a->sign_key, a->next_key);
-	a->next_after = UINT64_MAX; /* set when the event is recorded */
+		return e;
+	pthread_mutex_lock(&a->mu);
+	if (b.seq > a->last_seq)
+		a->last_seq = b.seq;
+	a->cp_seq = b.h.cp_seq;
+	a->cp_time_us = b.h.cp_seq ? b.h.cp_time_us : a->open_us;
+	pthread_mutex_unlock(&a->mu);
 	return KB_OK;
 }
 
+/* One checkpoint transaction: under the chain's lock, whether one is due
+ * (from the database's newest event and checkpoint, so brokers never sign
+ * two for one seq), which key signs (the log's), and the checkpoint. */
+struct cpjob {
+	struct audit *a;
+	int force;
+	struct head h; /* the head found */
+	struct keystate ks;
+	int wrote;
+	uint64_t seq;
+	int64_t time_us;
+};
+
 static enum kb_err
-write_checkpoint(struct audit *a)
+checkpoint_txn(struct db_conn *c, void *arg)
 {
+	struct cpjob *j = arg;
+	struct audit *a = j->a;
 	struct kb_audit_checkpoint cp;
-	sqlite3_stmt *st = NULL;
+	struct db_stmt *st = NULL;
 	uint8_t *data = NULL, *sig = NULL;
 	size_t len = 0, sig_len = 0;
+	int64_t now, since;
 	enum kb_err e;
-	int rc;
 
-	if (a->last_seq == a->cp_seq)
+	j->wrote = 0;
+	if ((e = chain_lock(c)) != KB_OK || (e = head_read(c, &j->h)) != KB_OK
+	    || (e = key_state(a, c, &j->h, &j->ks)) != KB_OK)
+		return e;
+	if (j->h.ev_seq <= j->h.cp_seq)
+		return KB_OK; /* covered already */
+	now = a->cfg.now_us();
+	since = j->h.cp_seq ? j->h.cp_time_us : a->open_us;
+	if (!j->force && j->h.ev_seq - j->h.cp_seq < a->cfg.checkpoint_events
+	    && now - since < (int64_t)a->cfg.checkpoint_interval_s * 1000000)
 		return KB_OK;
 	memset(&cp, 0, sizeof(cp));
-	cp.seq = a->last_seq;
-	memcpy(cp.head_hash, a->last_hash, KB_AUDIT_HASH_LEN);
-	cp.time_us = a->cfg.now_us();
-	cp.prev_sig = a->cp_sig;
-	cp.prev_sig_len = a->cp_sig_len;
+	cp.seq = j->h.ev_seq;
+	memcpy(cp.head_hash, j->h.ev_hash, KB_AUDIT_HASH_LEN);
+	cp.time_us = now;
+	cp.prev_sig = j->h.cp_sig;
+	cp.prev_sig_len = j->h.cp_sig_len;
 	if ((e = kb_audit_checkpoint_data(&cp, &data, &len)) != KB_OK)
 		return e;
-	/* Only this thread changes sign_key: read without the lock. */
-	if ((e = hsm_sign(a->cfg.hsm, a->sign_key, data, len, &sig, &sig_len))
+	if ((e = hsm_sign(a->cfg.hsm, j->ks.sign, data, len, &sig, &sig_len))
 	    != KB_OK)
 		goto out;
-	if (sig_len > sizeof(a->cp_sig)) {
+	if (sig_len > SIG_MAX) {
 		e = kb_errf(KB_ERR_INTERNAL, "audit signature too long");
 		goto out;
 	}
-	if ((rc = sqlite3_prepare_v2(a->wdb,
-	         "INSERT INTO checkpoints(seq, "
-	         "head_hash, time_us, prev_signature, signature, key_id) "
-	         "VALUES "
-	         "(?,?,?,?,?,?)",
-	         -1, &st, NULL))
-	    != SQLITE_OK) {
-		e = db_err(a->wdb, rc, "preparing");
+	if ((e = db_prepare(c,
+	         "INSERT INTO checkpoints(seq, head_hash, time_us, "
+	         "prev_signature, signature, key_id) VALUES (?,?,?,?,?,?)",
+	         &st))
+	    != KB_OK)
+		goto out;
+	db_bind_int64(st, 1, (int64_t)cp.seq);
+	db_bind_blob(st, 2, cp.head_hash, KB_AUDIT_HASH_LEN);
+	db_bind_int64(st, 3, cp.time_us);
+	db_bind_blob(st, 4, j->h.cp_sig, j->h.cp_sig_len);
+	db_bind_blob(st, 5, sig, sig_len);
+	db_bind_text(st, 6, j->ks.sign);
+	if (db_step(st) != DB_DONE) {
+		e = db_err(c, "audit log: writing a checkpoint");
 		goto out;
 	}
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)cp.seq);
-	sqlite3_bind_blob(
-	    st, 2, cp.head_hash, KB_AUDIT_HASH_LEN, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, cp.time_us);
-	sqlite3_bind_blob(st, 4, a->cp_sig, (int)a->cp_sig_len, SQLITE_STATIC);
-	sqlite3_bind_blob(st, 5, sig, (int)sig_len, SQLITE_STATIC);
-	sqlite3_bind_text(st, 6, a->sign_key, -1, SQLITE_STATIC);
-	if ((rc = sqlite3_step(st)) != SQLITE_DONE) {
-		e = db_err(a->wdb, rc, "writing a checkpoint");
-		goto out;
-	}
-	a->cp_seq = cp.seq;
-	memcpy(a->cp_head, cp.head_hash, KB_AUDIT_HASH_LEN);
-	a->cp_time_us = cp.time_us;
-	memcpy(a->cp_sig, sig, sig_len);
-	a->cp_sig_len = sig_len;
-	a->force_cp = 0;
-	snprintf(a->cp_key, sizeof(a->cp_key), "%s", a->sign_key);
+	db_reset(st);
+	j->wrote = 1;
+	j->seq = cp.seq;
+	j->time_us = cp.time_us;
 	e = KB_OK;
-	/* Only after the checkpoint is durable: the anchor never runs ahead
-	 * of the log. When it cannot move it stays at the previous one. */
-	if (a->cfg.anchor_label != NULL
-	    && (e = anchor_store(a, cp.seq, cp.head_hash, sig, sig_len))
-	        != KB_OK) {
-		log_error("audit anchor: %s; it stays at an earlier checkpoint",
-		    kb_err_msg(e));
-		e = KB_OK;
-	}
-	if (a->next_key[0] != '\0' && cp.seq >= a->next_after)
-		hand_over(a);
 out:
-	sqlite3_finalize(st);
 	free(data);
 	free(sig);
 	return e;
 }
 
+/* Sign a checkpoint if one is due (or `force`d, or asked for), then take
+ * what the transaction found as this broker's view: the head, the newest
+ * checkpoint, the key in force. */
+static enum kb_err
+write_checkpoint(struct audit *a, int force)
+{
+	struct cpjob j;
+	struct keystate ks;
+	unsigned req;
+	enum kb_err e;
+
+	memset(&j, 0, sizeof(j));
+	j.a = a;
+	pthread_mutex_lock(&a->mu);
+	req = a->force_req;
+	j.force = force || req != a->force_done;
+	pthread_mutex_unlock(&a->mu);
+	if ((e = db_txn(
+	         a->db, checkpoint_txn, &j, "audit log: writing a checkpoint"))
+	    != KB_OK)
+		return e;
+	ks = j.ks;
+	if (j.wrote && ks.next[0] != '\0' && j.seq >= ks.next_after) {
+		/* The old key has signed a checkpoint covering the rotation:
+		 * the new key signs from now on, and the old can sign no
+		 * more. */
+		snprintf(ks.handed_from, sizeof(ks.handed_from), "%s", ks.sign);
+		snprintf(ks.sign, sizeof(ks.sign), "%s", ks.next);
+		ks.next[0] = '\0';
+		ks.next_after = 0;
+	}
+	pthread_mutex_lock(&a->mu);
+	if (j.h.ev_seq > a->last_seq)
+		a->last_seq = j.h.ev_seq;
+	a->cp_seq = j.wrote ? j.seq : j.h.cp_seq;
+	a->cp_time_us = j.wrote ? j.time_us
+	    : j.h.cp_seq        ? j.h.cp_time_us
+	                        : a->open_us;
+	a->force_done = req;
+	pthread_mutex_unlock(&a->mu);
+	/* Only after the checkpoint is durable: the anchor never runs ahead
+	 * of the log. */
+	if (j.wrote && (e = anchor_advance(a)) != KB_OK) {
+		log_error("audit anchor: %s; it stays at an earlier checkpoint",
+		    kb_err_msg(e));
+		kb_err_clear();
+	}
+	keys_apply(a, &ks);
+	return KB_OK;
+}
+
+/* Whether a checkpoint may be due, from this broker's copy of the head:
+ * the checkpoint transaction decides from the database's. */
 static int
 checkpoint_due(struct audit *a)
 {
-	if (a->last_seq == a->cp_seq)
-		return 0;
-	if (a->force_cp || a->last_seq - a->cp_seq >= a->cfg.checkpoint_events)
-		return 1;
-	return a->cfg.now_us() - a->cp_time_us
-	    >= (int64_t)a->cfg.checkpoint_interval_s * 1000000;
+	int due;
+
+	pthread_mutex_lock(&a->mu);
+	if (a->force_req != a->force_done)
+		due = 1;
+	else if (a->last_seq <= a->cp_seq)
+		due = 0;
+	else
+		due = a->last_seq - a->cp_seq >= a->cfg.checkpoint_events
+		    || a->cfg.now_us() - a->cp_time_us
+		        >= (int64_t)a->cfg.checkpoint_interval_s * 1000000;
+	pthread_mutex_unlock(&a->mu);
+	return due;
 }
 
 static void
@@ -873,7 +1296,7 @@ writer_main(void *arg)
 	struct timespec ts;
 	uint64_t t0;
 	enum kb_err e;
-	int n;
+	int n, rotation;
 
 	pthread_mutex_lock(&a->mu);
 	for (;;) {
@@ -885,7 +1308,7 @@ writer_main(void *arg)
 				pthread_mutex_unlock(&a->mu);
 				probe_recovery(a);
 				if (checkpoint_due(a)
-				    && (e = write_checkpoint(a)) != KB_OK)
+				    && (e = write_checkpoint(a, 0)) != KB_OK)
 					log_error("%s", kb_err_msg(e));
 				pthread_mutex_lock(&a->mu);
 			}
@@ -893,9 +1316,11 @@ writer_main(void *arg)
 		if (a->head == NULL && a->stopping)
 			break;
 		/* Take up to BATCH_MAX waiting events: one commit, one fsync.
-		 */
+		 * A rotation goes alone: its failure is its own. */
 		list = a->head;
-		for (p = list, n = 1; p->next != NULL && n < BATCH_MAX;
+		rotation = list->rotate_to != NULL;
+		for (p = list, n = 1; !rotation && p->next != NULL
+		     && p->next->rotate_to == NULL && n < BATCH_MAX;
 		     p = p->next)
 			n++;
 		a->head = p->next;
@@ -907,7 +1332,8 @@ writer_main(void *arg)
 		t0 = kb_hist_now_ns();
 		e = write_batch(a, list);
 		kb_hist_since(&a->commit_hist, t0);
-		set_degraded(a, e);
+		if (!rotation || e == KB_OK)
+			set_degraded(a, e);
 		pthread_mutex_lock(&a->mu);
 		for (p = list; p != NULL; p = p->next) {
 			p->err = e;
@@ -923,51 +1349,60 @@ writer_main(void *arg)
 		pthread_mutex_unlock(&a->mu);
 		if (e != KB_OK)
 			log_error("%s", kb_err_msg(e));
-		if (checkpoint_due(a) && (e = write_checkpoint(a)) != KB_OK)
+		if (checkpoint_due(a) && (e = write_checkpoint(a, 0)) != KB_OK)
 			log_error("%s", kb_err_msg(e));
 		pthread_mutex_lock(&a->mu);
 	}
 	pthread_mutex_unlock(&a->mu);
-	if ((e = write_checkpoint(a)) != KB_OK)
+	if ((e = write_checkpoint(a, 1)) != KB_OK)
 		log_error("final audit checkpoint: %s", kb_err_msg(e));
 	return NULL;
+}
+
+/* At open, on one connection: the head, the anchor's check, the key. */
+static enum kb_err
+open_state(struct audit *a)
+{
+	struct db_conn *c = db_conn_get(a->db);
+	struct head h;
+	enum kb_err e;
+
+	if ((e = load_state(a, c, &h)) == KB_OK
+	    && (e = anchor_verify(a, c)) == KB_OK)
+		e = signing_key_init(a, c, &h);
+	db_conn_put(a->db, c);
+	return e;
 }
 
 enum kb_err
 audit_open(const struct audit_config *cfg, struct audit **out)
 {
+	struct db_config dc;
 	struct audit *a;
 	enum kb_err e;
-	int rc;
 
 	*out = NULL;
-	if ((a = calloc(1, sizeof(*a))) == NULL
-	    || (a->path = strdup(cfg->path)) == NULL) {
-		free(a);
+	if ((a = calloc(1, sizeof(*a))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	}
 	a->cfg = *cfg;
 	if (a->cfg.checkpoint_events == 0)
 		a->cfg.checkpoint_events = 1000;
 	if (a->cfg.checkpoint_interval_s == 0)
 		a->cfg.checkpoint_interval_s = 60;
 	pthread_mutex_init(&a->mu, NULL);
-	pthread_mutex_init(&a->rmu, NULL);
 	pthread_cond_init(&a->work_cv, NULL);
 	pthread_cond_init(&a->done_cv, NULL);
-	if ((e = open_db(a->path, &a->wdb)) != KB_OK)
-		goto fail;
-	if ((rc = sqlite3_exec(a->wdb, schema, NULL, NULL, NULL))
-	    != SQLITE_OK) {
-		e = db_err(a->wdb, rc, "creating tables");
+	memset(&dc, 0, sizeof(dc));
+	dc.target = cfg->path;
+	dc.password_file = cfg->password_file;
+	dc.schema = &audit_schema;
+	if ((e = db_open(&dc, &a->db)) != KB_OK) {
+		e = kb_err_wrap(e, "the audit log");
 		goto fail;
 	}
-	if ((e = open_db(a->path, &a->rdb)) != KB_OK
-	    || (e = load_state(a)) != KB_OK || (e = anchor_verify(a)) != KB_OK
-	    || (e = signing_key_init(a)) != KB_OK)
+	a->open_us = a->cfg.now_us();
+	if ((e = open_state(a)) != KB_OK)
 		goto fail;
-	if (a->cp_time_us == 0)
-		a->cp_time_us = a->cfg.now_us();
 	if (pthread_create(&a->writer, NULL, writer_main, a) != 0) {
 		e = kb_errf(KB_ERR_RESOURCE_EXHAUSTED,
 		    "cannot start the audit "
@@ -984,16 +1419,19 @@ audit_open(const struct audit_config *cfg, struct audit **out)
 		r.method = "audit.loss_accepted";
 		r.result = "ok";
 		r.reason = a->loss;
-		a->force_cp = 1;
 		if ((e = audit_append(a, &r, NULL)) != KB_OK)
 			goto fail;
+		/* After the event: the checkpoint covers it, the anchor moves.
+		 */
+		audit_checkpoint_soon(a);
 	}
-	if (a->rot_reason[0] != '\0') {
-		char next[KB_AUDIT_KEY_ID_MAX];
-
-		snprintf(next, sizeof(next), "%s", a->next_key);
-		if ((e = rotation_record(a, next, a->rot_reason)) != KB_OK)
-			goto fail;
+	if (a->rot_pending
+	    && (e = rotation_record(a, a->cfg.sign_key_id)) != KB_OK) {
+		e = kb_err_wrap(e,
+		    "finishing the rotation of the audit key "
+		    "to %s",
+		    a->cfg.sign_key_id);
+		goto fail;
 	}
 	*out = a;
 	return KB_OK;
@@ -1002,43 +1440,54 @@ fail:
 	return e;
 }
 
-enum kb_err
-audit_append(struct audit *a, const struct audit_record *r, uint64_t *seq)
+/* Queue `p` for the writer and wait until it is committed or failed. */
+static enum kb_err
+append_wait(struct audit *a, struct pending *p)
 {
-	struct pending p;
-
-	memset(&p, 0, sizeof(p));
-	p.r = r;
 	pthread_mutex_lock(&a->mu);
 	if (a->stopping) {
 		pthread_mutex_unlock(&a->mu);
 		return kb_errf(KB_ERR_UNAVAILABLE, "the audit log is closed");
 	}
-	pthread_cond_init(&p.cv, NULL);
+	pthread_cond_init(&p->cv, NULL);
 	if (a->tail != NULL)
-		a->tail->next = &p;
+		a->tail->next = p;
 	else
-		a->head = &p;
-	a->tail = &p;
+		a->head = p;
+	a->tail = p;
 	pthread_cond_signal(&a->work_cv);
 	/* The writer drains the queue even when closing: p is always done. */
-	while (!p.done)
-		pthread_cond_wait(&p.cv, &a->mu);
+	while (!p->done)
+		pthread_cond_wait(&p->cv, &a->mu);
 	pthread_mutex_unlock(&a->mu);
-	pthread_cond_destroy(&p.cv);
-	if (p.err != KB_OK)
-		return kb_errf(p.err, "%s", p.msg);
+	pthread_cond_destroy(&p->cv);
+	if (p->err != KB_OK)
+		return kb_errf(p->err, "%s", p->msg);
+	return KB_OK;
+}
+
+enum kb_err
+audit_append(struct audit *a, const struct audit_record *r, uint64_t *seq)
+{
+	struct pending p;
+	enum kb_err e;
+
+	memset(&p, 0, sizeof(p));
+	p.r = r;
+	if ((e = append_wait(a, &p)) != KB_OK)
+		return e;
 	if (seq != NULL)
 		*seq = p.seq;
 	return KB_OK;
 }
 
-/* Record the rotation to `new_id` and arm the hand-over after it. */
+/* Record the rotation to `new_id` (unless the log has it already) and ask
+ * for the checkpoint that covers it, after which the new key signs. */
 static enum kb_err
-rotation_record(struct audit *a, const char *new_id, const char *reason)
+rotation_record(struct audit *a, const char *new_id)
 {
 	struct audit_record r;
-	uint64_t seq = 0;
+	struct pending p;
 	enum kb_err e;
 
 	memset(&r, 0, sizeof(r));
@@ -1047,25 +1496,36 @@ rotation_record(struct audit *a, const char *new_id, const char *reason)
 	r.method = KB_AUDIT_ROTATE_METHOD;
 	r.key_id = new_id;
 	r.result = "ok";
-	r.reason = reason;
-	if ((e = audit_append(a, &r, &seq)) != KB_OK)
+	memset(&p, 0, sizeof(p));
+	p.r = &r;
+	p.rotate_to = new_id;
+	if ((e = append_wait(a, &p)) != KB_OK)
 		return e;
 	pthread_mutex_lock(&a->mu);
-	snprintf(a->next_key, sizeof(a->next_key), "%s", new_id);
-	a->next_after = seq;
-	a->force_cp = 1;
+	if (p.seq != 0 && strcmp(a->sign_key, new_id) != 0) {
+		snprintf(a->next_key, sizeof(a->next_key), "%s", new_id);
+		a->next_after = p.seq;
+	}
+	a->force_req++;
 	pthread_cond_signal(&a->work_cv);
 	pthread_mutex_unlock(&a->mu);
-	log_info("audit log: rotation to key %s recorded (event %llu); the "
-	         "current key signs a checkpoint covering it, then hands over",
-	    new_id, (unsigned long long)seq);
+	if (!p.skipped)
+		log_info("audit log: rotation to key %s recorded (event %llu); "
+		         "the current key signs a checkpoint covering it, then "
+		         "hands over",
+		    new_id, (unsigned long long)p.seq);
+	else
+		log_info("audit log: the rotation to key %s is in the log "
+		         "already%s",
+		    new_id,
+		    p.seq ? "; a checkpoint covering it hands over" : "");
 	return KB_OK;
 }
 
 enum kb_err
 audit_rotate_key(struct audit *a, const char *new_id)
 {
-	char reason[512], cur[KB_AUDIT_KEY_ID_MAX];
+	char cur[KB_AUDIT_KEY_ID_MAX];
 	struct timespec ts;
 	enum kb_err e;
 	int busy, rc = 0;
@@ -1080,9 +1540,7 @@ audit_rotate_key(struct audit *a, const char *new_id)
 		    "audit key is already in progress");
 	if (strcmp(cur, new_id) == 0)
 		return KB_OK;
-	if ((e = rotation_reason(a, new_id, cur, reason, sizeof(reason)))
-	        != KB_OK
-	    || (e = rotation_record(a, new_id, reason)) != KB_OK)
+	if ((e = rotation_record(a, new_id)) != KB_OK)
 		return e;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	ts.tv_sec += 30;
@@ -1107,7 +1565,7 @@ void
 audit_checkpoint_soon(struct audit *a)
 {
 	pthread_mutex_lock(&a->mu);
-	a->force_cp = 1;
+	a->force_req++;
 	pthread_cond_signal(&a->work_cv);
 	pthread_mutex_unlock(&a->mu);
 }
@@ -1160,6 +1618,12 @@ audit_commit_hist(const struct audit *a)
 	return &a->commit_hist;
 }
 
+const char *
+audit_engine_version(const struct audit *a)
+{
+	return db_engine_version(a->db);
+}
+
 enum kb_err
 audit_check(struct audit *a)
 {
@@ -1183,11 +1647,13 @@ audit_closing(struct audit *a)
 	return s;
 }
 
+/* ---- reading ---- */
+
 static void
-event_row(sqlite3_stmt *st, struct audit_event *ev)
+event_row(struct db_stmt *st, struct audit_event *ev)
 {
-	ev->seq = (uint64_t)sqlite3_column_int64(st, 0);
-	ev->time_us = sqlite3_column_int64(st, 1);
+	ev->seq = (uint64_t)db_column_int64(st, 0);
+	ev->time_us = db_column_int64(st, 1);
 	text(ev->actor, sizeof(ev->actor), st, 2);
 	text(ev->role, sizeof(ev->role), st, 3);
 	text(ev->peer, sizeof(ev->peer), st, 4);
@@ -1207,10 +1673,12 @@ audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
     unsigned limit, struct audit_event **out, size_t *n, int *more)
 {
 	char sql[2048];
-	sqlite3_stmt *st = NULL;
+	struct db_conn *c = NULL;
+	struct db_stmt *st = NULL;
 	struct audit_event *v = NULL;
 	size_t cnt = 0, i;
-	int rc, idx = 1;
+	enum db_step r;
+	int idx = 1;
 	enum kb_err e = KB_OK;
 
 	*out = NULL;
@@ -1241,36 +1709,34 @@ audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
 	strncat(sql, " ORDER BY seq LIMIT ?", sizeof(sql) - strlen(sql) - 1);
 	if ((v = calloc(limit + 1, sizeof(*v))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	pthread_mutex_lock(&a->rmu);
-	if ((rc = sqlite3_prepare_v2(a->rdb, sql, -1, &st, NULL))
-	    != SQLITE_OK) {
-		e = db_err(a->rdb, rc, "querying");
+	c = db_conn_get(a->db);
+	if ((e = db_prepare_dynamic(c, sql, &st)) != KB_OK)
 		goto out;
-	}
-	sqlite3_bind_int64(st, idx++, (sqlite3_int64)after);
+	db_bind_int64(st, idx++, (int64_t)after);
 	if (f->since_us)
-		sqlite3_bind_int64(st, idx++, f->since_us);
+		db_bind_int64(st, idx++, f->since_us);
 	if (f->until_us)
-		sqlite3_bind_int64(st, idx++, f->until_us);
+		db_bind_int64(st, idx++, f->until_us);
 	if (f->tenant && *f->tenant)
-		sqlite3_bind_text(st, idx++, f->tenant, -1, SQLITE_STATIC);
+		db_bind_text(st, idx++, f->tenant);
 	if (f->env && *f->env)
-		sqlite3_bind_text(st, idx++, f->env, -1, SQLITE_STATIC);
+		db_bind_text(st, idx++, f->env);
 	if (f->method && *f->method)
-		sqlite3_bind_text(st, idx++, f->method, -1, SQLITE_STATIC);
+		db_bind_text(st, idx++, f->method);
 	if (f->actor && *f->actor)
-		sqlite3_bind_text(st, idx++, f->actor, -1, SQLITE_STATIC);
+		db_bind_text(st, idx++, f->actor);
 	if (f->result && *f->result)
-		sqlite3_bind_text(st, idx++, f->result, -1, SQLITE_STATIC);
+		db_bind_text(st, idx++, f->result);
 	if (f->request_id && *f->request_id)
-		sqlite3_bind_text(st, idx++, f->request_id, -1, SQLITE_STATIC);
+		db_bind_text(st, idx++, f->request_id);
 	for (i = 0; f->tenants != NULL && i < f->ntenants; i++)
-		sqlite3_bind_text(st, idx++, f->tenants[i], -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, idx++, (sqlite3_int64)limit + 1);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+		db_bind_text(st, idx++, f->tenants[i]);
+	db_bind_int64(st, idx++, (int64_t)limit + 1);
+	/* LIMIT bounds the rows to limit + 1, what v holds. */
+	while ((r = db_step(st)) == DB_ROW)
 		event_row(st, &v[cnt++]);
-	if (rc != SQLITE_DONE) {
-		e = db_err(a->rdb, rc, "reading events");
+	if (r == DB_FAIL) {
+		e = db_err(c, "audit log: reading its events");
 		goto out;
 	}
 	if (cnt > limit) {
@@ -1281,8 +1747,8 @@ audit_list(struct audit *a, const struct audit_filter *f, uint64_t after,
 	*n = cnt;
 	v = NULL;
 out:
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&a->rmu);
+	db_finalize(st);
+	db_conn_put(a->db, c);
 	free(v);
 	return e;
 }
@@ -1291,44 +1757,43 @@ enum kb_err
 audit_list_checkpoints(struct audit *a, uint64_t after, unsigned limit,
     struct audit_checkpoint **out, size_t *n, int *more)
 {
-	sqlite3_stmt *st = NULL;
+	struct db_conn *c = NULL;
+	struct db_stmt *st = NULL;
 	struct audit_checkpoint *v = NULL;
 	size_t cnt = 0;
+	enum db_step r;
 	enum kb_err e = KB_OK;
-	int rc;
 
 	*out = NULL;
 	*n = 0;
 	*more = 0;
 	if ((v = calloc(limit + 1, sizeof(*v))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
-	pthread_mutex_lock(&a->rmu);
-	if ((rc = sqlite3_prepare_v2(a->rdb,
-	         "SELECT seq, head_hash, time_us, "
-	         "prev_signature, signature, key_id FROM checkpoints WHERE seq "
-	         "> ? "
-	         "ORDER BY seq LIMIT ?",
-	         -1, &st, NULL))
-	    != SQLITE_OK) {
-		e = db_err(a->rdb, rc, "querying");
+	c = db_conn_get(a->db);
+	if ((e = db_prepare(c,
+	         "SELECT seq, head_hash, time_us, prev_signature, signature, "
+	         "key_id FROM checkpoints WHERE seq > ? ORDER BY seq LIMIT ?",
+	         &st))
+	    != KB_OK)
 		goto out;
-	}
-	sqlite3_bind_int64(st, 1, (sqlite3_int64)after);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)limit + 1);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		struct audit_checkpoint *c = &v[cnt++];
+	db_bind_int64(st, 1, (int64_t)after);
+	db_bind_int64(st, 2, (int64_t)limit + 1);
+	while ((r = db_step(st)) == DB_ROW) {
+		struct audit_checkpoint *cp = &v[cnt++];
 
-		c->seq = (uint64_t)sqlite3_column_int64(st, 0);
-		(void)blob(c->head_hash, sizeof(c->head_hash), st, 1);
-		c->time_us = sqlite3_column_int64(st, 2);
-		c->prev_sig_len = blob(c->prev_sig, sizeof(c->prev_sig), st, 3);
-		c->sig_len = blob(c->sig, sizeof(c->sig), st, 4);
-		text(c->key_id, sizeof(c->key_id), st, 5);
+		cp->seq = (uint64_t)db_column_int64(st, 0);
+		(void)blob(cp->head_hash, sizeof(cp->head_hash), st, 1);
+		cp->time_us = db_column_int64(st, 2);
+		cp->prev_sig_len =
+		    blob(cp->prev_sig, sizeof(cp->prev_sig), st, 3);
+		cp->sig_len = blob(cp->sig, sizeof(cp->sig), st, 4);
+		text(cp->key_id, sizeof(cp->key_id), st, 5);
 	}
-	if (rc != SQLITE_DONE) {
-		e = db_err(a->rdb, rc, "reading checkpoints");
+	if (r == DB_FAIL) {
+		e = db_err(c, "audit log: reading its checkpoints");
 		goto out;
 	}
+	db_reset(st);
 	if (cnt > limit) {
 		cnt = limit;
 		*more = 1;
@@ -1337,8 +1802,7 @@ audit_list_checkpoints(struct audit *a, uint64_t after, unsigned limit,
 	*n = cnt;
 	v = NULL;
 out:
-	sqlite3_finalize(st);
-	pthread_mutex_unlock(&a->rmu);
+	db_conn_put(a->db, c);
 	free(v);
 	return e;
 }
@@ -1356,13 +1820,10 @@ audit_close(struct audit *a)
 	if (a->started)
 		pthread_join(a->writer, NULL);
 	a->started = 0;
-	sqlite3_close(a->rdb);
-	sqlite3_close(a->wdb);
+	db_close(a->db);
 	pthread_mutex_destroy(&a->mu);
-	pthread_mutex_destroy(&a->rmu);
 	pthread_cond_destroy(&a->work_cv);
 	pthread_cond_destroy(&a->done_cv);
-	free(a->path);
 	free(a);
 }
 
@@ -1371,37 +1832,55 @@ audit_close(struct audit *a)
 enum kb_err
 audit_snapshot(struct audit *a, const char *dest, struct audit_head *head)
 {
-	sqlite3 *d = NULL;
-	sqlite3_stmt *st = NULL;
+	struct db_config dc;
+	struct db *d = NULL;
+	struct db_conn *c;
+	struct db_stmt *st = NULL;
+	struct sqlite3 *src;
 	enum kb_err e;
 
 	memset(head, 0, sizeof(*head));
-	pthread_mutex_lock(&a->rmu);
-	e = store_sqlite_copy(a->rdb, dest, "snapshotting the audit log");
-	pthread_mutex_unlock(&a->rmu);
+	c = db_conn_get(a->db);
+	if ((src = db_conn_sqlite(c)) == NULL) {
+		db_conn_put(a->db, c);
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "the audit log is in PostgreSQL (%s): back it up with "
+		    "PostgreSQL's own tools (pg_dump of the database, with "
+		    "the broker's tables), not a broker backup",
+		    db_target(a->db));
+	}
+	e = store_sqlite_copy(src, dest, "snapshotting the audit log");
+	db_conn_put(a->db, c);
 	if (e != KB_OK)
 		return e;
 	/* The head as the copy has it (the live log has moved on). */
-	if (sqlite3_open_v2(dest, &d, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK
-	    || sqlite3_prepare_v2(d,
-	           "SELECT (SELECT seq FROM events ORDER BY seq "
-	           "DESC LIMIT 1), (SELECT hash FROM events ORDER BY seq DESC "
-	           "LIMIT 1), "
-	           "(SELECT max(seq) FROM checkpoints)",
-	           -1, &st, NULL)
-	        != SQLITE_OK
-	    || sqlite3_step(st) != SQLITE_ROW) {
-		e = db_err(
-		    d, sqlite3_errcode(d), "reading the snapshot's head");
+	memset(&dc, 0, sizeof(dc));
+	dc.target = dest;
+	dc.conns = 1;
+	dc.readonly = 1;
+	dc.schema = &audit_schema;
+	if ((e = db_open(&dc, &d)) != KB_OK)
+		return kb_err_wrap(e, "reading the audit snapshot's head");
+	c = db_conn_get(d);
+	if ((e = db_prepare(c,
+	         "SELECT (SELECT seq FROM events ORDER BY seq DESC LIMIT 1), "
+	         "(SELECT hash FROM events ORDER BY seq DESC LIMIT 1), "
+	         "(SELECT max(seq) FROM checkpoints)",
+	         &st))
+	    != KB_OK)
+		goto out;
+	if (db_step(st) != DB_ROW) {
+		e = db_err(c, "audit log: reading the snapshot's head");
 		goto out;
 	}
-	head->seq = (uint64_t)sqlite3_column_int64(st, 0);
+	head->seq = (uint64_t)db_column_int64(st, 0);
 	(void)blob(head->hash, sizeof(head->hash), st, 1);
-	head->checkpoint_seq = (uint64_t)sqlite3_column_int64(st, 2);
+	head->checkpoint_seq = (uint64_t)db_column_int64(st, 2);
+	db_reset(st);
 	e = KB_OK;
 out:
-	sqlite3_finalize(st);
-	sqlite3_close(d);
+	db_conn_put(d, c);
+	db_close(d);
 	return e;
 }
 

@@ -2,7 +2,9 @@
 /* audit.h: the tamper-evident event log. Events are hash-chained
  * (common/kb_audit.h), committed in groups by one writer thread, and
  * covered by checkpoints signed with a key that never leaves the token.
- * Nothing here edits or deletes an event. */
+ * Nothing here edits or deletes an event. Several brokers may share one
+ * log (PostgreSQL): their events form one chain, ordered by the database
+ * (audit.c says how). */
 #ifndef KB_AUDIT_LOG_H
 #define KB_AUDIT_LOG_H
 
@@ -51,7 +53,13 @@ struct audit_filter {
 };
 
 struct audit_config {
-	const char *path; /* the audit database */
+	/* The audit database: a SQLite file path, or a postgresql:// libpq
+	 * connection string (the broker's own database when it is
+	 * PostgreSQL: the log's tables sit beside the store's). */
+	const char *path;
+	/* PostgreSQL only: a file holding the password (mode 0600), or NULL
+	 * for libpq's own ways (PGPASSFILE, ~/.pgpass). */
+	const char *password_file;
 	struct hsm *hsm;
 	/* The audit signing key the database says is in force. When the
 	 * log's newest checkpoint was signed by another key, the log takes
@@ -76,7 +84,9 @@ struct audit_config {
 
 #define AUDIT_ANCHOR_LABEL "kb:audit-anchor"
 
-/* Open (creating) the audit database and start the writer. */
+/* Open (creating, and migrating to this build's schema) the audit
+ * database and start the writer. KB_ERR_UNAVAILABLE when a PostgreSQL
+ * server cannot be reached, KB_ERR_CORRUPT for a log the anchor refuses. */
 enum kb_err audit_open(const struct audit_config *cfg, struct audit **out);
 
 /* Append one event and wait until it is committed (durably). *seq gets its
@@ -85,7 +95,9 @@ enum kb_err audit_open(const struct audit_config *cfg, struct audit **out);
 enum kb_err audit_append(
     struct audit *a, const struct audit_record *r, uint64_t *seq);
 
-/* The highest committed sequence number. */
+/* The highest committed sequence number this broker knows of (with
+ * other brokers on the log, theirs show in audit_list at once and here
+ * after this broker's next write). */
 uint64_t audit_last_seq(struct audit *a);
 
 /* Wait until an event after `after_seq` is committed, or `timeout_ms`
@@ -100,6 +112,10 @@ struct kb_hist;
 /* How long each group commit (one transaction and its fsync) took; valid
  * while `a` is open. */
 const struct kb_hist *audit_commit_hist(const struct audit *a);
+
+/* The database engine and its version ("SQLite 3.40.1", "PostgreSQL
+ * 15.18"); valid while `a` is open. */
+const char *audit_engine_version(const struct audit *a);
 
 /* Whether audit_close has begun (streams should end). */
 int audit_closing(struct audit *a);
@@ -134,7 +150,9 @@ struct audit_head {
 };
 
 /* Copy the log as it is now into the new file `dest` (SQLite's online
- * backup, while appends go on) and fill *head from the copy. */
+ * backup, while appends go on) and fill *head from the copy.
+ * KB_ERR_FAILED_PRECONDITION for a log in PostgreSQL (pg_dump backs it
+ * up with the broker's database). */
 enum kb_err audit_snapshot(
     struct audit *a, const char *dest, struct audit_head *head);
 

@@ -197,6 +197,32 @@ dir_of(const char *path, char *buf, size_t len)
 	return buf;
 }
 
+/* A backup file holds SQLite files: a PostgreSQL database (the store's or
+ * the audit log's) is backed up with PostgreSQL's tools. KB_OK when both
+ * are SQLite, else KB_ERR_FAILED_PRECONDITION saying what to use; `what`
+ * is the step refused. */
+static enum kb_err
+postgres_refuse(
+    int store_pg, const char *audit_target, const char *what, const char *after)
+{
+	if (!store_pg && !config_is_postgres(audit_target))
+		return KB_OK;
+	return kb_errf(KB_ERR_FAILED_PRECONDITION,
+	    "%s works on SQLite databases only, and %s is PostgreSQL: "
+	    "back a PostgreSQL database up with PostgreSQL's own tools, "
+	    "pg_basebackup (the whole server, with its write-ahead log for "
+	    "point-in-time recovery) or pg_dump (the database: the store's "
+	    "and the audit log's tables together), and restore it with "
+	    "them; the token is backed up apart, as with SQLite (README, "
+	    "\"Backup and recovery\")%s",
+	    what,
+	    store_pg ? (config_is_postgres(audit_target)
+	            ? "this broker's database"
+	            : "this broker's database (not its audit log)")
+	             : "this broker's audit log (audit_database)",
+	    after);
+}
+
 enum kb_err
 backup_snapshot(struct broker *b, struct backup **out)
 {
@@ -207,6 +233,12 @@ backup_snapshot(struct broker *b, struct backup **out)
 	int i;
 
 	*out = NULL;
+	/* Before anything is made beside the database (which has no
+	 * directory when it is a connection string). */
+	if ((e = postgres_refuse(store_is_postgres(b->store),
+	         b->cfg->audit_database, "backup create", ""))
+	    != KB_OK)
+		return e;
 	if ((bk = calloc(1, sizeof(*bk))) == NULL)
 		return kb_errf(KB_ERR_NOMEM, "out of memory");
 	/* Beside the database, private: the copies hold sealed DEKs. */
@@ -685,6 +717,11 @@ backup_restore(const struct config *cfg, const char *config_path,
 	r.path = file;
 	targets[0] = cfg->database;
 	targets[1] = cfg->audit_database;
+	if ((e = postgres_refuse(config_is_postgres(cfg->database),
+	         cfg->audit_database, "keybrokerd --restore",
+	         "; nothing was read or written"))
+	    != KB_OK)
+		goto out;
 	if ((e = restore_read(&r)) != KB_OK)
 		goto out;
 	fprintf(out, "backup %s: format and checksum good\n", file);

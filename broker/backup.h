@@ -31,7 +31,9 @@ struct backup;
 /* Snapshot the running broker's database, then its audit log (so every
  * change in the copy has its "started" event in the copy of the log),
  * into a private directory beside the database, and build the manifest.
- * Read the file with backup_read; backup_free removes the copies. */
+ * Read the file with backup_read; backup_free removes the copies.
+ * SQLite only: KB_ERR_FAILED_PRECONDITION when the database or the audit
+ * log is PostgreSQL (the message names pg_basebackup and pg_dump). */
 enum kb_err backup_snapshot(struct broker *b, struct backup **out);
 
 /* The next at most `len` bytes of the backup file into `buf`; *n = 0 at
@@ -50,7 +52,9 @@ void backup_free(struct backup *bk);
  * each missing key and what depends on it, nothing written), then write
  * the database and the audit database of `cfg` (each through a temporary
  * file renamed into place); existing ones are replaced only with `force`.
- * Progress and the next step go to `out`. Takes nothing from `cfg`. */
+ * Progress and the next step go to `out`. Takes nothing from `cfg`.
+ * KB_ERR_FAILED_PRECONDITION, before anything is read, when `cfg` names a
+ * PostgreSQL database or audit log. */
 enum kb_err backup_restore(const struct config *cfg, const char *config_path,
     const char *file, int force, FILE *out);
 

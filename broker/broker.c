@@ -16,9 +16,11 @@
 #include "fingerprint.h"
 #include "jobs.h"
 #include "kb_codec.h"
+#include "kb_secmem.h"
 #include "keys.h"
 #include "log.h"
 #include "ratelimit.h"
+#include "store_lease.h"
 #include "timemark.h"
 
 /* Hex SHA-256 of the DER SubjectPublicKeyInfo of token key `id`. */
@@ -321,6 +323,11 @@ open_audit(struct broker *b)
 	b->audit_key = k;
 	memset(&ac, 0, sizeof(ac));
 	ac.path = b->cfg->audit_database;
+	/* One password file for both: the audit log's database is the
+	 * store's unless audit_database names another. */
+	ac.password_file = config_is_postgres(b->cfg->audit_database)
+	    ? b->cfg->database_password_file
+	    : NULL;
 	ac.hsm = b->hsm;
 	ac.sign_key_id = b->audit_key.id;
 	ac.checkpoint_events = b->cfg->audit_checkpoint_events;
@@ -329,7 +336,17 @@ open_audit(struct broker *b)
 	ac.anchor_label = AUDIT_ANCHOR_LABEL;
 	ac.accept_loss = b->cfg->accept_audit_loss;
 	ac.key_fingerprint = key_fingerprint;
-	return audit_open(&ac, &b->audit);
+	if ((e = audit_open(&ac, &b->audit)) != KB_OK)
+		return e;
+	log_event(LOG_INFO, "audit.opened",
+	    LOG_KV("engine", audit_engine_version(b->audit), "target",
+	        b->cfg->audit_database),
+	    "audit log: %s database %s%s", audit_engine_version(b->audit),
+	    b->cfg->audit_database,
+	    strcmp(b->cfg->audit_database, b->cfg->database) == 0
+	        ? " (the store's database)"
+	        : "");
+	return KB_OK;
 }
 
 enum kb_err
@@ -389,6 +406,8 @@ broker_reconcile_keys(struct broker *b, int running)
 		return e;
 	for (i = 0; i < n; i++) {
 		char label[DEK_LABEL_MAX];
+		int tenant_locked = 0;
+		struct store_key now;
 
 		/* While serving, a locked key may be coming back (unlock runs
 		 * under its tenant's lock, not ours): only deleted keys, which
@@ -398,12 +417,44 @@ broker_reconcile_keys(struct broker *b, int running)
 		    && (strcmp(v[i].state, "deleted") != 0
 		        || strcmp(v[i].purpose, "tenant") == 0))
 			continue;
+		/* Another broker on the same database may be unlocking this
+		 * tenant right now (its key back in the token, the database
+		 * not yet saying so): decide under the tenant's lock, on the
+		 * key's state read again. */
+		if (v[i].tenant_id[0] != '\0') {
+			broker_tenant_lock(b, v[i].tenant_id);
+			tenant_locked = 1;
+			if (store_key_get(b->store, v[i].id, &now) != KB_OK
+			    || strcmp(now.state, v[i].state) != 0) {
+				broker_tenant_unlock(b, v[i].tenant_id);
+				kb_err_clear();
+				continue;
+			}
+		}
 
 		if (strcmp(v[i].purpose, "tenant") == 0
 		    || (strcmp(v[i].purpose, "platform") == 0
-		        && strncmp(v[i].wrap_alg, "RSA-OAEP", 8) == 0))
-			e = hsm_key_exists(b->hsm, v[i].id);
-		else {
+		        && strncmp(v[i].wrap_alg, "RSA-OAEP", 8) == 0)) {
+			/* Any object with its id, not only the private half:
+			 * a crash inside a destroy can leave the public one,
+			 * which would make the key's unlock fail. */
+			e = hsm_key_destroy(b->hsm, v[i].id);
+			if (tenant_locked)
+				broker_tenant_unlock(b, v[i].tenant_id);
+			if (e == KB_ERR_NOT_FOUND) {
+				e = KB_OK;
+				kb_err_clear();
+				continue;
+			}
+			if (e != KB_OK)
+				break;
+			log_warn("key %s (%s%s%s) was %s but still in the "
+			         "token: destroyed it",
+			    v[i].id, v[i].purpose,
+			    v[i].tenant_id[0] ? ", tenant " : "",
+			    v[i].tenant_id, v[i].state);
+			continue;
+		} else {
 			dek_label(strcmp(v[i].purpose, "kek") == 0
 			        ? STORE_MODE_CUSTOMER
 			        : STORE_MODE_PLATFORM,
@@ -413,40 +464,68 @@ broker_reconcile_keys(struct broker *b, int running)
 		if (e != KB_OK) {
 			e = KB_OK;
 			kb_err_clear();
+			if (tenant_locked)
+				broker_tenant_unlock(b, v[i].tenant_id);
 			continue;
 		}
 		log_warn("key %s (%s%s%s) is %s but still in the token: "
 		         "destroying it now",
 		    v[i].id, v[i].purpose, v[i].tenant_id[0] ? ", tenant " : "",
 		    v[i].tenant_id, v[i].state);
-		if ((e = hsm_key_destroy(b->hsm, v[i].id)) != KB_OK)
+		e = hsm_key_destroy(b->hsm, v[i].id);
+		if (tenant_locked)
+			broker_tenant_unlock(b, v[i].tenant_id);
+		if (e != KB_OK)
 			break;
 	}
 	free(v);
 	return e;
 }
 
-static pthread_mutex_t *
-tenant_mutex(struct broker *b, const char *tenant)
+static unsigned
+tenant_slot(const char *tenant)
 {
 	uint32_t h = 2166136261u; /* FNV-1a */
 	const char *p;
 
 	for (p = tenant; *p != '\0'; p++)
 		h = (h ^ (uint8_t)*p) * 16777619u;
-	return &b->tenant_locks[h % BROKER_TENANT_LOCKS];
+	return h % BROKER_TENANT_LOCKS;
 }
 
+/* The mutex keeps this broker's threads in line; on PostgreSQL a lease of
+ * the same name keeps the other brokers' (their rules are read and the
+ * change they allow is made under it, so two brokers racing get one
+ * winner, not timing). A lease that cannot be had (the database is down)
+ * is logged: the call then fails at its first store access anyway. */
 void
 broker_tenant_lock(struct broker *b, const char *tenant)
 {
-	pthread_mutex_lock(tenant_mutex(b, tenant));
+	unsigned i = tenant_slot(tenant);
+	char name[STORE_ID_MAX + 16];
+	enum kb_err e;
+
+	pthread_mutex_lock(&b->tenant_locks[i]);
+	b->tenant_leases[i] = NULL;
+	if (!store_is_postgres(b->store))
+		return;
+	snprintf(name, sizeof(name), "tenant/%s", tenant);
+	if ((e = store_lease_wait(b->store, name, &b->tenant_leases[i]))
+	    != KB_OK) {
+		log_error("tenant %s: the lock shared by the brokers: %s",
+		    tenant, kb_err_msg(e));
+		b->tenant_leases[i] = NULL;
+	}
 }
 
 void
 broker_tenant_unlock(struct broker *b, const char *tenant)
 {
-	pthread_mutex_unlock(tenant_mutex(b, tenant));
+	unsigned i = tenant_slot(tenant);
+
+	store_lease_drop(b->tenant_leases[i]);
+	b->tenant_leases[i] = NULL;
+	pthread_mutex_unlock(&b->tenant_locks[i]);
 }
 
 enum kb_err
@@ -539,11 +618,114 @@ rate_start(struct broker *b)
 	    b->rate, RATE_REPORT_INTERVAL_S, rate_report, b);
 }
 
+/* The database password file is checked before anything is opened, the
+ * way the PIN file is (kb_secret_file_read: a regular file, not readable
+ * or writable by group or others, not empty); the database layer reads it
+ * again when it connects. */
+static enum kb_err
+password_file_check(const struct config *cfg)
+{
+	char *pw = NULL;
+	size_t n = 0;
+	enum kb_err e;
+
+	if (cfg->database_password_file == NULL)
+		return KB_OK;
+	e = kb_secret_file_read(cfg->database_password_file, 1, &pw, &n);
+	kb_secure_free(pw);
+	if (e != KB_OK)
+		return kb_err_wrap(e, "database_password_file");
+	return KB_OK;
+}
+
+/* Whether token `b->hsm` already holds a keybroker platform key (of any
+ * generation): then a database with no keybroker data in it is almost
+ * always the wrong one. */
+static int
+token_has_platform_key(struct broker *b)
+{
+	int r = hsm_key_exists(b->hsm, BROKER_PLATFORM_KEY_ID) == KB_OK
+	    || hsm_label_exists(b->hsm, DEK_LABEL_PLATFORM) == KB_OK;
+
+	kb_err_clear();
+	return r;
+}
+
+/* A SQLite database that does not exist, or a PostgreSQL database whose
+ * store has never been bound to a token, beside a token that already
+ * holds this broker's keys: an unmounted volume, a wrong path or database
+ * name. Starting would hide every environment (and bind the empty
+ * database to the token, so the next start would not notice): refuse
+ * unless --allow-new-database. SQLite is checked before the file is
+ * created (`s` NULL); PostgreSQL after the store is opened (its tables are
+ * made, but stay unbound: every later start refuses again). */
+static enum kb_err
+new_database_check(struct broker *b, struct store *s)
+{
+	const struct config *cfg = b->cfg;
+	char label[64];
+	enum kb_err e;
+
+	if (cfg->allow_new_database)
+		return KB_OK;
+	if (s == NULL) {
+		if (access(cfg->database, F_OK) == 0
+		    || !token_has_platform_key(b))
+			return KB_OK;
+		return kb_errf(KB_ERR_CONFIG,
+		    "database %s does not exist, but token '%s' already "
+		    "holds a keybroker platform key: the data keys it wraps "
+		    "are in a database this broker cannot see (is the "
+		    "database's volume mounted? is the path right?). To start "
+		    "over with an empty database on this token anyway, run "
+		    "with --allow-new-database",
+		    cfg->database, b->token.label);
+	}
+	/* The token first: a broker sharing the token and the database that
+	 * binds the store and makes its platform key meanwhile is then seen
+	 * bound (it binds before it makes the key). */
+	if (!token_has_platform_key(b))
+		return KB_OK;
+	e = store_meta_get(s, "token_label", label, sizeof(label));
+	if (e != KB_ERR_NOT_FOUND)
+		return e;
+	kb_err_clear();
+	return kb_errf(KB_ERR_CONFIG,
+	    "PostgreSQL database %s holds no keybroker data (its store was "
+	    "never bound to a token), but token '%s' already holds a "
+	    "keybroker platform key: the data keys it wraps are in a "
+	    "database this broker cannot see (is the connection string's "
+	    "host and database name right? was the database dropped or "
+	    "restored empty?). To start over with an empty database on "
+	    "this token anyway, run with --allow-new-database",
+	    cfg->database, b->token.label);
+}
+
+/* Which engine the store runs on, logged once at start (the server's
+ * version follows with the audit log's line: by default it is the same
+ * database). The target is logged as configured: config_parse refuses a
+ * password in it. */
+static void
+log_store_engine(struct broker *b)
+{
+	char schema[16];
+	const char *engine =
+	    store_is_postgres(b->store) ? "PostgreSQL" : "SQLite";
+
+	snprintf(schema, sizeof(schema), "%d", store_schema_version(b->store));
+	log_event(LOG_INFO, "store.opened",
+	    LOG_KV(
+	        "engine", engine, "target", b->cfg->database, "schema", schema),
+	    "store: %s database %s (schema %s)", engine, b->cfg->database,
+	    schema);
+}
+
 enum kb_err
 broker_open(struct config *cfg, struct broker **out)
 {
 	struct broker *b;
 	struct hsm_config hc;
+	struct store_lease *startup = NULL;
 	int64_t n_legacy;
 	enum kb_err e;
 	int i;
@@ -570,6 +752,8 @@ broker_open(struct config *cfg, struct broker **out)
 		kb_err_wrap(e, "client_ca %s", cfg->client_ca);
 		goto fail;
 	}
+	if ((e = password_file_check(cfg)) != KB_OK)
+		goto fail;
 	memset(&hc, 0, sizeof(hc));
 	hc.module_path = cfg->pkcs11_module;
 	hc.token_uri = cfg->token_uri;
@@ -581,27 +765,27 @@ broker_open(struct config *cfg, struct broker **out)
 	hsm_token_info(b->hsm, &b->token);
 	log_info("token '%s' (serial %s, %s %s) opened", b->token.label,
 	    b->token.serial, b->token.manufacturer, b->token.model);
-	/* A missing database beside a token that already holds this broker's
-	 * keys is almost always an unmounted volume or a wrong path: starting
-	 * would hide every environment. Refuse before creating anything. */
-	if (access(cfg->database, F_OK) != 0 && !cfg->allow_new_database
-	    && (hsm_key_exists(b->hsm, BROKER_PLATFORM_KEY_ID) == KB_OK
-	        || hsm_label_exists(b->hsm, DEK_LABEL_PLATFORM) == KB_OK)) {
-		e = kb_errf(KB_ERR_CONFIG,
-		    "database %s does not exist, but token "
-		    "'%s' already holds a keybroker platform key: the data "
-		    "keys "
-		    "it wraps are in a database this broker cannot see (is the "
-		    "database's volume mounted? is the path right?). To start "
-		    "over with an empty database on this token anyway, run "
-		    "with "
-		    "--allow-new-database",
-		    cfg->database, b->token.label);
+	if (!config_is_postgres(cfg->database)
+	    && (e = new_database_check(b, NULL)) != KB_OK)
 		goto fail;
+	{
+		struct store_open_opts so = {cfg->database,
+		    config_is_postgres(cfg->database)
+		        ? cfg->database_password_file
+		        : NULL,
+		    cfg->workers + 2};
+
+		if ((e = store_open_with(&so, &b->store)) != KB_OK)
+			goto fail;
 	}
-	kb_err_clear();
-	if ((e = store_open(cfg->database, cfg->workers + 2, &b->store))
-	    != KB_OK)
+	log_store_engine(b);
+	/* Brokers starting together on one database set it up one at a
+	 * time: the first makes the platform key and binds the token, the
+	 * next finds them. */
+	if ((e = store_lease_wait(b->store, "startup", &startup)) != KB_OK)
+		goto fail;
+	if (store_is_postgres(b->store)
+	    && (e = new_database_check(b, b->store)) != KB_OK)
 		goto fail;
 	if ((e = store_token_bind(b->store, b->token.label, b->token.serial))
 	    != KB_OK)
@@ -656,6 +840,8 @@ broker_open(struct config *cfg, struct broker **out)
 		 * and `audit verify` passes right after a first start. */
 		audit_checkpoint_soon(b->audit);
 	}
+	store_lease_drop(startup);
+	startup = NULL;
 	if ((e = timemark_start(b->timemark)) != KB_OK
 	    || (e = jobs_start(b, &b->jobs)) != KB_OK
 	    || (e = rate_start(b)) != KB_OK)
@@ -663,6 +849,7 @@ broker_open(struct config *cfg, struct broker **out)
 	*out = b;
 	return KB_OK;
 fail:
+	store_lease_drop(startup);
 	broker_close(b);
 	return e;
 }

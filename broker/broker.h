@@ -12,6 +12,7 @@
 #include "identity.h"
 #include "kb_err.h"
 #include "store.h"
+#include "store_lease.h"
 
 #define BROKER_PLATFORM_KEY_ID "kb-platform-1"
 #define BROKER_AUDIT_KEY_ID "kb-audit-1"
@@ -38,6 +39,9 @@ struct broker {
 	/* State changes of one tenant are serialized: a policy check and the
 	 * writes it allows happen under the tenant's lock (striped by id). */
 	pthread_mutex_t tenant_locks[BROKER_TENANT_LOCKS];
+	/* With several brokers on one database: the cluster-wide lease that
+	 * goes with each held tenant lock (under that lock). */
+	struct store_lease *tenant_leases[BROKER_TENANT_LOCKS];
 	struct jobs *jobs; /* background work (jobs.c) */
 	struct audit *audit; /* the event log (audit.c) */
 	struct store_key audit_key; /* signs audit checkpoints */

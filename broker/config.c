@@ -22,6 +22,7 @@ enum value_kind {
 	V_BOOL,
 	V_ADDR, /* a string that may be empty (off) */
 	V_FORMAT,
+	V_DATABASE, /* a SQLite path (resolved) or a postgresql:// string */
 };
 
 struct option {
@@ -47,7 +48,8 @@ static const struct option options[] = {
     OPT(token_uri, V_STRING, 0, 0),
     OPT(pin_file, V_PATH, 0, 0),
     OPT(softhsm2_conf, V_PATH, 0, 0),
-    OPT(database, V_PATH, 0, 0),
+    OPT(database, V_DATABASE, 0, 0),
+    OPT(database_password_file, V_PATH, 0, 0),
     OPT(workers, V_UINT, 1, 256),
     OPT(hsm_sessions, V_UINT, 1, 1024),
     OPT(max_message_bytes, V_SIZE, 1024, 64 << 20),
@@ -66,7 +68,7 @@ static const struct option options[] = {
     OPT(rate_per_tenant_burst, V_UINT, 0, 10000000),
     OPT(max_streams_per_identity, V_UINT, 0, 100000),
     OPT(test_clock_file, V_PATH, 0, 0),
-    OPT(audit_database, V_PATH, 0, 0),
+    OPT(audit_database, V_DATABASE, 0, 0),
     OPT(audit_checkpoint_events, V_UINT, 1, 1000000),
     OPT(audit_checkpoint_interval_s, V_UINT, 1, 86400),
     OPT(health_timeout_ms, V_UINT, 10, 60000),
@@ -89,6 +91,133 @@ resolve(const char *dir, const char *v)
 	if ((p = malloc(n)) != NULL)
 		snprintf(p, n, "%s/%s", dir, v);
 	return p;
+}
+
+int
+config_is_postgres(const char *target)
+{
+	return target != NULL
+	    && (strncmp(target, "postgresql://", 13) == 0
+	        || strncmp(target, "postgres://", 11) == 0);
+}
+
+/* One hex digit's value, or -1. */
+static int
+hexval(char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/* Where a postgresql:// connection string holds a password, or NULL if it
+ * holds none. The rules are libpq's (conninfo_uri_parse_options): the user
+ * information runs from after "://" to the first '@' unless a '/' comes
+ * first, and a ':' in it starts the password; parameters after '?' are
+ * key=value pairs split by '&', percent-decoded. */
+static const char *
+uri_password_where(const char *uri)
+{
+	const char *p = strstr(uri, "://") + 3, *q, *end;
+	char key[16];
+	size_t n;
+
+	/* libpq's rule (up to an '@' with no '/' before it), and stricter,
+	 * up to an '@' before the first '?': a password holding a '/' is no
+	 * password to libpq, but still a secret in this file. */
+	n = strcspn(p, "/") > strcspn(p, "?") ? strcspn(p, "/")
+	                                      : strcspn(p, "?");
+	if ((q = memchr(p, '@', n)) != NULL
+	    && memchr(p, ':', (size_t)(q - p)) != NULL)
+		return "in its user information (USER:PASSWORD@)";
+	q = p + strcspn(p, "?");
+	if (*q != '?')
+		return NULL;
+	for (q++; *q != '\0'; q = *end == '&' ? end + 1 : end) {
+		if ((end = strchr(q, '&')) == NULL)
+			end = q + strlen(q);
+		for (n = 0; q < end && *q != '=' && n < sizeof(key) - 1; q++) {
+			if (*q == '%' && q + 2 < end && hexval(q[1]) >= 0
+			    && hexval(q[2]) >= 0) {
+				key[n++] =
+				    (char)(hexval(q[1]) * 16 + hexval(q[2]));
+				q += 2;
+			} else {
+				key[n++] = *q;
+			}
+		}
+		key[n] = '\0';
+		if (strcmp(key, "password") == 0)
+			return "as its password parameter (?password=...)";
+	}
+	return NULL;
+}
+
+/* A libpq keyword=value connection string ("host=db dbname=kb") would be
+ * taken for a file name: its first word is one of libpq's keywords. */
+static int
+looks_like_conninfo(const char *v)
+{
+	static const char *const kw[] = {"host", "hostaddr", "port", "dbname",
+	    "user", "password", "passfile", "service", "sslmode",
+	    "connect_timeout", "options", "application_name"};
+	size_t n = strspn(v, "abcdefghijklmnopqrstuvwxyz_"), i;
+	const char *p = v + n;
+
+	while (*p == ' ' || *p == '\t')
+		p++;
+	if (n == 0 || *p != '=')
+		return 0;
+	for (i = 0; i < sizeof(kw) / sizeof(kw[0]); i++)
+		if (strlen(kw[i]) == n && strncmp(v, kw[i], n) == 0)
+			return 1;
+	return 0;
+}
+
+/* database, audit_database: a SQLite file (resolved like a path) or a
+ * PostgreSQL connection string, which may not hold a password. Nothing of
+ * the value goes into a message: it may be a password. */
+static enum kb_err
+set_database(
+    char **sp, const char *name, const char *v, const char *dir, int lineno)
+{
+	const char *where;
+
+	if (v[0] == '\0')
+		return kb_errf(
+		    KB_ERR_CONFIG, "line %d: %s needs a value", lineno, name);
+	if (config_is_postgres(v)) {
+		if ((where = uri_password_where(v)) != NULL)
+			return kb_errf(KB_ERR_CONFIG,
+			    "line %d: %s: the connection string holds a "
+			    "password %s: a configuration file is no place "
+			    "for it (it is often readable by others, and "
+			    "copied). Remove the password from the string "
+			    "and put it alone in a file of mode 0600 named "
+			    "by database_password_file",
+			    lineno, name, where);
+		free(*sp);
+		if ((*sp = strdup(v)) == NULL)
+			return kb_errf(KB_ERR_NOMEM, "out of memory");
+		return KB_OK;
+	}
+	if (looks_like_conninfo(v))
+		return kb_errf(KB_ERR_CONFIG,
+		    "line %d: %s looks like a libpq keyword=value "
+		    "connection string, which keybroker does not take: "
+		    "write it as a URI, postgresql://USER@HOST:PORT/DBNAME "
+		    "(parameters after '?'), with the password in "
+		    "database_password_file; or give the path of a SQLite "
+		    "file",
+		    lineno, name);
+	free(*sp);
+	if ((*sp = resolve(dir, v)) == NULL)
+		return kb_errf(KB_ERR_NOMEM, "out of memory");
+	return KB_OK;
 }
 
 static char *
@@ -123,6 +252,7 @@ set_option(struct config *c, const struct option *o, const char *v,
 		if (*sp == NULL)
 			return kb_errf(KB_ERR_NOMEM, "out of memory");
 		return KB_OK;
+	case V_DATABASE: return set_database(sp, o->name, v, dir, lineno);
 	case V_ADDR:
 		free(*sp);
 		if ((*sp = strdup(v)) == NULL)
@@ -295,7 +425,12 @@ config_parse(const char *text, size_t len, const char *dir, struct config **out)
 		                              : "rate_per_tenant");
 		goto out;
 	}
-	if (c->audit_database == NULL) {
+	if (c->audit_database == NULL && config_is_postgres(c->database)) {
+		/* One PostgreSQL database for both: the audit log has tables
+		 * of its own there, and the same password file. */
+		if ((c->audit_database = strdup(c->database)) == NULL)
+			goto nomem;
+	} else if (c->audit_database == NULL) {
 		/* keybroker.db -> keybroker-audit.db, beside it. */
 		size_t n = strlen(c->database);
 		if ((c->audit_database = malloc(n + 16)) == NULL)
@@ -306,6 +441,16 @@ config_parse(const char *text, size_t len, const char *dir, struct config **out)
 		else
 			snprintf(
 			    c->audit_database, n + 16, "%s-audit", c->database);
+	}
+	if (c->database_password_file != NULL
+	    && !config_is_postgres(c->database)
+	    && !config_is_postgres(c->audit_database)) {
+		e = kb_errf(KB_ERR_CONFIG,
+		    "database_password_file is set, but database and "
+		    "audit_database are SQLite files, which have no "
+		    "password: remove database_password_file, or set "
+		    "database to a postgresql:// connection string");
+		goto out;
 	}
 	*out = c;
 	c = NULL;
@@ -369,7 +514,8 @@ config_free(struct config *c)
 		return;
 	for (i = 0; i < sizeof(options) / sizeof(options[0]); i++)
 		if (options[i].kind == V_STRING || options[i].kind == V_PATH
-		    || options[i].kind == V_ADDR)
+		    || options[i].kind == V_ADDR
+		    || options[i].kind == V_DATABASE)
 			free(*(char **)((char *)c + options[i].offset));
 	free(c);
 }

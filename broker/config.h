@@ -19,7 +19,14 @@ struct config {
 	char *token_uri;
 	char *pin_file;
 	char *softhsm2_conf; /* optional; sets SOFTHSM2_CONF */
+	/* The store: a SQLite file path (resolved against the file's
+	 * directory), or a libpq connection URI starting postgresql:// or
+	 * postgres://, which may not hold a password (refused at load). */
 	char *database;
+	/* PostgreSQL only: a file (mode 0600, checked like pin_file) holding
+	 * the database password; used for audit_database too when that is a
+	 * PostgreSQL string. NULL: none, or libpq's own (~/.pgpass). */
+	char *database_password_file;
 	unsigned workers;
 	unsigned hsm_sessions;
 	size_t max_message_bytes;
@@ -39,7 +46,11 @@ struct config {
 	unsigned rate_per_tenant, rate_per_tenant_burst;
 	unsigned max_streams_per_identity; /* open streams; 0 = unlimited */
 	char *test_clock_file; /* test builds only (clock.h) */
-	char *audit_database; /* default: next to database */
+	/* The audit log's database: a SQLite path or a postgresql:// string
+	 * (no password in it either). Default: for a SQLite database,
+	 * keybroker-audit.db beside it; for a PostgreSQL one, the same
+	 * database (its own tables in it). */
+	char *audit_database;
 	unsigned audit_checkpoint_events;
 	unsigned audit_checkpoint_interval_s;
 	unsigned health_timeout_ms; /* longest a health check waits */
@@ -64,5 +75,9 @@ enum kb_err config_parse(
 enum kb_err config_load(const char *path, struct config **out);
 
 void config_free(struct config *c);
+
+/* Whether `target` (database, audit_database) is a PostgreSQL connection
+ * string (postgresql:// or postgres://) rather than a SQLite file. */
+int config_is_postgres(const char *target);
 
 #endif /* KB_CONFIG_H */

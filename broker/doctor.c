@@ -654,6 +654,19 @@ check_disk(const struct doctor_deps *d, struct report *rp)
 		char subj[4400];
 		unsigned long long avail, size;
 
+		if (config_is_postgres(paths[i])) {
+			/* Its disk is the server's, not ours to stat. */
+			if (i == 1 && strcmp(paths[0], paths[1]) == 0)
+				continue;
+			snprintf(
+			    subj, sizeof(subj), "free disk for %s", what[i]);
+			add(rp, SEV_OK, "disk", subj, NULL,
+			    "on the PostgreSQL server (%.2000s): watch its "
+			    "disk there (a full disk makes every write fail "
+			    "UNAVAILABLE here)",
+			    paths[i]);
+			continue;
+		}
 		if (stat(dirs[i], &st) != 0 || statvfs(dirs[i], &sv) != 0) {
 			snprintf(subj, sizeof(subj),
 			    "free disk for %s (%.4096s)", what[i], dirs[i]);
@@ -936,7 +949,8 @@ doctor_offline(const struct config *cfg, int json, FILE *out)
 		d.hsm_error = herr;
 		kb_err_clear();
 	}
-	if ((e = store_open_readonly(cfg->database, &d.store, &d.schema))
+	if ((e = store_open_readonly(cfg->database, cfg->database_password_file,
+	         &d.store, &d.schema))
 	    != KB_OK) {
 		snprintf(serr, sizeof(serr), "%s", kb_err_msg(e));
 		d.store_error = serr;

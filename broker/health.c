@@ -5,7 +5,10 @@
  * moment ago is seen) and waits for it with a bound. Callers that arrive
  * while a probe runs share the next one. The thread also probes once a
  * second on its own, so the log says when serving stops and starts again
- * even if nobody asks, and a broken session pool is rebuilt early. */
+ * even if nobody asks, and a broken session pool is rebuilt early. The
+ * database is pinged at most once a second whatever the rate of checks
+ * (a round trip to a PostgreSQL server per check would be one more load
+ * a probe storm puts on it). */
 #include "health.h"
 
 #include <pthread.h>
@@ -18,8 +21,10 @@
 #include "audit.h"
 #include "hsm.h"
 #include "log.h"
+#include "store.h"
 
 #define PROBE_INTERVAL_S 1
+#define STORE_PING_CACHE_MS 1000
 
 struct health {
 	struct health_deps d;
@@ -33,8 +38,15 @@ struct health {
 	int wanted, stopping;
 	int restart_asked; /* the probe thread's own */
 	enum kb_err result; /* of probe number `finished` */
-	atomic_int token_ok, audit_ok, serving; /* the last probe's */
+	atomic_int token_ok, audit_ok, store_ok, serving; /* the last probe's */
+	/* What the running probe waits for ("token", ...): named when a
+	 * check times out. */
+	_Atomic(const char *) stage;
 	char msg[512];
+	/* The probe thread's own: the last store ping and when (monotonic). */
+	int64_t ping_ms;
+	enum kb_err ping_result;
+	char ping_msg[512];
 };
 
 static int64_t
@@ -46,13 +58,57 @@ mono_ms(void)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* Serving needs the token and an audit log that records: no data key goes
- * out unaudited. */
+/* The store's database answers: a ping, reused for STORE_PING_CACHE_MS.
+ * A failure keeps its message (the server's reason) for the checks that
+ * reuse it. Probe thread only. */
+static enum kb_err
+store_probe(struct health *h)
+{
+	enum kb_err e;
+	int64_t now = mono_ms();
+
+	if (h->d.store == NULL)
+		return KB_OK;
+	if (h->ping_ms != 0 && now - h->ping_ms < STORE_PING_CACHE_MS) {
+		if (h->ping_result == KB_OK)
+			return KB_OK;
+		return kb_errf(h->ping_result, "%s", h->ping_msg);
+	}
+	kb_err_clear();
+	e = store_ping(h->d.store);
+	h->ping_ms = mono_ms();
+	h->ping_result = e == KB_OK ? KB_OK : KB_ERR_UNAVAILABLE;
+	if (e == KB_OK) {
+		h->ping_msg[0] = '\0';
+		return KB_OK;
+	}
+	snprintf(h->ping_msg, sizeof(h->ping_msg),
+	    "the database does not answer (%s): calls that need it fail "
+	    "until it is back; health turns SERVING again by itself then",
+	    kb_err_msg(e));
+	return kb_errf(h->ping_result, "%s", h->ping_msg);
+}
+
+/* Keep the first part's failure and its message (the next parts' calls
+ * would overwrite the thread's message). */
+static void
+keep_first(enum kb_err *first, char *msg, size_t len, enum kb_err e)
+{
+	if (e != KB_OK && *first == KB_OK) {
+		*first = e;
+		snprintf(msg, len, "%s", kb_err_msg(e));
+	}
+	kb_err_clear();
+}
+
+/* Serving needs the token, a database that answers and an audit log that
+ * records: no data key goes out unaudited. */
 static enum kb_err
 probe(struct health *h)
 {
 	const struct health_deps *d = &h->d;
-	enum kb_err e, ea;
+	enum kb_err e, first = KB_OK;
+	char msg[sizeof(h->msg)] = "";
 
 	if (d->listener_failed != NULL && d->listener_failed())
 		return kb_errf(KB_ERR_UNAVAILABLE,
@@ -60,12 +116,22 @@ probe(struct health *h)
 		    "accepting connections (out of file descriptors); the "
 		    "broker "
 		    "is restarting");
-	/* Both parts each time, so the metrics can say which one failed. */
+	/* Every part each time, so the metrics and the log can say which
+	 * one failed; the first failure is the answer. */
+	atomic_store(&h->stage, "token");
 	e = hsm_check(d->hsm);
 	atomic_store(&h->token_ok, e == KB_OK);
-	ea = audit_check(d->audit);
-	atomic_store(&h->audit_ok, ea == KB_OK);
-	return e != KB_OK ? e : ea;
+	keep_first(&first, msg, sizeof(msg), e);
+	atomic_store(&h->stage, "database");
+	e = store_probe(h);
+	atomic_store(&h->store_ok, e == KB_OK);
+	keep_first(&first, msg, sizeof(msg), e);
+	atomic_store(&h->stage, "audit log");
+	e = audit_check(d->audit);
+	atomic_store(&h->audit_ok, e == KB_OK);
+	keep_first(&first, msg, sizeof(msg), e);
+	atomic_store(&h->stage, NULL);
+	return first == KB_OK ? KB_OK : kb_errf(first, "%s", msg);
 }
 
 static void *
@@ -102,6 +168,8 @@ probe_main(void *arg)
 			log_event(LOG_WARN, "health.not_serving",
 			    LOG_KV("token",
 			        atomic_load(&h->token_ok) ? "up" : "down",
+			        "database",
+			        atomic_load(&h->store_ok) ? "up" : "down",
 			        "audit",
 			        atomic_load(&h->audit_ok) ? "up" : "down"),
 			    "health: NOT_SERVING: %s", msg);
@@ -197,13 +265,30 @@ health_status(struct health *h, int timeout_ms)
 	} else if (h->stopping) {
 		e = kb_errf(KB_ERR_UNAVAILABLE, "the broker is stopping");
 	} else {
+		const char *stage = atomic_load(&h->stage);
+		long long ms;
+
 		since = h->probe_since_ms;
-		e = kb_errf(KB_ERR_UNAVAILABLE,
-		    "the token has not answered a "
-		    "session check for %lld ms (a hung or very slow token; "
-		    "calls that need it wait for it)",
-		    since != 0 ? (long long)(mono_ms() - since)
-		               : (long long)timeout_ms);
+		ms = since != 0 ? (long long)(mono_ms() - since)
+		                : (long long)timeout_ms;
+		if (stage != NULL && strcmp(stage, "database") == 0)
+			e = kb_errf(KB_ERR_UNAVAILABLE,
+			    "the database has not answered a ping for %lld "
+			    "ms (a hung, overloaded or unreachable database "
+			    "server; calls that need it wait for it)",
+			    ms);
+		else if (stage != NULL && strcmp(stage, "audit log") == 0)
+			e = kb_errf(KB_ERR_UNAVAILABLE,
+			    "the audit log has not answered a check for %lld "
+			    "ms (its database is hung or very slow; calls "
+			    "that change state wait for it)",
+			    ms);
+		else
+			e = kb_errf(KB_ERR_UNAVAILABLE,
+			    "the token has not answered a "
+			    "session check for %lld ms (a hung or very slow "
+			    "token; calls that need it wait for it)",
+			    ms);
 	}
 	pthread_mutex_unlock(&h->mu);
 	return e;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* health.h: is the broker serving? A probe thread asks the token and the
- * audit log, so a health check gets an answer within a bound even when the
- * token stops answering (a hung token call holds its worker, not health). */
+/* health.h: is the broker serving? A probe thread asks the token, the
+ * store's database and the audit log, so a health check gets an answer
+ * within a bound even when the token or the database server stops
+ * answering (a hung call holds its worker, not health). */
 #ifndef KB_HEALTH_H
 #define KB_HEALTH_H
 
@@ -10,12 +11,17 @@
 struct audit;
 struct health;
 struct hsm;
+struct store;
 
 /* What the probe looks at, and whom it tells. It never stops the process
  * itself: that is main()'s decision, through listener_lost. */
 struct health_deps {
 	struct hsm *hsm;
 	struct audit *audit;
+	/* Pinged at most once a second (store_ping): a PostgreSQL server
+	 * that cannot be reached is NOT_SERVING until it is back. NULL: not
+	 * checked. */
+	struct store *store;
 	/* Whether the listener has stopped accepting connections. */
 	int (*listener_failed)(void);
 	/* Called once, from the probe thread, when it has. */
@@ -27,10 +33,11 @@ struct health_deps {
 enum kb_err health_start(const struct health_deps *d, struct health **out);
 
 /* KB_OK when serving (h NULL: not started, never serving): a probe that
- * started after this call found the token
- * logged in and the audit log recording. Otherwise the reason (always
- * KB_ERR_UNAVAILABLE): the probe's error, or that the token has not
- * answered within `timeout_ms`. Probes are shared by concurrent callers. */
+ * started after this call found the token logged in, the database
+ * reachable (a ping at most a second old) and the audit log recording.
+ * Otherwise the reason (always KB_ERR_UNAVAILABLE): the probe's error, or
+ * which of them has not answered within `timeout_ms`. Probes are shared by
+ * concurrent callers. */
 enum kb_err health_status(struct health *h, int timeout_ms);
 
 /* The last probe's findings (at most about a second old), without

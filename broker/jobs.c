@@ -17,6 +17,7 @@
 #include "keys.h"
 #include "log.h"
 #include "policy.h"
+#include "store_lease.h"
 #include "timemark.h"
 
 #define REWRAP_BATCH 256
@@ -32,7 +33,16 @@ struct jobs {
 	pthread_t job_thread, sweep_thread;
 	int job_started, sweep_started;
 	void (*sweep_hook)(struct broker *b); /* under mu */
+	/* The cluster-wide lease on the job runner, while the job thread
+	 * holds it (job thread only). */
+	struct store_lease *job_lease;
 };
+
+/* With several brokers on one database, a job another broker made, or one
+ * a dead broker was running, is found by polling this often: the bound on
+ * a take-over is this plus the time the database takes to end a dead
+ * broker's session (at once for a killed process). */
+#define JOB_POLL_MS 1000
 
 /* One thread's share of a batch: it takes the next row not yet taken, so
  * a thread that gets less CPU (or slower rows) does not leave the others
@@ -333,6 +343,15 @@ run_job(struct jobs *j, struct store_job *job)
 		    why);
 	}
 	while (!stopping(j)) {
+		if (j->job_lease != NULL && !store_lease_held(j->job_lease)) {
+			/* The database ended our session (a restart, a
+			 * failover): another broker may run the job now.
+			 * Stop; the next pass takes the lease again. */
+			log_warn("job %s: the job lease was lost; leaving "
+			         "the job to whichever broker takes it",
+			    job->id);
+			break;
+		}
 		/* From where the last batch ended: a fetch reads the rows it
 		 * returns, not the ones done before (O(N) in all, not N^2). */
 		e = store_rewrap_fetch_after(b->store, job, after_env,
@@ -502,23 +521,67 @@ rotation_check(struct broker *b)
 	kb_err_clear();
 }
 
+/* Run the listed jobs under the cluster-wide job lease, so one broker at a
+ * time re-seals (each job resumes from the progress stored in its row).
+ * Held by another broker: nothing to do here. */
+static void
+run_jobs_leased(struct jobs *j, struct store_job *v, size_t n)
+{
+	enum kb_err e;
+	size_t i;
+
+	e = store_lease_take(j->b->store, STORE_LEASE_JOBS, &j->job_lease);
+	if (e == KB_ERR_FAILED_PRECONDITION) {
+		kb_err_clear();
+		return;
+	}
+	if (e != KB_OK) {
+		log_error("taking the job lease: %s", kb_err_msg(e));
+		return;
+	}
+	for (i = 0; i < n && !stopping(j); i++) {
+		/* Listed before the lease was ours: another broker may have
+		 * finished it since. */
+		if (store_job_get(j->b->store, v[i].id, &v[i]) != KB_OK
+		    || strcmp(v[i].state, "running") != 0) {
+			kb_err_clear();
+			continue;
+		}
+		run_job(j, &v[i]);
+	}
+	store_lease_drop(j->job_lease);
+	j->job_lease = NULL;
+}
+
 static void *
 job_main(void *p)
 {
 	struct jobs *j = p;
 	struct store_job *v;
-	size_t n, i;
+	size_t n;
 
 	while (!stopping(j)) {
 		pthread_mutex_lock(&j->mu);
 		j->kicked = 0;
 		pthread_mutex_unlock(&j->mu);
 		if (store_jobs_running(j->b->store, &v, &n) == KB_OK) {
-			for (i = 0; i < n && !stopping(j); i++)
-				run_job(j, &v[i]);
+			if (n > 0)
+				run_jobs_leased(j, v, n);
 			free(v);
 		} else {
 			log_error("listing jobs: %s", kb_err_msg(KB_ERR_STORE));
+		}
+		kb_err_clear();
+		if (store_is_postgres(j->b->store)) {
+			/* Other brokers make jobs too, and die. */
+			pthread_mutex_lock(&j->mu);
+			if (j->kicked || j->stopping) {
+				pthread_mutex_unlock(&j->mu);
+				continue;
+			}
+			pthread_mutex_unlock(&j->mu);
+			nap(j, JOB_POLL_MS);
+			continue;
 		}
 		pthread_mutex_lock(&j->mu);
 		while (!j->kicked && !j->stopping)
@@ -680,11 +743,25 @@ sweep_main(void *p)
 	void (*hook)(struct broker *);
 
 	while (!stopping(j)) {
-		/* Several batches when many expired at once. */
-		while (!stopping(j) && jobs_sweep(j->b) == SWEEP_BATCH)
-			;
-		if (!stopping(j))
-			rotation_check(j->b);
+		struct store_lease *l = NULL;
+		enum kb_err e;
+
+		/* One broker of several sweeps and schedules rotations; the
+		 * others skip this round. */
+		e = store_lease_take(j->b->store, STORE_LEASE_SWEEPER, &l);
+		if (e == KB_OK) {
+			/* Several batches when many expired at once. */
+			while (!stopping(j) && jobs_sweep(j->b) == SWEEP_BATCH
+			    && store_lease_held(l))
+				;
+			if (!stopping(j) && store_lease_held(l))
+				rotation_check(j->b);
+			store_lease_drop(l);
+		} else if (e != KB_ERR_FAILED_PRECONDITION) {
+			log_error(
+			    "taking the sweeper lease: %s", kb_err_msg(e));
+		}
+		kb_err_clear();
 		pthread_mutex_lock(&j->mu);
 		hook = j->sweep_hook;
 		pthread_mutex_unlock(&j->mu);

@@ -39,7 +39,7 @@ usage(FILE *f)
 	    "\n"
 	    "Serve the keybroker gRPC API with mutual TLS. Keys stay in the\n"
 	    "PKCS#11 token named by the configuration; data keys are stored\n"
-	    "only wrapped, in the SQLite database.\n"
+	    "only wrapped, in the database (SQLite or PostgreSQL).\n"
 	    "\n"
 	    "  -c, --config FILE    configuration file (see "
 	    "deploy/keybroker.conf.example)\n"
@@ -162,6 +162,8 @@ print_config(const struct config *c)
 	printf("doctor_disk_warn_mb = %u\ndoctor_disk_fail_mb = %u\n",
 	    c->doctor_disk_warn_mb, c->doctor_disk_fail_mb);
 	printf("deletion_window_days = %u\n", c->deletion_window_days);
+	printf("database_password_file = %s\n",
+	    c->database_password_file != NULL ? c->database_password_file : "");
 }
 
 /* Call counters for every method of the dispatch table (b->metrics). */
@@ -328,6 +330,7 @@ main(int argc, char **argv)
 	}
 	hd.hsm = b->hsm;
 	hd.audit = b->audit;
+	hd.store = b->store;
 	hd.listener_failed = server_listener_failed;
 	hd.listener_lost = listener_lost;
 	hd.arg = NULL;

@@ -13,7 +13,6 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
-#include <sqlite3.h>
 
 #include "audit.h"
 #include "broker.h"
@@ -201,9 +200,12 @@ info(struct broker *b, FILE *out)
 	if ((f = open_memstream(&p, &n)) != NULL) {
 		fprintf(f, "version=\"%s\",openssl=\"", KB_VERSION);
 		metrics_label_escape(f, OpenSSL_version(OPENSSL_VERSION));
-		fprintf(f, "\",grpc=\"%s\",sqlite=\"%s\",microhttpd=\"%s\"",
-		    grpc_version_string(), sqlite3_libversion(),
-		    MHD_get_version());
+		/* The database the broker runs on, as the layer reports it
+		 * ("SQLite 3.40.1", "PostgreSQL 15.18"). */
+		fprintf(f, "\",grpc=\"%s\",database=\"", grpc_version_string());
+		metrics_label_escape(
+		    f, b->audit != NULL ? audit_engine_version(b->audit) : "");
+		fprintf(f, "\",microhttpd=\"%s\"", MHD_get_version());
 		if (fclose(f) == 0) {
 			snprintf(l, sizeof(l), "%s", p);
 			metrics_value(out, "keybroker_build_info", l, 1);

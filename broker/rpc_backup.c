@@ -1,6 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* rpc_backup.c: CreateBackup streams an online backup of the database and
- * the audit log (backup.h) to a platform-wide admin. */
+ * the audit log (backup.h) to a platform-wide admin. A PostgreSQL database
+ * is refused (FAILED_PRECONDITION, naming pg_basebackup and pg_dump)
+ * before anything is sent. */
 #include "rpc.h"
 
 #include <inttypes.h>

@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* store.h: the broker's SQLite database (WAL, durable commits, versioned
- * migrations). Safe for concurrent use: a pool of connections serves the
- * worker threads. A failed call leaves the database unaltered (every write
- * is one transaction). */
+/* store.h: the broker's database, SQLite (WAL, durable commits) or
+ * PostgreSQL, on the database layer (db/db.h: versioned migrations, the
+ * engine's errors mapped). Safe for concurrent use: a pool of connections
+ * serves the worker threads. A failed call leaves the database unaltered
+ * (every write is one transaction). */
 #ifndef KB_STORE_H
 #define KB_STORE_H
 
@@ -165,11 +166,28 @@ struct store_rewrap {
 	struct store_dek dek; /* key_id/wrap_alg/wrapped: before, then after */
 };
 
-/* Open (creating if absent) and migrate the database at `path`, with a pool
- * of `conns` connections. A database from a newer keybroker is refused
- * (KB_ERR_CONFIG). */
-enum kb_err store_open(const char *path, unsigned conns, struct store **out);
+/* Open (creating if absent) and migrate the database `target` (a SQLite
+ * file path, or a postgresql:// libpq connection string whose password, if
+ * any, comes from `password_file` or libpq's PGPASSFILE), with a pool of
+ * `conns` connections. A database from a newer keybroker is refused
+ * (KB_ERR_CONFIG); an unreachable server is KB_ERR_UNAVAILABLE. */
+struct store_open_opts {
+	const char *target;
+	const char *password_file; /* NULL: none (or libpq's own) */
+	unsigned conns;
+};
+enum kb_err store_open_with(
+    const struct store_open_opts *o, struct store **out);
+/* store_open_with without a password file. */
+enum kb_err store_open(const char *target, unsigned conns, struct store **out);
 void store_close(struct store *s);
+
+/* The engine behind the store, for messages that differ ("backup create
+ * works on SQLite") and for the README's two procedures. */
+int store_is_postgres(const struct store *s);
+/* One round trip to the database (health): KB_ERR_UNAVAILABLE when the
+ * server cannot be reached. */
+enum kb_err store_ping(struct store *s);
 
 /* The schema version the database is at. */
 int store_schema_version(struct store *s);
@@ -600,7 +618,8 @@ struct sqlite3;
  * be left for the caller to remove. */
 enum kb_err store_sqlite_copy(
     struct sqlite3 *src, const char *dest, const char *what);
-/* The database as it is now, copied into the new file `dest`. */
+/* The database as it is now, copied into the new file `dest` (SQLite;
+ * KB_ERR_FAILED_PRECONDITION naming pg_basebackup/pg_dump on PostgreSQL). */
 enum kb_err store_snapshot(struct store *s, const char *dest);
 /* Every key, by purpose, tenant and id; *out malloc'd. */
 enum kb_err store_keys_all(struct store *s, struct store_key **out, size_t *n);
@@ -628,13 +647,14 @@ enum kb_err store_key_counts(
     struct store *s, struct store_count **out, size_t *n);
 /* ---- the doctor (store_doctor.c): reads only ---- */
 
-/* Open the database at `path` read-only for the doctor: no migration, no
+/* Open the database `target` read-only for the doctor (PostgreSQL: in
+ * read-only transactions): no migration, no
  * file created or changed (a database whose write-ahead log is absent, as
  * after a clean stop, is opened immutable; with one, read-only beside the
  * broker's). *schema gets its schema version (store_schema_version is
  * this keybroker's). KB_ERR_NOT_FOUND if there is no file. */
-enum kb_err store_open_readonly(
-    const char *path, struct store **out, int *schema);
+enum kb_err store_open_readonly(const char *target, const char *password_file,
+    struct store **out, int *schema);
 
 /* How many rows of a kind ("environment", "key") are in each state that
  * is on the way out or gone (environments not enabled; keys not available,

@@ -19,71 +19,75 @@
 	"b.dek_version = " d ".version)"
 
 static enum kb_err
-census_totals(struct conn *c, const char *key_id, struct store_census *out)
+census_totals(struct db_conn *c, const char *key_id, struct store_census *out)
 {
-	static const char sql[] = "SELECT count(*), coalesce(sum(" BACKUPS_OF(
-	    "d") "), 0), "
-	         "count(DISTINCT d.env_id), "
-	         "count(DISTINCT CASE WHEN e.state = 'enabled' THEN e.id END), "
-	         "count(DISTINCT CASE WHEN e.state = 'locked' THEN e.id END), "
-	         "coalesce(sum(e.state = 'locked'), 0), "
-	         "count(DISTINCT e.tenant_id) FROM deks d JOIN environments e "
-	         "ON "
-	         "e.id = d.env_id WHERE d.key_id IN " SEALERS;
+	/* Sums CAST to BIGINT: PostgreSQL's sum of a bigint is a numeric. */
+	static const char sql[] =
+	    "SELECT count(*), CAST(coalesce(sum(" BACKUPS_OF(
+	        "d") "), 0) AS "
+	             "BIGINT), count(DISTINCT d.env_id), "
+	             "count(DISTINCT CASE WHEN e.state = 'enabled' THEN e.id "
+	             "END), "
+	             "count(DISTINCT CASE WHEN e.state = 'locked' THEN e.id "
+	             "END), "
+	             "CAST(coalesce(sum(CASE WHEN e.state = 'locked' THEN 1 "
+	             "ELSE 0 "
+	             "END), 0) AS BIGINT), count(DISTINCT e.tenant_id) FROM "
+	             "deks d "
+	             "JOIN environments e ON e.id = d.env_id WHERE d.key_id "
+	             "IN " SEALERS;
 	static const char first_locked[] =
 	    "SELECT e.tenant_id, e.name FROM deks d JOIN environments e ON "
 	    "e.id = d.env_id WHERE d.key_id IN " SEALERS " AND e.state = "
 	    "'locked' ORDER BY e.tenant_id, e.name LIMIT 1";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
-	int rc;
+	enum db_step rc;
 
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		out->dek_versions = (uint64_t)sqlite3_column_int64(st, 0);
-		out->backups = (uint64_t)sqlite3_column_int64(st, 1);
-		out->envs = (uint64_t)sqlite3_column_int64(st, 2);
-		out->envs_enabled = (uint64_t)sqlite3_column_int64(st, 3);
-		out->envs_locked = (uint64_t)sqlite3_column_int64(st, 4);
-		out->dek_versions_locked =
-		    (uint64_t)sqlite3_column_int64(st, 5);
-		out->tenants = (uint64_t)sqlite3_column_int64(st, 6);
+	db_bind_text(st, 1, key_id);
+	if ((rc = db_step(st)) == DB_ROW) {
+		out->dek_versions = (uint64_t)db_column_int64(st, 0);
+		out->backups = (uint64_t)db_column_int64(st, 1);
+		out->envs = (uint64_t)db_column_int64(st, 2);
+		out->envs_enabled = (uint64_t)db_column_int64(st, 3);
+		out->envs_locked = (uint64_t)db_column_int64(st, 4);
+		out->dek_versions_locked = (uint64_t)db_column_int64(st, 5);
+		out->tenants = (uint64_t)db_column_int64(st, 6);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW)
-		return store_sql_err(c->db, rc, "counting what the key seals");
+	db_reset(st);
+	if (rc != DB_ROW)
+		return db_err(c, "counting what the key seals");
 	out->first_locked[0] = '\0';
 	if (out->envs_locked == 0)
 		return KB_OK;
-	if ((e = store_stmt(c, first_locked, &st)) != KB_OK)
+	if ((e = db_prepare(c, first_locked, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-	if ((rc = sqlite3_step(st)) == SQLITE_ROW)
+	db_bind_text(st, 1, key_id);
+	if ((rc = db_step(st)) == DB_ROW)
 		snprintf(out->first_locked, sizeof(out->first_locked), "%s/%s",
-		    (const char *)sqlite3_column_text(st, 0),
-		    (const char *)sqlite3_column_text(st, 1));
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW)
-		return store_sql_err(c->db, rc, "finding a locked dependent");
+		    db_column_text(st, 0), db_column_text(st, 1));
+	db_reset(st);
+	if (rc != DB_ROW)
+		return db_err(c, "finding a locked dependent");
 	return KB_OK;
 }
 
 static void
-via_row(sqlite3_stmt *st, void *elem)
+via_row(struct db_stmt *st, void *elem)
 {
 	struct store_census_via *v = elem;
 
 	store_copy_text(v->key_id, sizeof(v->key_id), st, 0);
 	store_copy_text(v->state, sizeof(v->state), st, 1);
-	v->dek_versions = (uint64_t)sqlite3_column_int64(st, 2);
-	v->backups = (uint64_t)sqlite3_column_int64(st, 3);
-	v->envs = (uint64_t)sqlite3_column_int64(st, 4);
+	v->dek_versions = (uint64_t)db_column_int64(st, 2);
+	v->backups = (uint64_t)db_column_int64(st, 3);
+	v->envs = (uint64_t)db_column_int64(st, 4);
 }
 
 static void
-dependent_row(sqlite3_stmt *st, void *elem)
+dependent_row(struct db_stmt *st, void *elem)
 {
 	struct store_census_env *v = elem;
 	char buf[16];
@@ -97,48 +101,49 @@ dependent_row(sqlite3_stmt *st, void *elem)
 	store_copy_text(buf, sizeof(buf), st, 3);
 	v->mode = strcmp(buf, "customer") == 0 ? STORE_MODE_CUSTOMER
 	                                       : STORE_MODE_PLATFORM;
-	v->dek_versions = (uint32_t)sqlite3_column_int64(st, 4);
-	v->backups = (uint32_t)sqlite3_column_int64(st, 5);
+	v->dek_versions = (uint32_t)db_column_int64(st, 4);
+	v->backups = (uint32_t)db_column_int64(st, 5);
 	store_copy_text(v->via, sizeof(v->via), st, 6);
 }
 
 static enum kb_err
 census_lists(
-    struct conn *c, const char *key_id, size_t max, struct store_census *out)
+    struct db_conn *c, const char *key_id, size_t max, struct store_census *out)
 {
 	/* The key's own row first, then its KEKs, oldest first. */
 	static const char via_sql[] =
 	    "SELECT k.id, k.state, (SELECT count(*) FROM deks d WHERE "
-	    "d.key_id = k.id), (SELECT coalesce(sum(" BACKUPS_OF(
-	        "d") "), 0) "
-	             "FROM deks d WHERE d.key_id = k.id), (SELECT "
-	             "count(DISTINCT "
-	             "d.env_id) FROM deks d WHERE d.key_id = k.id) FROM keys k "
-	             "WHERE "
-	             "k.purpose = 'kek' AND k.parent_id = ?1 ORDER BY "
-	             "k.create_time_us, "
-	             "k.id";
+	    "d.key_id = k.id), (SELECT CAST(coalesce(sum(" BACKUPS_OF(
+	        "d") "), "
+	             "0) AS BIGINT) FROM deks d WHERE d.key_id = k.id), "
+	             "(SELECT "
+	             "count(DISTINCT d.env_id) FROM deks d WHERE d.key_id = "
+	             "k.id) FROM "
+	             "keys k WHERE k.purpose = 'kek' AND k.parent_id = ?1 "
+	             "ORDER BY "
+	             "k.create_time_us, k.id";
 	static const char dep_sql[] =
 	    "SELECT e.tenant_id, e.name, e.state, e.mode, count(*), "
-	    "sum(" BACKUPS_OF(
-	        "d") "), d.key_id FROM deks d JOIN environments "
-	             "e ON e.id = d.env_id WHERE d.key_id IN " SEALERS
-	             " GROUP BY e.id, "
-	             "d.key_id ORDER BY e.tenant_id, e.name, d.key_id LIMIT ?2";
-	sqlite3_stmt *st;
+	    "CAST(sum(" BACKUPS_OF(
+	        "d") ") AS BIGINT), d.key_id FROM deks d "
+	             "JOIN environments e ON e.id = d.env_id WHERE d.key_id "
+	             "IN " SEALERS " GROUP BY e.id, e.tenant_id, e.name, "
+	             "e.state, e.mode, d.key_id "
+	             "ORDER BY e.tenant_id, e.name, d.key_id LIMIT ?2";
+	struct db_stmt *st;
 	enum kb_err e;
 
-	if ((e = store_stmt(c, via_sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, via_sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
+	db_bind_text(st, 1, key_id);
 	if ((e = store_collect(c, st, sizeof(*out->via), via_row,
 	         (void **)&out->via, &out->nvia, "counting the key's KEKs"))
 	    != KB_OK)
 		return e;
-	if ((e = store_stmt(c, dep_sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, dep_sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 2, (sqlite3_int64)max + 1);
+	db_bind_text(st, 1, key_id);
+	db_bind_int64(st, 2, (int64_t)max + 1);
 	if ((e = store_collect(c, st, sizeof(*out->dependents), dependent_row,
 	         (void **)&out->dependents, &out->ndependents,
 	         "listing the key's environments"))
@@ -155,18 +160,21 @@ enum kb_err
 store_key_census(struct store *s, const char *key_id, size_t max_envs,
     struct store_census *out)
 {
-	struct conn *c = store_conn_get(s);
+	struct db_conn *c = db_conn_get(s->db);
 	enum kb_err e;
 
 	memset(out, 0, sizeof(*out));
 	/* One read transaction: every count from the same snapshot. */
-	if ((e = store_exec(c->db, "BEGIN", "reading the census")) != KB_OK)
+	if ((e = db_begin(c, DB_TXN_READ)) != KB_OK)
 		goto out;
 	if ((e = census_totals(c, key_id, out)) == KB_OK)
 		e = census_lists(c, key_id, max_envs, out);
-	(void)store_exec(c->db, "COMMIT", "reading the census");
+	if (e == KB_OK)
+		e = db_commit(c);
+	else
+		db_rollback(c);
 out:
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	if (e != KB_OK)
 		store_census_free(out);
 	return e;
@@ -191,7 +199,7 @@ struct retire_begin {
 };
 
 static enum kb_err
-retire_begin_txn(struct conn *c, void *arg)
+retire_begin_txn(struct db_conn *c, void *arg)
 {
 	struct retire_begin *a = arg;
 	enum kb_err e;
@@ -203,7 +211,7 @@ retire_begin_txn(struct conn *c, void *arg)
 	         "marking the key retiring", "itt", a->now, a->key_id, a->from))
 	    != KB_OK)
 		return e;
-	if (sqlite3_changes(c->db) != 1)
+	if (db_changes(c) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key \"%s\" is no longer %s", a->key_id, a->from);
 	memset(a->job, 0, sizeof(*a->job));
@@ -223,7 +231,8 @@ retire_begin_txn(struct conn *c, void *arg)
 	return store_run(c,
 	    "INSERT INTO jobs(id, tenant_id, kind, key_id, previous_key_id, "
 	    "target_key_id, state, total, done, create_time_us, "
-	    "update_time_us) VALUES (?, nullif(?, ''), ?, ?, '', ?, "
+	    "update_time_us) VALUES (?, nullif(CAST(? AS TEXT), ''), ?, ?, '', "
+	    "?, "
 	    "'running', ?, 0, ?, ?)",
 	    "recording the job", "tttttiii", a->job->id, a->job->tenant_id,
 	    a->job->kind, a->job->key_id, a->job->target_key_id,
@@ -251,36 +260,36 @@ store_env_versions(struct store *s, const char *tenant, const char *name,
 	    "SELECT e.dek_version, e.min_dek_version, d.version FROM "
 	    "environments e LEFT JOIN deks d ON d.env_id = e.id WHERE "
 	    "e.tenant_id = ? AND e.name = ? ORDER BY d.version DESC";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
-	int rc, found = 0;
+	enum db_step rc = DB_DONE;
+	int found = 0;
 
 	memset(out, 0, sizeof(*out));
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		goto out;
-	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	db_bind_text(st, 1, tenant);
+	db_bind_text(st, 2, name);
+	while ((rc = db_step(st)) == DB_ROW) {
 		found = 1;
-		out->current = (uint32_t)sqlite3_column_int64(st, 0);
-		out->min = (uint32_t)sqlite3_column_int64(st, 1);
-		if (sqlite3_column_type(st, 2) != SQLITE_NULL
-		    && out->n < STORE_VERSIONS_MAX)
+		out->current = (uint32_t)db_column_int64(st, 0);
+		out->min = (uint32_t)db_column_int64(st, 1);
+		if (!db_column_is_null(st, 2) && out->n < STORE_VERSIONS_MAX)
 			out->versions[out->n++] =
-			    (uint32_t)sqlite3_column_int64(st, 2);
-		else if (sqlite3_column_type(st, 2) != SQLITE_NULL)
+			    (uint32_t)db_column_int64(st, 2);
+		else if (!db_column_is_null(st, 2))
 			out->more++;
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
-		e = store_sql_err(c->db, rc, "reading data key versions");
+	db_reset(st);
+	if (rc != DB_DONE)
+		e = db_err(c, "reading data key versions");
 	else if (!found && (e = store_tenant_exists(c, tenant)) == KB_OK)
 		e = kb_errf(KB_ERR_NOT_FOUND,
 		    "environment \"%s\" does not exist in tenant \"%s\"", name,
 		    tenant);
 out:
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -293,7 +302,7 @@ struct dek_retire {
 };
 
 static enum kb_err
-dek_retire_txn(struct conn *c, void *arg)
+dek_retire_txn(struct db_conn *c, void *arg)
 {
 	static const char sel[] =
 	    "SELECT e.id, e.dek_version, (SELECT count(*) FROM backups b "
@@ -301,30 +310,29 @@ dek_retire_txn(struct conn *c, void *arg)
 	    "FROM backups b WHERE b.env_id = e.id AND b.dek_version < ?3) "
 	    "FROM environments e WHERE e.tenant_id = ?1 AND e.name = ?2";
 	struct dek_retire *a = arg;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int64_t env_id = 0, current = 0, nb = 0;
 	char first[STORE_KEY_ID_MAX] = "";
 	enum kb_err e;
-	int rc;
+	enum db_step rc;
 
-	if ((e = store_stmt(c, sel, &st)) != KB_OK)
+	if ((e = db_prepare(c, sel, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, a->tenant, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, a->name, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, a->below);
-	if ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-		env_id = sqlite3_column_int64(st, 0);
-		current = sqlite3_column_int64(st, 1);
-		nb = sqlite3_column_int64(st, 2);
+	db_bind_text(st, 1, a->tenant);
+	db_bind_text(st, 2, a->name);
+	db_bind_int64(st, 3, a->below);
+	if ((rc = db_step(st)) == DB_ROW) {
+		env_id = db_column_int64(st, 0);
+		current = db_column_int64(st, 1);
+		nb = db_column_int64(st, 2);
 		store_copy_text(first, sizeof(first), st, 3);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW)
-		return rc == SQLITE_DONE
-		    ? kb_errf(KB_ERR_NOT_FOUND,
-		        "environment \"%s\" does not exist in tenant \"%s\"",
-		        a->name, a->tenant)
-		    : store_sql_err(c->db, rc, "reading the environment");
+	db_reset(st);
+	if (rc != DB_ROW)
+		return rc == DB_DONE ? kb_errf(KB_ERR_NOT_FOUND,
+		           "environment \"%s\" does not exist in tenant \"%s\"",
+		           a->name, a->tenant)
+		                     : db_err(c, "reading the environment");
 	/* The caller checked this under the tenant lock; never the current
 	 * version, whatever happened meanwhile. */
 	if ((int64_t)a->below > current)
@@ -343,7 +351,7 @@ dek_retire_txn(struct conn *c, void *arg)
 	         "destroying backups", "ii", env_id, (int64_t)a->below))
 	    != KB_OK)
 		return e;
-	a->backups = (uint32_t)sqlite3_changes(c->db);
+	a->backups = (uint32_t)db_changes(c);
 	if ((e = store_run(c,
 	         "DELETE FROM deks WHERE env_id = ? AND version < ? AND "
 	         "version != ?",
@@ -351,10 +359,11 @@ dek_retire_txn(struct conn *c, void *arg)
 	         (int64_t)a->below, current))
 	    != KB_OK)
 		return e;
-	a->destroyed = (uint32_t)sqlite3_changes(c->db);
+	a->destroyed = (uint32_t)db_changes(c);
 	return store_run(c,
-	    "UPDATE environments SET min_dek_version = max(min_dek_version, "
-	    "?), update_time_us = ? WHERE id = ?",
+	    "UPDATE environments SET min_dek_version = CASE WHEN "
+	    "min_dek_version >= ?1 THEN min_dek_version ELSE ?1 END, "
+	    "update_time_us = ?2 WHERE id = ?3",
 	    "recording the retired versions", "iii", (int64_t)a->below, a->now,
 	    env_id);
 }

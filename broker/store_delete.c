@@ -12,7 +12,8 @@
 /* ---- what a key protects ---- */
 
 static enum kb_err
-key_protects_conn(struct conn *c, const char *key_id, struct store_key_use *u)
+key_protects_conn(
+    struct db_conn *c, const char *key_id, struct store_key_use *u)
 {
 	/* Environments deleted for good have no data keys left (their
 	 * backups' records stay, protecting nothing). */
@@ -25,35 +26,34 @@ key_protects_conn(struct conn *c, const char *key_id, struct store_key_use *u)
 	    "k.parent_id = ?1 AND k.state != 'deleted'), "
 	    "(SELECT count(*) FROM backups b JOIN environments e ON "
 	    "e.id = b.env_id WHERE e.state != 'deleted' AND b.key_id = ?1)";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
-	int rc;
+	enum db_step rc;
 
 	memset(u, 0, sizeof(*u));
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		u->deks = (uint64_t)sqlite3_column_int64(st, 0);
-		u->keks = (uint64_t)sqlite3_column_int64(st, 1);
-		u->backups = (uint64_t)sqlite3_column_int64(st, 2);
+	db_bind_text(st, 1, key_id);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		u->deks = (uint64_t)db_column_int64(st, 0);
+		u->keks = (uint64_t)db_column_int64(st, 1);
+		u->backups = (uint64_t)db_column_int64(st, 2);
 	}
-	sqlite3_reset(st);
-	return rc == SQLITE_ROW
-	    ? KB_OK
-	    : store_sql_err(c->db, rc, "counting what the key protects");
+	db_reset(st);
+	return rc == DB_ROW ? KB_OK
+	                    : db_err(c, "counting what the key protects");
 }
 
 enum kb_err
 store_key_protects(
     struct store *s, const char *key_id, struct store_key_use *out)
 {
-	struct conn *c = store_conn_get(s);
+	struct db_conn *c = db_conn_get(s->db);
 	enum kb_err e;
 
 	e = key_protects_conn(c, key_id, out);
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -61,31 +61,31 @@ store_key_protects(
 
 /* The row id, stored state and pending final time of an environment. */
 static enum kb_err
-env_find(struct conn *c, const char *tenant, const char *name, int64_t *env_id,
-    char state[16], int64_t *final_us)
+env_find(struct db_conn *c, const char *tenant, const char *name,
+    int64_t *env_id, char state[16], int64_t *final_us)
 {
 	static const char sql[] =
 	    "SELECT id, state, delete_final_us FROM "
 	    "environments WHERE tenant_id = ? AND name = ?";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
-	int rc;
+	enum db_step rc;
 
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*env_id = sqlite3_column_int64(st, 0);
+	db_bind_text(st, 1, tenant);
+	db_bind_text(st, 2, name);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		*env_id = db_column_int64(st, 0);
 		store_copy_text(state, 16, st, 1);
-		*final_us = sqlite3_column_int64(st, 2);
+		*final_us = db_column_int64(st, 2);
 	}
-	sqlite3_reset(st);
-	if (rc == SQLITE_ROW)
+	db_reset(st);
+	if (rc == DB_ROW)
 		return KB_OK;
-	if (rc != SQLITE_DONE)
-		return store_sql_err(c->db, rc, "reading the environment");
+	if (rc != DB_DONE)
+		return db_err(c, "reading the environment");
 	if ((e = store_tenant_exists(c, tenant)) != KB_OK)
 		return e;
 	return kb_errf(KB_ERR_NOT_FOUND,
@@ -100,7 +100,7 @@ struct env_delete {
 };
 
 static enum kb_err
-env_delete_txn(struct conn *c, void *arg)
+env_delete_txn(struct db_conn *c, void *arg)
 {
 	struct env_delete *a = arg;
 	char state[16], when[40];
@@ -209,48 +209,48 @@ store_envs_delete_due(
 	static const char sql[] =
 	    "SELECT " ENV_COLS " " ENV_JOIN
 	    " WHERE e.delete_final_us != 0 AND e.delete_final_us <= ? AND "
-	    "e.state != 'deleted' ORDER BY e.delete_final_us LIMIT ?";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	    "e.state != 'deleted' ORDER BY e.delete_final_us, e.id LIMIT ?";
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_int64(st, 1, now);
-		sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+	if ((e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_int64(st, 1, now);
+		db_bind_int64(st, 2, (int64_t)max);
 		e = store_collect(c, st, sizeof(**out), store_env_row,
 		    (void **)out, n, "listing environments due for deletion");
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
 /* ---- tenant keys ---- */
 
 static enum kb_err
-key_find(
-    struct conn *c, const char *tenant, const char *key_id, struct store_key *k)
+key_find(struct db_conn *c, const char *tenant, const char *key_id,
+    struct store_key *k)
 {
 	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE id = ? "
 	                          "AND tenant_id = ? AND purpose = 'tenant'";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
-	int rc;
+	enum db_step rc;
 
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, tenant, -1, SQLITE_STATIC);
+	db_bind_text(st, 1, key_id);
+	db_bind_text(st, 2, tenant);
 	memset(k, 0, sizeof(*k));
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW)
+	rc = db_step(st);
+	if (rc == DB_ROW)
 		store_key_row(st, k);
-	sqlite3_reset(st);
-	if (rc == SQLITE_ROW)
+	db_reset(st);
+	if (rc == DB_ROW)
 		return KB_OK;
-	if (rc != SQLITE_DONE)
-		return store_sql_err(c->db, rc, "reading the key");
+	if (rc != DB_DONE)
+		return db_err(c, "reading the key");
 	if ((e = store_tenant_exists(c, tenant)) != KB_OK)
 		return e;
 	return kb_errf(KB_ERR_NOT_FOUND,
@@ -266,7 +266,7 @@ struct key_delete {
 };
 
 static enum kb_err
-key_delete_txn(struct conn *c, void *arg)
+key_delete_txn(struct db_conn *c, void *arg)
 {
 	struct key_delete *a = arg;
 	struct store_key_use u;
@@ -365,20 +365,20 @@ store_keys_delete_due(
 	static const char sql[] =
 	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "delete_final_us != 0 AND delete_final_us <= ? AND state = "
-	    "'pending_deletion' ORDER BY delete_final_us LIMIT ?";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	    "'pending_deletion' ORDER BY delete_final_us, id LIMIT ?";
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_int64(st, 1, now);
-		sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+	if ((e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_int64(st, 1, now);
+		db_bind_int64(st, 2, (int64_t)max);
 		e = store_collect(c, st, sizeof(**out), store_key_row,
 		    (void **)out, n, "listing keys due for deletion");
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -388,7 +388,7 @@ struct key_finish {
 };
 
 static enum kb_err
-key_finish_txn(struct conn *c, void *arg)
+key_finish_txn(struct db_conn *c, void *arg)
 {
 	struct key_finish *a = arg;
 	struct store_key_use u;
@@ -408,7 +408,7 @@ key_finish_txn(struct conn *c, void *arg)
 	         "deleting the key", "iiti", a->now, a->now, a->key_id, a->now))
 	    != KB_OK)
 		return e;
-	if (sqlite3_changes(c->db) != 1)
+	if (db_changes(c) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key %s is no longer due for deletion (undeleted "
 		    "meanwhile)",

@@ -14,20 +14,20 @@ store_key_list(struct store *s, const char *tenant, const char *purpose,
 	static const char sql[] =
 	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "tenant_id = ? AND purpose = ? ORDER BY create_time_us, id";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
 	if ((e = store_tenant_exists(c, tenant)) == KB_OK
-	    && (e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, purpose, -1, SQLITE_STATIC);
+	    && (e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_text(st, 1, tenant);
+		db_bind_text(st, 2, purpose);
 		e = store_collect(c, st, sizeof(**out), store_key_row,
 		    (void **)out, n, "listing keys");
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -38,16 +38,16 @@ store_keys_destroyed(struct store *s, struct store_key **out, size_t *n)
 	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "purpose IN ('tenant', 'kek', 'platform') AND "
 	    "state IN ('locked', 'deleted')";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK)
+	if ((e = db_prepare(c, sql, &st)) == KB_OK)
 		e = store_collect(c, st, sizeof(**out), store_key_row,
 		    (void **)out, n, "listing destroyed keys");
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -65,23 +65,22 @@ store_key_by_fingerprint(struct store *s, const char *tenant,
 }
 
 enum kb_err
-store_run(
-    struct conn *c, const char *sql, const char *what, const char *types, ...)
+store_run(struct db_conn *c, const char *sql, const char *what,
+    const char *types, ...)
 {
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
 	va_list ap;
 	int i;
 
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		return e;
 	va_start(ap, types);
 	for (i = 0; types[i] != '\0'; i++) {
 		if (types[i] == 't')
-			sqlite3_bind_text(st, i + 1, va_arg(ap, const char *),
-			    -1, SQLITE_TRANSIENT);
+			db_bind_text(st, i + 1, va_arg(ap, const char *));
 		else
-			sqlite3_bind_int64(st, i + 1, va_arg(ap, int64_t));
+			db_bind_int64(st, i + 1, va_arg(ap, int64_t));
 	}
 	va_end(ap);
 	return store_step_done(c, st, what);
@@ -93,7 +92,7 @@ struct key_add {
 };
 
 static enum kb_err
-key_add_txn(struct conn *c, void *arg)
+key_add_txn(struct db_conn *c, void *arg)
 {
 	struct key_add *a = arg;
 	enum kb_err e;
@@ -127,8 +126,9 @@ store_kek_current(struct store *s, const char *tenant, struct store_key *out)
 	    "tenant_id = ?1 AND purpose = 'kek' AND state IN ('active', "
 	    "'installing') AND parent_id IN (SELECT p.id FROM keys p WHERE "
 	    "p.tenant_id = ?1 AND p.purpose = 'tenant' AND p.state IN "
-	    "('active', 'installing')) ORDER BY state = 'installing' DESC, "
-	    "create_time_us DESC LIMIT 1";
+	    "('active', 'installing')) ORDER BY CASE WHEN state = "
+	    "'installing' THEN 0 ELSE 1 END, create_time_us DESC, id DESC "
+	    "LIMIT 1";
 	enum kb_err e;
 
 	e = store_get_one(s, sql, tenant, NULL, store_key_row, out, "KEK of");
@@ -146,8 +146,9 @@ store_platform_current(struct store *s, struct store_key *out)
 	static const char sql[] =
 	    "SELECT " KEY_COLS " FROM keys WHERE "
 	    "tenant_id IS NULL AND purpose = 'platform' AND wrap_alg = ? AND "
-	    "state IN ('active', 'installing') ORDER BY state = 'installing' "
-	    "DESC, create_time_us DESC LIMIT 1";
+	    "state IN ('active', 'installing') ORDER BY CASE WHEN state = "
+	    "'installing' THEN 0 ELSE 1 END, create_time_us DESC, id DESC "
+	    "LIMIT 1";
 
 	return store_get_one(s, sql, "AES-256-GCM", NULL, store_key_row, out,
 	    "platform key of kind");
@@ -159,18 +160,18 @@ store_keys_by_purpose(
 {
 	static const char sql[] = "SELECT " KEY_COLS " FROM keys WHERE "
 	                          "purpose = ? ORDER BY create_time_us, id";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_text(st, 1, purpose, -1, SQLITE_STATIC);
+	if ((e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_text(st, 1, purpose);
 		e = store_collect(c, st, sizeof(**out), store_key_row,
 		    (void **)out, n, "listing keys");
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -178,20 +179,18 @@ enum kb_err
 store_key_set_state(struct store *s, const char *id, const char *from,
     const char *to, int64_t now)
 {
-	struct conn *c = store_conn_get(s);
+	struct db_conn *c = db_conn_get(s->db);
 	enum kb_err e;
 
 	e = store_run(c,
-	    "UPDATE keys SET state = ?, update_time_us = ?, "
-	    "delete_time_us = CASE WHEN ? = 'deleted' THEN ? ELSE "
-	    "delete_time_us END WHERE id = ? AND state = ?",
-	    "changing a key's "
-	    "state",
-	    "tititt", to, now, to, now, id, from);
-	if (e == KB_OK && sqlite3_changes(c->db) != 1)
+	    "UPDATE keys SET state = ?1, update_time_us = ?2, "
+	    "delete_time_us = CASE WHEN ?1 = 'deleted' THEN ?2 ELSE "
+	    "delete_time_us END WHERE id = ?3 AND state = ?4",
+	    "changing a key's state", "titt", to, now, id, from);
+	if (e == KB_OK && db_changes(c) != 1)
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION, "key \"%s\" is not %s",
 		    id, from);
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -199,17 +198,17 @@ int64_t
 store_deks_sealed_by(struct store *s, const char *key_id)
 {
 	static const char sql[] = "SELECT count(*) FROM deks WHERE key_id = ?";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	int64_t n = -1;
 
-	if (store_stmt(c, sql, &st) == KB_OK) {
-		sqlite3_bind_text(st, 1, key_id, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) == SQLITE_ROW)
-			n = sqlite3_column_int64(st, 0);
-		sqlite3_reset(st);
+	if (db_prepare(c, sql, &st) == KB_OK) {
+		db_bind_text(st, 1, key_id);
+		if (db_step(st) == DB_ROW)
+			n = db_column_int64(st, 0);
+		db_reset(st);
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return n;
 }
 
@@ -222,16 +221,16 @@ store_deks_legacy(struct store *s)
 	    "environments e ON e.id = d.env_id JOIN tenants t ON t.id = "
 	    "e.tenant_id WHERE d.wrap_alg != 'AES-256-GCM' AND "
 	    "t.state != 'locked' AND d.damaged = ''";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	int64_t n = -1;
 
-	if (store_stmt(c, sql, &st) == KB_OK) {
-		if (sqlite3_step(st) == SQLITE_ROW)
-			n = sqlite3_column_int64(st, 0);
-		sqlite3_reset(st);
+	if (db_prepare(c, sql, &st) == KB_OK) {
+		if (db_step(st) == DB_ROW)
+			n = db_column_int64(st, 0);
+		db_reset(st);
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return n;
 }
 
@@ -243,7 +242,7 @@ store_deks_legacy(struct store *s)
 	"update_time_us, target_key_id"
 
 static void
-job_row(sqlite3_stmt *st, void *elem)
+job_row(struct db_stmt *st, void *elem)
 {
 	struct store_job *j = elem;
 
@@ -253,11 +252,11 @@ job_row(sqlite3_stmt *st, void *elem)
 	store_copy_text(j->key_id, sizeof(j->key_id), st, 3);
 	store_copy_text(j->previous_key_id, sizeof(j->previous_key_id), st, 4);
 	store_copy_text(j->state, sizeof(j->state), st, 5);
-	j->total = (uint64_t)sqlite3_column_int64(st, 6);
-	j->done = (uint64_t)sqlite3_column_int64(st, 7);
+	j->total = (uint64_t)db_column_int64(st, 6);
+	j->done = (uint64_t)db_column_int64(st, 7);
 	store_copy_text(j->error, sizeof(j->error), st, 8);
-	j->create_time_us = sqlite3_column_int64(st, 9);
-	j->update_time_us = sqlite3_column_int64(st, 10);
+	j->create_time_us = db_column_int64(st, 9);
+	j->update_time_us = db_column_int64(st, 10);
 	store_copy_text(j->target_key_id, sizeof(j->target_key_id), st, 11);
 }
 
@@ -271,16 +270,17 @@ static const char count_activate[] =
     "e.mode = 'customer' AND d.key_id != ?2 AND d.damaged = ''";
 static const char count_platform[] =
     "SELECT count(*) FROM deks d JOIN "
-    "environments e ON e.id = d.env_id WHERE ?1 = ?1 AND "
-    "e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = ''";
+    "environments e ON e.id = d.env_id WHERE CAST(?1 AS TEXT) IS NOT NULL "
+    "AND e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = ''";
 /* A retirement: rows sealed by the key ?3 or by a KEK under it. */
 static const char count_retire[] =
-    "SELECT count(*) FROM deks d WHERE ?1 = ?1 AND d.key_id IN (SELECT "
+    "SELECT count(*) FROM deks d WHERE CAST(?1 AS TEXT) IS NOT NULL AND "
+    "d.key_id IN (SELECT "
     "k.id FROM keys k WHERE k.id = ?3 OR (k.purpose = 'kek' AND "
     "k.parent_id = ?3)) AND d.key_id != ?2 AND d.damaged = ''";
 static const char count_upgrade[] =
-    "SELECT count(*) FROM deks d WHERE "
-    "?1 = ?1 AND ?2 = ?2 AND d.wrap_alg != 'AES-256-GCM' AND "
+    "SELECT count(*) FROM deks d WHERE CAST(?1 AS TEXT) IS NOT NULL AND "
+    "CAST(?2 AS TEXT) IS NOT NULL AND d.wrap_alg != 'AES-256-GCM' AND "
     "d.damaged = ''";
 
 static const char *
@@ -295,19 +295,19 @@ job_count_sql(const char *kind)
 	return count_upgrade;
 }
 
-static enum kb_err job_count_key(struct conn *c, const char *kind,
+static enum kb_err job_count_key(struct db_conn *c, const char *kind,
     const char *tenant, const char *target, const char *key_id, int64_t *total);
 
 static enum kb_err
-job_count(struct conn *c, const char *kind, const char *tenant,
+job_count(struct db_conn *c, const char *kind, const char *tenant,
     const char *target, int64_t *total)
 {
 	return job_count_key(c, kind, tenant, target, "", total);
 }
 
 enum kb_err
-store_job_count_retire(struct conn *c, const char *tenant, const char *target,
-    const char *key_id, int64_t *total)
+store_job_count_retire(struct db_conn *c, const char *tenant,
+    const char *target, const char *key_id, int64_t *total)
 {
 	return job_count_key(
 	    c, STORE_JOB_RETIRE, tenant, target, key_id, total);
@@ -315,36 +315,35 @@ store_job_count_retire(struct conn *c, const char *tenant, const char *target,
 
 /* job_count, for a retirement of `key_id` too. */
 static enum kb_err
-job_count_key(struct conn *c, const char *kind, const char *tenant,
+job_count_key(struct db_conn *c, const char *kind, const char *tenant,
     const char *target, const char *key_id, int64_t *total)
 {
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
-	int rc;
+	enum db_step rc;
 
-	if ((e = store_stmt(c, job_count_sql(kind), &st)) != KB_OK)
+	if ((e = db_prepare(c, job_count_sql(kind), &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, target, -1, SQLITE_STATIC);
+	db_bind_text(st, 1, tenant);
+	db_bind_text(st, 2, target);
 	if (strcmp(kind, STORE_JOB_RETIRE) == 0)
-		sqlite3_bind_text(st, 3, key_id, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	*total = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-	sqlite3_reset(st);
-	if (rc != SQLITE_ROW)
-		return store_sql_err(c->db, rc, "counting data keys");
+		db_bind_text(st, 3, key_id);
+	rc = db_step(st);
+	*total = rc == DB_ROW ? db_column_int64(st, 0) : 0;
+	db_reset(st);
+	if (rc != DB_ROW)
+		return db_err(c, "counting data keys");
 	return KB_OK;
 }
 
 static enum kb_err
-job_insert(struct conn *c, const struct store_job *j)
+job_insert(struct db_conn *c, const struct store_job *j)
 {
 	return store_run(c,
 	    "INSERT INTO jobs(id, tenant_id, kind, key_id, "
 	    "previous_key_id, target_key_id, state, total, done, "
-	    "create_time_us, update_time_us) VALUES (?, nullif(?, ''), ?, ?, "
-	    "?, "
-	    "?, 'running', ?, 0, ?, ?)",
+	    "create_time_us, update_time_us) VALUES (?, "
+	    "nullif(CAST(? AS TEXT), ''), ?, ?, ?, ?, 'running', ?, 0, ?, ?)",
 	    "recording the job", "ttttttiii", j->id, j->tenant_id, j->kind,
 	    j->key_id, j->previous_key_id, j->target_key_id, (int64_t)j->total,
 	    j->create_time_us, j->update_time_us);
@@ -374,7 +373,7 @@ struct act_begin {
 };
 
 static enum kb_err
-activation_begin_txn(struct conn *c, void *arg)
+activation_begin_txn(struct db_conn *c, void *arg)
 {
 	struct act_begin *a = arg;
 	enum kb_err e;
@@ -388,7 +387,7 @@ activation_begin_txn(struct conn *c, void *arg)
 	         a->tenant))
 	    != KB_OK)
 		return e;
-	if (sqlite3_changes(c->db) != 1)
+	if (db_changes(c) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key \"%s\" is not "
 		    "available",
@@ -429,7 +428,7 @@ struct job_begin {
 };
 
 static enum kb_err
-job_begin_txn(struct conn *c, void *arg)
+job_begin_txn(struct db_conn *c, void *arg)
 {
 	struct job_begin *a = arg;
 	enum kb_err e;
@@ -493,26 +492,29 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
 	static const char rot_sql[] = RW_COLS
-	    "WHERE ?1 = ?1 AND "
+	    "WHERE CAST(?1 AS TEXT) IS NOT NULL AND "
 	    "e.mode = 'platform' AND d.key_id != ?2 AND d.damaged = '' AND"
 	    " e.id >= ?4 AND "
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
 	static const char upg_sql[] =
-	    RW_COLS "WHERE ?1 = ?1 AND ?2 = ?2 AND "
+	    RW_COLS "WHERE CAST(?1 AS TEXT) IS NOT NULL AND "
+	            "CAST(?2 AS TEXT) IS NOT NULL AND "
 	            "d.wrap_alg != 'AES-256-GCM' AND d.damaged = '' AND"
 	            " e.id >= ?4 AND "
 	            "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	            "LIMIT ?3";
 	static const char ret_sql[] = RW_COLS
-	    "WHERE ?1 = ?1 AND d.key_id IN (SELECT k.id FROM keys k WHERE "
+	    "WHERE CAST(?1 AS TEXT) IS NOT NULL AND d.key_id IN (SELECT k.id "
+	    "FROM keys k WHERE "
 	    "k.id = ?6 OR (k.purpose = 'kek' AND k.parent_id = ?6)) AND "
 	    "d.key_id != ?2 AND d.damaged = '' AND e.id >= ?4 AND "
 	    "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	    "LIMIT ?3";
 	static const char ver_sql[] =
 	    RW_COLS "WHERE (?1 = '' OR "
-	            "e.tenant_id = ?1) AND ?2 = ?2 AND e.id >= ?4 AND "
+	            "e.tenant_id = ?1) AND CAST(?2 AS TEXT) IS NOT NULL AND "
+	            "e.id >= ?4 AND "
 	            "(d.env_id, d.version) > (?4, ?5) ORDER BY e.id, d.version "
 	            "LIMIT ?3";
 #undef RW_COLS
@@ -521,40 +523,40 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 	    : strcmp(job->kind, STORE_SCAN_VERIFY) == 0              ? ver_sql
 	    : strcmp(job->kind, STORE_JOB_RETIRE) == 0               ? ret_sql
 	                                                             : upg_sql;
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 	size_t cnt = 0;
 	char mode[16];
-	int rc, len;
+	enum db_step rc = DB_DONE;
+	size_t len;
 
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		goto out;
-	sqlite3_bind_text(st, 1, job->tenant_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, job->target_key_id, -1, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 3, (sqlite3_int64)max);
-	sqlite3_bind_int64(st, 4, after_env_id);
-	sqlite3_bind_int64(st, 5, after_version);
+	db_bind_text(st, 1, job->tenant_id);
+	db_bind_text(st, 2, job->target_key_id);
+	db_bind_int64(st, 3, (int64_t)max);
+	db_bind_int64(st, 4, after_env_id);
+	db_bind_int64(st, 5, after_version);
 	if (strcmp(job->kind, STORE_JOB_RETIRE) == 0)
-		sqlite3_bind_text(st, 6, job->key_id, -1, SQLITE_STATIC);
-	while (cnt < max && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+		db_bind_text(st, 6, job->key_id);
+	while (cnt < max && (rc = db_step(st)) == DB_ROW) {
 		struct store_rewrap *r = &rows[cnt];
 
 		memset(r, 0, sizeof(*r));
-		r->env_id = sqlite3_column_int64(st, 0);
-		r->version = (uint32_t)sqlite3_column_int64(st, 1);
+		r->env_id = db_column_int64(st, 0);
+		r->version = (uint32_t)db_column_int64(st, 1);
 		r->dek.version = r->version;
 		store_copy_text(r->dek.key_id, sizeof(r->dek.key_id), st, 2);
 		store_copy_text(
 		    r->dek.wrap_alg, sizeof(r->dek.wrap_alg), st, 3);
-		len = sqlite3_column_bytes(st, 4);
-		if (len <= 0 || (size_t)len > sizeof(r->dek.wrapped))
+		len = db_column_bytes(st, 4);
+		if (len > sizeof(r->dek.wrapped))
 			len = 0;
 		if (len > 0)
-			memcpy(r->dek.wrapped, sqlite3_column_blob(st, 4),
-			    (size_t)len);
-		r->dek.wrapped_len = (size_t)len;
+			memcpy(r->dek.wrapped, db_column_blob(st, 4), len);
+		r->dek.wrapped_len = len;
 		store_copy_text(r->tenant_id, sizeof(r->tenant_id), st, 5);
 		store_copy_text(r->name, sizeof(r->name), st, 6);
 		store_copy_text(r->uid, sizeof(r->uid), st, 7);
@@ -567,16 +569,16 @@ store_rewrap_fetch_after(struct store *s, const struct store_job *job,
 		cnt++;
 	}
 	if (cnt == max)
-		rc = SQLITE_DONE;
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE) {
-		e = store_sql_err(c->db, rc, "reading data keys to re-seal");
+		rc = DB_DONE;
+	db_reset(st);
+	if (rc != DB_DONE) {
+		e = db_err(c, "reading data keys to re-seal");
 		goto out;
 	}
 	*n = cnt;
 	e = KB_OK;
 out:
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -589,13 +591,13 @@ struct rewrap_commit {
 };
 
 static enum kb_err
-rewrap_commit_txn(struct conn *c, void *arg)
+rewrap_commit_txn(struct db_conn *c, void *arg)
 {
 	static const char sql[] =
 	    "UPDATE deks SET key_id = ?, wrap_alg = ?, "
 	    "wrapped = ? WHERE env_id = ? AND version = ? AND key_id = ?";
 	struct rewrap_commit *a = arg;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
 	int64_t changed = 0;
 	size_t i;
@@ -605,23 +607,22 @@ rewrap_commit_txn(struct conn *c, void *arg)
 
 		if (r->skip)
 			continue;
-		if ((e = store_stmt(c, sql, &st)) != KB_OK)
+		if ((e = db_prepare(c, sql, &st)) != KB_OK)
 			return e;
-		sqlite3_bind_text(st, 1, r->dek.key_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, r->dek.wrap_alg, -1, SQLITE_STATIC);
-		sqlite3_bind_blob(st, 3, r->dek.wrapped,
-		    (int)r->dek.wrapped_len, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, r->env_id);
-		sqlite3_bind_int64(st, 5, r->version);
-		sqlite3_bind_text(st, 6, a->old[i], -1, SQLITE_STATIC);
+		db_bind_text(st, 1, r->dek.key_id);
+		db_bind_text(st, 2, r->dek.wrap_alg);
+		db_bind_blob(st, 3, r->dek.wrapped, r->dek.wrapped_len);
+		db_bind_int64(st, 4, r->env_id);
+		db_bind_int64(st, 5, r->version);
+		db_bind_text(st, 6, a->old[i]);
 		if ((e = store_step_done(c, st, "storing a re-sealed data key"))
 		    != KB_OK)
 			return e;
-		changed += sqlite3_changes(c->db);
+		changed += db_changes(c);
 	}
 	return store_run(c,
-	    "UPDATE jobs SET done = done + ?, update_time_us = ? "
-	    "WHERE id = ?",
+	    "UPDATE jobs SET done = done + CAST(? AS BIGINT), "
+	    "update_time_us = ? WHERE id = ?",
 	    "recording job progress", "iit", changed, a->now, a->job_id);
 }
 
@@ -644,7 +645,7 @@ struct job_finish {
 /* Nothing the job re-seals may be left: a change that committed after the
  * job's last pass (it runs outside the tenant lock) sends it round again. */
 static enum kb_err
-finish_check(struct conn *c, const struct store_job *j)
+finish_check(struct db_conn *c, const struct store_job *j)
 {
 	enum kb_err e;
 	int64_t left;
@@ -662,7 +663,7 @@ finish_check(struct conn *c, const struct store_job *j)
 }
 
 static enum kb_err
-activation_finish_txn(struct conn *c, void *arg)
+activation_finish_txn(struct db_conn *c, void *arg)
 {
 	struct job_finish *a = arg;
 	enum kb_err e;
@@ -708,7 +709,7 @@ activation_finish_txn(struct conn *c, void *arg)
 }
 
 static enum kb_err
-platform_finish_txn(struct conn *c, void *arg)
+platform_finish_txn(struct db_conn *c, void *arg)
 {
 	struct job_finish *a = arg;
 	enum kb_err e;
@@ -727,13 +728,14 @@ platform_finish_txn(struct conn *c, void *arg)
 		         "UPDATE keys SET state = CASE WHEN purpose = 'tenant' "
 		         "THEN 'retired' ELSE 'deleted' END, delete_time_us = "
 		         "CASE WHEN purpose = 'tenant' THEN delete_time_us "
-		         "ELSE ?1 END, retire_time_us = CASE WHEN purpose = "
-		         "'tenant' THEN ?1 ELSE 0 END, update_time_us = ?1 "
-		         "WHERE id = ?2 AND state = 'retiring'",
+		         "ELSE CAST(?1 AS BIGINT) END, retire_time_us = CASE "
+		         "WHEN purpose = 'tenant' THEN CAST(?1 AS BIGINT) ELSE "
+		         "0 END, update_time_us = ?1 WHERE id = ?2 AND state = "
+		         "'retiring'",
 		         "retiring the key", "it", a->now, a->j->key_id))
 		    != KB_OK)
 			return e;
-		if (sqlite3_changes(c->db) != 1)
+		if (db_changes(c) != 1)
 			return kb_errf(KB_ERR_FAILED_PRECONDITION,
 			    "job %s: key %s is no longer being retired",
 			    a->j->id, a->j->key_id);
@@ -790,7 +792,7 @@ struct job_fail {
 };
 
 static enum kb_err
-job_fail_txn(struct conn *c, void *arg)
+job_fail_txn(struct db_conn *c, void *arg)
 {
 	struct job_fail *a = arg;
 	enum kb_err e;
@@ -840,18 +842,19 @@ store_job_get(struct store *s, const char *id, struct store_job *out)
 enum kb_err
 store_jobs_running(struct store *s, struct store_job **out, size_t *n)
 {
-	static const char sql[] = "SELECT " JOB_COLS " FROM jobs WHERE "
-	                          "state = 'running' ORDER BY create_time_us";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	static const char sql[] =
+	    "SELECT " JOB_COLS " FROM jobs WHERE "
+	    "state = 'running' ORDER BY create_time_us, id";
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK)
+	if ((e = db_prepare(c, sql, &st)) == KB_OK)
 		e = store_collect(c, st, sizeof(**out), job_row, (void **)out,
 		    n, "listing jobs");
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -865,17 +868,18 @@ store_jobs_pending(struct store *s, struct store_job **out, size_t *n)
 	    "(state = 'failed' AND NOT EXISTS (SELECT 1 FROM jobs l WHERE "
 	    "l.kind = j.kind AND coalesce(l.tenant_id, '') = "
 	    "coalesce(j.tenant_id, '') AND l.state = 'done' AND "
-	    "l.create_time_us > j.create_time_us)) ORDER BY create_time_us";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	    "l.create_time_us > j.create_time_us)) ORDER BY create_time_us, "
+	    "id";
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK)
+	if ((e = db_prepare(c, sql, &st)) == KB_OK)
 		e = store_collect(c, st, sizeof(**out), job_row, (void **)out,
 		    n, "listing pending jobs");
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -885,17 +889,17 @@ store_deks_count(struct store *s, const char *tenant)
 	static const char sql[] = "SELECT count(*) FROM deks d JOIN "
 	                          "environments e ON e.id = d.env_id WHERE ?1 "
 	                          "= '' OR e.tenant_id = ?1";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	int64_t n = -1;
 
-	if (store_stmt(c, sql, &st) == KB_OK) {
-		sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
-		if (sqlite3_step(st) == SQLITE_ROW)
-			n = sqlite3_column_int64(st, 0);
-		sqlite3_reset(st);
+	if (db_prepare(c, sql, &st) == KB_OK) {
+		db_bind_text(st, 1, tenant);
+		if (db_step(st) == DB_ROW)
+			n = db_column_int64(st, 0);
+		db_reset(st);
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return n;
 }
 
@@ -907,26 +911,25 @@ store_dek_replace(struct store *s, const char *tenant, const char *name,
 	    "UPDATE deks SET key_id = ?, wrap_alg = ?, "
 	    "wrapped = ?, damaged = '' WHERE version = ? AND env_id = (SELECT "
 	    "id FROM environments WHERE tenant_id = ? AND name = ?)";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
-	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_text(st, 1, d->key_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 2, d->wrap_alg, -1, SQLITE_STATIC);
-		sqlite3_bind_blob(
-		    st, 3, d->wrapped, (int)d->wrapped_len, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, d->version);
-		sqlite3_bind_text(st, 5, tenant, -1, SQLITE_STATIC);
-		sqlite3_bind_text(st, 6, name, -1, SQLITE_STATIC);
+	if ((e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_text(st, 1, d->key_id);
+		db_bind_text(st, 2, d->wrap_alg);
+		db_bind_blob(st, 3, d->wrapped, d->wrapped_len);
+		db_bind_int64(st, 4, d->version);
+		db_bind_text(st, 5, tenant);
+		db_bind_text(st, 6, name);
 		e = store_step_done(c, st, "repairing a data key");
-		if (e == KB_OK && sqlite3_changes(c->db) != 1)
+		if (e == KB_OK && db_changes(c) != 1)
 			e = kb_errf(KB_ERR_NOT_FOUND,
 			    "%s/%s has no data key "
 			    "version %u",
 			    tenant, name, d->version);
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -934,7 +937,7 @@ enum kb_err
 store_dek_mark_damaged(struct store *s, const char *tenant, const char *name,
     uint32_t version, const char *why)
 {
-	struct conn *c = store_conn_get(s);
+	struct db_conn *c = db_conn_get(s->db);
 	enum kb_err e;
 
 	e = store_run(c,
@@ -943,9 +946,9 @@ store_dek_mark_damaged(struct store *s, const char *tenant, const char *name,
 	    "name = ?)",
 	    "marking a data key unrecoverable", "titt", why, (int64_t)version,
 	    tenant, name);
-	if (e == KB_OK && sqlite3_changes(c->db) != 1)
+	if (e == KB_OK && db_changes(c) != 1)
 		e = kb_errf(KB_ERR_NOT_FOUND,
 		    "%s/%s has no data key version %u", tenant, name, version);
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }

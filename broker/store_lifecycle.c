@@ -9,31 +9,31 @@
 
 /* The row id and current DEK version of an environment. */
 static enum kb_err
-env_lookup(struct conn *c, const char *tenant, const char *name,
+env_lookup(struct db_conn *c, const char *tenant, const char *name,
     int64_t *env_id, uint32_t *max_version)
 {
 	static const char sql[] =
 	    "SELECT e.id, coalesce((SELECT max(version) "
 	    "FROM deks d WHERE d.env_id = e.id), e.dek_version) FROM "
 	    "environments e WHERE e.tenant_id = ? AND e.name = ?";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
-	int rc;
+	enum db_step rc;
 
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, tenant, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 2, name, -1, SQLITE_STATIC);
-	rc = sqlite3_step(st);
-	if (rc == SQLITE_ROW) {
-		*env_id = sqlite3_column_int64(st, 0);
+	db_bind_text(st, 1, tenant);
+	db_bind_text(st, 2, name);
+	rc = db_step(st);
+	if (rc == DB_ROW) {
+		*env_id = db_column_int64(st, 0);
 		if (max_version != NULL)
-			*max_version = (uint32_t)sqlite3_column_int64(st, 1);
+			*max_version = (uint32_t)db_column_int64(st, 1);
 	}
-	sqlite3_reset(st);
-	if (rc == SQLITE_ROW)
+	db_reset(st);
+	if (rc == DB_ROW)
 		return KB_OK;
-	if (rc == SQLITE_DONE) {
+	if (rc == DB_DONE) {
 		if ((e = store_tenant_exists(c, tenant)) != KB_OK)
 			return e;
 		return kb_errf(KB_ERR_NOT_FOUND,
@@ -41,44 +41,44 @@ env_lookup(struct conn *c, const char *tenant, const char *name,
 		    "exist in tenant \"%s\"",
 		    name, tenant);
 	}
-	return store_sql_err(c->db, rc, "reading the environment");
+	return db_err(c, "reading the environment");
 }
 
 static enum kb_err
 insert_dek(
-    struct conn *c, int64_t env_id, const struct store_dek *d, int64_t now)
+    struct db_conn *c, int64_t env_id, const struct store_dek *d, int64_t now)
 {
 	static const char sql[] =
 	    "INSERT INTO deks(env_id, version, key_id, "
 	    "wrap_alg, wrapped, create_time_us) VALUES (?, ?, ?, ?, ?, ?)";
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
 
-	if ((e = store_stmt(c, sql, &st)) != KB_OK)
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_int64(st, 1, env_id);
-	sqlite3_bind_int64(st, 2, d->version);
-	sqlite3_bind_text(st, 3, d->key_id, -1, SQLITE_STATIC);
-	sqlite3_bind_text(st, 4, d->wrap_alg, -1, SQLITE_STATIC);
-	sqlite3_bind_blob(
-	    st, 5, d->wrapped, (int)d->wrapped_len, SQLITE_STATIC);
-	sqlite3_bind_int64(st, 6, now);
+	db_bind_int64(st, 1, env_id);
+	db_bind_int64(st, 2, d->version);
+	db_bind_text(st, 3, d->key_id);
+	db_bind_text(st, 4, d->wrap_alg);
+	db_bind_blob(st, 5, d->wrapped, d->wrapped_len);
+	db_bind_int64(st, 6, now);
 	return store_step_done(c, st, "storing the data key");
 }
 
 static void
-dek_row(sqlite3_stmt *st, void *elem)
+dek_row(struct db_stmt *st, void *elem)
 {
 	struct store_dek *d = elem;
-	int len;
+	size_t len;
 
-	d->version = (uint32_t)sqlite3_column_int64(st, 0);
+	d->version = (uint32_t)db_column_int64(st, 0);
 	store_copy_text(d->key_id, sizeof(d->key_id), st, 1);
 	store_copy_text(d->wrap_alg, sizeof(d->wrap_alg), st, 2);
-	len = sqlite3_column_bytes(st, 3);
-	if (len > 0 && (size_t)len <= sizeof(d->wrapped)) {
-		memcpy(d->wrapped, sqlite3_column_blob(st, 3), (size_t)len);
-		d->wrapped_len = (size_t)len;
+	len = db_column_bytes(st, 3);
+	d->wrapped_len = 0;
+	if (len > 0 && len <= sizeof(d->wrapped)) {
+		memcpy(d->wrapped, db_column_blob(st, 3), len);
+		d->wrapped_len = len;
 	}
 }
 
@@ -89,20 +89,20 @@ store_env_dek_list(struct store *s, const char *tenant, const char *name,
 	static const char sql[] =
 	    "SELECT version, key_id, wrap_alg, wrapped "
 	    "FROM deks WHERE env_id = ? ORDER BY version DESC";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	int64_t env_id;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
 	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK
-	    && (e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_int64(st, 1, env_id);
+	    && (e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_int64(st, 1, env_id);
 		e = store_collect(c, st, sizeof(**out), dek_row, (void **)out,
 		    n, "reading data keys");
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -115,13 +115,13 @@ struct env_rewrap {
 };
 
 static enum kb_err
-env_rewrap_txn(struct conn *c, void *arg)
+env_rewrap_txn(struct db_conn *c, void *arg)
 {
 	static const char sql[] =
 	    "UPDATE deks SET key_id = ?, wrap_alg = ?, "
 	    "wrapped = ? WHERE env_id = ? AND version = ?";
 	struct env_rewrap *a = arg;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	int64_t env_id;
 	enum kb_err e;
 	size_t i;
@@ -129,15 +129,13 @@ env_rewrap_txn(struct conn *c, void *arg)
 	if ((e = env_lookup(c, a->tenant, a->name, &env_id, NULL)) != KB_OK)
 		return e;
 	for (i = 0; i < a->n; i++) {
-		if ((e = store_stmt(c, sql, &st)) != KB_OK)
+		if ((e = db_prepare(c, sql, &st)) != KB_OK)
 			return e;
-		sqlite3_bind_text(st, 1, a->deks[i].key_id, -1, SQLITE_STATIC);
-		sqlite3_bind_text(
-		    st, 2, a->deks[i].wrap_alg, -1, SQLITE_STATIC);
-		sqlite3_bind_blob(st, 3, a->deks[i].wrapped,
-		    (int)a->deks[i].wrapped_len, SQLITE_STATIC);
-		sqlite3_bind_int64(st, 4, env_id);
-		sqlite3_bind_int64(st, 5, a->deks[i].version);
+		db_bind_text(st, 1, a->deks[i].key_id);
+		db_bind_text(st, 2, a->deks[i].wrap_alg);
+		db_bind_blob(st, 3, a->deks[i].wrapped, a->deks[i].wrapped_len);
+		db_bind_int64(st, 4, env_id);
+		db_bind_int64(st, 5, a->deks[i].version);
 		if ((e = store_step_done(c, st, "re-wrapping the data key"))
 		    != KB_OK)
 			return e;
@@ -167,7 +165,7 @@ struct env_version {
 };
 
 static enum kb_err
-env_version_txn(struct conn *c, void *arg)
+env_version_txn(struct db_conn *c, void *arg)
 {
 	struct env_version *a = arg;
 	uint32_t max = 0;
@@ -212,14 +210,14 @@ enum kb_err
 store_env_next_version(
     struct store *s, const char *tenant, const char *name, uint32_t *version)
 {
-	struct conn *c = store_conn_get(s);
+	struct db_conn *c = db_conn_get(s->db);
 	int64_t env_id;
 	uint32_t max = 0;
 	enum kb_err e;
 
 	if ((e = env_lookup(c, tenant, name, &env_id, &max)) == KB_OK)
 		*version = max + 1;
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -245,7 +243,7 @@ enum kb_err
 store_env_set_state(struct store *s, const char *tenant, const char *name,
     enum store_env_state from, enum store_env_state to, int64_t now)
 {
-	struct conn *c = store_conn_get(s);
+	struct db_conn *c = db_conn_get(s->db);
 	int64_t env_id;
 	enum kb_err e;
 
@@ -257,13 +255,13 @@ store_env_set_state(struct store *s, const char *tenant, const char *name,
 	    "changing the environment state", "tiiit", store_env_state_name(to),
 	    to == STORE_ENV_LOCKED ? now : (int64_t)0, now, env_id,
 	    store_env_state_name(from));
-	if (e == KB_OK && sqlite3_changes(c->db) != 1)
+	if (e == KB_OK && db_changes(c) != 1)
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "environment %s/%s is not "
 		    "%s",
 		    tenant, name, store_env_state_name(from));
 out:
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -274,7 +272,7 @@ out:
 	"b.key_id, b.create_time_us"
 
 static void
-backup_row(sqlite3_stmt *st, void *elem)
+backup_row(struct db_stmt *st, void *elem)
 {
 	struct store_backup *b = elem;
 	char mode[16];
@@ -282,12 +280,12 @@ backup_row(sqlite3_stmt *st, void *elem)
 	store_copy_text(b->id, sizeof(b->id), st, 0);
 	store_copy_text(b->tenant_id, sizeof(b->tenant_id), st, 1);
 	store_copy_text(b->env, sizeof(b->env), st, 2);
-	b->dek_version = (uint32_t)sqlite3_column_int64(st, 3);
+	b->dek_version = (uint32_t)db_column_int64(st, 3);
 	store_copy_text(mode, sizeof(mode), st, 4);
 	b->mode = strcmp(mode, "customer") == 0 ? STORE_MODE_CUSTOMER
 	                                        : STORE_MODE_PLATFORM;
 	store_copy_text(b->key_id, sizeof(b->key_id), st, 5);
-	b->create_time_us = sqlite3_column_int64(st, 6);
+	b->create_time_us = db_column_int64(st, 6);
 }
 
 enum kb_err
@@ -298,12 +296,12 @@ store_backup_create(struct store *s, const char *tenant, const char *name,
 	 * mode and the key wrapping its current DEK. */
 	static const char sql[] =
 	    "INSERT INTO backups(id, env_id, dek_version, "
-	    "mode, key_id, create_time_us) SELECT ?, e.id, e.dek_version, "
-	    "e.mode, coalesce((SELECT nullif(k.parent_id, '') FROM keys k "
-	    "WHERE "
-	    "k.id = d.key_id AND k.purpose = 'kek'), d.key_id), ? " ENV_JOIN
+	    "mode, key_id, create_time_us) SELECT CAST(? AS TEXT), e.id, "
+	    "e.dek_version, e.mode, coalesce((SELECT nullif(k.parent_id, '') "
+	    "FROM keys k WHERE k.id = d.key_id AND k.purpose = 'kek'), "
+	    "d.key_id), CAST(? AS BIGINT) " ENV_JOIN
 	    " WHERE e.tenant_id = ? AND e.name = ? AND d.key_id IS NOT NULL";
-	struct conn *c = store_conn_get(s);
+	struct db_conn *c = db_conn_get(s->db);
 	int64_t env_id;
 	enum kb_err e;
 
@@ -313,17 +311,17 @@ store_backup_create(struct store *s, const char *tenant, const char *name,
 	         c, sql, "recording the backup", "titt", id, now, tenant, name))
 	    != KB_OK)
 		goto out;
-	if (sqlite3_changes(c->db) != 1) {
+	if (db_changes(c) != 1) {
 		e = kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "environment %s/%s has no "
 		    "data key to back up",
 		    tenant, name);
 		goto out;
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return store_backup_get(s, tenant, id, out);
 out:
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -353,20 +351,20 @@ store_backup_list(struct store *s, const char *tenant, const char *name,
 	    "SELECT " BACKUP_COLS " FROM backups b JOIN "
 	    "environments e ON e.id = b.env_id WHERE e.id = ? AND "
 	    "e.state != 'deleted' ORDER BY b.create_time_us, b.id";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	int64_t env_id;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
 	if ((e = env_lookup(c, tenant, name, &env_id, NULL)) == KB_OK
-	    && (e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_int64(st, 1, env_id);
+	    && (e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_int64(st, 1, env_id);
 		e = store_collect(c, st, sizeof(**out), backup_row,
 		    (void **)out, n, "listing backups");
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -380,7 +378,7 @@ struct tenant_lock {
 };
 
 static enum kb_err
-tenant_lock_txn(struct conn *c, void *arg)
+tenant_lock_txn(struct db_conn *c, void *arg)
 {
 	/* The tenant keys (those pending deletion or approval too: the
 	 * approval's request then fails) and the KEK objects in the token: all
@@ -390,37 +388,40 @@ tenant_lock_txn(struct conn *c, void *arg)
 	    "SELECT id FROM keys WHERE tenant_id = ? AND "
 	    "((purpose = 'tenant' AND state IN ('active', 'available', "
 	    "'pending_deletion', 'retired', 'pending_approval')) OR "
-	    "(purpose = 'kek' AND state IN ('active', 'installing')))";
+	    "(purpose = 'kek' AND state IN ('active', 'installing'))) "
+	    "ORDER BY id";
 	struct tenant_lock *a = arg;
-	sqlite3_stmt *st;
+	struct db_stmt *st;
 	enum kb_err e;
 	void *nv;
-	int rc;
+	enum db_step rc;
 
-	if ((e = store_stmt(c, sel, &st)) != KB_OK)
+	/* A rerun (db_txn, on a conflict) lists them again from the start. */
+	a->ndestroy = 0;
+	if ((e = db_prepare(c, sel, &st)) != KB_OK)
 		return e;
-	sqlite3_bind_text(st, 1, a->tenant, -1, SQLITE_STATIC);
-	while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+	db_bind_text(st, 1, a->tenant);
+	while ((rc = db_step(st)) == DB_ROW) {
 		if ((nv = realloc(
 		         a->destroy, (a->ndestroy + 1) * sizeof(*a->destroy)))
 		    == NULL) {
-			sqlite3_reset(st);
+			db_reset(st);
 			return kb_errf(KB_ERR_NOMEM, "out of memory");
 		}
 		a->destroy = nv;
 		store_copy_text(
 		    a->destroy[a->ndestroy++], STORE_KEY_ID_MAX, st, 0);
 	}
-	sqlite3_reset(st);
-	if (rc != SQLITE_DONE)
-		return store_sql_err(c->db, rc, "listing the tenant's keys");
+	db_reset(st);
+	if (rc != DB_DONE)
+		return db_err(c, "listing the tenant's keys");
 	if ((e = store_run(c,
 	         "UPDATE keys SET state = 'locked', lock_time_us = ?, "
 	         "update_time_us = ? WHERE id = ? AND state = 'active'",
 	         "locking the key", "iit", a->now, a->now, a->key_id))
 	    != KB_OK)
 		return e;
-	if (sqlite3_changes(c->db) != 1)
+	if (db_changes(c) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key \"%s\" is no "
 		    "longer the active key",
@@ -478,7 +479,7 @@ struct tenant_unlock {
 };
 
 static enum kb_err
-tenant_unlock_txn(struct conn *c, void *arg)
+tenant_unlock_txn(struct db_conn *c, void *arg)
 {
 	struct tenant_unlock *a = arg;
 	enum kb_err e;
@@ -490,7 +491,7 @@ tenant_unlock_txn(struct conn *c, void *arg)
 	         "reactivating the key", "iit", a->now, a->now, a->tenant))
 	    != KB_OK)
 		return e;
-	if (sqlite3_changes(c->db) != 1)
+	if (db_changes(c) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "tenant \"%s\" has no "
 		    "locked key to reactivate",
@@ -526,21 +527,21 @@ store_envs_locked_before(struct store *s, int64_t cutoff,
 {
 	static const char sql[] = "SELECT " ENV_COLS " " ENV_JOIN " WHERE "
 	                          "e.state = 'locked' AND e.lock_time_us <= ? "
-	                          "ORDER BY e.lock_time_us "
+	                          "ORDER BY e.lock_time_us, e.id "
 	                          "LIMIT ?";
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK) {
-		sqlite3_bind_int64(st, 1, cutoff);
-		sqlite3_bind_int64(st, 2, (sqlite3_int64)max);
+	if ((e = db_prepare(c, sql, &st)) == KB_OK) {
+		db_bind_int64(st, 1, cutoff);
+		db_bind_int64(st, 2, (int64_t)max);
 		e = store_collect(c, st, sizeof(**out), store_env_row,
 		    (void **)out, n, "listing locked environments");
 	}
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 
@@ -550,7 +551,7 @@ struct env_purge {
 };
 
 static enum kb_err
-env_purge_txn(struct conn *c, void *arg)
+env_purge_txn(struct db_conn *c, void *arg)
 {
 	struct env_purge *a = arg;
 	int64_t env_id;
@@ -564,7 +565,7 @@ env_purge_txn(struct conn *c, void *arg)
 	         "deleting the environment", "ii", a->now, env_id))
 	    != KB_OK)
 		return e;
-	if (sqlite3_changes(c->db) != 1)
+	if (db_changes(c) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "environment %s/%s is "
 		    "no longer locked",

@@ -5,28 +5,28 @@
 #include "store_int.h"
 
 static void
-count_row(sqlite3_stmt *st, void *elem)
+count_row(struct db_stmt *st, void *elem)
 {
 	struct store_count *c = elem;
 
 	store_copy_text(c->a, sizeof(c->a), st, 0);
 	store_copy_text(c->b, sizeof(c->b), st, 1);
-	c->n = sqlite3_column_int64(st, 2);
+	c->n = db_column_int64(st, 2);
 }
 
 static enum kb_err
 counts(struct store *s, const char *sql, struct store_count **out, size_t *n)
 {
-	struct conn *c = store_conn_get(s);
-	sqlite3_stmt *st;
+	struct db_conn *c = db_conn_get(s->db);
+	struct db_stmt *st;
 	enum kb_err e;
 
 	*out = NULL;
 	*n = 0;
-	if ((e = store_stmt(c, sql, &st)) == KB_OK)
+	if ((e = db_prepare(c, sql, &st)) == KB_OK)
 		e = store_collect(c, st, sizeof(**out), count_row, (void **)out,
 		    n, "counting rows for the metrics");
-	store_conn_put(s, c);
+	db_conn_put(s->db, c);
 	return e;
 }
 

@@ -4,7 +4,8 @@
 signed checkpoints, in Python, from the encoding common/kb_audit.h documents.
 
 Used by test-crash.py on the audit database left by a SIGKILL (a copy of
-keybroker-audit.db and its -wal), and as a command line:
+keybroker-audit.db and its -wal, or the PostgreSQL database itself: its
+server outlives the broker), and as a command line:
 
   kbt_audit.py verify-db AUDIT_DB --key PEM
       Verify every event (seq 1, 2, ... with no gap; hash(n) =
@@ -16,11 +17,13 @@ keybroker-audit.db and its -wal), and as a command line:
 
 The database is opened read-only (mode=ro): pass a copy when the broker
 that wrote it is gone and its WAL should be replayed without touching it.
+AUDIT_DB may also be a postgresql:// URI (read through psql).
 """
 import argparse
 import hashlib
 import sqlite3
 import struct
+import subprocess
 import sys
 
 ZERO = bytes(32)
@@ -180,6 +183,41 @@ def verify_db(path, pub):
         con.close()
 
 
+def is_pg(target):
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def psql_rows(uri, sql):
+    """The rows of one query through psql, each a list of text fields."""
+    p = subprocess.run(["psql", "-X", "-q", "-A", "-t", "-F", "\x1f", "-R", "\x1e",
+                        "-v", "ON_ERROR_STOP=1", "-d", uri, "-c", sql],
+                       capture_output=True, text=True, timeout=300)
+    if p.returncode != 0:
+        raise RuntimeError("psql: %s" % p.stderr.strip()[:500])
+    return [r.lstrip("\n").split("\x1f") for r in p.stdout.rstrip("\n").split("\x1e")
+            if r.strip("\n")]
+
+
+def verify_pg(uri, pub):
+    """Verify the audit log in the PostgreSQL database at uri. The events
+    are read first; only the checkpoints up to the last event read count,
+    so a broker appending meanwhile cannot make a checkpoint look orphaned."""
+    ev = [[int(r[0]), int(r[1])] + r[2:12] + [bytes.fromhex(r[12])] for r in psql_rows(
+        uri, "SELECT seq, time_us, actor, role, peer, method, tenant_id, environment, "
+        "key_id, result, reason, request_id, encode(hash, 'hex') FROM events ORDER BY seq")]
+    last = ev[-1][0] if ev else 0
+    cps = [(int(r[0]), bytes.fromhex(r[1]), int(r[2]), bytes.fromhex(r[3]), bytes.fromhex(r[4]))
+           for r in psql_rows(
+               uri, "SELECT seq, encode(head_hash, 'hex'), time_us, encode(prev_signature, 'hex'), "
+               "encode(signature, 'hex') FROM checkpoints WHERE seq <= %d ORDER BY seq" % last)]
+    return verify_rows(ev, cps, pub)
+
+
+def verify(target, pub):
+    """verify_pg for a postgresql:// URI, else verify_db."""
+    return verify_pg(target, pub) if is_pg(target) else verify_db(target, pub)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -191,7 +229,7 @@ def main():
     if a.key:
         with open(a.key, "rb") as f:
             pub = load_public_key(f.read())
-    r = verify_db(a.db, pub)
+    r = verify(a.db, pub)
     print(("verified: " if r.ok else "FAILED: ") + str(r))
     return 0 if r.ok else 1
 

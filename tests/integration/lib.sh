@@ -15,6 +15,10 @@
 #                              wait; kbt_grpc.Broker's in Python)
 #   kbt_start_extra NAME CONF ADDR [ARGS...] / kbt_kill_extra NAME
 #                              a second broker of the test (SIGKILLed at the end)
+#   kbt_conf_copy NAME PORT    $KBT_CONF's settings listening on 127.0.0.1:PORT
+#                              (metrics off) in $KBT_CONF_COPY, for
+#                              kbt_start_extra: another broker on the same
+#                              database, token and test clock
 #   kbt_tenant_keyed TENANT PFX PWFILE "CUSTOMER_ENVS" ["PLATFORM_ENVS"]
 #                              a tenant with a generated, activated key and
 #                              its environments ($KBT_KEY_ID: the key)
@@ -53,10 +57,33 @@
 #   kbt_done                   print "N passed, N failed" and exit (1 on failure)
 # After each kb_* run, $KBT_RC, $KBT_OUT (stdout file) and $KBT_ERR (stderr file).
 #
+# The database, whichever engine (KBT_DB):
+#   kbt_db_is_pg               status 0 in PostgreSQL mode
+#   kbt_db_sql store|audit SQL...  run SQL (one argument each statement, or
+#                              on stdin with none) on the store's or the audit
+#                              log's database: sqlite3 on its file, or psql on
+#                              $KBT_PG_URI; rows '|'-separated either way
+#                              (SQL both engines take: booleans as CASE ... 1/0)
+#   kbt_db_save store|audit TABLE WHERE FILE  the rows of TABLE matching WHERE
+#                              into FILE, to be put back with kbt_db_restore
+#   kbt_db_restore FILE        put them back: the rows matching WHERE now are
+#                              replaced by the saved ones
+#   kbt_db_files               every file the databases live in (SQLite files
+#                              and their -wal, or the PostgreSQL server's data
+#                              directory), one a line, for searches
+#   kbt_pg_server_stop / kbt_pg_server_start
+#                              PostgreSQL mode: the server stopped under the
+#                              broker, and started again on the same data
+#
 # Environment: KB_BUILD (default build/ at the repo root) holds keybrokerd and
 # kbctl (and tests/keybrokerd-testclock); KB_SRC is the repository;
 # KBT_BROKER the broker binary kbt_start runs (default $KB_BUILD/keybrokerd);
-# KBT_KEEP=1 keeps the temp dir.
+# KBT_KEEP=1 keeps the temp dir (a PostgreSQL server in it is stopped anyway).
+# KBT_DB=postgres: kbt_setup starts a PostgreSQL server of the test's own in
+# $KBT_DIR/pg (tests/pg/kbt-pg.sh) and the broker's database is there
+# (database = $KBT_PG_URI; the audit log in the same database); the server is
+# stopped at the end after the broker, also when the script fails or is
+# stopped, and by a guard process if the script itself is killed.
 # shellcheck shell=bash
 
 set -u -o pipefail
@@ -81,6 +108,11 @@ KBT_WATCHDOG=
 KBT_BROKER=${KBT_BROKER:-$KB_BUILD/keybrokerd}
 KBT_CLOCK=
 KBT_CONF_SETTINGS=()
+# sqlite (the default) or postgres.
+KBT_DB=${KBT_DB:-sqlite}
+KBT_PG_URI=
+KBT_PG_DIR=
+KBT_PG_GUARD=
 
 # ---- reporting ----
 
@@ -164,6 +196,8 @@ kbt_cleanup() {
 	for name in "${!KBT_EXTRA_PID[@]}"; do
 		kbt_kill_extra "$name"
 	done
+	# After every broker: none may lose its database under it.
+	kbt_pg_stop
 	if [[ -n $KBT_DIR && -d $KBT_DIR ]]; then
 		if [[ ${KBT_KEEP:-0} == 1 ]]; then
 			echo "kept $KBT_DIR"
@@ -229,11 +263,165 @@ kbt_setup() {
 	# Metrics off: brokers of tests running at once would all want the
 	# default port (test-metrics.sh gives its broker a free one).
 	KBT_CONF_SETTINGS=(workers=2 hsm_sessions=4 log_level=debug metrics_listen=)
+	case $KBT_DB in
+	sqlite) ;;
+	postgres)
+		kbt_pg_start
+		KBT_CONF_SETTINGS+=("database=$KBT_PG_URI")
+		;;
+	*)
+		kbt_fail "KBT_DB=$KBT_DB" "KBT_DB is sqlite (the default) or postgres"
+		kbt_done
+		;;
+	esac
 	kbt_write_conf "$@"
 	export KB_ADDR=127.0.0.1:$KBT_PORT
 	export KB_CA=$KBT_PKI/ca.crt
 	export KB_CERT=$KBT_PKI/admin.crt
 	export KB_KEY=$KBT_PKI/admin.key
+}
+
+# ---- the database (KBT_DB) ----
+
+kbt_db_is_pg() { [[ $KBT_DB == postgres ]]; }
+
+# kbt_pg_start: a PostgreSQL server of this test in $KBT_DIR/pg; its libpq
+# URI in $KBT_PG_URI. A guard process (in a session of its own, so that
+# whatever kills this script does not kill it) stops the server if this
+# shell dies without its EXIT trap (SIGKILL); kbt_pg_stop ends the guard.
+kbt_pg_start() {
+	local out script=$KB_SRC/tests/pg/kbt-pg.sh
+	KBT_PG_DIR=$KBT_DIR/pg
+	if [[ ! -f $script ]]; then
+		kbt_fail "KBT_DB=postgres: $script exists" "it starts the test's PostgreSQL server"
+		kbt_done
+	fi
+	# The guard first: a server is never without one.
+	(
+		# shellcheck disable=SC2016 # expanded by the guard's own shell
+		setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done
+			[[ -d $3/data ]] && bash "$2" stop "$3"' kbt-pg-guard "$$" "$script" "$KBT_PG_DIR" \
+			</dev/null >/dev/null 2>&1 &
+		echo $! >"$KBT_DIR/pg-guard.pid"
+	)
+	KBT_PG_GUARD=$(<"$KBT_DIR/pg-guard.pid")
+	# The server runs as another user (PostgreSQL refuses root), who must
+	# pass through the test's directory to its own: traverse, not list.
+	((EUID == 0)) && chmod 0711 "$KBT_DIR"
+	if ! out=$(bash "$script" start "$KBT_PG_DIR" 2>"$KBT_DIR/pg-start.err") ||
+		[[ $(printf '%s\n' "$out" | tail -n 1) != postgres*://* ]]; then
+		kbt_fail "KBT_DB=postgres: a PostgreSQL server starts for the test (tests/pg/kbt-pg.sh start)" \
+			"stdout: ${out:0:500}" "stderr: $(tail -n 20 "$KBT_DIR/pg-start.err")"
+		kbt_done
+	fi
+	KBT_PG_URI=$(printf '%s\n' "$out" | tail -n 1)
+	echo "info: KBT_DB=postgres: the broker's database (and audit log) is $KBT_PG_URI"
+}
+
+# kbt_pg_stop: stop the test's PostgreSQL server (if any) and its guard.
+kbt_pg_stop() {
+	[[ -n $KBT_PG_DIR ]] || return 0
+	if [[ -n $KBT_PG_GUARD ]]; then
+		kill "$KBT_PG_GUARD" 2>/dev/null
+		KBT_PG_GUARD=
+	fi
+	if [[ -d $KBT_PG_DIR/data ]]; then
+		bash "$KB_SRC/tests/pg/kbt-pg.sh" stop "$KBT_PG_DIR" >>"$KBT_DIR/pg-stop.log" 2>&1 ||
+			echo "kbt-pg.sh stop $KBT_PG_DIR failed: $(tail -n 5 "$KBT_DIR/pg-stop.log")"
+	fi
+	KBT_PG_DIR=
+}
+
+# kbt_pg_server_stop / kbt_pg_server_start: stop the test's PostgreSQL
+# server (a database gone away under a running broker) and start it again
+# on the same data, as its owner (kbt-pg.sh start makes a new one only).
+kbt_pg_server_stop() {
+	bash "$KB_SRC/tests/pg/kbt-pg.sh" stop "$KBT_PG_DIR" >>"$KBT_DIR/pg-stop.log" 2>&1
+}
+kbt_pg_server_start() {
+	local bin=/usr/lib/postgresql/15/bin owner
+	[[ -x $bin/pg_ctl ]] || bin=$(pg_config --bindir)
+	owner=$(stat -c %U "$KBT_PG_DIR/data")
+	local -a as=()
+	((EUID == 0)) && as=(runuser -u "$owner" --)
+	(cd "$KBT_PG_DIR" && "${as[@]}" "$bin/pg_ctl" -D "$KBT_PG_DIR/data" \
+		-l "$KBT_PG_DIR/server.log" -w -t 60 start) >>"$KBT_DIR/pg-stop.log" 2>&1
+}
+
+# kbt_db_target store|audit: the SQLite file, or the PostgreSQL URI.
+kbt_db_target() {
+	if kbt_db_is_pg; then
+		printf '%s' "$KBT_PG_URI"
+	elif [[ $1 == audit ]]; then
+		printf '%s' "$KBT_DIR/keybroker-audit.db"
+	else
+		printf '%s' "$KBT_DIR/keybroker.db"
+	fi
+}
+
+# kbt_db_sql store|audit [SQL...]: each SQL argument in turn (or stdin),
+# rows '|'-separated, no header; waits up to 5 s for a busy SQLite writer.
+# Status non-zero (and the error on stderr) if a statement fails.
+kbt_db_sql() {
+	local which=$1 target q
+	shift
+	target=$(kbt_db_target "$which")
+	if kbt_db_is_pg; then
+		local -a args=(-X -q -A -t -v ON_ERROR_STOP=1 -d "$target")
+		for q in "$@"; do
+			args+=(-c "$q")
+		done
+		psql "${args[@]}"
+	else
+		sqlite3 -cmd ".timeout 5000" "$target" "$@"
+	fi
+}
+
+# kbt_db_save store|audit TABLE WHERE FILE: the rows of TABLE matching
+# WHERE (an SQL condition) into FILE, with what kbt_db_restore needs.
+kbt_db_save() {
+	local which=$1 table=$2 where=$3 file=$4
+	printf '%s\n%s\n%s\n' "$which" "$table" "$where" >"$file.meta"
+	if kbt_db_is_pg; then
+		kbt_db_sql "$which" "\\copy (SELECT * FROM $table WHERE $where) TO '$file'"
+	else
+		kbt_db_sql "$which" ".mode insert $table" "SELECT * FROM $table WHERE $where" |
+			sed 's/^INSERT INTO/INSERT OR REPLACE INTO/' >"$file"
+	fi
+}
+
+# kbt_db_restore FILE: the rows kbt_db_save saved in FILE back in their
+# table, in one transaction; rows matching its WHERE now are replaced.
+kbt_db_restore() {
+	local file=$1 which table where
+	{
+		read -r which
+		read -r table
+		read -r where
+	} <"$file.meta"
+	if kbt_db_is_pg; then
+		kbt_db_sql "$which" "BEGIN" "DELETE FROM $table WHERE $where" \
+			"\\copy $table FROM '$file'" "COMMIT"
+	else
+		{
+			echo "BEGIN;"
+			echo "DELETE FROM $table WHERE $where;"
+			cat "$file"
+			echo "COMMIT;"
+		} | kbt_db_sql "$which"
+	fi
+}
+
+# kbt_db_files: the files holding the databases, one a line.
+kbt_db_files() {
+	if kbt_db_is_pg; then
+		find "$KBT_DIR/pg" -type f -size +0 2>/dev/null
+	else
+		local f
+		for f in "$KBT_DIR/keybroker.db" "$KBT_DIR/keybroker-audit.db"; do
+			printf '%s\n%s-wal\n' "$f" "$f"
+		done
+	fi
 }
 
 # kbt_write_conf [KEY=VALUE...]: (re)write $KBT_CONF from the settings so
@@ -380,6 +568,22 @@ kbt_kill_extra() {
 	wait "$pid" 2>/dev/null
 	echo "=== SIGKILL $pid" >>"$KBT_DIR/keybrokerd-$1.log"
 	return 0
+}
+
+# kbt_conf_copy NAME PORT: a config with every setting of $KBT_CONF (as
+# kbt_write_conf wrote it: the same database, token, PKI and test clock)
+# but listening on 127.0.0.1:PORT, with metrics off, in
+# $KBT_DIR/conf-NAME/keybroker.conf; its path in $KBT_CONF_COPY. Status 1
+# (a recorded failure) if deploy/conf.sh fails.
+KBT_CONF_COPY=
+kbt_conf_copy() {
+	local dir=$KBT_DIR/conf-$1
+	KBT_CONF_COPY=
+	mkdir -p -m 700 "$dir" || { kbt_fail "kbt_conf_copy $1: mkdir $dir"; return 1; }
+	KB_LISTEN=127.0.0.1:$2 "$KB_SRC/deploy/conf.sh" "$KBT_DIR" \
+		"${KBT_CONF_SETTINGS[@]}" metrics_listen= >"$dir/keybroker.conf" ||
+		{ kbt_fail "kbt_conf_copy $1: deploy/conf.sh"; return 1; }
+	KBT_CONF_COPY=$dir/keybroker.conf
 }
 
 # kbt_stop: SIGTERM the broker; it must exit 0 within 20 s (else SIGKILL).

@@ -14,7 +14,7 @@
 #     databases (and their -wal), the export, or the broker's log.
 #  3. An untouched export verifies (also pinned with 'audit key's
 #     fingerprint; a wrong one is refused); a hand-edited export fails.
-#     (a) an event UPDATEd in SQLite, (b) one DELETEd from the middle, and
+#     (a) an event UPDATEd in the database, (b) one DELETEd from the middle, and
 #     (c) the newest ones DELETEd while the broker is stopped, alone, with
 #     their checkpoints, and every checkpoint deleted: the broker refuses
 #     to start (the anchor in the token names the first lost event); with
@@ -30,6 +30,9 @@
 #     exactly once, no gap.
 #  5. A service may not read the log (and that refusal is logged itself);
 #     an admin limited to acme sees only acme's events; the auditor all.
+# KBT_DB=postgres (integration/test-audit-pg): the same on PostgreSQL (lib.sh
+# runs the edits through psql; the secrets are searched for in every file of
+# the server's data directory).
 # Run: bash tests/integration/test-audit.sh (KB_BUILD=build dir, KBT_KEEP=1).
 # shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -41,7 +44,7 @@ kbt_setup audit_checkpoint_events=10 audit_checkpoint_interval_s=2
 kbt_start || kbt_done
 w=$KBT_DIR/work
 mkdir -m 700 "$w"
-ADB=$KBT_DIR/keybroker-audit.db
+ADB=$(kbt_db_target audit)
 PW="kbt-audit-pw-$RANDOM$RANDOM-Zq"
 pw=$w/pw
 kbt_secret_file "$pw" "$PW"
@@ -50,8 +53,11 @@ kb_aud() { kb_as auditor "$@"; }
 # kbctl with no certificate and no broker address (offline commands).
 # shellcheck disable=SC2317 # called through verify_ok and friends
 kb_nocert() { KB_CERT='' KB_KEY='' KB_CA='' KB_ADDR=127.0.0.1:1 kbt_kbctl "$@"; }
-# sqlite3 on the audit database, waiting for the broker's writer if busy.
-sq() { sqlite3 -cmd ".timeout 5000" "$ADB" "$@"; }
+# SQL on the audit database (sqlite3, waiting for the broker's writer if
+# busy; or psql): lib.sh's kbt_db_sql.
+sq() { kbt_db_sql audit "$@"; }
+# SQL on the store's database.
+sqs() { kbt_db_sql store "$@"; }
 # The newest seq in the audit database (the broker may be stopped).
 db_max() { sq "SELECT COALESCE(MAX(seq), 0) FROM $1"; }
 # A background tail -f is killed with the test, whatever happens.
@@ -289,9 +295,17 @@ if DEK=$DEK "$KBT_PY" -c 'import base64,os,sys; sys.exit(base64.b64encode(base64
 else
 	kbt_fail "the search finds the DEK in the service's own output"
 fi
-check "the audit database's WAL file is there to search" test -s "$ADB-wal"
-no_secrets "keybroker.db, keybroker-audit.db and their -wal files, broker running" \
-	"$KBT_DIR"/keybroker.db "$KBT_DIR"/keybroker.db-wal "$ADB" "$ADB-wal"
+mapfile -t DBFILES < <(kbt_db_files)
+if kbt_db_is_pg; then
+	check "the PostgreSQL server's write-ahead log is there to search" \
+		bash -c "printf '%s\n' \"\$@\" | grep -q /pg_wal/" _ "${DBFILES[@]}"
+	no_secrets "every file of the PostgreSQL server's data directory (${#DBFILES[@]}), broker running" \
+		"${DBFILES[@]}"
+else
+	check "the audit database's WAL file is there to search" test -s "$ADB-wal"
+	no_secrets "keybroker.db, keybroker-audit.db and their -wal files, broker running" \
+		"${DBFILES[@]}"
+fi
 no_secrets "the broker's log so far" "$KBT_LOG"
 
 kbt_section "3. an untouched export verifies, offline"
@@ -409,8 +423,7 @@ check_json "verify --json: the call in \"unfinished\", exit 0" \
 kbt_section "3a. an event UPDATEd in the database"
 check_eq "event $GDK is the service's GetDataKey" "$(sq "SELECT actor FROM events WHERE seq = $GDK")" acme-prod
 # Saved to put back: INSERT OR REPLACE statements of every row from it on.
-sq ".mode insert events" "SELECT * FROM events WHERE seq >= $GDK" |
-	sed 's/^INSERT INTO/INSERT OR REPLACE INTO/' >"$w/rows-a.sql"
+kbt_db_save audit events "seq >= $GDK" "$w/rows-a.sql"
 sq "UPDATE events SET actor = 'mallory' WHERE seq = $GDK"
 kb_aud audit list --after $((GDK - 1)) --page-size 1 --json
 check_json "the API now shows the edited actor" "d['events'][0]['actor'] == 'mallory'"
@@ -422,39 +435,53 @@ verify_fails "(a) --online" "$GDK" "does not match its hash" kb_aud audit verify
 # who knows the encoding would): the chain holds, the signed checkpoint
 # does not.
 rechain() {
-	"$KBT_PY" - "$ADB" "$1" <<'PY'
-import hashlib, sqlite3, struct, sys
-db = sqlite3.connect(sys.argv[1], timeout=5)
-seq0 = int(sys.argv[2])
-prev = db.execute("SELECT hash FROM events WHERE seq = ?", (seq0 - 1,)).fetchone()[0]
-rows = db.execute("SELECT seq, time_us, actor, role, peer, method, tenant_id, environment, "
-                  "key_id, result, reason, request_id FROM events WHERE seq >= ? ORDER BY seq", (seq0,))
-for r in rows.fetchall():
-    enc = b"kbev1" + b"".join(struct.pack(">I", len(f)) + f
-                              for f in [str(r[0]).encode(), str(r[1]).encode()] + [x.encode() for x in r[2:]])
+	local hexf="hex(hash)"
+	kbt_db_is_pg && hexf="encode(hash, 'hex')"
+	# The rows from the edited one on (fields split by 0x1f, rows ended by
+	# 0x1e: no field holds those), the new hashes as UPDATEs.
+	rechain_rows "SELECT seq, time_us, actor, role, peer, method, tenant_id, environment,
+	       key_id, result, reason, request_id, (SELECT $hexf FROM events p WHERE p.seq = $(($1 - 1)))
+	       FROM events WHERE seq >= $1 ORDER BY seq" |
+		"$KBT_PY" -c '
+import hashlib, struct, sys
+pg = sys.argv[1] == "postgres"
+rows = [r.split("\x1f") for r in sys.stdin.read().strip("\n\x1e").split("\x1e") if r.strip("\n")]
+prev = bytes.fromhex(rows[0][12])
+print("BEGIN;")
+for r in rows:
+    r = [x.lstrip("\n") if i == 0 else x for i, x in enumerate(r)]
+    enc = b"kbev1" + b"".join(struct.pack(">I", len(f.encode())) + f.encode() for f in r[:12])
     prev = hashlib.sha256(prev + enc).digest()
-    db.execute("UPDATE events SET hash = ? WHERE seq = ?", (prev, r[0]))
-db.commit()
-PY
+    lit = ("decode(\x27%s\x27, \x27hex\x27)" if pg else "X\x27%s\x27") % prev.hex()
+    print("UPDATE events SET hash = %s WHERE seq = %s;" % (lit, r[0]))
+print("COMMIT;")' "$KBT_DB" | sq
+}
+# rechain_rows SQL: its rows, fields split by 0x1f and rows ended by 0x1e.
+rechain_rows() {
+	if kbt_db_is_pg; then
+		psql -X -q -A -t -F $'\x1f' -R $'\x1e' -v ON_ERROR_STOP=1 -d "$ADB" -c "$1"
+	else
+		sqlite3 -cmd ".timeout 5000" -separator $'\x1f' -newline $'\x1e' "$ADB" "$1"
+	fi
 }
 rechain "$GDK"
 CP_A=$(sq "SELECT MIN(seq) FROM checkpoints WHERE seq >= $GDK")
 verify_fails "(a') the hashes recomputed too: the signed checkpoint at $CP_A catches it" "$CP_A" \
 	"do not match the signed checkpoint" kb_aud audit verify --online
 # Put the rows back as they were.
-sq <"$w/rows-a.sql"
+kbt_db_restore "$w/rows-a.sql"
 verify_ok "(a) undone: the log verifies again" kb_aud audit verify --online
 
 kbt_section "3b. an event DELETEd from the middle"
 MIDSEQ=$((N / 2))
-sq ".mode insert events" "SELECT * FROM events WHERE seq = $MIDSEQ" >"$w/row-b.sql"
+kbt_db_save audit events "seq = $MIDSEQ" "$w/row-b.sql"
 sq "DELETE FROM events WHERE seq = $MIDSEQ"
 export_fresh tampered-b
 check "export warns that seq $MIDSEQ is not in the log" grep -q "events $MIDSEQ\\.\\.$MIDSEQ are not in the log" "$KBT_ERR"
 verify_fails "(b) offline, a fresh export" "$MIDSEQ" "event $MIDSEQ is missing" \
 	kb_aud audit verify "$w/tampered-b.jsonl"
 verify_fails "(b) --online" "$MIDSEQ" "event $MIDSEQ is missing" kb_aud audit verify --online
-sq <"$w/row-b.sql"
+kbt_db_restore "$w/row-b.sql"
 verify_ok "(b) undone: the log verifies again" kb_aud audit verify --online
 
 kbt_section "5. who may read the log"
@@ -605,7 +632,7 @@ check_eq "the rotation event names both fingerprints" \
 	"$(sq "SELECT reason FROM events WHERE seq = $ROT")" \
 	"audit signing key $NEWKEY (fingerprint $NEWFP) replaces $(sq "SELECT key_id FROM checkpoints WHERE seq < $ROT ORDER BY seq DESC LIMIT 1") (fingerprint $FP)"
 check "a checkpoint signed by the old key covers it, and the new key signs only after" \
-	test "$(sq "SELECT key_id != '$NEWKEY' FROM checkpoints WHERE seq >= $ROT ORDER BY seq LIMIT 1")" = 1 -a \
+	test "$(sq "SELECT CASE WHEN key_id != '$NEWKEY' THEN 1 ELSE 0 END FROM checkpoints WHERE seq >= $ROT ORDER BY seq LIMIT 1")" = 1 -a \
 	"$(sq "SELECT COUNT(*) FROM checkpoints WHERE key_id = '$NEWKEY' AND seq < $ROT")" = 0 -a \
 	"$(sq "SELECT COUNT(*) FROM checkpoints WHERE key_id = '$NEWKEY'")" -ge 1
 export_fresh rotated
@@ -641,11 +668,11 @@ verify_ok "after a restart the new key goes on signing: verify --online passes" 
 # The database pointed back at the retired key (its private half is gone):
 # the broker refuses to start rather than sign with nothing.
 kbt_stop
-OLDKEY=$(sqlite3 "$KBT_DIR/keybroker.db" "SELECT id FROM keys WHERE purpose = 'audit' AND state = 'retired'")
-sqlite3 "$KBT_DIR/keybroker.db" "UPDATE keys SET state = 'active', create_time_us = 9e15 WHERE id = '$OLDKEY'"
+OLDKEY=$(sqs "SELECT id FROM keys WHERE purpose = 'audit' AND state = 'retired'")
+sqs "UPDATE keys SET state = 'active', create_time_us = 9000000000000000 WHERE id = '$OLDKEY'"
 kbt_expect_no_start "the database edited to make the retired audit key active again: refused" \
 	"$KBT_CONF" "audit key \"$OLDKEY\" recorded in the database is not in token"
-sqlite3 "$KBT_DIR/keybroker.db" "UPDATE keys SET state = 'retired', create_time_us = 1 WHERE id = '$OLDKEY'"
+sqs "UPDATE keys SET state = 'retired', create_time_us = 1 WHERE id = '$OLDKEY'"
 kbt_start || kbt_done
 # SIGKILL at a different moment of each of 8 rotations: every start after
 # finishes or keeps the hand-over, and the whole chain still verifies
@@ -670,7 +697,7 @@ kb_admin audit rotate-key
 check "the rotation dies where the database names the new key (kbctl fails: $KBT_RC)" test "$KBT_RC" != 0
 wait "$KBT_PID" 2>/dev/null
 KBT_PID=
-CUTKEY=$(sqlite3 "$KBT_DIR/keybroker.db" "SELECT id FROM keys WHERE purpose = 'audit' AND state = 'active'")
+CUTKEY=$(sqs "SELECT id FROM keys WHERE purpose = 'audit' AND state = 'active'")
 check_eq "... and the log has no rotation to it yet" \
 	"$(sq "SELECT COUNT(*) FROM events WHERE method = 'audit.key_rotated' AND key_id = '$CUTKEY'")" 0
 kbt_start || kbt_done
@@ -689,8 +716,8 @@ kbt_stop
 H=$(db_max events)
 check_eq "at shutdown a checkpoint covers the last event ($H)" "$(db_max checkpoints)" "$H"
 # Saved to put back between the edits.
-sq ".mode insert events" "SELECT * FROM events WHERE seq > $((H - 3))" >"$w/rows-c.sql"
-sq ".mode insert checkpoints" "SELECT * FROM checkpoints" >"$w/cps-c.sql"
+kbt_db_save audit events "seq > $((H - 3))" "$w/rows-c.sql"
+kbt_db_save audit checkpoints "1 = 1" "$w/cps-c.sql"
 sq "DELETE FROM events WHERE seq > $((H - 3))"
 kbt_expect_no_start "(c) the tail deleted: the broker refuses to start, naming the first lost event" \
 	"$KBT_CONF" "events $((H - 2)) to $H are missing: the token's anchor says the log reached $H" \
@@ -699,17 +726,16 @@ sq "DELETE FROM checkpoints WHERE seq > $((H - 3))"
 kbt_expect_no_start "(c) the tail deleted with its checkpoints: refused, the same event named" \
 	"$KBT_CONF" "events $((H - 2)) to $H are missing: the token's anchor says the log reached $H"
 sq "DELETE FROM checkpoints"
-sq <"$w/rows-c.sql"
+kbt_db_restore "$w/rows-c.sql"
 kbt_expect_no_start "(c) every checkpoint deleted (the events intact): refused" \
 	"$KBT_CONF" "the signed checkpoint at $H is missing"
-sq ".mode insert events" "SELECT * FROM events WHERE seq > $((H - 6))" |
-	sed 's/^INSERT INTO/INSERT OR REPLACE INTO/' >"$w/rows-c2.sql"
+kbt_db_save audit events "seq > $((H - 6))" "$w/rows-c2.sql"
 sq "UPDATE events SET actor = 'mallory' WHERE seq = $((H - 5))"
 rechain $((H - 5))
 kbt_expect_no_start "(c) an event rewritten, the hashes after it recomputed, no checkpoint left: refused" \
 	"$KBT_CONF" "event $H is not the one the token's anchor signed: the log was rewritten"
-sq <"$w/rows-c2.sql"
-sq <"$w/cps-c.sql"
+kbt_db_restore "$w/rows-c2.sql"
+kbt_db_restore "$w/cps-c.sql"
 kbt_start || kbt_done
 kbt_pass "(c) put back as it was: the broker starts"
 kbt_stop
@@ -736,9 +762,15 @@ kbt_pass "after the accepted loss the anchor has moved: the broker starts again 
 
 kbt_section "2. (again) no DEK, password or private key bytes, after all of it"
 kbt_stop
-check "the databases are there to search" test -s "$KBT_DIR/keybroker.db" -a -s "$ADB"
-no_secrets "keybroker.db, keybroker-audit.db (and any -wal left), broker stopped" \
-	"$KBT_DIR"/keybroker.db "$KBT_DIR"/keybroker.db-wal "$ADB" "$ADB-wal"
+mapfile -t DBFILES < <(kbt_db_files)
+if kbt_db_is_pg; then
+	no_secrets "every file of the PostgreSQL server's data directory (${#DBFILES[@]}), broker stopped" \
+		"${DBFILES[@]}"
+else
+	check "the databases are there to search" test -s "$KBT_DIR/keybroker.db" -a -s "$ADB"
+	no_secrets "keybroker.db, keybroker-audit.db (and any -wal left), broker stopped" \
+		"${DBFILES[@]}"
+fi
 no_secrets "every export written" "$w"/*.jsonl
 no_secrets "the broker's whole log" "$KBT_LOG"
 

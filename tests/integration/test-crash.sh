@@ -32,6 +32,10 @@
 # DEKs (all of them again at the end) and says so; a sanitizer build gets 500
 # environments in bulk.
 # Prints the cycles run, kills during activation and during lock/unlock.
+# KBT_DB=postgres (integration/test-crash-pg, 8 cycles): the store and the
+# audit log in a PostgreSQL server of the test's own, which the kills leave
+# running: the invariants and the audit chain are checked on the database
+# itself (no integrity_check: that is SQLite's).
 # KBT_CRASH_CYCLES (default 20; e.g. 200 by hand), KBT_CRASH_SEED (the same
 # random delays again; thread timing still varies), KBT_CRASH_ENVS. Run: bash tests/integration/test-crash.sh
 # (KB_BUILD=build dir, KBT_KEEP=1 keeps the temp dir with the broker log).

@@ -7,6 +7,13 @@
 # role, tenant and environment limits of each certificate, refusals
 # (NOT_FOUND, ALREADY_EXISTS, INVALID_ARGUMENT, certificates from another CA,
 # expired or not yet valid), and that none of the refusals changed anything.
+# KBT_DB=postgres (integration/test-e2e-pg): the same on a PostgreSQL
+# database, then what only PostgreSQL has: the server stopped under the
+# broker (health NOT_SERVING naming the database, calls UNAVAILABLE) and
+# started again (SERVING again, the same DEKs, no restart of the broker);
+# backup create and --restore refused, pointing at pg_dump; an empty
+# database beside a token with keys refused; a password in the connection
+# string refused; database_password_file checked like the PIN file.
 # Run: bash tests/integration/test-e2e.sh (KB_BUILD=build dir, KBT_KEEP=1).
 # shellcheck disable=SC2119 # kbt_setup/kbt_start take optional arguments
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -241,5 +248,95 @@ expect_ok kb_as service-acme-dev datakey get acme dev --json
 check_eq "acme/dev's DEK is the same after a restart" "$(json 'd["dek"]' 2>&1)" "$dek_dev"
 expect_ok kb_admin tenants list --json
 check_eq "tenants list is the same after a restart" "$(json "$tenants_expr" 2>&1)" "$tenants_before"
+
+if kbt_db_is_pg; then
+	# health_is WANT: kbctl health prints WANT (exit 0 for SERVING, else 1).
+	health_is() {
+		local rc=1
+		[[ $1 == SERVING ]] && rc=0
+		kb_admin --timeout 5 health
+		[[ $KBT_RC == "$rc" ]] && grep -qx "$1" "$KBT_OUT"
+	}
+	# wait_health WANT SECONDS: poll until health is WANT.
+	wait_health() {
+		local i
+		for ((i = 0; i < $2 * 5; i++)); do
+			health_is "$1" && return 0
+			sleep 0.2
+		done
+		return 1
+	}
+
+	kbt_section "PostgreSQL: the engine in the log"
+	check "the log names the store's engine and target" \
+		grep -q "store: PostgreSQL database $KBT_PG_URI" "$KBT_LOG"
+	check "... and the server's version (the audit log's line, same database)" \
+		grep -Eq "audit log: PostgreSQL [0-9]+\.[0-9]+ database .*the store's database" "$KBT_LOG"
+
+	kbt_section "PostgreSQL: the server stopped under the broker, then back"
+	check "health is SERVING" health_is SERVING
+	check "the database server stops" kbt_pg_server_stop
+	if wait_health NOT_SERVING 5; then
+		kbt_pass "health says NOT_SERVING within 5 s of the server stopping"
+	else
+		kbt_fail "health says NOT_SERVING within 5 s of the server stopping" "$(kbt_last)"
+	fi
+	check "the log says why: the database" grep -Eq 'health: NOT_SERVING: .*database' "$KBT_LOG"
+	expect_fail UNAVAILABLE kb_as service-acme-prod datakey get acme prod
+	expect_fail UNAVAILABLE kb_admin tenants create during-outage
+	check "the broker is still running" kill -0 "$KBT_PID"
+	check "the database server starts again" kbt_pg_server_start
+	if wait_health SERVING 15; then
+		kbt_pass "health says SERVING again by itself, no broker restart"
+	else
+		kbt_fail "health says SERVING again within 15 s of the server's return" "$(kbt_last)" \
+			"$(kbt_print_log)"
+	fi
+	check "the log says so" grep -q 'health: SERVING again' "$KBT_LOG"
+	expect_ok kb_as service-acme-prod datakey get acme prod --json
+	check_eq "the DEK is the same after the outage" "$(json 'd["dek"]' 2>&1)" "$dek_prod"
+	expect_ok kb_admin tenants create after-outage
+	expect_fail NOT_FOUND kb_admin tenants show during-outage
+
+	kbt_section "PostgreSQL: backup and restore are PostgreSQL's"
+	expect_fail FAILED_PRECONDITION -m "pg_basebackup.*pg_dump.*Backup and recovery" \
+		kb_admin backup create --out "$KBT_DIR/pg.kbb"
+	check "no backup file was written" test ! -e "$KBT_DIR/pg.kbb"
+	kbt_stop
+	printf 'keybroker-backup 1\n' >"$KBT_DIR/any.kbb"
+	"$KB_BUILD/keybrokerd" --config "$KBT_CONF" --restore "$KBT_DIR/any.kbb" \
+		</dev/null >"$KBT_OUT" 2>"$KBT_ERR"
+	KBT_RC=$?
+	if [[ $KBT_RC == 1 ]] && grep -q "pg_dump" "$KBT_ERR" && grep -q "nothing was read or written" "$KBT_ERR"; then
+		kbt_pass "keybrokerd --restore is refused, pointing at pg_dump: $(cut -c1-120 "$KBT_ERR")"
+	else
+		kbt_fail "keybrokerd --restore is refused on PostgreSQL" "$(kbt_last)"
+	fi
+
+	kbt_section "PostgreSQL: start-up refusals"
+	check "an empty second database is made" \
+		psql -X -q -d "$KBT_PG_URI" -c "CREATE DATABASE kbt_empty"
+	empty=${KBT_PG_URI/\/keybroker\?/\/kbt_empty?}
+	kbt_write_conf "database=$empty"
+	kbt_expect_no_start "an empty database beside a token holding this broker's keys: refused" \
+		"$KBT_CONF" "holds no keybroker data" "--allow-new-database"
+	kbt_expect_no_start "... and refused again at the next start (nothing was bound)" \
+		"$KBT_CONF" "holds no keybroker data"
+	pw=kbt-db-pw-$RANDOM$RANDOM
+	kbt_write_conf "database=${KBT_PG_URI/postgresql:\/\//postgresql://postgres:$pw@}"
+	kbt_expect_no_start "a password in the connection string: refused at load" \
+		"$KBT_CONF" "holds a password" "database_password_file"
+	check "... and the password is in no message" bash -c "! grep -q '$pw' '$KBT_DIR/no-start.err'"
+	printf '%s\n' "$pw" >"$KBT_DIR/db-pw"
+	chmod 0644 "$KBT_DIR/db-pw"
+	kbt_write_conf "database=$KBT_PG_URI" "database_password_file=$KBT_DIR/db-pw"
+	kbt_expect_no_start "a database_password_file others can read: refused like the PIN file" \
+		"$KBT_CONF" "db-pw" "0644"
+	chmod 0600 "$KBT_DIR/db-pw"
+	kbt_start || kbt_done
+	expect_ok kb_as service-acme-prod datakey get acme prod --json
+	check_eq "with a password file of mode 0600, the same data" "$(json 'd["dek"]' 2>&1)" "$dek_prod"
+	check "the password is not in the broker's log" bash -c "! grep -q '$pw' '$KBT_LOG'"
+fi
 
 kbt_done

@@ -1,5 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* test-store.c: the SQLite store against real database files. */
+/* test-store.c: the store against real SQLite database files, and (the
+ * /store/pg/ cases, when KBT_PG_URL names a PostgreSQL database) the
+ * engine-independent cases again against PostgreSQL. */
 #include "harness.h"
 
 #include <openssl/evp.h>
@@ -10,15 +12,54 @@
 #include "store_int.h"
 
 static char dbpath[512];
+/* Set while a /store/pg/ case runs: the cases open this instead. */
+static const char *pg_url;
+
+/* What the running case opens: the SQLite file or the PostgreSQL URL. */
+static const char *
+target(void)
+{
+	return pg_url != NULL ? pg_url : dbpath;
+}
+
+/* PostgreSQL: an empty database for each case (the store's tables and
+ * kb_schema all live in the schema public). */
+static void
+pg_wipe(void)
+{
+	struct db_config cfg;
+	struct db *db = NULL;
+	struct db_conn *c;
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.target = pg_url;
+	cfg.conns = 1;
+	if (db_open(&cfg, &db) != KB_OK) {
+		fprintf(stderr, "db_open %s: %s\n", pg_url,
+		    kb_err_msg(KB_ERR_STORE));
+		exit(2);
+	}
+	c = db_conn_get(db);
+	if (db_exec(c, "DROP SCHEMA public CASCADE; CREATE SCHEMA public;",
+	        "emptying the test database")
+	    != KB_OK) {
+		fprintf(stderr, "%s\n", kb_err_msg(KB_ERR_STORE));
+		exit(2);
+	}
+	db_conn_put(db, c);
+	db_close(db);
+}
 
 static struct store *
 fresh(void)
 {
 	struct store *s = NULL;
-	const char *dir = kbt_tmpdir();
 
-	snprintf(dbpath, sizeof(dbpath), "%s/kb.db", dir);
-	if (store_open(dbpath, 3, &s) != KB_OK) {
+	if (pg_url != NULL)
+		pg_wipe();
+	else
+		snprintf(dbpath, sizeof(dbpath), "%s/kb.db", kbt_tmpdir());
+	if (store_open(target(), 3, &s) != KB_OK) {
 		fprintf(stderr, "store_open: %s\n", kb_err_msg(KB_ERR_STORE));
 		exit(2);
 	}
@@ -31,10 +72,23 @@ done(struct store *s)
 	char dir[512], *slash;
 
 	store_close(s);
+	if (pg_url != NULL)
+		return;
 	snprintf(dir, sizeof(dir), "%s", dbpath);
 	if ((slash = strrchr(dir, '/')) != NULL)
 		*slash = '\0';
 	kbt_rmtree(dir);
+}
+
+/* Run `sql` (no rows) on one of the store's connections. */
+static enum kb_err
+store_sql(struct store *s, const char *sql)
+{
+	struct db_conn *c = db_conn_get(s->db);
+	enum kb_err e = db_exec(c, sql, "test rows");
+
+	db_conn_put(s->db, c);
+	return e;
 }
 
 static void
@@ -202,6 +256,7 @@ test_environments(void)
 	 * environment row must not be left behind. */
 	snprintf(env.tenant_id, sizeof(env.tenant_id), "acme");
 	snprintf(env.name, sizeof(env.name), "dev");
+	snprintf(env.uid, sizeof(env.uid), "%032d", 2);
 	snprintf(dek.key_id, sizeof(dek.key_id), "no-such-key");
 	KBT_ASSERT(store_env_create(s, &env, &dek) != KB_OK);
 	KBT_ASSERT_ERR(store_env_get(s, "acme", "dev", &got), KB_ERR_NOT_FOUND);
@@ -238,7 +293,7 @@ test_environments(void)
 
 	/* Survives a reopen. */
 	store_close(s);
-	KBT_ASSERT_OK(store_open(dbpath, 2, &s));
+	KBT_ASSERT_OK(store_open(target(), 2, &s));
 	KBT_ASSERT_OK(store_env_with_dek(s, "acme", "prod", 0, &got, &gotdek));
 	KBT_ASSERT_INT(gotdek.wrapped[0], ==, 0xab);
 	done(s);
@@ -444,6 +499,16 @@ test_clock(void)
 	KBT_ASSERT_INT(k.jump_from_us, ==, 0);
 	KBT_ASSERT_STR(k.confirm_by, "ops");
 
+	if (pg_url != NULL) {
+		/* (PostgreSQL starts at schema 9: no upgrade from 3.) A
+		 * database whose row is gone says so. */
+		KBT_ASSERT_OK(store_sql(s, "DELETE FROM clock"));
+		KBT_ASSERT_ERR(store_clock_get(s, &k), KB_ERR_CORRUPT);
+		KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CORRUPT), "no clock row");
+		KBT_ASSERT_ERR(store_clock_put(s, &k), KB_ERR_CORRUPT);
+		done(s);
+		return;
+	}
 	/* A schema 3 database with records: the upgrade seeds the mark with
 	 * the newest of their times, not yet kept. */
 	memset(&t, 0, sizeof(t));
@@ -491,6 +556,51 @@ test_clock(void)
 
 /* ---- every writer's answer to a full disk and a busy database ---- */
 
+/* snapshot() on PostgreSQL: each row of each table as its text. */
+static void
+snapshot_pg(EVP_MD_CTX *md)
+{
+	struct db_config cfg;
+	struct db *db = NULL;
+	struct db_conn *c;
+	struct db_stmt *st;
+	char names[32][64], sql[256];
+	size_t n = 0, i;
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.target = pg_url;
+	cfg.conns = 1;
+	if (db_open(&cfg, &db) != KB_OK)
+		return;
+	c = db_conn_get(db);
+	if (db_prepare(c,
+	        "SELECT table_name FROM information_schema.tables WHERE "
+	        "table_schema = 'public' ORDER BY 1",
+	        &st)
+	    == KB_OK) {
+		while (n < 32 && db_step(st) == DB_ROW)
+			snprintf(names[n++], sizeof(names[0]), "%s",
+			    db_column_text(st, 0));
+		db_reset(st);
+	}
+	for (i = 0; i < n; i++) {
+		snprintf(sql, sizeof(sql),
+		    "SELECT CAST(x AS TEXT) FROM \"%.63s\" x ORDER BY 1",
+		    names[i]);
+		EVP_DigestUpdate(md, sql, strlen(sql));
+		if (db_prepare_dynamic(c, sql, &st) != KB_OK)
+			continue;
+		while (db_step(st) == DB_ROW) {
+			EVP_DigestUpdate(md, "|", 1);
+			EVP_DigestUpdate(
+			    md, db_column_text(st, 0), db_column_bytes(st, 0));
+		}
+		db_finalize(st);
+	}
+	db_conn_put(db, c);
+	db_close(db);
+}
+
 /* SHA-256 over every row of every table: "nothing stored changed". */
 static void
 snapshot(uint8_t out[32])
@@ -503,6 +613,12 @@ snapshot(uint8_t out[32])
 	int i;
 
 	memset(out, 0, 32);
+	if (md != NULL && pg_url != NULL
+	    && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1) {
+		snapshot_pg(md);
+		EVP_DigestFinal_ex(md, out, &len);
+		goto out;
+	}
 	if (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1
 	    || sqlite3_open_v2(dbpath, &db, SQLITE_OPEN_READONLY, NULL)
 	        != SQLITE_OK
@@ -788,9 +904,18 @@ faults_fixture(void)
 		    != KB_OK)
 			exit(2);
 	}
-	/* A busy database answers in 50 ms here, not the broker's 10 s. */
-	for (i = 0; i < s->nconns; i++)
-		sqlite3_busy_timeout(s->conns[i].db, 50);
+	/* A busy database answers in 50 ms here, not the broker's 10 s:
+	 * each of the pool's connections, taken all at once. */
+	if (pg_url == NULL) {
+		struct db_conn *cs[8];
+
+		for (i = 0; i < s->nconns && i < 8; i++) {
+			cs[i] = db_conn_get(s->db);
+			sqlite3_busy_timeout(db_conn_sqlite(cs[i]), 50);
+		}
+		while (i-- > 0)
+			db_conn_put(s->db, cs[i]);
+	}
 	return s;
 }
 
@@ -953,7 +1078,7 @@ test_doctor_reads(void)
 	struct store_dek dek;
 	struct store_state_count *c = NULL;
 	struct store_job *j = NULL;
-	char names[200], dir[512], before[2000], after[2000], *slash;
+	char names[200], dir[512], before[2000] = "", after[2000] = "", *slash;
 	const char *e;
 	size_t n = 0;
 	int schema = 0, i;
@@ -981,12 +1106,10 @@ test_doctor_reads(void)
 	    store_key_dependent_envs(s, "kb-platform-1", names, sizeof(names)));
 	KBT_ASSERT_STR(names, "acme/dev, acme/prod");
 	{
-		struct conn *cn = store_conn_get(s);
-
 		/* A key state a later build may add, and jobs: a failed
 		 * activation a later one finished after (not pending), a
 		 * failed rotation, a running upgrade. */
-		KBT_ASSERT_OK(store_exec(cn->db,
+		KBT_ASSERT_OK(store_sql(s,
 		    "UPDATE keys SET state = 'pending_deletion', "
 		    "update_time_us = 8, delete_request_us = 8, "
 		    "delete_final_us = 9 WHERE id = 'kb-platform-1';"
@@ -995,9 +1118,7 @@ test_doctor_reads(void)
 		    "('j-1', 'acme', 'activate', 'k', 'failed', 1, 1), "
 		    "('j-2', 'acme', 'activate', 'k', 'done', 2, 2), "
 		    "('j-3', NULL, 'rotate-platform', 'p', 'failed', 3, 3), "
-		    "('j-4', NULL, 'upgrade-v2', '', 'running', 4, 4);",
-		    "test rows"));
-		store_conn_put(s, cn);
+		    "('j-4', NULL, 'upgrade-v2', '', 'running', 4, 4);"));
 	}
 	KBT_ASSERT_OK(store_jobs_pending(s, &j, &n));
 	KBT_ASSERT_INT(n, ==, 2);
@@ -1007,12 +1128,16 @@ test_doctor_reads(void)
 	store_close(s);
 	s = NULL;
 
+	/* A read-only open creates no file (SQLite): the directory's names
+	 * stay what they were. */
 	snprintf(dir, sizeof(dir), "%s", dbpath);
 	if ((slash = strrchr(dir, '/')) != NULL)
 		*slash = '\0';
-	dir_list(dir, before, sizeof(before));
-	KBT_ASSERT(strstr(before, "-wal") == NULL);
-	KBT_ASSERT_OK(store_open_readonly(dbpath, &ro, &schema));
+	if (pg_url == NULL) {
+		dir_list(dir, before, sizeof(before));
+		KBT_ASSERT(strstr(before, "-wal") == NULL);
+	}
+	KBT_ASSERT_OK(store_open_readonly(target(), NULL, &ro, &schema));
 	KBT_ASSERT_INT(schema, ==, store_schema_version(ro));
 	KBT_ASSERT_OK(store_state_counts(ro, &c, &n));
 	KBT_ASSERT_INT(n, ==, 3);
@@ -1035,13 +1160,135 @@ test_doctor_reads(void)
 		kb_err_clear();
 	}
 	store_close(ro);
-	dir_list(dir, after, sizeof(after));
-	KBT_ASSERT_STR(after, before);
-	KBT_ASSERT_ERR(store_open_readonly("/nonexistent/kb.db", &ro, &schema),
-	    KB_ERR_NOT_FOUND);
+	if (pg_url == NULL) {
+		dir_list(dir, after, sizeof(after));
+		KBT_ASSERT_STR(after, before);
+		KBT_ASSERT_ERR(store_open_readonly(
+		                   "/nonexistent/kb.db", NULL, &ro, &schema),
+		    KB_ERR_NOT_FOUND);
+	}
 	done(NULL);
 }
 
+/* ---- the same cases on PostgreSQL ---- */
+
+/* Run `fn` against $KBT_PG_URL (a PostgreSQL database this test may
+ * empty: tests/pg/kbt-pg.sh starts one), or say it was skipped. A failed
+ * assertion leaves pg_url set: these cases come last in the table, and
+ * each sets it. */
+static void
+on_pg(kbt_fn fn)
+{
+	const char *url = getenv("KBT_PG_URL");
+
+	pg_url = NULL;
+	if (url == NULL || url[0] == '\0') {
+		fprintf(stderr,
+		    "  skipped: KBT_PG_URL is not set (ctest -R "
+		    "unit/test-store-pg starts a server)\n");
+		return;
+	}
+	pg_url = url;
+	fn();
+	pg_url = NULL;
+}
+
+/* PostgreSQL keeps the version in kb_schema: a reopen migrates nothing, a
+ * database from the future is refused. */
+static void
+test_pg_migrations(void)
+{
+	struct store *s = fresh();
+	struct db_conn *c;
+	struct db_stmt *st;
+	int64_t v = 0;
+	int schema = 0;
+
+	KBT_ASSERT(store_is_postgres(s));
+	KBT_ASSERT_OK(store_ping(s));
+	/* backup create copies SQLite files only, and says what to use. */
+	KBT_ASSERT_ERR(store_snapshot(s, "/nonexistent/copy.db"),
+	    KB_ERR_FAILED_PRECONDITION);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_FAILED_PRECONDITION), "pg_dump");
+	c = db_conn_get(s->db);
+	if (db_prepare(c,
+	        "SELECT version FROM kb_schema WHERE component = 'store'", &st)
+	        == KB_OK
+	    && db_step(st) == DB_ROW) {
+		v = db_column_int64(st, 0);
+		db_reset(st);
+	}
+	db_conn_put(s->db, c);
+	KBT_ASSERT_INT(v, ==, store_schema_version(s));
+	store_close(s);
+	KBT_ASSERT_OK(store_open(pg_url, 2, &s));
+	KBT_ASSERT_OK(store_sql(s, "UPDATE kb_schema SET version = 999"));
+	store_close(s);
+	KBT_ASSERT_ERR(store_open(pg_url, 2, &s), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(
+	    kb_err_msg(KB_ERR_CONFIG), "newer than this keybroker");
+	/* The doctor still reads it, and tells the version. */
+	KBT_ASSERT_OK(store_open_readonly(pg_url, NULL, &s, &schema));
+	KBT_ASSERT_INT(schema, ==, 999);
+	store_close(s);
+}
+
+static void
+pg_migrations(void)
+{
+	on_pg(test_pg_migrations);
+}
+
+static void
+pg_token_bind(void)
+{
+	on_pg(test_token_bind);
+}
+
+static void
+pg_tenants(void)
+{
+	on_pg(test_tenants);
+}
+
+static void
+pg_environments(void)
+{
+	on_pg(test_environments);
+}
+
+static void
+pg_keys_and_meta(void)
+{
+	on_pg(test_keys_and_meta);
+}
+
+static void
+pg_clock(void)
+{
+	on_pg(test_clock);
+}
+
+static void
+pg_constraints(void)
+{
+	on_pg(test_constraints);
+}
+
+static void
+pg_doctor_reads(void)
+{
+	on_pg(test_doctor_reads);
+}
+
+static void
+pg_delete(void)
+{
+	on_pg(test_delete);
+}
+
+/* SQLite-only: the file's pragmas and user_version, a full disk (a
+ * SQLite VFS), another process's write lock. */
 static const struct kbt_case cases[] = {
     {"/store/migrations-and-pragmas", test_migrations_and_pragmas},
     {"/store/token-bind", test_token_bind}, {"/store/tenants", test_tenants},
@@ -1050,7 +1297,13 @@ static const struct kbt_case cases[] = {
     {"/store/full-disk", test_full_disk}, {"/store/busy", test_busy},
     {"/store/constraints", test_constraints},
     {"/store/doctor-reads", test_doctor_reads}, {"/store/delete", test_delete},
-    {NULL, NULL}};
+    {"/store/pg/migrations", pg_migrations},
+    {"/store/pg/token-bind", pg_token_bind}, {"/store/pg/tenants", pg_tenants},
+    {"/store/pg/environments", pg_environments},
+    {"/store/pg/keys-and-meta", pg_keys_and_meta},
+    {"/store/pg/clock", pg_clock}, {"/store/pg/constraints", pg_constraints},
+    {"/store/pg/doctor-reads", pg_doctor_reads},
+    {"/store/pg/delete", pg_delete}, {NULL, NULL}};
 
 int
 main(int argc, char **argv)
