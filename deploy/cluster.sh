@@ -41,7 +41,7 @@ paths() {
 	var=$(cd "$KB_VAR" && pwd)
 	cl=$var/cluster
 	pgdata=$cl/pg
-	url="postgresql:///keybroker?host=$pgdata&port=$pg_port"
+	url="postgresql://postgres@/keybroker?host=$pgdata&port=$pg_port"
 }
 
 pg_up() {
@@ -84,11 +84,11 @@ broker_start() {
 	local i=$1 conf
 	conf=$(conf_of "$i")
 	if running "$i"; then echo "cluster: broker $i already runs (pid $(pid_of "$i"))"; return 0; fi
-	if [[ ! -f $conf ]]; then
-		KB_LISTEN=127.0.0.1:$((7442 + i)) deploy/conf.sh "$var" \
-			"database=$url" "metrics_listen=127.0.0.1:$((7542 + i))" >"$conf.tmp"
-		mv -f "$conf.tmp" "$conf"
-	fi
+	# Written at each start from deploy/keybroker.conf.example: edit that
+	# (or deploy/conf.sh's settings), not this file.
+	KB_LISTEN=127.0.0.1:$((7442 + i)) deploy/conf.sh "$var" \
+		"database=$url" "metrics_listen=127.0.0.1:$((7542 + i))" >"$conf.tmp"
+	mv -f "$conf.tmp" "$conf"
 	"$build/keybrokerd" --config "$conf" >>"$cl/broker$i.log" 2>&1 &
 	echo $! >"$cl/broker$i.pid"
 }
