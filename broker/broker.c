@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "audit.h"
 #include "clock.h"
@@ -533,12 +534,12 @@ broker_audit_system(struct broker *b, const char *what, const char *tenant,
     const char *env, const char *key_id, const char *result, const char *reason)
 {
 	struct audit_record r;
-	char rid[24];
+	char rid[40];
 	enum kb_err e;
 
 	memset(&r, 0, sizeof(r));
-	snprintf(
-	    rid, sizeof(rid), "sys-%llx", (unsigned long long)clock_now_us());
+	snprintf(rid, sizeof(rid), "sys-%s-%llx", b->instance,
+	    (unsigned long long)clock_now_us());
 	r.actor = "keybroker";
 	r.role = "system";
 	r.method = what;
@@ -720,6 +721,32 @@ log_store_engine(struct broker *b)
 	    schema);
 }
 
+/* This broker among the brokers on one database, the same across its
+ * restarts: the first 4 bytes of SHA-256(host name, listen address). Its
+ * request counter starts at a random 64-bit value, so ids stay unique
+ * across restarts too. */
+static enum kb_err
+instance_init(struct broker *b)
+{
+	char host[256] = "", in[600];
+	uint8_t md[32], r[8];
+	unsigned int mdlen = 0;
+	uint64_t seq;
+
+	(void)gethostname(host, sizeof(host) - 1);
+	snprintf(in, sizeof(in), "%s\n%s", host,
+	    b->cfg->listen != NULL ? b->cfg->listen : "");
+	if (EVP_Digest(in, strlen(in), md, &mdlen, EVP_sha256(), NULL) != 1
+	    || RAND_bytes(r, sizeof(r)) != 1)
+		return kb_err_openssl(
+		    KB_ERR_CRYPTO, "making the broker's instance id");
+	snprintf(b->instance, sizeof(b->instance), "%02x%02x%02x%02x", md[0],
+	    md[1], md[2], md[3]);
+	memcpy(&seq, r, sizeof(seq));
+	atomic_init(&b->request_seq, seq);
+	return KB_OK;
+}
+
 enum kb_err
 broker_open(struct config *cfg, struct broker **out)
 {
@@ -745,6 +772,8 @@ broker_open(struct config *cfg, struct broker **out)
 		    cfg->test_clock_file != NULL ? cfg->test_clock_file
 		                                 : "no test_clock_file set");
 	b->start_time_us = clock_now_us();
+	if ((e = instance_init(b)) != KB_OK)
+		goto fail;
 	if (cfg->softhsm2_conf != NULL)
 		setenv("SOFTHSM2_CONF", cfg->softhsm2_conf, 1);
 	if ((e = identity_verifier_new(cfg->client_ca, &b->verifier))

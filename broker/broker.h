@@ -36,6 +36,13 @@ struct broker {
 	 * only then does a read accept one. */
 	atomic_int legacy_open;
 	int64_t start_time_us;
+	/* This broker among the brokers on one database (8 hex digits, from
+	 * its host name and listen address: the same across its restarts).
+	 * Request ids begin with it ("r-" instance, then 16 hex digits of a
+	 * counter) and so do system events' ("sys-" instance "-" time), so a
+	 * verifier tells whose calls a broker.start cut short. */
+	char instance[9];
+	atomic_uint_least64_t request_seq;
 	/* State changes of one tenant are serialized: a policy check and the
 	 * writes it allows happen under the tenant's lock (striped by id). */
 	pthread_mutex_t tenant_locks[BROKER_TENANT_LOCKS];

@@ -5,8 +5,6 @@
 #include <stdio.h>
 #include <string.h>
 
-#include <openssl/rand.h>
-
 #include "audit.h"
 #include "clock.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -405,15 +403,14 @@ audit_call(struct broker *b, const char *method, const struct scope_rule *scope,
 	return audit_append(b->audit, &r, NULL);
 }
 
+/* "r-" and 24 hex digits: this broker's instance, then a 64-bit counter
+ * that starts at a random value at each start. */
 static void
-new_request_id(char *out, size_t len)
+new_request_id(struct broker *b, char *out, size_t len)
 {
-	uint8_t r[8];
+	uint_least64_t n = atomic_fetch_add(&b->request_seq, 1);
 
-	if (RAND_bytes(r, sizeof(r)) != 1)
-		memset(r, 0, sizeof(r));
-	snprintf(out, len, "r-%02x%02x%02x%02x%02x%02x%02x%02x", r[0], r[1],
-	    r[2], r[3], r[4], r[5], r[6], r[7]);
+	snprintf(out, len, "r-%s%016llx", b->instance, (unsigned long long)n);
 }
 
 static enum kb_err
@@ -519,7 +516,7 @@ dispatch_call(struct broker *b, const char *path, size_t path_len,
 	ctx.id = &id;
 	ctx.peer = peer->peer;
 	ctx.now_us = clock_now_us();
-	new_request_id(ctx.request_id, sizeof(ctx.request_id));
+	new_request_id(b, ctx.request_id, sizeof(ctx.request_id));
 	if ((m = dispatch_find(path, path_len)) == NULL) {
 		res->code = GRPC_STATUS_UNIMPLEMENTED;
 		snprintf(res->message, sizeof(res->message),

@@ -3,6 +3,7 @@
  * and the verifier. */
 #include "kb_audit.h"
 
+#include <ctype.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -349,22 +350,59 @@ unfinished_add(struct kb_audit_verifier *v, const struct kb_audit_unfinished *u,
 		r->unfinished_first[r->unfinished_shown++] = *u;
 }
 
-/* Every call still waiting is unfinished; `restart`: a broker.start says
- * the broker that ran them, and those counted before, stopped. */
-static void
-pending_flush(struct kb_audit_verifier *v, int restart)
+/* The broker instance a broker.start's request id names ("sys-" 8 hex
+ * digits "-" ...), into inst; 0 for one from before instances ("sys-"
+ * and a time), which ends every broker's calls. */
+static int
+start_instance(const char *rid, char inst[9])
 {
 	size_t i;
 
-	for (i = 0; i < v->npend; i++)
-		if (v->pend[i].seq != 0)
-			unfinished_add(v, &v->pend[i], 0);
-	v->npend = 0;
+	if (strncmp(rid, "sys-", 4) != 0 || strlen(rid) < 14 || rid[12] != '-')
+		return 0;
+	for (i = 0; i < 8; i++) {
+		if (!isxdigit((unsigned char)rid[4 + i]))
+			return 0;
+		inst[i] = rid[4 + i];
+	}
+	inst[8] = '\0';
+	return 1;
+}
+
+/* A call's request id ("r-" instance counter) is of instance inst. */
+static int
+of_instance(const char *rid, const char *inst)
+{
+	return strncmp(rid, "r-", 2) == 0 && strncmp(rid + 2, inst, 8) == 0;
+}
+
+/* Every call still waiting is unfinished; `restart`: a broker.start says
+ * the broker that ran them, and those counted before, stopped. `inst`
+ * (not NULL): several brokers write the log, and the one that started is
+ * that instance: only its calls were cut short, the others' still wait. */
+static void
+pending_flush(struct kb_audit_verifier *v, int restart, const char *inst)
+{
+	size_t i, n = 0;
+
+	for (i = 0; i < v->npend; i++) {
+		if (v->pend[i].seq == 0)
+			continue;
+		if (inst != NULL && !of_instance(v->pend[i].request_id, inst)) {
+			v->pend[n++] = v->pend[i];
+			continue;
+		}
+		unfinished_add(v, &v->pend[i], 0);
+	}
+	v->npend = n;
 	if (!restart)
 		return;
-	/* Everything shown so far comes before this broker.start. */
+	/* Everything shown so far (of that instance) comes before this
+	 * broker.start. */
 	for (i = 0; i < v->res.unfinished_shown; i++)
-		v->res.unfinished_first[i].interrupted = 1;
+		if (inst == NULL
+		    || of_instance(v->res.unfinished_first[i].request_id, inst))
+			v->res.unfinished_first[i].interrupted = 1;
 	v->res.unfinished_interrupted += v->unfinished_open;
 	v->unfinished_open = 0;
 }
@@ -415,7 +453,10 @@ pending_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
 
 	if (field_is(ev->role, "system")
 	    && field_is(ev->method, "broker.start")) {
-		pending_flush(v, 1);
+		char inst[9], rid[40];
+
+		copy_field(rid, sizeof(rid), ev->request_id);
+		pending_flush(v, 1, start_instance(rid, inst) ? inst : NULL);
 		return;
 	}
 	memset(&u, 0, sizeof(u));
@@ -708,6 +749,6 @@ kb_audit_verifier_finish(
 			    v->pin);
 	}
 	/* Still waiting at the end of the log: maybe still running. */
-	pending_flush(v, 0);
+	pending_flush(v, 0, NULL);
 	*res = v->res;
 }

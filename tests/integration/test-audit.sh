@@ -143,7 +143,7 @@ check_json "every event has every field; times match time_us; hashes are 32 byte
 check_json "the session's times never go back" \
 	"(lambda v: all(a <= b for a, b in zip(v, v[1:])))([e['time_us'] for e in d['events'] if e['role'] != 'system'])"
 check_json "calls carry a request id r-<16 hex> and the peer's address" \
-	"all(__import__('re').fullmatch(r'r-[0-9a-f]{16}', e['request_id']) and e['peer'].startswith('ipv4:127.0.0.1:') for e in d['events'] if e['role'] != 'system')"
+	"all(__import__('re').fullmatch(r'r-[0-9a-f]{24}', e['request_id']) and e['peer'].startswith('ipv4:127.0.0.1:') for e in d['events'] if e['role'] != 'system')"
 # A state change is recorded twice under one request id: "started" before the
 # handler runs, then its outcome; anything else once.
 check_json "request ids are unique (a state change: 'started', then its outcome)" \

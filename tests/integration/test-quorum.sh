@@ -74,7 +74,7 @@ early=$(req_id)
 check_json "a pending LockTenant request by alice, 2 needed, the proof's fingerprint kept" \
 	"d['state'] == 'pending' and d['method'] == 'LockTenant' and d['requester'] == 'alice' and d['approvals_needed'] == 2 and len(d['proof_fingerprint']) == 64 and 'password' not in d['arguments']"
 expect_ok alice tenants lock acme --key "$w/acme.pfx" --password-file "$pw" --yes
-check_out "kbctl prints the request" '^request_id: r-[0-9a-f]{16}$'
+check_out "kbctl prints the request" '^request_id: r-[0-9a-f]{24}$'
 lock=$(sed -n 's/^request_id: //p' "$KBT_OUT")
 check_eq "the tenant is not locked" "$(tenant_state)" active
 check_eq "no password or key file in the database" \

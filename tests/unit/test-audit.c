@@ -909,6 +909,40 @@ test_unfinished_restart(void)
 }
 
 static void
+test_unfinished_two_brokers(void)
+{
+	struct kb_audit_result res;
+	struct chain c;
+
+	/* Two brokers on one log (instances aaaa0001 and bbbb0002; an
+	 * instance is the same across restarts): B's restart cuts short only
+	 * B's calls; A's call in flight meanwhile gets its outcome later and
+	 * is not unfinished. */
+	chain_start(&c);
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-aaaa0001-1");
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-bbbb0002-2");
+	chain_add(
+	    &c, "admin", "ApplyKey", "acme", "started", "r-aaaa000100000007");
+	chain_add(
+	    &c, "admin", "LockTenant", "acme", "started", "r-bbbb000200000003");
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-bbbb0002-3");
+	chain_add(&c, "admin", "ApplyKey", "acme", "ok", "r-aaaa000100000007");
+	chain_add(&c, "admin", "UnlockTenant", "acme", "started",
+	    "r-bbbb000200000009");
+	chain_finish(&c, &res);
+	KBT_ASSERT(res.ok);
+	KBT_ASSERT_INT(res.unfinished, ==, 2);
+	KBT_ASSERT_INT(res.unfinished_interrupted, ==, 1);
+	KBT_ASSERT_INT(res.unfinished_shown, ==, 2);
+	KBT_ASSERT_STR(
+	    res.unfinished_first[0].request_id, "r-bbbb000200000003");
+	KBT_ASSERT_INT(res.unfinished_first[0].interrupted, ==, 1);
+	KBT_ASSERT_STR(
+	    res.unfinished_first[1].request_id, "r-bbbb000200000009");
+	KBT_ASSERT_INT(res.unfinished_first[1].interrupted, ==, 0);
+}
+
+static void
 test_unfinished_bounded(void)
 {
 	struct kb_audit_result res;
@@ -1079,6 +1113,7 @@ static const struct kbt_case cases[] = {
     {"/audit/unfinished-none", test_unfinished_none},
     {"/audit/unfinished-started", test_unfinished_started},
     {"/audit/unfinished-restart", test_unfinished_restart},
+    {"/audit/unfinished-two-brokers", test_unfinished_two_brokers},
     {"/audit/unfinished-bounded", test_unfinished_bounded},
     {"/audit/unfinished-long-fields", test_unfinished_long_fields},
     {NULL, NULL}};
