@@ -14,6 +14,9 @@
 #define HSM_DEFAULT_MODULE "/usr/lib/softhsm/libsofthsm2.so"
 #define HSM_DEFAULT_SESSIONS 8
 #define HSM_MAX_SESSIONS 1024
+/* A token not found at start is looked for again this many times. */
+#define SLOT_FIND_ATTEMPTS 10
+#define SLOT_FIND_DELAY_MS 200
 
 struct cache_entry {
 	struct cache_entry *next;
@@ -250,9 +253,10 @@ trim_copy(char *dst, size_t dstsz, const unsigned char *src, size_t n)
 }
 
 /* Find the one initialized token that matches the configured URI. On
- * failure the message lists the labels of the tokens seen. */
+ * failure the message lists the labels of the tokens seen; *none (if not
+ * NULL) is set when no token matched. */
 static enum kb_err
-slot_find(struct hsm *h, CK_SLOT_ID *slot, CK_TOKEN_INFO *info)
+slot_find(struct hsm *h, CK_SLOT_ID *slot, CK_TOKEN_INFO *info, int *none)
 {
 	CK_SLOT_ID *slots = NULL;
 	CK_ULONG nslots = 0, i, nmatch = 0;
@@ -293,6 +297,8 @@ slot_find(struct hsm *h, CK_SLOT_ID *slot, CK_TOKEN_INFO *info)
 		}
 	}
 	if (nmatch == 0) {
+		if (none != NULL)
+			*none = 1;
 		r = kb_errf(KB_ERR_CONFIG,
 		    "token URI %s matches no token; tokens seen: %s",
 		    h->uri_str, off > 0 ? seen : "none");
@@ -351,7 +357,7 @@ session_open(struct hsm *h, CK_SLOT_ID slot, CK_SESSION_HANDLE *out)
 
 	rv = h->m->C_OpenSession(
 	    slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &sh);
-	if (rv_slot_gone(rv) && slot_find(h, &slot, &ti) == KB_OK) {
+	if (rv_slot_gone(rv) && slot_find(h, &slot, &ti, NULL) == KB_OK) {
 		pthread_mutex_lock(&h->pool_mu);
 		h->slot = slot;
 		pthread_mutex_unlock(&h->pool_mu);
@@ -688,7 +694,7 @@ hsm_open(const struct hsm_config *cfg, struct hsm **out)
 	CK_TOKEN_INFO ti;
 	const char *path;
 	unsigned size;
-	int ur;
+	int ur, attempt;
 	CK_RV rv;
 	enum kb_err r = KB_ERR_INTERNAL;
 
@@ -747,14 +753,29 @@ hsm_open(const struct hsm_config *cfg, struct hsm **out)
 		    path, p11_kit_message() != NULL ? p11_kit_message() : "?");
 		goto out;
 	}
-	if ((rv = p11_kit_module_initialize(h->m)) != CKR_OK) {
-		r = kb_err_wrap(hsm_p11_err("C_Initialize", rv, NULL),
-		    "PKCS#11 module %s", path);
-		goto out;
+	for (attempt = 0;; attempt++) {
+		int none = 0;
+
+		if ((rv = p11_kit_module_initialize(h->m)) != CKR_OK) {
+			r = kb_err_wrap(hsm_p11_err("C_Initialize", rv, NULL),
+			    "PKCS#11 module %s", path);
+			goto out;
+		}
+		h->initialized = 1;
+		r = slot_find(h, &h->slot, &ti, &none);
+		if (r == KB_OK)
+			break;
+		if (!none || attempt >= SLOT_FIND_ATTEMPTS - 1)
+			goto out;
+		/* SoftHSMv2 reads its token directory in C_Initialize; a
+		 * read while another process (a second broker on the same
+		 * token) writes it can see no token at all (SoftHSMv2 issue
+		 * 757). Read it again a few times before giving up. */
+		kb_err_clear();
+		(void)p11_kit_module_finalize(h->m);
+		h->initialized = 0;
+		usleep(SLOT_FIND_DELAY_MS * 1000);
 	}
-	h->initialized = 1;
-	if ((r = slot_find(h, &h->slot, &ti)) != KB_OK)
-		goto out;
 	trim_copy(
 	    h->info.label, sizeof(h->info.label), ti.label, sizeof(ti.label));
 	trim_copy(h->info.serial, sizeof(h->info.serial), ti.serialNumber,

@@ -17,6 +17,9 @@
 #define DATA_MAGIC "kbd1"
 #define DATA_HDR (4 + 8)
 #define DATA_FIND_MAX 4
+/* Another process on the token (another broker) may replace an object
+ * between our find and our read of it: the search is made again. */
+#define DATA_FIND_TRIES 5
 
 struct data_obj {
 	CK_OBJECT_HANDLE obj;
@@ -55,7 +58,9 @@ data_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *label,
 	CK_RV rv, rv2;
 	uint8_t *buf;
 	size_t len;
+	int tries = 0;
 
+again:
 	*n = 0;
 	*newest = 0;
 	if ((rv = h->m->C_FindObjectsInit(sh, t, 5)) == CKR_OK) {
@@ -76,6 +81,9 @@ data_find(struct hsm *h, CK_SESSION_HANDLE sh, const char *label,
 		if ((rv = hsm_attr_get(h, sh, o[i], CKA_VALUE, &buf, &len))
 		    != CKR_OK) {
 			data_free(v, *n);
+			if (rv == CKR_OBJECT_HANDLE_INVALID
+			    && ++tries < DATA_FIND_TRIES)
+				goto again; /* destroyed since found */
 			*rvp = rv;
 			return hsm_p11_err("C_GetAttributeValue", rv, label);
 		}

@@ -17,6 +17,8 @@
 #define BENCH_LOAD_ENVS 4 /* environments the load phases read */
 #define BENCH_MAX_POINTS 3 /* client counts in one run */
 #define BENCH_MAX_SETS 8 /* --set KEY=VALUE settings */
+#define BENCH_PG_BROKERS 3 /* --postgres: brokers on one database */
+#define BENCH_PG_KILLS 3 /* --postgres: SIGKILLs under a failover loop */
 
 struct bench_opts {
 	int short_mode;
@@ -31,6 +33,8 @@ struct bench_opts {
 	unsigned npoints;
 	unsigned workers; /* 0 = the configuration's default */
 	unsigned py_channels; /* channels of the Python client */
+	int postgres; /* --postgres: the PostgreSQL section too */
+	unsigned pg_envs; /* environments the take-over job re-seals */
 	const char *sets[BENCH_MAX_SETS]; /* --set KEY=VALUE for conf.sh */
 	unsigned nsets;
 	const char *src; /* repository (deploy/ scripts) */
@@ -57,8 +61,12 @@ struct bench {
 	char load_env[BENCH_LOAD_ENVS][64];
 	struct bench_samples act; /* customer-managed, tenant `tenant` */
 	struct bench_samples rot; /* platform-managed, tenant `rot_tenant` */
-	char addr[64];
+	char addr[64]; /* "host:port", or a list for a failover client */
 	int port;
+	/* bench_load_run with several brokers: client i on load_addrs[i %
+	 * nload_addrs]; 0 = every client on addr. */
+	char load_addrs[BENCH_PG_BROKERS][64];
+	unsigned nload_addrs;
 	pid_t pid; /* the broker, 0 when not running */
 	unsigned workers, rewrap_threads, hsm_sessions;
 	char tenant[64];
@@ -109,9 +117,12 @@ int bench_broker_stop(struct bench *b);
 void bench_broker_kill(struct bench *b);
 /* A "Name:   123 kB" field of /proc/PID/status in KiB, -1 if unreadable. */
 long bench_proc_kib(pid_t pid, const char *field);
-/* A client for cert/key (paths) against the broker. */
+/* A client for cert/key (paths) against the broker (b->addr). */
 enum kb_err bench_client(const struct bench *b, const char *crt,
     const char *key, int timeout_ms, struct kb_client **out);
+/* The same against addr ("host:port" or a list of them). */
+enum kb_err bench_client_at(const struct bench *b, const char *addr,
+    const char *crt, const char *key, int timeout_ms, struct kb_client **out);
 int bench_free_port(void);
 /* Sample the machine's CPU ticks and ours (this process and `broker`,
  * 0 for none). */
@@ -206,5 +217,41 @@ enum kb_err bench_seed(const char *db_path, const char *pin,
 void bench_seed_name(unsigned i, char *buf, size_t len);
 /* Which seeded environment is sample k of BENCH_SAMPLES (spread over n). */
 unsigned bench_sample_index(unsigned k, unsigned n);
+
+/* ---- bench_pg.c: PostgreSQL (--postgres) ---- */
+
+/* What the PostgreSQL section measured. */
+struct bench_pg {
+	int ran;
+	char server[64]; /* "PostgreSQL 15.x" */
+	/* GetDataKey at `clients`: the SQLite broker again, right before one
+	 * broker on PostgreSQL; then 2 and 3 brokers on the one database,
+	 * the clients spread over them (multi[0]: 2 brokers). */
+	unsigned clients;
+	struct bench_lat sqlite, one, multi[BENCH_PG_BROKERS - 1];
+	/* SIGKILL of the broker a failover client (the client library, all
+	 * three addresses) is on, to that client's next successful call. */
+	unsigned kills;
+	double gap_ms[BENCH_PG_KILLS];
+	uint64_t loop_calls, loop_errors;
+	char loop_error[256];
+	/* A platform-key rotation over `envs` environments (made through the
+	 * API): SIGKILL of the broker running it, to the job's next progress
+	 * seen through another broker. */
+	unsigned envs;
+	double create_s; /* making the environments */
+	uint64_t job_total, kill_done, resume_done;
+	double kill_at_s; /* from RotatePlatformKey to the kill */
+	double takeover_s; /* from the kill to progress again */
+	double job_s; /* RotatePlatformKey to DONE */
+	int job_state; /* 2 done */
+	int runner, taker; /* 1-based: the broker that ran it, that took over */
+};
+
+/* The PostgreSQL section: a server of its own (tests/pg/kbt-pg.sh) and a
+ * token of its own in b->dir, brokers configured as b's but with
+ * database = the server; b's broker (stopped) is started again for the
+ * SQLite figure. Everything it started is stopped before it returns. */
+enum kb_err bench_pg_run(struct bench *b, struct bench_pg *r);
 
 #endif /* KB_BENCH_H */

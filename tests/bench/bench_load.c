@@ -147,7 +147,10 @@ load_main(void *p)
 	enum kb_err e;
 
 	/* Connect (TLS handshake) and make one call before the clock runs. */
-	if ((e = bench_client(b, b->load_crt[k], b->load_key[k], 30000, &c))
+	if ((e = bench_client_at(b,
+	         b->nload_addrs ? b->load_addrs[a->idx % b->nload_addrs]
+	                        : b->addr,
+	         b->load_crt[k], b->load_key[k], 30000, &c))
 	    != KB_OK)
 		load_error(l, env, kb_err_msg(e));
 	else if (load_call(l, c, env, &st) != 0)

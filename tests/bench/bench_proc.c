@@ -138,10 +138,17 @@ enum kb_err
 bench_client(const struct bench *b, const char *crt, const char *key,
     int timeout_ms, struct kb_client **out)
 {
+	return bench_client_at(b, b->addr, crt, key, timeout_ms, out);
+}
+
+enum kb_err
+bench_client_at(const struct bench *b, const char *addr, const char *crt,
+    const char *key, int timeout_ms, struct kb_client **out)
+{
 	struct kb_client_opts o;
 
 	memset(&o, 0, sizeof(o));
-	o.addr = b->addr;
+	o.addr = addr;
 	o.cert_file = crt;
 	o.key_file = key;
 	o.ca_file = b->ca;

@@ -60,6 +60,7 @@ struct results {
 	struct job_run act; /* ActivateKey over N customer-managed */
 	struct job_run rot; /* RotatePlatformKey over N platform-managed */
 	int stop_status;
+	struct bench_pg pg; /* --postgres */
 };
 
 static void
@@ -70,7 +71,7 @@ usage(FILE *f)
 	    "                [--seconds S] [--clients 1,8,64] [--workers N]\n"
 	    "                [--set KEY=VALUE]... [--no-python] [--py-channels "
 	    "N]\n"
-	    "                [--keep]\n"
+	    "                [--keep] [--postgres [--pg-envs N]]\n"
 	    "                [--src DIR] [--build DIR]\n"
 	    "\n"
 	    "Measure keybroker on a fresh SoftHSMv2 token in a temporary\n"
@@ -95,6 +96,13 @@ usage(FILE *f)
 	    "  --no-python    skip the Python grpc.aio client\n"
 	    "  --py-channels N  channels the Python client's calls share (1)\n"
 	    "  --keep         keep the temporary directory (token, db, logs)\n"
+	    "  --postgres     also PostgreSQL (a server of its own, by\n"
+	    "                 tests/pg/kbt-pg.sh): GetDataKey on one broker "
+	    "next\n"
+	    "                 to SQLite, 2 and 3 brokers on one database, a\n"
+	    "                 SIGKILL under client failover, a job taken over\n"
+	    "                 (40 to 60 s more; not in the CI run, --short)\n"
+	    "  --pg-envs N    environments the taken-over job re-seals (4000)\n"
 	    "  --src DIR      repository (deploy/ scripts; default %s)\n"
 	    "  --build DIR    build tree with keybrokerd (default %s)\n"
 	    "\n"
@@ -593,6 +601,150 @@ job_lines(const char *name, const char *what, const char *call,
 		    (unsigned long long)j->rd_outage);
 }
 
+static void json_lat(
+    const char *name, const struct bench_lat *l, const char *tail);
+
+/* The PostgreSQL section's rows (--postgres). */
+static void
+pg_rows(const struct bench_pg *g)
+{
+	char note[128], what[64];
+	unsigned i;
+
+	if (!g->ran)
+		return;
+	row("P", "GetDataKey, SQLite, 1 broker (again, same run)", g->clients,
+	    g->sqlite.rate, g->sqlite.p50_ms, g->sqlite.p99_ms,
+	    g->sqlite.max_ms, (long long)g->sqlite.errors, g->sqlite.other, "");
+	snprintf(note, sizeof(note), "%.2f of SQLite@%u",
+	    ratio(g->one.rate, g->sqlite.rate), g->clients);
+	row("P", "GetDataKey, PostgreSQL, 1 broker", g->clients, g->one.rate,
+	    g->one.p50_ms, g->one.p99_ms, g->one.max_ms,
+	    (long long)g->one.errors, g->one.other, note);
+	for (i = 0; i < BENCH_PG_BROKERS - 1; i++) {
+		const struct bench_lat *l = &g->multi[i];
+
+		snprintf(what, sizeof(what),
+		    "GetDataKey, PostgreSQL, %u brokers (all calls)", i + 2);
+		snprintf(note, sizeof(note), "%.2f of 1 broker",
+		    ratio(l->rate, g->one.rate));
+		row("P", what, g->clients, l->rate, l->p50_ms, l->p99_ms,
+		    l->max_ms, (long long)l->errors, l->other, note);
+	}
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+/* Median and max of the failover gaps, in ms. */
+static void
+pg_gaps(const struct bench_pg *g, double *median, double *max)
+{
+	double v[BENCH_PG_KILLS];
+	unsigned n = g->kills;
+
+	*median = *max = 0;
+	if (n == 0)
+		return;
+	memcpy(v, g->gap_ms, n * sizeof(v[0]));
+	qsort(v, n, sizeof(v[0]), cmp_double);
+	*median = n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+	*max = v[n - 1];
+}
+
+/* The lines under the table about the PostgreSQL section. */
+static void
+pg_lines(const struct bench_pg *g)
+{
+	double med, max;
+	unsigned i;
+
+	if (!g->ran)
+		return;
+	pg_gaps(g, &med, &max);
+	printf("P  %s (tests/pg/kbt-pg.sh: unix socket, fsync on) and a token "
+	       "of its own; the %u clients\n   spread evenly over the "
+	       "brokers, a channel each; other%% includes PostgreSQL and the "
+	       "other brokers\n",
+	    g->server, g->clients);
+	printf("P  SIGKILL of the broker a failover client (the client "
+	       "library, 3 addresses) is on, to\n   its next successful "
+	       "GetDataKey:");
+	for (i = 0; i < g->kills; i++)
+		printf("%s %.0f ms", i ? "," : "", g->gap_ms[i]);
+	printf(" (median %.0f, max %.0f);\n   %llu calls, %llu failed%s%s\n",
+	    med, max, (unsigned long long)g->loop_calls,
+	    (unsigned long long)g->loop_errors, g->loop_error[0] ? ": " : "",
+	    g->loop_error);
+	printf("P  job take-over: %u environments made through the API in "
+	       "%.1f s (%.0f/s); RotatePlatformKey\n   (%llu data keys) run by "
+	       "broker %d, SIGKILLed at %llu done (%.2f s in); progress again "
+	       "(%llu done,\n   broker %d) %.2f s after the kill; DONE %.2f s "
+	       "after RotatePlatformKey\n",
+	    g->envs, g->create_s, g->create_s > 0 ? g->envs / g->create_s : 0,
+	    (unsigned long long)g->job_total, g->runner,
+	    (unsigned long long)g->kill_done, g->kill_at_s,
+	    (unsigned long long)g->resume_done, g->taker, g->takeover_s,
+	    g->job_s);
+}
+
+static void
+pg_targets(const struct bench_pg *g)
+{
+	double med, max, x;
+
+	if (!g->ran)
+		return;
+	pg_gaps(g, &med, &max);
+	x = ratio(g->one.rate, g->sqlite.rate);
+	printf("  PostgreSQL GetDataKey >= 0.8 of SQLite at %u clients: %.3f  "
+	       "%s\n",
+	    g->clients, x, x >= 0.8 ? "met" : "MISSED");
+	printf("  SIGKILL to the next successful call (client failover) < 1 "
+	       "s: max %.0f ms  %s\n",
+	    max, g->kills > 0 && max < 1000 ? "met" : "MISSED");
+	printf("  SIGKILL of the job runner to progress again < 10 s: %.2f s  "
+	       "%s\n",
+	    g->takeover_s, g->takeover_s < 10 ? "met" : "MISSED");
+}
+
+static void
+pg_json(const struct bench_pg *g)
+{
+	double med, max;
+	unsigned i;
+
+	if (!g->ran)
+		return;
+	pg_gaps(g, &med, &max);
+	printf("  \"postgres\": {\"server\": \"%s\", \"clients\": %u,\n",
+	    g->server, g->clients);
+	json_lat("sqlite_one_broker", &g->sqlite, ",");
+	json_lat("one_broker", &g->one, ",");
+	json_lat("two_brokers", &g->multi[0], ",");
+	json_lat("three_brokers", &g->multi[1], ",");
+	printf("    \"ratio_to_sqlite\": %.3f,\n    \"failover_gaps_ms\": [",
+	    ratio(g->one.rate, g->sqlite.rate));
+	for (i = 0; i < g->kills; i++)
+		printf("%s%.1f", i ? ", " : "", g->gap_ms[i]);
+	printf("], \"failover_max_ms\": %.1f, \"failover_loop_calls\": %llu, "
+	       "\"failover_loop_errors\": %llu,\n",
+	    max, (unsigned long long)g->loop_calls,
+	    (unsigned long long)g->loop_errors);
+	printf("    \"takeover\": {\"envs\": %u, \"create_secs\": %.2f, "
+	       "\"total\": %llu, \"runner\": %d, \"kill_done\": %llu, "
+	       "\"kill_at_secs\": %.3f, \"taker\": %d, \"resume_done\": "
+	       "%llu, \"takeover_secs\": %.3f, \"job_secs\": %.3f}\n  },\n",
+	    g->envs, g->create_s, (unsigned long long)g->job_total, g->runner,
+	    (unsigned long long)g->kill_done, g->kill_at_s, g->taker,
+	    (unsigned long long)g->resume_done, g->takeover_s, g->job_s);
+}
+
 static void
 print_table(const struct bench *b, const struct results *r, double run_s)
 {
@@ -708,6 +860,7 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 	row("4", "GetDataKey on 4 seeded envs during the rotation", 1,
 	    ratio((double)r->rot.rd_calls, r->rot.secs), -1, -1,
 	    r->rot.rd_max_ms, (long long)r->rot.rd_errors, -1, note);
+	pg_rows(&r->pg);
 	printf("\n");
 	for (i = 0; i < o->npoints; i++) {
 		const struct bench_lat *l = &r->load[i];
@@ -766,6 +919,7 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 		if (r->load[i].first_error[0] != '\0')
 			printf("   first error at %u clients: %s\n",
 			    r->load[i].threads, r->load[i].first_error);
+	pg_lines(&r->pg);
 	printf("\ntargets (read, not asserted):\n");
 	for (i = 0; i < o->npoints; i++) {
 		const struct bench_lat *l = &r->load[i];
@@ -806,6 +960,7 @@ print_table(const struct bench *b, const struct results *r, double run_s)
 	    "(targets for N=1,000,000; here N=%u)\n",
 	    r->hwm_kib / 1024.0, r->hwm_kib < 150 * 1024 ? "met" : "MISSED",
 	    r->start_n_ms, r->start_n_ms < 3000 ? "met" : "MISSED", o->envs);
+	pg_targets(&r->pg);
 	printf("\nwhole run %.0f s\n", run_s);
 }
 
@@ -913,6 +1068,7 @@ print_json(const struct bench *b, const struct results *r, double run_s)
 	printf("  \"rss_kib\": {\"after_fresh_start\": %ld, \"after_start_"
 	       "with_envs\": %ld, \"peak\": %ld},\n",
 	    r->rss_first_kib, r->rss_n_kib, r->hwm_kib);
+	pg_json(&r->pg);
 	printf("  \"run_secs\": %.1f\n}\n", run_s);
 }
 
@@ -1020,6 +1176,8 @@ bench_all(struct bench *b, struct results *r)
 		    r->stop_status);
 	else
 		e = job_check("rotation", &r->rot);
+	if (e == KB_OK && o->postgres && (e = bench_pg_run(b, &r->pg)) != KB_OK)
+		e = kb_err_wrap(e, "the PostgreSQL section");
 out:
 	EVP_PKEY_free(pub);
 	if (b->pid > 0)
@@ -1042,6 +1200,8 @@ main(int argc, char **argv)
 	    {"py-channels", required_argument, NULL, 'C'},
 	    {"set", required_argument, NULL, 'E'},
 	    {"keep", no_argument, NULL, 'K'},
+	    {"postgres", no_argument, NULL, 'G'},
+	    {"pg-envs", required_argument, NULL, 'N'},
 	    {"src", required_argument, NULL, 'r'},
 	    {"build", required_argument, NULL, 'b'},
 	    {"help", no_argument, NULL, 'h'}, {NULL, 0, NULL, 0}};
@@ -1056,6 +1216,7 @@ main(int argc, char **argv)
 
 	memset(&o, 0, sizeof(o));
 	o.envs = 10000;
+	o.pg_envs = 4000;
 	o.py_channels = 1;
 	o.src = getenv("KB_SRC") ? getenv("KB_SRC") : KB_SRC_DIR;
 	o.build = getenv("KB_BUILD") ? getenv("KB_BUILD") : KB_BUILD_DIR;
@@ -1067,6 +1228,7 @@ main(int argc, char **argv)
 		case 'j': o.json = 1; break;
 		case 'P': o.no_python = 1; break;
 		case 'K': o.keep = 1; break;
+		case 'G': o.postgres = 1; break;
 		case 'r': o.src = optarg; break;
 		case 'E':
 			if (o.nsets == BENCH_MAX_SETS
@@ -1083,13 +1245,16 @@ main(int argc, char **argv)
 		case 'n':
 		case 'w':
 		case 'C':
+		case 'N':
 			errno = 0;
 			v = strtoul(optarg, &end, 10);
 			if (*end != '\0' || errno != 0 || v == 0
-			    || v > (opt == 'n' ? 100000000ul : 256ul)) {
+			    || v > (opt == 'n' || opt == 'N' ? 100000000ul
+			                                     : 256ul)) {
 				fprintf(stderr,
 				    "kb-bench: --%s: bad number \"%s\"\n",
 				    opt == 'n'       ? "envs"
+				        : opt == 'N' ? "pg-envs"
 				        : opt == 'w' ? "workers"
 				                     : "py-channels",
 				    optarg);
@@ -1098,6 +1263,8 @@ main(int argc, char **argv)
 			if (opt == 'n') {
 				o.envs = (unsigned)v;
 				envs_set = 1;
+			} else if (opt == 'N') {
+				o.pg_envs = (unsigned)v;
 			} else if (opt == 'w') {
 				o.workers = (unsigned)v;
 			} else {
