@@ -579,10 +579,11 @@ KBT_CONF_COPY=
 kbt_conf_copy() {
 	local dir=$KBT_DIR/conf-$1
 	KBT_CONF_COPY=
-	mkdir -p -m 700 "$dir" || { kbt_fail "kbt_conf_copy $1: mkdir $dir"; return 1; }
+	[[ -d $dir ]] || mkdir -m 700 "$dir" || { kbt_fail "kbt_conf_copy $1: mkdir $dir"; return 1; }
 	KB_LISTEN=127.0.0.1:$2 "$KB_SRC/deploy/conf.sh" "$KBT_DIR" \
 		"${KBT_CONF_SETTINGS[@]}" metrics_listen= >"$dir/keybroker.conf" ||
 		{ kbt_fail "kbt_conf_copy $1: deploy/conf.sh"; return 1; }
+	# shellcheck disable=SC2034 # for the calling script
 	KBT_CONF_COPY=$dir/keybroker.conf
 }
 
