@@ -54,10 +54,14 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		    || c->sweep_interval_s < 1 || c->audit_checkpoint_events < 1
 		    || c->audit_checkpoint_interval_s < 1)
 			abort();
-		/* With a directory, every path is absolute. */
+		/* With a directory, every path is absolute; a PostgreSQL
+		 * database is a connection string, kept as written. */
 		if (dir != NULL
-		    && (c->tls_cert[0] != '/' || c->database[0] != '/'
-		        || c->audit_database[0] != '/'))
+		    && (c->tls_cert[0] != '/'
+		        || (c->database[0] != '/'
+		            && !config_is_postgres(c->database))
+		        || (c->audit_database[0] != '/'
+		            && !config_is_postgres(c->audit_database))))
 			abort();
 	} else if (kb_err_msg(e)[0] == '\0') {
 		abort();
