@@ -4,45 +4,12 @@
  * before it is replaced. */
 #include "store.h"
 
-#include <errno.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "store_int.h"
-
-/* Map a failure on the SQLite handle `db` (no db_conn behind it: the copy
- * and the file to replace are opened here) to our errors. */
-static enum kb_err
-sqlite_err(sqlite3 *db, int rc, const char *what)
-{
-	const char *msg = db != NULL ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
-	int sys = db != NULL ? sqlite3_system_errno(db) : 0;
-
-	if (sys == ENOSPC || sys == EDQUOT || (rc & 0xff) == SQLITE_FULL)
-		return kb_errf(KB_ERR_STORAGE_FULL,
-		    "%s: the disk is full (%s); free space and retry", what,
-		    msg);
-	switch (rc & 0xff) {
-	case SQLITE_READONLY:
-	case SQLITE_PERM:
-	case SQLITE_CANTOPEN:
-		return kb_errf(KB_ERR_READ_ONLY,
-		    "%s: the file cannot be written: is it, its directory or "
-		    "its file system read-only or missing? (%s%s%s)",
-		    what, msg, sys ? ": " : "", sys ? strerror(sys) : "");
-	case SQLITE_BUSY:
-	case SQLITE_LOCKED:
-		return kb_errf(KB_ERR_UNAVAILABLE,
-		    "%s: the database is busy (%s); retry", what, msg);
-	case SQLITE_CORRUPT:
-	case SQLITE_NOTADB:
-		return kb_errf(KB_ERR_CORRUPT,
-		    "%s: the database is corrupt (%s)", what, msg);
-	default: return kb_errf(KB_ERR_STORE, "%s: %s", what, msg);
-	}
-}
 
 /* Copy the database `src` (open) into a new file `dest` with SQLite's
  * online backup, in one step: one read transaction, so the copy is one
@@ -59,24 +26,24 @@ store_sqlite_copy(struct sqlite3 *src, const char *dest, const char *what)
 	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
 	    NULL);
 	if (rc != SQLITE_OK) {
-		e = sqlite_err(d, rc, what);
+		e = db_sqlite_err(d, rc, what);
 		goto out;
 	}
 	if ((bk = sqlite3_backup_init(d, "main", src, "main")) == NULL) {
-		e = sqlite_err(d, sqlite3_errcode(d), what);
+		e = db_sqlite_err(d, sqlite3_errcode(d), what);
 		goto out;
 	}
 	rc = sqlite3_backup_step(bk, -1);
 	(void)sqlite3_backup_finish(bk);
 	if (rc != SQLITE_DONE) {
-		e = sqlite_err(d, rc, what);
+		e = db_sqlite_err(d, rc, what);
 		goto out;
 	}
 	/* The copy leaves no -wal of its own behind. */
 	if ((rc = sqlite3_exec(
 	         d, "PRAGMA wal_checkpoint(TRUNCATE)", NULL, NULL, NULL))
 	    != SQLITE_OK) {
-		e = sqlite_err(d, rc, what);
+		e = db_sqlite_err(d, rc, what);
 		goto out;
 	}
 	e = KB_OK;
@@ -219,7 +186,7 @@ store_file_settle(const char *path)
 
 	rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READWRITE, NULL);
 	if (rc != SQLITE_OK) {
-		e = sqlite_err(db, rc, "opening the file to replace");
+		e = db_sqlite_err(db, rc, "opening the file to replace");
 		goto out;
 	}
 	sqlite3_busy_timeout(db, 0);
@@ -237,7 +204,7 @@ store_file_settle(const char *path)
 		goto out;
 	}
 	if (rc != SQLITE_OK) {
-		e = sqlite_err(db, rc, "settling the file to replace");
+		e = db_sqlite_err(db, rc, "settling the file to replace");
 		goto out;
 	}
 	e = KB_OK;

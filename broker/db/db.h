@@ -183,5 +183,9 @@ void db_unlock(struct db_lock *l); /* NULL is fine */
 
 /* The SQLite handle behind `c` (the online backup), NULL on PostgreSQL. */
 struct sqlite3 *db_conn_sqlite(struct db_conn *c);
+/* The layer's mapping of a failure `rc` on a SQLite handle opened outside
+ * it (a backup's copy; NULL when the open itself failed), for code that
+ * uses db_conn_sqlite. */
+enum kb_err db_sqlite_err(struct sqlite3 *h, int rc, const char *what);
 
 #endif /* KB_DB_H */

@@ -451,3 +451,10 @@ const struct db_ops db_sqlite_ops = {
     .err = sq_err,
     .rollback = sq_rollback,
 };
+
+enum kb_err
+db_sqlite_err(struct sqlite3 *h, int rc, const char *what)
+{
+	return sq_map(rc, h != NULL ? sqlite3_system_errno(h) : 0,
+	    h != NULL ? sqlite3_errmsg(h) : sqlite3_errstr(rc), what);
+}
