@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kb_codec.h"
 #include "log.h"
 #include "metrics.h"
 
@@ -101,19 +102,6 @@ config_is_postgres(const char *target)
 	        || strncmp(target, "postgres://", 11) == 0);
 }
 
-/* One hex digit's value, or -1. */
-static int
-hexval(char c)
-{
-	if (c >= '0' && c <= '9')
-		return c - '0';
-	if (c >= 'a' && c <= 'f')
-		return c - 'a' + 10;
-	if (c >= 'A' && c <= 'F')
-		return c - 'A' + 10;
-	return -1;
-}
-
 /* Where a postgresql:// connection string holds a password, or NULL if it
  * holds none. The rules are libpq's (conninfo_uri_parse_options): the user
  * information runs from after "://" to the first '@' unless a '/' comes
@@ -141,10 +129,10 @@ uri_password_where(const char *uri)
 		if ((end = strchr(q, '&')) == NULL)
 			end = q + strlen(q);
 		for (n = 0; q < end && *q != '=' && n < sizeof(key) - 1; q++) {
-			if (*q == '%' && q + 2 < end && hexval(q[1]) >= 0
-			    && hexval(q[2]) >= 0) {
-				key[n++] =
-				    (char)(hexval(q[1]) * 16 + hexval(q[2]));
+			if (*q == '%' && q + 2 < end && kb_hex_digit(q[1]) >= 0
+			    && kb_hex_digit(q[2]) >= 0) {
+				key[n++] = (char)(kb_hex_digit(q[1]) * 16
+				    + kb_hex_digit(q[2]));
 				q += 2;
 			} else {
 				key[n++] = *q;

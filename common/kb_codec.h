@@ -11,6 +11,9 @@
 /* Lower-case hex of `len` bytes into out (2 * len + 1 bytes). */
 void kb_hex_encode(const uint8_t *in, size_t len, char *out);
 
+/* One hex digit's value (either case), or -1. */
+int kb_hex_digit(char c);
+
 /* Hex (either case, even length) into out: 0, or -1 when malformed or
  * longer than cap bytes. */
 int kb_hex_decode(const char *in, uint8_t *out, size_t cap, size_t *len);
