@@ -17,6 +17,10 @@
 /* A token not found at start is looked for again this many times. */
 #define SLOT_FIND_ATTEMPTS 10
 #define SLOT_FIND_DELAY_MS 200
+/* Object creation: tries after the first, and the pause before each
+ * (doubled every time: 50, 100, 200 ms). */
+#define CREATE_RETRIES 3
+#define CREATE_DELAY_MS 50
 
 struct cache_entry {
 	struct cache_entry *next;
@@ -579,6 +583,37 @@ hsm_id_free(struct hsm *h, CK_SESSION_HANDLE sh, const char *id, CK_RV *rv)
 			    "a key with id %s already exists in the token", id);
 	}
 	return KB_OK;
+}
+
+int
+hsm_create_again(struct hsm *h, CK_RV rv, int *attempt)
+{
+	if ((rv != CKR_GENERAL_ERROR && rv != CKR_FUNCTION_FAILED)
+	    || *attempt >= CREATE_RETRIES)
+		return 0;
+	usleep((useconds_t)(CREATE_DELAY_MS << *attempt) * 1000);
+	(*attempt)++;
+	atomic_fetch_add(&h->create_retries, 1);
+	return 1;
+}
+
+CK_RV
+hsm_create_object(struct hsm *h, CK_SESSION_HANDLE sh, CK_ATTRIBUTE *a,
+    CK_ULONG n, CK_OBJECT_HANDLE *obj)
+{
+	CK_RV rv;
+	int attempt = 0;
+
+	while ((rv = h->m->C_CreateObject(sh, a, n, obj)) != CKR_OK
+	    && hsm_create_again(h, rv, &attempt))
+		;
+	return rv;
+}
+
+unsigned long
+hsm_create_retries(const struct hsm *h)
+{
+	return atomic_load(&h->create_retries);
 }
 
 /* Read a variable-length attribute (*buf malloc'd, wiped on free by the

@@ -55,7 +55,7 @@ hsm_aes_generate(struct hsm *h, const char *id, const char *label)
 	CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
 	struct pooled p;
 	CK_RV rv = CKR_OK;
-	int have_session = 0;
+	int have_session = 0, attempt = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
 	if ((r = hsm_id_check(id)) != KB_OK
@@ -71,9 +71,12 @@ hsm_aes_generate(struct hsm *h, const char *id, const char *label)
 	have_session = 1;
 	if ((r = hsm_id_free(h, p.sh, id, &rv)) != KB_OK)
 		goto out;
-	if ((rv = h->m->C_GenerateKey(p.sh, &mech, t.a, t.n, &obj)) != CKR_OK) {
-		r = hsm_p11_err("C_GenerateKey", rv, id);
-		goto out;
+	while (
+	    (rv = h->m->C_GenerateKey(p.sh, &mech, t.a, t.n, &obj)) != CKR_OK) {
+		if (!hsm_create_again(h, rv, &attempt)) {
+			r = hsm_p11_err("C_GenerateKey", rv, id);
+			goto out;
+		}
 	}
 	hsm_cache_put(h, id, label, CKO_SECRET_KEY, obj);
 	r = KB_OK;
@@ -114,7 +117,7 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	struct pooled p;
 	const char *fn = "";
 	CK_RV rv = CKR_OK;
-	int have_session = 0;
+	int have_session = 0, attempt = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
 	*wrapped = NULL;
@@ -145,8 +148,10 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	        != KB_OK)
 		goto unlock;
 	fn = "C_GenerateKey";
-	if ((rv = h->m->C_GenerateKey(p.sh, &gen, st.a, st.n, &tmp)) != CKR_OK)
-		goto p11fail;
+	while (
+	    (rv = h->m->C_GenerateKey(p.sh, &gen, st.a, st.n, &tmp)) != CKR_OK)
+		if (!hsm_create_again(h, rv, &attempt))
+			goto p11fail;
 	fn = "C_WrapKey";
 	if ((rv = h->m->C_WrapKey(p.sh, &oaep, pub, tmp, NULL, &wlen))
 	    != CKR_OK)
@@ -163,10 +168,12 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	if (rv != CKR_OK)
 		goto p11fail;
 	fn = "C_UnwrapKey";
-	if ((rv = kek_unwrap_obj(
-	         h, p.sh, priv, &oaep, buf, wlen, kek_id, label, &kek))
+	attempt = 0;
+	while ((rv = kek_unwrap_obj(
+	            h, p.sh, priv, &oaep, buf, wlen, kek_id, label, &kek))
 	    != CKR_OK)
-		goto p11fail;
+		if (!hsm_create_again(h, rv, &attempt))
+			goto p11fail;
 	hsm_cache_put(h, kek_id, label, CKO_SECRET_KEY, kek);
 	*wrapped = buf;
 	*wrapped_len = wlen;
@@ -203,7 +210,7 @@ hsm_kek_unwrap(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	CK_OBJECT_HANDLE priv, kek = CK_INVALID_HANDLE;
 	struct pooled p;
 	CK_RV rv = CKR_OK;
-	int have_session = 0;
+	int have_session = 0, attempt = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
 	if ((r = hsm_id_check(rsa_id)) != KB_OK
@@ -224,8 +231,13 @@ hsm_kek_unwrap(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	            h, p.sh, rsa_id, NULL, CKO_PRIVATE_KEY, &priv, &rv))
 	        != KB_OK)
 		goto unlock;
-	rv = kek_unwrap_obj(
-	    h, p.sh, priv, &oaep, wrapped, wrapped_len, kek_id, label, &kek);
+	/* CKR_GENERAL_ERROR is also SoftHSMv2's answer to a blob that does
+	 * not unwrap (below): such a blob costs the retries' 350 ms. */
+	while ((rv = kek_unwrap_obj(h, p.sh, priv, &oaep, wrapped, wrapped_len,
+	            kek_id, label, &kek))
+	        != CKR_OK
+	    && hsm_create_again(h, rv, &attempt))
+		;
 	if (rv != CKR_OK) {
 		r = hsm_p11_err("C_UnwrapKey", rv, kek_id);
 		/* SoftHSMv2 answers bad OAEP padding with

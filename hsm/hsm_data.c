@@ -194,7 +194,7 @@ hsm_data_write(
 	memcpy(buf + DATA_HDR, data, len);
 	t[5].pValue = buf;
 	t[5].ulValueLen = DATA_HDR + len;
-	if ((rv = h->m->C_CreateObject(p.sh, t, 6, &obj)) != CKR_OK) {
+	if ((rv = hsm_create_object(h, p.sh, t, 6, &obj)) != CKR_OK) {
 		r = hsm_p11_err("C_CreateObject", rv, label);
 		goto out;
 	}

@@ -5,6 +5,7 @@
 #define KB_HSM_INT_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "hsm.h"
 #include "kb_hist.h"
@@ -86,6 +87,9 @@ struct hsm {
 
 	/* How long hsm_op_run took (pool wait included), by kind. */
 	struct kb_hist op_hist[HSM_OP_KINDS];
+
+	/* Object creations tried again (hsm_create_again). */
+	_Atomic unsigned long create_retries;
 };
 
 /* A session taken from the pool, and the pool generation it belongs to. */
@@ -93,6 +97,18 @@ struct pooled {
 	CK_SESSION_HANDLE sh;
 	unsigned long gen;
 };
+
+/* 1, after a pause, when a call that makes a token object (C_GenerateKey,
+ * C_GenerateKeyPair, C_CreateObject, C_UnwrapKey) failed with rv in a way
+ * that may pass and *attempt (0 before the first retry) allows one more try;
+ * 0 otherwise. SoftHSMv2 answers CKR_GENERAL_ERROR or CKR_FUNCTION_FAILED
+ * when its object store cannot make the object file at that moment (its
+ * directory re-read while another process writes it); the object is not
+ * made, so making it again is safe. */
+int hsm_create_again(struct hsm *h, CK_RV rv, int *attempt);
+/* C_CreateObject, tried again while hsm_create_again allows. */
+CK_RV hsm_create_object(struct hsm *h, CK_SESSION_HANDLE sh, CK_ATTRIBUTE *a,
+    CK_ULONG n, CK_OBJECT_HANDLE *obj);
 
 /* Record "C_Fn: CKR_NAME (key id)" (id may be NULL) and return the kb_err
  * the CK_RV maps to. */

@@ -711,7 +711,7 @@ hsm_rsa_upgrade(struct hsm *h, const char *id, unsigned use, int *changed)
 		if ((r = hsm_tmpl_check(&pub, NULL)) != KB_OK)
 			goto unlock;
 		fn = "C_CreateObject";
-		if ((rv = h->m->C_CreateObject(p.sh, pub.a, pub.n, &hpub))
+		if ((rv = hsm_create_object(h, p.sh, pub.a, pub.n, &hpub))
 		    != CKR_OK)
 			goto p11fail;
 		*changed = 1;
@@ -740,7 +740,7 @@ hsm_rsa_generate(struct hsm *h, const char *id, unsigned bits, unsigned use)
 	CK_OBJECT_HANDLE hpub = CK_INVALID_HANDLE, hpriv = CK_INVALID_HANDLE;
 	struct pooled p;
 	CK_RV rv = CKR_OK;
-	int have_session = 0;
+	int have_session = 0, attempt = 0;
 	enum kb_err r = KB_ERR_INTERNAL;
 
 	if ((r = hsm_id_check(id)) != KB_OK || (r = use_check(use)) != KB_OK)
@@ -761,8 +761,11 @@ hsm_rsa_generate(struct hsm *h, const char *id, unsigned bits, unsigned use)
 	have_session = 1;
 	if ((r = hsm_id_free(h, p.sh, id, &rv)) != KB_OK)
 		goto out;
-	rv = h->m->C_GenerateKeyPair(
-	    p.sh, &mech, pub.a, pub.n, priv.a, priv.n, &hpub, &hpriv);
+	while ((rv = h->m->C_GenerateKeyPair(
+	            p.sh, &mech, pub.a, pub.n, priv.a, priv.n, &hpub, &hpriv))
+	        != CKR_OK
+	    && hsm_create_again(h, rv, &attempt))
+		;
 	if (rv != CKR_OK) {
 		r = hsm_p11_err("C_GenerateKeyPair", rv, id);
 		goto out;
@@ -866,12 +869,12 @@ hsm_rsa_import(struct hsm *h, const char *id, EVP_PKEY *pkey, unsigned use)
 	have_session = 1;
 	if ((r = hsm_id_free(h, p.sh, id, &rv)) != KB_OK)
 		goto out;
-	if ((rv = h->m->C_CreateObject(p.sh, priv.a, priv.n, &hpriv))
+	if ((rv = hsm_create_object(h, p.sh, priv.a, priv.n, &hpriv))
 	    != CKR_OK) {
 		r = hsm_p11_err("C_CreateObject", rv, id);
 		goto out;
 	}
-	if ((rv = h->m->C_CreateObject(p.sh, pub.a, pub.n, &hpub)) != CKR_OK) {
+	if ((rv = hsm_create_object(h, p.sh, pub.a, pub.n, &hpub)) != CKR_OK) {
 		r = hsm_p11_err("C_CreateObject", rv, id);
 		(void)h->m->C_DestroyObject(p.sh, hpriv);
 		goto out;
@@ -1023,7 +1026,7 @@ hsm_byok_unwrap(struct hsm *h, const char *kek_id, const char *oaep_alg,
 	hsm_tmpl_add(&pub, CKA_PUBLIC_EXPONENT, pa.e, pa.e_len);
 	if ((r = hsm_tmpl_check(&pub, NULL)) != KB_OK)
 		goto out;
-	if ((rv = h->m->C_CreateObject(p.sh, pub.a, pub.n, &hpub)) != CKR_OK) {
+	if ((rv = hsm_create_object(h, p.sh, pub.a, pub.n, &hpub)) != CKR_OK) {
 		r = hsm_p11_err("C_CreateObject", rv, id);
 		goto out;
 	}

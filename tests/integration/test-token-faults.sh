@@ -27,6 +27,10 @@
 #     token is DEADLINE_EXCEEDED; with 40 calls stuck behind a hung token
 #     (more than the workers), health still answers NOT_SERVING within 2 s;
 #     the broker serves again afterwards.
+#  7. A token that cannot make an object for a moment (CKR_GENERAL_ERROR,
+#     as SoftHSMv2 answers while another process writes its directory): a
+#     key pair and the audit key are made after 2 and 3 failures; a token
+#     that keeps failing is UNAVAILABLE naming the call, with nothing stored.
 #  Then the database passes PRAGMA integrity_check and a restart serves the
 #  same DEKs.
 # Run: bash tests/integration/test-token-faults.sh (KB_BUILD=build dir, KBT_KEEP=1).
@@ -328,6 +332,33 @@ else
 fi
 check_eq "GetDataKey acme/prod after the slow token: the same DEK" "$(dek_of acme prod)" "$dek_prod"
 broker_alive "the broker is up at the end"
+
+kbt_section "7. a token that cannot make an object for a moment"
+# SoftHSMv2 answers CKR_GENERAL_ERROR when its object file cannot be made
+# at that moment (another process writing the token directory): the broker
+# tries again, up to 3 times, 50 to 200 ms apart.
+creates() { grep -c '^create-fail' "$KB_MOCK_LOG" 2>/dev/null || true; }
+fails_before=$(creates)
+p11_fault "create-fail 2"
+expect_ok kb_admin keys generate acme --out "$KBT_DIR/k3.pfx" --password-file "$KBT_DIR/pw" --json
+k3=$(json 'd["key"]["id"]')
+check_eq "  ... after the token failed the key pair's creation twice" "$(($(creates) - fails_before))" 2
+p11_fault "create-fail 3"
+expect_ok kb_admin audit rotate-key
+check_eq "the audit key rotated after three failed creations" "$(($(creates) - fails_before))" 5
+expect_ok kb_admin keys list acme --json
+nkeys=$(json 'len(d["keys"])')
+p11_fault "create-fail 100"
+expect_fail_within "$FAST_S" UNAVAILABLE "C_CreateObject: CKR_GENERAL_ERROR" kb_admin keys generate acme \
+	--out "$KBT_DIR/k4.pfx" --password-file "$KBT_DIR/pw"
+n=$(($(creates) - fails_before - 5))
+check "  ... after the first try and 3 more ($n failed creations)" test "$n" -ge 4
+check "  ... leaving no .pfx file behind" test ! -e "$KBT_DIR/k4.pfx"
+p11_clear
+expect_ok kb_admin keys list acme --json
+check_json "  ... and no key stored: the keys are as before ($nkeys), $k3 among them" \
+	"len(d['keys']) == $nkeys and '$k3' in [k['id'] for k in d['keys']]"
+broker_alive "the broker is up after the failed creations"
 
 kbt_section "the database after the faults"
 kbt_stop

@@ -23,6 +23,11 @@
  *   pin-locked       C_Login answers CKR_PIN_LOCKED (and C_GetTokenInfo
  *                    shows CKF_USER_PIN_LOCKED)
  *   hang-ms N        every intercepted call first sleeps N milliseconds
+ *   create-fail N    the next N calls that make an object (C_CreateObject,
+ *                    C_GenerateKey, C_GenerateKeyPair, C_UnwrapKey) answer
+ *                    CKR_GENERAL_ERROR and make nothing, as SoftHSMv2 does
+ *                    when its object file cannot be made at that moment;
+ *                    each write of the file counts N afresh
  * The file is re-read when its inode, size or times change: write a new
  * file and rename it over the old one. Each such write holding `removed`
  * or `session-invalid` is one reset.
@@ -47,6 +52,7 @@ struct fault {
 	int removed;
 	int pin_locked;
 	unsigned hang_ms;
+	unsigned create_fail;
 };
 
 static pthread_mutex_t mock_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -55,6 +61,7 @@ static CK_FUNCTION_LIST mock_list; /* what we hand to the caller */
 static int mock_initialized; /* real C_Initialize succeeded */
 static struct stat seen; /* the control file as last read */
 static struct fault cur;
+static unsigned create_fail_left; /* of cur.create_fail */
 
 /* ---- the control file ---- */
 
@@ -132,6 +139,8 @@ control_parse(const char *path, struct fault *f)
 			f->pin_locked = 1;
 		} else if (sscanf(line, " hang-ms %u", &n) == 1) {
 			f->hang_ms = n;
+		} else if (sscanf(line, " create-fail %u", &n) == 1) {
+			f->create_fail = n;
 		} else {
 			fprintf(stderr,
 			    "kbmockp11: %s: unknown directive \"%s\"\n", path,
@@ -174,6 +183,7 @@ fault_now(void)
 		if (control_parse(path, &cur) && mock_initialized)
 			real_sessions_drop(
 			    cur.removed ? "removed" : "session-invalid");
+		create_fail_left = cur.create_fail;
 	}
 	f = cur;
 	pthread_mutex_unlock(&mock_mu);
@@ -198,6 +208,26 @@ static CK_RV
 gate_session(void)
 {
 	return fault_now().removed ? CKR_DEVICE_REMOVED : CKR_OK;
+}
+
+/* A call that makes an object: as gate_session, and CKR_GENERAL_ERROR
+ * while create-fail has calls left. */
+static CK_RV
+gate_create(void)
+{
+	CK_RV rv = gate_session();
+
+	if (rv != CKR_OK)
+		return rv;
+	pthread_mutex_lock(&mock_mu);
+	if (create_fail_left > 0) {
+		create_fail_left--;
+		rv = CKR_GENERAL_ERROR;
+	}
+	pthread_mutex_unlock(&mock_mu);
+	if (rv != CKR_OK)
+		mock_log("create-fail CKR_GENERAL_ERROR");
+	return rv;
 }
 
 /* Define mock_<fn>, for a call that has no fault of its own: `gate` (a
@@ -319,7 +349,7 @@ mock_Login(CK_SESSION_HANDLE sh, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
 
 MOCK_FORWARD(gate_session, Logout, (CK_SESSION_HANDLE sh), (sh))
 
-MOCK_FORWARD(gate_session, CreateObject,
+MOCK_FORWARD(gate_create, CreateObject,
     (CK_SESSION_HANDLE sh, CK_ATTRIBUTE_PTR t, CK_ULONG n,
         CK_OBJECT_HANDLE_PTR obj),
     (sh, t, n, obj))
@@ -371,12 +401,12 @@ MOCK_FORWARD(gate_session, Sign,
         CK_ULONG_PTR sig_len),
     (sh, in, in_len, sig, sig_len))
 
-MOCK_FORWARD(gate_session, GenerateKey,
+MOCK_FORWARD(gate_create, GenerateKey,
     (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR t, CK_ULONG n,
         CK_OBJECT_HANDLE_PTR key),
     (sh, m, t, n, key))
 
-MOCK_FORWARD(gate_session, GenerateKeyPair,
+MOCK_FORWARD(gate_create, GenerateKeyPair,
     (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_ATTRIBUTE_PTR pub_t,
         CK_ULONG pub_n, CK_ATTRIBUTE_PTR priv_t, CK_ULONG priv_n,
         CK_OBJECT_HANDLE_PTR pub, CK_OBJECT_HANDLE_PTR priv),
@@ -387,7 +417,7 @@ MOCK_FORWARD(gate_session, WrapKey,
         CK_OBJECT_HANDLE k, CK_BYTE_PTR out, CK_ULONG_PTR out_len),
     (sh, m, wk, k, out, out_len))
 
-MOCK_FORWARD(gate_session, UnwrapKey,
+MOCK_FORWARD(gate_create, UnwrapKey,
     (CK_SESSION_HANDLE sh, CK_MECHANISM_PTR m, CK_OBJECT_HANDLE uk,
         CK_BYTE_PTR in, CK_ULONG in_len, CK_ATTRIBUTE_PTR t, CK_ULONG n,
         CK_OBJECT_HANDLE_PTR key),
