@@ -222,4 +222,14 @@ deploy/deps.sh
 KB_BUILD_DIR=$build_dir deploy/build.sh "${cmake_args[@]}"
 
 # Two jobs: the machine (and CI's) has two cores.
-ctest --test-dir "$build_dir" --output-on-failure --no-tests=error -j2 "$@"
+rc=0
+ctest --test-dir "$build_dir" --output-on-failure --no-tests=error -j2 "$@" || rc=$?
+if ((rc != 0)); then
+	# The failed checks once more, at the very end, where the tail of a long
+	# CI log shows them: each FAIL line with what the check printed after it.
+	echo
+	echo "== failed checks (from $build_dir/Testing/Temporary/LastTest.log) =="
+	grep -E -A8 '^(FAIL|not ok)|^kb-bench: .*(UNAVAILABLE|INTERNAL|failed|error)' \
+		"$build_dir/Testing/Temporary/LastTest.log" | head -n 150 || true
+	exit "$rc"
+fi
