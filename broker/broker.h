@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* broker.h: the running broker's parts, handed to every request handler. */
+/* broker.h: the running broker's parts (made and closed by startup.c), and
+ * what they share: tenant locks, the broker's own audit events, new ids. */
 #ifndef KB_BROKER_H
 #define KB_BROKER_H
 
@@ -73,29 +74,7 @@ enum kb_err broker_audit_system(struct broker *b, const char *what,
 enum kb_err broker_new_id(
     struct broker *b, const char *prefix, char *out, size_t len);
 
-/* Destroy the token objects of every key the database calls locked or
- * deleted (after a crash between a commit and its token work); `running`
- * (after a finished job, while serving): only deleted KEKs and platform
- * keys. */
-enum kb_err broker_reconcile_keys(struct broker *b, int running);
-
-/* A new platform key made in the token (AES-256, label kb:platform) and
- * its record in state `state` in *out; the caller stores it (and destroys
- * the token object if it cannot). */
-enum kb_err broker_platform_key_new(
-    struct broker *b, const char *state, struct store_key *out);
-
-/* A new audit signing key in the token and the database, then the audit
- * log hands signing over to it (audit_rotate_key). */
-enum kb_err broker_audit_key_rotate(struct broker *b, struct store_key *out);
-
 /* A new environment uid: 32 hex digits from the token's RNG. */
 enum kb_err broker_new_uid(struct broker *b, char out[STORE_UID_LEN + 1]);
-
-/* Open the token and the database, check that the database belongs to this
- * token, and create the platform key at first start. Takes ownership of
- * `cfg`. */
-enum kb_err broker_open(struct config *cfg, struct broker **out);
-void broker_close(struct broker *b);
 
 #endif /* KB_BROKER_H */

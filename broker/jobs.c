@@ -281,7 +281,7 @@ upgrade_done(struct broker *b)
 		}
 		free(v);
 	}
-	(void)broker_reconcile_keys(b, 1);
+	(void)keys_reconcile(b, 1);
 	kb_err_clear();
 	if (left > 0)
 		log_warn("upgrade: %lld pre-v2 rows left, of locked tenants: "
@@ -378,7 +378,7 @@ run_job(struct jobs *j, struct store_job *job)
 				if (upgrade)
 					upgrade_done(b);
 				else
-					(void)broker_reconcile_keys(b, 1);
+					(void)keys_reconcile(b, 1);
 				kb_err_clear();
 				if (strcmp(job->kind, STORE_JOB_RETIRE) == 0)
 					keys_retire_done(b, job->tenant_id,
@@ -474,7 +474,7 @@ jobs_rotate_platform(struct broker *b, const char *why, struct store_job *job)
 	if ((e = store_platform_current(b->store, &cur)) != KB_OK)
 		return e;
 	if ((e = broker_new_id(b, "j-", id, sizeof(id))) != KB_OK
-	    || (e = broker_platform_key_new(b, "installing", &k)) != KB_OK)
+	    || (e = keys_platform_new(b, "installing", &k)) != KB_OK)
 		return e;
 	if ((e = store_job_begin(b->store, id, STORE_JOB_ROTATE, &k, cur.id,
 	         clock_now_us(), job))

@@ -9,6 +9,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 
+#include "audit.h"
 #include "clock.h"
 #include "dek.h"
 #include "fingerprint.h"
@@ -55,13 +56,13 @@ keys_file_check(
 }
 
 enum kb_err
-keys_token_fingerprint(struct broker *b, const char *id, char fp[65])
+keys_token_fingerprint(struct hsm *h, const char *id, char fp[65])
 {
 	uint8_t *der = NULL;
 	size_t len = 0;
 	enum kb_err e;
 
-	if ((e = hsm_public_key_der(b->hsm, id, &der, &len)) != KB_OK)
+	if ((e = hsm_public_key_der(h, id, &der, &len)) != KB_OK)
 		return e;
 	e = fingerprint_spki(der, len, fp);
 	free(der);
@@ -140,7 +141,7 @@ exchange_create(struct broker *b, const char *tenant, struct store_key *out)
 	/* Usable only to unwrap imports: no decrypt, no sign. */
 	if ((e = hsm_rsa_generate(b->hsm, k.id, 2048, HSM_USE_UNWRAP)) != KB_OK)
 		return kb_err_wrap(e, "creating the key-exchange key");
-	if ((e = keys_token_fingerprint(b, k.id, k.fingerprint)) != KB_OK)
+	if ((e = keys_token_fingerprint(b->hsm, k.id, k.fingerprint)) != KB_OK)
 		goto fail;
 	snprintf(k.tenant_id, sizeof(k.tenant_id), "%s", tenant);
 	snprintf(k.purpose, sizeof(k.purpose), "exchange");
@@ -212,7 +213,7 @@ keys_import(struct broker *b, const char *tenant, const struct key_file *f,
 	if (f->format == KEYFILE_BYOK) {
 		if ((e = byok_import(b, tenant, f, id)) != KB_OK)
 			return e;
-		if ((e = keys_token_fingerprint(b, id, fp)) != KB_OK) {
+		if ((e = keys_token_fingerprint(b->hsm, id, fp)) != KB_OK) {
 			(void)hsm_key_destroy(b->hsm, id);
 			return e;
 		}
@@ -396,4 +397,161 @@ keys_retire_done(struct broker *b, const char *tenant, const char *key_id,
 	    NULL, key_id, "ok", why);
 	if (tenant[0] != '\0')
 		retired_delete(b, tenant, key_id);
+}
+
+enum kb_err
+keys_platform_new(struct broker *b, const char *state, struct store_key *out)
+{
+	struct store_key k;
+	enum kb_err e;
+
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "kb-pk-", k.id, sizeof(k.id))) != KB_OK)
+		return e;
+	if ((e = hsm_aes_generate(b->hsm, k.id, DEK_LABEL_PLATFORM)) != KB_OK)
+		return kb_err_wrap(e, "making a platform key");
+	snprintf(k.purpose, sizeof(k.purpose), "platform");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "%s", state);
+	snprintf(k.wrap_alg, sizeof(k.wrap_alg), "%s", HSM_ALG_AES_GCM);
+	snprintf(k.fingerprint, sizeof(k.fingerprint), "-");
+	k.bits = 256;
+	k.create_time_us = k.update_time_us = clock_now_us();
+	if (strcmp(state, "active") == 0)
+		k.activate_time_us = k.create_time_us;
+	*out = k;
+	return KB_OK;
+}
+
+enum kb_err
+keys_audit_rotate(struct broker *b, struct store_key *out)
+{
+	struct store_key k, old;
+	char cur[KB_AUDIT_KEY_ID_MAX];
+	enum kb_err e;
+
+	audit_signing_key(b->audit, cur);
+	if ((e = store_key_get(b->store, cur, &old)) != KB_OK)
+		return e;
+	memset(&k, 0, sizeof(k));
+	if ((e = broker_new_id(b, "kb-audit-", k.id, sizeof(k.id))) != KB_OK)
+		return e;
+	log_info("creating the audit key %s (RSA-2048) in token '%s'", k.id,
+	    b->token.label);
+	if ((e = hsm_rsa_generate(b->hsm, k.id, 2048, HSM_USE_SIGN)) != KB_OK)
+		return kb_err_wrap(e, "creating the new audit key");
+	if ((e = keys_token_fingerprint(b->hsm, k.id, k.fingerprint)) != KB_OK)
+		goto undo;
+	snprintf(k.purpose, sizeof(k.purpose), "audit");
+	snprintf(k.origin, sizeof(k.origin), "generated");
+	snprintf(k.state, sizeof(k.state), "active");
+	k.bits = 2048;
+	k.create_time_us = k.update_time_us = clock_now_us();
+	if ((e = store_key_create(b->store, &k)) != KB_OK)
+		goto undo;
+	/* From here the database names the new key: a crash before the
+	 * hand-over is finished by the next start (audit.c). */
+	if ((e = store_key_set_state(
+	         b->store, old.id, "active", "retired", clock_now_us()))
+	    != KB_OK)
+		log_error("audit key %s stays 'active' in the database: %s",
+		    old.id, kb_err_msg(e));
+	clock_crash_point("audit-rotate-stored");
+	if ((e = audit_rotate_key(b->audit, k.id)) != KB_OK)
+		return e;
+	*out = k;
+	return KB_OK;
+undo:
+	(void)hsm_key_destroy(b->hsm, k.id);
+	kb_err_clear();
+	return e;
+}
+
+/* A crash between a lock's (or a job's) commit and the token work leaves
+ * keys the database calls locked or deleted in the token: destroy them. */
+enum kb_err
+keys_reconcile(struct broker *b, int running)
+{
+	struct store_key *v = NULL;
+	size_t n = 0, i;
+	enum kb_err e;
+
+	if ((e = store_keys_destroyed(b->store, &v, &n)) != KB_OK)
+		return e;
+	for (i = 0; i < n; i++) {
+		char label[DEK_LABEL_MAX];
+		int tenant_locked = 0;
+		struct store_key now;
+
+		/* While serving, a locked key may be coming back (unlock runs
+		 * under its tenant's lock, not ours): only deleted keys, which
+		 * never return, and never a tenant's RSA key (its lock destroys
+		 * those itself). */
+		if (running
+		    && (strcmp(v[i].state, "deleted") != 0
+		        || strcmp(v[i].purpose, "tenant") == 0))
+			continue;
+		/* Another broker on the same database may be unlocking this
+		 * tenant right now (its key back in the token, the database
+		 * not yet saying so): decide under the tenant's lock, on the
+		 * key's state read again. */
+		if (v[i].tenant_id[0] != '\0') {
+			broker_tenant_lock(b, v[i].tenant_id);
+			tenant_locked = 1;
+			if (store_key_get(b->store, v[i].id, &now) != KB_OK
+			    || strcmp(now.state, v[i].state) != 0) {
+				broker_tenant_unlock(b, v[i].tenant_id);
+				kb_err_clear();
+				continue;
+			}
+		}
+
+		if (strcmp(v[i].purpose, "tenant") == 0
+		    || (strcmp(v[i].purpose, "platform") == 0
+		        && strncmp(v[i].wrap_alg, "RSA-OAEP", 8) == 0)) {
+			/* Any object with its id, not only the private half:
+			 * a crash inside a destroy can leave the public one,
+			 * which would make the key's unlock fail. */
+			e = hsm_key_destroy(b->hsm, v[i].id);
+			if (tenant_locked)
+				broker_tenant_unlock(b, v[i].tenant_id);
+			if (e == KB_ERR_NOT_FOUND) {
+				e = KB_OK;
+				kb_err_clear();
+				continue;
+			}
+			if (e != KB_OK)
+				break;
+			log_warn("key %s (%s%s%s) was %s but still in the "
+			         "token: destroyed it",
+			    v[i].id, v[i].purpose,
+			    v[i].tenant_id[0] ? ", tenant " : "",
+			    v[i].tenant_id, v[i].state);
+			continue;
+		} else {
+			dek_label(strcmp(v[i].purpose, "kek") == 0
+			        ? STORE_MODE_CUSTOMER
+			        : STORE_MODE_PLATFORM,
+			    v[i].tenant_id, label, sizeof(label));
+			e = hsm_secret_exists(b->hsm, v[i].id, label);
+		}
+		if (e != KB_OK) {
+			e = KB_OK;
+			kb_err_clear();
+			if (tenant_locked)
+				broker_tenant_unlock(b, v[i].tenant_id);
+			continue;
+		}
+		log_warn("key %s (%s%s%s) is %s but still in the token: "
+		         "destroying it now",
+		    v[i].id, v[i].purpose, v[i].tenant_id[0] ? ", tenant " : "",
+		    v[i].tenant_id, v[i].state);
+		e = hsm_key_destroy(b->hsm, v[i].id);
+		if (tenant_locked)
+			broker_tenant_unlock(b, v[i].tenant_id);
+		if (e != KB_OK)
+			break;
+	}
+	free(v);
+	return e;
 }

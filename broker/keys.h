@@ -9,6 +9,7 @@
 
 #include "broker.h"
 #include "byok.h"
+#include "fingerprint.h"
 
 /* An uploaded key file. `data` and `password` are secret. */
 struct key_file {
@@ -38,9 +39,10 @@ enum kb_err keys_import(struct broker *b, const char *tenant,
 enum kb_err keys_file_fingerprint(struct broker *b, const char *tenant,
     const struct key_file *f, char fp[65]);
 
-/* The fingerprint of token key `id`. */
+/* The fingerprint of token key `id`: hex SHA-256 of the DER
+ * SubjectPublicKeyInfo of its public half. */
 enum kb_err keys_token_fingerprint(
-    struct broker *b, const char *id, char fp[65]);
+    struct hsm *h, const char *id, char fp[FINGERPRINT_HEX_LEN + 1]);
 
 /* The public key of token key `id` as PEM SubjectPublicKeyInfo (*pem
  * malloc'd, NUL-terminated). */
@@ -77,5 +79,21 @@ enum kb_err keys_kek_create(struct broker *b, const char *tenant,
  * pending-deletion window exist: call it from here. */
 void keys_retire_done(struct broker *b, const char *tenant, const char *key_id,
     const char *job_id);
+
+/* A new platform key made in the token (AES-256, label kb:platform) and
+ * its record in state `state` in *out; the caller stores it (and destroys
+ * the token object if it cannot). */
+enum kb_err keys_platform_new(
+    struct broker *b, const char *state, struct store_key *out);
+
+/* A new audit signing key in the token and the database, then the audit
+ * log hands signing over to it (audit_rotate_key). */
+enum kb_err keys_audit_rotate(struct broker *b, struct store_key *out);
+
+/* Destroy the token objects of every key the database calls locked or
+ * deleted (after a crash between a commit and its token work); `running`
+ * (after a finished job, while serving): only deleted KEKs and platform
+ * keys. Each tenant's keys are decided under its tenant lock. */
+enum kb_err keys_reconcile(struct broker *b, int running);
 
 #endif /* KB_KEYS_H */

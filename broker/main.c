@@ -25,6 +25,7 @@
 #include "quorum.h"
 #include "rpc.h"
 #include "server.h"
+#include "startup.h"
 
 static void
 usage(FILE *f)
@@ -295,7 +296,7 @@ main(int argc, char **argv)
 		grpc_shutdown();
 		return 1;
 	}
-	if ((e = broker_open(cfg, &b)) != KB_OK) {
+	if ((e = startup_open(cfg, &b)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
 		grpc_shutdown();
 		return 1;
@@ -314,7 +315,7 @@ main(int argc, char **argv)
 	            b->verifier, cfg->client_crl, cfg->client_crl_strict))
 	        != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
-		broker_close(b);
+		startup_close(b);
 		grpc_shutdown();
 		return 1;
 	}
@@ -324,7 +325,7 @@ main(int argc, char **argv)
 	    && (e = metrics_start(b, &metrics_names)) != KB_OK) {
 		log_error("cannot start: %s", kb_err_msg(e));
 		free(metrics_names);
-		broker_close(b);
+		startup_close(b);
 		grpc_shutdown();
 		return 1;
 	}
@@ -340,7 +341,7 @@ main(int argc, char **argv)
 		health_stop(b->health);
 		metrics_free(b->metrics);
 		free(metrics_names);
-		broker_close(b);
+		startup_close(b);
 		grpc_shutdown();
 		return 1;
 	}
@@ -357,7 +358,7 @@ main(int argc, char **argv)
 		metrics_free(b->metrics);
 		free(metrics_names);
 		health_stop(b->health);
-		broker_close(b);
+		startup_close(b);
 		grpc_shutdown();
 		return 1;
 	}
@@ -390,7 +391,7 @@ main(int argc, char **argv)
 	server_free(srv);
 	health_stop(b->health);
 	b->health = NULL;
-	broker_close(b);
+	startup_close(b);
 	grpc_shutdown();
 	if (server_listener_failed()) {
 		/* EX_TEMPFAIL: restart me (see server_listener_failed). */

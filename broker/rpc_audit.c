@@ -372,7 +372,7 @@ rpc_audit_key_rotate(
 
 	(void)req;
 	/* Platform-wide admins only: the method table's PLATFORM_ONLY. */
-	if ((e = broker_audit_key_rotate(c->b, &k)) != KB_OK)
+	if ((e = keys_audit_rotate(c->b, &k)) != KB_OK)
 		return e;
 	snprintf(c->audit_key_id, sizeof(c->audit_key_id), "%s", k.id);
 	if ((e = audit_key_msg(c, &k, &out)) != KB_OK)

@@ -271,7 +271,7 @@ rpc_tenant_unlock(
 	/* Back into the token under its old id: every DEK row names it. A
 	 * crash after an earlier import left it there already. */
 	if (hsm_key_exists(c->b->hsm, lk.id) == KB_OK) {
-		if ((e = keys_token_fingerprint(c->b, lk.id, fp)) != KB_OK)
+		if ((e = keys_token_fingerprint(c->b->hsm, lk.id, fp)) != KB_OK)
 			goto out;
 		if (strcmp(fp, lk.fingerprint) != 0) {
 			e = kb_errf(KB_ERR_CORRUPT,

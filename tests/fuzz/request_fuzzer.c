@@ -33,7 +33,7 @@
 #include <grpc/byte_buffer.h>
 #include <grpc/slice.h>
 
-#include "broker.h"
+#include "startup.h"
 #include "config.h"
 #include "dispatch.h"
 #include "quorum.h"
@@ -525,7 +525,7 @@ world_open(void)
 	    "max_message_bytes = 262144\nrewrap_threads = 1\n"
 	    "sweep_interval_s = 3600\n");
 	if ((e = config_parse(conf, strlen(conf), w.dir, &cfg)) != KB_OK
-	    || (e = broker_open(cfg, &w.b)) != KB_OK)
+	    || (e = startup_open(cfg, &w.b)) != KB_OK)
 		die("setup: %s", kb_err_msg(e));
 	{
 		struct quorum_hooks qh = {
@@ -540,7 +540,7 @@ world_open(void)
 static void
 world_close(void)
 {
-	broker_close(w.b);
+	startup_close(w.b);
 	w.b = NULL;
 	fuzz_pki_free(&w.pki);
 	if (w.dir[0] != '\0')
