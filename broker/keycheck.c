@@ -47,7 +47,7 @@ keycheck_present(struct hsm *h, const char *id, const char *label,
 {
 	uint8_t *der = NULL;
 	size_t der_len = 0;
-	char fp[65];
+	char fp[FINGERPRINT_HEX_LEN + 1];
 	enum kb_err e;
 
 	why[0] = '\0';

@@ -56,7 +56,8 @@ keys_file_check(
 }
 
 enum kb_err
-keys_token_fingerprint(struct hsm *h, const char *id, char fp[65])
+keys_token_fingerprint(
+    struct hsm *h, const char *id, char fp[FINGERPRINT_HEX_LEN + 1])
 {
 	uint8_t *der = NULL;
 	size_t len = 0;
@@ -205,7 +206,7 @@ out:
 
 enum kb_err
 keys_import(struct broker *b, const char *tenant, const struct key_file *f,
-    const char *id, char fp[65])
+    const char *id, char fp[FINGERPRINT_HEX_LEN + 1])
 {
 	EVP_PKEY *pkey = NULL;
 	enum kb_err e;
@@ -232,8 +233,8 @@ keys_import(struct broker *b, const char *tenant, const struct key_file *f,
 }
 
 enum kb_err
-keys_file_fingerprint(
-    struct broker *b, const char *tenant, const struct key_file *f, char fp[65])
+keys_file_fingerprint(struct broker *b, const char *tenant,
+    const struct key_file *f, char fp[FINGERPRINT_HEX_LEN + 1])
 {
 	EVP_PKEY *pkey = NULL;
 	char tmp[STORE_KEY_ID_MAX];

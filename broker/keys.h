@@ -33,11 +33,11 @@ enum kb_err keys_file_check(
  * tenant's KEK (its kid must name that KEK). On failure nothing is left in the
  * token. */
 enum kb_err keys_import(struct broker *b, const char *tenant,
-    const struct key_file *f, const char *id, char fp[65]);
+    const struct key_file *f, const char *id, char fp[FINGERPRINT_HEX_LEN + 1]);
 
 /* The fingerprint of the key in `f`, leaving nothing in the token. */
 enum kb_err keys_file_fingerprint(struct broker *b, const char *tenant,
-    const struct key_file *f, char fp[65]);
+    const struct key_file *f, char fp[FINGERPRINT_HEX_LEN + 1]);
 
 /* The fingerprint of token key `id`: hex SHA-256 of the DER
  * SubjectPublicKeyInfo of its public half. */

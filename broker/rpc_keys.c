@@ -172,7 +172,7 @@ rpc_key_generate(
 	EVP_PKEY *pkey = NULL;
 	uint8_t *pfx = NULL;
 	size_t pfx_len = 0;
-	char id[STORE_KEY_ID_MAX], fp[65], name[160];
+	char id[STORE_KEY_ID_MAX], fp[FINGERPRINT_HEX_LEN + 1], name[160];
 	int imported = 0;
 	enum kb_err e;
 
@@ -235,7 +235,7 @@ rpc_key_upload(
 	struct store_tenant t;
 	struct store_key k, dup;
 	struct key_file f;
-	char id[STORE_KEY_ID_MAX], fp[65];
+	char id[STORE_KEY_ID_MAX], fp[FINGERPRINT_HEX_LEN + 1];
 	int imported = 0;
 	enum kb_err e;
 

@@ -125,7 +125,8 @@ after_unlock(struct rpc_ctx *c, const char *tenant, const char *key_id)
 }
 
 enum kb_err
-rpc_lock_proof(struct rpc_ctx *c, const ProtobufCMessage *req, char fp[65])
+rpc_lock_proof(struct rpc_ctx *c, const ProtobufCMessage *req,
+    char fp[FINGERPRINT_HEX_LEN + 1])
 {
 	const Keybroker__V1__LockTenantRequest *in = (const void *)req;
 	struct store_tenant t;
@@ -169,7 +170,7 @@ rpc_tenant_lock(
 	struct store_key active;
 	struct key_file f;
 	size_t ndestroy = 0, i;
-	char fp[65];
+	char fp[FINGERPRINT_HEX_LEN + 1];
 	enum kb_err e, e2;
 
 	/* An approved request brings the fingerprint its proof had when it
@@ -239,7 +240,7 @@ rpc_tenant_unlock(
 	struct store_tenant t;
 	struct store_key lk;
 	struct key_file f;
-	char fp[65], kek_restored[STORE_KEY_ID_MAX] = "";
+	char fp[FINGERPRINT_HEX_LEN + 1], kek_restored[STORE_KEY_ID_MAX] = "";
 	int imported = 0;
 	enum kb_err e;
 

@@ -10,7 +10,8 @@
 #include "kb_codec.h"
 
 enum kb_err
-fingerprint_spki(const uint8_t *der, size_t len, char out[65])
+fingerprint_spki(
+    const uint8_t *der, size_t len, char out[FINGERPRINT_HEX_LEN + 1])
 {
 	unsigned char md[EVP_MAX_MD_SIZE];
 	unsigned int md_len = 0;
@@ -27,7 +28,7 @@ fingerprint_spki(const uint8_t *der, size_t len, char out[65])
 }
 
 enum kb_err
-fingerprint_pkey(EVP_PKEY *pkey, char out[65])
+fingerprint_pkey(EVP_PKEY *pkey, char out[FINGERPRINT_HEX_LEN + 1])
 {
 	unsigned char *der = NULL;
 	int len;

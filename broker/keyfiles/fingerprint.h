@@ -20,10 +20,11 @@
  * and a NUL). The DER is not parsed: the caller passes what the token or
  * i2d_PUBKEY produced. KB_ERR_INVALID_ARGUMENT for empty input; on any
  * error `out` is the empty string. */
-enum kb_err fingerprint_spki(const uint8_t *der, size_t len, char out[65]);
+enum kb_err fingerprint_spki(
+    const uint8_t *der, size_t len, char out[FINGERPRINT_HEX_LEN + 1]);
 
 /* The fingerprint of `pkey`'s public half (i2d_PUBKEY, then as above).
  * `pkey` may be a private key; only public data is hashed. */
-enum kb_err fingerprint_pkey(EVP_PKEY *pkey, char out[65]);
+enum kb_err fingerprint_pkey(EVP_PKEY *pkey, char out[FINGERPRINT_HEX_LEN + 1]);
 
 #endif /* KB_FINGERPRINT_H */
