@@ -52,10 +52,8 @@
 # rule (UNAVAILABLE, CKR_GENERAL_ERROR: SoftHSMv2's file store written by
 # several brokers at once, seen once in about 500 rounds) is shown as an
 # xfail, with the end state still checked; KBT_STRICT=1 counts it.
-# The driver's channels use gRPC's default connect timeout: kbt_grpc's
-# FAST_RECONNECT also sets the minimum connect timeout (grpc.min_reconnect_
-# backoff_ms) to 100 ms, and TLS connections then time out on a loaded
-# machine ("connection attempt timed out before receiving SETTINGS frame").
+# The driver's channels keep gRPC's default connect timeout (see kbt_grpc's
+# FAST_RECONNECT: grpc.min_reconnect_backoff_ms is also that timeout).
 # KBT_CLUSTER_ROUNDS (default 20) and KBT_CLUSTER_ENVS (default 10000)
 # change the sizes, KBT_CLUSTER_PARTS (default "1 2 3 4") which parts run.
 # Run: bash tests/integration/test-cluster.sh (KB_BUILD=build dir, KBT_KEEP=1).
