@@ -1258,14 +1258,15 @@ set_degraded(struct audit *a, enum kb_err e)
 	pthread_mutex_unlock(&a->mu);
 }
 
-/* After a failed write, try one event a second: when the disk is back the
- * log says so, and the health check turns SERVING again even if no call
- * arrives to prove it. */
+/* After a failed write, try one event a second, and before the next batch:
+ * when the disk is back the log says so (audit.recovered, first), and the
+ * health check turns SERVING again even if no call arrives to prove it. */
 static void
 probe_recovery(struct audit *a)
 {
 	struct audit_record r;
 	struct pending p;
+	char rid[48];
 	int degraded;
 
 	pthread_mutex_lock(&a->mu);
@@ -1274,11 +1275,20 @@ probe_recovery(struct audit *a)
 	if (!degraded)
 		return;
 	memset(&r, 0, sizeof(r));
+	if (a->cfg.instance != NULL)
+		snprintf(rid, sizeof(rid), "sys-%s-%llx", a->cfg.instance,
+		    (unsigned long long)a->cfg.now_us());
+	else
+		snprintf(rid, sizeof(rid), "sys-%llx",
+		    (unsigned long long)a->cfg.now_us());
+	r.request_id = rid;
 	r.actor = "keybroker";
 	r.role = "system";
 	r.method = "audit.recovered";
 	r.result = "ok";
-	r.reason = "the audit log can record events again";
+	r.reason = "the audit log can record events again: this broker's "
+	           "calls started before it and still without an outcome lost "
+	           "it while the log could not write";
 	memset(&p, 0, sizeof(p));
 	p.r = &r;
 	if (write_batch(a, &p) == KB_OK) {
@@ -1329,6 +1339,11 @@ writer_main(void *arg)
 		p->next = NULL;
 		pthread_mutex_unlock(&a->mu);
 
+		/* After a failed write the log says it recovered before any
+		 * other event: a verifier then knows which calls lost their
+		 * outcome. (If it still cannot write, the batch fails too.) */
+		if (!rotation)
+			probe_recovery(a);
 		t0 = kb_hist_now_ns();
 		e = write_batch(a, list);
 		kb_hist_since(&a->commit_hist, t0);

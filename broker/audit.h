@@ -77,6 +77,11 @@ struct audit_config {
 	 * anchor (tests of the log alone). */
 	const char *anchor_label;
 	int accept_loss;
+	/* This broker's instance (8 hex digits, see struct broker): its own
+	 * events (audit.recovered) carry request id "sys-" instance "-" time,
+	 * so a verifier knows whose calls an outage cut short. NULL: "sys-"
+	 * and a time. */
+	const char *instance;
 	/* The fingerprint of a key in the token (for rotation events). */
 	enum kb_err (*key_fingerprint)(
 	    struct hsm *h, const char *id, char fp[65]);

@@ -298,6 +298,7 @@ open_audit(struct broker *b)
 	ac.anchor_label = AUDIT_ANCHOR_LABEL;
 	ac.accept_loss = b->cfg->accept_audit_loss;
 	ac.key_fingerprint = keys_token_fingerprint;
+	ac.instance = b->instance;
 	if ((e = audit_open(&ac, &b->audit)) != KB_OK)
 		return e;
 	log_event(LOG_INFO, "audit.opened",

@@ -1118,6 +1118,16 @@ unfinished_format(const struct kb_audit_unfinished *u, char *out, size_t len)
 
 /* The state changes with no recorded outcome, after the verified line:
  * information, the log itself verified. */
+/* Why a call was cut short (a KB_AUDIT_CUT_*), for the notes below. */
+static const char *
+cut_why(int cut)
+{
+	return cut == KB_AUDIT_CUT_AUDIT_OUTAGE
+	    ? "its outcome was lost while the broker's audit log could not "
+	      "write"
+	    : "the broker stopped mid-call";
+}
+
 static void
 unfinished_print(const struct audit_export_report *rep)
 {
@@ -1133,7 +1143,7 @@ unfinished_print(const struct audit_export_report *rep)
 		unfinished_format(u, line, sizeof(line));
 		printf("note: 1 state change started without a recorded "
 		       "outcome (%s; check the state): %s\n",
-		    u->interrupted ? "the broker stopped mid-call"
+		    u->interrupted ? cut_why(u->interrupted)
 		                   : "it may still be running, or the broker "
 		                     "stopped mid-call",
 		    line);
@@ -1143,19 +1153,21 @@ unfinished_print(const struct audit_export_report *rep)
 	       "outcome (",
 	    rep->unfinished);
 	if (running == 0)
-		printf("the broker stopped mid-call");
+		printf("cut short: the broker stopped, or its audit log "
+		       "could not write, mid-call");
 	else if (intr == 0)
 		printf("they may still be running, or the broker stopped "
 		       "mid-call");
 	else
-		printf("%" PRIu64 " where the broker stopped mid-call, %" PRIu64
+		printf("%" PRIu64 " cut short (the broker stopped, or its "
+		       "audit log could not write, mid-call), %" PRIu64
 		       " that may still be running",
 		    intr, running);
 	printf("; check the state):\n");
 	for (i = 0; i < rep->unfinished_shown; i++) {
 		unfinished_format(&u[i], line, sizeof(line));
 		printf("  %s: %s\n", line,
-		    u[i].interrupted ? "the broker stopped mid-call"
+		    u[i].interrupted ? cut_why(u[i].interrupted)
 		                     : "may still be running");
 	}
 	if (rep->unfinished > rep->unfinished_shown)
@@ -1188,6 +1200,12 @@ unfinished_json(const struct audit_export_report *rep)
 		kbctl_jset(o, "actor", kbctl_jstr(u->actor));
 		kbctl_jset(o, "request_id", kbctl_jstr(u->request_id));
 		kbctl_jset(o, "interrupted", json_boolean(u->interrupted));
+		if (u->interrupted)
+			kbctl_jset(o, "cut_short_by",
+			    json_string(
+			        u->interrupted == KB_AUDIT_CUT_AUDIT_OUTAGE
+			            ? "audit.recovered"
+			            : "broker.start"));
 		if (json_array_append_new(arr, o) != 0) {
 			json_decref(arr);
 			return NULL;

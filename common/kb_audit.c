@@ -350,7 +350,7 @@ unfinished_add(struct kb_audit_verifier *v, const struct kb_audit_unfinished *u,
 		r->unfinished_first[r->unfinished_shown++] = *u;
 }
 
-/* The broker instance a broker.start's request id names ("sys-" 8 hex
+/* The broker instance a system event's request id names ("sys-" 8 hex
  * digits "-" ...), into inst; 0 for one from before instances ("sys-"
  * and a time), which ends every broker's calls. */
 static int
@@ -376,10 +376,12 @@ of_instance(const char *rid, const char *inst)
 	return strncmp(rid, "r-", 2) == 0 && strncmp(rid + 2, inst, 8) == 0;
 }
 
-/* Every call still waiting is unfinished; `restart`: a broker.start says
- * the broker that ran them, and those counted before, stopped. `inst`
- * (not NULL): several brokers write the log, and the one that started is
- * that instance: only its calls were cut short, the others' still wait. */
+/* Every call still waiting is unfinished; `restart` (a KB_AUDIT_CUT_*): a
+ * broker.start says the broker that ran them, and those counted before,
+ * stopped; an audit.recovered that their outcomes were lost while its
+ * audit log could not write. `inst` (not NULL): several brokers write the
+ * log, and the one that started (or recovered) is that instance: only its
+ * calls were cut short, the others' still wait. */
 static void
 pending_flush(struct kb_audit_verifier *v, int restart, const char *inst)
 {
@@ -400,9 +402,11 @@ pending_flush(struct kb_audit_verifier *v, int restart, const char *inst)
 	/* Everything shown so far (of that instance) comes before this
 	 * broker.start. */
 	for (i = 0; i < v->res.unfinished_shown; i++)
-		if (inst == NULL
-		    || of_instance(v->res.unfinished_first[i].request_id, inst))
-			v->res.unfinished_first[i].interrupted = 1;
+		if ((inst == NULL
+		        || of_instance(
+		            v->res.unfinished_first[i].request_id, inst))
+		    && v->res.unfinished_first[i].interrupted == 0)
+			v->res.unfinished_first[i].interrupted = restart;
 	v->res.unfinished_interrupted += v->unfinished_open;
 	v->unfinished_open = 0;
 }
@@ -456,7 +460,20 @@ pending_event(struct kb_audit_verifier *v, const struct kb_audit_event *ev)
 		char inst[9], rid[40];
 
 		copy_field(rid, sizeof(rid), ev->request_id);
-		pending_flush(v, 1, start_instance(rid, inst) ? inst : NULL);
+		pending_flush(v, KB_AUDIT_CUT_RESTART,
+		    start_instance(rid, inst) ? inst : NULL);
+		return;
+	}
+	/* A broker's audit log writes again after an outage: the outcomes of
+	 * its calls that were waiting were lost (only one that names its
+	 * instance says whose). */
+	if (field_is(ev->role, "system")
+	    && field_is(ev->method, "audit.recovered")) {
+		char inst[9], rid[40];
+
+		copy_field(rid, sizeof(rid), ev->request_id);
+		if (start_instance(rid, inst))
+			pending_flush(v, KB_AUDIT_CUT_AUDIT_OUTAGE, inst);
 		return;
 	}
 	memset(&u, 0, sizeof(u));

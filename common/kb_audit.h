@@ -118,9 +118,15 @@ void kb_audit_verifier_checkpoint(
 
 /* A "started" event with no outcome after it. Fields are truncated copies
  * (at a UTF-8 character boundary). */
+/* Why a call without an outcome was cut short (kb_audit_unfinished). */
+#define KB_AUDIT_CUT_RESTART 1 /* its broker's broker.start comes after it */
+/* its broker's audit.recovered comes after it: the outcome was lost while
+ * that broker's audit log could not write */
+#define KB_AUDIT_CUT_AUDIT_OUTAGE 2
+
 struct kb_audit_unfinished {
 	uint64_t seq;
-	int interrupted; /* a broker.start comes after it */
+	int interrupted; /* 0 (may still be running) or a KB_AUDIT_CUT_* */
 	char method[40], request_id[40];
 	char tenant[64], env[64], actor[80];
 };

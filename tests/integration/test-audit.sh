@@ -418,7 +418,7 @@ check_out "... and notes the call as stopped mid-call" \
 	"^note: 1 state change started without a recorded outcome \(the broker stopped mid-call; check the state\): seq $AS ApplyKey acme/prod by admin \($ARID\)\$"
 kb_nocert audit verify "$w/cut-restart.jsonl" --json
 check_json "verify --json: the call in \"unfinished\", exit 0" \
-	"$KBT_RC == 0 and d['verified'] is True and d['unfinished_count'] == 1 and d['unfinished_interrupted'] == 1 and d['unfinished'] == [{'seq': $AS, 'method': 'ApplyKey', 'tenant_id': 'acme', 'environment': 'prod', 'actor': 'admin', 'request_id': '$ARID', 'interrupted': True}]"
+	"$KBT_RC == 0 and d['verified'] is True and d['unfinished_count'] == 1 and d['unfinished_interrupted'] == 1 and d['unfinished'] == [{'seq': $AS, 'method': 'ApplyKey', 'tenant_id': 'acme', 'environment': 'prod', 'actor': 'admin', 'request_id': '$ARID', 'interrupted': True, 'cut_short_by': 'broker.start'}]"
 
 kbt_section "3a. an event UPDATEd in the database"
 check_eq "event $GDK is the service's GetDataKey" "$(sq "SELECT actor FROM events WHERE seq = $GDK")" acme-prod

@@ -297,6 +297,9 @@ if kbt_db_is_pg; then
 	check_eq "the DEK is the same after the outage" "$(json 'd["dek"]' 2>&1)" "$dek_prod"
 	expect_ok kb_admin tenants create after-outage
 	expect_fail NOT_FOUND kb_admin tenants show during-outage
+	kb_rpc ListEvents '{"filter": {"method": "audit.recovered"}, "page_size": 10}'
+	check_json "the audit log recorded audit.recovered after the outage, under this broker's instance" \
+		'len(d.get("events", [])) >= 1 and all(__import__("re").fullmatch(r"sys-[0-9a-f]{8}-[0-9a-f]+", e.get("request_id", e.get("requestId", ""))) for e in d["events"])'
 
 	kbt_section "PostgreSQL: backup and restore are PostgreSQL's"
 	expect_fail FAILED_PRECONDITION -m "pg_basebackup.*pg_dump.*Backup and recovery" \

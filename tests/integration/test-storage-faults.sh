@@ -186,6 +186,7 @@ check_eq "WAL of keybroker.db checkpointed and truncated" \
 	"$(sqlite3 "$DB/keybroker.db" 'PRAGMA wal_checkpoint(TRUNCATE)' 2>&1)" "0|0|0"
 check_eq "WAL of keybroker-audit.db checkpointed and truncated" \
 	"$(sqlite3 "$DB/keybroker-audit.db" 'PRAGMA wal_checkpoint(TRUNCATE)' 2>&1)" "0|0|0"
+pre_fault_seq=$(sqlite3 "$DB/keybroker-audit.db" 'SELECT max(seq) FROM events' 2>&1)
 dd if=/dev/zero of="$DB/filler" bs=64k >/dev/null 2>&1
 dd if=/dev/zero of="$DB/filler2" bs=512 >/dev/null 2>&1
 check_eq "the database's file system has no space left" \
@@ -238,6 +239,14 @@ check_eq "GetDataKey acme/dev: the same DEK as before" "$(dek_of acme dev)" "$de
 integrity "after the full disk (broker running)" "$DB"
 kb_rpc ListEvents '{"filter": {"method": "GetDataKey", "result": "ok"}, "page_size": 1000}'
 check_json "GetDataKey calls after the fault are audited again" 'len(d.get("events", [])) >= 3'
+# The log says it recovered, first, under this broker's instance: a
+# verifier counts this broker's calls then still waiting as cut short.
+kb_rpc ListEvents '{"filter": {"method": "audit.recovered"}, "page_size": 10}'
+check_json "the first event after the fault is audit.recovered, by the broker, naming its instance" \
+	'len(d.get("events", [])) == 1 and __import__("re").fullmatch(r"sys-[0-9a-f]{8}-[0-9a-f]+", d["events"][0]["request_id"] if "request_id" in d["events"][0] else d["events"][0]["requestId"]) is not None'
+rec_seq=$(json 'd["events"][0]["seq"]')
+check_eq "  ... right after the last event before the disk filled (nothing was recorded meanwhile)" \
+	"$rec_seq" $((pre_fault_seq + 1))
 snap_full=$(snapshot)
 
 kbt_section "2. read-only"

@@ -943,6 +943,62 @@ test_unfinished_two_brokers(void)
 }
 
 static void
+test_unfinished_audit_outage(void)
+{
+	struct kb_audit_result res;
+	struct chain c;
+
+	/* Broker B's audit log could not write for a while: its LockTenant's
+	 * outcome was lost, and B's audit.recovered says so; A's call in
+	 * flight is not B's. A B call started after the recovery may still
+	 * run; an audit.recovered without an instance (older broker) or not
+	 * by the system cuts nothing short. */
+	chain_start(&c);
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-aaaa0001-1");
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-bbbb0002-2");
+	chain_add(
+	    &c, "admin", "ApplyKey", "acme", "started", "r-aaaa000100000007");
+	chain_add(
+	    &c, "admin", "LockTenant", "acme", "started", "r-bbbb000200000003");
+	chain_add(&c, "admin", "audit.recovered", "", "ok", "sys-bbbb0002-4");
+	chain_add(&c, "system", "audit.recovered", "", "ok", "sys-5");
+	chain_add(
+	    &c, "admin", "ApplyKey", "acme", "started", "r-bbbb000200000004");
+	chain_add(&c, "system", "audit.recovered", "", "ok", "sys-bbbb0002-6");
+	chain_add(&c, "admin", "ApplyKey", "acme", "ok", "r-aaaa000100000007");
+	chain_add(&c, "admin", "UnlockTenant", "acme", "started",
+	    "r-bbbb000200000009");
+	chain_finish(&c, &res);
+	KBT_ASSERT(res.ok);
+	KBT_ASSERT_INT(res.unfinished, ==, 3);
+	KBT_ASSERT_INT(res.unfinished_interrupted, ==, 2);
+	KBT_ASSERT_INT(res.unfinished_shown, ==, 3);
+	KBT_ASSERT_STR(
+	    res.unfinished_first[0].request_id, "r-bbbb000200000003");
+	KBT_ASSERT_INT(
+	    res.unfinished_first[0].interrupted, ==, KB_AUDIT_CUT_AUDIT_OUTAGE);
+	KBT_ASSERT_STR(
+	    res.unfinished_first[1].request_id, "r-bbbb000200000004");
+	KBT_ASSERT_INT(
+	    res.unfinished_first[1].interrupted, ==, KB_AUDIT_CUT_AUDIT_OUTAGE);
+	KBT_ASSERT_STR(
+	    res.unfinished_first[2].request_id, "r-bbbb000200000009");
+	KBT_ASSERT_INT(res.unfinished_first[2].interrupted, ==, 0);
+	/* A restart after an outage keeps the first reason. */
+	chain_start(&c);
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-bbbb0002-1");
+	chain_add(
+	    &c, "admin", "LockTenant", "acme", "started", "r-bbbb000200000003");
+	chain_add(&c, "system", "audit.recovered", "", "ok", "sys-bbbb0002-4");
+	chain_add(&c, "system", "broker.start", "", "ok", "sys-bbbb0002-5");
+	chain_finish(&c, &res);
+	KBT_ASSERT(res.ok);
+	KBT_ASSERT_INT(res.unfinished, ==, 1);
+	KBT_ASSERT_INT(
+	    res.unfinished_first[0].interrupted, ==, KB_AUDIT_CUT_AUDIT_OUTAGE);
+}
+
+static void
 test_unfinished_bounded(void)
 {
 	struct kb_audit_result res;
@@ -1114,6 +1170,7 @@ static const struct kbt_case cases[] = {
     {"/audit/unfinished-started", test_unfinished_started},
     {"/audit/unfinished-restart", test_unfinished_restart},
     {"/audit/unfinished-two-brokers", test_unfinished_two_brokers},
+    {"/audit/unfinished-audit-outage", test_unfinished_audit_outage},
     {"/audit/unfinished-bounded", test_unfinished_bounded},
     {"/audit/unfinished-long-fields", test_unfinished_long_fields},
     {NULL, NULL}};
