@@ -258,12 +258,12 @@ metrics_collect(void *arg, FILE *out)
 		        hsm_op_kind_name((enum hsm_op_kind)k), NULL, NULL, NULL,
 		        NULL),
 		    hsm_op_hist(b->hsm, (enum hsm_op_kind)k));
-	metrics_head(out, "keybroker_token_create_retries_total", "counter",
-	    "Token objects whose creation failed in a way that may pass "
-	    "(CKR_GENERAL_ERROR from SoftHSMv2 while another process wrote "
-	    "the token) and was tried again.");
-	metrics_value(out, "keybroker_token_create_retries_total", NULL,
-	    hsm_create_retries(b->hsm));
+	metrics_head(out, "keybroker_token_retries_total", "counter",
+	    "Token calls (object creation, login) that failed in a way that "
+	    "may pass (CKR_GENERAL_ERROR from SoftHSMv2 while another process "
+	    "wrote the token) and were tried again.");
+	metrics_value(
+	    out, "keybroker_token_retries_total", NULL, hsm_retries(b->hsm));
 	metrics_head(out, "keybroker_audit_commit_duration_seconds",
 	    "histogram",
 	    "Audit group commits (one transaction and fsync for many "

@@ -17,10 +17,10 @@
 /* A token not found at start is looked for again this many times. */
 #define SLOT_FIND_ATTEMPTS 10
 #define SLOT_FIND_DELAY_MS 200
-/* Object creation: tries after the first, and the pause before each
- * (doubled every time: 50, 100, 200 ms). */
-#define CREATE_RETRIES 3
-#define CREATE_DELAY_MS 50
+/* hsm_again: tries after the first, and the pause before each (doubled
+ * every time: 50, 100, 200 ms). */
+#define AGAIN_RETRIES 3
+#define AGAIN_DELAY_MS 50
 
 struct cache_entry {
 	struct cache_entry *next;
@@ -327,6 +327,7 @@ session_login(struct hsm *h, CK_SESSION_HANDLE sh, const char **fn)
 {
 	CK_SESSION_INFO si;
 	CK_RV rv;
+	int attempt = 0;
 
 	*fn = "C_GetSessionInfo";
 	if ((rv = h->m->C_GetSessionInfo(sh, &si)) != CKR_OK)
@@ -334,8 +335,11 @@ session_login(struct hsm *h, CK_SESSION_HANDLE sh, const char **fn)
 	if (si.state == CKS_RW_USER_FUNCTIONS)
 		return CKR_OK;
 	*fn = "C_Login";
-	rv = h->m->C_Login(
-	    sh, CKU_USER, (CK_UTF8CHAR_PTR)h->pin, (CK_ULONG)h->pin_len);
+	while ((rv = h->m->C_Login(sh, CKU_USER, (CK_UTF8CHAR_PTR)h->pin,
+	            (CK_ULONG)h->pin_len))
+	        != CKR_OK
+	    && hsm_again(h, rv, &attempt))
+		;
 	if (rv == CKR_USER_ALREADY_LOGGED_IN)
 		rv = CKR_OK;
 	return rv;
@@ -586,14 +590,14 @@ hsm_id_free(struct hsm *h, CK_SESSION_HANDLE sh, const char *id, CK_RV *rv)
 }
 
 int
-hsm_create_again(struct hsm *h, CK_RV rv, int *attempt)
+hsm_again(struct hsm *h, CK_RV rv, int *attempt)
 {
 	if ((rv != CKR_GENERAL_ERROR && rv != CKR_FUNCTION_FAILED)
-	    || *attempt >= CREATE_RETRIES)
+	    || *attempt >= AGAIN_RETRIES)
 		return 0;
-	usleep((useconds_t)(CREATE_DELAY_MS << *attempt) * 1000);
+	usleep((useconds_t)(AGAIN_DELAY_MS << *attempt) * 1000);
 	(*attempt)++;
-	atomic_fetch_add(&h->create_retries, 1);
+	atomic_fetch_add(&h->retries, 1);
 	return 1;
 }
 
@@ -605,15 +609,15 @@ hsm_create_object(struct hsm *h, CK_SESSION_HANDLE sh, CK_ATTRIBUTE *a,
 	int attempt = 0;
 
 	while ((rv = h->m->C_CreateObject(sh, a, n, obj)) != CKR_OK
-	    && hsm_create_again(h, rv, &attempt))
+	    && hsm_again(h, rv, &attempt))
 		;
 	return rv;
 }
 
 unsigned long
-hsm_create_retries(const struct hsm *h)
+hsm_retries(const struct hsm *h)
 {
-	return atomic_load(&h->create_retries);
+	return atomic_load(&h->retries);
 }
 
 /* Read a variable-length attribute (*buf malloc'd, wiped on free by the

@@ -73,7 +73,7 @@ hsm_aes_generate(struct hsm *h, const char *id, const char *label)
 		goto out;
 	while (
 	    (rv = h->m->C_GenerateKey(p.sh, &mech, t.a, t.n, &obj)) != CKR_OK) {
-		if (!hsm_create_again(h, rv, &attempt)) {
+		if (!hsm_again(h, rv, &attempt)) {
 			r = hsm_p11_err("C_GenerateKey", rv, id);
 			goto out;
 		}
@@ -150,7 +150,7 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	fn = "C_GenerateKey";
 	while (
 	    (rv = h->m->C_GenerateKey(p.sh, &gen, st.a, st.n, &tmp)) != CKR_OK)
-		if (!hsm_create_again(h, rv, &attempt))
+		if (!hsm_again(h, rv, &attempt))
 			goto p11fail;
 	fn = "C_WrapKey";
 	if ((rv = h->m->C_WrapKey(p.sh, &oaep, pub, tmp, NULL, &wlen))
@@ -172,7 +172,7 @@ hsm_kek_create(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	while ((rv = kek_unwrap_obj(
 	            h, p.sh, priv, &oaep, buf, wlen, kek_id, label, &kek))
 	    != CKR_OK)
-		if (!hsm_create_again(h, rv, &attempt))
+		if (!hsm_again(h, rv, &attempt))
 			goto p11fail;
 	hsm_cache_put(h, kek_id, label, CKO_SECRET_KEY, kek);
 	*wrapped = buf;
@@ -236,7 +236,7 @@ hsm_kek_unwrap(struct hsm *h, const char *rsa_id, const char *oaep_alg,
 	while ((rv = kek_unwrap_obj(h, p.sh, priv, &oaep, wrapped, wrapped_len,
 	            kek_id, label, &kek))
 	        != CKR_OK
-	    && hsm_create_again(h, rv, &attempt))
+	    && hsm_again(h, rv, &attempt))
 		;
 	if (rv != CKR_OK) {
 		r = hsm_p11_err("C_UnwrapKey", rv, kek_id);

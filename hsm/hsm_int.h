@@ -88,8 +88,8 @@ struct hsm {
 	/* How long hsm_op_run took (pool wait included), by kind. */
 	struct kb_hist op_hist[HSM_OP_KINDS];
 
-	/* Object creations tried again (hsm_create_again). */
-	_Atomic unsigned long create_retries;
+	/* Token calls tried again (hsm_again). */
+	_Atomic unsigned long retries;
 };
 
 /* A session taken from the pool, and the pool generation it belongs to. */
@@ -98,15 +98,16 @@ struct pooled {
 	unsigned long gen;
 };
 
-/* 1, after a pause, when a call that makes a token object (C_GenerateKey,
- * C_GenerateKeyPair, C_CreateObject, C_UnwrapKey) failed with rv in a way
- * that may pass and *attempt (0 before the first retry) allows one more try;
- * 0 otherwise. SoftHSMv2 answers CKR_GENERAL_ERROR or CKR_FUNCTION_FAILED
- * when its object store cannot make the object file at that moment (its
- * directory re-read while another process writes it); the object is not
- * made, so making it again is safe. */
-int hsm_create_again(struct hsm *h, CK_RV rv, int *attempt);
-/* C_CreateObject, tried again while hsm_create_again allows. */
+/* 1, after a pause, when a token call that makes an object (C_GenerateKey,
+ * C_GenerateKeyPair, C_CreateObject, C_UnwrapKey) or logs in (C_Login)
+ * failed with rv in a way that may pass and *attempt (0 before the first
+ * retry) allows one more try; 0 otherwise. SoftHSMv2 answers
+ * CKR_GENERAL_ERROR or CKR_FUNCTION_FAILED when its file store cannot be
+ * read or written at that moment (another process writing the token
+ * directory); nothing was made and nobody logged in, so trying again is
+ * safe. */
+int hsm_again(struct hsm *h, CK_RV rv, int *attempt);
+/* C_CreateObject, tried again while hsm_again allows. */
 CK_RV hsm_create_object(struct hsm *h, CK_SESSION_HANDLE sh, CK_ATTRIBUTE *a,
     CK_ULONG n, CK_OBJECT_HANDLE *obj);
 

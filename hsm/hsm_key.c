@@ -764,7 +764,7 @@ hsm_rsa_generate(struct hsm *h, const char *id, unsigned bits, unsigned use)
 	while ((rv = h->m->C_GenerateKeyPair(
 	            p.sh, &mech, pub.a, pub.n, priv.a, priv.n, &hpub, &hpriv))
 	        != CKR_OK
-	    && hsm_create_again(h, rv, &attempt))
+	    && hsm_again(h, rv, &attempt))
 		;
 	if (rv != CKR_OK) {
 		r = hsm_p11_err("C_GenerateKeyPair", rv, id);

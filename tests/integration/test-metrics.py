@@ -172,8 +172,8 @@ def cmd_gauges(a):
                  "keybroker_store_up"):
         v = val(samples, name)
         report(v == 1, "%s is 1" % name, "%r" % v)
-    v = val(samples, "keybroker_token_create_retries_total")
-    report(v == 0, "keybroker_token_create_retries_total is 0 (SoftHSMv2 alone, one broker)",
+    v = val(samples, "keybroker_token_retries_total")
+    report(v == 0, "keybroker_token_retries_total is 0 (SoftHSMv2 alone, one broker)",
            "%r" % v)
     v = val(samples, "keybroker_workers")
     report(v == a.workers, "keybroker_workers is the configured %d" % a.workers, "%r" % v)

@@ -30,7 +30,8 @@
 #  7. A token that cannot make an object for a moment (CKR_GENERAL_ERROR,
 #     as SoftHSMv2 answers while another process writes its directory): a
 #     key pair and the audit key are made after 2 and 3 failures; a token
-#     that keeps failing is UNAVAILABLE naming the call, with nothing stored.
+#     that keeps failing is UNAVAILABLE naming the call, with nothing stored;
+#     after a token reset two failed logins are tried again.
 #  Then the database passes PRAGMA integrity_check and a restart serves the
 #  same DEKs.
 # Run: bash tests/integration/test-token-faults.sh (KB_BUILD=build dir, KBT_KEEP=1).
@@ -359,6 +360,17 @@ expect_ok kb_admin keys list acme --json
 check_json "  ... and no key stored: the keys are as before ($nkeys), $k3 among them" \
 	"len(d['keys']) == $nkeys and '$k3' in [k['id'] for k in d['keys']]"
 broker_alive "the broker is up after the failed creations"
+# A token reset, then the new session's login fails twice the same way.
+logins_before=$(logins)
+p11_fault session-invalid "login-fail 2"
+kb_svc acme prod datakey get acme prod --json
+if [[ $KBT_RC != 0 ]]; then
+	# The reset itself may cost one call (section 4); not the failed logins.
+	kb_svc acme prod datakey get acme prod --json
+fi
+check_eq "after a reset and 2 failed logins, GetDataKey answers the same DEK" "$(json 'd["dek"]' 2>&1)" "$dek_prod"
+check "  ... the broker logged in again ($(($(logins) - logins_before)) login)" test "$(($(logins) - logins_before))" -ge 1
+p11_clear
 
 kbt_section "the database after the faults"
 kbt_stop

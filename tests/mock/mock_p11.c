@@ -28,6 +28,8 @@
  *                    CKR_GENERAL_ERROR and make nothing, as SoftHSMv2 does
  *                    when its object file cannot be made at that moment;
  *                    each write of the file counts N afresh
+ *   login-fail N     the next N C_Login calls answer CKR_GENERAL_ERROR (as
+ *                    SoftHSMv2 can while another process writes the token)
  * The file is re-read when its inode, size or times change: write a new
  * file and rename it over the old one. Each such write holding `removed`
  * or `session-invalid` is one reset.
@@ -53,6 +55,7 @@ struct fault {
 	int pin_locked;
 	unsigned hang_ms;
 	unsigned create_fail;
+	unsigned login_fail;
 };
 
 static pthread_mutex_t mock_mu = PTHREAD_MUTEX_INITIALIZER;
@@ -62,6 +65,7 @@ static int mock_initialized; /* real C_Initialize succeeded */
 static struct stat seen; /* the control file as last read */
 static struct fault cur;
 static unsigned create_fail_left; /* of cur.create_fail */
+static unsigned login_fail_left; /* of cur.login_fail */
 
 /* ---- the control file ---- */
 
@@ -141,6 +145,8 @@ control_parse(const char *path, struct fault *f)
 			f->hang_ms = n;
 		} else if (sscanf(line, " create-fail %u", &n) == 1) {
 			f->create_fail = n;
+		} else if (sscanf(line, " login-fail %u", &n) == 1) {
+			f->login_fail = n;
 		} else {
 			fprintf(stderr,
 			    "kbmockp11: %s: unknown directive \"%s\"\n", path,
@@ -184,6 +190,7 @@ fault_now(void)
 			real_sessions_drop(
 			    cur.removed ? "removed" : "session-invalid");
 		create_fail_left = cur.create_fail;
+		login_fail_left = cur.login_fail;
 	}
 	f = cur;
 	pthread_mutex_unlock(&mock_mu);
@@ -336,11 +343,20 @@ mock_Login(CK_SESSION_HANDLE sh, CK_USER_TYPE user, CK_UTF8CHAR_PTR pin,
 {
 	struct fault f = fault_now();
 	CK_RV rv;
+	int fail = 0;
 
+	pthread_mutex_lock(&mock_mu);
+	if (login_fail_left > 0) {
+		login_fail_left--;
+		fail = 1;
+	}
+	pthread_mutex_unlock(&mock_mu);
 	if (f.removed)
 		rv = CKR_DEVICE_REMOVED;
 	else if (f.pin_locked)
 		rv = CKR_PIN_LOCKED;
+	else if (fail)
+		rv = CKR_GENERAL_ERROR;
 	else
 		rv = real->C_Login(sh, user, pin, pin_len);
 	mock_log("C_Login %s", rv_name(rv));
