@@ -51,6 +51,7 @@ static const struct option options[] = {
     OPT(softhsm2_conf, V_PATH, 0, 0),
     OPT(database, V_DATABASE, 0, 0),
     OPT(database_password_file, V_PATH, 0, 0),
+    OPT(database_connections, V_UINT, 2, 1024),
     OPT(workers, V_UINT, 1, 256),
     OPT(hsm_sessions, V_UINT, 1, 1024),
     OPT(max_message_bytes, V_SIZE, 1024, 64 << 20),

@@ -27,6 +27,10 @@ struct config {
 	 * the database password; used for audit_database too when that is a
 	 * PostgreSQL string. NULL: none, or libpq's own (~/.pgpass). */
 	char *database_password_file;
+	/* The store's connection pool: 0 (the default) is workers + 2. Each
+	 * broker also holds a few for the audit log and one per lock it holds
+	 * at once (README "Connections"). */
+	unsigned database_connections;
 	unsigned workers;
 	unsigned hsm_sessions;
 	size_t max_message_bytes;

@@ -534,7 +534,8 @@ startup_open(struct config *cfg, struct broker **out)
 		    config_is_postgres(cfg->database)
 		        ? cfg->database_password_file
 		        : NULL,
-		    cfg->workers + 2};
+		    cfg->database_connections != 0 ? cfg->database_connections
+		                                   : cfg->workers + 2};
 
 		if ((e = store_open_with(&so, &b->store)) != KB_OK)
 			goto fail;

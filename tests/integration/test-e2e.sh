@@ -340,6 +340,32 @@ if kbt_db_is_pg; then
 	expect_ok kb_as service-acme-prod datakey get acme prod --json
 	check_eq "with a password file of mode 0600, the same data" "$(json 'd["dek"]' 2>&1)" "$dek_prod"
 	check "the password is not in the broker's log" bash -c "! grep -q '$pw' '$KBT_LOG'"
+
+	kbt_section "PostgreSQL: the store's pool is database_connections"
+	# The broker's connections right after start-up (idle: the pool, the
+	# audit log's, any lease held); only the pool's size differs between
+	# the two starts.
+	# (The fewest of 3 counts: a lease taken for a moment is not the pool.)
+	conns() {
+		local i n min=
+		for i in 1 2 3; do
+			n=$(psql -X -q -A -t -d "$KBT_PG_URI" -c \
+				"SELECT count(*) FROM pg_stat_activity WHERE application_name = 'keybrokerd'")
+			[[ -z $min || $n -lt $min ]] && min=$n
+			sleep 0.3
+		done
+		echo "$min"
+	}
+	sleep 1.5
+	n_default=$(conns)
+	kbt_stop
+	kbt_write_conf "database_connections=12"
+	kbt_start || kbt_done
+	sleep 1.5
+	n_twelve=$(conns)
+	check "database_connections = 12 holds 8 more connections than the default workers + 2 = 4 ($n_default, then $n_twelve)" \
+		test "$((n_twelve - n_default))" = 8
+	expect_ok kb_as service-acme-prod datakey get acme prod --json
 fi
 
 kbt_done

@@ -27,6 +27,7 @@ test_defaults_and_paths(void)
 	KBT_ASSERT_STR(c->client_ca, "/etc/ca.crt");
 	KBT_ASSERT_STR(c->database, "/srv/kb/kb.db");
 	KBT_ASSERT_INT(c->workers, ==, 32);
+	KBT_ASSERT_INT(c->database_connections, ==, 0); /* workers + 2 */
 	KBT_ASSERT_INT(c->max_message_bytes, ==, 65536);
 	KBT_ASSERT_INT(c->log_level, ==, LOG_INFO);
 	config_free(c);
@@ -83,10 +84,12 @@ test_values(void)
 
 	KBT_ASSERT_OK(parse(MINIMAL
 	    "listen = 0.0.0.0:9000  # all\r\n"
-	    "workers=16\nlog_level = debug\nmax_message_bytes = 1048576\n",
+	    "workers=16\nlog_level = debug\nmax_message_bytes = 1048576\n"
+	    "database_connections = 6\n",
 	    &c));
 	KBT_ASSERT_STR(c->listen, "0.0.0.0:9000");
 	KBT_ASSERT_INT(c->workers, ==, 16);
+	KBT_ASSERT_INT(c->database_connections, ==, 6);
 	KBT_ASSERT_INT(c->log_level, ==, LOG_DEBUG);
 	KBT_ASSERT_INT(c->max_message_bytes, ==, 1048576);
 	config_free(c);
@@ -103,6 +106,10 @@ test_errors(void)
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = 0\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
 	    "workers must be a number from 1 to 256");
+	KBT_ASSERT_ERR(
+	    parse(MINIMAL "database_connections = 1\n", &c), KB_ERR_CONFIG);
+	KBT_ASSERT_CONTAINS(kb_err_msg(KB_ERR_CONFIG),
+	    "database_connections must be a number from 2 to 1024");
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = 4x\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = -1\n", &c), KB_ERR_CONFIG);
 	KBT_ASSERT_ERR(parse(MINIMAL "workers = 99999999999999999999999\n", &c),
