@@ -20,15 +20,16 @@
  * per event.
  *
  * The lock. SQLite: BEGIN IMMEDIATE (the file's write lock). PostgreSQL:
- * LOCK TABLE events IN EXCLUSIVE MODE, the first statement of the
- * (SERIALIZABLE) write transaction; it stops other writers of the log,
- * not its readers, and, being a LOCK, it is granted before the
- * transaction takes its snapshot, so the head read after it is the newest
- * committed one. pg_advisory_xact_lock would not do: a SELECT takes the
- * snapshot as it starts, before it waits for the lock, and the head read
- * after it would be one the broker holding the lock has since moved. A
- * transaction that still conflicts (db_failed_retry) is run again by
- * db_txn from the lock on.
+ * LOCK TABLE events IN EXCLUSIVE MODE, the first statement of a READ
+ * COMMITTED transaction (db_txn_locked); it stops other writers of the
+ * log, not its readers, and every statement after it takes a fresh
+ * snapshot, so the head read after it is the newest committed one, and no
+ * other writer can move it before this one commits. (SERIALIZABLE's
+ * predicate locks would add nothing to the lock but cost.)
+ * pg_advisory_xact_lock would not do: a SELECT takes the snapshot as it
+ * starts, before it waits for the lock. A transaction that still fails
+ * with a conflict (db_failed_retry: a deadlock) is run again from the
+ * lock on.
  *
  * Durability: an appender returns only after its event's commit (SQLite
  * synchronous=FULL; PostgreSQL synchronous_commit on, its default). */
@@ -524,7 +525,8 @@ anchor_advance(struct audit *a)
 {
 	if (a->cfg.anchor_label == NULL)
 		return KB_OK;
-	return db_txn(a->db, anchor_txn, a, "audit log: moving its anchor");
+	return db_txn_locked(
+	    a->db, anchor_txn, a, "audit log: moving its anchor");
 }
 
 /* What an anchor check found wrong: the first bad seq and why. */
@@ -1086,7 +1088,8 @@ write_batch(struct audit *a, struct pending *list)
 	memset(&b, 0, sizeof(b));
 	b.a = a;
 	b.list = list;
-	if ((e = db_txn(a->db, batch_txn, &b, "audit log: writing events"))
+	if ((e = db_txn_locked(
+	         a->db, batch_txn, &b, "audit log: writing events"))
 	    != KB_OK)
 		return e;
 	pthread_mutex_lock(&a->mu);
@@ -1193,7 +1196,7 @@ write_checkpoint(struct audit *a, int force)
 	req = a->force_req;
 	j.force = force || req != a->force_done;
 	pthread_mutex_unlock(&a->mu);
-	if ((e = db_txn(
+	if ((e = db_txn_locked(
 	         a->db, checkpoint_txn, &j, "audit log: writing a checkpoint"))
 	    != KB_OK)
 		return e;

@@ -787,9 +787,11 @@ db_begin(struct db_conn *c, enum db_txn_mode mode)
 	if (c->ops->engine == DB_POSTGRES)
 		sql = mode == DB_TXN_WRITE
 		    ? "BEGIN ISOLATION LEVEL SERIALIZABLE"
+		    : mode == DB_TXN_LOCKED
+		    ? "BEGIN ISOLATION LEVEL READ COMMITTED"
 		    : "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 	else
-		sql = mode == DB_TXN_WRITE ? "BEGIN IMMEDIATE" : "BEGIN";
+		sql = mode == DB_TXN_READ ? "BEGIN" : "BEGIN IMMEDIATE";
 	return db_exec(c, sql, "beginning a transaction");
 }
 
@@ -828,16 +830,17 @@ backoff(unsigned attempt)
 	nanosleep(&ts, NULL);
 }
 
-enum kb_err
-db_txn(struct db *db, enum kb_err (*fn)(struct db_conn *c, void *arg),
-    void *arg, const char *what)
+static enum kb_err
+txn_run(struct db *db, enum db_txn_mode mode,
+    enum kb_err (*fn)(struct db_conn *c, void *arg), void *arg,
+    const char *what)
 {
 	struct db_conn *c = db_conn_get(db);
 	enum kb_err e;
 	unsigned attempt;
 
 	for (attempt = 0;; attempt++) {
-		if ((e = db_begin(c, DB_TXN_WRITE)) != KB_OK) {
+		if ((e = db_begin(c, mode)) != KB_OK) {
 			kb_err_wrap(e, "%s", what);
 			if (!db_failed_retry(c) || attempt >= DB_TXN_RETRIES)
 				break;
@@ -858,6 +861,20 @@ db_txn(struct db *db, enum kb_err (*fn)(struct db_conn *c, void *arg),
 	}
 	db_conn_put(db, c);
 	return e;
+}
+
+enum kb_err
+db_txn(struct db *db, enum kb_err (*fn)(struct db_conn *c, void *arg),
+    void *arg, const char *what)
+{
+	return txn_run(db, DB_TXN_WRITE, fn, arg, what);
+}
+
+enum kb_err
+db_txn_locked(struct db *db, enum kb_err (*fn)(struct db_conn *c, void *arg),
+    void *arg, const char *what)
+{
+	return txn_run(db, DB_TXN_LOCKED, fn, arg, what);
 }
 
 enum kb_err

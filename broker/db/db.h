@@ -147,8 +147,13 @@ int db_failed_retry(const struct db_conn *c);
 /* Transactions. DB_TXN_WRITE serializes writers: SQLite BEGIN IMMEDIATE,
  * PostgreSQL SERIALIZABLE (so a rule read and the write it allows commit
  * together or not at all, across brokers). DB_TXN_READ is one consistent
- * snapshot: SQLite BEGIN, PostgreSQL REPEATABLE READ READ ONLY. */
-enum db_txn_mode { DB_TXN_WRITE, DB_TXN_READ };
+ * snapshot: SQLite BEGIN, PostgreSQL REPEATABLE READ READ ONLY.
+ * DB_TXN_LOCKED is a writer that serializes itself: its first statement
+ * takes a lock every writer of what it reads takes (the audit log's LOCK
+ * TABLE), so each later statement's fresh snapshot is already what it
+ * writes after: SQLite BEGIN IMMEDIATE, PostgreSQL READ COMMITTED, without
+ * SERIALIZABLE's predicate locks. */
+enum db_txn_mode { DB_TXN_WRITE, DB_TXN_READ, DB_TXN_LOCKED };
 enum kb_err db_begin(struct db_conn *c, enum db_txn_mode mode);
 enum kb_err db_commit(struct db_conn *c);
 void db_rollback(struct db_conn *c); /* safe when no transaction is open */
@@ -158,6 +163,11 @@ void db_rollback(struct db_conn *c); /* safe when no transaction is open */
  * (db_failed_retry) runs fn again from the start, a few times, so fn must
  * only touch the database. */
 enum kb_err db_txn(struct db *db,
+    enum kb_err (*fn)(struct db_conn *c, void *arg), void *arg,
+    const char *what);
+/* The same in a DB_TXN_LOCKED transaction: fn's first statement takes the
+ * lock. */
+enum kb_err db_txn_locked(struct db *db,
     enum kb_err (*fn)(struct db_conn *c, void *arg), void *arg,
     const char *what);
 
