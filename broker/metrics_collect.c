@@ -261,7 +261,8 @@ metrics_collect(void *arg, FILE *out)
 	metrics_head(out, "keybroker_token_retries_total", "counter",
 	    "Token calls (object creation, login) that failed in a way that "
 	    "may pass (CKR_GENERAL_ERROR from SoftHSMv2 while another process "
-	    "wrote the token) and were tried again.");
+	    "wrote the token) and were tried again, and objects found only "
+	    "by a second search.");
 	metrics_value(
 	    out, "keybroker_token_retries_total", NULL, hsm_retries(b->hsm));
 	metrics_head(out, "keybroker_audit_commit_duration_seconds",

@@ -21,6 +21,9 @@
  * every time: 50, 100, 200 ms). */
 #define AGAIN_RETRIES 3
 #define AGAIN_DELAY_MS 50
+/* hsm_obj_lookup: the pause before a second search for an object not
+ * found. */
+#define LOOKUP_AGAIN_MS 10
 
 struct cache_entry {
 	struct cache_entry *next;
@@ -550,6 +553,20 @@ hsm_obj_lookup(struct hsm *h, CK_SESSION_HANDLE sh, const char *id,
 	if ((*rv = hsm_obj_find(h, sh, id, label, cls, objs, 2, &n, &fn))
 	    != CKR_OK)
 		return hsm_p11_err(fn, *rv, id);
+	/* SoftHSMv2 re-reads its directory when another process changed it,
+	 * and an object file that process is writing at that moment is left
+	 * out of the search (seen: a key pair's public half missing for one
+	 * find while another broker locked a tenant). Not there: look once
+	 * more, a moment later. */
+	if (n == 0) {
+		usleep(LOOKUP_AGAIN_MS * 1000);
+		if ((*rv = hsm_obj_find(
+		         h, sh, id, label, cls, objs, 2, &n, &fn))
+		    != CKR_OK)
+			return hsm_p11_err(fn, *rv, id);
+		if (n > 0)
+			atomic_fetch_add(&h->retries, 1);
+	}
 	if (n == 0 && label != NULL)
 		return kb_errf(KB_ERR_NOT_FOUND,
 		    "no %s key with id %s for %s in the token", cls_name(cls),

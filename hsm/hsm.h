@@ -243,7 +243,8 @@ const struct kb_hist *hsm_op_hist(const struct hsm *h, enum hsm_op_kind k);
 
 /* How many times a token call (an object's creation, a login) failed in a
  * way that may pass (SoftHSMv2's CKR_GENERAL_ERROR while another process
- * wrote the token) and was tried again, since hsm_open. */
+ * wrote the token) and was tried again, or an object was found only on a
+ * second search, since hsm_open. */
 unsigned long hsm_retries(const struct hsm *h);
 
 #endif /* KB_HSM_H */
