@@ -592,19 +592,39 @@ store_clock_put(struct store *s, const struct store_clock *k)
 	return e;
 }
 
+/* The first bind: label and serial in one transaction. (Brokers on one
+ * database start one at a time: broker_open holds the startup lease.) */
+static enum kb_err
+bind_txn(struct db_conn *c, void *arg)
+{
+	const char **pair = arg;
+	enum kb_err e;
+
+	if ((e = store_run(c,
+	         "INSERT INTO meta(key, value) VALUES ('token_label', ?) ON "
+	         "CONFLICT(key) DO UPDATE SET value = excluded.value",
+	         "binding the database to its token", "t", pair[0]))
+	    != KB_OK)
+		return e;
+	return store_run(c,
+	    "INSERT INTO meta(key, value) VALUES ('token_serial', ?) ON "
+	    "CONFLICT(key) DO UPDATE SET value = excluded.value",
+	    "binding the database to its token", "t", pair[1]);
+}
+
 enum kb_err
 store_token_bind(struct store *s, const char *label, const char *serial)
 {
 	char have_label[64], have_serial[64];
+	const char *pair[2] = {label, serial};
 	enum kb_err e;
 
 	e = store_meta_get(s, "token_label", have_label, sizeof(have_label));
 	if (e == KB_ERR_NOT_FOUND) {
 		kb_err_clear();
-		if ((e = store_meta_set(s, "token_label", label)) != KB_OK
-		    || (e = store_meta_set(s, "token_serial", serial)) != KB_OK)
-			return e;
-		return KB_OK;
+		/* Both or neither: a label without its serial would refuse
+		 * every later start. */
+		return store_txn(s, bind_txn, pair, "binding the database");
 	}
 	if (e != KB_OK)
 		return e;

@@ -620,10 +620,19 @@ rewrap_commit_txn(struct db_conn *c, void *arg)
 			return e;
 		changed += db_changes(c);
 	}
-	return store_run(c,
-	    "UPDATE jobs SET done = done + CAST(? AS BIGINT), "
-	    "update_time_us = ? WHERE id = ?",
-	    "recording job progress", "iit", changed, a->now, a->job_id);
+	if ((e = store_run(c,
+	         "UPDATE jobs SET done = done + CAST(? AS BIGINT), "
+	         "update_time_us = ? WHERE id = ? AND state = 'running'",
+	         "recording job progress", "iit", changed, a->now, a->job_id))
+	    != KB_OK)
+		return e;
+	/* Progress of no running job: the rows go back (rolled back). */
+	if (db_changes(c) != 1)
+		return kb_errf(KB_ERR_NOT_FOUND,
+		    "job %s is not running: its re-sealed data keys are not "
+		    "stored",
+		    a->job_id);
+	return KB_OK;
 }
 
 enum kb_err
@@ -684,12 +693,14 @@ activation_finish_txn(struct db_conn *c, void *arg)
 	    != KB_OK)
 		return e;
 	/* The previous KEK seals nothing now: it goes (the caller destroys
-	 * its token object). */
+	 * its token object), and so does the KEK of an activation that failed
+	 * before (still 'installing': left, it would be taken for the current
+	 * KEK once its key is active again; its rows moved with this job). */
 	if ((e = store_run(c,
 	         "UPDATE keys SET state = 'deleted', "
 	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
-	         "AND "
-	         "purpose = 'kek' AND state = 'active' AND id != ?",
+	         "AND purpose = 'kek' AND state IN ('active', 'installing') "
+	         "AND id != ?",
 	         "retiring the previous KEK", "iitt", a->now, a->now,
 	         a->j->tenant_id, a->j->target_key_id))
 	    != KB_OK)

@@ -106,6 +106,23 @@ store_env_dek_list(struct store *s, const char *tenant, const char *name,
 	return e;
 }
 
+/* A count(*) query about one row id, into *n. */
+static enum kb_err
+count_of(struct db_conn *c, const char *sql, int64_t id, int64_t *n)
+{
+	struct db_stmt *st;
+	enum kb_err e;
+	enum db_step rc;
+
+	if ((e = db_prepare(c, sql, &st)) != KB_OK)
+		return e;
+	db_bind_int64(st, 1, id);
+	rc = db_step(st);
+	*n = rc == DB_ROW ? db_column_int64(st, 0) : 0;
+	db_reset(st);
+	return rc == DB_ROW ? KB_OK : db_err(c, "counting rows");
+}
+
 struct env_rewrap {
 	const char *tenant, *name;
 	enum store_env_mode mode;
@@ -122,12 +139,24 @@ env_rewrap_txn(struct db_conn *c, void *arg)
 	    "wrapped = ? WHERE env_id = ? AND version = ?";
 	struct env_rewrap *a = arg;
 	struct db_stmt *st;
-	int64_t env_id;
+	int64_t env_id, have = 0;
 	enum kb_err e;
 	size_t i;
 
 	if ((e = env_lookup(c, a->tenant, a->name, &env_id, NULL)) != KB_OK)
 		return e;
+	/* Every version the environment has, each exactly once: a version
+	 * retired or added since the caller read them is a race, and a mode
+	 * set over a row still sealed for the other mode would not open. */
+	if ((e = count_of(c, "SELECT count(*) FROM deks WHERE env_id = ?",
+	         env_id, &have))
+	    != KB_OK)
+		return e;
+	if (a->n == 0 || have != (int64_t)a->n)
+		return kb_errf(KB_ERR_UNAVAILABLE,
+		    "environment %s/%s changed meanwhile (%lld data key "
+		    "versions stored, %zu re-sealed); retry",
+		    a->tenant, a->name, (long long)have, a->n);
 	for (i = 0; i < a->n; i++) {
 		if ((e = db_prepare(c, sql, &st)) != KB_OK)
 			return e;
@@ -139,6 +168,11 @@ env_rewrap_txn(struct db_conn *c, void *arg)
 		if ((e = store_step_done(c, st, "re-wrapping the data key"))
 		    != KB_OK)
 			return e;
+		if (db_changes(c) != 1)
+			return kb_errf(KB_ERR_UNAVAILABLE,
+			    "environment %s/%s changed meanwhile (data key "
+			    "version %u is gone); retry",
+			    a->tenant, a->name, a->deks[i].version);
 	}
 	return store_run(c,
 	    "UPDATE environments SET mode = ?, update_time_us = ? "
@@ -169,11 +203,22 @@ env_version_txn(struct db_conn *c, void *arg)
 {
 	struct env_version *a = arg;
 	uint32_t max = 0;
-	int64_t env_id;
+	int64_t env_id, gone = 0;
 	enum kb_err e;
 
 	if ((e = env_lookup(c, a->tenant, a->name, &env_id, &max)) != KB_OK)
 		return e;
+	if ((e = count_of(c,
+	         "SELECT count(*) FROM environments WHERE id = ? AND state = "
+	         "'deleted'",
+	         env_id, &gone))
+	    != KB_OK)
+		return e;
+	if (gone > 0)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "environment %s/%s was deleted and its data keys "
+		    "destroyed: it takes no new data key",
+		    a->tenant, a->name);
 	/* The caller sealed the DEK for version max + 1 (its associated data
 	 * names it) under the tenant lock: anything else is a race. */
 	if (a->dek->version != max + 1)
@@ -390,12 +435,45 @@ tenant_lock_txn(struct db_conn *c, void *arg)
 	    "'pending_deletion', 'retired', 'pending_approval')) OR "
 	    "(purpose = 'kek' AND state IN ('active', 'installing'))) "
 	    "ORDER BY id";
+	/* Data keys sealed under a KEK of another tenant key (an activation
+	 * that failed part way leaves its re-sealed rows under the new key's
+	 * KEK): the lock would destroy that key, and they would be lost for
+	 * good. */
+	static const char stray[] =
+	    "SELECT count(*), min(k.id), min(k.parent_id) FROM deks d JOIN "
+	    "environments e ON e.id = d.env_id JOIN keys k ON k.id = d.key_id "
+	    "WHERE e.tenant_id = ?1 AND e.mode = 'customer' AND d.damaged = '' "
+	    "AND k.purpose = 'kek' AND k.parent_id != ?2";
 	struct tenant_lock *a = arg;
 	struct db_stmt *st;
 	enum kb_err e;
 	void *nv;
 	enum db_step rc;
+	int64_t n;
+	char kek[STORE_KEY_ID_MAX], parent[STORE_KEY_ID_MAX];
 
+	if ((e = store_tenant_exists(c, a->tenant)) != KB_OK)
+		return e;
+	if ((e = db_prepare(c, stray, &st)) != KB_OK)
+		return e;
+	db_bind_text(st, 1, a->tenant);
+	db_bind_text(st, 2, a->key_id);
+	if ((rc = db_step(st)) != DB_ROW) {
+		db_reset(st);
+		return db_err(c, "counting the tenant's data keys");
+	}
+	n = db_column_int64(st, 0);
+	store_copy_text(kek, sizeof(kek), st, 1);
+	store_copy_text(parent, sizeof(parent), st, 2);
+	db_reset(st);
+	if (n > 0)
+		return kb_errf(KB_ERR_FAILED_PRECONDITION,
+		    "%lld data keys of tenant \"%s\" are sealed under KEK %s "
+		    "of key %s, not under the active key %s (an activation "
+		    "that failed part way): the lock would destroy key %s and "
+		    "lose them; activate a key again (kbctl keys activate) so "
+		    "they move under it, then lock",
+		    (long long)n, a->tenant, kek, parent, a->key_id, parent);
 	/* A rerun (db_txn, on a conflict) lists them again from the start. */
 	a->ndestroy = 0;
 	if ((e = db_prepare(c, sel, &st)) != KB_OK)
@@ -417,15 +495,17 @@ tenant_lock_txn(struct db_conn *c, void *arg)
 		return db_err(c, "listing the tenant's keys");
 	if ((e = store_run(c,
 	         "UPDATE keys SET state = 'locked', lock_time_us = ?, "
-	         "update_time_us = ? WHERE id = ? AND state = 'active'",
-	         "locking the key", "iit", a->now, a->now, a->key_id))
+	         "update_time_us = ? WHERE id = ? AND tenant_id = ? AND "
+	         "purpose = 'tenant' AND state = 'active'",
+	         "locking the key", "iitt", a->now, a->now, a->key_id,
+	         a->tenant))
 	    != KB_OK)
 		return e;
 	if (db_changes(c) != 1)
 		return kb_errf(KB_ERR_FAILED_PRECONDITION,
 		    "key \"%s\" is no "
-		    "longer the active key",
-		    a->key_id);
+		    "longer the active key of tenant \"%s\"",
+		    a->key_id, a->tenant);
 	if ((e = store_run(c,
 	         "UPDATE keys SET state = 'deleted', "
 	         "delete_time_us = ?, update_time_us = ? WHERE tenant_id = ? "
