@@ -812,6 +812,35 @@ test_activation(void)
 	world_close();
 }
 
+/* The first k rows of activation `job` re-sealed under its target KEK
+ * and committed with the job's progress, as run_job commits a batch (the
+ * job threads stopped); *out (k rows, caller wipes and frees) what they
+ * hold now. */
+static void
+reseal_first(const struct store_job *job, size_t k, struct store_rewrap **out)
+{
+	char(*old)[STORE_KEY_ID_MAX] = calloc(k, sizeof(*old));
+	struct store_rewrap *rw = calloc(k, sizeof(*rw));
+	struct dek_row row;
+	size_t n = 0, i;
+
+	*out = rw;
+	KBT_ASSERT(rw != NULL && old != NULL);
+	KBT_ASSERT_OK(
+	    store_rewrap_fetch_after(w.b->store, job, 0, 0, rw, k, &n));
+	KBT_ASSERT_INT(n, ==, k);
+	for (i = 0; i < n; i++) {
+		snprintf(old[i], STORE_KEY_ID_MAX, "%s", rw[i].dek.key_id);
+		row = (struct dek_row){rw[i].tenant_id, rw[i].name, rw[i].uid,
+		    rw[i].version, rw[i].mode};
+		KBT_ASSERT_OK(dek_reseal(w.b->hsm, &row, &rw[i].dek, 0, &row,
+		    job->target_key_id, &rw[i].dek));
+	}
+	KBT_ASSERT_OK(store_rewrap_commit(
+	    w.b->store, job->id, rw, old, n, clock_now_us()));
+	free(old);
+}
+
 /* A job recorded with part of its rows re-sealed (progress stored through
  * the store, the way run_job stores a batch) and no job thread to run it,
  * as a broker that died mid-job leaves it: the next start resumes it from
@@ -822,11 +851,9 @@ test_resume(void)
 {
 	char key_a[STORE_KEY_ID_MAX], kek_a[STORE_KEY_ID_MAX];
 	char key_b[STORE_KEY_ID_MAX], why[64];
-	char(*old)[STORE_KEY_ID_MAX] = NULL;
 	struct store_rewrap *rw = NULL;
 	struct store_job job;
 	struct store_env env;
-	struct dek_row row;
 	size_t rows, n = 0, i, j, k = 12;
 	size_t started;
 
@@ -840,23 +867,12 @@ test_resume(void)
 	world_jobs_stop();
 	KBT_ASSERT_OK(key_activate("acme", key_b, &job));
 	KBT_ASSERT_INT(job.total, ==, rows);
-	/* The first k rows re-sealed and committed with the job's progress. */
-	rw = calloc(k, sizeof(*rw));
-	old = calloc(k, sizeof(*old));
-	KBT_ASSERT(rw != NULL && old != NULL);
-	KBT_ASSERT_OK(
-	    store_rewrap_fetch_after(w.b->store, &job, 0, 0, rw, k, &n));
-	KBT_ASSERT_INT(n, ==, k);
-	for (i = 0; i < n; i++) {
-		snprintf(old[i], STORE_KEY_ID_MAX, "%s", rw[i].dek.key_id);
-		KBT_ASSERT_STR(old[i], kek_a);
-		row = (struct dek_row){rw[i].tenant_id, rw[i].name, rw[i].uid,
-		    rw[i].version, rw[i].mode};
-		KBT_ASSERT_OK(dek_reseal(w.b->hsm, &row, &rw[i].dek, 0, &row,
-		    job.target_key_id, &rw[i].dek));
-	}
-	KBT_ASSERT_OK(store_rewrap_commit(
-	    w.b->store, job.id, rw, old, n, clock_now_us()));
+	/* The first k rows (all under A's KEK) re-sealed and committed with
+	 * the job's progress. */
+	KBT_ASSERT_INT(
+	    store_deks_sealed_by(w.b->store, kek_a), ==, (long long)rows);
+	reseal_first(&job, k, &rw);
+	n = k;
 	KBT_ASSERT_OK(store_job_get(w.b->store, job.id, &job));
 	KBT_ASSERT_STR(job.state, "running");
 	KBT_ASSERT_INT(job.done, ==, k);
@@ -873,9 +889,7 @@ test_resume(void)
 	}
 	kb_wipe(rw, k * sizeof(*rw));
 	free(rw);
-	free(old);
 	rw = NULL;
-	old = NULL;
 	/* While the key is installing, no encryption change (policy). */
 	KBT_ASSERT_OK(env_create("acme", "meanwhile"));
 	KBT_ASSERT_ERR(
@@ -931,13 +945,11 @@ test_lock_after_partial_failure(void)
 {
 	char key_a[STORE_KEY_ID_MAX], kek_a[STORE_KEY_ID_MAX];
 	char key_b[STORE_KEY_ID_MAX];
-	char(*old)[STORE_KEY_ID_MAX] = NULL;
 	struct store_rewrap *rw = NULL;
 	struct store_job job, job2;
 	struct store_tenant t;
-	struct dek_row row;
 	uint8_t plain[DEK_LEN];
-	size_t rows, n = 0, i, k = 5;
+	size_t rows, i, k = 5;
 
 	nsnaps = 0;
 	KBT_ASSERT_OK(world_open(""));
@@ -947,24 +959,9 @@ test_lock_after_partial_failure(void)
 	clock_advance(25 * HOUR_S);
 	world_jobs_stop();
 	KBT_ASSERT_OK(key_activate("acme", key_b, &job));
-	rw = calloc(k, sizeof(*rw));
-	old = calloc(k, sizeof(*old));
-	KBT_ASSERT(rw != NULL && old != NULL);
-	KBT_ASSERT_OK(
-	    store_rewrap_fetch_after(w.b->store, &job, 0, 0, rw, k, &n));
-	KBT_ASSERT_INT(n, ==, k);
-	for (i = 0; i < n; i++) {
-		snprintf(old[i], STORE_KEY_ID_MAX, "%s", rw[i].dek.key_id);
-		row = (struct dek_row){rw[i].tenant_id, rw[i].name, rw[i].uid,
-		    rw[i].version, rw[i].mode};
-		KBT_ASSERT_OK(dek_reseal(w.b->hsm, &row, &rw[i].dek, 0, &row,
-		    job.target_key_id, &rw[i].dek));
-	}
-	KBT_ASSERT_OK(store_rewrap_commit(
-	    w.b->store, job.id, rw, old, n, clock_now_us()));
+	reseal_first(&job, k, &rw);
 	kb_wipe(rw, k * sizeof(*rw));
 	free(rw);
-	free(old);
 	KBT_ASSERT_OK(store_job_fail(
 	    w.b->store, job.id, "stopped by the test", clock_now_us()));
 	key_state_is(key_b, "available");
