@@ -306,6 +306,7 @@ class Readers:
         self.stubs = {}
         self.channels = {}
         self.last_call = {}  # certificate -> start of its channel's last call
+        self.last_ok = {}  # certificate -> end of its channel's last OK call
         self.lock = threading.Lock()
         for base in sorted(set(self.index.values())):
             ch = channel(cert=base + ".crt", key=base + ".key", options=options)
@@ -331,6 +332,16 @@ class Readers:
             prev = self.last_call.get(self.index[env])
             self.last_call[self.index[env]] = t0
             return prev
+
+    def ok_since(self, env):
+        """When a call on env's channel last succeeded (None: never)."""
+        with self.lock:
+            return self.last_ok.get(self.index[env])
+
+    def ok(self, env, t1):
+        """Note a call on env's channel that succeeded at t1."""
+        with self.lock:
+            self.last_ok[self.index[env]] = t1
 
     def get(self, env, timeout=30, wait_for_ready=None):
         stub = self.stubs[self.index[env]]
@@ -387,28 +398,31 @@ class Outage:
             return (self.down_at is not None and t1 >= self.down_at
                     and (self.up_at is None or t0 < self.up_at))
 
-    def stale(self, prev):
-        """A channel whose previous call started at prev (None: never) has
-        not been used since the broker came back: its connection may be
-        the killed broker's, which a client only finds closed when its next
-        call fails (UNAVAILABLE "Socket closed")."""
+    def stale(self, last_ok):
+        """A channel whose last successful call ended at last_ok (None:
+        never) has not shown a live connection since the broker came back:
+        its connection may still be the killed broker's, which a client
+        only finds closed when a call on it fails (UNAVAILABLE "Socket
+        closed", "Broken pipe", "Connection reset"; seen twice in a row on
+        one channel)."""
         with self.lock:
             return (self.down_at is not None
-                    and (prev is None or self.up_at is None or prev < self.up_at))
+                    and (last_ok is None or self.up_at is None or last_ok < self.up_at))
 
 
 def reader_loop(readers, deks, stop, stats, lock, outage=None):
     """Read random environments' DEKs until stop; count per outcome: ok (the
     DEK recorded), wrong (another DEK), failed, and, with an Outage, outage:
-    failed while the broker was down, or UNAVAILABLE on the first call of a
-    channel since it came back (the killed broker's connection). Without
+    failed while the broker was down, or UNAVAILABLE on a channel with no
+    successful call since it came back (the killed broker's connection). Without
     one, a failure once stop is set ends the loop uncounted (the broker was
     just killed)."""
     envs = list(deks)
     while not stop.is_set():
         e = random.choice(envs)
         t0 = time.time()
-        prev = readers.since(e, t0)
+        readers.since(e, t0)
+        last_ok = readers.ok_since(e)
         # A call waits for its channel to be ready instead of failing at
         # once on a connection attempt that did not work out (seen under
         # load: "failed to connect to all addresses" while the broker was
@@ -419,6 +433,8 @@ def reader_loop(readers, deks, stop, stats, lock, outage=None):
         with lock:
             if outage is None and stop.is_set() and code != grpc.StatusCode.OK:
                 return  # the broker was just killed: not the broker's fault
+            if code == grpc.StatusCode.OK:
+                readers.ok(e, t1)
             if code == grpc.StatusCode.OK and r.dek == deks[e]:
                 stats["ok"] += 1
                 stats["keys"][r.key_id] = stats["keys"].get(r.key_id, 0) + 1
@@ -426,7 +442,7 @@ def reader_loop(readers, deks, stop, stats, lock, outage=None):
                 stats["wrong"] += 1
                 stats["errors"].append("%s: another DEK" % e)
             elif outage is not None and (outage.covers(t0, t1) or (
-                    code == grpc.StatusCode.UNAVAILABLE and outage.stale(prev))):
+                    code == grpc.StatusCode.UNAVAILABLE and outage.stale(last_ok))):
                 stats["outage"] += 1
                 stats["outage_errors"].append("%s: %s %s" % (e, code, r))
             else:
