@@ -229,7 +229,13 @@ if ((rc != 0)); then
 	# CI log shows them: each FAIL line with what the check printed after it.
 	echo
 	echo "== failed checks (from $build_dir/Testing/Temporary/LastTest.log) =="
-	grep -E -A8 '^(FAIL|not ok)|^kb-bench: .*(UNAVAILABLE|INTERNAL|failed|error)' \
+	# Only the tests that failed (others print FAIL lines they expect).
+	awk '/^[0-9]+\/[0-9]+ Testing: / { name = $3; n = 0 }
+		{ block[n++] = $0 }
+		/^Test Failed/ { print "-- " name
+			for (i = 0; i < n; i++)
+				if (block[i] ~ /^(FAIL|not ok)|^kb-bench: .*(UNAVAILABLE|INTERNAL|failed|error)/)
+					for (j = i; j < n && j < i + 8; j++) print block[j] }' \
 		"$build_dir/Testing/Temporary/LastTest.log" | head -n 150 || true
 	exit "$rc"
 fi
