@@ -513,21 +513,22 @@ out:
 	return e;
 }
 
+/* Set a setting on `c` (inside the caller's transaction, if any). */
+static enum kb_err
+meta_put(struct db_conn *c, const char *key, const char *value)
+{
+	return store_run(c,
+	    "INSERT INTO meta(key, value) VALUES (?, ?) "
+	    "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+	    "writing a setting", "tt", key, value);
+}
+
 enum kb_err
 store_meta_set(struct store *s, const char *key, const char *value)
 {
-	static const char sql[] =
-	    "INSERT INTO meta(key, value) VALUES (?, ?) "
-	    "ON CONFLICT(key) DO UPDATE SET value = excluded.value";
 	struct db_conn *c = db_conn_get(s->db);
-	struct db_stmt *st;
-	enum kb_err e;
+	enum kb_err e = meta_put(c, key, value);
 
-	if ((e = db_prepare(c, sql, &st)) == KB_OK) {
-		db_bind_text(st, 1, key);
-		db_bind_text(st, 2, value);
-		e = store_step_done(c, st, "writing a setting");
-	}
 	db_conn_put(s->db, c);
 	return e;
 }
@@ -593,23 +594,16 @@ store_clock_put(struct store *s, const struct store_clock *k)
 }
 
 /* The first bind: label and serial in one transaction. (Brokers on one
- * database start one at a time: broker_open holds the startup lease.) */
+ * database start one at a time: startup_open holds the startup lease.) */
 static enum kb_err
 bind_txn(struct db_conn *c, void *arg)
 {
 	const char **pair = arg;
 	enum kb_err e;
 
-	if ((e = store_run(c,
-	         "INSERT INTO meta(key, value) VALUES ('token_label', ?) ON "
-	         "CONFLICT(key) DO UPDATE SET value = excluded.value",
-	         "binding the database to its token", "t", pair[0]))
-	    != KB_OK)
+	if ((e = meta_put(c, "token_label", pair[0])) != KB_OK)
 		return e;
-	return store_run(c,
-	    "INSERT INTO meta(key, value) VALUES ('token_serial', ?) ON "
-	    "CONFLICT(key) DO UPDATE SET value = excluded.value",
-	    "binding the database to its token", "t", pair[1]);
+	return meta_put(c, "token_serial", pair[1]);
 }
 
 enum kb_err
