@@ -1263,27 +1263,26 @@ set_degraded(struct audit *a, enum kb_err e)
 
 /* After a failed write, try one event a second, and before the next batch:
  * when the disk is back the log says so (audit.recovered, first), and the
- * health check turns SERVING again even if no call arrives to prove it. */
-static void
+ * health check turns SERVING again even if no call arrives to prove it.
+ * KB_OK when the log is not degraded or the event went in; else the
+ * write's error (the batch waiting need not try again). */
+static enum kb_err
 probe_recovery(struct audit *a)
 {
 	struct audit_record r;
 	struct pending p;
 	char rid[48];
 	int degraded;
+	enum kb_err e;
 
 	pthread_mutex_lock(&a->mu);
 	degraded = a->degraded;
 	pthread_mutex_unlock(&a->mu);
 	if (!degraded)
-		return;
+		return KB_OK;
 	memset(&r, 0, sizeof(r));
-	if (a->cfg.instance != NULL)
-		snprintf(rid, sizeof(rid), "sys-%s-%llx", a->cfg.instance,
-		    (unsigned long long)a->cfg.now_us());
-	else
-		snprintf(rid, sizeof(rid), "sys-%llx",
-		    (unsigned long long)a->cfg.now_us());
+	kb_audit_system_rid(
+	    rid, sizeof(rid), a->cfg.instance, (uint64_t)a->cfg.now_us());
 	r.request_id = rid;
 	r.actor = "keybroker";
 	r.role = "system";
@@ -1294,11 +1293,12 @@ probe_recovery(struct audit *a)
 	           "it while the log could not write";
 	memset(&p, 0, sizeof(p));
 	p.r = &r;
-	if (write_batch(a, &p) == KB_OK) {
-		set_degraded(a, KB_OK);
-		log_info("audit log: writable again (event %llu)",
-		    (unsigned long long)p.seq);
-	}
+	if ((e = write_batch(a, &p)) != KB_OK)
+		return e;
+	set_degraded(a, KB_OK);
+	log_info("audit log: writable again (event %llu)",
+	    (unsigned long long)p.seq);
+	return KB_OK;
 }
 
 static void *
@@ -1319,7 +1319,7 @@ writer_main(void *arg)
 			pthread_cond_timedwait(&a->work_cv, &a->mu, &ts);
 			if (a->head == NULL && !a->stopping) {
 				pthread_mutex_unlock(&a->mu);
-				probe_recovery(a);
+				(void)probe_recovery(a);
 				if (checkpoint_due(a)
 				    && (e = write_checkpoint(a, 0)) != KB_OK)
 					log_error("%s", kb_err_msg(e));
@@ -1344,11 +1344,11 @@ writer_main(void *arg)
 
 		/* After a failed write the log says it recovered before any
 		 * other event: a verifier then knows which calls lost their
-		 * outcome. (If it still cannot write, the batch fails too.) */
-		if (!rotation)
-			probe_recovery(a);
+		 * outcome. If it still cannot write, the batch fails with
+		 * that error, not tried a second time. */
 		t0 = kb_hist_now_ns();
-		e = write_batch(a, list);
+		if ((e = rotation ? KB_OK : probe_recovery(a)) == KB_OK)
+			e = write_batch(a, list);
 		kb_hist_since(&a->commit_hist, t0);
 		if (!rotation || e == KB_OK)
 			set_degraded(a, e);

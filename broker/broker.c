@@ -69,8 +69,8 @@ broker_audit_system(struct broker *b, const char *what, const char *tenant,
 	enum kb_err e;
 
 	memset(&r, 0, sizeof(r));
-	snprintf(rid, sizeof(rid), "sys-%s-%llx", b->instance,
-	    (unsigned long long)clock_now_us());
+	kb_audit_system_rid(
+	    rid, sizeof(rid), b->instance, (uint64_t)clock_now_us());
 	r.actor = "keybroker";
 	r.role = "system";
 	r.method = what;

@@ -350,6 +350,17 @@ unfinished_add(struct kb_audit_verifier *v, const struct kb_audit_unfinished *u,
 		r->unfinished_first[r->unfinished_shown++] = *u;
 }
 
+void
+kb_audit_system_rid(
+    char *out, size_t len, const char *instance, uint64_t time_us)
+{
+	if (instance != NULL)
+		snprintf(out, len, "sys-%s-%llx", instance,
+		    (unsigned long long)time_us);
+	else
+		snprintf(out, len, "sys-%llx", (unsigned long long)time_us);
+}
+
 /* The broker instance a system event's request id names ("sys-" 8 hex
  * digits "-" ...), into inst; 0 for one from before instances ("sys-"
  * and a time), which ends every broker's calls. */

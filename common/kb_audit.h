@@ -61,6 +61,13 @@ int kb_audit_rotation_parse(const char *reason,
     char new_id[KB_AUDIT_KEY_ID_MAX], char new_fp[65],
     char old_id[KB_AUDIT_KEY_ID_MAX], char old_fp[65]);
 
+/* The request id of a broker's own event (broker.start, audit.recovered,
+ * jobs...): "sys-" instance (8 hex digits) "-" time_us in hex, which the
+ * verifier reads back to tell whose calls such an event ends; "sys-" and
+ * the time alone when instance is NULL (ending every broker's calls). */
+void kb_audit_system_rid(
+    char *out, size_t len, const char *instance, uint64_t time_us);
+
 /* out = SHA-256(prev || encoding(ev)). NULL strings encode as empty. */
 enum kb_err kb_audit_event_hash(const uint8_t prev[KB_AUDIT_HASH_LEN],
     const struct kb_audit_event *ev, uint8_t out[KB_AUDIT_HASH_LEN]);
