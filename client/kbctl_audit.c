@@ -1116,9 +1116,8 @@ unfinished_format(const struct kb_audit_unfinished *u, char *out, size_t len)
 	    a[0] != '\0' ? a : "-", r[0] != '\0' ? r : "no request id");
 }
 
-/* The state changes with no recorded outcome, after the verified line:
- * information, the log itself verified. */
-/* Why a call was cut short (a KB_AUDIT_CUT_*), for the notes below. */
+/* Why a call was cut short (a KB_AUDIT_CUT_*): the note's words, and the
+ * event that cut it (--json's cut_short_by). */
 static const char *
 cut_why(int cut)
 {
@@ -1128,6 +1127,15 @@ cut_why(int cut)
 	    : "the broker stopped mid-call";
 }
 
+static const char *
+cut_event(int cut)
+{
+	return cut == KB_AUDIT_CUT_AUDIT_OUTAGE ? "audit.recovered"
+	                                        : "broker.start";
+}
+
+/* The state changes with no recorded outcome, after the verified line:
+ * information, the log itself verified. */
 static void
 unfinished_print(const struct audit_export_report *rep)
 {
@@ -1202,10 +1210,7 @@ unfinished_json(const struct audit_export_report *rep)
 		kbctl_jset(o, "interrupted", json_boolean(u->interrupted));
 		if (u->interrupted)
 			kbctl_jset(o, "cut_short_by",
-			    json_string(
-			        u->interrupted == KB_AUDIT_CUT_AUDIT_OUTAGE
-			            ? "audit.recovered"
-			            : "broker.start"));
+			    json_string(cut_event(u->interrupted)));
 		if (json_array_append_new(arr, o) != 0) {
 			json_decref(arr);
 			return NULL;
